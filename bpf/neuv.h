@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * neuv.h: every layout that crosses the kernel/user boundary.
+ *
+ * Shared by the BPF programs (bpf/neuv.bpf.c) and mirrored once in TypeScript
+ * (src/layout.ts). The loader checks that mirror against this object's BTF at
+ * load time, so a change here that is not made there fails loudly instead of
+ * corrupting a map. Keep fields naturally aligned and padding explicit.
+ */
+#ifndef NEUV_H
+#define NEUV_H
+
+#include <linux/types.h>
+
+/* "NeuV": the first four bytes of every pair's unicast MAC (UCMAC). */
+#define NEUV_UCMAC_B0 0x4e
+#define NEUV_UCMAC_B1 0x65
+#define NEUV_UCMAC_B2 0x75
+#define NEUV_UCMAC_B3 0x56
+
+/* The DP-facing veth pair inside the enforcer netns (DATAPATH.md section 1). */
+#define NEUV_VBR_IFINDEX 10000000
+#define NEUV_VTH_IFINDEX 10000001
+
+/* Forwarding mode of a pair: one value per port entry (DATAPATH.md sections 3, 5). */
+enum neuv_mode {
+	NEUV_MODE_NONE   = 0, /* never written by the loader; treated as DROP */
+	NEUV_MODE_FWD    = 1, /* protect: IPv4 unicast of the workload through the DP */
+	NEUV_MODE_TAP    = 2, /* monitor: traffic untouched, the DP gets a copy */
+	NEUV_MODE_BYPASS = 3, /* fail-open: vex <-> vin directly, DP skipped */
+	NEUV_MODE_DROP   = 4, /* fail-closed: everything of the pair dropped */
+	NEUV_MODE_MAX,
+};
+
+/* Which side of a pair a port entry describes. */
+enum neuv_role {
+	NEUV_ROLE_VIN = 1, /* peer is the workload's new eth0 (container netns) */
+	NEUV_ROLE_VEX = 2, /* the workload's original port (peer in the host netns) */
+};
+
+/* Port entry flags. */
+#define NEUV_F_IPV6_TO_DP     (1U << 0) /* IPv6 unicast of the workload goes through the DP too */
+#define NEUV_F_REDIRECT_PEER  (1U << 1) /* deliver to the other port with bpf_redirect_peer */
+#define NEUV_F_QDISC_OURS     (1U << 2) /* loader only: it created this port's clsact, so it removes it */
+
+/*
+ * Map neuv_ports: key __u32 ingress ifindex (a vin or vex), value struct neuv_port.
+ * One entry per port; a pair is two entries pointing at each other.
+ */
+struct neuv_port {
+	__u32 peer_ifindex; /* the pair's other port (vex for a vin, vin for a vex) */
+	__u32 flags;        /* NEUV_F_* */
+	__u16 id;           /* 16-bit port id carried in the UCMAC */
+	__u8  role;         /* enum neuv_role */
+	__u8  mode;         /* enum neuv_mode */
+	__u8  mac[6];       /* the workload MAC M */
+	__u8  pad[2];
+};
+
+/*
+ * Map neuv_ids: key __u32 port id (0..65535), value struct neuv_id.
+ * How the vbr-neuv program finds a pair from the UCMAC in a frame.
+ */
+struct neuv_id {
+	__u32 vin_ifindex;
+	__u32 vex_ifindex;
+};
+
+/* Traffic direction of a counter. */
+enum neuv_dir {
+	NEUV_DIR_TO_WL   = 0, /* towards the workload: vex ingress, vbr-neuv DA == UCMAC */
+	NEUV_DIR_FROM_WL = 1, /* from the workload: vin ingress, vbr-neuv SA == UCMAC */
+	NEUV_DIR_MAX,
+};
+
+/* What happened to a frame. Indexes of struct neuv_stats.c[dir][]. */
+enum neuv_verdict {
+	NEUV_V_TO_DP   = 0, /* rewritten and sent to vbr-neuv (FWD) */
+	NEUV_V_TO_PEER = 1, /* sent to the pair's other port unchanged */
+	NEUV_V_COPY    = 2, /* TAP: a rewritten copy sent to vbr-neuv */
+	NEUV_V_FROM_DP = 3, /* from vbr-neuv, rewritten back, sent to vin or vex */
+	NEUV_V_DROP    = 4, /* dropped (see the drop reasons in neuv_global) */
+	NEUV_V_MAX,
+};
+
+struct neuv_ctr {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Map neuv_stats (per-CPU hash): key __u32 port id, value struct neuv_stats. */
+struct neuv_stats {
+	struct neuv_ctr c[NEUV_DIR_MAX][NEUV_V_MAX];
+};
+
+/*
+ * Drop and pass reasons. Indexes of struct neuv_global.reason[]; internal to
+ * the datapath and never returned to the kernel, so they cannot collide with
+ * TC_ACT_* values (the programs only ever return TC_ACT_*).
+ */
+enum neuv_reason {
+	NEUV_R_NONE          = 0,
+	NEUV_R_PASS_NO_PAIR  = 1, /* vbr-neuv frame matching no pair: to the stack */
+	NEUV_R_PASS_NO_PORT  = 2, /* vin/vex frame on a port with no entry: to the stack */
+	NEUV_R_DROP_MODE     = 3, /* pair in DROP (or unknown) mode */
+	NEUV_R_DROP_INJECT   = 4, /* DP injected a frame for a pair in TAP/BYPASS */
+	NEUV_R_DROP_ROLE     = 5, /* entry's role does not match the hook */
+	NEUV_R_DROP_NO_PEER  = 6, /* vbr-neuv frame for an id whose port entry is gone */
+	NEUV_R_CLONE_FAILED  = 7, /* TAP copy could not be cloned (original still forwarded) */
+	NEUV_R_REWRITE_FAILED = 8, /* MAC rewrite failed: dropped */
+	NEUV_R_MAX,
+};
+
+/* Map neuv_global (per-CPU array, one entry): node-wide counters. */
+struct neuv_global {
+	__u64 reason[NEUV_R_MAX];
+};
+
+/* Map neuv_config (array, one entry): node-wide settings written by the loader. */
+struct neuv_config {
+	__u32 dp_ifindex;  /* vbr-neuv ifindex, the DP's port */
+	__u32 flags;       /* reserved, 0 */
+	__u64 trace_until; /* reserved for tracing: bpf_ktime_get_ns() deadline, 0 = off */
+};
+
+#define NEUV_MAX_PORTS 131072
+#define NEUV_MAX_IDS   65536
+
+#ifdef __BPF__
+/*
+ * BTF anchors: enums appear in an object's BTF only when some variable has the
+ * type, and the loader checks every enum above against src/layout.ts. These
+ * read-only globals are never used by the programs.
+ */
+const volatile enum neuv_mode neuv_btf_mode = NEUV_MODE_NONE;
+const volatile enum neuv_role neuv_btf_role = NEUV_ROLE_VIN;
+const volatile enum neuv_dir neuv_btf_dir = NEUV_DIR_TO_WL;
+const volatile enum neuv_verdict neuv_btf_verdict = NEUV_V_TO_DP;
+const volatile enum neuv_reason neuv_btf_reason = NEUV_R_NONE;
+#endif /* __BPF__ */
+
+#endif /* NEUV_H */

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what neuv-bpf needs to build, test and demo, from Debian's packages
+# and npm. Quick when everything is already there. Used by `make deps` and by
+# the Vagrant provisioner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# command-or-file -> Debian package
+need=()
+check() { command -v "$1" >/dev/null 2>&1 || [ -e "$1" ] || need+=("$2"); }
+check clang clang
+check llc llvm
+check /usr/include/bpf/libbpf.h libbpf-dev
+check /usr/lib/x86_64-linux-gnu/libbpf.so.1 libbpf1
+check bpftool bpftool
+check ip iproute2
+check tc iproute2
+check ethtool ethtool
+check tcpdump tcpdump
+check jq jq
+check iperf3 iperf3
+check trafgen netsniff-ng
+check setpriv util-linux
+check gcc gcc
+if [ "$(uname -m)" != x86_64 ]; then
+  echo "deps: only x86_64 is tested; continuing" >&2
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  pkgs=$(printf '%s\n' "${need[@]}" | sort -u | tr '\n' ' ')
+  echo "deps: installing $pkgs" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+fi
+
+# npm: the lockfile is the truth; reinstall only when it changed. Never omit
+# optional dependencies: koffi's native binary is one.
+stamp=node_modules/.neuv-deps-stamp
+if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ ! -d node_modules/koffi ]; then
+  npm ci --include=optional --no-audit --no-fund --loglevel=error
+  touch "$stamp"
+fi
+node -e "require('koffi')" || { echo "deps: koffi did not load (its optional native package is missing?)" >&2; exit 1; }

@@ -1,0 +1,128 @@
+/**
+ * neuv-bpf command line: a thin shell over the typed API in src/. Global
+ * options are applied once (log level, netns, pin root) before any command
+ * runs; every failure is one line on stderr and a distinct exit code.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { ExitCode, UsageError, exitCodeOf, oneLine } from './errors';
+import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
+import { enterNetns } from './link';
+import { load, pinRootFrom, unload } from './loader';
+
+export interface GlobalOpts {
+  netns?: string;
+  bpffs?: string;
+  logLevel?: string;
+  json?: boolean;
+}
+
+/** What every command gets: resolved global options. */
+export interface Ctx {
+  pinRoot: string;
+  json: boolean;
+  out: (s: string) => void;
+}
+
+export type CommandRegistrar = (program: Command, ctx: () => Ctx) => void;
+
+const registrars: CommandRegistrar[] = [];
+/** Command modules register themselves here (imported below, after the core commands). */
+export function registerCommands(r: CommandRegistrar): void {
+  registrars.push(r);
+}
+
+export function printJson(ctx: Ctx, v: unknown): void {
+  ctx.out(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? Number(x) : x), 2));
+}
+
+export function buildProgram(out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Command {
+  let ctx: Ctx | undefined;
+  const getCtx = (): Ctx => {
+    if (!ctx) throw new Error('internal: global options not applied');
+    return ctx;
+  };
+  const program = new Command('neuv-bpf')
+    .description('eBPF dataplane for container traffic interception (replaces the NeuVector tc pipe)')
+    .option('--netns <name|path>', 'enter this network namespace first (like ip -n)')
+    .option('--bpffs <dir>', 'pin root (env NEUV_BPF_PIN_ROOT)', undefined)
+    .addOption(new Option('--log-level <level>', 'log level (env NEUV_BPF_LOG_LEVEL)').choices(LOG_LEVELS))
+    .option('--json', 'machine-readable output where the output is data')
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => process.stdout.write(s),
+      writeErr: (s) => process.stderr.write(s),
+      outputError: () => {
+        /* printed once by main() */
+      },
+    })
+    .hook('preAction', (thisCommand, actionCommand) => {
+      const g = thisCommand.opts<GlobalOpts>();
+      const level = resolveLevel(g.logLevel);
+      configureLogging(level);
+      const json = Boolean(g.json ?? actionCommand.opts<{ json?: boolean }>().json);
+      ctx = { pinRoot: pinRootFrom(g.bpffs), json, out };
+      if (g.netns) enterNetns(g.netns);
+      log('cli').debug({ command: actionCommand.name(), level, pinRoot: ctx.pinRoot, netns: g.netns }, 'start');
+    });
+
+  program
+    .command('load')
+    .description('create vbr-neuv/vth-neuv if missing, load and pin the BPF object, attach vbr-neuv (idempotent; a rerun replaces the programs in place and keeps the maps)')
+    .option('--jumbo', 'MTU 9000 on vbr-neuv/vth-neuv instead of 2048')
+    .option('--obj <file>', 'BPF object to load (default: build/neuv.bpf.o of this package)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: { jumbo?: boolean; obj?: string }) => {
+      const c = getCtx();
+      const r = await load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo });
+      if (c.json) printJson(c, r);
+      else {
+        c.out(`${r.replaced ? 'replaced programs in place' : 'loaded'}: pin root ${r.pinRoot}, programs vin=${r.progIds.vin} vex=${r.progIds.vex} vbr=${r.progIds.vbr}` +
+          (r.reattached ? `, ${r.reattached} port hooks swapped` : '') + (r.created ? ', created vbr-neuv/vth-neuv' : ''));
+      }
+    });
+
+  program
+    .command('unload')
+    .description('detach from every port, unpin everything, delete vbr-neuv/vth-neuv')
+    .option('--json', 'print the result as JSON')
+    .action(async () => {
+      const c = getCtx();
+      const r = await unload(c.pinRoot);
+      if (c.json) printJson(c, r);
+      else c.out(r.wasLoaded ? `unloaded: ${r.detached} hooks detached, ${r.removed.length} pins removed` : 'nothing was loaded');
+    });
+
+  for (const r of registrars) r(program, getCtx);
+  return program;
+}
+
+/** Runs the CLI; returns the exit code (also set on process.exitCode). */
+export async function main(argv: string[] = process.argv): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return (process.exitCode = ExitCode.OK);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
+        return (process.exitCode = ExitCode.OK);
+      }
+      process.stderr.write(`neuv-bpf: ${e.message.replace(/^error: /, '')}\n`);
+      return (process.exitCode = ExitCode.USAGE);
+    }
+    const code = exitCodeOf(e);
+    process.stderr.write(`neuv-bpf: ${oneLine(e)}\n`);
+    const verifierLog = (e as { verifierLog?: string }).verifierLog;
+    if (verifierLog) log('cli').debug({ verifierLog }, 'verifier log');
+    if (!(e instanceof UsageError)) log('cli').debug({ err: e }, 'failure details');
+    return (process.exitCode = code);
+  }
+}
+
+// Command modules (each calls registerCommands at import).
+// (pair, show, stats, intercept... are added here as they land)
+
+if (require.main === module) {
+  void main();
+}

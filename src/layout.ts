@@ -1,0 +1,313 @@
+/**
+ * TypeScript mirror of bpf/neuv.h: enums, flags and codecs for every map key
+ * and value. `checkAgainstBtf` compares these declarations with the loaded
+ * object's BTF (sizes, member offsets and sizes, enum values) so C/TS drift is
+ * an error at load, never a corrupted map.
+ */
+
+export const UCMAC_PREFIX = [0x4e, 0x65, 0x75, 0x56] as const; // "NeuV"
+export const VBR_IFINDEX = 10000000;
+export const VTH_IFINDEX = 10000001;
+export const MAX_PORTS = 131072;
+export const MAX_IDS = 65536;
+
+export const Mode = { NONE: 0, FWD: 1, TAP: 2, BYPASS: 3, DROP: 4 } as const;
+export type ModeValue = (typeof Mode)[keyof typeof Mode];
+export const Role = { VIN: 1, VEX: 2 } as const;
+export type RoleValue = (typeof Role)[keyof typeof Role];
+export const Dir = { TO_WL: 0, FROM_WL: 1 } as const;
+export const DIR_COUNT = 2;
+export const Verdict = { TO_DP: 0, TO_PEER: 1, COPY: 2, FROM_DP: 3, DROP: 4 } as const;
+export const VERDICT_COUNT = 5;
+export const Reason = {
+  NONE: 0,
+  PASS_NO_PAIR: 1,
+  PASS_NO_PORT: 2,
+  DROP_MODE: 3,
+  DROP_INJECT: 4,
+  DROP_ROLE: 5,
+  DROP_NO_PEER: 6,
+  CLONE_FAILED: 7,
+  REWRITE_FAILED: 8,
+} as const;
+export const REASON_COUNT = 9;
+export const PortFlag = { IPV6_TO_DP: 1 << 0, REDIRECT_PEER: 1 << 1, QDISC_OURS: 1 << 2 } as const;
+
+export const MODE_NAMES: Record<number, string> = { 0: 'none', 1: 'fwd', 2: 'tap', 3: 'bypass', 4: 'drop' };
+export const VERDICT_NAMES = ['to_dp', 'to_peer', 'copy', 'from_dp', 'drop'] as const;
+export const DIR_NAMES = ['to_wl', 'from_wl'] as const;
+export const REASON_NAMES = [
+  'none',
+  'pass_no_pair',
+  'pass_no_port',
+  'drop_mode',
+  'drop_inject',
+  'drop_role',
+  'drop_no_peer',
+  'clone_failed',
+  'rewrite_failed',
+] as const;
+
+export function parseMode(s: string): ModeValue {
+  const m = (Mode as Record<string, ModeValue>)[s.toUpperCase()];
+  if (m === undefined || m === Mode.NONE) {
+    throw new Error(`unknown mode '${s}' (expected fwd, tap, bypass or drop)`);
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------- declared layouts
+
+/** A struct as this file encodes it: used by the BTF check. */
+export interface StructDecl {
+  name: string;
+  size: number;
+  members: Array<{ name: string; offset: number; size: number }>;
+}
+
+export const PortDecl: StructDecl = {
+  name: 'neuv_port',
+  size: 20,
+  members: [
+    { name: 'peer_ifindex', offset: 0, size: 4 },
+    { name: 'flags', offset: 4, size: 4 },
+    { name: 'id', offset: 8, size: 2 },
+    { name: 'role', offset: 10, size: 1 },
+    { name: 'mode', offset: 11, size: 1 },
+    { name: 'mac', offset: 12, size: 6 },
+    { name: 'pad', offset: 18, size: 2 },
+  ],
+};
+
+export const IdDecl: StructDecl = {
+  name: 'neuv_id',
+  size: 8,
+  members: [
+    { name: 'vin_ifindex', offset: 0, size: 4 },
+    { name: 'vex_ifindex', offset: 4, size: 4 },
+  ],
+};
+
+export const CtrDecl: StructDecl = {
+  name: 'neuv_ctr',
+  size: 16,
+  members: [
+    { name: 'packets', offset: 0, size: 8 },
+    { name: 'bytes', offset: 8, size: 8 },
+  ],
+};
+
+export const StatsDecl: StructDecl = {
+  name: 'neuv_stats',
+  size: DIR_COUNT * VERDICT_COUNT * 16,
+  members: [{ name: 'c', offset: 0, size: DIR_COUNT * VERDICT_COUNT * 16 }],
+};
+
+export const GlobalDecl: StructDecl = {
+  name: 'neuv_global',
+  size: REASON_COUNT * 8,
+  members: [{ name: 'reason', offset: 0, size: REASON_COUNT * 8 }],
+};
+
+export const ConfigDecl: StructDecl = {
+  name: 'neuv_config',
+  size: 16,
+  members: [
+    { name: 'dp_ifindex', offset: 0, size: 4 },
+    { name: 'flags', offset: 4, size: 4 },
+    { name: 'trace_until', offset: 8, size: 8 },
+  ],
+};
+
+export const STRUCTS: StructDecl[] = [PortDecl, IdDecl, CtrDecl, StatsDecl, GlobalDecl, ConfigDecl];
+
+/** Enums as this file knows them, by their C name; C names are upper-case with a prefix. */
+export const ENUMS: Array<{ name: string; prefix: string; values: Record<string, number> }> = [
+  { name: 'neuv_mode', prefix: 'NEUV_MODE_', values: { ...Mode, MAX: 5 } },
+  { name: 'neuv_role', prefix: 'NEUV_ROLE_', values: Role },
+  { name: 'neuv_dir', prefix: 'NEUV_DIR_', values: { ...Dir, MAX: DIR_COUNT } },
+  { name: 'neuv_verdict', prefix: 'NEUV_V_', values: { ...Verdict, MAX: VERDICT_COUNT } },
+  { name: 'neuv_reason', prefix: 'NEUV_R_', values: { ...Reason, MAX: REASON_COUNT } },
+];
+
+/** Map names and their key/value declarations (key is always a __u32). */
+export const MAPS = {
+  ports: { name: 'neuv_ports', value: PortDecl },
+  ids: { name: 'neuv_ids', value: IdDecl },
+  stats: { name: 'neuv_stats', value: StatsDecl },
+  global: { name: 'neuv_global', value: GlobalDecl },
+  config: { name: 'neuv_config', value: ConfigDecl },
+} as const;
+
+// ---------------------------------------------------------------- codecs
+
+export interface PortEntry {
+  peerIfindex: number;
+  flags: number;
+  id: number;
+  role: RoleValue;
+  mode: number;
+  mac: Buffer; // 6 bytes
+}
+
+export function u32Key(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0, 0);
+  return b;
+}
+
+export function decodeU32Key(b: Buffer): number {
+  return b.readUInt32LE(0);
+}
+
+export function encodePort(p: PortEntry): Buffer {
+  const b = Buffer.alloc(PortDecl.size);
+  b.writeUInt32LE(p.peerIfindex >>> 0, 0);
+  b.writeUInt32LE(p.flags >>> 0, 4);
+  b.writeUInt16LE(p.id & 0xffff, 8);
+  b.writeUInt8(p.role, 10);
+  b.writeUInt8(p.mode, 11);
+  if (p.mac.length !== 6) throw new Error('MAC must be 6 bytes');
+  p.mac.copy(b, 12);
+  return b;
+}
+
+export function decodePort(b: Buffer): PortEntry {
+  return {
+    peerIfindex: b.readUInt32LE(0),
+    flags: b.readUInt32LE(4),
+    id: b.readUInt16LE(8),
+    role: b.readUInt8(10) as RoleValue,
+    mode: b.readUInt8(11),
+    mac: Buffer.from(b.subarray(12, 18)),
+  };
+}
+
+export interface IdEntry {
+  vinIfindex: number;
+  vexIfindex: number;
+}
+
+export function encodeId(e: IdEntry): Buffer {
+  const b = Buffer.alloc(IdDecl.size);
+  b.writeUInt32LE(e.vinIfindex >>> 0, 0);
+  b.writeUInt32LE(e.vexIfindex >>> 0, 4);
+  return b;
+}
+
+export function decodeId(b: Buffer): IdEntry {
+  return { vinIfindex: b.readUInt32LE(0), vexIfindex: b.readUInt32LE(4) };
+}
+
+export interface Ctr {
+  packets: bigint;
+  bytes: bigint;
+}
+/** stats[dir][verdict] */
+export type Stats = Ctr[][];
+
+export function emptyStats(): Stats {
+  return Array.from({ length: DIR_COUNT }, () => Array.from({ length: VERDICT_COUNT }, () => ({ packets: 0n, bytes: 0n })));
+}
+
+/** Decodes one per-CPU value and adds it into `into`. */
+export function addStats(into: Stats, b: Buffer): Stats {
+  for (let d = 0; d < DIR_COUNT; d++) {
+    for (let v = 0; v < VERDICT_COUNT; v++) {
+      const off = (d * VERDICT_COUNT + v) * 16;
+      into[d]![v]!.packets += b.readBigUInt64LE(off);
+      into[d]![v]!.bytes += b.readBigUInt64LE(off + 8);
+    }
+  }
+  return into;
+}
+
+export function encodeStats(s: Stats): Buffer {
+  const b = Buffer.alloc(StatsDecl.size);
+  for (let d = 0; d < DIR_COUNT; d++) {
+    for (let v = 0; v < VERDICT_COUNT; v++) {
+      const off = (d * VERDICT_COUNT + v) * 16;
+      b.writeBigUInt64LE(s[d]![v]!.packets, off);
+      b.writeBigUInt64LE(s[d]![v]!.bytes, off + 8);
+    }
+  }
+  return b;
+}
+
+/** Adds one per-CPU neuv_global value into `into` (reason counters). */
+export function addGlobal(into: bigint[], b: Buffer): bigint[] {
+  for (let r = 0; r < REASON_COUNT; r++) into[r] = (into[r] ?? 0n) + b.readBigUInt64LE(r * 8);
+  return into;
+}
+
+export interface Config {
+  dpIfindex: number;
+  flags: number;
+  traceUntil: bigint;
+}
+
+export function encodeConfig(c: Config): Buffer {
+  const b = Buffer.alloc(ConfigDecl.size);
+  b.writeUInt32LE(c.dpIfindex >>> 0, 0);
+  b.writeUInt32LE(c.flags >>> 0, 4);
+  b.writeBigUInt64LE(c.traceUntil, 8);
+  return b;
+}
+
+export function decodeConfig(b: Buffer): Config {
+  return { dpIfindex: b.readUInt32LE(0), flags: b.readUInt32LE(4), traceUntil: b.readBigUInt64LE(8) };
+}
+
+// ---------------------------------------------------------------- BTF check
+
+export interface BtfSource {
+  btfStruct(name: string): { size: number; members: Array<{ name: string; offset: number; size: number }> } | undefined;
+  btfEnum(name: string): { values: Record<string, number> } | undefined;
+}
+
+/**
+ * Compares the declarations above with the object's BTF. Returns the list of
+ * disagreements (empty when they agree). `structs`/`enums` default to ours;
+ * tests pass altered copies to prove a drift is caught.
+ */
+export function checkAgainstBtf(src: BtfSource, structs: StructDecl[] = STRUCTS, enums = ENUMS): string[] {
+  const problems: string[] = [];
+  for (const decl of structs) {
+    const t = src.btfStruct(decl.name);
+    if (!t) {
+      problems.push(`struct ${decl.name}: not in the object's BTF`);
+      continue;
+    }
+    if (t.size !== decl.size) problems.push(`struct ${decl.name}: size ${t.size} in BTF, ${decl.size} in layout.ts`);
+    const names = new Set(decl.members.map((m) => m.name));
+    for (const m of decl.members) {
+      const bm = t.members.find((x) => x.name === m.name);
+      if (!bm) {
+        problems.push(`struct ${decl.name}.${m.name}: not in BTF`);
+        continue;
+      }
+      if (bm.offset !== m.offset) problems.push(`struct ${decl.name}.${m.name}: offset ${bm.offset} in BTF, ${m.offset} in layout.ts`);
+      if (bm.size !== m.size) problems.push(`struct ${decl.name}.${m.name}: size ${bm.size} in BTF, ${m.size} in layout.ts`);
+    }
+    for (const bm of t.members) {
+      if (!names.has(bm.name)) problems.push(`struct ${decl.name}.${bm.name}: in BTF, missing from layout.ts`);
+    }
+  }
+  for (const e of enums) {
+    const t = src.btfEnum(e.name);
+    if (!t) {
+      problems.push(`enum ${e.name}: not in the object's BTF`);
+      continue;
+    }
+    for (const [k, v] of Object.entries(e.values)) {
+      const cv = t.values[e.prefix + k];
+      if (cv === undefined) problems.push(`enum ${e.name}: ${e.prefix}${k} not in BTF`);
+      else if (cv !== v) problems.push(`enum ${e.name}: ${e.prefix}${k} is ${cv} in BTF, ${v} in layout.ts`);
+    }
+    for (const [k, v] of Object.entries(t.values)) {
+      const short = k.startsWith(e.prefix) ? k.slice(e.prefix.length) : k;
+      if (!(short in e.values)) problems.push(`enum ${e.name}: ${k} = ${v} in BTF, missing from layout.ts`);
+    }
+  }
+  return problems;
+}

@@ -1,0 +1,155 @@
+/**
+ * Links and namespaces through iproute2 and ethtool, always with an argument
+ * array (never a shell string), plus name validation and cheap ifindex
+ * lookups through libc in the current (possibly entered) netns.
+ */
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import { ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
+import { ifIndexToName, ifNameToIndex, setns, CLONE_NEWNET } from './bpf';
+import { log } from './log';
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program with an argument array; throws a NeuvError with its first stderr line. */
+export function run(cmd: string, args: string[], opts: { input?: string; allowFail?: boolean } = {}): Promise<RunResult & { code: number }> {
+  const lg = log('exec');
+  lg.debug({ cmd, args }, 'exec');
+  return new Promise((resolve, reject) => {
+    const child = execFile(cmd, args, { maxBuffer: 64 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as NodeJS.ErrnoException).code === 'number' ? Number((err as { code: number }).code) : 1) : 0;
+      if (err && (err as NodeJS.ErrnoException).code === 'ENOENT') {
+        reject(new NeuvError(`${cmd} not found: install it (make deps)`, ExitCode.NOT_FOUND));
+        return;
+      }
+      if (err && !opts.allowFail) {
+        const line = (stderr || err.message).trim().split('\n')[0];
+        reject(new NeuvError(`${cmd} ${args.join(' ')}: ${line}`, ExitCode.FAILURE));
+        return;
+      }
+      resolve({ stdout, stderr, code });
+    });
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+  });
+}
+
+/** Linux's dev_valid_name(): 1..15 bytes, not . or .., no '/', ':' or whitespace. */
+export function validateIfName(name: string, what = 'interface name'): string {
+  if (typeof name !== 'string' || name.length === 0) throw new UsageError(`${what} is empty`);
+  if (Buffer.byteLength(name) > 15) throw new UsageError(`${what} '${name}' is longer than 15 bytes`);
+  if (name === '.' || name === '..') throw new UsageError(`${what} '${name}' is not allowed`);
+  // eslint-disable-next-line no-control-regex
+  if (/[\s/:\x00-\x1f\x7f]/.test(name)) throw new UsageError(`${what} '${name}' contains a space, '/', ':' or a control character`);
+  if (!/^[A-Za-z0-9_.@+=-]+$/.test(name)) throw new UsageError(`${what} '${name}' contains characters outside [A-Za-z0-9_.@+=-]`);
+  return name;
+}
+
+/** The ifindex of a link in the current netns; throws a clear error if absent. */
+export function ifindexOf(name: string, where = 'this network namespace'): number {
+  validateIfName(name);
+  const idx = ifNameToIndex(name);
+  if (!idx) throw new NotFoundError(`interface ${name} not found in ${where}`);
+  return idx;
+}
+
+export function ifindexIfExists(name: string): number {
+  return ifNameToIndex(name);
+}
+
+export function ifname(index: number): string | undefined {
+  return ifIndexToName(index);
+}
+
+export interface LinkJson {
+  ifindex: number;
+  ifname: string;
+  mtu: number;
+  operstate?: string;
+  flags?: string[];
+  address?: string;
+  link_index?: number;
+  link_netnsid?: number;
+  linkinfo?: { info_kind?: string };
+}
+
+/** `ip -d -j link show`, for one device or all. */
+export async function linkShow(name?: string): Promise<LinkJson[]> {
+  const args = ['-d', '-j', 'link', 'show'];
+  if (name) args.push('dev', validateIfName(name));
+  const r = await run('ip', args);
+  return JSON.parse(r.stdout || '[]') as LinkJson[];
+}
+
+export async function linkDelete(name: string): Promise<void> {
+  await run('ip', ['link', 'del', 'dev', validateIfName(name)]);
+}
+
+/** The qdiscs on a device (kind + handle), for telling clsact from a legacy ingress qdisc. */
+export async function qdiscs(name: string): Promise<Array<{ kind: string; handle: string }>> {
+  const r = await run('tc', ['-j', 'qdisc', 'show', 'dev', validateIfName(name)]);
+  return JSON.parse(r.stdout || '[]') as Array<{ kind: string; handle: string }>;
+}
+
+export const VBR = 'vbr-neuv';
+export const VTH = 'vth-neuv';
+
+/**
+ * Creates vbr-neuv/vth-neuv (ifindex 10000000/10000001), MTU 2048 or 9000,
+ * both up, tx/rx checksum offload off. Returns true if created, false if it
+ * already existed (then only the MTU is brought in line).
+ */
+export async function ensureDpPair(mtu: number, vbrIndex: number, vthIndex: number): Promise<boolean> {
+  const lg = log('link');
+  if (ifNameToIndex(VBR)) {
+    const [l] = await linkShow(VBR);
+    if (l && l.mtu !== mtu) {
+      await run('ip', ['link', 'set', 'dev', VBR, 'mtu', String(mtu)]);
+      await run('ip', ['link', 'set', 'dev', VTH, 'mtu', String(mtu)]);
+      lg.info({ mtu }, 'vbr-neuv MTU changed');
+    }
+    return false;
+  }
+  await run('ip', [
+    'link', 'add', VBR, 'index', String(vbrIndex), 'mtu', String(mtu), 'type', 'veth',
+    'peer', 'name', VTH, 'index', String(vthIndex), 'mtu', String(mtu),
+  ]);
+  try {
+    for (const dev of [VBR, VTH]) {
+      await run('ethtool', ['-K', dev, 'rx', 'off', 'tx', 'off']);
+      await run('ip', ['link', 'set', 'dev', dev, 'up']);
+    }
+  } catch (e) {
+    await run('ip', ['link', 'del', 'dev', VBR], { allowFail: true });
+    throw e;
+  }
+  lg.info({ vbr: vbrIndex, vth: vthIndex, mtu }, 'created vbr-neuv/vth-neuv');
+  return true;
+}
+
+/** Enters a network namespace by name (/var/run/netns/NAME) or path, for this thread. */
+export function enterNetns(nameOrPath: string): void {
+  let path: string;
+  if (nameOrPath.includes('/')) {
+    path = nameOrPath;
+  } else {
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(nameOrPath) || nameOrPath === '.' || nameOrPath === '..') {
+      throw new UsageError(`network namespace name '${nameOrPath}' is not valid`);
+    }
+    path = `/var/run/netns/${nameOrPath}`;
+  }
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch {
+    throw new NotFoundError(`network namespace ${nameOrPath} not found (${path})`);
+  }
+  try {
+    setns(fd, CLONE_NEWNET, nameOrPath);
+  } finally {
+    fs.closeSync(fd);
+  }
+  log('netns').debug({ netns: nameOrPath }, 'entered network namespace');
+}

@@ -1,0 +1,347 @@
+/**
+ * load / unload: the datapath's life cycle on a node (NeuVector's Connect and
+ * Cleanup). Spec, then live object, with ownership: every step that creates
+ * something registers its undo, and a failure runs the undos in reverse so
+ * the kernel is left as it was found.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  BpfObject,
+  MapFd,
+  ProgFd,
+  pinFd,
+  tcAttach,
+  tcDetach,
+  tcHookCreate,
+  tcHookDestroy,
+  tcQuery,
+} from './bpf';
+import { ExitCode, NeuvError, NotFoundError } from './errors';
+import {
+  MAPS,
+  Role,
+  checkAgainstBtf,
+  decodePort,
+  decodeU32Key,
+  encodeConfig,
+  u32Key,
+  VBR_IFINDEX,
+  VTH_IFINDEX,
+  PortFlag,
+} from './layout';
+import { VBR, ensureDpPair, ifindexIfExists, ifname, run } from './link';
+import { log } from './log';
+
+export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/neuv';
+export const BPF_FS_MAGIC = 0xcafe4a11;
+/** Our tc filter: a handle of our own ("NV") at priority 1, ahead of NeuVector's 10001+. */
+export const TC_HANDLE = 0x4e56;
+export const TC_PRIORITY = 1;
+
+export const PROGS = { vin: 'neuv_vin', vex: 'neuv_vex', vbr: 'neuv_vbr' } as const;
+export type ProgRole = keyof typeof PROGS;
+
+/** The object shipped with the package: build/neuv.bpf.o next to dist/. */
+export function defaultObjectPath(): string {
+  return path.resolve(__dirname, '..', '..', 'build', 'neuv.bpf.o');
+}
+
+export function pinRootFrom(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  const p = flag ?? env.NEUV_BPF_PIN_ROOT ?? DEFAULT_PIN_ROOT;
+  if (!path.isAbsolute(p)) throw new NeuvError(`pin root '${p}' must be an absolute path`, ExitCode.USAGE);
+  return path.normalize(p).replace(/\/+$/, '');
+}
+
+export function progPinPath(pinRoot: string, role: ProgRole): string {
+  return path.join(pinRoot, `prog_${role}`);
+}
+
+// ---------------------------------------------------------------- privileges
+
+const CAP_NET_ADMIN = 12;
+const CAP_SYS_ADMIN = 21;
+const CAP_BPF = 39;
+
+/** Throws a clear error unless we have CAP_NET_ADMIN and CAP_BPF (or CAP_SYS_ADMIN). */
+export function checkPrivileges(status: string = fs.readFileSync('/proc/self/status', 'utf8')): void {
+  const m = /^CapEff:\s*([0-9a-f]+)/m.exec(status);
+  const eff = m ? BigInt('0x' + m[1]) : 0n;
+  const has = (c: number) => (eff >> BigInt(c)) & 1n;
+  const missing: string[] = [];
+  if (!has(CAP_NET_ADMIN)) missing.push('CAP_NET_ADMIN');
+  if (!has(CAP_BPF) && !has(CAP_SYS_ADMIN)) missing.push('CAP_BPF');
+  if (missing.length) {
+    throw new NeuvError(`needs root (CAP_BPF and CAP_NET_ADMIN): missing ${missing.join(' and ')}`, ExitCode.PERMISSION);
+  }
+}
+
+// ---------------------------------------------------------------- bpffs
+
+function isBpffs(p: string): boolean {
+  try {
+    return fs.statfsSync(p).type === BPF_FS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Makes sure the pin root lives on a bpffs. The standard parent /sys/fs/bpf is
+ * mounted if it is not bpffs yet; any other non-bpffs location is refused
+ * rather than mounting over somebody's directory.
+ */
+export async function ensureBpffs(pinRoot: string, create: boolean): Promise<void> {
+  const parent = path.dirname(pinRoot);
+  if (!isBpffs(parent)) {
+    if (parent === '/sys/fs/bpf' && fs.existsSync(parent)) {
+      await run('mount', ['-t', 'bpf', 'bpf', parent]);
+      log('loader').info({ at: parent }, 'mounted bpffs');
+    } else {
+      throw new NeuvError(
+        `pin root ${pinRoot} is not on a bpffs (its parent ${parent} is not bpffs; mount -t bpf bpf ${parent})`,
+        ExitCode.USAGE,
+      );
+    }
+  }
+  if (create && !fs.existsSync(pinRoot)) fs.mkdirSync(pinRoot, { mode: 0o700 });
+  if (create) fs.chmodSync(pinRoot, 0o700);
+}
+
+// ---------------------------------------------------------------- undo stack
+
+class Undo {
+  private steps: Array<{ what: string; fn: () => unknown }> = [];
+  push(what: string, fn: () => unknown): void {
+    this.steps.push({ what, fn });
+  }
+  async run(): Promise<void> {
+    const lg = log('loader');
+    for (const s of this.steps.reverse()) {
+      try {
+        await s.fn();
+        lg.debug({ undo: s.what }, 'rolled back');
+      } catch (e) {
+        lg.warn({ undo: s.what, err: (e as Error).message }, 'rollback step failed');
+      }
+    }
+    this.steps = [];
+  }
+  clear(): void {
+    this.steps = [];
+  }
+}
+
+// ---------------------------------------------------------------- open the pinned state
+
+/** Handles on the pinned maps of a loaded datapath. */
+export interface Pinned {
+  pinRoot: string;
+  ports: MapFd;
+  ids: MapFd;
+  stats: MapFd;
+  global: MapFd;
+  config: MapFd;
+  close(): void;
+}
+
+export function isLoaded(pinRoot: string): boolean {
+  return fs.existsSync(path.join(pinRoot, MAPS.ports.name));
+}
+
+export function openPinned(pinRoot: string): Pinned {
+  if (!isLoaded(pinRoot)) {
+    throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
+  }
+  const opened: MapFd[] = [];
+  try {
+    const open = (name: string) => {
+      const m = MapFd.fromPin(path.join(pinRoot, name));
+      opened.push(m);
+      return m;
+    };
+    const p = {
+      pinRoot,
+      ports: open(MAPS.ports.name),
+      ids: open(MAPS.ids.name),
+      stats: open(MAPS.stats.name),
+      global: open(MAPS.global.name),
+      config: open(MAPS.config.name),
+      close: () => opened.forEach((m) => m.close()),
+    };
+    return p;
+  } catch (e) {
+    opened.forEach((m) => m.close());
+    throw e;
+  }
+}
+
+/** Opens a pinned program fd for a role (the caller closes it). */
+export function openProg(pinRoot: string, role: ProgRole): ProgFd {
+  const p = progPinPath(pinRoot, role);
+  if (!fs.existsSync(p)) throw new NotFoundError(`program ${p} is not pinned: run neuv-bpf load first`);
+  return ProgFd.fromPin(p);
+}
+
+// ---------------------------------------------------------------- load
+
+export interface LoadOptions {
+  pinRoot: string;
+  objPath?: string;
+  jumbo?: boolean;
+  /** const volatile globals of the object, e.g. { neuv_build_tag: 2 }. */
+  rodata?: Record<string, number>;
+}
+
+export interface LoadResult {
+  pinRoot: string;
+  created: boolean; // vbr-neuv/vth-neuv created by this run
+  replaced: boolean; // programs replaced in place (a previous load existed)
+  progIds: Record<ProgRole, number>;
+  mapIds: Record<string, number>;
+  reattached: number; // vin/vex hooks swapped to the new programs
+}
+
+/** Checks the object's BTF against layout.ts; throws listing every disagreement. */
+export function checkLayout(obj: BpfObject): void {
+  const problems = checkAgainstBtf(obj);
+  if (problems.length) {
+    throw new NeuvError(
+      `${obj.path} does not match the loader's map layouts (src/layout.ts vs bpf/neuv.h): ${problems.join('; ')}`,
+      ExitCode.KERNEL,
+    );
+  }
+}
+
+export async function load(opts: LoadOptions): Promise<LoadResult> {
+  const lg = log('loader');
+  const objPath = opts.objPath ?? defaultObjectPath();
+  if (!fs.existsSync(objPath)) {
+    throw new NotFoundError(`BPF object ${objPath} not found${opts.objPath ? '' : ' (run make build)'}`);
+  }
+  checkPrivileges();
+  const undo = new Undo();
+  const pinRoot = opts.pinRoot;
+  const rootExisted = fs.existsSync(pinRoot);
+  await ensureBpffs(pinRoot, true);
+  if (!rootExisted) undo.push(`remove ${pinRoot}`, () => fs.rmdirSync(pinRoot));
+  const hadPins = new Set(fs.readdirSync(pinRoot));
+  const replaced = hadPins.has(MAPS.ports.name);
+
+  const obj = BpfObject.open(objPath, { pinRoot, rodata: opts.rodata });
+  undo.push('close object', () => obj.close());
+  try {
+    checkLayout(obj);
+    const mtu = opts.jumbo ? 9000 : 2048;
+    const created = await ensureDpPair(mtu, VBR_IFINDEX, VTH_IFINDEX);
+    if (created) undo.push(`delete ${VBR}`, () => run('ip', ['link', 'del', 'dev', VBR], { allowFail: true }));
+    const vbrIndex = ifindexIfExists(VBR);
+
+    obj.load();
+    // Maps libbpf pinned anew in this run go away on failure; reused ones stay.
+    for (const name of Object.values(MAPS).map((m) => m.name)) {
+      if (!hadPins.has(name)) undo.push(`unpin ${name}`, () => fs.rmSync(path.join(pinRoot, name), { force: true }));
+    }
+    const config = obj.map(MAPS.config.name);
+    config.update(u32Key(0), encodeConfig({ dpIfindex: vbrIndex, flags: 0, traceUntil: 0n }));
+
+    // Attach (or swap in place) vbr-neuv, then every vin/vex already in the map.
+    const progFds = { vin: obj.progFd(PROGS.vin), vex: obj.progFd(PROGS.vex), vbr: obj.progFd(PROGS.vbr) };
+    const qdiscCreated = tcHookCreate(vbrIndex, VBR);
+    const vbrHad = tcQuery(vbrIndex, TC_HANDLE, TC_PRIORITY);
+    if (qdiscCreated && !created) undo.push('remove vbr-neuv clsact', () => tcHookDestroy(vbrIndex, VBR));
+    tcAttach(vbrIndex, progFds.vbr, TC_HANDLE, TC_PRIORITY, true, VBR);
+    if (!vbrHad) undo.push('detach vbr-neuv', () => tcDetach(vbrIndex, TC_HANDLE, TC_PRIORITY, VBR));
+
+    let reattached = 0;
+    const ports = obj.map(MAPS.ports.name);
+    for (const [k, v] of ports.entries()) {
+      const ifindex = decodeU32Key(k);
+      const entry = decodePort(v);
+      const name = ifname(ifindex);
+      if (!name) {
+        lg.warn({ ifindex }, 'port in the map has no interface any more; not reattached (see neuv-bpf show)');
+        continue;
+      }
+      if (!tcQuery(ifindex, TC_HANDLE, TC_PRIORITY)) {
+        lg.warn({ ifindex, name }, 'port hook was missing; attaching it again');
+      }
+      tcAttach(ifindex, entry.role === Role.VIN ? progFds.vin : progFds.vex, TC_HANDLE, TC_PRIORITY, true, name);
+      reattached++;
+    }
+
+    // Pin the programs: pin beside, then rename over the old pin (atomic on bpffs).
+    const progIds = {} as Record<ProgRole, number>;
+    for (const role of Object.keys(PROGS) as ProgRole[]) {
+      const final = progPinPath(pinRoot, role);
+      const tmp = `${final}_new`; // bpffs refuses names with a '.'
+      fs.rmSync(tmp, { force: true });
+      pinFd(progFds[role], tmp);
+      fs.renameSync(tmp, final);
+      fs.chmodSync(final, 0o600);
+      const p = new ProgFd(progFds[role], false);
+      progIds[role] = p.info().id;
+    }
+    const mapIds: Record<string, number> = {};
+    for (const m of Object.values(MAPS)) {
+      const fd = obj.map(m.name);
+      mapIds[m.name] = fd.info.id;
+      fs.chmodSync(path.join(pinRoot, m.name), 0o600);
+    }
+    undo.clear();
+    obj.close();
+    lg.info({ pinRoot, replaced, progIds, reattached }, replaced ? 'programs replaced in place' : 'datapath loaded');
+    return { pinRoot, created, replaced, progIds, mapIds, reattached };
+  } catch (e) {
+    await undo.run();
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------- unload
+
+export interface UnloadResult {
+  pinRoot: string;
+  detached: number;
+  removed: string[];
+  wasLoaded: boolean;
+}
+
+/** Detaches every port we attached, removes vbr-neuv/vth-neuv and every pin. Idempotent. */
+export async function unload(pinRoot: string): Promise<UnloadResult> {
+  const lg = log('loader');
+  checkPrivileges();
+  let detached = 0;
+  const wasLoaded = isLoaded(pinRoot);
+  if (wasLoaded) {
+    const pinned = openPinned(pinRoot);
+    try {
+      for (const [k, v] of pinned.ports.entries()) {
+        const ifindex = decodeU32Key(k);
+        const entry = decodePort(v);
+        const name = ifname(ifindex);
+        if (!name) continue;
+        if (tcDetach(ifindex, TC_HANDLE, TC_PRIORITY, name)) detached++;
+        if (entry.flags & PortFlag.QDISC_OURS) tcHookDestroy(ifindex, name);
+      }
+    } finally {
+      pinned.close();
+    }
+  }
+  const vbr = ifindexIfExists(VBR);
+  if (vbr) {
+    if (tcDetach(vbr, TC_HANDLE, TC_PRIORITY, VBR)) detached++;
+    await run('ip', ['link', 'del', 'dev', VBR]);
+  }
+  const removed: string[] = [];
+  if (fs.existsSync(pinRoot)) {
+    if (!isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
+    for (const f of fs.readdirSync(pinRoot)) {
+      fs.rmSync(path.join(pinRoot, f), { recursive: true, force: true });
+      removed.push(f);
+    }
+    fs.rmdirSync(pinRoot);
+  }
+  lg.info({ pinRoot, detached, removed: removed.length }, wasLoaded ? 'datapath unloaded' : 'nothing was loaded');
+  return { pinRoot, detached, removed, wasLoaded };
+}

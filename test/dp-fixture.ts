@@ -1,0 +1,170 @@
+/**
+ * The real datapath object under BPF_PROG_TEST_RUN, for the kernel suites.
+ *
+ * DpFixture.create() (call in a `before` hook after requireKernel) moves this
+ * process's main thread into a private network namespace with a dummy
+ * interface, so the two ingress ifindexes the tests use (lo and the dummy)
+ * exist, TAP clones sent to the DP port stay in that namespace, and an ifindex
+ * known to be absent makes the clone fail. It loads build/neuv.bpf.o with its
+ * by-name pins under a private pin root. Everything is undone by
+ * runCleanups() (the namespace is left before it is deleted).
+ *
+ * test_run facts this relies on (kernel 6.18, checked):
+ * - skb->ingress_ifindex is 0; skb->ifindex is ctx_in.ifindex (lo when 0 or
+ *   1), so the programs' fallback to skb->ifindex is what finds the port.
+ * - A redirect returns TC_ACT_REDIRECT and forwards nothing (where and
+ *   whether via redirect_peer is not observable), but bpf_clone_redirect
+ *   really transmits the copy.
+ * - The kernel refuses (EINVAL) an IPv4 frame with fewer than 20 bytes after
+ *   the Ethernet header and an IPv6 one with fewer than 40.
+ */
+import * as fs from 'node:fs';
+import { BpfObject, MapFd, ifNameToIndex, setns, CLONE_NEWNET, testRun } from '../src/bpf';
+import {
+  addGlobal,
+  addStats,
+  emptyStats,
+  encodeConfig,
+  encodeId,
+  encodePort,
+  encodeStats,
+  REASON_COUNT,
+  Stats,
+  u32Key,
+} from '../src/layout';
+import type { Hook, ModelState } from '../src/model';
+import { makeNetns, makePinRoot, OBJ, onCleanup } from './helpers';
+
+const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
+const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
+
+/** test_run refuses IP frames too short for their L3 header; see the file comment. */
+export function kernelAccepts(frame: Uint8Array): boolean {
+  if (frame.length < 14) return false;
+  const et = (frame[12]! << 8) | frame[13]!;
+  if (et === 0x0800) return frame.length >= 14 + 20;
+  if (et === 0x86dd) return frame.length >= 14 + 40;
+  return true;
+}
+
+export interface RunResult {
+  retval: number;
+  dataOut: Buffer;
+}
+
+export class DpFixture {
+  /** Ingress ifindexes that exist in the namespace: lo and a dummy that is up. */
+  readonly lo = 1;
+  readonly dummy: number;
+  /** An ifindex no device has in the namespace (bpf_clone_redirect to it fails). */
+  readonly absent = 0x7ffffff0;
+  readonly obj: BpfObject;
+  readonly progs: Record<Hook, number>;
+  readonly ports: MapFd;
+  readonly ids: MapFd;
+  readonly stats: MapFd;
+  readonly global: MapFd;
+  readonly config: MapFd;
+  private readonly ctx = new Map<number, Buffer>();
+
+  private constructor(obj: BpfObject, dummy: number) {
+    this.obj = obj;
+    this.dummy = dummy;
+    this.progs = { vin: obj.progFd('neuv_vin'), vex: obj.progFd('neuv_vex'), vbr: obj.progFd('neuv_vbr') };
+    this.ports = obj.map('neuv_ports');
+    this.ids = obj.map('neuv_ids');
+    this.stats = obj.map('neuv_stats');
+    this.global = obj.map('neuv_global');
+    this.config = obj.map('neuv_config');
+  }
+
+  /** Private netns + loaded object; cleanup registered with the helpers. */
+  static create(rodata?: Record<string, number>): DpFixture {
+    const ns = makeNetns('nbt');
+    const home = fs.openSync('/proc/self/ns/net', 'r');
+    const there = fs.openSync(`/run/netns/${ns.name}`, 'r');
+    ns.ip('link', 'add', 'nbtd0', 'type', 'dummy');
+    ns.ip('link', 'set', 'nbtd0', 'up');
+    setns(there, CLONE_NEWNET, ns.name);
+    fs.closeSync(there);
+    // Runs before the namespace is deleted (cleanups run last-in first-out).
+    onCleanup(() => {
+      setns(home, CLONE_NEWNET, 'the test process netns');
+      fs.closeSync(home);
+    });
+    const dummy = ifNameToIndex('nbtd0');
+    if (dummy <= 1) throw new Error('dummy interface nbtd0 not found in the test netns');
+    const pinRoot = makePinRoot();
+    const obj = BpfObject.open(OBJ, { pinRoot, rodata });
+    onCleanup(() => obj.close());
+    obj.load();
+    return new DpFixture(obj, dummy);
+  }
+
+  /** Empties every map and sets neuv_config.dp_ifindex. */
+  clear(dpIfindex = 0): void {
+    for (const m of [this.ports, this.ids, this.stats]) for (const k of m.keys()) m.delete(k);
+    this.config.update(u32Key(0), encodeConfig({ dpIfindex, flags: 0, traceUntil: 0n }));
+  }
+
+  /** Writes a model state into the maps (after clear); stats entries only for statsIds. */
+  seed(state: ModelState, statsIds: Iterable<number>): void {
+    this.clear(state.dpIfindex);
+    for (const [ifindex, p] of state.ports) {
+      this.ports.update(
+        u32Key(ifindex),
+        encodePort({ peerIfindex: p.peerIfindex, flags: p.flags, id: p.id, role: p.role, mode: p.mode, mac: Buffer.from(p.mac) }),
+      );
+    }
+    for (const [id, e] of state.ids) this.ids.update(u32Key(id), encodeId(e));
+    for (const id of statsIds) this.stats.update(u32Key(id), encodeStats(emptyStats()));
+  }
+
+  run(hook: Hook, frame: Uint8Array, ingressIfindex = this.lo): RunResult {
+    let ctx = this.ctx.get(ingressIfindex);
+    if (!ctx) {
+      ctx = Buffer.alloc(SKB_CTX_SIZE);
+      ctx.writeUInt32LE(ingressIfindex, SKB_CTX_IFINDEX);
+      this.ctx.set(ingressIfindex, ctx);
+    }
+    const r = testRun(this.progs[hook], Buffer.from(frame), { ctxIn: ctx });
+    return { retval: r.retval, dataOut: r.dataOut };
+  }
+
+  /** neuv_stats[id] summed over CPUs, or undefined if there is no entry. */
+  readStats(id: number): Stats | undefined {
+    const v = this.stats.lookup(u32Key(id));
+    if (!v) return undefined;
+    const s = emptyStats();
+    for (const c of this.stats.perCpuValues(v)) addStats(s, c);
+    return s;
+  }
+
+  /** neuv_global.reason[] summed over CPUs. */
+  readGlobal(): bigint[] {
+    const v = this.global.lookup(u32Key(0));
+    const g = new Array<bigint>(REASON_COUNT).fill(0n);
+    if (v) for (const c of this.global.perCpuValues(v)) addGlobal(g, c);
+    return g;
+  }
+}
+
+/** after - before, per [dir][verdict], as "dir.verdict:packets/bytes" strings for readable diffs. */
+export function statsDelta(before: Stats, after: Stats): string[] {
+  const out: string[] = [];
+  for (let d = 0; d < after.length; d++) {
+    for (let v = 0; v < after[d]!.length; v++) {
+      const p = after[d]![v]!.packets - before[d]![v]!.packets;
+      const b = after[d]![v]!.bytes - before[d]![v]!.bytes;
+      if (p !== 0n || b !== 0n) out.push(`${d}.${v}:${p}/${b}`);
+    }
+  }
+  return out;
+}
+
+/** Reason indexes whose counter moved, with how much: "r:n". */
+export function globalDelta(before: bigint[], after: bigint[]): string[] {
+  const out: string[] = [];
+  for (let r = 0; r < after.length; r++) if (after[r] !== before[r]) out.push(`${r}:${after[r]! - before[r]!}`);
+  return out;
+}

@@ -1,0 +1,180 @@
+/**
+ * Shared test helpers: kernel-suite gating, private network namespaces and pin
+ * roots with cleanup registered at creation, and a runner for the real CLI.
+ */
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
+export const OBJ = path.join(ROOT, 'build', 'neuv.bpf.o');
+const BPF_FS_MAGIC = 0xcafe4a11;
+
+/** Why kernel suites cannot run here, or undefined if they can. */
+export function kernelUnavailable(): string | undefined {
+  if (process.env.NEUV_BPF_UNIT_ONLY === '1') return 'NEUV_BPF_UNIT_ONLY=1';
+  if (process.getuid?.() !== 0) return 'needs root (CAP_BPF, CAP_NET_ADMIN, netns)';
+  try {
+    if (fs.statfsSync('/sys/fs/bpf').type !== BPF_FS_MAGIC) {
+      execFileSync('mount', ['-t', 'bpf', 'bpf', '/sys/fs/bpf']);
+    }
+  } catch {
+    return 'no bpffs at /sys/fs/bpf and it cannot be mounted';
+  }
+  if (!fs.existsSync(OBJ)) return `BPF object ${OBJ} missing (make build)`;
+  return undefined;
+}
+
+/**
+ * Call in a suite's `before` hook: skips the suite with a clear reason when the
+ * kernel is out of reach, except where NEUV_BPF_REQUIRE_KERNEL=1 (CI), where a
+ * skip would hide a regression, so it fails instead.
+ */
+export function requireKernel(ctx: Mocha.Context): void {
+  const why = kernelUnavailable();
+  if (!why) return;
+  if (process.env.NEUV_BPF_REQUIRE_KERNEL === '1') {
+    throw new Error(`kernel suite cannot run but NEUV_BPF_REQUIRE_KERNEL=1: ${why}`);
+  }
+  // eslint-disable-next-line no-console
+  console.log(`      (skipped: ${why})`);
+  ctx.skip();
+}
+
+let seq = 0;
+/** A name unique to this process and call, with a prefix tests own ("nbt"). */
+export function uniqueName(prefix = 'nbt'): string {
+  seq++;
+  return `${prefix}${process.pid.toString(36)}${seq.toString(36)}`.slice(0, 15);
+}
+
+export interface Netns {
+  name: string;
+  /** Runs a command inside the namespace (argument array, no shell). */
+  exec(cmd: string, args: string[], opts?: { allowFail?: boolean; input?: string }): string;
+  /** `ip -n NAME ...` */
+  ip(...args: string[]): string;
+  del(): void;
+}
+
+const cleanups: Array<() => void> = [];
+
+/** Registers a cleanup that runs at the end of the current suite even on failure. */
+export function onCleanup(fn: () => void): void {
+  cleanups.push(fn);
+}
+
+export function runCleanups(): void {
+  while (cleanups.length) {
+    const fn = cleanups.pop()!;
+    try {
+      fn();
+    } catch {
+      /* best effort */
+    }
+  }
+}
+
+export function sh(cmd: string, args: string[], opts: { allowFail?: boolean; input?: string } = {}): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input });
+  if (r.status !== 0 && !opts.allowFail) {
+    throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr || r.error?.message}`);
+  }
+  return r.stdout ?? '';
+}
+
+/** Creates a private network namespace (lo up) removed by runCleanups()/del(). */
+export function makeNetns(prefix = 'nbt'): Netns {
+  const name = uniqueName(prefix);
+  sh('ip', ['netns', 'add', name]);
+  const ns: Netns = {
+    name,
+    exec: (cmd, args, opts) => sh('ip', ['netns', 'exec', name, cmd, ...args], opts),
+    ip: (...args) => sh('ip', ['-n', name, ...args]),
+    del: () => {
+      sh('ip', ['netns', 'del', name], { allowFail: true });
+    },
+  };
+  ns.ip('link', 'set', 'lo', 'up');
+  onCleanup(() => ns.del());
+  return ns;
+}
+
+/** A fresh pin root under /sys/fs/bpf, removed (recursively) at cleanup. */
+export function makePinRoot(): string {
+  const p = `/sys/fs/bpf/${uniqueName('nbt')}`;
+  onCleanup(() => fs.rmSync(p, { recursive: true, force: true }));
+  return p;
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the real CLI synchronously. */
+export function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; uid?: number } = {}): CliResult {
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn', ...opts.env },
+    input: opts.input,
+    uid: opts.uid,
+    gid: opts.uid,
+  });
+  return { code: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+}
+
+/** Runs the real CLI asynchronously (for commands that stream or wait). */
+export function cliSpawn(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawn(process.execPath, [CLI, ...args], { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn', ...env } });
+}
+
+/** Asserts stderr is one line (the CLI's contract for errors). */
+export function oneErrorLine(r: CliResult): string {
+  const lines = r.stderr.trim().split('\n').filter((l) => l.length > 0);
+  if (lines.length !== 1) throw new Error(`expected one error line, got ${lines.length}:\n${r.stderr}`);
+  return lines[0]!;
+}
+
+/** A snapshot of what the kernel holds in a netns and a pin root, for "nothing changed" checks. */
+export function kernelState(ns: Netns, pinRoot: string): string {
+  const links = JSON.parse(ns.ip('-j', 'link', 'show') || '[]') as Array<{ ifname: string; ifindex: number; address?: string; mtu: number; operstate?: string }>;
+  const parts: string[] = [];
+  for (const l of links) {
+    parts.push(`link ${l.ifindex} ${l.ifname} ${l.address} ${l.mtu} ${l.operstate}`);
+    const q = sh('ip', ['netns', 'exec', ns.name, 'tc', 'qdisc', 'show', 'dev', l.ifname], { allowFail: true });
+    parts.push(`qdisc ${l.ifname}: ${q.trim()}`);
+    const f = sh('ip', ['netns', 'exec', ns.name, 'tc', 'filter', 'show', 'dev', l.ifname, 'ingress'], { allowFail: true });
+    parts.push(`filter ${l.ifname}: ${f.trim()}`);
+  }
+  if (fs.existsSync(pinRoot)) {
+    for (const f of fs.readdirSync(pinRoot).sort()) {
+      parts.push(`pin ${f}`);
+      // Entries of the state maps; counters are live (a veth gets IPv6 router
+      // solicitations), so for those only the keys count.
+      if (f.startsWith('neuv_')) {
+        const dump = sh('bpftool', ['-j', 'map', 'dump', 'pinned', path.join(pinRoot, f)], { allowFail: true });
+        if (f === 'neuv_stats' || f === 'neuv_global') {
+          const rows = JSON.parse(dump || '[]') as Array<{ formatted?: { key: unknown } }>;
+          parts.push(JSON.stringify(rows.map((r) => r.formatted?.key)));
+        } else parts.push(dump);
+      }
+    }
+  } else parts.push('no pin root');
+  return parts.join('\n');
+}
+
+/** Leftovers from tests on this machine: netns and pin roots with our prefix. */
+export function leftovers(prefix = 'nbt'): string[] {
+  const out: string[] = [];
+  for (const l of sh('ip', ['netns', 'list'], { allowFail: true }).split('\n')) {
+    const n = l.split(' ')[0];
+    if (n && n.startsWith(prefix + process.pid.toString(36))) out.push(`netns ${n}`);
+  }
+  if (fs.existsSync('/sys/fs/bpf')) {
+    for (const f of fs.readdirSync('/sys/fs/bpf')) if (f.startsWith(prefix + process.pid.toString(36))) out.push(`pin ${f}`);
+  }
+  return out;
+}

@@ -1,0 +1,251 @@
+/**
+ * Kernel suite for `load` / `unload` (the foundation): real object, real
+ * pins, real tc hooks, each test in its own netns and pin root.
+ */
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  CLI,
+  ROOT,
+  cli,
+  kernelState,
+  leftovers,
+  makeNetns,
+  makePinRoot,
+  oneErrorLine,
+  requireKernel,
+  runCleanups,
+  sh,
+} from './helpers';
+import { BpfObject, MapFd } from '../src/bpf';
+import { checkAgainstBtf, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
+
+const DRIFT = path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o');
+const REJECT = path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o');
+
+function bpftoolJson(args: string[]): unknown {
+  return JSON.parse(sh('bpftool', ['-j', ...args]));
+}
+
+describe('load / unload (kernel)', function () {
+  before(function () {
+    requireKernel(this);
+  });
+  afterEach(runCleanups);
+  after(function () {
+    runCleanups();
+    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+  });
+
+  it('loads: pins maps and programs (0600 in a 0700 dir), creates vbr-neuv/vth-neuv, attaches vbr-neuv', function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { replaced: boolean; created: boolean };
+    assert.equal(out.replaced, false);
+    assert.equal(out.created, true);
+    const files = fs.readdirSync(pins).sort();
+    assert.deepEqual(files, ['neuv_config', 'neuv_global', 'neuv_ids', 'neuv_ports', 'neuv_stats', 'prog_vbr', 'prog_vex', 'prog_vin']);
+    assert.equal(fs.statSync(pins).mode & 0o777, 0o700);
+    for (const f of files) assert.equal(fs.statSync(path.join(pins, f)).mode & 0o777, 0o600, f);
+
+    const links = JSON.parse(ns.ip('-d', '-j', 'link', 'show')) as Array<{ ifname: string; ifindex: number; mtu: number; operstate: string }>;
+    const vbr = links.find((l) => l.ifname === 'vbr-neuv');
+    const vth = links.find((l) => l.ifname === 'vth-neuv');
+    assert.equal(vbr?.ifindex, 10000000);
+    assert.equal(vth?.ifindex, 10000001);
+    assert.equal(vbr?.mtu, 2048);
+    const feats = ns.exec('ethtool', ['-k', 'vbr-neuv']);
+    assert.match(feats, /rx-checksumming: off/);
+    assert.match(feats, /tx-checksumming: off/);
+
+    const filters = ns.exec('tc', ['filter', 'show', 'dev', 'vbr-neuv', 'ingress']);
+    assert.match(filters, /neuv_vbr/);
+    assert.match(filters, /direct-action/);
+    const cfg = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_config')]) as Array<{ formatted: { value: { dp_ifindex: number } } }>;
+    assert.equal(cfg[0]!.formatted.value.dp_ifindex, 10000000);
+  });
+
+  it('bpftool shows named BTF fields of the pinned maps', function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
+    const ports = MapFd.fromPin(path.join(pins, 'neuv_ports'));
+    try {
+      ports.update(u32Key(4242), encodePort({ peerIfindex: 4243, flags: 0, id: 0x1092, role: Role.VEX, mode: Mode.TAP, mac: Buffer.from([2, 0, 0, 0, 0, 1]) }));
+    } finally {
+      ports.close();
+    }
+    const dump = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_ports')]) as Array<{ formatted: { key: number; value: Record<string, unknown> } }>;
+    assert.equal(dump.length, 1);
+    assert.equal(dump[0]!.formatted.key, 4242);
+    const v = dump[0]!.formatted.value;
+    assert.equal(v.peer_ifindex, 4243);
+    assert.equal(v.id, 0x1092);
+    assert.equal(v.role, Role.VEX);
+    assert.equal(v.mode, Mode.TAP);
+    assert.deepEqual(v.mac, [2, 0, 0, 0, 0, 1]);
+  });
+
+  it('a second load keeps map ids and entries and swaps the programs in place', function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    const first = JSON.parse(cli(['--netns', ns.name, '--bpffs', pins, 'load', '--json']).stdout) as {
+      progIds: Record<string, number>;
+      mapIds: Record<string, number>;
+    };
+    const ports = MapFd.fromPin(path.join(pins, 'neuv_ports'));
+    const entry = { peerIfindex: 7, flags: 0, id: 9, role: Role.VIN, mode: Mode.FWD, mac: Buffer.from([2, 1, 2, 3, 4, 5]) };
+    ports.update(u32Key(99), encodePort(entry));
+    ports.close();
+
+    const r2 = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--json']);
+    assert.equal(r2.code, 0, r2.stderr);
+    const second = JSON.parse(r2.stdout) as { replaced: boolean; created: boolean; progIds: Record<string, number>; mapIds: Record<string, number> };
+    assert.equal(second.replaced, true);
+    assert.equal(second.created, false);
+    assert.deepEqual(second.mapIds, first.mapIds);
+    for (const role of ['vin', 'vex', 'vbr']) assert.notEqual(second.progIds[role], first.progIds[role], role);
+    const filters = ns.exec('tc', ['filter', 'show', 'dev', 'vbr-neuv', 'ingress']);
+    assert.match(filters, new RegExp(`id ${second.progIds.vbr} `));
+    assert.equal((filters.match(/handle 0x4e56/g) ?? []).length, 1, 'exactly one filter after replace');
+    const again = MapFd.fromPin(path.join(pins, 'neuv_ports'));
+    try {
+      const v = again.lookup(u32Key(99));
+      assert.ok(v, 'entry survived the reload');
+      assert.deepEqual(decodePort(v), entry);
+    } finally {
+      again.close();
+    }
+  });
+
+  it('unload leaves no pin, no vbr-neuv, no clsact; a second unload is a no-op', function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
+    const r = cli(['--netns', ns.name, '--bpffs', pins, 'unload']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(fs.existsSync(pins), false);
+    const links = ns.ip('link', 'show');
+    assert.doesNotMatch(links, /vbr-neuv|vth-neuv/);
+    assert.doesNotMatch(ns.exec('tc', ['qdisc', 'show']), /clsact/);
+    const r2 = cli(['--netns', ns.name, '--bpffs', pins, 'unload']);
+    assert.equal(r2.code, 0);
+    assert.match(r2.stdout, /nothing was loaded/);
+  });
+
+  it('--jumbo sets MTU 9000', function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load', '--jumbo']).code, 0);
+    assert.match(ns.ip('link', 'show', 'vth-neuv'), /mtu 9000/);
+  });
+
+  describe('errors: one line, non-zero exit, nothing changed', function () {
+    it('missing object file', function () {
+      const ns = makeNetns();
+      const pins = makePinRoot();
+      const before = kernelState(ns, pins);
+      const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', '/nonexistent/x.o']);
+      assert.equal(r.code, 4);
+      assert.match(oneErrorLine(r), /BPF object \/nonexistent\/x.o not found/);
+      assert.equal(kernelState(ns, pins), before);
+    });
+
+    it('unknown netns', function () {
+      const r = cli(['--netns', 'nbt-no-such-ns', 'load']);
+      assert.equal(r.code, 4);
+      assert.match(oneErrorLine(r), /network namespace nbt-no-such-ns not found/);
+    });
+
+    it('not root: needs CAP_BPF and CAP_NET_ADMIN', function () {
+      const ns = makeNetns();
+      const pins = makePinRoot();
+      const before = kernelState(ns, pins);
+      const r = cli(['--bpffs', pins, 'load'], { uid: 65534 });
+      assert.equal(r.code, 3, r.stderr);
+      assert.match(oneErrorLine(r), /needs root \(CAP_BPF and CAP_NET_ADMIN\)/);
+      assert.equal(kernelState(ns, pins), before);
+    });
+
+    it('pin root not on a bpffs', function () {
+      const ns = makeNetns();
+      const dir = fs.mkdtempSync('/tmp/nbt-');
+      try {
+        const r = cli(['--netns', ns.name, '--bpffs', path.join(dir, 'neuv'), 'load']);
+        assert.equal(r.code, 2);
+        assert.match(oneErrorLine(r), /is not on a bpffs/);
+        assert.deepEqual(fs.readdirSync(dir), []);
+        assert.doesNotMatch(ns.ip('link', 'show'), /vbr-neuv/);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('verifier refusal: clear line, verifier log at debug level, nothing left', function () {
+      const ns = makeNetns();
+      const pins = makePinRoot();
+      const before = kernelState(ns, pins);
+      const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', REJECT]);
+      assert.equal(r.code, 6, r.stderr);
+      assert.match(oneErrorLine(r), /load BPF object .*reject.bpf.o: .*verifier refused/);
+      assert.equal(kernelState(ns, pins), before);
+      const dbg = cli(['--netns', ns.name, '--bpffs', pins, '--log-level', 'debug', 'load', '--obj', REJECT]);
+      assert.equal(dbg.code, 6);
+      assert.match(dbg.stderr, /invalid access to packet|R\d+ invalid mem access|min value is outside/);
+      assert.equal(kernelState(ns, pins), before);
+    });
+
+    it('an object whose layouts drifted from src/layout.ts is refused before load', function () {
+      const ns = makeNetns();
+      const pins = makePinRoot();
+      const before = kernelState(ns, pins);
+      const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', DRIFT]);
+      assert.equal(r.code, 6, r.stderr);
+      assert.match(oneErrorLine(r), /does not match the loader's map layouts.*struct neuv_port: size 24 in BTF, 20 in layout.ts/);
+      assert.equal(kernelState(ns, pins), before);
+    });
+
+    it('a failed reload keeps the running datapath intact', function () {
+      const ns = makeNetns();
+      const pins = makePinRoot();
+      assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
+      const before = kernelState(ns, pins);
+      const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', REJECT]);
+      assert.equal(r.code, 6);
+      assert.equal(kernelState(ns, pins), before);
+    });
+  });
+});
+
+describe('BTF layout check', function () {
+  let obj: BpfObject | undefined;
+  before(function () {
+    requireKernel(this);
+    obj = BpfObject.open(path.join(ROOT, 'build', 'neuv.bpf.o'));
+  });
+  after(() => obj?.close());
+
+  it('layout.ts agrees with the object on every struct and enum', function () {
+    assert.deepEqual(checkAgainstBtf(obj!), []);
+  });
+
+  it('catches a moved field, a wrong size, a missing member and a changed enum value', function () {
+    const moved = STRUCTS.map((s) =>
+      s.name !== PortDecl.name ? s : { ...s, members: s.members.map((m) => (m.name === 'mode' ? { ...m, offset: 10 } : m)) },
+    );
+    assert.match(checkAgainstBtf(obj!, moved).join('\n'), /neuv_port.mode: offset 11 in BTF, 10 in layout.ts/);
+    const resized = STRUCTS.map((s) => (s.name !== PortDecl.name ? s : { ...s, size: 24 }));
+    assert.match(checkAgainstBtf(obj!, resized).join('\n'), /neuv_port: size 20 in BTF, 24 in layout.ts/);
+    const missing = STRUCTS.map((s) => (s.name !== PortDecl.name ? s : { ...s, members: s.members.filter((m) => m.name !== 'flags') }));
+    assert.match(checkAgainstBtf(obj!, missing).join('\n'), /neuv_port.flags: in BTF, missing from layout.ts/);
+    const enums = ENUMS.map((e) => (e.name !== 'neuv_mode' ? e : { ...e, values: { ...e.values, TAP: 7 } }));
+    assert.match(checkAgainstBtf(obj!, STRUCTS, enums).join('\n'), /NEUV_MODE_TAP is 2 in BTF, 7 in layout.ts/);
+  });
+
+  it('the CLI binary is executable', function () {
+    assert.ok(fs.statSync(CLI).mode & 0o100);
+  });
+});
