@@ -23,13 +23,16 @@ export interface Ctx {
   out: (s: string) => void;
 }
 
+/** A command module adds its commands to the program; it gets the context lazily. */
 export type CommandRegistrar = (program: Command, ctx: () => Ctx) => void;
 
-const registrars: CommandRegistrar[] = [];
-/** Command modules register themselves here (imported below, after the core commands). */
-export function registerCommands(r: CommandRegistrar): void {
-  registrars.push(r);
-}
+/**
+ * Command modules (src/cli-*.ts), in the order their commands appear in --help.
+ * Add one line per module.
+ */
+const registrars: CommandRegistrar[] = [
+  // COMMAND MODULES
+];
 
 export function printJson(ctx: Ctx, v: unknown): void {
   ctx.out(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? Number(x) : x), 2));
@@ -119,9 +122,6 @@ export async function main(argv: string[] = process.argv): Promise<number> {
     return (process.exitCode = code);
   }
 }
-
-// Command modules (each calls registerCommands at import).
-// (pair, show, stats, intercept... are added here as they land)
 
 if (require.main === module) {
   void main();
