@@ -8,6 +8,7 @@ import { ExitCode, UsageError, exitCodeOf, oneLine } from './errors';
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
 import { load, pinRootFrom, unload } from './loader';
+import { withLock } from './lock';
 
 export interface GlobalOpts {
   netns?: string;
@@ -77,7 +78,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--json', 'print the result as JSON')
     .action(async (o: { jumbo?: boolean; obj?: string }) => {
       const c = getCtx();
-      const r = await load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo });
+      const r = await withLock(c.pinRoot, () => load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo }));
       if (c.json) printJson(c, r);
       else {
         c.out(`${r.replaced ? 'replaced programs in place' : 'loaded'}: pin root ${r.pinRoot}, programs vin=${r.progIds.vin} vex=${r.progIds.vex} vbr=${r.progIds.vbr}` +
@@ -91,7 +92,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .option('--json', 'print the result as JSON')
     .action(async () => {
       const c = getCtx();
-      const r = await unload(c.pinRoot);
+      const r = await withLock(c.pinRoot, () => unload(c.pinRoot));
       if (c.json) printJson(c, r);
       else c.out(r.wasLoaded ? `unloaded: ${r.detached} hooks detached, ${r.removed.length} pins removed` : 'nothing was loaded');
     });
