@@ -7,7 +7,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, UsageError, exitCodeOf, oneLine } from './errors';
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
-import { load, pinRootFrom, unload } from './loader';
+import { checkPrivileges, load, pinRootFrom, unload } from './loader';
 import { withLock } from './lock';
 
 export interface GlobalOpts {
@@ -39,6 +39,9 @@ export function printJson(ctx: Ctx, v: unknown): void {
   ctx.out(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? Number(x) : x), 2));
 }
 
+/** Commands that run without root (everything else needs CAP_BPF + CAP_NET_ADMIN). */
+export const UNPRIVILEGED = new Set<string>(['version']);
+
 export function buildProgram(out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Command {
   let ctx: Ctx | undefined;
   const getCtx = (): Ctx => {
@@ -66,6 +69,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       configureLogging(level);
       const json = Boolean(g.json ?? actionCommand.opts<{ json?: boolean }>().json);
       ctx = { pinRoot: pinRootFrom(g.bpffs), json, out };
+      if (!UNPRIVILEGED.has(actionCommand.name())) checkPrivileges();
       if (g.netns) enterNetns(g.netns);
       log('cli').debug({ command: actionCommand.name(), level, pinRoot: ctx.pinRoot, netns: g.netns }, 'start');
     });

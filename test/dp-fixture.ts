@@ -2,8 +2,8 @@
  * The real datapath object under BPF_PROG_TEST_RUN, for the kernel suites.
  *
  * DpFixture.create() (call in a `before` hook after requireKernel) moves this
- * process's main thread into a private network namespace with a dummy
- * interface, so the two ingress ifindexes the tests use (lo and the dummy)
+ * process's main thread into a private network namespace with a veth pair
+ * interface, so the two ingress ifindexes the tests use (lo and the veth)
  * exist, TAP clones sent to the DP port stay in that namespace, and an ifindex
  * known to be absent makes the clone fail. It loads build/neuv.bpf.o with its
  * by-name pins under a private pin root. Everything is undone by
@@ -53,9 +53,9 @@ export interface RunResult {
 }
 
 export class DpFixture {
-  /** Ingress ifindexes that exist in the namespace: lo and a dummy that is up. */
+  /** Ingress ifindexes that exist in the namespace: lo and one end of a veth pair that is up. */
   readonly lo = 1;
-  readonly dummy: number;
+  readonly veth: number;
   /** An ifindex no device has in the namespace (bpf_clone_redirect to it fails). */
   readonly absent = 0x7ffffff0;
   readonly obj: BpfObject;
@@ -67,9 +67,9 @@ export class DpFixture {
   readonly config: MapFd;
   private readonly ctx = new Map<number, Buffer>();
 
-  private constructor(obj: BpfObject, dummy: number) {
+  private constructor(obj: BpfObject, veth: number) {
     this.obj = obj;
-    this.dummy = dummy;
+    this.veth = veth;
     this.progs = { vin: obj.progFd('neuv_vin'), vex: obj.progFd('neuv_vex'), vbr: obj.progFd('neuv_vbr') };
     this.ports = obj.map('neuv_ports');
     this.ids = obj.map('neuv_ids');
@@ -83,8 +83,9 @@ export class DpFixture {
     const ns = makeNetns('nbt');
     const home = fs.openSync('/proc/self/ns/net', 'r');
     const there = fs.openSync(`/run/netns/${ns.name}`, 'r');
-    ns.ip('link', 'add', 'nbtd0', 'type', 'dummy');
-    ns.ip('link', 'set', 'nbtd0', 'up');
+    ns.ip('link', 'add', 'nbtv0', 'type', 'veth', 'peer', 'name', 'nbtv1');
+    ns.ip('link', 'set', 'nbtv1', 'up');
+    ns.ip('link', 'set', 'nbtv0', 'up');
     setns(there, CLONE_NEWNET, ns.name);
     fs.closeSync(there);
     // Runs before the namespace is deleted (cleanups run last-in first-out).
@@ -92,13 +93,13 @@ export class DpFixture {
       setns(home, CLONE_NEWNET, 'the test process netns');
       fs.closeSync(home);
     });
-    const dummy = ifNameToIndex('nbtd0');
-    if (dummy <= 1) throw new Error('dummy interface nbtd0 not found in the test netns');
+    const veth = ifNameToIndex('nbtv0');
+    if (veth <= 1) throw new Error('veth nbtv0 not found in the test netns');
     const pinRoot = makePinRoot();
     const obj = BpfObject.open(OBJ, { pinRoot, rodata });
     onCleanup(() => obj.close());
     obj.load();
-    return new DpFixture(obj, dummy);
+    return new DpFixture(obj, veth);
   }
 
   /** Empties every map and sets neuv_config.dp_ifindex. */
