@@ -322,7 +322,7 @@ export function mapInfo(fd: number): MapInfo {
 
 export function progInfo(fd: number): ProgInfo {
   // struct bpf_prog_info: type@0 id@4 tag[8]@8 jited_len@16 xlated_len@20 ...
-  // name[16]@64 ... verified_insns@196 (kernel >= 5.16; 0 before).
+  // name[16]@64 ... verified_insns@216 (kernel >= 5.16; 0 before).
   const b = objInfo(fd, 232, 'program');
   return {
     type: b.readUInt32LE(0),
@@ -330,7 +330,7 @@ export function progInfo(fd: number): ProgInfo {
     tag: b.subarray(8, 16).toString('hex'),
     xlatedLen: b.readUInt32LE(20),
     name: cstr(b, 64, 16),
-    verifiedInsns: b.readUInt32LE(196),
+    verifiedInsns: b.readUInt32LE(216),
   };
 }
 
