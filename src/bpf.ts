@@ -125,6 +125,10 @@ interface Lib {
   bpf_tc_query: (hook: object, opts: object) => number;
   bpf_prog_test_run_opts: (fd: number, opts: object) => number;
   bpf_link_create: (progFd: number, target: number, attachType: number, opts: Ptr | null) => number;
+  bpf_link_update: (linkFd: number, progFd: number, opts: Ptr | null) => number;
+  bpf_link_detach: (linkFd: number) => number;
+  bpf_prog_load: (type: number, name: string, license: string, insns: Buffer, cnt: number, opts: Ptr | null) => number;
+  libbpf_probe_bpf_helper: (progType: number, helper: number, opts: Ptr | null) => number;
   btf__find_by_name_kind: (btf: Ptr, name: string, kind: number) => number;
   btf__type_by_id: (btf: Ptr, id: number) => Ptr;
   btf__name_by_offset: (btf: Ptr, off: number) => string | null;
@@ -191,6 +195,10 @@ function lib(): Lib {
     bpf_tc_query: f(b, 'int bpf_tc_query(neuv_bpf_tc_hook *hook, _Inout_ neuv_bpf_tc_opts *opts)'),
     bpf_prog_test_run_opts: f(b, 'int bpf_prog_test_run_opts(int fd, _Inout_ neuv_bpf_test_run_opts *opts)'),
     bpf_link_create: f(b, 'int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
+    bpf_link_update: f(b, 'int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
+    bpf_link_detach: f(b, 'int bpf_link_detach(int link_fd)'),
+    bpf_prog_load: f(b, 'int bpf_prog_load(int type, const char *name, const char *license, const void *insns, size_t cnt, void *opts)'),
+    libbpf_probe_bpf_helper: f(b, 'int libbpf_probe_bpf_helper(int prog_type, int helper_id, void *opts)'),
     btf__find_by_name_kind: f(b, 'int btf__find_by_name_kind(void *btf, const char *name, uint32_t kind)'),
     btf__type_by_id: f(b, 'void *btf__type_by_id(void *btf, uint32_t id)'),
     btf__name_by_offset: f(b, 'const char *btf__name_by_offset(void *btf, uint32_t off)'),
@@ -865,6 +873,45 @@ export function testRun(progFd: number, data: Buffer, opts: TestRunOptions = {})
 // ---------------------------------------------------------------- links (tcx)
 
 export const BPF_TCX_INGRESS = 46;
+
+/** struct bpf_link_info: type@0 id@4 prog_id@8, then for tcx: ifindex@16 attach_type@20. */
+export function linkInfo(fd: number): { type: number; id: number; progId: number; ifindex: number } {
+  const b = objInfo(fd, 64, 'link');
+  return { type: b.readUInt32LE(0), id: b.readUInt32LE(4), progId: b.readUInt32LE(8), ifindex: b.readUInt32LE(16) };
+}
+
+/** Swaps the program of a link in place (atomic for tcx links). */
+export function linkUpdate(linkFd: number, progFd: number, ctx: string): void {
+  check(lib().bpf_link_update(linkFd, progFd, null), `replace program of ${ctx}`);
+}
+
+/** Detaches a link even if it is pinned elsewhere. */
+export function linkDetach(linkFd: number, ctx: string): void {
+  check(lib().bpf_link_detach(linkFd), `detach ${ctx}`);
+}
+
+/** Opens a pinned object (map, program, link) by path; the caller closes the fd. Returns -errno if absent. */
+export function objGet(path: string): number {
+  return lib().bpf_obj_get(path);
+}
+
+const BPF_PROG_TYPE_SCHED_CLS = 3;
+
+/** Loads `r0 = 0; exit` as a SCHED_CLS program, for feature probes. Returns the fd or -errno. */
+export function loadTrivialTcProg(): number {
+  const insns = Buffer.from('b700000000000000' + '9500000000000000', 'hex');
+  return lib().bpf_prog_load(BPF_PROG_TYPE_SCHED_CLS, 'neuv_probe', 'GPL', insns, 2, null);
+}
+
+/** libbpf_probe_bpf_helper for a SCHED_CLS program: true when the kernel has the helper. */
+export function probeTcHelper(helperId: number): boolean {
+  return lib().libbpf_probe_bpf_helper(BPF_PROG_TYPE_SCHED_CLS, helperId, null) === 1;
+}
+
+/** bpf_link_create with the raw result (fd or -errno), for probes. */
+export function linkCreateRaw(progFd: number, ifindex: number, attachType: number): number {
+  return lib().bpf_link_create(progFd, ifindex, attachType, null);
+}
 
 /** bpf_link_create: returns the link fd (closing it detaches unless pinned). */
 export function linkCreate(progFd: number, ifindex: number, attachType: number, ctx: string): number {

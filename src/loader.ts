@@ -6,17 +6,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  BpfObject,
-  MapFd,
-  ProgFd,
-  pinFd,
-  tcAttach,
-  tcDetach,
-  tcHookCreate,
-  tcHookDestroy,
-  tcQuery,
-} from './bpf';
+import { BpfObject, MapFd, ProgFd, pinFd } from './bpf';
+import { attach, attachState, detach, preferredKind, TC_HANDLE, TC_PRIORITY } from './attach';
+import { features } from './features';
 import { ExitCode, NeuvError, NotFoundError } from './errors';
 import {
   MAPS,
@@ -35,9 +27,7 @@ import { log } from './log';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/neuv';
 export const BPF_FS_MAGIC = 0xcafe4a11;
-/** Our tc filter: a handle of our own ("NV") at priority 1, ahead of NeuVector's 10001+. */
-export const TC_HANDLE = 0x4e56;
-export const TC_PRIORITY = 1;
+export { TC_HANDLE, TC_PRIORITY };
 
 export const PROGS = { vin: 'neuv_vin', vex: 'neuv_vex', vbr: 'neuv_vbr' } as const;
 export type ProgRole = keyof typeof PROGS;
@@ -200,6 +190,7 @@ export interface LoadResult {
   progIds: Record<ProgRole, number>;
   mapIds: Record<string, number>;
   reattached: number; // vin/vex hooks swapped to the new programs
+  attach: 'tcx' | 'tc'; // how vbr-neuv is attached
 }
 
 /** Checks the object's BTF against layout.ts; throws listing every disagreement. */
@@ -228,7 +219,11 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const hadPins = new Set(fs.readdirSync(pinRoot));
   const replaced = hadPins.has(MAPS.ports.name);
 
-  const obj = BpfObject.open(objPath, { pinRoot, rodata: opts.rodata });
+  const feats = features();
+  const obj = BpfObject.open(objPath, {
+    pinRoot,
+    rodata: { neuv_set_pkt_type: feats.pktTypeFix ? 1 : 0, ...opts.rodata },
+  });
   undo.push('close object', () => obj.close());
   try {
     checkLayout(obj);
@@ -247,11 +242,11 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
 
     // Attach (or swap in place) vbr-neuv, then every vin/vex already in the map.
     const progFds = { vin: obj.progFd(PROGS.vin), vex: obj.progFd(PROGS.vex), vbr: obj.progFd(PROGS.vbr) };
-    const qdiscCreated = tcHookCreate(vbrIndex, VBR);
-    const vbrHad = tcQuery(vbrIndex, TC_HANDLE, TC_PRIORITY);
-    if (qdiscCreated && !created) undo.push('remove vbr-neuv clsact', () => tcHookDestroy(vbrIndex, VBR));
-    tcAttach(vbrIndex, progFds.vbr, TC_HANDLE, TC_PRIORITY, true, VBR);
-    if (!vbrHad) undo.push('detach vbr-neuv', () => tcDetach(vbrIndex, TC_HANDLE, TC_PRIORITY, VBR));
+    const kind = preferredKind();
+    const vbrAtt = attach(pinRoot, vbrIndex, VBR, progFds.vbr, kind);
+    if (!vbrAtt.replaced && !created) {
+      undo.push('detach vbr-neuv', () => detach(pinRoot, vbrIndex, VBR, vbrAtt.qdiscCreated));
+    }
 
     let reattached = 0;
     const ports = obj.map(MAPS.ports.name);
@@ -263,10 +258,10 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
         lg.warn({ ifindex }, 'port in the map has no interface any more; not reattached (see neuv-bpf show)');
         continue;
       }
-      if (!tcQuery(ifindex, TC_HANDLE, TC_PRIORITY)) {
+      if (attachState(pinRoot, ifindex).kind === 'none') {
         lg.warn({ ifindex, name }, 'port hook was missing; attaching it again');
       }
-      tcAttach(ifindex, entry.role === Role.VIN ? progFds.vin : progFds.vex, TC_HANDLE, TC_PRIORITY, true, name);
+      attach(pinRoot, ifindex, name, entry.role === Role.VIN ? progFds.vin : progFds.vex, kind);
       reattached++;
     }
 
@@ -290,8 +285,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     }
     undo.clear();
     obj.close();
-    lg.info({ pinRoot, replaced, progIds, reattached }, replaced ? 'programs replaced in place' : 'datapath loaded');
-    return { pinRoot, created, replaced, progIds, mapIds, reattached };
+    lg.info({ pinRoot, replaced, progIds, reattached, attach: vbrAtt.kind }, replaced ? 'programs replaced in place' : 'datapath loaded');
+    return { pinRoot, created, replaced, progIds, mapIds, reattached, attach: vbrAtt.kind };
   } catch (e) {
     await undo.run();
     throw e;
@@ -321,8 +316,7 @@ export async function unload(pinRoot: string): Promise<UnloadResult> {
         const entry = decodePort(v);
         const name = ifname(ifindex);
         if (!name) continue;
-        if (tcDetach(ifindex, TC_HANDLE, TC_PRIORITY, name)) detached++;
-        if (entry.flags & PortFlag.QDISC_OURS) tcHookDestroy(ifindex, name);
+        if (detach(pinRoot, ifindex, name, (entry.flags & PortFlag.QDISC_OURS) !== 0)) detached++;
       }
     } finally {
       pinned.close();
@@ -330,7 +324,7 @@ export async function unload(pinRoot: string): Promise<UnloadResult> {
   }
   const vbr = ifindexIfExists(VBR);
   if (vbr) {
-    if (tcDetach(vbr, TC_HANDLE, TC_PRIORITY, VBR)) detached++;
+    if (detach(pinRoot, vbr, VBR, false)) detached++;
     await run('ip', ['link', 'del', 'dev', VBR]);
   }
   const removed: string[] = [];

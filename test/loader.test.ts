@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import {
   CLI,
   ROOT,
-  cli,
+  cli as runCli,
   kernelState,
   leftovers,
   makeNetns,
@@ -19,6 +19,7 @@ import {
   sh,
 } from './helpers';
 import { BpfObject, MapFd } from '../src/bpf';
+import { features } from '../src/features';
 import { checkAgainstBtf, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
 
 const DRIFT = path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o');
@@ -28,9 +29,24 @@ function bpftoolJson(args: string[]): unknown {
   return JSON.parse(sh('bpftool', ['-j', ...args]));
 }
 
-describe('load / unload (kernel)', function () {
+for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${kind} attach)`, function () {
+  const env = { NEUV_BPF_ATTACH: kind };
+  const cli = (args: string[], opts: Parameters<typeof runCli>[1] = {}) => runCli(args, { ...opts, env: { ...env, ...opts.env } });
+  /** The program attached to vbr-neuv ingress (tcx: the pinned link's program; tc: the filter's), or 0. */
+  const vbrProg = (ns: { exec: (c: string, a: string[]) => string }, pins: string): number => {
+    if (kind === 'tcx') {
+      const link = path.join(pins, 'link_10000000');
+      if (!fs.existsSync(link)) return 0;
+      return (JSON.parse(sh('bpftool', ['-j', 'link', 'show', 'pinned', link])) as { prog_id: number }).prog_id;
+    }
+    const j = JSON.parse(ns.exec('bpftool', ['-j', 'net', 'show', 'dev', 'vbr-neuv'])) as Array<{ tc: Array<{ id: number; name: string }> }>;
+    const ours = j[0]?.tc.filter((t) => t.name.startsWith('neuv_vbr')) ?? [];
+    assert.ok(ours.length <= 1, `at most one tc attachment: ${JSON.stringify(ours)}`);
+    return ours[0]?.id ?? 0;
+  };
   before(function () {
     requireKernel(this);
+    if (kind === 'tcx' && !features().tcx) this.skip();
   });
   afterEach(runCleanups);
   after(function () {
@@ -47,7 +63,9 @@ describe('load / unload (kernel)', function () {
     assert.equal(out.replaced, false);
     assert.equal(out.created, true);
     const files = fs.readdirSync(pins).sort();
-    assert.deepEqual(files, ['neuv_config', 'neuv_global', 'neuv_ids', 'neuv_ports', 'neuv_stats', 'prog_vbr', 'prog_vex', 'prog_vin']);
+    const expected = ['neuv_config', 'neuv_global', 'neuv_ids', 'neuv_ports', 'neuv_stats', 'prog_vbr', 'prog_vex', 'prog_vin'];
+    if (kind === 'tcx') expected.unshift('link_10000000');
+    assert.deepEqual(files, expected);
     assert.equal(fs.statSync(pins).mode & 0o777, 0o700);
     for (const f of files) assert.equal(fs.statSync(path.join(pins, f)).mode & 0o777, 0o600, f);
 
@@ -61,9 +79,9 @@ describe('load / unload (kernel)', function () {
     assert.match(feats, /rx-checksumming: off/);
     assert.match(feats, /tx-checksumming: off/);
 
-    const filters = ns.exec('tc', ['filter', 'show', 'dev', 'vbr-neuv', 'ingress']);
-    assert.match(filters, /neuv_vbr/);
-    assert.match(filters, /direct-action/);
+    assert.ok(vbrProg(ns, pins) > 0, 'neuv_vbr attached to vbr-neuv ingress');
+    if (kind === 'tc') assert.match(ns.exec('tc', ['filter', 'show', 'dev', 'vbr-neuv', 'ingress']), /neuv_vbr.*direct-action/);
+    else assert.ok(fs.existsSync(path.join(pins, 'link_10000000')), 'tcx link pinned');
     const cfg = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_config')]) as Array<{ formatted: { value: { dp_ifindex: number } } }>;
     assert.equal(cfg[0]!.formatted.value.dp_ifindex, 10000000);
   });
@@ -108,9 +126,8 @@ describe('load / unload (kernel)', function () {
     assert.equal(second.created, false);
     assert.deepEqual(second.mapIds, first.mapIds);
     for (const role of ['vin', 'vex', 'vbr']) assert.notEqual(second.progIds[role], first.progIds[role], role);
-    const filters = ns.exec('tc', ['filter', 'show', 'dev', 'vbr-neuv', 'ingress']);
-    assert.match(filters, new RegExp(`id ${second.progIds.vbr} `));
-    assert.equal((filters.match(/handle 0x4e56/g) ?? []).length, 1, 'exactly one filter after replace');
+    assert.equal(vbrProg(ns, pins), second.progIds.vbr, 'the new program is the one attached');
+    if (kind === 'tcx') assert.doesNotMatch(ns.exec('tc', ['filter', 'show', 'dev', 'vbr-neuv', 'ingress']), /neuv/, 'no tc filter besides the tcx link');
     const again = MapFd.fromPin(path.join(pins, 'neuv_ports'));
     try {
       const v = again.lookup(u32Key(99));
@@ -125,12 +142,15 @@ describe('load / unload (kernel)', function () {
     const ns = makeNetns();
     const pins = makePinRoot();
     assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
+    const linkId = kind === 'tcx' ? (JSON.parse(sh('bpftool', ['-j', 'link', 'show', 'pinned', path.join(pins, 'link_10000000')])) as { id: number }).id : 0;
     const r = cli(['--netns', ns.name, '--bpffs', pins, 'unload']);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(fs.existsSync(pins), false);
     const links = ns.ip('link', 'show');
     assert.doesNotMatch(links, /vbr-neuv|vth-neuv/);
     assert.doesNotMatch(ns.exec('tc', ['qdisc', 'show']), /clsact/);
+    assert.doesNotMatch(ns.exec('bpftool', ['net', 'show']), /neuv/);
+    if (linkId) assert.equal(sh('bpftool', ['link', 'show', 'id', String(linkId)], { allowFail: true }), '', 'tcx link gone');
     const r2 = cli(['--netns', ns.name, '--bpffs', pins, 'unload']);
     assert.equal(r2.code, 0);
     assert.match(r2.stdout, /nothing was loaded/);
