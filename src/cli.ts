@@ -9,6 +9,7 @@ import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
 import { checkPrivileges, load, pinRootFrom, unload } from './loader';
 import { withLock } from './lock';
+import { register as registerVersion } from './cli-version';
 
 export interface GlobalOpts {
   netns?: string;
@@ -33,6 +34,7 @@ export type CommandRegistrar = (program: Command, ctx: () => Ctx) => void;
  */
 const registrars: CommandRegistrar[] = [
   // COMMAND MODULES
+  registerVersion,
 ];
 
 export function printJson(ctx: Ctx, v: unknown): void {

@@ -211,6 +211,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     throw new NotFoundError(`BPF object ${objPath} not found${opts.objPath ? '' : ' (run make build)'}`);
   }
   checkPrivileges();
+  const feats = features();
+  const kind = preferredKind(); // before any change: a forced, missing feature fails here
   const undo = new Undo();
   const pinRoot = opts.pinRoot;
   const rootExisted = fs.existsSync(pinRoot);
@@ -219,7 +221,6 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const hadPins = new Set(fs.readdirSync(pinRoot));
   const replaced = hadPins.has(MAPS.ports.name);
 
-  const feats = features();
   const obj = BpfObject.open(objPath, {
     pinRoot,
     rodata: { neuv_set_pkt_type: feats.pktTypeFix ? 1 : 0, ...opts.rodata },
@@ -242,7 +243,6 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
 
     // Attach (or swap in place) vbr-neuv, then every vin/vex already in the map.
     const progFds = { vin: obj.progFd(PROGS.vin), vex: obj.progFd(PROGS.vex), vbr: obj.progFd(PROGS.vbr) };
-    const kind = preferredKind();
     const vbrAtt = attach(pinRoot, vbrIndex, VBR, progFds.vbr, kind);
     if (!vbrAtt.replaced && !created) {
       undo.push('detach vbr-neuv', () => detach(pinRoot, vbrIndex, VBR, vbrAtt.qdiscCreated));
