@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures test test-unit test-kernel demo bench lint clean vagrant-test
+.PHONY: all deps build bpf ts fixtures stub-dp test test-unit test-kernel demo bench lint clean vagrant-test
 
 V ?= 0
 ifeq ($(V),1)
@@ -25,7 +25,7 @@ deps: $(DEPS_STAMP)
 $(DEPS_STAMP): package.json package-lock.json scripts/deps.sh
 	$(Q)./scripts/deps.sh
 
-build: bpf ts fixtures
+build: bpf ts fixtures stub-dp
 bpf: $(BPF_OBJ)
 $(BPF_OBJ): $(BPF_SRC) $(BPF_HDR) | $(DEPS_STAMP)
 	@mkdir -p build
@@ -39,6 +39,15 @@ build/fixtures/%.bpf.o: test/fixtures/%.bpf.c $(BPF_SRC) $(BPF_HDR) | $(DEPS_STA
 	@mkdir -p build/fixtures
 	@[ "$(V)" = 1 ] || echo "  CLANG  $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+# The stub enforcer DP of the tests and the demo (tools/stub-dp.c).
+HOSTCC ?= gcc
+STUB_DP := build/stub-dp
+stub-dp: $(STUB_DP)
+$(STUB_DP): tools/stub-dp.c | $(DEPS_STAMP)
+	@mkdir -p build
+	@[ "$(V)" = 1 ] || echo "  CC     $@"
+	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -o $@ $<
 
 ts: $(TS_STAMP)
 $(TS_STAMP): $(TS_SRC) $(DEPS_STAMP)

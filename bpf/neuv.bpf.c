@@ -19,6 +19,20 @@
  * return TC_ACT_OK, TC_ACT_SHOT or TC_ACT_REDIRECT (the value of
  * bpf_redirect*, which is TC_ACT_REDIRECT for flags 0).
  *
+ * Decisions beyond the DATAPATH.md tables (mirrored in src/model.ts):
+ * - vin/vex: no port entry passes (PASS_NO_PORT); a role that does not match
+ *   the hook, or a mode other than FWD/TAP/BYPASS, drops every frame, even
+ *   one shorter than an Ethernet header; otherwise such a short frame goes to
+ *   the peer unchanged.
+ * - vbr-neuv: the port entry of the target (vin or vex) gives the mode, the
+ *   MAC and the flags; its role is not checked.
+ * - TAP: a clone that does not get out (any non-zero bpf_clone_redirect
+ *   result, e.g. no such DP port, or it is down) counts CLONE_FAILED instead
+ *   of COPY; the original is still forwarded.
+ * - pkt_type (neuv_set_pkt_type): set to PACKET_HOST before a redirect_peer
+ *   of a frame whose DA is M (towards the workload) or any unicast DA
+ *   (towards the network: vin -> vex and vbr-neuv -> vex alike).
+ *
  * MAC rewrites always go through bpf_skb_store_bytes (flags 0: the Ethernet
  * header is outside skb->csum at tc ingress). parse_eth() copies what the
  * rules need out of the packet before any helper runs, and loads data and

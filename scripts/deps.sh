@@ -22,6 +22,7 @@ check iperf3 iperf3
 check trafgen netsniff-ng
 check setpriv util-linux
 check gcc gcc
+check ping iputils-ping
 if [ "$(uname -m)" != x86_64 ]; then
   echo "deps: only x86_64 is tested; continuing" >&2
 fi

@@ -10,6 +10,7 @@ import { enterNetns } from './link';
 import { checkPrivileges, load, pinRootFrom, unload } from './loader';
 import { withLock } from './lock';
 import { register as registerVersion } from './cli-version';
+import { registerPairCommands } from './cli-pair';
 
 export interface GlobalOpts {
   netns?: string;
@@ -35,6 +36,7 @@ export type CommandRegistrar = (program: Command, ctx: () => Ctx) => void;
 const registrars: CommandRegistrar[] = [
   // COMMAND MODULES
   registerVersion,
+  registerPairCommands,
 ];
 
 export function printJson(ctx: Ctx, v: unknown): void {

@@ -21,7 +21,7 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { Mode } from '../src/layout';
+import { Mode, REASON_NAMES, VERDICT_NAMES } from '../src/layout';
 import { formatMac, ucmac } from '../src/mac';
 import { decide, Hook, ModelState, PortEntry, retval } from '../src/model';
 import { DpFixture, globalDelta, kernelAccepts, statsDelta } from './dp-fixture';
@@ -168,28 +168,40 @@ describe('differential: kernel vs model', function () {
       const sent = fc
         .record({
           hook: fc.constantFrom<Hook>('vin', 'vex', 'vbr'),
-          ingress: fc.constantFrom(...ingresses),
+          // Mostly the port whose entry was generated for this hook's role (lo for vin, veth for vex).
+          otherPort: fc.integer({ min: 0, max: 5 }).map((n) => n === 0),
+          // One frame in three aims at the rule: the workload's MAC where the hook looks for it.
+          aim: fc.integer({ min: 0, max: 2 }).map((n) => n === 0),
           da: mac,
           sa: mac,
           etherType,
           payload,
         })
-        .map(({ hook, ingress, da, sa, etherType: et, payload: p }): Sent => {
+        .map(({ hook, otherPort, aim, da, sa, etherType: et, payload: p }): Sent => {
+          const ingress = ingresses[(hook === 'vex' ? 1 : 0) ^ (otherPort ? 1 : 0)]!;
           const f = new Uint8Array(14 + p.length);
           f.set(da, 0);
           f.set(sa, 6);
           f[12] = et >> 8;
           f[13] = et & 0xff;
           f.set(p, 14);
+          const entry = ports.get(ingress);
+          if (aim && entry && hook !== 'vbr') f.set(entry.mac, hook === 'vex' ? 0 : 6);
           // test_run refuses IP frames shorter than their L3 header: pad those with zeros.
           const min = et === 0x0800 ? 34 : et === 0x86dd ? 54 : 14;
           const frame = f.length >= min ? f : Uint8Array.from([...f, ...new Uint8Array(min - f.length)]);
           return { hook, ingress, frame };
         });
-      return fc.array(sent, { minLength: BATCH, maxLength: BATCH }).map((frames): Scenario => ({ state, statsIds: g.statsIds, dpName, frames }));
+      return fc.array(sent, { minLength: BATCH, maxLength: BATCH }).map((frames): Scenario => {
+        const sc: Scenario = { state, statsIds: g.statsIds, dpName, frames };
+        // fast-check prints this instead of 500 frames; the failing frame is in the error.
+        Object.defineProperty(sc, fc.toStringMethod, { value: () => `scenario of ${frames.length} frames on:\n${describeState(sc)}` });
+        return sc;
+      });
     });
 
     let frames = 0;
+    const coverage = new Map<string, number>();
     const runs = Math.ceil(TOTAL / BATCH);
     const seed = process.env.NEUV_FC_SEED ? Number(process.env.NEUV_FC_SEED) : undefined;
 
@@ -211,6 +223,8 @@ describe('differential: kernel vs model', function () {
             throw new Error(`test_run failed (${(e as Error).message}): ${where()}`);
           }
           frames++;
+          const cls = `${hook} ${want.ret}${want.stats ? ' ' + want.stats.verdicts.map((v) => VERDICT_NAMES[v]).join('+') : ''}${want.reason ? ' ' + REASON_NAMES[want.reason] : ''}`;
+          coverage.set(cls, (coverage.get(cls) ?? 0) + 1);
           const sAfter = readAll();
           const gAfter = dp.readGlobal();
           const problems: string[] = [];
@@ -236,8 +250,32 @@ describe('differential: kernel vs model', function () {
           .sort((a, b) => a - b);
         assert.deepEqual(keys, [...sc.statsIds].sort((a, b) => a - b), 'neuv_stats keys changed');
       }),
-      { numRuns: runs, seed },
+      // No shrinking: a batch stops at its first disagreement, which the error shows in full.
+      { numRuns: runs, seed, endOnFailure: true },
     );
     assert.ok(frames >= TOTAL, `only ${frames} frames ran`);
+    // The generator must keep reaching every outcome, or a passing run proves little.
+    if (TOTAL >= 50_000) {
+      const required = [
+        ...['vin', 'vex'].flatMap((h) =>
+          [
+            'redirect to_dp',
+            'redirect copy+to_peer',
+            'redirect to_peer',
+            'redirect to_peer clone_failed',
+            'ok pass_no_port',
+            'shot drop drop_mode',
+            'shot drop drop_role',
+          ].map((c) => `${h} ${c}`),
+        ),
+        ...['ok pass_no_pair', 'redirect from_dp', 'shot drop drop_inject', 'shot drop drop_mode', 'shot drop drop_no_peer'].map((c) => `vbr ${c}`),
+      ];
+      const thin = required.filter((c) => (coverage.get(c) ?? 0) < 100).map((c) => `${c}: ${coverage.get(c) ?? 0}`);
+      assert.deepEqual(thin, [], 'outcomes the generator reached fewer than 100 times');
+    }
+    if (process.env.NEUV_DIFF_COVERAGE === '1') {
+      // eslint-disable-next-line no-console
+      console.log([...coverage].sort((a, b) => a[0].localeCompare(b[0])).map(([k, n]) => `      ${String(n).padStart(6)}  ${k}`).join('\n'));
+    }
   });
 });

@@ -1,0 +1,345 @@
+/**
+ * Commands `pair add / mode / del`, `show` and `stats`: a thin shell over
+ * Datapath (src/pairs.ts). Parsing and printing only; every decision lives
+ * in the API.
+ */
+import * as fs from 'node:fs';
+import { Command, Option } from 'commander';
+import type { CommandRegistrar, Ctx } from './cli';
+import { NotFoundError, UsageError } from './errors';
+import { CLEAR_SCREEN, perSecond, si, table } from './format';
+import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from './layout';
+import {
+  ADD_MODES,
+  Datapath,
+  MODES,
+  PairAdded,
+  PairCounters,
+  PairSelector,
+  PairSpec,
+  PairView,
+  ShowResult,
+  StatsSnapshot,
+  delivered,
+  parsePairLines,
+  parsePortId,
+} from './pairs';
+
+interface SelOpts {
+  in?: string;
+  ex?: string;
+  id?: string;
+}
+
+/** Exactly one of --in, --ex, --id. */
+export function selectorFrom(o: SelOpts): PairSelector {
+  const given = (['in', 'ex', 'id'] as const).filter((k) => o[k] !== undefined);
+  if (given.length !== 1) throw new UsageError('name the pair with exactly one of --in VIN, --ex VEX or --id N');
+  if (o.in !== undefined) return { in: o.in };
+  if (o.ex !== undefined) return { ex: o.ex };
+  return { id: parsePortId(o.id) };
+}
+
+function addedLine(r: PairAdded): string {
+  const head = r.created ? 'added' : 'exists';
+  const extra = r.repaired.length ? ` (repaired: ${r.repaired.join(', ')})` : '';
+  return `${head} ${r.in}/${r.ex}: id ${r.id} ucmac ${r.ucmac} bcmac ${r.bcmac} mode ${r.mode}${extra}`;
+}
+
+function readInput(file: string): string {
+  try {
+    return fs.readFileSync(file === '-' ? 0 : file, 'utf8');
+  } catch (e) {
+    throw new NotFoundError(`cannot read ${file === '-' ? 'stdin' : file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+async function withDatapath<T>(c: Ctx, fn: (dp: Datapath) => Promise<T>): Promise<T> {
+  const dp = Datapath.open(c.pinRoot);
+  try {
+    return await fn(dp);
+  } finally {
+    dp.close();
+  }
+}
+
+/** JSON with counters (bigint) as numbers. (Not cli.ts's printJson: this module must not need cli.ts at load.) */
+const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
+const jsonLine = (v: unknown) => JSON.stringify(v, bigintAsNumber);
+function printJson(c: Ctx, v: unknown): void {
+  c.out(JSON.stringify(v, bigintAsNumber, 2));
+}
+
+// ---------------------------------------------------------------- show
+
+function hooks(p: PairView): string {
+  const a = [p.vin?.attached ? 'vin' : '', p.vex?.attached ? 'vex' : ''].filter(Boolean);
+  const kinds = [...new Set([p.vin?.attach, p.vex?.attach].filter((k) => k && k !== 'none'))].join('+');
+  return a.length === 2 ? `both ${kinds}` : a.length === 1 ? `${a[0]} only ${kinds}` : 'none';
+}
+
+function flags(p: PairView): string {
+  const f: string[] = [];
+  const rp = [p.vin?.redirectPeer ? 'vin' : '', p.vex?.redirectPeer ? 'vex' : ''].filter(Boolean);
+  if (rp.length) f.push(`peer:${rp.join('+')}`);
+  if (p.ipv6ToDp) f.push('ipv6');
+  const q = [p.vin?.qdiscOurs ? 'vin' : '', p.vex?.qdiscOurs ? 'vex' : ''].filter(Boolean);
+  if (q.length) f.push(`qdisc:${q.join('+')}`);
+  return f.join(',') || '-';
+}
+
+function portCell(v: PairView['vin']): string {
+  if (!v) return '-';
+  return `${v.name ?? '?'} (${v.ifindex})`;
+}
+
+export function formatShow(r: ShowResult): string[] {
+  const out: string[] = [];
+  out.push(`pin root ${r.pinRoot}: ${r.pairs.length} pair${r.pairs.length === 1 ? '' : 's'}${r.consistent ? '' : ', INCONSISTENT (see !)'}`);
+  if (r.pairs.length) {
+    const rows: string[][] = [];
+    const notes = new Map<number, string[]>();
+    r.pairs.forEach((p, i) => {
+      const c = p.counters;
+      rows.push([
+        String(p.id),
+        portCell(p.vin),
+        portCell(p.vex),
+        p.mac ?? '-',
+        p.ucmac,
+        p.bcmac,
+        p.mode ?? '-',
+        hooks(p),
+        flags(p),
+        c ? si(delivered(c.to_wl).packets) : '-',
+        c ? si(delivered(c.from_wl).packets) : '-',
+        c ? si(c.to_wl.drop.packets + c.from_wl.drop.packets) : '-',
+      ]);
+      if (p.problems.length) notes.set(i, p.problems);
+    });
+    const lines = table(
+      ['ID', 'VIN (ifindex)', 'VEX (ifindex)', 'MAC', 'UCMAC', 'BCMAC', 'MODE', 'HOOKS', 'FLAGS', 'TO_WL', 'FROM_WL', 'DROP'],
+      rows,
+      ['r', 'l', 'l', 'l', 'l', 'l', 'l', 'l', 'l', 'r', 'r', 'r'],
+    );
+    out.push(lines[0]!);
+    lines.slice(1).forEach((l, i) => {
+      out.push(l);
+      for (const n of notes.get(i) ?? []) out.push(`  ! ${n}`);
+    });
+  }
+  for (const n of r.problems) out.push(`! ${n}`);
+  out.push(globalLine(r.global));
+  return out;
+}
+
+function globalLine(g: Record<string, bigint>, rates?: Record<string, number>): string {
+  const parts = REASON_NAMES.filter((n) => n !== 'none').map((n) => `${n} ${si(g[n] ?? 0n)}${rates ? ` (${si(rates[n] ?? 0)}/s)` : ''}`);
+  return `global: ${parts.join(', ')}`;
+}
+
+// ---------------------------------------------------------------- stats
+
+type Rates = Record<(typeof DIR_NAMES)[number], Record<(typeof VERDICT_NAMES)[number], { packets: number; bytes: number }>>;
+
+function ratesOf(now: PairCounters, before: PairCounters | undefined, seconds: number): Rates {
+  const out = {} as Rates;
+  for (const d of DIR_NAMES) {
+    out[d] = {} as Rates[typeof d];
+    for (const v of VERDICT_NAMES) {
+      const b = before?.[d][v];
+      out[d][v] = {
+        packets: b ? perSecond(now[d][v].packets - b.packets, seconds) : 0,
+        bytes: b ? perSecond(now[d][v].bytes - b.bytes, seconds) : 0,
+      };
+    }
+  }
+  return out;
+}
+
+export function formatStats(s: StatsSnapshot, prev?: StatsSnapshot): string[] {
+  const seconds = prev ? (s.time - prev.time) / 1000 : 0;
+  const before = new Map(prev?.pairs.map((p) => [p.id, p.counters]));
+  const rows: string[][] = [];
+  for (const p of s.pairs) {
+    const name = p.in || p.ex ? `${p.in ?? '?'}/${p.ex ?? '?'}` : '(no pair)';
+    const r = prev ? ratesOf(p.counters, before.get(p.id), seconds) : undefined;
+    for (const d of DIR_NAMES) {
+      const c = p.counters[d];
+      const cells = VERDICT_NAMES.map((v) => si(c[v].packets) + (r ? ` ${si(r[d][v].packets)}/s` : ''));
+      const del = delivered(c);
+      const bits = r ? ` ${si((r[d].to_peer.bytes + r[d].from_dp.bytes) * 8, 'bit')}/s` : '';
+      rows.push([String(p.id), name, d, ...cells, si(del.bytes, 'B') + bits]);
+    }
+  }
+  const out: string[] = [];
+  out.push(
+    `${new Date(s.time).toISOString()}  ${s.pairs.length} pair${s.pairs.length === 1 ? '' : 's'}` +
+      (prev ? `, rates over the last ${seconds.toFixed(1)} s` : '') + '  (packets per verdict; BYTES = delivered: to_peer + from_dp)',
+  );
+  if (rows.length) {
+    out.push(...table(['ID', 'PAIR', 'DIR', ...VERDICT_NAMES.map((v) => v.toUpperCase()), 'BYTES'], rows, ['r', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r']));
+  }
+  let grates: Record<string, number> | undefined;
+  if (prev) {
+    grates = {};
+    for (const n of REASON_NAMES) grates[n] = perSecond(s.global[n] - prev.global[n], seconds);
+  }
+  out.push(globalLine(s.global, grates));
+  return out;
+}
+
+function statsJson(s: StatsSnapshot, prev?: StatsSnapshot): object {
+  if (!prev) return s;
+  const seconds = (s.time - prev.time) / 1000;
+  const before = new Map(prev.pairs.map((p) => [p.id, p.counters]));
+  const global: Record<string, number> = {};
+  for (const n of REASON_NAMES) global[n] = perSecond(s.global[n] - prev.global[n], seconds);
+  return {
+    ...s,
+    interval: seconds,
+    pairs: s.pairs.map((p) => ({ ...p, rates: ratesOf(p.counters, before.get(p.id), seconds) })),
+    globalRates: global,
+  };
+}
+
+
+async function watch(c: Ctx, dp: Datapath, intervalS: number): Promise<void> {
+  const tty = process.stdout.isTTY === true && !c.json;
+  let stop = false;
+  let wake: (() => void) | undefined;
+  const onSig = () => {
+    stop = true;
+    wake?.();
+  };
+  process.once('SIGINT', onSig);
+  process.once('SIGTERM', onSig);
+  try {
+    let prev = await dp.stats();
+    while (!stop) {
+      await new Promise<void>((res) => {
+        wake = res;
+        setTimeout(res, intervalS * 1000);
+      });
+      if (stop) break;
+      const now = await dp.stats();
+      if (c.json) c.out(jsonLine(statsJson(now, prev)));
+      else {
+        const lines = formatStats(now, prev);
+        if (tty) process.stdout.write(CLEAR_SCREEN + lines.join('\n') + '\n');
+        else c.out(lines.join('\n') + '\n');
+      }
+      prev = now;
+    }
+  } finally {
+    process.removeListener('SIGINT', onSig);
+    process.removeListener('SIGTERM', onSig);
+  }
+}
+
+// ---------------------------------------------------------------- registrar
+
+export const registerPairCommands: CommandRegistrar = (program: Command, ctx: () => Ctx) => {
+  const pair = program.command('pair').description('port pairs: add, switch mode, delete (NeuVector AttachPortPair / FwdPortPair / TapPortPair / DetachPortPair)');
+
+  pair
+    .command('add')
+    .description('attach the programs to a vin/vex pair and write its map entries; prints id, UCMAC and BCMAC. Idempotent for an identical spec (re-attaches missing hooks).')
+    .option('--in <vin>', 'vin: the veth whose peer is the workload eth0')
+    .option('--ex <vex>', "vex: the workload's original port")
+    .option('--mac <mac>', 'the workload MAC (unicast)')
+    .addOption(new Option('--mode <mode>', 'initial mode (default bypass)').choices([...ADD_MODES]))
+    .option('--id <n>', 'pin the port id (0..65535); default: vex ifindex & 0xffff, or the lowest free id')
+    .option('--ipv6-to-dp', 'send IPv6 unicast of the workload through the DP too')
+    .option('--file <file>', "many pairs: JSON lines {in, ex, mac, mode?, id?, ipv6ToDp?} ('-' for stdin)")
+    .option('--json', 'print the result as JSON')
+    .action(async (o: { in?: string; ex?: string; mac?: string; mode?: string; id?: string; ipv6ToDp?: boolean; file?: string }) => {
+      const c = ctx();
+      if (o.file !== undefined) {
+        if (o.in !== undefined || o.ex !== undefined || o.mac !== undefined || o.mode !== undefined || o.id !== undefined || o.ipv6ToDp) {
+          throw new UsageError('--file cannot be combined with --in, --ex, --mac, --mode, --id or --ipv6-to-dp');
+        }
+        const source = o.file === '-' ? 'stdin' : o.file;
+        const { specs, labels } = parsePairLines(readInput(o.file), source);
+        const rs = await withDatapath(c, (dp) => dp.addPairs(specs, { labels }));
+        if (c.json) printJson(c, rs);
+        else {
+          for (const r of rs) c.out(addedLine(r));
+          const n = rs.filter((r) => r.created).length;
+          c.out(`${rs.length} pairs: ${n} added, ${rs.length - n} existed`);
+        }
+        return;
+      }
+      const missing = (['in', 'ex', 'mac'] as const).filter((k) => o[k] === undefined);
+      if (missing.length) throw new UsageError(`pair add needs ${missing.map((k) => `--${k}`).join(', ')} (or --file)`);
+      const spec: PairSpec = { in: o.in!, ex: o.ex!, mac: o.mac! };
+      if (o.mode !== undefined) spec.mode = o.mode as PairSpec['mode'];
+      if (o.id !== undefined) spec.id = parsePortId(o.id);
+      if (o.ipv6ToDp) spec.ipv6ToDp = true;
+      const r = await withDatapath(c, (dp) => dp.addPair(spec));
+      if (c.json) printJson(c, r);
+      else c.out(addedLine(r));
+    });
+
+  pair
+    .command('mode')
+    .description('switch a pair to fwd, tap, bypass or drop: one atomic map update per port, no frame dropped by the switch')
+    .argument('<mode>', MODES.join('|'))
+    .option('--in <vin>', 'the pair by its vin')
+    .option('--ex <vex>', 'the pair by its vex')
+    .option('--id <n>', 'the pair by its port id')
+    .option('--json', 'print the result as JSON')
+    .action(async (mode: string, o: SelOpts) => {
+      const c = ctx();
+      const sel = selectorFrom(o);
+      const r = await withDatapath(c, (dp) => dp.setMode(sel, mode as (typeof MODES)[number]));
+      if (c.json) printJson(c, r);
+      else c.out(`pair id ${r.id} (${r.in ?? '?'}/${r.ex ?? '?'}): ${r.from} -> ${r.to}`);
+    });
+
+  pair
+    .command('del')
+    .description('remove a pair: detach vin/vex (their clsact too if we created it) and delete its map entries; vbr-neuv stays')
+    .option('--in <vin>', 'the pair by its vin')
+    .option('--ex <vex>', 'the pair by its vex')
+    .option('--id <n>', 'the pair by its port id')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: SelOpts) => {
+      const c = ctx();
+      const sel = selectorFrom(o);
+      const r = await withDatapath(c, (dp) => dp.delPair(sel));
+      if (c.json) printJson(c, r);
+      else c.out(`deleted pair id ${r.id} (${r.in ?? r.vinIfindex ?? '?'}/${r.ex ?? r.vexIfindex ?? '?'})`);
+    });
+
+  program
+    .command('show')
+    .description('every pair: names, ifindexes, MAC, UCMAC, BCMAC, id, mode, hooks, counters; flags inconsistencies')
+    .option('--json', 'print the result as JSON')
+    .action(async () => {
+      const c = ctx();
+      const r = await withDatapath(c, (dp) => dp.show());
+      if (c.json) printJson(c, r);
+      else c.out(formatShow(r).join('\n'));
+    });
+
+  program
+    .command('stats')
+    .description('counters per pair and direction (summed over CPUs) and the global reason counters; --watch for rates')
+    .option('--json', 'print the result as JSON (one line per interval with --watch)')
+    .option('--watch', 'print again every interval with rates, until interrupted')
+    .option('--interval <seconds>', 'watch interval in seconds', '1')
+    .action(async (o: { watch?: boolean; interval: string }) => {
+      const c = ctx();
+      const interval = Number(o.interval);
+      if (!Number.isFinite(interval) || interval <= 0 || interval > 3600) {
+        throw new UsageError(`--interval ${JSON.stringify(o.interval)} is not a number of seconds in (0, 3600]`);
+      }
+      await withDatapath(c, async (dp) => {
+        if (o.watch) return watch(c, dp, interval);
+        const s = await dp.stats();
+        if (c.json) printJson(c, s);
+        else c.out(formatStats(s).join('\n'));
+      });
+    });
+};

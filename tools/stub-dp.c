@@ -1,0 +1,464 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * stub-dp: a stand-in for the enforcer's userspace datapath (DP), for the
+ * tests and `neuv-bpf demo`.
+ *
+ * It reads every frame arriving on the DP port (vth-neuv) with an AF_PACKET
+ * socket, drops TCP/UDP frames whose destination port is on its --drop-port
+ * list, and writes every other frame of a pair back into the same port
+ * unchanged. Frames carrying no UCMAC (4e:65:75:56:xx:xx as destination or
+ * source) are not the datapath's: they are counted as ignored and never sent
+ * back.
+ *
+ * It writes back in every mode. In TAP the datapath must drop what it
+ * injects; the counters of the BPF side (drop_inject) show it did.
+ *
+ * Counters, per UCMAC and per direction (to_wl: the UCMAC is the destination;
+ * from_wl: it is the source), with a breakdown by kind ("udp/8080",
+ * "tcp6/443", "icmp", "icmp6", "other"; the port is the lower of the two, so a
+ * request and its reply land on the same key), are written as JSON:
+ *   - to --out FILE (atomically: a temporary file renamed over it) at start,
+ *     every --interval-ms when something changed, and at once on SIGUSR1
+ *     (each write bumps "seq", so a reader can wait for a fresh one);
+ *   - to stdout on SIGTERM/SIGINT, then it exits 0.
+ *
+ * The socket uses PACKET_VNET_HDR: a frame that reaches vth-neuv with its
+ * checksum still to be computed (CHECKSUM_PARTIAL, e.g. from a host-side veth
+ * with tx offload) or as a GSO super-frame is read with its virtio-net header
+ * and written back with it, so the kernel still completes the checksum and
+ * the segmentation. Frames it sent itself (PACKET_OUTGOING) are ignored, both
+ * by PACKET_IGNORE_OUTGOING and by checking sll_pkttype.
+ *
+ * Usage: stub-dp [--ifname vth-neuv] [--drop-port N]... [--out FILE]
+ *                [--interval-ms 100] [--verbose]
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/virtio_net.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23 /* linux >= 4.20 */
+#endif /* PACKET_IGNORE_OUTGOING */
+
+#define MAX_PAIRS 256
+#define MAX_KINDS 32
+#define MAX_DROP_PORTS 16
+#define BUF_SIZE (sizeof(struct virtio_net_hdr) + 65536 + 64)
+#define SOCK_BUF (16 << 20)
+
+enum { DIR_TO_WL = 0, DIR_FROM_WL = 1, DIR_MAX };
+static const char *const dir_names[DIR_MAX] = { "to_wl", "from_wl" };
+
+struct kind_ctr {
+	char name[16];
+	uint64_t frames;
+	uint64_t dropped;
+};
+
+struct dir_ctr {
+	uint64_t frames;  /* seen */
+	uint64_t bytes;
+	uint64_t sent;    /* written back */
+	uint64_t dropped; /* by the port rule */
+	int nkinds;
+	struct kind_ctr kinds[MAX_KINDS];
+};
+
+struct pair_ctr {
+	int used;
+	uint16_t id;
+	struct dir_ctr dir[DIR_MAX];
+};
+
+static struct {
+	uint64_t rx, sent, dropped, ignored, send_errors, seq;
+	struct pair_ctr pairs[MAX_PAIRS];
+} st;
+
+static volatile sig_atomic_t want_exit, want_dump;
+static int verbose;
+
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fputs("stub-dp: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	exit(1);
+}
+
+static void on_signal(int sig)
+{
+	if (sig == SIGUSR1)
+		want_dump = 1;
+	else
+		want_exit = 1;
+}
+
+static struct pair_ctr *pair_of(uint16_t id)
+{
+	unsigned int h = id % MAX_PAIRS;
+
+	for (unsigned int i = 0; i < MAX_PAIRS; i++) {
+		struct pair_ctr *p = &st.pairs[(h + i) % MAX_PAIRS];
+
+		if (!p->used) {
+			p->used = 1;
+			p->id = id;
+			return p;
+		}
+		if (p->id == id)
+			return p;
+	}
+	return NULL; /* table full: not counted per pair */
+}
+
+static struct kind_ctr *kind_of(struct dir_ctr *d, const char *name)
+{
+	for (int i = 0; i < d->nkinds; i++)
+		if (!strcmp(d->kinds[i].name, name))
+			return &d->kinds[i];
+	if (d->nkinds == MAX_KINDS)
+		return NULL;
+	snprintf(d->kinds[d->nkinds].name, sizeof(d->kinds[0].name), "%s", name);
+	return &d->kinds[d->nkinds++];
+}
+
+static int is_ucmac(const uint8_t *m)
+{
+	return m[0] == 0x4e && m[1] == 0x65 && m[2] == 0x75 && m[3] == 0x56;
+}
+
+/*
+ * Classifies an Ethernet frame: writes its kind into name and returns the
+ * TCP/UDP destination port, or -1 when it has none (not TCP/UDP, or a
+ * non-first fragment).
+ */
+static int classify(const uint8_t *f, size_t len, char *name, size_t nlen)
+{
+	uint16_t et;
+	const uint8_t *l4;
+	size_t left;
+	int proto, v6;
+
+	snprintf(name, nlen, "other");
+	if (len < ETH_HLEN)
+		return -1;
+	et = (uint16_t)(f[12] << 8 | f[13]);
+	if (et == ETH_P_IP) {
+		size_t ihl;
+
+		if (len < ETH_HLEN + 20)
+			return -1;
+		ihl = (size_t)(f[ETH_HLEN] & 0x0f) * 4;
+		proto = f[ETH_HLEN + 9];
+		if (ihl < 20 || len < ETH_HLEN + ihl)
+			return -1;
+		/* Fragment offset != 0: no L4 header in this frame. */
+		if (((f[ETH_HLEN + 6] << 8 | f[ETH_HLEN + 7]) & 0x1fff) != 0) {
+			snprintf(name, nlen, "ipfrag");
+			return -1;
+		}
+		l4 = f + ETH_HLEN + ihl;
+		left = len - ETH_HLEN - ihl;
+		v6 = 0;
+	} else if (et == ETH_P_IPV6) {
+		if (len < ETH_HLEN + 40)
+			return -1;
+		proto = f[ETH_HLEN + 6]; /* extension headers are not walked */
+		l4 = f + ETH_HLEN + 40;
+		left = len - ETH_HLEN - 40;
+		v6 = 1;
+	} else if (et == ETH_P_ARP) {
+		snprintf(name, nlen, "arp");
+		return -1;
+	} else {
+		return -1;
+	}
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		snprintf(name, nlen, v6 ? "icmp6" : "icmp");
+		return -1;
+	}
+	if ((proto == IPPROTO_TCP || proto == IPPROTO_UDP) && left >= 4) {
+		int sport = l4[0] << 8 | l4[1];
+		int dport = l4[2] << 8 | l4[3];
+
+		snprintf(name, nlen, "%s%s/%d", proto == IPPROTO_TCP ? "tcp" : "udp",
+			 v6 ? "6" : "", sport < dport ? sport : dport);
+		return dport;
+	}
+	snprintf(name, nlen, "%s/%d", v6 ? "ip6" : "ip", proto);
+	return -1;
+}
+
+static void write_json(FILE *o)
+{
+	int first = 1;
+
+	fprintf(o, "{\"seq\":%llu,\"rx\":%llu,\"sent\":%llu,\"dropped\":%llu,\"ignored\":%llu,\"send_errors\":%llu,\"pairs\":{",
+		(unsigned long long)st.seq, (unsigned long long)st.rx, (unsigned long long)st.sent,
+		(unsigned long long)st.dropped, (unsigned long long)st.ignored,
+		(unsigned long long)st.send_errors);
+	for (int i = 0; i < MAX_PAIRS; i++) {
+		const struct pair_ctr *p = &st.pairs[i];
+
+		if (!p->used)
+			continue;
+		fprintf(o, "%s\"4e:65:75:56:%02x:%02x\":{\"id\":%u", first ? "" : ",",
+			p->id >> 8, p->id & 0xff, p->id);
+		first = 0;
+		for (int d = 0; d < DIR_MAX; d++) {
+			const struct dir_ctr *c = &p->dir[d];
+
+			fprintf(o, ",\"%s\":{\"frames\":%llu,\"bytes\":%llu,\"sent\":%llu,\"dropped\":%llu,\"kinds\":{",
+				dir_names[d], (unsigned long long)c->frames, (unsigned long long)c->bytes,
+				(unsigned long long)c->sent, (unsigned long long)c->dropped);
+			for (int k = 0; k < c->nkinds; k++)
+				fprintf(o, "%s\"%s\":{\"frames\":%llu,\"dropped\":%llu}", k ? "," : "",
+					c->kinds[k].name, (unsigned long long)c->kinds[k].frames,
+					(unsigned long long)c->kinds[k].dropped);
+			fputs("}}", o);
+		}
+		fputc('}', o);
+	}
+	fputs("}}\n", o);
+}
+
+static void dump_file(const char *path)
+{
+	char tmp[4096];
+	FILE *o;
+
+	st.seq++;
+	if (!path)
+		return;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	o = fopen(tmp, "w");
+	if (!o) {
+		fprintf(stderr, "stub-dp: cannot write %s: %s\n", tmp, strerror(errno));
+		return;
+	}
+	write_json(o);
+	if (fclose(o) || rename(tmp, path))
+		fprintf(stderr, "stub-dp: cannot write %s: %s\n", path, strerror(errno));
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int open_socket(const char *ifname, int *ifindex)
+{
+	struct sockaddr_ll sll = { 0 };
+	int one = 1, size = SOCK_BUF;
+	int fd;
+
+	*ifindex = (int)if_nametoindex(ifname);
+	if (!*ifindex)
+		die("interface %s not found in this network namespace", ifname);
+	fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+	if (fd < 0)
+		die("socket(AF_PACKET): %s (needs CAP_NET_RAW)", strerror(errno));
+	/* Large buffers: FORCE as root, else whatever rmem_max allows. */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)))
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)))
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+	if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)))
+		die("PACKET_VNET_HDR: %s", strerror(errno));
+	if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) && verbose)
+		fprintf(stderr, "stub-dp: PACKET_IGNORE_OUTGOING unsupported (%s); filtering by pkttype\n",
+			strerror(errno));
+	sll.sll_family = AF_PACKET;
+	sll.sll_protocol = htons(ETH_P_ALL);
+	sll.sll_ifindex = *ifindex;
+	if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)))
+		die("bind to %s: %s", ifname, strerror(errno));
+	return fd;
+}
+
+static void usage(void)
+{
+	fputs("usage: stub-dp [--ifname vth-neuv] [--drop-port N]... [--out FILE] [--interval-ms MS] [--verbose]\n",
+	      stderr);
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	const char *ifname = "vth-neuv", *out = NULL;
+	int drop_ports[MAX_DROP_PORTS], ndrop = 0;
+	long interval = 100;
+	uint8_t *buf;
+	uint64_t last = 0;
+	int dirty = 0, fd, ifindex;
+	struct sigaction sa = { 0 };
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (!strcmp(a, "--ifname") && v) {
+			ifname = v;
+			i++;
+		} else if (!strcmp(a, "--drop-port") && v) {
+			char *end;
+			long p = strtol(v, &end, 10);
+
+			if (*end || p < 1 || p > 65535 || ndrop == MAX_DROP_PORTS)
+				usage();
+			drop_ports[ndrop++] = (int)p;
+			i++;
+		} else if (!strcmp(a, "--out") && v) {
+			out = v;
+			i++;
+		} else if (!strcmp(a, "--interval-ms") && v) {
+			interval = strtol(v, NULL, 10);
+			if (interval < 1)
+				usage();
+			i++;
+		} else if (!strcmp(a, "--verbose")) {
+			verbose = 1;
+		} else {
+			usage();
+		}
+	}
+	if (strlen(out ? out : "") > 4000)
+		usage();
+
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	buf = malloc(BUF_SIZE);
+	if (!buf)
+		die("out of memory");
+	fd = open_socket(ifname, &ifindex);
+	dump_file(out); /* seq 1: the reader knows the socket is bound */
+	fprintf(stderr, "stub-dp: reading %s (ifindex %d), dropping TCP/UDP to %d port(s)\n",
+		ifname, ifindex, ndrop);
+
+	while (!want_exit) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		int n = poll(&pfd, 1, (int)(interval < 50 ? interval : 50));
+
+		if (n < 0 && errno != EINTR)
+			die("poll: %s", strerror(errno));
+		for (int burst = 0; n > 0 && burst < 256; burst++) {
+			struct sockaddr_ll from;
+			socklen_t flen = sizeof(from);
+			ssize_t r = recvfrom(fd, buf, BUF_SIZE, MSG_DONTWAIT, (struct sockaddr *)&from, &flen);
+			struct virtio_net_hdr *vh = (struct virtio_net_hdr *)buf;
+			const uint8_t *f = buf + sizeof(*vh);
+			size_t len;
+			char kind[16];
+			int dport, dir, drop = 0;
+			struct pair_ctr *p;
+			uint16_t id;
+
+			if (r < 0) {
+				if (errno != EAGAIN && errno != EINTR)
+					die("recvfrom: %s", strerror(errno));
+				break;
+			}
+			if (from.sll_pkttype == PACKET_OUTGOING)
+				continue;
+			if ((size_t)r < sizeof(*vh) + ETH_HLEN) {
+				st.ignored++;
+				continue;
+			}
+			len = (size_t)r - sizeof(*vh);
+			st.rx++;
+			dirty = 1;
+			if (is_ucmac(f)) {
+				dir = DIR_TO_WL;
+				id = (uint16_t)(f[4] << 8 | f[5]);
+			} else if (is_ucmac(f + 6)) {
+				dir = DIR_FROM_WL;
+				id = (uint16_t)(f[10] << 8 | f[11]);
+			} else {
+				st.ignored++;
+				continue;
+			}
+			dport = classify(f, len, kind, sizeof(kind));
+			for (int i = 0; i < ndrop; i++)
+				if (dport == drop_ports[i])
+					drop = 1;
+			p = pair_of(id);
+			if (p) {
+				struct dir_ctr *c = &p->dir[dir];
+				struct kind_ctr *k = kind_of(c, kind);
+
+				c->frames++;
+				c->bytes += len;
+				if (k)
+					k->frames++;
+				if (drop) {
+					c->dropped++;
+					if (k)
+						k->dropped++;
+				}
+			}
+			if (verbose)
+				fprintf(stderr, "stub-dp: id %u %s %s len %zu%s\n", id, dir_names[dir], kind, len,
+					drop ? " DROP" : "");
+			if (drop) {
+				st.dropped++;
+				continue;
+			}
+			/* Back unchanged, with the same virtio-net header (checksum/GSO state). */
+			vh->flags &= (uint8_t)~VIRTIO_NET_HDR_F_DATA_VALID;
+			if (send(fd, buf, (size_t)r, 0) < 0) {
+				st.send_errors++;
+				if (verbose)
+					fprintf(stderr, "stub-dp: send: %s\n", strerror(errno));
+				continue;
+			}
+			st.sent++;
+			if (p)
+				p->dir[dir].sent++;
+		}
+		if (want_dump) {
+			want_dump = 0;
+			dump_file(out);
+			dirty = 0;
+			last = now_ms();
+		} else if (dirty && now_ms() - last >= (uint64_t)interval) {
+			dump_file(out);
+			dirty = 0;
+			last = now_ms();
+		}
+	}
+	dump_file(out);
+	write_json(stdout);
+	fflush(stdout);
+	close(fd);
+	free(buf);
+	return 0;
+}
