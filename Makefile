@@ -74,6 +74,15 @@ lint: build
 	$(Q)npx --no-install tsc -p tsconfig.json --noEmit
 	$(Q)$(CLANG) $(BPF_CFLAGS) -fsyntax-only $(BPF_SRC)
 
+# The same suites inside a qemu VM booted on a Debian kernel package (default
+# 6.1, bookworm's), see the README's "Kernel matrix". VM_TESTS='glob ...' for a
+# subset; KVM when usable, else emulation.
+KERNEL ?= 6.1
+.PHONY: vm-test
+vm-test: build
+	$(Q)./scripts/vm-deps.sh
+	$(Q)KERNEL='$(KERNEL)' ./scripts/vm-test.sh
+
 vagrant-test:
 	cd vagrant && vagrant up --provision && vagrant ssh -c 'cd /neuv-bpf && sudo make test'
 

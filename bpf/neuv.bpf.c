@@ -12,12 +12,21 @@
  *
  * Minimum kernel: 5.10 (bpf_redirect_peer). Every other helper used here
  * (bpf_redirect, bpf_clone_redirect, bpf_skb_store_bytes,
- * bpf_skb_change_type) and BTF-defined maps are older than that.
+ * bpf_skb_change_type, bpf_skb_load_bytes, bpf_ringbuf_* (5.8)), global
+ * functions (5.6) and BTF-defined maps are older than that.
  *
- * Each program has one exit: it fills a struct outcome (action, counters,
+ * Each program has one exit: it fills a struct neuv_decision (action, counters,
  * reason), finish() counts it and returns the action. Programs only ever
  * return TC_ACT_OK, TC_ACT_SHOT or TC_ACT_REDIRECT (the value of
  * bpf_redirect*, which is TC_ACT_REDIRECT for flags 0).
+ *
+ * Tracing: finish() also emits one struct neuv_trace per frame into the
+ * neuv_trace ring buffer while neuv_config.trace_until is non-zero (and
+ * bpf_ktime_get_ns() is below it). When tracing is off that costs the config
+ * lookup (an inlined array access), one load and one branch. The record is
+ * written by neuv_trace_emit(), a global function: the verifier checks it
+ * once, not once per path into finish(), and the outcome and the header as
+ * parsed reach it as four scalars.
  *
  * Decisions beyond the DATAPATH.md tables (mirrored in src/model.ts):
  * - vin/vex: no port entry passes (PASS_NO_PORT); a role that does not match
@@ -103,7 +112,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } neuv_global SEC(".maps");
 
-/* Node-wide settings written by the loader. */
+/* Node-wide settings written by the loader (dp_ifindex) and the tracer. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -112,23 +121,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } neuv_config SEC(".maps");
 
-/* What a program decided; counted and returned by finish(). */
-struct outcome {
-	int action;   /* TC_ACT_* */
-	__u32 id;     /* port id for neuv_stats, valid if has_id */
-	__u8 has_id;
-	__u8 dir;     /* enum neuv_dir */
-	__u8 v1;      /* enum neuv_verdict, NEUV_V_MAX = none */
-	__u8 v2;      /* second verdict (TAP: COPY then TO_PEER), NEUV_V_MAX = none */
-	__u8 reason;  /* enum neuv_reason, NEUV_R_NONE = none */
-};
+/* Per-frame decision records (struct neuv_trace) while tracing is on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, NEUV_TRACE_RING_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} neuv_trace SEC(".maps");
 
-/* The fields of an Ethernet header the rules look at. */
+/* Trace records that did not fit in the ring (reported in every record). */
+__u32 neuv_trace_lost = 0;
+
+/*
+ * The fields of an Ethernet header the rules look at. 16 bytes: as they
+ * arrived, they reach neuv_trace_emit() as raw[0..1]. Callers zero it first
+ * (the tracer reads it whole, parsed or not).
+ */
 struct eth_info {
-	__u16 proto;      /* EtherType, host order (a VLAN tag is just 0x8100) */
-	__u8 unicast;     /* DA[0] bit 0 clear */
-	__u8 da[6];
-	__u8 sa[6];
+	union {
+		struct {
+			__u8 da[6];
+			__u8 sa[6];
+			__u16 proto;  /* EtherType, host order (a VLAN tag is just 0x8100) */
+			__u8 unicast; /* DA[0] bit 0 clear */
+			__u8 pad;
+		};
+		__u64 raw[2];
+	};
 };
 
 /*
@@ -147,6 +165,7 @@ static __always_inline int parse_eth(const struct __sk_buff *skb, struct eth_inf
 	__builtin_memcpy(ei->sa, eth->h_source, 6);
 	ei->proto = bpf_ntohs(eth->h_proto);
 	ei->unicast = !(eth->h_dest[0] & 1);
+	ei->pad = 0; /* all 16 bytes defined: the tracer reads them as two words */
 	return 0;
 }
 
@@ -183,11 +202,91 @@ static __always_inline void count(struct neuv_stats *st, __u32 dir, __u32 v, __u
 	c->bytes += len;
 }
 
-/* The single exit of every program: count the outcome, return its action. */
-static __always_inline int finish(struct __sk_buff *skb, const struct outcome *o)
+static __always_inline __u32 dp_ifindex_of(const struct neuv_config *cfg)
+{
+	__u32 ifindex = cfg ? cfg->dp_ifindex : 0;
+
+	return ifindex ? ifindex : NEUV_VBR_IFINDEX;
+}
+
+/*
+ * Writes one trace record. d_raw: the struct neuv_decision; eth_raw: struct
+ * eth_info as the program parsed it before any rewrite (valid with
+ * NEUV_TF_PARSED; otherwise nothing was rewritten and the frame is read
+ * here). Checks the deadline and the filter itself: the caller only saw
+ * trace_until != 0. Returns 1 if a record was written.
+ * A global function, so the verifier checks it once, on its own, instead of
+ * once per path into finish(); everything reaches it as scalars (pointers to
+ * the stack need kernel 5.12+ for a global function).
+ */
+__attribute__((noinline))
+int neuv_trace_emit(struct __sk_buff *skb, __u64 d_raw0, __u64 d_raw1, __u64 eth_raw0, __u64 eth_raw1)
+{
+	union {
+		struct neuv_decision d;
+		__u64 raw[2];
+	} u = { .raw = { d_raw0, d_raw1 } };
+	/* The Ethernet header as it is now: DA, SA, EtherType in network order. */
+	union {
+		__u8 b[16];
+		__u64 raw[2];
+	} now = {};
+	struct eth_info before = { .raw = { eth_raw0, eth_raw1 } };
+	struct neuv_config *cfg;
+	struct neuv_trace *t;
+	__u32 zero = 0, flags;
+	__u64 ts;
+
+	cfg = bpf_map_lookup_elem(&neuv_config, &zero);
+	if (!cfg)
+		return 0;
+	flags = cfg->flags;
+	if ((flags & NEUV_CFG_TRACE_ID) &&
+	    (!u.d.has_id || u.d.id != (flags & NEUV_CFG_TRACE_ID_MASK)))
+		return 0;
+	ts = bpf_ktime_get_ns();
+	if (ts >= cfg->trace_until)
+		return 0;
+	t = bpf_ringbuf_reserve(&neuv_trace, sizeof(*t), 0);
+	if (!t) {
+		__sync_fetch_and_add(&neuv_trace_lost, 1);
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, 0, now.b, ETH_HLEN)) {
+		/* Too short now, so it was never parsed nor rewritten. */
+		u.d.flags |= NEUV_TF_SHORT;
+		now.raw[0] = 0;
+		now.raw[1] = 0;
+	}
+	if (!(u.d.flags & NEUV_TF_PARSED)) {
+		before.raw[0] = now.raw[0];
+		before.raw[1] = now.raw[1];
+		before.proto = (__u16)now.b[12] << 8 | now.b[13];
+	}
+	t->ts = ts;
+	t->d = u.d;
+	t->ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	t->len = skb->len;
+	t->copy_ifindex = u.d.v1 == NEUV_V_COPY ? dp_ifindex_of(cfg) : 0;
+	t->lost = neuv_trace_lost;
+	__builtin_memcpy(t->before, before.raw, 12);
+	__builtin_memcpy(t->after, now.b, 12);
+	t->proto = before.proto;
+	__builtin_memset(t->pad, 0, sizeof(t->pad));
+	bpf_ringbuf_submit(t, 0);
+	return 1;
+}
+
+/*
+ * The single exit of every program: count the outcome, trace it if tracing
+ * is on, return its action. ei is the header as parsed when o->flags has
+ * NEUV_TF_PARSED, zeros otherwise.
+ */
+static __always_inline int finish(struct __sk_buff *skb, const struct neuv_decision *o, const struct eth_info *ei)
 {
 	__u32 zero = 0;
 	__u32 r = o->reason;
+	struct neuv_config *cfg;
 	/* Reference the build tag so it stays in the object's .rodata. */
 	volatile __u32 build_tag = neuv_build_tag;
 
@@ -207,10 +306,19 @@ static __always_inline int finish(struct __sk_buff *skb, const struct outcome *o
 		if (g)
 			g->reason[r] += 1;
 	}
+	cfg = bpf_map_lookup_elem(&neuv_config, &zero);
+	if (cfg && cfg->trace_until) {
+		/* volatile: o and ei stay on the stack, read as two words each,
+		 * rather than being kept packed in registers on every path. */
+		const volatile __u64 *oraw = (const volatile __u64 *)o;
+		const volatile __u64 *eraw = (const volatile __u64 *)ei->raw;
+
+		neuv_trace_emit(skb, oraw[0], oraw[1], eraw[0], eraw[1]);
+	}
 	return o->action;
 }
 
-static __always_inline void drop(struct outcome *o, __u8 reason)
+static __always_inline void drop(struct neuv_decision *o, __u8 reason)
 {
 	o->action = TC_ACT_SHOT;
 	o->v1 = NEUV_V_DROP;
@@ -221,10 +329,8 @@ static __always_inline void drop(struct outcome *o, __u8 reason)
 static __always_inline __u32 dp_ifindex(void)
 {
 	__u32 zero = 0;
-	struct neuv_config *cfg = bpf_map_lookup_elem(&neuv_config, &zero);
-	__u32 ifindex = cfg ? cfg->dp_ifindex : 0;
 
-	return ifindex ? ifindex : NEUV_VBR_IFINDEX;
+	return dp_ifindex_of(bpf_map_lookup_elem(&neuv_config, &zero));
 }
 
 /*
@@ -250,17 +356,18 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex, __u32 f
 static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 {
 	const int vin = role == NEUV_ROLE_VIN;
-	struct outcome o = {
+	struct neuv_decision o = {
 		.action = TC_ACT_OK,
 		.dir = vin ? NEUV_DIR_FROM_WL : NEUV_DIR_TO_WL,
 		.v1 = NEUV_V_MAX,
 		.v2 = NEUV_V_MAX,
 		.reason = NEUV_R_NONE,
+		.hook = role, /* NEUV_HOOK_VIN/VEX == NEUV_ROLE_VIN/VEX */
 	};
 	const __u32 off = vin ? ETH_OFF_SOURCE : ETH_OFF_DEST;
 	__u32 ifindex = skb->ingress_ifindex;
 	struct neuv_port *p;
-	struct eth_info ei;
+	struct eth_info ei = {};
 	__u8 uc[6], m[6];
 	__u32 peer, flags;
 	__u8 mode;
@@ -277,6 +384,7 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	peer = p->peer_ifindex;
 	flags = p->flags;
 	mode = p->mode;
+	o.mode = mode;
 	o.id = p->id;
 	o.has_id = 1;
 	__builtin_memcpy(m, p->mac, 6);
@@ -290,7 +398,10 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	}
 
 	if (parse_eth(skb, &ei) == 0) {
-		int l3 = ei.proto == ETH_P_IP ||
+		int l3;
+
+		o.flags = NEUV_TF_PARSED;
+		l3 = ei.proto == ETH_P_IP ||
 			 (ei.proto == ETH_P_IPV6 && (flags & NEUV_F_IPV6_TO_DP));
 
 		if (vin) {
@@ -309,7 +420,8 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 			drop(&o, NEUV_R_REWRITE_FAILED);
 			goto out;
 		}
-		o.action = bpf_redirect(dp_ifindex(), 0);
+		o.target = dp_ifindex();
+		o.action = bpf_redirect(o.target, 0);
 		o.v1 = NEUV_V_TO_DP;
 		goto out;
 	}
@@ -334,9 +446,12 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 			o.v1 = NEUV_V_COPY;
 	}
 	o.action = deliver(skb, peer, flags, host);
+	o.target = peer;
+	if (flags & NEUV_F_REDIRECT_PEER)
+		o.flags |= NEUV_TF_PEER;
 	o.v2 = NEUV_V_TO_PEER;
 out:
-	return finish(skb, &o);
+	return finish(skb, &o, &ei);
 }
 
 /* vin ingress: frames from the workload (its new eth0), headed for the network. */
@@ -362,21 +477,23 @@ int neuv_vex(struct __sk_buff *skb)
 SEC("tc")
 int neuv_vbr(struct __sk_buff *skb)
 {
-	struct outcome o = {
+	struct neuv_decision o = {
 		.action = TC_ACT_OK,
 		.v1 = NEUV_V_MAX,
 		.v2 = NEUV_V_MAX,
 		.reason = NEUV_R_PASS_NO_PAIR,
+		.hook = NEUV_HOOK_VBR,
 	};
 	struct neuv_port *p;
 	struct neuv_id *pair;
-	struct eth_info ei;
+	struct eth_info ei = {};
 	__u32 id, off, ifindex, flags;
 	__u8 m[6], mode;
 	int host;
 
 	if (parse_eth(skb, &ei))
 		goto out;
+	o.flags = NEUV_TF_PARSED;
 	if (is_ucmac(ei.da)) {
 		id = (__u32)ei.da[4] << 8 | ei.da[5];
 		o.dir = NEUV_DIR_TO_WL;
@@ -402,6 +519,7 @@ int neuv_vbr(struct __sk_buff *skb)
 	}
 	flags = p->flags;
 	mode = p->mode;
+	o.mode = mode;
 	__builtin_memcpy(m, p->mac, 6);
 	if (mode == NEUV_MODE_TAP || mode == NEUV_MODE_BYPASS) {
 		drop(&o, NEUV_R_DROP_INJECT);
@@ -418,7 +536,10 @@ int neuv_vbr(struct __sk_buff *skb)
 	/* Towards the workload the DA is now M; towards the network, any unicast DA. */
 	host = o.dir == NEUV_DIR_TO_WL ? !(m[0] & 1) : ei.unicast;
 	o.action = deliver(skb, ifindex, flags, host);
+	o.target = ifindex;
+	if (flags & NEUV_F_REDIRECT_PEER)
+		o.flags |= NEUV_TF_PEER;
 	o.v1 = NEUV_V_FROM_DP;
 out:
-	return finish(skb, &o);
+	return finish(skb, &o, &ei);
 }

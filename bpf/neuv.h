@@ -116,27 +116,92 @@ struct neuv_global {
 	__u64 reason[NEUV_R_MAX];
 };
 
-/* Map neuv_config (array, one entry): node-wide settings written by the loader. */
+/*
+ * neuv_config.flags. The low 16 bits are an argument of the flag that uses
+ * them (only NEUV_CFG_TRACE_ID today).
+ */
+#define NEUV_CFG_TRACE_ID      (1U << 16) /* trace only frames of the pair whose id is flags & 0xffff */
+#define NEUV_CFG_TRACE_ID_MASK 0xffffU
+
+/*
+ * Map neuv_config (array, one entry): node-wide settings written by the loader
+ * (dp_ifindex) and by `neuv-bpf trace` (flags, trace_until). Its size must not
+ * change: a newer object reuses the pinned map of an older load.
+ */
 struct neuv_config {
 	__u32 dp_ifindex;  /* vbr-neuv ifindex, the DP's port */
-	__u32 flags;       /* reserved, 0 */
-	__u64 trace_until; /* reserved for tracing: bpf_ktime_get_ns() deadline, 0 = off */
+	__u32 flags;       /* NEUV_CFG_*, 0 = no trace filter */
+	__u64 trace_until; /* tracing on while bpf_ktime_get_ns() < trace_until; 0 = off (a lease the tracer renews) */
 };
+
+/* Which program made a decision (the hook it sits on). VIN/VEX equal enum neuv_role. */
+enum neuv_hook {
+	NEUV_HOOK_VIN = 1, /* vin ingress: frames from the workload */
+	NEUV_HOOK_VEX = 2, /* vex ingress: frames for the workload */
+	NEUV_HOOK_VBR = 3, /* vbr-neuv ingress: frames the DP sends back */
+};
+
+/* struct neuv_decision.flags */
+#define NEUV_TF_PEER    (1U << 0) /* the redirect used bpf_redirect_peer (else bpf_redirect) */
+#define NEUV_TF_PARSED  (1U << 1) /* the program parsed the header before any rewrite */
+#define NEUV_TF_SHORT   (1U << 2) /* shorter than an Ethernet header: no MACs, no EtherType */
+
+/*
+ * What a program decided about one frame. The datapath fills one per frame
+ * (its "outcome": counted, then its action returned) and the trace record
+ * carries it verbatim. 16 bytes, so it reaches the tracer as two words.
+ */
+struct neuv_decision {
+	__u32 target;  /* ifindex the frame was redirected to, 0 = not redirected */
+	__u16 id;      /* pair id, valid if has_id */
+	__u8  has_id;  /* 1: a pair matched (else no port entry, or no pair for a vbr-neuv frame) */
+	__u8  dir;     /* enum neuv_dir */
+	__u8  v1;      /* enum neuv_verdict, NEUV_V_MAX = none */
+	__u8  v2;      /* second verdict (TAP: COPY then TO_PEER), NEUV_V_MAX = none */
+	__u8  reason;  /* enum neuv_reason, NEUV_R_NONE = none */
+	__u8  mode;    /* enum neuv_mode of the pair's entry as read, 0 = none */
+	__u8  hook;    /* enum neuv_hook */
+	__u8  flags;   /* NEUV_TF_* */
+	__s16 action;  /* returned to tc: TC_ACT_OK 0, TC_ACT_SHOT 2, TC_ACT_REDIRECT 7 */
+};
+
+/*
+ * Map neuv_trace (ring buffer): one record per frame while tracing is on,
+ * written at the programs' single exit. A record that does not fit (the
+ * reader fell behind) is lost and counted; every record carries the count.
+ */
+struct neuv_trace {
+	__u64 ts;                 /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	struct neuv_decision d;
+	__u32 ifindex;            /* ingress ifindex */
+	__u32 len;                /* skb->len */
+	__u32 copy_ifindex;       /* TAP: where the copy went (the DP port), 0 = no copy */
+	__u32 lost;               /* records lost so far (ring full), wraps; a jump means a gap */
+	__u8  before[12];         /* DA then SA as the frame arrived */
+	__u8  after[12];          /* DA then SA as it left (TAP: the original; the copy has the UCMAC) */
+	__u16 proto;              /* EtherType (host order) as the frame arrived */
+	__u8  pad[6];
+};
+
+#define NEUV_TRACE_RING_SIZE (256 * 1024)
 
 #define NEUV_MAX_PORTS 131072
 #define NEUV_MAX_IDS   65536
 
 #ifdef __BPF__
 /*
- * BTF anchors: enums appear in an object's BTF only when some variable has the
- * type, and the loader checks every enum above against src/layout.ts. These
- * read-only globals are never used by the programs.
+ * BTF anchors: enums, and structs used only inside functions, appear in an
+ * object's BTF only when some variable has the type, and the loader checks
+ * them against src/layout.ts. These read-only globals are never used by the
+ * programs.
  */
 const volatile enum neuv_mode neuv_btf_mode = NEUV_MODE_NONE;
 const volatile enum neuv_role neuv_btf_role = NEUV_ROLE_VIN;
 const volatile enum neuv_dir neuv_btf_dir = NEUV_DIR_TO_WL;
 const volatile enum neuv_verdict neuv_btf_verdict = NEUV_V_TO_DP;
 const volatile enum neuv_reason neuv_btf_reason = NEUV_R_NONE;
+const volatile enum neuv_hook neuv_btf_hook = NEUV_HOOK_VIN;
+const volatile struct neuv_trace neuv_btf_trace; /* and struct neuv_decision inside it */
 #endif /* __BPF__ */
 
 #endif /* NEUV_H */

@@ -23,6 +23,7 @@ check trafgen netsniff-ng
 check setpriv util-linux
 check gcc gcc
 check ping iputils-ping
+check sysctl procps
 if [ "$(uname -m)" != x86_64 ]; then
   echo "deps: only x86_64 is tested; continuing" >&2
 fi

@@ -134,6 +134,10 @@ interface Lib {
   btf__name_by_offset: (btf: Ptr, off: number) => string | null;
   btf__resolve_size: (btf: Ptr, id: number) => bigint | number;
   btf__resolve_type: (btf: Ptr, id: number) => number;
+  ring_buffer__new: (mapFd: number, cb: Ptr, ctx: Ptr | null, opts: Ptr | null) => Ptr;
+  ring_buffer__free: (rb: Ptr) => void;
+  ring_buffer__consume: (rb: Ptr) => number;
+  ring_buffer__epoll_fd: (rb: Ptr) => number;
   // libc
   vsnprintf: (buf: Ptr, size: number, fmt: Ptr, ap: Ptr) => number;
   setns: (fd: number, nstype: number) => number;
@@ -204,6 +208,10 @@ function lib(): Lib {
     btf__name_by_offset: f(b, 'const char *btf__name_by_offset(void *btf, uint32_t off)'),
     btf__resolve_size: f(b, 'int64_t btf__resolve_size(void *btf, uint32_t id)'),
     btf__resolve_type: f(b, 'int btf__resolve_type(void *btf, uint32_t id)'),
+    ring_buffer__new: f(b, 'void *ring_buffer__new(int map_fd, void *sample_cb, void *ctx, void *opts)'),
+    ring_buffer__free: f(b, 'void ring_buffer__free(void *rb)'),
+    ring_buffer__consume: f(b, 'int ring_buffer__consume(void *rb)'),
+    ring_buffer__epoll_fd: f(b, 'int ring_buffer__epoll_fd(void *rb)'),
     vsnprintf: f(c, 'int vsnprintf(void *buf, size_t size, void *fmt, void *ap)'),
     setns: f(c, 'int setns(int fd, int nstype)'),
     if_nametoindex: f(c, 'unsigned int if_nametoindex(const char *name)'),
@@ -216,7 +224,9 @@ function lib(): Lib {
   return L;
 }
 
-// libbpf_print_level: 0 = warn, 1 = info, 2 = debug. Mapped down one step.
+// libbpf_print_level: 0 = warn, 1 = info, 2 = debug. Warnings become info (a
+// refusal they describe is reported as our own error line); info and debug
+// both become debug, so `--log-level debug` shows everything libbpf says.
 const PrintFn = koffi.proto('int neuv_libbpf_print_fn(int level, void *fmt, void *ap)');
 
 function installPrint(l: Lib): void {
@@ -224,7 +234,7 @@ function installPrint(l: Lib): void {
   printCb = koffi.register((level: number, fmt: Ptr, ap: Ptr): number => {
     // Skip the formatting work entirely when the level would not print.
     const lg = log('libbpf');
-    let target: 'info' | 'debug' | 'trace' = level === 0 ? 'info' : level === 1 ? 'debug' : 'trace';
+    let target: 'info' | 'debug' | 'trace' = level === 0 ? 'info' : 'debug';
     if (!lg.isLevelEnabled(target) && !captureActive) return 0;
     const n = l.vsnprintf(printBuf!, PRINT_BUF_SIZE, fmt, ap);
     if (n <= 0) return 0;
@@ -233,7 +243,13 @@ function installPrint(l: Lib): void {
     // Netlink's extended ack for refusals we expect and handle (EEXIST on an
     // existing clsact, ENOENT on a query) is not worth an info line.
     if (target === 'info' && text.includes('Kernel error message')) target = 'debug';
-    if (captureActive) captured.push(text);
+    if (captureActive) {
+      // Held back while a load runs: a refusal is reported as one error line
+      // first, then the verifier log; a success logs them afterwards, in order.
+      captured.push(text);
+      deferred.push({ level: target, text });
+      return 0;
+    }
     if (lg.isLevelEnabled(target)) lg[target](text);
     return 0;
   }, koffi.pointer(PrintFn));
@@ -244,10 +260,12 @@ function installPrint(l: Lib): void {
 // a verifier refusal can be reported with its log whatever the log level.
 let captureActive = false;
 let captured: string[] = [];
+let deferred: Array<{ level: 'info' | 'debug' | 'trace'; text: string }> = [];
 
 function captureDuring<T>(fn: () => T): { result?: T; error?: unknown; messages: string[] } {
   captureActive = true;
   captured = [];
+  deferred = [];
   try {
     return { result: fn(), messages: captured };
   } catch (error) {
@@ -255,6 +273,13 @@ function captureDuring<T>(fn: () => T): { result?: T; error?: unknown; messages:
   } finally {
     captureActive = false;
   }
+}
+
+/** Logs the libbpf messages held back by the last capture (after a successful load). */
+function flushDeferred(): void {
+  const lg = log('libbpf');
+  for (const m of deferred) if (lg.isLevelEnabled(m.level)) lg[m.level](m.text);
+  deferred = [];
 }
 
 function errno(): number {
@@ -713,6 +738,8 @@ export class BpfObject {
     const l = lib();
     const { result, error, messages } = captureDuring(() => l.bpf_object__load(this.obj));
     const r = error === undefined ? (result as number) : -22;
+    if (r >= 0) flushDeferred();
+    else deferred = [];
     if (r < 0) {
       const vlog = messages.join('\n');
       const lg = log('loader');
@@ -721,7 +748,7 @@ export class BpfObject {
       const err = new KernelError(
         `load BPF object ${this.path}`,
         -r,
-        verifier ? 'the verifier refused a program (run with --log-level debug for its log)' : undefined,
+        verifier ? 'the verifier refused a program' : undefined,
         verifier ? ExitCode.KERNEL : undefined,
       );
       (err as KernelError & { verifierLog?: string }).verifierLog = vlog;
@@ -916,6 +943,124 @@ export function linkCreateRaw(progFd: number, ifindex: number, attachType: numbe
 /** bpf_link_create: returns the link fd (closing it detaches unless pinned). */
 export function linkCreate(progFd: number, ifindex: number, attachType: number, ctx: string): number {
   return check(lib().bpf_link_create(progFd, ifindex, attachType, null), `attach ${ctx} (tcx link)`);
+}
+
+// ---------------------------------------------------------------- ring buffers
+
+// int ring_buffer_sample_fn(void *ctx, void *data, size_t size)
+const SampleFn = koffi.proto('int neuv_ringbuf_sample_fn(void *ctx, void *data, size_t size)');
+
+/** Returned by our sample callback to stop a consume early (the record it saw is kept). */
+const BATCH_FULL = -1024;
+
+/**
+ * A BPF ring buffer reader (libbpf ring_buffer). Records are copied out of
+ * the mapped ring into Buffers. `watch` reads from the Node event loop: the
+ * libbpf epoll fd is watched with a libuv poll handle, so nothing blocks; a
+ * burst is drained in batches of `batch` records with a turn of the event
+ * loop in between. The map fd must stay open until close().
+ */
+export class RingBuffer {
+  private rb: Ptr;
+  private cb: Ptr;
+  private pending: Buffer[] = [];
+  private limit = Infinity;
+  private poll: ReturnType<typeof koffi.node.poll> | undefined;
+  private drainScheduled: NodeJS.Immediate | undefined;
+
+  private constructor(rb: Ptr, cb: Ptr) {
+    this.rb = rb;
+    this.cb = cb;
+  }
+
+  static open(mapFd: number, what = 'ring buffer'): RingBuffer {
+    const l = lib();
+    let self: RingBuffer | undefined;
+    const cb = koffi.register((_ctx: Ptr, data: Ptr, size: number | bigint): number => {
+      // Never throw across the FFI boundary: libbpf would not unwind it.
+      try {
+        const n = Number(size);
+        self!.pending.push(Buffer.from(koffi.view(data, n)));
+        return self!.pending.length >= self!.limit ? BATCH_FULL : 0;
+      } catch {
+        return BATCH_FULL;
+      }
+    }, koffi.pointer(SampleFn)) as Ptr;
+    const rb = l.ring_buffer__new(mapFd, cb, null, null);
+    if (!rb) {
+      const e = errno();
+      koffi.unregister(cb);
+      throw new KernelError(`open ${what}`, e);
+    }
+    self = new RingBuffer(rb, cb);
+    return self;
+  }
+
+  /** The epoll fd that becomes readable when records are waiting. */
+  get epollFd(): number {
+    return lib().ring_buffer__epoll_fd(this.rb);
+  }
+
+  /** Copies out up to `max` waiting records (all of them by default) without blocking. */
+  consume(max = Infinity): Buffer[] {
+    if (!this.rb) return [];
+    this.pending = [];
+    this.limit = max;
+    const r = lib().ring_buffer__consume(this.rb);
+    const out = this.pending;
+    this.pending = [];
+    if (r < 0 && r !== BATCH_FULL && out.length < max) throw new KernelError('read ring buffer', -r);
+    return out;
+  }
+
+  /**
+   * Calls onRecords with each batch of records as they arrive, from the
+   * event loop. `ref: false` lets the process exit while watching.
+   */
+  watch(onRecords: (records: Buffer[]) => void, opts: { batch?: number; ref?: boolean; onError?: (e: unknown) => void } = {}): void {
+    if (this.poll) throw new NeuvError('ring buffer is already watched');
+    const batch = opts.batch ?? 4096;
+    const drain = (): void => {
+      this.drainScheduled = undefined;
+      if (!this.rb) return;
+      try {
+        const recs = this.consume(batch);
+        if (recs.length) onRecords(recs);
+        // A full batch: there may be more; read on after other events had their turn.
+        if (recs.length >= batch && this.rb) this.drainScheduled = setImmediate(drain);
+      } catch (e) {
+        if (opts.onError) opts.onError(e);
+        else throw e;
+      }
+    };
+    this.poll = koffi.node.poll(this.epollFd, { readable: true }, () => {
+      if (!this.drainScheduled) drain();
+    });
+    if (opts.ref === false) this.poll.unref();
+    drain(); // whatever was there before the watch started
+  }
+
+  /** Stops watching (records stay in the ring until consumed). */
+  unwatch(): void {
+    if (this.drainScheduled) clearImmediate(this.drainScheduled);
+    this.drainScheduled = undefined;
+    if (this.poll) {
+      this.poll.close();
+      this.poll = undefined;
+    }
+  }
+
+  close(): void {
+    this.unwatch();
+    if (this.rb) {
+      lib().ring_buffer__free(this.rb);
+      this.rb = 0n;
+    }
+    if (this.cb) {
+      koffi.unregister(this.cb);
+      this.cb = 0n;
+    }
+  }
 }
 
 // ---------------------------------------------------------------- libc

@@ -309,7 +309,10 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
       const sel = selectorFrom(o);
       const r = await withDatapath(c, (dp) => dp.delPair(sel));
       if (c.json) printJson(c, r);
-      else c.out(`deleted pair id ${r.id} (${r.in ?? r.vinIfindex ?? '?'}/${r.ex ?? r.vexIfindex ?? '?'})`);
+      else {
+        const port = (n: string | null, i: number | null) => n ?? (i !== null ? `ifindex ${i}` : '?');
+        c.out(`deleted pair id ${r.id} (${port(r.in, r.vinIfindex)}/${port(r.ex, r.vexIfindex)})`);
+      }
     });
 
   program

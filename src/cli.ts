@@ -11,6 +11,10 @@ import { checkPrivileges, load, pinRootFrom, unload } from './loader';
 import { withLock } from './lock';
 import { register as registerVersion } from './cli-version';
 import { registerPairCommands } from './cli-pair';
+import { register as registerTrace } from './cli-trace';
+import { startCommandTrace, stopCommandTrace } from './trace';
+import { registerInterceptCommands } from './cli-intercept';
+import { registerDemoCommands } from './cli-demo';
 
 export interface GlobalOpts {
   netns?: string;
@@ -37,6 +41,9 @@ const registrars: CommandRegistrar[] = [
   // COMMAND MODULES
   registerVersion,
   registerPairCommands,
+  registerTrace,
+  registerInterceptCommands,
+  registerDemoCommands,
 ];
 
 export function printJson(ctx: Ctx, v: unknown): void {
@@ -76,7 +83,10 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       if (!UNPRIVILEGED.has(actionCommand.name())) checkPrivileges();
       if (g.netns) enterNetns(g.netns);
       log('cli').debug({ command: actionCommand.name(), level, pinRoot: ctx.pinRoot, netns: g.netns }, 'start');
-    });
+      // --log-level trace: the datapath trace rides along (records as trace-level log lines).
+      if (level === 'trace' && actionCommand.name() !== 'trace' && !UNPRIVILEGED.has(actionCommand.name())) startCommandTrace(ctx.pinRoot);
+    })
+    .hook('postAction', () => stopCommandTrace());
 
   program
     .command('load')
@@ -126,10 +136,45 @@ export async function main(argv: string[] = process.argv): Promise<number> {
     const code = exitCodeOf(e);
     process.stderr.write(`neuv-bpf: ${oneLine(e)}\n`);
     const verifierLog = (e as { verifierLog?: string }).verifierLog;
-    if (verifierLog) log('cli').debug({ verifierLog }, 'verifier log');
+    if (verifierLog) {
+      // After the one error line, at any level: the end of the refused program's verifier log.
+      const tail = verifierTail(verifierLog);
+      if (tail.length) process.stderr.write(tail.join('\n') + '\n');
+      log('cli').debug({ verifierLog }, 'verifier log');
+    }
     if (!(e instanceof UsageError)) log('cli').debug({ err: e }, 'failure details');
     return (process.exitCode = code);
+  } finally {
+    stopCommandTrace();
   }
+}
+
+/** An instruction line of a verifier log: "12: (71) r1 = *(u8 *)(r1 +20)". */
+const INSN_LINE = /^\d+: \([0-9a-f]{2}\)/;
+
+/**
+ * The last `max` lines of the first refused program's verifier log (between
+ * libbpf's BEGIN/END PROG LOAD LOG markers), under a header naming the
+ * program, with the failing instruction (the last instruction line) marked
+ * '>>'. Empty when the output holds no verifier log.
+ */
+export function verifierTail(libbpfOutput: string, max = 20): string[] {
+  const m = /prog '([^']+)': -- BEGIN PROG LOAD LOG --\n([\s\S]*?)(?:\n-- END PROG LOAD LOG --|$)/.exec(libbpfOutput);
+  if (!m) return [];
+  const lines = m[2]!.split('\n').filter((l) => l.trim().length > 0);
+  const tail = lines.slice(-max);
+  let failing = -1;
+  for (let i = tail.length - 1; i >= 0; i--) {
+    if (INSN_LINE.test(tail[i]!)) {
+      failing = i;
+      break;
+    }
+  }
+  const skipped = lines.length - tail.length;
+  return [
+    `verifier log of ${m[1]}${skipped ? ` (last ${tail.length} of ${lines.length} lines; --log-level debug for all of it)` : ''}:`,
+    ...tail.map((l, i) => (i === failing ? '>> ' : '   ') + l),
+  ];
 }
 
 if (require.main === module) {

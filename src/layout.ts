@@ -32,6 +32,15 @@ export const Reason = {
 } as const;
 export const REASON_COUNT = 9;
 export const PortFlag = { IPV6_TO_DP: 1 << 0, REDIRECT_PEER: 1 << 1, QDISC_OURS: 1 << 2 } as const;
+/** neuv_config.flags (NEUV_CFG_*): with TRACE_ID, trace only the pair whose id is flags & TRACE_ID_MASK. */
+export const ConfigFlag = { TRACE_ID: 1 << 16, TRACE_ID_MASK: 0xffff } as const;
+/** enum neuv_hook: the program that decided (VIN/VEX equal Role). */
+export const Hook = { VIN: 1, VEX: 2, VBR: 3 } as const;
+export type HookValue = (typeof Hook)[keyof typeof Hook];
+export const HOOK_NAMES: Record<number, string> = { 1: 'vin', 2: 'vex', 3: 'vbr' };
+/** struct neuv_decision.flags (NEUV_TF_*). */
+export const TraceFlag = { PEER: 1 << 0, PARSED: 1 << 1, SHORT: 1 << 2 } as const;
+export const TRACE_RING_SIZE = 256 * 1024;
 
 export const MODE_NAMES: Record<number, string> = { 0: 'none', 1: 'fwd', 2: 'tap', 3: 'bypass', 4: 'drop' };
 export const VERDICT_NAMES = ['to_dp', 'to_peer', 'copy', 'from_dp', 'drop'] as const;
@@ -119,7 +128,42 @@ export const ConfigDecl: StructDecl = {
   ],
 };
 
-export const STRUCTS: StructDecl[] = [PortDecl, IdDecl, CtrDecl, StatsDecl, GlobalDecl, ConfigDecl];
+export const DecisionDecl: StructDecl = {
+  name: 'neuv_decision',
+  size: 16,
+  members: [
+    { name: 'target', offset: 0, size: 4 },
+    { name: 'id', offset: 4, size: 2 },
+    { name: 'has_id', offset: 6, size: 1 },
+    { name: 'dir', offset: 7, size: 1 },
+    { name: 'v1', offset: 8, size: 1 },
+    { name: 'v2', offset: 9, size: 1 },
+    { name: 'reason', offset: 10, size: 1 },
+    { name: 'mode', offset: 11, size: 1 },
+    { name: 'hook', offset: 12, size: 1 },
+    { name: 'flags', offset: 13, size: 1 },
+    { name: 'action', offset: 14, size: 2 },
+  ],
+};
+
+export const TraceDecl: StructDecl = {
+  name: 'neuv_trace',
+  size: 72,
+  members: [
+    { name: 'ts', offset: 0, size: 8 },
+    { name: 'd', offset: 8, size: 16 },
+    { name: 'ifindex', offset: 24, size: 4 },
+    { name: 'len', offset: 28, size: 4 },
+    { name: 'copy_ifindex', offset: 32, size: 4 },
+    { name: 'lost', offset: 36, size: 4 },
+    { name: 'before', offset: 40, size: 12 },
+    { name: 'after', offset: 52, size: 12 },
+    { name: 'proto', offset: 64, size: 2 },
+    { name: 'pad', offset: 66, size: 6 },
+  ],
+};
+
+export const STRUCTS: StructDecl[] = [PortDecl, IdDecl, CtrDecl, StatsDecl, GlobalDecl, ConfigDecl, DecisionDecl, TraceDecl];
 
 /** Enums as this file knows them, by their C name; C names are upper-case with a prefix. */
 export const ENUMS: Array<{ name: string; prefix: string; values: Record<string, number> }> = [
@@ -128,15 +172,20 @@ export const ENUMS: Array<{ name: string; prefix: string; values: Record<string,
   { name: 'neuv_dir', prefix: 'NEUV_DIR_', values: { ...Dir, MAX: DIR_COUNT } },
   { name: 'neuv_verdict', prefix: 'NEUV_V_', values: { ...Verdict, MAX: VERDICT_COUNT } },
   { name: 'neuv_reason', prefix: 'NEUV_R_', values: { ...Reason, MAX: REASON_COUNT } },
+  { name: 'neuv_hook', prefix: 'NEUV_HOOK_', values: Hook },
 ];
 
-/** Map names and their key/value declarations (key is always a __u32). */
+/**
+ * Map names and their key/value declarations (key is always a __u32; the
+ * ring buffer neuv_trace has no key, its records are struct neuv_trace).
+ */
 export const MAPS = {
   ports: { name: 'neuv_ports', value: PortDecl },
   ids: { name: 'neuv_ids', value: IdDecl },
   stats: { name: 'neuv_stats', value: StatsDecl },
   global: { name: 'neuv_global', value: GlobalDecl },
   config: { name: 'neuv_config', value: ConfigDecl },
+  trace: { name: 'neuv_trace', value: TraceDecl },
 } as const;
 
 // ---------------------------------------------------------------- codecs
@@ -256,6 +305,99 @@ export function encodeConfig(c: Config): Buffer {
 
 export function decodeConfig(b: Buffer): Config {
   return { dpIfindex: b.readUInt32LE(0), flags: b.readUInt32LE(4), traceUntil: b.readBigUInt64LE(8) };
+}
+
+/** neuv_config.flags for a trace filter: only pair `id`, or everything (undefined). */
+export function traceFilterFlags(id: number | undefined): number {
+  return id === undefined ? 0 : (ConfigFlag.TRACE_ID | (id & ConfigFlag.TRACE_ID_MASK)) >>> 0;
+}
+
+/** struct neuv_decision: what a program did with a frame. */
+export interface Decision {
+  target: number;
+  id: number;
+  hasId: boolean;
+  dir: number;
+  v1: number;
+  v2: number;
+  reason: number;
+  mode: number;
+  hook: number;
+  flags: number;
+  action: number;
+}
+
+/** struct neuv_trace: one ring buffer record. */
+export interface TraceRecord {
+  /** bpf_ktime_get_ns() (CLOCK_MONOTONIC, same clock as process.hrtime.bigint()). */
+  ts: bigint;
+  d: Decision;
+  ifindex: number;
+  len: number;
+  copyIfindex: number;
+  lost: number;
+  /** DA then SA as the frame arrived (6 + 6 bytes). */
+  before: Buffer;
+  /** DA then SA as it left. */
+  after: Buffer;
+  proto: number;
+}
+
+export function decodeDecision(b: Buffer, off = 0): Decision {
+  return {
+    target: b.readUInt32LE(off),
+    id: b.readUInt16LE(off + 4),
+    hasId: b.readUInt8(off + 6) !== 0,
+    dir: b.readUInt8(off + 7),
+    v1: b.readUInt8(off + 8),
+    v2: b.readUInt8(off + 9),
+    reason: b.readUInt8(off + 10),
+    mode: b.readUInt8(off + 11),
+    hook: b.readUInt8(off + 12),
+    flags: b.readUInt8(off + 13),
+    action: b.readInt16LE(off + 14),
+  };
+}
+
+export function decodeTrace(b: Buffer): TraceRecord {
+  if (b.length < TraceDecl.size) throw new Error(`trace record is ${b.length} bytes, expected ${TraceDecl.size}`);
+  return {
+    ts: b.readBigUInt64LE(0),
+    d: decodeDecision(b, 8),
+    ifindex: b.readUInt32LE(24),
+    len: b.readUInt32LE(28),
+    copyIfindex: b.readUInt32LE(32),
+    lost: b.readUInt32LE(36),
+    before: Buffer.from(b.subarray(40, 52)),
+    after: Buffer.from(b.subarray(52, 64)),
+    proto: b.readUInt16LE(64),
+  };
+}
+
+/** The inverse of decodeTrace (for tests and tools that replay records). */
+export function encodeTrace(r: TraceRecord): Buffer {
+  const b = Buffer.alloc(TraceDecl.size);
+  const d = r.d;
+  b.writeBigUInt64LE(r.ts, 0);
+  b.writeUInt32LE(d.target >>> 0, 8);
+  b.writeUInt16LE(d.id & 0xffff, 12);
+  b.writeUInt8(d.hasId ? 1 : 0, 14);
+  b.writeUInt8(d.dir, 15);
+  b.writeUInt8(d.v1, 16);
+  b.writeUInt8(d.v2, 17);
+  b.writeUInt8(d.reason, 18);
+  b.writeUInt8(d.mode, 19);
+  b.writeUInt8(d.hook, 20);
+  b.writeUInt8(d.flags, 21);
+  b.writeInt16LE(d.action, 22);
+  b.writeUInt32LE(r.ifindex >>> 0, 24);
+  b.writeUInt32LE(r.len >>> 0, 28);
+  b.writeUInt32LE(r.copyIfindex >>> 0, 32);
+  b.writeUInt32LE(r.lost >>> 0, 36);
+  r.before.copy(b, 40, 0, 12);
+  r.after.copy(b, 52, 0, 12);
+  b.writeUInt16LE(r.proto, 64);
+  return b;
 }
 
 // ---------------------------------------------------------------- BTF check

@@ -511,6 +511,17 @@ function describePair(st: MapState, id: number, name: (i: number) => string): st
   return e ? `pair ${name(e.vinIfindex)}/${name(e.vexIfindex)} (id ${id})` : `port entries of id ${id}`;
 }
 
+/**
+ * How vin/vex hooks are attached: tc (clsact + our cls_bpf filter) unless
+ * NEUV_BPF_ATTACH forces a kind. Not tcx by default: on the kernels we
+ * measured, every tcx attach waits for an RCU grace period while holding
+ * RTNL (~15 ms on 6.18), so 1,000 pairs (2,000 hooks) took ~27 s, against
+ * well under a second with tc. vbr-neuv (one hook) keeps the loader's choice.
+ */
+export function portAttachKind(env: NodeJS.ProcessEnv = process.env): AttachKind {
+  return env.NEUV_BPF_ATTACH ? preferredKind(env) : 'tc';
+}
+
 /** bpf_redirect_peer may be used: the kernel has it and NEUV_BPF_NO_REDIRECT_PEER=1 does not forbid it. */
 function redirectPeerAllowed(): boolean {
   return process.env.NEUV_BPF_NO_REDIRECT_PEER !== '1' && features().redirectPeer;
@@ -800,7 +811,7 @@ export class Datapath {
       return (progs[role] = { fd, id: fd.info().id });
     };
     const rp = redirectPeerAllowed();
-    const kind = preferredKind();
+    const kind = portAttachKind();
     const out: PairAdded[] = [];
     try {
       for (const p of plans) {
@@ -815,7 +826,13 @@ export class Datapath {
             // Attached, but another program (a stale or wrong-role one): swapped in place below.
             const old = live ? ProgFd.fromId(cur.progId) : undefined;
             if (old) held.push(old);
-            const r = attach(this.pinRoot, l.ifindex, l.name, pg.fd.fd, kind);
+            let r: ReturnType<typeof attach>;
+            try {
+              r = attach(this.pinRoot, l.ifindex, l.name, pg.fd.fd, kind);
+            } catch (e) {
+              if (e instanceof Error && !e.message.includes(l.name)) e.message = `attach ${l.name} (${role}): ${e.message}`;
+              throw e;
+            }
             if (r.replaced && old) undo.push(`restore ${l.name}`, () => attach(this.pinRoot, l.ifindex, l.name, old.fd, r.kind));
             else undo.push(`detach ${l.name}`, () => detach(this.pinRoot, l.ifindex, l.name, r.qdiscCreated));
             return { qdiscOurs: r.qdiscCreated, attached: true };
@@ -922,6 +939,9 @@ export class Datapath {
           if (!vinE || !vexE) {
             throw new NotFoundError(`pair id ${r.id} is incomplete (${!vinE ? 'no vin entry' : 'no vex entry'}): see neuv-bpf show; pair del removes it`);
           }
+          if (vinE.id !== r.id || vexE.id !== r.id || vinE.peerIfindex !== r.vex || vexE.peerIfindex !== r.vin) {
+            throw new ConflictError(`pair id ${r.id} is inconsistent (its port entries disagree on id or peer): see neuv-bpf show`);
+          }
           const from: ModeChange['from'] = vinE.mode === vexE.mode ? modeName(vinE.mode) : 'mixed';
           const undo = new Undo();
           try {
@@ -963,6 +983,7 @@ export class Datapath {
               if (ifindex === undefined) continue;
               const nm = ifIndexToName(ifindex);
               const e = st.ports.get(ifindex);
+              if (e && e.id !== r.id) continue; // the port belongs to another pair now: not ours to detach
               const cur = attachState(this.pinRoot, ifindex);
               if (!nm) {
                 // The port is gone: only its entries and maybe a defunct tcx link pin are left.

@@ -1,0 +1,101 @@
+/**
+ * Commands `intercept` and `release`: a thin shell over src/intercept.ts.
+ * The enforcer netns is the one neuv-bpf runs in (--netns or the current one).
+ */
+import { Command, Option } from 'commander';
+import type { CommandRegistrar, Ctx } from './cli';
+import { UsageError } from './errors';
+import { InterceptResult, ReleaseResult, Target, intercept, release } from './intercept';
+import { ADD_MODES, AddModeName, parsePortId } from './pairs';
+
+interface TargetOpts {
+  pid?: string;
+  containerNetns?: string;
+}
+
+/** Exactly one of --pid and --container-netns. */
+export function targetFrom(o: TargetOpts): Target {
+  if ((o.pid === undefined) === (o.containerNetns === undefined)) {
+    throw new UsageError('name the container with exactly one of --pid PID or --container-netns PATH');
+  }
+  if (o.pid !== undefined) {
+    if (!/^[0-9]+$/.test(o.pid) || Number(o.pid) <= 0) throw new UsageError(`--pid ${o.pid} is not a process id`);
+    return { pid: Number(o.pid) };
+  }
+  return { netns: o.containerNetns! };
+}
+
+const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
+
+function printJson(c: Ctx, v: unknown): void {
+  c.out(JSON.stringify(v, bigintAsNumber, 2));
+}
+
+export function interceptLine(r: InterceptResult): string {
+  const p = r.pair;
+  return (
+    `intercepted ${r.port} of ${r.target}: ${r.vex} (original port) / ${r.vin}, MAC ${r.mac}, ` +
+    `id ${p.id} ucmac ${p.ucmac} bcmac ${p.bcmac}, mode ${p.mode}${p.ipv6ToDp ? ', IPv6 to the DP' : ''}; ` +
+    `carried over ${r.addresses.length} address(es), ${r.routes} route(s), ${r.neighbours} neighbour(s)` +
+    (r.ifindexKept ? '' : `; ${r.port}'s ifindex changed`) +
+    (p.warning ? `\nwarning: ${p.warning}` : '')
+  );
+}
+
+export function releaseLine(r: ReleaseResult): string {
+  return (
+    `released ${r.port} of ${r.target}: ${r.vex} is ${r.port} again (MAC ${r.mac}), ${r.vin} deleted` +
+    (r.pairId === null ? ' (no pair to delete)' : `, pair id ${r.pairId} deleted`) +
+    `; restored ${r.addresses.length} address(es), ${r.routes} route(s), ${r.neighbours} neighbour(s)`
+  );
+}
+
+function targetOptions(cmd: Command): Command {
+  return cmd
+    .option('--pid <pid>', "a process in the container (its network namespace is the container's)")
+    .option('--container-netns <path>', 'the container network namespace: a path, or a name under /var/run/netns')
+    .option('--port <name>', "the container's port", 'eth0')
+    .option('--json', 'print the result as JSON');
+}
+
+export const registerInterceptCommands: CommandRegistrar = (program, ctx) => {
+  targetOptions(
+    program
+      .command('intercept')
+      .description(
+        "take a container's port into the datapath: rename it to vex<tag>-<port> and move it to this (the enforcer) netns, " +
+          'put a new veth with the same name, MAC, MTU, addresses, routes and neighbours in its place (peer vin<tag>-<port>), ' +
+          'then pair add; any failure rolls every step back',
+      ),
+  )
+    .addOption(new Option('--mode <mode>', 'mode of the new pair').choices(ADD_MODES as unknown as string[]).default('bypass'))
+    .option('--id <n>', 'pin the port id (default: the vex ifindex & 0xffff if free)')
+    .option('--ipv6-to-dp', "send the workload's IPv6 unicast through the DP too")
+    .action(async (o: TargetOpts & { port: string; mode: AddModeName; id?: string; ipv6ToDp?: boolean }) => {
+      const c = ctx();
+      const r = await intercept({
+        pinRoot: c.pinRoot,
+        target: targetFrom(o),
+        port: o.port,
+        mode: o.mode,
+        id: o.id === undefined ? undefined : parsePortId(o.id),
+        ipv6ToDp: o.ipv6ToDp === true,
+      });
+      if (c.json) printJson(c, r);
+      else c.out(interceptLine(r));
+    });
+
+  targetOptions(
+    program
+      .command('release')
+      .description(
+        'undo intercept: pair del, the original port goes back into the container under its name with its MAC, MTU, ' +
+          'addresses, routes and neighbours, the intercepting veth pair is deleted',
+      ),
+  ).action(async (o: TargetOpts & { port: string }) => {
+    const c = ctx();
+    const r = await release({ pinRoot: c.pinRoot, target: targetFrom(o), port: o.port });
+    if (c.json) printJson(c, r);
+    else c.out(releaseLine(r));
+  });
+};

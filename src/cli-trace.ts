@@ -1,0 +1,90 @@
+/**
+ * `neuv-bpf trace`: switch the datapath trace on, stream one line (or JSON
+ * line) per frame decision, switch it off again on exit (Ctrl-C, SIGTERM,
+ * SIGHUP, a closed stdout, --count/--duration reached). A thin shell over
+ * TraceSession (src/trace.ts).
+ */
+import type { Command } from 'commander';
+import type { Ctx } from './cli';
+import { UsageError } from './errors';
+import { log } from './log';
+import { IfNames, TraceFilter, TraceSession, formatView, monoToWall, parseTraceId, viewRecord } from './trace';
+
+interface TraceCmdOpts {
+  pair?: string;
+  in?: string;
+  count?: string;
+  duration?: string;
+}
+
+function positive(v: string, what: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`${what} '${v}' is not a positive number`);
+  return n;
+}
+
+export function filterFrom(o: TraceCmdOpts): TraceFilter {
+  if (o.pair !== undefined && o.in !== undefined) throw new UsageError('give at most one of --pair ID and --in VIN');
+  if (o.pair !== undefined) return { id: parseTraceId(o.pair) };
+  if (o.in !== undefined) return { in: o.in };
+  return { all: true };
+}
+
+/** Runs a trace until a signal, the count or the duration; resolves with what was seen. */
+export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: number; lost: number }> {
+  const filter = filterFrom(o);
+  const count = o.count !== undefined ? positive(o.count, '--count') : Infinity;
+  const duration = o.duration !== undefined ? positive(o.duration, '--duration') : undefined;
+  const names = new IfNames();
+  const wall = monoToWall();
+  const lg = log('trace');
+  let finish!: (why: string) => void;
+  const done = new Promise<string>((resolve) => (finish = resolve));
+  let seen = 0;
+  const session = TraceSession.start({
+    pinRoot: c.pinRoot,
+    filter,
+    onRecord: (r) => {
+      if (seen >= count) return;
+      seen++;
+      const v = viewRecord(r, names, wall);
+      c.out(c.json ? JSON.stringify(v) : formatView(v));
+      if (seen >= count) finish('count');
+    },
+    onLost: (n) => lg.warn({ lost: n }, `${n} trace records lost: the reader fell behind (filter with --pair or --in)`),
+  });
+  const onSignal = (sig: NodeJS.Signals) => finish(sig);
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const s of signals) process.on(s, onSignal);
+  const onEpipe = (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') finish('stdout closed');
+  };
+  process.stdout.on('error', onEpipe);
+  const timer = duration !== undefined ? setTimeout(() => finish('duration'), duration * 1000) : undefined;
+  lg.info({ pinRoot: c.pinRoot, pair: session.id }, `tracing ${session.id === undefined ? 'every frame' : `pair ${session.id}`}; Ctrl-C stops`);
+  let why: string;
+  try {
+    why = await done;
+  } finally {
+    if (timer) clearTimeout(timer);
+    for (const s of signals) process.removeListener(s, onSignal);
+    process.stdout.removeListener('error', onEpipe);
+    session.stop();
+  }
+  lg.info({ records: seen, lost: session.lost, why }, `trace off: ${seen} records${session.lost ? `, ${session.lost} lost` : ''}`);
+  return { records: seen, lost: session.lost };
+}
+
+export function register(program: Command, ctx: () => Ctx): void {
+  program
+    .command('trace')
+    .description('stream per-frame datapath decisions (hook, pair, mode, action, target, MACs before/after) while tracing is on; off again on exit')
+    .option('--pair <id>', 'only frames of this pair id (decimal or 0x hex)')
+    .option('--in <vin>', 'only frames of the pair that has this port (a vin, or its vex)')
+    .option('--count <n>', 'stop after n records')
+    .option('--duration <seconds>', 'stop after this many seconds')
+    .option('--json', 'one JSON object per line')
+    .action(async (o: TraceCmdOpts) => {
+      await runTrace(ctx(), o);
+    });
+}

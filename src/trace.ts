@@ -1,0 +1,435 @@
+/**
+ * The datapath trace: per-frame decision records from the neuv_trace ring
+ * buffer (struct neuv_trace, one per frame at the programs' single exit).
+ *
+ * Tracing is switched on by a lease in neuv_config: trace_until is a
+ * bpf_ktime_get_ns() deadline (CLOCK_MONOTONIC, the clock of
+ * process.hrtime.bigint()), renewed every second to now + 3 s and set to 0
+ * when the session stops. If the tracer dies without stopping (SIGKILL), the
+ * programs stop emitting within the lease by themselves.
+ *
+ * A ring buffer has one consumer position, so one session reads it at a time:
+ * a session holds an flock next to the pin root's lock for its lifetime.
+ */
+import * as fs from 'node:fs';
+import { LOCK_EX, LOCK_NB, LOCK_UN, MapFd, RingBuffer, flock, ifIndexToName, ifNameToIndex } from './bpf';
+import { ConflictError, NeuvError, NotFoundError, UsageError } from './errors';
+import {
+  ConfigFlag,
+  DIR_NAMES,
+  HOOK_NAMES,
+  MAPS,
+  MODE_NAMES,
+  REASON_NAMES,
+  TraceFlag,
+  TraceRecord,
+  VERDICT_NAMES,
+  decodeConfig,
+  decodePort,
+  decodeTrace,
+  encodeConfig,
+  traceFilterFlags,
+  u32Key,
+} from './layout';
+import { LOCK_DIR, lockPath } from './lock';
+import { isLoaded } from './loader';
+import { log } from './log';
+import { formatMac } from './mac';
+import * as path from 'node:path';
+
+/** How long a lease lasts, and how often it is renewed. */
+export const LEASE_MS = 3000;
+export const RENEW_MS = 1000;
+
+// ---------------------------------------------------------------- filters
+
+/** Which frames to trace: every frame, or those of one pair. */
+export type TraceFilter = { all: true } | { id: number } | { in: string };
+
+/** Parses a pair id: decimal or 0x-prefixed hex, 0..65535. */
+export function parseTraceId(s: string): number {
+  const t = s.trim();
+  const n = /^0x[0-9a-f]+$/i.test(t) ? parseInt(t.slice(2), 16) : /^[0-9]+$/.test(t) ? Number(t) : NaN;
+  if (!Number.isInteger(n) || n < 0 || n > 0xffff) throw new UsageError(`pair id '${s}' is not an integer in 0..65535 (decimal or 0x hex)`);
+  return n;
+}
+
+// ---------------------------------------------------------------- records as data and text
+
+const ACTIONS: Record<number, string> = { 0: 'pass', 2: 'drop', 7: 'redirect' };
+
+/** What a record says, with names: the `--json` line and the fields of a trace-level log line. */
+export interface TraceView {
+  /** Wall-clock time of the decision, ISO 8601 with microseconds. */
+  time: string;
+  /** bpf_ktime_get_ns() as a decimal string (monotonic, for ordering). */
+  ktimeNs: string;
+  hook: string;
+  ifindex: number;
+  ifname: string | null;
+  /** Pair id, or null when no pair matched. */
+  id: number | null;
+  mode: string;
+  /** What tc was told: pass (to the stack), drop, redirect. */
+  action: string;
+  /** Verdicts as counted in neuv_stats (TAP: copy then to_peer). */
+  verdicts: string[];
+  reason: string | null;
+  dir: string | null;
+  /** Where the frame went (redirects), else null. */
+  target: number | null;
+  targetName: string | null;
+  /** The redirect used bpf_redirect_peer (straight to the peer's ingress). */
+  viaPeer: boolean;
+  /** TAP: where the copy went. */
+  copyTarget: number | null;
+  copyTargetName: string | null;
+  da: string | null;
+  sa: string | null;
+  daAfter: string | null;
+  saAfter: string | null;
+  /** EtherType, "0x0800", or null for a frame shorter than an Ethernet header. */
+  ethertype: string | null;
+  len: number;
+  /** Records lost so far in the kernel (ring full). */
+  lost: number;
+}
+
+/** Turns CLOCK_MONOTONIC ns into wall-clock ms, from one reading of both clocks. */
+export function monoToWall(): (ns: bigint) => number {
+  const wallNs = BigInt(Date.now()) * 1_000_000n;
+  const mono = process.hrtime.bigint();
+  const off = wallNs - mono;
+  return (ns: bigint) => Number((ns + off) / 1000n) / 1000;
+}
+
+function isoMicro(ms: number): string {
+  const d = new Date(Math.floor(ms));
+  const micro = Math.round((ms - Math.floor(ms)) * 1000);
+  return d.toISOString().replace(/Z$/, `${String(micro).padStart(3, '0')}Z`);
+}
+
+/** Interface names by ifindex in the current netns, cached for a few seconds. */
+export class IfNames {
+  private cache = new Map<number, string | null>();
+  private at = Date.now();
+  name(ifindex: number): string | null {
+    if (!ifindex) return null;
+    if (Date.now() - this.at > 5000) {
+      this.cache.clear();
+      this.at = Date.now();
+    }
+    let n = this.cache.get(ifindex);
+    if (n === undefined) {
+      n = ifIndexToName(ifindex) ?? null;
+      this.cache.set(ifindex, n);
+    }
+    return n;
+  }
+}
+
+const ethertypeNames: Record<number, string> = { 0x0800: 'IPv4', 0x86dd: 'IPv6', 0x0806: 'ARP', 0x8100: 'VLAN', 0x88a8: 'QinQ', 0x88cc: 'LLDP' };
+
+export function viewRecord(r: TraceRecord, names: { name(i: number): string | null }, wall: (ns: bigint) => number): TraceView {
+  const d = r.d;
+  const short = (d.flags & TraceFlag.SHORT) !== 0;
+  const mac = (b: Buffer, off: number) => (short ? null : formatMac(b.subarray(off, off + 6)));
+  const verdicts = [d.v1, d.v2].filter((v) => v < VERDICT_NAMES.length).map((v) => VERDICT_NAMES[v]!);
+  return {
+    time: isoMicro(wall(r.ts)),
+    ktimeNs: r.ts.toString(),
+    hook: HOOK_NAMES[d.hook] ?? `hook${d.hook}`,
+    ifindex: r.ifindex,
+    ifname: names.name(r.ifindex),
+    id: d.hasId ? d.id : null,
+    mode: MODE_NAMES[d.mode] ?? `mode${d.mode}`,
+    action: ACTIONS[d.action] ?? `tc_act_${d.action}`,
+    verdicts,
+    reason: d.reason ? (REASON_NAMES[d.reason] ?? `reason${d.reason}`) : null,
+    dir: d.hasId ? (DIR_NAMES[d.dir] ?? null) : null,
+    target: d.target || null,
+    targetName: d.target ? names.name(d.target) : null,
+    viaPeer: (d.flags & TraceFlag.PEER) !== 0,
+    copyTarget: r.copyIfindex || null,
+    copyTargetName: r.copyIfindex ? names.name(r.copyIfindex) : null,
+    da: mac(r.before, 0),
+    sa: mac(r.before, 6),
+    daAfter: mac(r.after, 0),
+    saAfter: mac(r.after, 6),
+    ethertype: short ? null : `0x${r.proto.toString(16).padStart(4, '0')}`,
+    len: r.len,
+    lost: r.lost,
+  };
+}
+
+const port = (name: string | null, ifindex: number) => `${name ?? '?'}(${ifindex})`;
+
+/**
+ * One readable line:
+ * `12:00:01.123456 vex nbtx0(7) id 4242 fwd  redirect to_dp -> vbr-neuv(10000000)  DA 02:..:01 => 4e:65:75:56:10:92  SA 02:..:02  IPv4 98B`
+ */
+export function formatView(v: TraceView): string {
+  const t = v.time.slice(11, 26);
+  const who = v.id === null ? 'no pair' : `id ${v.id} ${v.mode}`;
+  let what = v.action;
+  if (v.verdicts.length) what += ' ' + v.verdicts.join('+');
+  if (v.reason) what += ` (${v.reason})`;
+  if (v.target !== null) what += ` -> ${port(v.targetName, v.target)}${v.viaPeer ? ' via peer' : ''}`;
+  else if (v.action === 'pass') what += ' -> stack';
+  if (v.copyTarget !== null) what += `, copy -> ${port(v.copyTargetName, v.copyTarget)}`;
+  let macs: string;
+  if (v.da === null) macs = 'short frame';
+  else {
+    const ch = (a: string | null, b: string | null) => (a === b ? `${a}` : `${a} => ${b}`);
+    const et = parseInt(v.ethertype!, 16);
+    macs = `DA ${ch(v.da, v.daAfter)}  SA ${ch(v.sa, v.saAfter)}  ${ethertypeNames[et] ?? v.ethertype}`;
+  }
+  return `${t} ${v.hook} ${port(v.ifname, v.ifindex)} ${who}  ${what}  ${macs} ${v.len}B`;
+}
+
+// ---------------------------------------------------------------- the session
+
+export interface TraceOptions {
+  pinRoot: string;
+  filter?: TraceFilter;
+  /** Called with every record, in ring order. */
+  onRecord: (r: TraceRecord) => void;
+  /** Called when the kernel reports records lost since the last one (ring full). */
+  onLost?: (n: number) => void;
+  /** Keep the process alive while tracing (default true); false for a trace that rides along a command. */
+  ref?: boolean;
+  leaseMs?: number;
+  renewMs?: number;
+}
+
+function traceLockPath(pinRoot: string): string {
+  return lockPath(pinRoot).replace(/\.lock$/, '.trace.lock');
+}
+
+/** Resolves a filter to a pair id (undefined: everything). */
+function resolveFilter(f: TraceFilter | undefined, ports: () => MapFd): number | undefined {
+  if (!f || 'all' in f) return undefined;
+  if ('id' in f) return f.id;
+  const ifindex = ifNameToIndex(f.in);
+  if (!ifindex) throw new NotFoundError(`interface ${f.in} not found`);
+  const v = ports().lookup(u32Key(ifindex));
+  if (!v) throw new NotFoundError(`${f.in} (ifindex ${ifindex}) is not a port of any pair`);
+  return decodePort(v).id;
+}
+
+/**
+ * A running trace: lease held, ring buffer watched from the event loop.
+ * stop() (idempotent) switches tracing off, delivers what is left and
+ * releases everything.
+ */
+export class TraceSession {
+  readonly pinRoot: string;
+  /** The pair id traced, or undefined for every frame. */
+  readonly id: number | undefined;
+  records = 0;
+  lost = 0;
+  private config: MapFd;
+  private ringMap: MapFd;
+  private ring: RingBuffer;
+  private lockFd: number;
+  private timer: NodeJS.Timeout | undefined;
+  private lastLost: number | undefined;
+  private stopped = false;
+  private readonly opts: TraceOptions;
+  private readonly onExit = () => this.switchOff();
+
+  private constructor(opts: TraceOptions, id: number | undefined, config: MapFd, ringMap: MapFd, ring: RingBuffer, lockFd: number) {
+    this.opts = opts;
+    this.pinRoot = opts.pinRoot;
+    this.id = id;
+    this.config = config;
+    this.ringMap = ringMap;
+    this.ring = ring;
+    this.lockFd = lockFd;
+  }
+
+  static start(opts: TraceOptions): TraceSession {
+    const { pinRoot } = opts;
+    if (!isLoaded(pinRoot)) throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
+    const ringPath = path.join(pinRoot, MAPS.trace.name);
+    if (!fs.existsSync(ringPath)) {
+      throw new NotFoundError(`${ringPath} is missing: the loaded datapath predates tracing; run neuv-bpf load to upgrade it (pairs and maps are kept)`);
+    }
+    const undo: Array<() => void> = [];
+    try {
+      fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+      const lp = traceLockPath(pinRoot);
+      const lockFd = fs.openSync(lp, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+      undo.push(() => fs.closeSync(lockFd));
+      if (!flock(lockFd, LOCK_EX | LOCK_NB, lp)) {
+        const holder = fs.readFileSync(lp, 'utf8').trim();
+        throw new ConflictError(
+          `another neuv-bpf is tracing ${pinRoot}${holder ? ` (pid ${holder})` : ''}: the trace ring has one reader at a time`,
+        );
+      }
+      fs.ftruncateSync(lockFd, 0);
+      fs.writeSync(lockFd, `${process.pid}\n`, 0);
+      const config = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
+      undo.push(() => config.close());
+      let ports: MapFd | undefined;
+      undo.push(() => ports?.close());
+      const id = resolveFilter(opts.filter, () => (ports ??= MapFd.fromPin(path.join(pinRoot, MAPS.ports.name))));
+      const ringMap = MapFd.fromPin(ringPath);
+      undo.push(() => ringMap.close());
+      const ring = RingBuffer.open(ringMap.fd, `trace ring ${ringPath}`);
+      undo.push(() => ring.close());
+      // Records left over from an earlier session are not ours.
+      ring.consume();
+      const s = new TraceSession(opts, id, config, ringMap, ring, lockFd);
+      ports?.close();
+      s.renew();
+      s.timer = setInterval(() => s.renewSafely(), opts.renewMs ?? RENEW_MS);
+      if (opts.ref === false) s.timer.unref();
+      process.on('exit', s.onExit);
+      ring.watch((recs) => s.deliver(recs), {
+        ref: opts.ref !== false,
+        onError: (e) => log('trace').warn({ err: (e as Error).message }, 'reading the trace ring failed'),
+      });
+      log('trace').debug({ pinRoot, id }, 'datapath trace on');
+      return s;
+    } catch (e) {
+      for (const f of undo.reverse()) {
+        try {
+          f();
+        } catch {
+          /* best effort */
+        }
+      }
+      throw e;
+    }
+  }
+
+  /** Writes trace_until = now + lease (and the filter), keeping dp_ifindex. */
+  private renew(): void {
+    const cur = this.config.lookup(u32Key(0));
+    const c = cur ? decodeConfig(cur) : { dpIfindex: 0, flags: 0, traceUntil: 0n };
+    const until = process.hrtime.bigint() + BigInt(this.opts.leaseMs ?? LEASE_MS) * 1_000_000n;
+    const flags = (c.flags & ~(ConfigFlag.TRACE_ID | ConfigFlag.TRACE_ID_MASK)) | traceFilterFlags(this.id);
+    this.config.update(u32Key(0), encodeConfig({ dpIfindex: c.dpIfindex, flags: flags >>> 0, traceUntil: until }));
+  }
+
+  private renewSafely(): void {
+    try {
+      this.renew();
+    } catch (e) {
+      log('trace').warn({ err: (e as Error).message }, 'could not renew the trace lease');
+    }
+  }
+
+  /** trace_until = 0 and no filter. Synchronous (also runs from process 'exit'). */
+  private switchOff(): void {
+    try {
+      const cur = this.config.lookup(u32Key(0));
+      if (!cur) return;
+      const c = decodeConfig(cur);
+      const flags = c.flags & ~(ConfigFlag.TRACE_ID | ConfigFlag.TRACE_ID_MASK);
+      this.config.update(u32Key(0), encodeConfig({ dpIfindex: c.dpIfindex, flags: flags >>> 0, traceUntil: 0n }));
+    } catch (e) {
+      log('trace').warn({ err: (e as Error).message }, 'could not switch the datapath trace off (the lease lapses by itself within seconds)');
+    }
+  }
+
+  private deliver(recs: Buffer[]): void {
+    for (const b of recs) {
+      let r: TraceRecord;
+      try {
+        r = decodeTrace(b);
+      } catch (e) {
+        log('trace').warn({ err: (e as Error).message }, 'malformed trace record skipped');
+        continue;
+      }
+      if (this.lastLost !== undefined && r.lost !== this.lastLost) {
+        const n = (r.lost - this.lastLost) >>> 0;
+        this.lost += n;
+        this.opts.onLost?.(n);
+      }
+      this.lastLost = r.lost;
+      this.records++;
+      this.opts.onRecord(r);
+    }
+  }
+
+  get active(): boolean {
+    return !this.stopped;
+  }
+
+  /** Switches tracing off, delivers the records still in the ring, releases everything. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.switchOff();
+    process.removeListener('exit', this.onExit);
+    try {
+      this.ring.unwatch();
+      this.deliver(this.ring.consume());
+    } catch (e) {
+      log('trace').warn({ err: (e as Error).message }, 'reading the last trace records failed');
+    } finally {
+      this.ring.close();
+      this.ringMap.close();
+      this.config.close();
+      try {
+        flock(this.lockFd, LOCK_UN, traceLockPath(this.pinRoot));
+      } finally {
+        fs.closeSync(this.lockFd);
+      }
+    }
+    log('trace').debug({ records: this.records, lost: this.lost }, 'datapath trace off');
+  }
+}
+
+/** Reads neuv_config.trace_until and flags (for tests and `show`-like tools). */
+export function traceState(pinRoot: string): { traceUntil: bigint; flags: number; now: bigint } {
+  const m = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
+  try {
+    const v = m.lookup(u32Key(0));
+    if (!v) throw new NeuvError(`${pinRoot}/neuv_config has no entry 0`);
+    const c = decodeConfig(v);
+    return { traceUntil: c.traceUntil, flags: c.flags, now: process.hrtime.bigint() };
+  } finally {
+    m.close();
+  }
+}
+
+// ---------------------------------------------------------------- riding along a command (--log-level trace)
+
+let rideAlong: TraceSession | undefined;
+
+/**
+ * `--log-level trace`: the datapath trace is on while the command runs and
+ * every record is a trace-level log line (module "dp"). Never fails the
+ * command: if the datapath is not loaded or another tracer reads the ring, it
+ * says so at debug level and carries on.
+ */
+export function startCommandTrace(pinRoot: string): void {
+  if (rideAlong) return;
+  const lg = log('dp');
+  const names = new IfNames();
+  const wall = monoToWall();
+  try {
+    rideAlong = TraceSession.start({
+      pinRoot,
+      ref: false,
+      onRecord: (r) => {
+        const v = viewRecord(r, names, wall);
+        lg.trace(v, formatView(v));
+      },
+      onLost: (n) => lg.warn({ lost: n }, `${n} trace records lost (ring full)`),
+    });
+  } catch (e) {
+    lg.debug({ err: (e as Error).message }, 'datapath trace not available for this command');
+  }
+}
+
+/** Ends the ride-along trace (idempotent): what is left in the ring is logged first. */
+export function stopCommandTrace(): void {
+  const s = rideAlong;
+  rideAlong = undefined;
+  s?.stop();
+}

@@ -1,0 +1,197 @@
+/**
+ * Kernel suite for `intercept` / `release` (pullContainerPort and its
+ * reverse), driving the real CLI against a private topology: a container
+ * with IPv4 + IPv6 addresses, default routes and a static neighbour keeps
+ * its connectivity before, during (every mode) and after, and comes back
+ * identical; every step that fails is rolled back.
+ */
+import assert from 'node:assert/strict';
+import { cli, leftovers, requireKernel, runCleanups } from './helpers';
+import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
+import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/demo';
+import { INTERCEPT_STEPS, RELEASE_STEPS, InterceptResult } from '../src/intercept';
+
+/** Enforcer netns links when nothing is intercepted. */
+const IDLE_ENFORCER = ['lo', 'vbr-neuv', 'vth-neuv'];
+
+function pairsShown(tt: TestTopology): Array<{ id: number; mode: string; vin: { name: string } | null }> {
+  const r = tt.run(['show', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  return (JSON.parse(r.stdout) as { pairs: Array<{ id: number; mode: string; vin: { name: string } | null }> }).pairs;
+}
+
+/** IPv4 and IPv6 to the host bridge and to the other container. */
+function connectivity(tt: TestTopology, what: string): void {
+  const [c1, c2] = tt.c;
+  assert.equal(ping(tt.t, c1!.ns, HOST_IP4, 2), 2, `${what}: ping c1 -> host`);
+  assert.equal(ping(tt.t, c1!.ns, HOST_IP6, 2), 2, `${what}: ping6 c1 -> host`);
+  assert.equal(ping(tt.t, c1!.ns, c2!.ip4, 2), 2, `${what}: ping c1 -> c2`);
+}
+
+describe('intercept / release (kernel)', function () {
+  this.timeout(120000);
+  before(function () {
+    requireKernel(this);
+  });
+  afterEach(runCleanups);
+  after(function () {
+    runCleanups();
+    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+  });
+
+  it('by --pid: connectivity before, during every mode and after; the container comes back identical', async function () {
+    const tt = makeTopology();
+    const [c1, c2] = tt.c as [NonNullable<(typeof tt.c)[0]>, NonNullable<(typeof tt.c)[0]>];
+    await startStub(tt.t);
+    await startServer(tt.t, c2.ns);
+    const before = containerState(tt.t, c1);
+    connectivity(tt, 'before');
+
+    const pid = workloadPid(tt.t, c1);
+    const r = tt.run(['intercept', '--pid', String(pid), '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const res = JSON.parse(r.stdout) as InterceptResult;
+    const tag = pid.toString(16);
+    assert.equal(res.vex, `vex${tag}-eth0`);
+    assert.equal(res.vin, `vin${tag}-eth0`);
+    assert.equal(res.mac, c1.mac);
+    assert.equal(res.ifindexKept, true);
+    assert.equal(res.pair.mode, 'bypass');
+    assert.deepEqual(linkNames(tt.t, tt.t.enforcer), [...IDLE_ENFORCER, res.vex, res.vin].sort());
+    // From inside, the new eth0 is the old one: same ifindex, MAC, MTU, addresses, routes, neighbours.
+    assert.deepEqual(containerState(tt.t, c1), before, 'container state while intercepted');
+    const offload = tt.t.exec(c1.ns, 'ethtool', ['-k', 'eth0']);
+    assert.match(offload, /tx-checksumming: off/);
+
+    for (const mode of ['bypass', 'tap', 'fwd', 'bypass']) {
+      const m = tt.run(['pair', 'mode', '--in', res.vin, mode]);
+      assert.equal(m.code, 0, m.stderr);
+      connectivity(tt, mode);
+      const [udp, tcp6] = await runProbes(c1.ns, [
+        { t: 'udp', host: c2.ip4, port: 8080, count: 5 },
+        { t: 'tcp', host: c2.ip6, port: 8080 },
+      ]);
+      assert.equal(udp!.received, 5, `${mode}: udp c1 -> c2`);
+      assert.equal(udp!.duplicates, 0, `${mode}: no duplicates`);
+      assert.ok(tcp6!.ok, `${mode}: tcp6 c1 -> c2`);
+    }
+    const [p] = pairsShown(tt);
+    assert.equal(p?.vin?.name, res.vin);
+
+    const rel = tt.run(['release', '--pid', String(pid)]);
+    assert.equal(rel.code, 0, rel.stderr);
+    assert.match(rel.stdout, new RegExp(`released eth0 of pid ${pid}: ${res.vex} is eth0 again`));
+    assert.deepEqual(containerState(tt.t, c1), before, 'container state after release');
+    assert.deepEqual(linkNames(tt.t, tt.t.enforcer), IDLE_ENFORCER);
+    assert.deepEqual(pairsShown(tt), []);
+    connectivity(tt, 'after');
+  });
+
+  it('by --container-netns (tag from the netns inode); release finds it by --pid through the veth peer', async function () {
+    const tt = makeTopology();
+    const c1 = tt.c[0]!;
+    const before = containerState(tt.t, c1);
+    const r = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'tap', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const res = JSON.parse(r.stdout) as InterceptResult;
+    assert.match(res.vex, /^vexn[0-9a-f]+-eth0$/);
+    assert.equal(res.pair.mode, 'tap');
+    assert.deepEqual(containerState(tt.t, c1), before);
+    connectivity(tt, 'tap, no DP');
+    // A second intercept of the same container, under another name for it, is refused.
+    const pid = workloadPid(tt.t, c1);
+    const again = tt.run(['intercept', '--pid', String(pid)]);
+    assert.equal(again.code, 5, again.stderr);
+    assert.match(again.stderr, /already intercepted|already exists/);
+    const rel = tt.run(['release', '--pid', String(pid), '--json']);
+    assert.equal(rel.code, 0, rel.stderr);
+    assert.equal((JSON.parse(rel.stdout) as { vex: string }).vex, res.vex);
+    assert.deepEqual(containerState(tt.t, c1), before);
+    assert.deepEqual(linkNames(tt.t, tt.t.enforcer), IDLE_ENFORCER);
+    const rel2 = tt.run(['release', '--pid', String(pid)]);
+    assert.equal(rel2.code, 4);
+    assert.match(rel2.stderr, /is not intercepted/);
+  });
+
+  it('refuses bad requests with one line and a distinct exit code, changing nothing', function () {
+    const tt = makeTopology();
+    const c1 = tt.c[0]!;
+    const before = containerState(tt.t, c1);
+    const pid = workloadPid(tt.t, c1);
+    // A name intercept needs is taken in the enforcer netns.
+    tt.t.ip(tt.t.enforcer, 'link', 'add', `vin${pid.toString(16)}-eth0`, 'type', 'veth', 'peer', 'name', 'nbtpeer');
+    const cases: Array<[string[], number, RegExp, NodeJS.ProcessEnv?]> = [
+      [['intercept', '--pid', String(pid)], 5, /vin[0-9a-f]+-eth0 already exists/],
+      [['intercept', '--pid', '2147483646'], 4, /no process with pid 2147483646/],
+      [['intercept', '--container-netns', 'nbt-no-such-ns'], 4, /network namespace of .* not found/],
+      [['intercept', '--container-netns', c1.path, '--port', 'eth9'], 4, /interface eth9 not found/],
+      [['intercept', '--container-netns', c1.path, '--port', 'averylongname'], 2, /too long/],
+      [['intercept', '--container-netns', `/var/run/netns/${tt.t.enforcer}`], 2, /enforcer's own network namespace/],
+      [['intercept'], 2, /exactly one of --pid PID or --container-netns/],
+      [['intercept', '--pid', String(pid), '--container-netns', c1.path], 2, /exactly one of/],
+      [['intercept', '--container-netns', c1.path, '--mode', 'drop'], 2, /mode/],
+      [['release', '--container-netns', c1.path], 4, /is not intercepted/],
+    ];
+    for (const [args, code, re] of cases) {
+      const r = tt.run(args);
+      assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+      assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+      assert.match(r.stderr, re, args.join(' '));
+    }
+    // The enforcer netns does not exist; the datapath is not loaded in it.
+    const gone = cli(['--netns', 'nbt-gone-enf', '--bpffs', tt.pins, 'intercept', '--container-netns', c1.path]);
+    assert.equal(gone.code, 4, gone.stderr);
+    assert.match(gone.stderr, /network namespace nbt-gone-enf not found/);
+    const r1 = makeTopology({ load: false });
+    const nl = r1.run(['intercept', '--container-netns', r1.c[0]!.path]);
+    assert.equal(nl.code, 4, nl.stderr);
+    assert.match(nl.stderr, /not loaded/);
+    assert.deepEqual(containerState(tt.t, c1), before);
+    assert.deepEqual(linkNames(tt.t, tt.t.enforcer), [...IDLE_ENFORCER, 'nbtpeer', `vin${pid.toString(16)}-eth0`].sort());
+    assert.deepEqual(pairsShown(tt), []);
+  });
+
+  it('rolls back every step of intercept (NEUV_BPF_FAIL_AT=intercept:<step>)', function () {
+    const tt = makeTopology();
+    const c1 = tt.c[0]!;
+    const before = containerState(tt.t, c1);
+    for (const step of INTERCEPT_STEPS) {
+      const r = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'fwd'], { NEUV_BPF_FAIL_AT: `intercept:${step}` });
+      assert.equal(r.code, 1, `${step}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`injected failure at intercept step '${step}'`));
+      assert.deepEqual(containerState(tt.t, c1), before, `container after a failure at ${step}`);
+      assert.deepEqual(linkNames(tt.t, tt.t.enforcer), IDLE_ENFORCER, `enforcer after a failure at ${step}`);
+      assert.deepEqual(pairsShown(tt), [], `pairs after a failure at ${step}`);
+    }
+    connectivity(tt, 'after every rollback');
+  });
+
+  it('rolls back every step of release (NEUV_BPF_FAIL_AT=release:<step>)', async function () {
+    const tt = makeTopology();
+    const [c1, c2] = tt.c as [NonNullable<(typeof tt.c)[0]>, NonNullable<(typeof tt.c)[0]>];
+    await startStub(tt.t);
+    await startServer(tt.t, c2.ns);
+    const before = containerState(tt.t, c1);
+    const r = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'fwd', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const res = JSON.parse(r.stdout) as InterceptResult;
+    const during = containerState(tt.t, c1);
+    for (const step of RELEASE_STEPS) {
+      const f = tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_FAIL_AT: `release:${step}` });
+      assert.equal(f.code, 1, `${step}: ${f.stderr}`);
+      assert.match(f.stderr, new RegExp(`injected failure at release step '${step}'`));
+      assert.deepEqual(containerState(tt.t, c1), during, `container after a failed release at ${step}`);
+      assert.deepEqual(linkNames(tt.t, tt.t.enforcer), [...IDLE_ENFORCER, res.vex, res.vin].sort(), `enforcer after ${step}`);
+      const ps = pairsShown(tt);
+      assert.equal(ps.length, 1, `pair after ${step}`);
+      assert.equal(ps[0]!.id, res.pair.id);
+      assert.equal(ps[0]!.mode, 'fwd');
+      // Still intercepted and working, through the DP.
+      const [udp] = await runProbes(c1.ns, [{ t: 'udp', host: c2.ip4, port: 8080, count: 2 }]);
+      assert.equal(udp!.received, 2, `traffic after a failed release at ${step}`);
+    }
+    const ok = tt.run(['release', '--container-netns', c1.path]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.deepEqual(containerState(tt.t, c1), before);
+  });
+});

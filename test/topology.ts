@@ -1,0 +1,133 @@
+/**
+ * A reusable interception topology for the kernel suites: the demo's
+ * Topology (host netns with a bridge, containers with IPv4 + IPv6, default
+ * routes and a static neighbour, an enforcer netns) under test names, with
+ * every netns, child process, pin root and capture registered with
+ * onCleanup() the moment it exists.
+ *
+ * Plus what the interception tests look at: a container state snapshot
+ * without volatile fields, the stub DP, tcpdump captures, the CLI with the
+ * topology's netns and pin root.
+ */
+import assert from 'node:assert/strict';
+import { ChildProcess, spawn } from 'node:child_process';
+import { CliResult, cli, makePinRoot, onCleanup, uniqueName } from './helpers';
+import { ContainerNs, StubDp, Topology, waitFor } from '../src/demo';
+
+export { ContainerNs, StubDp, Topology, waitFor };
+
+export interface TestTopology {
+  t: Topology;
+  pins: string;
+  c: ContainerNs[];
+  /** The CLI with --netns <enforcer> --bpffs <pins>. */
+  run(args: string[], env?: NodeJS.ProcessEnv): CliResult;
+}
+
+/** Builds the topology (and a pin root); `load` loads the datapath in the enforcer netns. */
+export function makeTopology(o: { containers?: number; load?: boolean } = {}): TestTopology {
+  const t = Topology.create({ prefix: uniqueName('nbt'), containers: o.containers ?? 2 });
+  onCleanup(() => t.destroy());
+  const pins = makePinRoot();
+  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => cli(['--netns', t.enforcer, '--bpffs', pins, ...args], { env });
+  if (o.load !== false) {
+    const r = run(['load']);
+    assert.equal(r.code, 0, r.stderr);
+  }
+  return { t, pins, c: t.containers, run };
+}
+
+/** A long-running process in a container (its pid names the container, like a workload's). */
+export function workloadPid(t: Topology, c: ContainerNs): number {
+  const child = t.spawnIn(c.ns, 'sleep', ['600']);
+  onCleanup(() => child.kill('SIGKILL'));
+  return child.pid!;
+}
+
+export async function startStub(t: Topology, dropPorts: number[] = [9999]): Promise<StubDp> {
+  const s = await StubDp.start(t, dropPorts);
+  onCleanup(() => s.stop());
+  return s;
+}
+
+function strip<T extends Record<string, unknown>>(o: T, keys: string[]): Record<string, unknown> {
+  const r: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) if (!keys.includes(k)) r[k] = v;
+  return r;
+}
+
+/**
+ * What a container's network looks like from inside, for "identical after"
+ * checks: eth0 (name, ifindex, MAC, MTU, queue length, admin state, IPv6
+ * address generation mode), its addresses (without lifetimes and the
+ * nodad/tentative flags: intercept re-adds IPv6 addresses with nodad), every
+ * IPv4 and IPv6 route of every table, and the static neighbour entries
+ * (learnt ones come and go by themselves).
+ */
+export function containerState(t: Topology, c: ContainerNs): Record<string, unknown> {
+  const j = (...args: string[]) => JSON.parse(t.ip(c.ns, '-j', ...args) || '[]') as Array<Record<string, unknown>>;
+  const [l] = j('-d', 'link', 'show', 'dev', 'eth0');
+  assert.ok(l, `no eth0 in ${c.ns}`);
+  const link = {
+    ifname: l.ifname, ifindex: l.ifindex, address: l.address, mtu: l.mtu, txqlen: l.txqlen,
+    up: (l.flags as string[]).includes('UP'), addrgen: l.inet6_addr_gen_mode, kind: (l.linkinfo as { info_kind?: string })?.info_kind,
+  };
+  const [a] = j('addr', 'show', 'dev', 'eth0');
+  const addrs = ((a?.addr_info ?? []) as Array<Record<string, unknown>>)
+    .map((x) => strip(x, ['valid_life_time', 'preferred_life_time', 'nodad', 'tentative']))
+    .sort((x, y) => String(x.local).localeCompare(String(y.local)));
+  const sortJson = (xs: unknown[]) => xs.map((x) => JSON.stringify(x)).sort();
+  const routes4 = sortJson(j('-4', 'route', 'show', 'table', 'all'));
+  const routes6 = sortJson(j('-6', 'route', 'show', 'table', 'all').map((r) => strip(r, ['expires'])));
+  const neigh = sortJson(j('neigh', 'show').filter((n) => (n.state as string[] | undefined)?.some((s) => s === 'PERMANENT' || s === 'NOARP')));
+  return { link, addrs, routes4, routes6, neigh };
+}
+
+/** Interface names in a netns. */
+export function linkNames(t: Topology, ns: string): string[] {
+  return (JSON.parse(t.ip(ns, '-j', 'link', 'show')) as Array<{ ifname: string }>).map((l) => l.ifname).sort();
+}
+
+export interface Frame {
+  sa: string;
+  da: string;
+  ethertype: string;
+  line: string;
+}
+
+export interface Capture {
+  /** Stops tcpdump (if still running) and returns the frames it printed. */
+  stop(): Promise<Frame[]>;
+}
+
+/**
+ * tcpdump -e on dev inside ns with a filter; resolves once it listens.
+ * Frames come back with their Ethernet addresses.
+ */
+export async function capture(t: Topology, ns: string, dev: string, filter: string[]): Promise<Capture> {
+  const child: ChildProcess = spawn('ip', ['netns', 'exec', ns, 'tcpdump', '-e', '-nn', '-l', '-i', dev, ...filter], { stdio: ['ignore', 'pipe', 'pipe'] });
+  onCleanup(() => child.kill('SIGKILL'));
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<void>((r) => child.on('close', () => r()));
+  await waitFor(`tcpdump on ${dev} in ${ns}`, () => {
+    if (child.exitCode !== null) throw new Error(`tcpdump exited: ${err}`);
+    return /listening on/.test(err);
+  }, 5000);
+  return {
+    stop: async () => {
+      // Let frames in flight reach the capture before stopping it.
+      await new Promise((r) => setTimeout(r, 100));
+      if (child.exitCode === null) child.kill('SIGINT');
+      await exited;
+      const frames: Frame[] = [];
+      for (const line of out.split('\n')) {
+        const m = /^\S+ ([0-9a-f:]{17}) > ([0-9a-f:]{17}), ethertype (\S+)/.exec(line);
+        if (m) frames.push({ sa: m[1]!, da: m[2]!, ethertype: m[3]!, line });
+      }
+      return frames;
+    },
+  };
+}
