@@ -24,6 +24,7 @@ import {
   parsePairLines,
   parsePortId,
 } from './pairs';
+import { checkFailure, withDatapathProblems } from './repair';
 
 interface SelOpts {
   in?: string;
@@ -319,11 +320,14 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
     .command('show')
     .description('every pair: names, ifindexes, MAC, UCMAC, BCMAC, id, mode, hooks, counters; flags inconsistencies')
     .option('--json', 'print the result as JSON')
-    .action(async () => {
+    .option('--check', 'also check vbr-neuv, program pins and pin modes; exit 1 naming the first problem if anything is inconsistent (neuv-bpf repair fixes what it can)')
+    .action(async (o: { check?: boolean }) => {
       const c = ctx();
-      const r = await withDatapath(c, (dp) => dp.show());
+      let r = await withDatapath(c, (dp) => dp.show());
+      if (o.check) r = await withDatapathProblems(r, c.pinRoot);
       if (c.json) printJson(c, r);
       else c.out(formatShow(r).join('\n'));
+      if (o.check && !r.consistent) throw checkFailure(r);
     });
 
   program

@@ -41,11 +41,12 @@ export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: numb
   let finish!: (why: string) => void;
   const done = new Promise<string>((resolve) => (finish = resolve));
   let seen = 0;
+  let stdoutGone = false;
   const session = TraceSession.start({
     pinRoot: c.pinRoot,
     filter,
     onRecord: (r) => {
-      if (seen >= count) return;
+      if (seen >= count || stdoutGone) return;
       seen++;
       const v = viewRecord(r, names, wall);
       c.out(c.json ? JSON.stringify(v) : formatView(v));
@@ -56,10 +57,12 @@ export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: numb
   const onSignal = (sig: NodeJS.Signals) => finish(sig);
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   for (const s of signals) process.on(s, onSignal);
-  const onEpipe = (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') finish('stdout closed');
-  };
-  process.stdout.on('error', onEpipe);
+  // `trace | head`: the reader went away. Stays installed: writes already queued fail later.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+    stdoutGone = true;
+    finish('stdout closed');
+  });
   const timer = duration !== undefined ? setTimeout(() => finish('duration'), duration * 1000) : undefined;
   lg.info({ pinRoot: c.pinRoot, pair: session.id }, `tracing ${session.id === undefined ? 'every frame' : `pair ${session.id}`}; Ctrl-C stops`);
   let why: string;
@@ -68,7 +71,6 @@ export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: numb
   } finally {
     if (timer) clearTimeout(timer);
     for (const s of signals) process.removeListener(s, onSignal);
-    process.stdout.removeListener('error', onEpipe);
     session.stop();
   }
   lg.info({ records: seen, lost: session.lost, why }, `trace off: ${seen} records${session.lost ? `, ${session.lost} lost` : ''}`);

@@ -15,6 +15,7 @@ import { register as registerTrace } from './cli-trace';
 import { startCommandTrace, stopCommandTrace } from './trace';
 import { registerInterceptCommands } from './cli-intercept';
 import { registerDemoCommands } from './cli-demo';
+import { registerRepairCommands } from './cli-repair';
 
 export interface GlobalOpts {
   netns?: string;
@@ -44,6 +45,7 @@ const registrars: CommandRegistrar[] = [
   registerTrace,
   registerInterceptCommands,
   registerDemoCommands,
+  registerRepairCommands,
 ];
 
 export function printJson(ctx: Ctx, v: unknown): void {
@@ -82,7 +84,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       ctx = { pinRoot: pinRootFrom(g.bpffs), json, out };
       if (!UNPRIVILEGED.has(actionCommand.name())) checkPrivileges();
       if (g.netns) enterNetns(g.netns);
-      log('cli').debug({ command: actionCommand.name(), level, pinRoot: ctx.pinRoot, netns: g.netns }, 'start');
+      log('cli').debug({ command: actionCommand.name(), logLevel: level, pinRoot: ctx.pinRoot, netns: g.netns }, 'start');
       // --log-level trace: the datapath trace rides along (records as trace-level log lines).
       if (level === 'trace' && actionCommand.name() !== 'trace' && !UNPRIVILEGED.has(actionCommand.name())) startCommandTrace(ctx.pinRoot);
     })

@@ -165,7 +165,8 @@ export class Topology {
 
   /** Spawns `cmd args` inside a netns; the process is killed by destroy(). */
   spawnIn(ns: string, cmd: string, args: string[]): ChildProcess {
-    const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // stdin is a pipe from us: children that watch it (the echo server) end when we do.
+    const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     child.on('error', () => undefined);
     this.children.push(child);
     return child;
@@ -236,6 +237,10 @@ async function serve(argv: string[]): Promise<void> {
   }
   await Promise.all(waits);
   print({ ready: true });
+  // The parent holds our stdin: when it goes (even by SIGKILL), so do we.
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
 }
 
 /**
@@ -413,6 +418,7 @@ export interface StubCounts {
   sent: number;
   dropped: number;
   ignored: number;
+  truncated: number;
   send_errors: number;
   pairs: Record<string, { id: number; to_wl: StubDir; from_wl: StubDir }>;
 }
@@ -535,6 +541,29 @@ export interface DemoResult {
   mismatches: string[];
 }
 
+/**
+ * Removes what demos killed beyond cleaning up (SIGKILL) left: netns
+ * neuvdemo-<pid>-* and pin roots neuv-demo-<pid> of processes that are gone.
+ */
+function removeStaleDemos(out: (s: string) => void): void {
+  const gone = (pid: string) => !fs.existsSync(`/proc/${pid}`);
+  for (const line of sh('ip', ['netns', 'list'], { allowFail: true }).split('\n')) {
+    const m = /^neuvdemo-(\d+)-\S+/.exec(line);
+    if (m && gone(m[1]!)) {
+      sh('ip', ['netns', 'del', m[0]], { allowFail: true });
+      out(`removed netns ${m[0]}, left by an earlier demo`);
+    }
+  }
+  const bpffs = '/sys/fs/bpf';
+  for (const f of fs.existsSync(bpffs) ? fs.readdirSync(bpffs) : []) {
+    const m = /^neuv-demo-(\d+)$/.exec(f);
+    if (m && gone(m[1]!)) {
+      fs.rmSync(path.join(bpffs, f), { recursive: true, force: true });
+      out(`removed pin root ${path.join(bpffs, f)}, left by an earlier demo`);
+    }
+  }
+}
+
 /** Runs the CLI (for load/unload, as an operator would) with the demo's pin root and netns. */
 function cli(args: string[]): string {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } });
@@ -577,12 +606,17 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
   const onSignal = (sig: NodeJS.Signals) => {
     process.stderr.write(`\nneuv-bpf demo: ${sig}, cleaning up\n`);
     cleanup();
-    process.exit(sig === 'SIGINT' ? 130 : 143);
+    process.exit(128 + (os.constants.signals[sig] ?? 15));
   };
+  // A closed stdout (demo | head) must not kill the demo before it cleans up.
+  const onStdoutError = () => undefined;
+  process.stdout.on('error', onStdoutError);
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  process.once('SIGHUP', onSignal);
 
   try {
+    removeStaleDemos(out);
     if (fs.existsSync(pinRoot)) throw new Error(`${pinRoot} exists already (another demo with this pid?)`);
     if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} not found (make build)`);
     topo = Topology.create({ prefix, containers: 2 });
@@ -726,6 +760,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
+    process.removeListener('SIGHUP', onSignal);
     cleanup();
     out('removed every namespace, interface and pin of the demo');
     if (verdict) out(verdict);

@@ -28,6 +28,7 @@ import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '.
 import { run, validateIfName, VBR } from './link';
 import { withLock } from './lock';
 import { log } from './log';
+import { crashPoint } from './crash';
 import { formatMac } from './mac';
 import { AddModeName, Datapath, DEFAULT_ADD_MODE, PairAdded, PairView } from './pairs';
 
@@ -459,6 +460,7 @@ function failpoint(op: 'intercept' | 'release', step: string): void {
 
 /** Runs one step with a failpoint before it and the step's name in any error. */
 async function step<T>(op: 'intercept' | 'release', name: string, what: string, fn: () => Promise<T>): Promise<T> {
+  crashPoint(`${op}:before-${name}`);
   failpoint(op, name);
   log(op).debug({ step: name }, what);
   try {
@@ -633,6 +635,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
         if (snap.up) await ctr.ip('link', 'set', 'dev', port, 'up');
       });
       await S('routes', `restore the routes and neighbours of ${port}`, () => restoreRoutesAndNeighbours(ctr, snap, port));
+      crashPoint('intercept:before-commit');
       failpoint('intercept', 'commit');
     } catch (e) {
       lg.warn({ target: t.desc, port, err: (e as Error).message }, 'intercept failed; rolling back');

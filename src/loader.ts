@@ -24,6 +24,7 @@ import {
 } from './layout';
 import { VBR, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
+import { crashPoint } from './crash';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/neuv';
 export const BPF_FS_MAGIC = 0xcafe4a11;
@@ -230,20 +231,24 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     checkLayout(obj);
     const mtu = opts.jumbo ? 9000 : 2048;
     const created = await ensureDpPair(mtu, VBR_IFINDEX, VTH_IFINDEX);
+    crashPoint('load:after-dp-pair');
     if (created) undo.push(`delete ${VBR}`, () => run('ip', ['link', 'del', 'dev', VBR], { allowFail: true }));
     const vbrIndex = ifindexIfExists(VBR);
 
     obj.load();
+    crashPoint('load:after-obj-load');
     // Maps libbpf pinned anew in this run go away on failure; reused ones stay.
     for (const name of Object.values(MAPS).map((m) => m.name)) {
       if (!hadPins.has(name)) undo.push(`unpin ${name}`, () => fs.rmSync(path.join(pinRoot, name), { force: true }));
     }
     const config = obj.map(MAPS.config.name);
     config.update(u32Key(0), encodeConfig({ dpIfindex: vbrIndex, flags: 0, traceUntil: 0n }));
+    crashPoint('load:after-config');
 
     // Attach (or swap in place) vbr-neuv, then every vin/vex already in the map.
     const progFds = { vin: obj.progFd(PROGS.vin), vex: obj.progFd(PROGS.vex), vbr: obj.progFd(PROGS.vbr) };
     const vbrAtt = attach(pinRoot, vbrIndex, VBR, progFds.vbr, kind);
+    crashPoint('load:after-vbr-attach');
     if (!vbrAtt.replaced && !created) {
       undo.push('detach vbr-neuv', () => detach(pinRoot, vbrIndex, VBR, vbrAtt.qdiscCreated));
     }
@@ -263,6 +268,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       }
       attach(pinRoot, ifindex, name, entry.role === Role.VIN ? progFds.vin : progFds.vex, kind);
       reattached++;
+      crashPoint('load:after-reattach');
     }
 
     // Pin the programs: pin beside, then rename over the old pin (atomic on bpffs).
@@ -272,7 +278,9 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       const tmp = `${final}_new`; // bpffs refuses names with a '.'
       fs.rmSync(tmp, { force: true });
       pinFd(progFds[role], tmp);
+      crashPoint('load:after-prog-pin-tmp');
       fs.renameSync(tmp, final);
+      crashPoint('load:after-prog-pin');
       fs.chmodSync(final, 0o600);
       const p = new ProgFd(progFds[role], false);
       progIds[role] = p.info().id;
@@ -283,6 +291,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       mapIds[m.name] = fd.info.id;
       fs.chmodSync(path.join(pinRoot, m.name), 0o600);
     }
+    crashPoint('load:before-commit');
     undo.clear();
     obj.close();
     lg.info({ pinRoot, replaced, progIds, reattached, attach: vbrAtt.kind }, replaced ? 'programs replaced in place' : 'datapath loaded');

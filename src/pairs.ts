@@ -55,6 +55,7 @@ import { LinkJson, VBR, VTH, linkShow, validateIfName } from './link';
 import { DEFAULT_PIN_ROOT, isLoaded, progPinPath } from './loader';
 import { withLock } from './lock';
 import { log } from './log';
+import { crashPoint } from './crash';
 import { bcmac, formatMac, isUcmac, parseMac, ucmac } from './mac';
 
 // ================================================================ public types
@@ -690,6 +691,7 @@ export class Datapath {
         this.withMaps(['ports', 'ids', 'stats'], (m) => {
           const st = this.readState(m);
           const plans = this.plan(valid, labels, links, st);
+          crashPoint('pair-add:planned');
           return this.apply(plans, st, m);
         }),
       );
@@ -838,7 +840,9 @@ export class Datapath {
             return { qdiscOurs: r.qdiscCreated, attached: true };
           };
           const hin = hook(p.vin, 'vin');
+          crashPoint('pair-add:after-vin-hook');
           const hex = hook(p.vex, 'vex');
+          crashPoint('pair-add:after-hooks');
           if (p.existing) {
             if (hin.attached) repaired.push('vin hook');
             if (hex.attached) repaired.push('vex hook');
@@ -865,12 +869,14 @@ export class Datapath {
             st.statsKeys.add(p.id);
             if (p.existing) repaired.push('stats entry');
           }
+          crashPoint('pair-add:after-stats');
           if (!st.ids.has(p.id)) {
             m.ids.update(u32Key(p.id), encodeId({ vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex }), 1 /* BPF_NOEXIST */);
             undo.push(`ids ${p.id}`, () => m.ids.delete(u32Key(p.id)));
             st.ids.set(p.id, { vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex });
             if (p.existing) repaired.push('ids entry');
           }
+          crashPoint('pair-add:after-ids');
           for (const role of ['vex', 'vin'] as const) {
             const self = role === 'vin' ? p.vin : p.vex;
             const old = st.ports.get(self.ifindex);
@@ -880,6 +886,7 @@ export class Datapath {
             const key = u32Key(self.ifindex);
             undo.push(`port ${self.name}`, () => (old ? m.ports.update(key, encodePort(old)) : m.ports.delete(key)));
             st.ports.set(self.ifindex, e);
+            crashPoint(`pair-add:after-${role}-entry`);
             if (p.existing) repaired.push(old ? `${role} entry flags` : `${role} entry`);
           }
           const vinE = st.ports.get(p.vin.ifindex)!;
@@ -950,6 +957,7 @@ export class Datapath {
               const key = u32Key(ifindex);
               m.ports.update(key, encodePort({ ...e, mode: to }), 2 /* BPF_EXIST */);
               undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), 2));
+              crashPoint(ifindex === r.vex ? 'pair-mode:after-vex' : 'pair-mode:after-vin');
             }
           } catch (e) {
             undo.run();
@@ -997,6 +1005,7 @@ export class Datapath {
               if (detach(this.pinRoot, ifindex, nm, ours)) detached.push(nm);
               if (ours) qdiscsRemoved.push(nm);
               if (old && was !== 'none') undo.push(`reattach ${nm}`, () => attach(this.pinRoot, ifindex, nm, old.fd, was));
+              crashPoint('pair-del:after-detach');
             }
             const idKey = u32Key(r.id);
             const idOld = m.ids.lookup(idKey);
@@ -1006,6 +1015,7 @@ export class Datapath {
               if ('id' in sel || cur.vinIfindex === r.vin || cur.vexIfindex === r.vex) {
                 m.ids.delete(idKey);
                 undo.push(`ids ${r.id}`, () => m.ids.update(idKey, idOld, 1));
+                crashPoint('pair-del:after-ids');
               }
             }
             for (const ifindex of [r.vex, r.vin]) {
@@ -1015,6 +1025,7 @@ export class Datapath {
               const key = u32Key(ifindex);
               m.ports.delete(key);
               undo.push(`port ${ifindex}`, () => m.ports.update(key, encodePort(e), 1));
+              crashPoint('pair-del:after-port');
             }
             const statsOld = m.stats.lookup(idKey);
             if (statsOld && m.ids.lookup(idKey) === undefined) {

@@ -344,9 +344,10 @@ export class TraceSession {
         continue;
       }
       if (this.lastLost !== undefined && r.lost !== this.lastLost) {
-        const n = (r.lost - this.lastLost) >>> 0;
+        // The count lives with the programs: a reload starts it again from 0.
+        const n = r.lost > this.lastLost ? r.lost - this.lastLost : r.lost;
         this.lost += n;
-        this.opts.onLost?.(n);
+        if (n > 0) this.opts.onLost?.(n);
       }
       this.lastLost = r.lost;
       this.records++;
@@ -418,7 +419,9 @@ export function startCommandTrace(pinRoot: string): void {
       ref: false,
       onRecord: (r) => {
         const v = viewRecord(r, names, wall);
-        lg.trace(v, formatView(v));
+        // pino has its own "time": keep the record's as the line's text and ktimeNs.
+        const { time: _time, ...fields } = v;
+        lg.trace(fields, formatView(v));
       },
       onLost: (n) => lg.warn({ lost: n }, `${n} trace records lost (ring full)`),
     });

@@ -120,6 +120,7 @@ export function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: str
     encoding: 'utf8',
     env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn', ...opts.env },
     input: opts.input,
+    maxBuffer: 256 << 20,
     uid: opts.uid,
     gid: opts.uid,
   });

@@ -9,7 +9,10 @@ import assert from 'node:assert/strict';
 import { cli, leftovers, requireKernel, runCleanups } from './helpers';
 import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
 import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/demo';
-import { INTERCEPT_STEPS, RELEASE_STEPS, InterceptResult } from '../src/intercept';
+import {
+  INTERCEPT_STEPS, RELEASE_STEPS, InterceptResult, addrArgs, inodeTag, neighArgs, portNames, routeArgs, tempMac,
+} from '../src/intercept';
+import { targetFrom } from '../src/cli-intercept';
 
 /** Enforcer netns links when nothing is intercepted. */
 const IDLE_ENFORCER = ['lo', 'vbr-neuv', 'vth-neuv'];
@@ -27,6 +30,64 @@ function connectivity(tt: TestTopology, what: string): void {
   assert.equal(ping(tt.t, c1!.ns, HOST_IP6, 2), 2, `${what}: ping6 c1 -> host`);
   assert.equal(ping(tt.t, c1!.ns, c2!.ip4, 2), 2, `${what}: ping c1 -> c2`);
 }
+
+describe('intercept: names and iproute2 arguments (unit)', function () {
+  it('names: vex/vin<tag>-<port>, 15 bytes at most; netns tags never look like a pid', function () {
+    assert.deepEqual(portNames((4242).toString(16), 'eth0'), { vex: 'vex1092-eth0', vin: 'vin1092-eth0' });
+    assert.deepEqual(portNames('3fffff', 'eth1'), { vex: 'vex3fffff-eth1', vin: 'vin3fffff-eth1' });
+    assert.equal(portNames('3fffff', 'eth10').vex, 'vex3fffff-eth10');
+    assert.throws(() => portNames('3fffff', 'eth100'), /too long/);
+    assert.equal(inodeTag(0xf00001d4), 'n1d4');
+    assert.match(inodeTag(0xeffffff9), /^n[0-9a-f]+$/);
+  });
+
+  it('temporary MACs are locally administered unicast', function () {
+    for (let i = 0; i < 50; i++) {
+      const b0 = parseInt(tempMac().slice(0, 2), 16);
+      assert.equal(b0 & 0x03, 0x02);
+    }
+  });
+
+  it('--pid xor --container-netns', function () {
+    assert.deepEqual(targetFrom({ pid: '42' }), { pid: 42 });
+    assert.deepEqual(targetFrom({ containerNetns: 'x' }), { netns: 'x' });
+    assert.throws(() => targetFrom({}), /exactly one/);
+    assert.throws(() => targetFrom({ pid: '1', containerNetns: 'x' }), /exactly one/);
+    assert.throws(() => targetFrom({ pid: '-3' }), /not a process id/);
+  });
+
+  it('addresses: peer, broadcast, label, lifetimes, flags; IPv6 with nodad', function () {
+    assert.deepEqual(addrArgs({ family: 'inet', local: '10.0.0.2', prefixlen: 24, broadcast: '10.0.0.255', scope: 'global', label: 'eth0:1', valid_life_time: 4294967295 }, 'eth0'),
+      ['-4', 'addr', 'add', '10.0.0.2/24', 'broadcast', '10.0.0.255', 'scope', 'global', 'label', 'eth0:1', 'dev', 'eth0']);
+    assert.deepEqual(addrArgs({ family: 'inet', local: '10.0.0.2', address: '10.0.0.1', prefixlen: 32 }, 'eth0'),
+      ['-4', 'addr', 'add', '10.0.0.2/32', 'peer', '10.0.0.1/32', 'dev', 'eth0']);
+    assert.deepEqual(addrArgs({ family: 'inet6', local: 'fd00::2', prefixlen: 64, scope: 'global', noprefixroute: true, valid_life_time: 300, preferred_life_time: 100 }, 'eth0'),
+      ['-6', 'addr', 'add', 'fd00::2/64', 'scope', 'global', 'valid_lft', '300', 'preferred_lft', '100', 'noprefixroute', 'nodad', 'dev', 'eth0']);
+  });
+
+  it('routes: type, table, proto, scope, metric, src, pref, metrics, onlink, multipath; the port renamed', function () {
+    assert.deepEqual(routeArgs(4, { dst: 'default', gateway: '10.0.0.1', dev: 'eth0', flags: ['onlink'] }, 'eth0', 'eth0'),
+      ['-4', 'route', 'replace', 'default', 'via', '10.0.0.1', 'dev', 'eth0', 'onlink']);
+    assert.deepEqual(routeArgs(4, { dst: '10.5.0.0/16', gateway: '10.0.0.1', dev: 'eth0', table: '100', protocol: 'static', metric: 5, prefsrc: '10.0.0.2', metrics: [{ mtu: 1400 }] }, 'new0', 'eth0'),
+      ['-4', 'route', 'replace', '10.5.0.0/16', 'table', '100', 'proto', 'static', 'metric', '5', 'src', '10.0.0.2', 'mtu', '1400', 'via', '10.0.0.1', 'dev', 'new0']);
+    assert.deepEqual(routeArgs(6, { dst: 'default', gateway: 'fd00::1', dev: 'eth0', metric: 1024, pref: 'medium' }, 'eth0', 'eth0'),
+      ['-6', 'route', 'replace', 'default', 'metric', '1024', 'pref', 'medium', 'via', 'fd00::1', 'dev', 'eth0']);
+    assert.deepEqual(routeArgs(4, { type: 'blackhole', dst: '10.9.0.0/16', dev: 'eth0' }, 'eth0', 'eth0'),
+      ['-4', 'route', 'replace', 'blackhole', '10.9.0.0/16', 'dev', 'eth0']);
+    assert.deepEqual(routeArgs(4, { dst: '10.6.0.0/16', nexthops: [{ gateway: '10.0.0.1', dev: 'eth0', weight: 1 }, { gateway: '10.1.0.1', dev: 'eth1', weight: 2 }] }, 'eth0', 'eth0'),
+      ['-4', 'route', 'replace', '10.6.0.0/16', 'nexthop', 'via', '10.0.0.1', 'dev', 'eth0', 'weight', '1', 'nexthop', 'via', '10.1.0.1', 'dev', 'eth1', 'weight', '2']);
+    assert.deepEqual(routeArgs(4, { dst: '10.7.0.0/16', via: { family: 'inet6', host: 'fe80::1' }, dev: 'eth0' }, 'eth0', 'eth0'),
+      ['-4', 'route', 'replace', '10.7.0.0/16', 'via', 'inet6', 'fe80::1', 'dev', 'eth0']);
+  });
+
+  it('neighbours: static entries as they were, learnt ones as STALE', function () {
+    assert.deepEqual(neighArgs({ dst: '10.0.0.9', lladdr: '02:00:00:00:00:09', state: ['PERMANENT'] }, 'eth0'),
+      ['neigh', 'replace', '10.0.0.9', 'lladdr', '02:00:00:00:00:09', 'nud', 'permanent', 'dev', 'eth0']);
+    assert.deepEqual(neighArgs({ dst: 'fe80::1', lladdr: '02:00:00:00:00:01', state: ['REACHABLE'], router: true }, 'eth0'),
+      ['neigh', 'replace', 'fe80::1', 'lladdr', '02:00:00:00:00:01', 'nud', 'stale', 'router', 'dev', 'eth0']);
+    assert.equal(neighArgs({ dst: '10.0.0.8', lladdr: '02:00:00:00:00:08', state: ['NOARP'] }, 'eth0')[6], 'noarp');
+  });
+});
 
 describe('intercept / release (kernel)', function () {
   this.timeout(120000);

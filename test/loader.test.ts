@@ -210,7 +210,7 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
       const before = kernelState(ns, pins);
       const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', REJECT]);
       assert.equal(r.code, 6, r.stderr);
-      assert.match(oneErrorLine(r), /load BPF object .*reject.bpf.o: .*verifier refused/);
+      assert.match(r.stderr.split('\n')[0]!, /^neuv-bpf: load BPF object .*reject.bpf.o: .*verifier refused/); // then the verifier log tail (test/logging.test.ts)
       assert.equal(kernelState(ns, pins), before);
       const dbg = cli(['--netns', ns.name, '--bpffs', pins, '--log-level', 'debug', 'load', '--obj', REJECT]);
       assert.equal(dbg.code, 6);

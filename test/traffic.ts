@@ -9,6 +9,7 @@
  * so runCleanups() removes it even when a test fails half way.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { makeNetns, Netns, onCleanup, ROOT } from './helpers';
 
@@ -156,6 +157,11 @@ export interface UdpStreamOptions {
   idleMs?: number;
   /** The receiver gives up after this long (default 120 s). */
   timeoutMs?: number;
+  /**
+   * Send until stop() (count is then ignored): for streams that must outlast
+   * a sequence of unknown length. lost is then sent - unique.
+   */
+  untilStopped?: boolean;
 }
 
 export interface UdpStreamResult {
@@ -178,6 +184,8 @@ export interface UdpStream {
   result: Promise<UdpStreamResult>;
   /** Kills both processes. */
   kill(): void;
+  /** Ends the stream at once (SIGTERM to the sender); `sent` then says how many went out. */
+  stop(): void;
 }
 
 /**
@@ -187,8 +195,9 @@ export interface UdpStream {
  */
 export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
   const run = String((Math.random() * 0xffffffff) >>> 0);
+  const count = o.untilStopped ? 1e9 : o.count;
   const recv = spawnInNetns(o.receiverNs, UDPSEQ, [
-    'recv', '--port', String(o.port), '--run', run, '--expect', String(o.count),
+    'recv', '--port', String(o.port), '--run', run, ...(o.untilStopped ? [] : ['--expect', String(o.count)]),
     '--idle-ms', String(o.idleMs ?? 1000), '--timeout-ms', String(o.timeoutMs ?? 120000),
   ]);
   let report: Record<string, unknown> | undefined;
@@ -200,7 +209,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
   });
   await Promise.race([isReady, recvDone.then(() => Promise.reject(new Error('udpseq recv exited before it was ready')))]);
 
-  const sendArgs = ['send', '--to', o.to, '--port', String(o.port), '--count', String(o.count), '--rate', String(o.rate), '--size', String(o.size ?? 64), '--run', run];
+  const sendArgs = ['send', '--to', o.to, '--port', String(o.port), '--count', String(count), '--rate', String(o.rate), '--size', String(o.size ?? 64), '--run', run];
   if (o.from) sendArgs.push('--from', o.from);
   const snd = spawnInNetns(o.senderNs, UDPSEQ, sendArgs);
   let sentReport: { sent: number; seconds: number } | undefined;
@@ -217,7 +226,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
       senderSeconds: s.seconds,
       received: r.received!,
       unique: r.unique!,
-      lost: r.lost!,
+      lost: o.untilStopped ? Math.max(0, s.sent - r.unique!) : r.lost!,
       duplicated: r.duplicated!,
       reordered: r.reordered!,
       foreign: r.foreign!,
@@ -234,6 +243,9 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
     kill: () => {
       for (const c of [snd, recv]) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     },
+    stop: () => {
+      if (snd.exitCode === null && snd.signalCode === null) snd.kill('SIGTERM');
+    },
   };
 }
 
@@ -248,4 +260,151 @@ export function ping(ns: Netns, to: string, count = 3, intervalS = 0.05): number
   const out = ns.exec('ping', ['-c', String(count), '-i', String(intervalS), '-W', '1', '-q', to], { allowFail: true });
   const m = /(\d+) received/.exec(out);
   return m ? Number(m[1]) : 0;
+}
+
+// ---------------------------------------------------------------- TCP transfer
+
+export const TCPSUM = path.join(ROOT, 'dist', 'test', 'tools', 'tcpsum.js');
+
+/** TCP counters of one netns (/proc/net/snmp and /proc/net/netstat are per netns). */
+export interface TcpCounters {
+  /** Tcp RetransSegs: segments this netns sent again (a frame lost, or thought lost). */
+  retransSegs: number;
+  /** TcpExt TCPOFOQueue: segments that arrived out of order. */
+  ofoQueue: number;
+  /** TcpExt TCPDSACKOldSent + TCPDSACKOfoSent: duplicate segments received (reported with D-SACK). */
+  dsackSent: number;
+}
+
+export function tcpCounters(ns: Netns): TcpCounters {
+  const values = (text: string, prefix: string): Map<string, number> => {
+    const lines = text.split('\n').filter((l) => l.startsWith(prefix + ':'));
+    const out = new Map<string, number>();
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      const k = lines[i]!.split(/\s+/).slice(1);
+      const v = lines[i + 1]!.split(/\s+/).slice(1);
+      k.forEach((name, j) => out.set(name, Number(v[j])));
+    }
+    return out;
+  };
+  const snmp = values(ns.exec('cat', ['/proc/net/snmp']), 'Tcp');
+  const ext = values(ns.exec('cat', ['/proc/net/netstat']), 'TcpExt');
+  return {
+    retransSegs: snmp.get('RetransSegs') ?? 0,
+    ofoQueue: ext.get('TCPOFOQueue') ?? 0,
+    dsackSent: (ext.get('TCPDSACKOldSent') ?? 0) + (ext.get('TCPDSACKOfoSent') ?? 0),
+  };
+}
+
+export interface TcpTransferOptions {
+  sender: Netns;
+  receiver: Netns;
+  /** The receiver's address. */
+  to: string;
+  port: number;
+  /** Bytes to send, or until stop(). */
+  bytes?: number;
+  untilStopped?: boolean;
+  /** Bytes per second (default: as fast as it goes). */
+  rate?: number;
+  seed?: string;
+}
+
+export interface TcpTransferResult {
+  sentBytes: number;
+  receivedBytes: number;
+  /** The SHA-256 of the sent and of the received stream are equal. */
+  intact: boolean;
+  sha256: string;
+  seconds: number;
+  /** Segments the sender had to send again (a lost frame, or one thought lost). */
+  retransmitted: number;
+  /** Segments the receiver got out of order. */
+  reordered: number;
+  /** Duplicate segments the receiver got. */
+  duplicated: number;
+}
+
+export interface TcpTransfer {
+  result: Promise<TcpTransferResult>;
+  /** Ends an untilStopped transfer (the sender closes after its current chunk). */
+  stop(): void;
+  kill(): void;
+}
+
+/**
+ * A TCP transfer with a SHA-256 of the bytes on both ends (test/tools/tcpsum.ts),
+ * with the frames TCP had to repair read from the two netns's TCP counters
+ * around it (so run one transfer per direction per pair of netns at a time).
+ */
+export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransfer> {
+  const before = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
+  const recv = spawnInNetns(o.receiver.name, TCPSUM, ['recv', '--port', String(o.port)]);
+  let report: Record<string, unknown> | undefined;
+  let ready!: () => void;
+  const isReady = new Promise<void>((r) => (ready = r));
+  const recvDone = jsonLines(recv, (v) => {
+    if (v.ready) ready();
+    else report = v;
+  });
+  await Promise.race([isReady, recvDone.then(() => Promise.reject(new Error('tcpsum recv exited before it was ready')))]);
+  const args = ['send', '--to', o.to, '--port', String(o.port), '--seed', o.seed ?? String(o.port)];
+  if (o.untilStopped) args.push('--until-stopped');
+  else args.push('--bytes', String(o.bytes ?? 1 << 20));
+  if (o.rate) args.push('--rate', String(Math.round(o.rate)));
+  const snd = spawnInNetns(o.sender.name, TCPSUM, args);
+  let sent: Record<string, unknown> | undefined;
+  const sendDone = jsonLines(snd, (v) => (sent = v));
+  const result = Promise.all([sendDone, recvDone]).then(() => {
+    if (!sent || !report) throw new Error('tcpsum printed no report');
+    const after = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
+    return {
+      sentBytes: sent.bytes as number,
+      receivedBytes: report.bytes as number,
+      intact: sent.sha256 === report.sha256 && sent.bytes === report.bytes,
+      sha256: report.sha256 as string,
+      seconds: report.seconds as number,
+      retransmitted: after.snd.retransSegs - before.snd.retransSegs,
+      reordered: after.rcv.ofoQueue - before.rcv.ofoQueue,
+      duplicated: after.rcv.dsackSent - before.rcv.dsackSent,
+    };
+  });
+  result.catch(() => undefined);
+  return {
+    result,
+    stop: () => {
+      if (snd.exitCode === null && snd.signalCode === null) snd.kill('SIGTERM');
+    },
+    kill: () => {
+      for (const c of [snd, recv]) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    },
+  };
+}
+
+// ---------------------------------------------------------------- stub DP
+
+export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
+
+/**
+ * Starts the stub enforcer DP (build/stub-dp, tools/stub-dp.c) on vth-neuv in
+ * a netns: it writes every frame of a pair back, so FWD forwards through it.
+ * Resolves once it is reading (its --out file exists); killed at cleanup.
+ */
+export async function startStubDp(ns: Netns, outFile: string, dropPorts: number[] = []): Promise<ChildProcess> {
+  const child = spawn('ip', ['netns', 'exec', ns.name, STUB_DP, '--out', outFile, '--interval-ms', '200', ...dropPorts.flatMap((p) => ['--drop-port', String(p)])], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  onCleanup(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    fs.rmSync(outFile, { force: true });
+  });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const t0 = Date.now();
+  while (!fs.existsSync(outFile)) {
+    if (child.exitCode !== null) throw new Error(`stub-dp exited ${child.exitCode}: ${err.trim()}`);
+    if (Date.now() - t0 > 10000) throw new Error('stub-dp did not start within 10 s');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return child;
 }

@@ -27,7 +27,8 @@
  * with tx offload) or as a GSO super-frame is read with its virtio-net header
  * and written back with it, so the kernel still completes the checksum and
  * the segmentation. Frames it sent itself (PACKET_OUTGOING) are ignored, both
- * by PACKET_IGNORE_OUTGOING and by checking sll_pkttype.
+ * by PACKET_IGNORE_OUTGOING and by checking sll_pkttype. A frame larger than
+ * its 64 KiB buffer (a BIG TCP GSO frame) is counted as truncated, not sent.
  *
  * Usage: stub-dp [--ifname vth-neuv] [--drop-port N]... [--out FILE]
  *                [--interval-ms 100] [--verbose]
@@ -48,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -87,7 +89,7 @@ struct pair_ctr {
 };
 
 static struct {
-	uint64_t rx, sent, dropped, ignored, send_errors, seq;
+	uint64_t rx, sent, dropped, ignored, truncated, send_errors, seq;
 	struct pair_ctr pairs[MAX_PAIRS];
 } st;
 
@@ -214,10 +216,10 @@ static void write_json(FILE *o)
 {
 	int first = 1;
 
-	fprintf(o, "{\"seq\":%llu,\"rx\":%llu,\"sent\":%llu,\"dropped\":%llu,\"ignored\":%llu,\"send_errors\":%llu,\"pairs\":{",
+	fprintf(o, "{\"seq\":%llu,\"rx\":%llu,\"sent\":%llu,\"dropped\":%llu,\"ignored\":%llu,\"truncated\":%llu,\"send_errors\":%llu,\"pairs\":{",
 		(unsigned long long)st.seq, (unsigned long long)st.rx, (unsigned long long)st.sent,
 		(unsigned long long)st.dropped, (unsigned long long)st.ignored,
-		(unsigned long long)st.send_errors);
+		(unsigned long long)st.truncated, (unsigned long long)st.send_errors);
 	for (int i = 0; i < MAX_PAIRS; i++) {
 		const struct pair_ctr *p = &st.pairs[i];
 
@@ -356,6 +358,10 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* Die with whoever started us (a test or the demo killed with SIGKILL leaves no stub behind). */
+	if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() == 1)
+		want_exit = 1;
+
 	buf = malloc(BUF_SIZE);
 	if (!buf)
 		die("out of memory");
@@ -373,7 +379,8 @@ int main(int argc, char **argv)
 		for (int burst = 0; n > 0 && burst < 256; burst++) {
 			struct sockaddr_ll from;
 			socklen_t flen = sizeof(from);
-			ssize_t r = recvfrom(fd, buf, BUF_SIZE, MSG_DONTWAIT, (struct sockaddr *)&from, &flen);
+			/* MSG_TRUNC: the real length, so a frame larger than the buffer is seen, not cut. */
+			ssize_t r = recvfrom(fd, buf, BUF_SIZE, MSG_DONTWAIT | MSG_TRUNC, (struct sockaddr *)&from, &flen);
 			struct virtio_net_hdr *vh = (struct virtio_net_hdr *)buf;
 			const uint8_t *f = buf + sizeof(*vh);
 			size_t len;
@@ -391,6 +398,10 @@ int main(int argc, char **argv)
 				continue;
 			if ((size_t)r < sizeof(*vh) + ETH_HLEN) {
 				st.ignored++;
+				continue;
+			}
+			if ((size_t)r > BUF_SIZE) {
+				st.truncated++;
 				continue;
 			}
 			len = (size_t)r - sizeof(*vh);

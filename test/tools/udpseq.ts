@@ -9,7 +9,7 @@
  *        {received, unique, lost, duplicated, reordered, first, last, bytes, seconds}
  *   send --to ADDR --port P --count N --rate PPS [--size BYTES] [--from ADDR] [--run R]
  *        sends N datagrams at PPS (paced every millisecond), then prints
- *        {"sent":N,"seconds":S}
+ *        {"sent":N,"seconds":S}; SIGTERM stops it early (N = what was sent)
  *
  * Payload: u32 magic "USEQ", u32 run id, u32 sequence (big endian), zero
  * padding to --size. Datagrams of another run or without the magic are
@@ -157,7 +157,7 @@ function send(o: Record<string, string>): void {
   const to = o.to;
   if (!to) throw new Error('--to is required');
   const port = num(o, 'port');
-  const count = num(o, 'count');
+  let count = num(o, 'count');
   const rate = num(o, 'rate');
   const size = Math.max(HEADER, num(o, 'size', 64));
   const run = num(o, 'run', 0) >>> 0;
@@ -192,6 +192,15 @@ function send(o: Record<string, string>): void {
   sock.on('error', (e) => {
     process.stderr.write(`udpseq send: ${e.message}\n`);
     process.exit(1);
+  });
+  // SIGTERM ends the stream early: what was sent so far is the count.
+  process.on('SIGTERM', () => {
+    if (sent >= count) return;
+    count = sent;
+    if (acked === count) {
+      print({ sent: count, seconds: (Date.now() - t0) / 1000 });
+      sock.close();
+    }
   });
   const start = () => {
     t0 = Date.now();
