@@ -16,7 +16,7 @@ BPF_OBJ := build/neuv.bpf.o
 BPF_SRC := bpf/neuv.bpf.c
 BPF_HDR := $(wildcard bpf/*.h)
 DEPS_STAMP := node_modules/.neuv-deps-stamp
-TS_SRC := $(shell find src test -name '*.ts' 2>/dev/null) tsconfig.json
+TS_SRC := $(shell find src test bench -name '*.ts' 2>/dev/null) tsconfig.json
 TS_STAMP := dist/.stamp
 
 all: build

@@ -517,7 +517,12 @@ int neuv_vbr(struct __sk_buff *skb)
 		drop(&o, NEUV_R_DROP_NO_PEER);
 		goto out;
 	}
-	flags = p->flags;
+	/*
+	 * The target is the port itself, not its pair-mate: whether it takes
+	 * bpf_redirect_peer is NEUV_F_SELF_PEER (NEUV_F_REDIRECT_PEER speaks of
+	 * peer_ifindex).
+	 */
+	flags = p->flags & NEUV_F_SELF_PEER ? NEUV_F_REDIRECT_PEER : 0;
 	mode = p->mode;
 	o.mode = mode;
 	__builtin_memcpy(m, p->mac, 6);

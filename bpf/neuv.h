@@ -40,8 +40,10 @@ enum neuv_role {
 
 /* Port entry flags. */
 #define NEUV_F_IPV6_TO_DP     (1U << 0) /* IPv6 unicast of the workload goes through the DP too */
-#define NEUV_F_REDIRECT_PEER  (1U << 1) /* deliver to the other port with bpf_redirect_peer */
+#define NEUV_F_REDIRECT_PEER  (1U << 1) /* deliver to the other port (peer_ifindex) with bpf_redirect_peer */
 #define NEUV_F_QDISC_OURS     (1U << 2) /* loader only: it created this port's clsact, so it removes it */
+#define NEUV_F_SELF_PEER      (1U << 3) /* this port's own veth peer is in another netns: frames the
+                                         * DP returns for it (vbr-neuv) go with bpf_redirect_peer */
 
 /*
  * Map neuv_ports: key __u32 ingress ifindex (a vin or vex), value struct neuv_port.

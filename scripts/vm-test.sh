@@ -196,8 +196,8 @@ if [ -z "$accel" ]; then
   fi
 fi
 case $accel in
-  kvm) accel_args=(-accel kvm -cpu host) ;;
-  tcg) accel_args=(-accel tcg,thread=multi -cpu max) ;;
+  kvm) accel_args=(-accel kvm -cpu "${VM_QEMU_CPU:-host}") ;;
+  tcg) accel_args=(-accel tcg,thread=multi -cpu "${VM_QEMU_CPU:-max}") ;;
   *) die "VM_ACCEL must be kvm or tcg" ;;
 esac
 say "booting $kver ($accel, $VM_CPUS vCPUs, $VM_MEM), tests: $VM_TESTS${VM_GREP:+ --grep $VM_GREP}, timeout ${VM_TIMEOUT}s"

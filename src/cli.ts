@@ -16,6 +16,7 @@ import { startCommandTrace, stopCommandTrace } from './trace';
 import { registerInterceptCommands } from './cli-intercept';
 import { registerDemoCommands } from './cli-demo';
 import { registerRepairCommands } from './cli-repair';
+import { registerMigrateCommands } from './cli-migrate';
 
 export interface GlobalOpts {
   netns?: string;
@@ -46,6 +47,7 @@ const registrars: CommandRegistrar[] = [
   registerInterceptCommands,
   registerDemoCommands,
   registerRepairCommands,
+  registerMigrateCommands,
 ];
 
 export function printJson(ctx: Ctx, v: unknown): void {

@@ -22,6 +22,7 @@
  * NEUV_BPF_FAIL_AT=intercept:<step> or release:<step> makes that step fail,
  * for the rollback tests.
  */
+import { Undo } from './undo';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
@@ -424,24 +425,6 @@ export async function restorePort(ns: NsRunner, snap: PortSnapshot, dev: string)
 
 // ================================================================ steps and rollback
 
-class Undo {
-  private steps: Array<{ what: string; fn: () => Promise<unknown> | unknown }> = [];
-  push(what: string, fn: () => Promise<unknown> | unknown): void {
-    this.steps.push({ what, fn });
-  }
-  async run(scope: string): Promise<void> {
-    const lg = log(scope);
-    for (const s of this.steps.reverse()) {
-      try {
-        await s.fn();
-        lg.debug({ undo: s.what }, 'rolled back');
-      } catch (e) {
-        lg.warn({ undo: s.what, err: (e as Error).message }, 'rollback step failed');
-      }
-    }
-    this.steps = [];
-  }
-}
 
 /** The steps of intercept, in order (names for NEUV_BPF_FAIL_AT=intercept:<step>). */
 export const INTERCEPT_STEPS = [
@@ -564,7 +547,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
     const mtu = String(snap.mtu);
 
     // ---- the sequence
-    const undo = new Undo();
+    const undo = new Undo('intercept');
     const S = (name: (typeof INTERCEPT_STEPS)[number], what: string, fn: () => Promise<unknown>) => step('intercept', name, what, fn);
     let ifindexKept = false;
     let pair: PairAdded;
@@ -639,7 +622,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
       failpoint('intercept', 'commit');
     } catch (e) {
       lg.warn({ target: t.desc, port, err: (e as Error).message }, 'intercept failed; rolling back');
-      await undo.run('intercept');
+      await undo.run();
       throw e;
     }
     const res: InterceptResult = {
@@ -742,7 +725,7 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
       }
     }
 
-    const undo = new Undo();
+    const undo = new Undo('release');
     const S = (name: (typeof RELEASE_STEPS)[number], what: string, fn: () => Promise<unknown>) => step('release', name, what, fn);
     try {
       await S('unpair', `pair del ${vin}/${vex}`, async () => {
@@ -803,7 +786,7 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
       await S('delete', `delete ${tmpName} (and its peer ${vin})`, () => enf.ip('link', 'del', 'dev', tmpName));
     } catch (e) {
       lg.warn({ target: t.desc, port, err: (e as Error).message }, 'release failed; rolling back');
-      await undo.run('release');
+      await undo.run();
       throw e;
     }
   } finally {

@@ -31,7 +31,7 @@ export const Reason = {
   REWRITE_FAILED: 8,
 } as const;
 export const REASON_COUNT = 9;
-export const PortFlag = { IPV6_TO_DP: 1 << 0, REDIRECT_PEER: 1 << 1, QDISC_OURS: 1 << 2 } as const;
+export const PortFlag = { IPV6_TO_DP: 1 << 0, REDIRECT_PEER: 1 << 1, QDISC_OURS: 1 << 2, SELF_PEER: 1 << 3 } as const;
 /** neuv_config.flags (NEUV_CFG_*): with TRACE_ID, trace only the pair whose id is flags & TRACE_ID_MASK. */
 export const ConfigFlag = { TRACE_ID: 1 << 16, TRACE_ID_MASK: 0xffff } as const;
 /** enum neuv_hook: the program that decided (VIN/VEX equal Role). */

@@ -4,6 +4,7 @@
  * something registers its undo, and a failure runs the undos in reverse so
  * the kernel is left as it was found.
  */
+import { Undo } from './undo';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfObject, MapFd, ProgFd, pinFd } from './bpf';
@@ -17,6 +18,7 @@ import {
   decodePort,
   decodeU32Key,
   encodeConfig,
+  decodeConfig,
   u32Key,
   VBR_IFINDEX,
   VTH_IFINDEX,
@@ -101,27 +103,6 @@ export async function ensureBpffs(pinRoot: string, create: boolean): Promise<voi
 
 // ---------------------------------------------------------------- undo stack
 
-class Undo {
-  private steps: Array<{ what: string; fn: () => unknown }> = [];
-  push(what: string, fn: () => unknown): void {
-    this.steps.push({ what, fn });
-  }
-  async run(): Promise<void> {
-    const lg = log('loader');
-    for (const s of this.steps.reverse()) {
-      try {
-        await s.fn();
-        lg.debug({ undo: s.what }, 'rolled back');
-      } catch (e) {
-        lg.warn({ undo: s.what, err: (e as Error).message }, 'rollback step failed');
-      }
-    }
-    this.steps = [];
-  }
-  clear(): void {
-    this.steps = [];
-  }
-}
 
 // ---------------------------------------------------------------- open the pinned state
 
@@ -214,7 +195,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   checkPrivileges();
   const feats = features();
   const kind = preferredKind(); // before any change: a forced, missing feature fails here
-  const undo = new Undo();
+  const undo = new Undo('loader');
   const pinRoot = opts.pinRoot;
   const rootExisted = fs.existsSync(pinRoot);
   await ensureBpffs(pinRoot, true);
@@ -224,7 +205,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
 
   const obj = BpfObject.open(objPath, {
     pinRoot,
-    rodata: { neuv_set_pkt_type: feats.pktTypeFix ? 1 : 0, ...opts.rodata },
+    rodata: { neuv_set_pkt_type: feats.pktTypeFix ? 1 : 0, ...(process.env.NEUV_BPF_BUILD_TAG ? { neuv_build_tag: Number(process.env.NEUV_BPF_BUILD_TAG) >>> 0 } : {}), ...opts.rodata },
   });
   undo.push('close object', () => obj.close());
   try {
@@ -242,7 +223,10 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       if (!hadPins.has(name)) undo.push(`unpin ${name}`, () => fs.rmSync(path.join(pinRoot, name), { force: true }));
     }
     const config = obj.map(MAPS.config.name);
-    config.update(u32Key(0), encodeConfig({ dpIfindex: vbrIndex, flags: 0, traceUntil: 0n }));
+    // Only dp_ifindex is the loader's: a reused config keeps a running trace's lease and filter.
+    const prev = config.lookup(u32Key(0));
+    const cfg = prev ? decodeConfig(prev) : { dpIfindex: 0, flags: 0, traceUntil: 0n };
+    if (cfg.dpIfindex !== vbrIndex) config.update(u32Key(0), encodeConfig({ ...cfg, dpIfindex: vbrIndex }));
     crashPoint('load:after-config');
 
     // Attach (or swap in place) vbr-neuv, then every vin/vex already in the map.

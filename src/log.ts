@@ -4,6 +4,7 @@
  * else info. Logs go to stderr so command output on stdout stays data.
  */
 import pino from 'pino';
+import { UsageError } from './errors';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -12,12 +13,18 @@ export function isLogLevel(s: string): s is LogLevel {
   return (LOG_LEVELS as readonly string[]).includes(s);
 }
 
-/** Flag beats environment beats default. Throws on an unknown level. */
+/**
+ * The CLI's default: warnings and errors only, so stderr carries nothing but
+ * the one error line when a command fails; results go to stdout.
+ */
+export const DEFAULT_LEVEL: LogLevel = 'warn';
+
+/** Flag beats environment beats default. Throws a usage error on an unknown level. */
 export function resolveLevel(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): LogLevel {
-  const raw = flag ?? env.NEUV_BPF_LOG_LEVEL ?? 'info';
+  const raw = flag ?? env.NEUV_BPF_LOG_LEVEL ?? DEFAULT_LEVEL;
   const v = raw.toLowerCase();
   if (!isLogLevel(v)) {
-    throw new Error(`unknown log level '${raw}' (expected one of ${LOG_LEVELS.join(', ')})`);
+    throw new UsageError(`unknown log level '${raw}' (expected one of ${LOG_LEVELS.join(', ')})`);
   }
   return v;
 }
@@ -39,7 +46,7 @@ function makeLogger(level: LogLevel, pretty: boolean): pino.Logger {
   return pino({ level, base: undefined }, pino.destination({ fd: 2, sync: true }));
 }
 
-let root: pino.Logger = makeLogger('info', false);
+let root: pino.Logger = makeLogger(DEFAULT_LEVEL, false);
 
 /** (Re)configures the root logger; children made before keep working via `log()`. */
 export function configureLogging(level: LogLevel, pretty: boolean = process.stderr.isTTY === true): pino.Logger {

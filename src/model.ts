@@ -162,7 +162,8 @@ function decideVbr(state: ModelState, frame: Uint8Array): Outcome {
   const rewritten = withMac(frame, off, entry.mac);
   return {
     ret: 'redirect',
-    redirect: { ifindex: target, peer: (entry.flags & PortFlag.REDIRECT_PEER) !== 0, frame: rewritten },
+    // The target port itself receives: its own SELF_PEER flag decides (REDIRECT_PEER is about its pair-mate).
+    redirect: { ifindex: target, peer: (entry.flags & PortFlag.SELF_PEER) !== 0, frame: rewritten },
     frameOut: rewritten,
     stats: { id, dir, verdicts: [Verdict.FROM_DP] },
   };

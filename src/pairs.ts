@@ -16,6 +16,7 @@
  * The pure parts (spec validation, JSON-lines parsing, id allocation) are
  * exported separately for unit tests.
  */
+import { Undo } from './undo';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CLONE_NEWNET, MapFd, ProgFd, ifIndexToName, ifNameToIndex, setns } from './bpf';
@@ -415,25 +416,6 @@ function namedGlobal(g: bigint[]): Record<(typeof REASON_NAMES)[number], bigint>
 
 // ================================================================ undo stack
 
-class Undo {
-  private steps: Array<{ what: string; fn: () => unknown }> = [];
-  push(what: string, fn: () => unknown): void {
-    this.steps.push({ what, fn });
-  }
-  /** Runs every undo in reverse; a failing step is logged and the rest still run. */
-  run(): void {
-    const lg = log('pairs');
-    for (const s of this.steps.reverse()) {
-      try {
-        s.fn();
-        lg.debug({ undo: s.what }, 'rolled back');
-      } catch (e) {
-        lg.warn({ undo: s.what, err: (e as Error).message }, 'rollback step failed');
-      }
-    }
-    this.steps = [];
-  }
-}
 
 // ================================================================ netns scope
 
@@ -800,7 +782,7 @@ export class Datapath {
   /** Makes the changes of a plan; all or nothing. */
   private apply(plans: Plan[], st: MapState, m: Maps): PairAdded[] {
     const lg = log('pairs');
-    const undo = new Undo();
+    const undo = new Undo('pairs');
     const progs: Partial<Record<'vin' | 'vex', { fd: ProgFd; id: number }>> = {};
     const held: ProgFd[] = [];
     const prog = (role: 'vin' | 'vex'): { fd: ProgFd; id: number } => {
@@ -853,7 +835,7 @@ export class Datapath {
             const target = role === 'vin' ? p.vex : p.vin;
             const h = role === 'vin' ? hin : hex;
             const old = st.ports.get(self.ifindex);
-            let flags = base | (rp && target.peerElsewhere ? PortFlag.REDIRECT_PEER : 0);
+            let flags = base | (rp && target.peerElsewhere ? PortFlag.REDIRECT_PEER : 0) | (rp && self.peerElsewhere ? PortFlag.SELF_PEER : 0);
             if (old) flags = old.flags; // an existing entry keeps its flags...
             if (h.qdiscOurs) flags |= PortFlag.QDISC_OURS; // ...but records a qdisc we just created
             return {
@@ -915,7 +897,7 @@ export class Datapath {
         });
       }
     } catch (e) {
-      undo.run();
+      undo.runSync();
       throw e;
     } finally {
       for (const fd of held) fd.close();
@@ -950,7 +932,7 @@ export class Datapath {
             throw new ConflictError(`pair id ${r.id} is inconsistent (its port entries disagree on id or peer): see neuv-bpf show`);
           }
           const from: ModeChange['from'] = vinE.mode === vexE.mode ? modeName(vinE.mode) : 'mixed';
-          const undo = new Undo();
+          const undo = new Undo('pairs');
           try {
             for (const [ifindex, e] of [[r.vex!, vexE], [r.vin!, vinE]] as const) {
               if (e.mode === to) continue;
@@ -960,7 +942,7 @@ export class Datapath {
               crashPoint(ifindex === r.vex ? 'pair-mode:after-vex' : 'pair-mode:after-vin');
             }
           } catch (e) {
-            undo.run();
+            undo.runSync();
             throw e;
           }
           const res: ModeChange = { id: r.id, in: ifIndexToName(r.vin!) ?? null, ex: ifIndexToName(r.vex!) ?? null, from, to: modeName(to) as ModeName };
@@ -981,7 +963,7 @@ export class Datapath {
         this.withMaps(['ports', 'ids', 'stats'], (m) => {
           const st = this.lookupForSelector(m, sel);
           const r = this.resolve(sel, st);
-          const undo = new Undo();
+          const undo = new Undo('pairs');
           const detached: string[] = [];
           const qdiscsRemoved: string[] = [];
           const progs: ProgFd[] = [];
@@ -1033,7 +1015,7 @@ export class Datapath {
               undo.push(`stats ${r.id}`, () => m.stats.update(idKey, statsOld, 1));
             }
           } catch (e) {
-            undo.run();
+            undo.runSync();
             throw e;
           } finally {
             for (const p of progs) p.close();

@@ -102,16 +102,21 @@ export async function datapathProblems(pinRoot: string): Promise<string[]> {
 
 /**
  * Ports in this netns with our tc filter (handle 0x4e56, pref 1, running one
- * of our port programs) but no neuv_ports entry: what a pair add killed after
- * its hooks, or a pair del killed before its entries, leaves. (A tcx link pin
- * without a pair is one of show's own problems.)
+ * of our port programs) that no map entry names (no neuv_ports entry of their
+ * own, no entry pointing at them, no neuv_ids entry): what a pair add killed
+ * after its hooks leaves. (A tcx link pin without a pair is one of show's own
+ * problems.)
  */
 export async function strayHooks(pinRoot: string): Promise<Array<{ ifindex: number; name: string; prog: string }>> {
-  const ports = MapFd.fromPin(path.join(pinRoot, MAPS.ports.name));
+  // Ports some entry still names (a pair missing one port entry) are the per-pair repair's.
+  const raw = readRaw(pinRoot);
+  const named = new Set<number>();
+  for (const [ifindex, e] of raw.ports) named.add(ifindex).add(e.peerIfindex);
+  for (const e of raw.ids.values()) named.add(e.vinIfindex).add(e.vexIfindex);
   const out: Array<{ ifindex: number; name: string; prog: string }> = [];
-  try {
+  {
     for (const l of await linkShow()) {
-      if (l.ifname === VBR || l.ifname === VTH || ports.lookup(u32Key(l.ifindex))) continue;
+      if (l.ifname === VBR || l.ifname === VTH || named.has(l.ifindex)) continue;
       const id = tcQuery(l.ifindex, TC_HANDLE, TC_PRIORITY);
       if (!id) continue;
       let name = '';
@@ -127,8 +132,6 @@ export async function strayHooks(pinRoot: string): Promise<Array<{ ifindex: numb
       }
       if (name === PROGS.vin || name === PROGS.vex) out.push({ ifindex: l.ifindex, name: l.ifname, prog: name });
     }
-  } finally {
-    ports.close();
   }
   return out;
 }

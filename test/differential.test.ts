@@ -98,7 +98,7 @@ describe('differential: kernel vs model', function () {
       { weight: 8, arbitrary: fc.constantFrom(Mode.FWD, Mode.TAP, Mode.BYPASS) },
       { weight: 2, arbitrary: fc.constantFrom(Mode.DROP, Mode.NONE, 5, 200) },
     );
-    const flagsArb = fc.oneof({ weight: 8, arbitrary: fc.constantFrom(0, 1, 2, 3) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffffffff }) });
+    const flagsArb = fc.oneof({ weight: 8, arbitrary: fc.constantFrom(0, 1, 2, 3, 8, 10, 11) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffffffff }) });
 
     const stateArb = fc
       .record({

@@ -20,7 +20,7 @@ import {
 } from './helpers';
 import { BpfObject, MapFd } from '../src/bpf';
 import { features } from '../src/features';
-import { checkAgainstBtf, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
+import { checkAgainstBtf, encodeConfig, decodeConfig, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
 
 const DRIFT = path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o');
 const REJECT = path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o');
@@ -118,6 +118,10 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     const entry = { peerIfindex: 7, flags: 0, id: 9, role: Role.VIN, mode: Mode.FWD, mac: Buffer.from([2, 1, 2, 3, 4, 5]) };
     ports.update(u32Key(99), encodePort(entry));
     ports.close();
+    // A running trace's lease lives in neuv_config: a reload must not cut it.
+    const cfg = MapFd.fromPin(path.join(pins, 'neuv_config'));
+    cfg.update(u32Key(0), encodeConfig({ dpIfindex: 10000000, flags: 7, traceUntil: 123456789n }));
+    cfg.close();
 
     const r2 = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--json']);
     assert.equal(r2.code, 0, r2.stderr);
@@ -135,6 +139,12 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
       assert.deepEqual(decodePort(v), entry);
     } finally {
       again.close();
+    }
+    const cfg2 = MapFd.fromPin(path.join(pins, 'neuv_config'));
+    try {
+      assert.deepEqual(decodeConfig(cfg2.lookup(u32Key(0))!), { dpIfindex: 10000000, flags: 7, traceUntil: 123456789n });
+    } finally {
+      cfg2.close();
     }
   });
 

@@ -27,8 +27,8 @@ function logLines(stderr: string): LogLine[] {
 const DEBUG = 20;
 
 describe('log level (unit)', function () {
-  it('flag beats environment beats info; unknown levels are refused', function () {
-    assert.equal(resolveLevel(undefined, {}), 'info');
+  it('flag beats environment beats the default (warn); unknown levels are refused', function () {
+    assert.equal(resolveLevel(undefined, {}), 'warn');
     assert.equal(resolveLevel(undefined, { NEUV_BPF_LOG_LEVEL: 'debug' }), 'debug');
     assert.equal(resolveLevel('warn', { NEUV_BPF_LOG_LEVEL: 'debug' }), 'warn');
     assert.equal(resolveLevel('trace', { NEUV_BPF_LOG_LEVEL: 'error' }), 'trace');
@@ -93,7 +93,7 @@ describe('log level (CLI)', function () {
 
   it('an unknown level is one error line', function () {
     const r = cli(['version'], { env: { NEUV_BPF_LOG_LEVEL: 'loud' } });
-    assert.notEqual(r.code, 0);
+    assert.equal(r.code, 2, 'a usage error, like the flag');
     assert.match(r.stderr.trim(), /^neuv-bpf: unknown log level 'loud' \(expected one of trace, debug, info, warn, error\)$/);
     const f = cli(['--log-level', 'loud', 'version']);
     assert.equal(f.code, 2);

@@ -351,12 +351,17 @@ describe('model: DATAPATH.md section 3', () => {
       const f = ipv6(M, GW);
       same(decide(s, 'vex', VEX, f).copy, { ifindex: DP, peer: false, frame: withMac(f, 0, ucmac(ID)) });
     });
-    it('REDIRECT_PEER: every delivery to vin/vex is via redirect_peer; the DP leg never is', () => {
-      const s = state(Mode.FWD, { flags: PortFlag.REDIRECT_PEER });
+    it('REDIRECT_PEER + SELF_PEER: every delivery to vin/vex is via redirect_peer; the DP leg never is', () => {
+      const s = state(Mode.FWD, { flags: PortFlag.REDIRECT_PEER | PortFlag.SELF_PEER });
       same(decide(s, 'vex', VEX, arp(BCAST, GW)), toPeer(VIN, arp(BCAST, GW), Dir.TO_WL, ID, true));
       assert.deepEqual(decide(s, 'vex', VEX, ipv4(M, GW)).redirect?.peer, false);
       assert.deepEqual(decide(s, 'vbr', DP, ipv4(ucmac(ID), GW)).redirect?.peer, true);
       assert.deepEqual(decide(s, 'vbr', DP, ipv4(GW, ucmac(ID))).redirect?.peer, true);
+      // REDIRECT_PEER alone speaks of the pair-mate: the DP's frames for this port go by plain redirect.
+      const r = state(Mode.FWD, { flags: PortFlag.REDIRECT_PEER });
+      assert.equal(decide(r, 'vbr', DP, ipv4(ucmac(ID), GW)).redirect?.peer, false);
+      assert.equal(decide(state(Mode.FWD, { flags: PortFlag.SELF_PEER }), 'vbr', DP, ipv4(ucmac(ID), GW)).redirect?.peer, true);
+      assert.equal(decide(state(Mode.FWD, { flags: PortFlag.SELF_PEER }), 'vex', VEX, arp(BCAST, GW)).redirect?.peer, false);
       const t = decide(state(Mode.TAP, { flags: PortFlag.REDIRECT_PEER }), 'vin', VIN, ipv4(GW, M));
       assert.equal(t.redirect?.peer, true);
       assert.equal(t.copy?.peer, false);
@@ -380,3 +385,4 @@ describe('model: DATAPATH.md section 3', () => {
     });
   });
 });
+

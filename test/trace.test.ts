@@ -152,7 +152,7 @@ describe('trace records (kernel, BPF_PROG_TEST_RUN)', function () {
   });
 
   it('FWD vin and vbr-neuv: SA/DA rewrites, redirect targets, redirect_peer flag', function () {
-    seed(Mode.FWD, { flags: PortFlag.REDIRECT_PEER });
+    seed(Mode.FWD, { flags: PortFlag.REDIRECT_PEER | PortFlag.SELF_PEER });
     traceOn();
     let { records } = run('vin', vin, [ipv4(GW, M)]);
     assert.equal(records.length, 1);

@@ -8,7 +8,7 @@ import { decodePort, encodePort, Role, Mode, parseMode, encodeConfig, decodeConf
 
 describe('log level resolution', function () {
   it('flag beats environment beats default', function () {
-    assert.equal(resolveLevel(undefined, {}), 'info');
+    assert.equal(resolveLevel(undefined, {}), 'warn');
     assert.equal(resolveLevel(undefined, { NEUV_BPF_LOG_LEVEL: 'debug' }), 'debug');
     assert.equal(resolveLevel('warn', { NEUV_BPF_LOG_LEVEL: 'debug' }), 'warn');
     assert.equal(resolveLevel(undefined, { NEUV_BPF_LOG_LEVEL: 'TRACE' }), 'trace');

@@ -1,0 +1,243 @@
+/**
+ * A node as NeuVector's tc pipe leaves it, built with real `tc` commands from
+ * src/nvtc.ts, for the migration suites (src/migrate.ts).
+ *
+ *   host netns                enforcer netns                               workload netns
+ *   h<i> (10.88.<i>.1) ==veth== vex<tag>-eth0   vin<tag>-eth0 ==veth== w<i> (10.88.<i>.2, MAC M)
+ *                              vbr-neuv ==veth== vth-neuv (ifindex 10000000/10000001, MTU 2048,
+ *                                                          legacy ingress qdisc on vbr-neuv)
+ *
+ * As NeuVector does it: Connect (vbr-neuv/vth-neuv, offload off, `tc qdisc
+ * add dev vbr-neuv ingress`), then per pair AttachPortPair (a legacy ingress
+ * qdisc on vin, then vex; vbr-neuv prefs = ifindex % 65536, the smallest free
+ * one if taken; UCMAC from the vex ifindex) and FwdPortPair / TapPortPair
+ * (the `tc filter add` argument arrays of nvPairRules, in NeuVector's order).
+ *
+ * Where the kernel has no act_pedit, every rule is built without its pedit
+ * (match and mirred only), as NeuVector's commands would half-succeed there:
+ * FWD then forwards no IPv4 unicast at all (the DP gets frames with the
+ * workload MAC and returns nothing for them); TAP still forwards, the DP's
+ * copies carry the workload MAC. Where act_gact does not load, TAP pairs get
+ * no vbr-neuv drop rules. `notes` says which applied.
+ *
+ * Both sides have static neighbour entries (no ARP timing) and IPv6 off (no
+ * chatter). Every netns and child process is registered with onCleanup().
+ */
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../src/nvtc';
+import { formatMac, ucmac } from '../src/mac';
+import { ROOT, makeNetns, Netns, onCleanup, sh } from './helpers';
+
+export interface NvCaps {
+  pedit: boolean;
+  gact: boolean;
+}
+
+/** Whether this kernel's tc can create the action, tried in a throwaway netns. */
+function canCreate(action: string[]): boolean {
+  const r = spawnSync('unshare', ['--net', 'tc', 'actions', 'add', 'action', ...action], { encoding: 'utf8' });
+  return r.status === 0;
+}
+
+let caps: NvCaps | undefined;
+export function nvCaps(): NvCaps {
+  caps ??= { pedit: canCreate(['pedit', 'munge', 'offset', '0', 'u8', 'set', '0']), gact: canCreate(['gact', 'drop']) };
+  return caps;
+}
+
+export interface NvFixturePair {
+  tag: string;
+  mode: NvMode;
+  vin: string;
+  vex: string;
+  vinIfindex: number;
+  vexIfindex: number;
+  /** The workload MAC M. */
+  mac: string;
+  ucmac: string;
+  id: number;
+  inPref: number;
+  exPref: number;
+  hostIf: string;
+  wlIf: string;
+  hostAddr: string;
+  wlAddr: string;
+  /** The tc argument arrays this pair's rules were built with. */
+  rules: string[][];
+}
+
+export interface NvNode {
+  enforcer: Netns;
+  host: Netns;
+  workload: Netns;
+  caps: NvCaps;
+  pairs: NvFixturePair[];
+  /** What the fixture could not build as NeuVector would on a full kernel. */
+  notes: string[];
+}
+
+function linkOf(ns: Netns, dev: string): { ifindex: number; address: string } {
+  const [l] = JSON.parse(ns.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number; address: string }>;
+  if (!l) throw new Error(`no ${dev} in ${ns.name}`);
+  return l;
+}
+
+/** `tc` inside a netns (argument array). */
+export function tc(ns: Netns, args: string[], allowFail = false): string {
+  return ns.exec('tc', args, { allowFail });
+}
+
+/** Builds the node: NeuVector's Connect, then each pair intercepted and set to its mode. */
+export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { caps?: NvCaps } = {}): NvNode {
+  const c = o.caps ?? nvCaps();
+  const enforcer = makeNetns();
+  const host = makeNetns();
+  const workload = makeNetns();
+  const notes: string[] = [];
+  if (!c.pedit) notes.push('no act_pedit: FWD and TAP rules built without their pedit (match and mirred only)');
+  if (!c.gact && specs.some((s) => s.mode === 'tap')) notes.push('no act_gact: TAP pairs without their vbr-neuv drop rules');
+
+  // Connect
+  enforcer.ip('link', 'add', NV_VBR, 'index', '10000000', 'mtu', '2048', 'type', 'veth', 'peer', 'name', 'vth-neuv', 'index', '10000001', 'mtu', '2048');
+  for (const dev of [NV_VBR, 'vth-neuv']) {
+    enforcer.exec('ethtool', ['-K', dev, 'rx', 'off', 'tx', 'off'], { allowFail: true });
+    enforcer.exec('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`], { allowFail: true });
+    enforcer.ip('link', 'set', 'dev', dev, 'up');
+  }
+  tc(enforcer, ['qdisc', 'add', 'dev', NV_VBR, 'ingress']);
+
+  const taken = new Set<number>();
+  const pairs: NvFixturePair[] = [];
+  specs.forEach((s, i) => {
+    const n = i + 1;
+    const vin = `vin${s.tag}-eth0`;
+    const vex = `vex${s.tag}-eth0`;
+    const hostIf = `h${n}`;
+    const wlIf = `w${n}`;
+    enforcer.ip('link', 'add', vex, 'type', 'veth', 'peer', 'name', hostIf, 'netns', host.name);
+    enforcer.ip('link', 'add', vin, 'type', 'veth', 'peer', 'name', wlIf, 'netns', workload.name);
+    const hostAddr = `10.88.${n}.1`;
+    const wlAddr = `10.88.${n}.2`;
+    host.ip('addr', 'add', `${hostAddr}/24`, 'dev', hostIf);
+    workload.ip('addr', 'add', `${wlAddr}/24`, 'dev', wlIf);
+    for (const [ns, dev] of [[host, hostIf], [workload, wlIf], [enforcer, vin], [enforcer, vex]] as const) {
+      ns.exec('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`], { allowFail: true });
+      ns.ip('link', 'set', 'dev', dev, 'up');
+    }
+    const hostMac = linkOf(host, hostIf).address;
+    const mac = linkOf(workload, wlIf).address;
+    host.ip('neigh', 'replace', wlAddr, 'lladdr', mac, 'dev', hostIf, 'nud', 'permanent');
+    workload.ip('neigh', 'replace', hostAddr, 'lladdr', hostMac, 'dev', wlIf, 'nud', 'permanent');
+
+    // AttachPortPair: inPort, then exPort.
+    const vinIfindex = linkOf(enforcer, vin).ifindex;
+    const vexIfindex = linkOf(enforcer, vex).ifindex;
+    const inPref = nvPref(vinIfindex, taken);
+    taken.add(inPref);
+    const exPref = nvPref(vexIfindex, taken);
+    taken.add(exPref);
+    for (const args of nvAttachRules({ inPort: vin, exPort: vex })) tc(enforcer, args);
+    const id = vexIfindex & 0xffff;
+    const p: NvPair = { inPort: vin, exPort: vex, mac: Buffer.from(mac.split(':').map((x) => parseInt(x, 16))), ucmac: ucmac(id), inPref, exPref };
+    let rules = nvPairRules(p, s.mode, { pedit: c.pedit });
+    if (s.mode === 'tap' && !c.gact) rules = rules.filter((r) => r[3] !== NV_VBR);
+    for (const args of rules) tc(enforcer, args);
+    pairs.push({
+      tag: s.tag, mode: s.mode, vin, vex, vinIfindex, vexIfindex, mac, ucmac: formatMac(ucmac(id)), id, inPref, exPref,
+      hostIf, wlIf, hostAddr, wlAddr, rules,
+    });
+  });
+  return { enforcer, host, workload, caps: c, pairs, notes };
+}
+
+interface FilterRow {
+  pref: number;
+  kind: string;
+  protocol: string;
+  options?: Record<string, unknown>;
+}
+
+/** The filters on a device's ingress (rule entries only), as `tc -json` gives them. */
+export function filtersOf(ns: Netns, dev: string): FilterRow[] {
+  const out = tc(ns, ['-json', 'filter', 'show', 'dev', dev, 'ingress']);
+  return (JSON.parse(out || '[]') as FilterRow[]).filter((f) => f.options && (f.kind !== 'u32' || 'actions' in f.options || 'match' in f.options));
+}
+
+/** The u32 filters of a pair that remain: any on vin/vex, and those at its vbr-neuv prefs. */
+export function nvLeft(node: NvNode, p: NvFixturePair): string[] {
+  const left: string[] = [];
+  for (const dev of [p.vin, p.vex]) for (const f of filtersOf(node.enforcer, dev)) if (f.kind === 'u32') left.push(`${dev} pref ${f.pref}`);
+  for (const f of filtersOf(node.enforcer, NV_VBR)) if (f.kind === 'u32' && (f.pref === p.inPref || f.pref === p.exPref)) left.push(`${NV_VBR} pref ${f.pref}`);
+  return left;
+}
+
+export interface StubDpCounts {
+  seq: number;
+  pairs: Record<string, Record<'to_wl' | 'from_wl', { kinds: Record<string, { frames: number; dropped: number }> }>>;
+}
+
+export interface RunningStub {
+  /** Fresh counts (SIGUSR1, then waits for the write). */
+  counts(): Promise<StubDpCounts>;
+  /** Frames of a kind ("udp/5001") for one UCMAC, both directions. */
+  frames(c: StubDpCounts, ucmac: string, kind: string): number;
+  stop(): void;
+}
+
+/** build/stub-dp on vth-neuv in the enforcer netns (writes every frame of a pair back), or undefined if it is not built. */
+export async function startStubDp(node: NvNode): Promise<RunningStub | undefined> {
+  const bin = path.join(ROOT, 'build', 'stub-dp');
+  if (!fs.existsSync(bin)) return undefined;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-stubdp-'));
+  const file = path.join(dir, 'counts.json');
+  const child: ChildProcess = spawn('ip', ['netns', 'exec', node.enforcer.name, bin, '--ifname', 'vth-neuv', '--out', file, '--interval-ms', '50'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const stop = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  onCleanup(stop);
+  const read = (): StubDpCounts | undefined => {
+    try {
+      return JSON.parse(fs.readFileSync(file, 'utf8')) as StubDpCounts;
+    } catch {
+      return undefined;
+    }
+  };
+  const deadline = Date.now() + 5000;
+  while (!read()) {
+    if (child.exitCode !== null) throw new Error(`stub-dp exited: ${err.trim()}`);
+    if (Date.now() > deadline) throw new Error('stub-dp did not start');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    counts: async () => {
+      const before = read()?.seq ?? 0;
+      child.kill('SIGUSR1');
+      const end = Date.now() + 3000;
+      for (;;) {
+        const c = read();
+        if (c && c.seq > before) return c;
+        if (Date.now() > end) throw new Error('no fresh stub-dp counts');
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    },
+    frames: (c, uc, kind) => {
+      const p = c.pairs[uc];
+      if (!p) return 0;
+      return (p.to_wl?.kinds[kind]?.frames ?? 0) + (p.from_wl?.kinds[kind]?.frames ?? 0);
+    },
+    stop,
+  };
+}
+
+/** For the record: the tc commands of a pair as one line each. */
+export function ruleLines(p: NvFixturePair): string[] {
+  return p.rules.map((r) => `tc ${r.join(' ')}`);
+}
+
+export { sh };
