@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures stub-dp test test-unit test-kernel demo bench lint clean vagrant-test
+.PHONY: all deps build bpf ts fixtures stub-dp examples test test-unit test-kernel demo bench lint clean vagrant-test
 
 V ?= 0
 ifeq ($(V),1)
@@ -25,7 +25,7 @@ deps: $(DEPS_STAMP)
 $(DEPS_STAMP): package.json package-lock.json scripts/deps.sh
 	$(Q)./scripts/deps.sh
 
-build: bpf ts fixtures stub-dp
+build: bpf ts fixtures stub-dp examples
 bpf: $(BPF_OBJ)
 $(BPF_OBJ): $(BPF_SRC) $(BPF_HDR) | $(DEPS_STAMP)
 	@mkdir -p build
@@ -44,10 +44,18 @@ build/fixtures/%.bpf.o: test/fixtures/%.bpf.c $(BPF_SRC) $(BPF_HDR) | $(DEPS_STA
 HOSTCC ?= gcc
 STUB_DP := build/stub-dp
 stub-dp: $(STUB_DP)
-$(STUB_DP): tools/stub-dp.c | $(DEPS_STAMP)
+$(STUB_DP): tools/stub-dp.c $(BPF_HDR) | $(DEPS_STAMP)
 	@mkdir -p build
 	@[ "$(V)" = 1 ] || echo "  CC     $@"
-	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -o $@ $<
+	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -I bpf -o $@ $<
+
+# A DP written in C offloading a flow with plain libbpf calls (README "Flow offload").
+EXAMPLES := build/flow-offload
+examples: $(EXAMPLES)
+build/flow-offload: examples/flow-offload.c $(BPF_HDR) | $(DEPS_STAMP)
+	@mkdir -p build
+	@[ "$(V)" = 1 ] || echo "  CC     $@"
+	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -I bpf -o $@ $< -lbpf
 
 ts: $(TS_STAMP)
 $(TS_STAMP): $(TS_SRC) $(DEPS_STAMP)

@@ -42,6 +42,13 @@
  *   of a frame whose DA is M (towards the workload) or any unicast DA
  *   (towards the network: vin -> vex and vbr-neuv -> vex alike).
  *
+ * - Flow offload (FWD only): a frame FWD would send to the DP that is IPv4
+ *   (EtherType and header) first asks neuv_flow_check() whether the DP left
+ *   a decision for its flow in neuv_flows: ALLOW sends it to the peer
+ *   unchanged like BYPASS (verdict FAST), DENY drops it (FLOW_DROP); no
+ *   entry, an expired one (deleted), or a TCP FIN/RST on an ALLOW entry
+ *   (deleted) sends it to the DP as before. TAP and BYPASS never look.
+ *
  * MAC rewrites always go through bpf_skb_store_bytes (flags 0: the Ethernet
  * header is outside skb->csum at tc ingress). parse_eth() copies what the
  * rules need out of the packet before any helper runs, and loads data and
@@ -52,6 +59,8 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "neuv.h"
@@ -120,6 +129,31 @@ struct {
 	__type(value, struct neuv_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } neuv_config SEC(".maps");
+
+/*
+ * Flow offload entries (struct neuv_flow), written by the DP, read (and
+ * expired, retired, counted) by the vin/vex programs for pairs in FWD. LRU:
+ * when full, the least recently used entry makes room (its frames go to the
+ * DP again). max_entries is set by the loader (`load --flows N`); a pinned
+ * map is only reused with the same size.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NEUV_FLOWS_DEFAULT);
+	__type(key, struct neuv_flow_key);
+	__type(value, struct neuv_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} neuv_flows SEC(".maps");
+
+/* Key: port id. Frames neuv_flows decided (FAST, FLOW_DROP); entries created on first use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, NEUV_MAX_IDS);
+	__type(key, __u32);
+	__type(value, struct neuv_flow_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} neuv_flow_stats SEC(".maps");
 
 /* Per-frame decision records (struct neuv_trace) while tracing is on. */
 struct {
@@ -195,7 +229,8 @@ static __always_inline void count(struct neuv_stats *st, __u32 dir, __u32 v, __u
 {
 	struct neuv_ctr *c;
 
-	if (dir >= NEUV_DIR_MAX || v >= NEUV_V_MAX)
+	/* FAST and FLOW_DROP are counted in neuv_flow_stats by neuv_flow_check(). */
+	if (dir >= NEUV_DIR_MAX || v >= NEUV_STATS_VERDICTS)
 		return;
 	c = &st->c[dir][v];
 	c->packets += 1; /* per-CPU value: plain adds */
@@ -275,6 +310,135 @@ int neuv_trace_emit(struct __sk_buff *skb, __u64 d_raw0, __u64 d_raw1, __u64 eth
 	__builtin_memset(t->pad, 0, sizeof(t->pad));
 	bpf_ringbuf_submit(t, 0);
 	return 1;
+}
+
+/*
+ * Counts a frame neuv_flows decided in neuv_flow_stats[id], creating the
+ * entry at the pair's first: slot = dir * NEUV_FLOW_VERDICTS + (FAST 0,
+ * FLOW_DROP 1). A global function (verified once, scalars only).
+ */
+__attribute__((noinline))
+int neuv_flow_count(__u32 id, __u64 slot, __u32 len)
+{
+	struct neuv_flow_stats *st;
+	struct neuv_ctr *c;
+
+	if (slot >= NEUV_DIR_MAX * NEUV_FLOW_VERDICTS)
+		return 0;
+	st = bpf_map_lookup_elem(&neuv_flow_stats, &id);
+	if (!st) {
+		struct neuv_flow_stats zero = {};
+
+		bpf_map_update_elem(&neuv_flow_stats, &id, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&neuv_flow_stats, &id);
+		if (!st)
+			return 0;
+	}
+	c = &st->c[0][0] + slot;
+	c->packets += 1; /* per-CPU value: plain adds */
+	c->bytes += len;
+	return 1;
+}
+
+#define IP_MF_OFFSET 0x3fff /* IP_MF | IP_OFFSET: any fragment */
+#define TCP_FLAGS_OFF 13    /* offsetof the flags byte in struct tcphdr */
+#define TCP_FIN 0x01
+#define TCP_RST 0x04
+
+/*
+ * Flow offload: the neuv_flows lookup for a frame FWD would send to the DP
+ * (IPv4 EtherType, unicast, the workload's MAC where the hook looks). Parses
+ * the IPv4 header (IHL honoured) and the TCP/UDP ports, builds the
+ * normalised key (neuv.h), applies expiry and TCP FIN/RST, and for a hit
+ * touches the entry and counts the frame in neuv_flow_stats[id].c[dir].
+ *
+ * Returns the verdict to apply in bits 0-7 (NEUV_FLOW_ALLOW, NEUV_FLOW_DENY,
+ * or NEUV_FLOW_NONE: to the DP as without offload) and NEUV_TF_FLOW* trace
+ * flags in bits 8-15. No lookup (NONE, no flag) for: a header that is not
+ * IPv4 (version != 4, IHL < 5) or not in the linear data, any fragment (a
+ * non-first one has no ports; the first goes along so the DP can
+ * reassemble), a TCP header shorter than its flags byte or a UDP header
+ * shorter than its ports. Other protocols have ports 0.
+ *
+ * A global function: the verifier checks it once, on its own, instead of on
+ * every path of the caller; it reaches it with the ctx and two scalars.
+ */
+__attribute__((noinline))
+int neuv_flow_check(struct __sk_buff *skb, __u32 id, __u32 dir)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	struct neuv_flow_key k = {};
+	struct neuv_flow *f;
+	__u32 ihl, sa, da, key = id & 0xffff;
+	__u16 sp = 0, dp = 0;
+	__u8 vihl, proto, tcpflags = 0, v;
+	__u64 now, deadline, idle, last;
+
+	if ((void *)(ip + 1) > data_end)
+		return NEUV_FLOW_NONE;
+	vihl = *(__u8 *)ip;
+	ihl = (__u32)(vihl & 0x0f) * 4;
+	if ((vihl >> 4) != 4 || ihl < sizeof(*ip))
+		return NEUV_FLOW_NONE;
+	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
+		return NEUV_FLOW_NONE;
+	proto = ip->protocol;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		__u8 *l4 = (__u8 *)ip + ihl;
+
+		if (l4 + 4 > (__u8 *)data_end)
+			return NEUV_FLOW_NONE;
+		sp = *(__u16 *)l4;
+		dp = *(__u16 *)(l4 + 2);
+		if (proto == IPPROTO_TCP) {
+			if (l4 + TCP_FLAGS_OFF + 1 > (__u8 *)data_end)
+				return NEUV_FLOW_NONE;
+			tcpflags = l4[TCP_FLAGS_OFF];
+		}
+	}
+	sa = ip->saddr;
+	da = ip->daddr;
+	k.id = key;
+	k.proto = proto;
+	/* Endpoint A: the lower (address, port), both as big-endian numbers. */
+	if (bpf_ntohl(sa) < bpf_ntohl(da) || (sa == da && bpf_ntohs(sp) <= bpf_ntohs(dp))) {
+		k.addr_a = sa;
+		k.port_a = sp;
+		k.addr_b = da;
+		k.port_b = dp;
+	} else {
+		k.addr_a = da;
+		k.port_a = dp;
+		k.addr_b = sa;
+		k.port_b = sp;
+	}
+	f = bpf_map_lookup_elem(&neuv_flows, &k);
+	if (!f)
+		return NEUV_TF_FLOW << 8;
+	v = f->verdict;
+	if (v != NEUV_FLOW_ALLOW && v != NEUV_FLOW_DENY)
+		return NEUV_TF_FLOW << 8; /* no decision: as no entry */
+	now = bpf_ktime_get_ns();
+	deadline = f->deadline_ns;
+	idle = f->idle_ns;
+	last = f->last_ns;
+	if ((deadline && now >= deadline) || (idle && last && now > last && now - last >= idle)) {
+		bpf_map_delete_elem(&neuv_flows, &k);
+		return (NEUV_TF_FLOW | NEUV_TF_FLOW_EXPIRED) << 8;
+	}
+	if (v == NEUV_FLOW_ALLOW && (tcpflags & (TCP_FIN | TCP_RST))) {
+		/* The flow ends: the DP sees its closing frames. */
+		bpf_map_delete_elem(&neuv_flows, &k);
+		return (NEUV_TF_FLOW | NEUV_TF_FLOW_END) << 8;
+	}
+	f->last_ns = now;
+	__sync_fetch_and_add(&f->packets, 1);
+	__sync_fetch_and_add(&f->bytes, skb->len);
+
+	neuv_flow_count(key, (dir ? NEUV_FLOW_VERDICTS : 0) + (v == NEUV_FLOW_ALLOW ? 0 : 1), skb->len);
+	return v | NEUV_TF_FLOW << 8;
 }
 
 /*
@@ -415,6 +579,21 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	/* else: shorter than an Ethernet header, goes to the peer unchanged. */
 
 	if (match && mode == NEUV_MODE_FWD) {
+		if (ei.proto == ETH_P_IP) {
+			/* Flow offload: an entry of the DP's decides without it. */
+			int fr = neuv_flow_check(skb, o.id, o.dir);
+
+			o.flags |= (fr >> 8) & 0xff;
+			if ((fr & 0xff) == NEUV_FLOW_ALLOW) {
+				o.v2 = NEUV_V_FAST; /* in TO_PEER's place: the frame takes its path */
+				goto to_peer;
+			}
+			if ((fr & 0xff) == NEUV_FLOW_DENY) {
+				o.action = TC_ACT_SHOT;
+				o.v1 = NEUV_V_FLOW_DROP;
+				goto out;
+			}
+		}
 		make_ucmac(uc, o.id);
 		if (bpf_skb_store_bytes(skb, off, uc, 6, 0)) {
 			drop(&o, NEUV_R_REWRITE_FAILED);
@@ -445,11 +624,12 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 		else
 			o.v1 = NEUV_V_COPY;
 	}
+	o.v2 = NEUV_V_TO_PEER;
+to_peer:
 	o.action = deliver(skb, peer, flags, host);
 	o.target = peer;
 	if (flags & NEUV_F_REDIRECT_PEER)
 		o.flags |= NEUV_TF_PEER;
-	o.v2 = NEUV_V_TO_PEER;
 out:
 	return finish(skb, &o, &ei);
 }

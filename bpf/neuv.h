@@ -75,15 +75,30 @@ enum neuv_dir {
 	NEUV_DIR_MAX,
 };
 
-/* What happened to a frame. Indexes of struct neuv_stats.c[dir][]. */
+/*
+ * What happened to a frame. TO_DP..DROP are indexes of struct
+ * neuv_stats.c[dir][]; FAST and FLOW_DROP (flow offload, FWD only) are
+ * counted in struct neuv_flow_stats.c[dir][v - NEUV_V_FAST]. NEUV_V_MAX is
+ * "no verdict" in a struct neuv_decision.
+ */
 enum neuv_verdict {
 	NEUV_V_TO_DP   = 0, /* rewritten and sent to vbr-neuv (FWD) */
 	NEUV_V_TO_PEER = 1, /* sent to the pair's other port unchanged */
 	NEUV_V_COPY    = 2, /* TAP: a rewritten copy sent to vbr-neuv */
 	NEUV_V_FROM_DP = 3, /* from vbr-neuv, rewritten back, sent to vin or vex */
 	NEUV_V_DROP    = 4, /* dropped (see the drop reasons in neuv_global) */
+	NEUV_V_FAST    = 5, /* FWD: an ALLOW entry of neuv_flows sent it to the peer unchanged (DP skipped) */
+	NEUV_V_FLOW_DROP = 6, /* FWD: a DENY entry of neuv_flows dropped it (DP skipped) */
 	NEUV_V_MAX,
 };
+
+/*
+ * Verdicts counted in struct neuv_stats: TO_DP..DROP. Fixed at 5 so the
+ * value size of a pinned neuv_stats never changes (a newer object reuses the
+ * map of an older load; libbpf refuses a pinned map whose value size
+ * differs). Verdicts added later are counted in maps of their own.
+ */
+#define NEUV_STATS_VERDICTS 5
 
 struct neuv_ctr {
 	__u64 packets;
@@ -92,8 +107,73 @@ struct neuv_ctr {
 
 /* Map neuv_stats (per-CPU hash): key __u32 port id, value struct neuv_stats. */
 struct neuv_stats {
-	struct neuv_ctr c[NEUV_DIR_MAX][NEUV_V_MAX];
+	struct neuv_ctr c[NEUV_DIR_MAX][NEUV_STATS_VERDICTS];
 };
+
+/*
+ * Flow offload (README "Flow offload"). Map neuv_flows (LRU hash, pinned,
+ * max_entries set at load: `neuv-bpf load --flows N`): written by the DP,
+ * read by the vin/vex programs for pairs in FWD, for IPv4 unicast frames of
+ * the workload (the frames FWD would send to the DP).
+ *
+ * The key is the same for both directions of a flow: endpoint A is the one
+ * with the lower (address, port), both compared as big-endian numbers
+ * (memcmp order of the network-order bytes), address first; B is the other.
+ * Addresses and ports are in network byte order, as in the IP/TCP/UDP
+ * headers. Ports are 0 for protocols other than TCP and UDP.
+ */
+struct neuv_flow_key {
+	__u16  id;     /* pair id (host order), as in the UCMAC */
+	__u8   proto;  /* IP protocol: 6 TCP, 17 UDP, anything else with ports 0 */
+	__u8   pad;    /* 0 */
+	__be32 addr_a; /* IPv4 address of endpoint A, network order */
+	__be32 addr_b; /* IPv4 address of endpoint B, network order */
+	__be16 port_a; /* TCP/UDP port of endpoint A, network order; 0 for other protocols */
+	__be16 port_b; /* TCP/UDP port of endpoint B, network order */
+};
+
+/* struct neuv_flow.verdict */
+enum neuv_flow_verdict {
+	NEUV_FLOW_NONE  = 0, /* no decision: treated as no entry (the frame goes to the DP) */
+	NEUV_FLOW_ALLOW = 1, /* fast path: forward to the pair's other port unchanged (as BYPASS) */
+	NEUV_FLOW_DENY  = 2, /* drop in the kernel */
+};
+
+/*
+ * Value of neuv_flows. Times are CLOCK_MONOTONIC nanoseconds
+ * (bpf_ktime_get_ns(), clock_gettime(CLOCK_MONOTONIC) in userspace).
+ * With now = bpf_ktime_get_ns() when a frame finds the entry, it is expired if
+ *   (deadline_ns != 0 && now >= deadline_ns) ||
+ *   (idle_ns != 0 && last_ns != 0 && now > last_ns && now - last_ns >= idle_ns).
+ * An expired entry is deleted by the datapath and the frame goes to the DP.
+ * Otherwise the datapath sets last_ns = now and adds the frame to
+ * packets/bytes (idle_ns counts from the last frame, or from the first
+ * frame when the writer left last_ns 0). A TCP frame with FIN or RST on an
+ * ALLOW entry deletes it and goes to the DP (which sees the flow end); DENY
+ * entries drop those too.
+ */
+struct neuv_flow {
+	__u8  verdict;     /* enum neuv_flow_verdict */
+	__u8  pad[7];      /* 0 */
+	__u64 deadline_ns; /* absolute deadline, 0 = none */
+	__u64 idle_ns;     /* idle timeout, 0 = none */
+	__u64 last_ns;     /* last frame (the datapath writes it), 0 = none yet */
+	__u64 packets;     /* frames this entry forwarded or dropped (the datapath adds) */
+	__u64 bytes;       /* their bytes (skb->len) */
+};
+
+/*
+ * Map neuv_flow_stats (per-CPU hash): key __u32 port id, value
+ * c[dir][verdict - NEUV_V_FAST] for FAST and FLOW_DROP. The datapath creates
+ * an entry at a pair's first offloaded frame; pair del removes it.
+ */
+#define NEUV_FLOW_VERDICTS 2
+
+struct neuv_flow_stats {
+	struct neuv_ctr c[NEUV_DIR_MAX][NEUV_FLOW_VERDICTS];
+};
+
+#define NEUV_FLOWS_DEFAULT 65536 /* max_entries of neuv_flows unless the loader sets another */
 
 /*
  * Drop and pass reasons. Indexes of struct neuv_global.reason[]; internal to
@@ -147,6 +227,9 @@ enum neuv_hook {
 #define NEUV_TF_PEER    (1U << 0) /* the redirect used bpf_redirect_peer (else bpf_redirect) */
 #define NEUV_TF_PARSED  (1U << 1) /* the program parsed the header before any rewrite */
 #define NEUV_TF_SHORT   (1U << 2) /* shorter than an Ethernet header: no MACs, no EtherType */
+#define NEUV_TF_FLOW    (1U << 3) /* FWD: a flow key was built and neuv_flows looked up */
+#define NEUV_TF_FLOW_EXPIRED (1U << 4) /* ... the entry found had expired: deleted, frame to the DP */
+#define NEUV_TF_FLOW_END     (1U << 5) /* ... TCP FIN/RST ended an ALLOW entry: deleted, frame to the DP */
 
 /*
  * What a program decided about one frame. The datapath fills one per frame
@@ -159,7 +242,7 @@ struct neuv_decision {
 	__u8  has_id;  /* 1: a pair matched (else no port entry, or no pair for a vbr-neuv frame) */
 	__u8  dir;     /* enum neuv_dir */
 	__u8  v1;      /* enum neuv_verdict, NEUV_V_MAX = none */
-	__u8  v2;      /* second verdict (TAP: COPY then TO_PEER), NEUV_V_MAX = none */
+	__u8  v2;      /* second verdict (TAP: COPY then TO_PEER; FAST in TO_PEER's place), NEUV_V_MAX = none */
 	__u8  reason;  /* enum neuv_reason, NEUV_R_NONE = none */
 	__u8  mode;    /* enum neuv_mode of the pair's entry as read, 0 = none */
 	__u8  hook;    /* enum neuv_hook */
@@ -204,6 +287,7 @@ const volatile enum neuv_verdict neuv_btf_verdict = NEUV_V_TO_DP;
 const volatile enum neuv_reason neuv_btf_reason = NEUV_R_NONE;
 const volatile enum neuv_hook neuv_btf_hook = NEUV_HOOK_VIN;
 const volatile struct neuv_trace neuv_btf_trace; /* and struct neuv_decision inside it */
+const volatile enum neuv_flow_verdict neuv_btf_flow_verdict = NEUV_FLOW_NONE;
 #endif /* __BPF__ */
 
 #endif /* NEUV_H */

@@ -109,6 +109,7 @@ interface Lib {
   bpf_map__unpin: (m: Ptr, path: string | null) => number;
   bpf_map__initial_value: (m: Ptr, psize: bigint[]) => Ptr;
   bpf_map__set_initial_value: (m: Ptr, data: Buffer, size: number) => number;
+  bpf_map__set_max_entries: (m: Ptr, n: number) => number;
   bpf_map_update_elem: (fd: number, key: Buffer, value: Buffer, flags: bigint) => number;
   bpf_map_lookup_elem: (fd: number, key: Buffer, value: Buffer) => number;
   bpf_map_delete_elem: (fd: number, key: Buffer) => number;
@@ -183,6 +184,7 @@ function lib(): Lib {
     bpf_map__unpin: f(b, 'int bpf_map__unpin(void *m, const char *path)'),
     bpf_map__initial_value: f(b, 'void *bpf_map__initial_value(void *m, _Out_ size_t *psize)'),
     bpf_map__set_initial_value: f(b, 'int bpf_map__set_initial_value(void *m, const void *data, size_t size)'),
+    bpf_map__set_max_entries: f(b, 'int bpf_map__set_max_entries(void *m, uint32_t max_entries)'),
     bpf_map_update_elem: f(b, 'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
     bpf_map_lookup_elem: f(b, 'int bpf_map_lookup_elem(int fd, const void *key, void *value)'),
     bpf_map_delete_elem: f(b, 'int bpf_map_delete_elem(int fd, const void *key)'),
@@ -787,6 +789,12 @@ export class BpfObject {
     return lib().bpf_map__pin_path(this.mapPtr(name));
   }
 
+  /** Sets a map's max_entries (call between open and load; a pinned map is reused only with the same size). */
+  setMaxEntries(name: string, n: number): void {
+    if (this.loaded) throw new NeuvError(`${this.path}: max_entries of ${name} must be set before load`);
+    check(lib().bpf_map__set_max_entries(this.mapPtr(name), n >>> 0), `set max_entries of map ${name} to ${n}`);
+  }
+
   /** Reuses an existing map for `name` (call between open and load). */
   reuseMap(name: string, fd: number): void {
     check(lib().bpf_map__reuse_fd(this.mapPtr(name), fd), `reuse map ${name}`);
@@ -821,7 +829,7 @@ export function tcHookCreate(ifindex: number, ctx: string): boolean {
 /** Destroys the clsact qdisc (both directions) and everything attached to it. */
 export function tcHookDestroy(ifindex: number, ctx: string): void {
   const r = lib().bpf_tc_hook_destroy(tcHook(ifindex, TC_INGRESS | TC_EGRESS));
-  if (r === -2 || r === -19) return; // already gone
+  if (r === -2 || r === -19 || r === -22) return; // already gone (EINVAL: no clsact on the device any more)
   check(r, `remove clsact qdisc from ${ctx}`);
 }
 

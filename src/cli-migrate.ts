@@ -41,7 +41,7 @@ export function discoveryLines(d: Discovery): string[] {
           p.ucmacFrom,
           p.mode,
           yesNo(p.pedit),
-          p.vbrRules === 'none' ? 'none' : `${p.vbrRules} (prefs ${[p.vbrPrefs.da, p.vbrPrefs.sa].filter((x) => x !== null).join('/')})`,
+          p.vbrRules === 'none' ? 'none' : `${p.vbrRules} ${[p.vbrPrefs.da === null ? '' : `DA ${p.vbrPrefs.da}`, p.vbrPrefs.sa === null ? '' : `SA ${p.vbrPrefs.sa}`].filter(Boolean).join(' ')}`,
           `${p.qdisc.vin}/${p.qdisc.vex}`,
           p.ours.vin === 'none' && p.ours.vex === 'none' ? '-' : `${p.ours.vin}/${p.ours.vex}`,
         ]),
@@ -91,7 +91,8 @@ export function handbackLines(r: HandbackResult): string[] {
   out.push(`${r.dryRun ? 'would hand back' : 'handed back'} ${r.pairs.length} pair(s) to NeuVector's tc pipe${r.dryRun ? ' (dry run: nothing changed)' : ''}:`);
   for (const q of r.qdiscsAdded) out.push(`  ${r.dryRun ? 'add' : 'added'} an ingress qdisc on ${q}`);
   for (const p of r.pairs) {
-    out.push(`  ${p.in}/${p.ex}: ${p.mode} id ${p.id} ${p.ucmac} MAC ${p.mac}, ${p.rules.length} rule(s), vbr-neuv prefs ${p.exPref}/${p.inPref}`);
+    const vbr = p.rules.some((a) => a[3] === 'vbr-neuv') ? `vbr-neuv prefs ${p.exPref} (DA) and ${p.inPref} (SA)` : 'none on vbr-neuv';
+    out.push(`  ${p.in}/${p.ex}: ${p.mode} id ${p.id} ${p.ucmac} MAC ${p.mac}, ${p.rules.length} rule(s), ${vbr}`);
     if (r.dryRun) for (const a of p.rules) out.push(`    tc ${a.join(' ')}`);
   }
   for (const w of r.warnings) out.push(`warning: ${w}`);

@@ -17,6 +17,7 @@ import { registerInterceptCommands } from './cli-intercept';
 import { registerDemoCommands } from './cli-demo';
 import { registerRepairCommands } from './cli-repair';
 import { registerMigrateCommands } from './cli-migrate';
+import { registerFlowCommands } from './cli-flow';
 
 export interface GlobalOpts {
   netns?: string;
@@ -48,6 +49,7 @@ const registrars: CommandRegistrar[] = [
   registerDemoCommands,
   registerRepairCommands,
   registerMigrateCommands,
+  registerFlowCommands,
 ];
 
 export function printJson(ctx: Ctx, v: unknown): void {
@@ -97,10 +99,13 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .description('create vbr-neuv/vth-neuv if missing, load and pin the BPF object, attach vbr-neuv (idempotent; a rerun replaces the programs in place and keeps the maps)')
     .option('--jumbo', 'MTU 9000 on vbr-neuv/vth-neuv instead of 2048')
     .option('--obj <file>', 'BPF object to load (default: build/neuv.bpf.o of this package)')
+    .option('--flows <n>', 'size of the flow offload map neuv_flows (default 65536, or the size it is pinned with; changing it needs unload)')
     .option('--json', 'print the result as JSON')
-    .action(async (o: { jumbo?: boolean; obj?: string }) => {
+    .action(async (o: { jumbo?: boolean; obj?: string; flows?: string }) => {
       const c = getCtx();
-      const r = await withLock(c.pinRoot, () => load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo }));
+      if (o.flows !== undefined && !/^[0-9]+$/.test(o.flows)) throw new UsageError(`--flows '${o.flows}' is not a number of entries`);
+      const flows = o.flows === undefined ? undefined : Number(o.flows);
+      const r = await withLock(c.pinRoot, () => load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo, flows }));
       if (c.json) printJson(c, r);
       else {
         c.out(`${r.replaced ? 'replaced programs in place' : 'loaded'}: pin root ${r.pinRoot}, programs vin=${r.progIds.vin} vex=${r.progIds.vex} vbr=${r.progIds.vbr}` +
@@ -134,7 +139,7 @@ export async function main(argv: string[] = process.argv): Promise<number> {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
         return (process.exitCode = ExitCode.OK);
       }
-      process.stderr.write(`neuv-bpf: ${e.message.replace(/^error: /, '')}\n`);
+      process.stderr.write(`neuv-bpf: ${e.message.replace(/^error: /, '').replace(/\s*\n+/g, ' ')}\n`); // one line: commander adds "(Did you mean ...?)" on a line of its own
       return (process.exitCode = ExitCode.USAGE);
     }
     const code = exitCodeOf(e);

@@ -49,14 +49,18 @@ export {
   DIR_NAMES,
   VERDICT_NAMES,
   REASON_NAMES,
+  FlowVerdict,
+  FLOWS_DEFAULT,
   UCMAC_PREFIX,
   VBR_IFINDEX,
   VTH_IFINDEX,
   MAX_IDS,
   MAX_PORTS,
 } from './layout';
-export type { ModeValue, RoleValue, PortEntry, IdEntry, Stats, Ctr, Config } from './layout';
+export type { ModeValue, RoleValue, PortEntry, IdEntry, Stats, Ctr, Config, FlowKey, FlowEntry, FlowTuple } from './layout';
 export { ucmac, bcmac, formatMac, parseMac, isUcmac } from './mac';
+export { Flows, offloadFlow, revokeFlow, listFlows, clearPairFlows, flowKeyFromSpec } from './flows';
+export type { FlowSpec, OffloadOptions, OffloadResult, FlowView, Endpoint, FlowVerdictName } from './flows';
 export {
   NeuvError,
   UsageError,

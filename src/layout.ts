@@ -17,8 +17,18 @@ export const Role = { VIN: 1, VEX: 2 } as const;
 export type RoleValue = (typeof Role)[keyof typeof Role];
 export const Dir = { TO_WL: 0, FROM_WL: 1 } as const;
 export const DIR_COUNT = 2;
-export const Verdict = { TO_DP: 0, TO_PEER: 1, COPY: 2, FROM_DP: 3, DROP: 4 } as const;
-export const VERDICT_COUNT = 5;
+export const Verdict = { TO_DP: 0, TO_PEER: 1, COPY: 2, FROM_DP: 3, DROP: 4, FAST: 5, FLOW_DROP: 6 } as const;
+/** NEUV_V_MAX: every verdict, and "none" in a struct neuv_decision. */
+export const VERDICT_COUNT = 7;
+/** NEUV_STATS_VERDICTS: the verdicts struct neuv_stats counts (TO_DP..DROP; fixed, so a pinned map stays compatible). */
+export const STATS_VERDICT_COUNT = 5;
+/** NEUV_FLOW_VERDICTS: the verdicts struct neuv_flow_stats counts (FAST, FLOW_DROP), from Verdict.FAST on. */
+export const FLOW_VERDICT_COUNT = 2;
+/** enum neuv_flow_verdict: struct neuv_flow.verdict. */
+export const FlowVerdict = { NONE: 0, ALLOW: 1, DENY: 2 } as const;
+export type FlowVerdictValue = (typeof FlowVerdict)[keyof typeof FlowVerdict];
+/** NEUV_FLOWS_DEFAULT: max_entries of neuv_flows unless `load --flows N` says otherwise. */
+export const FLOWS_DEFAULT = 65536;
 export const Reason = {
   NONE: 0,
   PASS_NO_PAIR: 1,
@@ -39,11 +49,11 @@ export const Hook = { VIN: 1, VEX: 2, VBR: 3 } as const;
 export type HookValue = (typeof Hook)[keyof typeof Hook];
 export const HOOK_NAMES: Record<number, string> = { 1: 'vin', 2: 'vex', 3: 'vbr' };
 /** struct neuv_decision.flags (NEUV_TF_*). */
-export const TraceFlag = { PEER: 1 << 0, PARSED: 1 << 1, SHORT: 1 << 2 } as const;
+export const TraceFlag = { PEER: 1 << 0, PARSED: 1 << 1, SHORT: 1 << 2, FLOW: 1 << 3, FLOW_EXPIRED: 1 << 4, FLOW_END: 1 << 5 } as const;
 export const TRACE_RING_SIZE = 256 * 1024;
 
 export const MODE_NAMES: Record<number, string> = { 0: 'none', 1: 'fwd', 2: 'tap', 3: 'bypass', 4: 'drop' };
-export const VERDICT_NAMES = ['to_dp', 'to_peer', 'copy', 'from_dp', 'drop'] as const;
+export const VERDICT_NAMES = ['to_dp', 'to_peer', 'copy', 'from_dp', 'drop', 'fast', 'flow_drop'] as const;
 export const DIR_NAMES = ['to_wl', 'from_wl'] as const;
 export const REASON_NAMES = [
   'none',
@@ -108,8 +118,44 @@ export const CtrDecl: StructDecl = {
 
 export const StatsDecl: StructDecl = {
   name: 'neuv_stats',
-  size: DIR_COUNT * VERDICT_COUNT * 16,
-  members: [{ name: 'c', offset: 0, size: DIR_COUNT * VERDICT_COUNT * 16 }],
+  size: DIR_COUNT * STATS_VERDICT_COUNT * 16,
+  members: [{ name: 'c', offset: 0, size: DIR_COUNT * STATS_VERDICT_COUNT * 16 }],
+};
+
+/** struct neuv_flow_key: pair id + normalised IPv4 5-tuple (addresses and ports in network order). */
+export const FlowKeyDecl: StructDecl = {
+  name: 'neuv_flow_key',
+  size: 16,
+  members: [
+    { name: 'id', offset: 0, size: 2 },
+    { name: 'proto', offset: 2, size: 1 },
+    { name: 'pad', offset: 3, size: 1 },
+    { name: 'addr_a', offset: 4, size: 4 },
+    { name: 'addr_b', offset: 8, size: 4 },
+    { name: 'port_a', offset: 12, size: 2 },
+    { name: 'port_b', offset: 14, size: 2 },
+  ],
+};
+
+/** struct neuv_flow: the value of neuv_flows. */
+export const FlowDecl: StructDecl = {
+  name: 'neuv_flow',
+  size: 48,
+  members: [
+    { name: 'verdict', offset: 0, size: 1 },
+    { name: 'pad', offset: 1, size: 7 },
+    { name: 'deadline_ns', offset: 8, size: 8 },
+    { name: 'idle_ns', offset: 16, size: 8 },
+    { name: 'last_ns', offset: 24, size: 8 },
+    { name: 'packets', offset: 32, size: 8 },
+    { name: 'bytes', offset: 40, size: 8 },
+  ],
+};
+
+export const FlowStatsDecl: StructDecl = {
+  name: 'neuv_flow_stats',
+  size: DIR_COUNT * FLOW_VERDICT_COUNT * 16,
+  members: [{ name: 'c', offset: 0, size: DIR_COUNT * FLOW_VERDICT_COUNT * 16 }],
 };
 
 export const GlobalDecl: StructDecl = {
@@ -163,7 +209,9 @@ export const TraceDecl: StructDecl = {
   ],
 };
 
-export const STRUCTS: StructDecl[] = [PortDecl, IdDecl, CtrDecl, StatsDecl, GlobalDecl, ConfigDecl, DecisionDecl, TraceDecl];
+export const STRUCTS: StructDecl[] = [
+  PortDecl, IdDecl, CtrDecl, StatsDecl, GlobalDecl, ConfigDecl, DecisionDecl, TraceDecl, FlowKeyDecl, FlowDecl, FlowStatsDecl,
+];
 
 /** Enums as this file knows them, by their C name; C names are upper-case with a prefix. */
 export const ENUMS: Array<{ name: string; prefix: string; values: Record<string, number> }> = [
@@ -173,11 +221,13 @@ export const ENUMS: Array<{ name: string; prefix: string; values: Record<string,
   { name: 'neuv_verdict', prefix: 'NEUV_V_', values: { ...Verdict, MAX: VERDICT_COUNT } },
   { name: 'neuv_reason', prefix: 'NEUV_R_', values: { ...Reason, MAX: REASON_COUNT } },
   { name: 'neuv_hook', prefix: 'NEUV_HOOK_', values: Hook },
+  { name: 'neuv_flow_verdict', prefix: 'NEUV_FLOW_', values: FlowVerdict },
 ];
 
 /**
- * Map names and their key/value declarations (key is always a __u32; the
- * ring buffer neuv_trace has no key, its records are struct neuv_trace).
+ * Map names and their key/value declarations (the key is a __u32 except for
+ * neuv_flows, keyed by struct neuv_flow_key; the ring buffer neuv_trace has
+ * no key, its records are struct neuv_trace).
  */
 export const MAPS = {
   ports: { name: 'neuv_ports', value: PortDecl },
@@ -186,6 +236,8 @@ export const MAPS = {
   global: { name: 'neuv_global', value: GlobalDecl },
   config: { name: 'neuv_config', value: ConfigDecl },
   trace: { name: 'neuv_trace', value: TraceDecl },
+  flows: { name: 'neuv_flows', value: FlowDecl },
+  flowStats: { name: 'neuv_flow_stats', value: FlowStatsDecl },
 } as const;
 
 // ---------------------------------------------------------------- codecs
@@ -252,18 +304,21 @@ export interface Ctr {
   packets: bigint;
   bytes: bigint;
 }
-/** stats[dir][verdict] */
+/**
+ * stats[dir][verdict], every verdict: TO_DP..DROP from neuv_stats (addStats),
+ * FAST and FLOW_DROP from neuv_flow_stats (addFlowStats).
+ */
 export type Stats = Ctr[][];
 
 export function emptyStats(): Stats {
   return Array.from({ length: DIR_COUNT }, () => Array.from({ length: VERDICT_COUNT }, () => ({ packets: 0n, bytes: 0n })));
 }
 
-/** Decodes one per-CPU value and adds it into `into`. */
+/** Decodes one per-CPU neuv_stats value and adds it into `into`. */
 export function addStats(into: Stats, b: Buffer): Stats {
   for (let d = 0; d < DIR_COUNT; d++) {
-    for (let v = 0; v < VERDICT_COUNT; v++) {
-      const off = (d * VERDICT_COUNT + v) * 16;
+    for (let v = 0; v < STATS_VERDICT_COUNT; v++) {
+      const off = (d * STATS_VERDICT_COUNT + v) * 16;
       into[d]![v]!.packets += b.readBigUInt64LE(off);
       into[d]![v]!.bytes += b.readBigUInt64LE(off + 8);
     }
@@ -271,16 +326,139 @@ export function addStats(into: Stats, b: Buffer): Stats {
   return into;
 }
 
+/** Decodes one per-CPU neuv_flow_stats value and adds it into `into` (at Verdict.FAST and FLOW_DROP). */
+export function addFlowStats(into: Stats, b: Buffer): Stats {
+  for (let d = 0; d < DIR_COUNT; d++) {
+    for (let i = 0; i < FLOW_VERDICT_COUNT; i++) {
+      const off = (d * FLOW_VERDICT_COUNT + i) * 16;
+      into[d]![Verdict.FAST + i]!.packets += b.readBigUInt64LE(off);
+      into[d]![Verdict.FAST + i]!.bytes += b.readBigUInt64LE(off + 8);
+    }
+  }
+  return into;
+}
+
+/** A neuv_stats value (the verdicts it holds: TO_DP..DROP). */
 export function encodeStats(s: Stats): Buffer {
   const b = Buffer.alloc(StatsDecl.size);
   for (let d = 0; d < DIR_COUNT; d++) {
-    for (let v = 0; v < VERDICT_COUNT; v++) {
-      const off = (d * VERDICT_COUNT + v) * 16;
+    for (let v = 0; v < STATS_VERDICT_COUNT; v++) {
+      const off = (d * STATS_VERDICT_COUNT + v) * 16;
       b.writeBigUInt64LE(s[d]![v]!.packets, off);
       b.writeBigUInt64LE(s[d]![v]!.bytes, off + 8);
     }
   }
   return b;
+}
+
+// ---------------------------------------------------------------- flow offload
+
+/** A flow as the DP sees it: pair id, IP protocol, source and destination (dotted quad, port). */
+export interface FlowTuple {
+  id: number;
+  proto: number;
+  src: string;
+  sport: number;
+  dst: string;
+  dport: number;
+}
+
+/** struct neuv_flow_key, decoded: endpoint A is the lower (address, port); ports 0 unless TCP/UDP. */
+export interface FlowKey {
+  id: number;
+  proto: number;
+  addrA: string;
+  portA: number;
+  addrB: string;
+  portB: number;
+}
+
+export const IPPROTO_TCP = 6;
+export const IPPROTO_UDP = 17;
+
+/** Dotted quad -> its 4 bytes (network order). */
+export function ipv4Bytes(a: string): Buffer {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(a);
+  const parts = m ? m.slice(1).map(Number) : [];
+  if (!m || parts.some((x) => x > 255)) throw new Error(`'${a}' is not an IPv4 address`);
+  return Buffer.from(parts);
+}
+
+export function formatIpv4(b: Uint8Array, off = 0): string {
+  return `${b[off]}.${b[off + 1]}.${b[off + 2]}.${b[off + 3]}`;
+}
+
+/**
+ * The key of a flow, normalised as the datapath does: the same for both
+ * directions (endpoint A = the lower (address, port) as big-endian numbers,
+ * address first), ports 0 for protocols other than TCP and UDP.
+ */
+export function flowKeyOf(t: FlowTuple): FlowKey {
+  const ports = t.proto === IPPROTO_TCP || t.proto === IPPROTO_UDP;
+  const sp = ports ? t.sport & 0xffff : 0;
+  const dp = ports ? t.dport & 0xffff : 0;
+  const s = ipv4Bytes(t.src).readUInt32BE(0);
+  const d = ipv4Bytes(t.dst).readUInt32BE(0);
+  const srcFirst = s < d || (s === d && sp <= dp);
+  const [addrA, portA, addrB, portB] = srcFirst ? [t.src, sp, t.dst, dp] : [t.dst, dp, t.src, sp];
+  return { id: t.id & 0xffff, proto: t.proto & 0xff, addrA: formatIpv4(ipv4Bytes(addrA)), portA, addrB: formatIpv4(ipv4Bytes(addrB)), portB };
+}
+
+export function encodeFlowKey(k: FlowKey): Buffer {
+  const b = Buffer.alloc(FlowKeyDecl.size);
+  b.writeUInt16LE(k.id & 0xffff, 0); // host order (little-endian here, as the BPF side on x86/arm64)
+  b.writeUInt8(k.proto & 0xff, 2);
+  ipv4Bytes(k.addrA).copy(b, 4);
+  ipv4Bytes(k.addrB).copy(b, 8);
+  b.writeUInt16BE(k.portA & 0xffff, 12); // network order
+  b.writeUInt16BE(k.portB & 0xffff, 14);
+  return b;
+}
+
+export function decodeFlowKey(b: Buffer): FlowKey {
+  return {
+    id: b.readUInt16LE(0),
+    proto: b.readUInt8(2),
+    addrA: formatIpv4(b, 4),
+    addrB: formatIpv4(b, 8),
+    portA: b.readUInt16BE(12),
+    portB: b.readUInt16BE(14),
+  };
+}
+
+/** struct neuv_flow. */
+export interface FlowEntry {
+  verdict: number;
+  /** Absolute CLOCK_MONOTONIC deadline in ns, 0 = none. */
+  deadlineNs: bigint;
+  /** Idle timeout in ns, 0 = none. */
+  idleNs: bigint;
+  /** Last frame (CLOCK_MONOTONIC ns), 0 = none yet. */
+  lastNs: bigint;
+  packets: bigint;
+  bytes: bigint;
+}
+
+export function encodeFlow(f: FlowEntry): Buffer {
+  const b = Buffer.alloc(FlowDecl.size);
+  b.writeUInt8(f.verdict & 0xff, 0);
+  b.writeBigUInt64LE(f.deadlineNs, 8);
+  b.writeBigUInt64LE(f.idleNs, 16);
+  b.writeBigUInt64LE(f.lastNs, 24);
+  b.writeBigUInt64LE(f.packets, 32);
+  b.writeBigUInt64LE(f.bytes, 40);
+  return b;
+}
+
+export function decodeFlow(b: Buffer): FlowEntry {
+  return {
+    verdict: b.readUInt8(0),
+    deadlineNs: b.readBigUInt64LE(8),
+    idleNs: b.readBigUInt64LE(16),
+    lastNs: b.readBigUInt64LE(24),
+    packets: b.readBigUInt64LE(32),
+    bytes: b.readBigUInt64LE(40),
+  };
 }
 
 /** Adds one per-CPU neuv_global value into `into` (reason counters). */

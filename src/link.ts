@@ -42,7 +42,7 @@ export function validateIfName(name: string, what = 'interface name'): string {
   if (Buffer.byteLength(name) > 15) throw new UsageError(`${what} '${name}' is longer than 15 bytes`);
   if (name === '.' || name === '..') throw new UsageError(`${what} '${name}' is not allowed`);
   // eslint-disable-next-line no-control-regex
-  if (/[\s/:\x00-\x1f\x7f]/.test(name)) throw new UsageError(`${what} '${name}' contains a space, '/', ':' or a control character`);
+  if (/[\s/:\x00-\x1f\x7f]/.test(name)) throw new UsageError(`${what} ${JSON.stringify(name)} contains a space, '/', ':' or a control character`);
   if (!/^[A-Za-z0-9_.@+=-]+$/.test(name)) throw new UsageError(`${what} '${name}' contains characters outside [A-Za-z0-9_.@+=-]`);
   return name;
 }

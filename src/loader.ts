@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { BpfObject, MapFd, ProgFd, pinFd } from './bpf';
 import { attach, attachState, detach, preferredKind, TC_HANDLE, TC_PRIORITY } from './attach';
 import { features } from './features';
-import { ExitCode, NeuvError, NotFoundError } from './errors';
+import { ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import {
   MAPS,
   Role,
@@ -23,6 +23,7 @@ import {
   VBR_IFINDEX,
   VTH_IFINDEX,
   PortFlag,
+  FLOWS_DEFAULT,
 } from './layout';
 import { VBR, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
@@ -163,6 +164,32 @@ export interface LoadOptions {
   jumbo?: boolean;
   /** const volatile globals of the object, e.g. { neuv_build_tag: 2 }. */
   rodata?: Record<string, number>;
+  /**
+   * max_entries of neuv_flows (flow offload). Default: the size of the pinned
+   * map when there is one, else FLOWS_DEFAULT. A pinned map keeps its size:
+   * asking for another one is refused (unload first).
+   */
+  flows?: number;
+}
+
+/** Largest `--flows` accepted (an LRU entry costs ~130 bytes of kernel memory). */
+export const MAX_FLOWS = 1 << 26;
+
+/** The size neuv_flows gets: the pinned one's, or what was asked (refused if a pinned one differs). */
+function flowsSize(pinRoot: string, pinned: boolean, asked: number | undefined): number {
+  if (asked !== undefined && (!Number.isInteger(asked) || asked < 1 || asked > MAX_FLOWS)) {
+    throw new UsageError(`--flows ${asked}: expected an integer from 1 to ${MAX_FLOWS}`);
+  }
+  if (!pinned) return asked ?? FLOWS_DEFAULT;
+  const m = MapFd.fromPin(path.join(pinRoot, MAPS.flows.name));
+  const have = m.info.maxEntries;
+  m.close();
+  if (asked !== undefined && asked !== have) {
+    throw new UsageError(
+      `${MAPS.flows.name} is pinned with ${have} entries: a pinned map keeps its size, so --flows ${asked} needs neuv-bpf unload first (offloaded flows are lost; the DP offloads them again)`,
+    );
+  }
+  return have;
 }
 
 export interface LoadResult {
@@ -210,6 +237,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   undo.push('close object', () => obj.close());
   try {
     checkLayout(obj);
+    obj.setMaxEntries(MAPS.flows.name, flowsSize(pinRoot, hadPins.has(MAPS.flows.name), opts.flows));
     const mtu = opts.jumbo ? 9000 : 2048;
     const created = await ensureDpPair(mtu, VBR_IFINDEX, VTH_IFINDEX);
     crashPoint('load:after-dp-pair');
@@ -299,6 +327,7 @@ export interface UnloadResult {
 export async function unload(pinRoot: string): Promise<UnloadResult> {
   const lg = log('loader');
   checkPrivileges();
+  if (fs.existsSync(pinRoot) && !isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
   let detached = 0;
   const wasLoaded = isLoaded(pinRoot);
   if (wasLoaded) {
@@ -315,7 +344,7 @@ export async function unload(pinRoot: string): Promise<UnloadResult> {
       pinned.close();
     }
   }
-  const vbr = ifindexIfExists(VBR);
+  const vbr = fs.existsSync(pinRoot) ? ifindexIfExists(VBR) : 0; // no pin root: nothing of ours (vbr-neuv may be another pin root's)
   if (vbr) {
     if (detach(pinRoot, vbr, VBR, false)) detached++;
     await run('ip', ['link', 'del', 'dev', VBR]);

@@ -610,17 +610,44 @@ export function classifyNode(s: NodeSnapshot, vbr = VBR): Discovery {
   const usedVbr = new Set<VbrRule>();
 
   const claimed = new Set<string>();
-  const candidates: Array<{ vin: LinkJson; vex: LinkJson }> = [];
+  const nvPrefs = [NV_PREF_IP, NV_PREF_ALL];
+  // Pairs by NeuVector's names (vin<tag>-<port> / vex<tag>-<port>)...
+  const candidates: Array<{ vin: LinkJson; vex: LinkJson; byRules?: true }> = [];
+  const named = new Set<string>();
   for (const l of s.links) {
     const m = /^vin(.+)$/.exec(l.ifname);
     const ex = m ? byName.get(`vex${m[1]}`) : undefined;
-    if (ex) candidates.push({ vin: l, vex: ex });
+    if (ex) {
+      candidates.push({ vin: l, vex: ex });
+      named.add(l.ifname).add(ex.ifname);
+    }
   }
-  const nvPrefs = [NV_PREF_IP, NV_PREF_ALL];
+  // ...and by their rules, for ports named otherwise: each one's catch-all mirrors to the
+  // other, and the port whose pref 10001 matches a destination MAC is the vex.
+  const catchAllPeer = (dev: string): string | undefined => {
+    const fs = filtersOf(dev).filter((f) => f.pref === NV_PREF_ALL && f.kind === 'u32');
+    const a = fs.length === 1 ? fs[0]!.actions : [];
+    return a.length === 1 && isMirror(a[0]) ? a[0]!.mirred!.dev : undefined;
+  };
+  const matchesDa = (dev: string): boolean => {
+    const f = filtersOf(dev).find((x) => x.pref === NV_PREF_IP && x.kind === 'u32');
+    try {
+      return f !== undefined && macMatched(matchBytes(f.keys), DA) !== undefined;
+    } catch {
+      return false;
+    }
+  };
+  for (const dev of Object.keys(s.filters)) {
+    if (named.has(dev) || dev === vbr) continue;
+    const peer = catchAllPeer(dev);
+    if (!peer || named.has(peer) || catchAllPeer(peer) !== dev || !byName.has(dev) || !byName.has(peer)) continue;
+    if (!matchesDa(dev) || matchesDa(peer)) continue; // seen from the vex side only, once
+    candidates.push({ vin: byName.get(peer)!, vex: byName.get(dev)!, byRules: true });
+  }
   const ourKind = (l: LinkJson): AttachKind | 'none' =>
     s.ours[l.ifindex] ?? (filtersOf(l.ifname).some(isOurFilter) ? 'tc' : 'none');
 
-  for (const { vin, vex } of candidates) {
+  for (const { vin, vex, byRules } of candidates) {
     const at = (l: LinkJson, pref: number) => filtersOf(l.ifname).filter((f) => f.pref === pref);
     const nv = [vin, vex].flatMap((l) => nvPrefs.flatMap((p) => at(l, p)));
     if (nv.length === 0) continue; // no NeuVector rules: not its state (or adopted already)
@@ -713,6 +740,7 @@ export function classifyNode(s: NodeSnapshot, vbr = VBR): Discovery {
         const others = filtersOf(l.ifname).filter((f) => !nvPrefs.includes(f.pref) && !isOurFilter(f));
         if (others.length) notes.push(`${l.ifname} has other filters, left alone: ${[...new Set(others.map((f) => `pref ${f.pref} ${f.kind}`))].join(', ')}`);
       }
+      if (byRules) notes.push(`names do not follow NeuVector's vin<tag>/vex<tag> pattern: paired by their rules (each one's catch-all mirrors to the other)`);
       const ours = { vin: ourKind(vin), vex: ourKind(vex) };
       if (ours.vin !== 'none' || ours.vex !== 'none') notes.push('neuv-bpf hooks are attached already (an interrupted adopt?): adopt completes it');
       const qdisc = { vin: qdiscKind(s.qdiscs, vin.ifname), vex: qdiscKind(s.qdiscs, vex.ifname) };
@@ -792,11 +820,18 @@ export function classifyNode(s: NodeSnapshot, vbr = VBR): Discovery {
 
 // ================================================================ reading the kernel
 
+/** A device name that cannot confuse a `tc -batch` line (whitespace, quotes, comments). */
+function batchSafe(dev: string): boolean {
+  return /^[A-Za-z0-9_.@+=-]{1,15}$/.test(dev);
+}
+
 /** Ingress filters of the named devices: one `tc -json -batch`, else one `tc` per device. */
 export async function readFilters(devs: string[]): Promise<Record<string, TcFilter[]>> {
   const out: Record<string, TcFilter[]> = {};
   if (devs.length === 0) return out;
-  const batch = await run('tc', ['-json', '-batch', '-'], { input: devs.map((d) => `filter show dev ${d} ingress\n`).join(''), allowFail: true });
+  const batch = devs.every(batchSafe)
+    ? await run('tc', ['-json', '-batch', '-'], { input: devs.map((d) => `filter show dev ${d} ingress\n`).join(''), allowFail: true })
+    : { code: 1, stdout: '' };
   if (batch.code === 0) {
     const vals = parseJsonValues(batch.stdout);
     if (vals.length === devs.length) {
@@ -832,10 +867,12 @@ export async function snapshot(pinRoot: string): Promise<NodeSnapshot> {
 }
 
 /** discover: NeuVector's interception state in the current netns. */
-export async function discover(pinRoot: string): Promise<Discovery> {
+export async function discover(pinRoot: string, opts: { kernel?: boolean } = {}): Promise<Discovery> {
   const d = classifyNode(await snapshot(pinRoot));
-  const a = await tcActions();
-  d.kernel = { release: features().kernel, actPedit: a.pedit, actGact: a.gact };
+  if (opts.kernel !== false) {
+    const a = await tcActions();
+    d.kernel = { release: features().kernel, actPedit: a.pedit, actGact: a.gact };
+  }
   log('migrate').debug({ pairs: d.pairs.length, unclassified: d.unclassified.length }, 'discovered');
   return d;
 }
@@ -1146,6 +1183,24 @@ async function verifyPair(pinRoot: string, m: MapsRW, p: DiscoveredPair, links: 
       prog.close();
     }
   }
+  if (p.mode === 'fwd') {
+    // What the DP sends back for this UCMAC: neuv_vbr rewrites DA to the workload MAC and redirects to vin.
+    const prog = ProgFd.fromPin(progPinPath(pinRoot, 'vbr'));
+    try {
+      const ctx = Buffer.alloc(SKB_CTX_SIZE);
+      ctx.writeUInt32LE(ifNameToIndex(VBR), SKB_CTX_IFINDEX);
+      const mac = parseMac(p.mac);
+      const frame = probeFrame('vex', parseMac(p.ucmac));
+      const r = testRun(prog.fd, frame, { ctxIn: ctx });
+      const want = Buffer.from(frame);
+      mac.copy(want, 0);
+      if (r.retval !== TC_ACT_REDIRECT || !r.dataOut.subarray(0, want.length).equals(want)) {
+        throw new NeuvError(`a probe frame to ${p.ucmac} through neuv_vbr returned ${r.retval}${r.retval === TC_ACT_REDIRECT ? ' with the wrong destination MAC' : ''}, not a redirect to ${p.in} with DA ${p.mac}`);
+      }
+    } finally {
+      prog.close();
+    }
+  }
   const after = toPeerPackets(m.stats, p.id);
   if (after[Dir.TO_WL]! <= before[Dir.TO_WL]! || after[Dir.FROM_WL]! <= before[Dir.FROM_WL]!) {
     throw new NeuvError(`the probe frames were not counted for id ${p.id} (to_peer did not move)`);
@@ -1162,12 +1217,52 @@ async function verifyPair(pinRoot: string, m: MapsRW, p: DiscoveredPair, links: 
   return { attach: attachKinds, probe };
 }
 
-async function deleteFilter(f: NvFilterRef): Promise<void> {
-  const r = await run('tc', ['filter', 'del', 'dev', f.dev, 'parent', 'ffff:', 'protocol', f.protocol, 'pref', String(f.pref)], { allowFail: true });
-  if (r.code === 0) return;
-  // Gone already (a second run after an interruption) is fine.
-  const left = (await readFilters([f.dev]))[f.dev] ?? [];
-  if (left.some((x) => x.pref === f.pref && !isOurFilter(x))) throw new NeuvError(`tc filter del dev ${f.dev} pref ${f.pref}: ${(r.stderr || '').trim().split('\n')[0]}`);
+/**
+ * Deletes NeuVector's filters (one `tc -batch`, else one `tc` each) and
+ * checks none is left; one already gone (a rerun after an interruption) is
+ * fine. Returns those deleted.
+ */
+async function deleteFilters(fl: NvFilterRef[]): Promise<NvFilterRef[]> {
+  const line = (f: NvFilterRef) => ['filter', 'del', 'dev', f.dev, 'parent', 'ffff:', 'protocol', f.protocol, 'pref', String(f.pref)];
+  const devs = [...new Set(fl.map((f) => f.dev))];
+  const present = async () => {
+    const now = await readFilters(devs);
+    return fl.filter((f) => (now[f.dev] ?? []).some((x) => x.pref === f.pref && !isOurFilter(x)));
+  };
+  const had = await present();
+  if (had.every((f) => batchSafe(f.dev))) {
+    await run('tc', ['-force', '-batch', '-'], { input: had.map((f) => line(f).join(' ') + '\n').join(''), allowFail: true });
+  }
+  let left = await present();
+  for (const f of left) {
+    const r = await run('tc', line(f), { allowFail: true });
+    if (r.code !== 0) throw new NeuvError(`tc ${line(f).join(' ')}: ${(r.stderr || '').trim().split('\n')[0]}`);
+  }
+  if (left.length) left = await present();
+  if (left.length) throw new NeuvError(`still there after deletion: ${left.map((f) => `${f.dev} pref ${f.pref}`).join(', ')}`);
+  return had;
+}
+
+/** Why neuv_vbr is not the program vbr-neuv runs first (undefined: it is), for a loaded datapath. */
+async function vbrProblem(pinRoot: string): Promise<string | undefined> {
+  const ifindex = ifNameToIndex(VBR);
+  if (!ifindex) return `there is no ${VBR}`;
+  const prog = ProgFd.fromPin(progPinPath(pinRoot, 'vbr'));
+  let pinned: number;
+  try {
+    pinned = prog.info().id;
+  } finally {
+    prog.close();
+  }
+  const st = attachState(pinRoot, ifindex);
+  if (st.kind === 'none' || st.defunct || st.progId !== pinned) {
+    return `${VBR} ingress does not run the pinned neuv_vbr (id ${pinned}; ${st.kind === 'none' ? 'nothing of ours is attached' : `it runs id ${st.progId}`}): was ${VBR} recreated since load? run neuv-bpf load`;
+  }
+  if (st.kind === 'tc') {
+    const fl = (await readFilters([VBR]))[VBR] ?? [];
+    if (fl.some((f) => !isOurFilter(f) && f.pref <= TC_PRIORITY)) return `another filter sits at pref ${TC_PRIORITY} on ${VBR}, ahead of or beside neuv_vbr`;
+  }
+  return undefined;
 }
 
 /** The order the pairs are adopted in (and reported): by vex ifindex, as NeuVector numbers them. */
@@ -1178,7 +1273,7 @@ function byIfindex(a: DiscoveredPair, b: DiscoveredPair): number {
 export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
   const lg = log('migrate');
   const pinRoot = opts.pinRoot;
-  const disc = await discover(pinRoot);
+  const disc = await discover(pinRoot, { kernel: false });
   const pairs = (opts.from ? selectPlanned(disc, opts.from) : disc.pairs).slice().sort(byIfindex);
   const loaded = isLoaded(pinRoot);
   const jumbo = (disc.vbr.mtu ?? 0) > 2048;
@@ -1209,6 +1304,9 @@ export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
     } finally {
       m.close();
     }
+    const vp = await vbrProblem(pinRoot);
+    if (vp && opts.dryRun) warnings.push(`adopt would refuse: ${vp}`);
+    else if (vp) throw new NeuvError(`cannot adopt: ${vp}`);
   }
   if (opts.dryRun) return res;
 
@@ -1238,6 +1336,21 @@ export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
     }
   });
   if (res.failed) return res;
+  if (!loaded) {
+    // Checked once the entries are in (just after load, so the window where neuv_vbr knows no pair stays short).
+    const vp = await vbrProblem(pinRoot);
+    if (vp) {
+      await withLock(pinRoot, () => {
+        const m = openMaps(pinRoot);
+        try {
+          for (const sd of seeded.splice(0).reverse()) unseed(m, sd);
+        } finally {
+          m.close();
+        }
+      });
+      throw new NeuvError(`loaded the datapath, but cannot adopt: ${vp}`);
+    }
+  }
 
   const dp = Datapath.open(pinRoot);
   try {
@@ -1263,18 +1376,14 @@ export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
           m.close();
         }
         step = 'remove';
-        const removed: string[] = [];
+        let removed: string[] = [];
         try {
           failpoint('remove', p.in);
-          for (const f of p.filters) {
-            await deleteFilter(f);
-            removed.push(`${f.dev} pref ${f.pref}`);
-          }
-          const left = await readFilters([...new Set(p.filters.map((f) => f.dev))]);
-          const still = p.filters.filter((f) => (left[f.dev] ?? []).some((x) => x.pref === f.pref && !isOurFilter(x)));
-          if (still.length) throw new NeuvError(`still there after deletion: ${still.map((f) => `${f.dev} pref ${f.pref}`).join(', ')}`);
+          removed = (await deleteFilters(p.filters)).map((f) => `${f.dev} pref ${f.pref}`);
         } catch (e) {
-          const rest = p.filters.filter((f) => !removed.includes(`${f.dev} pref ${f.pref}`)).map((f) => `${f.dev} pref ${f.pref}`);
+          const now = await readFilters([...new Set(p.filters.map((f) => f.dev))]).catch(() => ({}) as Record<string, TcFilter[]>);
+          const rest = p.filters.filter((f) => (now[f.dev] ?? []).some((x) => x.pref === f.pref && !isOurFilter(x))).map((f) => `${f.dev} pref ${f.pref}`);
+          removed = p.filters.map((f) => `${f.dev} pref ${f.pref}`).filter((x) => !rest.includes(x));
           res.adopted.push({ in: p.in, ex: p.ex, id: p.id, ucmac: p.ucmac, mac: p.mac, mode: p.mode, attach: v.attach, probe: v.probe, removed, ms: Date.now() - t0 });
           res.failed = {
             in: p.in,
@@ -1436,6 +1545,7 @@ export async function handback(opts: { pinRoot: string; dryRun?: boolean }): Pro
           in: installed.in, ex: installed.ex, id: v.id, ucmac: formatMac(ucmacOf(v.id)), mac: v.mac!, mode,
           inPref: installed.vbrPrefs.sa ?? 0, exPref: installed.vbrPrefs.da ?? 0, rules: [], warnings: ["NeuVector's rules are there already: not installed again"],
         });
+        warnings.push(`${installed.in}/${installed.ex}: NeuVector's rules are there already (an interrupted handback?): not installed again`);
         continue;
       }
       const inPref = nvPref(v.vin!.ifindex, taken);
@@ -1445,14 +1555,17 @@ export async function handback(opts: { pinRoot: string; dryRun?: boolean }): Pro
       const nv: NvPair = { inPort: v.vin!.name!, exPort: v.vex!.name!, mac: parseMac(v.mac!), ucmac: ucmacOf(v.id), inPref, exPref };
       let rules = nvPairRules(nv, mode, { pedit: acts.pedit });
       const w: string[] = [];
-      if (mode === 'tap' && !acts.pedit) w.push(`no act_pedit: the DP's TAP copies carry the workload MAC, not ${formatMac(ucmacOf(v.id))} (as NeuVector's own TAP on this kernel)`);
-      if (mode === 'tap' && !acts.gact) {
-        rules = rules.filter((r) => r[3] !== VBR);
-        w.push(`no act_gact: no ${VBR} drop rules; frames the DP writes back for this pair die in the enforcer netns stack instead`);
-      }
+      if (mode === 'tap' && !acts.gact) rules = rules.filter((r) => r[3] !== VBR);
       if (v.id !== (v.vex!.ifindex & 0xffff)) w.push(`id ${v.id} is not NeuVector's derivation (${v.vex!.name}'s ifindex & 0xffff = ${v.vex!.ifindex & 0xffff}): the rules keep ${formatMac(ucmacOf(v.id))}, the UCMAC the DP knows`);
       pairs.push({ in: nv.inPort, ex: nv.exPort, id: v.id, ucmac: formatMac(nv.ucmac), mac: v.mac!, mode, inPref, exPref, rules, warnings: w });
       for (const x of w) warnings.push(`${nv.inPort}/${nv.exPort}: ${x}`);
+    }
+    const taps = pairs.filter((p) => p.mode === 'tap' && p.rules.length).length;
+    if (taps && !acts.pedit) {
+      warnings.unshift(`no act_pedit in this kernel (${kernel}): the DP's copies of ${taps} TAP pair(s) carry the workload MAC, not the pair's UCMAC (as with NeuVector's own TAP on this kernel)`);
+    }
+    if (taps && !acts.gact) {
+      warnings.unshift(`no act_gact in this kernel (${kernel}): no ${VBR} drop rules for ${taps} TAP pair(s); frames the DP writes back for them die in the enforcer netns stack instead`);
     }
     const res: HandbackResult = { dryRun: opts.dryRun === true, actions: acts, pairs, qdiscsAdded, warnings, unloaded: false };
     if (opts.dryRun) return res;
@@ -1463,6 +1576,27 @@ export async function handback(opts: { pinRoot: string; dryRun?: boolean }): Pro
       for (const args of [...qdiscAdds, ...pairs.flatMap((p) => p.rules)]) {
         await run('tc', args);
         done.push(args);
+      }
+    } catch (e) {
+      for (const args of done.reverse()) {
+        const u = tcUndo(args);
+        if (u) await run('tc', u, { allowFail: true });
+      }
+      throw e;
+    }
+    // The rules read back as NeuVector's, for each pair's MAC and mode, before anything is switched.
+    try {
+      const check = classifyNode(await snapshot(pinRoot));
+      for (const p of pairs) {
+        const c = check.pairs.find((x) => x.in === p.in && x.ex === p.ex);
+        const why = !c
+          ? (check.unclassified.find((u) => u.what === `${p.in}/${p.ex}`)?.why ?? 'not found')
+          : c.mode !== p.mode || c.mac !== p.mac
+            ? `read back as ${c.mode} ${c.mac}`
+            : c.ucmacFrom !== 'derived' && c.ucmac !== p.ucmac
+              ? `read back with UCMAC ${c.ucmac}`
+              : undefined;
+        if (why) throw new NeuvError(`the rules installed for ${p.in}/${p.ex} do not read back as NeuVector's ${p.mode} rules for ${p.mac}: ${why}`);
       }
     } catch (e) {
       for (const args of done.reverse()) {

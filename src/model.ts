@@ -7,7 +7,7 @@
  *
  * Pure: no kernel, no I/O, inputs never mutated.
  */
-import { Dir, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from './layout';
+import { Dir, FlowVerdict, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from './layout';
 import { isUcmac, ucmac } from './mac';
 
 export interface PortEntry {
@@ -32,6 +32,41 @@ export interface ModelState {
    * up). Not a map: a fact of the environment. Default true.
    */
   cloneOk?: boolean;
+  /** neuv_flows (flow offload), by flowKeyString(). Absent: empty. */
+  flows?: Map<string, ModelFlow>;
+  /** bpf_ktime_get_ns() when the frame is seen, for flow expiry (default 0). */
+  now?: bigint;
+}
+
+/**
+ * A key of neuv_flows: pair id, IP protocol, and the two endpoints ordered
+ * so both directions of a flow give the same key (A is the lower
+ * (address, port), address first). Addresses as unsigned 32-bit numbers
+ * (network order read as big-endian), ports 0 unless TCP or UDP.
+ */
+export interface ModelFlowKey {
+  id: number;
+  proto: number;
+  addrA: number;
+  portA: number;
+  addrB: number;
+  portB: number;
+}
+
+/** A value of neuv_flows (README "Flow offload"). */
+export interface ModelFlow {
+  key: ModelFlowKey;
+  /** 1 allow (fast path), 2 deny; anything else is no decision (as no entry). */
+  verdict: number;
+  deadlineNs: bigint;
+  idleNs: bigint;
+  lastNs: bigint;
+  packets: bigint;
+  bytes: bigint;
+}
+
+export function flowKeyString(k: ModelFlowKey): string {
+  return `${k.id}/${k.proto}/${k.addrA}:${k.portA}/${k.addrB}:${k.portB}`;
 }
 
 export type Hook = 'vin' | 'vex' | 'vbr';
@@ -47,9 +82,77 @@ export interface Outcome {
   redirect?: Emit; // where the (possibly rewritten) frame goes
   copy?: Emit; // TAP clone
   frameOut: Uint8Array; // the skb data after the program (what BPF_PROG_TEST_RUN data_out shows)
-  /** Counters bumped in neuv_stats[id] (only if that entry exists: the program never creates one). */
+  /**
+   * Counters bumped: TO_DP..DROP in neuv_stats[id] (only if that entry
+   * exists: the program never creates one); FAST and FLOW_DROP in
+   * neuv_flow_stats[id] (created at the first).
+   */
   stats?: { id: number; dir: 0 | 1; verdicts: number[] /* verdict indexes incremented, e.g. [COPY, TO_PEER] */ };
   reason?: number; // neuv_reason incremented in neuv_global, if any
+  /** What the frame did to neuv_flows: 'hit' (last := now, packets += 1, bytes += length) or 'delete'. */
+  flow?: { key: string; op: 'hit' | 'delete' };
+}
+
+/** neuv_flows after a frame with this outcome (a new map; the state is not changed). */
+export function flowsAfter(state: ModelState, o: Outcome, frameLength: number): Map<string, ModelFlow> {
+  const flows = new Map(state.flows ?? []);
+  if (!o.flow) return flows;
+  if (o.flow.op === 'delete') flows.delete(o.flow.key);
+  else {
+    const e = flows.get(o.flow.key)!;
+    flows.set(o.flow.key, { ...e, lastNs: state.now ?? 0n, packets: e.packets + 1n, bytes: e.bytes + BigInt(frameLength) });
+  }
+  return flows;
+}
+
+const IPPROTO_TCP = 6;
+const IPPROTO_UDP = 17;
+
+/**
+ * The flow key of an IPv4 frame, or undefined when the datapath builds none
+ * (the frame goes to the DP as without offload): IPv4 header shorter than 20
+ * bytes in the frame, version not 4, IHL < 5, any fragment (MF or an
+ * offset), TCP with fewer than 14 header bytes (to the flags), UDP with
+ * fewer than 4 (the ports). Also returns the TCP flags (0 otherwise).
+ */
+export function flowKeyOfFrame(id: number, f: Uint8Array): { key: ModelFlowKey; tcpFlags: number } | undefined {
+  const L3 = ETH_HLEN;
+  if (f.length < L3 + 20) return undefined;
+  const version = f[L3]! >> 4;
+  const ihl = (f[L3]! & 0x0f) * 4;
+  if (version !== 4 || ihl < 20) return undefined;
+  if ((((f[L3 + 6]! << 8) | f[L3 + 7]!) & 0x3fff) !== 0) return undefined;
+  const proto = f[L3 + 9]!;
+  let sp = 0;
+  let dp = 0;
+  let tcpFlags = 0;
+  if (proto === IPPROTO_TCP || proto === IPPROTO_UDP) {
+    const l4 = L3 + ihl;
+    if (f.length < l4 + 4) return undefined;
+    sp = (f[l4]! << 8) | f[l4 + 1]!;
+    dp = (f[l4 + 2]! << 8) | f[l4 + 3]!;
+    if (proto === IPPROTO_TCP) {
+      if (f.length < l4 + 14) return undefined;
+      tcpFlags = f[l4 + 13]!;
+    }
+  }
+  const be32 = (o: number) => ((f[o]! << 24) | (f[o + 1]! << 16) | (f[o + 2]! << 8) | f[o + 3]!) >>> 0;
+  const sa = be32(L3 + 12);
+  const da = be32(L3 + 16);
+  const srcIsA = sa < da || (sa === da && sp <= dp);
+  const key = srcIsA
+    ? { id: id & 0xffff, proto, addrA: sa, portA: sp, addrB: da, portB: dp }
+    : { id: id & 0xffff, proto, addrA: da, portA: dp, addrB: sa, portB: sp };
+  return { key, tcpFlags };
+}
+
+const TCP_FIN = 0x01;
+const TCP_RST = 0x04;
+
+/** Whether an entry is expired at `now` (README "Flow offload", bpf/neuv.h struct neuv_flow). */
+export function flowExpired(e: Pick<ModelFlow, 'deadlineNs' | 'idleNs' | 'lastNs'>, now: bigint): boolean {
+  if (e.deadlineNs !== 0n && now >= e.deadlineNs) return true;
+  return e.idleNs !== 0n && e.lastNs !== 0n && now > e.lastNs && now - e.lastNs >= e.idleNs;
 }
 
 export const TC_ACT_OK = 0;
@@ -122,7 +225,22 @@ function decidePort(state: ModelState, hook: 'vin' | 'vex', ingressIfindex: numb
   const rewritten = withMac(frame, off, ucmac(id));
   const toDp: Emit = { ifindex: dpOf(state), peer: false, frame: rewritten };
   if (entry.mode === Mode.FWD) {
-    return { ret: 'redirect', redirect: toDp, frameOut: rewritten, stats: counted([Verdict.TO_DP]) };
+    const sent: Outcome = { ret: 'redirect', redirect: toDp, frameOut: rewritten, stats: counted([Verdict.TO_DP]) };
+    // Flow offload: an IPv4 frame with a flow key asks the DP's decisions first.
+    const fk = etherType === ETH_P_IP ? flowKeyOfFrame(id, frame) : undefined;
+    if (!fk) return sent;
+    const key = flowKeyString(fk.key);
+    const e = state.flows?.get(key);
+    if (!e || (e.verdict !== FlowVerdict.ALLOW && e.verdict !== FlowVerdict.DENY)) return sent;
+    const now = state.now ?? 0n;
+    if (flowExpired(e, now)) return { ...sent, flow: { key, op: 'delete' } };
+    if (e.verdict === FlowVerdict.ALLOW && fk.key.proto === IPPROTO_TCP && (fk.tcpFlags & (TCP_FIN | TCP_RST)) !== 0) {
+      return { ...sent, flow: { key, op: 'delete' } }; // the flow ends: the DP sees its closing frames
+    }
+    if (e.verdict === FlowVerdict.ALLOW) {
+      return { ret: 'redirect', redirect: toPeer, frameOut: frame, stats: counted([Verdict.FAST]), flow: { key, op: 'hit' } };
+    }
+    return { ret: 'shot', frameOut: frame, stats: counted([Verdict.FLOW_DROP]), flow: { key, op: 'hit' } };
   }
   // TAP: the copy is rewritten, the original restored and sent on.
   if (state.cloneOk === false) {

@@ -41,6 +41,7 @@ import {
   VERDICT_COUNT,
   VERDICT_NAMES,
   VTH_IFINDEX,
+  addFlowStats,
   addGlobal,
   addStats,
   decodeId,
@@ -58,6 +59,7 @@ import { withLock } from './lock';
 import { log } from './log';
 import { crashPoint } from './crash';
 import { bcmac, formatMac, isUcmac, parseMac, ucmac } from './mac';
+import { clearPairFlows } from './flows';
 
 // ================================================================ public types
 
@@ -118,6 +120,8 @@ export interface ModeChange {
   ex: string | null;
   from: ModeName | 'none' | 'mixed';
   to: ModeName;
+  /** Flow offload entries of the pair the switch deleted; absent when none. */
+  flowsCleared?: number;
 }
 
 export interface PairDeleted {
@@ -128,6 +132,8 @@ export interface PairDeleted {
   vexIfindex: number | null;
   detached: string[];
   qdiscsRemoved: string[];
+  /** Flow offload entries of the pair deleted with it; absent when none. */
+  flowsCleared?: number;
 }
 
 export type CounterSet = Record<(typeof VERDICT_NAMES)[number], { packets: bigint; bytes: bigint }>;
@@ -457,7 +463,9 @@ class NetnsScope {
 // ================================================================ the datapath
 
 type MapKey = keyof typeof MAPS;
-type Maps = Record<MapKey, MapFd>;
+type Maps = Record<Exclude<MapKey, 'flows' | 'flowStats'>, MapFd> & Partial<Record<'flows' | 'flowStats', MapFd>>;
+/** Maps a datapath loaded by an older version may not have. */
+const OPTIONAL_MAPS = new Set<MapKey>(['flows', 'flowStats']);
 
 /** What the maps hold, read in one go. */
 interface MapState {
@@ -544,7 +552,11 @@ export class Datapath {
     if (this.closed) throw new NeuvError('Datapath is closed');
   }
 
-  /** Opens the named pinned maps, runs fn, closes them. */
+  /**
+   * Opens the named pinned maps, runs fn, closes them. The flow offload maps
+   * are optional (a datapath loaded by an older version has none): absent,
+   * they are left undefined in `m`.
+   */
   private withMaps<T>(names: MapKey[], fn: (m: Maps) => T): T {
     if (!isLoaded(this.pinRoot)) {
       throw new NotFoundError(`the datapath is not loaded (no maps under ${this.pinRoot}): run neuv-bpf load first`);
@@ -553,6 +565,7 @@ export class Datapath {
     const opened: MapFd[] = [];
     try {
       for (const n of names) {
+        if (OPTIONAL_MAPS.has(n) && !fs.existsSync(path.join(this.pinRoot, MAPS[n].name))) continue;
         const fd = MapFd.fromPin(path.join(this.pinRoot, MAPS[n].name));
         opened.push(fd);
         m[n] = fd;
@@ -933,9 +946,11 @@ export class Datapath {
           }
           const from: ModeChange['from'] = vinE.mode === vexE.mode ? modeName(vinE.mode) : 'mixed';
           const undo = new Undo('pairs');
+          let switched = false;
           try {
             for (const [ifindex, e] of [[r.vex!, vexE], [r.vin!, vinE]] as const) {
               if (e.mode === to) continue;
+              switched = true;
               const key = u32Key(ifindex);
               m.ports.update(key, encodePort({ ...e, mode: to }), 2 /* BPF_EXIST */);
               undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), 2));
@@ -945,7 +960,10 @@ export class Datapath {
             undo.runSync();
             throw e;
           }
+          // After the switch (the new mode is in force): the DP's flow decisions belong to the old mode.
+          const flowsCleared = switched ? clearPairFlows(this.pinRoot, r.id) : 0;
           const res: ModeChange = { id: r.id, in: ifIndexToName(r.vin!) ?? null, ex: ifIndexToName(r.vex!) ?? null, from, to: modeName(to) as ModeName };
+          if (flowsCleared) res.flowsCleared = flowsCleared;
           log('pairs').debug(res, 'mode switched');
           return res;
         }),
@@ -960,7 +978,7 @@ export class Datapath {
     this.check();
     return withLock(this.pinRoot, () =>
       this.ns.run(() =>
-        this.withMaps(['ports', 'ids', 'stats'], (m) => {
+        this.withMaps(['ports', 'ids', 'stats', 'flowStats'], (m) => {
           const st = this.lookupForSelector(m, sel);
           const r = this.resolve(sel, st);
           const undo = new Undo('pairs');
@@ -1020,6 +1038,12 @@ export class Datapath {
           } finally {
             for (const p of progs) p.close();
           }
+          // Last (nothing to undo after it): the pair's flow entries and flow counters.
+          let flowsCleared = 0;
+          if (m.ids.lookup(u32Key(r.id)) === undefined) {
+            flowsCleared = clearPairFlows(this.pinRoot, r.id);
+            m.flowStats?.delete(u32Key(r.id));
+          }
           const res: PairDeleted = {
             id: r.id,
             in: r.vin !== undefined ? (ifIndexToName(r.vin) ?? null) : null,
@@ -1029,6 +1053,7 @@ export class Datapath {
             detached,
             qdiscsRemoved,
           };
+          if (flowsCleared) res.flowsCleared = flowsCleared;
           log('pairs').info(res, 'pair deleted');
           return res;
         }),
@@ -1038,11 +1063,14 @@ export class Datapath {
 
   // ---------------------------------------------------------------- show / stats
 
-  private readStats(m: Pick<Maps, 'stats'>, id: number): PairCounters | null {
+  /** neuv_stats[id], plus neuv_flow_stats[id] (FAST, FLOW_DROP) when that map is open; null without a neuv_stats entry. */
+  private readStats(m: Pick<Maps, 'stats'> & Partial<Pick<Maps, 'flowStats'>>, id: number): PairCounters | null {
     const v = m.stats.lookup(u32Key(id));
     if (!v) return null;
     const s = emptyStats();
     for (const cpu of m.stats.perCpuValues(v)) addStats(s, cpu);
+    const f = m.flowStats?.lookup(u32Key(id));
+    if (f) for (const cpu of m.flowStats!.perCpuValues(f)) addFlowStats(s, cpu);
     return namedCounters(s);
   }
 
@@ -1060,7 +1088,7 @@ export class Datapath {
    */
   async show(): Promise<ShowResult> {
     this.check();
-    return withLock(this.pinRoot, () => this.ns.run(() => this.withMaps(['ports', 'ids', 'stats', 'global'], (m) => this.showLocked(m))));
+    return withLock(this.pinRoot, () => this.ns.run(() => this.withMaps(['ports', 'ids', 'stats', 'global', 'flowStats'], (m) => this.showLocked(m))));
   }
 
   private showLocked(m: Maps): ShowResult {
@@ -1184,7 +1212,7 @@ export class Datapath {
   async stats(): Promise<StatsSnapshot> {
     this.check();
     return this.ns.run(() =>
-      this.withMaps(['ids', 'stats', 'global'], (m) => {
+      this.withMaps(['ids', 'stats', 'global', 'flowStats'], (m) => {
         const ids = new Map<number, { vinIfindex: number; vexIfindex: number }>();
         for (const [k, v] of m.ids.entries()) ids.set(decodeU32Key(k), decodeId(v));
         const keys = m.stats.keys().map(decodeU32Key).sort((a, b) => a - b);
@@ -1210,7 +1238,10 @@ export class Datapath {
 
 type RoleValueT = (typeof Role)[keyof typeof Role];
 
-/** Frames delivered in a direction: to the peer unchanged plus returned by the DP. */
+/** Frames delivered in a direction: to the peer unchanged, returned by the DP, or sent on by an offloaded flow (fast). */
 export function delivered(c: CounterSet): { packets: bigint; bytes: bigint } {
-  return { packets: c.to_peer.packets + c.from_dp.packets, bytes: c.to_peer.bytes + c.from_dp.bytes };
+  return {
+    packets: c.to_peer.packets + c.from_dp.packets + c.fast.packets,
+    bytes: c.to_peer.bytes + c.from_dp.bytes + c.fast.bytes,
+  };
 }

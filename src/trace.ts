@@ -72,8 +72,15 @@ export interface TraceView {
   mode: string;
   /** What tc was told: pass (to the stack), drop, redirect. */
   action: string;
-  /** Verdicts as counted in neuv_stats (TAP: copy then to_peer). */
+  /** Verdicts as counted in neuv_stats (TAP: copy then to_peer) and neuv_flow_stats (fast, flow_drop). */
   verdicts: string[];
+  /**
+   * FWD flow offload: null when the flow map was not consulted; else 'hit'
+   * (an entry decided: verdict fast or flow_drop), 'miss' (no entry, to the
+   * DP), 'expired' (deleted, to the DP) or 'end' (TCP FIN/RST ended an
+   * allow entry: deleted, to the DP).
+   */
+  flow: 'hit' | 'miss' | 'expired' | 'end' | null;
   reason: string | null;
   dir: string | null;
   /** Where the frame went (redirects), else null. */
@@ -145,6 +152,7 @@ export function viewRecord(r: TraceRecord, names: { name(i: number): string | nu
     mode: MODE_NAMES[d.mode] ?? `mode${d.mode}`,
     action: ACTIONS[d.action] ?? `tc_act_${d.action}`,
     verdicts,
+    flow: flowOutcome(d.flags, verdicts),
     reason: d.reason ? (REASON_NAMES[d.reason] ?? `reason${d.reason}`) : null,
     dir: d.hasId ? (DIR_NAMES[d.dir] ?? null) : null,
     target: d.target || null,
@@ -162,6 +170,13 @@ export function viewRecord(r: TraceRecord, names: { name(i: number): string | nu
   };
 }
 
+function flowOutcome(flags: number, verdicts: string[]): TraceView['flow'] {
+  if (!(flags & TraceFlag.FLOW)) return null;
+  if (flags & TraceFlag.FLOW_EXPIRED) return 'expired';
+  if (flags & TraceFlag.FLOW_END) return 'end';
+  return verdicts.includes('fast') || verdicts.includes('flow_drop') ? 'hit' : 'miss';
+}
+
 const port = (name: string | null, ifindex: number) => `${name ?? '?'}(${ifindex})`;
 
 /**
@@ -174,6 +189,7 @@ export function formatView(v: TraceView): string {
   let what = v.action;
   if (v.verdicts.length) what += ' ' + v.verdicts.join('+');
   if (v.reason) what += ` (${v.reason})`;
+  if (v.flow && v.flow !== 'hit') what += ` (flow ${v.flow})`;
   if (v.target !== null) what += ` -> ${port(v.targetName, v.target)}${v.viaPeer ? ' via peer' : ''}`;
   else if (v.action === 'pass') what += ' -> stack';
   if (v.copyTarget !== null) what += `, copy -> ${port(v.copyTargetName, v.copyTarget)}`;

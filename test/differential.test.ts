@@ -11,6 +11,19 @@
  * of data_out, the per-pair counter deltas and the global reason deltas must
  * equal the model's. Any disagreement fails with the frame in hex.
  *
+ * Flow offload: each scenario also has a few IPv4 flows (TCP, UDP, ICMP, GRE;
+ * addresses and ports from small pools, so endpoints tie on the address and
+ * order by port too) and neuv_flows entries for some of them: allow, deny,
+ * no/unknown verdict; deadlines and idle timeouts clearly past (1 ns) or
+ * clearly ahead (2^62), last use never, long ago or "in the future"; ids of
+ * the pairs or others. One frame in three is a frame of such a flow, in
+ * either direction, with TCP flags (SYN, ACK, FIN, RST), and sometimes IP
+ * options, a fragment (MF or an offset), version 6 in an IPv4 EtherType, or
+ * a TCP/UDP header cut short. After every frame the whole flow map (keys,
+ * verdicts, timeouts, counters, whether last_ns is set) and the
+ * neuv_flow_stats deltas must equal the model's; the model takes the
+ * kernel's last_ns and the test's CLOCK_MONOTONIC reading as `now`.
+ *
  * Size: NEUV_DIFF_FRAMES (default 100000) frames in batches of 500;
  * NEUV_FC_SEED replays a run.
  *
@@ -21,11 +34,25 @@
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { Mode, REASON_NAMES, VERDICT_NAMES } from '../src/layout';
+import {
+  Mode,
+  REASON_NAMES,
+  STATS_VERDICT_COUNT,
+  VERDICT_NAMES,
+  addFlowStats,
+  decodeFlow,
+  emptyStats,
+  encodeFlow,
+  encodeFlowKey,
+  formatIpv4,
+  u32Key,
+} from '../src/layout';
 import { formatMac, ucmac } from '../src/mac';
-import { decide, Hook, ModelState, PortEntry, retval } from '../src/model';
+import { decide, flowKeyOfFrame, flowKeyString, flowsAfter, Hook, ModelFlow, ModelFlowKey, ModelState, PortEntry, retval } from '../src/model';
 import { DpFixture, globalDelta, kernelAccepts, statsDelta } from './dp-fixture';
+import { ip4, ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP } from './frames';
 import { requireKernel, runCleanups } from './helpers';
+import type { MapFd } from '../src/bpf';
 import type { Stats } from '../src/layout';
 
 const TOTAL = Number(process.env.NEUV_DIFF_FRAMES ?? 100_000);
@@ -42,6 +69,39 @@ interface Scenario {
   statsIds: number[];
   dpName: string;
   frames: Sent[];
+  /** Every pair id of the scenario (flow counters are read for all of them). */
+  idPool: number[];
+}
+
+/** A flow of a scenario: protocol and endpoints as the frame's source and destination. */
+interface Tuple {
+  proto: number;
+  src: string;
+  dst: string;
+  sport: number;
+  dport: number;
+}
+
+const FAR = 1n << 62n;
+const RESEED = 100;
+const GRE = 47;
+
+const hexKey = (k: ModelFlowKey) => `${k.id}/${k.proto}/${formatIpv4(u32be(k.addrA))}:${k.portA}/${formatIpv4(u32be(k.addrB))}:${k.portB}`;
+function u32be(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+}
+
+/** neuv_flows key bytes of a model key (no normalisation here: the model's key is taken as it is). */
+function kernelFlowKey(k: ModelFlowKey): Buffer {
+  return encodeFlowKey({ id: k.id, proto: k.proto, addrA: formatIpv4(u32be(k.addrA)), portA: k.portA, addrB: formatIpv4(u32be(k.addrB)), portB: k.portB });
+}
+
+/** The model key of a tuple (the key the model derives from a frame of it). */
+function modelKeyOf(id: number, t: Tuple): ModelFlowKey {
+  const f = ip4(new Uint8Array(6), new Uint8Array(6), { proto: t.proto, src: t.src, dst: t.dst, sport: t.sport, dport: t.dport });
+  return flowKeyOfFrame(id, f)!.key;
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -51,10 +111,14 @@ function describeState(s: Scenario): string {
     (p) => `  port ${p.ifindex}: peer ${p.peerIfindex} role ${p.role} mode ${p.mode} flags 0x${p.flags.toString(16)} id 0x${p.id.toString(16)} mac ${formatMac(p.mac)}`,
   );
   const ids = [...s.state.ids].map(([id, e]) => `  id 0x${id.toString(16)}: vin ${e.vinIfindex} vex ${e.vexIfindex}`);
+  const flows = [...(s.state.flows ?? new Map<string, ModelFlow>()).values()].map(
+    (f) => `  flow ${hexKey(f.key)}: verdict ${f.verdict} deadline ${f.deadlineNs} idle ${f.idleNs} last ${f.lastNs} packets ${f.packets} bytes ${f.bytes}`,
+  );
   return [
     `dp_ifindex ${s.state.dpIfindex} (${s.dpName}, clone ${s.state.cloneOk ? 'succeeds' : 'fails'}), stats for [${s.statsIds.map((i) => '0x' + i.toString(16)).join(', ')}]`,
     ...ports,
     ...ids,
+    ...flows,
   ].join('\n');
 }
 
@@ -100,6 +164,16 @@ describe('differential: kernel vs model', function () {
     );
     const flagsArb = fc.oneof({ weight: 8, arbitrary: fc.constantFrom(0, 1, 2, 3, 8, 10, 11) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffffffff }) });
 
+    const addr = fc.constantFrom('10.0.0.1', '10.0.0.2', '10.0.1.1', '192.168.7.9', '10.0.0.2');
+    const portN = fc.oneof({ weight: 4, arbitrary: fc.constantFrom(80, 443, 8080, 53, 1234, 40000) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) });
+    const tupleArb = fc.record({
+      proto: fc.oneof({ weight: 5, arbitrary: fc.constant(TCP) }, { weight: 3, arbitrary: fc.constant(UDP) }, { weight: 1, arbitrary: fc.constantFrom(ICMP, GRE) }),
+      src: addr,
+      dst: addr,
+      sport: portN,
+      dport: portN,
+    });
+
     const stateArb = fc
       .record({
         idPool: fc.uniqueArray(fc.oneof(fc.integer({ min: 0, max: 0xffff }), fc.constantFrom(0, 1, 0xff, 0x100, 0xffff)), { minLength: 1, maxLength: 4 }),
@@ -114,7 +188,8 @@ describe('differential: kernel vs model', function () {
               flags: flagsArb,
               id: fc.constantFrom(...idPool),
               role: fc.oneof({ weight: 5, arbitrary: fc.constant(roleHint) }, { weight: 1, arbitrary: fc.constantFrom<1 | 2>(1, 2) }),
-              mode: modeArb,
+              // The two real ports lean to FWD, where flow offload applies.
+              mode: FAKE_IFINDEXES.includes(ifindex) ? modeArb : fc.oneof({ weight: 1, arbitrary: fc.constant(Mode.FWD) }, { weight: 2, arbitrary: modeArb }),
               mac: fc.constantFrom(...macPool),
             })
             .map((e): PortEntry => ({ ifindex, ...e }));
@@ -131,7 +206,23 @@ describe('differential: kernel vs model', function () {
             ),
           ),
           statsIds: fc.subarray(idPool),
+          tuples: fc.array(tupleArb, { minLength: 2, maxLength: 6 }),
         });
+      })
+      .chain((g) => {
+        const realIds = [...g.real].filter((e): e is PortEntry => e !== undefined).map((e) => e.id);
+        const idChoice = realIds.length ? fc.oneof({ weight: 5, arbitrary: fc.constantFrom(...realIds) }, { weight: 1, arbitrary: fc.constantFrom(...g.idPool) }) : fc.constantFrom(...g.idPool);
+        const flowArb = fc.record({
+          id: idChoice,
+          verdict: fc.oneof({ weight: 6, arbitrary: fc.constant(1) }, { weight: 3, arbitrary: fc.constant(2) }, { weight: 1, arbitrary: fc.constantFrom(0, 3, 255) }),
+          deadlineNs: fc.oneof({ weight: 6, arbitrary: fc.constant(0n) }, { weight: 2, arbitrary: fc.constantFrom(FAR, (1n << 64n) - 1n) }, { weight: 2, arbitrary: fc.constant(1n) }),
+          idleNs: fc.oneof({ weight: 6, arbitrary: fc.constant(0n) }, { weight: 2, arbitrary: fc.constant(FAR) }, { weight: 2, arbitrary: fc.constant(1n) }),
+          lastNs: fc.constantFrom(0n, 0n, 1n, FAR),
+          packets: fc.constantFrom(0n, 7n),
+          bytes: fc.constantFrom(0n, 700n),
+        });
+        // Per tuple: no entry, or one (under some id). Another tuple may name the same flow reversed.
+        return fc.tuple(...g.tuples.map(() => fc.option(flowArb, { freq: 3, nil: undefined }))).map((flowEntries) => ({ ...g, flowEntries }));
       });
 
     const scenarioArb = stateArb.chain((g) => {
@@ -143,7 +234,14 @@ describe('differential: kernel vs model', function () {
         const e = g.ids[i];
         if (e) ids.set(id, e);
       });
-      const state: ModelState = { ports, ids, dpIfindex, cloneOk };
+      const flows = new Map<string, ModelFlow>();
+      g.tuples.forEach((t, i) => {
+        const e = g.flowEntries[i];
+        if (!e) return;
+        const key = modelKeyOf(e.id, t);
+        flows.set(flowKeyString(key), { key, verdict: e.verdict, deadlineNs: e.deadlineNs, idleNs: e.idleNs, lastNs: e.lastNs, packets: e.packets, bytes: e.bytes });
+      });
+      const state: ModelState = { ports, ids, dpIfindex, cloneOk, flows };
       const stateMacs = [...g.macPool, ...[...ports.values()].map((p) => p.mac)];
 
       const mac = fc.oneof(
@@ -192,14 +290,63 @@ describe('differential: kernel vs model', function () {
           const frame = f.length >= min ? f : Uint8Array.from([...f, ...new Uint8Array(min - f.length)]);
           return { hook, ingress, frame };
         });
-      return fc.array(sent, { minLength: BATCH, maxLength: BATCH }).map((frames): Scenario => {
-        const sc: Scenario = { state, statsIds: g.statsIds, dpName, frames };
+      // Frames of the scenario's flows, aimed at the rule (the workload's MAC where the hook looks).
+      const flowSent = fc
+        .record({
+          hook: fc.constantFrom<Hook>('vin', 'vex'),
+          otherPort: fc.integer({ min: 0, max: 9 }).map((n) => n === 0),
+          aim: fc.integer({ min: 0, max: 9 }).map((n) => n !== 0),
+          tuple: fc.constantFrom(...g.tuples),
+          reverse: fc.boolean(),
+          other: fc.oneof({ weight: 4, arbitrary: unicastMac }, { weight: 1, arbitrary: mac }),
+          tcpFlags: fc.oneof({ weight: 6, arbitrary: fc.constantFrom(TCP_ACK, TCP_ACK | 0x08, TCP_SYN) }, { weight: 3, arbitrary: fc.constantFrom(TCP_FIN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK, TCP_FIN) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }) }),
+          // Mostly a plain header; sometimes what the datapath must not build a key from.
+          shape: fc.oneof(
+            { weight: 12, arbitrary: fc.constant('plain') },
+            { weight: 1, arbitrary: fc.constant('options') },
+            { weight: 1, arbitrary: fc.constant('mf') },
+            { weight: 1, arbitrary: fc.constant('offset') },
+            { weight: 1, arbitrary: fc.constant('df') },
+            { weight: 1, arbitrary: fc.constant('v6nibble') },
+            { weight: 1, arbitrary: fc.constant('ihl<5') },
+            { weight: 1, arbitrary: fc.constant('short-l4') },
+            { weight: 1, arbitrary: fc.constant('big-ihl') },
+          ),
+          payload: fc.integer({ min: 0, max: 40 }),
+        })
+        .map(({ hook, otherPort, aim, tuple, reverse, other, tcpFlags, shape, payload }): Sent => {
+          const ingress = ingresses[(hook === 'vex' ? 1 : 0) ^ (otherPort ? 1 : 0)]!;
+          const t = reverse ? { ...tuple, src: tuple.dst, dst: tuple.src, sport: tuple.dport, dport: tuple.sport } : tuple;
+          const entry = ports.get(ingress);
+          const m = aim && entry ? entry.mac : other;
+          const [da, sa] = hook === 'vex' ? [m, other] : [other, m];
+          const o = { ...t, tcpFlags, payload };
+          let f: Buffer;
+          switch (shape) {
+            case 'options': f = ip4(da, sa, { ...o, ihl: 7 }); break;
+            case 'mf': f = ip4(da, sa, { ...o, fragField: 0x2000 }); break;
+            case 'offset': f = ip4(da, sa, { ...o, fragField: 0x0001 + (payload & 0x1f) }); break;
+            case 'df': f = ip4(da, sa, { ...o, fragField: 0x4000 }); break;
+            case 'v6nibble': f = ip4(da, sa, { ...o, version: 6 }); break;
+            case 'ihl<5': f = ip4(da, sa, { ...o, ihl: 4 }); break;
+            // A TCP/UDP header cut before its flags (TCP) or ports: 34 + 1..13 bytes.
+            case 'short-l4': f = ip4(da, sa, { ...o, payload: 0, truncate: 34 + 1 + (payload % (t.proto === TCP ? 13 : 3)) }); break;
+            case 'big-ihl': f = ip4(da, sa, { ...o, ihl: 15, payload: 0, truncate: 14 + 20 + (payload % 40) }); break;
+            default: f = ip4(da, sa, o);
+          }
+          return { hook, ingress, frame: f.length >= 34 ? f : Buffer.concat([f, Buffer.alloc(34 - f.length)]) };
+        });
+      const anySent = fc.oneof({ weight: 1, arbitrary: sent }, { weight: 1, arbitrary: flowSent });
+      return fc.array(anySent, { minLength: BATCH, maxLength: BATCH }).map((frames): Scenario => {
+        const sc: Scenario = { state, statsIds: g.statsIds, dpName, frames, idPool: g.idPool };
         // fast-check prints this instead of 500 frames; the failing frame is in the error.
         Object.defineProperty(sc, fc.toStringMethod, { value: () => `scenario of ${frames.length} frames on:\n${describeState(sc)}` });
         return sc;
       });
     });
 
+    const flowsMap = dp.obj.map('neuv_flows');
+    const flowStatsMap = dp.obj.map('neuv_flow_stats');
     let frames = 0;
     const coverage = new Map<string, number>();
     const runs = Math.ceil(TOTAL / BATCH);
@@ -208,14 +355,28 @@ describe('differential: kernel vs model', function () {
     fc.assert(
       fc.property(scenarioArb, (sc) => {
         dp.seed(sc.state, sc.statsIds);
+        for (const m of [flowsMap, flowStatsMap]) for (const k of m.keys()) m.delete(k);
+        // The DP offloads the scenario's flows again every RESEED frames (deleted entries come back, counters restart).
+        const reseed = () => {
+          for (const k of flowsMap.keys()) flowsMap.delete(k);
+          for (const f of sc.state.flows!.values()) flowsMap.update(kernelFlowKey(f.key), encodeFlow(f));
+          return new Map(sc.state.flows);
+        };
+        let flows = reseed();
+        let n = 0;
         const readAll = () => new Map(sc.statsIds.map((id) => [id, dp.readStats(id)!] as [number, Stats]));
+        const readFlowStats = () => new Map(sc.idPool.map((id) => [id, readFlowStatsOf(flowStatsMap, id)] as [number, Stats]));
         let sBefore = readAll();
+        let fsBefore = readFlowStats();
         let gBefore = dp.readGlobal();
         for (const { hook, ingress, frame } of sc.frames) {
           assert.ok(kernelAccepts(frame));
+          if (++n % RESEED === 0) flows = reseed();
+          const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, a little before the program's bpf_ktime_get_ns()
+          const state: ModelState = { ...sc.state, flows, now };
           const where = () =>
-            `${hook} on ifindex ${ingress}, frame ${hex(frame)}\nstate:\n${describeState(sc)}`;
-          const want = decide(sc.state, hook, ingress, frame);
+            `${hook} on ifindex ${ingress} at ${now} ns, frame ${hex(frame)}\nstate:\n${describeState({ ...sc, state })}`;
+          const want = decide(state, hook, ingress, frame);
           let got;
           try {
             got = dp.run(hook, frame, ingress);
@@ -225,22 +386,53 @@ describe('differential: kernel vs model', function () {
           frames++;
           const cls = `${hook} ${want.ret}${want.stats ? ' ' + want.stats.verdicts.map((v) => VERDICT_NAMES[v]).join('+') : ''}${want.reason ? ' ' + REASON_NAMES[want.reason] : ''}`;
           coverage.set(cls, (coverage.get(cls) ?? 0) + 1);
+          if (want.flow) {
+            const c = `flow ${want.flow.op}${want.flow.op === 'delete' ? (flowExpiredNow(flows, want.flow.key, now) ? ' expired' : ' fin/rst') : ''}`;
+            coverage.set(c, (coverage.get(c) ?? 0) + 1);
+          }
           const sAfter = readAll();
+          const fsAfter = readFlowStats();
           const gAfter = dp.readGlobal();
           const problems: string[] = [];
           if (got.retval !== retval(want.ret)) problems.push(`retval ${got.retval}, model ${retval(want.ret)} (${want.ret})`);
           if (hex(got.dataOut) !== hex(want.frameOut)) problems.push(`data_out ${hex(got.dataOut)}\n   model   ${hex(want.frameOut)}`);
+          const wantCounts = (id: number, inStats: boolean) =>
+            want.stats && want.stats.id === id
+              ? want.stats.verdicts.filter((v) => (v < STATS_VERDICT_COUNT) === inStats).map((v) => `${want.stats!.dir}.${v}:1/${frame.length}`).sort()
+              : [];
           for (const id of sc.statsIds) {
             const d = statsDelta(sBefore.get(id)!, sAfter.get(id)!).sort();
-            const w =
-              want.stats && want.stats.id === id ? want.stats.verdicts.map((v) => `${want.stats!.dir}.${v}:1/${frame.length}`).sort() : [];
+            const w = wantCounts(id, true);
             if (d.join() !== w.join()) problems.push(`neuv_stats[0x${id.toString(16)}] moved [${d.join(' ')}], model [${w.join(' ')}]`);
+          }
+          for (const id of sc.idPool) {
+            const d = statsDelta(fsBefore.get(id)!, fsAfter.get(id)!).sort();
+            const w = wantCounts(id, false);
+            if (d.join() !== w.join()) problems.push(`neuv_flow_stats[0x${id.toString(16)}] moved [${d.join(' ')}], model [${w.join(' ')}]`);
           }
           const gd = globalDelta(gBefore, gAfter);
           const gw = want.reason ? [`${want.reason}:1`] : [];
           if (gd.join() !== gw.join()) problems.push(`neuv_global moved [${gd.join(' ')}], model [${gw.join(' ')}] (index:count)`);
+          // The flow map: the same entries with the same values; last_ns as the kernel wrote it (at or after `now`).
+          const wantFlows = flowsAfter(state, want, frame.length);
+          const gotFlows = readFlows(flowsMap, flows);
+          const fk = (m: Map<string, ModelFlow>) => [...m.keys()].sort().join(' ');
+          if (fk(gotFlows) !== fk(wantFlows)) problems.push(`neuv_flows holds [${fk(gotFlows)}], model [${fk(wantFlows)}]`);
+          else {
+            for (const [k, w] of wantFlows) {
+              const g2 = gotFlows.get(k)!;
+              const same = g2.verdict === w.verdict && g2.deadlineNs === w.deadlineNs && g2.idleNs === w.idleNs && g2.packets === w.packets && g2.bytes === w.bytes;
+              const touched = want.flow?.op === 'hit' && want.flow.key === k;
+              const lastOk = touched ? g2.lastNs >= now : g2.lastNs === w.lastNs;
+              if (!same || !lastOk) {
+                problems.push(`neuv_flows[${k}] is verdict ${g2.verdict} deadline ${g2.deadlineNs} idle ${g2.idleNs} last ${g2.lastNs} packets ${g2.packets} bytes ${g2.bytes}; model verdict ${w.verdict} deadline ${w.deadlineNs} idle ${w.idleNs} last ${touched ? `>= ${now}` : w.lastNs} packets ${w.packets} bytes ${w.bytes}`);
+              }
+            }
+          }
           if (problems.length) throw new Error(`kernel and model disagree:\n - ${problems.join('\n - ')}\n${where()}`);
+          flows = gotFlows; // checked equal; carries the kernel's last_ns forward
           sBefore = sAfter;
+          fsBefore = fsAfter;
           gBefore = gAfter;
         }
         // The program never creates stats entries.
@@ -269,6 +461,10 @@ describe('differential: kernel vs model', function () {
           ].map((c) => `${h} ${c}`),
         ),
         ...['ok pass_no_pair', 'redirect from_dp', 'shot drop drop_inject', 'shot drop drop_mode', 'shot drop drop_no_peer'].map((c) => `vbr ${c}`),
+        ...['vin', 'vex'].flatMap((h) => ['redirect fast', 'shot flow_drop'].map((c) => `${h} ${c}`)),
+        'flow hit',
+        'flow delete expired',
+        'flow delete fin/rst',
       ];
       const thin = required.filter((c) => (coverage.get(c) ?? 0) < 100).map((c) => `${c}: ${coverage.get(c) ?? 0}`);
       assert.deepEqual(thin, [], 'outcomes the generator reached fewer than 100 times');
@@ -279,3 +475,35 @@ describe('differential: kernel vs model', function () {
     }
   });
 });
+
+/** neuv_flow_stats[id] summed over CPUs (zeros when there is no entry: the program creates it at the first count). */
+function readFlowStatsOf(m: MapFd, id: number): Stats {
+  const s = emptyStats();
+  const v = m.lookup(u32Key(id));
+  if (v) for (const c of m.perCpuValues(v)) addFlowStats(s, c);
+  return s;
+}
+
+/** The kernel's flow map as model entries (keys as the model writes them; `known` gives the model key objects). */
+function readFlows(m: MapFd, known: Map<string, ModelFlow>): Map<string, ModelFlow> {
+  const out = new Map<string, ModelFlow>();
+  for (const [kb, vb] of m.entries()) {
+    const key: ModelFlowKey = {
+      id: kb.readUInt16LE(0),
+      proto: kb.readUInt8(2),
+      addrA: kb.readUInt32BE(4),
+      addrB: kb.readUInt32BE(8),
+      portA: kb.readUInt16BE(12),
+      portB: kb.readUInt16BE(14),
+    };
+    const ks = flowKeyString(key);
+    out.set(ks, { key: known.get(ks)?.key ?? key, ...decodeFlow(vb) });
+  }
+  return out;
+}
+
+function flowExpiredNow(flows: Map<string, ModelFlow>, key: string, now: bigint): boolean {
+  const e = flows.get(key);
+  if (!e) return false;
+  return (e.deadlineNs !== 0n && now >= e.deadlineNs) || (e.idleNs !== 0n && e.lastNs !== 0n && now > e.lastNs && now - e.lastNs >= e.idleNs);
+}

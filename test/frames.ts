@@ -97,3 +97,64 @@ export function norm(v: unknown): unknown {
   }
   return v;
 }
+
+// ---------------------------------------------------------------- IPv4 with L4 headers (flow offload)
+
+export const TCP = 6;
+export const UDP = 17;
+export const ICMP = 1;
+export const TCP_FIN = 0x01;
+export const TCP_SYN = 0x02;
+export const TCP_RST = 0x04;
+export const TCP_ACK = 0x10;
+
+export interface Ip4Opts {
+  proto: number;
+  src: string;
+  dst: string;
+  sport?: number;
+  dport?: number;
+  /** TCP flags byte (default ACK). */
+  tcpFlags?: number;
+  /** IHL in 32-bit words (default 5; more adds zeroed options). */
+  ihl?: number;
+  /** The 16-bit flags + fragment offset field (default 0; 0x2000 = MF, 0x0001.. = an offset). */
+  fragField?: number;
+  /** IP version nibble (default 4). */
+  version?: number;
+  /** Bytes after the L4 header (default 16). */
+  payload?: number;
+  /** Cut the frame to this many bytes (for truncated headers). */
+  truncate?: number;
+}
+
+/** An Ethernet + IPv4 (+ TCP 20 / UDP 8 bytes, or nothing for other protocols) frame. */
+export function ip4(da: Uint8Array, sa: Uint8Array, o: Ip4Opts): Buffer {
+  const ihl = o.ihl ?? 5;
+  const l4len = o.proto === TCP ? 20 : o.proto === UDP ? 8 : 8;
+  const payload = o.payload ?? 16;
+  const b = Buffer.alloc(14 + ihl * 4 + l4len + payload);
+  b.set(da, 0);
+  b.set(sa, 6);
+  b.writeUInt16BE(0x0800, 12);
+  const ip = 14;
+  b[ip] = ((o.version ?? 4) << 4) | (ihl & 0x0f);
+  b.writeUInt16BE(b.length - 14, ip + 2);
+  b.writeUInt16BE(0x1234, ip + 4);
+  b.writeUInt16BE(o.fragField ?? 0, ip + 6);
+  b[ip + 8] = 64;
+  b[ip + 9] = o.proto;
+  o.src.split('.').forEach((x, i) => (b[ip + 12 + i] = Number(x)));
+  o.dst.split('.').forEach((x, i) => (b[ip + 16 + i] = Number(x)));
+  const l4 = ip + ihl * 4;
+  if (o.proto === TCP || o.proto === UDP) {
+    b.writeUInt16BE(o.sport ?? 0, l4);
+    b.writeUInt16BE(o.dport ?? 0, l4 + 2);
+  }
+  if (o.proto === TCP) {
+    b[l4 + 12] = 5 << 4;
+    b[l4 + 13] = o.tcpFlags ?? TCP_ACK;
+  }
+  for (let i = l4 + l4len; i < b.length; i++) b[i] = i & 0xff;
+  return o.truncate !== undefined ? b.subarray(0, o.truncate) : b;
+}

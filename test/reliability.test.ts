@@ -507,6 +507,10 @@ describe('reliability (kernel)', function () {
       assert.equal(rt.retransmitted, 0, 'TCP: no segment had to be sent again');
       assert.equal(rt.duplicated, 0, 'TCP: no duplicate segment');
       assert.equal(drops, 0, 'the datapath dropped nothing of the pair');
+      for (const d of ['to_wl', 'from_wl'] as const) {
+        if (mode === 'fwd') assert.ok(stats[d].to_dp!.packets > 0 && stats[d].from_dp!.packets > 0, `${d}: FWD frames went through the DP`);
+        if (mode === 'tap') assert.ok(stats[d].copy!.packets > 0, `${d}: TAP copied frames to the DP`);
+      }
     });
   });
 

@@ -338,6 +338,11 @@ export interface TcpTransfer {
  * around it (so run one transfer per direction per pair of netns at a time).
  */
 export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransfer> {
+  // No tail loss probes (TLP) from the sender's netns: a paced, application-limited
+  // sender on a busy machine fires them without any loss, and each counts as a
+  // retransmission. Without them a retransmission means a frame was lost (or
+  // held up for longer than the 200 ms minimum RTO).
+  o.sender.exec('sysctl', ['-qw', 'net.ipv4.tcp_early_retrans=0']);
   const before = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
   const recv = spawnInNetns(o.receiver.name, TCPSUM, ['recv', '--port', String(o.port)]);
   let report: Record<string, unknown> | undefined;

@@ -30,8 +30,25 @@
  * by PACKET_IGNORE_OUTGOING and by checking sll_pkttype. A frame larger than
  * its 64 KiB buffer (a BIG TCP GSO frame) is counted as truncated, not sent.
  *
+ * Flow offload (--offload-after N, README "Flow offload"): the stub then also
+ * plays a DP that hands decided flows back to the kernel. It counts the
+ * frames of each IPv4 TCP/UDP flow (pair id + 5-tuple, both directions, the
+ * key of struct neuv_flow_key) and, at the Nth frame of an allowed one,
+ * writes an ALLOW entry into the pinned map <pin root>/neuv_flows with the
+ * bpf syscall (BPF_OBJ_GET, BPF_MAP_UPDATE_ELEM; no libbpf), so its later
+ * frames bypass the DP. A frame of a blocked port installs a DENY entry at
+ * once. A TCP FIN or RST marks the flow closing: never offloaded again (the
+ * datapath retires an ALLOW entry on FIN/RST and sends those frames here).
+ * Frames of an offloaded flow that still arrive (in flight when the entry
+ * was written, or after it expired or was evicted) count again from zero,
+ * and N more re-offload it. --offload-timeout-ms / --offload-idle-ms set the
+ * entries' deadline (from now) and idle timeout. The JSON gains "offloaded",
+ * "denied", "offload_errors", and per flow table use "flows".
+ *
  * Usage: stub-dp [--ifname vth-neuv] [--drop-port N]... [--out FILE]
  *                [--interval-ms 100] [--verbose]
+ *                [--offload-after N [--pin-root /sys/fs/bpf/neuv]
+ *                 [--offload-timeout-ms MS] [--offload-idle-ms MS]]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -51,8 +68,11 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/bpf.h>
+#include "neuv.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23 /* linux >= 4.20 */
@@ -90,6 +110,7 @@ struct pair_ctr {
 
 static struct {
 	uint64_t rx, sent, dropped, ignored, truncated, send_errors, seq;
+	uint64_t offloaded, denied, offload_errors, flows;
 	struct pair_ctr pairs[MAX_PAIRS];
 } st;
 
@@ -114,6 +135,189 @@ static void on_signal(int sig)
 		want_dump = 1;
 	else
 		want_exit = 1;
+}
+
+/* ---------------------------------------------------------------- flow offload */
+
+#define MAX_FLOWS 8192 /* the stub's own flow table (open addressing); full: no more offloads */
+
+enum { FLOW_COUNTING = 0, FLOW_OFFLOADED = 1, FLOW_CLOSING = 2 };
+
+struct flow {
+	int used;
+	struct neuv_flow_key key;
+	uint32_t frames; /* since the flow started, or since it was last offloaded */
+	int state;
+};
+
+static struct flow *flows;
+static int flows_fd = -1;
+static long offload_after, offload_timeout_ms, offload_idle_ms;
+
+static long sys_bpf(int cmd, union bpf_attr *attr)
+{
+	return syscall(__NR_bpf, cmd, attr, sizeof(*attr));
+}
+
+/* Opens <pin_root>/neuv_flows; dies with a clear message when it cannot. */
+static int open_flows(const char *pin_root)
+{
+	char path[4096];
+	union bpf_attr a;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/neuv_flows", pin_root);
+	memset(&a, 0, sizeof(a));
+	a.pathname = (uint64_t)(unsigned long)path;
+	fd = (int)sys_bpf(BPF_OBJ_GET, &a);
+	if (fd < 0)
+		die("open pinned map %s: %s (is the datapath loaded with this pin root? --pin-root)", path, strerror(errno));
+	return fd;
+}
+
+/*
+ * The flow key of an IPv4 TCP/UDP frame of pair id, normalised as the
+ * datapath does (endpoint A = the lower (address, port) as big-endian
+ * numbers); its TCP flags in *tcpflags. Returns -1 for anything else (not
+ * IPv4, a fragment, not TCP/UDP, headers cut short).
+ */
+static int flow_key_of(const uint8_t *f, size_t len, uint16_t id, struct neuv_flow_key *k, uint8_t *tcpflags)
+{
+	const uint8_t *ip = f + ETH_HLEN, *l4;
+	size_t ihl;
+	uint32_t sa, da;
+	uint16_t sp, dp;
+	int proto;
+
+	if (len < ETH_HLEN + 20 || (f[12] << 8 | f[13]) != ETH_P_IP || ip[0] >> 4 != 4)
+		return -1;
+	ihl = (size_t)(ip[0] & 0x0f) * 4;
+	proto = ip[9];
+	if (ihl < 20 || ((ip[6] << 8 | ip[7]) & 0x3fff) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+		return -1;
+	l4 = ip + ihl;
+	if (len < ETH_HLEN + ihl + (proto == IPPROTO_TCP ? 14 : 4))
+		return -1;
+	memcpy(&sa, ip + 12, 4); /* network order, as in the key */
+	memcpy(&da, ip + 16, 4);
+	memcpy(&sp, l4, 2);
+	memcpy(&dp, l4 + 2, 2);
+	*tcpflags = proto == IPPROTO_TCP ? l4[13] : 0;
+	memset(k, 0, sizeof(*k));
+	k->id = id;
+	k->proto = (uint8_t)proto;
+	if (ntohl(sa) < ntohl(da) || (sa == da && ntohs(sp) <= ntohs(dp))) {
+		k->addr_a = sa;
+		k->port_a = sp;
+		k->addr_b = da;
+		k->port_b = dp;
+	} else {
+		k->addr_a = da;
+		k->port_a = dp;
+		k->addr_b = sa;
+		k->port_b = sp;
+	}
+	return 0;
+}
+
+static struct flow *flow_of(const struct neuv_flow_key *k)
+{
+	uint32_t h = 2166136261u; /* FNV-1a over the key */
+	const uint8_t *b = (const uint8_t *)k;
+
+	for (size_t i = 0; i < sizeof(*k); i++)
+		h = (h ^ b[i]) * 16777619u;
+	for (uint32_t i = 0; i < MAX_FLOWS; i++) {
+		struct flow *fl = &flows[(h + i) % MAX_FLOWS];
+
+		if (!fl->used) {
+			fl->used = 1;
+			fl->key = *k;
+			st.flows++;
+			return fl;
+		}
+		if (!memcmp(&fl->key, k, sizeof(*k)))
+			return fl;
+	}
+	return NULL;
+}
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts); /* the clock of bpf_ktime_get_ns() */
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Writes the decision for a flow into neuv_flows. Returns 0 or -errno. */
+static int flow_write(const struct neuv_flow_key *k, uint8_t verdict)
+{
+	struct neuv_flow v;
+	union bpf_attr a;
+
+	memset(&v, 0, sizeof(v));
+	v.verdict = verdict;
+	if (offload_timeout_ms > 0)
+		v.deadline_ns = mono_ns() + (uint64_t)offload_timeout_ms * 1000000ull;
+	v.idle_ns = (uint64_t)offload_idle_ms * 1000000ull;
+	memset(&a, 0, sizeof(a));
+	a.map_fd = (uint32_t)flows_fd;
+	a.key = (uint64_t)(unsigned long)k;
+	a.value = (uint64_t)(unsigned long)&v;
+	a.flags = BPF_ANY;
+	return sys_bpf(BPF_MAP_UPDATE_ELEM, &a) ? -errno : 0;
+}
+
+/*
+ * The offload policy for one frame the DP has just decided (dropped: the
+ * blocked port). Called after the frame was written back (allowed) or
+ * dropped, so the frames before the entry all went through the DP.
+ */
+static void offload_policy(const uint8_t *f, size_t len, uint16_t id, int dropped)
+{
+	struct neuv_flow_key k;
+	struct flow *fl;
+	uint8_t tcpflags;
+	int err;
+
+	if (flow_key_of(f, len, id, &k, &tcpflags))
+		return;
+	fl = flow_of(&k);
+	if (!fl)
+		return;
+	if (tcpflags & 0x05) { /* FIN or RST: the flow ends, never offload it again */
+		fl->state = FLOW_CLOSING;
+		return;
+	}
+	if (fl->state == FLOW_CLOSING)
+		return;
+	if (dropped) {
+		/* Every blocked frame that still reaches the DP (the first, one in flight, or the entry expired) writes it again. */
+		err = flow_write(&k, NEUV_FLOW_DENY);
+		if (err) {
+			st.offload_errors++;
+			fprintf(stderr, "stub-dp: write a DENY entry: %s\n", strerror(-err));
+			return;
+		}
+		st.denied++;
+		fl->state = FLOW_OFFLOADED;
+		fl->frames = 0;
+		return;
+	}
+	if (++fl->frames < (uint32_t)offload_after)
+		return;
+	err = flow_write(&k, NEUV_FLOW_ALLOW);
+	if (err) {
+		st.offload_errors++;
+		fprintf(stderr, "stub-dp: write an ALLOW entry: %s\n", strerror(-err));
+		return;
+	}
+	st.offloaded++;
+	fl->state = FLOW_OFFLOADED;
+	fl->frames = 0;
+	if (verbose)
+		fprintf(stderr, "stub-dp: offloaded a %s flow of id %u\n", k.proto == IPPROTO_TCP ? "tcp" : "udp", id);
 }
 
 static struct pair_ctr *pair_of(uint16_t id)
@@ -216,10 +420,13 @@ static void write_json(FILE *o)
 {
 	int first = 1;
 
-	fprintf(o, "{\"seq\":%llu,\"rx\":%llu,\"sent\":%llu,\"dropped\":%llu,\"ignored\":%llu,\"truncated\":%llu,\"send_errors\":%llu,\"pairs\":{",
+	fprintf(o, "{\"seq\":%llu,\"rx\":%llu,\"sent\":%llu,\"dropped\":%llu,\"ignored\":%llu,\"truncated\":%llu,\"send_errors\":%llu,"
+		"\"offloaded\":%llu,\"denied\":%llu,\"offload_errors\":%llu,\"flows\":%llu,\"pairs\":{",
 		(unsigned long long)st.seq, (unsigned long long)st.rx, (unsigned long long)st.sent,
 		(unsigned long long)st.dropped, (unsigned long long)st.ignored,
-		(unsigned long long)st.truncated, (unsigned long long)st.send_errors);
+		(unsigned long long)st.truncated, (unsigned long long)st.send_errors,
+		(unsigned long long)st.offloaded, (unsigned long long)st.denied,
+		(unsigned long long)st.offload_errors, (unsigned long long)st.flows);
 	for (int i = 0; i < MAX_PAIRS; i++) {
 		const struct pair_ctr *p = &st.pairs[i];
 
@@ -304,14 +511,15 @@ static int open_socket(const char *ifname, int *ifindex)
 
 static void usage(void)
 {
-	fputs("usage: stub-dp [--ifname vth-neuv] [--drop-port N]... [--out FILE] [--interval-ms MS] [--verbose]\n",
+	fputs("usage: stub-dp [--ifname vth-neuv] [--drop-port N]... [--out FILE] [--interval-ms MS] [--verbose]\n"
+	      "               [--offload-after N [--pin-root DIR] [--offload-timeout-ms MS] [--offload-idle-ms MS]]\n",
 	      stderr);
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	const char *ifname = "vth-neuv", *out = NULL;
+	const char *ifname = "vth-neuv", *out = NULL, *pin_root = "/sys/fs/bpf/neuv";
 	int drop_ports[MAX_DROP_PORTS], ndrop = 0;
 	long interval = 100;
 	uint8_t *buf;
@@ -344,6 +552,23 @@ int main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--verbose")) {
 			verbose = 1;
+		} else if (!strcmp(a, "--pin-root") && v) {
+			pin_root = v;
+			i++;
+		} else if ((!strcmp(a, "--offload-after") || !strcmp(a, "--offload-timeout-ms") ||
+			    !strcmp(a, "--offload-idle-ms")) && v) {
+			char *end;
+			long n = strtol(v, &end, 10);
+
+			if (*end || n < 0 || n > 1000000000L)
+				usage();
+			if (!strcmp(a, "--offload-after"))
+				offload_after = n;
+			else if (!strcmp(a, "--offload-timeout-ms"))
+				offload_timeout_ms = n;
+			else
+				offload_idle_ms = n;
+			i++;
 		} else {
 			usage();
 		}
@@ -365,10 +590,19 @@ int main(int argc, char **argv)
 	buf = malloc(BUF_SIZE);
 	if (!buf)
 		die("out of memory");
+	if (offload_after > 0) {
+		flows = calloc(MAX_FLOWS, sizeof(*flows));
+		if (!flows)
+			die("out of memory");
+		flows_fd = open_flows(pin_root);
+	}
 	fd = open_socket(ifname, &ifindex);
 	dump_file(out); /* seq 1: the reader knows the socket is bound */
 	fprintf(stderr, "stub-dp: reading %s (ifindex %d), dropping TCP/UDP to %d port(s)\n",
 		ifname, ifindex, ndrop);
+	if (flows_fd >= 0)
+		fprintf(stderr, "stub-dp: offloading allowed TCP/UDP flows after %ld frames, denying blocked ones, into %s/neuv_flows\n",
+			offload_after, pin_root);
 
 	while (!want_exit) {
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -441,6 +675,8 @@ int main(int argc, char **argv)
 					drop ? " DROP" : "");
 			if (drop) {
 				st.dropped++;
+				if (flows_fd >= 0)
+					offload_policy(f, len, id, 1);
 				continue;
 			}
 			/* Back unchanged, with the same virtio-net header (checksum/GSO state). */
@@ -454,6 +690,8 @@ int main(int argc, char **argv)
 			st.sent++;
 			if (p)
 				p->dir[dir].sent++;
+			if (flows_fd >= 0)
+				offload_policy(f, len, id, 0);
 		}
 		if (want_dump) {
 			want_dump = 0;
@@ -470,6 +708,9 @@ int main(int argc, char **argv)
 	write_json(stdout);
 	fflush(stdout);
 	close(fd);
+	if (flows_fd >= 0)
+		close(flows_fd);
+	free(flows);
 	free(buf);
 	return 0;
 }

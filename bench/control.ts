@@ -1,0 +1,283 @@
+/**
+ * Scenario 3: the control plane. Time to onboard 1, 100 and 1,000 pairs and
+ * the time of one mode switch, NeuVector style against neuv-bpf.
+ *
+ *   NeuVector: per pair, the `tc` processes its Go code spawns one after the
+ *   other: AttachPortPair (nvAttachRules: a legacy ingress qdisc on vin and
+ *   on vex) then FwdPortPair (nvPairRules 'fwd': six u32 filters), each one
+ *   `tc -n NS ...` process with an argument array (NeuVector goes through
+ *   `sh -c`, one more process each, and naps 250 ms between retries: both
+ *   left out, so this is its best case). Without pedit (not in this kernel).
+ *   Mode switch: ResetPortPair (six `tc filter del`) + FwdPortPair again
+ *   (TapPortPair needs `action drop`, i.e. act_gact, missing here; a
+ *   reset-then-add of the same size is what a switch costs).
+ *
+ *   neuv-bpf: `neuv-bpf pair add --file` (one process, Node start-up
+ *   included) and Datapath.addPairs (the API, in this process), mode fwd;
+ *   `neuv-bpf pair mode` and Datapath.setMode for a switch.
+ *
+ * Pairs are cheap veth pairs in the enforcer netns (vin and vex each other's
+ * peer), created once per side; between repetitions NeuVector's qdiscs are
+ * deleted and neuv-bpf is unloaded and loaded again (neither timed).
+ *
+ * Scenario 5 rides along: the loader's peak RSS (process.resourceUsage()
+ * .maxRSS, written at exit by bench/rss-preload.ts) for `load` and for
+ * `pair add --file` with 1,000 pairs.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { Datapath, PairSpec } from '../src/pairs';
+import { nvAttachRules, nvPairRules, nvResetRules, NvPair } from '../src/nvtc';
+import { VBR, macOf, nvConnect, nvPair } from './net';
+import { Netns, ROOT, Summary, cli, nowMs, pinRoot, progress, sh, summary, tmpDir } from './util';
+
+const GROUP = '78';
+const vinName = (k: number) => `ci${k}`;
+const vexName = (k: number) => `ce${k}`;
+const vinIndex = (k: number) => 100 + 2 * k;
+const vexIndex = (k: number) => 101 + 2 * k;
+const mac = (k: number) => macOf(0x20000 + k);
+
+export interface ControlOptions {
+  quick: boolean;
+}
+
+export interface OnboardPoint {
+  pairs: number;
+  /** NeuVector: ms to run its tc processes (measured, or extrapolated in --quick: see `nvExtrapolated`). */
+  nvMs?: Summary;
+  nvExtrapolated?: boolean;
+  nvProcesses: number;
+  /** `neuv-bpf pair add --file`, whole process, ms. */
+  cliMs: Summary;
+  /** Datapath.addPairs in this process, ms. */
+  apiMs: Summary;
+  /** nv / cli, per repetition. */
+  nvOverCli?: Summary;
+}
+
+export interface MemoryResult {
+  /** KiB. */
+  loadMaxRssKiB: number;
+  addPairs1000MaxRssKiB: number;
+  nodeFloorKiB: number;
+  /** One `tc filter add` process (what NeuVector spawns ~8 times per pair), when measurable. */
+  tcMaxRssKiB?: number;
+  how: string;
+}
+
+export interface ControlResult {
+  params: { reps: number; sizes: number[]; nvSizes: number[]; nvReps: Record<number, number>; switches: number };
+  onboard: OnboardPoint[];
+  modeSwitch: { nvMs: Summary; nvProcesses: number; cliMs: Summary; apiMs: Summary; switchedAtPairs: number };
+  /** `neuv-bpf version`: Node.js start-up, module loading, libbpf and the feature probes; the floor of any CLI figure. */
+  cliStartupMs: Summary;
+  memory?: MemoryResult;
+  notes: string[];
+}
+
+function pool(label: string, n: number): Netns {
+  const ns = new Netns(`cp-${label}`);
+  const lines: string[] = [];
+  for (let k = 0; k < n; k++) {
+    lines.push(`link add ${vinName(k)} index ${vinIndex(k)} group ${GROUP} type veth peer name ${vexName(k)} index ${vexIndex(k)} group ${GROUP}`);
+  }
+  for (let i = 0; i < lines.length; i += 500) ns.ipBatch(lines.slice(i, i + 500));
+  return ns;
+}
+
+/**
+ * Runs one tc process per command, in order, as NeuVector's Go code does,
+ * inside the enforcer netns; returns elapsed ms. The commands go through one
+ * /bin/sh script entered with nsenter (NeuVector's agent already runs in that
+ * netns: `tc -n` would remount /sys for every process, ~50 ms with 2,000
+ * devices, a cost NeuVector does not pay). sh forks and execs each `tc` about
+ * as cheaply as Go's os/exec (a Node.js spawnSync costs several ms more). The
+ * clock is read inside the script, around the tc processes only.
+ */
+function runTcSequential(ns: Netns, cmds: string[][], dir: string): number {
+  const q = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
+  const file = path.join(dir, 'nv.sh');
+  fs.writeFileSync(file, ['set -e', 't0=$(date +%s%N)', ...cmds.map((c) => ['tc', ...c].map(q).join(' ')), 't1=$(date +%s%N)', 'echo $((t1 - t0))'].join('\n') + '\n');
+  const r = spawnSync('nsenter', [`--net=/run/netns/${ns.name}`, '/bin/sh', file], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`NeuVector tc commands failed: ${(r.stderr || '').trim().split('\n')[0]}`);
+  return Number(r.stdout.trim()) / 1e6;
+}
+
+function nvPairs(n: number): NvPair[] {
+  const taken = new Set<number>();
+  const out: NvPair[] = [];
+  for (let k = 0; k < n; k++) out.push(nvPair(vinName(k), vexName(k), vinIndex(k), vexIndex(k), mac(k), taken));
+  return out;
+}
+
+function specs(n: number): PairSpec[] {
+  const out: PairSpec[] = [];
+  for (let k = 0; k < n; k++) out.push({ in: vinName(k), ex: vexName(k), mac: mac(k), mode: 'fwd' });
+  return out;
+}
+
+function readRss(file: string): number {
+  const j = JSON.parse(fs.readFileSync(file, 'utf8')) as { maxRSS: number };
+  fs.rmSync(file, { force: true });
+  return j.maxRSS;
+}
+
+export async function runControl(o: ControlOptions): Promise<ControlResult> {
+  const sizes = [1, 100, 1000];
+  // NeuVector at 1,000 pairs is 8,000 processes, each dumping every link of the netns: minutes. Once in a full run, extrapolated in --quick.
+  const params = o.quick
+    ? { reps: 2, sizes, nvSizes: [1, 100], nvReps: { 1: 2, 100: 2 } as Record<number, number>, switches: 5 }
+    : { reps: 3, sizes, nvSizes: [1, 100, 1000], nvReps: { 1: 3, 100: 3, 1000: 1 } as Record<number, number>, switches: 10 };
+  const dir = tmpDir();
+  // One enforcer netns per side and size, holding exactly the pairs to onboard (each tc process dumps every link of its netns).
+  progress(`control plane: creating ${sizes.join(' + ')} pairs for each side`);
+  const nvNs = new Map<number, Netns>();
+  const bNs = new Map<number, Netns>();
+  const pins = new Map<number, string>();
+  for (const n of sizes) {
+    const a = pool(`nv${n}`, n);
+    nvConnect(a);
+    nvNs.set(n, a);
+    bNs.set(n, pool(`bpf${n}`, n));
+    pins.set(n, pinRoot(`cp${n}`));
+  }
+  const allNv = nvPairs(Math.max(...sizes));
+  const jsonl = new Map<number, string>();
+  for (const n of sizes) {
+    const f = path.join(dir, `pairs-${n}.jsonl`);
+    fs.writeFileSync(f, specs(n).map((s) => JSON.stringify(s)).join('\n') + '\n');
+    jsonl.set(n, f);
+  }
+  const at = (n: number) => ['--netns', bNs.get(n)!.name, '--bpffs', pins.get(n)!];
+  const load = (n: number) => cli([...at(n), 'load']);
+  const unload = (n: number) => cli([...at(n), 'unload']);
+
+  const nvTeardown = (n: number) => {
+    const lines: string[][] = [];
+    for (let k = 0; k < n; k++) lines.push(['qdisc', 'del', 'dev', vinName(k), 'ingress'], ['qdisc', 'del', 'dev', vexName(k), 'ingress']);
+    lines.push(['qdisc', 'del', 'dev', VBR, 'ingress'], ['qdisc', 'add', 'dev', VBR, 'ingress']);
+    for (let i = 0; i < lines.length; i += 1000) nvNs.get(n)!.tcBatch(lines.slice(i, i + 1000));
+  };
+  const nvCmds = (n: number) => allNv.slice(0, n).flatMap((p) => [...nvAttachRules(p), ...nvPairRules(p, 'fwd', { pedit: false })]);
+
+  const nvMs = new Map<number, number[]>();
+  const cliMs = new Map<number, number[]>();
+  const apiMs = new Map<number, number[]>();
+  const push = (m: Map<number, number[]>, n: number, x: number) => m.set(n, [...(m.get(n) ?? []), x]);
+  const sw = { nv: [] as number[], cli: [] as number[], api: [] as number[] };
+  const startup: number[] = [];
+  const switchAt = 100;
+
+  for (let r = 0; r < params.reps; r++) {
+    for (const n of sizes) {
+      progress(`control plane: rep ${r + 1}/${params.reps}, ${n} pair(s)`);
+      // NeuVector, then the CLI, then the API (the order flips every repetition).
+      const steps: Array<() => Promise<void>> = [
+        async () => {
+          if (r >= (params.nvReps[n] ?? 0)) return;
+          if (n >= 1000) progress(`control plane: NeuVector's ${n * 8} tc processes (minutes)`);
+          push(nvMs, n, runTcSequential(nvNs.get(n)!, nvCmds(n), dir));
+          if (n === switchAt && r === 0) {
+            const p = allNv[n - 1]!;
+            for (let i = 0; i < params.switches; i++) sw.nv.push(runTcSequential(nvNs.get(n)!, [...nvResetRules(p), ...nvPairRules(p, 'fwd', { pedit: false })], dir));
+          }
+          nvTeardown(n);
+        },
+        async () => {
+          startup.push(cli(['version']).ms);
+          load(n);
+          const res = cli([...at(n), 'pair', 'add', '--file', jsonl.get(n)!]);
+          push(cliMs, n, res.ms);
+          if (n === switchAt && r === 0) {
+            const id = vexIndex(n - 1) & 0xffff;
+            for (let i = 0; i < params.switches; i++) {
+              sw.cli.push(cli([...at(n), 'pair', 'mode', '--id', String(id), i % 2 ? 'fwd' : 'tap']).ms);
+            }
+          }
+          unload(n);
+        },
+        async () => {
+          load(n);
+          const dp = Datapath.open(pins.get(n)!, { netns: bNs.get(n)!.name });
+          try {
+            const sp = specs(n);
+            const t0 = nowMs();
+            await dp.addPairs(sp);
+            push(apiMs, n, nowMs() - t0);
+            if (n === switchAt && r === 0) {
+              const id = vexIndex(n - 1) & 0xffff;
+              for (let i = 0; i < params.switches * 10; i++) {
+                const t1 = nowMs();
+                await dp.setMode({ id }, i % 2 ? 'fwd' : 'tap');
+                sw.api.push(nowMs() - t1);
+              }
+            }
+          } finally {
+            dp.close();
+          }
+          unload(n);
+        },
+      ];
+      for (const s of r % 2 ? [...steps].reverse() : steps) await s();
+    }
+  }
+
+  // Scenario 5: peak RSS of the loader (not timed runs).
+  progress('memory: loader peak RSS');
+  let memory: MemoryResult | undefined;
+  const preload = path.join(ROOT, 'dist', 'bench', 'rss-preload.js');
+  if (fs.existsSync(preload)) {
+    const out = path.join(dir, 'rss.json');
+    const env = { NEUV_BENCH_RSS_OUT: out };
+    cli([...at(1000), 'load'], { nodeArgs: ['-r', preload], env });
+    const loadKiB = readRss(out);
+    cli([...at(1000), 'pair', 'add', '--file', jsonl.get(1000)!], { nodeArgs: ['-r', preload], env });
+    const addKiB = readRss(out);
+    unload(1000);
+    sh(process.execPath, ['-r', preload, '-e', '0'], { env: { ...process.env, ...env } });
+    const floor = readRss(out);
+    memory = { loadMaxRssKiB: loadKiB, addPairs1000MaxRssKiB: addKiB, nodeFloorKiB: floor, how: 'process.resourceUsage().maxRSS at exit (node -r dist/bench/rss-preload.js bin/neuv-bpf ...)' };
+    // One tc process of NeuVector's, through python's getrusage when it is there.
+    const py = sh('python3', ['-c', 'import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)',
+      'tc', '-n', nvNs.get(1)!.name, 'qdisc', 'add', 'dev', vinName(0), 'ingress'], { allowFail: true });
+    if (py.code === 0) memory.tcMaxRssKiB = Number(py.stdout.trim());
+  }
+
+  for (const ns of [...nvNs.values(), ...bNs.values()]) ns.ip('link', 'del', 'group', GROUP);
+
+  const nvProcs = (n: number) => n * 8;
+  const onboard: OnboardPoint[] = sizes.map((n) => {
+    const cli = summary(cliMs.get(n)!);
+    const api = summary(apiMs.get(n)!);
+    const p: OnboardPoint = { pairs: n, nvProcesses: nvProcs(n), cliMs: cli, apiMs: api };
+    const nvm = nvMs.get(n);
+    if (nvm) {
+      p.nvMs = summary(nvm);
+      p.nvOverCli = summary(nvm.map((x, i) => x / cliMs.get(n)![i]!));
+    } else {
+      // --quick: linear in the number of processes from the largest size measured: a lower bound,
+      // since every tc process also dumps every link of the netns (10x more of them at 10x the pairs).
+      const base = Math.max(...params.nvSizes);
+      const b = nvMs.get(base)!;
+      const scaled = b.map((x) => (x * n) / base);
+      p.nvMs = summary(scaled);
+      p.nvExtrapolated = true;
+      p.nvOverCli = summary(scaled.map((x, i) => x / cliMs.get(n)![i]!));
+    }
+    return p;
+  });
+  return {
+    params,
+    onboard,
+    modeSwitch: { nvMs: summary(sw.nv), nvProcesses: 12, cliMs: summary(sw.cli), apiMs: summary(sw.api), switchedAtPairs: switchAt },
+    cliStartupMs: summary(startup),
+    memory,
+    notes: [
+      "NeuVector's count: 8 tc processes per pair (2 qdisc add + 6 filter add for FWD without pedit), run one after the other from one /bin/sh script inside the enforcer netns (one fork+exec each, about as cheap as Go's os/exec; NeuVector wraps each in `sh -c` and naps 250 ms between retries, both left out): its best case.",
+      'neuv-bpf CLI figures include Node.js start-up and module loading (one process for the whole batch); API figures are Datapath.addPairs / setMode in an already running process.',
+      "A NeuVector mode switch here is ResetPortPair + FwdPortPair (12 tc processes); a real FWD<->TAP switch has the same count but TAP's `action drop` needs act_gact, which this kernel lacks.",
+    ],
+  };
+}

@@ -1,0 +1,304 @@
+/**
+ * Topologies and traffic for the benchmarks: the plain veth pair (the
+ * limit), the intercepted pair of DATAPATH.md section 1 set up either with
+ * NeuVector's tc rules (src/nvtc.ts) or with neuv-bpf, a TCP stream (iperf3)
+ * and a 64-byte frame flood (trafgen) counted at the receiver.
+ *
+ * Every namespace, pin root and child process registers its cleanup when it
+ * is created (bench/util.ts).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Datapath, PairSpec } from '../src/pairs';
+import { NvPair, nvAttachRules, nvPairRules, nvPref, NV_VBR } from '../src/nvtc';
+import { ucmac, parseMac } from '../src/mac';
+import { Netns, STUB_DP, cli, nowMs, outputOf, pinRoot, sh, sleep, spawnGroup, tmpDir } from './util';
+
+export const VBR = 'vbr-neuv';
+export const VTH = 'vth-neuv';
+export const VBR_INDEX = 10000000;
+export const VTH_INDEX = 10000001;
+
+const hx = (n: number) => n.toString(16).padStart(2, '0');
+export const macText = (m: Uint8Array) => Array.from(m, hx).join(':');
+
+/** A locally administered unicast MAC from a number (02:00:..). */
+export function macOf(n: number): string {
+  return ['02', '00', hx((n >>> 24) & 0xff), hx((n >>> 16) & 0xff), hx((n >>> 8) & 0xff), hx(n & 0xff)].join(':');
+}
+
+// ---------------------------------------------------------------- topologies
+
+export interface Topo {
+  label: string;
+  host: Netns;
+  wl: Netns;
+  /** The enforcer netns (absent for the plain pair). */
+  enf?: Netns;
+  hostIf: string;
+  wlIf: string;
+  hostAddr: string;
+  wlAddr: string;
+  hostMac: string;
+  /** The workload MAC M (eth0 in the workload). */
+  wlMac: string;
+  vin?: string;
+  vex?: string;
+  vinIfindex?: number;
+  vexIfindex?: number;
+}
+
+const SUBNET = '10.201.0';
+
+function addressing(t: Omit<Topo, 'hostMac' | 'wlMac'>): Topo {
+  t.host.ip('addr', 'add', `${t.hostAddr}/24`, 'dev', t.hostIf);
+  t.wl.ip('addr', 'add', `${t.wlAddr}/24`, 'dev', t.wlIf);
+  t.host.ip('link', 'set', 'dev', t.hostIf, 'up');
+  t.wl.ip('link', 'set', 'dev', t.wlIf, 'up');
+  const hostMac = t.host.mac(t.hostIf);
+  const wlMac = t.wl.mac(t.wlIf);
+  // Static neighbours: no ARP in the way (and none needed through the DP).
+  t.host.ip('neigh', 'replace', t.wlAddr, 'lladdr', wlMac, 'dev', t.hostIf, 'nud', 'permanent');
+  t.wl.ip('neigh', 'replace', t.hostAddr, 'lladdr', hostMac, 'dev', t.wlIf, 'nud', 'permanent');
+  return { ...t, hostMac, wlMac };
+}
+
+/** (a) host netns <-> workload netns over one veth pair: no interception. */
+export async function plainTopo(label: string): Promise<Topo> {
+  const host = new Netns(`${label}-h`);
+  const wl = new Netns(`${label}-w`);
+  host.ip('link', 'add', 'hA', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', wl.name);
+  await Promise.all([host.ready(), wl.ready()]);
+  return addressing({ label, host, wl, hostIf: 'hA', wlIf: 'eth0', hostAddr: `${SUBNET}.1`, wlAddr: `${SUBNET}.2` });
+}
+
+/**
+ * host (hA) ==veth== vex [enforcer] vin ==veth== eth0 (workload). Nothing
+ * forwards between vex and vin until rules or programs are installed.
+ */
+export async function pairTopo(label: string): Promise<Topo> {
+  const host = new Netns(`${label}-h`);
+  const enf = new Netns(`${label}-e`);
+  const wl = new Netns(`${label}-w`);
+  enf.ip('link', 'add', 'vex0', 'type', 'veth', 'peer', 'name', 'hA', 'netns', host.name);
+  enf.ip('link', 'add', 'vin0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', wl.name);
+  for (const d of ['vex0', 'vin0']) enf.ip('link', 'set', 'dev', d, 'up');
+  await Promise.all([host.ready(), enf.ready(), wl.ready()]);
+  const t = addressing({ label, host, enf, wl, hostIf: 'hA', wlIf: 'eth0', hostAddr: `${SUBNET}.1`, wlAddr: `${SUBNET}.2`, vin: 'vin0', vex: 'vex0' });
+  t.vinIfindex = enf.ifindex('vin0');
+  t.vexIfindex = enf.ifindex('vex0');
+  return t;
+}
+
+// ---------------------------------------------------------------- NeuVector's tc pipe
+
+/** NeuVector's Connect: vbr-neuv/vth-neuv (10000000/10000001, MTU 2048, up, checksum offload off) and a legacy ingress qdisc on vbr-neuv. */
+export function nvConnect(enf: Netns): void {
+  enf.ip('link', 'add', VBR, 'index', String(VBR_INDEX), 'mtu', '2048', 'type', 'veth', 'peer', 'name', VTH, 'index', String(VTH_INDEX), 'mtu', '2048');
+  for (const d of [VBR, VTH]) {
+    enf.exec('ethtool', ['-K', d, 'rx', 'off', 'tx', 'off']);
+    enf.ip('link', 'set', 'dev', d, 'up');
+  }
+  enf.tcBatch([['qdisc', 'add', 'dev', VBR, 'ingress']]);
+}
+
+/** The NvPair of a pair, with NeuVector's id (exPort ifindex) and prefs (ifindex % 65536). */
+export function nvPair(vin: string, vex: string, vinIfindex: number, vexIfindex: number, mac: string, taken: Set<number>): NvPair {
+  const inPref = nvPref(vinIfindex, taken);
+  taken.add(inPref);
+  const exPref = nvPref(vexIfindex, taken);
+  taken.add(exPref);
+  return { inPort: vin, exPort: vex, mac: parseMac(mac), ucmac: ucmac(vexIfindex & 0xffff), inPref, exPref };
+}
+
+export type NvVariant = 'pass' | 'tap' | 'fwd';
+
+/**
+ * The tc commands of a pair in a variant, without pedit (this kernel has no
+ * act_pedit) and without gact (`action drop`: no act_gact either):
+ *   pass: the two catch-all filters only (pref 10002 on vex and vin: mirror
+ *         to the other port), NeuVector's path for traffic it does not send
+ *         to the DP: the closest thing it has to BYPASS;
+ *   tap:  TapPortPair's four vin/vex filters (the two vbr-neuv filters are
+ *         `action drop`, which cannot be installed here);
+ *   fwd:  FwdPortPair's six filters, mirred only.
+ */
+export function nvVariantRules(p: NvPair, v: NvVariant): string[][] {
+  if (v === 'fwd') return nvPairRules(p, 'fwd', { pedit: false });
+  const r = nvPairRules(p, 'tap', { pedit: false }).slice(0, 4);
+  return v === 'tap' ? r : r.filter((a) => a[a.indexOf('pref') + 1] === '10002');
+}
+
+export function nvInstall(t: Topo, v: NvVariant): NvPair {
+  const enf = t.enf!;
+  nvConnect(enf);
+  const p = nvPair(t.vin!, t.vex!, t.vinIfindex!, t.vexIfindex!, t.wlMac, new Set());
+  enf.tcBatch([...nvAttachRules(p), ...nvVariantRules(p, v)]);
+  return p;
+}
+
+// ---------------------------------------------------------------- neuv-bpf
+
+export interface BpfSetup {
+  pinRoot: string;
+  dp: Datapath;
+}
+
+/** `neuv-bpf load` in the enforcer netns with a pin root of this run. */
+export function bpfLoad(enf: Netns): BpfSetup {
+  const pins = pinRoot('pins');
+  cli(['--netns', enf.name, '--bpffs', pins, 'load']);
+  const dp = Datapath.open(pins, { netns: enf.name });
+  return { pinRoot: pins, dp };
+}
+
+/** Adds pairs through the API; NEUV_BPF_NO_REDIRECT_PEER=1 while they are added when noPeer. */
+export async function bpfAddPairs(dp: Datapath, specs: PairSpec[], noPeer = false): Promise<Awaited<ReturnType<Datapath['addPairs']>>> {
+  const old = process.env.NEUV_BPF_NO_REDIRECT_PEER;
+  if (noPeer) process.env.NEUV_BPF_NO_REDIRECT_PEER = '1';
+  else delete process.env.NEUV_BPF_NO_REDIRECT_PEER;
+  try {
+    return await dp.addPairs(specs);
+  } finally {
+    if (old === undefined) delete process.env.NEUV_BPF_NO_REDIRECT_PEER;
+    else process.env.NEUV_BPF_NO_REDIRECT_PEER = old;
+  }
+}
+
+/** The stub DP on vth-neuv of a netns; resolves once its socket is bound. */
+export async function startStubDp(enf: Netns): Promise<{ stop: () => Promise<Record<string, unknown> | undefined> }> {
+  if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} missing (make build)`);
+  const dir = tmpDir();
+  const out = path.join(dir, 'counts.json');
+  const child = spawnGroup('ip', ['netns', 'exec', enf.name, STUB_DP, '--ifname', VTH, '--out', out, '--interval-ms', '1000']);
+  for (let i = 0; i < 400 && !fs.existsSync(out); i++) {
+    if (child.exitCode !== null) break;
+    await sleep(5);
+  }
+  if (!fs.existsSync(out)) {
+    await child.stop();
+    throw new Error(`stub DP did not start: ${outputOf(child).err.trim()}`);
+  }
+  return {
+    stop: async () => {
+      await child.stop();
+      try {
+        return JSON.parse(outputOf(child).out.trim().split('\n').pop() || 'null') as Record<string, unknown>;
+      } catch {
+        return undefined;
+      }
+    },
+  };
+}
+
+// ---------------------------------------------------------------- traffic
+
+let portSeq = 5201;
+
+/** TCP goodput from client to server (iperf3, one stream), Gbit/s as received. */
+export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds: number, omit: number): Promise<number> {
+  const port = portSeq++;
+  if (portSeq > 5900) portSeq = 5201;
+  const srv = spawnGroup('ip', ['netns', 'exec', server.name, 'iperf3', '-s', '-1', '-p', String(port)]);
+  try {
+    const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+    let listening = false;
+    for (let i = 0; i < 400 && !listening; i++) {
+      const tcp = fs.readFileSync(`/proc/${server.anchorPid}/net/tcp`, 'utf8') + fs.readFileSync(`/proc/${server.anchorPid}/net/tcp6`, 'utf8');
+      listening = tcp.split('\n').some((l) => l.includes(`:${hexPort} `) && / 0A /.test(l));
+      if (!listening) await sleep(5);
+    }
+    if (!listening) throw new Error(`iperf3 server did not listen: ${outputOf(srv).err.trim()}`);
+    const r = sh('ip', ['netns', 'exec', client.name, 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'], { allowFail: true });
+    let j: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
+    try {
+      j = JSON.parse(r.stdout) as typeof j;
+    } catch {
+      throw new Error(`iperf3 client: ${r.stderr.trim() || r.stdout.slice(0, 200)}`);
+    }
+    if (j.error) throw new Error(`iperf3: ${j.error}`);
+    const bps = j.end?.sum_received?.bits_per_second;
+    if (!bps) throw new Error('iperf3 reported no received bits');
+    return bps / 1e9;
+  } finally {
+    await srv.stop();
+  }
+}
+
+/** A trafgen configuration: one 64-byte IPv4/UDP frame (14 + 20 + 8 + 22 bytes, FCS not counted). */
+export function udpFrameConf(dir: string, o: { da: string; sa: string; src: string; dst: string; dport?: number }): string {
+  const f = path.join(dir, `frame-${o.da.replace(/:/g, '')}-${o.dst}.cfg`);
+  fs.writeFileSync(
+    f,
+    [
+      '{',
+      `  eth(da=${o.da}, sa=${o.sa}, type=0x0800),`,
+      `  ipv4(saddr=${o.src}, daddr=${o.dst}, ttl=64),`,
+      `  udp(sport=40000, dport=${o.dport ?? 9}),`,
+      '  fill(0x00, 22)',
+      '}',
+      '',
+    ].join('\n'),
+  );
+  return f;
+}
+
+export interface RateResult {
+  /** Frames per second counted at the receiver over the window. */
+  pps: number;
+  /** Frames per second the sender's device transmitted over the same window. */
+  offered: number;
+  /** The second counter's rate, when one was given (for cross-checks). */
+  alt?: number;
+}
+
+/**
+ * Floods 64-byte frames with trafgen (one worker) out of `dev` in `sender`
+ * and counts them with `count` over a window after a warm-up.
+ */
+export async function frameRate(
+  sender: Netns,
+  dev: string,
+  conf: string,
+  count: () => number,
+  o: { warmMs: number; windowMs: number; alt?: () => number },
+): Promise<RateResult> {
+  const tx = () => sender.dev().get(dev)?.txPackets ?? 0;
+  const tx00 = tx();
+  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0']);
+  try {
+    // Started when frames flow, then the warm-up.
+    for (let i = 0; i < 400 && tx() === tx00; i++) {
+      if (gen.exitCode !== null) throw new Error(`trafgen exited: ${outputOf(gen).err.trim()}`);
+      await sleep(5);
+    }
+    await sleep(o.warmMs);
+    const t0 = nowMs();
+    const c0 = count();
+    const a0 = o.alt?.() ?? 0;
+    const x0 = tx();
+    await sleep(o.windowMs);
+    const t1 = nowMs();
+    const c1 = count();
+    const a1 = o.alt?.() ?? 0;
+    const x1 = tx();
+    const s = (t1 - t0) / 1000;
+    if (gen.exitCode !== null) throw new Error(`trafgen exited early: ${outputOf(gen).err.trim()}`);
+    return { pps: (c1 - c0) / s, offered: (x1 - x0) / s, ...(o.alt ? { alt: (a1 - a0) / s } : {}) };
+  } finally {
+    await gen.stop();
+  }
+}
+
+/** IPv4 datagrams that reached the IP layer of a netns (Ip InReceives), independent of device counters. */
+export const ipIn = (ns: Netns) => () => ns.snmp()['IpInReceives'] ?? 0;
+/** rx packets of a device, from /proc/<anchor>/net/dev. */
+export const devRx = (ns: Netns, dev: string) => () => ns.dev().get(dev)?.rxPackets ?? 0;
+
+/** One ICMP echo: true if answered (a smoke test before measuring). */
+export function pingOk(from: Netns, to: string): boolean {
+  const r = from.exec('ping', ['-c', '1', '-W', '1', '-q', to], { allowFail: true });
+  return / 1 received/.test(r.stdout);
+}
+
+export { macText as formatMacText, NV_VBR };

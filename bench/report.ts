@@ -1,0 +1,382 @@
+/**
+ * BENCHMARKS.md from the results of one run (bench/run.ts), and the one-line
+ * summaries printed per scenario. Ratios first; absolute numbers as context.
+ */
+import type { ControlResult } from './control';
+import type { DpReturnResult } from './dpreturn';
+import type { ProgCostResult } from './progcost';
+import type { ThroughputResult, VariantId } from './throughput';
+import { MachineInfo, Summary, fmt, fmtRatio } from './util';
+
+export interface KernelProbe {
+  tcx: boolean;
+  redirectPeer: boolean;
+  actPedit: { ok: boolean; error?: string };
+  actGact: { ok: boolean; error?: string };
+  actMirred: { ok: boolean; error?: string };
+}
+
+export interface BenchResults {
+  tool: 'neuv-bpf bench';
+  command: string;
+  quick: boolean;
+  only?: string[];
+  machine: MachineInfo;
+  kernel: KernelProbe;
+  startedAt: string;
+  seconds: number;
+  /** Busy fraction of all CPUs, sampled for 1 s before each scenario (load from other processes). */
+  background: Record<string, number>;
+  durations: Record<string, number>;
+  errors: Record<string, string>;
+  progcost?: ProgCostResult;
+  trace?: unknown;
+  throughput?: ThroughputResult;
+  dpreturn?: DpReturnResult;
+  control?: ControlResult;
+}
+
+export interface Target {
+  what: string;
+  value: number | undefined;
+  shown: string;
+  target: string;
+  met: boolean | undefined;
+  section: string;
+}
+
+const med = (s: Summary | undefined) => s?.median;
+const range = (s: Summary | undefined, scale = 1, digits = 3) =>
+  s ? `${fmt(s.median * scale, digits)} (${fmt(s.min * scale, digits)}-${fmt(s.max * scale, digits)})` : 'n/a';
+const rr = (s: Summary | undefined) => (s ? `${fmtRatio(s.median)} (${fmt(s.min)}-${fmt(s.max)})` : 'n/a');
+const yes = (m: boolean | undefined) => (m === undefined ? 'n/a' : m ? 'yes' : '**no**');
+
+export function targets(r: BenchResults): Target[] {
+  const t: Target[] = [];
+  const thr = r.throughput;
+  if (thr) {
+    const a = med(thr.ratios['bypass-peer/plain tcp']?.ratio);
+    const b = med(thr.ratios['bypass-peer/plain 64B']?.ratio);
+    t.push({ what: 'BYPASS (redirect_peer) TCP throughput / plain veth', value: a, shown: fmtRatio(a), target: '>= 1.0x', met: a === undefined ? undefined : a >= 1.0, section: '1' });
+    t.push({ what: 'BYPASS (redirect_peer) 64-byte frame rate / plain veth', value: b, shown: fmtRatio(b), target: '>= 0.95x', met: b === undefined ? undefined : b >= 0.95, section: '1' });
+  }
+  const dr = r.dpreturn;
+  if (dr) {
+    const p1000 = dr.points.find((p) => p.pairs === 1000);
+    const x = med(p1000?.bpfOverNv);
+    t.push({ what: 'DP return path at 1000 pairs: neuv-bpf / NeuVector u32 chain', value: x, shown: fmtRatio(x), target: '>= 15x', met: x === undefined ? undefined : x >= 15, section: '2' });
+    const flat = Math.max(Math.abs(1 - dr.bpfFlat.min), Math.abs(dr.bpfFlat.max - 1));
+    const sizes = dr.points.map((p) => p.pairs);
+    t.push({
+      what: `DP return path flat from ${Math.min(...sizes)} to ${Math.max(...sizes)} pairs (neuv-bpf N pairs / 1 pair)`,
+      value: flat,
+      shown: `${fmt(dr.bpfFlat.min)}-${fmt(dr.bpfFlat.max)}`,
+      target: 'within 10%',
+      met: flat <= 0.1,
+      section: '2',
+    });
+  }
+  const cp = r.control;
+  if (cp) {
+    const p = cp.onboard.find((o) => o.pairs === 1000);
+    const s = med(p?.cliMs);
+    t.push({ what: 'Onboard 1,000 pairs (neuv-bpf pair add --file, whole process)', value: s, shown: s === undefined ? 'n/a' : `${fmt(s / 1000)} s`, target: '< 1 s', met: s === undefined ? undefined : s < 1000, section: '3' });
+    const x = med(p?.nvOverCli);
+    t.push({
+      what: `Onboard 1,000 pairs: NeuVector's tc processes / neuv-bpf${p?.nvExtrapolated ? ' (NeuVector extrapolated: --quick)' : ''}`,
+      value: x,
+      shown: fmtRatio(x),
+      target: '>= 20x',
+      met: x === undefined ? undefined : x >= 20,
+      section: '3',
+    });
+  }
+  const pc = r.progcost;
+  if (pc) {
+    for (const [id, s] of Object.entries(pc.ratio)) {
+      if (id.startsWith('ref-')) continue;
+      t.push({ what: `Per-frame cost, ${pc.labels[id]} / empty TC program`, value: s.median, shown: fmtRatio(s.median), target: '<= 2x', met: s.median <= 2, section: '4' });
+    }
+  }
+  return t;
+}
+
+/** One line per scenario, for stdout. */
+export function summaryLine(name: string, r: BenchResults): string {
+  if (r.errors[name]) return `${name}: FAILED: ${r.errors[name]}`;
+  switch (name) {
+    case 'progcost': {
+      const pc = r.progcost!;
+      const parts = Object.entries(pc.ratio).map(([id, s]) => `${id} ${fmtRatio(s.median)}`);
+      return `per-frame cost (x empty TC program ${fmt(pc.ns.empty!.median)} ns; target <= 2x; ref-* = bare lookup+redirect floors): ${parts.join(', ')}`;
+    }
+    case 'trace':
+      return `trace cost: ${traceLine(r.trace)}`;
+    case 'throughput': {
+      const q = r.throughput!.ratios;
+      const g = (k: string) => fmtRatio(med(q[k]?.ratio));
+      return (
+        `throughput: BYPASS(redirect_peer)/plain TCP ${g('bypass-peer/plain tcp')} (>= 1.0x), 64B ${g('bypass-peer/plain 64B')} (>= 0.95x); ` +
+        `bpf_redirect/plain TCP ${g('bypass-redirect/plain tcp')}, 64B ${g('bypass-redirect/plain 64B')}; ` +
+        `vs NeuVector pass-through TCP ${g('bypass-peer/nv-pass tcp')}, 64B ${g('bypass-peer/nv-pass 64B')}; ` +
+        `TAP vs NeuVector TAP TCP ${g('tap/nv-tap tcp')}, 64B ${g('tap/nv-tap 64B')}; FWD to DP vs NeuVector 64B ${g('fwd-leg/nv-fwd-leg 64B')}`
+      );
+    }
+    case 'dpreturn': {
+      const d = r.dpreturn!;
+      const last = d.points.filter((p) => p.bpfOverNv).pop();
+      return (
+        `dp return: neuv-bpf/NeuVector at ${last?.pairs} pairs ${fmtRatio(med(last?.bpfOverNv))} (>= 15x); ` +
+        `neuv-bpf N/1 pair ${fmt(d.bpfFlat.min)}-${fmt(d.bpfFlat.max)} over ${d.points.map((p) => p.pairs).join(', ')} pairs (within 10%); ` +
+        `NeuVector ${d.nvLimit.failedAt ? `refuses pair ${d.nvLimit.failedAt}` : `took ${d.nvLimit.lastOk} pairs`}`
+      );
+    }
+    case 'control': {
+      const c = r.control!;
+      const p = c.onboard.find((o) => o.pairs === 1000)!;
+      const m = c.memory;
+      return (
+        `control plane: 1000 pairs: neuv-bpf CLI ${fmt(med(p.cliMs)! / 1000)} s (< 1 s), API ${fmt(med(p.apiMs)! / 1000)} s, NeuVector tc ${fmt(med(p.nvMs)! / 1000)} s${p.nvExtrapolated ? ' (extrapolated)' : ''} = ${fmtRatio(med(p.nvOverCli))} (>= 20x); ` +
+        `mode switch: CLI ${fmt(med(c.modeSwitch.cliMs))} ms, API ${fmt(med(c.modeSwitch.apiMs))} ms, NeuVector ${fmt(med(c.modeSwitch.nvMs))} ms` +
+        (m ? `; loader peak RSS: load ${fmt(m.loadMaxRssKiB / 1024)} MiB, pair add 1000 ${fmt(m.addPairs1000MaxRssKiB / 1024)} MiB (node -e 0: ${fmt(m.nodeFloorKiB / 1024)} MiB)` : '')
+      );
+    }
+    default:
+      return `${name}: done`;
+  }
+}
+
+function traceLine(t: unknown): string {
+  const x = t as { offVsEmpty?: number; onVsOff?: number; onFilteredVsOff?: number } | undefined;
+  if (!x || typeof x !== 'object') return 'not run';
+  return `tracing off costs ${fmt(x.offVsEmpty)} ns over the empty program, on +${fmt(x.onVsOff)} ns, on but filtered out +${fmt(x.onFilteredVsOff)} ns`;
+}
+
+// ---------------------------------------------------------------- BENCHMARKS.md
+
+function table(head: string[], rows: string[][]): string {
+  const out = [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
+  for (const r of rows) out.push(`| ${r.join(' | ')} |`);
+  return out.join('\n');
+}
+
+export function markdown(r: BenchResults, reproduce: (only: string) => string): string {
+  const m = r.machine;
+  const L: string[] = [];
+  const bg = Object.entries(r.background).map(([k, v]) => `${k} ${Math.round(v * 100)}%`).join(', ');
+  L.push('# Benchmarks');
+  L.push('');
+  L.push(`Generated by \`${r.command}\` on ${m.date.slice(0, 10)}; do not edit by hand, run it again.`);
+  L.push('');
+  L.push(
+    `Machine: Linux ${m.kernel}, ${m.cores} cores (${m.cpuModel}), ${m.memGiB} GiB RAM; Node.js ${m.node}; ${m.iproute2}; ` +
+      `neuv-bpf commit ${m.commit}${m.dirty ? ' with uncommitted changes' : ''}. The whole run took ${Math.round(r.seconds)} s${r.quick ? ' (`--quick`: a reduced set)' : ''}.`,
+  );
+  L.push('');
+  L.push(
+    `Kernel: tcx ${r.kernel.tcx ? 'yes' : 'no'}, bpf_redirect_peer ${r.kernel.redirectPeer ? 'yes' : 'no'}, act_mirred ${r.kernel.actMirred.ok ? 'yes' : 'no'}, ` +
+      `act_pedit ${r.kernel.actPedit.ok ? 'yes' : `**no** (\`tc ... action pedit\`: ${r.kernel.actPedit.error})`}, ` +
+      `act_gact ${r.kernel.actGact.ok ? 'yes' : `**no** (\`tc ... action drop\`: ${r.kernel.actGact.error})`}. ` +
+      "So NeuVector's rules are built without the pedit rewrite (mirred only) and without `action drop`, as noted where it matters.",
+  );
+  L.push('');
+  L.push(
+    `CPU busy from other processes, sampled for 1 s before each scenario: ${bg || 'n/a'}. ` +
+      'The machine is shared; every comparison is interleaved (A and B alternate within each round, the order rotating) and ratios are medians of per-round ratios, so load that comes and goes hits both sides alike; absolute numbers move more than ratios.',
+  );
+  L.push('');
+  L.push('Reproduce everything with `make bench` (as root; `make bench QUICK=1` for the reduced set). Each section names the command for its own figures.');
+  L.push('');
+  if (Object.keys(r.errors).length) {
+    L.push('## Failed scenarios');
+    L.push('');
+    for (const [k, v] of Object.entries(r.errors)) L.push(`- ${k}: ${v}`);
+    L.push('');
+  }
+
+  // ---- summary
+  L.push('## Summary: targets');
+  L.push('');
+  const ts = targets(r);
+  L.push(table(['what', 'measured', 'target', 'met', 'section'], ts.map((t) => [t.what, t.shown, t.target, yes(t.met), t.section])));
+  L.push('');
+  const short = ts.filter((t) => t.met === false);
+  if (short.length) {
+    L.push(`Short of target: ${short.map((t) => t.what).join('; ')}. See the sections for why.`);
+    L.push('');
+  }
+
+  // ---- 1
+  const thr = r.throughput;
+  if (thr) {
+    L.push('## 1. Forwarding throughput through one intercepted pair');
+    L.push('');
+    L.push(`Reproduce: \`${reproduce('throughput')}\`. ${thr.params.rounds} rounds; TCP: one iperf3 stream host -> workload, ${thr.params.tcpSeconds} s (${thr.params.tcpOmit} s omitted first); 64-byte frames: trafgen, one worker, host -> workload, counted at the receiver over ${thr.params.windowMs / 1000} s after ${thr.params.warmMs} ms of warm-up.`);
+    L.push('');
+    L.push('Ratios (median of per-round ratios, min-max):');
+    L.push('');
+    const rl: Record<string, string> = {
+      'bypass-peer/plain tcp': 'neuv-bpf BYPASS (redirect_peer) / plain veth, TCP',
+      'bypass-peer/plain 64B': 'neuv-bpf BYPASS (redirect_peer) / plain veth, 64-byte frames',
+      'bypass-redirect/plain tcp': 'neuv-bpf BYPASS (bpf_redirect) / plain veth, TCP',
+      'bypass-redirect/plain 64B': 'neuv-bpf BYPASS (bpf_redirect) / plain veth, 64-byte frames',
+      'bypass-peer/nv-pass tcp': "neuv-bpf BYPASS (redirect_peer) / NeuVector's pass-through filters, TCP",
+      'bypass-peer/nv-pass 64B': "neuv-bpf BYPASS (redirect_peer) / NeuVector's pass-through filters, 64-byte frames",
+      'tap/nv-tap tcp': 'neuv-bpf TAP / NeuVector TAP, TCP',
+      'tap/nv-tap 64B': 'neuv-bpf TAP / NeuVector TAP, 64-byte frames',
+      'fwd-leg/nv-fwd-leg 64B': 'neuv-bpf FWD / NeuVector FWD (no pedit), host -> DP port, 64-byte frames',
+      'fwd-dp/plain tcp': 'neuv-bpf FWD through the stub DP and back / plain veth, TCP',
+      'fwd-dp/plain 64B': 'neuv-bpf FWD through the stub DP and back / plain veth, 64-byte frames',
+    };
+    L.push(table(['ratio', 'value', 'target'], Object.entries(thr.ratios).map(([k, v]) => [rl[k] ?? k, rr(v.ratio), v.target !== undefined ? `>= ${v.target}x` : ''])));
+    L.push('');
+    L.push('Absolute numbers (median, min-max over the rounds):');
+    L.push('');
+    const order: VariantId[] = ['plain', 'nv-pass', 'bpf-redirect', 'bpf-peer', 'nv-tap', 'bpf-tap', 'nv-fwd-leg', 'bpf-fwd-leg', 'bpf-fwd-dp'];
+    L.push(
+      table(
+        ['variant', 'TCP Gbit/s', '64-byte kframes/s received', 'kframes/s offered by the sender', 'counted at'],
+        order
+          .map((id) => thr.variants.find((v) => v.id === id))
+          .filter((v): v is NonNullable<typeof v> => !!v)
+          .map((v) => [v.label, v.tcp ? range(v.tcp) : 'not possible (see notes)', range(v.pps, 1e-3), range(v.offered, 1e-3), v.counter]),
+      ),
+    );
+    L.push('');
+    for (const n of thr.notes) L.push(`- ${n}`);
+    const c = thr.checks as Record<string, unknown>;
+    if (c['bpf-peer.eth0RxOverIpIn'] !== undefined) {
+      L.push(
+        `- Device counters and bpf_redirect_peer: with redirect_peer the workload's eth0 rx packet counter moved ${fmt(c['bpf-peer.eth0RxOverIpIn'] as number)}x as much as its IP layer's count (plain veth: ${fmt(c['plain.eth0RxOverIpIn'] as number)}x), so on this kernel the peer's rx counters do see redirect_peer traffic (DATAPATH.md section 7: not on older kernels). The figures above count at the IP layer anyway.`,
+      );
+    }
+    if (c['bpf-redirect.redirectPeer'] !== undefined) {
+      L.push(`- Redirect kind as recorded at pair add: bpf_redirect variant ${JSON.stringify(c['bpf-redirect.redirectPeer'])}, redirect_peer variant ${JSON.stringify(c['bpf-peer.redirectPeer'])}.`);
+    }
+    L.push('');
+  }
+
+  // ---- 2
+  const dr = r.dpreturn;
+  if (dr) {
+    L.push('## 2. DP return path as the number of pairs grows');
+    L.push('');
+    L.push(`Reproduce: \`${reproduce('dpreturn')}\`. ${dr.params.rounds} rounds per size, ${dr.params.windowMs / 1000} s windows after ${dr.params.warmMs} ms of warm-up.`);
+    L.push('');
+    L.push(
+      table(
+        ['pairs', 'NeuVector u32 filters on vbr-neuv', 'NeuVector kframes/s', 'neuv-bpf kframes/s', 'neuv-bpf 1-pair reference, same rounds', 'neuv-bpf / NeuVector', 'neuv-bpf N / 1 pair'],
+        dr.points.map((p) => [
+          String(p.pairs),
+          p.nvFilters !== undefined ? String(p.nvFilters) : 'n/a (refused past ' + dr.nvLimit.lastOk + ' pairs)',
+          p.nv ? range(p.nv, 1e-3) : 'n/a',
+          range(p.bpf, 1e-3),
+          range(p.bpfRef, 1e-3),
+          p.bpfOverNv ? rr(p.bpfOverNv) : 'n/a',
+          rr(p.bpfOverRef),
+        ]),
+      ),
+    );
+    L.push('');
+    L.push(
+      `NeuVector's limit: pairs added one at a time after ${dr.points.filter((p) => p.nv).pop()?.pairs}: ${dr.nvLimit.lastOk} pairs went in (${dr.nvLimit.filters} u32 filters on vbr-neuv)` +
+        (dr.nvLimit.failedAt ? `; pair ${dr.nvLimit.failedAt} was refused: \`${dr.nvLimit.error}\`.` : '; no refusal up to there.'),
+    );
+    L.push('');
+    for (const n of dr.notes) L.push(`- ${n}`);
+    L.push('');
+  }
+
+  // ---- 3
+  const cp = r.control;
+  if (cp) {
+    L.push('## 3. Control plane: onboarding pairs and switching modes');
+    L.push('');
+    L.push(
+      `Reproduce: \`${reproduce('control')}\`. ${cp.params.reps} repetitions per size for neuv-bpf; NeuVector ${Object.entries(cp.params.nvReps).map(([n, k]) => `${k}x at ${n}`).join(', ')} ` +
+        '(NeuVector, the CLI and the API alternate, their order flipping each repetition). Each size has its own enforcer netns holding exactly its pairs.',
+    );
+    L.push('');
+    L.push(
+      table(
+        ['pairs', 'NeuVector: tc processes', 'NeuVector ms', 'neuv-bpf `pair add --file` ms (one process)', 'neuv-bpf Datapath.addPairs ms', 'NeuVector / CLI'],
+        cp.onboard.map((p) => [String(p.pairs), String(p.nvProcesses), `${range(p.nvMs)}${p.nvExtrapolated ? ' (extrapolated linearly from ' + Math.max(...cp.params.nvSizes) + ' pairs: a lower bound, each tc process also dumps every link of the netns)' : ''}`, range(p.cliMs), range(p.apiMs), rr(p.nvOverCli)]),
+      ),
+    );
+    L.push('');
+    L.push(`CLI start-up floor (\`neuv-bpf version\`: Node.js, modules, libbpf, feature probes): ${range(cp.cliStartupMs)} ms; it is part of every CLI figure.`);
+    L.push('');
+    const s = cp.modeSwitch;
+    L.push(
+      table(
+        ['one mode switch (pair among ' + s.switchedAtPairs + ')', 'ms (median, min-max)'],
+        [
+          [`NeuVector: ResetPortPair + FwdPortPair (${s.nvProcesses} tc processes)`, range(s.nvMs)],
+          ['neuv-bpf `pair mode` (one process)', range(s.cliMs)],
+          ['neuv-bpf Datapath.setMode', range(s.apiMs)],
+          ['NeuVector / CLI', fmtRatio((med(s.nvMs) ?? NaN) / (med(s.cliMs) ?? NaN))],
+          ['NeuVector / API', fmtRatio((med(s.nvMs) ?? NaN) / (med(s.apiMs) ?? NaN))],
+        ],
+      ),
+    );
+    L.push('');
+    for (const n of cp.notes) L.push(`- ${n}`);
+    L.push('');
+  }
+
+  // ---- 4
+  const pc = r.progcost;
+  if (pc) {
+    L.push('## 4. Per-frame program cost (BPF_PROG_TEST_RUN)');
+    L.push('');
+    L.push(`Reproduce: \`${reproduce('progcost')}\`. ${pc.params.rounds} rounds, repeat ${pc.params.repeat.toLocaleString('en')} per run, paths interleaved; 64-byte IPv4/UDP frames.`);
+    L.push('');
+    L.push(
+      table(
+        ['path', 'ns per frame', 'x empty program', 'x its floor'],
+        Object.keys(pc.ns).map((id) => [pc.labels[id] ?? id, range(pc.ns[id]), id === 'empty' ? '1x' : rr(pc.ratio[id]), pc.overFloor[id] ? rr(pc.overFloor[id]) : '']),
+      ),
+    );
+    L.push('');
+    for (const n of pc.notes) L.push(`- ${n}`);
+    L.push('');
+  }
+  if (r.trace !== undefined) {
+    L.push('### Trace cost (bench/trace.ts)');
+    L.push('');
+    L.push(`Reproduce: \`${reproduce('trace')}\`. ${traceLine(r.trace)}.`);
+    const ns = (r.trace as { ns?: Record<string, number> }).ns;
+    if (ns) {
+      L.push('');
+      L.push(table(['case', 'ns per frame'], Object.entries(ns).map(([k, v]) => [k, fmt(v)])));
+    }
+    L.push('');
+  }
+
+  // ---- 5
+  const mem = r.control?.memory;
+  if (mem) {
+    L.push('## 5. Loader peak memory');
+    L.push('');
+    L.push(`Reproduce: \`${reproduce('control')}\` (measured after the control-plane runs). ${mem.how}.`);
+    L.push('');
+    L.push(
+      table(
+        ['process', 'peak RSS MiB'],
+        [
+          ['`neuv-bpf load`', fmt(mem.loadMaxRssKiB / 1024)],
+          ['`neuv-bpf pair add --file` with 1,000 pairs', fmt(mem.addPairs1000MaxRssKiB / 1024)],
+          ['`node -e 0` (the runtime alone)', fmt(mem.nodeFloorKiB / 1024)],
+          ...(mem.tcMaxRssKiB !== undefined ? [["one `tc` process (NeuVector spawns 8 per pair, one at a time)", fmt(mem.tcMaxRssKiB / 1024)]] : []),
+        ],
+      ),
+    );
+    L.push('');
+  }
+
+  L.push('## Raw data');
+  L.push('');
+  L.push('Every sample of this run is in the JSON file written next to it (see `make bench` output; `build/bench.json` for a full run).');
+  L.push('');
+  return L.join('\n');
+}

@@ -1,0 +1,369 @@
+/**
+ * Shared plumbing of the benchmarks: names unique to this run, a cleanup
+ * stack that also runs on Ctrl-C / SIGTERM, network namespaces with an
+ * anchor process (so their counters are read from /proc/<pid>/net/* without
+ * spawning anything), child processes that are always reaped, statistics.
+ *
+ * Every name this run creates starts with `nbench-<pid>-`: netns, pin roots,
+ * temporary files. Nothing here is part of `make test`.
+ */
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
+export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
+export const RUN_TAG = `nbench-${process.pid}`;
+
+let seq = 0;
+/** `nbench-<pid>-<what>-<n>`: unique to this run and call. */
+export function uniq(what: string): string {
+  seq++;
+  return `${RUN_TAG}-${what}-${seq}`;
+}
+
+// ---------------------------------------------------------------- cleanup
+
+const cleanups: Array<{ what: string; fn: () => void }> = [];
+
+/** Registers an undo; they run last-in first-out at the end, on failure and on Ctrl-C. */
+export function onCleanup(what: string, fn: () => void): () => void {
+  const entry = { what, fn };
+  cleanups.push(entry);
+  // Returns a function that runs this one now (and forgets it).
+  return () => {
+    const i = cleanups.indexOf(entry);
+    if (i >= 0) cleanups.splice(i, 1);
+    try {
+      fn();
+    } catch {
+      /* best effort */
+    }
+  };
+}
+
+export function runCleanups(): void {
+  while (cleanups.length) {
+    const c = cleanups.pop()!;
+    try {
+      c.fn();
+    } catch (e) {
+      process.stderr.write(`bench: cleanup '${c.what}' failed: ${(e as Error).message}\n`);
+    }
+  }
+}
+
+let signalsInstalled = false;
+/** Ctrl-C / SIGTERM: undo everything, then exit 130/143. */
+export function installSignalCleanup(): void {
+  if (signalsInstalled) return;
+  signalsInstalled = true;
+  const handler = (sig: NodeJS.Signals) => {
+    process.stderr.write(`\nbench: ${sig}, cleaning up...\n`);
+    runCleanups();
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  process.on('exit', () => runCleanups());
+}
+
+// ---------------------------------------------------------------- processes
+
+export interface ShOptions {
+  allowFail?: boolean;
+  input?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface ShResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program synchronously with an argument array (never a shell). */
+export function sh(cmd: string, args: string[], opts: ShOptions = {}): ShResult {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: opts.env ?? process.env, maxBuffer: 256 << 20 });
+  const res = { code: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+  if (res.code !== 0 && !opts.allowFail) {
+    const err = (res.stderr || r.error?.message || '').trim().split('\n').slice(0, 3).join(' | ');
+    throw new Error(`${cmd} ${args.join(' ').slice(0, 300)} failed (${res.code}): ${err}`);
+  }
+  return res;
+}
+
+/**
+ * Spawns a long-running child in its own process group; cleanup kills the
+ * whole group (trafgen forks a worker per CPU).
+ */
+export function spawnGroup(cmd: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess & { stop: () => Promise<void> } {
+  const child = spawn(cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  const kill = (sig: NodeJS.Signals) => {
+    try {
+      if (child.pid) process.kill(-child.pid, sig);
+    } catch {
+      /* gone */
+    }
+  };
+  const drop = onCleanup(`kill ${cmd} ${child.pid}`, () => kill('SIGKILL'));
+  const c = child as ChildProcess & { stop: () => Promise<void>; output: () => { out: string; err: string } };
+  c.stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      kill('SIGTERM');
+      const t = setTimeout(() => kill('SIGKILL'), 3000);
+      await exited;
+      clearTimeout(t);
+    }
+    drop();
+  };
+  c.output = () => ({ out, err });
+  return c;
+}
+
+export function outputOf(c: ChildProcess): { out: string; err: string } {
+  return (c as unknown as { output: () => { out: string; err: string } }).output();
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export function nowMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
+// ---------------------------------------------------------------- netns
+
+export interface ProcNet {
+  /** rx/tx packets and bytes of every device, from /proc/<anchor>/net/dev. */
+  dev(): Map<string, { rxPackets: number; rxBytes: number; rxDrop: number; txPackets: number; txBytes: number; txDrop: number }>;
+  /** /proc/<anchor>/net/snmp as { 'Ip:InReceives': n, ... }. */
+  snmp(): Record<string, number>;
+}
+
+export class Netns implements ProcNet {
+  readonly name: string;
+  private anchor: ChildProcess;
+  readonly anchorPid: number;
+  private deleted = false;
+  private dropCleanup: () => void;
+
+  constructor(what: string) {
+    this.name = uniq(what);
+    sh('ip', ['netns', 'add', this.name]);
+    // Register deletion before anything else can fail.
+    this.dropCleanup = onCleanup(`netns ${this.name}`, () => this.delNow());
+    this.ip('link', 'set', 'lo', 'up');
+    // No IPv6 chatter (DAD, router solicitations) in counters and no link-local on new links.
+    this.exec('sysctl', ['-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1'], { allowFail: true });
+    this.anchor = spawn('ip', ['netns', 'exec', this.name, 'sleep', 'infinity'], { stdio: 'ignore' });
+    this.anchorPid = this.anchor.pid!;
+  }
+
+  exec(cmd: string, args: string[], opts: ShOptions = {}): ShResult {
+    return sh('ip', ['netns', 'exec', this.name, cmd, ...args], opts);
+  }
+
+  ip(...args: string[]): string {
+    return sh('ip', ['-n', this.name, ...args]).stdout;
+  }
+
+  /** `ip -n NS -b -`: many commands in one process; throws on the first error. */
+  ipBatch(lines: string[]): void {
+    if (lines.length) sh('ip', ['-n', this.name, '-b', '-'], { input: lines.join('\n') + '\n' });
+  }
+
+  /** `tc -n NS -b -`: many commands in one process; throws on the first error. */
+  tcBatch(lines: string[][]): void {
+    if (lines.length) sh('tc', ['-n', this.name, '-b', '-'], { input: lines.map((l) => l.join(' ')).join('\n') + '\n' });
+  }
+
+  mac(dev: string): string {
+    const [l] = JSON.parse(this.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ address: string }>;
+    return l!.address;
+  }
+
+  ifindex(dev: string): number {
+    const [l] = JSON.parse(this.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number }>;
+    return l!.ifindex;
+  }
+
+  /** Waits until the anchor process has entered the netns (its /proc net view differs from ours). */
+  async ready(): Promise<void> {
+    const mine = fs.readlinkSync('/proc/self/ns/net');
+    for (let i = 0; i < 200; i++) {
+      try {
+        if (fs.readlinkSync(`/proc/${this.anchorPid}/ns/net`) !== mine && fs.readlinkSync(`/proc/${this.anchorPid}/exe`).endsWith('sleep')) return;
+      } catch {
+        /* not yet */
+      }
+      await sleep(5);
+    }
+    throw new Error(`anchor process of ${this.name} did not start`);
+  }
+
+  dev(): ReturnType<ProcNet['dev']> {
+    return parseNetDev(fs.readFileSync(`/proc/${this.anchorPid}/net/dev`, 'utf8'));
+  }
+
+  snmp(): Record<string, number> {
+    return parseSnmp(fs.readFileSync(`/proc/${this.anchorPid}/net/snmp`, 'utf8'));
+  }
+
+  /** Deletes the namespace now (its devices go with it). */
+  del(): void {
+    this.dropCleanup();
+  }
+
+  private delNow(): void {
+    if (this.deleted) return;
+    this.deleted = true;
+    this.anchor.kill('SIGKILL');
+    sh('ip', ['netns', 'del', this.name], { allowFail: true });
+  }
+}
+
+export function parseNetDev(text: string): ReturnType<ProcNet['dev']> {
+  const out: ReturnType<ProcNet['dev']> = new Map();
+  for (const line of text.split('\n').slice(2)) {
+    const m = /^\s*([^:\s]+):\s*(.*)$/.exec(line);
+    if (!m) continue;
+    const f = m[2]!.trim().split(/\s+/).map(Number);
+    out.set(m[1]!, { rxBytes: f[0]!, rxPackets: f[1]!, rxDrop: f[3]!, txBytes: f[8]!, txPackets: f[9]!, txDrop: f[11]! });
+  }
+  return out;
+}
+
+export function parseSnmp(text: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  const lines = text.split('\n');
+  for (let i = 0; i + 1 < lines.length; i += 2) {
+    const h = lines[i]!.trim().split(/\s+/);
+    const v = lines[i + 1]!.trim().split(/\s+/);
+    const proto = h[0]!.replace(/:$/, '');
+    for (let k = 1; k < h.length; k++) out[`${proto}${h[k]}`] = Number(v[k]);
+  }
+  return out;
+}
+
+/** A pin root under /sys/fs/bpf, removed at cleanup. */
+export function pinRoot(what: string): string {
+  const p = `/sys/fs/bpf/${uniq(what)}`;
+  onCleanup(`pin root ${p}`, () => fs.rmSync(p, { recursive: true, force: true }));
+  return p;
+}
+
+/** A temporary directory removed at cleanup. */
+export function tmpDir(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), `${RUN_TAG}-`));
+  onCleanup(`tmp ${d}`, () => fs.rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+// ---------------------------------------------------------------- the CLI
+
+export function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; allowFail?: boolean; nodeArgs?: string[] } = {}): ShResult & { ms: number } {
+  const t0 = nowMs();
+  const r = sh(process.execPath, [...(opts.nodeArgs ?? []), CLI, ...args], {
+    env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn', ...opts.env },
+    input: opts.input,
+    allowFail: opts.allowFail,
+  });
+  return { ...r, ms: nowMs() - t0 };
+}
+
+// ---------------------------------------------------------------- statistics
+
+export function median(xs: number[]): number {
+  if (!xs.length) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export interface Summary {
+  median: number;
+  min: number;
+  max: number;
+  n: number;
+  samples: number[];
+}
+
+export function summary(xs: number[]): Summary {
+  return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length, samples: xs };
+}
+
+/** Median of the per-round ratios a[i]/b[i] (paired, so drift cancels). */
+export function pairedRatio(a: number[], b: number[]): Summary {
+  const r: number[] = [];
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (b[i]! > 0) r.push(a[i]! / b[i]!);
+  return summary(r);
+}
+
+// ---------------------------------------------------------------- machine
+
+/** Busy fraction of all CPUs over a window, from /proc/stat. */
+export async function cpuBusy(ms = 1000): Promise<number> {
+  const read = () => {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const idle = f[3]! + (f[4] ?? 0);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { idle, total };
+  };
+  const a = read();
+  await sleep(ms);
+  const b = read();
+  const dt = b.total - a.total;
+  return dt > 0 ? 1 - (b.idle - a.idle) / dt : 0;
+}
+
+export interface MachineInfo {
+  kernel: string;
+  cores: number;
+  cpuModel: string;
+  memGiB: number;
+  node: string;
+  iproute2: string;
+  commit: string;
+  dirty: boolean;
+  date: string;
+}
+
+export function machineInfo(): MachineInfo {
+  const git = (args: string[]) => sh('git', ['-C', ROOT, ...args], { allowFail: true }).stdout.trim();
+  return {
+    kernel: os.release(),
+    cores: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
+    memGiB: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    iproute2: sh('ip', ['-V'], { allowFail: true }).stdout.trim(),
+    commit: git(['rev-parse', '--short', 'HEAD']) || 'unknown',
+    dirty: git(['status', '--porcelain', '--untracked-files=no']).length > 0,
+    date: new Date().toISOString(),
+  };
+}
+
+/** Formats a number with a fixed number of significant digits for tables. */
+export function fmt(x: number | undefined, digits = 3): string {
+  if (x === undefined || !Number.isFinite(x)) return 'n/a';
+  if (x === 0) return '0';
+  const mag = Math.floor(Math.log10(Math.abs(x)));
+  const dec = Math.max(0, digits - 1 - mag);
+  return x.toFixed(Math.min(dec, 6));
+}
+
+export function fmtRatio(x: number | undefined): string {
+  return x === undefined || !Number.isFinite(x) ? 'n/a' : `${fmt(x, 3)}x`;
+}
+
+/** Logs a progress line on stderr (stdout is kept for the summary). */
+export function progress(msg: string): void {
+  process.stderr.write(`  ${msg}\n`);
+}

@@ -1,0 +1,147 @@
+/**
+ * `neuv-bpf flow allow|deny|revoke|list`: the flow offload map by hand (what
+ * a DP does through src/flows.ts or with plain bpf syscalls). A thin shell
+ * over Flows; parsing and printing only.
+ */
+import type { Command } from 'commander';
+import type { CommandRegistrar, Ctx } from './cli';
+import { UsageError } from './errors';
+import { table, si } from './format';
+import { FlowSpec, FlowView, Flows, OffloadResult } from './flows';
+import { parsePortId } from './pairs';
+
+interface FlowOpts {
+  id?: string;
+  proto?: string;
+  src?: string;
+  dst?: string;
+  timeout?: string;
+  idle?: string;
+  all?: boolean;
+}
+
+const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
+function printJson(c: Ctx, v: unknown): void {
+  c.out(JSON.stringify(v, bigintAsNumber, 2));
+}
+
+/** --id, --proto, --src, --dst: all four. */
+export function flowSpecFrom(o: FlowOpts): FlowSpec {
+  const missing = (['id', 'proto', 'src', 'dst'] as const).filter((k) => o[k] === undefined);
+  if (missing.length) throw new UsageError(`name the flow with --id N --proto P --src ADDR[:PORT] --dst ADDR[:PORT] (missing ${missing.map((k) => `--${k}`).join(', ')})`);
+  return { id: parsePortId(o.id), proto: o.proto!, src: o.src!, dst: o.dst! };
+}
+
+function secondsOpt(v: string | undefined, what: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!/^[0-9.]+$/.test(v) || !Number.isFinite(n) || n <= 0) throw new UsageError(`${what} '${v}' is not a positive number of seconds`);
+  return n;
+}
+
+const ep = (e: { addr: string; port: number }, withPort: boolean) => (withPort ? `${e.addr}:${e.port}` : e.addr);
+
+function expires(v: FlowView): string {
+  if (v.expired) return 'expired';
+  if (v.expiresInMs === null) return v.idleNs ? `idle ${Number(v.idleNs / 1_000_000n) / 1000}s (not used yet)` : 'never';
+  return `${(v.expiresInMs / 1000).toFixed(1)}s`;
+}
+
+export function formatFlows(vs: FlowView[], capacity?: number): string[] {
+  const out: string[] = [`${vs.length} flow${vs.length === 1 ? '' : 's'} offloaded${capacity ? ` (map size ${capacity})` : ''}`];
+  if (!vs.length) return out;
+  const rows = vs.map((v) => {
+    const ports = v.protoName === 'tcp' || v.protoName === 'udp';
+    return [String(v.id), v.protoName, ep(v.a, ports), ep(v.b, ports), v.verdict, expires(v), si(v.packets), si(v.bytes, 'B')];
+  });
+  out.push(...table(['ID', 'PROTO', 'A', 'B', 'VERDICT', 'EXPIRES', 'PACKETS', 'BYTES'], rows, ['r', 'l', 'l', 'l', 'l', 'r', 'r', 'r']));
+  return out;
+}
+
+function offloadedLine(r: OffloadResult): string {
+  const ports = r.protoName === 'tcp' || r.protoName === 'udp';
+  const t: string[] = [];
+  if (r.deadlineNs) t.push(`expires in ${(r.expiresInMs! / 1000).toFixed(1)}s`);
+  if (r.idleNs) t.push(`idle timeout ${Number(r.idleNs / 1_000_000n) / 1000}s`);
+  const note = r.pairMode === 'fwd' ? '' : ` (pair ${r.id} is in ${r.pairMode}: entries only apply in fwd, and a mode switch clears them)`;
+  return `${r.replaced ? 'replaced' : 'offloaded'} ${r.verdict} pair ${r.id} ${r.protoName} ${ep(r.a, ports)} <-> ${ep(r.b, ports)}${t.length ? ', ' + t.join(', ') : ''}${note}`;
+}
+
+function withFlows<T>(c: Ctx, fn: (f: Flows) => T): T {
+  const f = Flows.open(c.pinRoot);
+  try {
+    return fn(f);
+  } finally {
+    f.close();
+  }
+}
+
+export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: () => Ctx) => {
+  const flow = program
+    .command('flow')
+    .description('flow offload: decisions of the DP applied in the kernel to a pair in fwd (allow: straight to the peer; deny: dropped)');
+
+  for (const verdict of ['allow', 'deny'] as const) {
+    flow
+      .command(verdict)
+      .description(
+        verdict === 'allow'
+          ? "offload a flow: its frames (both directions) go straight to the pair's other port, without the DP"
+          : 'drop a flow in the kernel: its frames (both directions) never reach the DP',
+      )
+      .option('--id <n>', 'pair id')
+      .option('--proto <p>', 'tcp, udp, icmp or an IP protocol number')
+      .option('--src <addr[:port]>', 'source IPv4 address (and port for tcp/udp)')
+      .option('--dst <addr[:port]>', 'destination IPv4 address (and port for tcp/udp)')
+      .option('--timeout <s>', 'expire this many seconds from now')
+      .option('--idle <s>', 'expire after this many seconds without a frame')
+      .option('--json', 'print the entry as JSON')
+      .action((o: FlowOpts) => {
+        const c = ctx();
+        const spec = flowSpecFrom(o);
+        const r = withFlows(c, (f) => f.offload(spec, { verdict, timeoutS: secondsOpt(o.timeout, '--timeout'), idleS: secondsOpt(o.idle, '--idle') }));
+        if (c.json) printJson(c, r);
+        else c.out(offloadedLine(r));
+      });
+  }
+
+  flow
+    .command('revoke')
+    .description("remove a flow's entry (its frames go to the DP again), or with --all every entry of pair --id")
+    .option('--id <n>', 'pair id')
+    .option('--proto <p>', 'tcp, udp, icmp or an IP protocol number')
+    .option('--src <addr[:port]>', 'source (either direction names the same entry)')
+    .option('--dst <addr[:port]>', 'destination')
+    .option('--all', 'every entry of the pair --id')
+    .option('--json', 'print the result as JSON')
+    .action((o: FlowOpts) => {
+      const c = ctx();
+      if (o.all) {
+        if (o.id === undefined || o.proto !== undefined || o.src !== undefined || o.dst !== undefined) {
+          throw new UsageError('--all takes the pair --id only');
+        }
+        const id = parsePortId(o.id);
+        const n = withFlows(c, (f) => f.clearPair(id));
+        if (c.json) printJson(c, { id, revoked: n });
+        else c.out(`revoked ${n} flow${n === 1 ? '' : 's'} of pair ${id}`);
+        return;
+      }
+      const spec = flowSpecFrom(o);
+      const found = withFlows(c, (f) => f.revoke(spec));
+      if (c.json) printJson(c, { revoked: found ? 1 : 0 });
+      else c.out(found ? 'revoked' : 'no such flow entry (already gone: expired, ended by FIN/RST, evicted or revoked)');
+    });
+
+  flow
+    .command('list')
+    .description('every offloaded flow: pair, protocol, endpoints, verdict, expiry, frames and bytes it handled')
+    .option('--id <n>', 'only the flows of this pair')
+    .option('--json', 'print the list as JSON')
+    .action((o: FlowOpts) => {
+      const c = ctx();
+      const id = o.id === undefined ? undefined : parsePortId(o.id);
+      const { list, capacity } = withFlows(c, (f) => ({ list: f.list({ id }), capacity: f.capacity }));
+      if (c.json) printJson(c, list);
+      else c.out(formatFlows(list, capacity).join('\n'));
+    });
+};

@@ -1,0 +1,343 @@
+/**
+ * Flow offload, the DP side (README "Flow offload"): the enforcer's DP, once
+ * it has decided a flow, writes the decision into the pinned map neuv_flows
+ * and the vin/vex programs apply it to the flow's later frames without the
+ * DP (pairs in FWD only): ALLOW forwards them straight to the pair's other
+ * port (verdict FAST), DENY drops them in the kernel (FLOW_DROP).
+ *
+ * This module is the typed API over that map (the CLI `neuv-bpf flow` is a
+ * thin shell over it; a DP written in C writes the map itself, see
+ * examples/flow-offload.c). Every call is one or a few map operations on the
+ * pinned map: no lock, so a DP can offload at its own pace; the map's
+ * updates are atomic per entry.
+ *
+ * Times are CLOCK_MONOTONIC nanoseconds, the clock of bpf_ktime_get_ns() and
+ * of process.hrtime.bigint().
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MapFd } from './bpf';
+import { NotFoundError, UsageError } from './errors';
+import {
+  FlowEntry,
+  FlowKey,
+  FlowVerdict,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  MAPS,
+  decodeFlow,
+  decodeFlowKey,
+  decodeId,
+  decodePort,
+  encodeFlow,
+  encodeFlowKey,
+  flowKeyOf,
+  formatIpv4,
+  ipv4Bytes,
+  u32Key,
+  MODE_NAMES,
+} from './layout';
+import { isLoaded } from './loader';
+import { log } from './log';
+
+// ================================================================ types
+
+export type FlowVerdictName = 'allow' | 'deny';
+
+/** One end of a flow: "10.0.0.1:1234", "10.0.0.1" (port 0), or an object. */
+export type Endpoint = string | { addr: string; port?: number };
+
+/** A flow as the DP sees one of its frames (either direction gives the same entry). */
+export interface FlowSpec {
+  /** Pair id (as in the UCMAC, 0..65535). */
+  id: number;
+  /** 'tcp', 'udp', 'icmp' or an IP protocol number 0..255. */
+  proto: string | number;
+  src: Endpoint;
+  dst: Endpoint;
+}
+
+export interface OffloadOptions {
+  /** Default 'allow' (the fast path). */
+  verdict?: FlowVerdictName;
+  /** The entry expires this many seconds from now, whatever the traffic (deadline_ns). */
+  timeoutS?: number;
+  /** The entry expires after this many seconds without a frame (idle_ns). */
+  idleS?: number;
+}
+
+export interface FlowView {
+  id: number;
+  proto: number;
+  /** 'tcp', 'udp', 'icmp' or the number. */
+  protoName: string;
+  /** Endpoint A: the lower (address, port). */
+  a: { addr: string; port: number };
+  b: { addr: string; port: number };
+  verdict: FlowVerdictName | 'none' | string;
+  /** CLOCK_MONOTONIC ns; 0 = none. */
+  deadlineNs: bigint;
+  idleNs: bigint;
+  lastNs: bigint;
+  packets: bigint;
+  bytes: bigint;
+  /** Milliseconds until the deadline or the idle timeout, whichever comes first (null: never). */
+  expiresInMs: number | null;
+  /** The next frame would find it expired (the datapath deletes it then). */
+  expired: boolean;
+}
+
+export interface OffloadResult extends FlowView {
+  /** The pair's mode as read: entries only apply in fwd (and a mode switch clears them). */
+  pairMode: string;
+  /** An entry for the flow existed and was replaced (its counters start again). */
+  replaced: boolean;
+}
+
+// ================================================================ parsing (pure)
+
+const PROTO_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp' };
+
+export function parseProto(p: string | number): number {
+  if (typeof p === 'number') {
+    if (!Number.isInteger(p) || p < 0 || p > 255) throw new UsageError(`IP protocol ${p} is out of range (0..255)`);
+    return p;
+  }
+  const s = String(p).trim().toLowerCase();
+  const named = Object.entries(PROTO_NAMES).find(([, n]) => n === s);
+  if (named) return Number(named[0]);
+  if (/^[0-9]+$/.test(s)) return parseProto(Number(s));
+  throw new UsageError(`unknown protocol '${p}' (expected tcp, udp, icmp or a number 0..255)`);
+}
+
+export function protoName(n: number): string {
+  return PROTO_NAMES[n] ?? String(n);
+}
+
+/** "10.0.0.1:80" -> { addr, port }; a bare address has port 0. */
+export function parseEndpoint(e: Endpoint, what: string): { addr: string; port: number } {
+  let addr: string;
+  let port: number;
+  if (typeof e === 'string') {
+    const m = /^([0-9.]+)(?::([0-9]+))?$/.exec(e.trim());
+    if (!m) throw new UsageError(`${what} '${e}' is not ADDR or ADDR:PORT (IPv4)`);
+    addr = m[1]!;
+    port = m[2] === undefined ? 0 : Number(m[2]);
+  } else {
+    addr = e.addr;
+    port = e.port ?? 0;
+  }
+  try {
+    addr = formatIpv4(ipv4Bytes(addr));
+  } catch {
+    throw new UsageError(`${what} address '${addr}' is not an IPv4 address`);
+  }
+  if (!Number.isInteger(port) || port < 0 || port > 0xffff) throw new UsageError(`${what} port ${port} is out of range (0..65535)`);
+  return { addr, port };
+}
+
+/** Validates a spec and gives its normalised key (the same for both directions). */
+export function flowKeyFromSpec(f: FlowSpec): FlowKey {
+  if (!Number.isInteger(f.id) || f.id < 0 || f.id > 0xffff) throw new UsageError(`pair id ${f.id} is out of range (0..65535)`);
+  const proto = parseProto(f.proto);
+  const s = parseEndpoint(f.src, 'source');
+  const d = parseEndpoint(f.dst, 'destination');
+  const ports = proto === IPPROTO_TCP || proto === IPPROTO_UDP;
+  if (!ports && (s.port || d.port)) throw new UsageError(`ports only exist for tcp and udp, not ${protoName(proto)}: give addresses only`);
+  return flowKeyOf({ id: f.id, proto, src: s.addr, sport: s.port, dst: d.addr, dport: d.port });
+}
+
+function seconds(v: number | undefined, what: string): bigint {
+  if (v === undefined || v === 0) return 0n;
+  if (!Number.isFinite(v) || v < 0) throw new UsageError(`${what} ${v} must be a number of seconds >= 0`);
+  return BigInt(Math.round(v * 1e9));
+}
+
+/** The value to write: deadline from `now`, idle timeout, counters zero, last_ns 0 (the idle clock starts at the first frame). */
+export function flowValue(opts: OffloadOptions, now: bigint): FlowEntry {
+  const verdict = opts.verdict ?? 'allow';
+  if (verdict !== 'allow' && verdict !== 'deny') throw new UsageError(`verdict '${verdict}' (expected allow or deny)`);
+  const t = seconds(opts.timeoutS, 'timeout');
+  return {
+    verdict: verdict === 'allow' ? FlowVerdict.ALLOW : FlowVerdict.DENY,
+    deadlineNs: t ? now + t : 0n,
+    idleNs: seconds(opts.idleS, 'idle timeout'),
+    lastNs: 0n,
+    packets: 0n,
+    bytes: 0n,
+  };
+}
+
+/**
+ * Whether the datapath would find the entry expired at `now` (the rule of
+ * bpf/neuv.h struct neuv_flow), and how long until it would be.
+ */
+export function flowExpiry(e: FlowEntry, now: bigint): { expired: boolean; expiresInMs: number | null } {
+  const idleEnd = e.idleNs && e.lastNs ? e.lastNs + e.idleNs : 0n;
+  const expired = (e.deadlineNs !== 0n && now >= e.deadlineNs) || (e.idleNs !== 0n && e.lastNs !== 0n && now > e.lastNs && now - e.lastNs >= e.idleNs);
+  const ends = [e.deadlineNs, idleEnd].filter((x) => x !== 0n);
+  if (!ends.length) return { expired, expiresInMs: null }; // no deadline, and no idle clock running yet
+  const first = ends.reduce((a, b) => (a < b ? a : b));
+  return { expired, expiresInMs: expired ? 0 : Number((first - now) / 1_000_000n) };
+}
+
+export function viewFlow(k: FlowKey, e: FlowEntry, now: bigint): FlowView {
+  const verdict = e.verdict === FlowVerdict.ALLOW ? 'allow' : e.verdict === FlowVerdict.DENY ? 'deny' : e.verdict === 0 ? 'none' : `verdict${e.verdict}`;
+  return {
+    id: k.id,
+    proto: k.proto,
+    protoName: protoName(k.proto),
+    a: { addr: k.addrA, port: k.portA },
+    b: { addr: k.addrB, port: k.portB },
+    verdict,
+    deadlineNs: e.deadlineNs,
+    idleNs: e.idleNs,
+    lastNs: e.lastNs,
+    packets: e.packets,
+    bytes: e.bytes,
+    ...flowExpiry(e, now),
+  };
+}
+
+// ================================================================ the map
+
+export function monotonicNs(): bigint {
+  return process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+}
+
+/**
+ * The pinned flow map of a loaded datapath. Keep one open while offloading
+ * many flows (each standalone function below opens and closes it).
+ */
+export class Flows {
+  readonly pinRoot: string;
+  private readonly map: MapFd;
+
+  private constructor(pinRoot: string, map: MapFd) {
+    this.pinRoot = pinRoot;
+    this.map = map;
+  }
+
+  /** Whether the datapath at pinRoot has a flow map (one loaded by a version without it has none). */
+  static available(pinRoot: string): boolean {
+    return fs.existsSync(path.join(pinRoot, MAPS.flows.name));
+  }
+
+  static open(pinRoot: string): Flows {
+    if (!isLoaded(pinRoot)) throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
+    if (!Flows.available(pinRoot)) {
+      throw new NotFoundError(`no ${MAPS.flows.name} under ${pinRoot}: the datapath was loaded by a version without flow offload (run neuv-bpf load)`);
+    }
+    return new Flows(pinRoot, MapFd.fromPin(path.join(pinRoot, MAPS.flows.name)));
+  }
+
+  /** max_entries of the pinned map (`load --flows N`). */
+  get capacity(): number {
+    return this.map.info.maxEntries;
+  }
+
+  /** The mode of pair `id` as its vin entry says, or undefined if there is no such pair. */
+  private pairMode(id: number): string | undefined {
+    const ids = MapFd.fromPin(path.join(this.pinRoot, MAPS.ids.name));
+    const ports = MapFd.fromPin(path.join(this.pinRoot, MAPS.ports.name));
+    try {
+      const v = ids.lookup(u32Key(id));
+      if (!v) return undefined;
+      const p = ports.lookup(u32Key(decodeId(v).vinIfindex));
+      return p ? (MODE_NAMES[decodePort(p).mode] ?? 'none') : 'none';
+    } finally {
+      ids.close();
+      ports.close();
+    }
+  }
+
+  /**
+   * Writes (or replaces) the decision for a flow. The pair must exist; its
+   * mode is reported, not required (entries only apply in fwd).
+   */
+  offload(flow: FlowSpec, opts: OffloadOptions = {}): OffloadResult {
+    const k = flowKeyFromSpec(flow);
+    const mode = this.pairMode(k.id);
+    if (mode === undefined) throw new NotFoundError(`no pair with port id ${k.id}`);
+    const now = monotonicNs();
+    const e = flowValue(opts, now);
+    const key = encodeFlowKey(k);
+    const replaced = this.map.lookup(key) !== undefined;
+    this.map.update(key, encodeFlow(e));
+    const r: OffloadResult = { ...viewFlow(k, e, now), pairMode: mode, replaced };
+    log('flows').debug({ id: k.id, proto: k.proto, a: r.a, b: r.b, verdict: r.verdict, deadlineNs: e.deadlineNs, idleNs: e.idleNs }, 'flow offloaded');
+    return r;
+  }
+
+  /** Removes a flow's entry (its frames go to the DP again). Returns false if there was none. */
+  revoke(flow: FlowSpec): boolean {
+    return this.map.delete(encodeFlowKey(flowKeyFromSpec(flow)));
+  }
+
+  /** The entry of a flow, or undefined. */
+  get(flow: FlowSpec): FlowView | undefined {
+    const k = flowKeyFromSpec(flow);
+    const v = this.map.lookup(encodeFlowKey(k));
+    return v ? viewFlow(k, decodeFlow(v), monotonicNs()) : undefined;
+  }
+
+  /** Every entry (of pair `id` only, if given), ordered by id, protocol, endpoints. */
+  list(filter: { id?: number } = {}): FlowView[] {
+    const now = monotonicNs();
+    const out: FlowView[] = [];
+    for (const [kb, vb] of this.map.entries()) {
+      const k = decodeFlowKey(kb);
+      if (filter.id !== undefined && k.id !== filter.id) continue;
+      out.push(viewFlow(k, decodeFlow(vb), now));
+    }
+    const ip = (a: string) => ipv4Bytes(a).readUInt32BE(0);
+    return out.sort((x, y) => x.id - y.id || x.proto - y.proto || ip(x.a.addr) - ip(y.a.addr) || x.a.port - y.a.port || ip(x.b.addr) - ip(y.b.addr) || x.b.port - y.b.port);
+  }
+
+  /** Deletes every entry of pair `id`; returns how many. */
+  clearPair(id: number): number {
+    let n = 0;
+    for (const kb of this.map.keys()) {
+      if (decodeFlowKey(kb).id !== id) continue;
+      if (this.map.delete(kb)) n++;
+    }
+    return n;
+  }
+
+  close(): void {
+    this.map.close();
+  }
+}
+
+function withFlows<T>(pinRoot: string, fn: (f: Flows) => T): T {
+  const f = Flows.open(pinRoot);
+  try {
+    return fn(f);
+  } finally {
+    f.close();
+  }
+}
+
+/** Writes the DP's decision for a flow: 'allow' (fast path, default) or 'deny', with optional timeouts. */
+export function offloadFlow(pinRoot: string, flow: FlowSpec, opts: OffloadOptions = {}): OffloadResult {
+  return withFlows(pinRoot, (f) => f.offload(flow, opts));
+}
+
+/** Removes a flow's entry; false if there was none. */
+export function revokeFlow(pinRoot: string, flow: FlowSpec): boolean {
+  return withFlows(pinRoot, (f) => f.revoke(flow));
+}
+
+/** Every offloaded flow (of one pair with { id }). */
+export function listFlows(pinRoot: string, filter: { id?: number } = {}): FlowView[] {
+  return withFlows(pinRoot, (f) => f.list(filter));
+}
+
+/**
+ * Deletes every flow entry of a pair (pair del, mode switches). 0 when the
+ * datapath has no flow map (loaded by a version without flow offload).
+ */
+export function clearPairFlows(pinRoot: string, id: number): number {
+  if (!Flows.available(pinRoot)) return 0;
+  return withFlows(pinRoot, (f) => f.clearPair(id));
+}

@@ -1,0 +1,276 @@
+/**
+ * The bad-input matrix (issue 6): every command, fed malformed MACs, a
+ * multicast workload MAC, unknown, duplicate and wrong-type interfaces, ids
+ * out of range, interface names with spaces, slashes, shell metacharacters or
+ * more than 15 bytes, a network namespace that does not exist, a pin root
+ * that is not on a bpffs, an object the verifier refuses, JSON lines with
+ * missing or extra fields... must exit non-zero with one clear line on
+ * stderr, print nothing on stdout, and leave the kernel byte for byte as it
+ * was: links, qdiscs, filters, pins and map entries (kernelState), plus the
+ * container netns and the places a wrong pin root points at.
+ *
+ * Every command of the CLI is covered: those without a case of their own
+ * here get a generic one (an unknown option), so a new command is in the
+ * matrix from the day it is added.
+ */
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups, uniqueName } from './helpers';
+import { buildProgram } from '../src/cli';
+
+interface Case {
+  what: string;
+  args: string[];
+  code: number;
+  re: RegExp;
+  input?: string;
+  /** Global options instead of the suite's --netns/--bpffs (for cases about those). */
+  globals?: string[];
+  /** A verifier refusal prints the end of the verifier log after its one error line, by design. */
+  verifierLog?: boolean;
+}
+
+/** Every leaf command as its path of names ("pair add"). */
+function leafCommands(c: Command, prefix: string[] = []): string[][] {
+  const out: string[][] = [];
+  for (const sub of c.commands) {
+    if (sub.name() === 'help') continue;
+    const p = [...prefix, sub.name()];
+    if (sub.commands.length) out.push(...leafCommands(sub, p));
+    else out.push(p);
+  }
+  return out;
+}
+
+function containerState(ns: Netns): string {
+  return ['link', 'addr', 'route'].map((w) => ns.ip('-j', w, 'show')).join('\n');
+}
+
+describe('bad input matrix (kernel)', function () {
+  let enf: Netns;
+  let ctr: Netns;
+  let host: Netns;
+  let pins: string;
+  let plainDir: string;
+  let state0: string;
+  let ctr0: string;
+  const MAC1 = '02:00:00:00:00:01';
+  const MAC2 = '02:00:00:00:00:02';
+  const run = (c: Case): CliResult => cli([...(c.globals ?? ['--netns', enf.name, '--bpffs', pins]), ...c.args], { input: c.input });
+
+  before(function () {
+    requireKernel(this);
+    enf = makeNetns();
+    ctr = makeNetns();
+    host = makeNetns();
+    pins = makePinRoot();
+    plainDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-notbpffs-'));
+    const l = cli(['--netns', enf.name, '--bpffs', pins, 'load']);
+    assert.equal(l.code, 0, l.stderr);
+    for (const i of [1, 2]) {
+      enf.ip('link', 'add', `vin${i}`, 'type', 'veth', 'peer', 'name', `wl${i}`);
+      enf.ip('link', 'add', `vex${i}`, 'type', 'veth', 'peer', 'name', `h${i}`);
+      for (const d of [`vin${i}`, `wl${i}`, `vex${i}`, `h${i}`]) enf.ip('link', 'set', d, 'up');
+    }
+    enf.ip('link', 'add', 'br9', 'type', 'bridge');
+    const a = cli(['--netns', enf.name, '--bpffs', pins, 'pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC1, '--id', '100', '--mode', 'tap']);
+    assert.equal(a.code, 0, a.stderr);
+    // A container (not intercepted) whose eth0 is a veth to the host netns.
+    host.ip('link', 'add', 'hc', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ctr.name);
+    ctr.ip('addr', 'add', '10.55.0.2/24', 'dev', 'eth0');
+    ctr.ip('link', 'set', 'eth0', 'up');
+    state0 = kernelState(enf, pins);
+    ctr0 = containerState(ctr);
+  });
+  after(function () {
+    if (plainDir) fs.rmSync(plainDir, { recursive: true, force: true });
+    runCleanups();
+    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+  });
+
+  const add2 = ['pair', 'add', '--in', 'vin2', '--ex', 'vex2'];
+  const line = (o: object) => JSON.stringify(o);
+  const good2 = line({ in: 'vin2', ex: 'vex2', mac: MAC2 });
+  const fileCase = (what: string, text: string, code: number, re: RegExp): Case => ({ what: `pair add --file: ${what}`, args: ['pair', 'add', '--file', '-'], code, re, input: text });
+  const ifnameCases: Array<[string, string]> = [
+    ['a space', 'vin 2'],
+    ['a slash', 'vin/2'],
+    ['a colon', 'vin:2'],
+    ['$(...)', '$(reboot)'],
+    ['backquotes', '`id`'],
+    ['a semicolon', 'vin2;ls'],
+    ['a pipe', 'vin2|sh'],
+    ['an ampersand', 'vin2&'],
+    ['a redirection', 'vin2>x'],
+    ['a quote', "vin2'"],
+    ['a newline', 'vin2\nvex2'],
+    ['a NUL-free control character', 'vin2\t'],
+    ['16 bytes', 'abcdefghijklmnop'],
+    ['15 characters but 30 bytes', 'ééééééééééééééé'],
+    ['only a dot', '.'],
+    ['nothing', ''],
+  ];
+
+  // Dynamic cases need the suite's names, so they are built lazily.
+  const cases = (): Case[] => [
+    // ---- global options
+    { what: 'unknown command', args: ['frobnicate'], code: 2, re: /unknown command 'frobnicate'/ },
+    { what: 'bad --log-level', args: ['--log-level', 'loud', 'show'], code: 2, re: /'loud' is invalid/ },
+    { what: 'non-existent netns (name)', args: ['show'], globals: ['--netns', 'nbt-no-such-ns', '--bpffs', pins], code: 4, re: /network namespace nbt-no-such-ns not found/ },
+    { what: 'non-existent netns (path)', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vex2', '--mac', MAC2], globals: ['--netns', '/nonexistent/netns', '--bpffs', pins], code: 4, re: /network namespace \/nonexistent\/netns not found/ },
+    { what: 'netns name with shell metacharacters', args: ['show'], globals: ['--netns', 'x;reboot', '--bpffs', pins], code: 2, re: /network namespace name 'x;reboot' is not valid/ },
+    { what: 'relative pin root', args: ['show'], globals: ['--netns', enf.name, '--bpffs', 'relative/pins'], code: 2, re: /pin root 'relative\/pins' must be an absolute path/ },
+    { what: 'load: pin root on a non-bpffs path', args: ['load'], globals: ['--netns', enf.name, '--bpffs', path.join(plainDir, 'pins')], code: 2, re: /is not on a bpffs/ },
+    { what: 'unload: pin root on a non-bpffs path', args: ['unload'], globals: ['--netns', enf.name, '--bpffs', plainDir], code: 2, re: /not on a bpffs/ },
+    { what: 'pair add: pin root where nothing is loaded', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vex2', '--mac', MAC2], globals: ['--netns', enf.name, '--bpffs', `/sys/fs/bpf/${uniqueName('nbtnone')}`], code: 4, re: /the datapath is not loaded/ },
+
+    // ---- load
+    { what: 'load: object file missing', args: ['load', '--obj', '/nonexistent/neuv.bpf.o'], code: 4, re: /BPF object \/nonexistent\/neuv.bpf.o not found/ },
+    { what: 'load: object the verifier refuses', args: ['load', '--obj', path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o')], code: 6, re: /neuv_vbr|verifier|Permission denied|Invalid argument/, verifierLog: true },
+    { what: 'load: object with drifted layouts', args: ['load', '--obj', path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o')], code: 6, re: /does not match the loader's map layouts/ },
+    { what: 'load: not an ELF object', args: ['load', '--obj', '/etc/hostname'], code: 6, re: /hostname/ },
+    { what: 'load: unknown option', args: ['load', '--jumbo-frames'], code: 2, re: /unknown option '--jumbo-frames'/ },
+
+    // ---- pair add
+    { what: 'malformed MAC (5 bytes)', args: [...add2, '--mac', '02:00:00:00:00'], code: 2, re: /malformed MAC "02:00:00:00:00"/ },
+    { what: 'malformed MAC (not hex)', args: [...add2, '--mac', 'zz:00:00:00:00:01'], code: 2, re: /malformed MAC/ },
+    { what: 'malformed MAC (7 bytes)', args: [...add2, '--mac', '02:00:00:00:00:01:02'], code: 2, re: /malformed MAC/ },
+    { what: 'multicast MAC as workload MAC', args: [...add2, '--mac', '01:00:5e:00:00:fb'], code: 2, re: /is a multicast address: a workload MAC must be unicast/ },
+    { what: 'broadcast MAC as workload MAC', args: [...add2, '--mac', 'ff:ff:ff:ff:ff:ff'], code: 2, re: /broadcast address/ },
+    { what: 'all-zero MAC', args: [...add2, '--mac', '00:00:00:00:00:00'], code: 2, re: /all zeros/ },
+    { what: 'a UCMAC as workload MAC', args: [...add2, '--mac', '4e:65:75:56:00:01'], code: 2, re: /"NeuV"/ },
+    { what: 'unknown interface', args: ['pair', 'add', '--in', 'nosuch0', '--ex', 'vex2', '--mac', MAC2], code: 4, re: /interface nosuch0 not found in this network namespace/ },
+    { what: 'interface of another netns', args: ['pair', 'add', '--in', 'vin2', '--ex', 'hc', '--mac', MAC2], code: 4, re: /interface hc not found in this network namespace/ },
+    { what: 'wrong-type interface (a bridge)', args: ['pair', 'add', '--in', 'vin2', '--ex', 'br9', '--mac', MAC2], code: 2, re: /br9 is not a veth \(it is a bridge\)/ },
+    { what: 'wrong-type interface (loopback)', args: ['pair', 'add', '--in', 'lo', '--ex', 'vex2', '--mac', MAC2], code: 2, re: /lo is not a veth/ },
+    { what: 'vbr-neuv as a workload port', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vbr-neuv', '--mac', MAC2], code: 2, re: /DP port pair/ },
+    { what: 'duplicate interface (vin of another pair)', args: ['pair', 'add', '--in', 'vin1', '--ex', 'vex2', '--mac', MAC2], code: 5, re: /vin1 is already the vin of pair vin1\/vex1 \(id 100\)/ },
+    { what: 'duplicate interface (a vex as vin)', args: ['pair', 'add', '--in', 'vex1', '--ex', 'vex2', '--mac', MAC2], code: 5, re: /vex1 is already the vex of pair/ },
+    { what: 'the same interface twice', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vin2', '--mac', MAC2], code: 2, re: /in and ex are the same interface/ },
+    { what: 'existing pair with another MAC', args: ['pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC2], code: 5, re: /already exists with MAC/ },
+    { what: 'duplicate id', args: [...add2, '--mac', MAC2, '--id', '100'], code: 5, re: /port id 100 is already used/ },
+    { what: 'id out of range (65536)', args: [...add2, '--mac', MAC2, '--id', '65536'], code: 2, re: /port id 65536 is out of range/ },
+    { what: 'id out of range (-1)', args: [...add2, '--mac', MAC2, '--id', '-1'], code: 2, re: /port id "-1" is not an integer/ },
+    { what: 'id not a number', args: [...add2, '--mac', MAC2, '--id', '0x10'], code: 2, re: /port id "0x10" is not an integer/ },
+    { what: 'id huge', args: [...add2, '--mac', MAC2, '--id', '99999999999999999999999'], code: 2, re: /out of range/ },
+    { what: 'mode not addable', args: [...add2, '--mac', MAC2, '--mode', 'drop'], code: 2, re: /argument 'drop' is invalid/ },
+    { what: 'missing --mac', args: add2, code: 2, re: /pair add needs --mac/ },
+    { what: '--file with --in', args: ['pair', 'add', '--file', '-', '--in', 'vin2'], code: 2, re: /--file cannot be combined/ },
+    { what: '--file missing', args: ['pair', 'add', '--file', '/nonexistent/pairs.jsonl'], code: 4, re: /cannot read \/nonexistent\/pairs.jsonl: ENOENT/ },
+    ...ifnameCases.map(([what, n]): Case => ({ what: `interface name with ${what}`, args: ['pair', 'add', '--in', n, '--ex', 'vex2', '--mac', MAC2], code: 2, re: /in \(vin interface name\) .*(contains|longer than 15 bytes|is not allowed|is empty)/ })),
+
+    // ---- pair add --file (JSON lines)
+    fileCase('missing field', `${good2}\n${line({ in: 'vin3', ex: 'vex3' })}\n`, 2, /stdin line 2: missing field 'mac'/),
+    fileCase('missing fields', `${line({ mac: MAC2 })}\n`, 2, /stdin line 1: missing fields 'in', 'ex'/),
+    fileCase('extra field', `${line({ in: 'vin2', ex: 'vex2', mac: MAC2, vlan: 4 })}\n`, 2, /stdin line 1: unknown field 'vlan'/),
+    fileCase('extra fields', `${line({ in: 'vin2', ex: 'vex2', mac: MAC2, a: 1, b: 2 })}\n`, 2, /stdin line 1: unknown fields 'a', 'b'/),
+    fileCase('wrong type (mac a number)', `${line({ in: 'vin2', ex: 'vex2', mac: 2 })}\n`, 2, /stdin line 1: malformed MAC/),
+    fileCase('wrong type (in a number)', `${line({ in: 7, ex: 'vex2', mac: MAC2 })}\n`, 2, /stdin line 1: in \(vin interface name\) must be a string/),
+    fileCase('wrong type (ipv6ToDp a string)', `${line({ in: 'vin2', ex: 'vex2', mac: MAC2, ipv6ToDp: 'yes' })}\n`, 2, /ipv6ToDp must be true or false/),
+    fileCase('id out of range', `${line({ in: 'vin2', ex: 'vex2', mac: MAC2, id: 70000 })}\n`, 2, /stdin line 1: port id 70000 is out of range/),
+    fileCase('not JSON', `${good2}\n{"in":\n`, 2, /stdin line 2: not valid JSON/),
+    fileCase('a JSON array', `["vin2","vex2"]\n`, 2, /stdin line 1: expected a JSON object/),
+    fileCase('null', `null\n`, 2, /stdin line 1: expected a JSON object/),
+    fileCase('an interface twice', `${good2}\n${line({ in: 'vin2', ex: 'vex1', mac: MAC1 })}\n`, 5, /stdin line 2: interface vin2 is also in stdin line 1/),
+    fileCase('an interface name with a shell metacharacter', `${line({ in: 'vin2;reboot', ex: 'vex2', mac: MAC2 })}\n`, 2, /stdin line 1: in \(vin interface name\) 'vin2;reboot' contains characters outside/),
+    fileCase('a multicast MAC', `${line({ in: 'vin2', ex: 'vex2', mac: '33:33:00:00:00:01' })}\n`, 2, /stdin line 1: MAC 33:33:00:00:00:01 is a multicast address/),
+    fileCase('unknown interface (all or nothing)', `${good2}\n${line({ in: 'nosuch0', ex: 'nosuch1', mac: '02:00:00:00:00:09' })}\n`, 4, /stdin line 2: interface nosuch0 not found/),
+    fileCase('nothing', '\n\n', 2, /stdin: no pairs/),
+
+    // ---- pair mode / del
+    { what: 'pair mode: unknown mode', args: ['pair', 'mode', '--id', '100', 'sideways'], code: 2, re: /unknown mode "sideways"/ },
+    { what: 'pair mode: no mode', args: ['pair', 'mode', '--id', '100'], code: 2, re: /missing required argument 'mode'/ },
+    { what: 'pair mode: no selector', args: ['pair', 'mode', 'tap'], code: 2, re: /exactly one of --in VIN, --ex VEX or --id N/ },
+    { what: 'pair mode: two selectors', args: ['pair', 'mode', '--in', 'vin1', '--id', '100', 'tap'], code: 2, re: /exactly one of/ },
+    { what: 'pair mode: id out of range', args: ['pair', 'mode', '--id', '65536', 'tap'], code: 2, re: /out of range/ },
+    { what: 'pair mode: unknown id', args: ['pair', 'mode', '--id', '7', 'tap'], code: 4, re: /no pair with port id 7/ },
+    { what: 'pair mode: interface with shell metacharacters', args: ['pair', 'mode', '--in', '$(id)', 'tap'], code: 2, re: /contains characters outside/ },
+    { what: 'pair mode: a vex named as vin', args: ['pair', 'mode', '--in', 'vex1', 'tap'], code: 4, re: /vex1 is the vex of pair id 100, not a vin/ },
+    { what: 'pair del: port in no pair', args: ['pair', 'del', '--ex', 'vex2'], code: 4, re: /vex2 is not in any pair/ },
+    { what: 'pair del: id not an integer', args: ['pair', 'del', '--id', '1.5'], code: 2, re: /port id "1.5" is not an integer/ },
+    { what: 'pair del: name too long', args: ['pair', 'del', '--in', 'vin-with-a-long-name'], code: 2, re: /longer than 15 bytes/ },
+
+    // ---- show, stats, trace, repair
+    { what: 'show: unknown option', args: ['show', '--all'], code: 2, re: /unknown option '--all'/ },
+    { what: 'stats: interval not a number', args: ['stats', '--watch', '--interval', 'soon'], code: 2, re: /--interval "soon" is not a number of seconds/ },
+    { what: 'stats: interval zero', args: ['stats', '--watch', '--interval', '0'], code: 2, re: /--interval "0"/ },
+    { what: 'trace: pair id out of range', args: ['trace', '--pair', '70000', '--count', '1'], code: 2, re: /pair id '70000' is not an integer in 0..65535/ },
+    { what: 'trace: both --pair and --in', args: ['trace', '--pair', '1', '--in', 'vin1', '--count', '1'], code: 2, re: /at most one of --pair ID and --in VIN/ },
+    { what: 'trace: --count not a number', args: ['trace', '--count', 'many'], code: 2, re: /'many' is not a positive number/ },
+    { what: 'trace: unknown port', args: ['trace', '--in', 'nosuch0', '--count', '1'], code: 4, re: /interface nosuch0 not found/ },
+    { what: 'repair: unknown option', args: ['repair', '--force'], code: 2, re: /unknown option '--force'/ },
+    { what: 'repair: pin root where nothing is loaded', args: ['repair'], globals: ['--netns', enf.name, '--bpffs', `/sys/fs/bpf/${uniqueName('nbtnone')}`], code: 4, re: /the datapath is not loaded/ },
+
+    // ---- intercept / release
+    { what: 'intercept: no such process', args: ['intercept', '--pid', '999999999'], code: 4, re: /no process with pid 999999999/ },
+    { what: 'intercept: pid not a number', args: ['intercept', '--pid', '12ab'], code: 2, re: /--pid 12ab is not a process id/ },
+    { what: 'intercept: pid and netns both', args: ['intercept', '--pid', '1', '--container-netns', ctr.name], code: 2, re: /exactly one of --pid PID or --container-netns PATH/ },
+    { what: 'intercept: non-existent container netns', args: ['intercept', '--container-netns', 'nbt-no-such-ctr'], code: 4, re: /network namespace of netns \/var\/run\/netns\/nbt-no-such-ctr not found/ },
+    { what: 'intercept: netns name with a space', args: ['intercept', '--container-netns', 'a b'], code: 2, re: /network namespace name 'a b' is not valid/ },
+    { what: 'intercept: port name with shell metacharacters', args: ['intercept', '--container-netns', ctr.name, '--port', 'eth0;reboot'], code: 2, re: /contains characters outside|not valid/ },
+    { what: 'intercept: port name too long for vex<tag>-<port>', args: ['intercept', '--container-netns', ctr.name, '--port', 'eth0eth0eth0'], code: 2, re: /too long|longer than 15 bytes/ },
+    { what: "intercept: the enforcer's own netns", args: ['intercept', '--container-netns', enf.name], code: 2, re: /enforcer's own network namespace/ },
+    { what: 'intercept: unknown port in the container', args: ['intercept', '--container-netns', ctr.name, '--port', 'eth7'], code: 4, re: /eth7/ },
+    { what: 'intercept: id out of range', args: ['intercept', '--container-netns', ctr.name, '--id', '65536'], code: 2, re: /out of range/ },
+    { what: 'release: not intercepted', args: ['release', '--container-netns', ctr.name], code: 4, re: /is not intercepted/ },
+    { what: 'release: no target', args: ['release'], code: 2, re: /exactly one of --pid PID or --container-netns PATH/ },
+  ];
+
+  it('at least 30 cases, over every command of the CLI', function () {
+    const cs = cases();
+    assert.ok(cs.length >= 30, `${cs.length} cases`);
+    const covered = new Set(cs.map((c) => c.args.filter((a) => /^[a-z]+$/.test(a)).slice(0, 2).join(' ')));
+    const missing = leafCommands(buildProgram(() => undefined)).map((p) => p.join(' ')).filter((p) => ![...covered].some((c) => c === p || c.startsWith(p + ' ') || c === p.split(' ')[0]));
+    // Commands without a case of their own get the generic one below.
+    // eslint-disable-next-line no-console
+    console.log(`      ${cs.length} cases; commands covered only by the generic unknown-option case: ${missing.join(', ') || 'none'}`);
+  });
+
+  // One mocha test per case, all against the same netns, pin root and container.
+  const specific = (): Case[] => cases();
+  const generic = (): Case[] =>
+    leafCommands(buildProgram(() => undefined)).map((p) => ({
+      what: `${p.join(' ')}: unknown option (generic case of every command)`,
+      args: [...p, '--no-such-option-xyz'],
+      code: 2,
+      re: /unknown option '--no-such-option-xyz'/,
+    }));
+  it('unload with a pin root where nothing is loaded is a no-op: the datapath of another pin root in that netns stays', function () {
+    const r = cli(['--netns', enf.name, '--bpffs', `/sys/fs/bpf/${uniqueName('nbtnone')}`, 'unload']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /nothing was loaded/);
+    assert.equal(kernelState(enf, pins), state0);
+  });
+
+  it('every case: non-zero exit, one clear line, nothing on stdout, the kernel as it was', function () {
+    this.timeout(300000);
+    const all = [...specific(), ...generic()];
+    const failures: string[] = [];
+    for (const c of all) {
+      const r = run(c);
+      const lines = r.stderr.trim().split('\n').filter((l) => l.length > 0);
+      const problems: string[] = [];
+      if (r.code !== c.code) problems.push(`exit ${r.code}, expected ${c.code}`);
+      if (c.verifierLog) {
+        if (!lines[0] || !/^neuv-bpf: /.test(lines[0])) problems.push('first line is not the error');
+        if (lines.length > 1 && !/^verifier log of /.test(lines[1]!)) problems.push(`after the error line comes something else than the verifier log: ${lines[1]}`);
+      } else if (lines.length !== 1) problems.push(`${lines.length} stderr lines`);
+      if (lines[0] && !c.re.test(lines[0])) problems.push(`the line does not match ${c.re}`);
+      if (lines[0] && !/^neuv-bpf: \S/.test(lines[0])) problems.push('the line does not start with "neuv-bpf: "');
+      if (r.stdout !== '') problems.push(`stdout not empty: ${JSON.stringify(r.stdout.slice(0, 200))}`);
+      const st = kernelState(enf, pins);
+      if (st !== state0) problems.push('the kernel state changed');
+      const cs = containerState(ctr);
+      if (cs !== ctr0) problems.push('the container changed');
+      if (fs.readdirSync(plainDir).length !== 0) problems.push(`${plainDir} got files: ${fs.readdirSync(plainDir).join(', ')}`);
+      if (problems.length) failures.push(`${c.what}: ${problems.join('; ')}\n    stderr: ${r.stderr.trim().split('\n').slice(0, 3).join(' | ')}`);
+      if (st !== state0) state0 = st; // report each change once, at the case that made it
+    }
+    // eslint-disable-next-line no-console
+    console.log(`      ${all.length} invocations (${specific().length} specific, ${generic().length} generic)`);
+    assert.deepEqual(failures, [], `${failures.length} of ${all.length} cases failed:\n${failures.join('\n')}`);
+  });
+});
