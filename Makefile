@@ -72,6 +72,15 @@ test: build
 test-unit: build
 	$(Q)NEUV_BPF_UNIT_ONLY=1 $(MOCHA) 'dist/test/**/*.test.js'
 
+# Reliability with full counts (README, Reliability): 100 reloads, 100 churned
+# pairs and 1,000 mode switches per mode with traffic, every crash point in
+# every mode, 40 random kills, 50,000 fuzzed argument vectors and 1,000 real
+# CLI runs. make test runs the same suites with reduced counts.
+SOAK_TESTS := dist/test/reliability.test.js dist/test/badinput.test.js dist/test/security.test.js dist/test/fuzz.test.js
+.PHONY: soak
+soak: build
+	$(Q)NEUV_BPF_SOAK=1 $(MOCHA) --timeout 14400000 $(SOAK_TESTS)
+
 demo: build
 	$(Q)./bin/neuv-bpf demo
 

@@ -55,6 +55,13 @@ export interface SizePoint {
   bpfOverNv?: Summary;
   /** bpf at N pairs / bpf with 1 pair, per round. */
   bpfOverRef?: Summary;
+  /** Direct delivery (trafgen on the measured vin itself: no vbr-neuv, no classifier), same rounds. */
+  floor?: Summary;
+  /** Per-frame overhead over direct delivery, ns: 1e9/rate - 1e9/floor, per round. */
+  nvOverheadNs?: Summary;
+  bpfOverheadNs?: Summary;
+  /** nvOverheadNs / bpfOverheadNs, per round. */
+  overheadRatio?: Summary;
   /** u32 filters on vbr-neuv in NeuVector's chain. */
   nvFilters?: number;
 }
@@ -65,6 +72,8 @@ export interface DpReturnResult {
   nvLimit: { lastOk: number; failedAt?: number; error?: string; filters: number };
   /** Largest spread of bpf/bpf-1 over all sizes (the "flat" figure). */
   bpfFlat: { min: number; max: number };
+  /** Failures met on the way (and retried), for the record. */
+  incidents: string[];
   notes: string[];
 }
 
@@ -100,8 +109,8 @@ function createCheap(enf: Netns, from: number, to: number): void {
 
 export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
   const params = o.quick
-    ? { rounds: 2, warmMs: 300, windowMs: 1000, sizes: [1, 1000], bpfMax: 4096 }
-    : { rounds: 5, warmMs: 400, windowMs: 1500, sizes: [1, 64, 256, 1000], bpfMax: 4096 };
+    ? { rounds: 3, warmMs: 200, windowMs: 600, sizes: [1, 1000], bpfMax: 4096 }
+    : { rounds: 8, warmMs: 300, windowMs: 1000, sizes: [1, 64, 256, 1000], bpfMax: 4096 };
   const dir = tmpDir();
   progress('dp return: building topologies');
 
@@ -125,6 +134,7 @@ export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
 
   // neuv-bpf, N pairs, and the 1-pair reference.
   const mSpec: PairSpec = { in: VIN_M, ex: VEX_M, mac: WL_MAC, mode: 'fwd' };
+  const incidents: string[] = [];
   const bpf = await side('bpf', WL_MAC, dir);
   const bpfDp: BpfSetup = bpfLoad(bpf.enf);
   await bpfAddPairs(bpfDp.dp, [mSpec]);
@@ -133,38 +143,61 @@ export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
     createCheap(bpf.enf, bpf.pairs - 1, to - 1);
     const specs: PairSpec[] = [];
     for (let k = bpf.pairs - 1; k < to - 1; k++) specs.push({ in: cheapVin(k), ex: cheapVex(k), mac: cheapMac(k), mode: 'fwd' });
-    if (specs.length) await bpfAddPairs(bpfDp.dp, specs);
+    // Batches of 512; a batch that fails is all undone by addPairs, so it can be retried once (recorded).
+    for (let i = 0; i < specs.length; i += 512) {
+      const batch = specs.slice(i, i + 512);
+      try {
+        await bpfAddPairs(bpfDp.dp, batch);
+      } catch (e) {
+        incidents.push(`addPairs of pairs ${bpf.pairs + i + 1}..${bpf.pairs + i + batch.length} failed (${(e as Error).message}); retried once`);
+        progress(`dp return: ${incidents[incidents.length - 1]}`);
+        await bpfAddPairs(bpfDp.dp, batch);
+      }
+    }
     bpf.pairs = to;
   };
   const ref = await side('ref', WL_MAC, dir);
   const refDp = bpfLoad(ref.enf);
   await bpfAddPairs(refDp.dp, [mSpec]);
   ref.pairs = 1;
+  // The floor: the same frames sent straight out of the measured vin (to M), in the reference's namespaces.
+  const floor: Side = { ...ref, conf: udpFrameConf(dir, { da: WL_MAC, sa: '02:00:00:00:00:01', src: '10.202.0.1', dst: '10.202.0.2' }) };
 
-  const measure = (s: Side) => frameRate(s.enf, VTH, s.conf, ipIn(s.wl), { warmMs: params.warmMs, windowMs: params.windowMs });
+  const measure = (s: Side) => frameRate(s.enf, s === floor ? VIN_M : VTH, s.conf, ipIn(s.wl), { warmMs: params.warmMs, windowMs: params.windowMs });
   // u32 lists a hash-table entry ("fh 800:") and the filter itself ("fh 800::800") per pref: count the filters.
   const nvFilterCount = () =>
     (JSON.parse(sh('tc', ['-n', nv.enf.name, '-j', 'filter', 'show', 'dev', 'vbr-neuv', 'ingress']).stdout || '[]') as Array<{ options?: { fh?: string } }>).filter((f) => f.options?.fh?.includes('::')).length;
 
   const points: SizePoint[] = [];
   const round = async (n: number, withNv: boolean) => {
-    const xs = { nv: [] as number[], bpf: [] as number[], ref: [] as number[] };
-    const sides: Array<['nv' | 'bpf' | 'ref', Side]> = withNv ? [['nv', nv], ['bpf', bpf], ['ref', ref]] : [['bpf', bpf], ['ref', ref]];
+    const xs = { nv: [] as number[], bpf: [] as number[], ref: [] as number[], floor: [] as number[] };
+    const sides: Array<['nv' | 'bpf' | 'ref' | 'floor', Side]> = [['bpf', bpf], ['ref', ref], ['floor', floor]];
+    if (withNv) sides.unshift(['nv', nv]);
     for (let r = 0; r < params.rounds; r++) {
       for (let i = 0; i < sides.length; i++) {
         const [k, s] = sides[(i + r) % sides.length]!;
         xs[k].push((await measure(s)).pps);
       }
     }
-    const p: SizePoint = { pairs: n, bpf: summary(xs.bpf), bpfRef: summary(xs.ref), bpfOverRef: pairedRatio(xs.bpf, xs.ref) };
+    const over = (a: number[]) => summary(a.map((x, i) => 1e9 / x - 1e9 / xs.floor[i]!));
+    const p: SizePoint = {
+      pairs: n,
+      bpf: summary(xs.bpf),
+      bpfRef: summary(xs.ref),
+      bpfOverRef: pairedRatio(xs.bpf, xs.ref),
+      floor: summary(xs.floor),
+      bpfOverheadNs: over(xs.bpf),
+    };
     if (withNv) {
       p.nv = summary(xs.nv);
       p.bpfOverNv = pairedRatio(xs.bpf, xs.nv);
       p.nvFilters = nvFilterCount();
+      p.nvOverheadNs = over(xs.nv);
+      p.overheadRatio = pairedRatio(p.nvOverheadNs.samples, p.bpfOverheadNs!.samples);
     }
     points.push(p);
     progress(
-      `dp return: ${n} pairs: ${withNv ? `nv ${(p.nv!.median / 1e3).toFixed(1)} kpps, ` : ''}bpf ${(p.bpf!.median / 1e3).toFixed(1)} kpps (1-pair ref ${(p.bpfRef!.median / 1e3).toFixed(1)})`,
+      `dp return: ${n} pairs: ${withNv ? `nv ${(p.nv!.median / 1e3).toFixed(1)} kpps, ` : ''}bpf ${(p.bpf!.median / 1e3).toFixed(1)} kpps (1-pair ref ${(p.bpfRef!.median / 1e3).toFixed(1)}, direct ${(p.floor!.median / 1e3).toFixed(1)})`,
     );
   };
 
@@ -219,11 +252,13 @@ export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
     points,
     nvLimit,
     bpfFlat: { min: Math.min(...ratios), max: Math.max(...ratios) },
+    incidents,
     notes: [
       'Frames: 64-byte IPv4/UDP (to a port nobody listens on), DA = the measured pair\'s UCMAC, written into vth-neuv by trafgen (one worker), counted as Ip InReceives in the workload behind the pair\'s vin.',
       "NeuVector's vbr-neuv filters are mirred only (no act_pedit, no act_gact here). To keep the workload's work equal, its eth0 has the UCMAC as its MAC in NeuVector's topology, so the unrewritten frames are still its own.",
       "mirred 'mirror' also passes the original up the enforcer netns stack, where it is dropped: part of NeuVector's cost per frame.",
       'The measured pair has the highest ifindexes, so its two filters are the last of the u32 chain (the container added last).',
+      'Direct delivery: the same frames sent by trafgen straight out of the measured vin to the workload (no vbr-neuv hop, no classifier), in the same rounds. Overhead = 1/rate - 1/direct rate: what the return path costs per frame beyond delivering it; a ratio of rates understates the classifier difference by the cost both share (sending and delivering the frame), which on this machine is several microseconds.',
     ],
   };
 }

@@ -29,6 +29,8 @@ export interface BenchResults {
   background: Record<string, number>;
   durations: Record<string, number>;
   errors: Record<string, string>;
+  /** Nice value of the run and its children. */
+  nice: number;
   progcost?: ProgCostResult;
   trace?: unknown;
   throughput?: ThroughputResult;
@@ -182,6 +184,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
   L.push('');
   L.push(
     `CPU busy from other processes, sampled for 1 s before each scenario: ${bg || 'n/a'}. ` +
+      `The run and all its processes ran at nice ${r.nice} (NEUV_BENCH_NICE). ` +
       'The machine is shared; every comparison is interleaved (A and B alternate within each round, the order rotating) and ratios are medians of per-round ratios, so load that comes and goes hits both sides alike; absolute numbers move more than ratios.',
   );
   L.push('');
@@ -211,7 +214,11 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
   if (thr) {
     L.push('## 1. Forwarding throughput through one intercepted pair');
     L.push('');
-    L.push(`Reproduce: \`${reproduce('throughput')}\`. ${thr.params.rounds} rounds; TCP: one iperf3 stream host -> workload, ${thr.params.tcpSeconds} s (${thr.params.tcpOmit} s omitted first); 64-byte frames: trafgen, one worker, host -> workload, counted at the receiver over ${thr.params.windowMs / 1000} s after ${thr.params.warmMs} ms of warm-up.`);
+    L.push(
+      `Reproduce: \`${reproduce('throughput')}\`. TCP: ${thr.params.rounds} rounds of one iperf3 stream host -> workload, ${thr.params.tcpSeconds} s each (${thr.params.tcpOmit} s omitted first); ` +
+        `64-byte frames: ${thr.params.ppsRounds} rounds of trafgen (one worker) host -> workload, counted at the receiver over ${thr.params.windowMs / 1000} s after ${thr.params.warmMs} ms of warm-up. ` +
+        'Sender, forwarding and receiver of a frame all run on the sending CPU (the veth hand-offs are processed in its softirq), so the frame rate is the inverse of the whole path\'s CPU cost per frame.',
+    );
     L.push('');
     L.push('Ratios (median of per-round ratios, min-max):');
     L.push('');
@@ -278,12 +285,22 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
       ),
     );
     L.push('');
+    L.push('Per-frame overhead over direct delivery (ns, median and min-max; see the notes):');
+    L.push('');
+    L.push(
+      table(
+        ['pairs', 'direct delivery kframes/s', 'NeuVector overhead ns', 'neuv-bpf overhead ns', 'NeuVector / neuv-bpf overhead'],
+        dr.points.map((p) => [String(p.pairs), range(p.floor, 1e-3), p.nvOverheadNs ? range(p.nvOverheadNs) : 'n/a', range(p.bpfOverheadNs), p.overheadRatio ? rr(p.overheadRatio) : 'n/a']),
+      ),
+    );
+    L.push('');
     L.push(
       `NeuVector's limit: pairs added one at a time after ${dr.points.filter((p) => p.nv).pop()?.pairs}: ${dr.nvLimit.lastOk} pairs went in (${dr.nvLimit.filters} u32 filters on vbr-neuv)` +
         (dr.nvLimit.failedAt ? `; pair ${dr.nvLimit.failedAt} was refused: \`${dr.nvLimit.error}\`.` : '; no refusal up to there.'),
     );
     L.push('');
     for (const n of dr.notes) L.push(`- ${n}`);
+    for (const n of dr.incidents ?? []) L.push(`- Incident: ${n}.`);
     L.push('');
   }
 

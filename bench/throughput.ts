@@ -73,7 +73,7 @@ export interface VariantResult {
 }
 
 export interface ThroughputResult {
-  params: { rounds: number; tcpSeconds: number; tcpOmit: number; warmMs: number; windowMs: number };
+  params: { rounds: number; ppsRounds: number; tcpSeconds: number; tcpOmit: number; warmMs: number; windowMs: number };
   variants: VariantResult[];
   ratios: Record<string, { metric: 'tcp' | 'pps'; a: VariantId; b: VariantId; ratio: Summary; target?: number }>;
   checks: Record<string, unknown>;
@@ -95,8 +95,8 @@ interface Variant {
 
 export async function runThroughput(o: ThroughputOptions): Promise<ThroughputResult> {
   const params = o.quick
-    ? { rounds: 3, tcpSeconds: 1, tcpOmit: 0, warmMs: 300, windowMs: 1000 }
-    : { rounds: 5, tcpSeconds: 3, tcpOmit: 1, warmMs: 500, windowMs: 2000 };
+    ? { rounds: 2, ppsRounds: 4, tcpSeconds: 1, tcpOmit: 0, warmMs: 200, windowMs: 500 }
+    : { rounds: 5, ppsRounds: 8, tcpSeconds: 3, tcpOmit: 1, warmMs: 300, windowMs: 1000 };
   const dir = tmpDir();
   const variants: Variant[] = [];
   const checks: Record<string, unknown> = {};
@@ -161,20 +161,27 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
   const pps = new Map<VariantId, number[]>();
   const offered = new Map<VariantId, number[]>();
   const alt = new Map<VariantId, number[]>();
+  const altBase = new Map<VariantId, number[]>();
   const push = (m: Map<VariantId, number[]>, id: VariantId, x: number) => m.set(id, [...(m.get(id) ?? []), x]);
 
+  const rotate = (r: number) => variants.map((_, i) => variants[(i + r) % variants.length]!);
   for (let r = 0; r < params.rounds; r++) {
-    const order = variants.map((_, i) => variants[(i + r) % variants.length]!);
-    progress(`throughput: round ${r + 1}/${params.rounds}`);
-    for (const v of order) {
+    progress(`throughput: TCP round ${r + 1}/${params.rounds}`);
+    for (const v of rotate(r)) {
       if (!v.tcp) continue;
       push(tcp, v.id, await tcpGbps(v.topo.host, v.topo.wl, v.topo.wlAddr, params.tcpSeconds, params.tcpOmit));
     }
-    for (const v of order) {
+  }
+  for (let r = 0; r < params.ppsRounds; r++) {
+    progress(`throughput: 64-byte frames round ${r + 1}/${params.ppsRounds}`);
+    for (const v of rotate(r)) {
       const res = await frameRate(v.topo.host, v.topo.hostIf, v.conf, v.count, { warmMs: params.warmMs, windowMs: params.windowMs, alt: v.alt });
       push(pps, v.id, res.pps);
       push(offered, v.id, res.offered);
-      if (res.alt !== undefined) push(alt, v.id, res.alt);
+      if (res.alt !== undefined) {
+        push(alt, v.id, res.alt);
+        push(altBase, v.id, res.mean);
+      }
     }
   }
   for (const v of variants) await v.stop?.();
@@ -182,7 +189,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
   // Device rx counters against the IP layer's count: do they see redirect_peer traffic on this kernel?
   for (const id of ['plain', 'bpf-peer'] as const) {
     const a = alt.get(id);
-    const b = pps.get(id);
+    const b = altBase.get(id);
     if (a && b) checks[`${id}.eth0RxOverIpIn`] = pairedRatio(a, b).median;
   }
   if (variants.some((v) => v.dp)) {

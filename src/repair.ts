@@ -38,7 +38,7 @@ import { log } from './log';
 import { formatMac } from './mac';
 import { Datapath, PairView, ShowResult } from './pairs';
 
-const PROG_ROLES = Object.keys(PROGS) as ProgRole[];
+const progRoles = (): ProgRole[] => Object.keys(PROGS) as ProgRole[];
 
 function pinnedProgId(pinRoot: string, role: ProgRole): number {
   try {
@@ -64,7 +64,7 @@ function modeOf(p: string): number {
 export async function datapathProblems(pinRoot: string): Promise<string[]> {
   const out: string[] = [];
   if (!isLoaded(pinRoot)) return [`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load`];
-  const missing = PROG_ROLES.filter((r) => !fs.existsSync(progPinPath(pinRoot, r)));
+  const missing = progRoles().filter((r) => !fs.existsSync(progPinPath(pinRoot, r)));
   if (missing.length) out.push(`program pin${missing.length > 1 ? 's' : ''} ${missing.map((r) => `prog_${r}`).join(', ')} missing under ${pinRoot} (a load was killed?): run neuv-bpf load`);
   for (const f of fs.readdirSync(pinRoot)) {
     if (/^prog_[a-z]+_new$/.test(f)) out.push(`${f} is a leftover of a killed load`);

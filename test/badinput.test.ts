@@ -31,6 +31,12 @@ interface Case {
   globals?: string[];
   /** A verifier refusal prints the end of the verifier log after its one error line, by design. */
   verifierLog?: boolean;
+  /**
+   * A known finding (reported to the owner of the code): the refusal does
+   * change the kernel, in this way. The case checks it still does (so a fix
+   * shows up here, to move the case to the clean ones), then puts it back.
+   */
+  known?: { why: string; changed: () => boolean; putBack: () => void };
 }
 
 /** Every leaf command as its path of names ("pair add"). */
@@ -87,6 +93,7 @@ describe('bad input matrix (kernel)', function () {
   });
   after(function () {
     if (plainDir) fs.rmSync(plainDir, { recursive: true, force: true });
+    fs.rmSync(newRoot, { recursive: true, force: true });
     runCleanups();
     assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
   });
@@ -115,9 +122,12 @@ describe('bad input matrix (kernel)', function () {
   ];
 
   // Dynamic cases need the suite's names, so they are built lazily.
+  const newRoot = `/sys/fs/bpf/${uniqueName('nbtnew')}`;
   const cases = (): Case[] => [
     // ---- global options
     { what: 'unknown command', args: ['frobnicate'], code: 2, re: /unknown command 'frobnicate'/ },
+    { what: 'unknown command close to a real one (the suggestion stays on the line)', args: ['lod'], code: 2, re: /unknown command 'lod' \(Did you mean load\?\)$/ },
+    { what: 'unknown option close to a real one', args: ['pair', 'add', '--macc', MAC2], code: 2, re: /unknown option '--macc' \(Did you mean --mac\?\)$/ },
     { what: 'bad --log-level', args: ['--log-level', 'loud', 'show'], code: 2, re: /'loud' is invalid/ },
     { what: 'non-existent netns (name)', args: ['show'], globals: ['--netns', 'nbt-no-such-ns', '--bpffs', pins], code: 4, re: /network namespace nbt-no-such-ns not found/ },
     { what: 'non-existent netns (path)', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vex2', '--mac', MAC2], globals: ['--netns', '/nonexistent/netns', '--bpffs', pins], code: 4, re: /network namespace \/nonexistent\/netns not found/ },
@@ -133,6 +143,22 @@ describe('bad input matrix (kernel)', function () {
     { what: 'load: object with drifted layouts', args: ['load', '--obj', path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o')], code: 6, re: /does not match the loader's map layouts/ },
     { what: 'load: not an ELF object', args: ['load', '--obj', '/etc/hostname'], code: 6, re: /hostname/ },
     { what: 'load: unknown option', args: ['load', '--jumbo-frames'], code: 2, re: /unknown option '--jumbo-frames'/ },
+    {
+      what: 'load --jumbo: object the verifier refuses', args: ['load', '--jumbo', '--obj', path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o')], code: 6, re: /verifier refused/, verifierLog: true,
+      known: {
+        why: 'vbr-neuv/vth-neuv keep MTU 9000: ensureDpPair changes the MTU of an existing pair without registering an undo (src/loader.ts, src/link.ts)',
+        changed: () => /mtu 9000/.test(enf.ip('link', 'show', 'vbr-neuv')),
+        putBack: () => ['vbr-neuv', 'vth-neuv'].forEach((d) => enf.ip('link', 'set', d, 'mtu', '2048')),
+      },
+    },
+    {
+      what: 'load: not an object file, on a new pin root', args: ['load', '--obj', '/etc/hostname'], globals: ['--netns', enf.name, '--bpffs', newRoot], code: 6, re: /open BPF object \/etc\/hostname/,
+      known: {
+        why: 'the new pin root directory is left behind: BpfObject.open runs outside the try whose undo removes it (src/loader.ts load())',
+        changed: () => fs.existsSync(newRoot),
+        putBack: () => fs.rmdirSync(newRoot),
+      },
+    },
 
     // ---- pair add
     { what: 'malformed MAC (5 bytes)', args: [...add2, '--mac', '02:00:00:00:00'], code: 2, re: /malformed MAC "02:00:00:00:00"/ },
@@ -249,6 +275,7 @@ describe('bad input matrix (kernel)', function () {
     this.timeout(300000);
     const all = [...specific(), ...generic()];
     const failures: string[] = [];
+    const notes: string[] = [];
     for (const c of all) {
       const r = run(c);
       const lines = r.stderr.trim().split('\n').filter((l) => l.length > 0);
@@ -261,6 +288,11 @@ describe('bad input matrix (kernel)', function () {
       if (lines[0] && !c.re.test(lines[0])) problems.push(`the line does not match ${c.re}`);
       if (lines[0] && !/^neuv-bpf: \S/.test(lines[0])) problems.push('the line does not start with "neuv-bpf: "');
       if (r.stdout !== '') problems.push(`stdout not empty: ${JSON.stringify(r.stdout.slice(0, 200))}`);
+      if (c.known) {
+        if (!c.known.changed()) problems.push(`known finding no longer happens (fixed? then drop "known" from this case): ${c.known.why}`);
+        else notes.push(`${c.what}: ${c.known.why}`);
+        c.known.putBack();
+      }
       const st = kernelState(enf, pins);
       if (st !== state0) problems.push('the kernel state changed');
       const cs = containerState(ctr);
@@ -271,6 +303,8 @@ describe('bad input matrix (kernel)', function () {
     }
     // eslint-disable-next-line no-console
     console.log(`      ${all.length} invocations (${specific().length} specific, ${generic().length} generic)`);
+    // eslint-disable-next-line no-console
+    for (const n of notes) console.log(`        - known: ${n}`);
     assert.deepEqual(failures, [], `${failures.length} of ${all.length} cases failed:\n${failures.join('\n')}`);
   });
 });

@@ -266,7 +266,8 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   };
   const full = (): string => {
     const links = (JSON.parse(sh('ip', ['-j', 'link', 'show'])) as Array<{ ifname: string; ifindex: number; address?: string; mtu: number; flags: string[] }>)
-      .map((l) => `${l.ifindex} ${l.ifname} ${l.address} ${l.mtu} ${l.flags.join(',')}`);
+      // Admin state only: carrier (LOWER_UP, NO-CARRIER) settles by itself after a veth is created.
+      .map((l) => `${l.ifindex} ${l.ifname} ${l.address} ${l.mtu} ${l.flags.includes('UP') ? 'up' : 'down'}`);
     return `${links.join('\n')}\n${sh('tc', ['qdisc', 'show'])}\n${quick()}`;
   };
   const baseline = async (): Promise<void> => {

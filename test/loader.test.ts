@@ -63,7 +63,7 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     assert.equal(out.replaced, false);
     assert.equal(out.created, true);
     const files = fs.readdirSync(pins).sort();
-    const expected = ['neuv_config', 'neuv_global', 'neuv_ids', 'neuv_ports', 'neuv_stats', 'neuv_trace', 'prog_vbr', 'prog_vex', 'prog_vin'];
+    const expected = ['neuv_config', 'neuv_flow_stats', 'neuv_flows', 'neuv_global', 'neuv_ids', 'neuv_ports', 'neuv_stats', 'neuv_trace', 'prog_vbr', 'prog_vex', 'prog_vin'];
     if (kind === 'tcx') expected.unshift('link_10000000');
     assert.deepEqual(files, expected);
     assert.equal(fs.statSync(pins).mode & 0o777, 0o700);

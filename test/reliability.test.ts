@@ -487,7 +487,7 @@ describe('reliability (kernel)', function () {
       const drops = stats.to_wl.drop!.packets + stats.from_wl.drop!.packets;
       const line = `${mode.toUpperCase()}: UDP down sent ${rd.sent} lost ${rd.lost} dup ${rd.duplicated} reordered ${rd.reordered}; ` +
         `UDP up sent ${ru.sent} lost ${ru.lost} dup ${ru.duplicated} reordered ${ru.reordered}; ` +
-        `TCP ${rt.sentBytes} bytes ${rt.intact ? 'intact' : 'CORRUPT'} (retransmitted ${rt.retransmitted}, reordered ${rt.reordered}, duplicated ${rt.duplicated}); ` +
+        `TCP ${rt.sentBytes} bytes ${rt.intact ? 'intact' : 'CORRUPT'} (lost ${rt.lost}, retransmitted ${rt.retransmitted}, reordered ${rt.reordered}, duplicated ${rt.duplicated}); ` +
         `pair drops ${drops}; ${points.length} crash points (${((tPoints - t0) / 1000).toFixed(0)} s), ${reloads.length} reloads, ${COUNTS.churn} pairs churned, ` +
         `${switches} mode switches, ${kills.length} random kills (${((tPhase2 - tPoints) / 1000).toFixed(0)} s)`;
       // eslint-disable-next-line no-console
@@ -504,8 +504,10 @@ describe('reliability (kernel)', function () {
       }
       assert.ok(rt.intact, 'TCP stream arrived byte for byte');
       assert.ok(rt.sentBytes > 1 << 20, `TCP: only ${rt.sentBytes} bytes`);
-      assert.equal(rt.retransmitted, 0, 'TCP: no segment had to be sent again');
-      assert.equal(rt.duplicated, 0, 'TCP: no duplicate segment');
+      // TCP: no segment lost. A late one (an ACK held up longer than the RTO on a busy
+      // machine) is sent again and arrives twice: counted, not a loss (UDP above checks duplicates).
+      assert.equal(rt.lost, 0, `TCP: no segment lost (${rt.retransmitted} retransmitted, ${rt.duplicated} of them late, not lost)`);
+      assert.ok(rt.duplicated <= rt.retransmitted, 'TCP: every duplicate is a retransmission');
       assert.equal(drops, 0, 'the datapath dropped nothing of the pair');
       for (const d of ['to_wl', 'from_wl'] as const) {
         if (mode === 'fwd') assert.ok(stats[d].to_dp!.packets > 0 && stats[d].from_dp!.packets > 0, `${d}: FWD frames went through the DP`);
@@ -569,16 +571,19 @@ describe('reliability (kernel)', function () {
       await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
       const t0 = Date.now();
       let doneAt = 0;
-      const waiting = c(['pair', 'add', '--in', 'vinK0', '--ex', 'vexK0', '--mac', macOf('K', 0)]).then((r) => {
+      let early: Run | undefined;
+      const waiting = c(['--log-level', 'info', 'pair', 'add', '--in', 'vinK0', '--ex', 'vexK0', '--mac', macOf('K', 0)]).then((r) => {
         doneAt = Date.now();
+        early = r;
         return r;
       });
       await new Promise((r) => setTimeout(r, 2000));
-      assert.equal(doneAt, 0, 'pair add must wait for the lock');
+      assert.equal(doneAt, 0, `pair add must wait for the lock, but ended: ${early ? fmt(early) : ''}`);
       const killedAt = Date.now();
       holder.kill('SIGKILL');
       const r = await waiting;
       assert.equal(r.code, 0, fmt(r));
+      assert.match(r.stderr, /another neuv-bpf holds the lock; waiting/, 'it said it was waiting');
       assert.ok(doneAt - killedAt < 5000, `pair add finished ${doneAt - killedAt} ms after the holder died`);
       assert.ok(killedAt - t0 >= 2000);
 

@@ -319,6 +319,12 @@ export interface TcpTransferResult {
   seconds: number;
   /** Segments the sender had to send again (a lost frame, or one thought lost). */
   retransmitted: number;
+  /**
+   * Retransmissions the receiver had not got before (retransmitted minus the
+   * duplicates it reported): frames that were really lost. A retransmission of
+   * a segment that was only late arrives twice and is not counted here.
+   */
+  lost: number;
   /** Segments the receiver got out of order. */
   reordered: number;
   /** Duplicate segments the receiver got. */
@@ -343,6 +349,11 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
   // retransmission. Without them a retransmission means a frame was lost (or
   // held up for longer than the 200 ms minimum RTO).
   o.sender.exec('sysctl', ['-qw', 'net.ipv4.tcp_early_retrans=0']);
+  // And a 1 s minimum RTO towards the receiver: on an overloaded machine an ACK
+  // can take longer than the default 200 ms (a spurious retransmission, which the
+  // receiver then reports as a duplicate: see `lost` below).
+  const dev = /\bdev (\S+)/.exec(o.sender.ip('route', 'get', o.to))?.[1];
+  if (dev) o.sender.ip('route', 'replace', `${o.to}/32`, 'dev', dev, 'rto_min', '1000ms');
   const before = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
   const recv = spawnInNetns(o.receiver.name, TCPSUM, ['recv', '--port', String(o.port)]);
   let report: Record<string, unknown> | undefined;
@@ -370,6 +381,7 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
       sha256: report.sha256 as string,
       seconds: report.seconds as number,
       retransmitted: after.snd.retransSegs - before.snd.retransSegs,
+      lost: Math.max(0, after.snd.retransSegs - before.snd.retransSegs - (after.rcv.dsackSent - before.rcv.dsackSent)),
       reordered: after.rcv.ofoQueue - before.rcv.ofoQueue,
       duplicated: after.rcv.dsackSent - before.rcv.dsackSent,
     };

@@ -43,7 +43,9 @@
  * was written, or after it expired or was evicted) count again from zero,
  * and N more re-offload it. --offload-timeout-ms / --offload-idle-ms set the
  * entries' deadline (from now) and idle timeout. The JSON gains "offloaded",
- * "denied", "offload_errors", and per flow table use "flows".
+ * "denied", "offload_errors", and per flow table use "flows". Start it with
+ * `nsenter --net=/run/netns/NAME`, not `ip netns exec NAME`: the latter
+ * mounts a fresh /sys, which hides the bpffs at /sys/fs/bpf.
  *
  * Usage: stub-dp [--ifname vth-neuv] [--drop-port N]... [--out FILE]
  *                [--interval-ms 100] [--verbose]
@@ -141,7 +143,9 @@ static void on_signal(int sig)
 
 #define MAX_FLOWS 8192 /* the stub's own flow table (open addressing); full: no more offloads */
 
-enum { FLOW_COUNTING = 0, FLOW_OFFLOADED = 1, FLOW_CLOSING = 2 };
+enum { FLOW_COUNTING = 0, FLOW_OFFLOADED = 1, FLOW_CLOSING = 2, FLOW_PENDING = 3 };
+
+#define MAX_PENDING 64
 
 struct flow {
 	int used;
@@ -151,6 +155,8 @@ struct flow {
 };
 
 static struct flow *flows;
+static struct flow *pending[MAX_PENDING]; /* decided ALLOW, written once the socket queue is drained */
+static int npending, pending_rounds;
 static int flows_fd = -1;
 static long offload_after, offload_timeout_ms, offload_idle_ms;
 
@@ -305,19 +311,45 @@ static void offload_policy(const uint8_t *f, size_t len, uint16_t id, int droppe
 		fl->frames = 0;
 		return;
 	}
-	if (++fl->frames < (uint32_t)offload_after)
+	if (fl->state == FLOW_PENDING || ++fl->frames < (uint32_t)offload_after)
 		return;
-	err = flow_write(&k, NEUV_FLOW_ALLOW);
-	if (err) {
-		st.offload_errors++;
-		fprintf(stderr, "stub-dp: write an ALLOW entry: %s\n", strerror(-err));
-		return;
+	/*
+	 * Not written at once: frames of the flow may still wait in the
+	 * socket queue, and the ones after the entry would overtake them. The
+	 * entry is written when the queue is drained (offload_flush()).
+	 */
+	fl->state = FLOW_PENDING;
+	if (npending < MAX_PENDING)
+		pending[npending++] = fl;
+	else
+		fl->state = FLOW_COUNTING; /* try again at the next frame */
+}
+
+/* Writes the ALLOW entries decided while the socket queue was busy. */
+static void offload_flush(void)
+{
+	for (int i = 0; i < npending; i++) {
+		struct flow *fl = pending[i];
+		int err;
+
+		if (fl->state != FLOW_PENDING)
+			continue; /* a FIN/RST came meanwhile */
+		err = flow_write(&fl->key, NEUV_FLOW_ALLOW);
+		if (err) {
+			st.offload_errors++;
+			fprintf(stderr, "stub-dp: write an ALLOW entry: %s\n", strerror(-err));
+			fl->state = FLOW_COUNTING;
+			fl->frames = 0;
+			continue;
+		}
+		st.offloaded++;
+		fl->state = FLOW_OFFLOADED;
+		fl->frames = 0;
+		if (verbose)
+			fprintf(stderr, "stub-dp: offloaded a %s flow of id %u\n", fl->key.proto == IPPROTO_TCP ? "tcp" : "udp", fl->key.id);
 	}
-	st.offloaded++;
-	fl->state = FLOW_OFFLOADED;
-	fl->frames = 0;
-	if (verbose)
-		fprintf(stderr, "stub-dp: offloaded a %s flow of id %u\n", k.proto == IPPROTO_TCP ? "tcp" : "udp", id);
+	npending = 0;
+	pending_rounds = 0;
 }
 
 static struct pair_ctr *pair_of(uint16_t id)
@@ -608,6 +640,8 @@ int main(int argc, char **argv)
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
 		int n = poll(&pfd, 1, (int)(interval < 50 ? interval : 50));
 
+		int drained = n <= 0;
+
 		if (n < 0 && errno != EINTR)
 			die("poll: %s", strerror(errno));
 		for (int burst = 0; n > 0 && burst < 256; burst++) {
@@ -626,6 +660,7 @@ int main(int argc, char **argv)
 			if (r < 0) {
 				if (errno != EAGAIN && errno != EINTR)
 					die("recvfrom: %s", strerror(errno));
+				drained = errno == EAGAIN;
 				break;
 			}
 			if (from.sll_pkttype == PACKET_OUTGOING)
@@ -693,6 +728,9 @@ int main(int argc, char **argv)
 			if (flows_fd >= 0)
 				offload_policy(f, len, id, 0);
 		}
+		/* Pending offloads: once nothing waits in the queue (or after a few busy bursts). */
+		if (npending && (drained || ++pending_rounds >= 4))
+			offload_flush();
 		if (want_dump) {
 			want_dump = 0;
 			dump_file(out);

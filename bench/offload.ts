@@ -1,0 +1,195 @@
+/**
+ * Flow offload: TCP throughput (iperf3, one stream, host -> workload through
+ * one intercepted pair) of
+ *
+ *   offloaded  FWD, the stub DP offloading every allowed flow after 20 frames
+ *              (build/stub-dp --offload-after 20): the stream runs in the kernel
+ *   bypass     BYPASS: vex <-> vin directly, no DP (the ceiling; target: offloaded >= 0.9x)
+ *   fwd-dp     FWD through the stub DP, no offload: every frame out to userspace and back
+ *
+ * All on one topology (test/traffic.ts makePairTopology, redirect_peer where
+ * the kernel has it); each round measures the three in a rotating order, and
+ * the ratios are taken per round (paired), their median reported. The stub
+ * is restarted for each FWD variant (a mode switch clears the flow map).
+ *
+ *   node dist/bench/offload.js [--quick] [--json]
+ *
+ * Needs root and iperf3. `run()` is what bench/run.ts calls.
+ */
+import assert from 'node:assert/strict';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { cli, kernelUnavailable, makePinRoot, onCleanup, runCleanups } from '../test/helpers';
+import { PairTopology, STUB_DP, makePairTopology } from '../test/traffic';
+
+export interface BenchRow {
+  name: string;
+  value: number;
+  unit: string;
+  ratio?: number;
+  note?: string;
+}
+
+type Variant = 'offloaded' | 'bypass' | 'fwd-dp';
+const VARIANTS: Variant[] = ['offloaded', 'bypass', 'fwd-dp'];
+const LABELS: Record<Variant, string> = {
+  offloaded: 'TCP, FWD with the flow offloaded by the DP',
+  bypass: 'TCP, BYPASS (no DP)',
+  'fwd-dp': 'TCP, FWD through the stub DP (no offload)',
+};
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The stub DP in the enforcer netns (nsenter: `ip netns exec` would hide /sys/fs/bpf). */
+async function startStub(t: PairTopology, pins: string, offload: boolean): Promise<{ stop: () => Promise<Record<string, number>> }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'neuv-bench-offload-'));
+  const out = path.join(dir, 'counts.json');
+  const args = ['--out', out, '--interval-ms', '1000', ...(offload ? ['--offload-after', '20', '--pin-root', pins] : [])];
+  const child: ChildProcess = spawn('nsenter', [`--net=/run/netns/${t.enforcer.name}`, STUB_DP, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<void>((r) => child.on('close', () => r()));
+  const kill = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  onCleanup(kill);
+  for (let i = 0; i < 400 && !fs.existsSync(out); i++) {
+    if (child.exitCode !== null) break;
+    await sleep(5);
+  }
+  if (!fs.existsSync(out)) {
+    kill();
+    throw new Error(`stub DP did not start: ${stderr.trim()}`);
+  }
+  return {
+    stop: async () => {
+      child.kill('SIGTERM');
+      await exited;
+      kill();
+      try {
+        return JSON.parse(stdout.trim().split('\n').pop() || '{}') as Record<string, number>;
+      } catch {
+        return {};
+      }
+    },
+  };
+}
+
+let port = 5301;
+
+/** iperf3 from the host netns to the workload; Gbit/s as received. */
+async function tcpGbps(t: PairTopology, seconds: number, omit: number): Promise<number> {
+  const p = port++;
+  const srv = spawn('ip', ['netns', 'exec', t.workload.name, 'iperf3', '-s', '-1', '-p', String(p)], { stdio: 'ignore' });
+  onCleanup(() => {
+    if (srv.exitCode === null && srv.signalCode === null) srv.kill('SIGKILL');
+  });
+  try {
+    let r = spawnSync('true', { encoding: 'utf8' });
+    for (let i = 0; i < 50; i++) {
+      await sleep(50);
+      r = spawnSync('ip', ['netns', 'exec', t.host.name, 'iperf3', '-c', t.wlAddr, '-p', String(p), '-t', String(seconds), '-O', String(omit), '-J'], { encoding: 'utf8' });
+      if (!/unable to connect|Connection refused/i.test(r.stdout + r.stderr)) break;
+    }
+    const j = JSON.parse(r.stdout) as { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
+    if (j.error) throw new Error(`iperf3: ${j.error}`);
+    const bps = j.end?.sum_received?.bits_per_second;
+    if (!bps) throw new Error('iperf3 reported no received bits');
+    return bps / 1e9;
+  } finally {
+    if (srv.exitCode === null && srv.signalCode === null) srv.kill('SIGKILL');
+  }
+}
+
+export async function run(opts: { quick: boolean }): Promise<BenchRow[]> {
+  const why = kernelUnavailable();
+  if (why) throw new Error(`bench/offload: ${why}`);
+  if (spawnSync('iperf3', ['--version']).status !== 0) throw new Error('bench/offload: iperf3 not found');
+  const rounds = opts.quick ? 1 : 3;
+  const seconds = opts.quick ? 3 : 8;
+  const omit = 1;
+  try {
+    const t = makePairTopology({ subnet: '10.203.0' });
+    const pins = makePinRoot();
+    const c = (args: string[]) => {
+      const r = cli(['--netns', t.enforcer.name, '--bpffs', pins, ...args]);
+      assert.equal(r.code, 0, `neuv-bpf ${args.join(' ')}: ${r.stderr}`);
+      return r.stdout;
+    };
+    c(['load']);
+    onCleanup(() => cli(['--netns', t.enforcer.name, '--bpffs', pins, 'unload']));
+    const pair = JSON.parse(c(['pair', 'add', '--in', t.vin, '--ex', t.vex, '--mac', t.wlMac, '--mode', 'bypass', '--json'])) as { id: number; redirectPeer: { vin: boolean; vex: boolean } };
+    const id = String(pair.id);
+    const gbps: Record<Variant, number[]> = { offloaded: [], bypass: [], 'fwd-dp': [] };
+    const notes: string[] = [];
+    for (let round = 0; round < rounds; round++) {
+      for (let k = 0; k < VARIANTS.length; k++) {
+        const v = VARIANTS[(k + round) % VARIANTS.length]!;
+        if (v === 'bypass') {
+          c(['pair', 'mode', '--id', id, 'bypass']);
+          gbps[v].push(await tcpGbps(t, seconds, omit));
+          continue;
+        }
+        c(['pair', 'mode', '--id', id, 'fwd']);
+        const stub = await startStub(t, pins, v === 'offloaded');
+        try {
+          gbps[v].push(await tcpGbps(t, seconds, omit));
+        } finally {
+          const counts = await stub.stop();
+          if (v === 'offloaded' && round === 0) notes.push(`stub DP offloaded ${counts.offloaded ?? 0} flows, read ${counts.rx ?? 0} frames`);
+          c(['flow', 'revoke', '--id', id, '--all']);
+          c(['pair', 'mode', '--id', id, 'bypass']);
+        }
+      }
+    }
+    const perRound = (a: Variant, b: Variant) => median(gbps[a].map((x, i) => x / gbps[b][i]!));
+    const peer = pair.redirectPeer.vin && pair.redirectPeer.vex ? 'bpf_redirect_peer' : 'bpf_redirect';
+    const base = `${rounds} round${rounds > 1 ? 's' : ''} of ${seconds} s (median), one iperf3 stream host -> workload, ${peer}`;
+    return [
+      { name: `offload: ${LABELS.offloaded}`, value: median(gbps.offloaded), unit: 'Gbit/s', ratio: perRound('offloaded', 'bypass'), note: `${base}; ratio vs BYPASS (target >= 0.9); ${notes.join('; ')}` },
+      { name: `offload: ${LABELS.bypass}`, value: median(gbps.bypass), unit: 'Gbit/s', note: base },
+      { name: `offload: ${LABELS['fwd-dp']}`, value: median(gbps['fwd-dp']), unit: 'Gbit/s', ratio: perRound('fwd-dp', 'bypass'), note: `${base}; ratio vs BYPASS` },
+      { name: 'offload: offloaded vs FWD through the DP', value: perRound('offloaded', 'fwd-dp'), unit: 'x', note: 'per-round ratio, median' },
+    ];
+  } finally {
+    runCleanups();
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const quick = argv.includes('--quick');
+  const rows = await run({ quick });
+  if (argv.includes('--json')) {
+    process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
+    return;
+  }
+  const w = Math.max(...rows.map((r) => r.name.length));
+  for (const r of rows) {
+    const ratio = r.ratio !== undefined ? `  (${r.ratio.toFixed(2)}x)` : '';
+    process.stdout.write(`${r.name.padEnd(w)}  ${r.value.toFixed(2).padStart(7)} ${r.unit}${ratio}${r.note ? `\n${' '.repeat(w + 2)}${r.note}` : ''}\n`);
+  }
+}
+
+if (require.main === module) {
+  for (const s of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(s, () => {
+      runCleanups();
+      process.exit(130);
+    });
+  }
+  main(process.argv.slice(2)).catch((e) => {
+    process.stderr.write(`bench/offload: ${(e as Error).message}\n`);
+    runCleanups();
+    process.exitCode = 1;
+  });
+}
