@@ -27,10 +27,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { Datapath, PairSpec } from '../src/pairs';
+import { PairSpec } from '../src/pairs';
 import { nvAttachRules, nvPairRules, nvResetRules, NvPair } from '../src/nvtc';
 import { VBR, macOf, nvConnect, nvPair } from './net';
-import { Netns, ROOT, Summary, cli, nowMs, pinRoot, progress, sh, summary, tmpDir } from './util';
+import { Netns, ROOT, Summary, cli, pinRoot, progress, rt, sh, summary, tmpDir } from './util';
 
 const GROUP = '78';
 const vinName = (k: number) => `ci${k}`;
@@ -100,7 +100,9 @@ function runTcSequential(ns: Netns, cmds: string[][], dir: string): number {
   const q = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
   const file = path.join(dir, 'nv.sh');
   fs.writeFileSync(file, ['set -e', 't0=$(date +%s%N)', ...cmds.map((c) => ['tc', ...c].map(q).join(' ')), 't1=$(date +%s%N)', 'echo $((t1 - t0))'].join('\n') + '\n');
-  const r = spawnSync('nsenter', [`--net=/run/netns/${ns.name}`, '/bin/sh', file], { encoding: 'utf8' });
+  const pre = rt();
+  const argv = [...pre, 'nsenter', `--net=/run/netns/${ns.name}`, '/bin/sh', file];
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`NeuVector tc commands failed: ${(r.stderr || '').trim().split('\n')[0]}`);
   return Number(r.stdout.trim()) / 1e6;
 }
@@ -186,37 +188,26 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
           nvTeardown(n);
         },
         async () => {
-          startup.push(cli(['version']).ms);
+          startup.push(cli(['version'], { rt: true }).ms);
           load(n);
-          const res = cli([...at(n), 'pair', 'add', '--file', jsonl.get(n)!]);
+          const res = cli([...at(n), 'pair', 'add', '--file', jsonl.get(n)!], { rt: true });
           push(cliMs, n, res.ms);
           if (n === switchAt && r === 0) {
             const id = vexIndex(n - 1) & 0xffff;
             for (let i = 0; i < params.switches; i++) {
-              sw.cli.push(cli([...at(n), 'pair', 'mode', '--id', String(id), i % 2 ? 'fwd' : 'tap']).ms);
+              sw.cli.push(cli([...at(n), 'pair', 'mode', '--id', String(id), i % 2 ? 'fwd' : 'tap'], { rt: true }).ms);
             }
           }
           unload(n);
         },
         async () => {
           load(n);
-          const dp = Datapath.open(pins.get(n)!, { netns: bNs.get(n)!.name });
-          try {
-            const sp = specs(n);
-            const t0 = nowMs();
-            await dp.addPairs(sp);
-            push(apiMs, n, nowMs() - t0);
-            if (n === switchAt && r === 0) {
-              const id = vexIndex(n - 1) & 0xffff;
-              for (let i = 0; i < params.switches * 10; i++) {
-                const t1 = nowMs();
-                await dp.setMode({ id }, i % 2 ? 'fwd' : 'tap');
-                sw.api.push(nowMs() - t1);
-              }
-            }
-          } finally {
-            dp.close();
-          }
+          const sw1 = n === switchAt && r === 0;
+          const child = path.join(ROOT, 'dist', 'bench', 'api-child.js');
+          const args = [...rt(), process.execPath, child, pins.get(n)!, bNs.get(n)!.name, jsonl.get(n)!, ...(sw1 ? [String(vexIndex(n - 1) & 0xffff), String(params.switches * 10)] : [])];
+          const out = JSON.parse(sh(args[0]!, args.slice(1), { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } }).stdout) as { addMs: number; setModeMs: number[] };
+          push(apiMs, n, out.addMs);
+          sw.api.push(...out.setModeMs);
           unload(n);
         },
       ];
@@ -276,7 +267,9 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
     memory,
     notes: [
       "NeuVector's count: 8 tc processes per pair (2 qdisc add + 6 filter add for FWD without pedit), run one after the other from one /bin/sh script inside the enforcer netns (one fork+exec each, about as cheap as Go's os/exec; NeuVector wraps each in `sh -c` and naps 250 ms between retries, both left out): its best case.",
-      'neuv-bpf CLI figures include Node.js start-up and module loading (one process for the whole batch); API figures are Datapath.addPairs / setMode in an already running process.',
+      'neuv-bpf CLI figures include Node.js start-up and module loading (one process for the whole batch); API figures are Datapath.addPairs / setMode timed inside a process that has the Datapath open already (bench/api-child.ts).',
+      "Every tc process starts by dumping every link of the netns (iproute2 resolves names through its link cache), so NeuVector's cost per process grows with the number of pairs on the node: each size here has its own netns holding exactly its pairs.",
+      'The timed processes (the tc script, the CLI, the API process) run SCHED_FIFO like the traffic tools (see the top of this file), so other load on the machine does not stretch them.',
       "A NeuVector mode switch here is ResetPortPair + FwdPortPair (12 tc processes); a real FWD<->TAP switch has the same count but TAP's `action drop` needs act_gact, which this kernel lacks.",
     ],
   };

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { Datapath, PairSpec } from '../src/pairs';
 import { NvPair, nvAttachRules, nvPairRules, nvPref, NV_VBR } from '../src/nvtc';
 import { ucmac, parseMac } from '../src/mac';
-import { Netns, STUB_DP, cli, nowMs, outputOf, pinRoot, sh, sleep, spawnGroup, tmpDir } from './util';
+import { Netns, STUB_DP, bounded, cli, nowMs, outputOf, pinRoot, rt, sh, sleep, spawnGroup, tmpDir } from './util';
 
 export const VBR = 'vbr-neuv';
 export const VTH = 'vth-neuv';
@@ -170,7 +170,8 @@ export async function startStubDp(enf: Netns): Promise<{ stop: () => Promise<Rec
   if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} missing (make build)`);
   const dir = tmpDir();
   const out = path.join(dir, 'counts.json');
-  const child = spawnGroup('ip', ['netns', 'exec', enf.name, STUB_DP, '--ifname', VTH, '--out', out, '--interval-ms', '1000']);
+  // As the traffic around it: SCHED_FIFO unless NEUV_BENCH_RT=0 (it blocks in poll() when idle).
+  const child = spawnGroup('ip', ['netns', 'exec', enf.name, ...rt(), STUB_DP, '--ifname', VTH, '--out', out, '--interval-ms', '1000']);
   for (let i = 0; i < 400 && !fs.existsSync(out); i++) {
     if (child.exitCode !== null) break;
     await sleep(5);
@@ -199,7 +200,8 @@ let portSeq = 5201;
 export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds: number, omit: number): Promise<number> {
   const port = portSeq++;
   if (portSeq > 5900) portSeq = 5201;
-  const srv = spawnGroup('ip', ['netns', 'exec', server.name, 'iperf3', '-s', '-1', '-p', String(port)]);
+  const limit = bounded(seconds + omit + 20);
+  const srv = spawnGroup('ip', ['netns', 'exec', server.name, ...limit, ...rt(), 'iperf3', '-s', '-1', '-p', String(port)]);
   try {
     const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
     let listening = false;
@@ -209,7 +211,7 @@ export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds
       if (!listening) await sleep(5);
     }
     if (!listening) throw new Error(`iperf3 server did not listen: ${outputOf(srv).err.trim()}`);
-    const r = sh('ip', ['netns', 'exec', client.name, 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'], { allowFail: true });
+    const r = sh('ip', ['netns', 'exec', client.name, ...limit, ...rt(), 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'], { allowFail: true });
     let j: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
     try {
       j = JSON.parse(r.stdout) as typeof j;
@@ -283,9 +285,10 @@ export async function frameRate(
   count: () => number,
   o: { warmMs: number; windowMs: number; alt?: () => number },
 ): Promise<RateResult> {
-  const tx = () => sender.dev().get(dev)?.txPackets ?? 0;
+  const tx = () => sender.devStat(dev, 'tx_packets');
   const tx00 = tx();
-  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0']);
+  const limit = bounded((o.warmMs + o.windowMs) / 1000 + 15);
+  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, ...limit, ...rt(), 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0']);
   try {
     // Started when frames flow, then the warm-up.
     for (let i = 0; i < 400 && tx() === tx00; i++) {
@@ -295,13 +298,13 @@ export async function frameRate(
     await sleep(o.warmMs);
     // A sample: the counters bracketed by two clock reads; a sample that took long (we were preempted) is read again.
     const sample = () => {
-      for (;;) {
+      for (let i = 0; ; i++) {
         const ta = nowMs();
         const c = count();
         const x = tx();
         const a = o.alt?.() ?? 0;
         const tb = nowMs();
-        if (tb - ta < 3) return { t: (ta + tb) / 2, c, x, a };
+        if (tb - ta < 3 || i >= 4) return { t: (ta + tb) / 2, c, x, a };
       }
     };
     const first = sample();
@@ -336,7 +339,7 @@ export async function frameRate(
 /** IPv4 datagrams that reached the IP layer of a netns (Ip InReceives), independent of device counters. */
 export const ipIn = (ns: Netns) => () => ns.snmp()['IpInReceives'] ?? 0;
 /** rx packets of a device, from /proc/<anchor>/net/dev. */
-export const devRx = (ns: Netns, dev: string) => () => ns.dev().get(dev)?.rxPackets ?? 0;
+export const devRx = (ns: Netns, dev: string) => () => ns.devStat(dev, 'rx_packets');
 
 /** One ICMP echo: true if answered (a smoke test before measuring). */
 export function pingOk(from: Netns, to: string): boolean {

@@ -155,10 +155,11 @@ export async function run(opts: { quick: boolean }): Promise<BenchRow[]> {
     const perRound = (a: Variant, b: Variant) => median(gbps[a].map((x, i) => x / gbps[b][i]!));
     const peer = pair.redirectPeer.vin && pair.redirectPeer.vex ? 'bpf_redirect_peer' : 'bpf_redirect';
     const base = `${rounds} round${rounds > 1 ? 's' : ''} of ${seconds} s (median), one iperf3 stream host -> workload, ${peer}`;
+    const each = (v: Variant) => `rounds ${gbps[v].map((x) => x.toFixed(2)).join(' / ')} Gbit/s`;
     return [
-      { name: `offload: ${LABELS.offloaded}`, value: median(gbps.offloaded), unit: 'Gbit/s', ratio: perRound('offloaded', 'bypass'), note: `${base}; ratio vs BYPASS (target >= 0.9); ${notes.join('; ')}` },
-      { name: `offload: ${LABELS.bypass}`, value: median(gbps.bypass), unit: 'Gbit/s', note: base },
-      { name: `offload: ${LABELS['fwd-dp']}`, value: median(gbps['fwd-dp']), unit: 'Gbit/s', ratio: perRound('fwd-dp', 'bypass'), note: `${base}; ratio vs BYPASS` },
+      { name: `offload: ${LABELS.offloaded}`, value: median(gbps.offloaded), unit: 'Gbit/s', ratio: perRound('offloaded', 'bypass'), note: `${base}; ${each('offloaded')}; ratio vs BYPASS (target >= 0.9); ${notes.join('; ')}` },
+      { name: `offload: ${LABELS.bypass}`, value: median(gbps.bypass), unit: 'Gbit/s', note: `${base}; ${each('bypass')}` },
+      { name: `offload: ${LABELS['fwd-dp']}`, value: median(gbps['fwd-dp']), unit: 'Gbit/s', ratio: perRound('fwd-dp', 'bypass'), note: `${base}; ${each('fwd-dp')}; ratio vs BYPASS` },
       { name: 'offload: offloaded vs FWD through the DP', value: perRound('offloaded', 'fwd-dp'), unit: 'x', note: 'per-round ratio, median' },
     ];
   } finally {

@@ -141,7 +141,7 @@ export interface ProgCostResult {
 export function runProgCost(o: { quick: boolean }): ProgCostResult {
   const why = kernelUnavailable();
   if (why) throw new Error(`per-frame cost needs the kernel: ${why}`);
-  const params = { rounds: o.quick ? 5 : 11, repeat: 1_000_000 };
+  const params = { rounds: o.quick ? 3 : 11, repeat: 1_000_000 };
   const dropTest = onCleanup('test fixture', () => runTestCleanups());
   try {
     // The loader's setting for this kernel: pkt_type is set before redirect_peer only where needed (< 6.15).

@@ -31,6 +31,8 @@ export interface BenchResults {
   errors: Record<string, string>;
   /** Nice value of the run and its children. */
   nice: number;
+  /** SCHED_FIFO priority of the measured processes, 0 = not used (NEUV_BENCH_RT=0). */
+  rt: number;
   progcost?: ProgCostResult;
   trace?: unknown;
   throughput?: ThroughputResult;
@@ -184,7 +186,10 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
   L.push('');
   L.push(
     `CPU busy from other processes, sampled for 1 s before each scenario: ${bg || 'n/a'}. ` +
-      `The run and all its processes ran at nice ${r.nice} (NEUV_BENCH_NICE). ` +
+      `The run and all its processes ran at nice ${r.nice} (NEUV_BENCH_NICE), ` +
+      (r.rt
+        ? `the bench process itself SCHED_FIFO priority 10 and the measured processes (trafgen, iperf3 at both ends, the stub DP, the tc script, the CLI and the API process) SCHED_FIFO priority ${r.rt}, the busy ones under \`timeout -s KILL\` (NEUV_BENCH_RT=0 turns real-time off): with other load on the machine, the 64-byte rate of a plain veth pair varied 10x between 100 ms slices at nice -10 and within a few % at SCHED_FIFO. `
+        : 'without real-time scheduling (NEUV_BENCH_RT=0). ') +
       'The machine is shared; every comparison is interleaved (A and B alternate within each round, the order rotating) and ratios are medians of per-round ratios, so load that comes and goes hits both sides alike; absolute numbers move more than ratios.',
   );
   L.push('');
@@ -290,7 +295,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
     L.push(
       table(
         ['pairs', 'direct delivery kframes/s', 'NeuVector overhead ns', 'neuv-bpf overhead ns', 'NeuVector / neuv-bpf overhead'],
-        dr.points.map((p) => [String(p.pairs), range(p.floor, 1e-3), p.nvOverheadNs ? range(p.nvOverheadNs) : 'n/a', range(p.bpfOverheadNs), p.overheadRatio ? rr(p.overheadRatio) : 'n/a']),
+        dr.points.filter((p) => p.floor).map((p) => [String(p.pairs), range(p.floor, 1e-3), p.nvOverheadNs ? range(p.nvOverheadNs) : 'n/a', range(p.bpfOverheadNs), p.overheadRatio ? rr(p.overheadRatio) : 'n/a']),
       ),
     );
     L.push('');

@@ -95,7 +95,7 @@ interface Variant {
 
 export async function runThroughput(o: ThroughputOptions): Promise<ThroughputResult> {
   const params = o.quick
-    ? { rounds: 2, ppsRounds: 4, tcpSeconds: 1, tcpOmit: 0, warmMs: 200, windowMs: 500 }
+    ? { rounds: 2, ppsRounds: 3, tcpSeconds: 1, tcpOmit: 0, warmMs: 200, windowMs: 500 }
     : { rounds: 5, ppsRounds: 8, tcpSeconds: 3, tcpOmit: 1, warmMs: 300, windowMs: 1000 };
   const dir = tmpDir();
   const variants: Variant[] = [];

@@ -169,17 +169,17 @@ export function formatStats(s: StatsSnapshot, prev?: StatsSnapshot): string[] {
       const c = p.counters[d];
       const cells = VERDICT_NAMES.map((v) => si(c[v].packets) + (r ? ` ${si(r[d][v].packets)}/s` : ''));
       const del = delivered(c);
-      const bits = r ? ` ${si((r[d].to_peer.bytes + r[d].from_dp.bytes) * 8, 'bit')}/s` : '';
+      const bits = r ? ` ${si((r[d].to_peer.bytes + r[d].from_dp.bytes + r[d].fast.bytes) * 8, 'bit')}/s` : '';
       rows.push([String(p.id), name, d, ...cells, si(del.bytes, 'B') + bits]);
     }
   }
   const out: string[] = [];
   out.push(
     `${new Date(s.time).toISOString()}  ${s.pairs.length} pair${s.pairs.length === 1 ? '' : 's'}` +
-      (prev ? `, rates over the last ${seconds.toFixed(1)} s` : '') + '  (packets per verdict; BYTES = delivered: to_peer + from_dp)',
+      (prev ? `, rates over the last ${seconds.toFixed(1)} s` : '') + '  (packets per verdict; BYTES = delivered: to_peer + from_dp + fast)',
   );
   if (rows.length) {
-    out.push(...table(['ID', 'PAIR', 'DIR', ...VERDICT_NAMES.map((v) => v.toUpperCase()), 'BYTES'], rows, ['r', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r']));
+    out.push(...table(['ID', 'PAIR', 'DIR', ...VERDICT_NAMES.map((v) => v.toUpperCase()), 'BYTES'], rows, ['r', 'l', 'l', ...VERDICT_NAMES.map(() => 'r' as const), 'r']));
   }
   let grates: Record<string, number> | undefined;
   if (prev) {

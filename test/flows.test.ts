@@ -7,6 +7,7 @@
  * counting offloaded frames apart) on a loaded datapath.
  */
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MapFd, RingBuffer } from '../src/bpf';
 import { Flows, flowExpiry, flowKeyFromSpec, flowValue, parseEndpoint, parseProto, viewFlow } from '../src/flows';
@@ -492,6 +493,33 @@ describe('flow offload: CLI on a loaded datapath (kernel)', function () {
       const del = JSON.parse(ok(['pair', 'del', '--id', id, '--json'])) as { flowsCleared?: number };
       assert.equal(del.flowsCleared, 1);
       assert.deepEqual(JSON.parse(ok(['flow', 'list', '--json'])), []);
+    } finally {
+      c(['unload']);
+    }
+  });
+
+  it('pins of a datapath loaded before flow offload (no neuv_flows): pairs work as before, flow commands say why not, load adds the maps', function () {
+    const t = makePairTopology({ subnet: '10.78.1' });
+    const pins = makePinRoot();
+    const c = (args: string[]) => cli(['--netns', t.enforcer.name, '--bpffs', pins, ...args]);
+    const ok = (args: string[]) => {
+      const r = c(args);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      return r.stdout;
+    };
+    try {
+      ok(['load']);
+      for (const m of ['neuv_flows', 'neuv_flow_stats']) fs.rmSync(path.join(pins, m));
+      const p = JSON.parse(ok(['pair', 'add', '--in', t.vin, '--ex', t.vex, '--mac', t.wlMac, '--mode', 'fwd', '--json'])) as { id: number };
+      ok(['pair', 'mode', '--id', String(p.id), 'tap']);
+      ok(['show']);
+      ok(['stats']);
+      const r = c(['flow', 'list']);
+      assert.equal(r.code, 4);
+      assert.match(r.stderr, /no neuv_flows under .*loaded by a version without flow offload \(run neuv-bpf load\)/);
+      ok(['load']);
+      assert.deepEqual(JSON.parse(ok(['flow', 'list', '--json'])), []);
+      ok(['pair', 'del', '--id', String(p.id)]);
     } finally {
       c(['unload']);
     }

@@ -559,7 +559,7 @@ if (require.main === module) {
 
   describe('fuzz: the pure parsers', function () {
     this.timeout(120000);
-    const params = (n: number) => ({ numRuns: n, seed, endOnFailure: true });
+    const params = (n: number) => ({ numRuns: SOAK ? n * 10 : n, seed, endOnFailure: true });
 
     it(`JSON lines (pair add --file): a list of valid specs, or one typed error naming the line (3,000 inputs, seed ${seed})`, function () {
       fc.assert(

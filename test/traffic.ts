@@ -8,7 +8,7 @@
  * Every netns and child process is registered with onCleanup() when created,
  * so runCleanups() removes it even when a test fails half way.
  */
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { makeNetns, Netns, onCleanup, ROOT } from './helpers';
@@ -175,6 +175,12 @@ export interface UdpStreamResult {
   foreign: number;
   bytes: number;
   receiverSeconds: number;
+  /**
+   * Datagrams the receiving netns dropped at a socket whose buffer was full
+   * (Udp RcvbufErrors over the stream, all sockets of that netns): lost after
+   * delivery, when the receiver was starved of CPU, not on the path.
+   */
+  socketDrops: number;
 }
 
 export interface UdpStream {
@@ -193,8 +199,19 @@ export interface UdpStream {
  * sender in senderNs. Returns at once; await `sent` to know the stream is
  * over on the sending side and `result` for the receiver's verdict.
  */
+/** Udp RcvbufErrors of a netns: datagrams its sockets dropped for a full receive buffer. */
+export function udpRcvbufErrors(ns: string): number {
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'cat', '/proc/net/snmp'], { encoding: 'utf8' });
+  const lines = (r.stdout ?? '').split('\n').filter((l) => l.startsWith('Udp:'));
+  if (lines.length < 2) return 0;
+  const k = lines[0]!.split(/\s+/);
+  const v = lines[1]!.split(/\s+/);
+  return Number(v[k.indexOf('RcvbufErrors')] ?? 0);
+}
+
 export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
   const run = String((Math.random() * 0xffffffff) >>> 0);
+  const rcvbuf0 = udpRcvbufErrors(o.receiverNs);
   const count = o.untilStopped ? 1e9 : o.count;
   const recv = spawnInNetns(o.receiverNs, UDPSEQ, [
     'recv', '--port', String(o.port), '--run', run, ...(o.untilStopped ? [] : ['--expect', String(o.count)]),
@@ -232,6 +249,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
       foreign: r.foreign!,
       bytes: r.bytes!,
       receiverSeconds: r.seconds!,
+      socketDrops: udpRcvbufErrors(o.receiverNs) - rcvbuf0,
     };
   });
   // Avoid unhandled rejections when a caller only awaits one of them.
