@@ -749,8 +749,7 @@ describe('pairs at scale (kernel)', function () {
         `show --json: ${showMs} ms; mode switch: API median ${(lat[500]! * 1000).toFixed(0)} µs (p99 ${(lat[990]! * 1000).toFixed(0)} µs), ` +
         `CLI median ${cliLat[2]} ms; pair del: ${delMs} ms`,
     );
-    // Typically 0.5-0.8 s here (start-up included); the bound leaves room for a busy CI machine.
-    assert.ok(addMs < 4000, `adding ${N} pairs took ${addMs} ms`);
+    // No timing assertion: speed is measured by `make bench` (bench/control.ts), not by tests.
     assert.equal(dump(pins, 'neuv_ids').length, N - 1);
   });
 
