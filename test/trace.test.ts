@@ -472,15 +472,22 @@ describe('neuv-bpf trace (kernel, real traffic)', function () {
     const cfg = `{ ${bytes(t.m)}, ${bytes(t.hm)}, 0x08, 0x00, fill(0x45, 46) }`;
     const gen = spawn('ip', ['netns', 'exec', t.h.name, 'trafgen', '--dev', 'hA', '-P', '1', '-t', '1ms', '-C', cfg], { stdio: 'ignore' });
     onCleanup(() => gen.kill('SIGKILL'));
-    await sleep(300);
-    const r = cli(['--netns', t.e.name, '--bpffs', t.pins, '--log-level', 'trace', 'show'], { env: { NEUV_BPF_LOG_LEVEL: undefined } });
+    // Wait until frames really flow, then run the command; a command is short
+    // (milliseconds), so on a loaded machine it may take a few runs to catch frames.
+    const before = pairPackets(t);
+    await waitFor(() => pairPackets(t) - before >= 5n, 10000, () => 'trafgen frames did not reach the datapath');
+    let r = { code: 0, stdout: '', stderr: '' };
+    let dp: Array<{ level: number; mod?: string; msg: string; hook?: string; id?: number }> = [];
+    for (let attempt = 0; attempt < 10 && dp.length === 0; attempt++) {
+      r = cli(['--netns', t.e.name, '--bpffs', t.pins, '--log-level', 'trace', 'show'], { env: { NEUV_BPF_LOG_LEVEL: undefined } });
+      assert.equal(r.code, 0, r.stderr);
+      dp = r.stderr
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { level: number; mod?: string; msg: string; hook?: string; id?: number })
+        .filter((l) => l.mod === 'dp');
+    }
     gen.kill('SIGKILL');
-    assert.equal(r.code, 0, r.stderr);
-    const dp = r.stderr
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as { level: number; mod?: string; msg: string; hook?: string; id?: number })
-      .filter((l) => l.mod === 'dp');
     assert.ok(dp.length > 0, `no datapath records in:\n${r.stderr.slice(0, 3000)}`);
     for (const l of dp) {
       assert.equal(l.level, 10, 'trace level');
