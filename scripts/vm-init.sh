@@ -73,7 +73,9 @@ must() { "$@" || { echo "vm-init: failed: $*"; finish 1; }; }
 must mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mkdir -p /run/lock "$out"
 must mount -t 9p -o "$NINEP" vmout "$out"
-must mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+# No tmpfs on /tmp: a checkout (or the kernel cache) under the host's /tmp
+# must stay visible; writes there land in the overlay's tmpfs anyway.
+chmod 1777 /tmp 2>/dev/null || true
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
