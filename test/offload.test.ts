@@ -198,7 +198,7 @@ describe('flow offload end to end: the stub DP offloads, the kernel carries on (
 
   it('an entry that expires hands its flow back to the DP', async function () {
     const s = await setup('10.79.3', []);
-    s.run(['flow', 'allow', '--id', String(s.id), '--proto', 'udp', '--src', `${s.t.hostAddr}:5300`, '--dst', `${s.t.wlAddr}:5301`, '--timeout', '1']);
+    s.run(['flow', 'allow', '--id', String(s.id), '--proto', 'udp', '--src', `${s.t.hostAddr}:5300`, '--dst', `${s.t.wlAddr}:5301`, '--timeout', '4']);
     const c0 = counters(s);
     const st0 = await s.stub.counts();
     udpFromPort(s.t.host.name, s.t.hostAddr, 5300, s.t.wlAddr, 5301, 20);
@@ -206,7 +206,8 @@ describe('flow offload end to end: the stub DP offloads, the kernel carries on (
     const st1 = await s.stub.counts();
     assert.equal(c1.to_wl.fast!.packets - c0.to_wl.fast!.packets, 20, 'before the deadline: all offloaded');
     assert.equal(StubDp.frames(st1, 'udp/5300', s.ucmac, 'to_wl').frames - StubDp.frames(st0, 'udp/5300', s.ucmac, 'to_wl').frames, 0, 'the DP saw none');
-    await new Promise((r) => setTimeout(r, 1200));
+    // A 4 s deadline leaves a loaded machine time between `flow allow` and the first datagrams.
+    await new Promise((r) => setTimeout(r, 4300));
     udpFromPort(s.t.host.name, s.t.hostAddr, 5300, s.t.wlAddr, 5301, 20);
     const c2 = counters(s);
     const st2 = await s.stub.counts();
