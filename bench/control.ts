@@ -4,21 +4,23 @@
  *
  *   NeuVector: per pair, the `tc` processes its Go code spawns one after the
  *   other: AttachPortPair (nvAttachRules: a legacy ingress qdisc on vin and
- *   on vex) then FwdPortPair (nvPairRules 'fwd': six u32 filters), each one
- *   `tc -n NS ...` process with an argument array (NeuVector goes through
- *   `sh -c`, one more process each, and naps 250 ms between retries: both
- *   left out, so this is its best case). Without pedit (not in this kernel).
- *   Mode switch: ResetPortPair (six `tc filter del`) + FwdPortPair again
- *   (TapPortPair needs `action drop`, i.e. act_gact, missing here; a
- *   reset-then-add of the same size is what a switch costs).
+ *   on vex) then FwdPortPair (nvPairRules 'fwd': six u32 filters), one `tc`
+ *   process each, from one /bin/sh script entered into the enforcer netns
+ *   (see runTcSequential). NeuVector wraps each in `sh -c` and naps 250 ms
+ *   between retries: both left out, so this is its best case. Without pedit
+ *   (not in this kernel). Mode switch: ResetPortPair (six `tc filter del`) +
+ *   FwdPortPair again (TapPortPair needs `action drop`, i.e. act_gact,
+ *   missing here; a reset-then-add of the same size is what a switch costs).
  *
  *   neuv-bpf: `neuv-bpf pair add --file` (one process, Node start-up
- *   included) and Datapath.addPairs (the API, in this process), mode fwd;
- *   `neuv-bpf pair mode` and Datapath.setMode for a switch.
+ *   included) and Datapath.addPairs (the API, timed inside a process that
+ *   has the Datapath open: bench/api-child.ts), mode fwd; `neuv-bpf pair
+ *   mode` and Datapath.setMode for a switch.
  *
- * Pairs are cheap veth pairs in the enforcer netns (vin and vex each other's
- * peer), created once per side; between repetitions NeuVector's qdiscs are
- * deleted and neuv-bpf is unloaded and loaded again (neither timed).
+ * Pairs are cheap veth pairs (vin and vex each other's peer) in one enforcer
+ * netns per side and size, holding exactly the pairs to onboard; between
+ * repetitions NeuVector's qdiscs are deleted and neuv-bpf is unloaded and
+ * loaded again (neither timed).
  *
  * Scenario 5 rides along: the loader's peak RSS (process.resourceUsage()
  * .maxRSS, written at exit by bench/rss-preload.ts) for `load` and for
@@ -30,7 +32,7 @@ import { spawnSync } from 'node:child_process';
 import { PairSpec } from '../src/pairs';
 import { nvAttachRules, nvPairRules, nvResetRules, NvPair } from '../src/nvtc';
 import { VBR, macOf, nvConnect, nvPair } from './net';
-import { Netns, ROOT, Summary, cli, pinRoot, progress, rt, sh, summary, tmpDir } from './util';
+import { Netns, Summary, benchJs, cli, objArgs, pinRoot, progress, sh, summary, tmpDir } from './util';
 
 const GROUP = '78';
 const vinName = (k: number) => `ci${k}`;
@@ -51,7 +53,7 @@ export interface OnboardPoint {
   nvProcesses: number;
   /** `neuv-bpf pair add --file`, whole process, ms. */
   cliMs: Summary;
-  /** Datapath.addPairs in this process, ms. */
+  /** Datapath.addPairs, timed inside bench/api-child.ts, ms. */
   apiMs: Summary;
   /** nv / cli, per repetition. */
   nvOverCli?: Summary;
@@ -100,8 +102,7 @@ function runTcSequential(ns: Netns, cmds: string[][], dir: string): number {
   const q = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
   const file = path.join(dir, 'nv.sh');
   fs.writeFileSync(file, ['set -e', 't0=$(date +%s%N)', ...cmds.map((c) => ['tc', ...c].map(q).join(' ')), 't1=$(date +%s%N)', 'echo $((t1 - t0))'].join('\n') + '\n');
-  const pre = rt();
-  const argv = [...pre, 'nsenter', `--net=/run/netns/${ns.name}`, '/bin/sh', file];
+  const argv = ['nsenter', `--net=/run/netns/${ns.name}`, '/bin/sh', file];
   const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`NeuVector tc commands failed: ${(r.stderr || '').trim().split('\n')[0]}`);
   return Number(r.stdout.trim()) / 1e6;
@@ -153,7 +154,7 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
     jsonl.set(n, f);
   }
   const at = (n: number) => ['--netns', bNs.get(n)!.name, '--bpffs', pins.get(n)!];
-  const load = (n: number) => cli([...at(n), 'load']);
+  const load = (n: number) => cli([...at(n), 'load', ...objArgs()]);
   const unload = (n: number) => cli([...at(n), 'unload']);
 
   const nvTeardown = (n: number) => {
@@ -188,14 +189,14 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
           nvTeardown(n);
         },
         async () => {
-          startup.push(cli(['version'], { rt: true }).ms);
+          startup.push(cli(['version'], {}).ms);
           load(n);
-          const res = cli([...at(n), 'pair', 'add', '--file', jsonl.get(n)!], { rt: true });
+          const res = cli([...at(n), 'pair', 'add', '--file', jsonl.get(n)!], {});
           push(cliMs, n, res.ms);
           if (n === switchAt && r === 0) {
             const id = vexIndex(n - 1) & 0xffff;
             for (let i = 0; i < params.switches; i++) {
-              sw.cli.push(cli([...at(n), 'pair', 'mode', '--id', String(id), i % 2 ? 'fwd' : 'tap'], { rt: true }).ms);
+              sw.cli.push(cli([...at(n), 'pair', 'mode', '--id', String(id), i % 2 ? 'fwd' : 'tap'], {}).ms);
             }
           }
           unload(n);
@@ -203,8 +204,8 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
         async () => {
           load(n);
           const sw1 = n === switchAt && r === 0;
-          const child = path.join(ROOT, 'dist', 'bench', 'api-child.js');
-          const args = [...rt(), process.execPath, child, pins.get(n)!, bNs.get(n)!.name, jsonl.get(n)!, ...(sw1 ? [String(vexIndex(n - 1) & 0xffff), String(params.switches * 10)] : [])];
+          const child = benchJs('api-child.js');
+          const args = [process.execPath, child, pins.get(n)!, bNs.get(n)!.name, jsonl.get(n)!, ...(sw1 ? [String(vexIndex(n - 1) & 0xffff), String(params.switches * 10)] : [])];
           const out = JSON.parse(sh(args[0]!, args.slice(1), { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } }).stdout) as { addMs: number; setModeMs: number[] };
           push(apiMs, n, out.addMs);
           sw.api.push(...out.setModeMs);
@@ -218,11 +219,11 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
   // Scenario 5: peak RSS of the loader (not timed runs).
   progress('memory: loader peak RSS');
   let memory: MemoryResult | undefined;
-  const preload = path.join(ROOT, 'dist', 'bench', 'rss-preload.js');
+  const preload = benchJs('rss-preload.js');
   if (fs.existsSync(preload)) {
     const out = path.join(dir, 'rss.json');
     const env = { NEUV_BENCH_RSS_OUT: out };
-    cli([...at(1000), 'load'], { nodeArgs: ['-r', preload], env });
+    cli([...at(1000), 'load', ...objArgs()], { nodeArgs: ['-r', preload], env });
     const loadKiB = readRss(out);
     cli([...at(1000), 'pair', 'add', '--file', jsonl.get(1000)!], { nodeArgs: ['-r', preload], env });
     const addKiB = readRss(out);
@@ -269,7 +270,7 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
       "NeuVector's count: 8 tc processes per pair (2 qdisc add + 6 filter add for FWD without pedit), run one after the other from one /bin/sh script inside the enforcer netns (one fork+exec each, about as cheap as Go's os/exec; NeuVector wraps each in `sh -c` and naps 250 ms between retries, both left out): its best case.",
       'neuv-bpf CLI figures include Node.js start-up and module loading (one process for the whole batch); API figures are Datapath.addPairs / setMode timed inside a process that has the Datapath open already (bench/api-child.ts).',
       "Every tc process starts by dumping every link of the netns (iproute2 resolves names through its link cache), so NeuVector's cost per process grows with the number of pairs on the node: each size here has its own netns holding exactly its pairs.",
-      'The timed processes (the tc script, the CLI, the API process) run SCHED_FIFO like the traffic tools (see the top of this file), so other load on the machine does not stretch them.',
+      'The timed processes (the tc script, the CLI, the API process) run at the nice value of the run, not real-time: their work leans on kernel threads a real-time caller would starve. Other load on the machine stretches them (see the CPU busy figure at the top).',
       "A NeuVector mode switch here is ResetPortPair + FwdPortPair (12 tc processes); a real FWD<->TAP switch has the same count but TAP's `action drop` needs act_gact, which this kernel lacks.",
     ],
   };

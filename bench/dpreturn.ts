@@ -26,7 +26,7 @@
 import { PairSpec } from '../src/pairs';
 import { formatMac, ucmac } from '../src/mac';
 import { NvPair, nvPairRules } from '../src/nvtc';
-import { BpfSetup, VTH, bpfAddPairs, bpfLoad, frameRate, ipIn, macOf, nvConnect, nvPair, udpFrameConf } from './net';
+import { BpfSetup, VTH, addPairsIncidents, bpfAddPairs, bpfLoad, frameRate, ipIn, macOf, nvConnect, nvPair, udpFrameConf } from './net';
 import { Netns, Summary, pairedRatio, progress, sh, summary, tmpDir } from './util';
 
 const GROUP = '77';
@@ -110,7 +110,7 @@ function createCheap(enf: Netns, from: number, to: number): void {
 export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
   const params = o.quick
     ? { rounds: 2, warmMs: 200, windowMs: 600, sizes: [1, 1000], bpfMax: 4096 }
-    : { rounds: 8, warmMs: 300, windowMs: 1000, sizes: [1, 64, 256, 1000], bpfMax: 4096 };
+    : { rounds: 6, warmMs: 300, windowMs: 1000, sizes: [1, 64, 256, 1000], bpfMax: 4096 };
   const dir = tmpDir();
   progress('dp return: building topologies');
 
@@ -134,7 +134,8 @@ export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
 
   // neuv-bpf, N pairs, and the 1-pair reference.
   const mSpec: PairSpec = { in: VIN_M, ex: VEX_M, mac: WL_MAC, mode: 'fwd' };
-  const incidents: string[] = [];
+  const incidents = addPairsIncidents;
+  incidents.length = 0;
   const bpf = await side('bpf', WL_MAC, dir);
   const bpfDp: BpfSetup = bpfLoad(bpf.enf);
   await bpfAddPairs(bpfDp.dp, [mSpec]);
@@ -143,17 +144,7 @@ export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
     createCheap(bpf.enf, bpf.pairs - 1, to - 1);
     const specs: PairSpec[] = [];
     for (let k = bpf.pairs - 1; k < to - 1; k++) specs.push({ in: cheapVin(k), ex: cheapVex(k), mac: cheapMac(k), mode: 'fwd' });
-    // Batches of 512; a batch that fails is all undone by addPairs, so it can be retried once (recorded).
-    for (let i = 0; i < specs.length; i += 512) {
-      const batch = specs.slice(i, i + 512);
-      try {
-        await bpfAddPairs(bpfDp.dp, batch);
-      } catch (e) {
-        incidents.push(`addPairs of pairs ${bpf.pairs + i + 1}..${bpf.pairs + i + batch.length} failed (${(e as Error).message}); retried once`);
-        progress(`dp return: ${incidents[incidents.length - 1]}`);
-        await bpfAddPairs(bpfDp.dp, batch);
-      }
-    }
+    for (let i = 0; i < specs.length; i += 512) await bpfAddPairs(bpfDp.dp, specs.slice(i, i + 512));
     bpf.pairs = to;
   };
   const ref = await side('ref', WL_MAC, dir);

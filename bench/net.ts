@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { Datapath, PairSpec } from '../src/pairs';
 import { NvPair, nvAttachRules, nvPairRules, nvPref, NV_VBR } from '../src/nvtc';
 import { ucmac, parseMac } from '../src/mac';
-import { Netns, STUB_DP, bounded, cli, nowMs, outputOf, pinRoot, rt, sh, sleep, spawnGroup, tmpDir } from './util';
+import { Netns, bounded, cli, nowMs, objArgs, outputOf, pinRoot, rt, sh, sleep, spawnGroup, stubDpPath, tmpDir } from './util';
 
 export const VBR = 'vbr-neuv';
 export const VTH = 'vth-neuv';
@@ -147,18 +147,36 @@ export interface BpfSetup {
 /** `neuv-bpf load` in the enforcer netns with a pin root of this run. */
 export function bpfLoad(enf: Netns): BpfSetup {
   const pins = pinRoot('pins');
-  cli(['--netns', enf.name, '--bpffs', pins, 'load']);
+  cli(['--netns', enf.name, '--bpffs', pins, 'load', ...objArgs()]);
   const dp = Datapath.open(pins, { netns: enf.name });
   return { pinRoot: pins, dp };
 }
 
-/** Adds pairs through the API; NEUV_BPF_NO_REDIRECT_PEER=1 while they are added when noPeer. */
+/** Failures of addPairs that a retry got past, for the results ("ENOMEM at pair N ..."). */
+export const addPairsIncidents: string[] = [];
+
+/**
+ * Adds pairs through the API; NEUV_BPF_NO_REDIRECT_PEER=1 while they are
+ * added when noPeer. A failed batch is undone whole by addPairs; an ENOMEM
+ * (seen from the per-CPU neuv_stats map when the kernel's per-CPU allocator
+ * lags behind under load) is retried after a pause, up to 3 times, and
+ * recorded in addPairsIncidents.
+ */
 export async function bpfAddPairs(dp: Datapath, specs: PairSpec[], noPeer = false): Promise<Awaited<ReturnType<Datapath['addPairs']>>> {
   const old = process.env.NEUV_BPF_NO_REDIRECT_PEER;
   if (noPeer) process.env.NEUV_BPF_NO_REDIRECT_PEER = '1';
   else delete process.env.NEUV_BPF_NO_REDIRECT_PEER;
   try {
-    return await dp.addPairs(specs);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await dp.addPairs(specs);
+      } catch (e) {
+        const msg = (e as Error).message;
+        if (!/ENOMEM/.test(msg) || attempt > 3) throw e;
+        addPairsIncidents.push(`addPairs of ${specs.length} pair(s) (${specs[0]?.in}..): ${msg}; retried after 500 ms (attempt ${attempt + 1})`);
+        await sleep(500);
+      }
+    }
   } finally {
     if (old === undefined) delete process.env.NEUV_BPF_NO_REDIRECT_PEER;
     else process.env.NEUV_BPF_NO_REDIRECT_PEER = old;
@@ -167,11 +185,12 @@ export async function bpfAddPairs(dp: Datapath, specs: PairSpec[], noPeer = fals
 
 /** The stub DP on vth-neuv of a netns; resolves once its socket is bound. */
 export async function startStubDp(enf: Netns): Promise<{ stop: () => Promise<Record<string, unknown> | undefined> }> {
-  if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} missing (make build)`);
+  const stub = stubDpPath();
+  if (!fs.existsSync(stub)) throw new Error(`${stub} missing (make build)`);
   const dir = tmpDir();
   const out = path.join(dir, 'counts.json');
   // As the traffic around it: SCHED_FIFO unless NEUV_BENCH_RT=0 (it blocks in poll() when idle).
-  const child = spawnGroup('ip', ['netns', 'exec', enf.name, ...rt(), STUB_DP, '--ifname', VTH, '--out', out, '--interval-ms', '1000']);
+  const child = spawnGroup('ip', ['netns', 'exec', enf.name, ...rt(), stub, '--ifname', VTH, '--out', out, '--interval-ms', '1000']);
   for (let i = 0; i < 400 && !fs.existsSync(out); i++) {
     if (child.exitCode !== null) break;
     await sleep(5);

@@ -33,6 +33,8 @@ export interface BenchResults {
   nice: number;
   /** SCHED_FIFO priority of the measured processes, 0 = not used (NEUV_BENCH_RT=0). */
   rt: number;
+  /** sha256 of the build/neuv.bpf.o every load of the run used (copied at the start). */
+  objSha256: string;
   progcost?: ProgCostResult;
   trace?: unknown;
   throughput?: ThroughputResult;
@@ -53,7 +55,7 @@ const med = (s: Summary | undefined) => s?.median;
 const range = (s: Summary | undefined, scale = 1, digits = 3) =>
   s ? `${fmt(s.median * scale, digits)} (${fmt(s.min * scale, digits)}-${fmt(s.max * scale, digits)})` : 'n/a';
 const rr = (s: Summary | undefined) => (s ? `${fmtRatio(s.median)} (${fmt(s.min)}-${fmt(s.max)})` : 'n/a');
-const yes = (m: boolean | undefined) => (m === undefined ? 'n/a' : m ? 'yes' : '**no**');
+const yes = (m: boolean | undefined) => (m === undefined ? '-' : m ? 'yes' : '**no**');
 
 export function targets(r: BenchResults): Target[] {
   const t: Target[] = [];
@@ -68,7 +70,11 @@ export function targets(r: BenchResults): Target[] {
   if (dr) {
     const p1000 = dr.points.find((p) => p.pairs === 1000);
     const x = med(p1000?.bpfOverNv);
-    t.push({ what: 'DP return path at 1000 pairs: neuv-bpf / NeuVector u32 chain', value: x, shown: fmtRatio(x), target: '>= 15x', met: x === undefined ? undefined : x >= 15, section: '2' });
+    t.push({ what: 'DP return path at 1000 pairs: neuv-bpf / NeuVector u32 chain (frame rates)', value: x, shown: fmtRatio(x), target: '>= 15x', met: x === undefined ? undefined : x >= 15, section: '2' });
+    const ov = med(p1000?.overheadRatio);
+    if (ov !== undefined) {
+      t.push({ what: 'DP return path at 1000 pairs: NeuVector / neuv-bpf per-frame overhead beyond direct delivery', value: ov, shown: fmtRatio(ov), target: '(context)', met: undefined, section: '2' });
+    }
     const flat = Math.max(Math.abs(1 - dr.bpfFlat.min), Math.abs(dr.bpfFlat.max - 1));
     const sizes = dr.points.map((p) => p.pairs);
     t.push({
@@ -121,7 +127,7 @@ export function summaryLine(name: string, r: BenchResults): string {
       const g = (k: string) => fmtRatio(med(q[k]?.ratio));
       return (
         `throughput: BYPASS(redirect_peer)/plain TCP ${g('bypass-peer/plain tcp')} (>= 1.0x), 64B ${g('bypass-peer/plain 64B')} (>= 0.95x); ` +
-        `bpf_redirect/plain TCP ${g('bypass-redirect/plain tcp')}, 64B ${g('bypass-redirect/plain 64B')}; ` +
+        `bpf_redirect/plain TCP ${g('bypass-redirect/plain tcp')}, 64B ${g('bypass-redirect/plain 64B')}; tcx hooks/plain TCP ${g('bypass-tcx/plain tcp')}, 64B ${g('bypass-tcx/plain 64B')}; ` +
         `vs NeuVector pass-through TCP ${g('bypass-peer/nv-pass tcp')}, 64B ${g('bypass-peer/nv-pass 64B')}; ` +
         `TAP vs NeuVector TAP TCP ${g('tap/nv-tap tcp')}, 64B ${g('tap/nv-tap 64B')}; FWD to DP vs NeuVector 64B ${g('fwd-leg/nv-fwd-leg 64B')}`
       );
@@ -130,7 +136,7 @@ export function summaryLine(name: string, r: BenchResults): string {
       const d = r.dpreturn!;
       const last = d.points.filter((p) => p.bpfOverNv).pop();
       return (
-        `dp return: neuv-bpf/NeuVector at ${last?.pairs} pairs ${fmtRatio(med(last?.bpfOverNv))} (>= 15x); ` +
+        `dp return: neuv-bpf/NeuVector at ${last?.pairs} pairs ${fmtRatio(med(last?.bpfOverNv))} (>= 15x), overhead beyond direct delivery ${fmtRatio(med(last?.overheadRatio))} less; ` +
         `neuv-bpf N/1 pair ${fmt(d.bpfFlat.min)}-${fmt(d.bpfFlat.max)} over ${d.points.map((p) => p.pairs).join(', ')} pairs (within 10%); ` +
         `NeuVector ${d.nvLimit.failedAt ? `refuses pair ${d.nvLimit.failedAt}` : `took ${d.nvLimit.lastOk} pairs`}`
       );
@@ -174,7 +180,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
   L.push('');
   L.push(
     `Machine: Linux ${m.kernel}, ${m.cores} cores (${m.cpuModel}), ${m.memGiB} GiB RAM; Node.js ${m.node}; ${m.iproute2}; ` +
-      `neuv-bpf commit ${m.commit}${m.dirty ? ' with uncommitted changes' : ''}. The whole run took ${Math.round(r.seconds)} s${r.quick ? ' (`--quick`: a reduced set)' : ''}.`,
+      `neuv-bpf commit ${m.commit}${m.dirty ? ' with uncommitted changes' : ''}, BPF object sha256 ${r.objSha256.slice(0, 12)} (the CLI, the object and the stub DP ran from a copy taken when the run started). The whole run took ${Math.round(r.seconds)} s${r.quick ? ' (`--quick`: a reduced set)' : ''}.`,
   );
   L.push('');
   L.push(
@@ -188,7 +194,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
     `CPU busy from other processes, sampled for 1 s before each scenario: ${bg || 'n/a'}. ` +
       `The run and all its processes ran at nice ${r.nice} (NEUV_BENCH_NICE), ` +
       (r.rt
-        ? `the bench process itself SCHED_FIFO priority 10 and the measured processes (trafgen, iperf3 at both ends, the stub DP, the tc script, the CLI and the API process) SCHED_FIFO priority ${r.rt}, the busy ones under \`timeout -s KILL\` (NEUV_BENCH_RT=0 turns real-time off): with other load on the machine, the 64-byte rate of a plain veth pair varied 10x between 100 ms slices at nice -10 and within a few % at SCHED_FIFO. `
+        ? `and the traffic processes (trafgen, iperf3 at both ends, the stub DP) SCHED_FIFO priority ${r.rt} under \`timeout -s KILL\` (NEUV_BENCH_RT=0 turns that off): with other load on the machine, the 64-byte rate of a plain veth pair varied 10x between 100 ms slices at nice -10 and within a few % at SCHED_FIFO. Control-plane timings are not real-time (see section 3). `
         : 'without real-time scheduling (NEUV_BENCH_RT=0). ') +
       'The machine is shared; every comparison is interleaved (A and B alternate within each round, the order rotating) and ratios are medians of per-round ratios, so load that comes and goes hits both sides alike; absolute numbers move more than ratios.',
   );
@@ -232,6 +238,8 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
       'bypass-peer/plain 64B': 'neuv-bpf BYPASS (redirect_peer) / plain veth, 64-byte frames',
       'bypass-redirect/plain tcp': 'neuv-bpf BYPASS (bpf_redirect) / plain veth, TCP',
       'bypass-redirect/plain 64B': 'neuv-bpf BYPASS (bpf_redirect) / plain veth, 64-byte frames',
+      'bypass-tcx/plain tcp': 'neuv-bpf BYPASS (redirect_peer, hooks as tcx links) / plain veth, TCP',
+      'bypass-tcx/plain 64B': 'neuv-bpf BYPASS (redirect_peer, hooks as tcx links) / plain veth, 64-byte frames',
       'bypass-peer/nv-pass tcp': "neuv-bpf BYPASS (redirect_peer) / NeuVector's pass-through filters, TCP",
       'bypass-peer/nv-pass 64B': "neuv-bpf BYPASS (redirect_peer) / NeuVector's pass-through filters, 64-byte frames",
       'tap/nv-tap tcp': 'neuv-bpf TAP / NeuVector TAP, TCP',
@@ -244,7 +252,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
     L.push('');
     L.push('Absolute numbers (median, min-max over the rounds):');
     L.push('');
-    const order: VariantId[] = ['plain', 'nv-pass', 'bpf-redirect', 'bpf-peer', 'nv-tap', 'bpf-tap', 'nv-fwd-leg', 'bpf-fwd-leg', 'bpf-fwd-dp'];
+    const order: VariantId[] = ['plain', 'nv-pass', 'bpf-redirect', 'bpf-peer', 'bpf-peer-tcx', 'nv-tap', 'bpf-tap', 'nv-fwd-leg', 'bpf-fwd-leg', 'bpf-fwd-dp'];
     L.push(
       table(
         ['variant', 'TCP Gbit/s', '64-byte kframes/s received', 'kframes/s offered by the sender', 'counted at'],
@@ -366,7 +374,11 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
   if (r.trace !== undefined) {
     L.push('### Trace cost (bench/trace.ts)');
     L.push('');
-    L.push(`Reproduce: \`${reproduce('trace')}\`. ${traceLine(r.trace)}.`);
+    L.push(`Reproduce: \`${reproduce('trace')}\` (bench/trace.ts, called when it exports a function). ${traceLine(r.trace)}.`);
+    L.push('');
+    L.push(
+      "Caveat on those figures: BPF_PROG_TEST_RUN runs all `repeat` runs on one skb, and bench/trace.ts's frame has DA = M, so only the first run of each batch takes the FWD path (DA := UCMAC); the others see the UCMAC and go to the peer (checked here with the counters: 1 to_dp and 999 to_peer for repeat 1000). They measure the vex to-peer path with tracing off/on; section 4 works around this (the workload MAC set to its own UCMAC).",
+    );
     const ns = (r.trace as { ns?: Record<string, number> }).ns;
     if (ns) {
       L.push('');

@@ -9,6 +9,8 @@
  *                 hand them back; measured up to the DP port (vth-neuv rx) only
  *   bpf-redirect  neuv-bpf BYPASS, bpf_redirect (NEUV_BPF_NO_REDIRECT_PEER=1 at pair add)
  *   bpf-peer      neuv-bpf BYPASS, bpf_redirect_peer
+ *   bpf-peer-tcx  the same with the vin/vex hooks attached as tcx links (NEUV_BPF_ATTACH=tcx) instead of
+ *                 clsact + cls_bpf, the default for ports (what the attach kind costs per frame)
  *   bpf-tap       neuv-bpf TAP (copies to vbr-neuv)
  *   bpf-fwd-leg   neuv-bpf FWD up to the DP port (vth-neuv rx), no DP running: the same leg as nv-fwd-leg
  *   bpf-fwd-dp    neuv-bpf FWD through the stub DP (build/stub-dp) and back to the workload
@@ -40,7 +42,7 @@ import {
 } from './net';
 import { Summary, pairedRatio, progress, summary, tmpDir } from './util';
 
-export type VariantId = 'plain' | 'nv-pass' | 'nv-tap' | 'nv-fwd-leg' | 'bpf-redirect' | 'bpf-peer' | 'bpf-tap' | 'bpf-fwd-leg' | 'bpf-fwd-dp';
+export type VariantId = 'plain' | 'nv-pass' | 'nv-tap' | 'nv-fwd-leg' | 'bpf-redirect' | 'bpf-peer' | 'bpf-peer-tcx' | 'bpf-tap' | 'bpf-fwd-leg' | 'bpf-fwd-dp';
 
 export const VARIANT_LABELS: Record<VariantId, string> = {
   plain: '(a) plain veth pair, no interception (the limit)',
@@ -49,6 +51,7 @@ export const VARIANT_LABELS: Record<VariantId, string> = {
   'nv-fwd-leg': '(f) NeuVector tc: FWD rules without pedit, host -> DP port only',
   'bpf-redirect': '(c) neuv-bpf BYPASS, bpf_redirect',
   'bpf-peer': '(d) neuv-bpf BYPASS, bpf_redirect_peer',
+  'bpf-peer-tcx': '(d) neuv-bpf BYPASS, bpf_redirect_peer, vin/vex hooks as tcx links',
   'bpf-tap': '(e) neuv-bpf TAP',
   'bpf-fwd-leg': '(f) neuv-bpf FWD, host -> DP port only',
   'bpf-fwd-dp': '(f) neuv-bpf FWD through the stub DP and back',
@@ -122,11 +125,19 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
       notes: [],
     });
   }
-  for (const id of ['bpf-redirect', 'bpf-peer', 'bpf-tap', 'bpf-fwd-leg', 'bpf-fwd-dp'] as const) {
+  for (const id of ['bpf-redirect', 'bpf-peer', 'bpf-peer-tcx', 'bpf-tap', 'bpf-fwd-leg', 'bpf-fwd-dp'] as const) {
     const t = await pairTopo(`thr-${id}`);
     const { dp } = bpfLoad(t.enf!);
     const mode = id === 'bpf-tap' ? 'tap' : id.startsWith('bpf-fwd') ? 'fwd' : 'bypass';
-    const [added] = await bpfAddPairs(dp, [{ in: t.vin!, ex: t.vex!, mac: t.wlMac, mode }], id === 'bpf-redirect');
+    const attachOld = process.env.NEUV_BPF_ATTACH;
+    if (id === 'bpf-peer-tcx') process.env.NEUV_BPF_ATTACH = 'tcx';
+    let added;
+    try {
+      [added] = await bpfAddPairs(dp, [{ in: t.vin!, ex: t.vex!, mac: t.wlMac, mode }], id === 'bpf-redirect');
+    } finally {
+      if (attachOld === undefined) delete process.env.NEUV_BPF_ATTACH;
+      else process.env.NEUV_BPF_ATTACH = attachOld;
+    }
     checks[`${id}.redirectPeer`] = added!.redirectPeer;
     const leg = id === 'bpf-fwd-leg';
     const v: Variant = {
@@ -220,6 +231,8 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
     'bypass-peer/plain 64B': ratio('pps', 'bpf-peer', 'plain', 0.95),
     'bypass-redirect/plain tcp': ratio('tcp', 'bpf-redirect', 'plain'),
     'bypass-redirect/plain 64B': ratio('pps', 'bpf-redirect', 'plain'),
+    'bypass-tcx/plain tcp': ratio('tcp', 'bpf-peer-tcx', 'plain'),
+    'bypass-tcx/plain 64B': ratio('pps', 'bpf-peer-tcx', 'plain'),
     'bypass-peer/nv-pass tcp': ratio('tcp', 'bpf-peer', 'nv-pass'),
     'bypass-peer/nv-pass 64B': ratio('pps', 'bpf-peer', 'nv-pass'),
     'tap/nv-tap tcp': ratio('tcp', 'bpf-tap', 'nv-tap'),

@@ -8,13 +8,17 @@
  * temporary files. Nothing here is part of `make test`.
  */
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
-export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
-export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
+/** Where the CLI, the stub DP and the bench helpers run from: the tree, or the run's snapshot (snapshotRuntime). */
+let RUNTIME = ROOT;
+export const cliPath = () => path.join(RUNTIME, 'bin', 'neuv-bpf');
+export const stubDpPath = () => path.join(RUNTIME, 'build', 'stub-dp');
+export const benchJs = (name: string) => path.join(RUNTIME, 'dist', 'bench', name);
 export const RUN_TAG = `nbench-${process.pid}`;
 
 let seq = 0;
@@ -278,17 +282,17 @@ export function tmpDir(): string {
 // ---------------------------------------------------------------- scheduling
 
 /**
- * The measured processes (traffic generators and sinks, the stub DP, the
- * control-plane commands) run SCHED_FIFO priority 20 unless
- * NEUV_BENCH_RT=0: on a shared machine, other load otherwise takes a varying
- * share of the CPU from them (measured here: 64-byte rates varying 10x with
- * nice -10, within a few % with SCHED_FIFO). The kernel's RT throttling still
- * leaves 5% of every CPU to everything else, and every busy process is also
- * run under `timeout -s KILL` so none can outlive the run.
+ * The traffic processes (trafgen, iperf3 at both ends, the stub DP) run
+ * SCHED_FIFO priority 20 unless NEUV_BENCH_RT=0: on a shared machine, other
+ * load otherwise takes a varying share of the CPU from them (measured here:
+ * 64-byte rates varying 10x with nice -10, within a few % with SCHED_FIFO).
+ * The kernel's RT throttling still leaves 5% of every CPU to everything
+ * else, and each is run under `timeout -s KILL` so none can outlive the run.
+ * Control-plane commands do not: their work leans on kernel threads (RCU,
+ * the per-CPU allocator's refill, workqueues) that a real-time caller would
+ * starve on its own CPU (seen: ENOMEM from per-CPU map updates).
  */
 export const RT_PRIORITY = 20;
-/** The bench process itself (setup, sampling, BPF_PROG_TEST_RUN): real-time too, below the measured tools. */
-export const RT_PRIORITY_SELF = 10;
 export function rtEnabled(): boolean {
   return process.env.NEUV_BENCH_RT !== '0';
 }
@@ -302,10 +306,36 @@ export function bounded(seconds: number): string[] {
 
 // ---------------------------------------------------------------- the CLI
 
+/**
+ * Copies what the run executes (bin/, dist/, build/neuv.bpf.o, build/stub-dp,
+ * package.json; node_modules linked) to a directory of its own, once, right
+ * after `make build`: every CLI call, stub DP and helper process of the run
+ * then runs the same code and loads the same object, even while the working
+ * tree is rebuilt meanwhile. Removed at exit. Returns the object's sha256.
+ */
+export function snapshotRuntime(): { dir: string; objSha256: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${RUN_TAG}-rt-`));
+  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  for (const d of ['bin', 'dist']) fs.cpSync(path.join(ROOT, d), path.join(dir, d), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'build'));
+  for (const f of ['neuv.bpf.o', 'stub-dp']) fs.copyFileSync(path.join(ROOT, 'build', f), path.join(dir, 'build', f));
+  fs.chmodSync(path.join(dir, 'build', 'stub-dp'), 0o755);
+  fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(dir, 'package.json'));
+  fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'));
+  RUNTIME = dir;
+  const objSha256 = createHash('sha256').update(fs.readFileSync(path.join(dir, 'build', 'neuv.bpf.o'))).digest('hex');
+  return { dir, objSha256 };
+}
+
+/** `--obj <the run's object>` for `load`. */
+export function objArgs(): string[] {
+  return ['--obj', path.join(RUNTIME, 'build', 'neuv.bpf.o')];
+}
+
 export function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; allowFail?: boolean; nodeArgs?: string[]; rt?: boolean } = {}): ShResult & { ms: number } {
   const pre = opts.rt ? rt() : [];
   const t0 = nowMs();
-  const r = sh(pre.length ? pre[0]! : process.execPath, [...pre.slice(1), ...(pre.length ? [process.execPath] : []), ...(opts.nodeArgs ?? []), CLI, ...args], {
+  const r = sh(pre.length ? pre[0]! : process.execPath, [...pre.slice(1), ...(pre.length ? [process.execPath] : []), ...(opts.nodeArgs ?? []), cliPath(), ...args], {
     env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn', ...opts.env },
     input: opts.input,
     allowFail: opts.allowFail,
