@@ -158,7 +158,7 @@ describe('end to end through the stub DP (kernel)', function () {
     const atDp = await capture(tt.t, tt.t.enforcer, 'vth-neuv', ['-Q', 'in', 'udp', 'port', '5001']);
     const atHost = await capture(tt.t, tt.t.host, c1.hostPort, ['-Q', 'in', 'udp', 'port', '5001']);
     const N = 200;
-    const res = await udpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5001, count: N, rate: 2000, idleMs: 300 });
+    const res = await udpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5001, count: N, rate: 500, idleMs: 500 });
     const dpFrames = await atDp.stop();
     const hostFrames = await atHost.stop();
     assert.equal(res.unique, N, 'every datagram arrived');
