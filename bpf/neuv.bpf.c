@@ -270,7 +270,8 @@ int neuv_trace_emit(struct __sk_buff *skb, __u64 d_raw0, __u64 d_raw1, __u64 eth
 	struct neuv_config *cfg;
 	struct neuv_trace *t;
 	__u32 zero = 0, flags;
-	__u64 ts;
+	__u64 ts, m, ifindex, dp;
+	long err;
 
 	cfg = bpf_map_lookup_elem(&neuv_config, &zero);
 	if (!cfg)
@@ -287,22 +288,33 @@ int neuv_trace_emit(struct __sk_buff *skb, __u64 d_raw0, __u64 d_raw1, __u64 eth
 		__sync_fetch_and_add(&neuv_trace_lost, 1);
 		return 0;
 	}
-	if (bpf_skb_load_bytes(skb, 0, now.b, ETH_HLEN)) {
-		/* Too short now, so it was never parsed nor rewritten. */
-		u.d.flags |= NEUV_TF_SHORT;
-		now.raw[0] = 0;
-		now.raw[1] = 0;
-	}
-	if (!(u.d.flags & NEUV_TF_PARSED)) {
-		before.raw[0] = now.raw[0];
-		before.raw[1] = now.raw[1];
-		before.proto = (__u16)now.b[12] << 8 | now.b[13];
-	}
+	/*
+	 * The rest is branch-free (masks instead of ifs): on older verifiers
+	 * every combination of branches here was a path of its own.
+	 * On failure bpf_skb_load_bytes() zeroes the buffer: too short now, so
+	 * the frame was never parsed nor rewritten.
+	 */
+	err = bpf_skb_load_bytes(skb, 0, now.b, ETH_HLEN);
+	barrier_var(err);
+	u.d.flags |= (__u8)(((__u64)err >> 63) << 2); /* NEUV_TF_SHORT when err < 0 */
+	/* Not parsed: the header as it is now is the one it arrived with. */
+	m = ((u.d.flags >> 1) & 1) - 1; /* NEUV_TF_PARSED: 0, else all ones */
+	barrier_var(m);
+	before.raw[0] = (before.raw[0] & ~m) | (now.raw[0] & m);
+	before.raw[1] = (before.raw[1] & ~m) | (now.raw[1] & m);
+	before.proto = (before.proto & ~m) | (((__u16)now.b[12] << 8 | now.b[13]) & m);
 	t->ts = ts;
 	t->d = u.d;
-	t->ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
+	ifindex = skb->ingress_ifindex;
+	barrier_var(ifindex);
+	t->ifindex = ifindex | (skb->ifindex & -(((__u64)ifindex - 1) >> 63)); /* ingress_ifindex, or ifindex when 0 */
 	t->len = skb->len;
-	t->copy_ifindex = u.d.v1 == NEUV_V_COPY ? dp_ifindex_of(cfg) : 0;
+	dp = cfg->dp_ifindex;
+	barrier_var(dp);
+	dp |= NEUV_VBR_IFINDEX & -(((__u64)dp - 1) >> 63); /* dp_ifindex_of() */
+	m = (__u64)(u.d.v1 ^ NEUV_V_COPY);
+	barrier_var(m);
+	t->copy_ifindex = dp & -((m - 1) >> 63); /* TAP copy: the DP port */
 	t->lost = neuv_trace_lost;
 	__builtin_memcpy(t->before, before.raw, 12);
 	__builtin_memcpy(t->after, now.b, 12);
@@ -310,6 +322,21 @@ int neuv_trace_emit(struct __sk_buff *skb, __u64 d_raw0, __u64 d_raw1, __u64 eth
 	__builtin_memset(t->pad, 0, sizeof(t->pad));
 	bpf_ringbuf_submit(t, 0);
 	return 1;
+}
+
+/*
+ * Send the frame to ifindex: bpf_redirect_peer if the port entry asks for it
+ * (then, if neuv_set_pkt_type, a frame the receiver must take as its own is
+ * marked PACKET_HOST first), else bpf_redirect (egress of ifindex).
+ */
+static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex, __u32 flags, int host)
+{
+	if (flags & NEUV_F_REDIRECT_PEER) {
+		if (neuv_set_pkt_type && host)
+			bpf_skb_change_type(skb, PACKET_HOST);
+		return bpf_redirect_peer(ifindex, 0);
+	}
+	return bpf_redirect(ifindex, 0);
 }
 
 /*
@@ -347,25 +374,31 @@ int neuv_flow_count(__u32 id, __u64 slot, __u32 len)
 
 /*
  * Flow offload: the neuv_flows lookup for a frame FWD would send to the DP
- * (IPv4 EtherType, unicast, the workload's MAC where the hook looks). Parses
- * the IPv4 header (IHL honoured) and the TCP/UDP ports, builds the
- * normalised key (neuv.h), applies expiry and TCP FIN/RST, and for a hit
- * touches the entry and counts the frame in neuv_flow_stats[id].c[dir].
+ * (unicast, the workload's MAC where the hook looks; IPv4 by its EtherType,
+ * checked here). Parses the IPv4 header (IHL honoured) and the TCP/UDP
+ * ports, builds the normalised key (neuv.h), applies expiry and TCP
+ * FIN/RST; for a hit it touches the entry and counts the frame in
+ * neuv_flow_stats[id].c[dir], and sends an ALLOW entry's frame to the peer
+ * (deliver(), as the TO_PEER path would).
  *
- * Returns the verdict to apply in bits 0-7 (NEUV_FLOW_ALLOW, NEUV_FLOW_DENY,
- * or NEUV_FLOW_NONE: to the DP as without offload) and NEUV_TF_FLOW* trace
- * flags in bits 8-15. No lookup (NONE, no flag) for: a header that is not
- * IPv4 (version != 4, IHL < 5) or not in the linear data, any fragment (a
- * non-first one has no ports; the first goes along so the DP can
- * reassemble), a TCP header shorter than its flags byte or a UDP header
- * shorter than its ports. Other protocols have ports 0.
+ * id_dir: pair id | dir << 16; peer: the pair's other port; pflags: that
+ * port entry's flags | host << 31 (deliver()'s arguments). Returns the
+ * entry's verdict in bits 0-7 (NEUV_FLOW_ALLOW: the frame is redirected
+ * already; NEUV_FLOW_DENY: drop it; NEUV_FLOW_NONE: to the DP as without
+ * offload) and NEUV_TF_* trace flags in bits 8-15. No lookup (NONE, no flag)
+ * for: not IPv4 (EtherType, version 4, IHL >= 5) or not in the linear data,
+ * any fragment (a non-first one has no ports; the first goes along so the
+ * DP can reassemble), a TCP header shorter than its flags byte or a UDP
+ * header shorter than its ports. Other protocols have ports 0.
  *
  * A global function: the verifier checks it once, on its own, instead of on
- * every path of the caller; it reaches it with the ctx and two scalars.
+ * every path of the caller, and the caller has one path per verdict (the
+ * redirect's own branches are in here).
  */
 __attribute__((noinline))
-int neuv_flow_check(struct __sk_buff *skb, __u32 id, __u32 dir)
+int neuv_flow_check(struct __sk_buff *skb, __u32 id_dir, __u32 peer, __u32 pflags)
 {
+	__u32 id = id_dir & 0xffff, dir = (id_dir >> 16) & 1;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
@@ -378,6 +411,8 @@ int neuv_flow_check(struct __sk_buff *skb, __u32 id, __u32 dir)
 
 	if ((void *)(ip + 1) > data_end)
 		return NEUV_FLOW_NONE;
+	if (((struct ethhdr *)data)->h_proto != bpf_htons(ETH_P_IP))
+		return NEUV_FLOW_NONE;
 	vihl = *(__u8 *)ip;
 	ihl = (__u32)(vihl & 0x0f) * 4;
 	if ((vihl >> 4) != 4 || ihl < sizeof(*ip))
@@ -385,18 +420,22 @@ int neuv_flow_check(struct __sk_buff *skb, __u32 id, __u32 dir)
 	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
 		return NEUV_FLOW_NONE;
 	proto = ip->protocol;
-	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+	/* Two separate branches: fewer paths for the verifier than shared port loads. */
+	if (proto == IPPROTO_TCP) {
+		__u8 *l4 = (__u8 *)ip + ihl;
+
+		if (l4 + TCP_FLAGS_OFF + 1 > (__u8 *)data_end)
+			return NEUV_FLOW_NONE;
+		sp = *(__u16 *)l4;
+		dp = *(__u16 *)(l4 + 2);
+		tcpflags = l4[TCP_FLAGS_OFF];
+	} else if (proto == IPPROTO_UDP) {
 		__u8 *l4 = (__u8 *)ip + ihl;
 
 		if (l4 + 4 > (__u8 *)data_end)
 			return NEUV_FLOW_NONE;
 		sp = *(__u16 *)l4;
 		dp = *(__u16 *)(l4 + 2);
-		if (proto == IPPROTO_TCP) {
-			if (l4 + TCP_FLAGS_OFF + 1 > (__u8 *)data_end)
-				return NEUV_FLOW_NONE;
-			tcpflags = l4[TCP_FLAGS_OFF];
-		}
 	}
 	sa = ip->saddr;
 	da = ip->daddr;
@@ -438,6 +477,12 @@ int neuv_flow_check(struct __sk_buff *skb, __u32 id, __u32 dir)
 	__sync_fetch_and_add(&f->bytes, skb->len);
 
 	neuv_flow_count(key, (dir ? NEUV_FLOW_VERDICTS : 0) + (v == NEUV_FLOW_ALLOW ? 0 : 1), skb->len);
+	if (v == NEUV_FLOW_ALLOW) {
+		/* bpf_redirect*() with flags 0 returns TC_ACT_REDIRECT: the caller returns that. */
+		deliver(skb, peer, pflags, pflags >> 31);
+		/* NEUV_TF_PEER when it was bpf_redirect_peer (NEUV_F_REDIRECT_PEER is bit 1, NEUV_TF_PEER bit 0). */
+		return v | (NEUV_TF_FLOW | ((pflags >> 1) & NEUV_TF_PEER)) << 8;
+	}
 	return v | NEUV_TF_FLOW << 8;
 }
 
@@ -495,21 +540,6 @@ static __always_inline __u32 dp_ifindex(void)
 	__u32 zero = 0;
 
 	return dp_ifindex_of(bpf_map_lookup_elem(&neuv_config, &zero));
-}
-
-/*
- * Send the frame to ifindex: bpf_redirect_peer if the port entry asks for it
- * (then, if neuv_set_pkt_type, a frame the receiver must take as its own is
- * marked PACKET_HOST first), else bpf_redirect (egress of ifindex).
- */
-static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex, __u32 flags, int host)
-{
-	if (flags & NEUV_F_REDIRECT_PEER) {
-		if (neuv_set_pkt_type && host)
-			bpf_skb_change_type(skb, PACKET_HOST);
-		return bpf_redirect_peer(ifindex, 0);
-	}
-	return bpf_redirect(ifindex, 0);
 }
 
 /*
@@ -579,20 +609,20 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	/* else: shorter than an Ethernet header, goes to the peer unchanged. */
 
 	if (match && mode == NEUV_MODE_FWD) {
-		if (ei.proto == ETH_P_IP) {
-			/* Flow offload: an entry of the DP's decides without it. */
-			int fr = neuv_flow_check(skb, o.id, o.dir);
+		/* Flow offload: an entry of the DP's decides without it (IPv4 only, checked there). */
+		int fr = neuv_flow_check(skb, o.id | (__u32)o.dir << 16, peer, flags | (__u32)host << 31);
 
-			o.flags |= (fr >> 8) & 0xff;
-			if ((fr & 0xff) == NEUV_FLOW_ALLOW) {
-				o.v2 = NEUV_V_FAST; /* in TO_PEER's place: the frame takes its path */
-				goto to_peer;
-			}
-			if ((fr & 0xff) == NEUV_FLOW_DENY) {
-				o.action = TC_ACT_SHOT;
-				o.v1 = NEUV_V_FLOW_DROP;
-				goto out;
-			}
+		o.flags |= (fr >> 8) & 0xff;
+		if ((fr & 0xff) == NEUV_FLOW_ALLOW) { /* sent to the peer already */
+			o.action = TC_ACT_REDIRECT;
+			o.target = peer;
+			o.v2 = NEUV_V_FAST; /* in TO_PEER's place: the frame took its path */
+			goto out;
+		}
+		if ((fr & 0xff) == NEUV_FLOW_DENY) {
+			o.action = TC_ACT_SHOT;
+			o.v1 = NEUV_V_FLOW_DROP;
+			goto out;
 		}
 		make_ucmac(uc, o.id);
 		if (bpf_skb_store_bytes(skb, off, uc, 6, 0)) {
@@ -625,7 +655,6 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 			o.v1 = NEUV_V_COPY;
 	}
 	o.v2 = NEUV_V_TO_PEER;
-to_peer:
 	o.action = deliver(skb, peer, flags, host);
 	o.target = peer;
 	if (flags & NEUV_F_REDIRECT_PEER)
