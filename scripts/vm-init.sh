@@ -21,7 +21,8 @@ NINEP="trans=virtio,version=9p2000.L,msize=$MSIZE"
 poweroff_now() {
   echo o >/proc/sysrq-trigger
   # PID 1 must not exit (that is a panic); wait for the power-off.
-  while :; do sleep 60; done
+  # (2>/dev/null: the host root may already be gone while powering off.)
+  while :; do sleep 60 2>/dev/null; done
 }
 
 if [ "${1:-}" != stage2 ]; then
@@ -115,6 +116,11 @@ else
   set --
 fi
 [ -n "${NEUV_VM_LOG_LEVEL:-}" ] && export NEUV_BPF_LOG_LEVEL="$NEUV_VM_LOG_LEVEL"
+# Slower than the host (emulation): scale mocha's timeouts, and tell the tests.
+export NEUV_BPF_TEST_TIME_SCALE="${NEUV_VM_TIME_SCALE:-1}"
+if [ "${NEUV_VM_TIME_SCALE:-1}" -gt 1 ]; then
+  set -- --require "$NEUV_VM_REPO/scripts/vm-mocha-scale.js" "$@"
+fi
 # shellcheck disable=SC2086 # NEUV_VM_TESTS is a list of files/globs
 # (node_modules/.bin/mocha is what `npx --no-install mocha` runs, without
 # npm's start-up, which takes seconds under emulation.)

@@ -17,7 +17,8 @@
 #   KERNEL_PKG=NAME      an exact package instead (e.g. linux-image-6.1.0-56-amd64-unsigned)
 #   VM_TESTS='...'       mocha files/globs, relative to the repo; default: every kernel suite
 #                        (dist/test/*.test.js calling requireKernel); all: dist/test/**/*.test.js
-#   VM_MOCHA_TIMEOUT=ms  per-test mocha timeout (default 300000)
+#   VM_MOCHA_TIMEOUT=ms  per-test mocha timeout before scaling (default 120000, as make test)
+#   VM_TIME_SCALE=N      multiplies every mocha timeout in the guest (default 4 with tcg, 1 with kvm)
 #   VM_GREP=PATTERN      passed to mocha --grep
 #   VM_ACCEL=kvm|tcg     default: kvm when /dev/kvm is usable, else tcg (emulation)
 #   VM_QEMU_CPU=MODEL    qemu -cpu (default: host with kvm, qemu64 with tcg)
@@ -25,12 +26,15 @@
 #   VM_TIMEOUT=1200      seconds for the whole VM run (boot + tests); exit 124 past it
 # Exit code: mocha's (0 when all passed), 124 on timeout, 1 on a VM failure.
 set -euo pipefail
+# The whole script is one block, read before it runs: editing this file while
+# a run is under way cannot change what that run executes.
+{
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 
 KERNEL=${KERNEL:-${1:-6.1}}
 VM_TESTS=${VM_TESTS:-}
-VM_MOCHA_TIMEOUT=${VM_MOCHA_TIMEOUT:-300000}
+VM_MOCHA_TIMEOUT=${VM_MOCHA_TIMEOUT:-120000}
 VM_GREP=${VM_GREP:-}
 VM_MEM=${VM_MEM:-3G}
 VM_CPUS=${VM_CPUS:-2}
@@ -115,6 +119,13 @@ if [ ! -f "$kdir/.ok" ]; then
   rm -rf "$kdir"
   mv "$stage" "$kdir"
   trap - EXIT
+  # A newer package of the series replaces the cached one.
+  if [ -z "${KERNEL_PKG:-}" ]; then
+    for old in "$CACHE"/linux-image-"$KERNEL"[.-]*-amd64-unsigned_*; do
+      case $old in "$kdir" | *-cloud-amd64-* | *-rt-amd64-*) continue ;; esac
+      [ -d "$old" ] && say "removing the older ${old##*/}" && rm -rf "$old"
+    done
+  fi
 fi
 kver=$(cat "$kdir/.ok")
 kroot=$kdir/root
@@ -181,22 +192,6 @@ for path in "${order[@]}"; do
   echo "$name" >>"$tmp/initrd/modules.order"
 done
 
-# What the guest runs, as single-quoted shell assignments (busybox sh reads them).
-q() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; }
-color=0
-[ -t 1 ] && color=1
-{
-  echo "NEUV_VM_REPO=$(q "$REPO")"
-  echo "NEUV_VM_MODDIR=$(q "$moddir")"
-  echo "NEUV_VM_TESTS=$(q "$VM_TESTS")"
-  echo "NEUV_VM_MOCHA_TIMEOUT=$(q "$VM_MOCHA_TIMEOUT")"
-  echo "NEUV_VM_GREP=$(q "$VM_GREP")"
-  echo "NEUV_VM_COLOR=$color"
-  echo "NEUV_VM_LOG_LEVEL=$(q "${NEUV_BPF_LOG_LEVEL:-}")"
-} >"$tmp/initrd/neuv-vm.conf"
-(cd "$tmp/initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$tmp/initrd.img"
-
-# --- 3. boot -------------------------------------------------------------------
 accel=${VM_ACCEL:-}
 if [ -z "$accel" ]; then
   # KVM needs /dev/kvm and a hardware-virtualisation backend (kvm_intel or
@@ -216,7 +211,32 @@ case $accel in
   tcg) accel_args=(-accel tcg,thread=multi -cpu "${VM_QEMU_CPU:-qemu64}") ;;
   *) die "VM_ACCEL must be kvm or tcg" ;;
 esac
-say "booting $kver ($accel, $VM_CPUS vCPUs, $VM_MEM), tests: $VM_TESTS${VM_GREP:+ --grep $VM_GREP}, timeout ${VM_TIMEOUT}s"
+# Emulation is several times slower than the host: every mocha timeout is
+# multiplied by this in the guest (scripts/vm-mocha-scale.js), and tests can
+# scale their own deadlines by NEUV_BPF_TEST_TIME_SCALE.
+if [ -z "${VM_TIME_SCALE:-}" ]; then
+  if [ "$accel" = tcg ]; then VM_TIME_SCALE=4; else VM_TIME_SCALE=1; fi
+fi
+case $VM_TIME_SCALE in '' | *[!0-9]*) die "VM_TIME_SCALE must be a whole number" ;; esac
+
+# What the guest runs, as single-quoted shell assignments (busybox sh reads them).
+q() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; }
+color=0
+[ -t 1 ] && color=1
+{
+  echo "NEUV_VM_REPO=$(q "$REPO")"
+  echo "NEUV_VM_MODDIR=$(q "$moddir")"
+  echo "NEUV_VM_TESTS=$(q "$VM_TESTS")"
+  echo "NEUV_VM_MOCHA_TIMEOUT=$(q "$VM_MOCHA_TIMEOUT")"
+  echo "NEUV_VM_TIME_SCALE=$(q "$VM_TIME_SCALE")"
+  echo "NEUV_VM_GREP=$(q "$VM_GREP")"
+  echo "NEUV_VM_COLOR=$color"
+  echo "NEUV_VM_LOG_LEVEL=$(q "${NEUV_BPF_LOG_LEVEL:-}")"
+} >"$tmp/initrd/neuv-vm.conf"
+(cd "$tmp/initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$tmp/initrd.img"
+
+# --- 3. boot -------------------------------------------------------------------
+say "booting $kver ($accel, $VM_CPUS vCPUs, $VM_MEM, timeouts x$VM_TIME_SCALE), tests: $VM_TESTS${VM_GREP:+ --grep $VM_GREP}, timeout ${VM_TIMEOUT}s"
 
 start=$(date +%s)
 # stdin from /dev/null: the console is output only, so Ctrl-C reaches this
@@ -250,3 +270,4 @@ fi
 rc=$(cat "$tmp/out/exit-code")
 say "guest kernel ${guest_kver:-?}: tests exited $rc after ${elapsed}s (boot $(cat "$tmp/out/boot-seconds" 2>/dev/null || echo ?)s)"
 exit "$rc"
+}
