@@ -800,7 +800,7 @@ export function classifyNode(s: NodeSnapshot, vbr = VBR): Discovery {
     if (usedVbr.has(r)) continue;
     unclassified.push({
       what: `${vbr} pref ${r.pref}`,
-      why: `${r.drop ? 'drops' : `sends to ${r.target}`} the frames of UCMAC ${formatMac(r.ucmac)} (as ${r.dir.toUpperCase()}), which belongs to no discovered pair`,
+      why: `${r.drop ? 'drops' : `sends to ${r.target}`} the frames of UCMAC ${formatMac(r.ucmac)} (as ${r.dir.toUpperCase()}), which belongs to no pair discover could classify`,
     });
   }
 

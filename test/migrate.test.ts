@@ -326,12 +326,12 @@ function nodeStartMs(): number {
   return Date.now() - t0;
 }
 
-/** UDP datagrams a netns's sockets dropped so far (InErrors: receive buffer full, bad checksum). */
+/** UDP datagrams that reached a netns but no socket took so far (InErrors: receive buffer full; NoPorts: the receiver gave up). */
 function udpDrops(ns: Netns): number {
   const lines = ns.exec('cat', ['/proc/net/snmp']).split('\n').filter((l) => l.startsWith('Udp:'));
   const [head, vals] = lines.map((l) => l.trim().split(/\s+/));
-  const i = head!.indexOf('InErrors');
-  return i > 0 ? Number(vals![i]) : 0;
+  const at = (k: string) => (head!.indexOf(k) > 0 ? Number(vals![head!.indexOf(k)]) : 0);
+  return at('InErrors') + at('NoPorts');
 }
 
 function report(what: string, r: UdpStreamResult): string {
@@ -437,25 +437,52 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
         console.log('      (build/stub-dp not built: FWD pairs checked without a DP)');
       }
       const pedit = t.node.caps.pedit;
-      const rate = slow ? 300 : 2500;
-      const seconds = slow ? Math.ceil((startMs * 4 * t.node.pairs.length) / 1000) + 40 : 10;
+      const rate = slow ? 150 : 2500;
+      const seconds = slow ? Math.ceil((startMs * 4 * t.node.pairs.length) / 1000) + 60 : 10;
       const count = rate * seconds;
       const lines: string[] = [`${t.node.pairs.length} pairs, ${2 * t.node.pairs.length} streams of ${count} datagrams at ${rate}/s (node starts in ${startMs} ms)`];
       /** NeuVector's FWD forwards only with pedit and a DP that writes back. */
       const nvForwards = (p: NvFixturePair) => p.mode === 'tap' || (pedit && stub !== undefined);
 
+      /** Per direction, frames our datapath sent the DP and did not get back (counters of the pairs). */
+      const dpOwed = (): { host: number; wl: number } | undefined => {
+        if (!fs.existsSync(t.pins)) return undefined;
+        const st = JSON.parse(ok(t.run(['stats', '--json'])).stdout) as { pairs: Array<{ counters: Record<'to_wl' | 'from_wl', Record<'to_dp' | 'from_dp', { packets: number }>> }> };
+        const owed = { host: 0, wl: 0 };
+        for (const p of st.pairs) {
+          owed.wl += p.counters.to_wl.to_dp.packets - p.counters.to_wl.from_dp.packets;
+          owed.host += p.counters.from_wl.to_dp.packets - p.counters.from_wl.from_dp.packets;
+        }
+        return owed;
+      };
       /**
-       * Every pair streams both ways while `during` runs. Returns each stream's result and,
-       * per receiving netns, the UDP datagrams its sockets dropped (receive buffer full: the
-       * machine too busy to read, not a frame the datapath lost).
+       * Frames lost on the DP's side, whoever sent them (NeuVector's rules or ours): not delivered
+       * to vth-neuv (vbr-neuv tx_dropped), delivered but never read by the stub (its socket
+       * overflowed: a starved DP), not written back (vth-neuv tx_dropped, send errors).
        */
-      const phase = async (name: string, port0: number, during: () => unknown, modeOf: (p: NvFixturePair) => NvMode) => {
+      const dpSide = async () => {
+        const st = (dev: string) => (JSON.parse(t.node.enforcer.ip('-s', '-j', 'link', 'show', 'dev', dev)) as Array<{ stats64: { rx: { packets: number }; tx: { dropped: number } } }>)[0]!.stats64;
+        const c = stub ? await stub.counts() : undefined;
+        const vbr = st('vbr-neuv');
+        const vth = st('vth-neuv');
+        return { vbrTxDrop: vbr.tx.dropped, vthRx: vth.rx.packets, vthTxDrop: vth.tx.dropped, stubRx: c?.rx ?? 0, stubErr: c?.send_errors ?? 0 };
+      };
+      /**
+       * Every pair streams both ways while `during` runs. Returns each stream's result, per
+       * receiving netns the UDP datagrams its sockets dropped (receive buffer full, or no socket
+       * any more: the machine too busy to read, not a frame the path lost), and what the DP lost.
+       * `probes`: frames neuv_vbr counted as from_dp that were never sent (adopt's probe, one per FWD pair).
+       */
+      const phase = async (name: string, port0: number, during: () => unknown, modeOf: (p: NvFixturePair) => NvMode, probes = 0) => {
         const before = { host: udpDrops(t.node.host), wl: udpDrops(t.node.workload) };
+        const owed0 = dpOwed();
+        const side0 = await dpSide();
+        const idleMs = slow ? 20000 : 1500;
         const streams = (
           await Promise.all(
             t.node.pairs.map(async (p, k) => {
-              const down = await startUdpStream({ senderNs: t.node.host.name, receiverNs: t.node.workload.name, to: p.wlAddr, from: p.hostAddr, port: port0 + 2 * k, count, rate, idleMs: slow ? 5000 : 1500, timeoutMs: (seconds + 120) * 1000 });
-              const up = await startUdpStream({ senderNs: t.node.workload.name, receiverNs: t.node.host.name, to: p.hostAddr, from: p.wlAddr, port: port0 + 2 * k + 1, count, rate, idleMs: slow ? 5000 : 1500, timeoutMs: (seconds + 120) * 1000 });
+              const down = await startUdpStream({ senderNs: t.node.host.name, receiverNs: t.node.workload.name, to: p.wlAddr, from: p.hostAddr, port: port0 + 2 * k, count, rate, idleMs, timeoutMs: (seconds + 180) * 1000 });
+              const up = await startUdpStream({ senderNs: t.node.workload.name, receiverNs: t.node.host.name, to: p.hostAddr, from: p.wlAddr, port: port0 + 2 * k + 1, count, rate, idleMs, timeoutMs: (seconds + 180) * 1000 });
               onCleanup(() => {
                 down.kill();
                 up.kill();
@@ -474,19 +501,39 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
         await during();
         assert.equal(done, 0, `${name}: a stream ended before the change was over`);
         const results = await Promise.all(streams.map((x) => x.s.result));
+        await new Promise((r) => setTimeout(r, 200)); // the stub's last write-backs
+        const owed1 = dpOwed();
+        const side1 = await dpSide();
         const drops = { host: udpDrops(t.node.host) - before.host, wl: udpDrops(t.node.workload) - before.wl };
+        // Not loaded before (adopt loads it): nothing owed yet; not loaded after (handback): unknown, counted as none.
+        const o0 = owed0 ?? { host: 0, wl: 0 };
+        const owed = owed1 ? { host: Math.max(0, owed1.host - o0.host), wl: Math.max(0, owed1.wl + probes - o0.wl) } : { host: 0, wl: 0 };
+        const dpLost = !stub ? 0 :
+          side1.vbrTxDrop - side0.vbrTxDrop + Math.max(0, side1.vthRx - side0.vthRx - (side1.stubRx - side0.stubRx)) + (side1.vthTxDrop - side0.vthTxDrop) + (side1.stubErr - side0.stubErr);
         streams.forEach((x, k) => lines.push(report(`${name}, ${x.what}`, results[k]!)));
-        if (drops.host || drops.wl) lines.push(`${name}: receive buffers overflowed: ${drops.wl} datagrams in the workload netns, ${drops.host} in the host netns`);
-        return { streams, results, drops };
+        if (drops.host || drops.wl) lines.push(`${name}: the receivers' sockets dropped ${drops.wl} datagrams in the workload netns, ${drops.host} in the host netns`);
+        if (owed.host || owed.wl || dpLost) lines.push(`${name}: the DP side lost ${dpLost} frame(s); of ours it did not send back ${owed.wl} towards the workload, ${owed.host} towards the host`);
+        return { streams, results, drops, owed, dpLost };
       };
-      /** Lost by the datapath: lost by the streams into a netns beyond what its sockets dropped. */
+      /**
+       * Lost on the path itself: what the streams into each netns lost beyond what its sockets
+       * dropped and (per direction) the DP did not send back of ours, less what the DP side lost
+       * in total (NeuVector's frames included). 0 on a machine that keeps up with the streams.
+       */
       const pathLoss = (r: Awaited<ReturnType<typeof phase>>, counted: (p: NvFixturePair) => boolean) => {
         const lost = { host: 0, wl: 0 };
         r.streams.forEach((x, k) => {
           if (counted(x.p)) lost[x.into] += r.results[k]!.lost;
         });
-        return Math.max(0, lost.host - r.drops.host) + Math.max(0, lost.wl - r.drops.wl);
+        const beyond = Math.max(0, lost.host - r.drops.host) + Math.max(0, lost.wl - r.drops.wl);
+        return Math.max(0, beyond - Math.max(r.dpLost, r.owed.host + r.owed.wl));
       };
+
+      // The numbers, also when an assertion fails.
+      onCleanup(() => {
+        // eslint-disable-next-line no-console
+        console.log(lines.map((l) => `      ${l}`).join('\n'));
+      });
 
       // ---- adopt while every pair streams both ways
       let ar: AdoptResult | undefined;
@@ -494,7 +541,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
         const a = t.run(['adopt', '--json'], env);
         assert.equal(a.code, 0, a.stderr);
         ar = JSON.parse(a.stdout) as AdoptResult;
-      }, (p) => p.mode);
+      }, (p) => p.mode, t.node.pairs.filter((p) => p.mode === 'fwd').length);
       assert.equal(ar!.adopted.length, t.node.pairs.length);
       assert.equal(ar!.load, true);
       lines.splice(1, 0, `adopt took ${ar!.adopted.map((x) => `${x.ms} ms`).join(' + ')} per pair (hooks ${ar!.adopted.map((x) => `${x.attach.vin}/${x.attach.vex}`).join(', ')})`);
@@ -571,8 +618,6 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
       assert.equal(fs.existsSync(t.pins), false, 'pins removed');
       assert.deepEqual(d.vbr.ours, 'none');
       for (const p of t.node.pairs) for (const dev of [p.vin, p.vex]) assert.ok(filtersOf(t.node.enforcer, dev).every((f) => f.kind === 'u32'));
-      // eslint-disable-next-line no-console
-      console.log(lines.map((l) => `      ${l}`).join('\n'));
     });
   }
 

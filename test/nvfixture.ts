@@ -176,6 +176,10 @@ export function nvLeft(node: NvNode, p: NvFixturePair): string[] {
 
 export interface StubDpCounts {
   seq: number;
+  /** Frames read on vth-neuv (its own excepted), written back, not written (send errors). */
+  rx: number;
+  sent: number;
+  send_errors: number;
   pairs: Record<string, Record<'to_wl' | 'from_wl', { kinds: Record<string, { frames: number; dropped: number }> }>>;
 }
 

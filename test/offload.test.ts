@@ -198,16 +198,19 @@ describe('flow offload end to end: the stub DP offloads, the kernel carries on (
 
   it('an entry that expires hands its flow back to the DP', async function () {
     const s = await setup('10.79.3', []);
-    s.run(['flow', 'allow', '--id', String(s.id), '--proto', 'udp', '--src', `${s.t.hostAddr}:5300`, '--dst', `${s.t.wlAddr}:5301`, '--timeout', '4']);
+    // A deadline long enough for a slow (loaded or emulated) machine to send the first batch before it.
     const c0 = counters(s);
     const st0 = await s.stub.counts();
+    const TIMEOUT_S = 8;
+    const installed = Date.now();
+    s.run(['flow', 'allow', '--id', String(s.id), '--proto', 'udp', '--src', `${s.t.hostAddr}:5300`, '--dst', `${s.t.wlAddr}:5301`, '--timeout', String(TIMEOUT_S)]);
     udpFromPort(s.t.host.name, s.t.hostAddr, 5300, s.t.wlAddr, 5301, 20);
+    assert.ok(Date.now() - installed < TIMEOUT_S * 1000, 'the first batch went out before the deadline');
     const c1 = counters(s);
     const st1 = await s.stub.counts();
     assert.equal(c1.to_wl.fast!.packets - c0.to_wl.fast!.packets, 20, 'before the deadline: all offloaded');
     assert.equal(StubDp.frames(st1, 'udp/5300', s.ucmac, 'to_wl').frames - StubDp.frames(st0, 'udp/5300', s.ucmac, 'to_wl').frames, 0, 'the DP saw none');
-    // A 4 s deadline leaves a loaded machine time between `flow allow` and the first datagrams.
-    await new Promise((r) => setTimeout(r, 4300));
+    await new Promise((r) => setTimeout(r, Math.max(0, installed + TIMEOUT_S * 1000 + 300 - Date.now())));
     udpFromPort(s.t.host.name, s.t.hostAddr, 5300, s.t.wlAddr, 5301, 20);
     const c2 = counters(s);
     const st2 = await s.stub.counts();

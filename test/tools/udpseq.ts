@@ -6,7 +6,7 @@
  *        prints {"ready":true,"port":P} once bound, then, when no datagram has
  *        come for --idle-ms after the first one (or all --expect arrived and
  *        --idle-ms passed, or --timeout-ms, or SIGTERM/SIGINT), one JSON line:
- *        {received, unique, lost, duplicated, reordered, first, last, bytes, seconds}
+ *        {received, unique, lost, duplicated, reordered, first, last, bytes, seconds, maxGapMs}
  *   send --to ADDR --port P --count N --rate PPS [--size BYTES] [--from ADDR] [--run R]
  *        sends N datagrams at PPS (paced every millisecond), then prints
  *        {"sent":N,"seconds":S}; SIGTERM stops it early (N = what was sent)
@@ -59,6 +59,8 @@ export interface RecvReport {
   last: number | null;
   bytes: number;
   seconds: number;
+  /** The longest time between two datagrams, in ms: how long the stream was interrupted at worst. */
+  maxGapMs: number;
 }
 
 function recv(o: Record<string, string>): void {
@@ -79,6 +81,7 @@ function recv(o: Record<string, string>): void {
   let first: number | null = null;
   let t0 = 0;
   let tLast = 0;
+  let maxGap = 0;
   let done = false;
   let idle: NodeJS.Timeout | undefined;
 
@@ -99,6 +102,7 @@ function recv(o: Record<string, string>): void {
       last: max >= 0 ? max : null,
       bytes,
       seconds: t0 ? (tLast - t0) / 1000 : 0,
+      maxGapMs: maxGap,
     };
     print(report);
     sock.close();
@@ -117,6 +121,7 @@ function recv(o: Record<string, string>): void {
     const seq = msg.readUInt32BE(8);
     const now = Date.now();
     if (!t0) t0 = now;
+    if (tLast && now - tLast > maxGap) maxGap = now - tLast;
     tLast = now;
     received++;
     bytes += msg.length;
