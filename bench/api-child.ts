@@ -7,11 +7,13 @@
  *
  * Opens the Datapath (not timed), times one addPairs of every spec of the
  * file (mode fwd), then SWITCHES setMode calls alternating tap/fwd on
- * SWITCH_ID, and prints {"addMs": n, "setModeMs": [...]} on stdout. Node.js
+ * SWITCH_ID, and prints {"addMs": n, "addCpuMs": n, "setModeMs": [...]} on
+ * stdout (CPU: this process and the children it waited for). Node.js
  * start-up and module loading are not in the figures.
  */
 import * as fs from 'node:fs';
 import { Datapath, PairSpec } from '../src/pairs';
+import { childCpuMs } from './rss-preload';
 
 async function main(argv: string[]): Promise<void> {
   const [pins, netns, file, switchId, switches] = argv;
@@ -25,15 +27,19 @@ async function main(argv: string[]): Promise<void> {
   try {
     const now = () => Number(process.hrtime.bigint()) / 1e6;
     const t0 = now();
+    const c0 = process.cpuUsage();
+    const k0 = childCpuMs();
     await dp.addPairs(specs);
     const addMs = now() - t0;
+    const c1 = process.cpuUsage(c0);
+    const addCpuMs = (c1.user + c1.system) / 1000 + childCpuMs() - k0;
     const setModeMs: number[] = [];
     for (let i = 0; i < Number(switches ?? 0); i++) {
       const t1 = now();
       await dp.setMode({ id: Number(switchId) }, i % 2 ? 'fwd' : 'tap');
       setModeMs.push(now() - t1);
     }
-    process.stdout.write(JSON.stringify({ addMs, setModeMs }) + '\n');
+    process.stdout.write(JSON.stringify({ addMs, addCpuMs, setModeMs }) + '\n');
   } finally {
     dp.close();
   }

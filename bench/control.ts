@@ -47,16 +47,21 @@ export interface ControlOptions {
 
 export interface OnboardPoint {
   pairs: number;
-  /** NeuVector: ms to run its tc processes (measured, or extrapolated in --quick: see `nvExtrapolated`). */
-  nvMs?: Summary;
-  nvExtrapolated?: boolean;
   nvProcesses: number;
-  /** `neuv-bpf pair add --file`, whole process, ms. */
+  /** NeuVector: wall ms of its tc processes (scaled up from `nvPairsRun` pairs when the time budget ran out). */
+  nvMs: Summary;
+  nvCpuMs: Summary;
+  /** Pairs NeuVector's commands were actually run for (< pairs: the figures are scaled linearly from these, in a netns holding all the pairs). */
+  nvPairsRun: number;
+  /** `neuv-bpf pair add --file`, whole process: wall and CPU ms. */
   cliMs: Summary;
-  /** Datapath.addPairs, timed inside bench/api-child.ts, ms. */
+  cliCpuMs: Summary;
+  /** Datapath.addPairs, timed inside bench/api-child.ts: wall and CPU ms. */
   apiMs: Summary;
-  /** nv / cli, per repetition. */
-  nvOverCli?: Summary;
+  apiCpuMs: Summary;
+  /** NeuVector / CLI, wall (per repetition) and CPU. */
+  nvOverCli: Summary;
+  nvOverCliCpu: Summary;
 }
 
 export interface MemoryResult {
@@ -70,7 +75,7 @@ export interface MemoryResult {
 }
 
 export interface ControlResult {
-  params: { reps: number; sizes: number[]; nvSizes: number[]; nvReps: Record<number, number>; switches: number };
+  params: { reps: number; sizes: number[]; nvReps: Record<number, number>; nvBudgetMs: number; switches: number };
   onboard: OnboardPoint[];
   modeSwitch: { nvMs: Summary; nvProcesses: number; cliMs: Summary; apiMs: Summary; switchedAtPairs: number };
   /** `neuv-bpf version`: Node.js start-up, module loading, libbpf and the feature probes; the floor of any CLI figure. */
@@ -89,23 +94,55 @@ function pool(label: string, n: number): Netns {
   return ns;
 }
 
+interface TcRun {
+  /** Wall time of the tc processes, ms. */
+  ms: number;
+  /** CPU time (user + system) of the processes, ms (10 ms resolution). */
+  cpuMs: number;
+  /** Pairs whose commands ran (fewer than asked when the time budget ran out). */
+  pairs: number;
+}
+
 /**
- * Runs one tc process per command, in order, as NeuVector's Go code does,
- * inside the enforcer netns; returns elapsed ms. The commands go through one
- * /bin/sh script entered with nsenter (NeuVector's agent already runs in that
- * netns: `tc -n` would remount /sys for every process, ~50 ms with 2,000
- * devices, a cost NeuVector does not pay). sh forks and execs each `tc` about
- * as cheaply as Go's os/exec (a Node.js spawnSync costs several ms more). The
- * clock is read inside the script, around the tc processes only.
+ * Runs NeuVector's commands, one tc process each, in order, as its Go code
+ * does, inside the enforcer netns: `groups` holds the commands of one pair
+ * each. They go through one /bin/sh script entered with nsenter
+ * (NeuVector's agent already runs in that netns: `tc -n` would remount /sys
+ * for every process, ~50 ms with 2,000 devices, a cost NeuVector does not
+ * pay). sh forks and execs each `tc` about as cheaply as Go's os/exec (a
+ * Node.js spawnSync costs several ms more). The clock is read inside the
+ * script, around the tc processes; CPU time is the script's children's
+ * (cutime + cstime). With a budget, the script stops after the first pair
+ * boundary (checked every 10 pairs) past it.
  */
-function runTcSequential(ns: Netns, cmds: string[][], dir: string): number {
+function runTcSequential(ns: Netns, groups: string[][][], dir: string, budgetMs?: number): TcRun {
   const q = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
   const file = path.join(dir, 'nv.sh');
-  fs.writeFileSync(file, ['set -e', 't0=$(date +%s%N)', ...cmds.map((c) => ['tc', ...c].map(q).join(' ')), 't1=$(date +%s%N)', 'echo $((t1 - t0))'].join('\n') + '\n');
-  const argv = ['nsenter', `--net=/run/netns/${ns.name}`, '/bin/sh', file];
-  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+  const report = (pairs: string) => `echo "$((t - t0)) ${pairs} $(cut -d' ' -f16,17 /proc/$$/stat)"`;
+  const lines = ['set -e', 't0=$(date +%s%N)'];
+  groups.forEach((g, i) => {
+    for (const c of g) lines.push(['tc', ...c].map(q).join(' '));
+    if (budgetMs !== undefined && (i + 1) % 10 === 0 && i + 1 < groups.length) {
+      lines.push(`t=$(date +%s%N); if [ $((t - t0)) -gt ${Math.round(budgetMs * 1e6)} ]; then ${report(String(i + 1))}; exit 0; fi`);
+    }
+  });
+  lines.push('t=$(date +%s%N)', report(String(groups.length)));
+  fs.writeFileSync(file, lines.join('\n') + '\n');
+  const r = spawnSync('nsenter', [`--net=/run/netns/${ns.name}`, '/bin/sh', file], { encoding: 'utf8', maxBuffer: 1 << 20 });
   if (r.status !== 0) throw new Error(`NeuVector tc commands failed: ${(r.stderr || '').trim().split('\n')[0]}`);
-  return Number(r.stdout.trim()) / 1e6;
+  const [ns_, pairs, ut, st] = r.stdout.trim().split(/\s+/).map(Number);
+  return { ms: ns_! / 1e6, cpuMs: ((ut! + st!) * 1000) / CLK_TCK, pairs: pairs! };
+}
+
+const CLK_TCK = Number(sh('getconf', ['CLK_TCK'], { allowFail: true }).stdout.trim()) || 100;
+
+/** Runs the CLI with the exit-stats preload: wall ms, CPU ms (itself and its children), peak RSS KiB. */
+function timedCli(args: string[], dir: string): { ms: number; cpuMs: number; maxRssKiB: number } {
+  const out = path.join(dir, 'exit-stats.json');
+  const r = cli(args, { nodeArgs: ['-r', benchJs('rss-preload.js')], env: { NEUV_BENCH_RSS_OUT: out } });
+  const j = JSON.parse(fs.readFileSync(out, 'utf8')) as { maxRSS: number; cpuMs: number; childCpuMs: number };
+  fs.rmSync(out, { force: true });
+  return { ms: r.ms, cpuMs: j.cpuMs + j.childCpuMs, maxRssKiB: j.maxRSS };
 }
 
 function nvPairs(n: number): NvPair[] {
@@ -129,10 +166,11 @@ function readRss(file: string): number {
 
 export async function runControl(o: ControlOptions): Promise<ControlResult> {
   const sizes = [1, 100, 1000];
-  // NeuVector at 1,000 pairs is 8,000 processes, each dumping every link of the netns: minutes. Once in a full run, extrapolated in --quick.
+  // NeuVector at 1,000 pairs is 8,000 processes, each dumping every link of the netns: minutes on a
+  // loaded machine. It runs once, until a time budget, and its figure is scaled from the pairs done.
   const params = o.quick
-    ? { reps: 2, sizes, nvSizes: [1, 100], nvReps: { 1: 2, 100: 2 } as Record<number, number>, switches: 5 }
-    : { reps: 3, sizes, nvSizes: [1, 100, 1000], nvReps: { 1: 3, 100: 3, 1000: 1 } as Record<number, number>, switches: 10 };
+    ? { reps: 2, sizes, nvReps: { 1: 2, 100: 2, 1000: 1 } as Record<number, number>, nvBudgetMs: 8000, switches: 5 }
+    : { reps: 3, sizes, nvReps: { 1: 3, 100: 3, 1000: 1 } as Record<number, number>, nvBudgetMs: 90000, switches: 10 };
   const dir = tmpDir();
   // One enforcer netns per side and size, holding exactly the pairs to onboard (each tc process dumps every link of its netns).
   progress(`control plane: creating ${sizes.join(' + ')} pairs for each side`);
@@ -161,14 +199,19 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
     const lines: string[][] = [];
     for (let k = 0; k < n; k++) lines.push(['qdisc', 'del', 'dev', vinName(k), 'ingress'], ['qdisc', 'del', 'dev', vexName(k), 'ingress']);
     lines.push(['qdisc', 'del', 'dev', VBR, 'ingress'], ['qdisc', 'add', 'dev', VBR, 'ingress']);
-    for (let i = 0; i < lines.length; i += 1000) nvNs.get(n)!.tcBatch(lines.slice(i, i + 1000));
+    // Pairs the budget left out have no qdisc: -force goes on past those errors.
+    for (let i = 0; i < lines.length; i += 1000) {
+      sh('tc', ['-n', nvNs.get(n)!.name, '-force', '-b', '-'], { input: lines.slice(i, i + 1000).map((l) => l.join(' ')).join('\n') + '\n', allowFail: true });
+    }
   };
-  const nvCmds = (n: number) => allNv.slice(0, n).flatMap((p) => [...nvAttachRules(p), ...nvPairRules(p, 'fwd', { pedit: false })]);
+  const nvGroups = (n: number) => allNv.slice(0, n).map((p) => [...nvAttachRules(p), ...nvPairRules(p, 'fwd', { pedit: false })]);
 
-  const nvMs = new Map<number, number[]>();
-  const cliMs = new Map<number, number[]>();
-  const apiMs = new Map<number, number[]>();
-  const push = (m: Map<number, number[]>, n: number, x: number) => m.set(n, [...(m.get(n) ?? []), x]);
+  type Series = { ms: number[]; cpu: number[] };
+  const series = () => new Map<number, Series>(sizes.map((n) => [n, { ms: [], cpu: [] }]));
+  const nv = series();
+  const cliS = series();
+  const api = series();
+  const nvRun = new Map<number, number>();
   const sw = { nv: [] as number[], cli: [] as number[], api: [] as number[] };
   const startup: number[] = [];
   const switchAt = 100;
@@ -180,23 +223,28 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
       const steps: Array<() => Promise<void>> = [
         async () => {
           if (r >= (params.nvReps[n] ?? 0)) return;
-          if (n >= 1000) progress(`control plane: NeuVector's ${n * 8} tc processes (minutes)`);
-          push(nvMs, n, runTcSequential(nvNs.get(n)!, nvCmds(n), dir));
+          const budget = n >= 1000 ? params.nvBudgetMs : undefined;
+          if (budget) progress(`control plane: NeuVector's ${n * 8} tc processes (up to ${budget / 1000} s, then scaled)`);
+          const t = runTcSequential(nvNs.get(n)!, nvGroups(n), dir, budget);
+          nv.get(n)!.ms.push((t.ms * n) / t.pairs);
+          nv.get(n)!.cpu.push((t.cpuMs * n) / t.pairs);
+          nvRun.set(n, t.pairs);
           if (n === switchAt && r === 0) {
             const p = allNv[n - 1]!;
-            for (let i = 0; i < params.switches; i++) sw.nv.push(runTcSequential(nvNs.get(n)!, [...nvResetRules(p), ...nvPairRules(p, 'fwd', { pedit: false })], dir));
+            for (let i = 0; i < params.switches; i++) sw.nv.push(runTcSequential(nvNs.get(n)!, [[...nvResetRules(p), ...nvPairRules(p, 'fwd', { pedit: false })]], dir).ms);
           }
           nvTeardown(n);
         },
         async () => {
-          startup.push(cli(['version'], {}).ms);
+          startup.push(cli(['version']).ms);
           load(n);
-          const res = cli([...at(n), 'pair', 'add', '--file', jsonl.get(n)!], {});
-          push(cliMs, n, res.ms);
+          const res = timedCli([...at(n), 'pair', 'add', '--file', jsonl.get(n)!], dir);
+          cliS.get(n)!.ms.push(res.ms);
+          cliS.get(n)!.cpu.push(res.cpuMs);
           if (n === switchAt && r === 0) {
             const id = vexIndex(n - 1) & 0xffff;
             for (let i = 0; i < params.switches; i++) {
-              sw.cli.push(cli([...at(n), 'pair', 'mode', '--id', String(id), i % 2 ? 'fwd' : 'tap'], {}).ms);
+              sw.cli.push(cli([...at(n), 'pair', 'mode', '--id', String(id), i % 2 ? 'fwd' : 'tap']).ms);
             }
           }
           unload(n);
@@ -204,10 +252,10 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
         async () => {
           load(n);
           const sw1 = n === switchAt && r === 0;
-          const child = benchJs('api-child.js');
-          const args = [process.execPath, child, pins.get(n)!, bNs.get(n)!.name, jsonl.get(n)!, ...(sw1 ? [String(vexIndex(n - 1) & 0xffff), String(params.switches * 10)] : [])];
-          const out = JSON.parse(sh(args[0]!, args.slice(1), { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } }).stdout) as { addMs: number; setModeMs: number[] };
-          push(apiMs, n, out.addMs);
+          const args = [benchJs('api-child.js'), pins.get(n)!, bNs.get(n)!.name, jsonl.get(n)!, ...(sw1 ? [String(vexIndex(n - 1) & 0xffff), String(params.switches * 10)] : [])];
+          const out = JSON.parse(sh(process.execPath, args, { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } }).stdout) as { addMs: number; addCpuMs: number; setModeMs: number[] };
+          api.get(n)!.ms.push(out.addMs);
+          api.get(n)!.cpu.push(out.addCpuMs);
           sw.api.push(...out.setModeMs);
           unload(n);
         },
@@ -239,26 +287,23 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
 
   for (const ns of [...nvNs.values(), ...bNs.values()]) ns.ip('link', 'del', 'group', GROUP);
 
-  const nvProcs = (n: number) => n * 8;
   const onboard: OnboardPoint[] = sizes.map((n) => {
-    const cli = summary(cliMs.get(n)!);
-    const api = summary(apiMs.get(n)!);
-    const p: OnboardPoint = { pairs: n, nvProcesses: nvProcs(n), cliMs: cli, apiMs: api };
-    const nvm = nvMs.get(n);
-    if (nvm) {
-      p.nvMs = summary(nvm);
-      p.nvOverCli = summary(nvm.map((x, i) => x / cliMs.get(n)![i]!));
-    } else {
-      // --quick: linear in the number of processes from the largest size measured: a lower bound,
-      // since every tc process also dumps every link of the netns (10x more of them at 10x the pairs).
-      const base = Math.max(...params.nvSizes);
-      const b = nvMs.get(base)!;
-      const scaled = b.map((x) => (x * n) / base);
-      p.nvMs = summary(scaled);
-      p.nvExtrapolated = true;
-      p.nvOverCli = summary(scaled.map((x, i) => x / cliMs.get(n)![i]!));
-    }
-    return p;
+    const a = nv.get(n)!;
+    const c = cliS.get(n)!;
+    const p = api.get(n)!;
+    return {
+      pairs: n,
+      nvProcesses: n * 8,
+      nvMs: summary(a.ms),
+      nvCpuMs: summary(a.cpu),
+      nvPairsRun: nvRun.get(n) ?? 0,
+      cliMs: summary(c.ms),
+      cliCpuMs: summary(c.cpu),
+      apiMs: summary(p.ms),
+      apiCpuMs: summary(p.cpu),
+      nvOverCli: summary(a.ms.map((x, i) => x / c.ms[i]!)),
+      nvOverCliCpu: summary(a.cpu.map((x, i) => x / c.cpu[i]!)),
+    };
   });
   return {
     params,
@@ -267,6 +312,8 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
     cliStartupMs: summary(startup),
     memory,
     notes: [
+      `NeuVector at 1,000 pairs runs once, for up to ${params.nvBudgetMs / 1000} s; when the budget runs out its figures are scaled linearly from the pairs done (nvPairsRun), in the netns holding all 1,000 pairs, so every tc process pays what it would for the whole run.`,
+      'CPU figures: user + system time of the processes involved (the tc processes; the CLI process and the `ip` it runs; the API process during addPairs), steadier than wall time on a loaded machine.',
       "NeuVector's count: 8 tc processes per pair (2 qdisc add + 6 filter add for FWD without pedit), run one after the other from one /bin/sh script inside the enforcer netns (one fork+exec each, about as cheap as Go's os/exec; NeuVector wraps each in `sh -c` and naps 250 ms between retries, both left out): its best case.",
       'neuv-bpf CLI figures include Node.js start-up and module loading (one process for the whole batch); API figures are Datapath.addPairs / setMode timed inside a process that has the Datapath open already (bench/api-child.ts).',
       "Every tc process starts by dumping every link of the netns (iproute2 resolves names through its link cache), so NeuVector's cost per process grows with the number of pairs on the node: each size here has its own netns holding exactly its pairs.",

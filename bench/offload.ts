@@ -12,7 +12,7 @@
  * the ratios are taken per round (paired), their median reported. The stub
  * is restarted for each FWD variant (a mode switch clears the flow map).
  *
- *   node dist/bench/offload.js [--quick] [--json]
+ *   node dist/bench/offload.js [--quick] [--rounds N] [--json]
  *
  * Needs root and iperf3. `run()` is what bench/run.ts calls.
  */
@@ -111,11 +111,11 @@ async function tcpGbps(t: PairTopology, seconds: number, omit: number): Promise<
   }
 }
 
-export async function run(opts: { quick: boolean }): Promise<BenchRow[]> {
+export async function run(opts: { quick: boolean; rounds?: number }): Promise<BenchRow[]> {
   const why = kernelUnavailable();
   if (why) throw new Error(`bench/offload: ${why}`);
   if (spawnSync('iperf3', ['--version']).status !== 0) throw new Error('bench/offload: iperf3 not found');
-  const rounds = opts.quick ? 1 : 3;
+  const rounds = opts.rounds ?? (opts.quick ? 1 : 3);
   const seconds = opts.quick ? 3 : 8;
   const omit = 1;
   try {
@@ -169,7 +169,10 @@ export async function run(opts: { quick: boolean }): Promise<BenchRow[]> {
 
 async function main(argv: string[]): Promise<void> {
   const quick = argv.includes('--quick');
-  const rows = await run({ quick });
+  const ri = argv.indexOf('--rounds');
+  const rounds = ri >= 0 ? Number(argv[ri + 1]) : undefined;
+  if (rounds !== undefined && !(Number.isInteger(rounds) && rounds > 0)) throw new Error('--rounds needs a positive integer');
+  const rows = await run({ quick, rounds });
   if (argv.includes('--json')) {
     process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
     return;

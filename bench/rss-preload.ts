@@ -1,11 +1,23 @@
 /**
- * Preloaded with `node -r dist/bench/rss-preload.js ...`: at exit, writes the
- * process's peak resident set (process.resourceUsage().maxRSS, KiB) and
- * VmHWM from /proc/self/status to the file named by NEUV_BENCH_RSS_OUT.
- * Used by the memory figures of bench/control.ts; does nothing without the
- * variable.
+ * Preloaded with `node -r dist/bench/rss-preload.js ...`: at exit, writes to
+ * the file named by NEUV_BENCH_RSS_OUT the process's peak resident set
+ * (process.resourceUsage().maxRSS, KiB, and VmHWM from /proc/self/status),
+ * its CPU time (user + system, ms) and that of the children it waited for
+ * (cutime + cstime from /proc/self/stat, ms). Used by the control-plane and
+ * memory figures of bench/control.ts; does nothing without the variable.
  */
 import * as fs from 'node:fs';
+
+/** cutime + cstime of /proc/self/stat in ms (fields 16 and 17; the name in field 2 may hold spaces). */
+export function childCpuMs(clkTck = 100): number {
+  try {
+    const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[13]) + Number(f[14])) * 1000) / clkTck;
+  } catch {
+    return 0;
+  }
+}
 
 const out = process.env.NEUV_BENCH_RSS_OUT;
 if (out) {
@@ -17,6 +29,7 @@ if (out) {
     } catch {
       /* no procfs */
     }
-    fs.writeFileSync(out, JSON.stringify({ maxRSS: process.resourceUsage().maxRSS, vmHWM: hwm }));
+    const cpu = process.cpuUsage();
+    fs.writeFileSync(out, JSON.stringify({ maxRSS: process.resourceUsage().maxRSS, vmHWM: hwm, cpuMs: (cpu.user + cpu.system) / 1000, childCpuMs: childCpuMs() }));
   });
 }

@@ -4,6 +4,7 @@
  *
  *   node dist/bench/run.js [--quick] [--only progcost,trace,throughput,dpreturn,control]
  *                          [--json FILE] [--md FILE]
+ *   node dist/bench/run.js --from RESULTS.json [--md FILE]   (render the Markdown again)
  *
  * Scenarios (each in its own namespaces named nbench-<pid>-..., removed at
  * its end, on failure and on Ctrl-C):
@@ -34,6 +35,8 @@ type Name = (typeof ALL)[number];
 
 interface Args {
   quick: boolean;
+  /** Only render the Markdown again from a results file. */
+  from?: string;
   only?: Name[];
   json?: string;
   md?: string;
@@ -55,8 +58,9 @@ function parseArgs(argv: string[]): Args {
       a.only = names as Name[];
     } else if (x === '--json') a.json = val();
     else if (x === '--md') a.md = val();
+    else if (x === '--from') a.from = val();
     else if (x === '-h' || x === '--help') {
-      process.stdout.write('usage: node dist/bench/run.js [--quick] [--only ' + ALL.join(',') + '] [--json FILE] [--md FILE]\n');
+      process.stdout.write('usage: node dist/bench/run.js [--quick] [--only ' + ALL.join(',') + '] [--json FILE] [--md FILE]\n       node dist/bench/run.js --from RESULTS.json --md FILE   (render the Markdown again)\n');
       process.exit(0);
     } else throw new Error(`unknown argument '${x}'`);
   }
@@ -101,6 +105,14 @@ function traceBench(): TraceFn | undefined {
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
+  if (args.from) {
+    const r = JSON.parse(fs.readFileSync(args.from, 'utf8')) as BenchResults;
+    const md = args.md ?? path.join(ROOT, 'build', 'BENCHMARKS-rendered.md');
+    const q = r.quick ? ' --quick' : '';
+    fs.writeFileSync(md, markdown(r, (only) => `make build && node dist/bench/run.js${q} --only ${only}`));
+    process.stdout.write(`wrote ${md}\n`);
+    return 0;
+  }
   if (process.getuid?.() !== 0) {
     process.stderr.write('bench: needs root (network namespaces, BPF, tc)\n');
     return 1;
