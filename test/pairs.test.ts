@@ -660,19 +660,22 @@ describe('pairs with traffic (kernel)', function () {
     console.log(`      ${switches} API mode switches (median ${lat[lat.length >> 1]!.toFixed(0)} µs) + ${cliSwitches} CLI switches during ${count} datagrams each way at ${rate}/s: down ${JSON.stringify(rd)}, up ${JSON.stringify(ru)}`);
     assert.ok(switches >= 1000, `only ${switches} switches`);
     assert.ok(cliSwitches >= 3, `only ${cliSwitches} CLI switches`);
-    for (const r of [rd, ru]) {
-      assert.equal(r.sent, count);
-      assert.equal(r.unique, count, 'every datagram arrived');
-      assert.equal(r.lost, 0);
-      assert.equal(r.duplicated, 0);
-    }
+    // The datapath's own counters first: every datagram forwarded, none dropped across the switches.
     const s = await dp.stats();
     const b = statsBefore.pairs.find((p) => p.id === id)!.counters;
     const n = s.pairs.find((p) => p.id === id)!.counters;
     for (const d of ['to_wl', 'from_wl'] as const) {
       assert.ok(n[d].copy.packets - b[d].copy.packets > 0n, `${d}: TAP copied some datagrams`);
-      assert.ok(n[d].to_peer.packets - b[d].to_peer.packets >= BigInt(count), `${d}: all forwarded`);
-      assert.equal(n[d].drop.packets, 0n, `${d}: nothing dropped`);
+      assert.ok(n[d].to_peer.packets - b[d].to_peer.packets >= BigInt(count), `${d}: all forwarded (${n[d].to_peer.packets - b[d].to_peer.packets})`);
+      assert.equal(n[d].drop.packets - b[d].drop.packets, 0n, `${d}: nothing dropped`);
+    }
+    // Then at the receivers. A datagram the receiving socket dropped for a full buffer (its
+    // process starved of CPU on a busy machine; Udp RcvbufErrors of that netns) was delivered
+    // by the path: it is reported, not counted as lost by the datapath.
+    for (const [name, r] of [['down', rd], ['up', ru]] as const) {
+      assert.equal(r.sent, count);
+      assert.equal(r.duplicated, 0, `${name}: no duplicate`);
+      assert.equal(r.unique + r.socketDrops, count, `${name}: every datagram arrived or was dropped by the full receiving socket: ${JSON.stringify(r)}`);
     }
   });
 });

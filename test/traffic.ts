@@ -153,7 +153,7 @@ export interface UdpStreamOptions {
   size?: number;
   /** Source address to bind the sender to. */
   from?: string;
-  /** The receiver reports after this long without a datagram (default 1000 ms). */
+  /** The receiver reports this long after the sender has sent its last datagram (default 1000 ms). */
   idleMs?: number;
   /** The receiver gives up after this long (default 120 s). */
   timeoutMs?: number;
@@ -181,6 +181,8 @@ export interface UdpStreamResult {
    * delivery, when the receiver was starved of CPU, not on the path.
    */
   socketDrops: number;
+  /** The longest pause between two datagrams at the receiver, ms. */
+  maxGapMs: number;
 }
 
 export interface UdpStream {
@@ -213,9 +215,11 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
   const run = String((Math.random() * 0xffffffff) >>> 0);
   const rcvbuf0 = udpRcvbufErrors(o.receiverNs);
   const count = o.untilStopped ? 1e9 : o.count;
+  // The receiver must not end at a pause in the stream (a starved sender on a busy machine, or the
+  // interruption being measured): it ends on SIGTERM, sent idleMs after the sender has reported.
   const recv = spawnInNetns(o.receiverNs, UDPSEQ, [
     'recv', '--port', String(o.port), '--run', run, ...(o.untilStopped ? [] : ['--expect', String(o.count)]),
-    '--idle-ms', String(o.idleMs ?? 1000), '--timeout-ms', String(o.timeoutMs ?? 120000),
+    '--idle-ms', String(o.timeoutMs ?? 120000), '--timeout-ms', String(o.timeoutMs ?? 120000),
   ]);
   let report: Record<string, unknown> | undefined;
   let ready!: () => void;
@@ -235,6 +239,14 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
     if (!sentReport) throw new Error('udpseq send printed no report');
     return sentReport;
   });
+  {
+    void sent
+      .then(() => new Promise((r) => setTimeout(r, o.idleMs ?? 1000)))
+      .catch(() => undefined)
+      .then(() => {
+        if (recv.exitCode === null && recv.signalCode === null) recv.kill('SIGTERM');
+      });
+  }
   const result = Promise.all([sent, recvDone]).then(([s]) => {
     if (!report) throw new Error('udpseq recv printed no report');
     const r = report as Record<string, number>;
@@ -249,6 +261,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
       foreign: r.foreign!,
       bytes: r.bytes!,
       receiverSeconds: r.seconds!,
+      maxGapMs: r.maxGapMs ?? 0,
       socketDrops: udpRcvbufErrors(o.receiverNs) - rcvbuf0,
     };
   });
@@ -326,6 +339,8 @@ export interface TcpTransferOptions {
   /** Bytes per second (default: as fast as it goes). */
   rate?: number;
   seed?: string;
+  /** The receiver gives up after this long (default 4 h). */
+  timeoutMs?: number;
 }
 
 export interface TcpTransferResult {
@@ -373,7 +388,7 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
   const dev = /\bdev (\S+)/.exec(o.sender.ip('route', 'get', o.to))?.[1];
   if (dev) o.sender.ip('route', 'replace', `${o.to}/32`, 'dev', dev, 'rto_min', '1000ms');
   const before = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
-  const recv = spawnInNetns(o.receiver.name, TCPSUM, ['recv', '--port', String(o.port)]);
+  const recv = spawnInNetns(o.receiver.name, TCPSUM, ['recv', '--port', String(o.port), '--timeout-ms', String(o.timeoutMs ?? 4 * 3600e3)]);
   let report: Record<string, unknown> | undefined;
   let ready!: () => void;
   const isReady = new Promise<void>((r) => (ready = r));
@@ -424,22 +439,64 @@ export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
  * Starts the stub enforcer DP (build/stub-dp, tools/stub-dp.c) on vth-neuv in
  * a netns: it writes every frame of a pair back, so FWD forwards through it.
  * Resolves once it is reading (its --out file exists); killed at cleanup.
+ *
+ * priority (default true): run it at nice -15, as an enforcer's DP would be
+ * favoured, so that on a busy machine it is not starved for seconds and its
+ * socket buffer does not overflow: the DP is a stand-in here, what is under
+ * test is the datapath around it (stubDpCounts() tells the two apart).
+ * (Not SCHED_FIFO: busy with frames, it would starve everything else.)
  */
-export async function startStubDp(ns: Netns, outFile: string, dropPorts: number[] = []): Promise<ChildProcess> {
-  const child = spawn('ip', ['netns', 'exec', ns.name, STUB_DP, '--out', outFile, '--interval-ms', '200', ...dropPorts.flatMap((p) => ['--drop-port', String(p)])], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  onCleanup(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    fs.rmSync(outFile, { force: true });
-  });
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+export async function startStubDp(ns: Netns, outFile: string, dropPorts: number[] = [], opts: { priority?: boolean } = {}): Promise<ChildProcess> {
+  const args = [STUB_DP, '--out', outFile, '--interval-ms', '200', ...dropPorts.flatMap((p) => ['--drop-port', String(p)])];
+  const start = async (rt: boolean): Promise<ChildProcess> => {
+    const child = spawn('ip', ['netns', 'exec', ns.name, ...(rt ? ['nice', '-n', '-15'] : []), ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    onCleanup(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      fs.rmSync(outFile, { force: true });
+    });
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const t0 = Date.now();
+    while (!fs.existsSync(outFile)) {
+      if (child.exitCode !== null) throw new Error(`stub-dp exited ${child.exitCode}: ${err.trim()}`);
+      if (Date.now() - t0 > 10000) throw new Error('stub-dp did not start within 10 s');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return child;
+  };
+  if (opts.priority === false) return start(false);
+  try {
+    return await start(true);
+  } catch {
+    return start(false); // no nice here
+  }
+}
+
+export interface StubDpCounts {
+  seq: number;
+  /** Frames it read on vth-neuv, wrote back, dropped by --drop-port, and failed to write. */
+  rx: number;
+  sent: number;
+  dropped: number;
+  send_errors: number;
+}
+
+/** Fresh counts of a stub DP started by startStubDp (SIGUSR1, then its next write). */
+export async function stubDpCounts(child: ChildProcess, outFile: string): Promise<StubDpCounts> {
+  const read = (): StubDpCounts | undefined => {
+    try {
+      return JSON.parse(fs.readFileSync(outFile, 'utf8')) as StubDpCounts;
+    } catch {
+      return undefined;
+    }
+  };
+  const before = read()?.seq ?? 0;
+  child.kill('SIGUSR1');
   const t0 = Date.now();
-  while (!fs.existsSync(outFile)) {
-    if (child.exitCode !== null) throw new Error(`stub-dp exited ${child.exitCode}: ${err.trim()}`);
-    if (Date.now() - t0 > 10000) throw new Error('stub-dp did not start within 10 s');
+  for (;;) {
+    const c = read();
+    if (c && c.seq > before) return c;
+    if (Date.now() - t0 > 5000) throw new Error('stub-dp wrote no fresh counts within 5 s');
     await new Promise((r) => setTimeout(r, 20));
   }
-  return child;
 }
