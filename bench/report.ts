@@ -4,6 +4,7 @@
  */
 import type { ControlResult } from './control';
 import type { DpReturnResult } from './dpreturn';
+import type { BenchRow as OffloadRow } from './offload';
 import type { ProgCostResult } from './progcost';
 import type { ThroughputResult, VariantId } from './throughput';
 import { MachineInfo, Summary, fmt, fmtRatio } from './util';
@@ -40,6 +41,8 @@ export interface BenchResults {
   throughput?: ThroughputResult;
   dpreturn?: DpReturnResult;
   control?: ControlResult;
+  /** Flow offload: TCP of an offloaded flow vs BYPASS vs FWD through the stub DP (bench/offload.ts). */
+  offload?: OffloadRow[];
 }
 
 export interface Target {
@@ -97,6 +100,11 @@ export function targets(r: BenchResults): Target[] {
     const xc = med(p?.nvOverCliCpu);
     t.push({ what: 'Onboard 1,000 pairs: the same, CPU time', value: xc, shown: fmtRatio(xc), target: '(context)', met: undefined, section: '3' });
   }
+  const off = offloadRows(r);
+  if (off) {
+    const x = off.offloaded.ratio;
+    t.push({ what: 'FWD with the flow offloaded, TCP / BYPASS', value: x, shown: fmtRatio(x), target: '>= 0.9x', met: x === undefined ? undefined : x >= 0.9, section: '6' });
+  }
   const pc = r.progcost;
   if (pc) {
     for (const [id, s] of Object.entries(pc.ratio)) {
@@ -148,9 +156,24 @@ export function summaryLine(name: string, r: BenchResults): string {
         (m ? `; loader peak RSS: load ${fmt(m.loadMaxRssKiB / 1024)} MiB, pair add 1000 ${fmt(m.addPairs1000MaxRssKiB / 1024)} MiB (node -e 0: ${fmt(m.nodeFloorKiB / 1024)} MiB)` : '')
       );
     }
+    case 'offload': {
+      const o = offloadRows(r)!;
+      return (
+        `flow offload (TCP, Gbit/s): offloaded ${fmt(o.offloaded.value)}, BYPASS ${fmt(o.bypass.value)}, FWD through the stub DP ${fmt(o.fwdDp.value)}; ` +
+        `offloaded/BYPASS ${fmtRatio(o.offloaded.ratio)} (>= 0.9x), offloaded/FWD-through-DP ${fmtRatio(o.vsDp.value)}`
+      );
+    }
     default:
       return `${name}: done`;
   }
+}
+
+/** The rows of bench/offload.ts by role (their names carry the labels). */
+function offloadRows(r: BenchResults): { offloaded: OffloadRow; bypass: OffloadRow; fwdDp: OffloadRow; vsDp: OffloadRow } | undefined {
+  const rows = r.offload;
+  if (!rows || rows.length < 4) return undefined;
+  const [offloaded, bypass, fwdDp, vsDp] = rows as [OffloadRow, OffloadRow, OffloadRow, OffloadRow];
+  return { offloaded, bypass, fwdDp, vsDp };
 }
 
 function traceLine(t: unknown): string {
@@ -521,6 +544,32 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
         ],
       ),
     );
+    L.push('');
+  }
+
+  // ---- 6
+  const off = offloadRows(r);
+  if (off) {
+    L.push('## 6. Flow offload: an offloaded flow against BYPASS and against FWD through the DP');
+    L.push('');
+    L.push(
+      `Reproduce: \`${reproduce('offload')}\` (also alone: \`node dist/bench/offload.js [--rounds N]\`). One TCP stream (iperf3) from the host netns into an intercepted workload; ` +
+        'the three variants in a rotating order each round, ratios taken per round. Offloaded: FWD with the stub DP offloading every allowed flow after its first 20 frames ' +
+        '(`build/stub-dp --offload-after 20`), so the rest of the stream stays in the kernel; FWD through the DP: the stub DP reads and writes back every frame.',
+    );
+    L.push('');
+    L.push(
+      table(
+        ['path', 'TCP Gbit/s (median)', 'ratio (median of per-round)', 'rounds'],
+        [
+          ['FWD, flow offloaded by the DP', fmt(off.offloaded.value), `${fmtRatio(off.offloaded.ratio)} of BYPASS (target >= 0.9x)`, off.offloaded.note ?? ''],
+          ['BYPASS (no DP)', fmt(off.bypass.value), '1', off.bypass.note ?? ''],
+          ['FWD through the stub DP, no offload', fmt(off.fwdDp.value), `${fmtRatio(off.fwdDp.ratio)} of BYPASS`, off.fwdDp.note ?? ''],
+        ],
+      ),
+    );
+    L.push('');
+    L.push(`Offloaded / FWD through the DP: ${fmtRatio(off.vsDp.value)}.`);
     L.push('');
   }
 

@@ -2,7 +2,7 @@
  * `make bench`: neuv-bpf against NeuVector's tc rules and against a plain
  * veth pair, side by side, on this machine, in one run.
  *
- *   node dist/bench/run.js [--quick] [--only progcost,trace,throughput,dpreturn,control]
+ *   node dist/bench/run.js [--quick] [--only progcost,trace,throughput,dpreturn,control,offload]
  *                          [--json FILE] [--md FILE]
  *   node dist/bench/run.js --from RESULTS.json [--md FILE]   (render the Markdown again)
  *
@@ -13,6 +13,7 @@
  *   throughput  TCP and 64-byte frames through one pair (bench/throughput.ts)
  *   dpreturn    the DP return path for 1..4096 pairs (bench/dpreturn.ts)
  *   control     onboarding and mode switches, and the loader's peak memory (bench/control.ts)
+ *   offload     TCP of a flow the DP offloaded vs BYPASS vs FWD through the stub DP (bench/offload.ts)
  *
  * A full run writes build/bench.json and BENCHMARKS.md; --quick (and --only)
  * write build/bench-quick.json (build/bench-<names>.json) and a Markdown file
@@ -25,12 +26,13 @@ import * as path from 'node:path';
 import { features } from '../src/features';
 import { runControl } from './control';
 import { runDpReturn } from './dpreturn';
+import { run as runOffload } from './offload';
 import { runProgCost } from './progcost';
 import { BenchResults, KernelProbe, markdown, summaryLine, targets } from './report';
 import { runThroughput } from './throughput';
 import { Netns, RT_PRIORITY, ROOT, cpuBusy, installSignalCleanup, machineInfo, progress, rtEnabled, runCleanups, sh, snapshotRuntime } from './util';
 
-const ALL = ['progcost', 'trace', 'throughput', 'dpreturn', 'control'] as const;
+const ALL = ['progcost', 'trace', 'throughput', 'dpreturn', 'control', 'offload'] as const;
 type Name = (typeof ALL)[number];
 
 interface Args {
@@ -163,6 +165,7 @@ async function main(): Promise<number> {
     throughput: async () => (r.throughput = await runThroughput({ quick: args.quick })),
     dpreturn: async () => (r.dpreturn = await runDpReturn({ quick: args.quick })),
     control: async () => (r.control = await runControl({ quick: args.quick })),
+    offload: async () => (r.offload = await runOffload({ quick: args.quick })),
   };
 
   for (const n of names) {

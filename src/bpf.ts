@@ -288,6 +288,14 @@ function errno(): number {
   return koffi.errno();
 }
 
+const BPF_F_NO_PREALLOC = 1;
+/** Pauses between retries of a map update that got a transient ENOMEM (MapFd.update). */
+const ENOMEM_RETRY_MS = [1, 4, 15, 30, 50, 150];
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+function sleepSync(ms: number): void {
+  Atomics.wait(sleepCell, 0, 0, ms);
+}
+
 function check(ret: number, context: string, hint?: string): number {
   if (ret < 0) throw new KernelError(context, -ret, hint);
   return ret;
@@ -440,7 +448,21 @@ export class MapFd {
     if (val.length !== this.valueBufSize) {
       throw new NeuvError(`map ${this.name}: value is ${v.length} bytes, expected ${this.info.valueSize}`);
     }
-    check(lib().bpf_map_update_elem(this.fd, this.key(k), val, BigInt(flags)), `update map ${this.name}`);
+    const key = this.key(k);
+    let r = lib().bpf_map_update_elem(this.fd, key, val, BigInt(flags));
+    // A map without preallocation (BPF_F_NO_PREALLOC: neuv_stats, neuv_flow_stats) takes its
+    // elements from the kernel's BPF memory allocator, whose per-CPU caches are refilled
+    // asynchronously (irq_work): on a busy CPU an update can find the cache empty and get
+    // ENOMEM although memory is there. Retried a few times over ~250 ms before it is an error.
+    if (r === -12 && this.info.flags & BPF_F_NO_PREALLOC) {
+      for (const ms of ENOMEM_RETRY_MS) {
+        log('bpf').debug({ map: this.name, waitMs: ms }, 'map update: ENOMEM from a map without preallocation, retrying');
+        sleepSync(ms);
+        r = lib().bpf_map_update_elem(this.fd, key, val, BigInt(flags));
+        if (r !== -12) break;
+      }
+    }
+    check(r, `update map ${this.name}`);
   }
 
   /** Returns false if the key was absent. */

@@ -179,3 +179,10 @@ export function leftovers(prefix = 'nbt'): string[] {
   }
   return out;
 }
+
+/**
+ * How many times slower than the host this machine runs the tests (1 on the
+ * host; set by scripts/vm-init.sh in an emulated VM, where mocha's timeouts
+ * are scaled the same way): for deadlines and durations a test computes itself.
+ */
+export const TIME_SCALE = Math.max(1, Math.floor(Number(process.env.NEUV_BPF_TEST_TIME_SCALE ?? '1')) || 1);

@@ -24,6 +24,7 @@ import {
   requireKernel,
   runCleanups,
   sh,
+  TIME_SCALE,
 } from './helpers';
 import { ConflictError, NotFoundError, UsageError } from '../src/errors';
 import { features } from '../src/features';
@@ -591,8 +592,16 @@ describe('pairs with traffic (kernel)', function () {
       let out = '';
       child.stdout.on('data', (d: Buffer) => (out += d.toString()));
       const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+      // Printed so far: JSON lines, or blocks of text. The CLI takes seconds to start on a slow
+      // (emulated) machine: ping once it prints, and stop it once it printed again after the ping.
+      const printed = () => (json ? out.split('\n').filter(Boolean).length : (out.match(/rates over the last/g) ?? []).length);
+      const until = async (cond: () => boolean, ms: number) => {
+        for (const t0 = Date.now(); !cond() && Date.now() - t0 < ms; ) await new Promise((r) => setTimeout(r, 20));
+      };
+      await until(() => printed() >= 1 || child.exitCode !== null, 20000 * TIME_SCALE);
       ping(t.host, t.wlAddr, 40, 0.02);
-      await new Promise((r) => setTimeout(r, 400));
+      const n = printed();
+      await until(() => printed() >= n + 2 || child.exitCode !== null, 10000 * TIME_SCALE);
       child.kill('SIGINT');
       return { code: await exited, out };
     };
@@ -619,7 +628,9 @@ describe('pairs with traffic (kernel)', function () {
     onCleanup(() => dp.close());
     const statsBefore = await dp.stats();
 
-    const count = 40000;
+    // 4 s of traffic on the host; as many more seconds as the machine is slower (an emulated VM), so
+    // that the same 1,000+ switches happen while it flows.
+    const count = 40000 * TIME_SCALE;
     const rate = 10000;
     const down = await startUdpStream({ senderNs: t.host.name, receiverNs: t.workload.name, to: t.wlAddr, port: 5001, count, rate, idleMs: 1500 });
     const up = await startUdpStream({ senderNs: t.workload.name, receiverNs: t.host.name, to: t.hostAddr, port: 5002, count, rate, idleMs: 1500 });
