@@ -165,7 +165,7 @@ export function runProgCost(o: { quick: boolean }): ProgCostResult {
       { id: 'vex-bypass', label: 'vex BYPASS: redirect_peer to vin', hook: 'vex', frame: udpFrame(M, GW), ifindex: 'lo', mode: Mode.BYPASS, mac: M, retval: 7, expect: { counters: [[0, V('to_peer')]] } },
       { id: 'vin-fwd', label: 'vin FWD: SA := UCMAC, redirect to vbr-neuv', hook: 'vin', frame: udpFrame(GW, UC), ifindex: 'veth', mode: Mode.FWD, mac: UC, retval: 7, expect: { counters: [[1, V('to_dp')]] } },
       { id: 'vbr-fwd', label: 'vbr-neuv FWD return: DA := M, redirect_peer to vin', hook: 'vbr', frame: udpFrame(UC, GW), ifindex: 'lo', mode: Mode.FWD, mac: UC, retval: 7, expect: { counters: [[0, V('from_dp')]] } },
-      { id: 'vbr-pass', label: 'vbr-neuv pass: no UCMAC, to the stack', hook: 'vbr', frame: udpFrame(GW, OTHER), ifindex: 'lo', mode: Mode.FWD, mac: UC, retval: 0, expect: { reason: 'pass_no_pair' } },
+      { id: 'vbr-pass', label: 'vbr-neuv pass: no UCMAC, passed on (TC_ACT_UNSPEC: the next filter, else the stack)', hook: 'vbr', frame: udpFrame(GW, OTHER), ifindex: 'lo', mode: Mode.FWD, mac: UC, retval: -1, expect: { reason: 'pass_no_pair' } },
     ];
     const ctx = (which: 'lo' | 'veth') => {
       const c = Buffer.alloc(SKB_CTX_SIZE);

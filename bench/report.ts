@@ -575,7 +575,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
 
   L.push('## Raw data');
   L.push('');
-  L.push('Every sample of this run is in the JSON file written next to it (see `make bench` output; `build/bench.json` for a full run).');
+  L.push('Every sample of this run is in the JSON file written next to it (see `make bench` output; `BENCHMARKS.json` for a full run).');
   L.push('');
   return L.join('\n');
 }

@@ -15,7 +15,7 @@
  *   control     onboarding and mode switches, and the loader's peak memory (bench/control.ts)
  *   offload     TCP of a flow the DP offloaded vs BYPASS vs FWD through the stub DP (bench/offload.ts)
  *
- * A full run writes build/bench.json and BENCHMARKS.md; --quick (and --only)
+ * A full run writes BENCHMARKS.json and BENCHMARKS.md; --quick (and --only)
  * write build/bench-quick.json (build/bench-<names>.json) and a Markdown file
  * next to it, leaving BENCHMARKS.md alone unless --md names it. One summary
  * line per scenario goes to stdout; progress to stderr. Needs root.
@@ -131,7 +131,7 @@ async function main(): Promise<number> {
   const started = Date.now();
   const names = args.only ?? [...ALL];
   const tag = args.only ? args.only.join('-') : args.quick ? 'quick' : '';
-  const jsonPath = args.json ?? path.join(ROOT, 'build', `bench${tag ? '-' + tag : ''}.json`);
+  const jsonPath = args.json ?? (tag ? path.join(ROOT, 'build', `bench-${tag}.json`) : path.join(ROOT, 'BENCHMARKS.json'));
   const mdPath = args.md ?? (args.only || args.quick ? path.join(ROOT, 'build', `BENCHMARKS${tag ? '-' + tag : ''}.md`) : path.join(ROOT, 'BENCHMARKS.md'));
   const command = args.only || args.md || args.json ? `node dist/bench/run.js ${process.argv.slice(2).join(' ')}` : args.quick ? 'make bench QUICK=1' : 'make bench';
   const reproduce = (only: string) => `make build && node dist/bench/run.js${args.quick ? ' --quick' : ''} --only ${only}`;

@@ -17,8 +17,15 @@
  *
  * Each program has one exit: it fills a struct neuv_decision (action, counters,
  * reason), finish() counts it and returns the action. Programs only ever
- * return TC_ACT_OK, TC_ACT_SHOT or TC_ACT_REDIRECT (the value of
+ * return TC_ACT_UNSPEC, TC_ACT_SHOT or TC_ACT_REDIRECT (the value of
  * bpf_redirect*, which is TC_ACT_REDIRECT for flags 0).
+ *
+ * A frame we do not handle (no port entry, no pair for a vbr-neuv frame) is
+ * passed on with TC_ACT_UNSPEC, not TC_ACT_OK: the filters and programs after
+ * ours on that hook still see it (for tcx, legacy tc filters run only after
+ * TC_ACT_UNSPEC), and with nothing after ours it goes to the stack as
+ * without any rule. That keeps NeuVector's rules working for the pairs we
+ * have not taken over yet while migrating (adopt, handback).
  *
  * Tracing: finish() also emits one struct neuv_trace per frame into the
  * neuv_trace ring buffer while neuv_config.trace_until is non-zero (and
@@ -551,7 +558,7 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 {
 	const int vin = role == NEUV_ROLE_VIN;
 	struct neuv_decision o = {
-		.action = TC_ACT_OK,
+		.action = TC_ACT_UNSPEC, /* pass on: the next filter or program, else the stack */
 		.dir = vin ? NEUV_DIR_FROM_WL : NEUV_DIR_TO_WL,
 		.v1 = NEUV_V_MAX,
 		.v2 = NEUV_V_MAX,
@@ -687,7 +694,7 @@ SEC("tc")
 int neuv_vbr(struct __sk_buff *skb)
 {
 	struct neuv_decision o = {
-		.action = TC_ACT_OK,
+		.action = TC_ACT_UNSPEC, /* pass on: the next filter or program, else the stack */
 		.v1 = NEUV_V_MAX,
 		.v2 = NEUV_V_MAX,
 		.reason = NEUV_R_PASS_NO_PAIR,

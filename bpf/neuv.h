@@ -247,7 +247,7 @@ struct neuv_decision {
 	__u8  mode;    /* enum neuv_mode of the pair's entry as read, 0 = none */
 	__u8  hook;    /* enum neuv_hook */
 	__u8  flags;   /* NEUV_TF_* */
-	__s16 action;  /* returned to tc: TC_ACT_OK 0, TC_ACT_SHOT 2, TC_ACT_REDIRECT 7 */
+	__s16 action;  /* returned to tc: TC_ACT_UNSPEC -1 (pass on), TC_ACT_SHOT 2, TC_ACT_REDIRECT 7 */
 };
 
 /*

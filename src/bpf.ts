@@ -924,7 +924,8 @@ export function testRun(progFd: number, data: Buffer, opts: TestRunOptions = {})
   };
   check(l.bpf_prog_test_run_opts(progFd, o), 'BPF_PROG_TEST_RUN');
   const n = Math.min(o.data_size_out, outSize);
-  return { retval: o.retval, dataOut: Buffer.from(koffi.view(runOut.ptr, n)), duration: o.duration };
+  // retval as the int the program returned (TC_ACT_UNSPEC is -1), not the u32 the kernel stores.
+  return { retval: o.retval | 0, dataOut: Buffer.from(koffi.view(runOut.ptr, n)), duration: o.duration };
 }
 
 // ---------------------------------------------------------------- links (tcx)

@@ -78,7 +78,7 @@ export interface Emit {
 }
 
 export interface Outcome {
-  ret: 'ok' | 'shot' | 'redirect'; // TC_ACT_OK=0, TC_ACT_SHOT=2, TC_ACT_REDIRECT=7
+  ret: 'pass' | 'shot' | 'redirect'; // TC_ACT_UNSPEC=-1 (pass on: the next filter, else the stack), TC_ACT_SHOT=2, TC_ACT_REDIRECT=7
   redirect?: Emit; // where the (possibly rewritten) frame goes
   copy?: Emit; // TAP clone
   frameOut: Uint8Array; // the skb data after the program (what BPF_PROG_TEST_RUN data_out shows)
@@ -155,13 +155,13 @@ export function flowExpired(e: Pick<ModelFlow, 'deadlineNs' | 'idleNs' | 'lastNs
   return e.idleNs !== 0n && e.lastNs !== 0n && now > e.lastNs && now - e.lastNs >= e.idleNs;
 }
 
-export const TC_ACT_OK = 0;
+export const TC_ACT_UNSPEC = -1;
 export const TC_ACT_SHOT = 2;
 export const TC_ACT_REDIRECT = 7;
 
 /** The TC_ACT_* value of an outcome's ret. */
 export function retval(ret: Outcome['ret']): number {
-  return ret === 'ok' ? TC_ACT_OK : ret === 'shot' ? TC_ACT_SHOT : TC_ACT_REDIRECT;
+  return ret === 'pass' ? TC_ACT_UNSPEC : ret === 'shot' ? TC_ACT_SHOT : TC_ACT_REDIRECT;
 }
 
 const ETH_HLEN = 14;
@@ -197,7 +197,7 @@ export function decide(state: ModelState, hook: Hook, ingressIfindex: number, fr
 /** vin ingress (from the workload) and vex ingress (towards the workload). */
 function decidePort(state: ModelState, hook: 'vin' | 'vex', ingressIfindex: number, frame: Uint8Array): Outcome {
   const entry = state.ports.get(ingressIfindex);
-  if (!entry) return { ret: 'ok', frameOut: frame, reason: Reason.PASS_NO_PORT };
+  if (!entry) return { ret: 'pass', frameOut: frame, reason: Reason.PASS_NO_PORT };
 
   const id = entry.id & 0xffff;
   const dir = hook === 'vin' ? Dir.FROM_WL : Dir.TO_WL;
@@ -251,7 +251,7 @@ function decidePort(state: ModelState, hook: 'vin' | 'vex', ingressIfindex: numb
 
 /** vbr-neuv ingress: frames the DP sends back. */
 function decideVbr(state: ModelState, frame: Uint8Array): Outcome {
-  const pass: Outcome = { ret: 'ok', frameOut: frame, reason: Reason.PASS_NO_PAIR };
+  const pass: Outcome = { ret: 'pass', frameOut: frame, reason: Reason.PASS_NO_PAIR };
   if (frame.length < ETH_HLEN) return pass;
 
   // DA is checked first; a UCMAC DA with no pair passes even if the SA is a UCMAC.

@@ -56,7 +56,8 @@ export function parseTraceId(s: string): number {
 
 // ---------------------------------------------------------------- records as data and text
 
-const ACTIONS: Record<number, string> = { 0: 'pass', 2: 'drop', 7: 'redirect' };
+/** TC_ACT_UNSPEC (-1) is what the programs return for a frame they pass on: the next filter, else the stack. */
+const ACTIONS: Record<number, string> = { [-1]: 'pass', 0: 'ok', 2: 'drop', 7: 'redirect' };
 
 /** What a record says, with names: the `--json` line and the fields of a trace-level log line. */
 export interface TraceView {

@@ -15,7 +15,7 @@ import { DpFixture, globalDelta, statsDelta } from './dp-fixture';
 import { arp, BCAST, frame, GW, ID, ID2, ipv4, ipv6, M, M2, MCAST, OTHER, twoPairs, vlan, withMac } from './frames';
 import { requireKernel, runCleanups } from './helpers';
 
-const OK = 0;
+const PASS = -1; // TC_ACT_UNSPEC: passed on to the next filter, else the stack
 const SHOT = 2;
 const REDIRECT = 7;
 
@@ -166,7 +166,7 @@ describe('datapath (BPF_PROG_TEST_RUN)', function () {
         ipv4(Buffer.from([0x4e, 0x65, 0x75, 0x57, 0x12, 0x34]), GW),
         frame(GW, OTHER, 0x0806, 0),
       ]) {
-        check('vbr', dp.lo, f, { ret: OK, reason: Reason.PASS_NO_PAIR });
+        check('vbr', dp.lo, f, { ret: PASS, reason: Reason.PASS_NO_PAIR });
       }
     });
 
@@ -245,8 +245,8 @@ describe('datapath (BPF_PROG_TEST_RUN)', function () {
       seed(Mode.FWD);
       dp.clear(dp.lo);
       for (const id of [ID, ID2]) dp.stats.update(u32Key(id), encodeStats(emptyStats()));
-      check('vex', vex, ipv4(M, GW), { ret: OK, reason: Reason.PASS_NO_PORT });
-      check('vin', vin, ipv4(GW, M), { ret: OK, reason: Reason.PASS_NO_PORT });
+      check('vex', vex, ipv4(M, GW), { ret: PASS, reason: Reason.PASS_NO_PORT });
+      check('vin', vin, ipv4(GW, M), { ret: PASS, reason: Reason.PASS_NO_PORT });
     });
 
     it('the port is found by skb->ifindex (test_run leaves ingress_ifindex 0)', () => {

@@ -173,6 +173,33 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     assert.match(ns.ip('link', 'show', 'vth-neuv'), /mtu 9000/);
   });
 
+  it("frames neuv_vbr does not handle go on to the filters behind it (TC_ACT_UNSPEC), as NeuVector's rules need while migrating", function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
+    // A mirror target, and a filter behind ours on vbr-neuv ingress for DA 4e:65:75:56:12:34 (the
+    // UCMAC of id 0x1234, which no pair has), as NeuVector's vbr-neuv rules are. tcx: a legacy
+    // ingress qdisc of its own, as NeuVector's; tc: our clsact, where our filter is pref 1.
+    ns.ip('link', 'add', 'nbm0', 'type', 'veth', 'peer', 'name', 'nbm1');
+    // No IPv6 on them: their own neighbour discovery would be counted too.
+    for (const d of ['nbm0', 'nbm1']) ns.exec('sysctl', ['-qw', `net.ipv6.conf.${d}.disable_ipv6=1`]);
+    ns.ip('link', 'set', 'nbm0', 'up');
+    ns.ip('link', 'set', 'nbm1', 'up');
+    if (kind === 'tcx') ns.exec('tc', ['qdisc', 'add', 'dev', 'vbr-neuv', 'ingress']);
+    ns.exec('tc', ['filter', 'add', 'dev', 'vbr-neuv', ...(kind === 'tcx' ? ['parent', 'ffff:'] : ['ingress']), 'pref', '100', 'protocol', 'all', 'u32',
+      'match', 'u16', '0x4e65', '0xffff', 'at', '-14', 'match', 'u32', '0x75561234', '0xffffffff', 'at', '-12',
+      'action', 'mirred', 'egress', 'mirror', 'dev', 'nbm0']);
+    const rx = () => (JSON.parse(ns.ip('-s', '-j', 'link', 'show', 'nbm1')) as Array<{ stats64: { rx: { packets: number } } }>)[0]!.stats64.rx.packets;
+    const passNoPair = () => (JSON.parse(cli(['--netns', ns.name, '--bpffs', pins, 'stats', '--json']).stdout) as { global: { pass_no_pair: number } }).global.pass_no_pair;
+    const rx0 = rx();
+    const pass0 = passNoPair();
+    // Three frames from vth-neuv (where the DP writes), through an AF_PACKET socket.
+    const frame = '4e6575561234' + '0200000000aa' + '88b5' + '00'.repeat(46);
+    ns.exec('python3', ['-c', 'import socket, sys\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind((sys.argv[1], 0))\nfor _ in range(3): s.send(bytes.fromhex(sys.argv[2]))', 'vth-neuv', frame]);
+    assert.ok(passNoPair() - pass0 >= 3, 'neuv_vbr saw them first and passed them on (pass_no_pair)');
+    assert.equal(rx() - rx0, 3, 'the filter behind ours mirrored all three');
+  });
+
   describe('errors: one line, non-zero exit, nothing changed', function () {
     it('missing object file', function () {
       const ns = makeNetns();

@@ -138,7 +138,7 @@ describe('model: DATAPATH.md section 3', () => {
 
     it('vbr-neuv ingress: a DA UCMAC of an unknown id passes, even if the SA is a known UCMAC', () => {
       const f = ipv4(ucmac(0x4242), ucmac(ID));
-      same(decide(s, 'vbr', DP, f), { ret: 'ok', frameOut: f, reason: Reason.PASS_NO_PAIR });
+      same(decide(s, 'vbr', DP, f), { ret: 'pass', frameOut: f, reason: Reason.PASS_NO_PAIR });
     });
 
     for (const [what, f] of [
@@ -148,7 +148,7 @@ describe('model: DATAPATH.md section 3', () => {
       ['only three bytes of the prefix', ipv4(Buffer.from([0x4e, 0x65, 0x75, 0x57, 0x12, 0x34]), GW)],
     ] as const) {
       it(`vbr-neuv ingress: matching no pair (${what}) -> to the stack`, () => {
-        same(decide(s, 'vbr', DP, f), { ret: 'ok', frameOut: f, reason: Reason.PASS_NO_PAIR });
+        same(decide(s, 'vbr', DP, f), { ret: 'pass', frameOut: f, reason: Reason.PASS_NO_PAIR });
       });
     }
 
@@ -287,8 +287,8 @@ describe('model: DATAPATH.md section 3', () => {
     const s = state(Mode.FWD);
     it('a port with no entry passes to the stack (PASS_NO_PORT), no pair counters', () => {
       const f = ipv4(M, GW);
-      same(decide(s, 'vex', 99, f), { ret: 'ok', frameOut: f, reason: Reason.PASS_NO_PORT });
-      same(decide(s, 'vin', 99, f), { ret: 'ok', frameOut: f, reason: Reason.PASS_NO_PORT });
+      same(decide(s, 'vex', 99, f), { ret: 'pass', frameOut: f, reason: Reason.PASS_NO_PORT });
+      same(decide(s, 'vin', 99, f), { ret: 'pass', frameOut: f, reason: Reason.PASS_NO_PORT });
     });
     it('an entry whose role does not match the hook is dropped (DROP_ROLE)', () => {
       const f = ipv4(M, GW);
@@ -320,7 +320,7 @@ describe('model: DATAPATH.md section 3', () => {
           const s = state(mode);
           same(decide(s, 'vex', VEX, g), toPeer(VIN, g, Dir.TO_WL));
           same(decide(s, 'vin', VIN, g), toPeer(VEX, g, Dir.FROM_WL));
-          same(decide(s, 'vbr', DP, g), { ret: 'ok', frameOut: g, reason: Reason.PASS_NO_PAIR });
+          same(decide(s, 'vbr', DP, g), { ret: 'pass', frameOut: g, reason: Reason.PASS_NO_PAIR });
         }
       });
     }
@@ -380,8 +380,8 @@ describe('model: DATAPATH.md section 3', () => {
       decide(state(Mode.TAP), 'vex', VEX, f);
       assert.deepEqual(f, before);
     });
-    it('retval maps ok/shot/redirect to TC_ACT_OK/SHOT/REDIRECT', () => {
-      assert.deepEqual([retval('ok'), retval('shot'), retval('redirect')], [0, 2, 7]);
+    it('retval maps pass/shot/redirect to TC_ACT_UNSPEC/SHOT/REDIRECT', () => {
+      assert.deepEqual([retval('pass'), retval('shot'), retval('redirect')], [-1, 2, 7]);
     });
   });
 });

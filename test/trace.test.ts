@@ -35,7 +35,7 @@ import { DpFixture } from './dp-fixture';
 import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
 import { CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, type Netns } from './helpers';
 
-const OK = 0;
+const PASS = -1; // TC_ACT_UNSPEC
 const SHOT = 2;
 const REDIRECT = 7;
 
@@ -190,7 +190,7 @@ describe('trace records (kernel, BPF_PROG_TEST_RUN)', function () {
 
     ({ records } = run('vbr', dp.lo, [ipv4(GW, OTHER)]));
     r = records[0]!;
-    assert.deepEqual([r.d.action, r.d.hasId, r.d.reason, r.d.mode], [OK, false, Reason.PASS_NO_PAIR, 0]);
+    assert.deepEqual([r.d.action, r.d.hasId, r.d.reason, r.d.mode], [PASS, false, Reason.PASS_NO_PAIR, 0]);
   });
 
   it('a port with no entry; a header-only frame', function () {
@@ -198,7 +198,7 @@ describe('trace records (kernel, BPF_PROG_TEST_RUN)', function () {
     dp.ports.delete(u32Key(vex));
     traceOn();
     let { records } = run('vex', vex, [arp(M, GW)]);
-    assert.deepEqual([records[0]!.d.hasId, records[0]!.d.reason, records[0]!.d.action, records[0]!.proto], [false, Reason.PASS_NO_PORT, OK, 0x0806]);
+    assert.deepEqual([records[0]!.d.hasId, records[0]!.d.reason, records[0]!.d.action, records[0]!.proto], [false, Reason.PASS_NO_PORT, PASS, 0x0806]);
     assert.equal(hex(records[0]!.before), hex(Buffer.concat([M, GW])));
     // (test_run refuses frames under 14 bytes, so NEUV_TF_SHORT is not reachable here.)
     ({ records } = run('vin', vin, [frame(GW, M, 0x88cc, 0)]));
