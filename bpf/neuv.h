@@ -11,6 +11,7 @@
 #define NEUV_H
 
 #include <linux/types.h>
+#include <linux/bpf.h> /* struct bpf_spin_lock */
 
 /* "NeuV": the first four bytes of every pair's unicast MAC (UCMAC). */
 #define NEUV_UCMAC_B0 0x4e
@@ -48,6 +49,14 @@ enum neuv_role {
 /*
  * Map neuv_ports: key __u32 ingress ifindex (a vin or vex), value struct neuv_port.
  * One entry per port; a pair is two entries pointing at each other.
+ *
+ * The lock is never taken by the programs: it is there so that userspace
+ * writes an existing entry in place (bpf_map_update_elem with BPF_F_LOCK).
+ * A plain update of a hash map swaps in another element and hands the old
+ * one to the next update on that CPU at once; a program still reading the
+ * old one (the vex entry of a mode switch) could then read the next key's
+ * value (the vin entry written right after it) and drop or misdirect that
+ * frame. In place, a reader sees each field old or new.
  */
 struct neuv_port {
 	__u32 peer_ifindex; /* the pair's other port (vex for a vin, vin for a vex) */
@@ -57,6 +66,7 @@ struct neuv_port {
 	__u8  mode;         /* enum neuv_mode */
 	__u8  mac[6];       /* the workload MAC M */
 	__u8  pad[2];
+	struct bpf_spin_lock lock; /* for BPF_F_LOCK updates from userspace only */
 };
 
 /*

@@ -86,7 +86,7 @@ export interface StructDecl {
 
 export const PortDecl: StructDecl = {
   name: 'neuv_port',
-  size: 20,
+  size: 24,
   members: [
     { name: 'peer_ifindex', offset: 0, size: 4 },
     { name: 'flags', offset: 4, size: 4 },
@@ -95,8 +95,17 @@ export const PortDecl: StructDecl = {
     { name: 'mode', offset: 11, size: 1 },
     { name: 'mac', offset: 12, size: 6 },
     { name: 'pad', offset: 18, size: 2 },
+    { name: 'lock', offset: 20, size: 4 },
   ],
 };
+
+/**
+ * Flags every write of a neuv_ports entry carries: BPF_F_LOCK, so an existing
+ * entry is updated in place (see struct neuv_port in bpf/neuv.h: a plain
+ * update hands the replaced element to the next update at once, under a
+ * program that may still be reading it).
+ */
+export const PORT_UPDATE = 4; /* BPF_F_LOCK */
 
 export const IdDecl: StructDecl = {
   name: 'neuv_id',

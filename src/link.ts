@@ -101,16 +101,17 @@ export const VTH = 'vth-neuv';
  * both up, tx/rx checksum offload off. Returns true if created, false if it
  * already existed (then only the MTU is brought in line).
  */
-export async function ensureDpPair(mtu: number, vbrIndex: number, vthIndex: number): Promise<boolean> {
+export async function ensureDpPair(mtu: number, vbrIndex: number, vthIndex: number): Promise<{ created: boolean; mtuWas?: number }> {
   const lg = log('link');
   if (ifNameToIndex(VBR)) {
     const [l] = await linkShow(VBR);
     if (l && l.mtu !== mtu) {
       await run('ip', ['link', 'set', 'dev', VBR, 'mtu', String(mtu)]);
       await run('ip', ['link', 'set', 'dev', VTH, 'mtu', String(mtu)]);
-      lg.info({ mtu }, 'vbr-neuv MTU changed');
+      lg.info({ mtu, was: l.mtu }, 'vbr-neuv MTU changed');
+      return { created: false, mtuWas: l.mtu };
     }
-    return false;
+    return { created: false };
   }
   await run('ip', [
     'link', 'add', VBR, 'index', String(vbrIndex), 'mtu', String(mtu), 'type', 'veth',
@@ -126,7 +127,7 @@ export async function ensureDpPair(mtu: number, vbrIndex: number, vthIndex: numb
     throw e;
   }
   lg.info({ vbr: vbrIndex, vth: vthIndex, mtu }, 'created vbr-neuv/vth-neuv');
-  return true;
+  return { created: true };
 }
 
 /** Enters a network namespace by name (/var/run/netns/NAME) or path, for this thread. */

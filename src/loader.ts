@@ -24,8 +24,11 @@ import {
   VTH_IFINDEX,
   PortFlag,
   FLOWS_DEFAULT,
+  PortDecl,
+  PORT_UPDATE,
+  encodePort,
 } from './layout';
-import { VBR, ensureDpPair, ifindexIfExists, ifname, run } from './link';
+import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
 import { crashPoint } from './crash';
 
@@ -230,22 +233,40 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const hadPins = new Set(fs.readdirSync(pinRoot));
   const replaced = hadPins.has(MAPS.ports.name);
 
-  const obj = BpfObject.open(objPath, {
-    pinRoot,
-    rodata: { neuv_set_pkt_type: feats.pktTypeFix ? 1 : 0, ...(process.env.NEUV_BPF_BUILD_TAG ? { neuv_build_tag: Number(process.env.NEUV_BPF_BUILD_TAG) >>> 0 } : {}), ...opts.rodata },
-  });
-  undo.push('close object', () => obj.close());
   try {
+    const obj = BpfObject.open(objPath, {
+      pinRoot,
+      rodata: { neuv_set_pkt_type: feats.pktTypeFix ? 1 : 0, ...(process.env.NEUV_BPF_BUILD_TAG ? { neuv_build_tag: Number(process.env.NEUV_BPF_BUILD_TAG) >>> 0 } : {}), ...opts.rodata },
+    });
+    undo.push('close object', () => obj.close());
     checkLayout(obj);
+    const portsBefore = setAsideOldPorts(pinRoot, undo);
     obj.setMaxEntries(MAPS.flows.name, flowsSize(pinRoot, hadPins.has(MAPS.flows.name), opts.flows));
     const mtu = opts.jumbo ? 9000 : 2048;
-    const created = await ensureDpPair(mtu, VBR_IFINDEX, VTH_IFINDEX);
+    const { created, mtuWas } = await ensureDpPair(mtu, VBR_IFINDEX, VTH_IFINDEX);
     crashPoint('load:after-dp-pair');
     if (created) undo.push(`delete ${VBR}`, () => run('ip', ['link', 'del', 'dev', VBR], { allowFail: true }));
+    if (mtuWas !== undefined) {
+      undo.push(`restore the MTU ${mtuWas} of ${VBR}/vth-neuv`, async () => {
+        for (const dev of [VBR, VTH]) await run('ip', ['link', 'set', 'dev', dev, 'mtu', String(mtuWas)], { allowFail: true });
+      });
+    }
     const vbrIndex = ifindexIfExists(VBR);
 
     obj.load();
     crashPoint('load:after-obj-load');
+    if (portsBefore) {
+      // The new neuv_ports gets the old entries before any hook runs its program.
+      const pm = obj.map(MAPS.ports.name);
+      for (const [k, e] of portsBefore.entries) {
+        try {
+          pm.update(k, encodePort(e), PORT_UPDATE | 1 /* BPF_NOEXIST */);
+        } catch (err) {
+          if ((err as { errno?: number }).errno !== 17 /* EEXIST: copied by a killed load already */) throw err;
+        }
+      }
+      lg.info({ entries: portsBefore.entries.length }, 'neuv_ports upgraded to the layout with a lock (entries copied)');
+    }
     // Maps libbpf pinned anew in this run go away on failure; reused ones stay.
     for (const name of Object.values(MAPS).map((m) => m.name)) {
       if (!hadPins.has(name)) undo.push(`unpin ${name}`, () => fs.rmSync(path.join(pinRoot, name), { force: true }));
@@ -306,6 +327,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     crashPoint('load:before-commit');
     undo.clear();
     obj.close();
+    // Every hook runs the new programs now, which use the new map: the old one can go.
+    if (portsBefore) fs.rmSync(portsBefore.aside, { force: true });
     lg.info({ pinRoot, replaced, progIds, reattached, attach: vbrAtt.kind }, replaced ? 'programs replaced in place' : 'datapath loaded');
     return { pinRoot, created, replaced, progIds, mapIds, reattached, attach: vbrAtt.kind };
   } catch (e) {
@@ -313,6 +336,54 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     throw e;
   }
 }
+
+/**
+ * A datapath loaded by an older build pinned neuv_ports with 20-byte values
+ * (before struct neuv_port had its lock). libbpf cannot reuse a pinned map of
+ * another value size, so that pin is moved aside to neuv_ports_old (the
+ * running programs keep the map: they hold it), load() pins a new one and
+ * copies the entries into it before any hook is swapped, and the old pin is
+ * removed once the new programs run. A failed load puts the old pin back
+ * (undo). A load killed half-way leaves neuv_ports_old: the next load copies
+ * from it again, adding only the entries the new map lacks.
+ */
+function setAsideOldPorts(pinRoot: string, undo: Undo): { entries: Array<[Buffer, ReturnType<typeof decodePort>]>; aside: string } | undefined {
+  const pin = path.join(pinRoot, MAPS.ports.name);
+  const aside = `${pin}_old`; // bpffs refuses names with a '.'
+  const valueSize = (p: string) => {
+    const m = MapFd.fromPin(p);
+    try {
+      return m.info.valueSize;
+    } finally {
+      m.close();
+    }
+  };
+  if (fs.existsSync(pin)) {
+    const size = valueSize(pin);
+    if (size === PortDecl.size && !fs.existsSync(aside)) return undefined;
+    if (size !== PortDecl.size) {
+      if (size !== LEGACY_PORT_SIZE) {
+        throw new NeuvError(`pinned ${MAPS.ports.name} has ${size}-byte values; this loader knows ${PortDecl.size} (and ${LEGACY_PORT_SIZE}, before the lock): unload first`, ExitCode.CONFLICT);
+      }
+      fs.rmSync(aside, { force: true });
+      fs.renameSync(pin, aside);
+      undo.push(`put back the old ${MAPS.ports.name}`, () => {
+        fs.rmSync(pin, { force: true });
+        fs.renameSync(aside, pin);
+      });
+    }
+  } else if (!fs.existsSync(aside)) {
+    return undefined;
+  }
+  const old = MapFd.fromPin(aside);
+  try {
+    // decodePort reads bytes 0-17, the same in both layouts.
+    return { entries: old.entries().map(([k, v]) => [Buffer.from(k), decodePort(v)]), aside };
+  } finally {
+    old.close();
+  }
+}
+const LEGACY_PORT_SIZE = 20;
 
 // ---------------------------------------------------------------- unload
 

@@ -77,6 +77,7 @@ import {
   encodeId,
   encodePort,
   encodeStats,
+  PORT_UPDATE,
   u32Key,
 } from './layout';
 import { LinkJson, VBR, linkShow, run } from './link';
@@ -1091,7 +1092,7 @@ function seed(m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>): Seede
     for (const [role, ifindex] of [['vex', p.vexIfindex], ['vin', p.vinIfindex]] as const) {
       const key = u32Key(ifindex);
       if (m.ports.lookup(key)) continue;
-      m.ports.update(key, encodePort(want[role]), 1);
+      m.ports.update(key, encodePort(want[role]), PORT_UPDATE | 1);
       s.created.push({ map: 'ports', key });
     }
     return s;

@@ -51,6 +51,7 @@ import {
   encodeId,
   encodePort,
   encodeStats,
+  PORT_UPDATE,
   u32Key,
 } from './layout';
 import { LinkJson, VBR, VTH, linkShow, validateIfName } from './link';
@@ -877,9 +878,9 @@ export class Datapath {
             const old = st.ports.get(self.ifindex);
             const e = want(role);
             if (old && encodePort(old).equals(encodePort(e))) continue;
-            m.ports.update(u32Key(self.ifindex), encodePort(e), old ? 2 /* BPF_EXIST */ : 1 /* BPF_NOEXIST */);
+            m.ports.update(u32Key(self.ifindex), encodePort(e), PORT_UPDATE | (old ? 2 /* BPF_EXIST */ : 1) /* BPF_NOEXIST */);
             const key = u32Key(self.ifindex);
-            undo.push(`port ${self.name}`, () => (old ? m.ports.update(key, encodePort(old)) : m.ports.delete(key)));
+            undo.push(`port ${self.name}`, () => (old ? m.ports.update(key, encodePort(old), PORT_UPDATE) : m.ports.delete(key)));
             st.ports.set(self.ifindex, e);
             crashPoint(`pair-add:after-${role}-entry`);
             if (p.existing) repaired.push(old ? `${role} entry flags` : `${role} entry`);
@@ -952,8 +953,8 @@ export class Datapath {
               if (e.mode === to) continue;
               switched = true;
               const key = u32Key(ifindex);
-              m.ports.update(key, encodePort({ ...e, mode: to }), 2 /* BPF_EXIST */);
-              undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), 2));
+              m.ports.update(key, encodePort({ ...e, mode: to }), PORT_UPDATE | 2 /* BPF_EXIST */);
+              undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), PORT_UPDATE | 2));
               crashPoint(ifindex === r.vex ? 'pair-mode:after-vex' : 'pair-mode:after-vin');
             }
           } catch (e) {
@@ -1024,7 +1025,7 @@ export class Datapath {
               if (!e || e.id !== r.id) continue;
               const key = u32Key(ifindex);
               m.ports.delete(key);
-              undo.push(`port ${ifindex}`, () => m.ports.update(key, encodePort(e), 1));
+              undo.push(`port ${ifindex}`, () => m.ports.update(key, encodePort(e), PORT_UPDATE | 1));
               crashPoint('pair-del:after-port');
             }
             const statsOld = m.stats.lookup(idKey);

@@ -150,8 +150,8 @@ for (const kind of ['tcx', 'tc'] as const) {
         const p = ports(t.pins);
         assert.equal(p.size, 2);
         const qd = kind === 'tc' ? 4 : 0;
-        assert.deepEqual(p.get(vin), { peer_ifindex: vex, flags: qd, id, role: 1, mode: 2, mac: [2, 0, 0, 0, 0, 1], pad: [0, 0] });
-        assert.deepEqual(p.get(vex), { peer_ifindex: vin, flags: qd, id, role: 2, mode: 2, mac: [2, 0, 0, 0, 0, 1], pad: [0, 0] });
+        assert.deepEqual(p.get(vin), { peer_ifindex: vex, flags: qd, id, role: 1, mode: 2, mac: [2, 0, 0, 0, 0, 1], pad: [0, 0], lock: { val: 0 } });
+        assert.deepEqual(p.get(vex), { peer_ifindex: vin, flags: qd, id, role: 2, mode: 2, mac: [2, 0, 0, 0, 0, 1], pad: [0, 0], lock: { val: 0 } });
         assert.deepEqual(dump(t.pins, 'neuv_ids'), [{ key: id, value: { vin_ifindex: vin, vex_ifindex: vex } }]);
         const stats = dump<Array<{ value: { c: Array<Array<{ packets: number; bytes: number }>> } }>>(t.pins, 'neuv_stats');
         assert.equal(stats.length, 1);

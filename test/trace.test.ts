@@ -547,7 +547,7 @@ describe('load over the pins of a pre-trace datapath (kernel)', function () {
     assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
   });
 
-  it('reuses the five maps (ids and entries kept) and pins neuv_trace anew; trace then works', async function () {
+  it('reuses four maps, moves neuv_ports to its new layout with its entries, pins neuv_trace anew; trace then works', async function () {
     const ns = makeNetns();
     const pins = makePinRoot();
     fs.mkdirSync(pins, { mode: 0o700 });
@@ -556,6 +556,9 @@ describe('load over the pins of a pre-trace datapath (kernel)', function () {
     const oldIds: Record<string, number> = {};
     for (const n of ['neuv_ports', 'neuv_ids', 'neuv_stats', 'neuv_global', 'neuv_config']) oldIds[n] = old.map(n).info.id;
     old.map('neuv_ids').update(u32Key(7), Buffer.from([1, 0, 0, 0, 2, 0, 0, 0]));
+    // A port entry in the layout of that time: 20 bytes, no lock.
+    const oldPort = Buffer.from('02000000' + '00000000' + '0700' + '01' + '02' + '020000000001' + '0000', 'hex');
+    old.map('neuv_ports').update(u32Key(1), oldPort);
     old.close();
     assert.deepEqual(fs.readdirSync(pins).sort(), Object.keys(oldIds).sort());
 
@@ -563,7 +566,19 @@ describe('load over the pins of a pre-trace datapath (kernel)', function () {
     assert.equal(r.code, 0, r.stderr);
     onCleanup(() => cli(['--netns', ns.name, '--bpffs', pins, 'unload']));
     const res = JSON.parse(r.stdout) as { replaced: boolean; mapIds: Record<string, number> };
-    for (const [n, id] of Object.entries(oldIds)) assert.equal(res.mapIds[n], id, `${n} reused`);
+    // neuv_ports changed layout since (a lock for in-place updates): a new map with the same entries.
+    for (const [n, id] of Object.entries(oldIds)) {
+      if (n === 'neuv_ports') assert.notEqual(res.mapIds[n], id, 'neuv_ports replaced (20-byte values then, 24 now)');
+      else assert.equal(res.mapIds[n], id, `${n} reused`);
+    }
+    const ports = MapFd.fromPin(path.join(pins, 'neuv_ports'));
+    try {
+      assert.equal(ports.info.valueSize, 24);
+      assert.deepEqual(ports.lookup(u32Key(1)), Buffer.concat([oldPort, Buffer.alloc(4)]), 'the port entry copied over');
+    } finally {
+      ports.close();
+    }
+    assert.equal(fs.existsSync(path.join(pins, 'neuv_ports_old')), false, 'the old map unpinned');
     assert.ok(res.mapIds.neuv_trace! > 0);
     assert.ok(fs.existsSync(path.join(pins, 'neuv_trace')));
     assert.equal(fs.statSync(path.join(pins, 'neuv_trace')).mode & 0o777, 0o600);

@@ -71,7 +71,7 @@ describe('codecs', function () {
   it('port entries round-trip and match the C layout byte for byte', function () {
     const p = { peerIfindex: 0x01020304, flags: 3, id: 0xbeef, role: Role.VEX, mode: Mode.TAP, mac: Buffer.from([2, 0x42, 0xac, 0x11, 0, 2]) };
     const b = encodePort(p);
-    assert.equal(b.toString('hex'), '04030201' + '03000000' + 'efbe' + '02' + '02' + '0242ac110002' + '0000');
+    assert.equal(b.toString('hex'), '04030201' + '03000000' + 'efbe' + '02' + '02' + '0242ac110002' + '0000' + '00000000' /* lock */);
     assert.deepEqual(decodePort(b), p);
   });
   it('config and stats round-trip; per-CPU stats add up', function () {
