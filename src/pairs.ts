@@ -22,7 +22,7 @@ import * as path from 'node:path';
 import { CLONE_NEWNET, MapFd, ProgFd, ifIndexToName, ifNameToIndex, setns } from './bpf';
 import { AttachKind, attach, attachState, detach, linkPinPath, preferredKind } from './attach';
 import { features } from './features';
-import { ConflictError, NeuvError, NotFoundError, UsageError } from './errors';
+import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import {
   DIR_COUNT,
   DIR_NAMES,
@@ -52,6 +52,7 @@ import {
   encodePort,
   encodeStats,
   PORT_UPDATE,
+  PortDecl,
   u32Key,
 } from './layout';
 import { LinkJson, VBR, VTH, linkShow, validateIfName } from './link';
@@ -569,6 +570,13 @@ export class Datapath {
         if (OPTIONAL_MAPS.has(n) && !fs.existsSync(path.join(this.pinRoot, MAPS[n].name))) continue;
         const fd = MapFd.fromPin(path.join(this.pinRoot, MAPS[n].name));
         opened.push(fd);
+        if (n === 'ports' && fd.info.valueSize !== PortDecl.size) {
+          // Read-only commands could decode it (the first 18 bytes are the same), but writes need the lock.
+          throw new NeuvError(
+            `${MAPS.ports.name} under ${this.pinRoot} has ${fd.info.valueSize}-byte entries: the datapath was loaded by an older neuv-bpf; run neuv-bpf load to upgrade it`,
+            ExitCode.CONFLICT,
+          );
+        }
         m[n] = fd;
       }
       return fn(m);

@@ -601,5 +601,9 @@ describe('load over the pins of a pre-trace datapath (kernel)', function () {
     const r = cli(['--bpffs', pins, 'trace']);
     assert.equal(r.code, 4, r.stderr);
     assert.match(r.stderr.trim(), /^neuv-bpf: .*neuv_trace is missing: the loaded datapath predates tracing; run neuv-bpf load to upgrade it/);
+    // Its neuv_ports has the 20-byte entries of that time: the pair commands say the same.
+    const s = cli(['--bpffs', pins, 'show']);
+    assert.equal(s.code, 5, s.stderr);
+    assert.match(s.stderr.trim(), /^neuv-bpf: neuv_ports under \S+ has 20-byte entries: the datapath was loaded by an older neuv-bpf; run neuv-bpf load to upgrade it$/);
   });
 });
