@@ -35,8 +35,8 @@ import {
 import type { Hook, ModelState } from '../src/model';
 import { makeNetns, makePinRoot, OBJ, onCleanup } from './helpers';
 
-const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
-const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
+export const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
+export const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
 
 /** test_run refuses IP frames too short for their L3 header; see the file comment. */
 export function kernelAccepts(frame: Uint8Array): boolean {

@@ -422,6 +422,17 @@ describe('flow offload (BPF_PROG_TEST_RUN)', function () {
   });
 });
 
+/** The CLI in a netns on a pin root: c() returns the result, ok() asserts exit 0 and returns stdout. */
+function cliIn(netns: string, pins: string): { c: (args: string[]) => ReturnType<typeof cli>; ok: (args: string[]) => string } {
+  const c = (args: string[]) => cli(['--netns', netns, '--bpffs', pins, ...args]);
+  const ok = (args: string[]) => {
+    const r = c(args);
+    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+  return { c, ok };
+}
+
 describe('flow offload: CLI on a loaded datapath (kernel)', function () {
   this.timeout(300000); // some 30 CLI runs: minutes in an emulated VM
   before(function () {
@@ -432,12 +443,7 @@ describe('flow offload: CLI on a loaded datapath (kernel)', function () {
   it('flow allow/deny/list/revoke; pair mode and pair del clear the pair\'s flows; load --flows sizes the map once', function () {
     const t = makePairTopology({ subnet: '10.78.0' });
     const pins = makePinRoot();
-    const c = (args: string[]) => cli(['--netns', t.enforcer.name, '--bpffs', pins, ...args]);
-    const ok = (args: string[]) => {
-      const r = c(args);
-      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
-      return r.stdout;
-    };
+    const { c, ok } = cliIn(t.enforcer.name, pins);
     try {
       ok(['load', '--flows', '1024']);
       const m = MapFd.fromPin(path.join(pins, 'neuv_flows'));
@@ -501,12 +507,7 @@ describe('flow offload: CLI on a loaded datapath (kernel)', function () {
   it('pins of a datapath loaded before flow offload (no neuv_flows): pairs work as before, flow commands say why not, load adds the maps', function () {
     const t = makePairTopology({ subnet: '10.78.1' });
     const pins = makePinRoot();
-    const c = (args: string[]) => cli(['--netns', t.enforcer.name, '--bpffs', pins, ...args]);
-    const ok = (args: string[]) => {
-      const r = c(args);
-      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
-      return r.stdout;
-    };
+    const { c, ok } = cliIn(t.enforcer.name, pins);
     try {
       ok(['load']);
       for (const m of ['neuv_flows', 'neuv_flow_stats']) fs.rmSync(path.join(pins, m));

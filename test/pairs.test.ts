@@ -32,6 +32,7 @@ import { features } from '../src/features';
 import { configureLogging } from '../src/log';
 import { Datapath } from '../src/pairs';
 import { ProgFd, setns, testRun } from '../src/bpf';
+import { SKB_CTX_IFINDEX, SKB_CTX_SIZE } from './dp-fixture';
 import { makePairTopology, ping, startUdpStream } from './traffic';
 
 interface PortDump {
@@ -523,17 +524,6 @@ describe('Datapath API (kernel)', function () {
     assert.deepEqual((await dp.show()).pairs, []);
     assert.equal(fs.readlinkSync('/proc/thread-self/ns/net'), home);
   });
-});
-
-describe('mode switches against a running program (kernel)', function () {
-  before(function () {
-    requireKernel(this);
-  });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
 
   // A plain update of a hash map entry swaps in another element and hands the old one to the next
   // update on that CPU: a program still reading the old vex element then read the vin entry written
@@ -548,8 +538,8 @@ describe('mode switches against a running program (kernel)', function () {
     assert.equal(runCli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC1, '--mode', 'bypass']).code, 0);
     const prog = ProgFd.fromPin(path.join(pins, 'prog_vex'));
     onCleanup(() => prog.close());
-    const ctx = Buffer.alloc(192); // struct __sk_buff: ifindex at 40 (test_run leaves ingress_ifindex 0)
-    ctx.writeUInt32LE(ifindexOf(ns, 'vex1'), 40);
+    const ctx = Buffer.alloc(SKB_CTX_SIZE); // test_run leaves ingress_ifindex 0: the program finds the port by ifindex
+    ctx.writeUInt32LE(ifindexOf(ns, 'vex1'), SKB_CTX_IFINDEX);
     const frame = Buffer.alloc(64);
     Buffer.from([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0, 0x45]).copy(frame); // IPv4 to the workload MAC
     const ms = 5000 * TIME_SCALE;
