@@ -18,7 +18,8 @@
  *   1. (load the datapath if it is not loaded: vbr-neuv and its legacy
  *      ingress qdisc are kept, neuv_vbr runs ahead of NeuVector's vbr-neuv
  *      filters: tcx, or tc pref 1 on the ingress block);
- *   2. write every pair's map entries (ids, stats, vex, vin) before any hook:
+ *   2. write every pair's map entries (stats, vex, vin, then ids: neuv_vbr
+ *      never sees an id without its ports) before any hook:
  *      from then on neuv_vbr delivers the DP's frames of these UCMACs exactly
  *      as NeuVector's vbr-neuv rules did, while vin/vex still run NeuVector's
  *      rules;
@@ -1004,20 +1005,21 @@ function planSteps(p: DiscoveredPair, attachKind: string): string[] {
   ];
 }
 
-interface Seeded {
+export interface Seeded {
   pair: DiscoveredPair;
   /** Map keys this run created (removed again when the pair is rolled back). */
   created: Array<{ map: 'ports' | 'ids' | 'stats'; key: Buffer }>;
 }
 
-interface MapsRW {
+export interface MapsRW {
   ports: MapFd;
   ids: MapFd;
   stats: MapFd;
   close(): void;
 }
 
-function openMaps(pinRoot: string): MapsRW {
+/** The pinned maps adopt writes (exported with seed/unseed for the seed-order race test). */
+export function openMaps(pinRoot: string): MapsRW {
   const opened: MapFd[] = [];
   try {
     const open = (name: string) => {
@@ -1075,18 +1077,23 @@ function checkMaps(m: MapsRW, pairs: DiscoveredPair[], links: Map<string, LinkJs
   }
 }
 
-/** Writes the pair's entries that are missing; returns what it created. */
-function seed(m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>): Seeded {
+/**
+ * Writes the pair's entries that are missing; returns what it created.
+ * neuv_vbr may already be delivering the DP's frames (ours runs ahead of
+ * NeuVector's vbr-neuv rules): it looks up the id, then the port the id
+ * names, and drops the frame when the port is missing (drop_no_peer). So the
+ * counters and both ports come first and the id last: until the id is there
+ * neuv_vbr passes the pair's frames on to NeuVector's rules, afterwards it
+ * finds everything. The ports alone change nothing: no hook of ours runs on
+ * vin/vex yet.
+ */
+export function seed(m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>): Seeded {
   const s: Seeded = { pair: p, created: [] };
   try {
     const idKey = u32Key(p.id);
     if (!m.stats.lookup(idKey)) {
       m.stats.update(idKey, encodeStats(emptyStats()), 1 /* BPF_NOEXIST */);
       s.created.push({ map: 'stats', key: idKey });
-    }
-    if (!m.ids.lookup(idKey)) {
-      m.ids.update(idKey, encodeId({ vinIfindex: p.vinIfindex, vexIfindex: p.vexIfindex }), 1);
-      s.created.push({ map: 'ids', key: idKey });
     }
     const want = wantedEntries(p, links);
     for (const [role, ifindex] of [['vex', p.vexIfindex], ['vin', p.vinIfindex]] as const) {
@@ -1095,6 +1102,10 @@ function seed(m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>): Seede
       m.ports.update(key, encodePort(want[role]), PORT_UPDATE | 1);
       s.created.push({ map: 'ports', key });
     }
+    if (!m.ids.lookup(idKey)) {
+      m.ids.update(idKey, encodeId({ vinIfindex: p.vinIfindex, vexIfindex: p.vexIfindex }), 1);
+      s.created.push({ map: 'ids', key: idKey });
+    }
     return s;
   } catch (e) {
     unseed(m, s);
@@ -1102,9 +1113,9 @@ function seed(m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>): Seede
   }
 }
 
-/** Removes what seed() created, ports first (the vbr-neuv program then finds no pair: as before). */
-function unseed(m: MapsRW, s: Seeded): void {
-  const order = { ports: 0, ids: 1, stats: 2 } as const;
+/** Removes what seed() created, the id first (neuv_vbr then passes the pair's frames on, as before), then the ports and counters. */
+export function unseed(m: MapsRW, s: Seeded): void {
+  const order = { ids: 0, ports: 1, stats: 2 } as const;
   for (const c of [...s.created].reverse().sort((a, b) => order[a.map] - order[b.map])) {
     try {
       m[c.map].delete(c.key);

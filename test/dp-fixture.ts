@@ -18,7 +18,10 @@
  * - The kernel refuses (EINVAL) an IPv4 frame with fewer than 20 bytes after
  *   the Ethernet header and an IPv6 one with fewer than 40.
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import * as path from 'node:path';
 import { BpfObject, MapFd, ifNameToIndex, setns, CLONE_NEWNET, testRun } from '../src/bpf';
 import {
   addGlobal,
@@ -33,7 +36,7 @@ import {
   u32Key,
 } from '../src/layout';
 import type { Hook, ModelState } from '../src/model';
-import { makeNetns, makePinRoot, OBJ, onCleanup } from './helpers';
+import { makeNetns, makePinRoot, OBJ, onCleanup, ROOT } from './helpers';
 
 export const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
 export const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
@@ -168,4 +171,64 @@ export function globalDelta(before: bigint[], after: bigint[]): string[] {
   const out: string[] = [];
   for (let r = 0; r < after.length; r++) if (after[r] !== before[r]) out.push(`${r}:${after[r]! - before[r]!}`);
   return out;
+}
+
+const EINTR = osConstants.errno.EINTR;
+
+export interface RaceResult {
+  /** Program runs done while the writer ran. */
+  runs: number;
+  /** What the writer reported (its loop count). */
+  switches: number;
+  /** How many batches ended with each return value (the last run of a batch). */
+  retvals: Map<number, number>;
+}
+
+/**
+ * Runs the program `prog` on `frame` (ctx ifindex `ifindex`, looked up in
+ * netns `ns`) in batches of `repeat` BPF_PROG_TEST_RUN runs for `ms`
+ * milliseconds on this CPU, while test/tools/flipper.js `writerArgs`
+ * rewrites map entries from another process: the reader side of the map race
+ * tests. The runs of a batch share one skb: a program that rewrites the
+ * frame sees its own rewrite from the second run on (use repeat 1 there).
+ */
+export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: number, frame: Buffer, writerArgs: string[], ms: number, repeat = 100000): Promise<RaceResult> {
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'test', 'tools', 'flipper.js'), ...writerArgs, String(ms)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  onCleanup(() => child.kill('SIGKILL'));
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((r) => child.on('close', r));
+  const ctx = Buffer.alloc(SKB_CTX_SIZE); // test_run leaves ingress_ifindex 0: the program finds the port by ifindex
+  ctx.writeUInt32LE(ifindex, SKB_CTX_IFINDEX);
+  // The ifindex in ctx is looked up in the netns of the calling thread: enter it for each batch.
+  const target = fs.openSync(`/var/run/netns/${ns}`, 'r');
+  const home = fs.openSync('/proc/thread-self/ns/net', 'r');
+  const retvals = new Map<number, number>();
+  let runs = 0;
+  try {
+    await new Promise((r) => setTimeout(r, 200));
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      setns(target, CLONE_NEWNET, ns);
+      try {
+        const v = testRun(prog.fd, frame, { ctxIn: ctx, repeat }).retval;
+        retvals.set(v, (retvals.get(v) ?? 0) + 1);
+        runs += repeat;
+      } catch (e) {
+        // A signal (the writer's SIGCHLD) stops a repeat loop part way: that batch is not counted.
+        if ((e as { errno?: number }).errno !== EINTR) throw e;
+      } finally {
+        setns(home, CLONE_NEWNET, 'the original network namespace');
+      }
+      if (runs % 100000 < repeat) await new Promise((r) => setImmediate(r));
+    }
+  } finally {
+    fs.closeSync(target);
+    fs.closeSync(home);
+  }
+  const code = await exited;
+  if (code !== 0) throw new Error(`flipper ${writerArgs[0]} exited ${code}: ${err}`);
+  return { runs, switches: (JSON.parse(out) as { switches: number }).switches, retvals };
 }

@@ -5,14 +5,13 @@
  * kernel exactly as it was.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   CLI,
   CliResult,
-  ROOT,
   cli as runCli,
   cliSpawn,
   kernelState,
@@ -31,8 +30,8 @@ import { ConflictError, NotFoundError, UsageError } from '../src/errors';
 import { features } from '../src/features';
 import { configureLogging } from '../src/log';
 import { Datapath } from '../src/pairs';
-import { ProgFd, setns, testRun } from '../src/bpf';
-import { SKB_CTX_IFINDEX, SKB_CTX_SIZE } from './dp-fixture';
+import { ProgFd } from '../src/bpf';
+import { raceTestRun } from './dp-fixture';
 import { makePairTopology, ping, startUdpStream } from './traffic';
 
 interface PortDump {
@@ -538,39 +537,9 @@ describe('Datapath API (kernel)', function () {
     assert.equal(runCli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC1, '--mode', 'bypass']).code, 0);
     const prog = ProgFd.fromPin(path.join(pins, 'prog_vex'));
     onCleanup(() => prog.close());
-    const ctx = Buffer.alloc(SKB_CTX_SIZE); // test_run leaves ingress_ifindex 0: the program finds the port by ifindex
-    ctx.writeUInt32LE(ifindexOf(ns, 'vex1'), SKB_CTX_IFINDEX);
     const frame = Buffer.alloc(64);
     Buffer.from([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0, 0x45]).copy(frame); // IPv4 to the workload MAC
-    const ms = 5000 * TIME_SCALE;
-    const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'test', 'tools', 'flipper.js'), pins, ns.name, 'vin1', String(ms)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    onCleanup(() => child.kill('SIGKILL'));
-    let out = '';
-    let err = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    const exited = new Promise<number | null>((r) => child.on('close', r));
-    // Run the program in batches on this CPU while the other process switches modes.
-    let runs = 0;
-    const end = Date.now() + ms;
-    await new Promise((r) => setTimeout(r, 200));
-    // The ifindex in ctx is looked up in the netns of the calling thread: enter it for each batch.
-    const CLONE_NEWNET = 0x40000000;
-    const target = fs.openSync(`/var/run/netns/${ns.name}`, 'r');
-    const home = fs.openSync('/proc/thread-self/ns/net', 'r');
-    onCleanup(() => [target, home].forEach((fd) => fs.closeSync(fd)));
-    while (Date.now() < end) {
-      setns(target, CLONE_NEWNET, ns.name);
-      try {
-        testRun(prog.fd, frame, { ctxIn: ctx, repeat: 100000 });
-      } finally {
-        setns(home, CLONE_NEWNET, 'the original network namespace');
-      }
-      runs += 100000;
-      await new Promise((r) => setImmediate(r));
-    }
-    assert.equal(await exited, 0, err);
-    const switches = (JSON.parse(out) as { switches: number }).switches;
+    const { runs, switches } = await raceTestRun(prog, ns.name, ifindexOf(ns, 'vex1'), frame, ['mode', pins, ns.name, 'vin1'], 5000 * TIME_SCALE);
     const st = JSON.parse(runCli(['--netns', ns.name, '--bpffs', pins, 'stats', '--json']).stdout) as {
       pairs: Array<{ counters: { to_wl: Record<'to_peer' | 'drop', { packets: number }> } }>;
       global: Record<string, number>;

@@ -1,18 +1,23 @@
 /**
- * flipper PIN_ROOT NETNS VIN MS: switches the pair of VIN between tap and
- * bypass through the Datapath API as fast as it goes for MS milliseconds,
- * then prints {"switches":N}. The writer side of the mode-switch race test
- * (test/pairs.test.ts), in a process of its own so it runs on another CPU
- * than the BPF_PROG_TEST_RUN loop.
+ * The writer side of the map race tests, in a process of its own so it runs
+ * on another CPU than the test's BPF_PROG_TEST_RUN loop. Each form runs as
+ * fast as it goes for MS milliseconds, then prints {"switches":N}.
+ *
+ *   flipper mode PIN_ROOT NETNS VIN MS
+ *     switches the pair of VIN between tap and bypass through the Datapath
+ *     API (test/pairs.test.ts: the vex program never reads another port's
+ *     entry);
+ *   flipper seed PIN_ROOT VIN_IFINDEX VEX_IFINDEX ID MS
+ *     writes and removes a FWD pair's entries the way adopt does before it
+ *     attaches anything (src/migrate.ts seed/unseed; test/migrate.test.ts:
+ *     neuv_vbr never finds the id without its ports).
  */
 import { Datapath } from '../../src/pairs';
+import { DiscoveredPair, openMaps, seed, unseed } from '../../src/migrate';
 
-async function main(): Promise<void> {
-  const [pinRoot, netns, vin, ms] = process.argv.slice(2);
-  if (!pinRoot || !netns || !vin || !ms) throw new Error('usage: flipper PIN_ROOT NETNS VIN MS');
+async function flipModes(pinRoot: string, netns: string, vin: string, end: number): Promise<number> {
   const dp = Datapath.open(pinRoot, { netns });
   let n = 0;
-  const end = Date.now() + Number(ms);
   try {
     while (Date.now() < end) {
       await dp.setMode({ in: vin }, n % 2 ? 'bypass' : 'tap');
@@ -21,6 +26,39 @@ async function main(): Promise<void> {
   } finally {
     dp.close();
   }
+  return n;
+}
+
+function seedLoop(pinRoot: string, vinIfindex: number, vexIfindex: number, id: number, end: number): number {
+  const m = openMaps(pinRoot);
+  // What seed() reads of a discovered pair; no links: no redirect_peer flags.
+  const p = { in: 'vin', ex: 'vex', vinIfindex, vexIfindex, id, mac: '02:00:00:00:00:01', mode: 'fwd' } as DiscoveredPair;
+  let n = 0;
+  try {
+    // Each state (entries there, entries gone) lasts about as long as the writes, so the reader sees both.
+    const hold = (ns: bigint) => {
+      const until = process.hrtime.bigint() + ns;
+      while (process.hrtime.bigint() < until);
+    };
+    while (Date.now() < end) {
+      const s = seed(m, p, new Map());
+      hold(20000n);
+      unseed(m, s);
+      hold(20000n);
+      n++;
+    }
+  } finally {
+    m.close();
+  }
+  return n;
+}
+
+async function main(): Promise<void> {
+  const [what, ...a] = process.argv.slice(2);
+  let n: number;
+  if (what === 'mode' && a.length === 4) n = await flipModes(a[0]!, a[1]!, a[2]!, Date.now() + Number(a[3]));
+  else if (what === 'seed' && a.length === 5) n = seedLoop(a[0]!, Number(a[1]), Number(a[2]), Number(a[3]), Date.now() + Number(a[4]));
+  else throw new Error('usage: flipper mode PIN_ROOT NETNS VIN MS | flipper seed PIN_ROOT VIN_IFINDEX VEX_IFINDEX ID MS');
   process.stdout.write(JSON.stringify({ switches: n }) + '\n');
 }
 
