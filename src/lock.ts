@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LOCK_EX, LOCK_NB, LOCK_UN, flock } from './bpf';
+import { LOCK_EX, LOCK_NB, LOCK_UN, flock, rcuGraceAfterDeletes } from './bpf';
 import { ExitCode, NeuvError } from './errors';
 import { log } from './log';
 
@@ -16,7 +16,12 @@ export function lockPath(pinRoot: string): string {
   return path.join(LOCK_DIR, pinRoot.replace(/\//g, '_') + '.lock');
 }
 
-/** Runs fn while holding the pin root's lock; waits up to timeoutMs for it. */
+/**
+ * Runs fn while holding the pin root's lock; waits up to timeoutMs for it.
+ * If fn deleted map entries, an RCU grace period passes before the lock is
+ * released (rcuGraceAfterDeletes in src/bpf.ts: no insert after ours reuses an
+ * element a program may still be reading).
+ */
 export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, timeoutMs = 30000): Promise<T> {
   fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
   const p = lockPath(pinRoot);
@@ -32,7 +37,11 @@ export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, tim
       }
       await new Promise((r) => setTimeout(r, 20));
     }
-    return await fn();
+    try {
+      return await fn();
+    } finally {
+      rcuGraceAfterDeletes(); // still holding the lock
+    }
   } finally {
     try {
       flock(fd, LOCK_UN, p);

@@ -865,7 +865,10 @@ export class Datapath {
               mode: p.mode, mac: Buffer.from(p.spec.mac),
             };
           };
-          // Stats (zeros) and ids first, so the pair counts from its first frame.
+          // Stats (zeros) first, so the pair counts from its first frame; then the port entries, and the
+          // ids entry last: neuv_vbr looks up the id, then the port it names, so it never finds an id
+          // without its ports (which drops the DP's frame: drop_no_peer), and a rerun after a crash
+          // before the ids entry finds the pair by its port entries and writes the ids entry.
           if (!st.statsKeys.has(p.id) || !p.existing) {
             const old = m.stats.lookup(u32Key(p.id));
             m.stats.update(u32Key(p.id), encodeStats(emptyStats()));
@@ -874,13 +877,6 @@ export class Datapath {
             if (p.existing) repaired.push('stats entry');
           }
           crashPoint('pair-add:after-stats');
-          if (!st.ids.has(p.id)) {
-            m.ids.update(u32Key(p.id), encodeId({ vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex }), 1 /* BPF_NOEXIST */);
-            undo.push(`ids ${p.id}`, () => m.ids.delete(u32Key(p.id)));
-            st.ids.set(p.id, { vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex });
-            if (p.existing) repaired.push('ids entry');
-          }
-          crashPoint('pair-add:after-ids');
           for (const role of ['vex', 'vin'] as const) {
             const self = role === 'vin' ? p.vin : p.vex;
             const old = st.ports.get(self.ifindex);
@@ -893,6 +889,13 @@ export class Datapath {
             crashPoint(`pair-add:after-${role}-entry`);
             if (p.existing) repaired.push(old ? `${role} entry flags` : `${role} entry`);
           }
+          if (!st.ids.has(p.id)) {
+            m.ids.update(u32Key(p.id), encodeId({ vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex }), 1 /* BPF_NOEXIST */);
+            undo.push(`ids ${p.id}`, () => m.ids.delete(u32Key(p.id)));
+            st.ids.set(p.id, { vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex });
+            if (p.existing) repaired.push('ids entry');
+          }
+          crashPoint('pair-add:after-ids');
           const vinE = st.ports.get(p.vin.ifindex)!;
           const vexE = st.ports.get(p.vex.ifindex)!;
           const r: PairAdded = {

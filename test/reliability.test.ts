@@ -61,7 +61,7 @@ type Mode = 'bypass' | 'tap' | 'fwd';
 
 const ADD_POINTS = [
   'pair-add:planned', 'pair-add:after-vin-hook', 'pair-add:after-hooks', 'pair-add:after-stats',
-  'pair-add:after-ids', 'pair-add:after-vex-entry', 'pair-add:after-vin-entry',
+  'pair-add:after-vex-entry', 'pair-add:after-vin-entry', 'pair-add:after-ids',
 ];
 const MODE_POINTS = ['pair-mode:after-vex', 'pair-mode:after-vin'];
 const DEL_POINTS = ['pair-del:after-detach', 'pair-del:after-detach#2', 'pair-del:after-ids', 'pair-del:after-port', 'pair-del:after-port#2'];
@@ -77,13 +77,10 @@ const INTERCEPT_CI = ['intercept:before-down', 'intercept:before-rename', 'inter
  * Points where rerunning the killed command alone does not converge and
  * `neuv-bpf repair` is needed first (a finding, reported; see the README's
  * Reliability section):
- *  - pair-add:after-ids: the ids entry is written before the port entries;
- *    the rerun sees an ids entry naming its ports without port entries and
- *    refuses it as a leftover (exit 5, "pair del --id N");
  *  - pair-del:after-port#2: both port entries are gone, the counters entry is
  *    left, and no pair del selector reaches it any more.
  */
-const NEEDS_REPAIR = new Set(['pair-add:after-ids', 'pair-del:after-port#2']);
+const NEEDS_REPAIR = new Set(['pair-del:after-port#2']);
 
 // ---------------------------------------------------------------- helpers
 
