@@ -1119,6 +1119,7 @@ export function ifIndexToName(index: number): string | undefined {
   return cstr(buf, 0, 16);
 }
 
+export const LOCK_SH = 1;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const LOCK_UN = 8;

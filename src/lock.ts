@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LOCK_EX, LOCK_NB, LOCK_UN, flock, rcuGraceAfterDeletes } from './bpf';
+import { LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, flock, rcuGraceAfterDeletes } from './bpf';
 import { ExitCode, NeuvError } from './errors';
 import { log } from './log';
 
@@ -17,7 +17,22 @@ export function lockPath(pinRoot: string): string {
 }
 
 /**
+ * Whether another caller is waiting for the lock: waiters hold a shared
+ * flock on the lock's ".wait" file while they poll, so an exclusive try on it
+ * fails exactly while one does.
+ */
+function othersWaiting(wfd: number, wp: string): boolean {
+  if (!flock(wfd, LOCK_EX | LOCK_NB, wp)) return true;
+  flock(wfd, LOCK_UN, wp);
+  return false;
+}
+
+/**
  * Runs fn while holding the pin root's lock; waits up to timeoutMs for it.
+ * The lock is fair enough that a caller changing state in a loop (an
+ * enforcer's API calls, a batch) cannot starve the others: it takes the free
+ * lock at once only when nobody is waiting for it; otherwise it queues up
+ * with the waiters, who poll for it every 5-15 ms.
  * If fn deleted map entries, an RCU grace period passes before the lock is
  * released (rcuGraceAfterDeletes in src/bpf.ts: no insert after ours reuses an
  * element a program may still be reading).
@@ -25,17 +40,27 @@ export function lockPath(pinRoot: string): string {
 export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, timeoutMs = 30000): Promise<T> {
   fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
   const p = lockPath(pinRoot);
+  const wp = `${p}.wait`;
   const fd = fs.openSync(p, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  let wfd: number | undefined;
   try {
-    const start = Date.now();
-    let waited = false;
-    while (!flock(fd, LOCK_EX | LOCK_NB, p)) {
-      if (!waited) log('lock').info({ lock: p }, 'another neuv-bpf holds the lock; waiting');
-      waited = true;
-      if (Date.now() - start > timeoutMs) {
-        throw new NeuvError(`another neuv-bpf process holds ${p} for more than ${timeoutMs / 1000} s`, ExitCode.CONFLICT);
+    wfd = fs.openSync(wp, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    if (othersWaiting(wfd, wp) || !flock(fd, LOCK_EX | LOCK_NB, p)) {
+      log('lock').info({ lock: p }, 'another neuv-bpf holds the lock (or waits for it); waiting');
+      const start = Date.now();
+      // Queue up (a shared lock on the .wait file, refused only during another caller's check), then poll.
+      // The first try comes after a pause: a caller that just released the lock and finds others
+      // waiting lets one of them in first.
+      let queued = false;
+      for (;;) {
+        await new Promise((r) => setTimeout(r, queued ? 5 + Math.random() * 10 : 1));
+        if (!queued) queued = flock(wfd, LOCK_SH | LOCK_NB, wp);
+        if (queued && flock(fd, LOCK_EX | LOCK_NB, p)) break;
+        if (Date.now() - start > timeoutMs) {
+          throw new NeuvError(`another neuv-bpf process holds ${p} for more than ${timeoutMs / 1000} s`, ExitCode.CONFLICT);
+        }
       }
-      await new Promise((r) => setTimeout(r, 20));
+      flock(wfd, LOCK_UN, wp);
     }
     try {
       return await fn();
@@ -47,6 +72,7 @@ export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, tim
       flock(fd, LOCK_UN, p);
     } finally {
       fs.closeSync(fd);
+      if (wfd !== undefined) fs.closeSync(wfd);
     }
   }
 }

@@ -94,6 +94,7 @@ describe('security (kernel)', function () {
 
       assert.equal(mode(LOCK_DIR), '700', `${LOCK_DIR}`);
       assert.equal(mode(lockPath(pins)), '600', lockPath(pins));
+      assert.equal(mode(`${lockPath(pins)}.wait`), '600', `${lockPath(pins)}.wait`);
     });
   });
 
