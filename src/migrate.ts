@@ -57,7 +57,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MapFd, ProgFd, ifIndexToName, ifNameToIndex, testRun } from './bpf';
+import { MapFd, ProgFd, ifIndexToName, ifNameToIndex, rcuGraceAfterDeletes, testRun } from './bpf';
 import { AttachKind, TC_HANDLE, TC_PRIORITY, attachState, detach } from './attach';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import { features } from './features';
@@ -1113,12 +1113,23 @@ export function seed(m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>)
   }
 }
 
-/** Removes what seed() created, the id first (neuv_vbr then passes the pair's frames on, as before), then the ports and counters. */
+/**
+ * Removes what seed() created: the id first (neuv_vbr then passes the pair's
+ * frames on, as before), then, once an RCU grace period has passed (a
+ * neuv_vbr run that found the id just before is over, and does not miss the
+ * ports: drop_no_peer), the ports and counters.
+ */
 export function unseed(m: MapsRW, s: Seeded): void {
   const order = { ids: 0, ports: 1, stats: 2 } as const;
+  let idGone = false;
   for (const c of [...s.created].reverse().sort((a, b) => order[a.map] - order[b.map])) {
     try {
+      if (c.map !== 'ids' && idGone) {
+        rcuGraceAfterDeletes();
+        idGone = false;
+      }
       m[c.map].delete(c.key);
+      if (c.map === 'ids') idGone = true;
     } catch (e) {
       log('migrate').warn({ map: c.map, err: (e as Error).message }, 'could not remove a seeded entry');
     }

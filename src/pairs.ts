@@ -19,7 +19,7 @@
 import { Undo } from './undo';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLONE_NEWNET, MapFd, ProgFd, ifIndexToName, ifNameToIndex, setns } from './bpf';
+import { CLONE_NEWNET, MapFd, ProgFd, ifIndexToName, ifNameToIndex, rcuGraceAfterDeletes, setns } from './bpf';
 import { AttachKind, attach, attachState, detach, linkPinPath, preferredKind } from './attach';
 import { features } from './features';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
@@ -1028,6 +1028,8 @@ export class Datapath {
                 m.ids.delete(idKey);
                 undo.push(`ids ${r.id}`, () => m.ids.update(idKey, idOld, 1));
                 crashPoint('pair-del:after-ids');
+                // A neuv_vbr run that found the id just before is over before the ports go (no drop_no_peer).
+                rcuGraceAfterDeletes();
               }
             }
             for (const ifindex of [r.vex, r.vin]) {

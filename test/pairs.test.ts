@@ -540,12 +540,12 @@ describe('Datapath API (kernel)', function () {
     await dp.setMode({ in: 'vin1' }, 'tap');
     assert.equal(rcuGraceWaits(), w0, 'add and mode switch delete nothing');
     await dp.delPair({ in: 'vin1' });
-    assert.equal(rcuGraceWaits(), w0 + 1, 'pair del waited once');
+    assert.equal(rcuGraceWaits(), w0 + 2, 'pair del waited after the id and before the lock went');
     await dp.addPairs([{ in: 'vin1', ex: 'vex1', mac: MAC1 }, { in: 'vin2', ex: 'vex2', mac: MAC2 }]);
-    assert.equal(rcuGraceWaits(), w0 + 1);
+    assert.equal(rcuGraceWaits(), w0 + 2);
     await dp.delPair({ in: 'vin1' });
     await dp.delPair({ in: 'vin2' });
-    assert.equal(rcuGraceWaits(), w0 + 3, 'each pair del waited');
+    assert.equal(rcuGraceWaits(), w0 + 6, 'each pair del waited');
   });
 
   // A plain update of a hash map entry swaps in another element and hands the old one to the next

@@ -35,16 +35,19 @@ function seedLoop(pinRoot: string, vinIfindex: number, vexIfindex: number, id: n
   const p = { in: 'vin', ex: 'vex', vinIfindex, vexIfindex, id, mac: '02:00:00:00:00:01', mode: 'fwd' } as DiscoveredPair;
   let n = 0;
   try {
-    // Each state (entries there, entries gone) lasts about as long as the writes, so the reader sees both.
+    // The entries stay about as long as they are gone (unseed waits for an RCU grace period), so the
+    // reader sees both states.
     const hold = (ns: bigint) => {
       const until = process.hrtime.bigint() + ns;
       while (process.hrtime.bigint() < until);
     };
+    let gone = 20000n;
     while (Date.now() < end) {
       const s = seed(m, p, new Map());
-      hold(20000n);
+      hold(gone);
+      const t = process.hrtime.bigint();
       unseed(m, s);
-      hold(20000n);
+      gone = process.hrtime.bigint() - t;
       n++;
     }
   } finally {
