@@ -640,7 +640,7 @@ describe('reliability (kernel)', function () {
       })();
       try {
         // Not a speed limit: generous bounds that a starved caller (before: all the time the loop ran) misses.
-        const within = (ms: number, what: string) => new Promise((_, rej) => setTimeout(() => rej(new Error(`${what} did not get the lock within ${ms / 1000} s while another caller looped`)), ms));
+        const within = (ms: number, what: string) => new Promise((_, rej) => setTimeout(() => rej(new Error(`${what} did not get the lock within ${ms / 1000} s while another caller looped`)), ms).unref());
         const other = (async () => {
           for (let i = 0; i < 20; i++) await dp.setMode({ in: 'vinK1' }, i % 2 ? 'tap' : 'bypass');
         })();
