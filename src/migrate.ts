@@ -1120,20 +1120,17 @@ export function seed(m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>)
  * ports: drop_no_peer), the ports and counters.
  */
 export function unseed(m: MapsRW, s: Seeded): void {
-  const order = { ids: 0, ports: 1, stats: 2 } as const;
-  let idGone = false;
-  for (const c of [...s.created].reverse().sort((a, b) => order[a.map] - order[b.map])) {
+  const remove = (c: Seeded['created'][number]) => {
     try {
-      if (c.map !== 'ids' && idGone) {
-        rcuGraceAfterDeletes();
-        idGone = false;
-      }
       m[c.map].delete(c.key);
-      if (c.map === 'ids') idGone = true;
     } catch (e) {
       log('migrate').warn({ map: c.map, err: (e as Error).message }, 'could not remove a seeded entry');
     }
-  }
+  };
+  s.created.filter((c) => c.map === 'ids').forEach(remove);
+  rcuGraceAfterDeletes(); // a no-op when no id was removed
+  s.created.filter((c) => c.map === 'ports').forEach(remove);
+  s.created.filter((c) => c.map === 'stats').forEach(remove);
   s.created = [];
 }
 
