@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures stub-dp examples test test-unit test-kernel demo bench lint clean vagrant-test
+.PHONY: all deps build bpf ts fixtures stub-dp examples test test-unit test-kernel demo bench lint clean vagrant-test docs
 
 V ?= 0
 ifeq ($(V),1)
@@ -49,7 +49,7 @@ $(STUB_DP): tools/stub-dp.c $(BPF_HDR) | $(DEPS_STAMP)
 	@[ "$(V)" = 1 ] || echo "  CC     $@"
 	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -I bpf -o $@ $<
 
-# A DP written in C offloading a flow with plain libbpf calls (README "Flow offload").
+# A DP written in C offloading a flow with plain libbpf calls (docs/flow-offload.md).
 EXAMPLES := build/flow-offload
 examples: $(EXAMPLES)
 build/flow-offload: examples/flow-offload.c $(BPF_HDR) | $(DEPS_STAMP)
@@ -72,7 +72,7 @@ test: build
 test-unit: build
 	$(Q)NEUV_BPF_UNIT_ONLY=1 $(MOCHA) 'dist/test/**/*.test.js'
 
-# Reliability with full counts (README, Reliability): 100 reloads, 100 churned
+# Reliability with full counts (docs/reliability.md): 100 reloads, 100 churned
 # pairs and 1,000 mode switches per mode with traffic, every crash point in
 # every mode, 40 random kills, 50,000 fuzzed argument vectors and 1,000 real
 # CLI runs. make test runs the same suites with reduced counts.
@@ -84,6 +84,10 @@ soak: build
 demo: build
 	$(Q)./bin/neuv-bpf demo
 
+# docs/cli.md from every command's --help (test/docs.test.ts fails when it is stale).
+docs: ts
+	$(Q)node scripts/gen-cli-docs.js
+
 bench: build
 	$(Q)node dist/bench/run.js $(if $(QUICK),--quick,)
 
@@ -92,7 +96,7 @@ lint: build
 	$(Q)$(CLANG) $(BPF_CFLAGS) -fsyntax-only $(BPF_SRC)
 
 # The same suites inside a qemu VM booted on a Debian kernel package (default
-# 6.1, bookworm's), see the README's "Kernel matrix". VM_TESTS='glob ...' for a
+# 6.1, bookworm's), see docs/kernels.md. VM_TESTS='glob ...' for a
 # subset; KVM when usable, else emulation.
 KERNEL ?= 6.1
 .PHONY: vm-test
