@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
  * flow-offload: how a DP written in C hands a decided flow back to the
- * kernel (README "Flow offload"). Only libbpf: bpf_obj_get() on the pinned
+ * kernel (docs/flow-offload.md). Only libbpf: bpf_obj_get() on the pinned
  * map, bpf_map_update_elem() / bpf_map_delete_elem() on it. The layouts come
  * from bpf/neuv.h, the header the BPF programs are built with.
  *
