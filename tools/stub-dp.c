@@ -30,7 +30,7 @@
  * by PACKET_IGNORE_OUTGOING and by checking sll_pkttype. A frame larger than
  * its 64 KiB buffer (a BIG TCP GSO frame) is counted as truncated, not sent.
  *
- * Flow offload (--offload-after N, README "Flow offload"): the stub then also
+ * Flow offload (--offload-after N, docs/flow-offload.md): the stub then also
  * plays a DP that hands decided flows back to the kernel. It counts the
  * frames of each IPv4 TCP/UDP flow (pair id + 5-tuple, both directions, the
  * key of struct neuv_flow_key) and, at the Nth frame of an allowed one,
