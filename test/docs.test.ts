@@ -97,6 +97,16 @@ const gen = require(GEN) as {
   subcommands(text: string): string[];
 };
 
+/**
+ * Paths of the repository a Markdown text names, links or not (`src/x.ts`,
+ * test/y.test.ts, bpf/): the source folders only (build/ and dist/ are made
+ * by the build), without globs and placeholders (`tools/*.c`, `link_<ifindex>`).
+ */
+export function namedPaths(md: string): string[] {
+  const re = /(?<![\w./-])((?:src|test|bench|bpf|tools|examples|scripts|vagrant|\.ci)\/[\w.*<>-]*(?:\/[\w.*<>-]+)*)/g;
+  return [...md.matchAll(re)].map((m) => m[1]!.replace(/[.,:]+$/, '')).filter((p) => !/[*<>]/.test(p));
+}
+
 function runGen(args: string[]): { status: number | null; out: string } {
   const r = spawnSync(process.execPath, [GEN, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 110000 });
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
@@ -138,19 +148,31 @@ describe('docs', function () {
     assert.deepEqual(problems, []);
   });
 
+  it('every source path README.md and docs/*.md name exists (a moved file is renamed there too)', function () {
+    const problems = docFiles().flatMap((rel) =>
+      namedPaths(fs.readFileSync(path.join(ROOT, rel), 'utf8'))
+        .filter((p) => !fs.existsSync(path.join(ROOT, p)) && !PENDING.has(p))
+        .map((p) => `${rel}: names ${p}, which does not exist`),
+    );
+    assert.deepEqual([...new Set(problems)], []);
+  });
+
   it('files linked ahead of their branch (PENDING) are still missing', function () {
     for (const rel of PENDING) {
       assert.ok(!fs.existsSync(path.join(ROOT, rel)), `${rel} exists now: remove it from PENDING in test/docs.test.ts`);
     }
   });
 
-  it('the link check catches a missing file, a missing heading and a way out of the repository', function () {
+  it('the checks catch a missing file, a missing heading, a way out of the repository, and read named paths', function () {
     const md = [
       '# Top', '## 6. Command-line contract', '### Seeing the rules run: `make demo`', '## Top',
       '[ok](README.md) [ok](#top-1) [ok](#6-command-line-contract) [ok](#seeing-the-rules-run-make-demo)',
       '[web](https://example.org/x.md) [gone](docs/nope.md) [bad anchor](#nowhere) [out](../shared/x.md)',
       '```sh', '[in code](docs/nope-either.md)', '```', 'and `[inline](docs/nor-this.md)`',
     ].join('\n');
+    assert.deepEqual(namedPaths('see `src/index.ts`, test/docs.test.ts, bpf/, dist/src/cli.js and `tools/*.c`.'), [
+      'src/index.ts', 'test/docs.test.ts', 'bpf/',
+    ]);
     assert.deepEqual(brokenLinks(ROOT, 'X.md', md), [
       'X.md: link docs/nope.md: docs/nope.md does not exist',
       'X.md: link #nowhere: no heading #nowhere in X.md',
