@@ -175,6 +175,7 @@ describe('real containers: podman (kernel)', function () {
 
     const stop = pm!.run(['stop', '-t', '0', a.name], { allowFail: true });
     assert.equal(stop.code, 0, `podman stop of an intercepted container: ${stop.stderr}`);
+    assert.doesNotMatch(stop.stderr, /error/i, 'podman stop');
     // The netns went, with the intercepting eth0 and its peer vin; the original port (vex) stays here.
     for (let t0 = Date.now(); linkNames(t, t.enforcer).includes(res.vin) && Date.now() - t0 < 10000; ) sh('sleep', ['0.1']);
     assert.deepEqual(linkNames(t, t.enforcer), [...IDLE_ENFORCER, res.vex].sort());
@@ -189,8 +190,12 @@ describe('real containers: podman (kernel)', function () {
     const a2 = refresh(a);
     await traffic(b, a2, 'restarted, not intercepted');
 
+    // The original port's peer is still a port of podman's bridge (podman stop said nothing): a stale one.
+    const bridgePorts = () => (JSON.parse(sh('ip', ['-j', 'link', 'show', 'master', pm!.bridge])) as unknown[]).length;
+    assert.equal(bridgePorts(), 3, 'the other container, the restarted one, and the stale peer of the original port');
     const rep = c(['repair']);
     assert.equal(rep.code, 0, rep.stderr + rep.stdout);
+    assert.equal(bridgePorts(), 2, 'repair deleted the original port, and its peer on the bridge with it');
     assert.match(rep.stdout, new RegExp(`eth0 of pid ${a.pid}: the container (is gone|has a new network namespace); removed pair id ${res.pair.id}, ${res.vex}`));
     assert.deepEqual(linkNames(t, t.enforcer), IDLE_ENFORCER);
     assert.equal(c(['show', '--check']).code, 0);
