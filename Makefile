@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures stub-dp examples test test-unit test-kernel demo bench lint clean vagrant-test docs
+.PHONY: all deps build bpf ts fixtures stub-dp examples containers test test-unit test-kernel demo bench lint clean vagrant-test docs
 
 V ?= 0
 ifeq ($(V),1)
@@ -25,7 +25,7 @@ deps: $(DEPS_STAMP)
 $(DEPS_STAMP): package.json package-lock.json scripts/deps.sh
 	$(Q)./scripts/deps.sh
 
-build: bpf ts fixtures stub-dp examples
+build: bpf ts fixtures stub-dp examples containers
 bpf: $(BPF_OBJ)
 $(BPF_OBJ): $(BPF_SRC) $(BPF_HDR) | $(DEPS_STAMP)
 	@mkdir -p build
@@ -56,6 +56,18 @@ build/flow-offload: examples/flow-offload.c $(BPF_HDR) | $(DEPS_STAMP)
 	@mkdir -p build
 	@[ "$(V)" = 1 ] || echo "  CC     $@"
 	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -I bpf -o $@ $< -lbpf
+
+# The container test image's root filesystem (busybox-static and a static echo
+# server), imported with podman by test/containers.test.ts; see docs/containers.md.
+CTR_ROOTFS := build/containers/rootfs.tar
+containers: $(CTR_ROOTFS)
+build/containers/echo-server: tools/echo-server.c | $(DEPS_STAMP)
+	@mkdir -p build/containers
+	@[ "$(V)" = 1 ] || echo "  CC     $@"
+	$(Q)$(HOSTCC) -static -O2 -Wall -Wextra -Werror -o $@ $<
+$(CTR_ROOTFS): build/containers/echo-server scripts/container-rootfs.sh
+	@[ "$(V)" = 1 ] || echo "  TAR    $@"
+	$(Q)./scripts/container-rootfs.sh $@ build/containers/echo-server
 
 ts: $(TS_STAMP)
 $(TS_STAMP): $(TS_SRC) $(DEPS_STAMP)

@@ -24,6 +24,14 @@ check setpriv util-linux
 check gcc gcc
 check ping iputils-ping
 check sysctl procps
+# The container suite (test/containers.test.ts, docs/containers.md): rootful
+# podman with netavark, runc (crun refuses hybrid cgroup hierarchies), the
+# iptables netavark drives, and a static busybox for the offline test image.
+check podman podman
+check /usr/lib/podman/netavark netavark
+check runc runc
+check /usr/sbin/iptables iptables
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 if [ "$(uname -m)" != x86_64 ]; then
   echo "deps: only x86_64 is tested; continuing" >&2
 fi

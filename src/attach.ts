@@ -13,6 +13,7 @@
  * What is attached is read back from the kernel (pins, tc query), never from a
  * side file, so a restarted loader sees the truth.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
@@ -129,11 +130,39 @@ export function attach(pinRoot: string, ifindex: number, name: string, progFd: n
 }
 
 /**
- * Removes our attachment from a port, whatever its kind. `qdiscOurs` removes
- * the clsact qdisc too (only when we created it). Returns false if nothing of
- * ours was attached.
+ * The tc filters on a port's clsact (ingress and egress, every chain), one
+ * line each as `tc filter show` prints them, in the current netns (a netns
+ * entered with setns is inherited by the child). Empty when there are none or
+ * no qdisc. Used before removing a clsact we created: someone may have added
+ * filters to it since (NeuVector's u32 rules, another tool's bpf filter).
  */
-export function detach(pinRoot: string, ifindex: number, name: string, qdiscOurs: boolean): boolean {
+export function tcFilters(name: string): string[] {
+  const out: string[] = [];
+  for (const dir of ['ingress', 'egress']) {
+    const r = spawnSync('tc', ['filter', 'show', 'dev', name, dir], { encoding: 'utf8' });
+    if (r.error) throw new Error(`tc filter show dev ${name} ${dir}: ${r.error.message}`);
+    if (r.status !== 0) continue; // no such device or no clsact: nothing to keep
+    for (const l of r.stdout.split('\n')) if (l.startsWith('filter ')) out.push(`${dir}: ${l.trim()}`);
+  }
+  return out;
+}
+
+export interface DetachResult {
+  /** Something of ours was attached and is gone now. */
+  detached: boolean;
+  /** The clsact qdisc was removed (we created it and it carried no other filter). */
+  qdiscRemoved: boolean;
+  /** Filters of others that kept a clsact of ours in place. */
+  qdiscKeptFor: string[];
+}
+
+/**
+ * Removes our attachment from a port, whatever its kind. `qdiscOurs`: we
+ * created the clsact qdisc, so remove it too, but only once our filter is
+ * gone and no other filter is left on it, ingress or egress (tcx links do
+ * not hang off the qdisc and survive its removal).
+ */
+export function detachPort(pinRoot: string, ifindex: number, name: string, qdiscOurs: boolean): DetachResult {
   let any = false;
   const pin = linkPinPath(pinRoot, ifindex);
   if (fs.existsSync(pin)) {
@@ -151,6 +180,17 @@ export function detach(pinRoot: string, ifindex: number, name: string, qdiscOurs
     any = true;
   }
   if (tcDetach(ifindex, TC_HANDLE, TC_PRIORITY, name)) any = true;
-  if (qdiscOurs) tcHookDestroy(ifindex, name);
-  return any;
+  if (!qdiscOurs) return { detached: any, qdiscRemoved: false, qdiscKeptFor: [] };
+  const others = tcFilters(name);
+  if (others.length) {
+    log('attach').info({ name, filters: others }, 'clsact created by us carries filters of others: left in place');
+    return { detached: any, qdiscRemoved: false, qdiscKeptFor: others };
+  }
+  tcHookDestroy(ifindex, name);
+  return { detached: any, qdiscRemoved: true, qdiscKeptFor: [] };
+}
+
+/** detachPort, answering only whether something of ours was attached. */
+export function detach(pinRoot: string, ifindex: number, name: string, qdiscOurs: boolean): boolean {
+  return detachPort(pinRoot, ifindex, name, qdiscOurs).detached;
 }

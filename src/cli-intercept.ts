@@ -34,6 +34,7 @@ function printJson(c: Ctx, v: unknown): void {
 export function interceptLine(r: InterceptResult): string {
   const p = r.pair;
   return (
+    (r.recovered ? `first: ${r.recovered}\n` : '') +
     `intercepted ${r.port} of ${r.target}: ${r.vex} (original port) / ${r.vin}, MAC ${r.mac}, ` +
     `id ${p.id} ucmac ${p.ucmac} bcmac ${p.bcmac}, mode ${p.mode}${p.ipv6ToDp ? ', IPv6 to the DP' : ''}; ` +
     `carried over ${r.addresses.length} address(es), ${r.routes} route(s), ${r.neighbours} neighbour(s)` +
@@ -43,6 +44,7 @@ export function interceptLine(r: InterceptResult): string {
 }
 
 export function releaseLine(r: ReleaseResult): string {
+  if (r.recovered) return `released ${r.port} of ${r.target}: ${r.recovered}`;
   return (
     `released ${r.port} of ${r.target}: ${r.vex} is ${r.port} again (MAC ${r.mac}), ${r.vin} deleted` +
     (r.pairId === null ? ' (no pair to delete)' : `, pair id ${r.pairId} deleted`) +

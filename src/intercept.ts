@@ -30,6 +30,7 @@ import { run, validateIfName, VBR } from './link';
 import { withLock } from './lock';
 import { log } from './log';
 import { crashPoint } from './crash';
+import { JournalRecord, findRecord, interceptLockKey, recoverLocked, removeRecord, writeRecord } from './journal';
 import { formatMac } from './mac';
 import { AddModeName, Datapath, DEFAULT_ADD_MODE, PairAdded, PairView } from './pairs';
 
@@ -489,6 +490,8 @@ export interface InterceptResult {
   routes: number;
   neighbours: number;
   pair: PairAdded;
+  /** A half-done intercept or release of this port found in the journal and brought to rest first. */
+  recovered?: string;
 }
 
 async function mustBeAbsent(ns: NsRunner, name: string): Promise<void> {
@@ -506,9 +509,25 @@ function openDatapath(pinRoot: string, enforcer: string | undefined): Datapath {
   return Datapath.open(pinRoot, enforcer ? { netns: enforcer } : {});
 }
 
-/** The lock intercept and release hold: per pin root, separate from the pair API's own lock. */
-function interceptLockKey(pinRoot: string): string {
-  return `${pinRoot}.intercept`;
+/** The container and enforcer of a journal record. */
+function recordIds(t: ResolvedTarget, enf: NsRunner): Pick<JournalRecord, 'target' | 'enforcer'> {
+  const e = fs.statSync(enf.ref());
+  return {
+    target: { desc: t.desc, pid: t.pid ?? null, path: t.path, ino: t.ino, dev: fs.statSync(t.path).dev },
+    enforcer: { path: enf.path ?? null, ino: e.ino, dev: e.dev },
+  };
+}
+
+/**
+ * Recovers what a killed intercept or release of this container port left
+ * (src/journal.ts). Returns what was done, or undefined when the port is not
+ * in the journal or is intercepted and well.
+ */
+async function recoverTarget(pinRoot: string, t: ResolvedTarget, port: string, enforcer: string | undefined): Promise<{ line: string; rec: JournalRecord } | undefined> {
+  const rec = findRecord(pinRoot, t.ino, port);
+  if (!rec) return undefined;
+  const r = await recoverLocked(rec, { pinRoot, enforcer });
+  return r.intercepted ? undefined : { line: r.line, rec };
 }
 
 export async function intercept(opts: InterceptOptions): Promise<InterceptResult> {
@@ -527,6 +546,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
   if (await sameNetns(ctr, enf)) {
     throw new UsageError(`${t.desc} is in the enforcer's own network namespace: nothing to intercept (use --netns for the enforcer)`);
   }
+  const recovered = await recoverTarget(opts.pinRoot, t, port, opts.enforcer);
   const dp = openDatapath(opts.pinRoot, opts.enforcer);
   try {
     if (!(await enf.link(VBR))) {
@@ -548,7 +568,16 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
 
     // ---- the sequence
     const undo = new Undo('intercept');
-    const S = (name: (typeof INTERCEPT_STEPS)[number], what: string, fn: () => Promise<unknown>) => step('intercept', name, what, fn);
+    // The journal record, rewritten before each step: a kill anywhere leaves what repair needs.
+    const rec: JournalRecord = {
+      version: 1, op: 'intercept', step: 'down', ...recordIds(t, enf), port, vex, vin, snap,
+      pair: { mode: opts.mode, id: opts.id, ipv6ToDp: opts.ipv6ToDp === true }, time: '',
+    };
+    const J = (s: string) => writeRecord(opts.pinRoot, { ...rec, step: s });
+    const S = (name: (typeof INTERCEPT_STEPS)[number], what: string, fn: () => Promise<unknown>) => {
+      J(name);
+      return step('intercept', name, what, fn);
+    };
     let ifindexKept = false;
     let pair: PairAdded;
     try {
@@ -618,11 +647,14 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
         if (snap.up) await ctr.ip('link', 'set', 'dev', port, 'up');
       });
       await S('routes', `restore the routes and neighbours of ${port}`, () => restoreRoutesAndNeighbours(ctr, snap, port));
+      J('commit');
       crashPoint('intercept:before-commit');
       failpoint('intercept', 'commit');
+      J('intercepted');
     } catch (e) {
       lg.warn({ target: t.desc, port, err: (e as Error).message }, 'intercept failed; rolling back');
-      await undo.run();
+      if ((await undo.run()) === 0) removeRecord(opts.pinRoot, rec);
+      else lg.warn({ target: t.desc, port }, 'the rollback was incomplete: neuv-bpf repair finishes it from the journal');
       throw e;
     }
     const res: InterceptResult = {
@@ -639,6 +671,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
       routes: snap.routes.length,
       neighbours: snap.neighbours.length,
       pair,
+      ...(recovered ? { recovered: recovered.line } : {}),
     };
     lg.info({ target: t.desc, port, vex, vin, id: pair.id, mode: pair.mode }, 'intercepted');
     return res;
@@ -667,6 +700,8 @@ export interface ReleaseResult {
   addresses: string[];
   routes: number;
   neighbours: number;
+  /** The journal had a half-done operation on this port: what finishing it did (nothing else was needed). */
+  recovered?: string;
 }
 
 export async function release(opts: ReleaseOptions): Promise<ReleaseResult> {
@@ -679,6 +714,17 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
   const t = resolveTarget(opts.target);
   const ctr = new NsRunner(t.path, `the container netns (${t.desc})`);
   const enf = enforcerRunner(opts.enforcer);
+
+  // ---- a half-done intercept or release of this port: bringing it to rest is the release
+  const recovered = await recoverTarget(opts.pinRoot, t, port, opts.enforcer);
+  if (recovered) {
+    const r = recovered.rec;
+    return {
+      target: t.desc, port, vex: r.vex, vin: r.vin, mac: r.snap.mac, pairId: null,
+      addresses: r.snap.addrs.map((x) => `${x.local}/${x.prefixlen}`), routes: r.snap.routes.length, neighbours: r.snap.neighbours.length,
+      recovered: recovered.line,
+    };
+  }
 
   // ---- find what intercept left: the container's port is a veth whose peer
   // is vin<tag>-<port> in the enforcer netns (whatever the target was named by then)
@@ -726,7 +772,12 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
     }
 
     const undo = new Undo('release');
-    const S = (name: (typeof RELEASE_STEPS)[number], what: string, fn: () => Promise<unknown>) => step('release', name, what, fn);
+    const before = findRecord(opts.pinRoot, t.ino, port);
+    const rec: JournalRecord = { version: 1, op: 'release', step: 'unpair', ...recordIds(t, enf), port, vex, vin, tmpName, snap, time: '' };
+    const S = (name: (typeof RELEASE_STEPS)[number], what: string, fn: () => Promise<unknown>) => {
+      writeRecord(opts.pinRoot, { ...rec, step: name });
+      return step('release', name, what, fn);
+    };
     try {
       await S('unpair', `pair del ${vin}/${vex}`, async () => {
         if (dp && pairView) await dp.delPair({ ex: vex });
@@ -784,9 +835,14 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
       await S('routes', `restore the routes and neighbours of ${port}`, () => restoreRoutesAndNeighbours(ctr, snap, port));
       // Last, and the only step without an undo: the intercepting veth goes, and vin with it.
       await S('delete', `delete ${tmpName} (and its peer ${vin})`, () => enf.ip('link', 'del', 'dev', tmpName));
+      removeRecord(opts.pinRoot, rec);
     } catch (e) {
       lg.warn({ target: t.desc, port, err: (e as Error).message }, 'release failed; rolling back');
-      await undo.run();
+      if ((await undo.run()) === 0) {
+        // Intercepted as before: the interception's own record again (if it had one).
+        if (before) writeRecord(opts.pinRoot, before);
+        else removeRecord(opts.pinRoot, rec);
+      } else lg.warn({ target: t.desc, port }, 'the rollback was incomplete: neuv-bpf repair finishes the release from the journal');
       throw e;
     }
   } finally {

@@ -20,7 +20,7 @@ import { Undo } from './undo';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CLONE_NEWNET, MapFd, ProgFd, ifIndexToName, ifNameToIndex, rcuGraceAfterDeletes, setns } from './bpf';
-import { AttachKind, attach, attachState, detach, linkPinPath, preferredKind } from './attach';
+import { AttachKind, attach, attachState, detach, detachPort, linkPinPath, preferredKind } from './attach';
 import { features } from './features';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import {
@@ -1014,8 +1014,9 @@ export class Datapath {
               const old = cur.kind !== 'none' && !cur.defunct ? ProgFd.fromId(cur.progId) : undefined;
               if (old) progs.push(old);
               const was = cur.kind;
-              if (detach(this.pinRoot, ifindex, nm, ours)) detached.push(nm);
-              if (ours) qdiscsRemoved.push(nm);
+              const d = detachPort(this.pinRoot, ifindex, nm, ours);
+              if (d.detached) detached.push(nm);
+              if (d.qdiscRemoved) qdiscsRemoved.push(nm);
               if (old && was !== 'none') undo.push(`reattach ${nm}`, () => attach(this.pinRoot, ifindex, nm, old.fd, was));
               crashPoint('pair-del:after-detach');
             }

@@ -35,6 +35,7 @@ import { VBR, VTH, ifindexIfExists, ifname, linkShow } from './link';
 import { PROGS, ProgRole, isLoaded, progPinPath } from './loader';
 import { withLock } from './lock';
 import { log } from './log';
+import { journalProblems, recoverAll } from './journal';
 import { formatMac } from './mac';
 import { Datapath, PairView, ShowResult } from './pairs';
 
@@ -62,8 +63,8 @@ function modeOf(p: string): number {
  * string names the problem and, where repair cannot fix it, the command that does.
  */
 export async function datapathProblems(pinRoot: string): Promise<string[]> {
-  const out: string[] = [];
-  if (!isLoaded(pinRoot)) return [`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load`];
+  const out: string[] = journalProblems(pinRoot);
+  if (!isLoaded(pinRoot)) return [...out, `the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load`];
   const missing = progRoles().filter((r) => !fs.existsSync(progPinPath(pinRoot, r)));
   if (missing.length) out.push(`program pin${missing.length > 1 ? 's' : ''} ${missing.map((r) => `prog_${r}`).join(', ')} missing under ${pinRoot} (a load was killed?): run neuv-bpf load`);
   for (const f of fs.readdirSync(pinRoot)) {
@@ -251,9 +252,12 @@ function planPair(p: PairView, raw: RawState): PairPlan {
 export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): Promise<RepairResult> {
   const lg = log('repair');
   const dryRun = opts.dryRun === true;
+  // Half-done intercepts and releases first (the journal): they change pairs and ports.
+  const journal = await recoverAll({ pinRoot, dryRun });
+  for (const a of journal.actions) lg.info({ action: a, dryRun }, dryRun ? 'would repair' : 'repairing');
   if (!isLoaded(pinRoot)) throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
   const dp = Datapath.open(pinRoot);
-  const actions: string[] = [];
+  const actions: string[] = [...journal.actions];
   const act = (line: string, fn: () => unknown): unknown => {
     actions.push(line);
     lg.info({ action: line, dryRun }, dryRun ? 'would repair' : 'repairing');
@@ -349,7 +353,9 @@ export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): 
     });
 
     const after = dryRun ? before : await check(dp, pinRoot);
-    return { pinRoot, actions, left: after.problems, consistent: after.consistent, dryRun };
+    // A record that could not be recovered is also one of the problems: say why once.
+    const left = [...journal.left, ...after.problems.filter((x) => !journal.left.some((l) => l.startsWith(x)))];
+    return { pinRoot, actions, left, consistent: after.consistent, dryRun };
   } finally {
     dp.close();
   }

@@ -13,17 +13,20 @@ export class Undo {
     this.steps.push({ what, fn });
   }
 
-  /** Runs the undos in reverse, awaiting any that return a promise. */
-  async run(): Promise<void> {
+  /** Runs the undos in reverse, awaiting any that return a promise. Returns how many failed. */
+  async run(): Promise<number> {
+    let failures = 0;
     for (const s of this.steps.reverse()) {
       try {
         await s.fn();
         this.ok(s.what);
       } catch (e) {
+        failures++;
         this.failed(s.what, e);
       }
     }
     this.steps = [];
+    return failures;
   }
 
   /** Runs the undos in reverse for synchronous steps (throws if one returns a promise). */

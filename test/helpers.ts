@@ -5,6 +5,7 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { journalDir } from '../src/journal';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
@@ -104,7 +105,10 @@ export function makeNetns(prefix = 'nbt'): Netns {
 /** A fresh pin root under /sys/fs/bpf, removed (recursively) at cleanup. */
 export function makePinRoot(): string {
   const p = `/sys/fs/bpf/${uniqueName('nbt')}`;
-  onCleanup(() => fs.rmSync(p, { recursive: true, force: true }));
+  onCleanup(() => {
+    fs.rmSync(p, { recursive: true, force: true });
+    fs.rmSync(journalDir(p), { recursive: true, force: true });
+  });
   return p;
 }
 

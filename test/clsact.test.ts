@@ -1,0 +1,65 @@
+/**
+ * Kernel suite: `pair del` removes a clsact qdisc it created only when no
+ * filter but ours is left on it. Someone else's filters added after our
+ * `pair add` (a u32 rule on ingress, another on egress) survive `pair del`,
+ * and so does the qdisc; a clsact carrying nothing else goes.
+ */
+import assert from 'node:assert/strict';
+import { cli, leftovers, makeNetns, makePinRoot, requireKernel, runCleanups } from './helpers';
+
+describe('pair del and a clsact shared since (kernel, tc attach)', function () {
+  before(function () {
+    requireKernel(this);
+  });
+  afterEach(runCleanups);
+  after(function () {
+    runCleanups();
+    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+  });
+
+  it("keeps the clsact it created while others' filters hang off it (ingress or egress); removes it otherwise", function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    const c = (args: string[]) => cli(['--netns', ns.name, '--bpffs', pins, ...args], { env: { NEUV_BPF_ATTACH: 'tc' } });
+    const ok = (args: string[]) => {
+      const r = c(args);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      return r;
+    };
+    ok(['load']);
+    for (const i of [1, 2, 3]) {
+      ns.ip('link', 'add', `vin${i}`, 'type', 'veth', 'peer', 'name', `wl${i}`);
+      ns.ip('link', 'add', `vex${i}`, 'type', 'veth', 'peer', 'name', `h${i}`);
+      for (const d of [`vin${i}`, `wl${i}`, `vex${i}`, `h${i}`]) ns.ip('link', 'set', d, 'up');
+    }
+    const tc = (...a: string[]) => ns.exec('tc', a);
+    const qdisc = (dev: string) => /qdisc clsact/.test(tc('qdisc', 'show', 'dev', dev));
+    for (const i of [1, 2, 3]) ok(['pair', 'add', '--in', `vin${i}`, '--ex', `vex${i}`, '--mac', `02:00:00:00:00:0${i}`]);
+    for (const d of ['vin1', 'vex1', 'vin2', 'vex2', 'vin3', 'vex3']) assert.ok(qdisc(d), `pair add created a clsact on ${d}`);
+
+    // Others' filters, after our pair add: pair 1 on vin1 ingress and vex1 egress; pair 2 on vex2 egress only.
+    tc('filter', 'add', 'dev', 'vin1', 'ingress', 'pref', '200', 'protocol', 'ip', 'u32', 'match', 'u32', '0', '0', 'flowid', '1:1');
+    tc('filter', 'add', 'dev', 'vex1', 'egress', 'pref', '300', 'protocol', 'all', 'u32', 'match', 'u32', '0', '0', 'flowid', '1:1');
+    tc('filter', 'add', 'dev', 'vex2', 'egress', 'pref', '400', 'protocol', 'ip', 'u32', 'match', 'u32', '0', '0', 'flowid', '1:1');
+
+    const del = (i: number) => JSON.parse(ok(['pair', 'del', '--in', `vin${i}`, '--json']).stdout) as { detached: string[]; qdiscsRemoved: string[] };
+    const d1 = del(1);
+    assert.deepEqual(d1.detached.sort(), ['vex1', 'vin1']);
+    assert.deepEqual(d1.qdiscsRemoved, [], 'both clsacts of pair 1 carry a filter of someone else');
+    const d2 = del(2);
+    assert.deepEqual(d2.qdiscsRemoved, ['vin2'], "vin2's clsact carries only ours; vex2's has an egress filter");
+    const d3 = del(3);
+    assert.deepEqual(d3.qdiscsRemoved.sort(), ['vex3', 'vin3']);
+
+    for (const d of ['vin1', 'vex1', 'vex2']) assert.ok(qdisc(d), `the clsact on ${d} stays`);
+    for (const d of ['vin2', 'vin3', 'vex3']) assert.ok(!qdisc(d), `the clsact on ${d} is gone`);
+    // The others' filters are intact; ours are gone.
+    assert.match(tc('filter', 'show', 'dev', 'vin1', 'ingress'), /pref 200 u32/);
+    assert.match(tc('filter', 'show', 'dev', 'vex1', 'egress'), /pref 300 u32/);
+    assert.match(tc('filter', 'show', 'dev', 'vex2', 'egress'), /pref 400 u32/);
+    assert.doesNotMatch(tc('filter', 'show', 'dev', 'vin1', 'ingress'), /handle 0x4e56/);
+    assert.doesNotMatch(tc('filter', 'show', 'dev', 'vex1', 'ingress'), /handle 0x4e56/);
+    const chk = c(['show', '--check']);
+    assert.equal(chk.code, 0, chk.stderr);
+  });
+});

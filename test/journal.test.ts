@@ -1,0 +1,167 @@
+/**
+ * Kernel suite: intercept and release are crash-safe (src/journal.ts).
+ * `intercept` and `release` are SIGKILLed before each of their steps (the
+ * crash points, NEUV_BPF_CRASH_AT); then `repair` alone must leave the
+ * container exactly as before intercept (its `ip -j` link, address, route and
+ * neighbour snapshot), or, killed at the commit point, intercepted and well;
+ * no pair, port or journal record left over, `show --check` clean. The next
+ * intercept or release of the container does the same recovery first. And
+ * an interception whose container went away (its netns deleted) is cleaned
+ * up by repair: the pair and the original port left in the enforcer netns.
+ */
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import { leftovers, requireKernel, runCleanups, sh } from './helpers';
+import { containerState, linkNames, makeTopology, TestTopology } from './topology';
+import { HOST_IP4, HOST_IP6, ping } from '../src/demo';
+import { INTERCEPT_STEPS, RELEASE_STEPS } from '../src/intercept';
+import { journalDir } from '../src/journal';
+
+const IDLE_ENFORCER = ['lo', 'vbr-neuv', 'vth-neuv'];
+
+function pairs(tt: TestTopology): Array<{ id: number; mode: string; vin: { name: string } | null }> {
+  const r = tt.run(['show', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  return (JSON.parse(r.stdout) as { pairs: Array<{ id: number; mode: string; vin: { name: string } | null }> }).pairs;
+}
+
+function records(tt: TestTopology): string[] {
+  const d = journalDir(tt.pins);
+  return fs.existsSync(d) ? fs.readdirSync(d) : [];
+}
+
+function checkClean(tt: TestTopology, what: string): void {
+  const r = tt.run(['show', '--check']);
+  assert.equal(r.code, 0, `${what}: show --check: ${r.stderr}${r.stdout}`);
+}
+
+function reachable(tt: TestTopology, ns: string, what: string): void {
+  assert.equal(ping(tt.t, ns, HOST_IP4, 1), 1, `${what}: ping`);
+  assert.equal(ping(tt.t, ns, HOST_IP6, 1), 1, `${what}: ping6`);
+}
+
+describe('intercept / release survive SIGKILL at every step (kernel)', function () {
+  this.timeout(600000);
+  before(function () {
+    requireKernel(this);
+  });
+  afterEach(runCleanups);
+  after(function () {
+    runCleanups();
+    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+  });
+
+  it('intercept killed before each step: show --check names the half-done intercept; repair rolls it back (or, at commit, keeps it)', function () {
+    const tt = makeTopology();
+    const c1 = tt.c[0]!;
+    const before = containerState(tt.t, c1);
+    const args = ['intercept', '--container-netns', c1.path, '--mode', 'tap'];
+    for (const s of INTERCEPT_STEPS) {
+      const point = `intercept:before-${s}`;
+      const k = tt.run(args, { NEUV_BPF_CRASH_AT: point });
+      assert.equal(k.code, -1, `${point}: not killed: ${k.stderr}`);
+      assert.match(k.stderr, new RegExp(`crash point ${point} reached`));
+      assert.equal(records(tt).length, 1, `${point}: one journal record`);
+      const chk = tt.run(['show', '--check']);
+      assert.equal(chk.code, 1, `${point}: show --check passes with a half-done intercept`);
+      if (s !== 'commit') assert.match(chk.stdout + chk.stderr, new RegExp(`half-done intercept of eth0 of netns ${c1.path} \\(killed before its step '${s}'\\)`));
+      const rep = tt.run(['repair']);
+      assert.equal(rep.code, 0, `${point}: repair: ${rep.stderr}${rep.stdout}`);
+      assert.deepEqual(containerState(tt.t, c1), before, `${point}: the container after repair`);
+      if (s === 'commit') {
+        // Every step had run: the intercept was complete, and stays.
+        assert.match(rep.stdout, /the killed intercept had completed|nothing to repair/);
+        assert.equal(pairs(tt).length, 1, `${point}: the pair stays`);
+        reachable(tt, c1.ns, point);
+        const rel = tt.run(['release', '--container-netns', c1.path]);
+        assert.equal(rel.code, 0, rel.stderr);
+        assert.deepEqual(containerState(tt.t, c1), before);
+      } else {
+        assert.match(rep.stdout, new RegExp(`fixed: rolled back the intercept of eth0 of netns ${c1.path} killed before its step '${s}'`));
+        assert.deepEqual(pairs(tt), [], `${point}: no pair after repair`);
+      }
+      assert.deepEqual(linkNames(tt.t, tt.t.enforcer), IDLE_ENFORCER, `${point}: the enforcer netns after repair`);
+      assert.deepEqual(records(tt), [], `${point}: no journal record left`);
+      checkClean(tt, point);
+    }
+    reachable(tt, c1.ns, 'after every intercept crash point');
+  });
+
+  it('release killed before each step: repair finishes it', function () {
+    const tt = makeTopology();
+    const c1 = tt.c[0]!;
+    const before = containerState(tt.t, c1);
+    for (const s of RELEASE_STEPS) {
+      const point = `release:before-${s}`;
+      const i = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'tap']);
+      assert.equal(i.code, 0, i.stderr);
+      const k = tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_CRASH_AT: point });
+      assert.equal(k.code, -1, `${point}: not killed: ${k.stderr}`);
+      assert.match(k.stderr, new RegExp(`crash point ${point} reached`));
+      const chk = tt.run(['show', '--check']);
+      assert.equal(chk.code, 1, `${point}: show --check passes with a half-done release`);
+      const rep = tt.run(['repair']);
+      assert.equal(rep.code, 0, `${point}: repair: ${rep.stderr}${rep.stdout}`);
+      assert.match(rep.stdout, new RegExp(`fixed: finished the release of eth0 of netns ${c1.path} killed before its step '${s}'`));
+      assert.deepEqual(containerState(tt.t, c1), before, `${point}: the container after repair`);
+      assert.deepEqual(pairs(tt), [], `${point}: no pair after repair`);
+      assert.deepEqual(linkNames(tt.t, tt.t.enforcer), IDLE_ENFORCER, `${point}: the enforcer netns after repair`);
+      assert.deepEqual(records(tt), [], `${point}: no journal record left`);
+      checkClean(tt, point);
+    }
+    reachable(tt, c1.ns, 'after every release crash point');
+  });
+
+  it('the next intercept or release of the container recovers first; repair cleans up after a container that is gone', function () {
+    const tt = makeTopology({ containers: 3 });
+    const [c1, , c3] = tt.c as [NonNullable<(typeof tt.c)[0]>, unknown, NonNullable<(typeof tt.c)[0]>];
+    const before = containerState(tt.t, c1);
+    const args = ['intercept', '--container-netns', c1.path, '--mode', 'tap'];
+
+    // Killed mid-intercept, then intercept again: rolled back, then intercepted.
+    assert.equal(tt.run(args, { NEUV_BPF_CRASH_AT: 'intercept:before-move-vin' }).code, -1);
+    const again = tt.run(args);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /^first: rolled back the intercept of eth0 .* killed before its step 'move-vin'/);
+    assert.match(again.stdout, /\nintercepted eth0 of netns/);
+    assert.deepEqual(containerState(tt.t, c1), before);
+    assert.equal(pairs(tt).length, 1);
+    reachable(tt, c1.ns, 'intercepted after a rolled-back intercept');
+
+    // Killed mid-release, then release again: finished.
+    assert.equal(tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_CRASH_AT: 'release:before-move-vex' }).code, -1);
+    const rel = tt.run(['release', '--container-netns', c1.path]);
+    assert.equal(rel.code, 0, rel.stderr);
+    assert.match(rel.stdout, /released eth0 of .*: finished the release of eth0 .* killed before its step 'move-vex'/);
+    assert.deepEqual(containerState(tt.t, c1), before);
+
+    // Killed mid-intercept, then release: the rollback is the release.
+    assert.equal(tt.run(args, { NEUV_BPF_CRASH_AT: 'intercept:before-addresses' }).code, -1);
+    const rel2 = tt.run(['release', '--container-netns', c1.path]);
+    assert.equal(rel2.code, 0, rel2.stderr);
+    assert.match(rel2.stdout, /rolled back the intercept of eth0 .* killed before its step 'addresses'/);
+    assert.deepEqual(containerState(tt.t, c1), before);
+    assert.deepEqual(pairs(tt), []);
+    assert.deepEqual(records(tt), []);
+
+    // A container intercepted, then gone (its netns deleted, as a runtime does on stop).
+    const i3 = tt.run(['intercept', '--container-netns', c3.path, '--mode', 'tap', '--json']);
+    assert.equal(i3.code, 0, i3.stderr);
+    const { vex, vin } = JSON.parse(i3.stdout) as { vex: string; vin: string };
+    sh('ip', ['netns', 'del', c3.ns]);
+    for (let t0 = Date.now(); linkNames(tt.t, tt.t.enforcer).includes(vin) && Date.now() - t0 < 10000; ) sh('sleep', ['0.1']);
+    assert.deepEqual(linkNames(tt.t, tt.t.enforcer), [...IDLE_ENFORCER, vex].sort(), 'vin went with the container; vex (the original port) stays');
+    const chk = tt.run(['show', '--check', '--json']);
+    assert.equal(chk.code, 1);
+    const problems = (JSON.parse(chk.stdout) as { problems: string[]; pairs: Array<{ problems: string[] }> });
+    assert.ok(problems.problems.some((p) => p.includes(`${vin} is gone (the container is gone); ${vex} is left`)), JSON.stringify(problems.problems));
+    assert.ok(problems.pairs[0]!.problems.some((p) => /vanished/.test(p)), JSON.stringify(problems.pairs));
+    const rep = tt.run(['repair']);
+    assert.equal(rep.code, 0, rep.stderr + rep.stdout);
+    assert.match(rep.stdout, new RegExp(`eth0 of netns ${c3.path}: the container is gone; removed pair id \\d+, ${vex}`));
+    assert.deepEqual(linkNames(tt.t, tt.t.enforcer), IDLE_ENFORCER);
+    assert.deepEqual(pairs(tt), []);
+    assert.deepEqual(records(tt), []);
+    checkClean(tt, 'after the gone container');
+  });
+});

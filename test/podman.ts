@@ -1,0 +1,164 @@
+/**
+ * Rootful podman for the container suite (test/containers.test.ts), kept
+ * away from any other podman use on the machine: its own storage root,
+ * run root and network config directory under /tmp, its own image (imported
+ * offline from build/containers/rootfs.tar), its own bridge network with a
+ * unique name, bridge and subnets (IPv4 and IPv6), all removed at cleanup.
+ *
+ * What podman needs here (Debian 12's podman 4.3, see docs/containers.md):
+ * netavark (its network backend when installed and no CNI container exists;
+ * forced with --network-backend), runc (crun 1.8 refuses a hybrid cgroup
+ * v1/v2 hierarchy with controllers on the v2 side), cgroupfs (no systemd),
+ * file events, and rlimits within our hard limits (without CAP_SYS_RESOURCE
+ * podman's defaults are refused by the runtime).
+ *
+ * netavark turns IP forwarding on and adds its iptables chains on the first
+ * network setup; restoreHost() puts the forwarding sysctls back and removes
+ * the chains when they were not there before.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ROOT, sh, uniqueName } from './helpers';
+
+export const ROOTFS = path.join(ROOT, 'build', 'containers', 'rootfs.tar');
+const IPT = ['/usr/sbin/iptables', '/usr/sbin/ip6tables'];
+const SYSCTLS = ['net/ipv4/ip_forward', 'net/ipv4/conf/default/forwarding', 'net/ipv6/conf/all/forwarding', 'net/ipv6/conf/default/forwarding'];
+
+/** Why the suite cannot run here, or undefined. */
+export function podmanUnavailable(): string | undefined {
+  for (const [bin, pkg] of [['podman', 'podman'], ['runc', 'runc'], ['/usr/lib/podman/netavark', 'netavark'], ['/usr/sbin/iptables', 'iptables']]) {
+    const found = bin.startsWith('/') ? fs.existsSync(bin) : (process.env.PATH ?? '').split(':').some((d) => d && fs.existsSync(path.join(d, bin)));
+    if (!found) return `${bin} not installed (Debian package ${pkg}: make deps)`;
+  }
+  if (!fs.existsSync(ROOTFS)) return `${ROOTFS} missing (make build)`;
+  return undefined;
+}
+
+interface HostState {
+  sysctls: Map<string, string>;
+  /** Per iptables binary and table: whether netavark's chains were there already. */
+  chains: Map<string, boolean>;
+}
+
+function iptRules(ipt: string, table: string): string[] {
+  return sh(ipt, ['-t', table, '-S'], { allowFail: true }).split('\n').filter(Boolean);
+}
+
+/** Splits an `iptables -S` line into arguments (double quotes group words). */
+export function iptArgs(line: string): string[] {
+  const out: string[] = [];
+  const re = /"([^"]*)"|(\S+)/g;
+  for (let m = re.exec(line); m; m = re.exec(line)) out.push(m[1] ?? m[2]!);
+  return out;
+}
+
+export class Podman {
+  readonly dir: string;
+  readonly image: string;
+  readonly network: string;
+  readonly bridge: string;
+  readonly subnet4: string;
+  readonly subnet6: string;
+  private readonly host: HostState;
+  private readonly base: string[];
+  private networkMade = false;
+  private imageMade = false;
+
+  constructor() {
+    const id = uniqueName('nbp');
+    this.dir = fs.mkdtempSync(`/tmp/${id}-`);
+    this.image = `localhost/${id}:test`;
+    this.network = id;
+    this.bridge = id.slice(0, 15);
+    this.base = [
+      '--root', path.join(this.dir, 'root'), '--runroot', path.join(this.dir, 'run'),
+      '--network-config-dir', path.join(this.dir, 'networks'), '--network-backend', 'netavark',
+      '--cgroup-manager', 'cgroupfs', '--events-backend', 'file', '--runtime', 'runc',
+    ];
+    // A /24 and a /64 no route on this host covers yet.
+    const routes = sh('ip', ['-4', 'route', 'show', 'table', 'all']);
+    let x = 20 + (process.pid % 200);
+    while (routes.includes(`10.89.${x}.`)) x = 20 + ((x + 1) % 200);
+    this.subnet4 = `10.89.${x}`;
+    this.subnet6 = `fd00:89:${x.toString(16)}:`;
+    this.host = {
+      sysctls: new Map(SYSCTLS.map((s) => [s, fs.readFileSync(`/proc/sys/${s}`, 'utf8').trim()])),
+      chains: new Map(IPT.flatMap((ipt) => ['filter', 'nat'].map((t) => [`${ipt} ${t}`, iptRules(ipt, t).some((l) => /NETAVARK/.test(l))] as [string, boolean]))),
+    };
+  }
+
+  /** Runs podman with our private dirs; throws with its stderr unless allowFail. */
+  run(args: string[], opts: { allowFail?: boolean } = {}): { code: number; stdout: string; stderr: string } {
+    const r = spawnSync('podman', [...this.base, ...args], { encoding: 'utf8', timeout: 120000 });
+    const res = { code: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+    if (res.code !== 0 && !opts.allowFail) throw new Error(`podman ${args.join(' ')} failed (${res.code}): ${res.stderr.trim()}`);
+    return res;
+  }
+
+  /** Imports the image and makes the network (bridge renamed to ours in its config). */
+  setUp(): void {
+    this.run(['import', ROOTFS, this.image]);
+    this.imageMade = true;
+    this.run(['network', 'create', '--ipv6', '--disable-dns', '--subnet', `${this.subnet4}.0/24`, '--subnet', `${this.subnet6}:/64`, this.network]);
+    this.networkMade = true;
+    const f = path.join(this.dir, 'networks', `${this.network}.json`);
+    const cfg = JSON.parse(fs.readFileSync(f, 'utf8')) as { network_interface: string };
+    cfg.network_interface = this.bridge;
+    fs.writeFileSync(f, JSON.stringify(cfg, null, 2));
+  }
+
+  /** Starts a container running the echo server (TCP and UDP 8080). */
+  start(name: string): void {
+    this.run([
+      'run', '-d', '--name', name, '--network', this.network, '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096',
+      this.image, '/bin/echo-server', '8080',
+    ]);
+  }
+
+  inspect(name: string): { pid: number; sandbox: string; ip4: string; ip6: string } {
+    const [c] = JSON.parse(this.run(['inspect', name]).stdout) as Array<{
+      State: { Pid: number };
+      NetworkSettings: { SandboxKey: string; Networks: Record<string, { IPAddress: string; GlobalIPv6Address: string }> };
+    }>;
+    const n = c!.NetworkSettings.Networks[this.network]!;
+    return { pid: c!.State.Pid, sandbox: c!.NetworkSettings.SandboxKey, ip4: n.IPAddress, ip6: n.GlobalIPv6Address };
+  }
+
+  /** Removes every container, the network and the image; puts the host's forwarding and iptables back. */
+  tearDown(): void {
+    this.run(['rm', '-af', '-t', '0'], { allowFail: true });
+    if (this.networkMade) this.run(['network', 'rm', '-f', this.network], { allowFail: true });
+    if (this.imageMade) this.run(['rmi', '-af'], { allowFail: true });
+    sh('ip', ['link', 'del', this.bridge], { allowFail: true });
+    this.restoreHost();
+    // Storage may still be mounted (overlay's home): unmount what is under our dir, then remove it.
+    const mounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(this.dir + '/'));
+    for (const m of mounts.sort().reverse()) sh('umount', ['-l', m], { allowFail: true });
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  private restoreHost(): void {
+    for (const [s, v] of this.host.sysctls) {
+      try {
+        if (fs.readFileSync(`/proc/sys/${s}`, 'utf8').trim() !== v) fs.writeFileSync(`/proc/sys/${s}`, v);
+      } catch {
+        /* best effort */
+      }
+    }
+    for (const ipt of IPT) {
+      for (const table of ['filter', 'nat']) {
+        if (this.host.chains.get(`${ipt} ${table}`)) continue; // there before us: someone else's
+        const rules = iptRules(ipt, table);
+        // Jumps from the built-in chains first, then netavark's chains themselves.
+        for (const l of rules) {
+          const a = iptArgs(l);
+          if (a[0] === '-A' && !/^NETAVARK/.test(a[1]!) && /NETAVARK/.test(l)) sh(ipt, ['-t', table, '-D', ...a.slice(1)], { allowFail: true });
+        }
+        const chains = rules.map((l) => /^-N (NETAVARK\S*)$/.exec(l)?.[1]).filter((c): c is string => !!c);
+        for (const c of chains) sh(ipt, ['-t', table, '-F', c], { allowFail: true });
+        for (const c of chains) sh(ipt, ['-t', table, '-X', c], { allowFail: true });
+      }
+    }
+  }
+}
