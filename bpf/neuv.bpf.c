@@ -181,40 +181,52 @@ struct {
 __u32 neuv_trace_lost = 0;
 
 /*
- * The fields of an Ethernet header the rules look at, as they arrived.
- * Callers zero it first (the tracer reads it whole, parsed or not).
+ * The fields of an Ethernet header the rules look at, as they arrived: 16
+ * bytes written as two words. Callers zero it first (the tracer reads it
+ * whole, parsed or not).
  */
 struct eth_info {
-	__u8 da[6];
-	__u8 sa[6];
-	__u16 proto;  /* EtherType, host order (a VLAN tag is just 0x8100) */
-	__u8 unicast; /* DA[0] bit 0 clear */
-	__u8 pad;
+	union {
+		struct {
+			__u8 da[6];
+			__u8 sa[6];
+			__u16 proto;  /* EtherType, host order (a VLAN tag is just 0x8100) */
+			__u8 unicast; /* DA[0] bit 0 clear */
+			__u8 pad;
+		};
+		__u64 raw[2];
+	};
 };
 
 /*
- * Bounds-checked parse of the Ethernet header: fills *ei and returns 0, or
- * returns -1 when the frame is shorter than 14 bytes.
+ * Bounds-checked parse of the Ethernet header: fills *ei (three packet loads,
+ * two stores) and returns the packet's start (ETH_HLEN bytes readable), or
+ * NULL when the frame is shorter than 14 bytes. Little-endian layout of
+ * raw[] (x86, arm64): DA[0] is the low byte.
  */
-static __always_inline int parse_eth(const struct __sk_buff *skb, struct eth_info *ei)
+static __always_inline void *parse_eth(const struct __sk_buff *skb, struct eth_info *ei)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	__u64 w0;
 
-	if ((void *)(eth + 1) > data_end)
-		return -1;
-	__builtin_memcpy(ei->da, eth->h_dest, 6);
-	__builtin_memcpy(ei->sa, eth->h_source, 6);
-	ei->proto = bpf_ntohs(eth->h_proto);
-	ei->unicast = !(eth->h_dest[0] & 1);
-	return 0;
+	if (data + ETH_HLEN > data_end)
+		return NULL;
+	w0 = *(__u64 *)data; /* DA, SA[0..1] */
+	ei->raw[0] = w0;
+	ei->raw[1] = (__u64)*(__u32 *)(data + 8) |                       /* SA[2..5] */
+		     (__u64)bpf_ntohs(*(__u16 *)(data + 12)) << 32 |      /* proto */
+		     (__u64)(~w0 & 1) << 48;                              /* unicast */
+	return data;
 }
 
-static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+/*
+ * Whether the 6 bytes at pkt (a packet pointer, bounds checked by the caller)
+ * are the MAC m (in a map value, 4-byte aligned): two loads each.
+ */
+static __always_inline int pkt_mac_eq(const __u8 *pkt, const __u8 *m)
 {
-	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
-		(a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+	return *(const __u32 *)pkt == *(const __u32 *)m && *(const __u16 *)(pkt + 4) == *(const __u16 *)(m + 4);
 }
 
 static __always_inline int is_ucmac(const __u8 *m)
@@ -541,6 +553,7 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	__u32 peer, flags;
 	__u8 mode, to_peer = NEUV_V_TO_PEER;
 	int host = 0, match = 0;
+	void *data;
 
 	if (!ifindex)
 		ifindex = skb->ifindex;
@@ -556,7 +569,6 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	o.mode = mode;
 	o.id = p->id;
 	o.has_id = 1;
-	__builtin_memcpy(m, p->mac, 6);
 	if (p->role != role) {
 		drop(&o, NEUV_R_DROP_ROLE);
 		goto out;
@@ -566,18 +578,20 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 		goto out;
 	}
 
-	if (parse_eth(skb, &ei) == 0) {
+	data = parse_eth(skb, &ei);
+	if (data) {
 		int l3;
 
 		o.flags = NEUV_TF_PARSED;
 		l3 = ei.proto == ETH_P_IP ||
 			 (ei.proto == ETH_P_IPV6 && (flags & NEUV_F_IPV6_TO_DP));
 
+		/* The workload's MAC M compared where the frame is (no helper has run yet). */
 		if (vin) {
-			match = l3 && ei.unicast && mac_eq(ei.sa, m);
+			match = l3 && ei.unicast && pkt_mac_eq(data + ETH_OFF_SOURCE, p->mac);
 			host = ei.unicast;
 		} else {
-			host = ei.unicast && mac_eq(ei.da, m);
+			host = ei.unicast && pkt_mac_eq(data + ETH_OFF_DEST, p->mac);
 			match = l3 && host;
 		}
 	}
@@ -614,6 +628,7 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	if (match && mode == NEUV_MODE_TAP) {
 		int err;
 
+		__builtin_memcpy(m, p->mac, 6); /* M, put back after the copy */
 		make_ucmac(uc, o.id);
 		if (bpf_skb_store_bytes(skb, off, uc, 6, 0)) {
 			drop(&o, NEUV_R_REWRITE_FAILED);
@@ -678,7 +693,7 @@ int neuv_vbr(struct __sk_buff *skb)
 	__u8 m[6], mode;
 	int host;
 
-	if (parse_eth(skb, &ei))
+	if (!parse_eth(skb, &ei))
 		goto out;
 	o.flags = NEUV_TF_PARSED;
 	if (is_ucmac(ei.da)) {
