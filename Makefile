@@ -32,13 +32,19 @@ $(BPF_OBJ): $(BPF_SRC) $(BPF_HDR) | $(DEPS_STAMP)
 	@[ "$(V)" = 1 ] || echo "  CLANG  $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-# Test fixtures: a layout-drifted copy of the datapath and a verifier-refused object.
-FIXTURES := build/fixtures/drift.bpf.o build/fixtures/reject.bpf.o
+# Test fixtures: layout-drifted copies of the datapath (a struct; a flag value) and a verifier-refused object.
+FIXTURES := build/fixtures/drift.bpf.o build/fixtures/drift-flag.bpf.o build/fixtures/reject.bpf.o
 fixtures: $(FIXTURES)
 build/fixtures/%.bpf.o: test/fixtures/%.bpf.c $(BPF_SRC) $(BPF_HDR) | $(DEPS_STAMP)
 	@mkdir -p build/fixtures
 	@[ "$(V)" = 1 ] || echo "  CLANG  $@"
-	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(Q)$(CLANG) $(BPF_CFLAGS) -I build/fixtures -c $< -o $@
+# bpf/neuv.h with NEUV_F_SELF_PEER moved from bit 3 to bit 4 (the sed must have changed it).
+build/fixtures/drift-flag.bpf.o: build/fixtures/drift-flag.h
+build/fixtures/drift-flag.h: bpf/neuv.h
+	@mkdir -p build/fixtures
+	$(Q)sed 's/NEUV_F_SELF_PEER *= 1U << 3,/NEUV_F_SELF_PEER = 1U << 4,/' $< > $@.tmp
+	$(Q)grep -q 'NEUV_F_SELF_PEER = 1U << 4,' $@.tmp && mv $@.tmp $@
 
 # The stub enforcer DP of the tests and the demo (tools/stub-dp.c).
 HOSTCC ?= gcc

@@ -8,12 +8,16 @@
  *   neuv_vbr  vbr-neuv ingress: frames the DP (enforcer userspace) sends back
  *
  * Every decision is one or two hash lookups plus a MAC rewrite and a
- * redirect: constant time in the number of pairs, no loops.
+ * redirect: constant time in the number of pairs, no loops. Each map is
+ * looked up at most once per frame: neuv_config at the start (vin/vex: the DP
+ * port, whether flows are offloaded, whether tracing is on), the port entry,
+ * then one counter map at the exit (neuv_stats, or neuv_flow_stats for a frame
+ * neuv_flows decided).
  *
- * Minimum kernel: 5.10 (bpf_redirect_peer). Every other helper used here
- * (bpf_redirect, bpf_clone_redirect, bpf_skb_store_bytes,
- * bpf_skb_change_type, bpf_skb_load_bytes, bpf_ringbuf_* (5.8)), global
- * functions (5.6) and BTF-defined maps are older than that.
+ * Minimum kernel: 6.1. Helpers used here: bpf_redirect, bpf_redirect_peer
+ * (5.10), bpf_clone_redirect, bpf_skb_store_bytes, bpf_skb_change_type,
+ * bpf_skb_load_bytes, bpf_ringbuf_* (5.8); global functions with pointer
+ * arguments (5.12) and BTF-defined maps.
  *
  * Each program has one exit: it fills a struct neuv_decision (action, counters,
  * reason), finish() counts it and returns the action. Programs only ever
@@ -29,11 +33,10 @@
  *
  * Tracing: finish() also emits one struct neuv_trace per frame into the
  * neuv_trace ring buffer while neuv_config.trace_until is non-zero (and
- * bpf_ktime_get_ns() is below it). When tracing is off that costs the config
- * lookup (an inlined array access), one load and one branch. The record is
+ * bpf_ktime_get_ns() is below it). When tracing is off that costs one load
+ * and one branch (the config entry was looked up at the start). The record is
  * written by neuv_trace_emit(), a global function: the verifier checks it
- * once, not once per path into finish(), and the outcome and the header as
- * parsed reach it as four scalars.
+ * once, not once per path into finish().
  *
  * Decisions beyond the DATAPATH.md tables (mirrored in src/model.ts):
  * - vin/vex: no port entry passes (PASS_NO_PORT); a role that does not match
@@ -54,7 +57,9 @@
  *   a decision for its flow in neuv_flows: ALLOW sends it to the peer
  *   unchanged like BYPASS (verdict FAST), DENY drops it (FLOW_DROP); no
  *   entry, an expired one (deleted), or a TCP FIN/RST on an ALLOW entry
- *   (deleted) sends it to the DP as before. TAP and BYPASS never look.
+ *   (deleted) sends it to the DP as before. TAP and BYPASS never look, nor
+ *   does FWD while neuv_config.flags lacks NEUV_CFG_FLOWS (no writer of
+ *   neuv_flows yet: the frame goes to the DP without the lookup).
  *
  * MAC rewrites always go through bpf_skb_store_bytes (flags 0: the Ethernet
  * header is outside skb->csum at tc ingress). parse_eth() copies what the
@@ -86,7 +91,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * neuv_set_pkt_type: before a bpf_redirect_peer of a unicast frame, set
  * skb->pkt_type to PACKET_HOST (kernels < 6.15 keep PACKET_OTHERHOST and the
  * receiving stack drops the frame).
- * neuv_build_tag: identifies a build; only referenced, never acted on.
+ * neuv_build_tag: identifies a build (the reload tests look for it in a
+ * program's .rodata). Never read: a global is kept in .rodata whether or not
+ * code uses it, and every program references .rodata (neuv_set_pkt_type), so
+ * the map holding it is bound to each.
  */
 const volatile __u32 neuv_set_pkt_type = 1;
 const volatile __u32 neuv_build_tag = 0;
@@ -173,9 +181,9 @@ struct {
 __u32 neuv_trace_lost = 0;
 
 /*
- * The fields of an Ethernet header the rules look at. 16 bytes: as they
- * arrived, they reach neuv_trace_emit() as raw[0..1]. Callers zero it first
- * (the tracer reads it whole, parsed or not).
+ * The fields of an Ethernet header the rules look at, as they arrived: 16
+ * bytes written as two words. Callers zero it first (the tracer reads it
+ * whole, parsed or not).
  */
 struct eth_info {
 	union {
@@ -191,29 +199,34 @@ struct eth_info {
 };
 
 /*
- * Bounds-checked parse of the Ethernet header: fills *ei and returns 0, or
- * returns -1 when the frame is shorter than 14 bytes.
+ * Bounds-checked parse of the Ethernet header: fills *ei (three packet loads,
+ * two stores) and returns the packet's start (ETH_HLEN bytes readable), or
+ * NULL when the frame is shorter than 14 bytes. Little-endian layout of
+ * raw[] (x86, arm64): DA[0] is the low byte.
  */
-static __always_inline int parse_eth(const struct __sk_buff *skb, struct eth_info *ei)
+static __always_inline void *parse_eth(const struct __sk_buff *skb, struct eth_info *ei)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	__u64 w0;
 
-	if ((void *)(eth + 1) > data_end)
-		return -1;
-	__builtin_memcpy(ei->da, eth->h_dest, 6);
-	__builtin_memcpy(ei->sa, eth->h_source, 6);
-	ei->proto = bpf_ntohs(eth->h_proto);
-	ei->unicast = !(eth->h_dest[0] & 1);
-	ei->pad = 0; /* all 16 bytes defined: the tracer reads them as two words */
-	return 0;
+	if (data + ETH_HLEN > data_end)
+		return NULL;
+	w0 = *(__u64 *)data; /* DA, SA[0..1] */
+	ei->raw[0] = w0;
+	ei->raw[1] = (__u64)*(__u32 *)(data + 8) |                       /* SA[2..5] */
+		     (__u64)bpf_ntohs(*(__u16 *)(data + 12)) << 32 |      /* proto */
+		     (__u64)(~w0 & 1) << 48;                              /* unicast */
+	return data;
 }
 
-static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+/*
+ * Whether the 6 bytes at pkt (a packet pointer, bounds checked by the caller)
+ * are the MAC m (in a map value, 4-byte aligned): two loads each.
+ */
+static __always_inline int pkt_mac_eq(const __u8 *pkt, const __u8 *m)
 {
-	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) |
-		(a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])) == 0;
+	return *(const __u32 *)pkt == *(const __u32 *)m && *(const __u16 *)(pkt + 4) == *(const __u16 *)(m + 4);
 }
 
 static __always_inline int is_ucmac(const __u8 *m)
@@ -236,7 +249,7 @@ static __always_inline void count(struct neuv_stats *st, __u32 dir, __u32 v, __u
 {
 	struct neuv_ctr *c;
 
-	/* FAST and FLOW_DROP are counted in neuv_flow_stats by neuv_flow_check(). */
+	/* FAST and FLOW_DROP are counted in neuv_flow_stats (neuv_flow_count()). */
 	if (dir >= NEUV_DIR_MAX || v >= NEUV_STATS_VERDICTS)
 		return;
 	c = &st->c[dir][v];
@@ -252,40 +265,28 @@ static __always_inline __u32 dp_ifindex_of(const struct neuv_config *cfg)
 }
 
 /*
- * Writes one trace record. d_raw: the struct neuv_decision; eth_raw: struct
- * eth_info as the program parsed it before any rewrite (valid with
- * NEUV_TF_PARSED; otherwise nothing was rewritten and the frame is read
- * here). Checks the deadline and the filter itself: the caller only saw
- * trace_until != 0. Returns 1 if a record was written.
+ * Writes one trace record: d is what the program decided, ei the header as it
+ * parsed it before any rewrite (valid with NEUV_TF_PARSED; otherwise nothing
+ * was rewritten and the frame is read here), cfg the neuv_config entry the
+ * program looked up. Checks the deadline and the filter itself: the caller
+ * only saw trace_until != 0. Returns 1 if a record was written.
  * A global function, so the verifier checks it once, on its own, instead of
- * once per path into finish(); everything reaches it as scalars (pointers to
- * the stack need kernel 5.12+ for a global function).
+ * once per path into finish() (pointer arguments: it null-checks them).
  */
 __attribute__((noinline))
-int neuv_trace_emit(struct __sk_buff *skb, __u64 d_raw0, __u64 d_raw1, __u64 eth_raw0, __u64 eth_raw1)
+int neuv_trace_emit(struct __sk_buff *skb, const struct neuv_config *cfg,
+		    const struct neuv_decision *d, const struct eth_info *ei)
 {
-	union {
-		struct neuv_decision d;
-		__u64 raw[2];
-	} u = { .raw = { d_raw0, d_raw1 } };
-	/* The Ethernet header as it is now: DA, SA, EtherType in network order. */
-	union {
-		__u8 b[16];
-		__u64 raw[2];
-	} now = {};
-	struct eth_info before = { .raw = { eth_raw0, eth_raw1 } };
-	struct neuv_config *cfg;
+	__u8 now[ETH_HLEN]; /* the Ethernet header as it is now: DA, SA, EtherType (network order) */
 	struct neuv_trace *t;
-	__u32 zero = 0, flags;
-	__u64 ts, m, ifindex, dp;
-	long err;
+	__u32 flags, dp;
+	__u64 ts;
+	__u8 tf;
 
-	cfg = bpf_map_lookup_elem(&neuv_config, &zero);
-	if (!cfg)
+	if (!cfg || !d || !ei)
 		return 0;
 	flags = cfg->flags;
-	if ((flags & NEUV_CFG_TRACE_ID) &&
-	    (!u.d.has_id || u.d.id != (flags & NEUV_CFG_TRACE_ID_MASK)))
+	if ((flags & NEUV_CFG_TRACE_ID) && (!d->has_id || d->id != (flags & NEUV_CFG_TRACE_ID_MASK)))
 		return 0;
 	ts = bpf_ktime_get_ns();
 	if (ts >= cfg->trace_until)
@@ -295,37 +296,27 @@ int neuv_trace_emit(struct __sk_buff *skb, __u64 d_raw0, __u64 d_raw1, __u64 eth
 		__sync_fetch_and_add(&neuv_trace_lost, 1);
 		return 0;
 	}
-	/*
-	 * The rest is branch-free (masks instead of ifs): on older verifiers
-	 * every combination of branches here was a path of its own.
-	 * On failure bpf_skb_load_bytes() zeroes the buffer: too short now, so
-	 * the frame was never parsed nor rewritten.
-	 */
-	err = bpf_skb_load_bytes(skb, 0, now.b, ETH_HLEN);
-	barrier_var(err);
-	u.d.flags |= (__u8)(((__u64)err >> 63) << 2); /* NEUV_TF_SHORT when err < 0 */
-	/* Not parsed: the header as it is now is the one it arrived with. */
-	m = ((u.d.flags >> 1) & 1) - 1; /* NEUV_TF_PARSED: 0, else all ones */
-	barrier_var(m);
-	before.raw[0] = (before.raw[0] & ~m) | (now.raw[0] & m);
-	before.raw[1] = (before.raw[1] & ~m) | (now.raw[1] & m);
-	before.proto = (before.proto & ~m) | (((__u16)now.b[12] << 8 | now.b[13]) & m);
+	tf = d->flags;
+	/* On failure bpf_skb_load_bytes() zeroes the buffer: too short now, so never parsed nor rewritten. */
+	if (bpf_skb_load_bytes(skb, 0, now, ETH_HLEN) < 0)
+		tf |= NEUV_TF_SHORT;
 	t->ts = ts;
-	t->d = u.d;
-	ifindex = skb->ingress_ifindex;
-	barrier_var(ifindex);
-	t->ifindex = ifindex | (skb->ifindex & -(((__u64)ifindex - 1) >> 63)); /* ingress_ifindex, or ifindex when 0 */
+	__builtin_memcpy(&t->d, d, sizeof(t->d));
+	t->d.flags = tf;
+	t->ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex;
 	t->len = skb->len;
-	dp = cfg->dp_ifindex;
-	barrier_var(dp);
-	dp |= NEUV_VBR_IFINDEX & -(((__u64)dp - 1) >> 63); /* dp_ifindex_of() */
-	m = (__u64)(u.d.v1 ^ NEUV_V_COPY);
-	barrier_var(m);
-	t->copy_ifindex = dp & -((m - 1) >> 63); /* TAP copy: the DP port */
+	dp = cfg->dp_ifindex ? cfg->dp_ifindex : NEUV_VBR_IFINDEX;
+	t->copy_ifindex = d->v1 == NEUV_V_COPY ? dp : 0; /* TAP copy: the DP port */
 	t->lost = neuv_trace_lost;
-	__builtin_memcpy(t->before, before.raw, 12);
-	__builtin_memcpy(t->after, now.b, 12);
-	t->proto = before.proto;
+	if (tf & NEUV_TF_PARSED) {
+		__builtin_memcpy(t->before, ei->da, 12);
+		t->proto = ei->proto;
+	} else {
+		/* Not parsed: the header as it is now is the one it arrived with. */
+		__builtin_memcpy(t->before, now, 12);
+		t->proto = (__u16)now[12] << 8 | now[13];
+	}
+	__builtin_memcpy(t->after, now, 12);
 	__builtin_memset(t->pad, 0, sizeof(t->pad));
 	bpf_ringbuf_submit(t, 0);
 	return 1;
@@ -347,18 +338,17 @@ static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex, __u32 f
 }
 
 /*
- * Counts a frame neuv_flows decided in neuv_flow_stats[id], creating the
- * entry at the pair's first: slot = dir * NEUV_FLOW_VERDICTS + (FAST 0,
- * FLOW_DROP 1). A global function (verified once, scalars only).
+ * Counts a frame neuv_flows decided in neuv_flow_stats[id].c[dir][drop]
+ * (dir 0 or 1; drop: 0 FAST, 1 FLOW_DROP), creating the entry at the pair's
+ * first.
+ * A global function (verified once).
  */
 __attribute__((noinline))
-int neuv_flow_count(__u32 id, __u64 slot, __u32 len)
+int neuv_flow_count(__u32 id, __u32 dir, __u32 drop, __u32 len)
 {
 	struct neuv_flow_stats *st;
 	struct neuv_ctr *c;
 
-	if (slot >= NEUV_DIR_MAX * NEUV_FLOW_VERDICTS)
-		return 0;
 	st = bpf_map_lookup_elem(&neuv_flow_stats, &id);
 	if (!st) {
 		struct neuv_flow_stats zero = {};
@@ -368,7 +358,7 @@ int neuv_flow_count(__u32 id, __u64 slot, __u32 len)
 		if (!st)
 			return 0;
 	}
-	c = &st->c[0][0] + slot;
+	c = &st->c[dir & 1][drop & 1]; /* NEUV_DIR_MAX, NEUV_FLOW_VERDICTS: 2 each */
 	c->packets += 1; /* per-CPU value: plain adds */
 	c->bytes += len;
 	return 1;
@@ -383,39 +373,36 @@ int neuv_flow_count(__u32 id, __u64 slot, __u32 len)
  * Flow offload: the neuv_flows lookup for a frame FWD would send to the DP
  * (unicast, the workload's MAC where the hook looks; IPv4 by its EtherType,
  * checked here). Parses the IPv4 header (IHL honoured) and the TCP/UDP
- * ports, builds the normalised key (neuv.h), applies expiry and TCP
- * FIN/RST; for a hit it touches the entry and counts the frame in
- * neuv_flow_stats[id].c[dir], and sends an ALLOW entry's frame to the peer
- * (deliver(), as the TO_PEER path would).
+ * ports, builds the normalised key (neuv.h) with o->id, applies expiry and
+ * TCP FIN/RST, and for a hit touches the entry. Adds NEUV_TF_FLOW* to
+ * o->flags and returns the entry's verdict: NEUV_FLOW_ALLOW (send it to the
+ * peer, verdict FAST), NEUV_FLOW_DENY (drop it, FLOW_DROP) or NEUV_FLOW_NONE
+ * (to the DP as without offload). finish() counts FAST and FLOW_DROP.
  *
- * id_dir: pair id | dir << 16; peer: the pair's other port; pflags: that
- * port entry's flags | host << 31 (deliver()'s arguments). Returns the
- * entry's verdict in bits 0-7 (NEUV_FLOW_ALLOW: the frame is redirected
- * already; NEUV_FLOW_DENY: drop it; NEUV_FLOW_NONE: to the DP as without
- * offload) and NEUV_TF_* trace flags in bits 8-15. No lookup (NONE, no flag)
- * for: not IPv4 (EtherType, version 4, IHL >= 5) or not in the linear data,
- * any fragment (a non-first one has no ports; the first goes along so the
- * DP can reassemble), a TCP header shorter than its flags byte or a UDP
- * header shorter than its ports. Other protocols have ports 0.
+ * No lookup (NONE, no flag) for: not IPv4 (EtherType, version 4, IHL >= 5)
+ * or not in the linear data, any fragment (a non-first one has no ports; the
+ * first goes along so the DP can reassemble), a TCP header shorter than its
+ * flags byte or a UDP header shorter than its ports. Other protocols have
+ * ports 0.
  *
  * A global function: the verifier checks it once, on its own, instead of on
- * every path of the caller, and the caller has one path per verdict (the
- * redirect's own branches are in here).
+ * every path of the caller.
  */
 __attribute__((noinline))
-int neuv_flow_check(struct __sk_buff *skb, __u32 id_dir, __u32 peer, __u32 pflags)
+int neuv_flow_check(struct __sk_buff *skb, struct neuv_decision *o)
 {
-	__u32 id = id_dir & 0xffff, dir = (id_dir >> 16) & 1;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
 	struct neuv_flow_key k = {};
 	struct neuv_flow *f;
-	__u32 ihl, sa, da, key = id & 0xffff;
+	__u32 ihl, sa, da;
 	__u16 sp = 0, dp = 0;
 	__u8 vihl, proto, tcpflags = 0, v;
 	__u64 now, deadline, idle, last;
 
+	if (!o)
+		return NEUV_FLOW_NONE;
 	if ((void *)(ip + 1) > data_end)
 		return NEUV_FLOW_NONE;
 	if (((struct ethhdr *)data)->h_proto != bpf_htons(ETH_P_IP))
@@ -427,7 +414,6 @@ int neuv_flow_check(struct __sk_buff *skb, __u32 id_dir, __u32 peer, __u32 pflag
 	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
 		return NEUV_FLOW_NONE;
 	proto = ip->protocol;
-	/* Two separate branches: fewer paths for the verifier than shared port loads. */
 	if (proto == IPPROTO_TCP) {
 		__u8 *l4 = (__u8 *)ip + ihl;
 
@@ -446,7 +432,7 @@ int neuv_flow_check(struct __sk_buff *skb, __u32 id_dir, __u32 peer, __u32 pflag
 	}
 	sa = ip->saddr;
 	da = ip->daddr;
-	k.id = key;
+	k.id = o->id;
 	k.proto = proto;
 	/* Endpoint A: the lower (address, port), both as big-endian numbers. */
 	if (bpf_ntohl(sa) < bpf_ntohl(da) || (sa == da && bpf_ntohs(sp) <= bpf_ntohs(dp))) {
@@ -460,77 +446,70 @@ int neuv_flow_check(struct __sk_buff *skb, __u32 id_dir, __u32 peer, __u32 pflag
 		k.addr_b = sa;
 		k.port_b = sp;
 	}
+	o->flags |= NEUV_TF_FLOW;
 	f = bpf_map_lookup_elem(&neuv_flows, &k);
 	if (!f)
-		return NEUV_TF_FLOW << 8;
+		return NEUV_FLOW_NONE;
 	v = f->verdict;
 	if (v != NEUV_FLOW_ALLOW && v != NEUV_FLOW_DENY)
-		return NEUV_TF_FLOW << 8; /* no decision: as no entry */
+		return NEUV_FLOW_NONE; /* no decision: as no entry */
 	now = bpf_ktime_get_ns();
 	deadline = f->deadline_ns;
 	idle = f->idle_ns;
 	last = f->last_ns;
 	if ((deadline && now >= deadline) || (idle && last && now > last && now - last >= idle)) {
 		bpf_map_delete_elem(&neuv_flows, &k);
-		return (NEUV_TF_FLOW | NEUV_TF_FLOW_EXPIRED) << 8;
+		o->flags |= NEUV_TF_FLOW_EXPIRED;
+		return NEUV_FLOW_NONE;
 	}
 	if (v == NEUV_FLOW_ALLOW && (tcpflags & (TCP_FIN | TCP_RST))) {
 		/* The flow ends: the DP sees its closing frames. */
 		bpf_map_delete_elem(&neuv_flows, &k);
-		return (NEUV_TF_FLOW | NEUV_TF_FLOW_END) << 8;
+		o->flags |= NEUV_TF_FLOW_END;
+		return NEUV_FLOW_NONE;
 	}
 	f->last_ns = now;
 	__sync_fetch_and_add(&f->packets, 1);
 	__sync_fetch_and_add(&f->bytes, skb->len);
-
-	neuv_flow_count(key, (dir ? NEUV_FLOW_VERDICTS : 0) + (v == NEUV_FLOW_ALLOW ? 0 : 1), skb->len);
-	if (v == NEUV_FLOW_ALLOW) {
-		/* bpf_redirect*() with flags 0 returns TC_ACT_REDIRECT: the caller returns that. */
-		deliver(skb, peer, pflags, pflags >> 31);
-		/* NEUV_TF_PEER when it was bpf_redirect_peer (NEUV_F_REDIRECT_PEER is bit 1, NEUV_TF_PEER bit 0). */
-		return v | (NEUV_TF_FLOW | ((pflags >> 1) & NEUV_TF_PEER)) << 8;
-	}
-	return v | NEUV_TF_FLOW << 8;
+	return v;
 }
 
 /*
- * The single exit of every program: count the outcome, trace it if tracing
- * is on, return its action. ei is the header as parsed when o->flags has
- * NEUV_TF_PARSED, zeros otherwise.
+ * The single exit of every program: count the outcome (one counter map: FAST
+ * and FLOW_DROP in neuv_flow_stats, the rest in neuv_stats), trace it if
+ * tracing is on, return its action. cfg is the program's neuv_config lookup;
+ * ei is the header as parsed when o->flags has NEUV_TF_PARSED, zeros
+ * otherwise.
  */
-static __always_inline int finish(struct __sk_buff *skb, const struct neuv_decision *o, const struct eth_info *ei)
+static __always_inline int finish(struct __sk_buff *skb, const struct neuv_config *cfg,
+				  const struct neuv_decision *o, const struct eth_info *ei)
 {
 	__u32 zero = 0;
 	__u32 r = o->reason;
-	struct neuv_config *cfg;
-	/* Reference the build tag so it stays in the object's .rodata. */
-	volatile __u32 build_tag = neuv_build_tag;
 
-	(void)build_tag;
 	if (o->has_id) {
 		__u32 id = o->id;
-		struct neuv_stats *st = bpf_map_lookup_elem(&neuv_stats, &id);
 
-		if (st) {
-			count(st, o->dir, o->v1, skb->len);
-			count(st, o->dir, o->v2, skb->len);
+		if (o->v2 == NEUV_V_FAST || o->v1 == NEUV_V_FLOW_DROP) {
+			neuv_flow_count(id, o->dir, o->v1 == NEUV_V_FLOW_DROP, skb->len);
+		} else {
+			struct neuv_stats *st = bpf_map_lookup_elem(&neuv_stats, &id);
+
+			if (st) {
+				count(st, o->dir, o->v1, skb->len);
+				count(st, o->dir, o->v2, skb->len);
+			}
 		}
 	}
-	if (r != NEUV_R_NONE && r < NEUV_R_MAX) {
+	if (r != NEUV_R_NONE) {
 		struct neuv_global *g = bpf_map_lookup_elem(&neuv_global, &zero);
 
-		if (g)
+		barrier_var(r); /* else clang folds both tests into one the verifier cannot bound */
+		if (g && r < NEUV_R_MAX)
 			g->reason[r] += 1;
 	}
-	cfg = bpf_map_lookup_elem(&neuv_config, &zero);
-	if (cfg && cfg->trace_until) {
-		/* volatile: o and ei stay on the stack, read as two words each,
-		 * rather than being kept packed in registers on every path. */
-		const volatile __u64 *oraw = (const volatile __u64 *)o;
-		const volatile __u64 *eraw = (const volatile __u64 *)ei->raw;
-
-		neuv_trace_emit(skb, oraw[0], oraw[1], eraw[0], eraw[1]);
-	}
+	if (cfg && cfg->trace_until)
+		neuv_trace_emit(skb, cfg, o, ei);
 	return o->action;
 }
 
@@ -542,11 +521,11 @@ static __always_inline void drop(struct neuv_decision *o, __u8 reason)
 	o->reason = reason;
 }
 
-static __always_inline __u32 dp_ifindex(void)
+static __always_inline struct neuv_config *config(void)
 {
 	__u32 zero = 0;
 
-	return dp_ifindex_of(bpf_map_lookup_elem(&neuv_config, &zero));
+	return bpf_map_lookup_elem(&neuv_config, &zero);
 }
 
 /*
@@ -567,12 +546,14 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	};
 	const __u32 off = vin ? ETH_OFF_SOURCE : ETH_OFF_DEST;
 	__u32 ifindex = skb->ingress_ifindex;
+	struct neuv_config *cfg = config();
 	struct neuv_port *p;
 	struct eth_info ei = {};
 	__u8 uc[6], m[6];
 	__u32 peer, flags;
-	__u8 mode;
+	__u8 mode, to_peer = NEUV_V_TO_PEER;
 	int host = 0, match = 0;
+	void *data;
 
 	if (!ifindex)
 		ifindex = skb->ifindex;
@@ -588,7 +569,6 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	o.mode = mode;
 	o.id = p->id;
 	o.has_id = 1;
-	__builtin_memcpy(m, p->mac, 6);
 	if (p->role != role) {
 		drop(&o, NEUV_R_DROP_ROLE);
 		goto out;
@@ -598,45 +578,49 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 		goto out;
 	}
 
-	if (parse_eth(skb, &ei) == 0) {
+	data = parse_eth(skb, &ei);
+	if (data) {
 		int l3;
 
 		o.flags = NEUV_TF_PARSED;
 		l3 = ei.proto == ETH_P_IP ||
 			 (ei.proto == ETH_P_IPV6 && (flags & NEUV_F_IPV6_TO_DP));
 
+		/* The workload's MAC M compared where the frame is (no helper has run yet). */
 		if (vin) {
-			match = l3 && ei.unicast && mac_eq(ei.sa, m);
+			match = l3 && ei.unicast && pkt_mac_eq(data + ETH_OFF_SOURCE, p->mac);
 			host = ei.unicast;
 		} else {
-			host = ei.unicast && mac_eq(ei.da, m);
+			host = ei.unicast && pkt_mac_eq(data + ETH_OFF_DEST, p->mac);
 			match = l3 && host;
 		}
 	}
 	/* else: shorter than an Ethernet header, goes to the peer unchanged. */
 
 	if (match && mode == NEUV_MODE_FWD) {
-		/* Flow offload: an entry of the DP's decides without it (IPv4 only, checked there). */
-		int fr = neuv_flow_check(skb, o.id | (__u32)o.dir << 16, peer, flags | (__u32)host << 31);
+		/*
+		 * Flow offload: an entry of the DP's decides without it (IPv4 only;
+		 * not looked up until something wrote neuv_flows).
+		 */
+		int v = NEUV_FLOW_NONE;
 
-		o.flags |= (fr >> 8) & 0xff;
-		if ((fr & 0xff) == NEUV_FLOW_ALLOW) { /* sent to the peer already */
-			o.action = TC_ACT_REDIRECT;
-			o.target = peer;
-			o.v2 = NEUV_V_FAST; /* in TO_PEER's place: the frame took its path */
-			goto out;
-		}
-		if ((fr & 0xff) == NEUV_FLOW_DENY) {
+		if (ei.proto == ETH_P_IP && cfg && (cfg->flags & NEUV_CFG_FLOWS))
+			v = neuv_flow_check(skb, &o);
+		if (v == NEUV_FLOW_DENY) {
 			o.action = TC_ACT_SHOT;
 			o.v1 = NEUV_V_FLOW_DROP;
 			goto out;
+		}
+		if (v == NEUV_FLOW_ALLOW) {
+			to_peer = NEUV_V_FAST; /* in TO_PEER's place: the frame takes its path */
+			goto send;
 		}
 		make_ucmac(uc, o.id);
 		if (bpf_skb_store_bytes(skb, off, uc, 6, 0)) {
 			drop(&o, NEUV_R_REWRITE_FAILED);
 			goto out;
 		}
-		o.target = dp_ifindex();
+		o.target = dp_ifindex_of(cfg);
 		o.action = bpf_redirect(o.target, 0);
 		o.v1 = NEUV_V_TO_DP;
 		goto out;
@@ -644,13 +628,14 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 	if (match && mode == NEUV_MODE_TAP) {
 		int err;
 
+		__builtin_memcpy(m, p->mac, 6); /* M, put back after the copy */
 		make_ucmac(uc, o.id);
 		if (bpf_skb_store_bytes(skb, off, uc, 6, 0)) {
 			drop(&o, NEUV_R_REWRITE_FAILED);
 			goto out;
 		}
 		/* Anything but 0 (an errno, or NET_XMIT_DROP) means the copy did not get out. */
-		err = bpf_clone_redirect(skb, dp_ifindex(), 0);
+		err = bpf_clone_redirect(skb, dp_ifindex_of(cfg), 0);
 		/* The matched MAC was M: put it back for the original. */
 		if (bpf_skb_store_bytes(skb, off, m, 6, 0)) {
 			drop(&o, NEUV_R_REWRITE_FAILED);
@@ -661,13 +646,14 @@ static __always_inline int port_ingress(struct __sk_buff *skb, const __u8 role)
 		else
 			o.v1 = NEUV_V_COPY;
 	}
-	o.v2 = NEUV_V_TO_PEER;
+send:
+	o.v2 = to_peer;
 	o.action = deliver(skb, peer, flags, host);
 	o.target = peer;
 	if (flags & NEUV_F_REDIRECT_PEER)
 		o.flags |= NEUV_TF_PEER;
 out:
-	return finish(skb, &o, &ei);
+	return finish(skb, cfg, &o, &ei);
 }
 
 /* vin ingress: frames from the workload (its new eth0), headed for the network. */
@@ -707,7 +693,7 @@ int neuv_vbr(struct __sk_buff *skb)
 	__u8 m[6], mode;
 	int host;
 
-	if (parse_eth(skb, &ei))
+	if (!parse_eth(skb, &ei))
 		goto out;
 	o.flags = NEUV_TF_PARSED;
 	if (is_ucmac(ei.da)) {
@@ -762,5 +748,5 @@ int neuv_vbr(struct __sk_buff *skb)
 		o.flags |= NEUV_TF_PEER;
 	o.v1 = NEUV_V_FROM_DP;
 out:
-	return finish(skb, &o, &ei);
+	return finish(skb, config(), &o, &ei);
 }

@@ -13,15 +13,32 @@
 #include <linux/types.h>
 #include <linux/bpf.h> /* struct bpf_spin_lock */
 
-/* "NeuV": the first four bytes of every pair's unicast MAC (UCMAC). */
-#define NEUV_UCMAC_B0 0x4e
-#define NEUV_UCMAC_B1 0x65
-#define NEUV_UCMAC_B2 0x75
-#define NEUV_UCMAC_B3 0x56
-
-/* The DP-facing veth pair inside the enforcer netns (DATAPATH.md section 1). */
-#define NEUV_VBR_IFINDEX 10000000
-#define NEUV_VTH_IFINDEX 10000001
+/*
+ * Constants shared with src/layout.ts. An enum rather than #defines, so they
+ * are in the object's BTF and the loader's layout check covers them.
+ */
+enum neuv_const {
+	/* "NeuV": the first four bytes of every pair's unicast MAC (UCMAC). */
+	NEUV_UCMAC_B0 = 0x4e,
+	NEUV_UCMAC_B1 = 0x65,
+	NEUV_UCMAC_B2 = 0x75,
+	NEUV_UCMAC_B3 = 0x56,
+	/* The DP-facing veth pair inside the enforcer netns (DATAPATH.md section 1). */
+	NEUV_VBR_IFINDEX = 10000000,
+	NEUV_VTH_IFINDEX = 10000001,
+	/*
+	 * Verdicts counted in struct neuv_stats: TO_DP..DROP. Fixed at 5 so the
+	 * value size of a pinned neuv_stats never changes (a newer object reuses the
+	 * map of an older load; libbpf refuses a pinned map whose value size
+	 * differs). Verdicts added later are counted in maps of their own.
+	 */
+	NEUV_STATS_VERDICTS = 5,
+	NEUV_FLOW_VERDICTS = 2,       /* verdicts counted in struct neuv_flow_stats: FAST, FLOW_DROP */
+	NEUV_FLOWS_DEFAULT = 65536,   /* max_entries of neuv_flows unless the loader sets another */
+	NEUV_TRACE_RING_SIZE = 256 * 1024,
+	NEUV_MAX_PORTS = 131072,
+	NEUV_MAX_IDS = 65536,
+};
 
 /* Forwarding mode of a pair: one value per port entry (DATAPATH.md sections 3, 5). */
 enum neuv_mode {
@@ -39,12 +56,17 @@ enum neuv_role {
 	NEUV_ROLE_VEX = 2, /* the workload's original port (peer in the host netns) */
 };
 
-/* Port entry flags. */
-#define NEUV_F_IPV6_TO_DP     (1U << 0) /* IPv6 unicast of the workload goes through the DP too */
-#define NEUV_F_REDIRECT_PEER  (1U << 1) /* deliver to the other port (peer_ifindex) with bpf_redirect_peer */
-#define NEUV_F_QDISC_OURS     (1U << 2) /* loader only: it created this port's clsact, so it removes it */
-#define NEUV_F_SELF_PEER      (1U << 3) /* this port's own veth peer is in another netns: frames the
-                                         * DP returns for it (vbr-neuv) go with bpf_redirect_peer */
+/*
+ * Port entry flags (struct neuv_port.flags). An enum, so the values are in the
+ * object's BTF and the loader's layout check covers them.
+ */
+enum neuv_port_flag {
+	NEUV_F_IPV6_TO_DP    = 1U << 0, /* IPv6 unicast of the workload goes through the DP too */
+	NEUV_F_REDIRECT_PEER = 1U << 1, /* deliver to the other port (peer_ifindex) with bpf_redirect_peer */
+	NEUV_F_QDISC_OURS    = 1U << 2, /* loader only: it created this port's clsact, so it removes it */
+	NEUV_F_SELF_PEER     = 1U << 3, /* this port's own veth peer is in another netns: frames the
+	                                 * DP returns for it (vbr-neuv) go with bpf_redirect_peer */
+};
 
 /*
  * Map neuv_ports: key __u32 ingress ifindex (a vin or vex), value struct neuv_port.
@@ -101,14 +123,6 @@ enum neuv_verdict {
 	NEUV_V_FLOW_DROP = 6, /* FWD: a DENY entry of neuv_flows dropped it (DP skipped) */
 	NEUV_V_MAX,
 };
-
-/*
- * Verdicts counted in struct neuv_stats: TO_DP..DROP. Fixed at 5 so the
- * value size of a pinned neuv_stats never changes (a newer object reuses the
- * map of an older load; libbpf refuses a pinned map whose value size
- * differs). Verdicts added later are counted in maps of their own.
- */
-#define NEUV_STATS_VERDICTS 5
 
 struct neuv_ctr {
 	__u64 packets;
@@ -177,13 +191,9 @@ struct neuv_flow {
  * c[dir][verdict - NEUV_V_FAST] for FAST and FLOW_DROP. The datapath creates
  * an entry at a pair's first offloaded frame; pair del removes it.
  */
-#define NEUV_FLOW_VERDICTS 2
-
 struct neuv_flow_stats {
 	struct neuv_ctr c[NEUV_DIR_MAX][NEUV_FLOW_VERDICTS];
 };
-
-#define NEUV_FLOWS_DEFAULT 65536 /* max_entries of neuv_flows unless the loader sets another */
 
 /*
  * Drop and pass reasons. Indexes of struct neuv_global.reason[]; internal to
@@ -212,8 +222,18 @@ struct neuv_global {
  * neuv_config.flags. The low 16 bits are an argument of the flag that uses
  * them (only NEUV_CFG_TRACE_ID today).
  */
-#define NEUV_CFG_TRACE_ID      (1U << 16) /* trace only frames of the pair whose id is flags & 0xffff */
-#define NEUV_CFG_TRACE_ID_MASK 0xffffU
+enum neuv_cfg_flag {
+	NEUV_CFG_TRACE_ID_MASK = 0xffffU,   /* the pair id NEUV_CFG_TRACE_ID filters on */
+	NEUV_CFG_TRACE_ID      = 1U << 16, /* trace only frames of the pair whose id is flags & 0xffff */
+	/*
+	 * neuv_flows may hold entries: the vin/vex programs look a FWD frame's
+	 * flow up only when this is set. Whoever writes neuv_flows sets it
+	 * first (the flow API, `neuv-bpf flow`, a DP in C: README "Flow
+	 * offload"; `load` when the pinned map it reuses has entries). It stays
+	 * set: clearing it would race with a writer.
+	 */
+	NEUV_CFG_FLOWS         = 1U << 17,
+};
 
 /*
  * Map neuv_config (array, one entry): node-wide settings written by the loader
@@ -234,12 +254,14 @@ enum neuv_hook {
 };
 
 /* struct neuv_decision.flags */
-#define NEUV_TF_PEER    (1U << 0) /* the redirect used bpf_redirect_peer (else bpf_redirect) */
-#define NEUV_TF_PARSED  (1U << 1) /* the program parsed the header before any rewrite */
-#define NEUV_TF_SHORT   (1U << 2) /* shorter than an Ethernet header: no MACs, no EtherType */
-#define NEUV_TF_FLOW    (1U << 3) /* FWD: a flow key was built and neuv_flows looked up */
-#define NEUV_TF_FLOW_EXPIRED (1U << 4) /* ... the entry found had expired: deleted, frame to the DP */
-#define NEUV_TF_FLOW_END     (1U << 5) /* ... TCP FIN/RST ended an ALLOW entry: deleted, frame to the DP */
+enum neuv_trace_flag {
+	NEUV_TF_PEER         = 1U << 0, /* the redirect used bpf_redirect_peer (else bpf_redirect) */
+	NEUV_TF_PARSED       = 1U << 1, /* the program parsed the header before any rewrite */
+	NEUV_TF_SHORT        = 1U << 2, /* shorter than an Ethernet header: no MACs, no EtherType */
+	NEUV_TF_FLOW         = 1U << 3, /* FWD: a flow key was built and neuv_flows looked up */
+	NEUV_TF_FLOW_EXPIRED = 1U << 4, /* ... the entry found had expired: deleted, frame to the DP */
+	NEUV_TF_FLOW_END     = 1U << 5, /* ... TCP FIN/RST ended an ALLOW entry: deleted, frame to the DP */
+};
 
 /*
  * What a program decided about one frame. The datapath fills one per frame
@@ -278,11 +300,6 @@ struct neuv_trace {
 	__u8  pad[6];
 };
 
-#define NEUV_TRACE_RING_SIZE (256 * 1024)
-
-#define NEUV_MAX_PORTS 131072
-#define NEUV_MAX_IDS   65536
-
 #ifdef __BPF__
 /*
  * BTF anchors: enums, and structs used only inside functions, appear in an
@@ -298,6 +315,10 @@ const volatile enum neuv_reason neuv_btf_reason = NEUV_R_NONE;
 const volatile enum neuv_hook neuv_btf_hook = NEUV_HOOK_VIN;
 const volatile struct neuv_trace neuv_btf_trace; /* and struct neuv_decision inside it */
 const volatile enum neuv_flow_verdict neuv_btf_flow_verdict = NEUV_FLOW_NONE;
+const volatile enum neuv_port_flag neuv_btf_port_flag = NEUV_F_IPV6_TO_DP;
+const volatile enum neuv_cfg_flag neuv_btf_cfg_flag = NEUV_CFG_TRACE_ID;
+const volatile enum neuv_trace_flag neuv_btf_trace_flag = NEUV_TF_PEER;
+const volatile enum neuv_const neuv_btf_const = NEUV_STATS_VERDICTS;
 #endif /* __BPF__ */
 
 #endif /* NEUV_H */

@@ -2,8 +2,10 @@
 /*
  * flow-offload: how a DP written in C hands a decided flow back to the
  * kernel (docs/flow-offload.md). Only libbpf: bpf_obj_get() on the pinned
- * map, bpf_map_update_elem() / bpf_map_delete_elem() on it. The layouts come
- * from bpf/neuv.h, the header the BPF programs are built with.
+ * map, bpf_map_update_elem() / bpf_map_delete_elem() on it, and before the
+ * first entry the NEUV_CFG_FLOWS bit in neuv_config (the programs look flows
+ * up only once it is set). The layouts come from bpf/neuv.h, the header the
+ * BPF programs are built with.
  *
  *   flow-offload [--pin-root DIR] [--deny | --revoke] [--timeout-ms MS] [--idle-ms MS]
  *                ID tcp|udp SRC_ADDR:PORT DST_ADDR:PORT
@@ -22,6 +24,35 @@
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include "neuv.h"
+
+/*
+ * Sets NEUV_CFG_FLOWS in neuv_config.flags if it is clear: until then the
+ * vin/vex programs do not look neuv_flows up (a node that never offloads pays
+ * nothing for it). Set it before writing an entry; never clear it.
+ */
+static int enable_flow_lookups(const char *pin_root)
+{
+	struct neuv_config c;
+	char path[4096];
+	uint32_t zero = 0;
+	int fd, err;
+
+	snprintf(path, sizeof(path), "%s/neuv_config", pin_root);
+	fd = bpf_obj_get(path);
+	if (fd < 0) {
+		fprintf(stderr, "flow-offload: open %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	err = bpf_map_lookup_elem(fd, &zero, &c);
+	if (!err && !(c.flags & NEUV_CFG_FLOWS)) {
+		c.flags |= NEUV_CFG_FLOWS;
+		err = bpf_map_update_elem(fd, &zero, &c, BPF_ANY);
+	}
+	if (err)
+		fprintf(stderr, "flow-offload: neuv_config: %s\n", strerror(errno));
+	close(fd);
+	return err ? -1 : 0;
+}
 
 /*
  * The key of a flow: pair id (host order), IP protocol, and the two
@@ -123,6 +154,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	k = flow_key((uint16_t)id, proto, sa, sp, da, dp);
+	if (!revoke && enable_flow_lookups(pin_root)) {
+		close(fd);
+		return 1;
+	}
 	if (revoke) {
 		err = bpf_map_delete_elem(fd, &k); /* its frames go to the DP again */
 	} else {

@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MapFd } from './bpf';
 import { NotFoundError, UsageError } from './errors';
+import { enableFlowLookups } from './flow-config';
 import {
   FlowEntry,
   FlowKey,
@@ -263,6 +264,12 @@ export class Flows {
     const e = flowValue(opts, now);
     const key = encodeFlowKey(k);
     const replaced = this.map.lookup(key) !== undefined;
+    const config = MapFd.fromPin(path.join(this.pinRoot, MAPS.config.name));
+    try {
+      enableFlowLookups(config);
+    } finally {
+      config.close();
+    }
     this.map.update(key, encodeFlow(e));
     const r: OffloadResult = { ...viewFlow(k, e, now), pairMode: mode, replaced };
     log('flows').debug({ id: k.id, proto: k.proto, a: r.a, b: r.b, verdict: r.verdict, deadlineNs: e.deadlineNs, idleNs: e.idleNs }, 'flow offloaded');

@@ -5,11 +5,29 @@
  * an error at load, never a corrupted map.
  */
 
-export const UCMAC_PREFIX = [0x4e, 0x65, 0x75, 0x56] as const; // "NeuV"
-export const VBR_IFINDEX = 10000000;
-export const VTH_IFINDEX = 10000001;
-export const MAX_PORTS = 131072;
-export const MAX_IDS = 65536;
+import { Fields, StructDecl } from './fields';
+
+/** enum neuv_const: constants shared with bpf/neuv.h (checked against BTF like the enums below). */
+export const Const = {
+  UCMAC_B0: 0x4e,
+  UCMAC_B1: 0x65,
+  UCMAC_B2: 0x75,
+  UCMAC_B3: 0x56,
+  VBR_IFINDEX: 10000000,
+  VTH_IFINDEX: 10000001,
+  STATS_VERDICTS: 5,
+  FLOW_VERDICTS: 2,
+  FLOWS_DEFAULT: 65536,
+  TRACE_RING_SIZE: 256 * 1024,
+  MAX_PORTS: 131072,
+  MAX_IDS: 65536,
+} as const;
+
+export const UCMAC_PREFIX = [Const.UCMAC_B0, Const.UCMAC_B1, Const.UCMAC_B2, Const.UCMAC_B3] as const; // "NeuV"
+export const VBR_IFINDEX = Const.VBR_IFINDEX;
+export const VTH_IFINDEX = Const.VTH_IFINDEX;
+export const MAX_PORTS = Const.MAX_PORTS;
+export const MAX_IDS = Const.MAX_IDS;
 
 export const Mode = { NONE: 0, FWD: 1, TAP: 2, BYPASS: 3, DROP: 4 } as const;
 export type ModeValue = (typeof Mode)[keyof typeof Mode];
@@ -21,14 +39,14 @@ export const Verdict = { TO_DP: 0, TO_PEER: 1, COPY: 2, FROM_DP: 3, DROP: 4, FAS
 /** NEUV_V_MAX: every verdict, and "none" in a struct neuv_decision. */
 export const VERDICT_COUNT = 7;
 /** NEUV_STATS_VERDICTS: the verdicts struct neuv_stats counts (TO_DP..DROP; fixed, so a pinned map stays compatible). */
-export const STATS_VERDICT_COUNT = 5;
+export const STATS_VERDICT_COUNT = Const.STATS_VERDICTS;
 /** NEUV_FLOW_VERDICTS: the verdicts struct neuv_flow_stats counts (FAST, FLOW_DROP), from Verdict.FAST on. */
-export const FLOW_VERDICT_COUNT = 2;
+export const FLOW_VERDICT_COUNT = Const.FLOW_VERDICTS;
 /** enum neuv_flow_verdict: struct neuv_flow.verdict. */
 export const FlowVerdict = { NONE: 0, ALLOW: 1, DENY: 2 } as const;
 export type FlowVerdictValue = (typeof FlowVerdict)[keyof typeof FlowVerdict];
 /** NEUV_FLOWS_DEFAULT: max_entries of neuv_flows unless `load --flows N` says otherwise. */
-export const FLOWS_DEFAULT = 65536;
+export const FLOWS_DEFAULT = Const.FLOWS_DEFAULT;
 export const Reason = {
   NONE: 0,
   PASS_NO_PAIR: 1,
@@ -41,16 +59,21 @@ export const Reason = {
   REWRITE_FAILED: 8,
 } as const;
 export const REASON_COUNT = 9;
+/** enum neuv_port_flag: struct neuv_port.flags (NEUV_F_*). */
 export const PortFlag = { IPV6_TO_DP: 1 << 0, REDIRECT_PEER: 1 << 1, QDISC_OURS: 1 << 2, SELF_PEER: 1 << 3 } as const;
-/** neuv_config.flags (NEUV_CFG_*): with TRACE_ID, trace only the pair whose id is flags & TRACE_ID_MASK. */
-export const ConfigFlag = { TRACE_ID: 1 << 16, TRACE_ID_MASK: 0xffff } as const;
+/**
+ * enum neuv_cfg_flag: neuv_config.flags (NEUV_CFG_*). With TRACE_ID, trace only the pair whose id is
+ * flags & TRACE_ID_MASK. FLOWS: neuv_flows may hold entries (the programs look flows up only then; set
+ * by whoever writes the map, never cleared).
+ */
+export const ConfigFlag = { TRACE_ID_MASK: 0xffff, TRACE_ID: 1 << 16, FLOWS: 1 << 17 } as const;
 /** enum neuv_hook: the program that decided (VIN/VEX equal Role). */
 export const Hook = { VIN: 1, VEX: 2, VBR: 3 } as const;
 export type HookValue = (typeof Hook)[keyof typeof Hook];
 export const HOOK_NAMES: Record<number, string> = { 1: 'vin', 2: 'vex', 3: 'vbr' };
-/** struct neuv_decision.flags (NEUV_TF_*). */
+/** enum neuv_trace_flag: struct neuv_decision.flags (NEUV_TF_*). */
 export const TraceFlag = { PEER: 1 << 0, PARSED: 1 << 1, SHORT: 1 << 2, FLOW: 1 << 3, FLOW_EXPIRED: 1 << 4, FLOW_END: 1 << 5 } as const;
-export const TRACE_RING_SIZE = 256 * 1024;
+export const TRACE_RING_SIZE = Const.TRACE_RING_SIZE;
 
 export const MODE_NAMES: Record<number, string> = { 0: 'none', 1: 'fwd', 2: 'tap', 3: 'bypass', 4: 'drop' };
 export const VERDICT_NAMES = ['to_dp', 'to_peer', 'copy', 'from_dp', 'drop', 'fast', 'flow_drop'] as const;
@@ -77,12 +100,7 @@ export function parseMode(s: string): ModeValue {
 
 // ---------------------------------------------------------------- declared layouts
 
-/** A struct as this file encodes it: used by the BTF check. */
-export interface StructDecl {
-  name: string;
-  size: number;
-  members: Array<{ name: string; offset: number; size: number }>;
-}
+export type { StructDecl } from './fields';
 
 export const PortDecl: StructDecl = {
   name: 'neuv_port',
@@ -231,6 +249,10 @@ export const ENUMS: Array<{ name: string; prefix: string; values: Record<string,
   { name: 'neuv_reason', prefix: 'NEUV_R_', values: { ...Reason, MAX: REASON_COUNT } },
   { name: 'neuv_hook', prefix: 'NEUV_HOOK_', values: Hook },
   { name: 'neuv_flow_verdict', prefix: 'NEUV_FLOW_', values: FlowVerdict },
+  { name: 'neuv_port_flag', prefix: 'NEUV_F_', values: PortFlag },
+  { name: 'neuv_cfg_flag', prefix: 'NEUV_CFG_', values: ConfigFlag },
+  { name: 'neuv_trace_flag', prefix: 'NEUV_TF_', values: TraceFlag },
+  { name: 'neuv_const', prefix: 'NEUV_', values: Const },
 ];
 
 /**
@@ -250,6 +272,18 @@ export const MAPS = {
 } as const;
 
 // ---------------------------------------------------------------- codecs
+
+const PORT = new Fields(PortDecl);
+const ID = new Fields(IdDecl);
+const CTR = new Fields(CtrDecl);
+const STATS = new Fields(StatsDecl);
+const FLOW_STATS = new Fields(FlowStatsDecl);
+const GLOBAL = new Fields(GlobalDecl);
+const CONFIG = new Fields(ConfigDecl);
+const FLOW_KEY = new Fields(FlowKeyDecl);
+const FLOW = new Fields(FlowDecl);
+const DECISION = new Fields(DecisionDecl);
+const TRACE = new Fields(TraceDecl);
 
 export interface PortEntry {
   peerIfindex: number;
@@ -272,24 +306,24 @@ export function decodeU32Key(b: Buffer): number {
 
 export function encodePort(p: PortEntry): Buffer {
   const b = Buffer.alloc(PortDecl.size);
-  b.writeUInt32LE(p.peerIfindex >>> 0, 0);
-  b.writeUInt32LE(p.flags >>> 0, 4);
-  b.writeUInt16LE(p.id & 0xffff, 8);
-  b.writeUInt8(p.role, 10);
-  b.writeUInt8(p.mode, 11);
+  PORT.setU(b, 'peer_ifindex', p.peerIfindex);
+  PORT.setU(b, 'flags', p.flags);
+  PORT.setU(b, 'id', p.id);
+  PORT.setU(b, 'role', p.role);
+  PORT.setU(b, 'mode', p.mode);
   if (p.mac.length !== 6) throw new Error('MAC must be 6 bytes');
-  p.mac.copy(b, 12);
+  PORT.setBytes(b, 'mac', p.mac);
   return b;
 }
 
 export function decodePort(b: Buffer): PortEntry {
   return {
-    peerIfindex: b.readUInt32LE(0),
-    flags: b.readUInt32LE(4),
-    id: b.readUInt16LE(8),
-    role: b.readUInt8(10) as RoleValue,
-    mode: b.readUInt8(11),
-    mac: Buffer.from(b.subarray(12, 18)),
+    peerIfindex: PORT.u(b, 'peer_ifindex'),
+    flags: PORT.u(b, 'flags'),
+    id: PORT.u(b, 'id'),
+    role: PORT.u(b, 'role') as RoleValue,
+    mode: PORT.u(b, 'mode'),
+    mac: PORT.bytes(b, 'mac'),
   };
 }
 
@@ -300,13 +334,13 @@ export interface IdEntry {
 
 export function encodeId(e: IdEntry): Buffer {
   const b = Buffer.alloc(IdDecl.size);
-  b.writeUInt32LE(e.vinIfindex >>> 0, 0);
-  b.writeUInt32LE(e.vexIfindex >>> 0, 4);
+  ID.setU(b, 'vin_ifindex', e.vinIfindex);
+  ID.setU(b, 'vex_ifindex', e.vexIfindex);
   return b;
 }
 
 export function decodeId(b: Buffer): IdEntry {
-  return { vinIfindex: b.readUInt32LE(0), vexIfindex: b.readUInt32LE(4) };
+  return { vinIfindex: ID.u(b, 'vin_ifindex'), vexIfindex: ID.u(b, 'vex_ifindex') };
 }
 
 export interface Ctr {
@@ -323,13 +357,18 @@ export function emptyStats(): Stats {
   return Array.from({ length: DIR_COUNT }, () => Array.from({ length: VERDICT_COUNT }, () => ({ packets: 0n, bytes: 0n })));
 }
 
+/** Offset of counter c[dir][slot] in a struct whose member `c` is struct neuv_ctr [DIR_COUNT][slots]. */
+function ctrOff(f: Fields, slots: number, dir: number, slot: number): number {
+  return f.off('c') + (dir * slots + slot) * CtrDecl.size;
+}
+
 /** Decodes one per-CPU neuv_stats value and adds it into `into`. */
 export function addStats(into: Stats, b: Buffer): Stats {
   for (let d = 0; d < DIR_COUNT; d++) {
     for (let v = 0; v < STATS_VERDICT_COUNT; v++) {
-      const off = (d * STATS_VERDICT_COUNT + v) * 16;
-      into[d]![v]!.packets += b.readBigUInt64LE(off);
-      into[d]![v]!.bytes += b.readBigUInt64LE(off + 8);
+      const off = ctrOff(STATS, STATS_VERDICT_COUNT, d, v);
+      into[d]![v]!.packets += CTR.u64(b, 'packets', off);
+      into[d]![v]!.bytes += CTR.u64(b, 'bytes', off);
     }
   }
   return into;
@@ -339,9 +378,9 @@ export function addStats(into: Stats, b: Buffer): Stats {
 export function addFlowStats(into: Stats, b: Buffer): Stats {
   for (let d = 0; d < DIR_COUNT; d++) {
     for (let i = 0; i < FLOW_VERDICT_COUNT; i++) {
-      const off = (d * FLOW_VERDICT_COUNT + i) * 16;
-      into[d]![Verdict.FAST + i]!.packets += b.readBigUInt64LE(off);
-      into[d]![Verdict.FAST + i]!.bytes += b.readBigUInt64LE(off + 8);
+      const off = ctrOff(FLOW_STATS, FLOW_VERDICT_COUNT, d, i);
+      into[d]![Verdict.FAST + i]!.packets += CTR.u64(b, 'packets', off);
+      into[d]![Verdict.FAST + i]!.bytes += CTR.u64(b, 'bytes', off);
     }
   }
   return into;
@@ -352,9 +391,9 @@ export function encodeStats(s: Stats): Buffer {
   const b = Buffer.alloc(StatsDecl.size);
   for (let d = 0; d < DIR_COUNT; d++) {
     for (let v = 0; v < STATS_VERDICT_COUNT; v++) {
-      const off = (d * STATS_VERDICT_COUNT + v) * 16;
-      b.writeBigUInt64LE(s[d]![v]!.packets, off);
-      b.writeBigUInt64LE(s[d]![v]!.bytes, off + 8);
+      const off = ctrOff(STATS, STATS_VERDICT_COUNT, d, v);
+      CTR.setU64(b, 'packets', s[d]![v]!.packets, off);
+      CTR.setU64(b, 'bytes', s[d]![v]!.bytes, off);
     }
   }
   return b;
@@ -415,23 +454,23 @@ export function flowKeyOf(t: FlowTuple): FlowKey {
 
 export function encodeFlowKey(k: FlowKey): Buffer {
   const b = Buffer.alloc(FlowKeyDecl.size);
-  b.writeUInt16LE(k.id & 0xffff, 0); // host order (little-endian here, as the BPF side on x86/arm64)
-  b.writeUInt8(k.proto & 0xff, 2);
-  ipv4Bytes(k.addrA).copy(b, 4);
-  ipv4Bytes(k.addrB).copy(b, 8);
-  b.writeUInt16BE(k.portA & 0xffff, 12); // network order
-  b.writeUInt16BE(k.portB & 0xffff, 14);
+  FLOW_KEY.setU(b, 'id', k.id); // host order (little-endian here, as the BPF side on x86/arm64)
+  FLOW_KEY.setU(b, 'proto', k.proto);
+  FLOW_KEY.setBytes(b, 'addr_a', ipv4Bytes(k.addrA)); // network order
+  FLOW_KEY.setBytes(b, 'addr_b', ipv4Bytes(k.addrB));
+  FLOW_KEY.setBe(b, 'port_a', k.portA);
+  FLOW_KEY.setBe(b, 'port_b', k.portB);
   return b;
 }
 
 export function decodeFlowKey(b: Buffer): FlowKey {
   return {
-    id: b.readUInt16LE(0),
-    proto: b.readUInt8(2),
-    addrA: formatIpv4(b, 4),
-    addrB: formatIpv4(b, 8),
-    portA: b.readUInt16BE(12),
-    portB: b.readUInt16BE(14),
+    id: FLOW_KEY.u(b, 'id'),
+    proto: FLOW_KEY.u(b, 'proto'),
+    addrA: formatIpv4(b, FLOW_KEY.off('addr_a')),
+    addrB: formatIpv4(b, FLOW_KEY.off('addr_b')),
+    portA: FLOW_KEY.be(b, 'port_a'),
+    portB: FLOW_KEY.be(b, 'port_b'),
   };
 }
 
@@ -450,29 +489,30 @@ export interface FlowEntry {
 
 export function encodeFlow(f: FlowEntry): Buffer {
   const b = Buffer.alloc(FlowDecl.size);
-  b.writeUInt8(f.verdict & 0xff, 0);
-  b.writeBigUInt64LE(f.deadlineNs, 8);
-  b.writeBigUInt64LE(f.idleNs, 16);
-  b.writeBigUInt64LE(f.lastNs, 24);
-  b.writeBigUInt64LE(f.packets, 32);
-  b.writeBigUInt64LE(f.bytes, 40);
+  FLOW.setU(b, 'verdict', f.verdict);
+  FLOW.setU64(b, 'deadline_ns', f.deadlineNs);
+  FLOW.setU64(b, 'idle_ns', f.idleNs);
+  FLOW.setU64(b, 'last_ns', f.lastNs);
+  FLOW.setU64(b, 'packets', f.packets);
+  FLOW.setU64(b, 'bytes', f.bytes);
   return b;
 }
 
 export function decodeFlow(b: Buffer): FlowEntry {
   return {
-    verdict: b.readUInt8(0),
-    deadlineNs: b.readBigUInt64LE(8),
-    idleNs: b.readBigUInt64LE(16),
-    lastNs: b.readBigUInt64LE(24),
-    packets: b.readBigUInt64LE(32),
-    bytes: b.readBigUInt64LE(40),
+    verdict: FLOW.u(b, 'verdict'),
+    deadlineNs: FLOW.u64(b, 'deadline_ns'),
+    idleNs: FLOW.u64(b, 'idle_ns'),
+    lastNs: FLOW.u64(b, 'last_ns'),
+    packets: FLOW.u64(b, 'packets'),
+    bytes: FLOW.u64(b, 'bytes'),
   };
 }
 
 /** Adds one per-CPU neuv_global value into `into` (reason counters). */
 export function addGlobal(into: bigint[], b: Buffer): bigint[] {
-  for (let r = 0; r < REASON_COUNT; r++) into[r] = (into[r] ?? 0n) + b.readBigUInt64LE(r * 8);
+  const base = GLOBAL.off('reason');
+  for (let r = 0; r < REASON_COUNT; r++) into[r] = (into[r] ?? 0n) + b.readBigUInt64LE(base + r * 8);
   return into;
 }
 
@@ -484,14 +524,14 @@ export interface Config {
 
 export function encodeConfig(c: Config): Buffer {
   const b = Buffer.alloc(ConfigDecl.size);
-  b.writeUInt32LE(c.dpIfindex >>> 0, 0);
-  b.writeUInt32LE(c.flags >>> 0, 4);
-  b.writeBigUInt64LE(c.traceUntil, 8);
+  CONFIG.setU(b, 'dp_ifindex', c.dpIfindex);
+  CONFIG.setU(b, 'flags', c.flags);
+  CONFIG.setU64(b, 'trace_until', c.traceUntil);
   return b;
 }
 
 export function decodeConfig(b: Buffer): Config {
-  return { dpIfindex: b.readUInt32LE(0), flags: b.readUInt32LE(4), traceUntil: b.readBigUInt64LE(8) };
+  return { dpIfindex: CONFIG.u(b, 'dp_ifindex'), flags: CONFIG.u(b, 'flags'), traceUntil: CONFIG.u64(b, 'trace_until') };
 }
 
 /** neuv_config.flags for a trace filter: only pair `id`, or everything (undefined). */
@@ -532,32 +572,32 @@ export interface TraceRecord {
 
 export function decodeDecision(b: Buffer, off = 0): Decision {
   return {
-    target: b.readUInt32LE(off),
-    id: b.readUInt16LE(off + 4),
-    hasId: b.readUInt8(off + 6) !== 0,
-    dir: b.readUInt8(off + 7),
-    v1: b.readUInt8(off + 8),
-    v2: b.readUInt8(off + 9),
-    reason: b.readUInt8(off + 10),
-    mode: b.readUInt8(off + 11),
-    hook: b.readUInt8(off + 12),
-    flags: b.readUInt8(off + 13),
-    action: b.readInt16LE(off + 14),
+    target: DECISION.u(b, 'target', off),
+    id: DECISION.u(b, 'id', off),
+    hasId: DECISION.u(b, 'has_id', off) !== 0,
+    dir: DECISION.u(b, 'dir', off),
+    v1: DECISION.u(b, 'v1', off),
+    v2: DECISION.u(b, 'v2', off),
+    reason: DECISION.u(b, 'reason', off),
+    mode: DECISION.u(b, 'mode', off),
+    hook: DECISION.u(b, 'hook', off),
+    flags: DECISION.u(b, 'flags', off),
+    action: DECISION.i(b, 'action', off),
   };
 }
 
 export function decodeTrace(b: Buffer): TraceRecord {
   if (b.length < TraceDecl.size) throw new Error(`trace record is ${b.length} bytes, expected ${TraceDecl.size}`);
   return {
-    ts: b.readBigUInt64LE(0),
-    d: decodeDecision(b, 8),
-    ifindex: b.readUInt32LE(24),
-    len: b.readUInt32LE(28),
-    copyIfindex: b.readUInt32LE(32),
-    lost: b.readUInt32LE(36),
-    before: Buffer.from(b.subarray(40, 52)),
-    after: Buffer.from(b.subarray(52, 64)),
-    proto: b.readUInt16LE(64),
+    ts: TRACE.u64(b, 'ts'),
+    d: decodeDecision(b, TRACE.off('d')),
+    ifindex: TRACE.u(b, 'ifindex'),
+    len: TRACE.u(b, 'len'),
+    copyIfindex: TRACE.u(b, 'copy_ifindex'),
+    lost: TRACE.u(b, 'lost'),
+    before: TRACE.bytes(b, 'before'),
+    after: TRACE.bytes(b, 'after'),
+    proto: TRACE.u(b, 'proto'),
   };
 }
 
@@ -565,25 +605,26 @@ export function decodeTrace(b: Buffer): TraceRecord {
 export function encodeTrace(r: TraceRecord): Buffer {
   const b = Buffer.alloc(TraceDecl.size);
   const d = r.d;
-  b.writeBigUInt64LE(r.ts, 0);
-  b.writeUInt32LE(d.target >>> 0, 8);
-  b.writeUInt16LE(d.id & 0xffff, 12);
-  b.writeUInt8(d.hasId ? 1 : 0, 14);
-  b.writeUInt8(d.dir, 15);
-  b.writeUInt8(d.v1, 16);
-  b.writeUInt8(d.v2, 17);
-  b.writeUInt8(d.reason, 18);
-  b.writeUInt8(d.mode, 19);
-  b.writeUInt8(d.hook, 20);
-  b.writeUInt8(d.flags, 21);
-  b.writeInt16LE(d.action, 22);
-  b.writeUInt32LE(r.ifindex >>> 0, 24);
-  b.writeUInt32LE(r.len >>> 0, 28);
-  b.writeUInt32LE(r.copyIfindex >>> 0, 32);
-  b.writeUInt32LE(r.lost >>> 0, 36);
-  r.before.copy(b, 40, 0, 12);
-  r.after.copy(b, 52, 0, 12);
-  b.writeUInt16LE(r.proto, 64);
+  const o = TRACE.off('d');
+  TRACE.setU64(b, 'ts', r.ts);
+  DECISION.setU(b, 'target', d.target, o);
+  DECISION.setU(b, 'id', d.id, o);
+  DECISION.setU(b, 'has_id', d.hasId ? 1 : 0, o);
+  DECISION.setU(b, 'dir', d.dir, o);
+  DECISION.setU(b, 'v1', d.v1, o);
+  DECISION.setU(b, 'v2', d.v2, o);
+  DECISION.setU(b, 'reason', d.reason, o);
+  DECISION.setU(b, 'mode', d.mode, o);
+  DECISION.setU(b, 'hook', d.hook, o);
+  DECISION.setU(b, 'flags', d.flags, o);
+  DECISION.setI(b, 'action', d.action, o);
+  TRACE.setU(b, 'ifindex', r.ifindex);
+  TRACE.setU(b, 'len', r.len);
+  TRACE.setU(b, 'copy_ifindex', r.copyIfindex);
+  TRACE.setU(b, 'lost', r.lost);
+  TRACE.setBytes(b, 'before', r.before.subarray(0, 12));
+  TRACE.setBytes(b, 'after', r.after.subarray(0, 12));
+  TRACE.setU(b, 'proto', r.proto);
   return b;
 }
 

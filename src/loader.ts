@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { BpfObject, MapFd, ProgFd, pinFd } from './bpf';
 import { attach, attachState, detach, preferredKind, TC_HANDLE, TC_PRIORITY } from './attach';
 import { features } from './features';
+import { enableFlowLookups } from './flow-config';
 import { ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import {
   MAPS,
@@ -276,6 +277,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     const prev = config.lookup(u32Key(0));
     const cfg = prev ? decodeConfig(prev) : { dpIfindex: 0, flags: 0, traceUntil: 0n };
     if (cfg.dpIfindex !== vbrIndex) config.update(u32Key(0), encodeConfig({ ...cfg, dpIfindex: vbrIndex }));
+    // Flow entries in a reused neuv_flows (written before NEUV_CFG_FLOWS existed): make the programs look.
+    if (obj.map(MAPS.flows.name).keys().length && enableFlowLookups(config)) lg.info('neuv_flows holds entries: flow lookups enabled');
     crashPoint('load:after-config');
 
     // Attach (or swap in place) vbr-neuv, then every vin/vex already in the map.

@@ -7,7 +7,7 @@
  *
  * Pure: no kernel, no I/O, inputs never mutated.
  */
-import { Dir, FlowVerdict, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from './layout';
+import { ConfigFlag, Dir, FlowVerdict, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from './layout';
 import { isUcmac, ucmac } from './mac';
 
 export interface PortEntry {
@@ -34,6 +34,11 @@ export interface ModelState {
   cloneOk?: boolean;
   /** neuv_flows (flow offload), by flowKeyString(). Absent: empty. */
   flows?: Map<string, ModelFlow>;
+  /**
+   * neuv_config.flags (NEUV_CFG_*; default 0). Only FLOWS matters here:
+   * without it neuv_flows is not looked at (nothing wrote it yet).
+   */
+  configFlags?: number;
   /** bpf_ktime_get_ns() when the frame is seen, for flow expiry (default 0). */
   now?: bigint;
 }
@@ -226,8 +231,9 @@ function decidePort(state: ModelState, hook: 'vin' | 'vex', ingressIfindex: numb
   const toDp: Emit = { ifindex: dpOf(state), peer: false, frame: rewritten };
   if (entry.mode === Mode.FWD) {
     const sent: Outcome = { ret: 'redirect', redirect: toDp, frameOut: rewritten, stats: counted([Verdict.TO_DP]) };
-    // Flow offload: an IPv4 frame with a flow key asks the DP's decisions first.
-    const fk = etherType === ETH_P_IP ? flowKeyOfFrame(id, frame) : undefined;
+    // Flow offload: an IPv4 frame with a flow key asks the DP's decisions first (once something wrote neuv_flows).
+    const flowsOn = ((state.configFlags ?? 0) & ConfigFlag.FLOWS) !== 0;
+    const fk = flowsOn && etherType === ETH_P_IP ? flowKeyOfFrame(id, frame) : undefined;
     if (!fk) return sent;
     const key = flowKeyString(fk.key);
     const e = state.flows?.get(key);

@@ -35,6 +35,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
+  ConfigFlag,
   Mode,
   REASON_NAMES,
   STATS_VERDICT_COUNT,
@@ -115,7 +116,7 @@ function describeState(s: Scenario): string {
     (f) => `  flow ${hexKey(f.key)}: verdict ${f.verdict} deadline ${f.deadlineNs} idle ${f.idleNs} last ${f.lastNs} packets ${f.packets} bytes ${f.bytes}`,
   );
   return [
-    `dp_ifindex ${s.state.dpIfindex} (${s.dpName}, clone ${s.state.cloneOk ? 'succeeds' : 'fails'}), stats for [${s.statsIds.map((i) => '0x' + i.toString(16)).join(', ')}]`,
+    `dp_ifindex ${s.state.dpIfindex} (${s.dpName}, clone ${s.state.cloneOk ? 'succeeds' : 'fails'}), config flags 0x${(s.state.configFlags ?? 0).toString(16)}, stats for [${s.statsIds.map((i) => '0x' + i.toString(16)).join(', ')}]`,
     ...ports,
     ...ids,
     ...flows,
@@ -222,7 +223,11 @@ describe('differential: kernel vs model', function () {
           bytes: fc.constantFrom(0n, 700n),
         });
         // Per tuple: no entry, or one (under some id). Another tuple may name the same flow reversed.
-        return fc.tuple(...g.tuples.map(() => fc.option(flowArb, { freq: 3, nil: undefined }))).map((flowEntries) => ({ ...g, flowEntries }));
+        // neuv_config.flags: NEUV_CFG_FLOWS mostly set (entries apply), sometimes not (the programs do not look).
+        const flowsOn = fc.oneof({ weight: 5, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) });
+        return fc
+          .tuple(fc.tuple(...g.tuples.map(() => fc.option(flowArb, { freq: 3, nil: undefined }))), flowsOn)
+          .map(([flowEntries, on]) => ({ ...g, flowEntries, configFlags: on ? ConfigFlag.FLOWS : 0 }));
       });
 
     const scenarioArb = stateArb.chain((g) => {
@@ -241,7 +246,7 @@ describe('differential: kernel vs model', function () {
         const key = modelKeyOf(e.id, t);
         flows.set(flowKeyString(key), { key, verdict: e.verdict, deadlineNs: e.deadlineNs, idleNs: e.idleNs, lastNs: e.lastNs, packets: e.packets, bytes: e.bytes });
       });
-      const state: ModelState = { ports, ids, dpIfindex, cloneOk, flows };
+      const state: ModelState = { ports, ids, dpIfindex, cloneOk, flows, configFlags: g.configFlags };
       const stateMacs = [...g.macPool, ...[...ports.values()].map((p) => p.mac)];
 
       const mac = fc.oneof(

@@ -105,15 +105,15 @@ export class DpFixture {
     return new DpFixture(obj, veth);
   }
 
-  /** Empties every map and sets neuv_config.dp_ifindex. */
-  clear(dpIfindex = 0): void {
+  /** Empties every map and sets neuv_config.dp_ifindex and flags. */
+  clear(dpIfindex = 0, flags = 0): void {
     for (const m of [this.ports, this.ids, this.stats]) for (const k of m.keys()) m.delete(k);
-    this.config.update(u32Key(0), encodeConfig({ dpIfindex, flags: 0, traceUntil: 0n }));
+    this.config.update(u32Key(0), encodeConfig({ dpIfindex, flags, traceUntil: 0n }));
   }
 
   /** Writes a model state into the maps (after clear); stats entries only for statsIds. */
   seed(state: ModelState, statsIds: Iterable<number>): void {
-    this.clear(state.dpIfindex);
+    this.clear(state.dpIfindex, state.configFlags ?? 0);
     for (const [ifindex, p] of state.ports) {
       this.ports.update(
         u32Key(ifindex),

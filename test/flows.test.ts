@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { MapFd, RingBuffer } from '../src/bpf';
 import { Flows, flowExpiry, flowKeyFromSpec, flowValue, parseEndpoint, parseProto, viewFlow } from '../src/flows';
 import {
+  ConfigFlag,
   Dir,
   FlowEntry,
   FlowVerdict,
@@ -74,7 +75,7 @@ describe('flow offload: keys, expiry, parsing (pure)', function () {
   });
 
   it('the model derives the same key from a frame, either direction', function () {
-    const st = { ...twoPairs({ vin: 21, vex: 22, vin2: 31, vex2: 32, dp: 10 }, Mode.FWD), now: 1000n };
+    const st = { ...twoPairs({ vin: 21, vex: 22, vin2: 31, vex2: 32, dp: 10 }, Mode.FWD), now: 1000n, configFlags: ConfigFlag.FLOWS };
     const k = encodeFlowKey(flowKeyOf(TCP_FLOW)).toString('hex');
     const entry = { verdict: FlowVerdict.ALLOW, deadlineNs: 0n, idleNs: 0n, lastNs: 0n, packets: 0n, bytes: 0n };
     const keyOfModel = (s: string) => {
@@ -172,7 +173,7 @@ describe('flow offload (BPF_PROG_TEST_RUN)', function () {
   after(() => runCleanups());
 
   function seed(mode: number, opts: { flags?: number } = {}): void {
-    dp.seed(twoPairs({ vin, vex, vin2: 31, vex2: 32, dp: dp.lo }, mode, opts), [ID, ID2]);
+    dp.seed({ ...twoPairs({ vin, vex, vin2: 31, vex2: 32, dp: dp.lo }, mode, opts), configFlags: ConfigFlag.FLOWS }, [ID, ID2]);
     for (const m of [flows, flowStats]) for (const k of m.keys()) m.delete(k);
   }
   const key = (t = TCP_FLOW) => encodeFlowKey(flowKeyOf(t));

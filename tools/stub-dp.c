@@ -157,7 +157,7 @@ struct flow {
 static struct flow *flows;
 static struct flow *pending[MAX_PENDING]; /* decided ALLOW, written once the socket queue is drained */
 static int npending, pending_rounds;
-static int flows_fd = -1;
+static int flows_fd = -1, config_fd = -1;
 static long offload_after, offload_timeout_ms, offload_idle_ms;
 
 static long sys_bpf(int cmd, union bpf_attr *attr)
@@ -165,14 +165,14 @@ static long sys_bpf(int cmd, union bpf_attr *attr)
 	return syscall(__NR_bpf, cmd, attr, sizeof(*attr));
 }
 
-/* Opens <pin_root>/neuv_flows; dies with a clear message when it cannot. */
-static int open_flows(const char *pin_root)
+/* Opens <pin_root>/<name> (a pinned map); dies with a clear message when it cannot. */
+static int open_pinned(const char *pin_root, const char *name)
 {
 	char path[4096];
 	union bpf_attr a;
 	int fd;
 
-	snprintf(path, sizeof(path), "%s/neuv_flows", pin_root);
+	snprintf(path, sizeof(path), "%s/%s", pin_root, name);
 	memset(&a, 0, sizeof(a));
 	a.pathname = (uint64_t)(unsigned long)path;
 	fd = (int)sys_bpf(BPF_OBJ_GET, &a);
@@ -256,11 +256,39 @@ static uint64_t mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * Sets NEUV_CFG_FLOWS in neuv_config.flags if it is clear (the programs look
+ * neuv_flows up only then): before every write, as bpf/neuv.h asks of a
+ * writer. Returns 0 or -errno.
+ */
+static int enable_flow_lookups(void)
+{
+	struct neuv_config c;
+	uint32_t zero = 0;
+	union bpf_attr a;
+
+	memset(&a, 0, sizeof(a));
+	a.map_fd = (uint32_t)config_fd;
+	a.key = (uint64_t)(unsigned long)&zero;
+	a.value = (uint64_t)(unsigned long)&c;
+	if (sys_bpf(BPF_MAP_LOOKUP_ELEM, &a))
+		return -errno;
+	if (c.flags & NEUV_CFG_FLOWS)
+		return 0;
+	c.flags |= NEUV_CFG_FLOWS;
+	a.flags = BPF_ANY;
+	return sys_bpf(BPF_MAP_UPDATE_ELEM, &a) ? -errno : 0;
+}
+
 /* Writes the decision for a flow into neuv_flows. Returns 0 or -errno. */
 static int flow_write(const struct neuv_flow_key *k, uint8_t verdict)
 {
 	struct neuv_flow v;
 	union bpf_attr a;
+	int err = enable_flow_lookups();
+
+	if (err)
+		return err;
 
 	memset(&v, 0, sizeof(v));
 	v.verdict = verdict;
@@ -626,7 +654,8 @@ int main(int argc, char **argv)
 		flows = calloc(MAX_FLOWS, sizeof(*flows));
 		if (!flows)
 			die("out of memory");
-		flows_fd = open_flows(pin_root);
+		flows_fd = open_pinned(pin_root, "neuv_flows");
+		config_fd = open_pinned(pin_root, "neuv_config");
 	}
 	fd = open_socket(ifname, &ifindex);
 	dump_file(out); /* seq 1: the reader knows the socket is bound */
@@ -748,6 +777,8 @@ int main(int argc, char **argv)
 	close(fd);
 	if (flows_fd >= 0)
 		close(flows_fd);
+	if (config_fd >= 0)
+		close(config_fd);
 	free(flows);
 	free(buf);
 	return 0;
