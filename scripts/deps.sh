@@ -24,6 +24,18 @@ check setpriv util-linux
 check gcc gcc
 check ping iputils-ping
 check sysctl procps
+# NeuVector's enforcer DP, built from its source tarball by the suites that
+# run it (src/dp/nvdp.ts): its build packages (the -dev packages pull in the
+# libraries it links).
+check make make
+check /usr/include/pcap/pcap.h libpcap-dev
+check /usr/include/pcre2.h libpcre2-dev
+check /usr/include/jansson.h libjansson-dev
+check /usr/include/jemalloc/jemalloc.h libjemalloc-dev
+check "/usr/include/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/urcu/urcu.h" liburcu-dev
+check /usr/include/libnetfilter_queue/libnetfilter_queue.h libnetfilter-queue-dev
+check /usr/include/libnfnetlink/libnfnetlink.h libnfnetlink-dev
+check /usr/include/hs/hs.h libhyperscan-dev
 if [ "$(uname -m)" != x86_64 ]; then
   echo "deps: only x86_64 is tested; continuing" >&2
 fi
