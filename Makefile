@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures stub-dp examples containers test test-unit test-kernel demo bench lint clean vagrant-test docs
+.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run examples containers test test-unit test-kernel demo bench lint clean vagrant-test docs
 
 V ?= 0
 ifeq ($(V),1)
@@ -25,7 +25,7 @@ deps: $(DEPS_STAMP)
 $(DEPS_STAMP): package.json package-lock.json scripts/deps.sh
 	$(Q)./scripts/deps.sh
 
-build: bpf ts fixtures stub-dp examples containers
+build: bpf ts fixtures stub-dp nvdp-run examples containers
 bpf: $(BPF_OBJ)
 $(BPF_OBJ): $(BPF_SRC) $(BPF_HDR) | $(DEPS_STAMP)
 	@mkdir -p build
@@ -54,6 +54,14 @@ $(STUB_DP): tools/stub-dp.c $(BPF_HDR) | $(DEPS_STAMP)
 	@mkdir -p build
 	@[ "$(V)" = 1 ] || echo "  CC     $@"
 	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -I bpf -o $@ $<
+
+# The launcher of NeuVector's real DP: private /tmp, enforcer netns (docs/neuvector-dp.md).
+NVDP_RUN := build/nvdp-run
+nvdp-run: $(NVDP_RUN)
+$(NVDP_RUN): tools/nvdp-run.c | $(DEPS_STAMP)
+	@mkdir -p build
+	@[ "$(V)" = 1 ] || echo "  CC     $@"
+	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -o $@ $<
 
 # A DP written in C offloading a flow with plain libbpf calls (docs/flow-offload.md).
 EXAMPLES := build/flow-offload

@@ -32,6 +32,18 @@ check /usr/lib/podman/netavark netavark
 check runc runc
 check /usr/sbin/iptables iptables
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
+# NeuVector's enforcer DP, built from its source tarball by the suites that
+# run it (src/dp/nvdp.ts): its build packages (the -dev packages pull in the
+# libraries it links).
+check make make
+check /usr/include/pcap/pcap.h libpcap-dev
+check /usr/include/pcre2.h libpcre2-dev
+check /usr/include/jansson.h libjansson-dev
+check /usr/include/jemalloc/jemalloc.h libjemalloc-dev
+check "/usr/include/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/urcu/urcu.h" liburcu-dev
+check /usr/include/libnetfilter_queue/libnetfilter_queue.h libnetfilter-queue-dev
+check /usr/include/libnfnetlink/libnfnetlink.h libnfnetlink-dev
+check /usr/include/hs/hs.h libhyperscan-dev
 if [ "$(uname -m)" != x86_64 ]; then
   echo "deps: only x86_64 is tested; continuing" >&2
 fi

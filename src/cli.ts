@@ -18,6 +18,7 @@ import { registerDemoCommands } from './cli-demo';
 import { registerRepairCommands } from './cli-repair';
 import { registerMigrateCommands } from './cli-migrate';
 import { registerFlowCommands } from './cli-flow';
+import { registerWatchCommands } from './cli-watch';
 
 export interface GlobalOpts {
   netns?: string;
@@ -50,6 +51,7 @@ const registrars: CommandRegistrar[] = [
   registerRepairCommands,
   registerMigrateCommands,
   registerFlowCommands,
+  registerWatchCommands,
 ];
 
 export function printJson(ctx: Ctx, v: unknown): void {

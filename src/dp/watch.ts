@@ -1,0 +1,217 @@
+/**
+ * A supervisor of the enforcer DP with a per-node failure policy
+ * (docs/neuvector-dp.md, "When the DP dies"):
+ *
+ *  - fail-closed (the default, and what NeuVector's tc pipe does): pairs in
+ *    FWD stay in FWD while the DP is gone, so their traffic is black-holed
+ *    until it returns. The watcher only reports.
+ *  - fail-open: when the DP is gone, every FWD pair is switched to BYPASS
+ *    (the pair mode API: one map update per port, no frame dropped by the
+ *    switch); when it is back, the pairs this watcher switched go back to
+ *    FWD. Pairs someone else changed meanwhile are left alone.
+ *
+ * How "gone" is told: a ctrl_keep_alive over the control socket every
+ * intervalMs (200), failing after timeoutMs (300), plus the DP's packet
+ * socket on vth-neuv (its ring, in /proc/net/packet of the enforcer netns).
+ * The keep-alive catches a dead or hung control thread, and a SIGKILLed DP
+ * at once (its socket file stays behind, but sending to it is refused); the
+ * ring catches a DP that answers but reads nothing, and is what tells that
+ * a restarted DP is ready for frames again (it opens the ring only when its
+ * agent sends ctrl_add_srvc_port). The process id alone says neither, and
+ * the socket file outlives a SIGKILL. Worst case from death to BYPASS:
+ * intervalMs + timeoutMs + one switch per pair.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { log } from '../log';
+import { Datapath } from '../pairs';
+import { VTH_IFINDEX } from '../layout';
+import { DpClient } from './client';
+
+export type FailPolicy = 'closed' | 'open';
+export const FAIL_POLICIES: readonly FailPolicy[] = ['closed', 'open'];
+
+export interface WatchEvent {
+  /** Date.now() when it was seen. */
+  time: number;
+  state: 'up' | 'down';
+  /** Why: "keep-alive: ...", "no ring on vth-neuv", "back". */
+  why: string;
+  /** Pair ids this event switched (to bypass on down, to fwd on up; fail-open only). */
+  switched: number[];
+  /** How long the switches took, ms. */
+  switchMs: number;
+}
+
+export interface WatchOptions {
+  pinRoot: string;
+  /** The enforcer netns (name or path) when this process is not in it. */
+  netns?: string;
+  /**
+   * The DP's filesystem root as seen from here: '' when it shares this
+   * /tmp (NeuVector's agent and DP do), /proc/<pid>/root for one with a
+   * private /tmp; a function when it changes (a restarted DP has a new pid),
+   * returning undefined when there is no DP process.
+   */
+  dpRoot?: string | (() => string | undefined);
+  policy?: FailPolicy;
+  intervalMs?: number;
+  timeoutMs?: number;
+  /** Also require the DP's ring on vth-neuv (default true). */
+  checkRing?: boolean;
+  /**
+   * Runs when the DP is back, before the pairs return to FWD: an agent
+   * re-sends the DP its configuration here (srvc port, endpoints inline,
+   * policies). Resolve false to try again at the next probe.
+   */
+  onBack?: (client: DpClient) => Promise<boolean | void>;
+  onEvent?: (e: WatchEvent) => void;
+}
+
+/** Packet sockets bound to ifindex in the netns (this one, or `netns` through nsenter). */
+export function ringsOn(ifindex: number, netns?: string): number {
+  let text = '';
+  if (!netns) {
+    try {
+      text = fs.readFileSync('/proc/thread-self/net/packet', 'utf8');
+    } catch {
+      return 0;
+    }
+  } else {
+    const path = netns.includes('/') ? netns : `/run/netns/${netns}`;
+    text = spawnSync('nsenter', [`--net=${path}`, '--', 'cat', '/proc/net/packet'], { encoding: 'utf8' }).stdout ?? '';
+  }
+  return text.split('\n').slice(1).filter((l) => Number(l.trim().split(/\s+/)[4]) === ifindex).length;
+}
+
+export class DpWatch {
+  state: 'up' | 'down' | 'unknown' = 'unknown';
+  readonly events: WatchEvent[] = [];
+  /** Pairs this watcher put in BYPASS (and will put back in FWD). */
+  readonly bypassed = new Set<number>();
+  private client: DpClient | undefined;
+  private clientRoot: string | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> = Promise.resolve();
+  private stopped = false;
+  private readonly dp: Datapath;
+  private readonly lg = log('watch');
+
+  private constructor(private readonly o: WatchOptions) {
+    this.dp = Datapath.open(o.pinRoot, o.netns ? { netns: o.netns } : {});
+  }
+
+  get policy(): FailPolicy {
+    return this.o.policy ?? 'closed';
+  }
+
+  /** Starts probing at once and every intervalMs. */
+  static start(o: WatchOptions): DpWatch {
+    const w = new DpWatch(o);
+    const tick = () => {
+      if (w.stopped) return;
+      w.running = w.probeOnce().catch((e: Error) => w.lg.error({ err: e }, `probe failed: ${e.message}`));
+      void w.running.then(() => {
+        if (!w.stopped) w.timer = setTimeout(tick, o.intervalMs ?? 200);
+      });
+    };
+    tick();
+    return w;
+  }
+
+  /** Resolves with the first event of that state (or at once if it is the state now). */
+  async until(state: 'up' | 'down', timeoutMs = 10000): Promise<WatchEvent | undefined> {
+    const n = this.events.length;
+    const end = Date.now() + timeoutMs;
+    if (this.state === state) return this.events[this.events.length - 1];
+    while (Date.now() < end) {
+      const e = this.events.slice(n).find((x) => x.state === state);
+      if (e) return e;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new Error(`the watcher saw no '${state}' within ${timeoutMs} ms (state ${this.state})`);
+  }
+
+  /** Stops probing. Pairs it switched to BYPASS stay there (logged): FWD without a DP would black-hole them. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+    this.client?.close();
+    this.client = undefined;
+    if (this.bypassed.size) this.lg.warn({ ids: [...this.bypassed] }, `stopping with ${this.bypassed.size} pairs still in bypass (the DP is gone)`);
+    this.dp.close();
+  }
+
+  private root(): string | undefined {
+    const r = this.o.dpRoot ?? '';
+    return typeof r === 'function' ? r() : r;
+  }
+
+  /** Why the DP is not usable now, or undefined when it is. */
+  private async check(): Promise<string | undefined> {
+    const root = this.root();
+    if (root === undefined) return 'no DP process';
+    if (root && !fs.existsSync(`${root}/tmp`)) return `no DP at ${root}`;
+    if (!this.client || this.clientRoot !== root) {
+      this.client?.close();
+      this.client = DpClient.open({ root });
+      this.clientRoot = root;
+    }
+    try {
+      await this.client.keepAlive(this.o.timeoutMs ?? 300);
+    } catch (e) {
+      // A reply socket in a DP's /tmp dies with that DP: bind again next time.
+      this.client.close();
+      this.client = undefined;
+      return `keep-alive: ${(e as Error).message}`;
+    }
+    if (this.o.checkRing !== false && ringsOn(VTH_IFINDEX, this.o.netns) === 0) return 'no DP ring on vth-neuv';
+    return undefined;
+  }
+
+  private emit(state: 'up' | 'down', why: string, switched: number[], switchMs: number): void {
+    const e: WatchEvent = { time: Date.now(), state, why, switched, switchMs };
+    this.state = state;
+    this.events.push(e);
+    this.lg.info({ ...e, policy: this.policy }, `DP ${state}: ${why}${switched.length ? `; ${switched.length} pairs to ${state === 'down' ? 'bypass' : 'fwd'} in ${switchMs.toFixed(1)} ms` : ''}`);
+    this.o.onEvent?.(e);
+  }
+
+  /** One probe: reads the DP's state and applies the policy. */
+  async probeOnce(): Promise<void> {
+    const t0 = Date.now();
+    const why = await this.check();
+    if (why) {
+      // Down (also: still down; a pair put in FWD meanwhile is bypassed too).
+      const switched: number[] = [];
+      const s0 = process.hrtime.bigint();
+      if (this.policy === 'open') {
+        for (const p of (await this.dp.show()).pairs) {
+          if (p.mode !== 'fwd') continue;
+          await this.dp.setMode({ id: p.id }, 'bypass');
+          this.bypassed.add(p.id);
+          switched.push(p.id);
+        }
+      }
+      const ms = Number(process.hrtime.bigint() - s0) / 1e6;
+      if (this.state !== 'down' || switched.length) this.emit('down', why, switched, ms);
+      return;
+    }
+    if (this.state === 'up') return;
+    if (this.o.onBack && (await this.o.onBack(this.client!)) === false) return;
+    const switched: number[] = [];
+    const s0 = process.hrtime.bigint();
+    if (this.bypassed.size) {
+      const modes = new Map((await this.dp.show()).pairs.map((p) => [p.id, p.mode]));
+      for (const id of [...this.bypassed]) {
+        this.bypassed.delete(id);
+        if (modes.get(id) !== 'bypass') continue; // gone, or changed by someone else
+        await this.dp.setMode({ id }, 'fwd');
+        switched.push(id);
+      }
+    }
+    const ms = Number(process.hrtime.bigint() - s0) / 1e6;
+    this.emit('up', this.state === 'unknown' ? 'answering' : `back after ${t0 - (this.events[this.events.length - 1]?.time ?? t0)} ms`, switched, ms);
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * Kernel suite: NeuVector's real DP SIGKILLed mid-stream in FWD, under each
+ * failure policy of the supervisor (src/dp/watch.ts): fail-closed leaves the
+ * FWD pair black-holed until the DP is back; fail-open switches it to BYPASS
+ * within a second and back to FWD once the DP has been configured again.
+ * The gaps are measured with a sequenced UDP stream and logged.
+ */
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { cliSpawn, leftovers, onCleanup, runCleanups, TIME_SCALE } from './helpers';
+import { makeTopology, TestTopology, waitFor } from './topology';
+import { startUdpStream } from './traffic';
+import { ECHO_APPS, interceptC, requireNvdp } from './nvdp-fixture';
+import { NvDp } from '../src/dp/nvdp';
+import { DpClient } from '../src/dp/client';
+import { DpWatch, FailPolicy } from '../src/dp/watch';
+import { ContainerNs, HOST_IP4 } from '../src/demo';
+import type { InterceptResult } from '../src/intercept';
+
+const RATE = 1000; // datagrams per second: a gap of N ms loses about N datagrams
+
+function modeOf(tt: TestTopology, id: number): string | undefined {
+  const r = tt.run(['show', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  return (JSON.parse(r.stdout) as { pairs: Array<{ id: number; mode: string }> }).pairs.find((p) => p.id === id)?.mode;
+}
+
+/** What an agent sends a (re)started DP for one intercepted container. */
+async function configure(client: DpClient, p: InterceptResult, c: ContainerNs): Promise<void> {
+  client.addMac({ mac: p.mac, ucmac: p.pair.ucmac, bcmac: p.pair.bcmac, ips: [c.ip4] });
+  client.cfgMac([p.mac], { tap: false, apps: ECHO_APPS });
+  await client.sync();
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** c1 in FWD through the real DP, a watcher with `policy`, a stream c1 -> host. */
+async function setup(policy: FailPolicy) {
+  const tt = makeTopology({ containers: 1 });
+  const c1 = tt.c[0]!;
+  const p1 = interceptC(tt, c1, 'fwd');
+  const dps: NvDp[] = [];
+  const start = async () => {
+    const dp = await NvDp.start({ netns: tt.t.enforcer });
+    onCleanup(() => dp.kill());
+    dps.push(dp);
+    return dp;
+  };
+  const dp = await start();
+  await configure(dp.client, p1, c1);
+  const current = () => dps[dps.length - 1]!;
+  const w = DpWatch.start({
+    pinRoot: tt.pins, netns: tt.t.enforcer, policy,
+    dpRoot: () => (current().alive() ? current().root : undefined),
+    onBack: (client) => configure(client, p1, c1).then(() => true),
+  });
+  onCleanup(() => void w.stop());
+  await w.until('up');
+  return { tt, c1, p1, w, start, current };
+}
+
+describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
+  this.timeout(120000);
+  before(function () {
+    this.timeout(300000);
+    requireNvdp(this);
+  });
+  afterEach(runCleanups);
+  after(function () {
+    runCleanups();
+    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+  });
+
+  it('fail-closed (default): the FWD pair is black-holed from the kill until the DP is back and configured, then flows again', async function () {
+    const { tt, c1, p1, w, start, current } = await setup('closed');
+    const s = await startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5010, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
+    await sleep(1000);
+    const killedAt = Date.now();
+    current().kill();
+    const down = (await w.until('down', 2000))!;
+    assert.ok(down.time - killedAt < 1000 * TIME_SCALE, `the watcher saw it within 1 s (${down.time - killedAt} ms)`);
+    assert.deepEqual(down.switched, [], 'fail-closed switches nothing');
+    await sleep(1500);
+    assert.equal(modeOf(tt, p1.pair.id), 'fwd', 'still FWD');
+    const dp2 = await start();
+    await configure(dp2.client, p1, c1);
+    const backAt = Date.now();
+    const up = (await w.until('up', 3000))!;
+    await sleep(1000);
+    s.stop();
+    const r = await s.result;
+    const outage = backAt - killedAt;
+    // eslint-disable-next-line no-console
+    console.log(`      fail-closed: DP down seen after ${down.time - killedAt} ms; stream gap ${r.maxGapMs} ms, ${r.lost} of ${r.sent} lost over an outage of ${outage} ms (kill to restarted + configured)`);
+    assert.ok(r.maxGapMs >= outage - 300, `traffic stopped for the outage (gap ${r.maxGapMs} ms of ${outage})`);
+    assert.ok(r.lost >= (outage - 300) * (RATE / 1000) * 0.8, `datagrams lost while black-holed (${r.lost})`);
+    assert.deepEqual(up.switched, []);
+    assert.equal(modeOf(tt, p1.pair.id), 'fwd');
+    assert.equal(r.duplicated, 0);
+  });
+
+  it('fail-open: BYPASS within 1 s of the kill, FWD again once the DP is back; the gap both ways, no loss on the way back', async function () {
+    const { tt, c1, p1, w, start, current } = await setup('open');
+    // Way out: kill mid-stream, until the pair is in BYPASS.
+    const a = await startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5011, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
+    await sleep(1000);
+    const killedAt = Date.now();
+    current().kill();
+    const down = (await w.until('down', 2000))!;
+    assert.ok(down.time - killedAt < 1000 * TIME_SCALE, `the watcher saw it within 1 s (${down.time - killedAt} ms)`);
+    assert.deepEqual(down.switched, [p1.pair.id], 'the FWD pair went to BYPASS');
+    assert.equal(modeOf(tt, p1.pair.id), 'bypass');
+    await sleep(1000);
+    a.stop();
+    const ra = await a.result;
+
+    // Way back: a new DP, configured by the watcher's onBack (the agent's job), then FWD.
+    const b = await startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5012, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
+    await sleep(500);
+    const dp2 = await start();
+    const up = (await w.until('up', 3000))!;
+    assert.deepEqual(up.switched, [p1.pair.id], 'back to FWD');
+    assert.equal(modeOf(tt, p1.pair.id), 'fwd');
+    const c0 = await dp2.client.counterDevice();
+    await sleep(1000);
+    b.stop();
+    const rb = await b.result;
+    const c1n = await dp2.client.counterDevice();
+    // eslint-disable-next-line no-console
+    console.log(`      fail-open: down seen after ${down.time - killedAt} ms, ${down.switched.length} pair to BYPASS in ${down.switchMs.toFixed(1)} ms; gap out ${ra.maxGapMs} ms (${ra.lost} of ${ra.sent} lost); ` +
+      `back: to FWD in ${up.switchMs.toFixed(1)} ms, gap ${rb.maxGapMs} ms (${rb.lost} of ${rb.sent} lost)`);
+    assert.ok(ra.maxGapMs < 1000 * TIME_SCALE, `the way out lost under 1 s of traffic (gap ${ra.maxGapMs} ms)`);
+    assert.equal(rb.lost, 0, 'nothing lost on the way back');
+    assert.equal(ra.duplicated + rb.duplicated, 0);
+    assert.ok(c1n.udpPackets - c0.udpPackets >= 500n, 'the stream goes through the new DP again');
+  });
+  it('the CLI: `watch --dp PIDFILE --fail open --json` prints down/up events and switches the pair', async function () {
+    const tt = makeTopology({ containers: 1 });
+    const c1 = tt.c[0]!;
+    const p1 = interceptC(tt, c1, 'fwd');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-watch-'));
+    onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const pidfile = path.join(dir, 'dp.pid');
+    const startDp = async () => {
+      const dp = await NvDp.start({ netns: tt.t.enforcer });
+      onCleanup(() => dp.kill());
+      await configure(dp.client, p1, c1);
+      fs.writeFileSync(pidfile, `${dp.pid}\n`);
+      return dp;
+    };
+    const dp = await startDp();
+    const child = cliSpawn(['--netns', tt.t.enforcer, '--bpffs', tt.pins, 'watch', '--dp', pidfile, '--fail', 'open', '--json']);
+    onCleanup(() => child.kill('SIGKILL'));
+    const events: Array<{ state: string; switched: number[]; policy: string }> = [];
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) events.push(JSON.parse(buf.slice(0, i)));
+    });
+    const seen = (state: string, n: number) => waitFor(`${n} '${state}' events`, () => events.filter((e) => e.state === state).length >= n, 5000);
+    await seen('up', 1);
+    dp.kill();
+    await seen('down', 1);
+    assert.deepEqual(events.find((e) => e.state === 'down')!.switched, [p1.pair.id]);
+    assert.equal(modeOf(tt, p1.pair.id), 'bypass');
+    await startDp();
+    await seen('up', 2);
+    assert.deepEqual(events.filter((e) => e.state === 'up')[1]!.switched, [p1.pair.id]);
+    assert.equal(modeOf(tt, p1.pair.id), 'fwd');
+    assert.equal(events[0]!.policy, 'open');
+    child.kill('SIGTERM');
+    const code = await new Promise((r) => child.on('close', r));
+    assert.equal(code, 0, 'exits 0 on SIGTERM');
+  });
+});

@@ -1,0 +1,88 @@
+/**
+ * What the kernel suites running NeuVector's real DP share: the gate (the
+ * DP's tarball, built once into build/nvdp/), a DP started in a topology's
+ * enforcer netns and stopped at cleanup, containers intercepted with the
+ * CLI's `intercept` and registered with the DP as its endpoints, and a
+ * Netns view of a topology's netns for the traffic harness.
+ */
+import assert from 'node:assert/strict';
+import { buildNvdp, NvDp, nvdpUnavailable } from '../src/dp/nvdp';
+import type { DpApp, DpSession } from '../src/dp/client';
+import { PORTS } from '../src/demo';
+import type { InterceptResult } from '../src/intercept';
+import { kernelUnavailable, Netns, onCleanup, requireKernel, sh } from './helpers';
+import type { ContainerNs, TestTopology } from './topology';
+
+/**
+ * requireKernel, then the DP: skips with the reason where its tarball is
+ * absent, except under NEUV_BPF_REQUIRE_KERNEL=1 (CI), where that fails.
+ * Builds it (cached) so the first test does not pay for it.
+ */
+export function requireNvdp(ctx: Mocha.Context): void {
+  requireKernel(ctx);
+  const why = kernelUnavailable() ?? nvdpUnavailable();
+  if (why) {
+    if (process.env.NEUV_BPF_REQUIRE_KERNEL === '1') throw new Error(`NeuVector DP suite cannot run but NEUV_BPF_REQUIRE_KERNEL=1: ${why}`);
+    // eslint-disable-next-line no-console
+    console.log(`      (skipped: ${why})`);
+    ctx.skip();
+  }
+  buildNvdp();
+}
+
+/** The real DP on vth-neuv of the topology's enforcer netns, stopped at cleanup. */
+export async function startNvdp(tt: TestTopology, o: { noPort?: boolean } = {}): Promise<NvDp> {
+  const dp = await NvDp.start({ netns: tt.t.enforcer, noPort: o.noPort });
+  onCleanup(() => dp.kill());
+  return dp;
+}
+
+/** `intercept --container-netns` through the CLI, in a mode. */
+export function interceptC(tt: TestTopology, c: ContainerNs, mode: string, extra: string[] = []): InterceptResult {
+  const r = tt.run(['intercept', '--container-netns', c.path, '--mode', mode, '--json', ...extra]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as InterceptResult;
+}
+
+/**
+ * Registers an intercepted container with the DP as NeuVector's agent does
+ * (ctrl_add_mac with its MAC, UCMAC, BCMAC and IPv4 address); inline
+ * (ctrl_cfg_mac tap:false) unless `tap`. Waits until the DP has handled it.
+ */
+export async function addEndpoint(dp: NvDp, p: InterceptResult, c: ContainerNs, o: { tap?: boolean } = {}): Promise<void> {
+  dp.client.addMac({ mac: p.mac, ucmac: p.pair.ucmac, bcmac: p.pair.bcmac, ips: [c.ip4] });
+  dp.client.cfgMac([p.mac], { ...(o.tap ? {} : { tap: false }), apps: ECHO_APPS });
+  await dp.client.sync();
+}
+
+/** The echo server's ports (src/demo.ts startServer), as the agent reports listening ports. */
+export const ECHO_APPS: DpApp[] = [
+  ...[PORTS.tcp, PORTS.tcpHost, PORTS.blocked].map((port) => ({ port, ipProto: 6 })),
+  ...[PORTS.udp, PORTS.udpArp, PORTS.blocked].map((port) => ({ port, ipProto: 17 })),
+];
+
+/** A deny rule for traffic to a container's port (TCP and UDP unless proto says otherwise), nothing else denied. */
+export async function denyPort(dp: NvDp, p: InterceptResult, c: ContainerNs, port: number, proto = 0): Promise<void> {
+  dp.client.cfgPolicy({ macs: [p.mac], rules: [{ id: 10000 + port, dip: c.ip4, port, proto, action: 'deny', ingress: true }] });
+  await dp.client.sync();
+}
+
+/** Sessions the DP lists between two addresses (either way), optionally of one protocol / server port. */
+export function sessionsBetween(ss: DpSession[], a: string, b: string, o: { proto?: number; port?: number } = {}): DpSession[] {
+  return ss.filter(
+    (s) =>
+      ((s.clientIp === a && s.serverIp === b) || (s.clientIp === b && s.serverIp === a)) &&
+      (o.proto === undefined || s.ipProto === o.proto) &&
+      (o.port === undefined || s.serverPort === o.port),
+  );
+}
+
+/** A helpers.Netns view of a netns some topology owns (del is a no-op: the topology removes it). */
+export function nsView(name: string): Netns {
+  return {
+    name,
+    exec: (cmd, args, opts) => sh('ip', ['netns', 'exec', name, cmd, ...args], opts),
+    ip: (...args) => sh('ip', ['-n', name, ...args]),
+    del: () => undefined,
+  };
+}
