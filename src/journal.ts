@@ -374,6 +374,7 @@ export async function recoverAll(o: RecoverOptions & { dryRun?: boolean }): Prom
  */
 export function recordProblem(r: JournalRecord): string | undefined {
   const what = describe(r);
+  if (r.op === 'intercept' && r.step === 'commit') return `the intercept of ${what} was killed at its commit point, every step done: neuv-bpf repair checks it and keeps it`;
   if (halfDone(r)) return `a half-done ${r.op} of ${what} (killed before its step '${r.step}'): neuv-bpf repair ${r.op === 'intercept' ? 'rolls it back' : 'finishes it'}`;
   if (!same(statId('/proc/self/ns/net'), r.enforcer)) return undefined; // another enforcer's: not checkable from here
   if (!ifindexIfExists(r.vin)) {
