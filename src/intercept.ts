@@ -509,6 +509,13 @@ function openDatapath(pinRoot: string, enforcer: string | undefined): Datapath {
   return Datapath.open(pinRoot, enforcer ? { netns: enforcer } : {});
 }
 
+/**
+ * How long intercept and release wait for the intercept lock: each holds it
+ * for a second or two, so a host starting many containers at once queues
+ * them up (ten concurrent intercepts in the container suite).
+ */
+const INTERCEPT_LOCK_WAIT_MS = 120000;
+
 /** The container and enforcer of a journal record. */
 function recordIds(t: ResolvedTarget, enf: NsRunner): Pick<JournalRecord, 'target' | 'enforcer'> {
   const e = fs.statSync(enf.ref());
@@ -531,7 +538,7 @@ async function recoverTarget(pinRoot: string, t: ResolvedTarget, port: string, e
 }
 
 export async function intercept(opts: InterceptOptions): Promise<InterceptResult> {
-  return withLock(interceptLockKey(opts.pinRoot), () => interceptLocked(opts));
+  return withLock(interceptLockKey(opts.pinRoot), () => interceptLocked(opts), INTERCEPT_LOCK_WAIT_MS);
 }
 
 async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult> {
@@ -705,7 +712,7 @@ export interface ReleaseResult {
 }
 
 export async function release(opts: ReleaseOptions): Promise<ReleaseResult> {
-  return withLock(interceptLockKey(opts.pinRoot), () => releaseLocked(opts));
+  return withLock(interceptLockKey(opts.pinRoot), () => releaseLocked(opts), INTERCEPT_LOCK_WAIT_MS);
 }
 
 async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {

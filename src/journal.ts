@@ -114,7 +114,7 @@ export function findRecord(pinRoot: string, ino: number, port: string): JournalR
   return fs.existsSync(p) ? parseRecord(p) : undefined;
 }
 
-/** Every record of a pin root (unreadable ones, and temporaries of a killed write, are skipped and removed). */
+/** Every record of a pin root (unreadable ones, and temporaries of a killed write, are skipped). */
 export function listRecords(pinRoot: string): JournalRecord[] {
   const dir = journalDir(pinRoot);
   if (!fs.existsSync(dir)) return [];
@@ -192,7 +192,7 @@ export interface Recovered {
 
 /** Deletes the pair of vin/vex, if the datapath is loaded and has one. */
 async function delPairOf(r: JournalRecord, o: RecoverOptions): Promise<number | null> {
-  if (!isLoadedIn(o)) return null;
+  if (!isLoaded(o.pinRoot)) return null;
   const dp = Datapath.open(o.pinRoot, o.enforcer ? { netns: o.enforcer } : {});
   try {
     const shown = await dp.show();
@@ -203,10 +203,6 @@ async function delPairOf(r: JournalRecord, o: RecoverOptions): Promise<number | 
   } finally {
     dp.close();
   }
-}
-
-function isLoadedIn(o: RecoverOptions): boolean {
-  return isLoaded(o.pinRoot);
 }
 
 async function delLink(ns: icpt.NsRunner | undefined, name: string): Promise<boolean> {
@@ -348,6 +344,12 @@ export async function recoverAll(o: RecoverOptions & { dryRun?: boolean }): Prom
   const out: JournalRepair = { actions: [], left: [] };
   if (!fs.existsSync(journalDir(o.pinRoot))) return out;
   await withLock(interceptLockKey(o.pinRoot), async () => {
+    // Temporaries of a write that was killed (no writer runs: we hold the lock).
+    if (!o.dryRun) {
+      for (const f of fs.readdirSync(journalDir(o.pinRoot))) {
+        if (/\.json\.tmp\d+$/.test(f)) fs.rmSync(path.join(journalDir(o.pinRoot), f), { force: true });
+      }
+    }
     for (const r of listRecords(o.pinRoot)) {
       const problem = recordProblem(r);
       if (!problem) continue;
@@ -372,6 +374,7 @@ export async function recoverAll(o: RecoverOptions & { dryRun?: boolean }): Prom
  */
 export function recordProblem(r: JournalRecord): string | undefined {
   const what = describe(r);
+  if (r.op === 'intercept' && r.step === 'commit') return `the intercept of ${what} was killed at its commit point, every step done: neuv-bpf repair checks it and keeps it`;
   if (halfDone(r)) return `a half-done ${r.op} of ${what} (killed before its step '${r.step}'): neuv-bpf repair ${r.op === 'intercept' ? 'rolls it back' : 'finishes it'}`;
   if (!same(statId('/proc/self/ns/net'), r.enforcer)) return undefined; // another enforcer's: not checkable from here
   if (!ifindexIfExists(r.vin)) {

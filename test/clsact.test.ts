@@ -2,10 +2,34 @@
  * Kernel suite: `pair del` removes a clsact qdisc it created only when no
  * filter but ours is left on it. Someone else's filters added after our
  * `pair add` (a u32 rule on ingress, another on egress) survive `pair del`,
- * and so does the qdisc; a clsact carrying nothing else goes.
+ * and so does the qdisc; a clsact carrying nothing else goes. A tcx link of
+ * someone else on the port does not keep it (tcx does not hang off the
+ * qdisc) and survives its removal.
  */
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { BPF_TCX_INGRESS, CLONE_NEWNET, ProgFd, closeFd, linkCreate, linkInfo, objGet, pinFd, setns } from '../src/bpf';
+import { features } from '../src/features';
+import { progPinPath } from '../src/loader';
 import { cli, leftovers, makeNetns, makePinRoot, requireKernel, runCleanups } from './helpers';
+
+/** Runs fn with this thread in the named netns (then back). */
+function inNetns<T>(name: string, fn: () => T): T {
+  const home = fs.openSync('/proc/self/ns/net', 'r');
+  const there = fs.openSync(`/var/run/netns/${name}`, 'r');
+  try {
+    setns(there, CLONE_NEWNET, name);
+    try {
+      return fn();
+    } finally {
+      setns(home, CLONE_NEWNET, 'the original netns');
+    }
+  } finally {
+    fs.closeSync(there);
+    fs.closeSync(home);
+  }
+}
 
 describe('pair del and a clsact shared since (kernel, tc attach)', function () {
   before(function () {
@@ -61,5 +85,45 @@ describe('pair del and a clsact shared since (kernel, tc attach)', function () {
     assert.doesNotMatch(tc('filter', 'show', 'dev', 'vex1', 'ingress'), /handle 0x4e56/);
     const chk = c(['show', '--check']);
     assert.equal(chk.code, 0, chk.stderr);
+  });
+
+  it("someone else's tcx link on the port survives the removal of our clsact (tcx does not hang off the qdisc)", function () {
+    if (!features().tcx) this.skip();
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    const theirs = makePinRoot();
+    fs.mkdirSync(theirs, { mode: 0o700 });
+    const c = (args: string[]) => cli(['--netns', ns.name, '--bpffs', pins, ...args], { env: { NEUV_BPF_ATTACH: 'tc' } });
+    assert.equal(c(['load']).code, 0);
+    ns.ip('link', 'add', 'vin1', 'type', 'veth', 'peer', 'name', 'wl1');
+    ns.ip('link', 'add', 'vex1', 'type', 'veth', 'peer', 'name', 'h1');
+    const add = c(['pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', '02:00:00:00:00:01']);
+    assert.equal(add.code, 0, add.stderr);
+    // Another tool's tcx link on vin1 (here: our vin program, linked and pinned elsewhere).
+    const pin = path.join(theirs, 'link_vin1');
+    const ifindex = inNetns(ns.name, () => {
+      const idx = (JSON.parse(ns.ip('-j', 'link', 'show', 'dev', 'vin1')) as Array<{ ifindex: number }>)[0]!.ifindex;
+      const p = ProgFd.fromPin(progPinPath(pins, 'vin'));
+      try {
+        const l = linkCreate(p.fd, idx, BPF_TCX_INGRESS, 'vin1 (theirs)');
+        try {
+          pinFd(l, pin);
+        } finally {
+          closeFd(l);
+        }
+      } finally {
+        p.close();
+      }
+      return idx;
+    });
+    const del = JSON.parse(c(['pair', 'del', '--in', 'vin1', '--json']).stdout) as { qdiscsRemoved: string[] };
+    assert.deepEqual(del.qdiscsRemoved.sort(), ['vex1', 'vin1'], 'no tc filter was left on either clsact');
+    assert.doesNotMatch(ns.exec('tc', ['qdisc', 'show', 'dev', 'vin1']), /clsact/);
+    const fd = objGet(pin);
+    try {
+      assert.equal(linkInfo(fd).ifindex, ifindex, 'their tcx link is still attached to vin1');
+    } finally {
+      closeFd(fd);
+    }
   });
 });

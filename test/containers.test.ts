@@ -15,7 +15,7 @@ import { CliResult, cli, cliSpawn, leftovers, makeNetns, makePinRoot, onCleanup,
 import { ContainerNs, StubDp, Topology, containerState, linkNames, startStub } from './topology';
 import { runProbes } from '../src/demo';
 import { InterceptResult } from '../src/intercept';
-import { Podman, podmanUnavailable } from './podman';
+import { Podman, iptArgs, podmanUnavailable } from './podman';
 
 const IDLE_ENFORCER = ['lo', 'vbr-neuv', 'vth-neuv'];
 
@@ -57,6 +57,14 @@ function cliAsync(args: string[]): Promise<CliResult> {
 function hostPing(to: string): boolean {
   return spawnSync('ping', ['-c', '1', '-W', '2', to], { encoding: 'utf8' }).status === 0;
 }
+
+describe('podman test helpers (unit)', function () {
+  it('iptables -S lines split into arguments, quoted comments kept whole', function () {
+    assert.deepEqual(iptArgs('-A FORWARD -m comment --comment "netavark firewall plugin rules" -j NETAVARK_FORWARD'),
+      ['-A', 'FORWARD', '-m', 'comment', '--comment', 'netavark firewall plugin rules', '-j', 'NETAVARK_FORWARD']);
+    assert.deepEqual(iptArgs('-N NETAVARK-HOSTPORT-DNAT'), ['-N', 'NETAVARK-HOSTPORT-DNAT']);
+  });
+});
 
 describe('real containers: podman (kernel)', function () {
   this.timeout(600000);

@@ -15,9 +15,54 @@ import { leftovers, requireKernel, runCleanups, sh } from './helpers';
 import { containerState, linkNames, makeTopology, TestTopology } from './topology';
 import { HOST_IP4, HOST_IP6, ping } from '../src/demo';
 import { INTERCEPT_STEPS, RELEASE_STEPS } from '../src/intercept';
-import { journalDir } from '../src/journal';
+import { JournalRecord, findRecord, journalDir, listRecords, recordProblem, removeRecord, writeRecord } from '../src/journal';
+import { uniqueName } from './helpers';
 
 const IDLE_ENFORCER = ['lo', 'vbr-neuv', 'vth-neuv'];
+
+describe('journal records (unit, root: they live under /run/neuv-bpf)', function () {
+  before(function () {
+    if (process.getuid?.() !== 0) this.skip();
+  });
+
+  const rec = (pinRoot: string, over: Partial<JournalRecord> = {}): JournalRecord => ({
+    version: 1, op: 'intercept', step: 'down', port: 'eth0', vex: 'vex2a-eth0', vin: 'vin2a-eth0', time: '',
+    target: { desc: 'pid 42', pid: 42, path: '/proc/42/ns/net', ino: 4026530000, dev: 4 },
+    enforcer: { path: null, ino: 4026531840, dev: 4 },
+    snap: { name: 'eth0', ifindex: 2, kind: 'veth', mac: '02:00:00:00:00:01', mtu: 1500, txqlen: 1000, alias: undefined, up: true, addrGenMode: 'eui64', numTxQueues: 1, numRxQueues: 1, peerIfindex: 9, addrs: [], routes: [], neighbours: [] },
+    ...over,
+  });
+
+  it('written atomically, found by netns inode and port, listed, removed with their directory', function () {
+    const pinRoot = `/sys/fs/bpf/${uniqueName('nbt')}`;
+    const dir = journalDir(pinRoot);
+    try {
+      assert.equal(findRecord(pinRoot, 4026530000, 'eth0'), undefined);
+      writeRecord(pinRoot, rec(pinRoot));
+      writeRecord(pinRoot, rec(pinRoot, { step: 'rename' }));
+      assert.equal(fs.statSync(dir).mode & 0o777, 0o700);
+      assert.equal(fs.statSync(`${dir}/4026530000-eth0.json`).mode & 0o777, 0o600);
+      assert.equal(findRecord(pinRoot, 4026530000, 'eth0')?.step, 'rename');
+      // A killed write's temporary and an unreadable record are skipped.
+      fs.writeFileSync(`${dir}/4026530000-eth1.json.tmp123`, '{');
+      fs.writeFileSync(`${dir}/4026530001-eth0.json`, 'not json');
+      assert.deepEqual(listRecords(pinRoot).map((r) => r.step), ['rename']);
+      fs.rmSync(`${dir}/4026530000-eth1.json.tmp123`);
+      fs.rmSync(`${dir}/4026530001-eth0.json`);
+      removeRecord(pinRoot, rec(pinRoot));
+      assert.equal(fs.existsSync(dir), false, 'the last record takes its directory with it');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('show --check lines: half-done intercept and release, an intercept killed at its commit point', function () {
+    const pinRoot = '/sys/fs/bpf/nbt-never-made';
+    assert.equal(recordProblem(rec(pinRoot, { step: 'move-vin' })), "a half-done intercept of eth0 of pid 42 (killed before its step 'move-vin'): neuv-bpf repair rolls it back");
+    assert.equal(recordProblem(rec(pinRoot, { op: 'release', step: 'park' })), "a half-done release of eth0 of pid 42 (killed before its step 'park'): neuv-bpf repair finishes it");
+    assert.match(recordProblem(rec(pinRoot, { step: 'commit' }))!, /killed at its commit point, every step done: neuv-bpf repair checks it and keeps it/);
+  });
+});
 
 function pairs(tt: TestTopology): Array<{ id: number; mode: string; vin: { name: string } | null }> {
   const r = tt.run(['show', '--json']);
