@@ -231,11 +231,15 @@ function headline(r: BenchResults): string[][] {
     row('plain veth (the limit)', 'bypass-peer/plain 64B', 'BYPASS (redirect_peer), 64-byte frames');
     row('plain veth (the limit)', 'bypass-tcx/plain 64B', 'BYPASS (redirect_peer, tcx hooks), 64-byte frames');
     row('plain veth (the limit)', 'bypass-redirect/plain 64B', 'BYPASS (bpf_redirect), 64-byte frames');
+    row('plain veth (the limit)', 'ref-peer/plain 64B', 'the floor of BYPASS: a bare redirect_peer program on vex, 64-byte frames');
+    row('that floor', 'bypass-peer/ref-peer 64B', 'BYPASS (redirect_peer), 64-byte frames');
   }
   if (pc) {
     const b = pc.ratio['vex-bypass'];
     const f = pc.ratio['ref-redirect'];
     if (b) rows.push(['an empty TC program', 'per-frame program cost, vex BYPASS', rr(b), '4']);
+    if (pc.ratio['vex-fwd']) rows.push(['an empty TC program', 'per-frame program cost, vex FWD (no flow offloaded on the node)', rr(pc.ratio['vex-fwd']), '4']);
+    if (pc.ratio['vex-fwd-flows']) rows.push(['an empty TC program', 'per-frame program cost, vex FWD with flow lookups on (a miss)', rr(pc.ratio['vex-fwd-flows']), '4']);
     if (f) rows.push(['an empty TC program', 'per-frame cost of the bare floor (one hash lookup + bpf_redirect)', rr(f), '4']);
   }
   return rows;
