@@ -19,9 +19,27 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfObject, closeFd, loadTrivialTcProg, testRun } from '../src/bpf';
+import { BpfObject, closeFd, loadTrivialTcProg, progInfo, testRun } from '../src/bpf';
 import { features } from '../src/features';
-import { Mode, PortFlag, REASON_NAMES, Role, VERDICT_NAMES, emptyStats, encodeId, encodePort, encodeStats, u32Key } from '../src/layout';
+import {
+  ConfigFlag,
+  FlowVerdict,
+  Mode,
+  PortFlag,
+  REASON_NAMES,
+  Role,
+  VERDICT_NAMES,
+  addFlowStats,
+  emptyStats,
+  encodeConfig,
+  encodeFlow,
+  encodeFlowKey,
+  encodeId,
+  encodePort,
+  encodeStats,
+  flowKeyOf,
+  u32Key,
+} from '../src/layout';
 import { ucmac } from '../src/mac';
 import { DpFixture } from '../test/dp-fixture';
 import { kernelUnavailable, runCleanups as runTestCleanups } from '../test/helpers';
@@ -34,9 +52,10 @@ const M = Buffer.from('0242ac110002', 'hex');
 const GW = Buffer.from('0242ac110001', 'hex');
 const OTHER = Buffer.from('0242ac110099', 'hex');
 const UC = ucmac(ID);
+const FAST_DPORT = 10; // the UDP port of vex-fast's offloaded flow
 
-/** A 64-byte IPv4/UDP frame (valid header, so every parser goes as deep as it would on the wire). */
-function udpFrame(da: Buffer, sa: Buffer): Buffer {
+/** A 64-byte IPv4/UDP frame 10.201.0.1:40000 -> 10.201.0.2:dport (valid header, so every parser goes as deep as it would on the wire). */
+function udpFrame(da: Buffer, sa: Buffer, dport = 9): Buffer {
   const b = Buffer.alloc(64);
   da.copy(b, 0);
   sa.copy(b, 6);
@@ -52,7 +71,7 @@ function udpFrame(da: Buffer, sa: Buffer): Buffer {
   while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
   b.writeUInt16BE(~sum & 0xffff, 24);
   b.writeUInt16BE(40000, 34);
-  b.writeUInt16BE(9, 36);
+  b.writeUInt16BE(dport, 36);
   b.writeUInt16BE(64 - 34, 38);
   return b;
 }
@@ -122,7 +141,9 @@ interface PathDef {
   mode?: number;
   mac?: Buffer;
   retval: number;
-  /** [dir, verdict] counters of the pair that must grow by `repeat`, or a global reason. */
+  /** neuv_config.flags for the run (default 0: no flow lookups). */
+  configFlags?: number;
+  /** [dir, verdict] counters of the pair that must grow by `repeat` (fast/flow_drop: neuv_flow_stats), or a global reason. */
   expect?: { counters?: Array<[number, string]>; reason?: string };
 }
 
@@ -135,6 +156,8 @@ export interface ProgCostResult {
   /** path / its reference floor (BYPASS: ref-redirect; FWD: ref-rewrite), paired per round. */
   overFloor: Record<string, Summary>;
   labels: Record<string, string>;
+  /** Per program: instructions the verifier processed, and the program's size after load (xlated BPF instructions). */
+  insns: Record<string, { verified: number; xlated: number }>;
   notes: string[];
 }
 
@@ -161,6 +184,30 @@ export function runProgCost(o: { quick: boolean }): ProgCostResult {
     const paths: PathDef[] = [
       { id: 'empty', label: 'empty TC program (r0 = 0; exit)', hook: 'empty', frame: udpFrame(M, GW), ifindex: 'lo', retval: 0 },
       { id: 'vex-fwd', label: 'vex FWD: DA := UCMAC, redirect to vbr-neuv', hook: 'vex', frame: udpFrame(UC, GW), ifindex: 'lo', mode: Mode.FWD, mac: UC, retval: 7, expect: { counters: [[0, V('to_dp')]] } },
+      {
+        id: 'vex-fwd-flows',
+        label: 'vex FWD with flow lookups on (NEUV_CFG_FLOWS), no entry for the flow: DA := UCMAC, redirect to vbr-neuv',
+        hook: 'vex',
+        frame: udpFrame(UC, GW),
+        ifindex: 'lo',
+        mode: Mode.FWD,
+        mac: UC,
+        retval: 7,
+        configFlags: ConfigFlag.FLOWS,
+        expect: { counters: [[0, V('to_dp')]] },
+      },
+      {
+        id: 'vex-fast',
+        label: 'vex FWD, the flow offloaded (ALLOW entry): redirect_peer to vin unchanged (FAST)',
+        hook: 'vex',
+        frame: udpFrame(M, GW, FAST_DPORT),
+        ifindex: 'lo',
+        mode: Mode.FWD,
+        mac: M,
+        retval: 7,
+        configFlags: ConfigFlag.FLOWS,
+        expect: { counters: [[0, V('fast')]] },
+      },
       { id: 'vex-tap', label: 'vex TAP: copy (clone + veth transmit) to vbr-neuv, original to vin', hook: 'vex', frame: udpFrame(M, GW), ifindex: 'lo', mode: Mode.TAP, mac: M, retval: 7, expect: { counters: [[0, V('copy')], [0, V('to_peer')]] } },
       { id: 'vex-bypass', label: 'vex BYPASS: redirect_peer to vin', hook: 'vex', frame: udpFrame(M, GW), ifindex: 'lo', mode: Mode.BYPASS, mac: M, retval: 7, expect: { counters: [[0, V('to_peer')]] } },
       { id: 'vin-fwd', label: 'vin FWD: SA := UCMAC, redirect to vbr-neuv', hook: 'vin', frame: udpFrame(GW, UC), ifindex: 'veth', mode: Mode.FWD, mac: UC, retval: 7, expect: { counters: [[1, V('to_dp')]] } },
@@ -194,15 +241,29 @@ export function runProgCost(o: { quick: boolean }): ProgCostResult {
     }
     const fdOf = (h: Hook) => (h === 'empty' ? empty : h === 'ref_redirect' || h === 'ref_rewrite' ? ref!.progFd(h) : dp.progs[h]);
 
+    // The offloaded flow of vex-fast (its own port, so vex-fwd-flows finds no entry).
+    const flows = dp.obj.map('neuv_flows');
+    const flowStats = dp.obj.map('neuv_flow_stats');
+    flows.update(
+      encodeFlowKey(flowKeyOf({ id: ID, proto: 17, src: '10.201.0.1', sport: 40000, dst: '10.201.0.2', dport: FAST_DPORT })),
+      encodeFlow({ verdict: FlowVerdict.ALLOW, deadlineNs: 0n, idleNs: 0n, lastNs: 0n, packets: 0n, bytes: 0n }),
+    );
+    const readAll = () => {
+      const s = dp.readStats(ID) ?? emptyStats();
+      const f = flowStats.lookup(u32Key(ID));
+      if (f) for (const c of flowStats.perCpuValues(f)) addFlowStats(s, c);
+      return s;
+    };
     const count = (p: PathDef): bigint[] => {
       const out: bigint[] = [];
-      const s = dp.readStats(ID);
-      for (const [d, v] of p.expect?.counters ?? []) out.push(s ? s[d]![VERDICT_NAMES.indexOf(v as (typeof VERDICT_NAMES)[number])]!.packets : 0n);
+      const s = readAll();
+      for (const [d, v] of p.expect?.counters ?? []) out.push(s[d]![VERDICT_NAMES.indexOf(v as (typeof VERDICT_NAMES)[number])]!.packets);
       if (p.expect?.reason) out.push(dp.readGlobal()[REASON_NAMES.indexOf(p.expect.reason as (typeof REASON_NAMES)[number])]!);
       return out;
     };
     const runOnce = (p: PathDef, repeat: number): number => {
       if (p.mode !== undefined) seed(p.mode, p.mac!);
+      dp.config.update(u32Key(0), encodeConfig({ dpIfindex: dp.veth, flags: p.configFlags ?? 0, traceUntil: 0n }));
       const before = count(p);
       const r = testRun(fdOf(p.hook), p.frame, { ctxIn: ctxs[p.ifindex], repeat });
       if (r.retval !== p.retval) throw new Error(`${p.id}: returned ${r.retval}, expected ${p.retval}`);
@@ -235,13 +296,20 @@ export function runProgCost(o: { quick: boolean }): ProgCostResult {
       const floors: Record<string, string> = { 'vex-bypass': 'ref-redirect', 'vex-fwd': 'ref-rewrite', 'vin-fwd': 'ref-rewrite', 'vbr-fwd': 'ref-rewrite' };
       for (const [id, f] of Object.entries(floors)) overFloor[id] = pairedRatio(xs.get(id)!, xs.get(f)!);
     }
+    const insns: ProgCostResult['insns'] = {};
+    for (const [hook, fd] of Object.entries(dp.progs)) {
+      const info = progInfo(fd);
+      insns[hook] = { verified: info.verifiedInsns, xlated: info.xlatedLen / 8 };
+    }
     return {
       params,
       ns,
       ratio,
       overFloor,
       labels,
+      insns,
       notes: [
+        'Flow lookups: the programs look neuv_flows up only once NEUV_CFG_FLOWS is set (whoever writes the map sets it); vex-fwd runs without it, vex-fwd-flows with it and no entry for its flow (the lookup that misses), vex-fast with an ALLOW entry.',
         'BPF_PROG_TEST_RUN does not perform the redirect (the program returns TC_ACT_REDIRECT and the kernel forwards nothing): these are program costs, not forwarding costs.',
         'FWD paths run with the workload MAC set to its own UCMAC, so the rewrite leaves the frame as the next run needs it (test_run reuses one skb for all runs); the counters confirm every run took the path.',
         'TAP includes a real skb clone and a veth transmit (bpf_clone_redirect is carried out under test_run).',

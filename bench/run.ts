@@ -147,6 +147,7 @@ async function main(): Promise<number> {
     startedAt: new Date(started).toISOString(),
     seconds: 0,
     background: {},
+    loadavg: {},
     durations: {},
     errors: {},
     nice: os.getPriority(0),
@@ -169,6 +170,7 @@ async function main(): Promise<number> {
   };
 
   for (const n of names) {
+    r.loadavg![n] = os.loadavg();
     r.background[n] = await cpuBusy(1000);
     const t0 = Date.now();
     progress(`== ${n}`);
@@ -188,6 +190,7 @@ async function main(): Promise<number> {
     process.stdout.write(summaryLine(n, r) + '\n');
   }
   r.seconds = (Date.now() - started) / 1000;
+  r.loadavg!.end = os.loadavg();
 
   fs.mkdirSync(path.dirname(jsonPath), { recursive: true });
   fs.writeFileSync(jsonPath, JSON.stringify(r, (_k, v) => (typeof v === 'bigint' ? Number(v) : v), 2) + '\n');

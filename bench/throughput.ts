@@ -14,6 +14,12 @@
  *   bpf-tap       neuv-bpf TAP (copies to vbr-neuv)
  *   bpf-fwd-leg   neuv-bpf FWD up to the DP port (vth-neuv rx), no DP running: the same leg as nv-fwd-leg
  *   bpf-fwd-dp    neuv-bpf FWD through the stub DP (build/stub-dp) and back to the workload
+ *   ref-peer      the floor of BYPASS: a bare `bpf_redirect_peer(vin)` program on vex (bench/floor.ts),
+ *                 clsact + cls_bpf like bpf-peer: what the extra hop costs whatever the program does
+ *
+ * After the rounds, one more 64-byte measurement of bpf-peer and ref-peer with
+ * kernel.bpf_stats_enabled (restored after) gives each program's own run time
+ * per frame in real traffic.
  *
  * Every variant has its own namespaces, all built first; then each round
  * measures every variant once (the order rotates each round), so drift and
@@ -40,9 +46,10 @@ import {
   udpFrameConf,
   VTH,
 } from './net';
-import { Summary, pairedRatio, progress, summary, tmpDir } from './util';
+import { Summary, pairedRatio, progress, sh, summary, tmpDir } from './util';
+import { ProgRunStats, refPeerProgram, withBpfStats } from './floor';
 
-export type VariantId = 'plain' | 'nv-pass' | 'nv-tap' | 'nv-fwd-leg' | 'bpf-redirect' | 'bpf-peer' | 'bpf-peer-tcx' | 'bpf-tap' | 'bpf-fwd-leg' | 'bpf-fwd-dp';
+export type VariantId = 'plain' | 'nv-pass' | 'nv-tap' | 'nv-fwd-leg' | 'bpf-redirect' | 'bpf-peer' | 'bpf-peer-tcx' | 'bpf-tap' | 'bpf-fwd-leg' | 'bpf-fwd-dp' | 'ref-peer';
 
 export const VARIANT_LABELS: Record<VariantId, string> = {
   plain: '(a) plain veth pair, no interception (the limit)',
@@ -55,6 +62,7 @@ export const VARIANT_LABELS: Record<VariantId, string> = {
   'bpf-tap': '(e) neuv-bpf TAP',
   'bpf-fwd-leg': '(f) neuv-bpf FWD, host -> DP port only',
   'bpf-fwd-dp': '(f) neuv-bpf FWD through the stub DP and back',
+  'ref-peer': '(g) floor: a bare bpf_redirect_peer(vin) program on vex (no map, no check, no counter), clsact + cls_bpf',
 };
 
 export interface ThroughputOptions {
@@ -80,6 +88,8 @@ export interface ThroughputResult {
   variants: VariantResult[];
   ratios: Record<string, { metric: 'tcp' | 'pps'; a: VariantId; b: VariantId; ratio: Summary; target?: number }>;
   checks: Record<string, unknown>;
+  /** Programs' own run time per frame in real traffic (kernel.bpf_stats_enabled), 64-byte frames. */
+  bpfStats?: Record<string, ProgRunStats>;
   notes: string[];
 }
 
@@ -94,6 +104,8 @@ interface Variant {
   notes: string[];
   stop?: () => Promise<void>;
   dp?: Datapath;
+  /** The program on vex whose run time bpf_stats reads. */
+  vexProgId?: number;
 }
 
 export async function runThroughput(o: ThroughputOptions): Promise<ThroughputResult> {
@@ -127,7 +139,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
   }
   for (const id of ['bpf-redirect', 'bpf-peer', 'bpf-peer-tcx', 'bpf-tap', 'bpf-fwd-leg', 'bpf-fwd-dp'] as const) {
     const t = await pairTopo(`thr-${id}`);
-    const { dp } = bpfLoad(t.enf!);
+    const { dp, pinRoot } = bpfLoad(t.enf!);
     const mode = id === 'bpf-tap' ? 'tap' : id.startsWith('bpf-fwd') ? 'fwd' : 'bypass';
     const attachOld = process.env.NEUV_BPF_ATTACH;
     if (id === 'bpf-peer-tcx') process.env.NEUV_BPF_ATTACH = 'tcx';
@@ -150,6 +162,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
       alt: id === 'bpf-peer' ? devRx(t.wl, 'eth0') : undefined,
       notes: [],
       dp,
+      vexProgId: id === 'bpf-peer' ? (JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', `${pinRoot}/prog_vex`]).stdout) as { id: number }).id : undefined,
     };
     if (id === 'bpf-fwd-dp') {
       const stub = await startStubDp(t.enf!);
@@ -158,6 +171,13 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
       };
     }
     variants.push(v);
+  }
+
+  {
+    const t = await pairTopo('thr-ref-peer');
+    const progId = refPeerProgram(t.enf!, t.vex!, t.vinIfindex!);
+    refPeerProgram(t.enf!, t.vin!, t.vexIfindex!); // the way back (TCP's ACKs, the ping's reply)
+    variants.push({ id: 'ref-peer', topo: t, tcp: true, conf: frameTo(t), counter: 'workload Ip InReceives', count: ipIn(t.wl), notes: [], vexProgId: progId });
   }
 
   // Smoke: every variant that should deliver does (one ping each).
@@ -195,6 +215,17 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
       }
     }
   }
+  // The programs' own cost per frame in real traffic: one more 64-byte measurement each with BPF stats on.
+  const statsOf = variants.filter((v) => v.vexProgId !== undefined);
+  let bpfStats: Record<string, ProgRunStats> | undefined;
+  if (statsOf.length) {
+    progress('throughput: 64-byte frames with kernel.bpf_stats_enabled (program run time per frame)');
+    bpfStats = (
+      await withBpfStats(Object.fromEntries(statsOf.map((v) => [v.id, v.vexProgId!])), async () => {
+        for (const v of statsOf) await frameRate(v.topo.host, v.topo.hostIf, v.conf, v.count, { warmMs: params.warmMs, windowMs: params.windowMs });
+      })
+    ).stats;
+  }
   for (const v of variants) await v.stop?.();
 
   // Device rx counters against the IP layer's count: do they see redirect_peer traffic on this kernel?
@@ -229,6 +260,9 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
   const ratios: ThroughputResult['ratios'] = {
     'bypass-peer/plain tcp': ratio('tcp', 'bpf-peer', 'plain', 1.0),
     'bypass-peer/plain 64B': ratio('pps', 'bpf-peer', 'plain', 0.95),
+    'ref-peer/plain tcp': ratio('tcp', 'ref-peer', 'plain'),
+    'ref-peer/plain 64B': ratio('pps', 'ref-peer', 'plain'),
+    'bypass-peer/ref-peer 64B': ratio('pps', 'bpf-peer', 'ref-peer'),
     'bypass-redirect/plain tcp': ratio('tcp', 'bpf-redirect', 'plain'),
     'bypass-redirect/plain 64B': ratio('pps', 'bpf-redirect', 'plain'),
     'bypass-tcx/plain tcp': ratio('tcp', 'bpf-peer-tcx', 'plain'),
@@ -246,6 +280,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
     variants: results,
     ratios,
     checks,
+    bpfStats,
     notes: [
       'NeuVector variants are built from src/nvtc.ts without `action pedit` (act_pedit is not in this kernel) and without `action drop` (no act_gact): TAP copies keep DA = M, and the two vbr-neuv filters of TapPortPair are left out.',
       "NeuVector's FWD without pedit cannot round-trip through a DP: its frames reach vth-neuv with DA = M instead of the pair's UCMAC, so the DP cannot tell the pair and its vbr-neuv filters (match on the UCMAC) never fire. Only the host -> DP port leg is compared.",
