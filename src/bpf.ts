@@ -383,6 +383,12 @@ export function progInfo(fd: number): ProgInfo {
 
 export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, RINGBUF: 27 } as const;
 
+/** Flags of MapFd.update (BPF_MAP_UPDATE_ELEM, include/uapi/linux/bpf.h); BPF_F_LOCK combines with the others. */
+export const BPF_ANY = 0;
+export const BPF_NOEXIST = 1;
+export const BPF_EXIST = 2;
+export const BPF_F_LOCK = 4;
+
 /** A BPF map by fd. Owns the fd when `owned`. Keys and values are raw bytes. */
 export class MapFd {
   readonly fd: number;
@@ -439,8 +445,8 @@ export class MapFd {
     return out;
   }
 
-  /** flags: 0 = any, 1 = BPF_NOEXIST, 2 = BPF_EXIST. Per-CPU maps take one value replicated to all CPUs. */
-  update(k: Buffer, v: Buffer, flags = 0): void {
+  /** flags: BPF_ANY, BPF_NOEXIST or BPF_EXIST (| BPF_F_LOCK). Per-CPU maps take one value replicated to all CPUs. */
+  update(k: Buffer, v: Buffer, flags = BPF_ANY): void {
     let val = v;
     if (this.perCpu && v.length === this.info.valueSize) {
       const stride = Math.ceil(this.info.valueSize / 8) * 8;
