@@ -17,7 +17,7 @@
  * frame: drop_no_peer), and a rerun after a crash before the ids entry finds
  * the pair by its port entries. Removed the other way round: the id first,
  * then an RCU grace period (a neuv_vbr run that found the id just before is
- * over: rcuGraceAfterDeletes in src/bpf.ts), then the ports (vex, vin), then the
+ * over: rcuGraceAfterDeletes in src/bpf/map.ts), then the ports (vex, vin), then the
  * counters. Port entries are always written with BPF_F_LOCK (PORT_UPDATE).
  */
 import { BPF_ANY, BPF_EXIST, BPF_NOEXIST, MapFd, rcuGraceAfterDeletes } from '../bpf';
