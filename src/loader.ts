@@ -30,6 +30,7 @@ import {
 import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
 import { crashPoint } from './crash';
+import { PACKAGE_ROOT } from './root';
 import { isLoaded, Pins } from './pins';
 import { insertPortEntry } from './pairs/entries';
 
@@ -42,7 +43,7 @@ export type ProgRole = keyof typeof PROGS;
 
 /** The object shipped with the package: build/neuv.bpf.o next to dist/. */
 export function defaultObjectPath(): string {
-  return path.resolve(__dirname, '..', '..', 'build', 'neuv.bpf.o');
+  return path.join(PACKAGE_ROOT, 'build', 'neuv.bpf.o');
 }
 
 export function pinRootFrom(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {

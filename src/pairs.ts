@@ -18,7 +18,8 @@
  */
 import { Undo } from './undo';
 import * as fs from 'node:fs';
-import { BPF_EXIST, CLONE_NEWNET, ProgFd, ifIndexToName, ifNameToIndex, setns } from './bpf';
+import { BPF_EXIST, ProgFd, ifIndexToName, ifNameToIndex } from './bpf';
+import { NetnsScope } from './netns';
 import { MapName, Pins } from './pins';
 import { keepQdiscFlag, peerElsewhere, portEntries, redirectPeerAllowed, removePairEntries, writePairEntries } from './pairs/entries';
 import { AttachKind, attach, attachState, detach, detachPort, linkPinPath, preferredKind } from './attach';
@@ -416,46 +417,6 @@ function namedGlobal(g: bigint[]): Record<(typeof REASON_NAMES)[number], bigint>
   const out = {} as Record<(typeof REASON_NAMES)[number], bigint>;
   for (let r = 0; r < REASON_COUNT; r++) out[REASON_NAMES[r]!] = g[r] ?? 0n;
   return out;
-}
-
-// ================================================================ undo stack
-
-
-// ================================================================ netns scope
-
-/** Runs synchronous code inside a network namespace, then puts this thread back. */
-class NetnsScope {
-  private target = -1;
-  private home = -1;
-  constructor(readonly netns?: string) {
-    if (!netns) return;
-    let p = netns;
-    if (!netns.includes('/')) {
-      if (!/^[A-Za-z0-9_.-]{1,64}$/.test(netns) || netns === '.' || netns === '..') {
-        throw new UsageError(`network namespace name '${netns}' is not valid`);
-      }
-      p = `/var/run/netns/${netns}`;
-    }
-    try {
-      this.target = fs.openSync(p, 'r');
-    } catch {
-      throw new NotFoundError(`network namespace ${netns} not found (${p})`);
-    }
-    this.home = fs.openSync('/proc/thread-self/ns/net', 'r');
-  }
-  run<T>(fn: () => T): T {
-    if (this.target < 0) return fn();
-    setns(this.target, CLONE_NEWNET, this.netns!);
-    try {
-      return fn();
-    } finally {
-      setns(this.home, CLONE_NEWNET, 'the original network namespace');
-    }
-  }
-  close(): void {
-    for (const fd of [this.target, this.home]) if (fd >= 0) fs.closeSync(fd);
-    this.target = this.home = -1;
-  }
 }
 
 // ================================================================ the datapath
