@@ -86,6 +86,8 @@ $(CTR_ROOTFS): build/containers/echo-server scripts/container-rootfs.sh
 ts: $(TS_STAMP)
 $(TS_STAMP): $(TS_SRC) $(DEPS_STAMP)
 	@[ "$(V)" = 1 ] || echo "  TSC    dist/"
+	@# From scratch: a moved or deleted .ts must not leave a stale .js behind (dist/src/bpf.js would shadow dist/src/bpf/index.js).
+	$(Q)rm -rf dist/src dist/test dist/bench
 	$(Q)npx --no-install tsc -p tsconfig.json
 	$(Q)touch $@
 

@@ -4,45 +4,32 @@
  * runs; every failure is one line on stderr and a distinct exit code.
  */
 import { Command, CommanderError, Option } from 'commander';
+import { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
 import { ExitCode, UsageError, exitCodeOf, oneLine } from './errors';
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
-import { checkPrivileges, load, pinRootFrom, unload } from './loader';
-import { withLock } from './lock';
-import { register as registerVersion } from './cli-version';
-import { registerPairCommands } from './cli-pair';
-import { register as registerTrace } from './cli-trace';
+import { checkPrivileges, pinRootFrom } from './loader';
+import { register as registerVersion } from './cli/version';
+import { registerLoadCommands } from './cli/load';
+import { registerPairCommands } from './cli/pair';
+import { register as registerTrace } from './cli/trace';
 import { startCommandTrace, stopCommandTrace } from './trace';
-import { registerInterceptCommands } from './cli-intercept';
-import { registerDemoCommands } from './cli-demo';
-import { registerRepairCommands } from './cli-repair';
-import { registerMigrateCommands } from './cli-migrate';
-import { registerFlowCommands } from './cli-flow';
-import { registerWatchCommands } from './cli-watch';
+import { registerInterceptCommands } from './cli/intercept';
+import { registerDemoCommands } from './cli/demo';
+import { registerRepairCommands } from './cli/repair';
+import { registerMigrateCommands } from './cli/migrate';
+import { registerFlowCommands } from './cli/flow';
+import { registerWatchCommands } from './cli/watch';
 
-export interface GlobalOpts {
-  netns?: string;
-  bpffs?: string;
-  logLevel?: string;
-  json?: boolean;
-}
-
-/** What every command gets: resolved global options. */
-export interface Ctx {
-  pinRoot: string;
-  json: boolean;
-  out: (s: string) => void;
-}
-
-/** A command module adds its commands to the program; it gets the context lazily. */
-export type CommandRegistrar = (program: Command, ctx: () => Ctx) => void;
+export type { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
 
 /**
- * Command modules (src/cli-*.ts), in the order their commands appear in --help.
+ * Command modules (src/cli/*.ts), in the order their commands appear in --help.
  * Add one line per module.
  */
 const registrars: CommandRegistrar[] = [
   // COMMAND MODULES
+  registerLoadCommands,
   registerVersion,
   registerPairCommands,
   registerTrace,
@@ -54,9 +41,7 @@ const registrars: CommandRegistrar[] = [
   registerWatchCommands,
 ];
 
-export function printJson(ctx: Ctx, v: unknown): void {
-  ctx.out(JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? Number(x) : x), 2));
-}
+export { printJson } from './cli/context';
 
 /** Commands that run without root (everything else needs CAP_BPF + CAP_NET_ADMIN). */
 export const UNPRIVILEGED = new Set<string>(['version']);
@@ -95,36 +80,6 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       if (level === 'trace' && actionCommand.name() !== 'trace' && !UNPRIVILEGED.has(actionCommand.name())) startCommandTrace(ctx.pinRoot);
     })
     .hook('postAction', () => stopCommandTrace());
-
-  program
-    .command('load')
-    .description('create vbr-neuv/vth-neuv if missing, load and pin the BPF object, attach vbr-neuv (idempotent; a rerun replaces the programs in place and keeps the maps)')
-    .option('--jumbo', 'MTU 9000 on vbr-neuv/vth-neuv instead of 2048')
-    .option('--obj <file>', 'BPF object to load (default: build/neuv.bpf.o of this package)')
-    .option('--flows <n>', 'size of the flow offload map neuv_flows (default 65536, or the size it is pinned with; changing it needs unload)')
-    .option('--json', 'print the result as JSON')
-    .action(async (o: { jumbo?: boolean; obj?: string; flows?: string }) => {
-      const c = getCtx();
-      if (o.flows !== undefined && !/^[0-9]+$/.test(o.flows)) throw new UsageError(`--flows '${o.flows}' is not a number of entries`);
-      const flows = o.flows === undefined ? undefined : Number(o.flows);
-      const r = await withLock(c.pinRoot, () => load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo, flows }));
-      if (c.json) printJson(c, r);
-      else {
-        c.out(`${r.replaced ? 'replaced programs in place' : 'loaded'}: pin root ${r.pinRoot}, programs vin=${r.progIds.vin} vex=${r.progIds.vex} vbr=${r.progIds.vbr}` +
-          (r.reattached ? `, ${r.reattached} port hooks swapped` : '') + (r.created ? ', created vbr-neuv/vth-neuv' : ''));
-      }
-    });
-
-  program
-    .command('unload')
-    .description('detach from every port, unpin everything, delete vbr-neuv/vth-neuv')
-    .option('--json', 'print the result as JSON')
-    .action(async () => {
-      const c = getCtx();
-      const r = await withLock(c.pinRoot, () => unload(c.pinRoot));
-      if (c.json) printJson(c, r);
-      else c.out(r.wasLoaded ? `unloaded: ${r.detached} hooks detached, ${r.removed.length} pins removed` : 'nothing was loaded');
-    });
 
   for (const r of registrars) r(program, getCtx);
   return program;

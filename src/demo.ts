@@ -21,6 +21,8 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
+import { netnsPath } from './netns';
+import { PACKAGE_ROOT } from './root';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -30,7 +32,7 @@ import * as path from 'node:path';
 type PairsModule = typeof import('./pairs');
 type InterceptModule = typeof import('./intercept');
 
-export const ROOT = path.resolve(__dirname, '..', '..');
+export const ROOT = PACKAGE_ROOT;
 export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
 export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
 const SELF = __filename;
@@ -159,7 +161,7 @@ export class Topology {
       this.ip(ns, '-6', 'route', 'add', 'default', 'via', HOST_IP6, 'dev', 'eth0');
       if (staticNeighbour) this.ip(ns, 'neigh', 'add', `${SUBNET4}.99`, 'lladdr', '02:00:00:00:00:99', 'dev', 'eth0', 'nud', 'permanent');
       const [l] = JSON.parse(this.ip(ns, '-j', 'link', 'show', 'dev', 'eth0')) as Array<{ address: string }>;
-      this.containers.push({ index: i, ns, path: `/var/run/netns/${ns}`, hostPort, ip4, ip6, mac: l!.address });
+      this.containers.push({ index: i, ns, path: netnsPath(ns), hostPort, ip4, ip6, mac: l!.address });
     }
   }
 

@@ -40,6 +40,7 @@ import {
 } from './layout';
 import { isLoaded } from './loader';
 import { log } from './log';
+import { Pins } from './pins';
 
 // ================================================================ types
 
@@ -239,17 +240,12 @@ export class Flows {
 
   /** The mode of pair `id` as its vin entry says, or undefined if there is no such pair. */
   private pairMode(id: number): string | undefined {
-    const ids = MapFd.fromPin(path.join(this.pinRoot, MAPS.ids.name));
-    const ports = MapFd.fromPin(path.join(this.pinRoot, MAPS.ports.name));
-    try {
+    return Pins.with(this.pinRoot, ['ids', 'ports'], ({ ids, ports }) => {
       const v = ids.lookup(u32Key(id));
       if (!v) return undefined;
       const p = ports.lookup(u32Key(decodeId(v).vinIfindex));
       return p ? (MODE_NAMES[decodePort(p).mode] ?? 'none') : 'none';
-    } finally {
-      ids.close();
-      ports.close();
-    }
+    }, { legacyPorts: true });
   }
 
   /**

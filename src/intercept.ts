@@ -29,6 +29,7 @@ import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '.
 import { run, validateIfName, VBR } from './link';
 import { withLock } from './lock';
 import { log } from './log';
+import { netnsPath } from './netns';
 import { crashPoint } from './crash';
 import { JournalRecord, findRecord, interceptLockKey, recoverLocked, removeRecord, writeRecord } from './journal';
 import { formatMac } from './mac';
@@ -69,11 +70,7 @@ export function resolveTarget(t: Target): ResolvedTarget {
   } else {
     const n = t.netns;
     if (typeof n !== 'string' || n.length === 0) throw new UsageError('--container-netns is empty');
-    if (n.includes('/')) path = n;
-    else {
-      if (!/^[A-Za-z0-9_.-]{1,64}$/.test(n) || n === '.' || n === '..') throw new UsageError(`network namespace name '${n}' is not valid`);
-      path = `/var/run/netns/${n}`;
-    }
+    path = netnsPath(n);
     desc = `netns ${path}`;
   }
   let st: fs.Stats;
@@ -160,8 +157,7 @@ export class NsRunner {
 
 export function enforcerRunner(enforcer: string | undefined): NsRunner {
   if (!enforcer) return new NsRunner(undefined, 'the enforcer netns');
-  const p = enforcer.includes('/') ? enforcer : `/var/run/netns/${enforcer}`;
-  if (!enforcer.includes('/') && !/^[A-Za-z0-9_.-]{1,64}$/.test(enforcer)) throw new UsageError(`network namespace name '${enforcer}' is not valid`);
+  const p = netnsPath(enforcer);
   if (!fs.existsSync(p)) throw new NotFoundError(`enforcer network namespace ${enforcer} not found (${p})`);
   return new NsRunner(p, `the enforcer netns ${enforcer}`);
 }

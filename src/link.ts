@@ -4,9 +4,8 @@
  * lookups through libc in the current (possibly entered) netns.
  */
 import { execFile } from 'node:child_process';
-import * as fs from 'node:fs';
 import { ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
-import { ifIndexToName, ifNameToIndex, setns, CLONE_NEWNET } from './bpf';
+import { ifIndexToName, ifNameToIndex } from './bpf';
 import { log } from './log';
 
 export interface RunResult {
@@ -130,27 +129,5 @@ export async function ensureDpPair(mtu: number, vbrIndex: number, vthIndex: numb
   return { created: true };
 }
 
-/** Enters a network namespace by name (/var/run/netns/NAME) or path, for this thread. */
-export function enterNetns(nameOrPath: string): void {
-  let path: string;
-  if (nameOrPath.includes('/')) {
-    path = nameOrPath;
-  } else {
-    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(nameOrPath) || nameOrPath === '.' || nameOrPath === '..') {
-      throw new UsageError(`network namespace name '${nameOrPath}' is not valid`);
-    }
-    path = `/var/run/netns/${nameOrPath}`;
-  }
-  let fd: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch {
-    throw new NotFoundError(`network namespace ${nameOrPath} not found (${path})`);
-  }
-  try {
-    setns(fd, CLONE_NEWNET, nameOrPath);
-  } finally {
-    fs.closeSync(fd);
-  }
-  log('netns').debug({ netns: nameOrPath }, 'entered network namespace');
-}
+/** Moved to src/netns.ts (kept here for the importers of link.ts). */
+export { enterNetns } from './netns';

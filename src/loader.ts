@@ -26,12 +26,13 @@ import {
   PortFlag,
   FLOWS_DEFAULT,
   PortDecl,
-  PORT_UPDATE,
-  encodePort,
 } from './layout';
 import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
 import { crashPoint } from './crash';
+import { PACKAGE_ROOT } from './root';
+import { isLoaded, Pins } from './pins';
+import { insertPortEntry } from './pairs/entries';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/neuv';
 export const BPF_FS_MAGIC = 0xcafe4a11;
@@ -42,7 +43,7 @@ export type ProgRole = keyof typeof PROGS;
 
 /** The object shipped with the package: build/neuv.bpf.o next to dist/. */
 export function defaultObjectPath(): string {
-  return path.resolve(__dirname, '..', '..', 'build', 'neuv.bpf.o');
+  return path.join(PACKAGE_ROOT, 'build', 'neuv.bpf.o');
 }
 
 export function pinRootFrom(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
@@ -111,47 +112,7 @@ export async function ensureBpffs(pinRoot: string, create: boolean): Promise<voi
 
 // ---------------------------------------------------------------- open the pinned state
 
-/** Handles on the pinned maps of a loaded datapath. */
-export interface Pinned {
-  pinRoot: string;
-  ports: MapFd;
-  ids: MapFd;
-  stats: MapFd;
-  global: MapFd;
-  config: MapFd;
-  close(): void;
-}
-
-export function isLoaded(pinRoot: string): boolean {
-  return fs.existsSync(path.join(pinRoot, MAPS.ports.name));
-}
-
-export function openPinned(pinRoot: string): Pinned {
-  if (!isLoaded(pinRoot)) {
-    throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
-  }
-  const opened: MapFd[] = [];
-  try {
-    const open = (name: string) => {
-      const m = MapFd.fromPin(path.join(pinRoot, name));
-      opened.push(m);
-      return m;
-    };
-    const p = {
-      pinRoot,
-      ports: open(MAPS.ports.name),
-      ids: open(MAPS.ids.name),
-      stats: open(MAPS.stats.name),
-      global: open(MAPS.global.name),
-      config: open(MAPS.config.name),
-      close: () => opened.forEach((m) => m.close()),
-    };
-    return p;
-  } catch (e) {
-    opened.forEach((m) => m.close());
-    throw e;
-  }
-}
+export { isLoaded };
 
 /** Opens a pinned program fd for a role (the caller closes it). */
 export function openProg(pinRoot: string, role: ProgRole): ProgFd {
@@ -259,13 +220,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     if (portsBefore) {
       // The new neuv_ports gets the old entries before any hook runs its program.
       const pm = obj.map(MAPS.ports.name);
-      for (const [k, e] of portsBefore.entries) {
-        try {
-          pm.update(k, encodePort(e), PORT_UPDATE | 1 /* BPF_NOEXIST */);
-        } catch (err) {
-          if ((err as { errno?: number }).errno !== 17 /* EEXIST: copied by a killed load already */) throw err;
-        }
-      }
+      // A key already there was copied by a killed load already.
+      for (const [k, e] of portsBefore.entries) insertPortEntry(pm, k, e);
       lg.info({ entries: portsBefore.entries.length }, 'neuv_ports upgraded to the layout with a lock (entries copied)');
     }
     // Maps libbpf pinned anew in this run go away on failure; reused ones stay.
@@ -405,18 +361,20 @@ export async function unload(pinRoot: string): Promise<UnloadResult> {
   let detached = 0;
   const wasLoaded = isLoaded(pinRoot);
   if (wasLoaded) {
-    const pinned = openPinned(pinRoot);
-    try {
-      for (const [k, v] of pinned.ports.entries()) {
-        const ifindex = decodeU32Key(k);
-        const entry = decodePort(v);
-        const name = ifname(ifindex);
-        if (!name) continue;
-        if (detach(pinRoot, ifindex, name, (entry.flags & PortFlag.QDISC_OURS) !== 0)) detached++;
-      }
-    } finally {
-      pinned.close();
-    }
+    Pins.with(
+      pinRoot,
+      ['ports'],
+      (pinned) => {
+        for (const [k, v] of pinned.ports.entries()) {
+          const ifindex = decodeU32Key(k);
+          const entry = decodePort(v);
+          const name = ifname(ifindex);
+          if (!name) continue;
+          if (detach(pinRoot, ifindex, name, (entry.flags & PortFlag.QDISC_OURS) !== 0)) detached++;
+        }
+      },
+      { legacyPorts: true },
+    );
   }
   const vbr = fs.existsSync(pinRoot) ? ifindexIfExists(VBR) : 0; // no pin root: nothing of ours (vbr-neuv may be another pin root's)
   if (vbr) {

@@ -34,7 +34,7 @@ function othersWaiting(wfd: number, wp: string): boolean {
  * lock at once only when nobody is waiting for it; otherwise it queues up
  * with the waiters, who poll for it every 5-15 ms.
  * If fn deleted map entries, an RCU grace period passes before the lock is
- * released (rcuGraceAfterDeletes in src/bpf.ts: no insert after ours reuses an
+ * released (rcuGraceAfterDeletes in src/bpf/map.ts: no insert after ours reuses an
  * element a program may still be reading).
  */
 export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, timeoutMs = 30000): Promise<T> {

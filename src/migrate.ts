@@ -57,17 +57,17 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MapFd, ProgFd, ifIndexToName, ifNameToIndex, rcuGraceAfterDeletes, testRun } from './bpf';
+import { MapFd, ProgFd, ifIndexToName, ifNameToIndex, testRun } from './bpf';
+import { Pins } from './pins';
+import { EntryStep, PairMaps, PairWrite, peerElsewhere, portEntries, removePairEntries, samePort, writePairEntries } from './pairs/entries';
+import { Undo } from './undo';
 import { AttachKind, TC_HANDLE, TC_PRIORITY, attachState, detach } from './attach';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import { features } from './features';
 import {
   Dir,
-  MAPS,
   Mode,
   ModeValue,
-  PortEntry,
-  PortFlag,
   Role,
   Verdict,
   addStats,
@@ -75,10 +75,6 @@ import {
   decodePort,
   decodeU32Key,
   emptyStats,
-  encodeId,
-  encodePort,
-  encodeStats,
-  PORT_UPDATE,
   u32Key,
 } from './layout';
 import { LinkJson, VBR, linkShow, run } from './link';
@@ -1007,57 +1003,26 @@ function planSteps(p: DiscoveredPair, attachKind: string): string[] {
 
 export interface Seeded {
   pair: DiscoveredPair;
-  /** Map keys this run created (removed again when the pair is rolled back). */
-  created: Array<{ map: 'ports' | 'ids' | 'stats'; key: Buffer }>;
-}
-
-export interface MapsRW {
-  ports: MapFd;
-  ids: MapFd;
-  stats: MapFd;
-  close(): void;
+  /** The entries this run created (removed again when the pair is rolled back). */
+  created: EntryStep[];
 }
 
 /** The pinned maps adopt writes (exported with seed/unseed for the seed-order race test). */
-export function openMaps(pinRoot: string): MapsRW {
-  const opened: MapFd[] = [];
-  try {
-    const open = (name: string) => {
-      const m = MapFd.fromPin(path.join(pinRoot, name));
-      opened.push(m);
-      return m;
-    };
-    return { ports: open(MAPS.ports.name), ids: open(MAPS.ids.name), stats: open(MAPS.stats.name), close: () => opened.forEach((m) => m.close()) };
-  } catch (e) {
-    opened.forEach((m) => m.close());
-    throw e;
-  }
+export function openMaps(pinRoot: string): Pins {
+  return Pins.open(pinRoot, ['ports', 'ids', 'stats']);
 }
 
 const MODE_OF: Record<NvMode, ModeValue> = { fwd: Mode.FWD, tap: Mode.TAP };
 
-/** The entries a pair gets: what `pair add` would write (redirect_peer where the other port's peer is in another netns). */
-function wantedEntries(p: DiscoveredPair, links: Map<string, LinkJson>): { vin: PortEntry; vex: PortEntry } {
-  const rp = process.env.NEUV_BPF_NO_REDIRECT_PEER !== '1' && features().redirectPeer;
-  const peerElsewhere = (n: string) => {
-    const l = links.get(n);
-    return l?.linkinfo?.info_kind === 'veth' && l.link_netnsid !== undefined;
-  };
-  const mac = parseMac(p.mac);
-  const mode = MODE_OF[p.mode];
-  return {
-    vin: { peerIfindex: p.vexIfindex, flags: rp && peerElsewhere(p.ex) ? PortFlag.REDIRECT_PEER : 0, id: p.id, role: Role.VIN, mode, mac },
-    vex: { peerIfindex: p.vinIfindex, flags: rp && peerElsewhere(p.in) ? PortFlag.REDIRECT_PEER : 0, id: p.id, role: Role.VEX, mode, mac: Buffer.from(mac) },
-  };
-}
-
-/** Same pair, MAC, id, role and mode (flags may differ: an interrupted adopt keeps what it wrote). */
-function sameEntry(a: PortEntry, b: PortEntry): boolean {
-  return a.peerIfindex === b.peerIfindex && a.id === b.id && a.role === b.role && a.mode === b.mode && a.mac.equals(b.mac);
+/** The entries a pair gets: exactly what `pair add` writes for these ports (src/pairs/entries.ts). */
+function wantedEntries(p: DiscoveredPair, links: Map<string, LinkJson>): PairWrite {
+  const link = (name: string, ifindex: number) => ({ ifindex, peerElsewhere: peerElsewhere(links.get(name)) });
+  const e = portEntries({ id: p.id, vin: link(p.in, p.vinIfindex), vex: link(p.ex, p.vexIfindex), mode: MODE_OF[p.mode], mac: parseMac(p.mac), ipv6ToDp: false });
+  return { id: p.id, vinIfindex: p.vinIfindex, vexIfindex: p.vexIfindex, ...e };
 }
 
 /** Refuses (before any change) pairs whose ids or ports our maps already give to something else. */
-function checkMaps(m: MapsRW, pairs: DiscoveredPair[], links: Map<string, LinkJson>): void {
+function checkMaps(m: PairMaps, pairs: DiscoveredPair[], links: Map<string, LinkJson>): void {
   const ids = new Map<number, { vinIfindex: number; vexIfindex: number }>();
   for (const [k, v] of m.ids.entries()) ids.set(decodeU32Key(k), decodeId(v));
   for (const p of pairs) {
@@ -1069,7 +1034,8 @@ function checkMaps(m: MapsRW, pairs: DiscoveredPair[], links: Map<string, LinkJs
     const want = wantedEntries(p, links);
     for (const [role, ifindex] of [['vin', p.vinIfindex], ['vex', p.vexIfindex]] as const) {
       const v = m.ports.lookup(u32Key(ifindex));
-      if (v && !sameEntry(decodePort(v), want[role])) {
+      // Flags may differ: an interrupted adopt keeps what it wrote.
+      if (v && !samePort(decodePort(v), want[role])) {
         const cur = decodePort(v);
         throw new ConflictError(`${role === 'vin' ? p.in : p.ex} is already in neuv-bpf's pair id ${cur.id} (${cur.role === Role.VIN ? 'vin' : 'vex'}, mode ${cur.mode}): not what NeuVector's rules say (id ${p.id}, ${p.mode})`);
       }
@@ -1078,59 +1044,34 @@ function checkMaps(m: MapsRW, pairs: DiscoveredPair[], links: Map<string, LinkJs
 }
 
 /**
- * Writes the pair's entries that are missing; returns what it created.
- * neuv_vbr may already be delivering the DP's frames (ours runs ahead of
- * NeuVector's vbr-neuv rules): it looks up the id, then the port the id
- * names, and drops the frame when the port is missing (drop_no_peer). So the
- * counters and both ports come first and the id last: until the id is there
- * neuv_vbr passes the pair's frames on to NeuVector's rules, afterwards it
- * finds everything. The ports alone change nothing: no hook of ours runs on
- * vin/vex yet.
+ * Writes the pair's entries that are missing (writePairEntries: stats, vex,
+ * vin, then the id); returns what it created. neuv_vbr may already be
+ * delivering the DP's frames (ours runs ahead of NeuVector's vbr-neuv
+ * rules): until the id is there it passes the pair's frames on to
+ * NeuVector's rules, afterwards it finds everything. The ports alone change
+ * nothing: no hook of ours runs on vin/vex yet.
  */
-export function seed(m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>): Seeded {
-  const s: Seeded = { pair: p, created: [] };
+export function seed(m: PairMaps, p: DiscoveredPair, links: Map<string, LinkJson>): Seeded {
+  const undo = new Undo('migrate');
   try {
     const idKey = u32Key(p.id);
-    if (!m.stats.lookup(idKey)) {
-      m.stats.update(idKey, encodeStats(emptyStats()), 1 /* BPF_NOEXIST */);
-      s.created.push({ map: 'stats', key: idKey });
-    }
-    const want = wantedEntries(p, links);
-    for (const [role, ifindex] of [['vex', p.vexIfindex], ['vin', p.vinIfindex]] as const) {
-      const key = u32Key(ifindex);
-      if (m.ports.lookup(key)) continue;
-      m.ports.update(key, encodePort(want[role]), PORT_UPDATE | 1);
-      s.created.push({ map: 'ports', key });
-    }
-    if (!m.ids.lookup(idKey)) {
-      m.ids.update(idKey, encodeId({ vinIfindex: p.vinIfindex, vexIfindex: p.vexIfindex }), 1);
-      s.created.push({ map: 'ids', key: idKey });
-    }
-    return s;
+    const port = (ifindex: number) => {
+      const v = m.ports.lookup(u32Key(ifindex));
+      return v ? decodePort(v) : undefined;
+    };
+    const present = { stats: m.stats.lookup(idKey) !== undefined, ids: m.ids.lookup(idKey) !== undefined, vin: port(p.vinIfindex), vex: port(p.vexIfindex) };
+    return { pair: p, created: writePairEntries(m, wantedEntries(p, links), { present, undo }) };
   } catch (e) {
-    unseed(m, s);
+    undo.runSync();
     throw e;
   }
 }
 
-/**
- * Removes what seed() created: the id first (neuv_vbr then passes the pair's
- * frames on, as before), then, once an RCU grace period has passed (a
- * neuv_vbr run that found the id just before is over, and does not miss the
- * ports: drop_no_peer), the ports and counters.
- */
-export function unseed(m: MapsRW, s: Seeded): void {
-  const remove = (c: Seeded['created'][number]) => {
-    try {
-      m[c.map].delete(c.key);
-    } catch (e) {
-      log('migrate').warn({ map: c.map, err: (e as Error).message }, 'could not remove a seeded entry');
-    }
-  };
-  s.created.filter((c) => c.map === 'ids').forEach(remove);
-  rcuGraceAfterDeletes(); // a no-op when no id was removed
-  s.created.filter((c) => c.map === 'ports').forEach(remove);
-  s.created.filter((c) => c.map === 'stats').forEach(remove);
+/** Removes what seed() created (removePairEntries: the id, an RCU grace period, the ports, the counters). */
+export function unseed(m: PairMaps, s: Seeded): void {
+  const p = s.pair;
+  const ports = (['vex', 'vin'] as const).filter((r) => s.created.includes(r)).map((r) => ({ ifindex: r === 'vin' ? p.vinIfindex : p.vexIfindex }));
+  removePairEntries(m, { id: p.id, ids: s.created.includes('ids'), ports, stats: s.created.includes('stats') }, { bestEffort: true });
   s.created = [];
 }
 
@@ -1164,11 +1105,11 @@ function toPeerPackets(stats: MapFd, id: number): [bigint, bigint] {
  * and a probe frame through each pinned program, with the port's ifindex as
  * ingress, is redirected unchanged and counted for the pair.
  */
-async function verifyPair(pinRoot: string, m: MapsRW, p: DiscoveredPair, links: Map<string, LinkJson>): Promise<{ attach: AdoptedPair['attach']; probe: AdoptedPair['probe'] }> {
+async function verifyPair(pinRoot: string, m: PairMaps, p: DiscoveredPair, links: Map<string, LinkJson>): Promise<{ attach: AdoptedPair['attach']; probe: AdoptedPair['probe'] }> {
   const want = wantedEntries(p, links);
   for (const [role, ifindex] of [['vin', p.vinIfindex], ['vex', p.vexIfindex]] as const) {
     const v = m.ports.lookup(u32Key(ifindex));
-    if (!v || !sameEntry(decodePort(v), want[role])) throw new NeuvError(`the ${role} entry of ${p.in}/${p.ex} is not the one written`);
+    if (!v || !samePort(decodePort(v), want[role])) throw new NeuvError(`the ${role} entry of ${p.in}/${p.ex} is not the one written`);
   }
   const ids = m.ids.lookup(u32Key(p.id));
   const e = ids ? decodeId(ids) : undefined;

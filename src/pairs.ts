@@ -18,15 +18,15 @@
  */
 import { Undo } from './undo';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { CLONE_NEWNET, MapFd, ProgFd, ifIndexToName, ifNameToIndex, rcuGraceAfterDeletes, setns } from './bpf';
+import { BPF_EXIST, ProgFd, ifIndexToName, ifNameToIndex } from './bpf';
+import { NetnsScope } from './netns';
+import { MapName, Pins } from './pins';
+import { keepQdiscFlag, peerElsewhere, portEntries, redirectPeerAllowed, removePairEntries, writePairEntries } from './pairs/entries';
 import { AttachKind, attach, attachState, detach, detachPort, linkPinPath, preferredKind } from './attach';
-import { features } from './features';
-import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
+import { ConflictError, NeuvError, NotFoundError, UsageError } from './errors';
 import {
   DIR_COUNT,
   DIR_NAMES,
-  MAPS,
   MAX_IDS,
   MODE_NAMES,
   Mode,
@@ -48,11 +48,8 @@ import {
   decodePort,
   decodeU32Key,
   emptyStats,
-  encodeId,
   encodePort,
-  encodeStats,
   PORT_UPDATE,
-  PortDecl,
   u32Key,
 } from './layout';
 import { LinkJson, VBR, VTH, linkShow, validateIfName } from './link';
@@ -422,52 +419,9 @@ function namedGlobal(g: bigint[]): Record<(typeof REASON_NAMES)[number], bigint>
   return out;
 }
 
-// ================================================================ undo stack
-
-
-// ================================================================ netns scope
-
-/** Runs synchronous code inside a network namespace, then puts this thread back. */
-class NetnsScope {
-  private target = -1;
-  private home = -1;
-  constructor(readonly netns?: string) {
-    if (!netns) return;
-    let p = netns;
-    if (!netns.includes('/')) {
-      if (!/^[A-Za-z0-9_.-]{1,64}$/.test(netns) || netns === '.' || netns === '..') {
-        throw new UsageError(`network namespace name '${netns}' is not valid`);
-      }
-      p = `/var/run/netns/${netns}`;
-    }
-    try {
-      this.target = fs.openSync(p, 'r');
-    } catch {
-      throw new NotFoundError(`network namespace ${netns} not found (${p})`);
-    }
-    this.home = fs.openSync('/proc/thread-self/ns/net', 'r');
-  }
-  run<T>(fn: () => T): T {
-    if (this.target < 0) return fn();
-    setns(this.target, CLONE_NEWNET, this.netns!);
-    try {
-      return fn();
-    } finally {
-      setns(this.home, CLONE_NEWNET, 'the original network namespace');
-    }
-  }
-  close(): void {
-    for (const fd of [this.target, this.home]) if (fd >= 0) fs.closeSync(fd);
-    this.target = this.home = -1;
-  }
-}
-
 // ================================================================ the datapath
 
-type MapKey = keyof typeof MAPS;
-type Maps = Record<Exclude<MapKey, 'flows' | 'flowStats'>, MapFd> & Partial<Record<'flows' | 'flowStats', MapFd>>;
-/** Maps a datapath loaded by an older version may not have. */
-const OPTIONAL_MAPS = new Set<MapKey>(['flows', 'flowStats']);
+type Maps = Pins;
 
 /** What the maps hold, read in one go. */
 interface MapState {
@@ -515,11 +469,6 @@ export function portAttachKind(env: NodeJS.ProcessEnv = process.env): AttachKind
   return env.NEUV_BPF_ATTACH ? preferredKind(env) : 'tc';
 }
 
-/** bpf_redirect_peer may be used: the kernel has it and NEUV_BPF_NO_REDIRECT_PEER=1 does not forbid it. */
-function redirectPeerAllowed(): boolean {
-  return process.env.NEUV_BPF_NO_REDIRECT_PEER !== '1' && features().redirectPeer;
-}
-
 /**
  * The port-pair API. `Datapath.open(pinRoot)` needs a loaded datapath
  * (`neuv-bpf load`); each operation opens the pinned maps afresh under the
@@ -554,35 +503,9 @@ export class Datapath {
     if (this.closed) throw new NeuvError('Datapath is closed');
   }
 
-  /**
-   * Opens the named pinned maps, runs fn, closes them. The flow offload maps
-   * are optional (a datapath loaded by an older version has none): absent,
-   * they are left undefined in `m`.
-   */
-  private withMaps<T>(names: MapKey[], fn: (m: Maps) => T): T {
-    if (!isLoaded(this.pinRoot)) {
-      throw new NotFoundError(`the datapath is not loaded (no maps under ${this.pinRoot}): run neuv-bpf load first`);
-    }
-    const m = {} as Maps;
-    const opened: MapFd[] = [];
-    try {
-      for (const n of names) {
-        if (OPTIONAL_MAPS.has(n) && !fs.existsSync(path.join(this.pinRoot, MAPS[n].name))) continue;
-        const fd = MapFd.fromPin(path.join(this.pinRoot, MAPS[n].name));
-        opened.push(fd);
-        if (n === 'ports' && fd.info.valueSize !== PortDecl.size) {
-          // Read-only commands could decode it (the first 18 bytes are the same), but writes need the lock.
-          throw new NeuvError(
-            `${MAPS.ports.name} under ${this.pinRoot} has ${fd.info.valueSize}-byte entries: the datapath was loaded by an older neuv-bpf; run neuv-bpf load to upgrade it`,
-            ExitCode.CONFLICT,
-          );
-        }
-        m[n] = fd;
-      }
-      return fn(m);
-    } finally {
-      for (const fd of opened) fd.close();
-    }
+  /** Opens the named pinned maps, runs fn, closes them (the flow offload maps are optional: see Pins). */
+  private withMaps<T>(names: MapName[], fn: (m: Maps) => T): T {
+    return Pins.with(this.pinRoot, names, fn);
   }
 
   private readState(m: Pick<Maps, 'ports' | 'ids' | 'stats'>): MapState {
@@ -603,7 +526,7 @@ export class Datapath {
         ifindex: l.ifindex,
         name: l.ifname,
         kind: l.linkinfo?.info_kind,
-        peerElsewhere: l.linkinfo?.info_kind === 'veth' && l.link_netnsid !== undefined,
+        peerElsewhere: peerElsewhere(l),
       });
     }
     return out;
@@ -851,51 +774,37 @@ export class Datapath {
             if (hin.attached) repaired.push('vin hook');
             if (hex.attached) repaired.push('vex hook');
           }
-          const base = p.ipv6ToDp ? PortFlag.IPV6_TO_DP : 0;
-          const want = (role: 'vin' | 'vex'): PortEntry => {
-            const self = role === 'vin' ? p.vin : p.vex;
-            const target = role === 'vin' ? p.vex : p.vin;
-            const h = role === 'vin' ? hin : hex;
-            const old = st.ports.get(self.ifindex);
-            let flags = base | (rp && target.peerElsewhere ? PortFlag.REDIRECT_PEER : 0) | (rp && self.peerElsewhere ? PortFlag.SELF_PEER : 0);
-            if (old) flags = old.flags; // an existing entry keeps its flags...
-            if (h.qdiscOurs) flags |= PortFlag.QDISC_OURS; // ...but records a qdisc we just created
-            return {
-              peerIfindex: target.ifindex, flags, id: p.id, role: role === 'vin' ? Role.VIN : Role.VEX,
-              mode: p.mode, mac: Buffer.from(p.spec.mac),
-            };
+          // The entries (src/pairs/entries.ts): an existing entry is rewritten where it differs from what
+          // this topology asks (a repair), keeping the QDISC_OURS it recorded.
+          const fresh = portEntries({ id: p.id, vin: p.vin, vex: p.vex, mode: p.mode, mac: p.spec.mac, ipv6ToDp: p.ipv6ToDp }, rp);
+          const oldIn = st.ports.get(p.vin.ifindex);
+          const oldEx = st.ports.get(p.vex.ifindex);
+          const w = {
+            id: p.id, vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex,
+            vin: keepQdiscFlag(fresh.vin, oldIn, hin.qdiscOurs), vex: keepQdiscFlag(fresh.vex, oldEx, hex.qdiscOurs),
           };
-          // Stats (zeros) first, so the pair counts from its first frame; then the port entries, and the
-          // ids entry last: neuv_vbr looks up the id, then the port it names, so it never finds an id
-          // without its ports (which drops the DP's frame: drop_no_peer), and a rerun after a crash
-          // before the ids entry finds the pair by its port entries and writes the ids entry.
-          if (!st.statsKeys.has(p.id) || !p.existing) {
-            const old = m.stats.lookup(u32Key(p.id));
-            m.stats.update(u32Key(p.id), encodeStats(emptyStats()));
-            undo.push(`stats ${p.id}`, () => (old ? m.stats.update(u32Key(p.id), old) : m.stats.delete(u32Key(p.id))));
-            st.statsKeys.add(p.id);
-            if (p.existing) repaired.push('stats entry');
-          }
-          crashPoint('pair-add:after-stats');
-          for (const role of ['vex', 'vin'] as const) {
-            const self = role === 'vin' ? p.vin : p.vex;
-            const old = st.ports.get(self.ifindex);
-            const e = want(role);
-            if (old && encodePort(old).equals(encodePort(e))) continue;
-            m.ports.update(u32Key(self.ifindex), encodePort(e), PORT_UPDATE | (old ? 2 /* BPF_EXIST */ : 1) /* BPF_NOEXIST */);
-            const key = u32Key(self.ifindex);
-            undo.push(`port ${self.name}`, () => (old ? m.ports.update(key, encodePort(old), PORT_UPDATE) : m.ports.delete(key)));
-            st.ports.set(self.ifindex, e);
-            crashPoint(`pair-add:after-${role}-entry`);
-            if (p.existing) repaired.push(old ? `${role} entry flags` : `${role} entry`);
-          }
-          if (!st.ids.has(p.id)) {
-            m.ids.update(u32Key(p.id), encodeId({ vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex }), 1 /* BPF_NOEXIST */);
-            undo.push(`ids ${p.id}`, () => m.ids.delete(u32Key(p.id)));
-            st.ids.set(p.id, { vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex });
-            if (p.existing) repaired.push('ids entry');
-          }
-          crashPoint('pair-add:after-ids');
+          writePairEntries(m, w, {
+            present: { stats: st.statsKeys.has(p.id), ids: st.ids.has(p.id), vin: oldIn, vex: oldEx },
+            resetStats: !p.existing,
+            replacePorts: true,
+            undo,
+            onStep: (step, wrote) => {
+              if (step === 'stats') {
+                if (wrote && p.existing) repaired.push('stats entry');
+                crashPoint('pair-add:after-stats');
+              } else if (step === 'ids') {
+                if (wrote && p.existing) repaired.push('ids entry');
+                crashPoint('pair-add:after-ids');
+              } else if (wrote) {
+                crashPoint(`pair-add:after-${step}-entry`);
+                if (p.existing) repaired.push(wrote === 'replaced' ? `${step} entry flags` : `${step} entry`);
+              }
+            },
+          });
+          st.statsKeys.add(p.id);
+          st.ports.set(p.vin.ifindex, w.vin);
+          st.ports.set(p.vex.ifindex, w.vex);
+          st.ids.set(p.id, { vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex });
           const vinE = st.ports.get(p.vin.ifindex)!;
           const vexE = st.ports.get(p.vex.ifindex)!;
           const r: PairAdded = {
@@ -964,8 +873,8 @@ export class Datapath {
               if (e.mode === to) continue;
               switched = true;
               const key = u32Key(ifindex);
-              m.ports.update(key, encodePort({ ...e, mode: to }), PORT_UPDATE | 2 /* BPF_EXIST */);
-              undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), PORT_UPDATE | 2));
+              m.ports.update(key, encodePort({ ...e, mode: to }), PORT_UPDATE | BPF_EXIST);
+              undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), PORT_UPDATE | BPF_EXIST));
               crashPoint(ifindex === r.vex ? 'pair-mode:after-vex' : 'pair-mode:after-vin');
             }
           } catch (e) {
@@ -1020,33 +929,19 @@ export class Datapath {
               if (old && was !== 'none') undo.push(`reattach ${nm}`, () => attach(this.pinRoot, ifindex, nm, old.fd, was));
               crashPoint('pair-del:after-detach');
             }
-            const idKey = u32Key(r.id);
-            const idOld = m.ids.lookup(idKey);
-            if (idOld) {
-              const cur = decodeId(idOld);
-              // Only the ids entry of this very pair (by id always; by name only if it points here).
-              if ('id' in sel || cur.vinIfindex === r.vin || cur.vexIfindex === r.vex) {
-                m.ids.delete(idKey);
-                undo.push(`ids ${r.id}`, () => m.ids.update(idKey, idOld, 1));
-                crashPoint('pair-del:after-ids');
-                // A neuv_vbr run that found the id just before is over before the ports go (no drop_no_peer).
-                rcuGraceAfterDeletes();
-              }
-            }
+            // Only the ids entry of this very pair (by id always; by name only if it points here).
+            const idOld = m.ids.lookup(u32Key(r.id));
+            const cur = idOld ? decodeId(idOld) : undefined;
+            const ports: Array<{ ifindex: number; old: PortEntry }> = [];
             for (const ifindex of [r.vex, r.vin]) {
-              if (ifindex === undefined) continue;
-              const e = st.ports.get(ifindex);
-              if (!e || e.id !== r.id) continue;
-              const key = u32Key(ifindex);
-              m.ports.delete(key);
-              undo.push(`port ${ifindex}`, () => m.ports.update(key, encodePort(e), PORT_UPDATE | 1));
-              crashPoint('pair-del:after-port');
+              const e = ifindex === undefined ? undefined : st.ports.get(ifindex);
+              if (e && e.id === r.id) ports.push({ ifindex: ifindex!, old: e });
             }
-            const statsOld = m.stats.lookup(idKey);
-            if (statsOld && m.ids.lookup(idKey) === undefined) {
-              m.stats.delete(idKey);
-              undo.push(`stats ${r.id}`, () => m.stats.update(idKey, statsOld, 1));
-            }
+            removePairEntries(
+              m,
+              { id: r.id, ids: cur !== undefined && ('id' in sel || cur.vinIfindex === r.vin || cur.vexIfindex === r.vex), ports, stats: 'unless-id' },
+              { undo, onStep: (step) => (step === 'ids' ? crashPoint('pair-del:after-ids') : step === 'port' ? crashPoint('pair-del:after-port') : undefined) },
+            );
           } catch (e) {
             undo.runSync();
             throw e;

@@ -27,13 +27,14 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MapFd, ProgFd, tcQuery } from './bpf';
+import { ProgFd, tcQuery } from './bpf';
 import { TC_HANDLE, TC_PRIORITY, attach, attachState, detach, preferredKind } from './attach';
 import { NeuvError, NotFoundError, ExitCode } from './errors';
-import { MAPS, Role, VBR_IFINDEX, decodeConfig, decodeId, decodePort, decodeU32Key, encodeConfig, u32Key } from './layout';
+import { Role, VBR_IFINDEX, decodeConfig, decodeId, decodePort, decodeU32Key, encodeConfig, u32Key } from './layout';
 import { VBR, VTH, ifindexIfExists, ifname, linkShow } from './link';
 import { PROGS, ProgRole, isLoaded, progPinPath } from './loader';
 import { withLock } from './lock';
+import { Pins } from './pins';
 import { log } from './log';
 import { journalProblems, recoverAll } from './journal';
 import { formatMac } from './mac';
@@ -78,16 +79,12 @@ export async function datapathProblems(pinRoot: string): Promise<string[]> {
     const want = pinnedProgId(pinRoot, 'vbr');
     if (att.kind === 'none' || att.defunct) out.push(`the ${VBR} hook is not attached (frames from the DP are not delivered)`);
     else if (want && att.progId !== want) out.push(`the ${VBR} hook runs program id ${att.progId}, not the pinned vbr program (id ${want})`);
-    let cfg: MapFd | undefined;
     try {
-      cfg = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
-      const v = cfg.lookup(u32Key(0));
+      const v = Pins.with(pinRoot, ['config'], (m) => m.config.lookup(u32Key(0)));
       const c = v ? decodeConfig(v) : undefined;
       if (!c || c.dpIfindex !== vbr) out.push(`neuv_config says the DP port is ifindex ${c?.dpIfindex ?? 'none'}, but ${VBR} is ifindex ${vbr}`);
     } catch (e) {
       out.push(`cannot read neuv_config: ${(e as Error).message}`);
-    } finally {
-      cfg?.close();
     }
   }
   for (const h of await strayHooks(pinRoot)) {
@@ -196,15 +193,10 @@ interface RawState {
 function readRaw(pinRoot: string): RawState {
   const ports = new Map<number, ReturnType<typeof decodePort>>();
   const ids = new Map<number, { vinIfindex: number; vexIfindex: number }>();
-  const pm = MapFd.fromPin(path.join(pinRoot, MAPS.ports.name));
-  const im = MapFd.fromPin(path.join(pinRoot, MAPS.ids.name));
-  try {
-    for (const [k, v] of pm.entries()) ports.set(decodeU32Key(k), decodePort(v));
-    for (const [k, v] of im.entries()) ids.set(decodeU32Key(k), decodeId(v));
-  } finally {
-    pm.close();
-    im.close();
-  }
+  Pins.with(pinRoot, ['ports', 'ids'], (m) => {
+    for (const [k, v] of m.ports.entries()) ports.set(decodeU32Key(k), decodePort(v));
+    for (const [k, v] of m.ids.entries()) ids.set(decodeU32Key(k), decodeId(v));
+  });
   return { ports, ids };
 }
 
@@ -289,27 +281,21 @@ export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): 
             }
           });
         }
-        const cfg = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
-        try {
+        Pins.with(pinRoot, ['config'], ({ config: cfg }) => {
           const v = cfg.lookup(u32Key(0));
           const c = v ? decodeConfig(v) : { dpIfindex: 0, flags: 0, traceUntil: 0n };
           if (c.dpIfindex !== vbr) act(`set neuv_config dp_ifindex to ${vbr} (${VBR}), was ${c.dpIfindex}`, () => cfg.update(u32Key(0), encodeConfig({ ...c, dpIfindex: vbr })));
-        } finally {
-          cfg.close();
-        }
+        });
       }
       // Stray counters and tcx link pins (show's global problems).
       const raw = readRaw(pinRoot);
       const pairIds = new Set<number>([...raw.ids.keys(), ...[...raw.ports.values()].map((e) => e.id)]);
-      const stats = MapFd.fromPin(path.join(pinRoot, MAPS.stats.name));
-      try {
+      Pins.with(pinRoot, ['stats'], ({ stats }) => {
         for (const k of stats.keys()) {
           const id = decodeU32Key(k);
           if (!pairIds.has(id)) act(`removed the counters of id ${id}, which has no pair`, () => stats.delete(k));
         }
-      } finally {
-        stats.close();
-      }
+      });
       for (const f of fs.readdirSync(pinRoot)) {
         const m = /^link_(\d+)$/.exec(f);
         if (!m) continue;

@@ -41,8 +41,8 @@ import {
   PairSpec,
 } from '../src/pairs';
 import { validateIfName } from '../src/link';
-import { selectorFrom } from '../src/cli-pair';
-import { targetFrom } from '../src/cli-intercept';
+import { selectorFrom } from '../src/cli/pair';
+import { targetFrom } from '../src/cli/intercept';
 import { pinRootFrom } from '../src/loader';
 import { parseCrashAt } from '../src/crash';
 import { formatMac, isUcmac } from '../src/mac';

@@ -12,7 +12,7 @@ import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/demo';
 import {
   INTERCEPT_STEPS, RELEASE_STEPS, InterceptResult, addrArgs, inodeTag, neighArgs, portNames, routeArgs, tempMac,
 } from '../src/intercept';
-import { targetFrom } from '../src/cli-intercept';
+import { targetFrom } from '../src/cli/intercept';
 
 /** Enforcer netns links when nothing is intercepted. */
 const IDLE_ENFORCER = ['lo', 'vbr-neuv', 'vth-neuv'];

@@ -18,7 +18,8 @@ import { CliResult, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, 
 import { NvFixturePair, NvNode, buildNvNode, filtersOf, nvLeft, startStubDp } from './nvfixture';
 import { UdpStreamResult, startUdpStream } from './traffic';
 import { raceTestRun } from './dp-fixture';
-import { ProgFd } from '../src/bpf';
+import { MapFd, ProgFd } from '../src/bpf';
+import { PortFlag, decodePort, u32Key } from '../src/layout';
 import { features } from '../src/features';
 import { configureLogging } from '../src/log';
 import { formatMac, ucmac } from '../src/mac';
@@ -687,6 +688,33 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
     assert.match(r.stdout, /adopted 2 of 2 pair\(s\)/);
     for (const p of t.node.pairs) assert.deepEqual(nvLeft(t.node, p), []);
     assert.equal((JSON.parse(ok(t.run(['show', '--json'])).stdout) as { consistent: boolean }).consistent, true);
+  });
+
+  // adopt once wrote its own copy of pair add's entries and drifted: without SELF_PEER, frames the DP
+  // sent back to an adopted pair took bpf_redirect instead of bpf_redirect_peer. Both now write the
+  // entries of src/pairs/entries.ts: the same bytes for the same topology.
+  it("adopt writes the port entries pair add writes for the same ports (flags included)", function () {
+    this.timeout(600000);
+    const t = setup(SPECS.slice(0, 2));
+    ok(t.run(['adopt']));
+    const entries = (p: NvFixturePair) => {
+      const m = MapFd.fromPin(path.join(t.pins, 'neuv_ports'));
+      try {
+        return [p.vinIfindex, p.vexIfindex].map((i) => decodePort(m.lookup(u32Key(i))!));
+      } finally {
+        m.close();
+      }
+    };
+    for (const p of t.node.pairs) {
+      const adopted = entries(p);
+      ok(t.run(['pair', 'del', '--in', p.vin]));
+      ok(t.run(['pair', 'add', '--in', p.vin, '--ex', p.vex, '--mac', p.mac, '--id', String(p.id), '--mode', p.mode]));
+      const added = entries(p);
+      assert.deepEqual(adopted, added, `${p.vin}/${p.vex}: adopt's entries (vin, vex) are not pair add's`);
+      if (features().redirectPeer) {
+        for (const e of adopted) assert.equal(e.flags & (PortFlag.SELF_PEER | PortFlag.REDIRECT_PEER), PortFlag.SELF_PEER | PortFlag.REDIRECT_PEER, 'both peers are in other netns');
+      }
+    }
   });
 
   it('adopt --from a discover --json output adopts only its pairs; a stale plan is refused before any change', function () {

@@ -15,7 +15,7 @@ import {
   parseWorkloadMac,
   validateSpec,
 } from '../src/pairs';
-import { selectorFrom } from '../src/cli-pair';
+import { selectorFrom } from '../src/cli/pair';
 import { si, table } from '../src/format';
 
 const OK = { in: 'vin1', ex: 'vex1', mac: '02:42:ac:11:00:02' };

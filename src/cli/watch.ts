@@ -5,9 +5,9 @@
  */
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
-import type { Ctx } from './cli';
-import { UsageError } from './errors';
-import { DpWatch, FAIL_POLICIES, FailPolicy, WatchEvent } from './dp/watch';
+import type { Ctx } from './context';
+import { UsageError } from '../errors';
+import { DpWatch, FAIL_POLICIES, FailPolicy, WatchEvent } from '../dp/watch';
 
 interface WatchCmdOpts {
   dp: string;

@@ -5,10 +5,10 @@
  * TraceSession (src/trace.ts).
  */
 import type { Command } from 'commander';
-import type { Ctx } from './cli';
-import { UsageError } from './errors';
-import { log } from './log';
-import { IfNames, TraceFilter, TraceSession, formatView, monoToWall, parseTraceId, viewRecord } from './trace';
+import type { Ctx } from './context';
+import { UsageError } from '../errors';
+import { log } from '../log';
+import { IfNames, TraceFilter, TraceSession, formatView, monoToWall, parseTraceId, viewRecord } from '../trace';
 
 interface TraceCmdOpts {
   pair?: string;

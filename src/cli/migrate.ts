@@ -4,15 +4,10 @@
  * neuv-bpf runs in (--netns or the current one).
  */
 import * as fs from 'node:fs';
-import type { CommandRegistrar, Ctx } from './cli';
-import { NeuvError, NotFoundError, UsageError } from './errors';
-import { table } from './format';
-import { AdoptResult, Discovery, HandbackResult, adopt, discover, handback } from './migrate';
-
-const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
-function printJson(c: Ctx, v: unknown): void {
-  c.out(JSON.stringify(v, bigintAsNumber, 2));
-}
+import { CommandRegistrar, printJson } from './context';
+import { NeuvError, NotFoundError, UsageError } from '../errors';
+import { table } from '../format';
+import { AdoptResult, Discovery, HandbackResult, adopt, discover, handback } from '../migrate';
 
 const yesNo = (b: boolean) => (b ? 'yes' : 'no');
 

@@ -4,9 +4,9 @@
  * error line naming the first problem left (each printed above it).
  */
 import { Command } from 'commander';
-import type { CommandRegistrar, Ctx } from './cli';
-import { ExitCode, NeuvError } from './errors';
-import { repair } from './repair';
+import type { CommandRegistrar, Ctx } from './context';
+import { ExitCode, NeuvError } from '../errors';
+import { repair } from '../repair';
 
 export const registerRepairCommands: CommandRegistrar = (program: Command, ctx: () => Ctx) => {
   program

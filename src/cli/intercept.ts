@@ -3,10 +3,10 @@
  * The enforcer netns is the one neuv-bpf runs in (--netns or the current one).
  */
 import { Command, Option } from 'commander';
-import type { CommandRegistrar, Ctx } from './cli';
-import { UsageError } from './errors';
-import { InterceptResult, ReleaseResult, Target, intercept, release } from './intercept';
-import { ADD_MODES, AddModeName, parsePortId } from './pairs';
+import { CommandRegistrar, printJson } from './context';
+import { UsageError } from '../errors';
+import { InterceptResult, ReleaseResult, Target, intercept, release } from '../intercept';
+import { ADD_MODES, AddModeName, parsePortId } from '../pairs';
 
 interface TargetOpts {
   pid?: string;
@@ -23,12 +23,6 @@ export function targetFrom(o: TargetOpts): Target {
     return { pid: Number(o.pid) };
   }
   return { netns: o.containerNetns! };
-}
-
-const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
-
-function printJson(c: Ctx, v: unknown): void {
-  c.out(JSON.stringify(v, bigintAsNumber, 2));
 }
 
 export function interceptLine(r: InterceptResult): string {

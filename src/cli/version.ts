@@ -2,8 +2,9 @@
 import type { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Ctx } from './cli';
-import { features, type Features } from './features';
+import type { Ctx } from './context';
+import { PACKAGE_ROOT } from '../root';
+import { features, type Features } from '../features';
 
 export interface VersionInfo {
   version: string;
@@ -14,7 +15,7 @@ export interface VersionInfo {
 }
 
 export function packageVersion(): string {
-  const pkg = JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+  const pkg = JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string };
   return pkg.version;
 }
 

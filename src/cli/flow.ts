@@ -4,11 +4,11 @@
  * over Flows; parsing and printing only.
  */
 import type { Command } from 'commander';
-import type { CommandRegistrar, Ctx } from './cli';
-import { UsageError } from './errors';
-import { table, si } from './format';
-import { FlowSpec, FlowView, Flows, OffloadResult } from './flows';
-import { parsePortId } from './pairs';
+import { CommandRegistrar, Ctx, printJson } from './context';
+import { UsageError } from '../errors';
+import { table, si } from '../format';
+import { FlowSpec, FlowView, Flows, OffloadResult } from '../flows';
+import { parsePortId } from '../pairs';
 
 interface FlowOpts {
   id?: string;
@@ -18,11 +18,6 @@ interface FlowOpts {
   timeout?: string;
   idle?: string;
   all?: boolean;
-}
-
-const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
-function printJson(c: Ctx, v: unknown): void {
-  c.out(JSON.stringify(v, bigintAsNumber, 2));
 }
 
 /** --id, --proto, --src, --dst: all four. */

@@ -5,10 +5,10 @@
  */
 import * as fs from 'node:fs';
 import { Command, Option } from 'commander';
-import type { CommandRegistrar, Ctx } from './cli';
-import { NotFoundError, UsageError } from './errors';
-import { CLEAR_SCREEN, perSecond, si, table } from './format';
-import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from './layout';
+import { CommandRegistrar, Ctx, printJson, jsonLine, withDatapath } from './context';
+import { NotFoundError, UsageError } from '../errors';
+import { CLEAR_SCREEN, perSecond, si, table } from '../format';
+import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
 import {
   ADD_MODES,
   Datapath,
@@ -23,8 +23,8 @@ import {
   delivered,
   parsePairLines,
   parsePortId,
-} from './pairs';
-import { checkFailure, withDatapathProblems } from './repair';
+} from '../pairs';
+import { checkFailure, withDatapathProblems } from '../repair';
 
 interface SelOpts {
   in?: string;
@@ -55,21 +55,6 @@ function readInput(file: string): string {
   }
 }
 
-async function withDatapath<T>(c: Ctx, fn: (dp: Datapath) => Promise<T>): Promise<T> {
-  const dp = Datapath.open(c.pinRoot);
-  try {
-    return await fn(dp);
-  } finally {
-    dp.close();
-  }
-}
-
-/** JSON with counters (bigint) as numbers. (Not cli.ts's printJson: this module must not need cli.ts at load.) */
-const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
-const jsonLine = (v: unknown) => JSON.stringify(v, bigintAsNumber);
-function printJson(c: Ctx, v: unknown): void {
-  c.out(JSON.stringify(v, bigintAsNumber, 2));
-}
 
 // ---------------------------------------------------------------- show
 

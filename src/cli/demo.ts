@@ -3,9 +3,9 @@
  * each mode, a table of what got through (src/demo.ts). Exit code 1 when
  * something did not behave as the datapath's rules say it must.
  */
-import type { CommandRegistrar } from './cli';
-import { NeuvError } from './errors';
-import { configureLogging, resolveLevel } from './log';
+import type { CommandRegistrar } from './context';
+import { NeuvError } from '../errors';
+import { configureLogging, resolveLevel } from '../log';
 
 export const registerDemoCommands: CommandRegistrar = (program, ctx) => {
   program
@@ -20,7 +20,7 @@ export const registerDemoCommands: CommandRegistrar = (program, ctx) => {
       const g = program.opts<{ logLevel?: string }>();
       if (!g.logLevel && !process.env.NEUV_BPF_LOG_LEVEL) configureLogging(resolveLevel('warn'));
       if (program.opts<{ netns?: string }>().netns) throw new NeuvError('demo makes its own namespaces: drop --netns');
-      const { runDemo } = await import('./demo');
+      const { runDemo } = await import('../demo');
       const r = await runDemo({ out: c.out });
       if (!r.ok) throw new NeuvError(`demo: ${r.mismatches.length} result(s) not as expected`);
     });

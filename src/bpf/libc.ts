@@ -1,0 +1,41 @@
+/** libc: setns, interface names and indexes, flock. */
+import { KernelError } from '../errors';
+import { cstr, errno, lib } from './lib';
+
+// ---------------------------------------------------------------- libc
+
+export const CLONE_NEWNET = 0x40000000;
+
+/** Moves the calling (main) thread into the network namespace open at fd. */
+export function setns(fd: number, nstype: number, ctx: string): void {
+  if (lib().setns(fd, nstype) < 0) throw new KernelError(`enter network namespace ${ctx}`, errno());
+}
+
+/** Interface index in the current netns, or 0 if there is no such interface. */
+export function ifNameToIndex(name: string): number {
+  return lib().if_nametoindex(name);
+}
+
+/** Interface name in the current netns, or undefined. */
+export function ifIndexToName(index: number): string | undefined {
+  const buf = Buffer.alloc(16);
+  const p = lib().if_indextoname(index, buf);
+  if (!p) return undefined;
+  return cstr(buf, 0, 16);
+}
+
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+/** flock(2); returns false on EWOULDBLOCK with LOCK_NB. */
+export function flock(fd: number, op: number, ctx: string): boolean {
+  if (lib().flock(fd, op) < 0) {
+    const e = errno();
+    if (e === 11) return false;
+    throw new KernelError(`lock ${ctx}`, e);
+  }
+  return true;
+}
+

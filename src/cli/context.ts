@@ -1,0 +1,46 @@
+/**
+ * What every command module of src/cli/ shares: the context the global
+ * options resolve to (Ctx), how a module registers its commands, JSON output,
+ * and opening the datapath for one command. cli.ts imports the command
+ * modules; they import this file, never cli.ts (no import cycle).
+ */
+import type { Command } from 'commander';
+import { Datapath } from '../pairs';
+
+export interface GlobalOpts {
+  netns?: string;
+  bpffs?: string;
+  logLevel?: string;
+  json?: boolean;
+}
+
+/** What every command gets: resolved global options. */
+export interface Ctx {
+  pinRoot: string;
+  json: boolean;
+  out: (s: string) => void;
+}
+
+/** A command module adds its commands to the program; it gets the context lazily. */
+export type CommandRegistrar = (program: Command, ctx: () => Ctx) => void;
+
+/** JSON.stringify replacer: counters (bigint) as numbers. */
+export const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
+
+/** One JSON value on one line (--watch --json). */
+export const jsonLine = (v: unknown) => JSON.stringify(v, bigintAsNumber);
+
+/** A command's result as indented JSON (--json). */
+export function printJson(ctx: Ctx, v: unknown): void {
+  ctx.out(JSON.stringify(v, bigintAsNumber, 2));
+}
+
+/** Opens the datapath at the context's pin root for fn, closing it afterwards. */
+export async function withDatapath<T>(c: Ctx, fn: (dp: Datapath) => Promise<T>): Promise<T> {
+  const dp = Datapath.open(c.pinRoot);
+  try {
+    return await fn(dp);
+  } finally {
+    dp.close();
+  }
+}

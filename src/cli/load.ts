@@ -1,0 +1,38 @@
+/** load and unload: the datapath as a whole. */
+import type { Command } from 'commander';
+import { UsageError } from '../errors';
+import { load, unload } from '../loader';
+import { withLock } from '../lock';
+import { Ctx, printJson } from './context';
+
+export function registerLoadCommands(program: Command, ctx: () => Ctx): void {
+  program
+    .command('load')
+    .description('create vbr-neuv/vth-neuv if missing, load and pin the BPF object, attach vbr-neuv (idempotent; a rerun replaces the programs in place and keeps the maps)')
+    .option('--jumbo', 'MTU 9000 on vbr-neuv/vth-neuv instead of 2048')
+    .option('--obj <file>', 'BPF object to load (default: build/neuv.bpf.o of this package)')
+    .option('--flows <n>', 'size of the flow offload map neuv_flows (default 65536, or the size it is pinned with; changing it needs unload)')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: { jumbo?: boolean; obj?: string; flows?: string }) => {
+      const c = ctx();
+      if (o.flows !== undefined && !/^[0-9]+$/.test(o.flows)) throw new UsageError(`--flows '${o.flows}' is not a number of entries`);
+      const flows = o.flows === undefined ? undefined : Number(o.flows);
+      const r = await withLock(c.pinRoot, () => load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo, flows }));
+      if (c.json) printJson(c, r);
+      else {
+        c.out(`${r.replaced ? 'replaced programs in place' : 'loaded'}: pin root ${r.pinRoot}, programs vin=${r.progIds.vin} vex=${r.progIds.vex} vbr=${r.progIds.vbr}` +
+          (r.reattached ? `, ${r.reattached} port hooks swapped` : '') + (r.created ? ', created vbr-neuv/vth-neuv' : ''));
+      }
+    });
+
+  program
+    .command('unload')
+    .description('detach from every port, unpin everything, delete vbr-neuv/vth-neuv')
+    .option('--json', 'print the result as JSON')
+    .action(async () => {
+      const c = ctx();
+      const r = await withLock(c.pinRoot, () => unload(c.pinRoot));
+      if (c.json) printJson(c, r);
+      else c.out(r.wasLoaded ? `unloaded: ${r.detached} hooks detached, ${r.removed.length} pins removed` : 'nothing was loaded');
+    });
+}

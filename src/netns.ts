@@ -1,0 +1,67 @@
+/**
+ * Network namespaces by name or path: a name is `ip netns`'s, under
+ * /var/run/netns; anything with a '/' is a path (/proc/PID/ns/net, a bind
+ * mount). enterNetns moves this thread for good (the CLI's --netns);
+ * NetnsScope switches in and back out around each call (the Datapath API's
+ * `netns` option).
+ */
+import * as fs from 'node:fs';
+import { CLONE_NEWNET, setns } from './bpf';
+import { NotFoundError, UsageError } from './errors';
+import { log } from './log';
+
+export const NETNS_DIR = '/var/run/netns';
+
+/** The path of a netns given by name or path; a name must be a plain file name. */
+export function netnsPath(nameOrPath: string): string {
+  if (nameOrPath.includes('/')) return nameOrPath;
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(nameOrPath) || nameOrPath === '.' || nameOrPath === '..') {
+    throw new UsageError(`network namespace name '${nameOrPath}' is not valid`);
+  }
+  return `${NETNS_DIR}/${nameOrPath}`;
+}
+
+/** Opens a netns for setns (the caller closes the fd). */
+function openNetns(nameOrPath: string): number {
+  const p = netnsPath(nameOrPath);
+  try {
+    return fs.openSync(p, 'r');
+  } catch {
+    throw new NotFoundError(`network namespace ${nameOrPath} not found (${p})`);
+  }
+}
+
+/** Enters a network namespace by name or path, for this thread. */
+export function enterNetns(nameOrPath: string): void {
+  const fd = openNetns(nameOrPath);
+  try {
+    setns(fd, CLONE_NEWNET, nameOrPath);
+  } finally {
+    fs.closeSync(fd);
+  }
+  log('netns').debug({ netns: nameOrPath }, 'entered network namespace');
+}
+
+/** Runs synchronous code inside a network namespace, then puts this thread back. */
+export class NetnsScope {
+  private target = -1;
+  private home = -1;
+  constructor(readonly netns?: string) {
+    if (!netns) return;
+    this.target = openNetns(netns);
+    this.home = fs.openSync('/proc/thread-self/ns/net', 'r');
+  }
+  run<T>(fn: () => T): T {
+    if (this.target < 0) return fn();
+    setns(this.target, CLONE_NEWNET, this.netns!);
+    try {
+      return fn();
+    } finally {
+      setns(this.home, CLONE_NEWNET, 'the original network namespace');
+    }
+  }
+  close(): void {
+    for (const fd of [this.target, this.home]) if (fd >= 0) fs.closeSync(fd);
+    this.target = this.home = -1;
+  }
+}

@@ -1,0 +1,245 @@
+/**
+ * A pair's map entries, in one place: what they hold, the order they are
+ * written in and the order they are removed in. pair add/del (src/pairs.ts),
+ * adopt's seed/unseed (src/migrate.ts) and, through the Datapath API, repair
+ * all go through here, so a pair adopted from NeuVector's rules gets the very
+ * bytes `pair add` writes for the same ports.
+ *
+ * A pair is:
+ *   neuv_stats[id]        zeros at add (per-CPU counters);
+ *   neuv_ports[vex], [vin] each pointing at the other port (peer_ifindex),
+ *                         with id, role, mode, workload MAC and flags;
+ *   neuv_ids[id]          both ifindexes (what neuv_vbr delivers the DP's
+ *                         frames of the pair's UCMAC by).
+ *
+ * Written stats, vex, vin, then ids: neuv_vbr looks up the id, then the port
+ * it names, so it never finds an id without its ports (that drops the DP's
+ * frame: drop_no_peer), and a rerun after a crash before the ids entry finds
+ * the pair by its port entries. Removed the other way round: the id first,
+ * then an RCU grace period (a neuv_vbr run that found the id just before is
+ * over: rcuGraceAfterDeletes in src/bpf/map.ts), then the ports (vex, vin), then the
+ * counters. Port entries are always written with BPF_F_LOCK (PORT_UPDATE).
+ */
+import { BPF_ANY, BPF_EXIST, BPF_NOEXIST, MapFd, rcuGraceAfterDeletes } from '../bpf';
+import { features } from '../features';
+import { ModeValue, PORT_UPDATE, PortEntry, PortFlag, Role, emptyStats, encodeId, encodePort, encodeStats, u32Key } from '../layout';
+import { LinkJson } from '../link';
+import { log } from '../log';
+import { Undo } from '../undo';
+
+/** The maps a pair's entries live in (a Pins opened with them). */
+export interface PairMaps {
+  ports: MapFd;
+  ids: MapFd;
+  stats: MapFd;
+}
+
+/** bpf_redirect_peer may be used: the kernel has it and NEUV_BPF_NO_REDIRECT_PEER=1 does not forbid it. */
+export function redirectPeerAllowed(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.NEUV_BPF_NO_REDIRECT_PEER !== '1' && features().redirectPeer;
+}
+
+/** A veth whose peer lives in another netns (`ip -d -j link`: link_netnsid is set). */
+export function peerElsewhere(l: LinkJson | undefined): boolean {
+  return l?.linkinfo?.info_kind === 'veth' && l.link_netnsid !== undefined;
+}
+
+/** One port of a pair, as its entry needs it. */
+export interface PortLink {
+  ifindex: number;
+  /** Its veth peer is in another netns (bpf_redirect_peer can reach it). */
+  peerElsewhere: boolean;
+}
+
+/** Everything a pair's entries are made of. */
+export interface PairTopology {
+  id: number;
+  vin: PortLink;
+  vex: PortLink;
+  mode: ModeValue;
+  /** The workload MAC (6 bytes). */
+  mac: Buffer;
+  ipv6ToDp: boolean;
+}
+
+/**
+ * The flags of a port's entry: IPV6_TO_DP as asked; REDIRECT_PEER when the
+ * other port's peer is in another netns (this port's "to peer" redirect);
+ * SELF_PEER when this port's own peer is (what the DP sends back to this
+ * port, neuv_vbr's redirect); both only where bpf_redirect_peer is allowed.
+ * QDISC_OURS is not the topology's: the hook records it (keepQdiscFlag).
+ */
+export function portFlags(self: PortLink, other: PortLink, ipv6ToDp: boolean, rp: boolean = redirectPeerAllowed()): number {
+  return (ipv6ToDp ? PortFlag.IPV6_TO_DP : 0) | (rp && other.peerElsewhere ? PortFlag.REDIRECT_PEER : 0) | (rp && self.peerElsewhere ? PortFlag.SELF_PEER : 0);
+}
+
+/** The pair's two port entries, as the topology asks. */
+export function portEntries(t: PairTopology, rp: boolean = redirectPeerAllowed()): { vin: PortEntry; vex: PortEntry } {
+  return {
+    vin: { peerIfindex: t.vex.ifindex, flags: portFlags(t.vin, t.vex, t.ipv6ToDp, rp), id: t.id, role: Role.VIN, mode: t.mode, mac: Buffer.from(t.mac) },
+    vex: { peerIfindex: t.vin.ifindex, flags: portFlags(t.vex, t.vin, t.ipv6ToDp, rp), id: t.id, role: Role.VEX, mode: t.mode, mac: Buffer.from(t.mac) },
+  };
+}
+
+/** An entry with the QDISC_OURS flag of the entry it replaces, and set when the hook just created the qdisc. */
+export function keepQdiscFlag(e: PortEntry, old: PortEntry | undefined, qdiscCreated: boolean): PortEntry {
+  const ours = ((old?.flags ?? 0) & PortFlag.QDISC_OURS) !== 0 || qdiscCreated;
+  return { ...e, flags: ours ? e.flags | PortFlag.QDISC_OURS : e.flags & ~PortFlag.QDISC_OURS };
+}
+
+/** Same pair, MAC, id, role and mode (flags aside). */
+export function samePort(a: PortEntry, b: PortEntry): boolean {
+  return a.peerIfindex === b.peerIfindex && a.id === b.id && a.role === b.role && a.mode === b.mode && a.mac.equals(b.mac);
+}
+
+/** The steps of writing a pair, in order. */
+export const WRITE_ORDER = ['stats', 'vex', 'vin', 'ids'] as const;
+export type EntryStep = (typeof WRITE_ORDER)[number];
+
+/** What to write: the two port entries (portEntries, maybe keepQdiscFlag'ed) and where. */
+export interface PairWrite {
+  id: number;
+  vinIfindex: number;
+  vexIfindex: number;
+  vin: PortEntry;
+  vex: PortEntry;
+}
+
+/** What is there before the write (read by the caller under the pin root's lock). */
+export interface PairPresent {
+  stats: boolean;
+  ids: boolean;
+  vin?: PortEntry;
+  vex?: PortEntry;
+}
+
+export interface WriteOptions {
+  present: PairPresent;
+  /** Zero the counters even when there is an entry (a new pair: a stale entry's counts are not its). */
+  resetStats?: boolean;
+  /** A present port entry whose bytes differ is replaced (pair add); otherwise it stays as it is (adopt). */
+  replacePorts?: boolean;
+  /** Each step that changes a map registers how to take it back here (run in reverse: the id, a grace period, the ports, the counters). */
+  undo?: Undo;
+  /** Called after each step, `wrote` saying whether it changed a map (crash points, what was repaired). */
+  onStep?: (step: EntryStep, wrote: 'created' | 'replaced' | undefined) => void;
+}
+
+/** Writes a pair's entries in WRITE_ORDER; returns the steps that created an entry. */
+export function writePairEntries(m: PairMaps, w: PairWrite, opts: WriteOptions): EntryStep[] {
+  const created: EntryStep[] = [];
+  const undo = opts.undo;
+  const idKey = u32Key(w.id);
+  // stats
+  let did: 'created' | 'replaced' | undefined;
+  if (!opts.present.stats || opts.resetStats) {
+    const old = m.stats.lookup(idKey);
+    m.stats.update(idKey, encodeStats(emptyStats()), old ? BPF_ANY : BPF_NOEXIST);
+    undo?.push(`stats ${w.id}`, () => (old ? m.stats.update(idKey, old) : m.stats.delete(idKey)));
+    did = old ? 'replaced' : 'created';
+    if (!old) created.push('stats');
+  }
+  opts.onStep?.('stats', did);
+  // ports, vex then vin
+  for (const role of ['vex', 'vin'] as const) {
+    const ifindex = role === 'vin' ? w.vinIfindex : w.vexIfindex;
+    const e = w[role];
+    const old = opts.present[role];
+    did = undefined;
+    if (!old || (opts.replacePorts && !encodePort(old).equals(encodePort(e)))) {
+      const key = u32Key(ifindex);
+      m.ports.update(key, encodePort(e), PORT_UPDATE | (old ? BPF_EXIST : BPF_NOEXIST));
+      undo?.push(`port ${ifindex}`, () => (old ? m.ports.update(key, encodePort(old), PORT_UPDATE) : m.ports.delete(key)));
+      did = old ? 'replaced' : 'created';
+      if (!old) created.push(role);
+    }
+    opts.onStep?.(role, did);
+  }
+  // ids, last
+  did = undefined;
+  if (!opts.present.ids) {
+    // Taken back before the ports, with a grace period between (the undos run in reverse).
+    undo?.push('RCU grace period', () => rcuGraceAfterDeletes());
+    m.ids.update(idKey, encodeId({ vinIfindex: w.vinIfindex, vexIfindex: w.vexIfindex }), BPF_NOEXIST);
+    undo?.push(`ids ${w.id}`, () => m.ids.delete(idKey));
+    did = 'created';
+    created.push('ids');
+  }
+  opts.onStep?.('ids', did);
+  return created;
+}
+
+/**
+ * Inserts one port entry as it is (the loader's upgrade copies the entries of
+ * an old neuv_ports into the new one); false when the key is there already.
+ */
+export function insertPortEntry(ports: MapFd, key: Buffer, e: PortEntry): boolean {
+  try {
+    ports.update(key, encodePort(e), PORT_UPDATE | BPF_NOEXIST);
+    return true;
+  } catch (err) {
+    if ((err as { errno?: number }).errno !== EEXIST) throw err;
+    return false;
+  }
+}
+const EEXIST = 17;
+
+/** What to remove of a pair. */
+export interface PairRemoval {
+  id: number;
+  /** Remove neuv_ids[id] (the caller checked it names this pair). */
+  ids: boolean;
+  /** The port entries to remove (ifindex and the entry read, for an undo), vex first. */
+  ports: Array<{ ifindex: number; old?: PortEntry }>;
+  /** Remove the counters: always, or only when no ids entry is left for the id. */
+  stats: boolean | 'unless-id';
+}
+
+export interface RemoveOptions {
+  undo?: Undo;
+  /** A failed delete is logged and the rest still goes (rolling back: nothing better to do). */
+  bestEffort?: boolean;
+  onStep?: (step: 'ids' | 'port' | 'stats') => void;
+}
+
+/** Removes a pair's entries: the id, an RCU grace period, the ports, the counters. */
+export function removePairEntries(m: PairMaps, r: PairRemoval, opts: RemoveOptions = {}): void {
+  const idKey = u32Key(r.id);
+  const step = (what: string, fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      if (!opts.bestEffort) throw e;
+      log('entries').warn({ entry: what, err: (e as Error).message }, 'could not remove an entry');
+    }
+  };
+  if (r.ids) {
+    step(`ids ${r.id}`, () => {
+      const old = m.ids.lookup(idKey);
+      if (!old) return;
+      m.ids.delete(idKey);
+      opts.undo?.push(`ids ${r.id}`, () => m.ids.update(idKey, old, BPF_NOEXIST));
+      opts.onStep?.('ids');
+    });
+    // A neuv_vbr run that found the id just before is over before the ports go (no drop_no_peer).
+    rcuGraceAfterDeletes();
+  }
+  for (const p of r.ports) {
+    step(`port ${p.ifindex}`, () => {
+      const key = u32Key(p.ifindex);
+      m.ports.delete(key);
+      const old = p.old;
+      if (old) opts.undo?.push(`port ${p.ifindex}`, () => m.ports.update(key, encodePort(old), PORT_UPDATE | BPF_NOEXIST));
+      opts.onStep?.('port');
+    });
+  }
+  if (r.stats === true || (r.stats === 'unless-id' && m.ids.lookup(idKey) === undefined)) {
+    step(`stats ${r.id}`, () => {
+      const old = m.stats.lookup(idKey);
+      if (!old) return;
+      m.stats.delete(idKey);
+      opts.undo?.push(`stats ${r.id}`, () => m.stats.update(idKey, old, BPF_NOEXIST));
+      opts.onStep?.('stats');
+    });
+  }
+}

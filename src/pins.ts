@@ -1,0 +1,115 @@
+/**
+ * The one way to open a loaded datapath's pinned maps: `Pins.open(pinRoot,
+ * names)` opens the maps asked for (all or nothing), `close()` closes them.
+ * The flow offload maps are optional (a datapath loaded by an older version
+ * has none): absent, their getters return undefined. neuv_ports must have
+ * the current layout (with its lock) unless `legacyPorts` says a 20-byte one
+ * is fine (unload: it only reads the first 18 bytes, the same in both).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MapFd } from './bpf';
+import { ExitCode, NeuvError, NotFoundError } from './errors';
+import { MAPS, PortDecl } from './layout';
+
+export type MapName = keyof typeof MAPS;
+/** Maps a datapath loaded by an older version may not have. */
+export const OPTIONAL_MAPS: ReadonlySet<MapName> = new Set<MapName>(['flows', 'flowStats']);
+
+export interface PinsOptions {
+  /** Accept a neuv_ports pinned by an older build (20-byte values, no lock): read-only use. */
+  legacyPorts?: boolean;
+}
+
+export function mapPinPath(pinRoot: string, name: MapName): string {
+  return path.join(pinRoot, MAPS[name].name);
+}
+
+/** A datapath is loaded under pinRoot: its neuv_ports is pinned there. */
+export function isLoaded(pinRoot: string): boolean {
+  return fs.existsSync(mapPinPath(pinRoot, 'ports'));
+}
+
+export function notLoaded(pinRoot: string): NotFoundError {
+  return new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
+}
+
+export class Pins {
+  private constructor(
+    readonly pinRoot: string,
+    private readonly fds: Partial<Record<MapName, MapFd>>,
+  ) {}
+
+  /** Opens the named maps (NotFoundError when nothing is loaded); closes what it opened if one fails. */
+  static open(pinRoot: string, names: readonly MapName[], opts: PinsOptions = {}): Pins {
+    if (!isLoaded(pinRoot)) throw notLoaded(pinRoot);
+    const fds: Partial<Record<MapName, MapFd>> = {};
+    const p = new Pins(pinRoot, fds);
+    try {
+      for (const n of names) {
+        if (fds[n]) continue;
+        const pin = mapPinPath(pinRoot, n);
+        if (OPTIONAL_MAPS.has(n) && !fs.existsSync(pin)) continue;
+        const fd = MapFd.fromPin(pin);
+        fds[n] = fd;
+        if (n === 'ports' && !opts.legacyPorts && fd.info.valueSize !== PortDecl.size) {
+          throw new NeuvError(
+            `${MAPS.ports.name} under ${pinRoot} has ${fd.info.valueSize}-byte entries: the datapath was loaded by an older neuv-bpf; run neuv-bpf load to upgrade it`,
+            ExitCode.CONFLICT,
+          );
+        }
+      }
+      return p;
+    } catch (e) {
+      p.close();
+      throw e;
+    }
+  }
+
+  /** Opens the maps, runs fn, closes them (also when fn throws). */
+  static with<T>(pinRoot: string, names: readonly MapName[], fn: (p: Pins) => T, opts: PinsOptions = {}): T {
+    const p = Pins.open(pinRoot, names, opts);
+    try {
+      return fn(p);
+    } finally {
+      p.close();
+    }
+  }
+
+  /** A map that was opened; a programming error if it was not asked for. */
+  map(n: MapName): MapFd {
+    const fd = this.fds[n];
+    if (!fd) throw new NeuvError(`internal: map ${MAPS[n].name} was not opened`);
+    return fd;
+  }
+
+  get ports(): MapFd {
+    return this.map('ports');
+  }
+  get ids(): MapFd {
+    return this.map('ids');
+  }
+  get stats(): MapFd {
+    return this.map('stats');
+  }
+  get global(): MapFd {
+    return this.map('global');
+  }
+  get config(): MapFd {
+    return this.map('config');
+  }
+  /** undefined when not pinned (an older datapath) or not asked for. */
+  get flows(): MapFd | undefined {
+    return this.fds.flows;
+  }
+  get flowStats(): MapFd | undefined {
+    return this.fds.flowStats;
+  }
+
+  close(): void {
+    for (const k of Object.keys(this.fds) as MapName[]) {
+      this.fds[k]!.close();
+      delete this.fds[k];
+    }
+  }
+}
