@@ -4,15 +4,20 @@
  * calls through koffi (socket, bind, sendto, recvfrom, close), kept apart
  * from the libbpf FFI because they are a different concern.
  *
- * The socket is non-blocking; recv() polls it from the event loop (1 ms
- * steps), so a client never blocks Node and never needs a worker thread.
+ * Receiving never blocks (MSG_DONTWAIT): recv() polls from the event loop
+ * (1 ms steps), so a client needs no worker thread. Sending blocks while the
+ * receiver's queue is full (a burst of requests: a unix datagram queue holds
+ * net.unix.max_dgram_qlen, 10 by default), for at most sendTimeoutMs
+ * (SO_SNDTIMEO), then fails with EAGAIN: a hung DP never hangs the caller.
  */
 import * as fs from 'node:fs';
 import koffi from 'koffi';
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
-const SOCK_NONBLOCK = 0o4000;
+const MSG_DONTWAIT = 0x40;
+const SOL_SOCKET = 1;
+const SO_SNDTIMEO = 21;
 const SOCK_CLOEXEC = 0o2000000;
 const EAGAIN = 11;
 const EINTR = 4;
@@ -26,6 +31,7 @@ interface Libc {
   sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, alen: number) => number;
   recvfrom: (fd: number, buf: Buffer, len: number, flags: number, addr: null, alen: null) => number;
   close: (fd: number) => number;
+  setsockopt: (fd: number, level: number, name: number, val: Buffer, len: number) => number;
 }
 
 let libc: Libc | undefined;
@@ -39,6 +45,7 @@ function c(): Libc {
     sendto: f('long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t alen)'),
     recvfrom: f('long recvfrom(int fd, _Out_ void *buf, size_t len, int flags, void *addr, void *alen)'),
     close: f('int close(int fd)'),
+    setsockopt: f('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)'),
   };
   return libc;
 }
@@ -75,11 +82,19 @@ export class UnixDgram {
   ) {}
 
   /** Creates a socket bound to `path` (an existing file there is replaced). */
-  static bind(path: string): UnixDgram {
+  static bind(path: string, sendTimeoutMs = 1000): UnixDgram {
     const { addr, len } = sockaddrUn(path);
     const l = c();
-    const fd = l.socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const fd = l.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) throw new UnixgramError('socket(AF_UNIX, SOCK_DGRAM)', koffi.errno());
+    const tv = Buffer.alloc(16); // struct timeval
+    tv.writeBigInt64LE(BigInt(Math.floor(sendTimeoutMs / 1000)), 0);
+    tv.writeBigInt64LE(BigInt((sendTimeoutMs % 1000) * 1000), 8);
+    if (l.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, 16) < 0) {
+      const e = koffi.errno();
+      l.close(fd);
+      throw new UnixgramError('setsockopt(SO_SNDTIMEO)', e);
+    }
     fs.rmSync(path, { force: true });
     if (l.bind(fd, addr, len) < 0) {
       const e = koffi.errno();
@@ -96,6 +111,7 @@ export class UnixDgram {
       const n = c().sendto(this.fd, data, data.length, 0, addr, len);
       if (n >= 0) return;
       const e = koffi.errno();
+      if (e === EAGAIN) throw new UnixgramError(`send to ${to}: its queue stayed full (a hung receiver?)`, e);
       if (e !== EINTR) throw new UnixgramError(`send to ${to}`, e);
     }
   }
@@ -103,7 +119,7 @@ export class UnixDgram {
   /** One datagram if one is queued, else undefined. */
   tryRecv(max = 65536): Buffer | undefined {
     const buf = Buffer.alloc(max);
-    const n = c().recvfrom(this.fd, buf, max, 0, null, null);
+    const n = c().recvfrom(this.fd, buf, max, MSG_DONTWAIT, null, null);
     if (n >= 0) return buf.subarray(0, n);
     const e = koffi.errno();
     if (e === EAGAIN || e === EINTR) return undefined;
