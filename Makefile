@@ -141,7 +141,7 @@ $(VAGRANT_BOX): scripts/vagrant-box.sh scripts/vagrant-node.sh scripts/deps.sh
 	$(Q)./scripts/vagrant-deps.sh
 	$(Q)./scripts/vagrant-box.sh
 
-vagrant-test: $(DEPS_STAMP) $(if $(filter local,$(NEUV_BPF_VAGRANT_BOX)),$(VAGRANT_BOX))
+vagrant-test: $(DEPS_STAMP) $(if $(filter local,$(NEUV_BPF_VAGRANT_BOX)),$(VAGRANT_BOX) $(TS_STAMP))
 	$(Q)./scripts/vagrant-deps.sh
 	$(Q)./scripts/vagrant-test.sh
 

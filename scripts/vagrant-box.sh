@@ -49,9 +49,13 @@ done
 case $SIZE_GB in '' | *[!0-9]*) die "NEUV_BPF_BOX_SIZE_GB must be a whole number" ;; esac
 [ "$SIZE_GB" -ge 4 ] || die "NEUV_BPF_BOX_SIZE_GB must be at least 4"
 
-# The Debian packages scripts/deps.sh would install (its command -> package
-# table), plus what the box itself needs.
-DEPS_PKGS=$(sed -n 's/^check [^ ]* \([a-z0-9.+-]*\)$/\1/p' "$REPO/scripts/deps.sh" | sort -u | tr '\n' ' ')
+# The Debian packages scripts/deps.sh would install (the last word of its
+# `check <command-or-file> <package>` lines, and its literal need+=(<package>)),
+# plus what the box itself needs.
+DEPS_PKGS=$({
+  awk '$1 == "check" && NF >= 3 {print $NF}' "$REPO/scripts/deps.sh"
+  grep -o 'need+=([a-z0-9][a-z0-9.+-]*)' "$REPO/scripts/deps.sh" | sed 's/need+=(\(.*\))/\1/'
+} | sort -u | tr '\n' ' ')
 [ -n "$DEPS_PKGS" ] || die "cannot read the package list of scripts/deps.sh"
 BOX_PKGS="linux-image-amd64 initramfs-tools grub-pc-bin systemd-sysv udev dbus kmod openssh-server sudo rsync
   ca-certificates curl jq xz-utils make iproute2 netbase less procps"
