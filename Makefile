@@ -132,8 +132,20 @@ vm-test: build
 	$(Q)./scripts/vm-deps.sh
 	$(Q)KERNEL='$(KERNEL)' ./scripts/vm-test.sh
 
-vagrant-test:
-	cd vagrant && vagrant up --provision && vagrant ssh -c 'cd /neuv-bpf && sudo make test'
+# Vagrant (docs/vagrant.md): the VM of vagrant/Vagrantfile, up, provisioned,
+# the tests inside as root, destroyed; the tests' exit code.
+# NEUV_BPF_VAGRANT_BOX=local uses the Debian 12 box make vagrant-box builds
+# from Debian's packages (for machines without Vagrant Cloud).
+VAGRANT_BOX := build/vagrant/neuv-bpf-bookworm64.box
+.PHONY: vagrant-box
+vagrant-box: $(VAGRANT_BOX)
+$(VAGRANT_BOX): scripts/vagrant-box.sh scripts/vagrant-node.sh scripts/deps.sh
+	$(Q)./scripts/vagrant-deps.sh
+	$(Q)./scripts/vagrant-box.sh
+
+vagrant-test: $(DEPS_STAMP) $(if $(filter local,$(NEUV_BPF_VAGRANT_BOX)),$(VAGRANT_BOX) $(TS_STAMP))
+	$(Q)./scripts/vagrant-deps.sh
+	$(Q)./scripts/vagrant-test.sh
 
 clean:
 	rm -rf build dist
