@@ -28,6 +28,8 @@ export interface BenchResults {
   seconds: number;
   /** Busy fraction of all CPUs, sampled for 1 s before each scenario (load from other processes). */
   background: Record<string, number>;
+  /** What the person who ran it says about the run (`--note`), printed under the machine lines. */
+  note?: string;
   /** Load averages (1, 5, 15 min, as `uptime` shows them) before each scenario, and at the end under 'end'. */
   loadavg?: Record<string, number[]>;
   durations: Record<string, number>;
@@ -344,6 +346,10 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
       'The machine is shared; every comparison is interleaved (A and B alternate within each round, the order rotating) and ratios are medians of per-round ratios, so load that comes and goes hits both sides alike; absolute numbers move more than ratios.',
   );
   L.push('');
+  if (r.note) {
+    L.push(`Note on this run: ${r.note}`);
+    L.push('');
+  }
   L.push('Reproduce everything with `make bench` (as root; `make bench QUICK=1` for the reduced set). Each section names the command for its own figures.');
   L.push('');
   if (Object.keys(r.errors).length) {

@@ -4,7 +4,8 @@
  *
  *   node dist/bench/run.js [--quick] [--only progcost,trace,throughput,dpreturn,control,offload]
  *                          [--json FILE] [--md FILE]
- *   node dist/bench/run.js --from RESULTS.json [--md FILE]   (render the Markdown again)
+ *   node dist/bench/run.js --from RESULTS.json [--md FILE] [--note TEXT --json FILE]   (render the Markdown again;
+ *                                                           --note adds a remark on the run, --json saves it with it)
  *
  * Scenarios (each in its own namespaces named nbench-<pid>-..., removed at
  * its end, on failure and on Ctrl-C):
@@ -42,6 +43,7 @@ interface Args {
   only?: Name[];
   json?: string;
   md?: string;
+  note?: string;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -61,8 +63,9 @@ function parseArgs(argv: string[]): Args {
     } else if (x === '--json') a.json = val();
     else if (x === '--md') a.md = val();
     else if (x === '--from') a.from = val();
+    else if (x === '--note') a.note = val();
     else if (x === '-h' || x === '--help') {
-      process.stdout.write('usage: node dist/bench/run.js [--quick] [--only ' + ALL.join(',') + '] [--json FILE] [--md FILE]\n       node dist/bench/run.js --from RESULTS.json --md FILE   (render the Markdown again)\n');
+      process.stdout.write('usage: node dist/bench/run.js [--quick] [--only ' + ALL.join(',') + '] [--json FILE] [--md FILE] [--note TEXT]\n       node dist/bench/run.js --from RESULTS.json --md FILE [--note TEXT --json FILE]   (render the Markdown again)\n');
       process.exit(0);
     } else throw new Error(`unknown argument '${x}'`);
   }
@@ -109,10 +112,12 @@ async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   if (args.from) {
     const r = JSON.parse(fs.readFileSync(args.from, 'utf8')) as BenchResults;
+    if (args.note) r.note = args.note;
     const md = args.md ?? path.join(ROOT, 'build', 'BENCHMARKS-rendered.md');
     const q = r.quick ? ' --quick' : '';
     fs.writeFileSync(md, markdown(r, (only) => `make build && node dist/bench/run.js${q} --only ${only}`));
-    process.stdout.write(`wrote ${md}\n`);
+    if (args.json) fs.writeFileSync(args.json, JSON.stringify(r, null, 2) + '\n');
+    process.stdout.write(`wrote ${md}${args.json ? ` and ${args.json}` : ''}\n`);
     return 0;
   }
   if (process.getuid?.() !== 0) {
@@ -153,6 +158,7 @@ async function main(): Promise<number> {
     nice: os.getPriority(0),
     rt: rtEnabled() ? RT_PRIORITY : 0,
     objSha256: snap.objSha256,
+    ...(args.note ? { note: args.note } : {}),
   };
   process.stdout.write(`neuv-bpf bench${args.quick ? ' --quick' : ''}: Linux ${r.machine.kernel}, ${r.machine.cores} cores, commit ${r.machine.commit}${r.machine.dirty ? '+' : ''}\n`);
 
