@@ -467,10 +467,11 @@ describe('neuv-bpf trace (kernel, real traffic)', function () {
 
   it('--log-level trace: records stream as trace-level log lines while another command runs', async function () {
     const t = topology();
-    // Frames keep coming (one per ms) while `show` runs.
+    // Frames keep coming (one per ms, for at most 2 minutes so a generator
+    // orphaned by a killed test run ends by itself) while `show` runs.
     const bytes = (mac: string) => mac.split(':').map((o) => `0x${o}`).join(', ');
     const cfg = `{ ${bytes(t.m)}, ${bytes(t.hm)}, 0x08, 0x00, fill(0x45, 46) }`;
-    const gen = spawn('ip', ['netns', 'exec', t.h.name, 'trafgen', '--dev', 'hA', '-P', '1', '-t', '1ms', '-C', cfg], { stdio: 'ignore' });
+    const gen = spawn('ip', ['netns', 'exec', t.h.name, 'trafgen', '--dev', 'hA', '-P', '1', '-t', '1ms', '-n', '120000', '-C', cfg], { stdio: 'ignore' });
     onCleanup(() => gen.kill('SIGKILL'));
     // Wait until frames really flow, then run the command; a command is short
     // (milliseconds), so on a loaded machine it may take a few runs to catch frames.
