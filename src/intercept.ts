@@ -1,6 +1,6 @@
 /**
  * intercept / release: NeuVector's pullContainerPort and its reverse
- * (DATAPATH.md section 1), then `pair add` / `pair del` through the
+ * (docs/datapath.md section 1), then `pair add` / `pair del` through the
  * Datapath API.
  *
  * intercept takes a container's port (eth0) out of its network namespace and

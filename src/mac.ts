@@ -1,5 +1,5 @@
 /**
- * MAC addresses: the per-pair MACs of DATAPATH.md section 2 and a strict
+ * MAC addresses: the per-pair MACs of docs/datapath.md section 2 and a strict
  * text form (six two-digit hex octets separated by ':').
  */
 import { UCMAC_PREFIX } from './layout';

@@ -1,7 +1,7 @@
 /**
  * NeuVector's tc pipe rules, as argument arrays for `tc` (never a shell
  * string). They restate what the enforcer's tc driver installs per pair
- * (DATAPATH.md sections 3 and 4): on vex and vin ingress a u32 filter at pref
+ * (docs/datapath.md sections 3 and 4): on vex and vin ingress a u32 filter at pref
  * 10001 (IPv4 unicast to/from the workload: rewrite to the UCMAC with pedit,
  * mirror to vbr-neuv) and a catch-all at pref 10002 (mirror to the other
  * port); on vbr-neuv two filters per pair at prefs derived from the ports'

@@ -4,7 +4,7 @@
  * neuv-bpf run was killed half way or someone changed the kernel behind our
  * back (`ip link del` of a port, `tc qdisc del` of a hook, `rm` of a pin).
  *
- * The per-pair checks are Datapath.show()'s (src/pairs.ts); this module adds
+ * The per-pair checks are Datapath.show()'s (src/pairs/show.ts); this module adds
  * the datapath-wide ones show does not make: program pins, vbr-neuv and its
  * hook, neuv_config's dp_ifindex, pins left by a killed load, and the modes
  * of the pin directory and pins.

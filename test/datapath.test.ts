@@ -1,5 +1,5 @@
 /**
- * bpf/neuv.bpf.c under BPF_PROG_TEST_RUN: one case per row of the DATAPATH.md
+ * bpf/neuv.bpf.c under BPF_PROG_TEST_RUN: one case per row of the docs/datapath.md
  * section 3 tables and per mode. Each case seeds the maps, runs one frame and
  * checks the return value, every byte of data_out, the per-pair counters
  * (which direction and verdict moved, by one packet and the frame's bytes)

@@ -1,6 +1,6 @@
 /**
  * Differential test: the real programs under BPF_PROG_TEST_RUN against the
- * reference model (src/model.ts), on generated map states and frames.
+ * reference model (test/model.ts), on generated map states and frames.
  *
  * Each generated scenario is one map state (ports on the two real ingress
  * ifindexes plus a few elsewhere, ids pointing anywhere, stats entries for a
@@ -49,7 +49,7 @@ import {
   u32Key,
 } from '../src/layout';
 import { formatMac, ucmac } from '../src/mac';
-import { decide, flowKeyOfFrame, flowKeyString, flowsAfter, Hook, ModelFlow, ModelFlowKey, ModelState, PortEntry, retval } from '../src/model';
+import { decide, flowKeyOfFrame, flowKeyString, flowsAfter, Hook, ModelFlow, ModelFlowKey, ModelState, PortEntry, retval } from './model';
 import { DpFixture, globalDelta, kernelAccepts, statsDelta } from './dp-fixture';
 import { ip4, ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP } from './frames';
 import { requireKernel, runCleanups } from './helpers';

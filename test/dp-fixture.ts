@@ -35,7 +35,7 @@ import {
   Stats,
   u32Key,
 } from '../src/layout';
-import type { Hook, ModelState } from '../src/model';
+import type { Hook, ModelState } from './model';
 import { makeNetns, makePinRoot, OBJ, onCleanup, ROOT } from './helpers';
 
 export const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero

@@ -1,7 +1,7 @@
 /**
  * End-to-end kernel suite: intercepted containers, the stub DP on vth-neuv,
  * real traffic, and the frames on the wire (tcpdump -e) checked against
- * DATAPATH.md section 3: what FWD sends through the DP and with which MACs,
+ * docs/datapath.md section 3: what FWD sends through the DP and with which MACs,
  * what bypasses it, TAP's copies and its refusal of injected frames, and
  * that two pairs never mix.
  */

@@ -37,7 +37,7 @@ import {
   u32Key,
 } from '../src/layout';
 import { ucmac } from '../src/mac';
-import { decide } from '../src/model';
+import { decide } from './model';
 import { monoToWall, viewRecord, formatView } from '../src/trace';
 import { DpFixture, globalDelta, statsDelta } from './dp-fixture';
 import { BCAST, GW, ID, ID2, ICMP, M, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, ip4, ipv6, twoPairs, withMac } from './frames';

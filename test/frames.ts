@@ -4,7 +4,7 @@
  */
 import { Mode, Role } from '../src/layout';
 import { parseMac } from '../src/mac';
-import type { ModelState, PortEntry } from '../src/model';
+import type { ModelState, PortEntry } from './model';
 
 export const M = parseMac('02:42:ac:11:00:02'); // the workload of pair 1
 export const GW = parseMac('02:42:ac:11:00:01'); // its gateway / a peer on the network

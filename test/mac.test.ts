@@ -1,4 +1,4 @@
-/** MAC helpers: UCMAC/BCMAC derivation (DATAPATH.md section 2) and the strict text form. */
+/** MAC helpers: UCMAC/BCMAC derivation (docs/datapath.md section 2) and the strict text form. */
 import assert from 'node:assert/strict';
 import { bcmac, formatMac, isUcmac, parseMac, ucmac } from '../src/mac';
 

@@ -1,5 +1,5 @@
 /**
- * Migration from NeuVector's tc pipe (src/migrate.ts, GitHub issue 8).
+ * Migration from NeuVector's tc pipe (src/migrate/, GitHub issue 8).
  *
  * Unit: tc's JSON (repeated "match" keys, keys merged into 32-bit words) and
  * the rule classifier, on output built the way iproute2 prints it, including

@@ -1,11 +1,11 @@
 /**
- * The reference model against DATAPATH.md section 3, one case per table row
+ * The reference model against docs/datapath.md section 3, one case per table row
  * and per mode. Pure: no kernel.
  */
 import assert from 'node:assert/strict';
 import { Dir, Mode, PortFlag, Reason, VBR_IFINDEX, Verdict } from '../src/layout';
 import { ucmac } from '../src/mac';
-import { decide, ModelState, Outcome, retval } from '../src/model';
+import { decide, ModelState, Outcome, retval } from './model';
 import { arp, BCAST, frame, GW, ID, ID2, ipv4, ipv6, M, M2, MCAST, norm, OTHER, twoPairs, vlan, withMac } from './frames';
 
 const VIN = 21;
@@ -30,7 +30,7 @@ const toPeer = (ifindex: number, f: Uint8Array, dir: 0 | 1, id = ID, peer = fals
   stats: { id, dir, verdicts: [Verdict.TO_PEER] },
 });
 
-describe('model: DATAPATH.md section 3', () => {
+describe('model: docs/datapath.md section 3', () => {
   describe('FWD', () => {
     const s = state(Mode.FWD);
 

@@ -1,6 +1,6 @@
 /**
  * A node as NeuVector's tc pipe leaves it, built with real `tc` commands from
- * src/nvtc.ts, for the migration suites (src/migrate.ts).
+ * src/nvtc.ts, for the migration suites (src/migrate/).
  *
  *   host netns                enforcer netns                               workload netns
  *   h<i> (10.88.<i>.1) ==veth== vex<tag>-eth0   vin<tag>-eth0 ==veth== w<i> (10.88.<i>.2, MAC M)

@@ -1,5 +1,5 @@
 /**
- * The pure parts of src/pairs.ts: spec validation, `pair add --file` JSON
+ * The pure parts of src/pairs/ (spec.ts): spec validation, `pair add --file` JSON
  * lines, id allocation, selectors, and the text formatting of show/stats.
  */
 import assert from 'node:assert/strict';

@@ -1,6 +1,6 @@
 /**
  * Commands `discover`, `adopt` and `handback`: migration from NeuVector's tc
- * pipe, a thin shell over src/migrate.ts. The enforcer netns is the one
+ * pipe, a thin shell over src/migrate/. The enforcer netns is the one
  * neuv-bpf runs in (--netns or the current one).
  */
 import * as fs from 'node:fs';

@@ -1,6 +1,6 @@
 /**
  * Commands `pair add / mode / del`, `show` and `stats`: a thin shell over
- * Datapath (src/pairs.ts). Parsing and printing only; every decision lives
+ * Datapath (src/pairs/). Parsing and printing only; every decision lives
  * in the API.
  */
 import * as fs from 'node:fs';

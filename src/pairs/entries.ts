@@ -1,7 +1,7 @@
 /**
  * A pair's map entries, in one place: what they hold, the order they are
- * written in and the order they are removed in. pair add/del (src/pairs.ts),
- * adopt's seed/unseed (src/migrate.ts) and, through the Datapath API, repair
+ * written in and the order they are removed in. pair add/del (datapath.ts),
+ * adopt's seed/unseed (src/migrate/adopt.ts) and, through the Datapath API, repair
  * all go through here, so a pair adopted from NeuVector's rules gets the very
  * bytes `pair add` writes for the same ports.
  *

@@ -9,7 +9,7 @@
  *     entry);
  *   flipper seed PIN_ROOT VIN_IFINDEX VEX_IFINDEX ID MS
  *     writes and removes a FWD pair's entries the way adopt does before it
- *     attaches anything (src/migrate.ts seed/unseed; test/migrate.test.ts:
+ *     attaches anything (src/migrate/adopt.ts seed/unseed; test/migrate.test.ts:
  *     neuv_vbr never finds the id without its ports).
  */
 import { Datapath } from '../../src/pairs';

@@ -1,5 +1,5 @@
 /**
- * Reference model of the datapath, written from DATAPATH.md section 3 (and the
+ * Reference model of the datapath, written from docs/datapath.md section 3 (and the
  * decisions recorded with the BPF task), not from bpf/neuv.bpf.c. It is the
  * oracle of the differential test: for a map state, a hook, an ingress
  * ifindex and a frame, what the program must return, where the frame goes,
@@ -7,8 +7,8 @@
  *
  * Pure: no kernel, no I/O, inputs never mutated.
  */
-import { ConfigFlag, Dir, FlowVerdict, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from './layout';
-import { isUcmac, ucmac } from './mac';
+import { ConfigFlag, Dir, FlowVerdict, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from '../src/layout';
+import { isUcmac, ucmac } from '../src/mac';
 
 export interface PortEntry {
   ifindex: number;

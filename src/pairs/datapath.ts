@@ -1,0 +1,413 @@
+/**
+ * Port pairs (NeuVector's AttachPortPair / FwdPortPair / TapPortPair /
+ * ResetPortPair / DetachPortPair / GetPortPairRules): the typed API the CLI
+ * is a thin shell over, for an enforcer agent to embed.
+ *
+ * A pair is two entries in neuv_ports (vin and vex, pointing at each other),
+ * one in neuv_ids (id -> both ifindexes) and one in neuv_stats (zeros at add),
+ * plus our tc filter on the ingress hook of both ports. Everything is read
+ * back from the pinned maps and the kernel: there is no side state file, so
+ * a restarted agent sees exactly what the datapath does.
+ *
+ * Every change runs under the pin root's lock; every step that changes the
+ * kernel registers its undo, and a failure runs them in reverse so the kernel
+ * is left byte for byte as it was found.
+ *
+ * The pure parts (spec validation, JSON-lines parsing, id allocation) are in
+ * spec.ts, the map reading and add's plan in state.ts, show in show.ts, the
+ * entries themselves in entries.ts.
+ */
+import { Undo } from '../undo';
+import * as fs from 'node:fs';
+import { BPF_EXIST, ProgFd, ifIndexToName } from '../bpf';
+import { NetnsScope } from '../netns';
+import { MapName, Pins } from '../pins';
+import { keepQdiscFlag, peerElsewhere, portEntries, redirectPeerAllowed, removePairEntries, writePairEntries } from './entries';
+import { attach, attachState, detach, detachPort, linkPinPath } from '../attach';
+import { ConflictError, NeuvError, NotFoundError, UsageError } from '../errors';
+import { ModeValue, PortEntry, PortFlag, decodeId, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
+import { LinkJson, linkShow } from '../link';
+import { DEFAULT_PIN_ROOT, isLoaded, progPinPath } from '../loader';
+import { withLock } from '../lock';
+import { log } from '../log';
+import { crashPoint } from '../crash';
+import { bcmac, formatMac, ucmac } from '../mac';
+import { clearPairFlows } from '../flows';
+
+import { MODES, ModeName, PairSpec, PairSelector, PairAdded, ModeChange, PairDeleted, ShowResult, PairStats, StatsSnapshot, DatapathOptions, labelled, modeName, parseModeName, validateSpec, checkBatch } from './spec';
+import { Maps, MapState, LinkInfo, Plan, portAttachKind, readState, resolve, lookupForSelector, planPairs } from './state';
+import { readStats, readGlobal, showPairs } from './show';
+
+/**
+ * The port-pair API. `Datapath.open(pinRoot)` needs a loaded datapath
+ * (`neuv-bpf load`); each operation opens the pinned maps afresh under the
+ * pin root's lock, so a reload or another process's changes are always seen.
+ */
+export class Datapath {
+  readonly pinRoot: string;
+  private readonly ns: NetnsScope;
+  private closed = false;
+
+  private constructor(pinRoot: string, ns: NetnsScope) {
+    this.pinRoot = pinRoot;
+    this.ns = ns;
+  }
+
+  static open(pinRoot: string = DEFAULT_PIN_ROOT, opts: DatapathOptions = {}): Datapath {
+    if (!isLoaded(pinRoot)) {
+      throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
+    }
+    return new Datapath(pinRoot, new NetnsScope(opts.netns));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ns.close();
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private check(): void {
+    if (this.closed) throw new NeuvError('Datapath is closed');
+  }
+
+  /** Opens the named pinned maps, runs fn, closes them (the flow offload maps are optional: see Pins). */
+  private withMaps<T>(names: MapName[], fn: (m: Maps) => T): T {
+    return Pins.with(this.pinRoot, names, fn);
+  }
+
+  /** `ip -d -j link show` once (in our netns): name -> link. */
+  private async links(): Promise<Map<string, LinkInfo>> {
+    const raw: LinkJson[] = await this.ns.run(() => linkShow());
+    const out = new Map<string, LinkInfo>();
+    for (const l of raw) {
+      out.set(l.ifname, {
+        ifindex: l.ifindex,
+        name: l.ifname,
+        kind: l.linkinfo?.info_kind,
+        peerElsewhere: peerElsewhere(l),
+      });
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- add
+
+  /** Adds one pair (or confirms an identical existing one, re-attaching missing hooks). */
+  async addPair(spec: PairSpec): Promise<PairAdded> {
+    const [r] = await this.addPairs([spec], { labels: [''] });
+    return r!;
+  }
+
+  /**
+   * Adds many pairs in one go: everything is validated and resolved before
+   * the first change, one `ip link show` for the whole batch, then only
+   * libbpf calls. All or nothing: a failure undoes every change of the batch.
+   * `labels` name the specs in error messages (default "pair N").
+   */
+  async addPairs(specs: PairSpec[], opts: { labels?: string[] } = {}): Promise<PairAdded[]> {
+    this.check();
+    const labels = specs.map((_, i) => opts.labels?.[i] ?? `pair ${i + 1}`);
+    const valid = specs.map((s, i) => validateSpec(s, labels[i] || undefined));
+    checkBatch(valid, labels.map((l, i) => l || `pair ${i + 1}`));
+    if (valid.length === 0) return [];
+    return withLock(this.pinRoot, async () => {
+      const links = await this.links();
+      return this.ns.run(() =>
+        this.withMaps(['ports', 'ids', 'stats'], (m) => {
+          const st = readState(m);
+          const plans = planPairs(valid, labels, links, st);
+          crashPoint('pair-add:planned');
+          return this.apply(plans, st, m);
+        }),
+      );
+    });
+  }
+
+  /** Makes the changes of a plan; all or nothing. */
+  private apply(plans: Plan[], st: MapState, m: Maps): PairAdded[] {
+    const lg = log('pairs');
+    const undo = new Undo('pairs');
+    const progs: Partial<Record<'vin' | 'vex', { fd: ProgFd; id: number }>> = {};
+    const held: ProgFd[] = [];
+    const prog = (role: 'vin' | 'vex'): { fd: ProgFd; id: number } => {
+      const have = progs[role];
+      if (have) return have;
+      const p = progPinPath(this.pinRoot, role);
+      if (!fs.existsSync(p)) throw new NotFoundError(`program ${p} is not pinned: run neuv-bpf load first`);
+      const fd = ProgFd.fromPin(p);
+      held.push(fd);
+      return (progs[role] = { fd, id: fd.info().id });
+    };
+    const rp = redirectPeerAllowed();
+    const kind = portAttachKind();
+    const out: PairAdded[] = [];
+    try {
+      for (const p of plans) {
+        labelled(p.label || undefined, () => {
+          const repaired: string[] = [];
+          // Hooks: qdisc (remember if we created it), then our filter where missing.
+          const hook = (l: LinkInfo, role: 'vin' | 'vex'): { qdiscOurs: boolean; attached: boolean } => {
+            const pg = prog(role);
+            const cur = attachState(this.pinRoot, l.ifindex);
+            const live = cur.kind !== 'none' && !cur.defunct;
+            if (live && cur.progId === pg.id) return { qdiscOurs: false, attached: false };
+            // Attached, but another program (a stale or wrong-role one): swapped in place below.
+            const old = live ? ProgFd.fromId(cur.progId) : undefined;
+            if (old) held.push(old);
+            let r: ReturnType<typeof attach>;
+            try {
+              r = attach(this.pinRoot, l.ifindex, l.name, pg.fd.fd, kind);
+            } catch (e) {
+              if (e instanceof Error && !e.message.includes(l.name)) e.message = `attach ${l.name} (${role}): ${e.message}`;
+              throw e;
+            }
+            if (r.replaced && old) undo.push(`restore ${l.name}`, () => attach(this.pinRoot, l.ifindex, l.name, old.fd, r.kind));
+            else undo.push(`detach ${l.name}`, () => detach(this.pinRoot, l.ifindex, l.name, r.qdiscCreated));
+            return { qdiscOurs: r.qdiscCreated, attached: true };
+          };
+          const hin = hook(p.vin, 'vin');
+          crashPoint('pair-add:after-vin-hook');
+          const hex = hook(p.vex, 'vex');
+          crashPoint('pair-add:after-hooks');
+          if (p.existing) {
+            if (hin.attached) repaired.push('vin hook');
+            if (hex.attached) repaired.push('vex hook');
+          }
+          // The entries (src/pairs/entries.ts): an existing entry is rewritten where it differs from what
+          // this topology asks (a repair), keeping the QDISC_OURS it recorded.
+          const fresh = portEntries({ id: p.id, vin: p.vin, vex: p.vex, mode: p.mode, mac: p.spec.mac, ipv6ToDp: p.ipv6ToDp }, rp);
+          const oldIn = st.ports.get(p.vin.ifindex);
+          const oldEx = st.ports.get(p.vex.ifindex);
+          const w = {
+            id: p.id, vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex,
+            vin: keepQdiscFlag(fresh.vin, oldIn, hin.qdiscOurs), vex: keepQdiscFlag(fresh.vex, oldEx, hex.qdiscOurs),
+          };
+          writePairEntries(m, w, {
+            present: { stats: st.statsKeys.has(p.id), ids: st.ids.has(p.id), vin: oldIn, vex: oldEx },
+            resetStats: !p.existing,
+            replacePorts: true,
+            undo,
+            onStep: (step, wrote) => {
+              if (step === 'stats') {
+                if (wrote && p.existing) repaired.push('stats entry');
+                crashPoint('pair-add:after-stats');
+              } else if (step === 'ids') {
+                if (wrote && p.existing) repaired.push('ids entry');
+                crashPoint('pair-add:after-ids');
+              } else if (wrote) {
+                crashPoint(`pair-add:after-${step}-entry`);
+                if (p.existing) repaired.push(wrote === 'replaced' ? `${step} entry flags` : `${step} entry`);
+              }
+            },
+          });
+          st.statsKeys.add(p.id);
+          st.ports.set(p.vin.ifindex, w.vin);
+          st.ports.set(p.vex.ifindex, w.vex);
+          st.ids.set(p.id, { vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex });
+          const vinE = st.ports.get(p.vin.ifindex)!;
+          const vexE = st.ports.get(p.vex.ifindex)!;
+          const r: PairAdded = {
+            id: p.id,
+            ucmac: formatMac(ucmac(p.id)),
+            bcmac: formatMac(bcmac(p.id)),
+            in: p.vin.name,
+            ex: p.vex.name,
+            vinIfindex: p.vin.ifindex,
+            vexIfindex: p.vex.ifindex,
+            mac: formatMac(p.spec.mac),
+            mode: modeName(p.mode) as ModeName,
+            ipv6ToDp: p.ipv6ToDp,
+            redirectPeer: { vin: (vinE.flags & PortFlag.REDIRECT_PEER) !== 0, vex: (vexE.flags & PortFlag.REDIRECT_PEER) !== 0 },
+            created: !p.existing,
+            idSource: p.idSource,
+            repaired,
+          };
+          if (p.warning) {
+            r.warning = p.warning;
+            lg.warn({ in: r.in, ex: r.ex, id: r.id }, p.warning);
+          }
+          out.push(r);
+        });
+      }
+    } catch (e) {
+      undo.runSync();
+      throw e;
+    } finally {
+      for (const fd of held) fd.close();
+    }
+    const created = out.filter((r) => r.created).length;
+    lg.info({ pairs: out.length, created, existing: out.length - created }, out.length === 1 ? (created ? 'pair added' : 'pair exists') : 'pairs added');
+    return out;
+  }
+
+  // ---------------------------------------------------------------- mode
+
+  /**
+   * Switches a pair's mode: one map update per port (BPF_EXIST), vex's entry
+   * then vin's. Each update replaces the whole entry atomically, so every
+   * frame sees the old or the new mode and none is dropped by the switch.
+   */
+  async setMode(sel: PairSelector, mode: ModeName | ModeValue): Promise<ModeChange> {
+    this.check();
+    const to = typeof mode === 'number' ? mode : parseModeName(mode, MODES);
+    if (!(MODES as readonly string[]).includes(modeName(to))) throw new UsageError(`unknown mode ${mode}`);
+    return withLock(this.pinRoot, () =>
+      this.ns.run(() =>
+        this.withMaps(['ports', 'ids'], (m) => {
+          const st = lookupForSelector(m, sel);
+          const r = resolve(sel, st);
+          const vinE = r.vin !== undefined ? st.ports.get(r.vin) : undefined;
+          const vexE = r.vex !== undefined ? st.ports.get(r.vex) : undefined;
+          if (!vinE || !vexE) {
+            throw new NotFoundError(`pair id ${r.id} is incomplete (${!vinE ? 'no vin entry' : 'no vex entry'}): see neuv-bpf show; pair del removes it`);
+          }
+          if (vinE.id !== r.id || vexE.id !== r.id || vinE.peerIfindex !== r.vex || vexE.peerIfindex !== r.vin) {
+            throw new ConflictError(`pair id ${r.id} is inconsistent (its port entries disagree on id or peer): see neuv-bpf show`);
+          }
+          const from: ModeChange['from'] = vinE.mode === vexE.mode ? modeName(vinE.mode) : 'mixed';
+          const undo = new Undo('pairs');
+          let switched = false;
+          try {
+            for (const [ifindex, e] of [[r.vex!, vexE], [r.vin!, vinE]] as const) {
+              if (e.mode === to) continue;
+              switched = true;
+              const key = u32Key(ifindex);
+              m.ports.update(key, encodePort({ ...e, mode: to }), PORT_UPDATE | BPF_EXIST);
+              undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), PORT_UPDATE | BPF_EXIST));
+              crashPoint(ifindex === r.vex ? 'pair-mode:after-vex' : 'pair-mode:after-vin');
+            }
+          } catch (e) {
+            undo.runSync();
+            throw e;
+          }
+          // After the switch (the new mode is in force): the DP's flow decisions belong to the old mode.
+          const flowsCleared = switched ? clearPairFlows(this.pinRoot, r.id) : 0;
+          const res: ModeChange = { id: r.id, in: ifIndexToName(r.vin!) ?? null, ex: ifIndexToName(r.vex!) ?? null, from, to: modeName(to) as ModeName };
+          if (flowsCleared) res.flowsCleared = flowsCleared;
+          log('pairs').debug(res, 'mode switched');
+          return res;
+        }),
+      ),
+    );
+  }
+
+  // ---------------------------------------------------------------- del
+
+  /** Removes a pair: detaches vin/vex (and their clsact if we created it), deletes its entries. */
+  async delPair(sel: PairSelector): Promise<PairDeleted> {
+    this.check();
+    return withLock(this.pinRoot, () =>
+      this.ns.run(() =>
+        this.withMaps(['ports', 'ids', 'stats', 'flowStats'], (m) => {
+          const st = lookupForSelector(m, sel);
+          const r = resolve(sel, st);
+          const undo = new Undo('pairs');
+          const detached: string[] = [];
+          const qdiscsRemoved: string[] = [];
+          const progs: ProgFd[] = [];
+          try {
+            // Hooks first: from then on frames of the pair take the normal path.
+            for (const ifindex of [r.vin, r.vex]) {
+              if (ifindex === undefined) continue;
+              const nm = ifIndexToName(ifindex);
+              const e = st.ports.get(ifindex);
+              if (e && e.id !== r.id) continue; // the port belongs to another pair now: not ours to detach
+              const cur = attachState(this.pinRoot, ifindex);
+              if (!nm) {
+                // The port is gone: only its entries and maybe a defunct tcx link pin are left.
+                if (cur.kind === 'tcx') fs.rmSync(linkPinPath(this.pinRoot, ifindex), { force: true });
+                continue;
+              }
+              const ours = e !== undefined && (e.flags & PortFlag.QDISC_OURS) !== 0 && e.id === r.id;
+              const old = cur.kind !== 'none' && !cur.defunct ? ProgFd.fromId(cur.progId) : undefined;
+              if (old) progs.push(old);
+              const was = cur.kind;
+              const d = detachPort(this.pinRoot, ifindex, nm, ours);
+              if (d.detached) detached.push(nm);
+              if (d.qdiscRemoved) qdiscsRemoved.push(nm);
+              if (old && was !== 'none') undo.push(`reattach ${nm}`, () => attach(this.pinRoot, ifindex, nm, old.fd, was));
+              crashPoint('pair-del:after-detach');
+            }
+            // Only the ids entry of this very pair (by id always; by name only if it points here).
+            const idOld = m.ids.lookup(u32Key(r.id));
+            const cur = idOld ? decodeId(idOld) : undefined;
+            const ports: Array<{ ifindex: number; old: PortEntry }> = [];
+            for (const ifindex of [r.vex, r.vin]) {
+              const e = ifindex === undefined ? undefined : st.ports.get(ifindex);
+              if (e && e.id === r.id) ports.push({ ifindex: ifindex!, old: e });
+            }
+            removePairEntries(
+              m,
+              { id: r.id, ids: cur !== undefined && ('id' in sel || cur.vinIfindex === r.vin || cur.vexIfindex === r.vex), ports, stats: 'unless-id' },
+              { undo, onStep: (step) => (step === 'ids' ? crashPoint('pair-del:after-ids') : step === 'port' ? crashPoint('pair-del:after-port') : undefined) },
+            );
+          } catch (e) {
+            undo.runSync();
+            throw e;
+          } finally {
+            for (const p of progs) p.close();
+          }
+          // Last (nothing to undo after it): the pair's flow entries and flow counters.
+          let flowsCleared = 0;
+          if (m.ids.lookup(u32Key(r.id)) === undefined) {
+            flowsCleared = clearPairFlows(this.pinRoot, r.id);
+            m.flowStats?.delete(u32Key(r.id));
+          }
+          const res: PairDeleted = {
+            id: r.id,
+            in: r.vin !== undefined ? (ifIndexToName(r.vin) ?? null) : null,
+            ex: r.vex !== undefined ? (ifIndexToName(r.vex) ?? null) : null,
+            vinIfindex: r.vin ?? null,
+            vexIfindex: r.vex ?? null,
+            detached,
+            qdiscsRemoved,
+          };
+          if (flowsCleared) res.flowsCleared = flowsCleared;
+          log('pairs').info(res, 'pair deleted');
+          return res;
+        }),
+      ),
+    );
+  }
+
+  // ---------------------------------------------------------------- show / stats
+
+  /**
+   * Every pair with names, ifindexes, MACs, id, mode, hook state and
+   * counters, from the pinned maps and the kernel, flagging every
+   * inconsistency found.
+   */
+  async show(): Promise<ShowResult> {
+    this.check();
+    return withLock(this.pinRoot, () => this.ns.run(() => this.withMaps(['ports', 'ids', 'stats', 'global', 'flowStats'], (m) => showPairs(this.pinRoot, m))));
+  }
+
+  /** Counters per pair and direction (per-CPU values summed) and the global reason counters. */
+  async stats(): Promise<StatsSnapshot> {
+    this.check();
+    return this.ns.run(() =>
+      this.withMaps(['ids', 'stats', 'global', 'flowStats'], (m) => {
+        const ids = new Map<number, { vinIfindex: number; vexIfindex: number }>();
+        for (const [k, v] of m.ids.entries()) ids.set(decodeU32Key(k), decodeId(v));
+        const keys = m.stats.keys().map(decodeU32Key).sort((a, b) => a - b);
+        const pairs: PairStats[] = [];
+        for (const id of keys) {
+          const c = readStats(m, id);
+          if (!c) continue;
+          const e = ids.get(id);
+          pairs.push({
+            id,
+            in: e ? (ifIndexToName(e.vinIfindex) ?? null) : null,
+            ex: e ? (ifIndexToName(e.vexIfindex) ?? null) : null,
+            vinIfindex: e?.vinIfindex ?? null,
+            vexIfindex: e?.vexIfindex ?? null,
+            counters: c,
+          });
+        }
+        return { time: Date.now(), pairs, global: readGlobal(m) };
+      }),
+    );
+  }
+}
