@@ -67,7 +67,7 @@ describe('podman test helpers (unit)', function () {
 });
 
 describe('real containers: podman (kernel)', function () {
-  this.timeout(600000);
+  this.timeout(1800000); // a busy 2-core machine runs these 5x slower than a quiet one
   let pm: Podman | undefined;
 
   before(function () {
