@@ -6,7 +6,7 @@
  *   host netns (bridge br0, 10.77.0.1, fd77::1)
  *     c1h --veth-- eth0 of container c1 (10.77.0.11, fd77::11, default routes via br0)
  *     c2h --veth-- eth0 of container c2 (10.77.0.12, fd77::12)
- *   enforcer netns: vbr-neuv/vth-neuv, the stub DP on vth-neuv (drops TCP/UDP to port 9999)
+ *   enforcer netns: vbr-neuv/vth-neuv, NeuVector's DP where its tarball is found (a deny rule for TCP/UDP 9999), else the stub DP (drops TCP/UDP to port 9999)
  *
  * Both containers are intercepted by the pid of a process in them (a small
  * echo server, the "workload"), then ping, TCP, UDP, ARP, broadcast,
@@ -595,7 +595,10 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
   const { table } = await import('./format');
 
   let topo: Topology | undefined;
-  let stub: StubDp | undefined;
+  // The stub DP, or NeuVector's real one (src/dp/demo-dp.ts) where its tarball is at hand.
+  let stub: Pick<StubDp, 'counts' | 'stop'> | undefined;
+  let real: import('./dp/demo-dp').RealDemoDp | undefined;
+  let dpName = 'stub DP';
   let cleaned = false;
   let verdict = '';
   const cleanup = () => {
@@ -630,16 +633,29 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
     const s2 = await startServer(t, c2.ns);
     cli(['--netns', t.enforcer, '--bpffs', pinRoot, 'load']);
     out(`loaded the datapath in ${t.enforcer} (pin root ${pinRoot})`);
-    stub = await StubDp.start(t, [PORTS.blocked]);
-    out(`stub DP on vth-neuv: forwards everything, drops TCP/UDP to port ${PORTS.blocked}`);
+    const { nvdpUnavailable } = await import('./dp/nvdp');
+    const noReal = process.env.NEUV_BPF_DEMO_STUB === '1' ? 'NEUV_BPF_DEMO_STUB=1' : nvdpUnavailable();
+    if (noReal) {
+      stub = await StubDp.start(t, [PORTS.blocked]);
+      out(`stub DP on vth-neuv: forwards everything, drops TCP/UDP to port ${PORTS.blocked} (NeuVector's DP not used: ${noReal})`);
+    }
 
-    const pairs: Array<{ c: ContainerNs; vin: string; ucmac: string; pid: number }> = [];
+    const pairs: Array<{ c: ContainerNs; vin: string; ucmac: string; pid: number; mac: string; bcmac: string }> = [];
     for (const [c, srv] of [[c1, s1], [c2, s2]] as const) {
       const pid = srv.child.pid!;
       const r = await intercept({ pinRoot, target: { pid }, enforcer: t.enforcer, mode: 'bypass' });
-      pairs.push({ c, vin: r.vin, ucmac: r.pair.ucmac, pid });
+      pairs.push({ c, vin: r.vin, ucmac: r.pair.ucmac, pid, mac: r.mac, bcmac: r.pair.bcmac });
       out(`intercepted ${c.ns} eth0 (pid ${pid}): ${r.vex} / ${r.vin}, id ${r.pair.id}, ucmac ${r.pair.ucmac}`);
     }
+    if (!noReal) {
+      const { RealDemoDp } = await import('./dp/demo-dp');
+      const apps = [...[PORTS.tcp, PORTS.tcpHost, PORTS.blocked].map((port) => ({ port, ipProto: 6 })), ...[PORTS.udp, PORTS.udpArp, PORTS.blocked].map((port) => ({ port, ipProto: 17 }))];
+      real = await RealDemoDp.start(t, pairs, PORTS.blocked, apps);
+      stub = real;
+      dpName = "NeuVector's DP";
+      out(`NeuVector's DP (pid ${real.dp.pid}, built from its tarball) on vth-neuv: both containers its endpoints, a deny rule for TCP/UDP to ${c2.ip4}:${PORTS.blocked}`);
+    }
+    const dpx = stub!;
 
     const mc2 = await startServer(t, c2.ns, 'mcast');
     const dp = Datapath.open(pinRoot, { netns: t.enforcer });
@@ -647,8 +663,11 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
     const summary: string[][] = [];
     try {
       for (const mode of MODES) {
+        // The DP forwards before the pairs hand it frames (FWD), and only watches after they stopped.
+        if (real && mode === 'fwd') await real.mode(mode);
         for (const p of pairs) await dp.setMode({ in: p.vin }, mode);
-        const before = await stub.counts();
+        if (real && mode !== 'fwd') await real.mode(mode);
+        const before = await dpx.counts();
         const bpfBefore = await dp.stats();
         const res = new Map<string, { ok: boolean; detail: string }>();
 
@@ -693,7 +712,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
         const n6 = ping(t, c1.ns, c2.ip6, 3);
         res.set('ping6 c1->c2', { ok: n6 === 3, detail: `${n6}/3` });
 
-        const after = await stub.counts();
+        const after = await dpx.counts();
         const bpfAfter = await dp.stats();
         for (const row of ROWS) {
           const r = res.get(row.label)!;
@@ -740,9 +759,9 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
     ]);
     const lines: string[] = [];
     lines.push('');
-    lines.push(...table(['traffic', 'BYPASS', 'TAP', `FWD (stub DP drops port ${PORTS.blocked})`], rows));
+    lines.push(...table(['traffic', 'BYPASS', 'TAP', `FWD (${dpName} ${real ? 'denies' : 'drops'} port ${PORTS.blocked})`], rows));
     lines.push('');
-    lines.push("'dp N': frames of that traffic the stub DP read on vth-neuv (TAP: copies; FWD: the frames themselves); 'dp -': none, it bypassed the DP.");
+    lines.push(`'dp N': frames of that traffic ${real ? dpName : 'the stub DP'} read on vth-neuv (TAP: copies; FWD: the frames themselves${real ? '; from the sessions it lists' : ''}); 'dp -': none, it bypassed the DP.`);
     lines.push('');
     lines.push(...table(['mode', 'to_peer', 'to_dp', 'copy', 'from_dp', 'drop_inject', 'dp read', 'dp wrote', 'dp dropped'], summary, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r']));
     lines.push('');
