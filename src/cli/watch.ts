@@ -10,7 +10,7 @@ import { UsageError } from '../errors';
 import { DpWatch, FAIL_POLICIES, FailPolicy, WatchEvent } from '../dp/watch';
 
 interface WatchCmdOpts {
-  dp: string;
+  dp?: string;
   fail: string;
   interval: string;
   timeout: string;
@@ -56,7 +56,9 @@ export function registerWatchCommands(program: Command, ctx: () => Ctx): void {
   program
     .command('watch')
     .description("supervise the enforcer DP (keep-alives on its control socket, its ring on vth-neuv) and apply the node's failure policy: closed (FWD pairs wait for it) or open (FWD pairs go to BYPASS while it is gone)")
-    .requiredOption('--dp <which>', "'local' (the DP shares this /tmp), its pid, or a pid file (a DP with a private /tmp)")
+    // Checked in the action, not with requiredOption: commander reports a
+    // missing required option before an unknown one, and a typo must be named.
+    .option('--dp <which>', "required: 'local' (the DP shares this /tmp), its pid, or a pid file (a DP with a private /tmp)")
     .option('--fail <policy>', 'closed or open', 'closed')
     .option('--interval <ms>', 'keep-alive period', '200')
     .option('--timeout <ms>', 'keep-alive reply timeout', '300')
@@ -64,6 +66,7 @@ export function registerWatchCommands(program: Command, ctx: () => Ctx): void {
     .option('--json', 'one JSON line per event')
     .action(async (o: WatchCmdOpts) => {
       const c = ctx();
+      if (o.dp === undefined) throw new UsageError("watch needs --dp: 'local', the DP's pid, or a pid file");
       if (!(FAIL_POLICIES as readonly string[]).includes(o.fail)) throw new UsageError(`--fail '${o.fail}' is not one of ${FAIL_POLICIES.join(', ')}`);
       const policy = o.fail as FailPolicy;
       const dpRoot = dpRootFrom(o.dp);
