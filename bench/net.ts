@@ -1,6 +1,6 @@
 /**
  * Topologies and traffic for the benchmarks: the plain veth pair (the
- * limit), the intercepted pair of DATAPATH.md section 1 set up either with
+ * limit), the intercepted pair of docs/datapath.md §1 set up either with
  * NeuVector's tc rules (src/nvtc.ts) or with neuv-bpf, a TCP stream (iperf3)
  * and a 64-byte frame flood (trafgen) counted at the receiver.
  *

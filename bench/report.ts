@@ -431,7 +431,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
     const c = thr.checks as Record<string, unknown>;
     if (c['bpf-peer.eth0RxOverIpIn'] !== undefined) {
       L.push(
-        `- Device counters and bpf_redirect_peer: with redirect_peer the workload's eth0 rx packet counter moved ${fmt(c['bpf-peer.eth0RxOverIpIn'] as number)}x as much as its IP layer's count (plain veth: ${fmt(c['plain.eth0RxOverIpIn'] as number)}x), so on this kernel the peer's rx counters do see redirect_peer traffic (DATAPATH.md section 7: not on older kernels). The figures above count at the IP layer anyway.`,
+        `- Device counters and bpf_redirect_peer: with redirect_peer the workload's eth0 rx packet counter moved ${fmt(c['bpf-peer.eth0RxOverIpIn'] as number)}x as much as its IP layer's count (plain veth: ${fmt(c['plain.eth0RxOverIpIn'] as number)}x), so on this kernel the peer's rx counters do see redirect_peer traffic (docs/datapath.md §7: not on older kernels). The figures above count at the IP layer anyway.`,
       );
     }
     if (thr.bpfStats) {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * neuv.bpf.c: the port-pair datapath (DATAPATH.md sections 3 and 5).
+ * neuv.bpf.c: the port-pair datapath (docs/datapath.md §3 and §5).
  *
  * Three TC programs, each on the ingress hook of one kind of port:
  *   neuv_vin  vin ingress:      frames from the workload
@@ -38,7 +38,7 @@
  * written by neuv_trace_emit(), a global function: the verifier checks it
  * once, not once per path into finish().
  *
- * Decisions beyond the DATAPATH.md tables (mirrored in src/model.ts):
+ * Decisions beyond the docs/datapath.md tables (mirrored in src/model.ts):
  * - vin/vex: no port entry passes (PASS_NO_PORT); a role that does not match
  *   the hook, or a mode other than FWD/TAP/BYPASS, drops every frame, even
  *   one shorter than an Ethernet header; otherwise such a short frame goes to

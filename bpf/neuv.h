@@ -23,7 +23,7 @@ enum neuv_const {
 	NEUV_UCMAC_B1 = 0x65,
 	NEUV_UCMAC_B2 = 0x75,
 	NEUV_UCMAC_B3 = 0x56,
-	/* The DP-facing veth pair inside the enforcer netns (DATAPATH.md section 1). */
+	/* The DP-facing veth pair inside the enforcer netns (docs/datapath.md §1). */
 	NEUV_VBR_IFINDEX = 10000000,
 	NEUV_VTH_IFINDEX = 10000001,
 	/*
@@ -40,7 +40,7 @@ enum neuv_const {
 	NEUV_MAX_IDS = 65536,
 };
 
-/* Forwarding mode of a pair: one value per port entry (DATAPATH.md sections 3, 5). */
+/* Forwarding mode of a pair: one value per port entry (docs/datapath.md §3, §5). */
 enum neuv_mode {
 	NEUV_MODE_NONE   = 0, /* never written by the loader; treated as DROP */
 	NEUV_MODE_FWD    = 1, /* protect: IPv4 unicast of the workload through the DP */
@@ -135,7 +135,7 @@ struct neuv_stats {
 };
 
 /*
- * Flow offload (README "Flow offload"). Map neuv_flows (LRU hash, pinned,
+ * Flow offload (docs/flow-offload.md). Map neuv_flows (LRU hash, pinned,
  * max_entries set at load: `neuv-bpf load --flows N`): written by the DP,
  * read by the vin/vex programs for pairs in FWD, for IPv4 unicast frames of
  * the workload (the frames FWD would send to the DP).
@@ -228,9 +228,9 @@ enum neuv_cfg_flag {
 	/*
 	 * neuv_flows may hold entries: the vin/vex programs look a FWD frame's
 	 * flow up only when this is set. Whoever writes neuv_flows sets it
-	 * first (the flow API, `neuv-bpf flow`, a DP in C: README "Flow
-	 * offload"; `load` when the pinned map it reuses has entries). It stays
-	 * set: clearing it would race with a writer.
+	 * first (the flow API, `neuv-bpf flow`, a DP in C: docs/flow-offload.md;
+	 * `load` when the pinned map it reuses has entries). It stays set:
+	 * clearing it would race with a writer.
 	 */
 	NEUV_CFG_FLOWS         = 1U << 17,
 };

@@ -5,7 +5,7 @@
  */
 import { constants as osConstants } from 'node:os';
 
-/** Exit codes per failure class (documented in the README). */
+/** Exit codes per failure class (documented in docs/datapath.md §6). */
 export const ExitCode = {
   OK: 0,
   FAILURE: 1, // anything not classified below

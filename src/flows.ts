@@ -1,5 +1,5 @@
 /**
- * Flow offload, the DP side (README "Flow offload"): the enforcer's DP, once
+ * Flow offload, the DP side (docs/flow-offload.md): the enforcer's DP, once
  * it has decided a flow, writes the decision into the pinned map neuv_flows
  * and the vin/vex programs apply it to the flow's later frames without the
  * DP (pairs in FWD only): ALLOW forwards them straight to the pair's other

@@ -522,7 +522,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
 
 /**
  * Changes by refused commands that are known findings, reported to their
- * owners (README, Reliability): `load --jumbo` refused after vbr-neuv's MTU
+ * owners (docs/reliability.md, Known gaps): `load --jumbo` refused after vbr-neuv's MTU
  * was raised does not put the MTU back (ensureDpPair's MTU change has no
  * undo); a load refused by BpfObject.open (not an object file) leaves the pin
  * root directory it created (the open is outside the undo's try).

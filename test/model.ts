@@ -58,7 +58,7 @@ export interface ModelFlowKey {
   portB: number;
 }
 
-/** A value of neuv_flows (README "Flow offload"). */
+/** A value of neuv_flows (docs/flow-offload.md). */
 export interface ModelFlow {
   key: ModelFlowKey;
   /** 1 allow (fast path), 2 deny; anything else is no decision (as no entry). */
@@ -154,7 +154,7 @@ export function flowKeyOfFrame(id: number, f: Uint8Array): { key: ModelFlowKey; 
 const TCP_FIN = 0x01;
 const TCP_RST = 0x04;
 
-/** Whether an entry is expired at `now` (README "Flow offload", bpf/neuv.h struct neuv_flow). */
+/** Whether an entry is expired at `now` (docs/flow-offload.md, bpf/neuv.h struct neuv_flow). */
 export function flowExpired(e: Pick<ModelFlow, 'deadlineNs' | 'idleNs' | 'lastNs'>, now: bigint): boolean {
   if (e.deadlineNs !== 0n && now >= e.deadlineNs) return true;
   return e.idleNs !== 0n && e.lastNs !== 0n && now > e.lastNs && now - e.lastNs >= e.idleNs;

@@ -76,8 +76,8 @@ const INTERCEPT_CI = ['intercept:before-down', 'intercept:before-rename', 'inter
 
 /**
  * Points where rerunning the killed command alone does not converge and
- * `neuv-bpf repair` is needed first (a finding, reported; see the README's
- * Reliability section):
+ * `neuv-bpf repair` is needed first (a finding, reported; see docs/reliability.md,
+ * Known gaps):
  *  - pair-del:after-port#2: both port entries are gone, the counters entry is
  *    left, and no pair del selector reaches it any more.
  */
@@ -415,7 +415,7 @@ describe('reliability (kernel)', function () {
       let switches = 0;
       const switcher = (async () => {
         // BYPASS/TAP: the pair under test flips between the two lossless modes; FWD: the other pair
-        // (a FWD pair leaving FWD drops what the DP still holds: by design, see the README).
+        // (a FWD pair leaving FWD drops what the DP still holds: by design, see docs/datapath.md §3).
         const sel = mode === 'fwd' ? { in: other.vin } : { in: topo.vin };
         const flip = mode === 'fwd' ? ['tap', 'bypass'] as const : mode === 'tap' ? ['bypass', 'tap'] as const : ['tap', 'bypass'] as const;
         while (switches < COUNTS.switches || busy > 0) {
