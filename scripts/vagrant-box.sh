@@ -58,7 +58,7 @@ DEPS_PKGS=$({
 } | sort -u | tr '\n' ' ')
 [ -n "$DEPS_PKGS" ] || die "cannot read the package list of scripts/deps.sh"
 BOX_PKGS="linux-image-amd64 initramfs-tools grub-pc-bin systemd-sysv udev dbus kmod openssh-server sudo rsync
-  ca-certificates curl jq xz-utils make iproute2 netbase less procps"
+  ca-certificates curl jq xz-utils make iproute2 netbase less procps python3"
 
 mkdir -p "$OUT"
 work=$(mktemp -d "$OUT/.box.XXXXXX")
