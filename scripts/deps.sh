@@ -23,6 +23,7 @@ check trafgen netsniff-ng
 check setpriv util-linux
 check gcc gcc
 check ping iputils-ping
+check python3 python3
 check sysctl procps
 # The container suite (test/containers.test.ts, docs/containers.md): rootful
 # podman with netavark, runc (crun refuses hybrid cgroup hierarchies), the
