@@ -28,8 +28,16 @@ interface Expect {
   reason?: number;
 }
 
-/** Verifier budget per program (processed instructions); on 6.18 today vin 1542, vex 1559, vbr 910. */
-const VERIFIED_INSNS_BUDGET = 2000;
+/**
+ * Verifier budget per program (processed instructions), per kernel: the count
+ * is the verifier's own and older verifiers prune fewer states. On 6.18 today
+ * vin 1520, vex 1554, vbr 898; on 6.1.0-57 vin 2718 (the others are printed
+ * by the test).
+ */
+function verifiedInsnsBudget(release = os.release()): number {
+  const [major, minor] = release.split('.').map(Number) as [number, number];
+  return major > 6 || (major === 6 && minor >= 6) ? 2000 : 3000;
+}
 
 describe('datapath (BPF_PROG_TEST_RUN)', function () {
   let dp: DpFixture;
@@ -76,17 +84,19 @@ describe('datapath (BPF_PROG_TEST_RUN)', function () {
 
   const toPeer = (dir: number, id = ID): Expect => ({ ret: REDIRECT, counts: { id, dir, verdicts: [Verdict.TO_PEER] } });
 
-  it(`every program verifies within ${VERIFIED_INSNS_BUDGET} instructions`, function () {
+  it(`every program verifies within its budget (${verifiedInsnsBudget()} instructions on this kernel)`, function () {
     const [major, minor] = os.release().split('.').map(Number) as [number, number];
     if (major < 5 || (major === 5 && minor < 16)) {
       // eslint-disable-next-line no-console
       console.log(`      (skipped: bpf_prog_info.verified_insns needs kernel >= 5.16, this is ${os.release()})`);
       this.skip();
     }
-    for (const [name, fd] of Object.entries(dp.progs)) {
-      const n = progInfo(fd).verifiedInsns;
-      assert.ok(n > 0 && n <= VERIFIED_INSNS_BUDGET, `${name}: ${n} verified instructions (budget ${VERIFIED_INSNS_BUDGET})`);
-    }
+    const budget = verifiedInsnsBudget();
+    const counts = Object.entries(dp.progs).map(([name, fd]) => [name, progInfo(fd).verifiedInsns] as const);
+    const seen = counts.map(([name, n]) => `${name} ${n}`).join(', ');
+    // eslint-disable-next-line no-console
+    console.log(`      verified instructions on ${os.release()}: ${seen} (budget ${budget})`);
+    for (const [name, n] of counts) assert.ok(n > 0 && n <= budget, `${name}: ${n} verified instructions (budget ${budget}; ${seen})`);
   });
 
   describe('FWD', () => {
