@@ -16,7 +16,7 @@ import { capture, makeTopology, TestTopology, waitFor } from './topology';
 import { startTcpTransfer } from './traffic';
 import { addEndpoint, denyPort, interceptC, nsView, requireNvdp, sessionsBetween, startNvdp } from './nvdp-fixture';
 import { decodeSession, DpClient } from '../src/dp/client';
-import { UnixDgram } from '../src/dp/unixgram';
+import { UnixDgram } from '../src/bpf/unixgram';
 import { BCAST4, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ping, runProbes, startServer } from '../src/demo';
 
 const UC = /^4e:65:75:56:/;

@@ -22,7 +22,7 @@ import * as net from 'node:net';
 import { UsageError } from '../errors';
 import { validateIfName } from '../link';
 import { formatMac, parseMac } from '../mac';
-import { UnixDgram } from './unixgram';
+import { UnixDgram } from '../bpf/unixgram';
 
 export const DP_SOCKET = '/tmp/dp_listen.sock';
 

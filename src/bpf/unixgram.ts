@@ -1,8 +1,9 @@
 /**
  * Unix datagram sockets (AF_UNIX, SOCK_DGRAM), which Node's dgram module does
  * not offer: the transport of NeuVector's DP control channel. A few libc
- * calls through koffi (socket, bind, sendto, recvfrom, close), kept apart
- * from the libbpf FFI because they are a different concern.
+ * calls through koffi (socket, bind, sendto, recvfrom, close): in the FFI
+ * folder with the other libc calls, a module of its own because it is a
+ * different concern.
  *
  * Receiving never blocks (MSG_DONTWAIT): recv() polls from the event loop
  * (1 ms steps), so a client needs no worker thread. Sending blocks while the
