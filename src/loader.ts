@@ -56,6 +56,20 @@ export function progPinPath(pinRoot: string, role: ProgRole): string {
   return path.join(pinRoot, `prog_${role}`);
 }
 
+/** The id of the program pinned for a role, 0 when there is none (or it cannot be read). */
+export function pinnedProgId(pinRoot: string, role: ProgRole): number {
+  try {
+    const p = ProgFd.fromPin(progPinPath(pinRoot, role));
+    try {
+      return p.info().id;
+    } finally {
+      p.close();
+    }
+  } catch {
+    return 0;
+  }
+}
+
 // ---------------------------------------------------------------- privileges
 
 const CAP_NET_ADMIN = 12;

@@ -32,7 +32,7 @@ import { TC_HANDLE, TC_PRIORITY, attach, attachState, detach, preferredKind } fr
 import { NeuvError, NotFoundError, ExitCode } from './errors';
 import { Role, VBR_IFINDEX, decodeConfig, decodeId, decodePort, decodeU32Key, encodeConfig, u32Key } from './layout';
 import { VBR, VTH, ifindexIfExists, ifname, linkShow } from './link';
-import { PROGS, ProgRole, isLoaded, progPinPath } from './loader';
+import { PROGS, ProgRole, isLoaded, pinnedProgId, progPinPath } from './loader';
 import { withLock } from './lock';
 import { Pins } from './pins';
 import { log } from './log';
@@ -41,19 +41,6 @@ import { formatMac } from './mac';
 import { Datapath, PairView, ShowResult } from './pairs';
 
 const progRoles = (): ProgRole[] => Object.keys(PROGS) as ProgRole[];
-
-function pinnedProgId(pinRoot: string, role: ProgRole): number {
-  try {
-    const p = ProgFd.fromPin(progPinPath(pinRoot, role));
-    try {
-      return p.info().id;
-    } finally {
-      p.close();
-    }
-  } catch {
-    return 0;
-  }
-}
 
 function modeOf(p: string): number {
   return fs.statSync(p).mode & 0o777;

@@ -1,9 +1,9 @@
 /** show: every pair with its entries, hooks and counters, flagging every inconsistency; the counters as named sets. */
 import * as fs from 'node:fs';
-import { ProgFd, ifIndexToName } from '../bpf';
+import { ifIndexToName } from '../bpf';
 import { AttachKind, attachState } from '../attach';
 import { PortFlag, REASON_NAMES, Role, VBR_IFINDEX, addFlowStats, addGlobal, addStats, emptyStats, u32Key } from '../layout';
-import { progPinPath } from '../loader';
+import { pinnedProgId } from '../loader';
 import { bcmac, formatMac, ucmac } from '../mac';
 
 import { PairCounters, PortView, PairView, ShowResult, modeName, namedCounters, namedGlobal } from './spec';
@@ -29,19 +29,7 @@ export function readGlobal(m: Pick<Maps, 'global'>): Record<(typeof REASON_NAMES
 
 export function showPairs(pinRoot: string, m: Maps): ShowResult {
   const st = readState(m);
-  const pinnedProg = (role: 'vin' | 'vex'): number => {
-    try {
-      const p = ProgFd.fromPin(progPinPath(pinRoot, role));
-      try {
-        return p.info().id;
-      } finally {
-        p.close();
-      }
-    } catch {
-      return 0;
-    }
-  };
-  const progIds = { vin: pinnedProg('vin'), vex: pinnedProg('vex') };
+  const progIds = { vin: pinnedProgId(pinRoot, 'vin'), vex: pinnedProgId(pinRoot, 'vex') };
   const problems: string[] = [];
   // Group by id: the ids entry names the ports; port entries carry the id.
   const groups = new Map<number, { vin?: number; vex?: number; fromIds: boolean }>();
