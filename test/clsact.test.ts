@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { BPF_TCX_INGRESS, CLONE_NEWNET, ProgFd, closeFd, linkCreate, linkInfo, objGet, pinFd, setns } from '../src/bpf';
 import { features } from '../src/features';
 import { progPinPath } from '../src/loader';
-import { cli, leftovers, makeNetns, makePinRoot, requireKernel, runCleanups } from './helpers';
+import { cli, makeNetns, makePinRoot, requireKernel, leakChecks } from './helpers';
 
 /** Runs fn with this thread in the named netns (then back). */
 function inNetns<T>(name: string, fn: () => T): T {
@@ -35,11 +35,7 @@ describe('pair del and a clsact shared since (kernel, tc attach)', function () {
   before(function () {
     requireKernel(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it("keeps the clsact it created while others' filters hang off it (ingress or egress); removes it otherwise", function () {
     const ns = makeNetns();

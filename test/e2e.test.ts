@@ -6,7 +6,7 @@
  * that two pairs never mix.
  */
 import assert from 'node:assert/strict';
-import { leftovers, requireKernel, runCleanups } from './helpers';
+import { requireKernel, leakChecks } from './helpers';
 import { capture, makeTopology, startStub, StubDp, TestTopology, waitFor } from './topology';
 import { udpStream } from './traffic';
 import {
@@ -37,11 +37,7 @@ describe('end to end through the stub DP (kernel)', function () {
   before(function () {
     requireKernel(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('FWD: allowed flows pass both ways through the DP with the real MACs on the wire; the blocked port gets nothing', async function () {
     const tt = makeTopology();

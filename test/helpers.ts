@@ -2,6 +2,7 @@
  * Shared test helpers: kernel-suite gating, private network namespaces and pin
  * roots with cleanup registered at creation, and a runner for the real CLI.
  */
+import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -190,3 +191,17 @@ export function leftovers(prefix = 'nbt'): string[] {
  * are scaled the same way): for deadlines and durations a test computes itself.
  */
 export const TIME_SCALE = Math.max(1, Math.floor(Number(process.env.NEUV_BPF_TEST_TIME_SCALE ?? '1')) || 1);
+
+/**
+ * The leak check every kernel suite ends with, registered inside its
+ * `describe`: cleanups after each test, and after the suite no netns or pin
+ * of this process is left (cleanups run first, so only a cleanup that was
+ * never registered, or that failed, shows up).
+ */
+export function leakChecks(): void {
+  afterEach(runCleanups);
+  after(function () {
+    runCleanups();
+    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+  });
+}

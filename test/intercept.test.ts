@@ -6,7 +6,7 @@
  * identical; every step that fails is rolled back.
  */
 import assert from 'node:assert/strict';
-import { cli, leftovers, requireKernel, runCleanups } from './helpers';
+import { cli, requireKernel, leakChecks } from './helpers';
 import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
 import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/demo';
 import {
@@ -94,11 +94,7 @@ describe('intercept / release (kernel)', function () {
   before(function () {
     requireKernel(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('by --pid: connectivity before, during every mode and after; the container comes back identical', async function () {
     const tt = makeTopology();

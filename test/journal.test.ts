@@ -11,7 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { leftovers, requireKernel, runCleanups, sh } from './helpers';
+import { requireKernel, sh, leakChecks } from './helpers';
 import { containerState, linkNames, makeTopology, TestTopology } from './topology';
 import { HOST_IP4, HOST_IP6, ping } from '../src/demo';
 import { INTERCEPT_STEPS, RELEASE_STEPS } from '../src/intercept';
@@ -90,11 +90,7 @@ describe('intercept / release survive SIGKILL at every step (kernel)', function 
   before(function () {
     requireKernel(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('intercept killed before each step: show --check names the half-done intercept; repair rolls it back (or, at commit, keeps it)', function () {
     const tt = makeTopology();

@@ -5,19 +5,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  CLI,
-  ROOT,
-  cli as runCli,
-  kernelState,
-  leftovers,
-  makeNetns,
-  makePinRoot,
-  oneErrorLine,
-  requireKernel,
-  runCleanups,
-  sh,
-} from './helpers';
+import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, requireKernel, sh, leakChecks } from './helpers';
 import { BpfObject, MapFd } from '../src/bpf';
 import { features } from '../src/features';
 import { checkAgainstBtf, encodeConfig, decodeConfig, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
@@ -48,11 +36,7 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     requireKernel(this);
     if (kind === 'tcx' && !features().tcx) this.skip();
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('loads: pins maps and programs (0600 in a 0700 dir), creates vbr-neuv/vth-neuv, attaches vbr-neuv', function () {
     const ns = makeNetns();

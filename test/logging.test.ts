@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { verifierTail } from '../src/cli';
 import { resolveLevel } from '../src/log';
-import { ROOT, cli, leftovers, makeNetns, makePinRoot, requireKernel, runCleanups } from './helpers';
+import { ROOT, cli, makeNetns, makePinRoot, requireKernel, leakChecks } from './helpers';
 
 const REJECT = path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o');
 
@@ -105,11 +105,7 @@ describe('log level reaches libbpf; verifier log at any level (kernel)', functio
   before(function () {
     requireKernel(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   const load = (level: { flag?: string; env?: string }, extra: string[] = []) => {
     const ns = makeNetns();

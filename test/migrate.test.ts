@@ -14,7 +14,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CliResult, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, oneErrorLine, onCleanup, requireKernel, runCleanups, sh, TIME_SCALE } from './helpers';
+import { CliResult, cli, kernelState, makeNetns, makePinRoot, Netns, oneErrorLine, onCleanup, requireKernel, sh, TIME_SCALE, leakChecks } from './helpers';
 import { NvFixturePair, NvNode, buildNvNode, filtersOf, nvLeft, startStubDp } from './nvfixture';
 import { UdpStreamResult, startUdpStream } from './traffic';
 import { raceTestRun } from './dp-fixture';
@@ -346,11 +346,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
     requireKernel(this);
     configureLogging('warn', false);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it("the fixture builds NeuVector's state for FWD and TAP pairs; discover reports each pair's ports, MAC, UCMAC and mode exactly", function () {
     this.timeout(600000);

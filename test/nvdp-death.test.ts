@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { cliSpawn, leftovers, onCleanup, runCleanups, TIME_SCALE } from './helpers';
+import { cliSpawn, onCleanup, TIME_SCALE, leakChecks } from './helpers';
 import { makeTopology, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
 import { ECHO_APPS, interceptC, requireNvdp } from './nvdp-fixture';
@@ -67,11 +67,7 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
     this.timeout(300000);
     requireNvdp(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('fail-closed (default): the FWD pair is black-holed from the kill until the DP is back and configured, then flows again', async function () {
     const { tt, c1, p1, w, start, current } = await setup('closed');

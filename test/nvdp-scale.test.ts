@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { leftovers, runCleanups, TIME_SCALE } from './helpers';
+import { TIME_SCALE, leakChecks } from './helpers';
 import { makeTopology } from './topology';
 import { startTcpTransfer, startUdpStream } from './traffic';
 import { nsView, requireNvdp, startNvdp } from './nvdp-fixture';
@@ -52,11 +52,7 @@ describe('NeuVector DP: mode switches under a stream, 100 containers (kernel)', 
     this.timeout(300000);
     requireNvdp(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('mode switches under UDP and TCP streams: none lost entering FWD or between TAP and BYPASS; leaving FWD loses what is inside the DP', async function () {
     const tt = makeTopology({ containers: 1 });

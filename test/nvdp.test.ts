@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { leftovers, runCleanups } from './helpers';
+import { leakChecks } from './helpers';
 import { capture, makeTopology, TestTopology, waitFor } from './topology';
 import { startTcpTransfer } from './traffic';
 import { addEndpoint, denyPort, interceptC, nsView, requireNvdp, sessionsBetween, startNvdp } from './nvdp-fixture';
@@ -150,11 +150,7 @@ describe('NeuVector DP: FWD, TAP and BYPASS with the real enforcer datapath (ker
     this.timeout(300000); // the first run builds the DP
     requireNvdp(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('FWD, no policy: TCP, UDP, ICMP through the DP both ways; ARP, broadcast, multicast and IPv6 pass; the DP lists the sessions', async function () {
     const { tt, c1, c2, dp } = await setup('fwd');

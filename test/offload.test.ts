@@ -19,7 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { StubCounts, StubDp, waitFor } from '../src/demo';
 import { ucmac, formatMac } from '../src/mac';
-import { cli, leftovers, makePinRoot, onCleanup, requireKernel, runCleanups } from './helpers';
+import { cli, makePinRoot, onCleanup, requireKernel, leakChecks } from './helpers';
 import { PairTopology, STUB_DP, makePairTopology, startTcpTransfer, udpStream } from './traffic';
 
 const BLOCKED = 9999;
@@ -122,11 +122,7 @@ describe('flow offload end to end: the stub DP offloads, the kernel carries on (
   before(function () {
     requireKernel(this);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('an allowed TCP flow starts through the DP and continues offloaded: every byte intact, the DP sees next to none; FIN retires the entry', async function () {
     const N = 40;

@@ -9,23 +9,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import {
-  CLI,
-  CliResult,
-  cli as runCli,
-  cliSpawn,
-  kernelState,
-  leftovers,
-  makeNetns,
-  makePinRoot,
-  Netns,
-  oneErrorLine,
-  onCleanup,
-  requireKernel,
-  runCleanups,
-  sh,
-  TIME_SCALE,
-} from './helpers';
+import { cli as runCli, CLI, CliResult, cliSpawn, kernelState, leftovers, makeNetns, makePinRoot, Netns, oneErrorLine, onCleanup, requireKernel, runCleanups, sh, TIME_SCALE, leakChecks } from './helpers';
 import { ConflictError, NotFoundError, UsageError } from '../src/errors';
 import { features } from '../src/features';
 import { configureLogging } from '../src/log';
@@ -477,11 +461,7 @@ describe('Datapath API (kernel)', function () {
     requireKernel(this);
     configureLogging('warn', false);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('runs each operation inside its netns and puts the thread back; typed errors; re-add repairs lost entries', async function () {
     const ns = makeNetns();
@@ -753,11 +733,7 @@ describe('pairs at scale (kernel)', function () {
     requireKernel(this);
     configureLogging('warn', false);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('adds 1,000 pairs with --file well within a few seconds; one mode switch via the API and the CLI', async function () {
     this.timeout(300000);

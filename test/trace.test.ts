@@ -33,7 +33,7 @@ import { formatMac, ucmac } from '../src/mac';
 import { formatView, monoToWall, parseTraceId, traceState, viewRecord, type TraceView } from '../src/trace';
 import { DpFixture } from './dp-fixture';
 import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
-import { CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, type Netns } from './helpers';
+import { type Netns, CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC
 const SHOT = 2;
@@ -351,11 +351,7 @@ describe('neuv-bpf trace (kernel, real traffic)', function () {
     if (spawnSync('trafgen', ['-v']).error) throw new Error('trafgen (netsniff-ng) is needed: make deps');
     if (!fs.existsSync(path.join(ROOT, 'build', 'stub-dp'))) throw new Error('build/stub-dp missing: make build');
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  leakChecks();
 
   it('--json shows one record per frame and hook, with the right MACs, action and target', async function () {
     const t = topology();
