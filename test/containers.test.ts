@@ -13,7 +13,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { CliResult, cli, cliSpawn, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, uniqueName } from './helpers';
 import { ContainerNs, StubDp, Topology, containerState, linkNames, startStub } from './topology';
-import { runProbes } from '../src/demo';
+import { runProbes } from '../src/topology';
 import { InterceptResult } from '../src/intercept';
 import { Podman, iptArgs, podmanUnavailable } from './podman';
 

@@ -11,7 +11,7 @@ import { capture, makeTopology, startStub, StubDp, TestTopology, waitFor } from 
 import { udpStream } from './traffic';
 import {
   BCAST4, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ping, runProbes, startServer,
-} from '../src/demo';
+} from '../src/topology';
 import type { InterceptResult } from '../src/intercept';
 
 const UC = /^4e:65:75:56:/;

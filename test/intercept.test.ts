@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { cli, requireKernel, leakChecks } from './helpers';
 import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
-import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/demo';
+import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/topology';
 import {
   INTERCEPT_STEPS, RELEASE_STEPS, InterceptResult, addrArgs, inodeTag, neighArgs, portNames, routeArgs, tempMac,
 } from '../src/intercept';

@@ -16,7 +16,7 @@ import { ECHO_APPS, interceptC, requireNvdp } from './nvdp-fixture';
 import { NvDp } from '../src/dp/nvdp';
 import { DpClient } from '../src/dp/client';
 import { DpWatch, FailPolicy } from '../src/dp/watch';
-import { ContainerNs, HOST_IP4 } from '../src/demo';
+import { ContainerNs, HOST_IP4 } from '../src/topology';
 import type { InterceptResult } from '../src/intercept';
 
 const RATE = 1000; // datagrams per second: a gap of N ms loses about N datagrams
@@ -71,19 +71,22 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
 
   it('fail-closed (default): the FWD pair is black-holed from the kill until the DP is back and configured, then flows again', async function () {
     const { tt, c1, p1, w, start, current } = await setup('closed');
+    const streamAt = Date.now();
     const s = await startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5010, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
     await sleep(1000);
     const killedAt = Date.now();
     current().kill();
-    const down = (await w.until('down', 2000))!;
+    const down = (await w.until('down', 5000 * TIME_SCALE))!;
     assert.ok(down.time - killedAt < 1000 * TIME_SCALE, `the watcher saw it within 1 s (${down.time - killedAt} ms)`);
     assert.deepEqual(down.switched, [], 'fail-closed switches nothing');
     await sleep(1500);
     assert.equal(modeOf(tt, p1.pair.id), 'fwd', 'still FWD');
-    const dp2 = await start();
-    await configure(dp2.client, p1, c1);
-    const backAt = Date.now();
-    const up = (await w.until('up', 3000))!;
+    // A new DP, configured by the watcher's onBack (the agent's job), as in
+    // fail-open. Configured twice (here and by onBack), the DP's endpoint went
+    // back to TAP and inline again under the stream and wrote 1-4 datagrams twice.
+    await start();
+    const up = (await w.until('up', 10000 * TIME_SCALE))!;
+    const backAt = up.time;
     await sleep(1000);
     s.stop();
     const r = await s.result;
@@ -91,7 +94,9 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
     // eslint-disable-next-line no-console
     console.log(`      fail-closed: DP down seen after ${down.time - killedAt} ms; stream gap ${r.maxGapMs} ms, ${r.lost} of ${r.sent} lost over an outage of ${outage} ms (kill to restarted + configured)`);
     assert.ok(r.maxGapMs >= outage - 300, `traffic stopped for the outage (gap ${r.maxGapMs} ms of ${outage})`);
-    assert.ok(r.lost >= (outage - 300) * (RATE / 1000) * 0.8, `datagrams lost while black-holed (${r.lost})`);
+    // At the rate the sender really kept (a loaded machine sends fewer than RATE a second).
+    const perMs = Math.min(RATE / 1000, r.sent / (Date.now() - streamAt));
+    assert.ok(r.lost >= (outage - 300) * perMs * 0.8, `datagrams lost while black-holed (${r.lost}, at ${(perMs * 1000).toFixed(0)}/s)`);
     assert.deepEqual(up.switched, []);
     assert.equal(modeOf(tt, p1.pair.id), 'fwd');
     assert.equal(r.duplicated, 0);
@@ -104,7 +109,7 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
     await sleep(1000);
     const killedAt = Date.now();
     current().kill();
-    const down = (await w.until('down', 2000))!;
+    const down = (await w.until('down', 5000 * TIME_SCALE))!;
     assert.ok(down.time - killedAt < 1000 * TIME_SCALE, `the watcher saw it within 1 s (${down.time - killedAt} ms)`);
     assert.deepEqual(down.switched, [p1.pair.id], 'the FWD pair went to BYPASS');
     assert.equal(modeOf(tt, p1.pair.id), 'bypass');
@@ -116,7 +121,7 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
     const b = await startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5012, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
     await sleep(500);
     const dp2 = await start();
-    const up = (await w.until('up', 3000))!;
+    const up = (await w.until('up', 10000 * TIME_SCALE))!;
     assert.deepEqual(up.switched, [p1.pair.id], 'back to FWD');
     assert.equal(modeOf(tt, p1.pair.id), 'fwd');
     const c0 = await dp2.client.counterDevice();

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { buildNvdp, NvDp, nvdpUnavailable } from '../src/dp/nvdp';
 import type { DpApp, DpSession } from '../src/dp/client';
-import { PORTS } from '../src/demo';
+import { PORTS } from '../src/topology';
 import type { InterceptResult } from '../src/intercept';
 import { kernelUnavailable, Netns, onCleanup, requireKernel, sh } from './helpers';
 import type { ContainerNs, TestTopology } from './topology';
@@ -55,7 +55,7 @@ export async function addEndpoint(dp: NvDp, p: InterceptResult, c: ContainerNs, 
   await dp.client.sync();
 }
 
-/** The echo server's ports (src/demo.ts startServer), as the agent reports listening ports. */
+/** The echo server's ports (src/topology.ts startServer), as the agent reports listening ports. */
 export const ECHO_APPS: DpApp[] = [
   ...[PORTS.tcp, PORTS.tcpHost, PORTS.blocked].map((port) => ({ port, ipProto: 6 })),
   ...[PORTS.udp, PORTS.udpArp, PORTS.blocked].map((port) => ({ port, ipProto: 17 })),

@@ -10,7 +10,7 @@ import { TIME_SCALE, leakChecks } from './helpers';
 import { makeTopology } from './topology';
 import { startTcpTransfer, startUdpStream } from './traffic';
 import { nsView, requireNvdp, startNvdp } from './nvdp-fixture';
-import { HOST_IP4, startServer } from '../src/demo';
+import { HOST_IP4, startServer } from '../src/topology';
 import { intercept, InterceptResult } from '../src/intercept';
 import { Datapath } from '../src/pairs';
 

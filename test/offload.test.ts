@@ -17,7 +17,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { StubCounts, StubDp, waitFor } from '../src/demo';
+import { StubCounts, StubDp, waitFor } from '../src/topology';
 import { ucmac, formatMac } from '../src/mac';
 import { cli, makePinRoot, onCleanup, requireKernel, leakChecks } from './helpers';
 import { PairTopology, STUB_DP, makePairTopology, startTcpTransfer, udpStream } from './traffic';

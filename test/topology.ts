@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import { CliResult, cli, makePinRoot, onCleanup, uniqueName } from './helpers';
-import { ContainerNs, StubDp, Topology, waitFor } from '../src/demo';
+import { ContainerNs, StubDp, Topology, waitFor } from '../src/topology';
 
 export { ContainerNs, StubDp, Topology, waitFor };
 

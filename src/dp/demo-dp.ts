@@ -7,7 +7,7 @@
  * from the sessions it lists; counts() clears its session table after each
  * reading, so the readings add up even when the DP forgets a closed session.
  */
-import type { StubCounts, Topology, ContainerNs } from '../demo';
+import type { StubCounts, Topology, ContainerNs } from '../topology';
 import type { DpApp, DpSession } from './client';
 import { NvDp } from './nvdp';
 

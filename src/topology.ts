@@ -1,0 +1,489 @@
+/**
+ * The harness the demo and the kernel suites share: a throwaway topology in
+ * private network namespaces (Topology: a host netns with a bridge, containers
+ * with IPv4 + IPv6, an enforcer netns), the echo server and probe client this
+ * file runs as a child (`node topology.js serve|probe`), and the stub DP
+ * (build/stub-dp on vth-neuv). `neuv-bpf demo` (src/demo.ts) is built on it;
+ * so are test/topology.ts and the suites that send real traffic.
+ */
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as dgram from 'node:dgram';
+import * as fs from 'node:fs';
+import { netnsPath } from './netns';
+import { PACKAGE_ROOT } from './root';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export const ROOT = PACKAGE_ROOT;
+export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
+export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
+const SELF = __filename;
+
+// ================================================================ small process helpers
+
+/** Runs a command synchronously (argument array); throws with its stderr unless allowFail. */
+export function sh(cmd: string, args: string[], opts: { allowFail?: boolean } = {}): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if ((r.status !== 0 || r.error) && !opts.allowFail) {
+    throw new Error(`${cmd} ${args.join(' ')}: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n')[0]}`);
+  }
+  return r.stdout ?? '';
+}
+
+/** Waits for a condition, polling; throws `what` after timeoutMs. */
+export async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 5000, everyMs = 20): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v as T;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+// ================================================================ topology
+
+export interface TopologyOptions {
+  /** Prefix of every netns name (unique per run, e.g. neuvdemo-<pid>). */
+  prefix: string;
+  /** Number of containers (default 2). */
+  containers?: number;
+  /** Add a static (PERMANENT) neighbour entry in each container (default true). */
+  staticNeighbour?: boolean;
+}
+
+export interface ContainerNs {
+  index: number;
+  /** Netns name (under /var/run/netns). */
+  ns: string;
+  path: string;
+  /** The host-side peer of its eth0, in the host netns. */
+  hostPort: string;
+  ip4: string;
+  ip6: string;
+  /** MAC of its eth0. */
+  mac: string;
+}
+
+export const SUBNET4 = '10.77.0';
+export const SUBNET6 = 'fd77:';
+export const HOST_IP4 = `${SUBNET4}.1`;
+export const HOST_IP6 = `${SUBNET6}:1`;
+export const BCAST4 = `${SUBNET4}.255`;
+export const MCAST_GROUP = '239.7.7.7';
+
+/**
+ * The demo/test topology: a host netns with a bridge, N containers each with
+ * a veth on the bridge, IPv4 + IPv6 and default routes, and an empty
+ * enforcer netns. IPv6 DAD is off everywhere (no tentative addresses), the
+ * bridge floods multicast (no snooping), containers answer ICMP echo sent
+ * to broadcast/multicast.
+ */
+export class Topology {
+  readonly host: string;
+  readonly enforcer: string;
+  readonly containers: ContainerNs[] = [];
+  private readonly namespaces: string[] = [];
+  private readonly children: ChildProcess[] = [];
+  private destroyed = false;
+
+  private constructor(readonly prefix: string) {
+    this.host = `${prefix}-host`;
+    this.enforcer = `${prefix}-enf`;
+  }
+
+  /** Builds the topology; on failure removes what it made and rethrows. */
+  static create(o: TopologyOptions): Topology {
+    const t = new Topology(o.prefix);
+    try {
+      t.build(o.containers ?? 2, o.staticNeighbour !== false);
+    } catch (e) {
+      t.destroy();
+      throw e;
+    }
+    return t;
+  }
+
+  private addNs(name: string): void {
+    sh('ip', ['netns', 'add', name]);
+    this.namespaces.push(name);
+    sh('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+    for (const k of ['default', 'all']) sh('ip', ['netns', 'exec', name, 'sysctl', '-qw', `net.ipv6.conf.${k}.accept_dad=0`]);
+  }
+
+  ip(ns: string, ...args: string[]): string {
+    return sh('ip', ['-n', ns, ...args]);
+  }
+
+  /** Runs a command inside a netns (argument array). */
+  exec(ns: string, cmd: string, args: string[], opts: { allowFail?: boolean } = {}): string {
+    return sh('ip', ['netns', 'exec', ns, cmd, ...args], opts);
+  }
+
+  private build(n: number, staticNeighbour: boolean): void {
+    this.addNs(this.host);
+    this.addNs(this.enforcer);
+    this.ip(this.host, 'link', 'add', 'br0', 'type', 'bridge', 'mcast_snooping', '0');
+    this.ip(this.host, 'addr', 'add', `${HOST_IP4}/24`, 'dev', 'br0');
+    this.ip(this.host, 'addr', 'add', `${HOST_IP6}/64`, 'dev', 'br0', 'nodad');
+    this.ip(this.host, 'link', 'set', 'br0', 'up');
+    for (let i = 1; i <= n; i++) {
+      const ns = `${this.prefix}-c${i}`;
+      this.addNs(ns);
+      this.exec(ns, 'sysctl', ['-qw', 'net.ipv4.icmp_echo_ignore_broadcasts=0']);
+      const hostPort = `c${i}h`;
+      this.ip(this.host, 'link', 'add', hostPort, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
+      this.ip(this.host, 'link', 'set', hostPort, 'master', 'br0', 'up');
+      const ip4 = `${SUBNET4}.${10 + i}`;
+      const ip6 = `${SUBNET6}:${10 + i}`;
+      this.ip(ns, 'addr', 'add', `${ip4}/24`, 'dev', 'eth0');
+      this.ip(ns, 'addr', 'add', `${ip6}/64`, 'dev', 'eth0', 'nodad');
+      this.ip(ns, 'link', 'set', 'eth0', 'up');
+      this.ip(ns, 'route', 'add', 'default', 'via', HOST_IP4);
+      this.ip(ns, '-6', 'route', 'add', 'default', 'via', HOST_IP6, 'dev', 'eth0');
+      if (staticNeighbour) this.ip(ns, 'neigh', 'add', `${SUBNET4}.99`, 'lladdr', '02:00:00:00:00:99', 'dev', 'eth0', 'nud', 'permanent');
+      const [l] = JSON.parse(this.ip(ns, '-j', 'link', 'show', 'dev', 'eth0')) as Array<{ address: string }>;
+      this.containers.push({ index: i, ns, path: netnsPath(ns), hostPort, ip4, ip6, mac: l!.address });
+    }
+  }
+
+  /** Spawns `cmd args` inside a netns; the process is killed by destroy(). */
+  spawnIn(ns: string, cmd: string, args: string[]): ChildProcess {
+    // stdin is a pipe from us: children that watch it (the echo server) end when we do.
+    const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    child.on('error', () => undefined);
+    this.children.push(child);
+    return child;
+  }
+
+  /** Kills what it spawned, deletes every netns it made. Idempotent, synchronous (safe in a signal handler). */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    for (const c of this.children) {
+      if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    }
+    for (const ns of this.namespaces.reverse()) sh('ip', ['netns', 'del', ns], { allowFail: true });
+  }
+}
+
+// ================================================================ echo server (child: node topology.js serve ...)
+
+/** The ports of the echo server: TCP and UDP echo, and UDP ports that only count (broadcast, multicast). */
+export const PORTS = { tcp: 8080, tcpHost: 8081, udp: 8080, udpArp: 8082, blocked: 9999, bcast: 7777, mcast: 7778 } as const;
+
+/**
+ * Echo server: TCP echo on --tcp ports, UDP echo on --udp ports (IPv4 and
+ * IPv6), UDP "count only" on --count ports (IPv4, broadcast included) and on
+ * --mcast GROUP:PORT (joined). Prints {"ready":true}, then one JSON line per
+ * counted datagram: {"got":"udp/7777","from":"10.77.0.11"}.
+ */
+async function serve(argv: string[]): Promise<void> {
+  const list = (flag: string) => {
+    const i = argv.indexOf(flag);
+    return i >= 0 && argv[i + 1] ? argv[i + 1]!.split(',').filter(Boolean) : [];
+  };
+  const print = (v: unknown) => process.stdout.write(JSON.stringify(v) + '\n');
+  const waits: Array<Promise<void>> = [];
+  for (const p of list('--tcp').map(Number)) {
+    for (const host of ['0.0.0.0', '::']) {
+      const srv = net.createServer((s) => {
+        s.on('error', () => undefined);
+        s.pipe(s);
+      });
+      waits.push(new Promise((r, j) => srv.once('error', j).listen({ port: p, host, ipv6Only: host === '::' }, r)));
+    }
+  }
+  for (const p of list('--udp').map(Number)) {
+    for (const type of ['udp4', 'udp6'] as const) {
+      const s = dgram.createSocket({ type, ipv6Only: type === 'udp6' });
+      s.on('message', (m, r) => s.send(m, r.port, r.address));
+      waits.push(new Promise((r, j) => s.once('error', j).bind(p, type === 'udp4' ? '0.0.0.0' : '::', r)));
+    }
+  }
+  for (const p of list('--count').map(Number)) {
+    const s = dgram.createSocket('udp4');
+    s.on('message', (_m, r) => print({ got: `udp/${p}`, from: r.address }));
+    waits.push(new Promise((r, j) => s.once('error', j).bind(p, '0.0.0.0', r)));
+  }
+  for (const gp of list('--mcast')) {
+    const [group, port] = gp.split(':');
+    const s = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    s.on('message', (_m, r) => print({ got: `mcast/${port}`, from: r.address }));
+    waits.push(
+      new Promise((r, j) =>
+        s.once('error', j).bind(Number(port), '0.0.0.0', () => {
+          s.addMembership(group!);
+          r();
+        }),
+      ),
+    );
+  }
+  await Promise.all(waits);
+  print({ ready: true });
+  // The parent holds our stdin: when it goes (even by SIGKILL), so do we.
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
+}
+
+/**
+ * Starts the echo server in a container; resolves once it listens. Counted
+ * datagrams land in `counts`. `what`: 'echo' (TCP/UDP echo and the broadcast
+ * counter, the default) or 'mcast' (only the multicast group). A multicast
+ * membership belongs to the device a socket joined on, and intercept
+ * replaces the container's eth0, so the demo starts the multicast listener
+ * after intercepting.
+ */
+export async function startServer(t: Topology, ns: string, what: 'echo' | 'mcast' = 'echo'): Promise<{ child: ChildProcess; counts: Map<string, number> }> {
+  const args =
+    what === 'echo'
+      ? ['--tcp', `${PORTS.tcp},${PORTS.tcpHost},${PORTS.blocked}`, '--udp', `${PORTS.udp},${PORTS.udpArp},${PORTS.blocked}`, '--count', String(PORTS.bcast)]
+      : ['--mcast', `${MCAST_GROUP}:${PORTS.mcast}`];
+  const child = t.spawnIn(ns, process.execPath, [SELF, 'serve', ...args]);
+  const counts = new Map<string, number>();
+  let ready = false;
+  let buf = '';
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  child.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const v = JSON.parse(buf.slice(0, i)) as { ready?: boolean; got?: string };
+      buf = buf.slice(i + 1);
+      if (v.ready) ready = true;
+      if (v.got) counts.set(v.got, (counts.get(v.got) ?? 0) + 1);
+    }
+  });
+  await waitFor(`the echo server in ${ns}`, () => {
+    if (child.exitCode !== null) throw new Error(`echo server in ${ns} exited: ${err.trim()}`);
+    return ready;
+  }, 10000);
+  return { child, counts };
+}
+
+// ================================================================ probe client (child: node topology.js probe JSON)
+
+export type ProbeSpec =
+  | { t: 'tcp'; host: string; port: number; timeoutMs?: number }
+  | { t: 'udp'; host: string; port: number; count?: number; timeoutMs?: number }
+  | { t: 'send'; host: string; port: number; count?: number; broadcast?: boolean; multicast?: boolean };
+
+export interface ProbeResult {
+  ok: boolean;
+  sent: number;
+  received: number;
+  duplicates: number;
+  error?: string;
+}
+
+function probeTcp(host: string, port: number, timeoutMs: number): Promise<ProbeResult> {
+  return new Promise((resolve) => {
+    const msg = 'neuv-demo\n';
+    const s = net.connect({ host, port });
+    let got = '';
+    const done = (ok: boolean, error?: string) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ ok, sent: 1, received: ok ? 1 : 0, duplicates: 0, error });
+    };
+    const timer = setTimeout(() => done(false, 'timeout'), timeoutMs);
+    s.on('connect', () => s.write(msg));
+    s.on('data', (d) => {
+      got += d.toString();
+      if (got === msg) done(true);
+    });
+    s.on('error', (e) => done(false, (e as NodeJS.ErrnoException).code ?? e.message));
+  });
+}
+
+function probeUdp(host: string, port: number, count: number, timeoutMs: number): Promise<ProbeResult> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
+    const seen = new Map<number, number>();
+    const finish = () => {
+      clearTimeout(timer);
+      s.close();
+      const dups = [...seen.values()].reduce((a, n) => a + n - 1, 0);
+      resolve({ ok: seen.size === count, sent: count, received: seen.size, duplicates: dups });
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    s.on('message', (m) => {
+      const n = Number(/^seq (\d+)$/.exec(m.toString())?.[1] ?? -1);
+      if (n < 0) return;
+      seen.set(n, (seen.get(n) ?? 0) + 1);
+      // All in: wait a little more only to see duplicates.
+      if (seen.size === count) {
+        clearTimeout(timer);
+        setTimeout(finish, 50);
+      }
+    });
+    s.on('error', () => undefined);
+    s.bind(0, () => {
+      for (let i = 0; i < count; i++) s.send(`seq ${i}`, port, host);
+    });
+  });
+}
+
+function probeSend(spec: Extract<ProbeSpec, { t: 'send' }>): Promise<ProbeResult> {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    const count = spec.count ?? 3;
+    s.bind(0, () => {
+      if (spec.broadcast) s.setBroadcast(true);
+      if (spec.multicast) {
+        s.setMulticastTTL(1);
+        s.setMulticastLoopback(false);
+      }
+      let n = 0;
+      const next = () => {
+        if (n === count) {
+          s.close();
+          resolve({ ok: true, sent: count, received: 0, duplicates: 0 });
+          return;
+        }
+        s.send(`seq ${n++}`, spec.port, spec.host, next);
+      };
+      next();
+    });
+  });
+}
+
+async function probe(argv: string[]): Promise<void> {
+  const specs = JSON.parse(argv[0] ?? '[]') as ProbeSpec[];
+  const out: ProbeResult[] = [];
+  for (const p of specs) {
+    if (p.t === 'tcp') out.push(await probeTcp(p.host, p.port, p.timeoutMs ?? 1000));
+    else if (p.t === 'udp') out.push(await probeUdp(p.host, p.port, p.count ?? 3, p.timeoutMs ?? 700));
+    else out.push(await probeSend(p));
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+}
+
+/** Runs probes from inside a netns (one child process for the whole list). */
+export function runProbes(ns: string, specs: ProbeSpec[]): Promise<ProbeResult[]> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, SELF, 'probe', JSON.stringify(specs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code !== 0) reject(new Error(`probe in ${ns} exited ${code}: ${err.trim()}`));
+      else resolve(JSON.parse(out) as ProbeResult[]);
+    });
+  });
+}
+
+/** `ping` from a netns: replies received out of count. */
+export function ping(t: Topology, ns: string, to: string, count = 3): number {
+  const out = t.exec(ns, 'ping', ['-c', String(count), '-i', '0.05', '-W', '1', '-q', to], { allowFail: true });
+  return Number(/(\d+) received/.exec(out)?.[1] ?? 0);
+}
+
+// ================================================================ the stub DP
+
+export interface StubKind {
+  frames: number;
+  dropped: number;
+}
+export interface StubDir {
+  frames: number;
+  bytes: number;
+  sent: number;
+  dropped: number;
+  kinds: Record<string, StubKind>;
+}
+export interface StubCounts {
+  seq: number;
+  rx: number;
+  sent: number;
+  dropped: number;
+  ignored: number;
+  truncated: number;
+  send_errors: number;
+  pairs: Record<string, { id: number; to_wl: StubDir; from_wl: StubDir }>;
+}
+
+/** build/stub-dp running on vth-neuv in the enforcer netns. */
+export class StubDp {
+  private constructor(
+    readonly child: ChildProcess,
+    readonly file: string,
+    private readonly dir: string,
+  ) {}
+
+  static async start(t: Topology, dropPorts: number[]): Promise<StubDp> {
+    if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} not found (make build)`);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'neuv-stubdp-'));
+    const file = path.join(dir, 'counts.json');
+    const child = t.spawnIn(t.enforcer, STUB_DP, ['--out', file, '--interval-ms', '50', ...dropPorts.flatMap((p) => ['--drop-port', String(p)])]);
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const s = new StubDp(child, file, dir);
+    await waitFor('the stub DP to bind', () => {
+      if (child.exitCode !== null) throw new Error(`stub-dp exited: ${err.trim()}`);
+      return fs.existsSync(file);
+    });
+    return s;
+  }
+
+  private read(): StubCounts | undefined {
+    try {
+      return JSON.parse(fs.readFileSync(this.file, 'utf8')) as StubCounts;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Fresh counts: asks the stub to write them now (SIGUSR1) and waits for that write. */
+  async counts(): Promise<StubCounts> {
+    const before = this.read()?.seq ?? 0;
+    this.child.kill('SIGUSR1');
+    return waitFor('fresh stub-dp counts', () => {
+      const c = this.read();
+      return c && c.seq > before ? c : undefined;
+    }, 3000, 5);
+  }
+
+  /** Frames of a kind ("udp/8080", "icmp", ...) over every pair and direction, or of one UCMAC/direction. */
+  static frames(c: StubCounts, kind: string, ucmac?: string, dir?: 'to_wl' | 'from_wl'): { frames: number; dropped: number } {
+    let frames = 0;
+    let dropped = 0;
+    for (const [mac, p] of Object.entries(c.pairs)) {
+      if (ucmac && mac !== ucmac) continue;
+      for (const d of ['to_wl', 'from_wl'] as const) {
+        if (dir && d !== dir) continue;
+        const k = p[d].kinds[kind];
+        frames += k?.frames ?? 0;
+        dropped += k?.dropped ?? 0;
+      }
+    }
+    return { frames, dropped };
+  }
+
+  stop(): void {
+    if (this.child.exitCode === null) this.child.kill('SIGKILL');
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+
+// ================================================================ child entry points
+
+if (require.main === module) {
+  const [cmd, ...rest] = process.argv.slice(2);
+  const main = cmd === 'serve' ? serve : cmd === 'probe' ? probe : undefined;
+  if (!main) {
+    process.stderr.write('usage: node topology.js serve|probe ...\n');
+    process.exitCode = 2;
+  } else {
+    main(rest).catch((e: Error) => {
+      process.stderr.write(`${e.message}\n`);
+      process.exitCode = 1;
+    });
+  }
+}
