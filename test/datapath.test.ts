@@ -31,7 +31,7 @@ interface Expect {
 /**
  * Verifier budget per program (processed instructions), per kernel: the count
  * is the verifier's own and older verifiers prune fewer states. On 6.18 today
- * vin 1520, vex 1554, vbr 898; on 6.1.0-57 vin 2718 (the others are printed
+ * vin 1520, vex 1554, vbr 898; on 6.1.0-57 vin 2718, vex 2204, vbr 1128 (printed
  * by the test).
  */
 function verifiedInsnsBudget(release = os.release()): number {
