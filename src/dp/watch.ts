@@ -20,9 +20,18 @@
  * agent sends ctrl_add_srvc_port). The process id alone says neither, and
  * the socket file outlives a SIGKILL. Worst case from death to BYPASS:
  * intervalMs + timeoutMs + one switch per pair.
+ *
+ * The pairs a watcher put in BYPASS outlive it: they are kept in a state file
+ * (watchStatePath: /run/neuv-bpf/<pin root>.watch.json, rewritten atomically
+ * at every change, removed when empty). A watcher that starts reads it and
+ * puts those pairs back in FWD once the DP answers, so a supervisor killed
+ * while the DP was down does not leave them in BYPASS for good. A pair is
+ * named by id and MAC: an id reused by another container is left alone.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LOCK_DIR } from '../lock';
 import { log } from '../log';
 import { Datapath } from '../pairs';
 import { VTH_IFINDEX } from '../layout';
@@ -84,11 +93,58 @@ export function ringsOn(ifindex: number, netns?: string): number {
   return text.split('\n').slice(1).filter((l) => Number(l.trim().split(/\s+/)[4]) === ifindex).length;
 }
 
+/** Where the pairs a watcher put in BYPASS are kept, per pin root (beside its lock and journal). */
+export function watchStatePath(pinRoot: string): string {
+  return path.join(LOCK_DIR, pinRoot.replace(/\//g, '_') + '.watch.json');
+}
+
+/** A pair a watcher put in BYPASS: its id and its workload MAC. */
+export interface BypassedPair {
+  id: number;
+  mac: string;
+}
+
+const STATE_VERSION = 1;
+
+/** The pairs in the state file; none when there is none, or (logged) when it cannot be read. */
+export function readWatchState(pinRoot: string): BypassedPair[] {
+  const p = watchStatePath(pinRoot);
+  let text: string;
+  try {
+    text = fs.readFileSync(p, 'utf8');
+  } catch {
+    return [];
+  }
+  try {
+    const j = JSON.parse(text) as { version?: number; bypassed?: unknown };
+    if (j.version !== STATE_VERSION || !Array.isArray(j.bypassed)) throw new Error(`not a version ${STATE_VERSION} state`);
+    return j.bypassed.filter(
+      (b): b is BypassedPair => typeof b === 'object' && b !== null && Number.isInteger((b as BypassedPair).id) && typeof (b as BypassedPair).mac === 'string',
+    );
+  } catch (e) {
+    log('watch').warn({ path: p }, `ignoring the watch state file ${p}: ${(e as Error).message}`);
+    return [];
+  }
+}
+
+/** Rewrites the state file atomically (a temporary file renamed over it); removes it when no pair is left. */
+export function writeWatchState(pinRoot: string, pairs: BypassedPair[]): void {
+  const p = watchStatePath(pinRoot);
+  if (pairs.length === 0) {
+    fs.rmSync(p, { force: true });
+    return;
+  }
+  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+  const tmp = `${p}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify({ version: STATE_VERSION, bypassed: pairs }) + '\n', { mode: 0o600 });
+  fs.renameSync(tmp, p);
+}
+
 export class DpWatch {
   state: 'up' | 'down' | 'unknown' = 'unknown';
   readonly events: WatchEvent[] = [];
-  /** Pairs this watcher put in BYPASS (and will put back in FWD). */
-  readonly bypassed = new Set<number>();
+  /** Pairs this watcher (or one before it, from the state file) put in BYPASS and will put back in FWD: id -> MAC. */
+  readonly bypassed = new Map<number, string>();
   private client: DpClient | undefined;
   private clientRoot: string | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -99,6 +155,14 @@ export class DpWatch {
 
   private constructor(private readonly o: WatchOptions) {
     this.dp = Datapath.open(o.pinRoot, o.netns ? { netns: o.netns } : {});
+    for (const b of readWatchState(o.pinRoot)) this.bypassed.set(b.id, b.mac);
+    if (this.bypassed.size) {
+      this.lg.info({ ids: [...this.bypassed.keys()] }, `${this.bypassed.size} pairs a previous watcher put in bypass go back to fwd when the DP answers`);
+    }
+  }
+
+  private saveState(): void {
+    writeWatchState(this.o.pinRoot, [...this.bypassed].map(([id, mac]) => ({ id, mac })));
   }
 
   get policy(): FailPolicy {
@@ -139,7 +203,9 @@ export class DpWatch {
     await this.running;
     this.client?.close();
     this.client = undefined;
-    if (this.bypassed.size) this.lg.warn({ ids: [...this.bypassed] }, `stopping with ${this.bypassed.size} pairs still in bypass (the DP is gone)`);
+    if (this.bypassed.size) {
+      this.lg.warn({ ids: [...this.bypassed.keys()], state: watchStatePath(this.o.pinRoot) }, `stopping with ${this.bypassed.size} pairs still in bypass (the DP is gone); the next watcher puts them back`);
+    }
     this.dp.close();
   }
 
@@ -189,8 +255,11 @@ export class DpWatch {
       if (this.policy === 'open') {
         for (const p of (await this.dp.show()).pairs) {
           if (p.mode !== 'fwd') continue;
+          // Recorded before the switch: a watcher killed between the two leaves a
+          // FWD pair in the file, which the next one finds in FWD and leaves alone.
+          this.bypassed.set(p.id, p.mac ?? '');
+          this.saveState();
           await this.dp.setMode({ id: p.id }, 'bypass');
-          this.bypassed.add(p.id);
           switched.push(p.id);
         }
       }
@@ -203,12 +272,16 @@ export class DpWatch {
     const switched: number[] = [];
     const s0 = process.hrtime.bigint();
     if (this.bypassed.size) {
-      const modes = new Map((await this.dp.show()).pairs.map((p) => [p.id, p.mode]));
-      for (const id of [...this.bypassed]) {
+      const now = new Map((await this.dp.show()).pairs.map((p) => [p.id, p]));
+      for (const [id, mac] of [...this.bypassed]) {
+        const p = now.get(id);
+        // Gone, changed by someone else, or the id now another container's: left alone.
+        if (p && p.mode === 'bypass' && p.mac === mac) {
+          await this.dp.setMode({ id }, 'fwd');
+          switched.push(id);
+        }
         this.bypassed.delete(id);
-        if (modes.get(id) !== 'bypass') continue; // gone, or changed by someone else
-        await this.dp.setMode({ id }, 'fwd');
-        switched.push(id);
+        this.saveState();
       }
     }
     const ms = Number(process.hrtime.bigint() - s0) / 1e6;
