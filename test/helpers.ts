@@ -7,6 +7,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { journalDir } from '../src/journal';
+import { LOCK_DIR } from '../src/lock';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
@@ -109,6 +110,10 @@ export function makePinRoot(): string {
   onCleanup(() => {
     fs.rmSync(p, { recursive: true, force: true });
     fs.rmSync(journalDir(p), { recursive: true, force: true });
+    // Its locks, wait files and watch state under /run/neuv-bpf (a node keeps
+    // them for its one pin root; thousands of test pin roots would pile up).
+    const own = p.replace(/\//g, '_') + '.';
+    if (fs.existsSync(LOCK_DIR)) for (const f of fs.readdirSync(LOCK_DIR)) if (f.startsWith(own)) fs.rmSync(path.join(LOCK_DIR, f), { recursive: true, force: true });
   });
   return p;
 }

@@ -663,12 +663,11 @@ describe('pairs with traffic (kernel)', function () {
     onCleanup(() => dp.close());
     const statsBefore = await dp.stats();
 
-    // 4 s of traffic on the host; as many more seconds as the machine is slower (an emulated VM), so
-    // that the same 1,000+ switches happen while it flows.
-    const count = 40000 * TIME_SCALE;
+    // Streams that last until the switching is done: at least 4 s and 1,000 API plus 3 CLI
+    // switches, however slow the machine (a loaded host or an emulated VM switches more slowly).
     const rate = 10000;
-    const down = await startUdpStream({ senderNs: t.host.name, receiverNs: t.workload.name, to: t.wlAddr, port: 5001, count, rate, idleMs: 1500 });
-    const up = await startUdpStream({ senderNs: t.workload.name, receiverNs: t.host.name, to: t.hostAddr, port: 5002, count, rate, idleMs: 1500 });
+    const down = await startUdpStream({ senderNs: t.host.name, receiverNs: t.workload.name, to: t.wlAddr, port: 5001, count: 0, rate, idleMs: 1500, untilStopped: true });
+    const up = await startUdpStream({ senderNs: t.workload.name, receiverNs: t.host.name, to: t.hostAddr, port: 5002, count: 0, rate, idleMs: 1500, untilStopped: true });
     onCleanup(() => {
       down.kill();
       up.kill();
@@ -677,6 +676,7 @@ describe('pairs with traffic (kernel)', function () {
     void Promise.all([down.sent, up.sent])
       .finally(() => (streaming = false))
       .catch(() => undefined); // the failure itself surfaces through down.result / up.result
+    const started = Date.now();
 
     // CLI switches, one after another, alongside the API loop.
     let cliSwitches = 0;
@@ -691,37 +691,40 @@ describe('pairs with traffic (kernel)', function () {
     })();
     let switches = 0;
     const lat: number[] = [];
-    while (streaming) {
+    const done = () => switches >= 1000 && cliSwitches >= 3 && Date.now() - started >= 4000;
+    while (streaming && !done() && Date.now() - started < 120000) {
       const t0 = process.hrtime.bigint();
       await dp.setMode({ in: t.vin }, switches % 2 === 0 ? 'tap' : 'bypass');
       lat.push(Number(process.hrtime.bigint() - t0) / 1000);
       switches++;
       await new Promise((r) => setImmediate(r)); // let the children's pipes be read
     }
+    down.stop();
+    up.stop();
     await cliLoop;
     await dp.setMode({ id }, 'bypass');
     const [rd, ru] = await Promise.all([down.result, up.result]);
     lat.sort((x, y) => x - y);
     // eslint-disable-next-line no-console
-    console.log(`      ${switches} API mode switches (median ${lat[lat.length >> 1]!.toFixed(0)} µs) + ${cliSwitches} CLI switches during ${count} datagrams each way at ${rate}/s: down ${JSON.stringify(rd)}, up ${JSON.stringify(ru)}`);
+    console.log(`      ${switches} API mode switches (median ${lat[lat.length >> 1]!.toFixed(0)} µs) + ${cliSwitches} CLI switches during ${rd.sent} + ${ru.sent} datagrams at ${rate}/s: down ${JSON.stringify(rd)}, up ${JSON.stringify(ru)}`);
     assert.ok(switches >= 1000, `only ${switches} switches`);
     assert.ok(cliSwitches >= 3, `only ${cliSwitches} CLI switches`);
     // The datapath's own counters first: every datagram forwarded, none dropped across the switches.
     const s = await dp.stats();
     const b = statsBefore.pairs.find((p) => p.id === id)!.counters;
     const n = s.pairs.find((p) => p.id === id)!.counters;
-    for (const d of ['to_wl', 'from_wl'] as const) {
+    for (const [d, sent] of [['to_wl', rd.sent], ['from_wl', ru.sent]] as const) {
       assert.ok(n[d].copy.packets - b[d].copy.packets > 0n, `${d}: TAP copied some datagrams`);
-      assert.ok(n[d].to_peer.packets - b[d].to_peer.packets >= BigInt(count), `${d}: all forwarded (${n[d].to_peer.packets - b[d].to_peer.packets})`);
+      assert.ok(n[d].to_peer.packets - b[d].to_peer.packets >= BigInt(sent), `${d}: all ${sent} forwarded (${n[d].to_peer.packets - b[d].to_peer.packets})`);
       assert.equal(n[d].drop.packets - b[d].drop.packets, 0n, `${d}: nothing dropped`);
     }
     // Then at the receivers. A datagram the receiving socket dropped for a full buffer (its
     // process starved of CPU on a busy machine; Udp RcvbufErrors of that netns) was delivered
     // by the path: it is reported, not counted as lost by the datapath.
     for (const [name, r] of [['down', rd], ['up', ru]] as const) {
-      assert.equal(r.sent, count);
+      assert.ok(r.sent >= rate, `${name}: the stream ran (${r.sent} sent)`);
       assert.equal(r.duplicated, 0, `${name}: no duplicate`);
-      assert.equal(r.unique + r.socketDrops, count, `${name}: every datagram arrived or was dropped by the full receiving socket: ${JSON.stringify(r)}`);
+      assert.equal(r.unique + r.socketDrops, r.sent, `${name}: every datagram arrived or was dropped by the full receiving socket: ${JSON.stringify(r)}`);
     }
   });
 });
