@@ -37,8 +37,8 @@ import * as path from 'node:path';
 import { NeuvError, ExitCode } from './errors';
 import { LOCK_DIR, withLock } from './lock';
 import { log } from './log';
-import type { PortSnapshot } from './intercept';
-import * as icpt from './intercept';
+import { enforcerRunner, NsRunner } from './intercept/runner';
+import { PortSnapshot, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './intercept/snapshot';
 import { ifindexIfExists } from './link';
 import { isLoaded } from './loader';
 import { Datapath } from './pairs';
@@ -205,7 +205,7 @@ async function delPairOf(r: JournalRecord, o: RecoverOptions): Promise<number | 
   }
 }
 
-async function delLink(ns: icpt.NsRunner | undefined, name: string): Promise<boolean> {
+async function delLink(ns: NsRunner | undefined, name: string): Promise<boolean> {
   if (!ns || !(await ns.link(name))) return false;
   await ns.ip('link', 'del', 'dev', name);
   return true;
@@ -216,7 +216,7 @@ async function delLink(ns: icpt.NsRunner | undefined, name: string): Promise<boo
  * differ, its addresses, state, routes and neighbours (routes and neighbours
  * are replaced either way: that is idempotent).
  */
-async function configure(ctr: icpt.NsRunner, snap: PortSnapshot, port: string): Promise<void> {
+async function configure(ctr: NsRunner, snap: PortSnapshot, port: string): Promise<void> {
   const l = await ctr.link(port);
   if (!l) throw new NeuvError(`${port} not found in ${ctr.desc} after moving the original port back`);
   const set: string[] = [];
@@ -226,13 +226,13 @@ async function configure(ctr: icpt.NsRunner, snap: PortSnapshot, port: string): 
   if (set.length) await ctr.ip('link', 'set', 'dev', port, ...set);
   if (snap.addrGenMode && l.inet6_addr_gen_mode !== snap.addrGenMode) await ctr.ip('link', 'set', 'dev', port, 'addrgenmode', snap.addrGenMode);
   if (snap.alias && l.ifalias !== snap.alias) await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias);
-  const cur = await icpt.snapshotPort(ctr, port);
+  const cur = await snapshotPort(ctr, port);
   const key = (s: PortSnapshot) => s.addrs.map((a) => `${a.local}/${a.prefixlen}`).sort().join(' ');
   if (cur.up === snap.up && key(cur) === key(snap)) {
-    await icpt.restoreRoutesAndNeighbours(ctr, snap, port);
+    await restoreRoutesAndNeighbours(ctr, snap, port);
   } else {
     if (!snap.up && cur.up) await ctr.ip('link', 'set', 'dev', port, 'down');
-    await icpt.restorePort(ctr, snap, port);
+    await restorePort(ctr, snap, port);
   }
 }
 
@@ -240,14 +240,14 @@ async function configure(ctr: icpt.NsRunner, snap: PortSnapshot, port: string): 
  * Puts the original port (vex, in the enforcer netns or still in the
  * container) back into the container as `port`, then configures it.
  */
-async function originalBack(r: JournalRecord, ctr: icpt.NsRunner, enf: icpt.NsRunner): Promise<void> {
+async function originalBack(r: JournalRecord, ctr: NsRunner, enf: NsRunner): Promise<void> {
   if (await enf.link(r.vex)) await enf.moveTo(r.vex, ctr, r.snap.ifindex);
   if (await ctr.link(r.vex)) await ctr.ip('link', 'set', 'dev', r.vex, 'name', r.port);
   await configure(ctr, r.snap, r.port);
 }
 
 /** Whether the container's port is the intercepting veth whose peer is vin in the enforcer netns. */
-async function interceptedNow(r: JournalRecord, ctr: icpt.NsRunner | undefined, enf: icpt.NsRunner): Promise<boolean> {
+async function interceptedNow(r: JournalRecord, ctr: NsRunner | undefined, enf: NsRunner): Promise<boolean> {
   if (!ctr) return false;
   const [vin, vex, cp] = [await enf.link(r.vin), await enf.link(r.vex), await ctr.link(r.port)];
   return !!(vin && vex && cp && cp.linkinfo?.info_kind === 'veth' && cp.link_index === vin.ifindex && vin.link_index === cp.ifindex);
@@ -259,7 +259,7 @@ async function interceptedNow(r: JournalRecord, ctr: icpt.NsRunner | undefined, 
  */
 export async function recoverLocked(r: JournalRecord, o: RecoverOptions): Promise<Recovered> {
   const lg = log('journal');
-  const enf = icpt.enforcerRunner(o.enforcer);
+  const enf = enforcerRunner(o.enforcer);
   if (!same(statId(enf.ref()), r.enforcer)) {
     throw new NeuvError(
       `the journal of ${describe(r)} belongs to another enforcer netns (inode ${r.enforcer.ino}${r.enforcer.path ? `, ${r.enforcer.path}` : ''}): run neuv-bpf --netns <that netns> repair`,
@@ -267,7 +267,7 @@ export async function recoverLocked(r: JournalRecord, o: RecoverOptions): Promis
     );
   }
   const ctrPath = findNetns(r.target);
-  const ctr = ctrPath ? new icpt.NsRunner(ctrPath, `the container netns (${r.target.desc})`) : undefined;
+  const ctr = ctrPath ? new NsRunner(ctrPath, `the container netns (${r.target.desc})`) : undefined;
   const what = describe(r);
   let line: string;
   let intercepted = false;

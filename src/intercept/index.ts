@@ -1,0 +1,37 @@
+/**
+ * intercept / release: NeuVector's pullContainerPort and its reverse
+ * (docs/datapath.md section 1), then `pair add` / `pair del` through the
+ * Datapath API.
+ *
+ * intercept takes a container's port (eth0) out of its network namespace and
+ * puts a new veth in its place that looks the same from inside: same name,
+ * MAC, MTU, queues, ifindex, addresses, routes and neighbour entries. The
+ * original port, renamed vex<tag>-<port>, and the new veth's peer
+ * vin<tag>-<port> move to the enforcer netns (the one neuv-bpf runs in),
+ * where the datapath joins them.
+ *
+ * Every step that changes something registers its undo; a failure runs the
+ * undos in reverse, so the container keeps its network exactly as it was.
+ * A journal record written before each step (src/journal.ts) lets a killed
+ * run be finished or rolled back.
+ *
+ *   target.ts     which container (pid or netns), the vex/vin names
+ *   runner.ts     NsRunner: iproute2/ethtool in one netns (argument arrays)
+ *   snapshot.ts   PortSnapshot: a port's link, addresses, routes, neighbours; recreating them
+ *   steps.ts      step names, one step, checks, the journal and lock glue
+ *   intercept.ts  intercept;  release.ts  release
+ *
+ * NEUV_BPF_FAIL_AT=intercept:<step> or release:<step> makes that step fail,
+ * for the rollback tests.
+ */
+export type { Target, ResolvedTarget } from './target';
+export { inodeTag, resolveTarget, portNames, tempMac } from './target';
+export { NsRunner, enforcerRunner } from './runner';
+export type { LinkDetail } from './runner';
+export type { AddrJson, RouteJson, NeighJson, PortSnapshot } from './snapshot';
+export { snapshotPort, addrArgs, routeArgs, neighArgs, addAddresses, restoreRoutesAndNeighbours, restorePort } from './snapshot';
+export { INTERCEPT_STEPS, RELEASE_STEPS } from './steps';
+export type { InterceptOptions, InterceptResult } from './intercept';
+export { intercept } from './intercept';
+export type { ReleaseOptions, ReleaseResult } from './release';
+export { release } from './release';

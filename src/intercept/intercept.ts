@@ -1,0 +1,204 @@
+/**
+ * intercept: NeuVector's pullContainerPort (docs/datapath.md section 1),
+ * then `pair add` through the Datapath API. The steps are INTERCEPT_STEPS,
+ * each journalled before it runs and undone in reverse on a failure.
+ */
+import { ConflictError, NotFoundError, UsageError } from '../errors';
+import { validateIfName, VBR } from '../link';
+import { withLock } from '../lock';
+import { log } from '../log';
+import { crashPoint } from '../crash';
+import { JournalRecord, interceptLockKey, removeRecord, writeRecord } from '../journal';
+import { AddModeName, DEFAULT_ADD_MODE, PairAdded } from '../pairs';
+import { Undo } from '../undo';
+import { enforcerRunner, NsRunner } from './runner';
+import { addAddresses, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
+import {
+  INTERCEPT_LOCK_WAIT_MS, INTERCEPT_STEPS, failpoint, mustBeAbsent, openDatapath, recordIds, recoverTarget, sameNetns, step,
+} from './steps';
+import { Target, portNames, resolveTarget, tempMac } from './target';
+
+export interface InterceptOptions {
+  pinRoot: string;
+  target: Target;
+  /** The container's port, default eth0. */
+  port?: string;
+  /** Default: the pair API's default (bypass). */
+  mode?: AddModeName;
+  id?: number;
+  ipv6ToDp?: boolean;
+  /**
+   * The enforcer netns (name or path). Default: the one this process runs in
+   * (the CLI has entered --netns by then).
+   */
+  enforcer?: string;
+}
+
+export interface InterceptResult {
+  target: string;
+  pid: number | null;
+  netns: string;
+  port: string;
+  vex: string;
+  vin: string;
+  mac: string;
+  mtu: number;
+  /** The new eth0 kept the original's ifindex. */
+  ifindexKept: boolean;
+  addresses: string[];
+  routes: number;
+  neighbours: number;
+  pair: PairAdded;
+  /** A half-done intercept or release of this port found in the journal and brought to rest first. */
+  recovered?: string;
+}
+
+export async function intercept(opts: InterceptOptions): Promise<InterceptResult> {
+  return withLock(interceptLockKey(opts.pinRoot), () => interceptLocked(opts), INTERCEPT_LOCK_WAIT_MS);
+}
+
+async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult> {
+  const lg = log('intercept');
+  const port = validateIfName(opts.port ?? 'eth0', 'port name');
+  const t = resolveTarget(opts.target);
+  const { vex, vin } = portNames(t.tags[0]!, port);
+  const ctr = new NsRunner(t.path, `the container netns (${t.desc})`);
+  const enf = enforcerRunner(opts.enforcer);
+
+  // ---- checks: nothing changes until they all pass
+  if (await sameNetns(ctr, enf)) {
+    throw new UsageError(`${t.desc} is in the enforcer's own network namespace: nothing to intercept (use --netns for the enforcer)`);
+  }
+  const recovered = await recoverTarget(opts.pinRoot, t, port, opts.enforcer);
+  const dp = openDatapath(opts.pinRoot, opts.enforcer);
+  try {
+    if (!(await enf.link(VBR))) {
+      throw new NotFoundError(`${VBR} not found in ${enf.desc}: load the datapath there (neuv-bpf --netns ... load)`);
+    }
+    const snap = await snapshotPort(ctr, port);
+    if (snap.kind !== 'veth') {
+      throw new UsageError(`${port} of ${t.desc} is ${snap.kind ? `a ${snap.kind}` : 'not a veth'}: only veth ports can be intercepted`);
+    }
+    for (const tag of t.tags) {
+      const n = portNames(tag, port);
+      if (await enf.link(n.vex)) throw new ConflictError(`${port} of ${t.desc} is already intercepted (${n.vex} is in ${enf.desc}): neuv-bpf release first`);
+    }
+    await mustBeAbsent(enf, vin);
+    await mustBeAbsent(ctr, vex);
+    await mustBeAbsent(ctr, vin);
+    const M = snap.mac;
+    const mtu = String(snap.mtu);
+
+    // ---- the sequence
+    const undo = new Undo('intercept');
+    // The journal record, rewritten before each step: a kill anywhere leaves what repair needs.
+    const rec: JournalRecord = {
+      version: 1, op: 'intercept', step: 'down', ...recordIds(t, enf), port, vex, vin, snap,
+      pair: { mode: opts.mode, id: opts.id, ipv6ToDp: opts.ipv6ToDp === true }, time: '',
+    };
+    const J = (s: string) => writeRecord(opts.pinRoot, { ...rec, step: s });
+    const S = (name: (typeof INTERCEPT_STEPS)[number], what: string, fn: () => Promise<unknown>) => {
+      J(name);
+      return step('intercept', name, what, fn);
+    };
+    let ifindexKept = false;
+    let pair: PairAdded;
+    try {
+      await S('down', `take ${port} down`, () => ctr.ip('link', 'set', 'dev', port, 'down'));
+      undo.push(`addresses, routes and neighbours of ${port}`, () => restorePort(ctr, snap, port));
+
+      await S('flush', `remove the addresses of ${port}`, () => ctr.ip('addr', 'flush', 'dev', port));
+
+      await S('rename', `rename ${port} to ${vex}`, () => ctr.ip('link', 'set', 'dev', port, 'name', vex));
+      undo.push(`rename ${vex} back to ${port}`, () => ctr.ip('link', 'set', 'dev', vex, 'name', port));
+
+      const tmp = tempMac();
+      await S('tmpmac', `give ${vex} a temporary MAC`, () => ctr.ip('link', 'set', 'dev', vex, 'address', tmp));
+      undo.push(`MAC of ${vex} back to ${M}`, () => ctr.ip('link', 'set', 'dev', vex, 'address', M));
+
+      await S('move-vex', `move ${vex} to ${enf.desc}`, () => ctr.moveTo(vex, enf));
+      // Back under its own ifindex (free again once the new port is deleted).
+      undo.push(`move ${vex} back to the container`, () => enf.moveTo(vex, ctr, snap.ifindex));
+
+      // The new port: the original's name, MAC, MTU, queues and (now free) ifindex; its peer is vin.
+      const q = (n: number | undefined, k: string) => (n ? [k, String(n)] : []);
+      const common = [...q(snap.numTxQueues, 'numtxqueues'), ...q(snap.numRxQueues, 'numrxqueues')];
+      const create = (withIndex: boolean) =>
+        ctr.ip(
+          'link', 'add', port, ...(withIndex ? ['index', String(snap.ifindex)] : []), 'address', M, 'mtu', mtu,
+          ...q(snap.txqlen, 'txqueuelen'), ...common, 'type', 'veth', 'peer', 'name', vin, 'mtu', mtu, ...common,
+        );
+      await S('create', `create ${port} (veth, peer ${vin}) in the container`, async () => {
+        try {
+          await create(true);
+          ifindexKept = true;
+        } catch (e) {
+          lg.debug({ err: (e as Error).message }, `ifindex ${snap.ifindex} not reusable; new ${port} gets another`);
+          await create(false);
+        }
+      });
+      const created = (await ctr.link(port))!.ifindex;
+      undo.push(`delete the new ${port}`, async () => {
+        const l = await ctr.link(port);
+        if (l && l.ifindex === created) await ctr.ip('link', 'del', 'dev', port);
+      });
+
+      await S('move-vin', `move ${vin} to ${enf.desc}`, () => ctr.moveTo(vin, enf));
+      undo.push(`delete ${vin}`, async () => {
+        if (await enf.link(vin)) await enf.ip('link', 'del', 'dev', vin);
+      });
+
+      await S('enforcer-up', `bring ${vex} and ${vin} up in ${enf.desc}`, async () => {
+        // No IPv6 link-local address on either: they are plumbing, not hosts.
+        for (const d of [vex, vin]) await enf.ip('link', 'set', 'dev', d, 'addrgenmode', 'none');
+        for (const d of [vex, vin]) await enf.ip('link', 'set', 'dev', d, 'up');
+      });
+
+      pair = await S('pair', `pair add ${vin}/${vex}`, () =>
+        dp.addPair({ in: vin, ex: vex, mac: M, mode: opts.mode ?? DEFAULT_ADD_MODE, id: opts.id, ipv6ToDp: opts.ipv6ToDp === true }),
+      ) as PairAdded;
+      undo.push(`pair del ${vin}/${vex}`, () => dp.delPair({ in: vin }));
+
+      // The new port, configured like the original (its delete undoes all of this).
+      await S('offload', `turn checksum offload off on the new ${port}`, () => ctr.cmd('ethtool', ['-K', port, 'rx', 'off', 'tx', 'off']));
+      await S('addresses', `give the new ${port} its addresses`, async () => {
+        if (snap.addrGenMode) await ctr.ip('link', 'set', 'dev', port, 'addrgenmode', snap.addrGenMode);
+        if (snap.alias) await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias);
+        await addAddresses(ctr, snap, port);
+      });
+      await S('up', `bring the new ${port} up`, async () => {
+        if (snap.up) await ctr.ip('link', 'set', 'dev', port, 'up');
+      });
+      await S('routes', `restore the routes and neighbours of ${port}`, () => restoreRoutesAndNeighbours(ctr, snap, port));
+      J('commit');
+      crashPoint('intercept:before-commit');
+      failpoint('intercept', 'commit');
+      J('intercepted');
+    } catch (e) {
+      lg.warn({ target: t.desc, port, err: (e as Error).message }, 'intercept failed; rolling back');
+      if ((await undo.run()) === 0) removeRecord(opts.pinRoot, rec);
+      else lg.warn({ target: t.desc, port }, 'the rollback was incomplete: neuv-bpf repair finishes it from the journal');
+      throw e;
+    }
+    const res: InterceptResult = {
+      target: t.desc,
+      pid: t.pid ?? null,
+      netns: t.path,
+      port,
+      vex,
+      vin,
+      mac: M,
+      mtu: snap.mtu,
+      ifindexKept,
+      addresses: snap.addrs.map((x) => `${x.local}/${x.prefixlen}`),
+      routes: snap.routes.length,
+      neighbours: snap.neighbours.length,
+      pair,
+      ...(recovered ? { recovered: recovered.line } : {}),
+    };
+    lg.info({ target: t.desc, port, vex, vin, id: pair.id, mode: pair.mode }, 'intercepted');
+    return res;
+  } finally {
+    dp.close();
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * What intercept and release share: their step names (failpoints, crash
+ * points, journal steps), running one step, the checks before the first,
+ * and the glue to the journal (src/journal.ts) and the intercept lock.
+ */
+import * as fs from 'node:fs';
+import { ConflictError, ExitCode, NeuvError } from '../errors';
+import { crashPoint } from '../crash';
+import { JournalRecord, findRecord, recoverLocked } from '../journal';
+import { log } from '../log';
+import { Datapath } from '../pairs';
+import { NsRunner } from './runner';
+import { ResolvedTarget } from './target';
+
+/** The steps of intercept, in order (names for NEUV_BPF_FAIL_AT=intercept:<step>). */
+export const INTERCEPT_STEPS = [
+  'down', 'flush', 'rename', 'tmpmac', 'move-vex', 'create', 'move-vin', 'enforcer-up', 'pair',
+  'offload', 'addresses', 'up', 'routes', 'commit',
+] as const;
+/** The steps of release, in order (NEUV_BPF_FAIL_AT=release:<step>). */
+export const RELEASE_STEPS = [
+  'unpair', 'down', 'flush', 'rename', 'park', 'move-vex', 'rename-vex', 'mac', 'addresses', 'up', 'routes', 'delete',
+] as const;
+
+export function failpoint(op: 'intercept' | 'release', step: string): void {
+  const want = process.env.NEUV_BPF_FAIL_AT;
+  if (want && want === `${op}:${step}`) throw new NeuvError(`injected failure at ${op} step '${step}' (NEUV_BPF_FAIL_AT)`);
+}
+
+/** Runs one step with a failpoint before it and the step's name in any error. */
+export async function step<T>(op: 'intercept' | 'release', name: string, what: string, fn: () => Promise<T>): Promise<T> {
+  crashPoint(`${op}:before-${name}`);
+  failpoint(op, name);
+  log(op).debug({ step: name }, what);
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof NeuvError && /injected failure/.test(e.message)) throw e;
+    const msg = (e as Error).message;
+    const code = /File exists|already exists/.test(msg) ? ExitCode.CONFLICT : e instanceof NeuvError ? e.code : ExitCode.FAILURE;
+    throw new NeuvError(`${what}: ${msg}`, code, { cause: e });
+  }
+}
+
+export async function mustBeAbsent(ns: NsRunner, name: string): Promise<void> {
+  if (await ns.link(name)) throw new ConflictError(`${name} already exists in ${ns.desc}`);
+}
+
+export async function sameNetns(a: NsRunner, b: NsRunner): Promise<boolean> {
+  const ia = fs.statSync(a.ref());
+  const ib = fs.statSync(b.ref());
+  return ia.ino === ib.ino && ia.dev === ib.dev;
+}
+
+/** Opens the datapath in the enforcer netns (the pair API runs its kernel calls there). */
+export function openDatapath(pinRoot: string, enforcer: string | undefined): Datapath {
+  return Datapath.open(pinRoot, enforcer ? { netns: enforcer } : {});
+}
+
+/**
+ * How long intercept and release wait for the intercept lock: each holds it
+ * for a second or two, so a host starting many containers at once queues
+ * them up (ten concurrent intercepts in the container suite).
+ */
+export const INTERCEPT_LOCK_WAIT_MS = 120000;
+
+/** The container and enforcer of a journal record. */
+export function recordIds(t: ResolvedTarget, enf: NsRunner): Pick<JournalRecord, 'target' | 'enforcer'> {
+  const e = fs.statSync(enf.ref());
+  return {
+    target: { desc: t.desc, pid: t.pid ?? null, path: t.path, ino: t.ino, dev: fs.statSync(t.path).dev },
+    enforcer: { path: enf.path ?? null, ino: e.ino, dev: e.dev },
+  };
+}
+
+/**
+ * Recovers what a killed intercept or release of this container port left
+ * (src/journal.ts). Returns what was done, or undefined when the port is not
+ * in the journal or is intercepted and well.
+ */
+export async function recoverTarget(pinRoot: string, t: ResolvedTarget, port: string, enforcer: string | undefined): Promise<{ line: string; rec: JournalRecord } | undefined> {
+  const rec = findRecord(pinRoot, t.ino, port);
+  if (!rec) return undefined;
+  const r = await recoverLocked(rec, { pinRoot, enforcer });
+  return r.intercepted ? undefined : { line: r.line, rec };
+}
