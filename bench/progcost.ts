@@ -55,7 +55,7 @@ const UC = ucmac(ID);
 const FAST_DPORT = 10; // the UDP port of vex-fast's offloaded flow
 
 /** A 64-byte IPv4/UDP frame 10.201.0.1:40000 -> 10.201.0.2:dport (valid header, so every parser goes as deep as it would on the wire). */
-function udpFrame(da: Buffer, sa: Buffer, dport = 9): Buffer {
+export function udpFrame(da: Buffer, sa: Buffer, dport = 9): Buffer {
   const b = Buffer.alloc(64);
   da.copy(b, 0);
   sa.copy(b, 6);

@@ -16,26 +16,64 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include "neuv.h"
 
 /*
+ * Takes neuv_config's lock: the entry is written whole by several writers
+ * (the loader, the tracer, whoever offloads flows), each changing its own
+ * field with a read-modify-write, so each holds an flock on
+ * <NEUV_BPF_LOCK_DIR or /run/neuv-bpf>/<pin root with / as _>.config.lock
+ * from the lookup to the update. Returns the locked fd, or -1.
+ */
+static int lock_config(const char *pin_root)
+{
+	const char *dir = getenv("NEUV_BPF_LOCK_DIR");
+	char path[4096];
+	int n, i, fd;
+
+	if (!dir || !*dir)
+		dir = "/run/neuv-bpf";
+	mkdir(dir, 0700); /* EEXIST is fine; open() reports the rest */
+	n = snprintf(path, sizeof(path), "%s/", dir);
+	if (n < 0 || (size_t)n + strlen(pin_root) + sizeof(".config.lock") > sizeof(path)) {
+		fprintf(stderr, "flow-offload: lock path for %s too long\n", pin_root);
+		return -1;
+	}
+	for (i = 0; pin_root[i]; i++)
+		path[n + i] = pin_root[i] == '/' ? '_' : pin_root[i];
+	strcpy(path + n + i, ".config.lock");
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0 || flock(fd, LOCK_EX)) {
+		fprintf(stderr, "flow-offload: lock %s: %s\n", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
  * Sets NEUV_CFG_FLOWS in neuv_config.flags if it is clear: until then the
  * vin/vex programs do not look neuv_flows up (a node that never offloads pays
- * nothing for it). Set it before writing an entry; never clear it.
+ * nothing for it). Set it before writing an entry; never clear it. Once set
+ * it stays set, so only setting it takes the lock.
  */
 static int enable_flow_lookups(const char *pin_root)
 {
 	struct neuv_config c;
 	char path[4096];
 	uint32_t zero = 0;
-	int fd, err;
+	int fd, lock = -1, err;
 
 	snprintf(path, sizeof(path), "%s/neuv_config", pin_root);
 	fd = bpf_obj_get(path);
@@ -45,11 +83,21 @@ static int enable_flow_lookups(const char *pin_root)
 	}
 	err = bpf_map_lookup_elem(fd, &zero, &c);
 	if (!err && !(c.flags & NEUV_CFG_FLOWS)) {
-		c.flags |= NEUV_CFG_FLOWS;
-		err = bpf_map_update_elem(fd, &zero, &c, BPF_ANY);
+		lock = lock_config(pin_root);
+		if (lock < 0) {
+			close(fd);
+			return -1;
+		}
+		err = bpf_map_lookup_elem(fd, &zero, &c); /* again, under the lock */
+		if (!err && !(c.flags & NEUV_CFG_FLOWS)) {
+			c.flags |= NEUV_CFG_FLOWS;
+			err = bpf_map_update_elem(fd, &zero, &c, BPF_ANY);
+		}
 	}
 	if (err)
 		fprintf(stderr, "flow-offload: neuv_config: %s\n", strerror(errno));
+	if (lock >= 0)
+		close(lock); /* releases the flock */
 	close(fd);
 	return err ? -1 : 0;
 }

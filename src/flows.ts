@@ -18,7 +18,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MapFd } from './bpf';
 import { NotFoundError, UsageError } from './errors';
-import { enableFlowLookups } from './flow-config';
+import { enableFlowLookups } from './dp-config';
 import {
   FlowEntry,
   FlowKey,
@@ -262,7 +262,7 @@ export class Flows {
     const replaced = this.map.lookup(key) !== undefined;
     const config = MapFd.fromPin(path.join(this.pinRoot, MAPS.config.name));
     try {
-      enableFlowLookups(config);
+      enableFlowLookups(this.pinRoot, config);
     } finally {
       config.close();
     }

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { BpfObject, MapFd, ProgFd, pinFd } from './bpf';
 import { attach, attachState, detach, preferredKind, TC_HANDLE, TC_PRIORITY } from './attach';
 import { features } from './features';
-import { enableFlowLookups } from './flow-config';
+import { enableFlowLookups, updateConfig } from './dp-config';
 import { ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import {
   MAPS,
@@ -18,9 +18,6 @@ import {
   checkAgainstBtf,
   decodePort,
   decodeU32Key,
-  encodeConfig,
-  decodeConfig,
-  u32Key,
   VBR_IFINDEX,
   VTH_IFINDEX,
   PortFlag,
@@ -244,11 +241,9 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     }
     const config = obj.map(MAPS.config.name);
     // Only dp_ifindex is the loader's: a reused config keeps a running trace's lease and filter.
-    const prev = config.lookup(u32Key(0));
-    const cfg = prev ? decodeConfig(prev) : { dpIfindex: 0, flags: 0, traceUntil: 0n };
-    if (cfg.dpIfindex !== vbrIndex) config.update(u32Key(0), encodeConfig({ ...cfg, dpIfindex: vbrIndex }));
+    updateConfig(pinRoot, config, (c) => (c.dpIfindex === vbrIndex ? undefined : { ...c, dpIfindex: vbrIndex }));
     // Flow entries in a reused neuv_flows (written before NEUV_CFG_FLOWS existed): make the programs look.
-    if (obj.map(MAPS.flows.name).keys().length && enableFlowLookups(config)) lg.info('neuv_flows holds entries: flow lookups enabled');
+    if (obj.map(MAPS.flows.name).keys().length && enableFlowLookups(pinRoot, config)) lg.info('neuv_flows holds entries: flow lookups enabled');
     crashPoint('load:after-config');
 
     // Attach (or swap in place) vbr-neuv, then every vin/vex already in the map.

@@ -30,7 +30,8 @@ import * as path from 'node:path';
 import { ProgFd, tcQuery } from './bpf';
 import { TC_HANDLE, TC_PRIORITY, attach, attachState, detach, preferredKind } from './attach';
 import { NeuvError, NotFoundError, ExitCode } from './errors';
-import { Role, VBR_IFINDEX, decodeConfig, decodeId, decodePort, decodeU32Key, encodeConfig, u32Key } from './layout';
+import { Role, VBR_IFINDEX, decodeConfig, decodeId, decodePort, decodeU32Key, u32Key } from './layout';
+import { updateConfig } from './dp-config';
 import { VBR, VTH, ifindexIfExists, ifname, linkShow } from './link';
 import { PROGS, ProgRole, isLoaded, pinnedProgId, progPinPath } from './loader';
 import { withLock } from './lock';
@@ -270,8 +271,8 @@ export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): 
         }
         Pins.with(pinRoot, ['config'], ({ config: cfg }) => {
           const v = cfg.lookup(u32Key(0));
-          const c = v ? decodeConfig(v) : { dpIfindex: 0, flags: 0, traceUntil: 0n };
-          if (c.dpIfindex !== vbr) act(`set neuv_config dp_ifindex to ${vbr} (${VBR}), was ${c.dpIfindex}`, () => cfg.update(u32Key(0), encodeConfig({ ...c, dpIfindex: vbr })));
+          const was = v ? decodeConfig(v).dpIfindex : 0;
+          if (was !== vbr) act(`set neuv_config dp_ifindex to ${vbr} (${VBR}), was ${was}`, () => updateConfig(pinRoot, cfg, (c) => ({ ...c, dpIfindex: vbr })));
         });
       }
       // Stray counters and tcx link pins (show's global problems).

@@ -27,11 +27,11 @@ import {
   decodeConfig,
   decodePort,
   decodeTrace,
-  encodeConfig,
   traceFilterFlags,
   u32Key,
 } from './layout';
 import { LOCK_DIR, lockPath } from './lock';
+import { updateConfig } from './dp-config';
 import { isLoaded } from './loader';
 import { log } from './log';
 import { formatMac } from './mac';
@@ -323,11 +323,8 @@ export class TraceSession {
 
   /** Writes trace_until = now + lease (and the filter), keeping dp_ifindex. */
   private renew(): void {
-    const cur = this.config.lookup(u32Key(0));
-    const c = cur ? decodeConfig(cur) : { dpIfindex: 0, flags: 0, traceUntil: 0n };
     const until = process.hrtime.bigint() + BigInt(this.opts.leaseMs ?? LEASE_MS) * 1_000_000n;
-    const flags = (c.flags & ~(ConfigFlag.TRACE_ID | ConfigFlag.TRACE_ID_MASK)) | traceFilterFlags(this.id);
-    this.config.update(u32Key(0), encodeConfig({ dpIfindex: c.dpIfindex, flags: flags >>> 0, traceUntil: until }));
+    writeLease(this.pinRoot, this.config, until, traceFilterFlags(this.id));
   }
 
   private renewSafely(): void {
@@ -341,11 +338,7 @@ export class TraceSession {
   /** trace_until = 0 and no filter. Synchronous (also runs from process 'exit'). */
   private switchOff(): void {
     try {
-      const cur = this.config.lookup(u32Key(0));
-      if (!cur) return;
-      const c = decodeConfig(cur);
-      const flags = c.flags & ~(ConfigFlag.TRACE_ID | ConfigFlag.TRACE_ID_MASK);
-      this.config.update(u32Key(0), encodeConfig({ dpIfindex: c.dpIfindex, flags: flags >>> 0, traceUntil: 0n }));
+      writeLease(this.pinRoot, this.config, 0n, 0);
     } catch (e) {
       log('trace').warn({ err: (e as Error).message }, 'could not switch the datapath trace off (the lease lapses by itself within seconds)');
     }
@@ -400,6 +393,15 @@ export class TraceSession {
     }
     log('trace').debug({ records: this.records, lost: this.lost }, 'datapath trace off');
   }
+}
+
+/**
+ * The tracer's part of neuv_config: trace_until and the filter bits of flags
+ * (filterFlags: traceFilterFlags()), the rest kept, under the config lock
+ * (src/dp-config.ts). until 0 and filter 0 switch tracing off.
+ */
+export function writeLease(pinRoot: string, config: MapFd, until: bigint, filterFlags: number): void {
+  updateConfig(pinRoot, config, (c) => ({ ...c, flags: (c.flags & ~(ConfigFlag.TRACE_ID | ConfigFlag.TRACE_ID_MASK)) | filterFlags, traceUntil: until }));
 }
 
 /** Reads neuv_config.trace_until and flags (for tests and `show`-like tools). */

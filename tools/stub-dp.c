@@ -68,8 +68,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -157,7 +159,7 @@ struct flow {
 static struct flow *flows;
 static struct flow *pending[MAX_PENDING]; /* decided ALLOW, written once the socket queue is drained */
 static int npending, pending_rounds;
-static int flows_fd = -1, config_fd = -1;
+static int flows_fd = -1, config_fd = -1, config_lock_fd = -1;
 static long offload_after, offload_timeout_ms, offload_idle_ms;
 
 static long sys_bpf(int cmd, union bpf_attr *attr)
@@ -257,15 +259,44 @@ static uint64_t mono_ns(void)
 }
 
 /*
+ * Opens neuv_config's lock file (src/dp-config.ts, docs/flow-offload.md):
+ * <NEUV_BPF_LOCK_DIR or /run/neuv-bpf>/<pin root with / as _>.config.lock.
+ */
+static int open_config_lock(const char *pin_root)
+{
+	const char *dir = getenv("NEUV_BPF_LOCK_DIR");
+	char path[4096];
+	int n, i, fd;
+
+	if (!dir || !*dir)
+		dir = "/run/neuv-bpf";
+	if (mkdir(dir, 0700) && errno != EEXIST)
+		die("mkdir %s: %s", dir, strerror(errno));
+	n = snprintf(path, sizeof(path), "%s/", dir);
+	if (n < 0 || (size_t)n + strlen(pin_root) + sizeof(".config.lock") > sizeof(path))
+		die("lock path for %s too long", pin_root);
+	for (i = 0; pin_root[i]; i++)
+		path[n + i] = pin_root[i] == '/' ? '_' : pin_root[i];
+	strcpy(path + n + i, ".config.lock");
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		die("open %s: %s", path, strerror(errno));
+	return fd;
+}
+
+/*
  * Sets NEUV_CFG_FLOWS in neuv_config.flags if it is clear (the programs look
  * neuv_flows up only then): before every write, as bpf/neuv.h asks of a
- * writer. Returns 0 or -errno.
+ * writer. The read-modify-write holds neuv_config's lock, as every writer of
+ * the entry does (the tracer could otherwise put back flags without the bit).
+ * Returns 0 or -errno.
  */
 static int enable_flow_lookups(void)
 {
 	struct neuv_config c;
 	uint32_t zero = 0;
 	union bpf_attr a;
+	int err = 0;
 
 	memset(&a, 0, sizeof(a));
 	a.map_fd = (uint32_t)config_fd;
@@ -274,10 +305,19 @@ static int enable_flow_lookups(void)
 	if (sys_bpf(BPF_MAP_LOOKUP_ELEM, &a))
 		return -errno;
 	if (c.flags & NEUV_CFG_FLOWS)
-		return 0;
-	c.flags |= NEUV_CFG_FLOWS;
-	a.flags = BPF_ANY;
-	return sys_bpf(BPF_MAP_UPDATE_ELEM, &a) ? -errno : 0;
+		return 0; /* set stays set: no lock needed to see it */
+	if (flock(config_lock_fd, LOCK_EX))
+		return -errno;
+	if (sys_bpf(BPF_MAP_LOOKUP_ELEM, &a))
+		err = -errno;
+	else if (!(c.flags & NEUV_CFG_FLOWS)) {
+		c.flags |= NEUV_CFG_FLOWS;
+		a.flags = BPF_ANY;
+		if (sys_bpf(BPF_MAP_UPDATE_ELEM, &a))
+			err = -errno;
+	}
+	flock(config_lock_fd, LOCK_UN);
+	return err;
 }
 
 /* Writes the decision for a flow into neuv_flows. Returns 0 or -errno. */
@@ -656,6 +696,7 @@ int main(int argc, char **argv)
 			die("out of memory");
 		flows_fd = open_pinned(pin_root, "neuv_flows");
 		config_fd = open_pinned(pin_root, "neuv_config");
+		config_lock_fd = open_config_lock(pin_root);
 	}
 	fd = open_socket(ifname, &ifindex);
 	dump_file(out); /* seq 1: the reader knows the socket is bound */
@@ -779,6 +820,8 @@ int main(int argc, char **argv)
 		close(flows_fd);
 	if (config_fd >= 0)
 		close(config_fd);
+	if (config_lock_fd >= 0)
+		close(config_lock_fd);
 	free(flows);
 	free(buf);
 	return 0;

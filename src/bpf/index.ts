@@ -15,7 +15,7 @@
  * libbpf 1.x convention: functions returning int give a negative errno;
  * functions returning a pointer give NULL and set errno.
  */
-export { closeFd, libbpfVersion, possibleCpus, init, _internal } from './lib';
+export { closeFd, libbpfVersion, possibleCpus, init, sleepSync, _internal } from './lib';
 export * from './map';
 export * from './prog';
 export type { BtfMember, BtfStruct, BtfEnum } from './btf';
