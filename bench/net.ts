@@ -215,8 +215,11 @@ export async function startStubDp(enf: Netns): Promise<{ stop: () => Promise<Rec
 
 let portSeq = 5201;
 
-/** TCP goodput from client to server (iperf3, one stream), Gbit/s as received. */
-export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds: number, omit: number): Promise<number> {
+/**
+ * TCP goodput from client to server (iperf3, one stream), Gbit/s as received.
+ * `during`, if given, runs while the client does (the client is then not waited for synchronously).
+ */
+export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds: number, omit: number, during?: () => Promise<void>): Promise<number> {
   const port = portSeq++;
   if (portSeq > 5900) portSeq = 5201;
   const limit = bounded(seconds + omit + 20);
@@ -230,7 +233,16 @@ export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds
       if (!listening) await sleep(5);
     }
     if (!listening) throw new Error(`iperf3 server did not listen: ${outputOf(srv).err.trim()}`);
-    const r = sh('ip', ['netns', 'exec', client.name, ...limit, ...rt(), 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'], { allowFail: true });
+    const args = ['netns', 'exec', client.name, ...limit, ...rt(), 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'];
+    let r: { stdout: string; stderr: string };
+    if (during) {
+      const c = spawnGroup('ip', args);
+      const exited = new Promise<void>((resolve) => c.on('close', () => resolve()));
+      await during();
+      await exited;
+      await c.stop();
+      r = { stdout: outputOf(c).out, stderr: outputOf(c).err };
+    } else r = sh('ip', args, { allowFail: true });
     let j: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
     try {
       j = JSON.parse(r.stdout) as typeof j;

@@ -4,6 +4,7 @@
  */
 import type { ControlResult } from './control';
 import type { DpReturnResult } from './dpreturn';
+import { NvdpOutcome, nvdpMarkdown, nvdpSummary } from './nvdp-report';
 import type { BenchRow as OffloadRow } from './offload';
 import type { ProgCostResult } from './progcost';
 import type { ThroughputResult, VariantId } from './throughput';
@@ -47,6 +48,8 @@ export interface BenchResults {
   control?: ControlResult;
   /** Flow offload: TCP of an offloaded flow vs BYPASS vs FWD through the stub DP (bench/offload.ts). */
   offload?: OffloadRow[];
+  /** FWD through NeuVector's real DP (bench/nvdp.ts), or why it was skipped. */
+  nvdp?: NvdpOutcome;
 }
 
 export interface Target {
@@ -180,6 +183,8 @@ export function summaryLine(name: string, r: BenchResults): string {
         `offloaded/BYPASS ${fmtRatio(o.offloaded.ratio)} (>= 0.9x), offloaded/FWD-through-DP ${fmtRatio(o.vsDp.value)}`
       );
     }
+    case 'nvdp':
+      return nvdpSummary(r.nvdp);
     default:
       return `${name}: done`;
   }
@@ -621,6 +626,8 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
     L.push(`Offloaded / FWD through the DP: ${fmtRatio(off.vsDp.value)}.`);
     L.push('');
   }
+
+  if (r.nvdp) L.push(...nvdpMarkdown(r.nvdp, reproduce));
 
   L.push('## Raw data');
   L.push('');
