@@ -3,7 +3,8 @@
  * NeuVector's real DP (bench/nvdp.ts, bench/taptap.ts).
  */
 import type { NvdpResult, NvdpVariant } from './nvdp';
-import { Summary, fmt, fmtRatio } from './util';
+import type { TapTapResult } from './taptap';
+import { Summary, fmt, fmtRatio, summary } from './util';
 
 export type NvdpOutcome = NvdpResult | { skipped: string };
 
@@ -75,6 +76,63 @@ export function nvdpMarkdown(o: NvdpOutcome, reproduce: (only: string) => string
       `Sessions offloaded per measurement: ${o.offloaded.join(', ') || 'none'}; frames their entries carried: TCP ${o.fastFrames.tcp.map((x) => x.toLocaleString('en')).join(', ')}, 64 B ${o.fastFrames.pps.map((x) => x.toLocaleString('en')).join(', ')}.`,
   );
   L.push('');
+  for (const n of o.notes) L.push(`- ${n}`);
+  L.push('');
+  return L;
+}
+
+export type TapTapOutcome = TapTapResult | { skipped: string };
+
+const mib = (kib: number) => fmt(kib / 1024);
+const medOf = (xs: number[]) => (xs.length ? summary(xs).median : NaN);
+
+export function taptapSummary(o: TapTapOutcome | undefined): string {
+  if (!o) return 'taptap: not run';
+  if ('skipped' in o) return `TAP one ring vs a ring per container: skipped: ${o.skipped}`;
+  const parts = o.ratios.map((x) => `${x.containers}: RSS ${fmtRatio(x.rss)}, CPU ${fmtRatio(x.cpu)}`);
+  return `TAP, a ring per container (NeuVector) / one ring (neuv-bpf), DP figures per N containers: ${parts.join('; ') || 'n/a'}${o.errors.length ? `; errors: ${o.errors.join('; ')}` : ''}`;
+}
+
+export function taptapMarkdown(o: TapTapOutcome, reproduce: (only: string) => string): string[] {
+  const L: string[] = [];
+  L.push("## 8. TAP with the real DP: one ring against a ring per container");
+  L.push('');
+  if ('skipped' in o) {
+    L.push(`Skipped: ${o.skipped}.`);
+    L.push('');
+    return L;
+  }
+  const p = o.params;
+  L.push(
+    `Reproduce: \`${reproduce('taptap')}\` (bench/taptap.ts; sizes: NEUV_BENCH_TAP_SIZES, default 1,10,50,100). N containers tapped by NeuVector's DP, ` +
+      `${p.pps.toLocaleString('en')} 64-byte frames/s in total round-robin over them for ${p.seconds} s, ${p.rounds} round(s) per N and side, the sides alternating; medians. ` +
+      "One ring: the pairs in neuv-bpf TAP, the DP's one ring on vth-neuv, the containers its endpoints in tap. A ring per container: NeuVector's own TAP, `ctrl_add_tap_port` per container's eth0.",
+  );
+  L.push('');
+  const rows = [...o.points]
+    .sort((a, b) => a.containers - b.containers || a.side.localeCompare(b.side))
+    .map((x) => [
+      String(x.containers),
+      x.side === 'ours' ? 'one ring (neuv-bpf TAP)' : 'a ring per container (NeuVector TAP)',
+      `${x.rings} (${mib(x.ringBytes / 1024)} MiB)`,
+      mib(medOf(x.rssIdleKiB)),
+      mib(medOf(x.rssKiB)),
+      mib(medOf(x.lockedKiB)),
+      `${Math.round(medOf(x.cpu) * 100)}% (${Math.round(medOf(x.cpuBusiest) * 100)}%)`,
+      `${fmt(medOf(x.dpRx))} / ${fmt(medOf(x.dpRxDrop))}`,
+      fmt(medOf(x.delivered)),
+      fmt(medOf(x.setupMs)),
+    ]);
+  L.push(table(['containers', 'side', 'DP rings (ring memory, from its source)', 'DP VmRSS MiB idle', 'VmRSS MiB after traffic', 'VmLck MiB', 'DP CPU (busiest thread)', 'DP ring rx / drops', 'frames delivered', 'set-up ms'], rows));
+  L.push('');
+  if (o.ratios.length) {
+    L.push(table(['containers', 'VmRSS, ring per container / one ring', 'DP CPU, ring per container / one ring'], o.ratios.map((x) => [String(x.containers), fmtRatio(x.rss), fmtRatio(x.cpu)])));
+    L.push('');
+  }
+  if (o.errors.length) {
+    L.push(`Failed: ${o.errors.join('; ')}.`);
+    L.push('');
+  }
   for (const n of o.notes) L.push(`- ${n}`);
   L.push('');
   return L;

@@ -224,6 +224,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
     } else if (flows) {
       v.topo.host.exec('trafgen', ['--dev', v.topo.hostIf, '--conf', v.conf, '--cpus', '1', '-n', '20', '-q']);
       offloaded.push(await offloadSessions(v.dp!, flows, v.pairId!, v.topo, 17, 1, () => false, old));
+      if (!checks['bpf-offload.udpEntry']) checks['bpf-offload.udpEntry'] = JSON.parse(JSON.stringify(flows.list({ id: v.pairId! }), (_k, x) => (typeof x === 'bigint' ? Number(x) : x)));
     }
     const a = v.dp ? cpuSample(v.dp.pid) : undefined;
     let r: T;

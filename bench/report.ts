@@ -4,7 +4,7 @@
  */
 import type { ControlResult } from './control';
 import type { DpReturnResult } from './dpreturn';
-import { NvdpOutcome, nvdpMarkdown, nvdpSummary } from './nvdp-report';
+import { NvdpOutcome, TapTapOutcome, nvdpMarkdown, nvdpSummary, taptapMarkdown, taptapSummary } from './nvdp-report';
 import type { BenchRow as OffloadRow } from './offload';
 import type { ProgCostResult } from './progcost';
 import type { ThroughputResult, VariantId } from './throughput';
@@ -50,6 +50,8 @@ export interface BenchResults {
   offload?: OffloadRow[];
   /** FWD through NeuVector's real DP (bench/nvdp.ts), or why it was skipped. */
   nvdp?: NvdpOutcome;
+  /** TAP with the real DP, one ring vs a ring per container (bench/taptap.ts), or why it was skipped. */
+  taptap?: TapTapOutcome;
 }
 
 export interface Target {
@@ -185,6 +187,8 @@ export function summaryLine(name: string, r: BenchResults): string {
     }
     case 'nvdp':
       return nvdpSummary(r.nvdp);
+    case 'taptap':
+      return taptapSummary(r.taptap);
     default:
       return `${name}: done`;
   }
@@ -628,6 +632,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
   }
 
   if (r.nvdp) L.push(...nvdpMarkdown(r.nvdp, reproduce));
+  if (r.taptap) L.push(...taptapMarkdown(r.taptap, reproduce));
 
   L.push('## Raw data');
   L.push('');
