@@ -308,18 +308,20 @@ export function percentile(xs: number[], p: number): number {
 /**
  * Floods 64-byte frames with trafgen (one worker) out of `dev` in `sender`
  * and counts them with `count` over a window after a warm-up, in slices.
+ * `trafgen`: more arguments (`-b RATE` makes it send with sendto(), whole
+ * frames in the skb's linear data, instead of its TX ring's page fragments).
  */
 export async function frameRate(
   sender: Netns,
   dev: string,
   conf: string,
   count: () => number,
-  o: { warmMs: number; windowMs: number; alt?: () => number },
+  o: { warmMs: number; windowMs: number; alt?: () => number; trafgen?: string[] },
 ): Promise<RateResult> {
   const tx = () => sender.devStat(dev, 'tx_packets');
   const tx00 = tx();
   const limit = bounded((o.warmMs + o.windowMs) / 1000 + 15);
-  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, ...limit, ...rt(), 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0']);
+  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, ...limit, ...rt(), 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0', ...(o.trafgen ?? [])]);
   try {
     // Started when frames flow, then the warm-up.
     for (let i = 0; i < 400 && tx() === tx00; i++) {

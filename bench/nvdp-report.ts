@@ -73,7 +73,7 @@ export function nvdpMarkdown(o: NvdpOutcome, reproduce: (only: string) => string
   const names = [...new Set(Object.values(o.dpCpu).map((c) => c?.busiestName).filter(Boolean))].join(', ');
   L.push(
     `The DP's busiest thread (${names || 'n/a'}) near 100% of a core while the kernel paths carry more is what says the DP is the ceiling of FWD. ` +
-      `Sessions offloaded per measurement: ${o.offloaded.join(', ') || 'none'}; frames their entries carried: TCP ${o.fastFrames.tcp.map((x) => x.toLocaleString('en')).join(', ')}, 64 B ${o.fastFrames.pps.map((x) => x.toLocaleString('en')).join(', ')}.`,
+      `Sessions offloaded per measurement: ${o.offloaded.join(', ') || 'none'}; frames the 64-byte flow's entry carried (a TCP entry ends with the stream's FIN, its counters with it): ${o.fastFrames.pps.map((x) => x.toLocaleString('en')).join(', ')}.`,
   );
   L.push('');
   for (const n of o.notes) L.push(`- ${n}`);

@@ -119,6 +119,13 @@ export interface NvdpResult {
   notes: string[];
 }
 
+/**
+ * trafgen through sendto() (a rate it never reaches), for every variant: frames from its TX ring
+ * (the default) carry their headers in page fragments, and the datapath's flow lookup reads only the
+ * skb's linear data, so none of them would take an offloaded entry (measured: 0 of them did).
+ */
+const SENDTO = ['-b', '10000000pps'];
+
 const sessionKey = (s: DpSession) => `${s.ipProto}/${s.clientIp}:${s.clientPort}-${s.serverIp}:${s.serverPort}`;
 
 /** The agent's part (sessions listed in `old` excepted): offload every host<->workload session of `proto` the DP lists, until `done()` or `max` are offloaded. */
@@ -222,7 +229,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
         offloaded.push(await offloadSessions(v.dp!, flows, v.pairId!, v.topo, 6, 2, () => finished, old));
       };
     } else if (flows) {
-      v.topo.host.exec('trafgen', ['--dev', v.topo.hostIf, '--conf', v.conf, '--cpus', '1', '-n', '20', '-q']);
+      v.topo.host.exec('trafgen', ['--dev', v.topo.hostIf, '--conf', v.conf, '--cpus', '1', '-n', '20', '-q', ...SENDTO]);
       offloaded.push(await offloadSessions(v.dp!, flows, v.pairId!, v.topo, 17, 1, () => false, old));
       if (!checks['bpf-offload.udpEntry']) checks['bpf-offload.udpEntry'] = JSON.parse(JSON.stringify(flows.list({ id: v.pairId! }), (_k, x) => (typeof x === 'bigint' ? Number(x) : x)));
     }
@@ -256,7 +263,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
   for (let r = 0; r < params.ppsRounds; r++) {
     progress(`nvdp: 64-byte frames round ${r + 1}/${params.ppsRounds}`);
     for (const v of rotate(r)) {
-      const res = await measure(v, 'pps', () => frameRate(v.topo.host, v.topo.hostIf, v.conf, ipIn(v.topo.wl), { warmMs: params.warmMs, windowMs: params.windowMs }));
+      const res = await measure(v, 'pps', () => frameRate(v.topo.host, v.topo.hostIf, v.conf, ipIn(v.topo.wl), { warmMs: params.warmMs, windowMs: params.windowMs, trafgen: SENDTO }));
       push(pps, v.id, res.pps);
     }
   }
@@ -307,6 +314,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
     notes: [
       `The DP runs as \`dp -s 1 -n 1\` (standalone, one data thread) through build/nvdp-run, its ring on ${VTH}; the workload is its endpoint, inline (ctrl_cfg_mac tap:false), no policy (everything allowed).`,
       "This kernel has no act_pedit, so NeuVector's FWD rules cannot rewrite the MAC as its tc driver writes them; nv-fwd replaces each u32 match + pedit of FwdPortPair with a cls_bpf classifier doing the same match and the same 6-byte rewrite, then NeuVector's own `action mirred` (egress mirror, as tc.go writes it). A program does the match at least as fast as u32 + pedit, so this favours NeuVector, if anything.",
+      "64-byte frames: trafgen sending with sendto() (`-b 10000000pps`, a rate it never reaches) in every variant, not from its TX ring: the ring's frames carry their headers in page fragments, and the datapath's flow lookup reads the linear data only, so an offloaded entry never matched them (measured: 0 frames) and they all went to the DP.",
       'DP CPU is its user+system time over each measurement (iperf3/trafgen start-up included), as a fraction of one core: the whole process (all threads) and its busiest thread.',
       'bpf-offload: the bench polls ctrl_list_session every 20 ms and offloads each host<->workload session of the measured protocol with Flows.offload: for TCP while iperf3 runs (its control and data connections), for the 64-byte flow after 20 of its frames went through the DP, before the flood. Its entries are cleared after each measurement, so every round starts through the DP.',
     ],
