@@ -215,8 +215,11 @@ export async function startStubDp(enf: Netns): Promise<{ stop: () => Promise<Rec
 
 let portSeq = 5201;
 
-/** TCP goodput from client to server (iperf3, one stream), Gbit/s as received. */
-export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds: number, omit: number): Promise<number> {
+/**
+ * TCP goodput from client to server (iperf3, one stream), Gbit/s as received.
+ * `during`, if given, runs while the client does (the client is then not waited for synchronously).
+ */
+export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds: number, omit: number, during?: () => Promise<void>): Promise<number> {
   const port = portSeq++;
   if (portSeq > 5900) portSeq = 5201;
   const limit = bounded(seconds + omit + 20);
@@ -230,7 +233,16 @@ export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds
       if (!listening) await sleep(5);
     }
     if (!listening) throw new Error(`iperf3 server did not listen: ${outputOf(srv).err.trim()}`);
-    const r = sh('ip', ['netns', 'exec', client.name, ...limit, ...rt(), 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'], { allowFail: true });
+    const args = ['netns', 'exec', client.name, ...limit, ...rt(), 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'];
+    let r: { stdout: string; stderr: string };
+    if (during) {
+      const c = spawnGroup('ip', args);
+      const exited = new Promise<void>((resolve) => c.on('close', () => resolve()));
+      await during();
+      await exited;
+      await c.stop();
+      r = { stdout: outputOf(c).out, stderr: outputOf(c).err };
+    } else r = sh('ip', args, { allowFail: true });
     let j: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
     try {
       j = JSON.parse(r.stdout) as typeof j;
@@ -296,18 +308,20 @@ export function percentile(xs: number[], p: number): number {
 /**
  * Floods 64-byte frames with trafgen (one worker) out of `dev` in `sender`
  * and counts them with `count` over a window after a warm-up, in slices.
+ * `trafgen`: more arguments (`-b RATE` makes it send with sendto(), whole
+ * frames in the skb's linear data, instead of its TX ring's page fragments).
  */
 export async function frameRate(
   sender: Netns,
   dev: string,
   conf: string,
   count: () => number,
-  o: { warmMs: number; windowMs: number; alt?: () => number },
+  o: { warmMs: number; windowMs: number; alt?: () => number; trafgen?: string[] },
 ): Promise<RateResult> {
   const tx = () => sender.devStat(dev, 'tx_packets');
   const tx00 = tx();
   const limit = bounded((o.warmMs + o.windowMs) / 1000 + 15);
-  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, ...limit, ...rt(), 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0']);
+  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, ...limit, ...rt(), 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0', ...(o.trafgen ?? [])]);
   try {
     // Started when frames flow, then the warm-up.
     for (let i = 0; i < 400 && tx() === tx00; i++) {

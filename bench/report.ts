@@ -4,6 +4,7 @@
  */
 import type { ControlResult } from './control';
 import type { DpReturnResult } from './dpreturn';
+import { NvdpOutcome, TapTapOutcome, nvdpMarkdown, nvdpSummary, taptapMarkdown, taptapSummary } from './nvdp-report';
 import type { BenchRow as OffloadRow } from './offload';
 import type { ProgCostResult } from './progcost';
 import type { ThroughputResult, VariantId } from './throughput';
@@ -47,6 +48,10 @@ export interface BenchResults {
   control?: ControlResult;
   /** Flow offload: TCP of an offloaded flow vs BYPASS vs FWD through the stub DP (bench/offload.ts). */
   offload?: OffloadRow[];
+  /** FWD through NeuVector's real DP (bench/nvdp.ts), or why it was skipped. */
+  nvdp?: NvdpOutcome;
+  /** TAP with the real DP, one ring vs a ring per container (bench/taptap.ts), or why it was skipped. */
+  taptap?: TapTapOutcome;
 }
 
 export interface Target {
@@ -180,6 +185,10 @@ export function summaryLine(name: string, r: BenchResults): string {
         `offloaded/BYPASS ${fmtRatio(o.offloaded.ratio)} (>= 0.9x), offloaded/FWD-through-DP ${fmtRatio(o.vsDp.value)}`
       );
     }
+    case 'nvdp':
+      return nvdpSummary(r.nvdp);
+    case 'taptap':
+      return taptapSummary(r.taptap);
     default:
       return `${name}: done`;
   }
@@ -621,6 +630,9 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
     L.push(`Offloaded / FWD through the DP: ${fmtRatio(off.vsDp.value)}.`);
     L.push('');
   }
+
+  if (r.nvdp) L.push(...nvdpMarkdown(r.nvdp, reproduce));
+  if (r.taptap) L.push(...taptapMarkdown(r.taptap, reproduce));
 
   L.push('## Raw data');
   L.push('');

@@ -2,7 +2,7 @@
  * `make bench`: neuv-bpf against NeuVector's tc rules and against a plain
  * veth pair, side by side, on this machine, in one run.
  *
- *   node dist/bench/run.js [--quick] [--only progcost,trace,throughput,dpreturn,control,offload]
+ *   node dist/bench/run.js [--quick] [--only progcost,trace,throughput,dpreturn,control,offload,nvdp,taptap]
  *                          [--json FILE] [--md FILE]
  *   node dist/bench/run.js --from RESULTS.json [--md FILE] [--note TEXT --json FILE]   (render the Markdown again;
  *                                                           --note adds a remark on the run, --json saves it with it)
@@ -15,6 +15,8 @@
  *   dpreturn    the DP return path for 1..4096 pairs (bench/dpreturn.ts)
  *   control     onboarding and mode switches, and the loader's peak memory (bench/control.ts)
  *   offload     TCP of a flow the DP offloaded vs BYPASS vs FWD through the stub DP (bench/offload.ts)
+ *   nvdp        FWD through NeuVector's real DP: neuv-bpf vs its tc pipe vs plain, and offloaded (bench/nvdp.ts)
+ *   taptap      TAP with the real DP for N containers: one ring (ours) vs a ring per container (bench/taptap.ts)
  *
  * A full run writes BENCHMARKS.json and BENCHMARKS.md; --quick (and --only)
  * write build/bench-quick.json (build/bench-<names>.json) and a Markdown file
@@ -28,12 +30,14 @@ import { features } from '../src/features';
 import { runControl } from './control';
 import { runDpReturn } from './dpreturn';
 import { run as runOffload } from './offload';
+import { runNvdp } from './nvdp';
 import { runProgCost } from './progcost';
+import { runTapTap } from './taptap';
 import { BenchResults, KernelProbe, markdown, summaryLine, targets } from './report';
 import { runThroughput } from './throughput';
 import { Netns, RT_PRIORITY, ROOT, cpuBusy, installSignalCleanup, machineInfo, progress, rtEnabled, runCleanups, sh, snapshotRuntime } from './util';
 
-const ALL = ['progcost', 'trace', 'throughput', 'dpreturn', 'control', 'offload'] as const;
+const ALL = ['progcost', 'trace', 'throughput', 'dpreturn', 'control', 'offload', 'nvdp', 'taptap'] as const;
 type Name = (typeof ALL)[number];
 
 interface Args {
@@ -173,6 +177,8 @@ async function main(): Promise<number> {
     dpreturn: async () => (r.dpreturn = await runDpReturn({ quick: args.quick })),
     control: async () => (r.control = await runControl({ quick: args.quick })),
     offload: async () => (r.offload = await runOffload({ quick: args.quick })),
+    nvdp: async () => (r.nvdp = await runNvdp({ quick: args.quick })),
+    taptap: async () => (r.taptap = await runTapTap({ quick: args.quick })),
   };
 
   for (const n of names) {
