@@ -28,15 +28,16 @@ export function nvdpSummary(o: NvdpOutcome | undefined): string {
   );
 }
 
+/** A section's heading, and its one line when the scenario was skipped. */
+function heading(title: string, o: { skipped: string } | object): { L: string[]; skipped: boolean } {
+  const L = [title, ''];
+  if ('skipped' in o) L.push(`Skipped: ${o.skipped}.`, '');
+  return { L, skipped: 'skipped' in o };
+}
+
 export function nvdpMarkdown(o: NvdpOutcome, reproduce: (only: string) => string): string[] {
-  const L: string[] = [];
-  L.push("## 7. FWD through NeuVector's real DP");
-  L.push('');
-  if ('skipped' in o) {
-    L.push(`Skipped: ${o.skipped}.`);
-    L.push('');
-    return L;
-  }
+  const { L, skipped } = heading("## 7. FWD through NeuVector's real DP", o);
+  if (skipped || 'skipped' in o) return L;
   const p = o.params;
   L.push(
     `Reproduce: \`${reproduce('nvdp')}\` (bench/nvdp.ts; needs the DP's tarball, docs/neuvector-dp.md). One pair, host -> workload, NeuVector's enforcer DP built from its source ` +
@@ -94,14 +95,8 @@ export function taptapSummary(o: TapTapOutcome | undefined): string {
 }
 
 export function taptapMarkdown(o: TapTapOutcome, reproduce: (only: string) => string): string[] {
-  const L: string[] = [];
-  L.push("## 8. TAP with the real DP: one ring against a ring per container");
-  L.push('');
-  if ('skipped' in o) {
-    L.push(`Skipped: ${o.skipped}.`);
-    L.push('');
-    return L;
-  }
+  const { L, skipped } = heading('## 8. TAP with the real DP: one ring against a ring per container', o);
+  if (skipped || 'skipped' in o) return L;
   const p = o.params;
   L.push(
     `Reproduce: \`${reproduce('taptap')}\` (bench/taptap.ts; sizes: NEUV_BENCH_TAP_SIZES, default 1,10,50,100). N containers tapped by NeuVector's DP, ` +
@@ -117,13 +112,14 @@ export function taptapMarkdown(o: TapTapOutcome, reproduce: (only: string) => st
       `${x.rings} (${mib(x.ringBytes / 1024)} MiB)`,
       mib(medOf(x.rssIdleKiB)),
       mib(medOf(x.rssKiB)),
-      mib(medOf(x.lockedKiB)),
       `${Math.round(medOf(x.cpu) * 100)}% (${Math.round(medOf(x.cpuBusiest) * 100)}%)`,
-      `${fmt(medOf(x.dpRx))} / ${fmt(medOf(x.dpRxDrop))}`,
+      fmt(medOf(x.sent)),
       fmt(medOf(x.delivered)),
+      `${fmt(medOf(x.dpRx))} / ${fmt(medOf(x.dpRxDrop))}`,
+      x.side === 'ours' ? fmt(medOf(x.copies)) : '-',
       fmt(medOf(x.setupMs)),
     ]);
-  L.push(table(['containers', 'side', 'DP rings (ring memory, from its source)', 'DP VmRSS MiB idle', 'VmRSS MiB after traffic', 'VmLck MiB', 'DP CPU (busiest thread)', 'DP ring rx / drops', 'frames delivered', 'set-up ms'], rows));
+  L.push(table(['containers', 'side', 'DP rings (ring memory, from its source)', 'DP VmRSS MiB idle', 'VmRSS MiB after traffic', 'DP CPU (busiest thread)', 'frames/s sent', 'delivered', 'DP ring rx / drops per s', 'TAP copies/s', 'set-up ms'], rows));
   L.push('');
   if (o.ratios.length) {
     L.push(table(['containers', 'VmRSS, ring per container / one ring', 'DP CPU, ring per container / one ring'], o.ratios.map((x) => [String(x.containers), fmtRatio(x.rss), fmtRatio(x.cpu)])));

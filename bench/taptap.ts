@@ -16,7 +16,7 @@
  * enforcer netns with neuv-bpf loaded, N container netns behind vin/eth0.
  * Traffic: trafgen on the bridge at a fixed total rate, 64-byte UDP frames
  * round-robin over the N containers (one flow each). Per N and side a fresh
- * DP: VmRSS and VmLck after set-up and after the traffic, its CPU over the
+ * DP: VmRSS after set-up and after the traffic, its CPU over the
  * traffic (all threads, busiest thread), its ring counters; the sides
  * alternate over the rounds. The packet-ring sizes come from the DP's source
  * (dp/ring.c, dp/pkt.c), printed with the measured figures.
@@ -53,18 +53,19 @@ export interface TapPoint {
   /** KiB, after set-up (idle) and after the traffic. */
   rssIdleKiB: number[];
   rssKiB: number[];
-  lockedKiB: number[];
   /** Fraction of one core over the traffic: all threads, busiest thread. */
   cpu: number[];
   cpuBusiest: number[];
   /** Packet sockets the DP has open for it (vth-neuv, or the containers' eth0). */
   rings: number;
   ringBytes: number;
-  /** Frames received at the containers / sent, over the traffic (the DP never forwards in TAP). */
+  /** Per second over the window: frames received at the containers (Ip InReceives), sent by trafgen (br0 tx). */
   delivered: number[];
-  /** The DP's ring counters (ctrl_counter_device): rx, rx drops. */
+  sent: number[];
+  /** Per second: the DP's ring counters (ctrl_counter_device: rx, rx drops), neuv-bpf's TAP copies (`copy`, ours). */
   dpRx: number[];
   dpRxDrop: number[];
+  copies: number[];
   setupMs: number[];
 }
 
@@ -177,29 +178,45 @@ export async function runTapTap(o: { quick: boolean }): Promise<TapTapResult | {
       const setupMs = Date.now() - t0;
       await sleep(300);
       const rssIdle = statusKiB(dp.pid, 'VmRSS');
-      const c0 = await dp.client.counterDevice();
-      const in0 = ipInAll(sub);
-      const a = cpuSample(dp.pid);
+      // Everything over the same window of `seconds` while trafgen runs (its start-up left out).
       const gen = spawnGroup('ip', ['netns', 'exec', host.name, ...bounded(params.seconds + 10), ...rt(), 'trafgen', '--dev', 'br0', '--conf', trafgenConf(dir, host, sub), '--cpus', '1', '-b', `${params.pps}pps`, '-q']);
+      const tx = () => host.devStat('br0', 'tx_packets');
+      const tx00 = tx();
+      for (let k = 0; k < 400 && tx() === tx00; k++) await sleep(5);
+      await sleep(200);
+      const copies = async () => (await datapath.stats()).pairs.reduce((n, x) => n + Number((x.counters as unknown as Record<string, Record<string, { packets: bigint }>>).to_wl?.copy?.packets ?? 0n), 0);
+      // Each counter over its own interval (the asynchronous ones take a while to read).
+      const timed = async <T>(f: () => T | Promise<T>) => {
+        const t = Date.now();
+        const v = await f();
+        return { v, t: (t + Date.now()) / 2 };
+      };
+      const c0 = await timed(() => dp!.client.counterDevice());
+      const cp0 = await timed(copies);
+      const [in0, tx0, a] = [ipInAll(sub), tx(), cpuSample(dp.pid)];
       await sleep(params.seconds * 1000);
-      const u = cpuUse(a, cpuSample(dp.pid));
+      const [b, in1, tx1] = [cpuSample(dp.pid), ipInAll(sub), tx()];
+      const cp1 = await timed(copies);
+      const c1 = await timed(() => dp!.client.counterDevice());
+      const s = (b.t - a.t) / 1000;
+      const cs = (c1.t - c0.t) / 1000;
+      const u = cpuUse(a, b);
       if (gen.exitCode !== null) throw new Error(`trafgen exited: ${outputOf(gen).err.trim()}`);
       await gen.stop();
-      await sleep(200);
-      const delivered = ipInAll(sub) - in0;
-      const c1 = await dp.client.counterDevice();
+      const delivered = (in1 - in0) / s;
       const p = points.get(`${n}/${side}`) ?? {
-        containers: n, side, rssIdleKiB: [], rssKiB: [], lockedKiB: [], cpu: [], cpuBusiest: [], rings, ringBytes: side === 'ours' ? DP_RINGS.inlineBytes : n * DP_RINGS.tapBytes,
-        delivered: [], dpRx: [], dpRxDrop: [], setupMs: [],
+        containers: n, side, rssIdleKiB: [], rssKiB: [], cpu: [], cpuBusiest: [], rings, ringBytes: side === 'ours' ? DP_RINGS.inlineBytes : n * DP_RINGS.tapBytes,
+        delivered: [], dpRx: [], dpRxDrop: [], sent: [], copies: [], setupMs: [],
       };
       p.rssIdleKiB.push(rssIdle);
       p.rssKiB.push(statusKiB(dp.pid, 'VmRSS'));
-      p.lockedKiB.push(statusKiB(dp.pid, 'VmLck'));
       p.cpu.push(u.total);
       p.cpuBusiest.push(u.busiest);
       p.delivered.push(delivered);
-      p.dpRx.push(Number(c1.rxPackets - c0.rxPackets));
-      p.dpRxDrop.push(Number(c1.rxDropPackets - c0.rxDropPackets));
+      p.dpRx.push(Number(c1.v.rxPackets - c0.v.rxPackets) / cs);
+      p.dpRxDrop.push(Number(c1.v.rxDropPackets - c0.v.rxDropPackets) / cs);
+      p.sent.push((tx1 - tx0) / s);
+      p.copies.push((cp1.v - cp0.v) / ((cp1.t - cp0.t) / 1000));
       p.setupMs.push(setupMs);
       points.set(`${n}/${side}`, p);
     } finally {
@@ -238,7 +255,7 @@ export async function runTapTap(o: { quick: boolean }): Promise<TapTapResult | {
     errors,
     notes: [
       `The DP runs as \`dp -s 1 -n 1\` (one data thread), ${rtEnabled() ? 'all its threads SCHED_FIFO like the traffic (NEUV_BENCH_RT=0: not)' : 'not real-time (NEUV_BENCH_RT=0)'}; a fresh DP for every N and side.`,
-      `Ring sizes from the DP's source: ctrl_add_srvc_port opens a TPACKET_V1 RX and TX ring of 2048 blocks x 8 KiB (${DP_RINGS.inlineBytes / 1048576} MiB), ctrl_add_tap_port an RX ring of 512 x 8 KiB (${DP_RINGS.tapBytes / 1048576} MiB) per container, all mmapped MAP_LOCKED (VmLck).`,
+      `Ring sizes from the DP's source: ctrl_add_srvc_port opens a TPACKET_V1 RX and TX ring of 2048 blocks x 8 KiB (${DP_RINGS.inlineBytes / 1048576} MiB), ctrl_add_tap_port an RX ring of 512 x 8 KiB (${DP_RINGS.tapBytes / 1048576} MiB) per container, all mmapped MAP_LOCKED; VmRSS counts their pages (VmLck does not: the kernel inserts them).`,
       "NeuVector's TAP side keeps the pairs in neuv-bpf BYPASS: something must forward the containers' traffic, and BYPASS sends nothing to vth-neuv, so the DP sees only what its rings on the containers' eth0 see.",
       `Traffic: trafgen on the host bridge, ${params.pps} frames/s in total, round-robin over the N containers; delivered = Ip InReceives summed over them.`,
     ],
