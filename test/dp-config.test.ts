@@ -60,7 +60,6 @@ describe('neuv_config: one entry, several writers (kernel)', function () {
     obj.load();
     config = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
     onCleanup(() => config.close());
-    onCleanup(() => fs.rmSync(configLockPath(pinRoot), { force: true }));
   });
   leakChecks();
 
