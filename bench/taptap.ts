@@ -89,8 +89,10 @@ async function build(n: number): Promise<{ host: Netns; enf: Netns; cs: Containe
   const host = new Netns('tap-h');
   const enf = new Netns('tap-e');
   await Promise.all([host.ready(), enf.ready()]);
-  host.ipBatch(['link add br0 type bridge', 'link set br0 up', `addr add ${SUBNET}.0.1/16 dev br0`]);
-  const brMac = host.mac('br0');
+  // A MAC of its own: a bridge without one takes its lowest port's, changing as ports join, and the
+  // containers' replies (their ICMP port unreachables) to a stale one are flooded into every container.
+  const brMac = macOf(0x2000);
+  host.ipBatch([`link add br0 address ${brMac} type bridge`, 'link set br0 up', `addr add ${SUBNET}.0.1/16 dev br0`]);
   const cs: Container[] = [];
   for (let i = 0; i < n; i++) {
     const ns = new Netns(`tap-c${i}`);
