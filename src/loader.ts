@@ -69,7 +69,7 @@ export function checkPrivileges(status: string = fs.readFileSync('/proc/self/sta
 
 // ---------------------------------------------------------------- bpffs
 
-function isBpffs(p: string): boolean {
+export function isBpffs(p: string): boolean {
   try {
     return fs.statfsSync(p).type === BPF_FS_MAGIC;
   } catch {
@@ -322,6 +322,15 @@ export interface UnloadResult {
   wasLoaded: boolean;
 }
 
+/** Removes every pin under pinRoot and the directory (refused unless it is on a bpffs); returns the names removed. */
+export function removePinRoot(pinRoot: string): string[] {
+  if (!isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
+  const removed = fs.readdirSync(pinRoot);
+  for (const f of removed) fs.rmSync(path.join(pinRoot, f), { recursive: true, force: true });
+  fs.rmdirSync(pinRoot);
+  return removed;
+}
+
 /** Detaches every port we attached, removes vbr-neuv/vth-neuv and every pin. Idempotent. */
 export async function unload(pinRoot: string): Promise<UnloadResult> {
   const lg = log('loader');
@@ -350,15 +359,7 @@ export async function unload(pinRoot: string): Promise<UnloadResult> {
     if (detach(pinRoot, vbr, VBR, false)) detached++;
     await run('ip', ['link', 'del', 'dev', VBR]);
   }
-  const removed: string[] = [];
-  if (fs.existsSync(pinRoot)) {
-    if (!isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
-    for (const f of fs.readdirSync(pinRoot)) {
-      fs.rmSync(path.join(pinRoot, f), { recursive: true, force: true });
-      removed.push(f);
-    }
-    fs.rmdirSync(pinRoot);
-  }
+  const removed = fs.existsSync(pinRoot) ? removePinRoot(pinRoot) : [];
   lg.info({ pinRoot, detached, removed: removed.length }, wasLoaded ? 'datapath unloaded' : 'nothing was loaded');
   return { pinRoot, detached, removed, wasLoaded };
 }

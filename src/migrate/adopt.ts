@@ -27,7 +27,7 @@ import { parseMac } from '../mac';
 import { NvMode } from '../nvtc';
 import { Datapath } from '../pairs';
 
-import { DiscoveredPair, Discovery, NvFilterRef, Unclassified, batchSafe, discover, readFilters } from './discover';
+import { DiscoveredPair, Discovery, MigratedPair, NvFilterRef, Unclassified, batchSafe, discover, readFilters } from './discover';
 import { TcFilter, isOurFilter } from './rules';
 
 // ================================================================ adopt
@@ -56,13 +56,7 @@ export interface AdoptPlanPair {
   steps: string[];
 }
 
-export interface AdoptedPair {
-  in: string;
-  ex: string;
-  id: number;
-  ucmac: string;
-  mac: string;
-  mode: NvMode;
+export interface AdoptedPair extends MigratedPair {
   attach: { vin: AttachKind; vex: AttachKind };
   /** What the probe frame through each pinned program returned (7 = TC_ACT_REDIRECT). */
   probe: { vin: number; vex: number };
