@@ -7,7 +7,7 @@
  * kernel drops the flock), nothing is flushed.
  *
  * Points are named '<command>:<where>' (e.g. 'pair-add:after-ids'); the call
- * sites are in src/pairs/datapath.ts, src/loader.ts and src/intercept.ts. Unset (the
+ * sites are in src/pairs/datapath.ts, src/loader.ts and src/intercept/. Unset (the
  * normal case) it costs one environment lookup per point.
  */
 import * as fs from 'node:fs';

@@ -15,7 +15,6 @@
  * of process.hrtime.bigint().
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { MapFd } from './bpf';
 import { NotFoundError, UsageError } from './errors';
 import { enableFlowLookups } from './dp-config';
@@ -38,9 +37,8 @@ import {
   u32Key,
   MODE_NAMES,
 } from './layout';
-import { isLoaded } from './loader';
 import { log } from './log';
-import { Pins } from './pins';
+import { Pins, mapPinPath } from './pins';
 
 // ================================================================ types
 
@@ -213,24 +211,28 @@ export function monotonicNs(): bigint {
  */
 export class Flows {
   readonly pinRoot: string;
+  /** neuv_flows and neuv_config (offload turns flow lookups on). */
+  private readonly pins: Pins;
   private readonly map: MapFd;
 
-  private constructor(pinRoot: string, map: MapFd) {
-    this.pinRoot = pinRoot;
+  private constructor(pins: Pins, map: MapFd) {
+    this.pinRoot = pins.pinRoot;
+    this.pins = pins;
     this.map = map;
   }
 
   /** Whether the datapath at pinRoot has a flow map (one loaded by a version without it has none). */
   static available(pinRoot: string): boolean {
-    return fs.existsSync(path.join(pinRoot, MAPS.flows.name));
+    return fs.existsSync(mapPinPath(pinRoot, 'flows'));
   }
 
   static open(pinRoot: string): Flows {
-    if (!isLoaded(pinRoot)) throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
-    if (!Flows.available(pinRoot)) {
+    const pins = Pins.open(pinRoot, ['flows', 'config']);
+    if (!pins.flows) {
+      pins.close();
       throw new NotFoundError(`no ${MAPS.flows.name} under ${pinRoot}: the datapath was loaded by a version without flow offload (run neuv-bpf load)`);
     }
-    return new Flows(pinRoot, MapFd.fromPin(path.join(pinRoot, MAPS.flows.name)));
+    return new Flows(pins, pins.flows);
   }
 
   /** max_entries of the pinned map (`load --flows N`). */
@@ -260,12 +262,7 @@ export class Flows {
     const e = flowValue(opts, now);
     const key = encodeFlowKey(k);
     const replaced = this.map.lookup(key) !== undefined;
-    const config = MapFd.fromPin(path.join(this.pinRoot, MAPS.config.name));
-    try {
-      enableFlowLookups(this.pinRoot, config);
-    } finally {
-      config.close();
-    }
+    enableFlowLookups(this.pinRoot, this.pins.config);
     this.map.update(key, encodeFlow(e));
     const r: OffloadResult = { ...viewFlow(k, e, now), pairMode: mode, replaced };
     log('flows').debug({ id: k.id, proto: k.proto, a: r.a, b: r.b, verdict: r.verdict, deadlineNs: e.deadlineNs, idleNs: e.idleNs }, 'flow offloaded');
@@ -308,7 +305,7 @@ export class Flows {
   }
 
   close(): void {
-    this.map.close();
+    this.pins.close();
   }
 }
 

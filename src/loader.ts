@@ -7,7 +7,7 @@
 import { Undo } from './undo';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfObject, MapFd, ProgFd, pinFd } from './bpf';
+import { BpfObject, ProgFd, pinFd } from './bpf';
 import { attach, attachState, detach, preferredKind, TC_HANDLE, TC_PRIORITY } from './attach';
 import { features } from './features';
 import { enableFlowLookups, updateConfig } from './dp-config';
@@ -28,15 +28,13 @@ import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
 import { crashPoint } from './crash';
 import { PACKAGE_ROOT } from './root';
-import { isLoaded, Pins } from './pins';
+import { isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, withPinnedMap } from './pins';
 import { insertPortEntry } from './pairs/entries';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/neuv';
 export const BPF_FS_MAGIC = 0xcafe4a11;
 export { TC_HANDLE, TC_PRIORITY };
 
-export const PROGS = { vin: 'neuv_vin', vex: 'neuv_vex', vbr: 'neuv_vbr' } as const;
-export type ProgRole = keyof typeof PROGS;
 
 /** The object shipped with the package: build/neuv.bpf.o next to dist/. */
 export function defaultObjectPath(): string {
@@ -49,23 +47,6 @@ export function pinRootFrom(flag: string | undefined, env: NodeJS.ProcessEnv = p
   return path.normalize(p).replace(/\/+$/, '');
 }
 
-export function progPinPath(pinRoot: string, role: ProgRole): string {
-  return path.join(pinRoot, `prog_${role}`);
-}
-
-/** The id of the program pinned for a role, 0 when there is none (or it cannot be read). */
-export function pinnedProgId(pinRoot: string, role: ProgRole): number {
-  try {
-    const p = ProgFd.fromPin(progPinPath(pinRoot, role));
-    try {
-      return p.info().id;
-    } finally {
-      p.close();
-    }
-  } catch {
-    return 0;
-  }
-}
 
 // ---------------------------------------------------------------- privileges
 
@@ -88,7 +69,7 @@ export function checkPrivileges(status: string = fs.readFileSync('/proc/self/sta
 
 // ---------------------------------------------------------------- bpffs
 
-function isBpffs(p: string): boolean {
+export function isBpffs(p: string): boolean {
   try {
     return fs.statfsSync(p).type === BPF_FS_MAGIC;
   } catch {
@@ -125,13 +106,6 @@ export async function ensureBpffs(pinRoot: string, create: boolean): Promise<voi
 
 export { isLoaded };
 
-/** Opens a pinned program fd for a role (the caller closes it). */
-export function openProg(pinRoot: string, role: ProgRole): ProgFd {
-  const p = progPinPath(pinRoot, role);
-  if (!fs.existsSync(p)) throw new NotFoundError(`program ${p} is not pinned: run neuv-bpf load first`);
-  return ProgFd.fromPin(p);
-}
-
 // ---------------------------------------------------------------- load
 
 export interface LoadOptions {
@@ -157,9 +131,7 @@ function flowsSize(pinRoot: string, pinned: boolean, asked: number | undefined):
     throw new UsageError(`--flows ${asked}: expected an integer from 1 to ${MAX_FLOWS}`);
   }
   if (!pinned) return asked ?? FLOWS_DEFAULT;
-  const m = MapFd.fromPin(path.join(pinRoot, MAPS.flows.name));
-  const have = m.info.maxEntries;
-  m.close();
+  const have = withPinnedMap(mapPinPath(pinRoot, 'flows'), (m) => m.info.maxEntries);
   if (asked !== undefined && asked !== have) {
     throw new UsageError(
       `${MAPS.flows.name} is pinned with ${have} entries: a pinned map keeps its size, so --flows ${asked} needs neuv-bpf unload first (offloaded flows are lost; the DP offloads them again)`,
@@ -316,16 +288,9 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
  * from it again, adding only the entries the new map lacks.
  */
 function setAsideOldPorts(pinRoot: string, undo: Undo): { entries: Array<[Buffer, ReturnType<typeof decodePort>]>; aside: string } | undefined {
-  const pin = path.join(pinRoot, MAPS.ports.name);
+  const pin = mapPinPath(pinRoot, 'ports');
   const aside = `${pin}_old`; // bpffs refuses names with a '.'
-  const valueSize = (p: string) => {
-    const m = MapFd.fromPin(p);
-    try {
-      return m.info.valueSize;
-    } finally {
-      m.close();
-    }
-  };
+  const valueSize = (p: string) => withPinnedMap(p, (m) => m.info.valueSize);
   if (fs.existsSync(pin)) {
     const size = valueSize(pin);
     if (size === PortDecl.size && !fs.existsSync(aside)) return undefined;
@@ -343,13 +308,8 @@ function setAsideOldPorts(pinRoot: string, undo: Undo): { entries: Array<[Buffer
   } else if (!fs.existsSync(aside)) {
     return undefined;
   }
-  const old = MapFd.fromPin(aside);
-  try {
-    // decodePort reads bytes 0-17, the same in both layouts.
-    return { entries: old.entries().map(([k, v]) => [Buffer.from(k), decodePort(v)]), aside };
-  } finally {
-    old.close();
-  }
+  // decodePort reads bytes 0-17, the same in both layouts.
+  return { entries: withPinnedMap(aside, (old) => old.entries().map(([k, v]) => [Buffer.from(k), decodePort(v)])), aside };
 }
 const LEGACY_PORT_SIZE = 20;
 
@@ -360,6 +320,15 @@ export interface UnloadResult {
   detached: number;
   removed: string[];
   wasLoaded: boolean;
+}
+
+/** Removes every pin under pinRoot and the directory (refused unless it is on a bpffs); returns the names removed. */
+export function removePinRoot(pinRoot: string): string[] {
+  if (!isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
+  const removed = fs.readdirSync(pinRoot);
+  for (const f of removed) fs.rmSync(path.join(pinRoot, f), { recursive: true, force: true });
+  fs.rmdirSync(pinRoot);
+  return removed;
 }
 
 /** Detaches every port we attached, removes vbr-neuv/vth-neuv and every pin. Idempotent. */
@@ -390,15 +359,7 @@ export async function unload(pinRoot: string): Promise<UnloadResult> {
     if (detach(pinRoot, vbr, VBR, false)) detached++;
     await run('ip', ['link', 'del', 'dev', VBR]);
   }
-  const removed: string[] = [];
-  if (fs.existsSync(pinRoot)) {
-    if (!isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
-    for (const f of fs.readdirSync(pinRoot)) {
-      fs.rmSync(path.join(pinRoot, f), { recursive: true, force: true });
-      removed.push(f);
-    }
-    fs.rmdirSync(pinRoot);
-  }
+  const removed = fs.existsSync(pinRoot) ? removePinRoot(pinRoot) : [];
   lg.info({ pinRoot, detached, removed: removed.length }, wasLoaded ? 'datapath unloaded' : 'nothing was loaded');
   return { pinRoot, detached, removed, wasLoaded };
 }

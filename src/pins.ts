@@ -1,6 +1,9 @@
 /**
- * The one way to open a loaded datapath's pinned maps: `Pins.open(pinRoot,
+ * The one way to open a loaded datapath's pins. Its maps: `Pins.open(pinRoot,
  * names)` opens the maps asked for (all or nothing), `close()` closes them.
+ * Its programs: openProg / withProg / pinnedProgId (prog_<role>).
+ * withPinnedMap reads one map pin whatever else is pinned (the loader, on a
+ * half-loaded datapath).
  * The flow offload maps are optional (a datapath loaded by an older version
  * has none): absent, their getters return undefined. neuv_ports must have
  * the current layout (with its lock) unless `legacyPorts` says a 20-byte one
@@ -8,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MapFd } from './bpf';
+import { MapFd, ProgFd } from './bpf';
 import { ExitCode, NeuvError, NotFoundError } from './errors';
 import { MAPS, PortDecl } from './layout';
 
@@ -32,6 +35,16 @@ export function isLoaded(pinRoot: string): boolean {
 
 export function notLoaded(pinRoot: string): NotFoundError {
   return new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
+}
+
+/** Runs fn on one pinned map opened by its path, without Pins.open's checks, and closes it. */
+export function withPinnedMap<T>(pin: string, fn: (m: MapFd) => T): T {
+  const m = MapFd.fromPin(pin);
+  try {
+    return fn(m);
+  } finally {
+    m.close();
+  }
 }
 
 export class Pins {
@@ -111,5 +124,40 @@ export class Pins {
       this.fds[k]!.close();
       delete this.fds[k];
     }
+  }
+}
+
+// ---------------------------------------------------------------- the pinned programs
+
+export const PROGS = { vin: 'neuv_vin', vex: 'neuv_vex', vbr: 'neuv_vbr' } as const;
+export type ProgRole = keyof typeof PROGS;
+
+export function progPinPath(pinRoot: string, role: ProgRole): string {
+  return path.join(pinRoot, `prog_${role}`);
+}
+
+/** Opens the program pinned for a role (the caller closes it); NotFoundError when there is none. */
+export function openProg(pinRoot: string, role: ProgRole): ProgFd {
+  const p = progPinPath(pinRoot, role);
+  if (!fs.existsSync(p)) throw new NotFoundError(`program ${p} is not pinned: run neuv-bpf load first`);
+  return ProgFd.fromPin(p);
+}
+
+/** Opens the program pinned for a role, runs fn, closes it. */
+export function withProg<T>(pinRoot: string, role: ProgRole, fn: (p: ProgFd) => T): T {
+  const p = openProg(pinRoot, role);
+  try {
+    return fn(p);
+  } finally {
+    p.close();
+  }
+}
+
+/** The id of the program pinned for a role, 0 when there is none (or it cannot be read). */
+export function pinnedProgId(pinRoot: string, role: ProgRole): number {
+  try {
+    return withProg(pinRoot, role, (p) => p.info().id);
+  } catch {
+    return 0;
   }
 }

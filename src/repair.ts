@@ -29,11 +29,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ProgFd, tcQuery } from './bpf';
 import { TC_HANDLE, TC_PRIORITY, attach, attachState, detach, preferredKind } from './attach';
-import { NeuvError, NotFoundError, ExitCode } from './errors';
+import { NeuvError, ExitCode } from './errors';
 import { Role, VBR_IFINDEX, decodeConfig, decodeId, decodePort, decodeU32Key, u32Key } from './layout';
 import { updateConfig } from './dp-config';
 import { VBR, VTH, ifindexIfExists, ifname, linkShow } from './link';
-import { PROGS, ProgRole, isLoaded, pinnedProgId, progPinPath } from './loader';
+import { isLoaded } from './loader';
+import { PROGS, ProgRole, notLoaded, pinnedProgId, progPinPath, withProg } from './pins';
 import { withLock } from './lock';
 import { Pins } from './pins';
 import { log } from './log';
@@ -235,7 +236,7 @@ export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): 
   // Half-done intercepts and releases first (the journal): they change pairs and ports.
   const journal = await recoverAll({ pinRoot, dryRun });
   for (const a of journal.actions) lg.info({ action: a, dryRun }, dryRun ? 'would repair' : 'repairing');
-  if (!isLoaded(pinRoot)) throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
+  if (!isLoaded(pinRoot)) throw notLoaded(pinRoot);
   const dp = Datapath.open(pinRoot);
   const actions: string[] = [...journal.actions];
   const act = (line: string, fn: () => unknown): unknown => {
@@ -261,12 +262,7 @@ export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): 
         const want = pinnedProgId(pinRoot, 'vbr');
         if (att.kind === 'none' || att.defunct || att.progId !== want) {
           act(`attached the pinned vbr program (id ${want}) to ${VBR} ingress`, () => {
-            const p = ProgFd.fromPin(progPinPath(pinRoot, 'vbr'));
-            try {
-              attach(pinRoot, vbr, VBR, p.fd, att.kind === 'none' || att.defunct ? preferredKind() : att.kind);
-            } finally {
-              p.close();
-            }
+            withProg(pinRoot, 'vbr', (p) => attach(pinRoot, vbr, VBR, p.fd, att.kind === 'none' || att.defunct ? preferredKind() : att.kind));
           });
         }
         Pins.with(pinRoot, ['config'], ({ config: cfg }) => {

@@ -431,20 +431,28 @@ export class StubDp {
     return s;
   }
 
-  private read(): StubCounts | undefined {
-    try {
-      return JSON.parse(fs.readFileSync(this.file, 'utf8')) as StubCounts;
-    } catch {
-      return undefined;
-    }
-  }
-
   /** Fresh counts: asks the stub to write them now (SIGUSR1) and waits for that write. */
   async counts(): Promise<StubCounts> {
-    const before = this.read()?.seq ?? 0;
-    this.child.kill('SIGUSR1');
+    return StubDp.countsOf(this.child, this.file);
+  }
+
+  /**
+   * Fresh counts of any stub-dp child writing `file` (--out), however it was
+   * started; T adds what its options add (the offload policy's "offloaded",
+   * "denied", "offload_errors", tools/stub-dp.c).
+   */
+  static async countsOf<T extends StubCounts = StubCounts>(child: ChildProcess, file: string): Promise<T> {
+    const read = (): T | undefined => {
+      try {
+        return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
+      } catch {
+        return undefined;
+      }
+    };
+    const before = read()?.seq ?? 0;
+    child.kill('SIGUSR1');
     return waitFor('fresh stub-dp counts', () => {
-      const c = this.read();
+      const c = read();
       return c && c.seq > before ? c : undefined;
     }, 3000, 5);
   }

@@ -32,10 +32,9 @@ import {
 } from './layout';
 import { LOCK_DIR, lockPath } from './lock';
 import { updateConfig } from './dp-config';
-import { isLoaded } from './loader';
+import { Pins, isLoaded, mapPinPath, notLoaded } from './pins';
 import { log } from './log';
 import { formatMac } from './mac';
-import * as path from 'node:path';
 
 /** How long a lease lasts, and how often it is renewed. */
 export const LEASE_MS = 3000;
@@ -224,12 +223,12 @@ function traceLockPath(pinRoot: string): string {
 }
 
 /** Resolves a filter to a pair id (undefined: everything). */
-function resolveFilter(f: TraceFilter | undefined, ports: () => MapFd): number | undefined {
+function resolveFilter(f: TraceFilter | undefined, pinRoot: string): number | undefined {
   if (!f || 'all' in f) return undefined;
   if ('id' in f) return f.id;
   const ifindex = ifNameToIndex(f.in);
   if (!ifindex) throw new NotFoundError(`interface ${f.in} not found`);
-  const v = ports().lookup(u32Key(ifindex));
+  const v = Pins.with(pinRoot, ['ports'], ({ ports }) => ports.lookup(u32Key(ifindex)), { legacyPorts: true });
   if (!v) throw new NotFoundError(`${f.in} (ifindex ${ifindex}) is not a port of any pair`);
   return decodePort(v).id;
 }
@@ -245,8 +244,8 @@ export class TraceSession {
   readonly id: number | undefined;
   records = 0;
   lost = 0;
-  private config: MapFd;
-  private ringMap: MapFd;
+  /** neuv_config (the lease) and neuv_trace (the ring). */
+  private pins: Pins;
   private ring: RingBuffer;
   private lockFd: number;
   private timer: NodeJS.Timeout | undefined;
@@ -255,20 +254,19 @@ export class TraceSession {
   private readonly opts: TraceOptions;
   private readonly onExit = () => this.switchOff();
 
-  private constructor(opts: TraceOptions, id: number | undefined, config: MapFd, ringMap: MapFd, ring: RingBuffer, lockFd: number) {
+  private constructor(opts: TraceOptions, id: number | undefined, pins: Pins, ring: RingBuffer, lockFd: number) {
     this.opts = opts;
     this.pinRoot = opts.pinRoot;
     this.id = id;
-    this.config = config;
-    this.ringMap = ringMap;
+    this.pins = pins;
     this.ring = ring;
     this.lockFd = lockFd;
   }
 
   static start(opts: TraceOptions): TraceSession {
     const { pinRoot } = opts;
-    if (!isLoaded(pinRoot)) throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
-    const ringPath = path.join(pinRoot, MAPS.trace.name);
+    if (!isLoaded(pinRoot)) throw notLoaded(pinRoot);
+    const ringPath = mapPinPath(pinRoot, 'trace');
     if (!fs.existsSync(ringPath)) {
       throw new NotFoundError(`${ringPath} is missing: the loaded datapath predates tracing; run neuv-bpf load to upgrade it (pairs and maps are kept)`);
     }
@@ -286,19 +284,14 @@ export class TraceSession {
       }
       fs.ftruncateSync(lockFd, 0);
       fs.writeSync(lockFd, `${process.pid}\n`, 0);
-      const config = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
-      undo.push(() => config.close());
-      let ports: MapFd | undefined;
-      undo.push(() => ports?.close());
-      const id = resolveFilter(opts.filter, () => (ports ??= MapFd.fromPin(path.join(pinRoot, MAPS.ports.name))));
-      const ringMap = MapFd.fromPin(ringPath);
-      undo.push(() => ringMap.close());
-      const ring = RingBuffer.open(ringMap.fd, `trace ring ${ringPath}`);
+      const id = resolveFilter(opts.filter, pinRoot);
+      const pins = Pins.open(pinRoot, ['config', 'trace']);
+      undo.push(() => pins.close());
+      const ring = RingBuffer.open(pins.map('trace').fd, `trace ring ${ringPath}`);
       undo.push(() => ring.close());
       // Records left over from an earlier session are not ours.
       ring.consume();
-      const s = new TraceSession(opts, id, config, ringMap, ring, lockFd);
-      ports?.close();
+      const s = new TraceSession(opts, id, pins, ring, lockFd);
       s.renew();
       s.timer = setInterval(() => s.renewSafely(), opts.renewMs ?? RENEW_MS);
       if (opts.ref === false) s.timer.unref();
@@ -324,7 +317,7 @@ export class TraceSession {
   /** Writes trace_until = now + lease (and the filter), keeping dp_ifindex. */
   private renew(): void {
     const until = process.hrtime.bigint() + BigInt(this.opts.leaseMs ?? LEASE_MS) * 1_000_000n;
-    writeLease(this.pinRoot, this.config, until, traceFilterFlags(this.id));
+    writeLease(this.pinRoot, this.pins.config, until, traceFilterFlags(this.id));
   }
 
   private renewSafely(): void {
@@ -338,7 +331,7 @@ export class TraceSession {
   /** trace_until = 0 and no filter. Synchronous (also runs from process 'exit'). */
   private switchOff(): void {
     try {
-      writeLease(this.pinRoot, this.config, 0n, 0);
+      writeLease(this.pinRoot, this.pins.config, 0n, 0);
     } catch (e) {
       log('trace').warn({ err: (e as Error).message }, 'could not switch the datapath trace off (the lease lapses by itself within seconds)');
     }
@@ -383,8 +376,7 @@ export class TraceSession {
       log('trace').warn({ err: (e as Error).message }, 'reading the last trace records failed');
     } finally {
       this.ring.close();
-      this.ringMap.close();
-      this.config.close();
+      this.pins.close();
       try {
         flock(this.lockFd, LOCK_UN, traceLockPath(this.pinRoot));
       } finally {
@@ -406,15 +398,12 @@ export function writeLease(pinRoot: string, config: MapFd, until: bigint, filter
 
 /** Reads neuv_config.trace_until and flags (for tests and `show`-like tools). */
 export function traceState(pinRoot: string): { traceUntil: bigint; flags: number; now: bigint } {
-  const m = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
-  try {
-    const v = m.lookup(u32Key(0));
-    if (!v) throw new NeuvError(`${pinRoot}/neuv_config has no entry 0`);
+  return Pins.with(pinRoot, ['config'], ({ config }) => {
+    const v = config.lookup(u32Key(0));
+    if (!v) throw new NeuvError(`${pinRoot}/${MAPS.config.name} has no entry 0`);
     const c = decodeConfig(v);
     return { traceUntil: c.traceUntil, flags: c.flags, now: process.hrtime.bigint() };
-  } finally {
-    m.close();
-  }
+  });
 }
 
 // ---------------------------------------------------------------- riding along a command (--log-level trace)

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BPF_TCX_INGRESS, CLONE_NEWNET, ProgFd, closeFd, linkCreate, linkInfo, objGet, pinFd, setns } from '../src/bpf';
 import { features } from '../src/features';
-import { progPinPath } from '../src/loader';
+import { progPinPath } from '../src/pins';
 import { cli, makeNetns, makePinRoot, requireKernel, leakChecks } from './helpers';
 
 /** Runs fn with this thread in the named netns (then back). */

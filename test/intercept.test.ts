@@ -112,7 +112,6 @@ describe('intercept / release (kernel)', function () {
     assert.equal(res.vex, `vex${tag}-eth0`);
     assert.equal(res.vin, `vin${tag}-eth0`);
     assert.equal(res.mac, c1.mac);
-    assert.equal(res.ifindexKept, true);
     assert.equal(res.pair.mode, 'bypass');
     assert.deepEqual(linkNames(tt.t, tt.t.enforcer), [...IDLE_ENFORCER, res.vex, res.vin].sort());
     // From inside, the new eth0 is the old one: same ifindex, MAC, MTU, addresses, routes, neighbours.
@@ -155,7 +154,7 @@ describe('intercept / release (kernel)', function () {
     assert.equal(res.pair.mode, 'tap');
     assert.deepEqual(containerState(tt.t, c1), before);
     connectivity(tt, 'tap, no DP');
-    // A second intercept of the same container, under another name for it, is refused.
+    // A second intercept of the same container, under another name for it and in another mode, is refused.
     const pid = workloadPid(tt.t, c1);
     const again = tt.run(['intercept', '--pid', String(pid)]);
     assert.equal(again.code, 5, again.stderr);
@@ -168,6 +167,43 @@ describe('intercept / release (kernel)', function () {
     const rel2 = tt.run(['release', '--pid', String(pid)]);
     assert.equal(rel2.code, 4);
     assert.match(rel2.stderr, /is not intercepted/);
+  });
+
+  it('a rerun after an intercept killed at its commit point, or after one that completed, succeeds when asked the same; asked otherwise it is refused', function () {
+    const tt = makeTopology();
+    const c1 = tt.c[0]!;
+    const before = containerState(tt.t, c1);
+    const args = ['intercept', '--container-netns', c1.path, '--mode', 'tap'];
+    const k = tt.run(args, { NEUV_BPF_CRASH_AT: 'intercept:before-commit' });
+    assert.equal(k.code, -1, `not killed: ${k.stderr}`);
+    assert.match(k.stderr, /crash point intercept:before-commit reached/);
+    // The journal completes it; the rerun reports it intercepted, as a successful intercept does.
+    const r = tt.run([...args, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const res = JSON.parse(r.stdout) as InterceptResult;
+    assert.match(res.recovered ?? '', /the killed intercept had completed/);
+    assert.equal(res.pair.mode, 'tap');
+    assert.equal(res.pair.created, false);
+    assert.deepEqual(containerState(tt.t, c1), before);
+    connectivity(tt, 'tap after the completed intercept');
+    // Again: the same line as the first success, without the recovery.
+    const again = tt.run(args);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, new RegExp(`^intercepted eth0 of netns ${c1.path}: ${res.vex} \\(original port\\) / ${res.vin}, MAC ${res.mac}, id ${res.pair.id} .*mode tap;`));
+    assert.equal(again.stdout.trim().split('\n').length, 1, again.stdout);
+    // Asked otherwise: one line, exit 5, nothing changed.
+    for (const [extra, why] of [[['--mode', 'fwd'], /mode tap, not fwd/], [['--mode', 'tap', '--ipv6-to-dp'], /IPv6 not to the DP/]] as const) {
+      const other = tt.run(['intercept', '--container-netns', c1.path, ...extra]);
+      assert.equal(other.code, 5, other.stderr);
+      assert.match(other.stderr, /already intercepted/);
+      assert.match(other.stderr, why);
+      assert.equal(other.stderr.trim().split('\n').length, 1, other.stderr);
+    }
+    assert.deepEqual(pairsShown(tt).map((p) => [p.id, p.mode]), [[res.pair.id, 'tap']]);
+    const rel = tt.run(['release', '--container-netns', c1.path]);
+    assert.equal(rel.code, 0, rel.stderr);
+    assert.deepEqual(containerState(tt.t, c1), before);
+    assert.deepEqual(linkNames(tt.t, tt.t.enforcer), IDLE_ENFORCER);
   });
 
   it('refuses bad requests with one line and a distinct exit code, changing nothing', function () {

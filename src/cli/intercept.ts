@@ -1,5 +1,5 @@
 /**
- * Commands `intercept` and `release`: a thin shell over src/intercept.ts.
+ * Commands `intercept` and `release`: a thin shell over src/intercept/.
  * The enforcer netns is the one neuv-bpf runs in (--netns or the current one).
  */
 import { Command, Option } from 'commander';

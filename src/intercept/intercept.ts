@@ -9,14 +9,14 @@ import { withLock } from '../lock';
 import { log } from '../log';
 import { crashPoint } from '../crash';
 import { JournalRecord, interceptLockKey, removeRecord, writeRecord } from '../journal';
-import { AddModeName, DEFAULT_ADD_MODE, PairAdded } from '../pairs';
+import { AddModeName, Datapath, DEFAULT_ADD_MODE, PairAdded } from '../pairs';
 import { Undo } from '../undo';
 import { enforcerRunner, NsRunner } from './runner';
 import { addAddresses, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
 import {
   INTERCEPT_LOCK_WAIT_MS, INTERCEPT_STEPS, failpoint, mustBeAbsent, openDatapath, recordIds, recoverTarget, sameNetns, step,
 } from './steps';
-import { Target, portNames, resolveTarget, tempMac } from './target';
+import { ResolvedTarget, Target, portNames, resolveTarget, tempMac } from './target';
 
 export interface InterceptOptions {
   pinRoot: string;
@@ -75,6 +75,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
     if (!(await enf.link(VBR))) {
       throw new NotFoundError(`${VBR} not found in ${enf.desc}: load the datapath there (neuv-bpf --netns ... load)`);
     }
+    if (recovered?.intercepted) return await interceptedAlready(opts, t, ctr, enf, dp, recovered.intercepted, recovered.completed);
     const snap = await snapshotPort(ctr, port);
     if (snap.kind !== 'veth') {
       throw new UsageError(`${port} of ${t.desc} is ${snap.kind ? `a ${snap.kind}` : 'not a veth'}: only veth ports can be intercepted`);
@@ -180,25 +181,56 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
       else lg.warn({ target: t.desc, port }, 'the rollback was incomplete: neuv-bpf repair finishes it from the journal');
       throw e;
     }
-    const res: InterceptResult = {
-      target: t.desc,
-      pid: t.pid ?? null,
-      netns: t.path,
-      port,
-      vex,
-      vin,
-      mac: M,
-      mtu: snap.mtu,
-      ifindexKept,
-      addresses: snap.addrs.map((x) => `${x.local}/${x.prefixlen}`),
-      routes: snap.routes.length,
-      neighbours: snap.neighbours.length,
-      pair,
-      ...(recovered ? { recovered: recovered.line } : {}),
-    };
     lg.info({ target: t.desc, port, vex, vin, id: pair.id, mode: pair.mode }, 'intercepted');
-    return res;
+    return resultOf(t, { port, vex, vin, snap }, pair, ifindexKept, recovered && !recovered.intercepted ? recovered.line : undefined);
   } finally {
     dp.close();
   }
+}
+
+/** What intercept reports: the port as its record names it, the pair, what recovery did first. */
+function resultOf(
+  t: ResolvedTarget, r: Pick<JournalRecord, 'port' | 'vex' | 'vin' | 'snap'>, pair: PairAdded, ifindexKept: boolean, recovered: string | undefined,
+): InterceptResult {
+  return {
+    target: t.desc,
+    pid: t.pid ?? null,
+    netns: t.path,
+    port: r.port,
+    vex: r.vex,
+    vin: r.vin,
+    mac: r.snap.mac,
+    mtu: r.snap.mtu,
+    ifindexKept,
+    addresses: r.snap.addrs.map((x) => `${x.local}/${x.prefixlen}`),
+    routes: r.snap.routes.length,
+    neighbours: r.snap.neighbours.length,
+    pair,
+    ...(recovered ? { recovered } : {}),
+  };
+}
+
+/**
+ * intercept of a port intercepted already (its journal record says so and
+ * the kernel agrees: recoverTarget checked), e.g. by a run killed at its
+ * commit point: a success when its pair is as asked, like `pair add` of an
+ * identical spec (which re-attaches a missing hook too); one ConflictError
+ * line saying how it differs otherwise.
+ */
+async function interceptedAlready(
+  opts: InterceptOptions, t: ResolvedTarget, ctr: NsRunner, enf: NsRunner, dp: Datapath, rec: JournalRecord, completed: string | undefined,
+): Promise<InterceptResult> {
+  const want = { mode: opts.mode ?? DEFAULT_ADD_MODE, id: opts.id, ipv6ToDp: opts.ipv6ToDp === true };
+  const have = (await dp.show()).pairs.find((p) => p.vin?.name === rec.vin || p.vex?.name === rec.vex);
+  const differ: string[] = [];
+  if (have && have.mode !== want.mode) differ.push(`mode ${have.mode}, not ${want.mode}`);
+  if (have && want.id !== undefined && have.id !== want.id) differ.push(`id ${have.id}, not ${want.id}`);
+  if (have && have.ipv6ToDp !== want.ipv6ToDp) differ.push(`IPv6 ${have.ipv6ToDp ? '' : 'not '}to the DP`);
+  if (differ.length) {
+    throw new ConflictError(`${rec.port} of ${t.desc} is already intercepted (${rec.vex} is in ${enf.desc}) with ${differ.join(', ')}: neuv-bpf pair mode, or release first`);
+  }
+  const pair = await dp.addPair({ in: rec.vin, ex: rec.vex, mac: rec.snap.mac, ...want });
+  const ifindexKept = (await ctr.link(rec.port))?.ifindex === rec.snap.ifindex;
+  log('intercept').info({ target: t.desc, port: rec.port, vex: rec.vex, id: pair.id, mode: pair.mode, created: pair.created }, 'intercepted already, as asked');
+  return resultOf(t, rec, pair, ifindexKept, completed);
 }

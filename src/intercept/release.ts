@@ -52,7 +52,7 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
 
   // ---- a half-done intercept or release of this port: bringing it to rest is the release
   const recovered = await recoverTarget(opts.pinRoot, t, port, opts.enforcer);
-  if (recovered) {
+  if (recovered && !recovered.intercepted) {
     const r = recovered.rec;
     return {
       target: t.desc, port, vex: r.vex, vin: r.vin, mac: r.snap.mac, pairId: null,

@@ -76,11 +76,16 @@ export function recordIds(t: ResolvedTarget, enf: NsRunner): Pick<JournalRecord,
 /**
  * Recovers what a killed intercept or release of this container port left
  * (src/journal.ts). Returns what was done, or undefined when the port is not
- * in the journal or is intercepted and well.
+ * in the journal or is intercepted and well: then `intercepted` is the
+ * interception's record (a killed intercept's at its commit point included,
+ * with what recovery said of it).
  */
-export async function recoverTarget(pinRoot: string, t: ResolvedTarget, port: string, enforcer: string | undefined): Promise<{ line: string; rec: JournalRecord } | undefined> {
+export async function recoverTarget(
+  pinRoot: string, t: ResolvedTarget, port: string, enforcer: string | undefined,
+): Promise<{ line: string; rec: JournalRecord; intercepted?: undefined } | { intercepted: JournalRecord; completed?: string } | undefined> {
   const rec = findRecord(pinRoot, t.ino, port);
   if (!rec) return undefined;
   const r = await recoverLocked(rec, { pinRoot, enforcer });
-  return r.intercepted ? undefined : { line: r.line, rec };
+  if (!r.intercepted) return { line: r.line, rec };
+  return { intercepted: { ...rec, step: 'intercepted' }, ...(rec.step === 'commit' ? { completed: r.line } : {}) };
 }

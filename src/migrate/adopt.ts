@@ -1,5 +1,5 @@
 /** adopt: every discovered pair taken over without a gap (see index.ts for the steps). */
-import { MapFd, ProgFd, ifIndexToName, ifNameToIndex, testRun } from '../bpf';
+import { MapFd, ifIndexToName, ifNameToIndex, testRun } from '../bpf';
 import { Pins } from '../pins';
 import { EntryStep, PairMaps, PairWrite, peerElsewhere, portEntries, removePairEntries, samePort, writePairEntries } from '../pairs/entries';
 import { Undo } from '../undo';
@@ -19,14 +19,15 @@ import {
   u32Key,
 } from '../layout';
 import { LinkJson, VBR, linkShow, run } from '../link';
-import { isLoaded, load, progPinPath } from '../loader';
+import { isLoaded, load } from '../loader';
+import { withProg } from '../pins';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { parseMac } from '../mac';
 import { NvMode } from '../nvtc';
 import { Datapath } from '../pairs';
 
-import { DiscoveredPair, Discovery, NvFilterRef, Unclassified, batchSafe, discover, readFilters } from './discover';
+import { DiscoveredPair, Discovery, MigratedPair, NvFilterRef, Unclassified, batchSafe, discover, readFilters } from './discover';
 import { TcFilter, isOurFilter } from './rules';
 
 // ================================================================ adopt
@@ -55,13 +56,7 @@ export interface AdoptPlanPair {
   steps: string[];
 }
 
-export interface AdoptedPair {
-  in: string;
-  ex: string;
-  id: number;
-  ucmac: string;
-  mac: string;
-  mode: NvMode;
+export interface AdoptedPair extends MigratedPair {
   attach: { vin: AttachKind; vex: AttachKind };
   /** What the probe frame through each pinned program returned (7 = TC_ACT_REDIRECT). */
   probe: { vin: number; vex: number };
@@ -232,8 +227,7 @@ async function verifyPair(pinRoot: string, m: PairMaps, p: DiscoveredPair, links
   for (const role of ['vin', 'vex'] as const) {
     const dev = role === 'vin' ? p.in : p.ex;
     const ifindex = role === 'vin' ? p.vinIfindex : p.vexIfindex;
-    const prog = ProgFd.fromPin(progPinPath(pinRoot, role));
-    try {
+    withProg(pinRoot, role, (prog) => {
       const pinned = prog.info().id;
       const st = attachState(pinRoot, ifindex);
       if (st.kind === 'none' || st.defunct || st.progId !== pinned) {
@@ -250,14 +244,11 @@ async function verifyPair(pinRoot: string, m: PairMaps, p: DiscoveredPair, links
         throw new NeuvError(`the probe frame through neuv_${role} with ${dev} as ingress returned ${r.retval}, not ${TC_ACT_REDIRECT} (a redirect to ${role === 'vin' ? p.ex : p.in})`);
       }
       if (!r.dataOut.subarray(0, frame.length).equals(frame)) throw new NeuvError(`the probe frame through neuv_${role} came out changed`);
-    } finally {
-      prog.close();
-    }
+    });
   }
   if (p.mode === 'fwd') {
     // What the DP sends back for this UCMAC: neuv_vbr rewrites DA to the workload MAC and redirects to vin.
-    const prog = ProgFd.fromPin(progPinPath(pinRoot, 'vbr'));
-    try {
+    withProg(pinRoot, 'vbr', (prog) => {
       const ctx = Buffer.alloc(SKB_CTX_SIZE);
       ctx.writeUInt32LE(ifNameToIndex(VBR), SKB_CTX_IFINDEX);
       const mac = parseMac(p.mac);
@@ -268,9 +259,7 @@ async function verifyPair(pinRoot: string, m: PairMaps, p: DiscoveredPair, links
       if (r.retval !== TC_ACT_REDIRECT || !r.dataOut.subarray(0, want.length).equals(want)) {
         throw new NeuvError(`a probe frame to ${p.ucmac} through neuv_vbr returned ${r.retval}${r.retval === TC_ACT_REDIRECT ? ' with the wrong destination MAC' : ''}, not a redirect to ${p.in} with DA ${p.mac}`);
       }
-    } finally {
-      prog.close();
-    }
+    });
   }
   const after = toPeerPackets(m.stats, p.id);
   if (after[Dir.TO_WL]! <= before[Dir.TO_WL]! || after[Dir.FROM_WL]! <= before[Dir.FROM_WL]!) {
@@ -318,13 +307,7 @@ async function deleteFilters(fl: NvFilterRef[]): Promise<NvFilterRef[]> {
 async function vbrProblem(pinRoot: string): Promise<string | undefined> {
   const ifindex = ifNameToIndex(VBR);
   if (!ifindex) return `there is no ${VBR}`;
-  const prog = ProgFd.fromPin(progPinPath(pinRoot, 'vbr'));
-  let pinned: number;
-  try {
-    pinned = prog.info().id;
-  } finally {
-    prog.close();
-  }
+  const pinned = withProg(pinRoot, 'vbr', (p) => p.info().id);
   const st = attachState(pinRoot, ifindex);
   if (st.kind === 'none' || st.defunct || st.progId !== pinned) {
     return `${VBR} ingress does not run the pinned neuv_vbr (id ${pinned}; ${st.kind === 'none' ? 'nothing of ours is attached' : `it runs id ${st.progId}`}): was ${VBR} recreated since load? run neuv-bpf load`;

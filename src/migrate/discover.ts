@@ -38,6 +38,9 @@ export interface NvFilterRef {
   protocol: string;
 }
 
+/** What adopt and handback report of each pair they move. */
+export type MigratedPair = Pick<DiscoveredPair, 'in' | 'ex' | 'id' | 'ucmac' | 'mac' | 'mode'>;
+
 export interface DiscoveredPair {
   in: string;
   ex: string;

@@ -1,30 +1,22 @@
 /** handback: NeuVector's rules back for every pair, then neuv-bpf removed (see index.ts). */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ifNameToIndex } from '../bpf';
 import { detach } from '../attach';
 import { ExitCode, NeuvError, NotFoundError } from '../errors';
 import { features } from '../features';
 import { VBR, run } from '../link';
-import { BPF_FS_MAGIC, isLoaded } from '../loader';
+import { isLoaded, removePinRoot } from '../loader';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { formatMac, parseMac, ucmac as ucmacOf } from '../mac';
 import { NvMode, NvPair, nvPairRules, nvPref } from '../nvtc';
 import { Datapath, PairView } from '../pairs';
 
-import { DiscoveredPair, TcActions, classifyNode, qdiscKind, snapshot, tcActions } from './discover';
+import { DiscoveredPair, MigratedPair, TcActions, classifyNode, qdiscKind, snapshot, tcActions } from './discover';
 import { NV_PREF_ALL, NV_PREF_IP } from './rules';
 
 // ================================================================ handback
 
-export interface HandbackPair {
-  in: string;
-  ex: string;
-  id: number;
-  ucmac: string;
-  mac: string;
-  mode: NvMode;
+export interface HandbackPair extends MigratedPair {
   inPref: number;
   exPref: number;
   /** The tc argument arrays installed, in order. */
@@ -53,14 +45,6 @@ function tcUndo(args: string[]): string[] | undefined {
   }
   if (args[0] === 'qdisc' && args[1] === 'add') return ['qdisc', 'del', 'dev', args[3]!, 'ingress'];
   return undefined;
-}
-
-function isBpffs(p: string): boolean {
-  try {
-    return fs.statfsSync(p).type === BPF_FS_MAGIC;
-  } catch {
-    return false;
-  }
 }
 
 export async function handback(opts: { pinRoot: string; dryRun?: boolean }): Promise<HandbackResult> {
@@ -201,11 +185,7 @@ export async function handback(opts: { pinRoot: string; dryRun?: boolean }): Pro
     // 3. Each pair: hooks first (NeuVector's vin/vex rules take over), then the entries.
     for (const p of pairs) await dp.delPair({ id: p.id });
     // 4. Nothing of ours is attached any more: the pins go, vbr-neuv/vth-neuv stay.
-    await withLock(pinRoot, () => {
-      if (!isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
-      for (const f of fs.readdirSync(pinRoot)) fs.rmSync(path.join(pinRoot, f), { recursive: true, force: true });
-      fs.rmdirSync(pinRoot);
-    });
+    await withLock(pinRoot, () => removePinRoot(pinRoot));
     res.unloaded = true;
     lg.info({ pairs: pairs.length }, 'handed back to NeuVector');
     return res;

@@ -27,7 +27,8 @@ import { attach, attachState, detach, detachPort, linkPinPath } from '../attach'
 import { ConflictError, NeuvError, NotFoundError, UsageError } from '../errors';
 import { ModeValue, PortEntry, PortFlag, decodeId, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
 import { LinkJson, linkShow } from '../link';
-import { DEFAULT_PIN_ROOT, isLoaded, progPinPath } from '../loader';
+import { DEFAULT_PIN_ROOT, isLoaded } from '../loader';
+import { notLoaded, openProg } from '../pins';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { crashPoint } from '../crash';
@@ -54,9 +55,7 @@ export class Datapath {
   }
 
   static open(pinRoot: string = DEFAULT_PIN_ROOT, opts: DatapathOptions = {}): Datapath {
-    if (!isLoaded(pinRoot)) {
-      throw new NotFoundError(`the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load first`);
-    }
+    if (!isLoaded(pinRoot)) throw notLoaded(pinRoot);
     return new Datapath(pinRoot, new NetnsScope(opts.netns));
   }
 
@@ -134,9 +133,7 @@ export class Datapath {
     const prog = (role: 'vin' | 'vex'): { fd: ProgFd; id: number } => {
       const have = progs[role];
       if (have) return have;
-      const p = progPinPath(this.pinRoot, role);
-      if (!fs.existsSync(p)) throw new NotFoundError(`program ${p} is not pinned: run neuv-bpf load first`);
-      const fd = ProgFd.fromPin(p);
+      const fd = openProg(this.pinRoot, role);
       held.push(fd);
       return (progs[role] = { fd, id: fd.info().id });
     };

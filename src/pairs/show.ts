@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { ifIndexToName } from '../bpf';
 import { AttachKind, attachState } from '../attach';
 import { PortFlag, REASON_NAMES, Role, VBR_IFINDEX, addFlowStats, addGlobal, addStats, emptyStats, u32Key } from '../layout';
-import { pinnedProgId } from '../loader';
+import { pinnedProgId } from '../pins';
 import { bcmac, formatMac, ucmac } from '../mac';
 
 import { PairCounters, PortView, PairView, ShowResult, modeName, namedCounters, namedGlobal } from './spec';
