@@ -294,6 +294,16 @@ function shortfalls(r: BenchResults): string[] {
         `The return path itself is ${fmtRatio(p.overheadRatio?.median)} cheaper; the 15x rate ratio needs the shared part under ${fmt(p.nvOverheadNs.median / 14 - p.bpfOverheadNs.median)} ns per frame (a faster, quieter machine than this one).`,
     );
   }
+  const flatMissed = targets(r).some((t) => t.what.startsWith('DP return path flat') && t.met === false);
+  const big = dr?.points.find((x) => x.pairs === Math.max(...dr.points.map((y) => y.pairs)));
+  if (dr && big && big !== p && flatMissed) {
+    const ns = (x: typeof p) => (x?.bpfOverheadNs ? `${fmt(x.bpfOverheadNs.median)} ns` : 'n/a');
+    out.push(
+      `DP return path at ${big.pairs} pairs (section 2): ${fmtRatio(big.bpfOverRef?.median)} of one pair; the return path costs ${ns(big)} per frame beyond direct delivery there against ${ns(p)} at 1,000 pairs. ` +
+        "Not the program: every bpf_redirect_peer looks its target up by ifindex (dev_get_by_index_rcu), a hash of 256 buckets per netns whose lists hold the newest device first, and the enforcer netns holds two devices per pair: at 4,096 pairs 32 per bucket, with the measured pair (created first) last in its list. " +
+        '`node dist/bench/devchain.js` measures that walk alone, and perf shows dev_get_by_index_rcu taking over from the program as the pairs grow (docs/benchmarks.md).',
+    );
+  }
   const cp = r.control;
   const o = cp?.onboard.find((x) => x.pairs === 1000);
   if (cp && o && missed.has('3:Onboard')) {
