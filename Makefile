@@ -147,5 +147,11 @@ vagrant-test: $(DEPS_STAMP) $(if $(filter local,$(NEUV_BPF_VAGRANT_BOX)),$(VAGRA
 	$(Q)./scripts/vagrant-deps.sh
 	$(Q)./scripts/vagrant-test.sh
 
+# vagrant validate for libvirt and virtualbox, each box; boots nothing.
+.PHONY: vagrant-validate
+vagrant-validate:
+	$(Q)./scripts/vagrant-deps.sh
+	$(Q)./scripts/vagrant-validate.sh
+
 clean:
 	rm -rf build dist
