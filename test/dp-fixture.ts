@@ -186,10 +186,11 @@ export interface RaceResult {
 
 /**
  * Runs the program `prog` on `frame` (ctx ifindex `ifindex`, looked up in
- * netns `ns`) in batches of `repeat` BPF_PROG_TEST_RUN runs for `ms`
- * milliseconds on this CPU, while test/tools/flipper.js `writerArgs`
- * rewrites map entries from another process: the reader side of the map race
- * tests. The runs of a batch share one skb: a program that rewrites the
+ * netns `ns`) in batches of `repeat` BPF_PROG_TEST_RUN runs on this CPU for
+ * as long as test/tools/flipper.js `writerArgs` `ms` rewrites map entries
+ * from another process (`ms` or more: until the writer exits, so a writer
+ * slow to start, as in an emulated VM, still overlaps the whole run): the
+ * reader side of the map race tests. The runs of a batch share one skb: a program that rewrites the
  * frame sees its own rewrite from the second run on (use repeat 1 there).
  */
 export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: number, frame: Buffer, writerArgs: string[], ms: number, repeat = 100000): Promise<RaceResult> {
@@ -200,6 +201,8 @@ export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: num
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<number | null>((r) => child.on('close', r));
+  let writing = true;
+  child.on('exit', () => (writing = false));
   const ctx = Buffer.alloc(SKB_CTX_SIZE); // test_run leaves ingress_ifindex 0: the program finds the port by ifindex
   ctx.writeUInt32LE(ifindex, SKB_CTX_IFINDEX);
   // The ifindex in ctx is looked up in the netns of the calling thread: enter it for each batch.
@@ -209,8 +212,8 @@ export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: num
   let runs = 0;
   try {
     await new Promise((r) => setTimeout(r, 200));
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
+    let turned = Date.now();
+    while (writing) {
       setns(target, CLONE_NEWNET, ns);
       try {
         const v = testRun(prog.fd, frame, { ctxIn: ctx, repeat }).retval;
@@ -222,7 +225,11 @@ export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: num
       } finally {
         setns(home, CLONE_NEWNET, 'the original network namespace');
       }
-      if (runs % 100000 < repeat) await new Promise((r) => setImmediate(r));
+      // Now and then let the event loop read the writer's pipes and see it exit.
+      if (Date.now() - turned >= 20) {
+        await new Promise((r) => setImmediate(r));
+        turned = Date.now();
+      }
     }
   } finally {
     fs.closeSync(target);

@@ -543,7 +543,7 @@ describe('Datapath API (kernel)', function () {
     onCleanup(() => prog.close());
     const frame = Buffer.alloc(64);
     Buffer.from([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0, 0x45]).copy(frame); // IPv4 to the workload MAC
-    const { runs, switches } = await raceTestRun(prog, ns.name, ifindexOf(ns, 'vex1'), frame, ['mode', pins, ns.name, 'vin1'], 5000 * TIME_SCALE);
+    const { runs, switches } = await raceTestRun(prog, ns.name, ifindexOf(ns, 'vex1'), frame, ['mode', pins, ns.name, 'vin1', '1000'], 5000 * TIME_SCALE);
     const st = JSON.parse(runCli(['--netns', ns.name, '--bpffs', pins, 'stats', '--json']).stdout) as {
       pairs: Array<{ counters: { to_wl: Record<'to_peer' | 'drop', { packets: number }> } }>;
       global: Record<string, number>;
