@@ -1,10 +1,10 @@
 /**
- * Struct declarations as src/layout.ts states them (checked against the
+ * Struct declarations as src/layout/ states them (checked against the
  * object's BTF by checkAgainstBtf) and a codec that reads and writes a
  * buffer through them: the only place member offsets and widths are used.
  */
 
-/** A struct as src/layout.ts encodes it: used by the BTF check and by Fields. */
+/** A struct as src/layout/ encodes it: used by the BTF check and by Fields. */
 export interface StructDecl {
   name: string;
   size: number;

@@ -150,12 +150,12 @@ export interface LoadResult {
   attach: 'tcx' | 'tc'; // how vbr-neuv is attached
 }
 
-/** Checks the object's BTF against layout.ts; throws listing every disagreement. */
+/** Checks the object's BTF against src/layout/; throws listing every disagreement. */
 export function checkLayout(obj: BpfObject): void {
   const problems = checkAgainstBtf(obj);
   if (problems.length) {
     throw new NeuvError(
-      `${obj.path} does not match the loader's map layouts (src/layout.ts vs bpf/neuv.h): ${problems.join('; ')}`,
+      `${obj.path} does not match the loader's map layouts (src/layout/ vs bpf/neuv.h): ${problems.join('; ')}`,
       ExitCode.KERNEL,
     );
   }

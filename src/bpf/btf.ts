@@ -1,6 +1,6 @@
 /**
  * BTF: struct layouts, enum values and DATASEC variables read from an
- * object's BTF (the loader checks src/layout.ts against them).
+ * object's BTF (the loader checks src/layout/ against them).
  */
 import koffi from 'koffi';
 import { Ptr, lib } from './lib';
