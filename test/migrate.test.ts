@@ -611,7 +611,9 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
         t.node.pairs.forEach((p, k) => {
           if (p.mode !== 'fwd') return;
           const seen = stub.frames(c1, p.ucmac, `udp/${6100 + 2 * k}`) - stub.frames(c0, p.ucmac, `udp/${6100 + 2 * k}`);
-          assert.ok(seen >= count, `${p.vin}: the DP saw the FWD stream (${seen})`);
+          // Less what the DP side lost (a stub starved of CPU on a busy machine overflows its socket:
+          // those frames were never read, so never counted, and pathLoss excuses them the same way).
+          assert.ok(seen + after.dpLost >= count, `${p.vin}: the DP saw the FWD stream (${seen}, the DP side lost ${after.dpLost})`);
         });
       }
 
