@@ -27,7 +27,7 @@
 # NEUV_BPF_DEBIAN_SECURITY (default http://deb.debian.org/debian-security),
 # NEUV_BPF_BOX_SIZE_GB (virtual disk size, default 16), NEUV_BPF_NODE_VERSION,
 # NEUV_BPF_NODE_SOURCE (see scripts/vagrant-node.sh).
-# Needs root (debootstrap, chroot). About 10 minutes and 2.5 GB under build/vagrant.
+# Needs root (debootstrap, chroot). Time and size measured: docs/vagrant.md (Measured).
 set -euo pipefail
 {
 REPO=$(cd "$(dirname "$0")/.." && pwd)

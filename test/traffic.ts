@@ -11,7 +11,7 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { makeNetns, Netns, onCleanup, ROOT } from './helpers';
+import { makeNetns, Netns, onCleanup, ROOT, TIME_SCALE } from './helpers';
 
 export const UDPSEQ = path.join(ROOT, 'dist', 'test', 'tools', 'udpseq.js');
 
@@ -155,7 +155,7 @@ export interface UdpStreamOptions {
   from?: string;
   /** The receiver reports this long after the sender has sent its last datagram (default 1000 ms). */
   idleMs?: number;
-  /** The receiver gives up after this long (default 120 s). */
+  /** The receiver gives up after this long (default 120 s x TIME_SCALE: the 6.1 VM under emulation sends 160,000 datagrams in 144 s). */
   timeoutMs?: number;
   /**
    * Send until stop() (count is then ignored): for streams that must outlast
@@ -219,7 +219,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
   // interruption being measured): it ends on SIGTERM, sent idleMs after the sender has reported.
   const recv = spawnInNetns(o.receiverNs, UDPSEQ, [
     'recv', '--port', String(o.port), '--run', run, ...(o.untilStopped ? [] : ['--expect', String(o.count)]),
-    '--idle-ms', String(o.timeoutMs ?? 120000), '--timeout-ms', String(o.timeoutMs ?? 120000),
+    '--idle-ms', String(o.timeoutMs ?? 120000 * TIME_SCALE), '--timeout-ms', String(o.timeoutMs ?? 120000 * TIME_SCALE),
   ]);
   let report: Record<string, unknown> | undefined;
   let ready!: () => void;
