@@ -20,7 +20,8 @@ import * as path from 'node:path';
 import { StubCounts, StubDp, waitFor } from '../src/topology';
 import { ucmac, formatMac } from '../src/mac';
 import { cli, makePinRoot, onCleanup, requireKernel, leakChecks } from './helpers';
-import { PairTopology, STUB_DP, makePairTopology, startTcpTransfer, udpStream } from './traffic';
+import { STUB_DP, startTcpTransfer, udpStream } from './traffic';
+import { PairTopology, makePairTopology } from './topology';
 
 const BLOCKED = 9999;
 

@@ -37,14 +37,13 @@ import {
 import { Datapath } from '../src/pairs';
 import { INTERCEPT_STEPS } from '../src/intercept';
 import { configureLogging } from '../src/log';
+import { PairTopology, makePairTopology } from './topology';
 import {
-  PairTopology,
   STUB_DP,
   TcpTransfer,
   TcpTransferResult,
   UdpStream,
   UdpStreamResult,
-  makePairTopology,
   startStubDp,
   startTcpTransfer,
   stubDpCounts,

@@ -1,108 +1,19 @@
 /**
- * Traffic harness for kernel suites: a three-netns topology shaped like an
- * intercepted container, and a UDP stream with sequence numbers
- * (test/tools/udpseq.ts) whose receiver reports what was lost, duplicated or
- * reordered. Everything takes netns names, addresses, port, count and rate as
+ * Traffic harness for kernel suites (their topologies: topology.ts): a UDP
+ * stream with sequence numbers (test/tools/udpseq.ts) whose receiver reports
+ * what was lost, duplicated or reordered, a TCP transfer with checksums, the
+ * stub DP. Everything takes netns names, addresses, port, count and rate as
  * parameters, so interception and reliability tests can reuse it.
  *
- * Every netns and child process is registered with onCleanup() when created,
+ * Every child process is registered with onCleanup() when created,
  * so runCleanups() removes it even when a test fails half way.
  */
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { makeNetns, Netns, onCleanup, ROOT } from './helpers';
+import { Netns, onCleanup, ROOT } from './helpers';
 
 export const UDPSEQ = path.join(ROOT, 'dist', 'test', 'tools', 'udpseq.js');
-
-// ---------------------------------------------------------------- topology
-
-export interface PairTopology {
-  /** Host side: holds hostIf (the peer of vex), address hostAddr. */
-  host: Netns;
-  /** Enforcer netns: holds vin and vex (and vbr-neuv after `load`). */
-  enforcer: Netns;
-  /** Workload: holds wlIf (the peer of vin), address wlAddr. */
-  workload: Netns;
-  vin: string;
-  vex: string;
-  hostIf: string;
-  wlIf: string;
-  hostAddr: string;
-  wlAddr: string;
-  hostMac: string;
-  /** The workload MAC M of the pair. */
-  wlMac: string;
-  vinIfindex: number;
-  vexIfindex: number;
-}
-
-export interface TopologyOptions {
-  /** First three octets of a /24, e.g. "10.77.0" (host .1, workload .2). */
-  subnet?: string;
-  vin?: string;
-  vex?: string;
-  hostIf?: string;
-  wlIf?: string;
-  /** Choose the vex ifindex (e.g. to test id derivation). */
-  vexIndex?: number;
-  mtu?: number;
-}
-
-function linkOf(ns: Netns, dev: string): { ifindex: number; address: string } {
-  const [l] = JSON.parse(ns.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number; address: string }>;
-  if (!l) throw new Error(`no ${dev} in ${ns.name}`);
-  return l;
-}
-
-/**
- *   host netns            enforcer netns              workload netns
- *   hostIf (.1) ==veth== vex     vin ==veth== wlIf (.2, MAC M)
- *
- * Both ends up, static neighbour entries on both sides (no ARP timing), no
- * forwarding in the enforcer netns: without a pair nothing gets across.
- */
-export function makePairTopology(o: TopologyOptions = {}): PairTopology {
-  const subnet = o.subnet ?? '10.77.0';
-  const vin = o.vin ?? 'vinE';
-  const vex = o.vex ?? 'vexE';
-  const hostIf = o.hostIf ?? 'hA';
-  const wlIf = o.wlIf ?? 'eth0';
-  const host = makeNetns();
-  const enforcer = makeNetns();
-  const workload = makeNetns();
-  const mtu = o.mtu ? ['mtu', String(o.mtu)] : [];
-  enforcer.ip('link', 'add', vex, ...(o.vexIndex ? ['index', String(o.vexIndex)] : []), ...mtu, 'type', 'veth', 'peer', 'name', hostIf, 'netns', host.name);
-  enforcer.ip('link', 'add', vin, ...mtu, 'type', 'veth', 'peer', 'name', wlIf, 'netns', workload.name);
-  const hostAddr = `${subnet}.1`;
-  const wlAddr = `${subnet}.2`;
-  host.ip('addr', 'add', `${hostAddr}/24`, 'dev', hostIf);
-  workload.ip('addr', 'add', `${wlAddr}/24`, 'dev', wlIf);
-  for (const [ns, dev] of [[host, hostIf], [workload, wlIf], [enforcer, vin], [enforcer, vex]] as const) {
-    // No IPv6 chatter (router solicitations, DAD) in the counters.
-    ns.exec('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`], { allowFail: true });
-    ns.ip('link', 'set', 'dev', dev, 'up');
-  }
-  const hostMac = linkOf(host, hostIf).address;
-  const wlMac = linkOf(workload, wlIf).address;
-  host.ip('neigh', 'replace', wlAddr, 'lladdr', wlMac, 'dev', hostIf, 'nud', 'permanent');
-  workload.ip('neigh', 'replace', hostAddr, 'lladdr', hostMac, 'dev', wlIf, 'nud', 'permanent');
-  return {
-    host,
-    enforcer,
-    workload,
-    vin,
-    vex,
-    hostIf,
-    wlIf,
-    hostAddr,
-    wlAddr,
-    hostMac,
-    wlMac,
-    vinIfindex: linkOf(enforcer, vin).ifindex,
-    vexIfindex: linkOf(enforcer, vex).ifindex,
-  };
-}
 
 // ---------------------------------------------------------------- child processes
 
