@@ -90,11 +90,38 @@ export interface Host {
 }
 
 /**
- * The one builder of the demo's and the tests' networks: it creates the
- * namespaces (and so everything in them), veth pairs, addresses and static
- * neighbours, starts processes inside, and undoes it all with destroy()
- * (the tests register that with onCleanup() when they make a Net:
- * test/helpers.ts makeNet).
+ * A veth pair: `a` made in its netns, its peer `b` moved to its own; both
+ * up unless `up: false`. `ipv6: false` turns IPv6 off on both ends first
+ * (no router solicitations or DAD in the counters). Gone with its netns.
+ */
+export function veth(a: VethEnd, b: VethEnd, o: { ipv6?: boolean; up?: boolean } = {}): { a: { ifindex: number; address: string }; b: { ifindex: number; address: string } } {
+  const opts = (e: VethEnd) => [...(e.index ? ['index', String(e.index)] : []), ...(e.mtu ? ['mtu', String(e.mtu)] : [])];
+  a.ns.ip('link', 'add', a.name, ...opts(a), 'type', 'veth', 'peer', 'name', b.name, ...opts(b), ...(b.ns.name !== a.ns.name ? ['netns', b.ns.name] : []));
+  for (const e of [a, b]) {
+    if (o.ipv6 === false) e.ns.exec('sysctl', ['-qw', `net.ipv6.conf.${e.name}.disable_ipv6=1`], { allowFail: true });
+    if (o.up !== false) e.ns.ip('link', 'set', 'dev', e.name, 'up');
+  }
+  return { a: linkOf(a.ns, a.name), b: linkOf(b.ns, b.name) };
+}
+
+/** Addresses (CIDR) on a device; IPv6 ones without DAD. */
+export function addAddrs(ns: Netns, dev: string, ...cidrs: string[]): void {
+  for (const c of cidrs) ns.ip('addr', 'add', c, 'dev', dev, ...(c.includes(':') ? ['nodad'] : []));
+}
+
+/** Each side gets a permanent neighbour entry for the other's address and MAC (no ARP timing). */
+export function staticNeighbours(x: Host, y: Host): void {
+  const [mx, my] = [linkOf(x.ns, x.dev).address, linkOf(y.ns, y.dev).address];
+  x.ns.ip('neigh', 'replace', y.addr, 'lladdr', my, 'dev', x.dev, 'nud', 'permanent');
+  y.ns.ip('neigh', 'replace', x.addr, 'lladdr', mx, 'dev', y.dev, 'nud', 'permanent');
+}
+
+/**
+ * The one builder of the demo's and the tests' networks: with veth(),
+ * addAddrs() and staticNeighbours() above (whatever they make goes with its
+ * netns), it creates the namespaces, starts processes inside, and undoes it
+ * all with destroy() (the tests register that with onCleanup() when they
+ * make a Net: test/helpers.ts makeNet).
  */
 export class Net {
   private readonly namespaces: string[] = [];
@@ -118,36 +145,14 @@ export class Net {
   }
 
   /**
-   * A veth pair: `a` made in its netns, its peer `b` moved to its own; both
-   * up unless `up: false`. `ipv6: false` turns IPv6 off on both ends first
-   * (no router solicitations or DAD in the counters).
+   * Spawns `cmd args` inside a netns; the process is killed by destroy().
+   * `nsenter`: entered with nsenter, not `ip netns exec`, which mounts a
+   * fresh /sys and so hides the bpffs (and its pins) at /sys/fs/bpf.
    */
-  veth(a: VethEnd, b: VethEnd, o: { ipv6?: boolean; up?: boolean } = {}): { a: { ifindex: number; address: string }; b: { ifindex: number; address: string } } {
-    const opts = (e: VethEnd) => [...(e.index ? ['index', String(e.index)] : []), ...(e.mtu ? ['mtu', String(e.mtu)] : [])];
-    a.ns.ip('link', 'add', a.name, ...opts(a), 'type', 'veth', 'peer', 'name', b.name, ...opts(b), ...(b.ns.name !== a.ns.name ? ['netns', b.ns.name] : []));
-    for (const e of [a, b]) {
-      if (o.ipv6 === false) e.ns.exec('sysctl', ['-qw', `net.ipv6.conf.${e.name}.disable_ipv6=1`], { allowFail: true });
-      if (o.up !== false) e.ns.ip('link', 'set', 'dev', e.name, 'up');
-    }
-    return { a: linkOf(a.ns, a.name), b: linkOf(b.ns, b.name) };
-  }
-
-  /** Addresses (CIDR) on a device; IPv6 ones without DAD. */
-  addr(ns: Netns, dev: string, ...cidrs: string[]): void {
-    for (const c of cidrs) ns.ip('addr', 'add', c, 'dev', dev, ...(c.includes(':') ? ['nodad'] : []));
-  }
-
-  /** Each side gets a permanent neighbour entry for the other's address and MAC (no ARP timing). */
-  staticNeighbours(x: Host, y: Host): void {
-    const [mx, my] = [linkOf(x.ns, x.dev).address, linkOf(y.ns, y.dev).address];
-    x.ns.ip('neigh', 'replace', y.addr, 'lladdr', my, 'dev', x.dev, 'nud', 'permanent');
-    y.ns.ip('neigh', 'replace', x.addr, 'lladdr', mx, 'dev', y.dev, 'nud', 'permanent');
-  }
-
-  /** Spawns `cmd args` inside a netns; the process is killed by destroy(). */
-  spawnIn(ns: string, cmd: string, args: string[]): ChildProcess {
+  spawnIn(ns: string, cmd: string, args: string[], o: { nsenter?: boolean } = {}): ChildProcess {
     // stdin is a pipe from us: children that watch it (the echo server) end when we do.
-    const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const argv = o.nsenter ? ['nsenter', `--net=${netnsPath(ns)}`, cmd, ...args] : ['ip', 'netns', 'exec', ns, cmd, ...args];
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
     child.on('error', () => undefined);
     this.children.push(child);
     return child;
@@ -238,17 +243,17 @@ export class Topology extends Net {
     const host = this.ns(this.host, { dad: false });
     this.ns(this.enforcer, { dad: false });
     host.ip('link', 'add', 'br0', 'type', 'bridge', 'mcast_snooping', '0');
-    this.addr(host, 'br0', `${HOST_IP4}/24`, `${HOST_IP6}/64`);
+    addAddrs(host, 'br0', `${HOST_IP4}/24`, `${HOST_IP6}/64`);
     host.ip('link', 'set', 'br0', 'up');
     for (let i = 1; i <= n; i++) {
       const c = this.ns(`${this.prefix}-c${i}`, { dad: false });
       c.exec('sysctl', ['-qw', 'net.ipv4.icmp_echo_ignore_broadcasts=0']);
       const hostPort = `c${i}h`;
-      const { b: eth0 } = this.veth({ ns: host, name: hostPort }, { ns: c, name: 'eth0' });
+      const { b: eth0 } = veth({ ns: host, name: hostPort }, { ns: c, name: 'eth0' });
       host.ip('link', 'set', hostPort, 'master', 'br0');
       const ip4 = `${SUBNET4}.${10 + i}`;
       const ip6 = `${SUBNET6}:${10 + i}`;
-      this.addr(c, 'eth0', `${ip4}/24`, `${ip6}/64`);
+      addAddrs(c, 'eth0', `${ip4}/24`, `${ip6}/64`);
       c.ip('route', 'add', 'default', 'via', HOST_IP4);
       c.ip('-6', 'route', 'add', 'default', 'via', HOST_IP6, 'dev', 'eth0');
       if (staticNeighbour) c.ip('neigh', 'add', `${SUBNET4}.99`, 'lladdr', '02:00:00:00:00:99', 'dev', 'eth0', 'nud', 'permanent');
@@ -494,6 +499,11 @@ export interface StubCounts {
   ignored: number;
   truncated: number;
   send_errors: number;
+  /** Flow offload (--pin-root): flows offloaded, DENY entries written, failed writes, flows tracked. */
+  offloaded?: number;
+  denied?: number;
+  offload_errors?: number;
+  flows?: number;
   pairs: Record<string, { id: number; to_wl: StubDir; from_wl: StubDir }>;
 }
 
@@ -506,10 +516,15 @@ export class StubDp {
   ) {}
 
   static async start(t: Topology, dropPorts: number[]): Promise<StubDp> {
+    return StubDp.startIn(t, t.enforcer, dropPorts.flatMap((p) => ['--drop-port', String(p)]));
+  }
+
+  /** build/stub-dp with more `args` (--drop-port, --pin-root, --offload-after ...) in a netns of `net`. */
+  static async startIn(net: Net, ns: string, args: string[], o: { nsenter?: boolean } = {}): Promise<StubDp> {
     if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} not found (make build)`);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'neuv-stubdp-'));
     const file = path.join(dir, 'counts.json');
-    const child = t.spawnIn(t.enforcer, STUB_DP, ['--out', file, '--interval-ms', '50', ...dropPorts.flatMap((p) => ['--drop-port', String(p)])]);
+    const child = net.spawnIn(ns, STUB_DP, ['--out', file, '--interval-ms', '50', ...args], o);
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     const s = new StubDp(child, file, dir);

@@ -36,7 +36,8 @@ import {
   u32Key,
 } from '../src/layout';
 import type { Hook, ModelState } from './model';
-import { makeNet, makePinRoot, OBJ, onCleanup, ROOT, uniqueName } from './helpers';
+import { makeNetns, makePinRoot, OBJ, onCleanup, ROOT } from './helpers';
+import { veth as makeVeth } from '../src/topology';
 
 export const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
 export const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
@@ -83,9 +84,8 @@ export class DpFixture {
 
   /** Private netns + loaded object; cleanup registered with the helpers. */
   static create(rodata?: Record<string, number>): DpFixture {
-    const net = makeNet();
-    const ns = net.ns(uniqueName());
-    net.veth({ ns, name: 'nbtv0' }, { ns, name: 'nbtv1' });
+    const ns = makeNetns();
+    makeVeth({ ns, name: 'nbtv0' }, { ns, name: 'nbtv1' });
     const home = fs.openSync('/proc/self/ns/net', 'r');
     const there = fs.openSync(`/run/netns/${ns.name}`, 'r');
     setns(there, CLONE_NEWNET, ns.name);

@@ -32,6 +32,7 @@ import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../s
 import { formatMac, ucmac } from '../src/mac';
 import { ROOT, makeNet, Netns, onCleanup, sh, uniqueName } from './helpers';
 import { addPair } from './topology';
+import { veth } from '../src/topology';
 
 export interface NvCaps {
   pedit: boolean;
@@ -96,7 +97,7 @@ export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { ca
   if (!c.gact && specs.some((s) => s.mode === 'tap')) notes.push('no act_gact: TAP pairs without their vbr-neuv drop rules');
 
   // Connect
-  net.veth({ ns: enforcer, name: NV_VBR, index: 10000000, mtu: 2048 }, { ns: enforcer, name: 'vth-neuv', index: 10000001, mtu: 2048 }, { ipv6: false, up: false });
+  veth({ ns: enforcer, name: NV_VBR, index: 10000000, mtu: 2048 }, { ns: enforcer, name: 'vth-neuv', index: 10000001, mtu: 2048 }, { ipv6: false, up: false });
   for (const dev of [NV_VBR, 'vth-neuv']) {
     enforcer.exec('ethtool', ['-K', dev, 'rx', 'off', 'tx', 'off'], { allowFail: true });
     enforcer.ip('link', 'set', 'dev', dev, 'up');
@@ -107,7 +108,7 @@ export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { ca
   const pairs: NvFixturePair[] = [];
   specs.forEach((s, i) => {
     const n = i + 1;
-    const w = addPair(net, { host, enforcer, workload }, {
+    const w = addPair({ host, enforcer, workload }, {
       vin: `vin${s.tag}-eth0`, vex: `vex${s.tag}-eth0`, hostIf: `h${n}`, wlIf: `w${n}`, hostAddr: `10.88.${n}.1`, wlAddr: `10.88.${n}.2`,
     });
     const { vin, vex, vinIfindex, vexIfindex, wlMac: mac } = w;

@@ -16,7 +16,7 @@
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import { CliResult, cli, makeNet, makePinRoot, Netns, onCleanup, uniqueName } from './helpers';
-import { ContainerNs, Net, nsView, StubDp, Topology, waitFor } from '../src/topology';
+import { addAddrs, ContainerNs, Net, nsView, staticNeighbours, StubDp, Topology, veth, waitFor } from '../src/topology';
 
 export { ContainerNs, nsView, StubDp, Topology, waitFor };
 
@@ -41,31 +41,29 @@ export function makeTopology(o: { containers?: number; load?: boolean } = {}): T
   return { t, pins, c: t.containers, run };
 }
 
-/** What addPair made, by name, with the MACs and ifindexes it got. */
-export interface PairWiring {
+/** A pair's names and addresses (IPv4, a /24 each side). */
+export interface PairNames {
   vin: string;
   vex: string;
   hostIf: string;
   wlIf: string;
   hostAddr: string;
   wlAddr: string;
+}
+
+export interface PairOptions extends PairNames {
+  /** Choose the vex ifindex (e.g. to test id derivation). */
+  vexIndex?: number;
+  mtu?: number;
+}
+
+/** What addPair made, with the MACs and ifindexes it got. */
+export interface PairWiring extends PairNames {
   hostMac: string;
   /** The workload MAC M of the pair. */
   wlMac: string;
   vinIfindex: number;
   vexIfindex: number;
-}
-
-export interface PairOptions {
-  vin: string;
-  vex: string;
-  hostIf: string;
-  wlIf: string;
-  hostAddr: string;
-  wlAddr: string;
-  /** Choose the vex ifindex (e.g. to test id derivation). */
-  vexIndex?: number;
-  mtu?: number;
 }
 
 /**
@@ -76,12 +74,12 @@ export interface PairOptions {
  * counters), static neighbour entries on both sides (no ARP timing), no
  * forwarding in the enforcer netns: without a pair nothing gets across.
  */
-export function addPair(net: Net, ns: { host: Netns; enforcer: Netns; workload: Netns }, o: PairOptions): PairWiring {
-  const ex = net.veth({ ns: ns.enforcer, name: o.vex, index: o.vexIndex, mtu: o.mtu }, { ns: ns.host, name: o.hostIf }, { ipv6: false });
-  const vin = net.veth({ ns: ns.enforcer, name: o.vin, mtu: o.mtu }, { ns: ns.workload, name: o.wlIf }, { ipv6: false });
-  net.addr(ns.host, o.hostIf, `${o.hostAddr}/24`);
-  net.addr(ns.workload, o.wlIf, `${o.wlAddr}/24`);
-  net.staticNeighbours({ ns: ns.host, dev: o.hostIf, addr: o.hostAddr }, { ns: ns.workload, dev: o.wlIf, addr: o.wlAddr });
+export function addPair(ns: { host: Netns; enforcer: Netns; workload: Netns }, o: PairOptions): PairWiring {
+  const ex = veth({ ns: ns.enforcer, name: o.vex, index: o.vexIndex, mtu: o.mtu }, { ns: ns.host, name: o.hostIf }, { ipv6: false });
+  const vin = veth({ ns: ns.enforcer, name: o.vin, mtu: o.mtu }, { ns: ns.workload, name: o.wlIf }, { ipv6: false });
+  addAddrs(ns.host, o.hostIf, `${o.hostAddr}/24`);
+  addAddrs(ns.workload, o.wlIf, `${o.wlAddr}/24`);
+  staticNeighbours({ ns: ns.host, dev: o.hostIf, addr: o.hostAddr }, { ns: ns.workload, dev: o.wlIf, addr: o.wlAddr });
   return {
     vin: o.vin, vex: o.vex, hostIf: o.hostIf, wlIf: o.wlIf, hostAddr: o.hostAddr, wlAddr: o.wlAddr,
     hostMac: ex.b.address, wlMac: vin.b.address, vinIfindex: vin.a.ifindex, vexIfindex: ex.a.ifindex,
@@ -89,6 +87,8 @@ export function addPair(net: Net, ns: { host: Netns; enforcer: Netns; workload: 
 }
 
 export interface PairTopology extends PairWiring {
+  /** What made (and at cleanup removes) the three netns. */
+  net: Net;
   /** Host side: holds hostIf (the peer of vex), address hostAddr. */
   host: Netns;
   /** Enforcer netns: holds vin and vex (and vbr-neuv after `load`). */
@@ -105,11 +105,11 @@ export function makePairTopology(o: Partial<PairOptions> & { subnet?: string } =
   const subnet = o.subnet ?? '10.77.0';
   const net = makeNet();
   const ns = { host: net.ns(uniqueName()), enforcer: net.ns(uniqueName()), workload: net.ns(uniqueName()) };
-  const w = addPair(net, ns, {
+  const w = addPair(ns, {
     vin: o.vin ?? 'vinE', vex: o.vex ?? 'vexE', hostIf: o.hostIf ?? 'hA', wlIf: o.wlIf ?? 'eth0',
     hostAddr: `${subnet}.1`, wlAddr: `${subnet}.2`, vexIndex: o.vexIndex, mtu: o.mtu,
   });
-  return { ...ns, ...w };
+  return { net, ...ns, ...w };
 }
 
 /** A long-running process in a container (its pid names the container, like a workload's). */
