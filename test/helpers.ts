@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { Command } from 'commander';
 import { journalDir } from '../src/journal';
 import { LOCK_DIR } from '../src/lock';
 import { Net, Netns } from '../src/topology';
@@ -201,4 +202,16 @@ export function leakChecks(): void {
     runCleanups();
     assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
   });
+}
+
+/** Every leaf command of a commander program (help excepted), with its path of names. */
+export function leafCommands(c: Command, prefix: string[] = []): Array<{ path: string[]; cmd: Command }> {
+  const out: Array<{ path: string[]; cmd: Command }> = [];
+  for (const sub of c.commands) {
+    if (sub.name() === 'help') continue;
+    const p = [...prefix, sub.name()];
+    if (sub.commands.length) out.push(...leafCommands(sub, p));
+    else out.push({ path: p, cmd: sub });
+  }
+  return out;
 }

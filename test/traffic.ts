@@ -49,6 +49,22 @@ function jsonLines(child: ChildProcess, onLine: (v: Record<string, unknown>) => 
   });
 }
 
+/**
+ * Waits until a receiver child prints {"ready":true}; `done` settles when it
+ * exits (rejects unless 0), `report()` is the last other JSON line it printed.
+ */
+async function receiverReady(recv: ChildProcess, what: string): Promise<{ done: Promise<void>; report: () => Record<string, unknown> | undefined }> {
+  let report: Record<string, unknown> | undefined;
+  let ready!: () => void;
+  const isReady = new Promise<void>((r) => (ready = r));
+  const done = jsonLines(recv, (v) => {
+    if (v.ready) ready();
+    else report = v;
+  });
+  await Promise.race([isReady, done.then(() => Promise.reject(new Error(`${what} exited before it was ready`)))]);
+  return { done, report: () => report };
+}
+
 // ---------------------------------------------------------------- UDP stream
 
 export interface UdpStreamOptions {
@@ -132,14 +148,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
     'recv', '--port', String(o.port), '--run', run, ...(o.untilStopped ? [] : ['--expect', String(o.count)]),
     '--idle-ms', String(o.timeoutMs ?? 120000), '--timeout-ms', String(o.timeoutMs ?? 120000),
   ]);
-  let report: Record<string, unknown> | undefined;
-  let ready!: () => void;
-  const isReady = new Promise<void>((r) => (ready = r));
-  const recvDone = jsonLines(recv, (v) => {
-    if (v.ready) ready();
-    else report = v;
-  });
-  await Promise.race([isReady, recvDone.then(() => Promise.reject(new Error('udpseq recv exited before it was ready')))]);
+  const { done: recvDone, report: reportOf } = await receiverReady(recv, 'udpseq recv');
 
   const sendArgs = ['send', '--to', o.to, '--port', String(o.port), '--count', String(count), '--rate', String(o.rate), '--size', String(o.size ?? 64), '--run', run];
   if (o.from) sendArgs.push('--from', o.from);
@@ -159,6 +168,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
       });
   }
   const result = Promise.all([sent, recvDone]).then(([s]) => {
+    const report = reportOf();
     if (!report) throw new Error('udpseq recv printed no report');
     const r = report as Record<string, number>;
     return {
@@ -300,14 +310,7 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
   if (dev) o.sender.ip('route', 'replace', `${o.to}/32`, 'dev', dev, 'rto_min', '1000ms');
   const before = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
   const recv = spawnInNetns(o.receiver.name, TCPSUM, ['recv', '--port', String(o.port), '--timeout-ms', String(o.timeoutMs ?? 4 * 3600e3)]);
-  let report: Record<string, unknown> | undefined;
-  let ready!: () => void;
-  const isReady = new Promise<void>((r) => (ready = r));
-  const recvDone = jsonLines(recv, (v) => {
-    if (v.ready) ready();
-    else report = v;
-  });
-  await Promise.race([isReady, recvDone.then(() => Promise.reject(new Error('tcpsum recv exited before it was ready')))]);
+  const { done: recvDone, report: reportOf } = await receiverReady(recv, 'tcpsum recv');
   const args = ['send', '--to', o.to, '--port', String(o.port), '--seed', o.seed ?? String(o.port)];
   if (o.untilStopped) args.push('--until-stopped');
   else args.push('--bytes', String(o.bytes ?? 1 << 20));
@@ -316,6 +319,7 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
   let sent: Record<string, unknown> | undefined;
   const sendDone = jsonLines(snd, (v) => (sent = v));
   const result = Promise.all([sendDone, recvDone]).then(() => {
+    const report = reportOf();
     if (!sent || !report) throw new Error('tcpsum printed no report');
     const after = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
     return {
