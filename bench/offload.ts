@@ -7,7 +7,7 @@
  *   bypass     BYPASS: vex <-> vin directly, no DP (the ceiling; target: offloaded >= 0.9x)
  *   fwd-dp     FWD through the stub DP, no offload: every frame out to userspace and back
  *
- * All on one topology (test/traffic.ts makePairTopology, redirect_peer where
+ * All on one topology (test/topology.ts makePairTopology, redirect_peer where
  * the kernel has it); each round measures the three in a rotating order, and
  * the ratios are taken per round (paired), their median reported. The stub
  * is restarted for each FWD variant (a mode switch clears the flow map).
@@ -22,7 +22,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { cli, kernelUnavailable, makePinRoot, onCleanup, runCleanups } from '../test/helpers';
-import { PairTopology, STUB_DP, makePairTopology } from '../test/traffic';
+import { STUB_DP } from '../test/traffic';
+import { PairTopology, makePairTopology } from '../test/topology';
 
 export interface BenchRow {
   name: string;

@@ -1,7 +1,9 @@
 /**
- * The harness the demo and the kernel suites share: a throwaway topology in
- * private network namespaces (Topology: a host netns with a bridge, containers
- * with IPv4 + IPv6, an enforcer netns), the echo server and probe client this
+ * The harness the demo and the kernel suites share: the one builder of
+ * throwaway networks in private namespaces (Net: netns, veths, addresses,
+ * neighbours, processes inside, all undone by destroy()), the topology on it
+ * (Topology: a host netns with a bridge, containers with IPv4 + IPv6, an
+ * enforcer netns), the echo server and probe client this
  * file runs as a child (`node topology.js serve|probe`), and the stub DP
  * (build/stub-dp on vth-neuv). `neuv-bpf demo` (src/demo.ts) is built on it;
  * so are test/topology.ts and the suites that send real traffic.
@@ -23,8 +25,8 @@ const SELF = __filename;
 // ================================================================ small process helpers
 
 /** Runs a command synchronously (argument array); throws with its stderr unless allowFail. */
-export function sh(cmd: string, args: string[], opts: { allowFail?: boolean } = {}): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+export function sh(cmd: string, args: string[], opts: { allowFail?: boolean; input?: string } = {}): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input });
   if ((r.status !== 0 || r.error) && !opts.allowFail) {
     throw new Error(`${cmd} ${args.join(' ')}: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n')[0]}`);
   }
@@ -39,6 +41,131 @@ export async function waitFor<T>(what: string, fn: () => T | undefined | false |
     if (v !== undefined && v !== false) return v as T;
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+// ================================================================ the builder: netns, veths, addresses, neighbours
+
+/** A network namespace: its name and commands run inside it. */
+export interface Netns {
+  name: string;
+  /** Runs a command inside the namespace (argument array, no shell). */
+  exec(cmd: string, args: string[], opts?: { allowFail?: boolean; input?: string }): string;
+  /** `ip -n NAME ...` */
+  ip(...args: string[]): string;
+  /** Deletes it now (a no-op on a view of a netns someone else owns). */
+  del(): void;
+}
+
+/** A Netns handle on a namespace that exists already (del does nothing). */
+export function nsView(name: string): Netns {
+  return {
+    name,
+    exec: (cmd, args, opts) => sh('ip', ['netns', 'exec', name, cmd, ...args], opts),
+    ip: (...args) => sh('ip', ['-n', name, ...args]),
+    del: () => undefined,
+  };
+}
+
+/** A device's ifindex and MAC. */
+export function linkOf(ns: Netns, dev: string): { ifindex: number; address: string } {
+  const [l] = JSON.parse(ns.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number; address: string }>;
+  if (!l) throw new Error(`no ${dev} in ${ns.name}`);
+  return l;
+}
+
+/** One end of a veth pair: its netns, name, and the ifindex and MTU to ask for. */
+export interface VethEnd {
+  ns: Netns;
+  name: string;
+  index?: number;
+  mtu?: number;
+}
+
+/** An address on a device, for staticNeighbours. */
+export interface Host {
+  ns: Netns;
+  dev: string;
+  addr: string;
+}
+
+/**
+ * A veth pair: `a` made in its netns, its peer `b` moved to its own; both
+ * up unless `up: false`. `ipv6: false` turns IPv6 off on both ends first
+ * (no router solicitations or DAD in the counters). Gone with its netns.
+ */
+export function veth(a: VethEnd, b: VethEnd, o: { ipv6?: boolean; up?: boolean } = {}): { a: { ifindex: number; address: string }; b: { ifindex: number; address: string } } {
+  const opts = (e: VethEnd) => [...(e.index ? ['index', String(e.index)] : []), ...(e.mtu ? ['mtu', String(e.mtu)] : [])];
+  a.ns.ip('link', 'add', a.name, ...opts(a), 'type', 'veth', 'peer', 'name', b.name, ...opts(b), ...(b.ns.name !== a.ns.name ? ['netns', b.ns.name] : []));
+  for (const e of [a, b]) {
+    if (o.ipv6 === false) e.ns.exec('sysctl', ['-qw', `net.ipv6.conf.${e.name}.disable_ipv6=1`], { allowFail: true });
+    if (o.up !== false) e.ns.ip('link', 'set', 'dev', e.name, 'up');
+  }
+  return { a: linkOf(a.ns, a.name), b: linkOf(b.ns, b.name) };
+}
+
+/** Addresses (CIDR) on a device; IPv6 ones without DAD. */
+export function addAddrs(ns: Netns, dev: string, ...cidrs: string[]): void {
+  for (const c of cidrs) ns.ip('addr', 'add', c, 'dev', dev, ...(c.includes(':') ? ['nodad'] : []));
+}
+
+/** Each side gets a permanent neighbour entry for the other's address and MAC (no ARP timing). */
+export function staticNeighbours(x: Host, y: Host): void {
+  const [mx, my] = [linkOf(x.ns, x.dev).address, linkOf(y.ns, y.dev).address];
+  x.ns.ip('neigh', 'replace', y.addr, 'lladdr', my, 'dev', x.dev, 'nud', 'permanent');
+  y.ns.ip('neigh', 'replace', x.addr, 'lladdr', mx, 'dev', y.dev, 'nud', 'permanent');
+}
+
+/**
+ * The one builder of the demo's and the tests' networks: with veth(),
+ * addAddrs() and staticNeighbours() above (whatever they make goes with its
+ * netns), it creates the namespaces, starts processes inside, and undoes it
+ * all with destroy() (the tests register that with onCleanup() when they
+ * make a Net: test/helpers.ts makeNet).
+ */
+export class Net {
+  private readonly namespaces: string[] = [];
+  private readonly children: ChildProcess[] = [];
+  private destroyed = false;
+
+  /** Creates a netns (lo up); `dad: false` turns IPv6 duplicate address detection off for its devices. */
+  ns(name: string, o: { dad?: boolean } = {}): Netns {
+    sh('ip', ['netns', 'add', name]);
+    this.namespaces.push(name);
+    const ns: Netns = {
+      ...nsView(name),
+      del: () => {
+        sh('ip', ['netns', 'del', name], { allowFail: true });
+        this.namespaces.splice(this.namespaces.indexOf(name), 1);
+      },
+    };
+    ns.ip('link', 'set', 'lo', 'up');
+    if (o.dad === false) for (const k of ['default', 'all']) ns.exec('sysctl', ['-qw', `net.ipv6.conf.${k}.accept_dad=0`]);
+    return ns;
+  }
+
+  /**
+   * Spawns `cmd args` inside a netns; the process is killed by destroy().
+   * `nsenter`: entered with nsenter, not `ip netns exec`, which mounts a
+   * fresh /sys and so hides the bpffs (and its pins) at /sys/fs/bpf.
+   */
+  spawnIn(ns: string, cmd: string, args: string[], o: { nsenter?: boolean } = {}): ChildProcess {
+    // stdin is a pipe from us: children that watch it (the echo server) end when we do.
+    const argv = o.nsenter ? ['nsenter', `--net=${netnsPath(ns)}`, cmd, ...args] : ['ip', 'netns', 'exec', ns, cmd, ...args];
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+    child.on('error', () => undefined);
+    this.children.push(child);
+    return child;
+  }
+
+  /** Kills what it spawned, deletes every netns it made. Idempotent, synchronous (safe in a signal handler). */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    for (const c of this.children) {
+      if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    }
+    for (const ns of this.namespaces.reverse()) sh('ip', ['netns', 'del', ns], { allowFail: true });
   }
 }
 
@@ -74,21 +201,19 @@ export const BCAST4 = `${SUBNET4}.255`;
 export const MCAST_GROUP = '239.7.7.7';
 
 /**
- * The demo/test topology: a host netns with a bridge, N containers each with
- * a veth on the bridge, IPv4 + IPv6 and default routes, and an empty
- * enforcer netns. IPv6 DAD is off everywhere (no tentative addresses), the
- * bridge floods multicast (no snooping), containers answer ICMP echo sent
+ * The demo/test topology, on a Net: a host netns with a bridge, N containers
+ * each with a veth on the bridge, IPv4 + IPv6 and default routes, and an
+ * empty enforcer netns. IPv6 DAD is off everywhere (no tentative addresses),
+ * the bridge floods multicast (no snooping), containers answer ICMP echo sent
  * to broadcast/multicast.
  */
-export class Topology {
+export class Topology extends Net {
   readonly host: string;
   readonly enforcer: string;
   readonly containers: ContainerNs[] = [];
-  private readonly namespaces: string[] = [];
-  private readonly children: ChildProcess[] = [];
-  private destroyed = false;
 
   private constructor(readonly prefix: string) {
+    super();
     this.host = `${prefix}-host`;
     this.enforcer = `${prefix}-enf`;
   }
@@ -105,13 +230,6 @@ export class Topology {
     return t;
   }
 
-  private addNs(name: string): void {
-    sh('ip', ['netns', 'add', name]);
-    this.namespaces.push(name);
-    sh('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
-    for (const k of ['default', 'all']) sh('ip', ['netns', 'exec', name, 'sysctl', '-qw', `net.ipv6.conf.${k}.accept_dad=0`]);
-  }
-
   ip(ns: string, ...args: string[]): string {
     return sh('ip', ['-n', ns, ...args]);
   }
@@ -122,49 +240,25 @@ export class Topology {
   }
 
   private build(n: number, staticNeighbour: boolean): void {
-    this.addNs(this.host);
-    this.addNs(this.enforcer);
-    this.ip(this.host, 'link', 'add', 'br0', 'type', 'bridge', 'mcast_snooping', '0');
-    this.ip(this.host, 'addr', 'add', `${HOST_IP4}/24`, 'dev', 'br0');
-    this.ip(this.host, 'addr', 'add', `${HOST_IP6}/64`, 'dev', 'br0', 'nodad');
-    this.ip(this.host, 'link', 'set', 'br0', 'up');
+    const host = this.ns(this.host, { dad: false });
+    this.ns(this.enforcer, { dad: false });
+    host.ip('link', 'add', 'br0', 'type', 'bridge', 'mcast_snooping', '0');
+    addAddrs(host, 'br0', `${HOST_IP4}/24`, `${HOST_IP6}/64`);
+    host.ip('link', 'set', 'br0', 'up');
     for (let i = 1; i <= n; i++) {
-      const ns = `${this.prefix}-c${i}`;
-      this.addNs(ns);
-      this.exec(ns, 'sysctl', ['-qw', 'net.ipv4.icmp_echo_ignore_broadcasts=0']);
+      const c = this.ns(`${this.prefix}-c${i}`, { dad: false });
+      c.exec('sysctl', ['-qw', 'net.ipv4.icmp_echo_ignore_broadcasts=0']);
       const hostPort = `c${i}h`;
-      this.ip(this.host, 'link', 'add', hostPort, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
-      this.ip(this.host, 'link', 'set', hostPort, 'master', 'br0', 'up');
+      const { b: eth0 } = veth({ ns: host, name: hostPort }, { ns: c, name: 'eth0' });
+      host.ip('link', 'set', hostPort, 'master', 'br0');
       const ip4 = `${SUBNET4}.${10 + i}`;
       const ip6 = `${SUBNET6}:${10 + i}`;
-      this.ip(ns, 'addr', 'add', `${ip4}/24`, 'dev', 'eth0');
-      this.ip(ns, 'addr', 'add', `${ip6}/64`, 'dev', 'eth0', 'nodad');
-      this.ip(ns, 'link', 'set', 'eth0', 'up');
-      this.ip(ns, 'route', 'add', 'default', 'via', HOST_IP4);
-      this.ip(ns, '-6', 'route', 'add', 'default', 'via', HOST_IP6, 'dev', 'eth0');
-      if (staticNeighbour) this.ip(ns, 'neigh', 'add', `${SUBNET4}.99`, 'lladdr', '02:00:00:00:00:99', 'dev', 'eth0', 'nud', 'permanent');
-      const [l] = JSON.parse(this.ip(ns, '-j', 'link', 'show', 'dev', 'eth0')) as Array<{ address: string }>;
-      this.containers.push({ index: i, ns, path: netnsPath(ns), hostPort, ip4, ip6, mac: l!.address });
+      addAddrs(c, 'eth0', `${ip4}/24`, `${ip6}/64`);
+      c.ip('route', 'add', 'default', 'via', HOST_IP4);
+      c.ip('-6', 'route', 'add', 'default', 'via', HOST_IP6, 'dev', 'eth0');
+      if (staticNeighbour) c.ip('neigh', 'add', `${SUBNET4}.99`, 'lladdr', '02:00:00:00:00:99', 'dev', 'eth0', 'nud', 'permanent');
+      this.containers.push({ index: i, ns: c.name, path: netnsPath(c.name), hostPort, ip4, ip6, mac: eth0.address });
     }
-  }
-
-  /** Spawns `cmd args` inside a netns; the process is killed by destroy(). */
-  spawnIn(ns: string, cmd: string, args: string[]): ChildProcess {
-    // stdin is a pipe from us: children that watch it (the echo server) end when we do.
-    const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    child.on('error', () => undefined);
-    this.children.push(child);
-    return child;
-  }
-
-  /** Kills what it spawned, deletes every netns it made. Idempotent, synchronous (safe in a signal handler). */
-  destroy(): void {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    for (const c of this.children) {
-      if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    }
-    for (const ns of this.namespaces.reverse()) sh('ip', ['netns', 'del', ns], { allowFail: true });
   }
 }
 
@@ -405,6 +499,11 @@ export interface StubCounts {
   ignored: number;
   truncated: number;
   send_errors: number;
+  /** Flow offload (--pin-root): flows offloaded, DENY entries written, failed writes, flows tracked. */
+  offloaded?: number;
+  denied?: number;
+  offload_errors?: number;
+  flows?: number;
   pairs: Record<string, { id: number; to_wl: StubDir; from_wl: StubDir }>;
 }
 
@@ -417,10 +516,15 @@ export class StubDp {
   ) {}
 
   static async start(t: Topology, dropPorts: number[]): Promise<StubDp> {
+    return StubDp.startIn(t, t.enforcer, dropPorts.flatMap((p) => ['--drop-port', String(p)]));
+  }
+
+  /** build/stub-dp with more `args` (--drop-port, --pin-root, --offload-after ...) in a netns of `net`. */
+  static async startIn(net: Net, ns: string, args: string[], o: { nsenter?: boolean } = {}): Promise<StubDp> {
     if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} not found (make build)`);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'neuv-stubdp-'));
     const file = path.join(dir, 'counts.json');
-    const child = t.spawnIn(t.enforcer, STUB_DP, ['--out', file, '--interval-ms', '50', ...dropPorts.flatMap((p) => ['--drop-port', String(p)])]);
+    const child = net.spawnIn(ns, STUB_DP, ['--out', file, '--interval-ms', '50', ...args], o);
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     const s = new StubDp(child, file, dir);

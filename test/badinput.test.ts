@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
+import { addAddrs, veth } from '../src/topology';
 import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups, uniqueName } from './helpers';
 import { buildProgram } from '../src/cli';
 
@@ -77,17 +78,15 @@ describe('bad input matrix (kernel)', function () {
     const l = cli(['--netns', enf.name, '--bpffs', pins, 'load']);
     assert.equal(l.code, 0, l.stderr);
     for (const i of [1, 2]) {
-      enf.ip('link', 'add', `vin${i}`, 'type', 'veth', 'peer', 'name', `wl${i}`);
-      enf.ip('link', 'add', `vex${i}`, 'type', 'veth', 'peer', 'name', `h${i}`);
-      for (const d of [`vin${i}`, `wl${i}`, `vex${i}`, `h${i}`]) enf.ip('link', 'set', d, 'up');
+      veth({ ns: enf, name: `vin${i}` }, { ns: enf, name: `wl${i}` });
+      veth({ ns: enf, name: `vex${i}` }, { ns: enf, name: `h${i}` });
     }
     enf.ip('link', 'add', 'br9', 'type', 'bridge');
     const a = cli(['--netns', enf.name, '--bpffs', pins, 'pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC1, '--id', '100', '--mode', 'tap']);
     assert.equal(a.code, 0, a.stderr);
     // A container (not intercepted) whose eth0 is a veth to the host netns.
-    host.ip('link', 'add', 'hc', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ctr.name);
-    ctr.ip('addr', 'add', '10.55.0.2/24', 'dev', 'eth0');
-    ctr.ip('link', 'set', 'eth0', 'up');
+    veth({ ns: host, name: 'hc' }, { ns: ctr, name: 'eth0' });
+    addAddrs(ctr, 'eth0', '10.55.0.2/24');
     state0 = kernelState(enf, pins);
     ctr0 = containerState(ctr);
   });

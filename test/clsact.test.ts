@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { BPF_TCX_INGRESS, CLONE_NEWNET, ProgFd, closeFd, linkCreate, linkInfo, objGet, pinFd, setns } from '../src/bpf';
 import { features } from '../src/features';
 import { progPinPath } from '../src/pins';
+import { veth } from '../src/topology';
 import { cli, makeNetns, makePinRoot, requireKernel, leakChecks } from './helpers';
 
 /** Runs fn with this thread in the named netns (then back). */
@@ -48,9 +49,8 @@ describe('pair del and a clsact shared since (kernel, tc attach)', function () {
     };
     ok(['load']);
     for (const i of [1, 2, 3]) {
-      ns.ip('link', 'add', `vin${i}`, 'type', 'veth', 'peer', 'name', `wl${i}`);
-      ns.ip('link', 'add', `vex${i}`, 'type', 'veth', 'peer', 'name', `h${i}`);
-      for (const d of [`vin${i}`, `wl${i}`, `vex${i}`, `h${i}`]) ns.ip('link', 'set', d, 'up');
+      veth({ ns, name: `vin${i}` }, { ns, name: `wl${i}` });
+      veth({ ns, name: `vex${i}` }, { ns, name: `h${i}` });
     }
     const tc = (...a: string[]) => ns.exec('tc', a);
     const qdisc = (dev: string) => /qdisc clsact/.test(tc('qdisc', 'show', 'dev', dev));
@@ -91,8 +91,8 @@ describe('pair del and a clsact shared since (kernel, tc attach)', function () {
     fs.mkdirSync(theirs, { mode: 0o700 });
     const c = (args: string[]) => cli(['--netns', ns.name, '--bpffs', pins, ...args], { env: { NEUV_BPF_ATTACH: 'tc' } });
     assert.equal(c(['load']).code, 0);
-    ns.ip('link', 'add', 'vin1', 'type', 'veth', 'peer', 'name', 'wl1');
-    ns.ip('link', 'add', 'vex1', 'type', 'veth', 'peer', 'name', 'h1');
+    veth({ ns, name: 'vin1' }, { ns, name: 'wl1' }, { up: false });
+    veth({ ns, name: 'vex1' }, { ns, name: 'h1' }, { up: false });
     const add = c(['pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', '02:00:00:00:00:01']);
     assert.equal(add.code, 0, add.stderr);
     // Another tool's tcx link on vin1 (here: our vin program, linked and pinned elsewhere).

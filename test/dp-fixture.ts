@@ -37,6 +37,7 @@ import {
 } from '../src/layout';
 import type { Hook, ModelState } from './model';
 import { makeNetns, makePinRoot, OBJ, onCleanup, ROOT } from './helpers';
+import { veth as makeVeth } from '../src/topology';
 
 export const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
 export const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
@@ -83,12 +84,10 @@ export class DpFixture {
 
   /** Private netns + loaded object; cleanup registered with the helpers. */
   static create(rodata?: Record<string, number>): DpFixture {
-    const ns = makeNetns('nbt');
+    const ns = makeNetns();
+    makeVeth({ ns, name: 'nbtv0' }, { ns, name: 'nbtv1' });
     const home = fs.openSync('/proc/self/ns/net', 'r');
     const there = fs.openSync(`/run/netns/${ns.name}`, 'r');
-    ns.ip('link', 'add', 'nbtv0', 'type', 'veth', 'peer', 'name', 'nbtv1');
-    ns.ip('link', 'set', 'nbtv1', 'up');
-    ns.ip('link', 'set', 'nbtv0', 'up');
     setns(there, CLONE_NEWNET, ns.name);
     fs.closeSync(there);
     // Runs before the namespace is deleted (cleanups run last-in first-out).

@@ -42,7 +42,7 @@ import { monoToWall, viewRecord, formatView } from '../src/trace';
 import { DpFixture, globalDelta, statsDelta } from './dp-fixture';
 import { BCAST, GW, ID, ID2, ICMP, M, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, ip4, ipv6, twoPairs, withMac } from './frames';
 import { cli, makePinRoot, requireKernel, ROOT, runCleanups, sh } from './helpers';
-import { makePairTopology } from './traffic';
+import { makePairTopology } from './topology';
 
 const SHOT = 2;
 const REDIRECT = 7;

@@ -155,17 +155,6 @@ interface ChildReport {
   msBy: Record<string, number>;
 }
 
-function leafCommands(c: Command, prefix: string[] = []): Array<{ path: string[]; cmd: Command }> {
-  const out: Array<{ path: string[]; cmd: Command }> = [];
-  for (const sub of c.commands) {
-    if (sub.name() === 'help') continue;
-    const p = [...prefix, sub.name()];
-    if (sub.commands.length) out.push(...leafCommands(sub, p));
-    else out.push({ path: p, cmd: sub });
-  }
-  return out;
-}
-
 async function childMain(cfg: ChildConfig): Promise<void> {
   // Imported here: the parent (mocha) needs none of it.
   /* eslint-disable @typescript-eslint/no-var-requires */
@@ -176,6 +165,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const { MapFd } = bpf;
   const { TC_HANDLE, TC_PRIORITY } = await import('../src/attach');
   const { configureLogging } = await import('../src/log');
+  const { leafCommands } = await import('./helpers');
 
   const sh = (cmd: string, args: string[]) => {
     const r = spawnSync(cmd, args, { encoding: 'utf8' });

@@ -6,8 +6,12 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { Command } from 'commander';
 import { journalDir } from '../src/journal';
 import { LOCK_DIR } from '../src/lock';
+import { Net, Netns } from '../src/topology';
+
+export type { Netns };
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
@@ -52,15 +56,6 @@ export function uniqueName(prefix = 'nbt'): string {
   return `${prefix}${process.pid.toString(36)}${seq.toString(36)}`.slice(0, 15);
 }
 
-export interface Netns {
-  name: string;
-  /** Runs a command inside the namespace (argument array, no shell). */
-  exec(cmd: string, args: string[], opts?: { allowFail?: boolean; input?: string }): string;
-  /** `ip -n NAME ...` */
-  ip(...args: string[]): string;
-  del(): void;
-}
-
 const cleanups: Array<() => void> = [];
 
 /** Registers a cleanup that runs at the end of the current suite even on failure. */
@@ -87,21 +82,19 @@ export function sh(cmd: string, args: string[], opts: { allowFail?: boolean; inp
   return r.stdout ?? '';
 }
 
+/**
+ * A Net (src/topology.ts: the one builder of netns, veths, addresses and
+ * neighbours) destroyed by runCleanups(), registered before it makes anything.
+ */
+export function makeNet(): Net {
+  const net = new Net();
+  onCleanup(() => net.destroy());
+  return net;
+}
+
 /** Creates a private network namespace (lo up) removed by runCleanups()/del(). */
 export function makeNetns(prefix = 'nbt'): Netns {
-  const name = uniqueName(prefix);
-  sh('ip', ['netns', 'add', name]);
-  const ns: Netns = {
-    name,
-    exec: (cmd, args, opts) => sh('ip', ['netns', 'exec', name, cmd, ...args], opts),
-    ip: (...args) => sh('ip', ['-n', name, ...args]),
-    del: () => {
-      sh('ip', ['netns', 'del', name], { allowFail: true });
-    },
-  };
-  ns.ip('link', 'set', 'lo', 'up');
-  onCleanup(() => ns.del());
-  return ns;
+  return makeNet().ns(uniqueName(prefix));
 }
 
 /** A fresh pin root under /sys/fs/bpf, removed (recursively) at cleanup. */
@@ -209,4 +202,16 @@ export function leakChecks(): void {
     runCleanups();
     assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
   });
+}
+
+/** Every leaf command of a commander program (help excepted), with its path of names. */
+export function leafCommands(c: Command, prefix: string[] = []): Array<{ path: string[]; cmd: Command }> {
+  const out: Array<{ path: string[]; cmd: Command }> = [];
+  for (const sub of c.commands) {
+    if (sub.name() === 'help') continue;
+    const p = [...prefix, sub.name()];
+    if (sub.commands.length) out.push(...leafCommands(sub, p));
+    else out.push({ path: p, cmd: sub });
+  }
+  return out;
 }

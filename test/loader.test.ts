@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { veth } from '../src/topology';
 import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, requireKernel, sh, leakChecks } from './helpers';
 import { BpfObject, MapFd } from '../src/bpf';
 import { features } from '../src/features';
@@ -164,11 +165,8 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     // A mirror target, and a filter behind ours on vbr-neuv ingress for DA 4e:65:75:56:12:34 (the
     // UCMAC of id 0x1234, which no pair has), as NeuVector's vbr-neuv rules are. tcx: a legacy
     // ingress qdisc of its own, as NeuVector's; tc: our clsact, where our filter is pref 1.
-    ns.ip('link', 'add', 'nbm0', 'type', 'veth', 'peer', 'name', 'nbm1');
     // No IPv6 on them: their own neighbour discovery would be counted too.
-    for (const d of ['nbm0', 'nbm1']) ns.exec('sysctl', ['-qw', `net.ipv6.conf.${d}.disable_ipv6=1`]);
-    ns.ip('link', 'set', 'nbm0', 'up');
-    ns.ip('link', 'set', 'nbm1', 'up');
+    veth({ ns, name: 'nbm0' }, { ns, name: 'nbm1' }, { ipv6: false });
     if (kind === 'tcx') ns.exec('tc', ['qdisc', 'add', 'dev', 'vbr-neuv', 'ingress']);
     ns.exec('tc', ['filter', 'add', 'dev', 'vbr-neuv', ...(kind === 'tcx' ? ['parent', 'ffff:'] : ['ingress']), 'pref', '100', 'protocol', 'all', 'u32',
       'match', 'u16', '0x4e65', '0xffff', 'at', '-14', 'match', 'u32', '0x75561234', '0xffffffff', 'at', '-12',

@@ -12,12 +12,10 @@ import * as path from 'node:path';
 import { cliSpawn, onCleanup, TIME_SCALE, leakChecks } from './helpers';
 import { makeTopology, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
-import { ECHO_APPS, interceptC, requireNvdp } from './nvdp-fixture';
-import { NvDp } from '../src/dp/nvdp';
-import { DpClient } from '../src/dp/client';
+import { addEndpoint, interceptC, requireNvdp, startNvdp } from './nvdp-fixture';
+import type { NvDp } from '../src/dp/nvdp';
 import { DpWatch, FailPolicy } from '../src/dp/watch';
-import { ContainerNs, HOST_IP4 } from '../src/topology';
-import type { InterceptResult } from '../src/intercept';
+import { HOST_IP4 } from '../src/topology';
 
 const RATE = 1000; // datagrams per second: a gap of N ms loses about N datagrams
 
@@ -27,38 +25,43 @@ function modeOf(tt: TestTopology, id: number): string | undefined {
   return (JSON.parse(r.stdout) as { pairs: Array<{ id: number; mode: string }> }).pairs.find((p) => p.id === id)?.mode;
 }
 
-/** What an agent sends a (re)started DP for one intercepted container. */
-async function configure(client: DpClient, p: InterceptResult, c: ContainerNs): Promise<void> {
-  client.addMac({ mac: p.mac, ucmac: p.pair.ucmac, bcmac: p.pair.bcmac, ips: [c.ip4] });
-  client.cfgMac([p.mac], { tap: false, apps: ECHO_APPS });
-  await client.sync();
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** c1 in FWD through the real DP, a watcher with `policy`, a stream c1 -> host. */
+/** c1 in FWD through the real DP (an endpoint of it), a watcher with `policy` that configures each new DP. */
 async function setup(policy: FailPolicy) {
   const tt = makeTopology({ containers: 1 });
   const c1 = tt.c[0]!;
   const p1 = interceptC(tt, c1, 'fwd');
   const dps: NvDp[] = [];
   const start = async () => {
-    const dp = await NvDp.start({ netns: tt.t.enforcer });
-    onCleanup(() => dp.kill());
+    const dp = await startNvdp(tt);
     dps.push(dp);
     return dp;
   };
   const dp = await start();
-  await configure(dp.client, p1, c1);
+  await addEndpoint(dp.client, p1, c1);
   const current = () => dps[dps.length - 1]!;
   const w = DpWatch.start({
     pinRoot: tt.pins, netns: tt.t.enforcer, policy,
     dpRoot: () => (current().alive() ? current().root : undefined),
-    onBack: (client) => configure(client, p1, c1).then(() => true),
+    onBack: (client) => addEndpoint(client, p1, c1).then(() => true),
   });
   onCleanup(() => void w.stop());
   await w.until('up');
-  return { tt, c1, p1, w, start, current };
+  /** A stream c1 -> host on `port` until stopped. */
+  const stream = (port: number) => startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
+  /** A stream on `port`, the DP SIGKILLed 1 s into it; the watcher must see that within 1 s. */
+  const killMidStream = async (port: number) => {
+    const streamAt = Date.now();
+    const s = await stream(port);
+    await sleep(1000);
+    const killedAt = Date.now();
+    current().kill();
+    const down = (await w.until('down', 5000 * TIME_SCALE))!;
+    assert.ok(down.time - killedAt < 1000 * TIME_SCALE, `the watcher saw it within 1 s (${down.time - killedAt} ms)`);
+    return { s, streamAt, killedAt, down };
+  };
+  return { tt, p1, w, start, stream, killMidStream };
 }
 
 describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
@@ -70,14 +73,8 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
   leakChecks();
 
   it('fail-closed (default): the FWD pair is black-holed from the kill until the DP is back and configured, then flows again', async function () {
-    const { tt, c1, p1, w, start, current } = await setup('closed');
-    const streamAt = Date.now();
-    const s = await startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5010, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
-    await sleep(1000);
-    const killedAt = Date.now();
-    current().kill();
-    const down = (await w.until('down', 5000 * TIME_SCALE))!;
-    assert.ok(down.time - killedAt < 1000 * TIME_SCALE, `the watcher saw it within 1 s (${down.time - killedAt} ms)`);
+    const { tt, p1, w, start, killMidStream } = await setup('closed');
+    const { s, streamAt, killedAt, down } = await killMidStream(5010);
     assert.deepEqual(down.switched, [], 'fail-closed switches nothing');
     await sleep(1500);
     assert.equal(modeOf(tt, p1.pair.id), 'fwd', 'still FWD');
@@ -103,14 +100,9 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
   });
 
   it('fail-open: BYPASS within 1 s of the kill, FWD again once the DP is back; the gap both ways, no loss on the way back', async function () {
-    const { tt, c1, p1, w, start, current } = await setup('open');
+    const { tt, p1, w, start, stream, killMidStream } = await setup('open');
     // Way out: kill mid-stream, until the pair is in BYPASS.
-    const a = await startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5011, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
-    await sleep(1000);
-    const killedAt = Date.now();
-    current().kill();
-    const down = (await w.until('down', 5000 * TIME_SCALE))!;
-    assert.ok(down.time - killedAt < 1000 * TIME_SCALE, `the watcher saw it within 1 s (${down.time - killedAt} ms)`);
+    const { s: a, killedAt, down } = await killMidStream(5011);
     assert.deepEqual(down.switched, [p1.pair.id], 'the FWD pair went to BYPASS');
     assert.equal(modeOf(tt, p1.pair.id), 'bypass');
     await sleep(1000);
@@ -118,7 +110,7 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
     const ra = await a.result;
 
     // Way back: a new DP, configured by the watcher's onBack (the agent's job), then FWD.
-    const b = await startUdpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5012, count: 0, rate: RATE, untilStopped: true, idleMs: 500 });
+    const b = await stream(5012);
     await sleep(500);
     const dp2 = await start();
     const up = (await w.until('up', 10000 * TIME_SCALE))!;
@@ -145,9 +137,8 @@ describe('NeuVector DP death: fail-closed and fail-open (kernel)', function () {
     onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
     const pidfile = path.join(dir, 'dp.pid');
     const startDp = async () => {
-      const dp = await NvDp.start({ netns: tt.t.enforcer });
-      onCleanup(() => dp.kill());
-      await configure(dp.client, p1, c1);
+      const dp = await startNvdp(tt);
+      await addEndpoint(dp.client, p1, c1);
       fs.writeFileSync(pidfile, `${dp.pid}\n`);
       return dp;
     };

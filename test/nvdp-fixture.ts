@@ -2,15 +2,14 @@
  * What the kernel suites running NeuVector's real DP share: the gate (the
  * DP's tarball, built once into build/nvdp/), a DP started in a topology's
  * enforcer netns and stopped at cleanup, containers intercepted with the
- * CLI's `intercept` and registered with the DP as its endpoints, and a
- * Netns view of a topology's netns for the traffic harness.
+ * CLI's `intercept` and registered with the DP as its endpoints.
  */
 import assert from 'node:assert/strict';
 import { buildNvdp, NvDp, nvdpUnavailable } from '../src/dp/nvdp';
-import type { DpApp, DpSession } from '../src/dp/client';
+import type { DpApp, DpClient, DpSession } from '../src/dp/client';
 import { PORTS } from '../src/topology';
 import type { InterceptResult } from '../src/intercept';
-import { kernelUnavailable, Netns, onCleanup, requireKernel, sh } from './helpers';
+import { kernelUnavailable, onCleanup, requireKernel } from './helpers';
 import type { ContainerNs, TestTopology } from './topology';
 
 /**
@@ -45,14 +44,14 @@ export function interceptC(tt: TestTopology, c: ContainerNs, mode: string, extra
 }
 
 /**
- * Registers an intercepted container with the DP as NeuVector's agent does
+ * Registers an intercepted container with a DP as NeuVector's agent does
  * (ctrl_add_mac with its MAC, UCMAC, BCMAC and IPv4 address); inline
  * (ctrl_cfg_mac tap:false) unless `tap`. Waits until the DP has handled it.
  */
-export async function addEndpoint(dp: NvDp, p: InterceptResult, c: ContainerNs, o: { tap?: boolean } = {}): Promise<void> {
-  dp.client.addMac({ mac: p.mac, ucmac: p.pair.ucmac, bcmac: p.pair.bcmac, ips: [c.ip4] });
-  dp.client.cfgMac([p.mac], { ...(o.tap ? {} : { tap: false }), apps: ECHO_APPS });
-  await dp.client.sync();
+export async function addEndpoint(client: DpClient, p: InterceptResult, c: ContainerNs, o: { tap?: boolean } = {}): Promise<void> {
+  client.addMac({ mac: p.mac, ucmac: p.pair.ucmac, bcmac: p.pair.bcmac, ips: [c.ip4] });
+  client.cfgMac([p.mac], { ...(o.tap ? {} : { tap: false }), apps: ECHO_APPS });
+  await client.sync();
 }
 
 /** The echo server's ports (src/topology.ts startServer), as the agent reports listening ports. */
@@ -75,14 +74,4 @@ export function sessionsBetween(ss: DpSession[], a: string, b: string, o: { prot
       (o.proto === undefined || s.ipProto === o.proto) &&
       (o.port === undefined || s.serverPort === o.port),
   );
-}
-
-/** A helpers.Netns view of a netns some topology owns (del is a no-op: the topology removes it). */
-export function nsView(name: string): Netns {
-  return {
-    name,
-    exec: (cmd, args, opts) => sh('ip', ['netns', 'exec', name, cmd, ...args], opts),
-    ip: (...args) => sh('ip', ['-n', name, ...args]),
-    del: () => undefined,
-  };
 }

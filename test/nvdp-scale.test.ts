@@ -7,9 +7,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { TIME_SCALE, leakChecks } from './helpers';
-import { makeTopology } from './topology';
+import { makeTopology, nsView } from './topology';
 import { startTcpTransfer, startUdpStream } from './traffic';
-import { nsView, requireNvdp, startNvdp } from './nvdp-fixture';
+import { requireNvdp, startNvdp } from './nvdp-fixture';
 import { HOST_IP4, startServer } from '../src/topology';
 import { intercept, InterceptResult } from '../src/intercept';
 import { Datapath } from '../src/pairs';

@@ -12,9 +12,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { leakChecks } from './helpers';
-import { capture, makeTopology, TestTopology, waitFor } from './topology';
+import { capture, makeTopology, nsView, TestTopology, waitFor } from './topology';
 import { startTcpTransfer } from './traffic';
-import { addEndpoint, denyPort, interceptC, nsView, requireNvdp, sessionsBetween, startNvdp } from './nvdp-fixture';
+import { addEndpoint, denyPort, interceptC, requireNvdp, sessionsBetween, startNvdp } from './nvdp-fixture';
 import { decodeSession, DpClient } from '../src/dp/client';
 import { UnixDgram } from '../src/bpf/unixgram';
 import { BCAST4, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ping, runProbes, startServer } from '../src/topology';
@@ -51,8 +51,8 @@ async function setup(mode: 'fwd' | 'tap' | 'bypass', o: { tap?: boolean; extra?:
   const p1 = interceptC(tt, c1, mode, o.extra);
   const p2 = interceptC(tt, c2, mode, o.extra);
   const dp = await startNvdp(tt);
-  await addEndpoint(dp, p1, c1, { tap: o.tap });
-  await addEndpoint(dp, p2, c2, { tap: o.tap });
+  await addEndpoint(dp.client, p1, c1, { tap: o.tap });
+  await addEndpoint(dp.client, p2, c2, { tap: o.tap });
   return { tt, c1, c2, p1, p2, dp };
 }
 

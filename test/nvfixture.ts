@@ -20,8 +20,9 @@
  * copies carry the workload MAC. Where act_gact does not load, TAP pairs get
  * no vbr-neuv drop rules. `notes` says which applied.
  *
- * Both sides have static neighbour entries (no ARP timing) and IPv6 off (no
- * chatter). Every netns and child process is registered with onCleanup().
+ * The veths, addresses and neighbours are topology.ts's addPair (static
+ * neighbour entries, IPv6 off). Every netns and child process is registered
+ * with onCleanup().
  */
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -29,7 +30,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../src/nvtc';
 import { formatMac, ucmac } from '../src/mac';
-import { ROOT, makeNetns, Netns, onCleanup, sh } from './helpers';
+import { ROOT, makeNet, Netns, onCleanup, sh, uniqueName } from './helpers';
+import { addPair } from './topology';
+import { veth } from '../src/topology';
 
 export interface NvCaps {
   pedit: boolean;
@@ -79,12 +82,6 @@ export interface NvNode {
   notes: string[];
 }
 
-function linkOf(ns: Netns, dev: string): { ifindex: number; address: string } {
-  const [l] = JSON.parse(ns.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number; address: string }>;
-  if (!l) throw new Error(`no ${dev} in ${ns.name}`);
-  return l;
-}
-
 /** `tc` inside a netns (argument array). */
 export function tc(ns: Netns, args: string[], allowFail = false): string {
   return ns.exec('tc', args, { allowFail });
@@ -93,18 +90,16 @@ export function tc(ns: Netns, args: string[], allowFail = false): string {
 /** Builds the node: NeuVector's Connect, then each pair intercepted and set to its mode. */
 export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { caps?: NvCaps } = {}): NvNode {
   const c = o.caps ?? nvCaps();
-  const enforcer = makeNetns();
-  const host = makeNetns();
-  const workload = makeNetns();
+  const net = makeNet();
+  const [enforcer, host, workload] = [net.ns(uniqueName()), net.ns(uniqueName()), net.ns(uniqueName())];
   const notes: string[] = [];
   if (!c.pedit) notes.push('no act_pedit: FWD and TAP rules built without their pedit (match and mirred only)');
   if (!c.gact && specs.some((s) => s.mode === 'tap')) notes.push('no act_gact: TAP pairs without their vbr-neuv drop rules');
 
   // Connect
-  enforcer.ip('link', 'add', NV_VBR, 'index', '10000000', 'mtu', '2048', 'type', 'veth', 'peer', 'name', 'vth-neuv', 'index', '10000001', 'mtu', '2048');
+  veth({ ns: enforcer, name: NV_VBR, index: 10000000, mtu: 2048 }, { ns: enforcer, name: 'vth-neuv', index: 10000001, mtu: 2048 }, { ipv6: false, up: false });
   for (const dev of [NV_VBR, 'vth-neuv']) {
     enforcer.exec('ethtool', ['-K', dev, 'rx', 'off', 'tx', 'off'], { allowFail: true });
-    enforcer.exec('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`], { allowFail: true });
     enforcer.ip('link', 'set', 'dev', dev, 'up');
   }
   tc(enforcer, ['qdisc', 'add', 'dev', NV_VBR, 'ingress']);
@@ -113,28 +108,12 @@ export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { ca
   const pairs: NvFixturePair[] = [];
   specs.forEach((s, i) => {
     const n = i + 1;
-    const vin = `vin${s.tag}-eth0`;
-    const vex = `vex${s.tag}-eth0`;
-    const hostIf = `h${n}`;
-    const wlIf = `w${n}`;
-    enforcer.ip('link', 'add', vex, 'type', 'veth', 'peer', 'name', hostIf, 'netns', host.name);
-    enforcer.ip('link', 'add', vin, 'type', 'veth', 'peer', 'name', wlIf, 'netns', workload.name);
-    const hostAddr = `10.88.${n}.1`;
-    const wlAddr = `10.88.${n}.2`;
-    host.ip('addr', 'add', `${hostAddr}/24`, 'dev', hostIf);
-    workload.ip('addr', 'add', `${wlAddr}/24`, 'dev', wlIf);
-    for (const [ns, dev] of [[host, hostIf], [workload, wlIf], [enforcer, vin], [enforcer, vex]] as const) {
-      ns.exec('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`], { allowFail: true });
-      ns.ip('link', 'set', 'dev', dev, 'up');
-    }
-    const hostMac = linkOf(host, hostIf).address;
-    const mac = linkOf(workload, wlIf).address;
-    host.ip('neigh', 'replace', wlAddr, 'lladdr', mac, 'dev', hostIf, 'nud', 'permanent');
-    workload.ip('neigh', 'replace', hostAddr, 'lladdr', hostMac, 'dev', wlIf, 'nud', 'permanent');
+    const w = addPair({ host, enforcer, workload }, {
+      vin: `vin${s.tag}-eth0`, vex: `vex${s.tag}-eth0`, hostIf: `h${n}`, wlIf: `w${n}`, hostAddr: `10.88.${n}.1`, wlAddr: `10.88.${n}.2`,
+    });
+    const { vin, vex, vinIfindex, vexIfindex, wlMac: mac } = w;
 
     // AttachPortPair: inPort, then exPort.
-    const vinIfindex = linkOf(enforcer, vin).ifindex;
-    const vexIfindex = linkOf(enforcer, vex).ifindex;
     const inPref = nvPref(vinIfindex, taken);
     taken.add(inPref);
     const exPref = nvPref(vexIfindex, taken);
@@ -147,7 +126,7 @@ export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { ca
     for (const args of rules) tc(enforcer, args);
     pairs.push({
       tag: s.tag, mode: s.mode, vin, vex, vinIfindex, vexIfindex, mac, ucmac: formatMac(ucmac(id)), id, inPref, exPref,
-      hostIf, wlIf, hostAddr, wlAddr, rules,
+      hostIf: w.hostIf, wlIf: w.wlIf, hostAddr: w.hostAddr, wlAddr: w.wlAddr, rules,
     });
   });
   return { enforcer, host, workload, caps: c, pairs, notes };

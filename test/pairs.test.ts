@@ -16,7 +16,8 @@ import { configureLogging } from '../src/log';
 import { Datapath } from '../src/pairs';
 import { ProgFd, rcuGraceWaits } from '../src/bpf';
 import { raceTestRun } from './dp-fixture';
-import { makePairTopology, ping, startUdpStream } from './traffic';
+import { ping, startUdpStream } from './traffic';
+import { makePairTopology } from './topology';
 
 interface PortDump {
   peer_ifindex: number;

@@ -37,14 +37,14 @@ import {
 import { Datapath } from '../src/pairs';
 import { INTERCEPT_STEPS } from '../src/intercept';
 import { configureLogging } from '../src/log';
+import { PairTopology, makePairTopology } from './topology';
+import { addAddrs, veth } from '../src/topology';
 import {
-  PairTopology,
   STUB_DP,
   TcpTransfer,
   TcpTransferResult,
   UdpStream,
   UdpStreamResult,
-  makePairTopology,
   startStubDp,
   startTcpTransfer,
   stubDpCounts,
@@ -293,11 +293,9 @@ async function interceptCrash(s: Scenario, point: string): Promise<void> {
   const host = s.topo.host;
   const hostIf = `hc${n}`;
   const net = `10.66.${n}`;
-  host.ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ctr.name);
-  host.ip('addr', 'add', `${net}.1/24`, 'dev', hostIf);
-  host.ip('link', 'set', hostIf, 'up');
-  ctr.ip('addr', 'add', `${net}.2/24`, 'dev', 'eth0');
-  ctr.ip('link', 'set', 'eth0', 'up');
+  veth({ ns: host, name: hostIf }, { ns: ctr, name: 'eth0' });
+  addAddrs(host, hostIf, `${net}.1/24`);
+  addAddrs(ctr, 'eth0', `${net}.2/24`);
   ctr.ip('route', 'add', '10.67.0.0/16', 'via', `${net}.1`);
   const state = () => {
     const ip = (...a: string[]) => sh('ip', ['-n', ctr.name, ...a], { allowFail: true });

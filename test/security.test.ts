@@ -11,7 +11,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { CLI, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups } from './helpers';
+import { veth } from '../src/topology';
+import { CLI, ROOT, cli, kernelState, leafCommands, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups } from './helpers';
 import { buildProgram, UNPRIVILEGED } from '../src/cli';
 import { features } from '../src/features';
 import { LOCK_DIR, lockPath } from '../src/lock';
@@ -28,18 +29,6 @@ function pinModes(pins: string): string[] {
   if (mode(pins) !== '700') bad.push(`${pins} is ${mode(pins)}`);
   for (const f of fs.readdirSync(pins)) if (mode(path.join(pins, f)) !== '600') bad.push(`${f} is ${mode(path.join(pins, f))}`);
   return bad;
-}
-
-/** Every leaf command with the arguments commander requires (the privilege check runs after parsing). */
-function leafCommands(c: Command, prefix: string[] = []): Array<{ path: string[]; cmd: Command }> {
-  const out: Array<{ path: string[]; cmd: Command }> = [];
-  for (const sub of c.commands) {
-    if (sub.name() === 'help') continue;
-    const p = [...prefix, sub.name()];
-    if (sub.commands.length) out.push(...leafCommands(sub, p));
-    else out.push({ path: p, cmd: sub });
-  }
-  return out;
 }
 
 describe('security (kernel)', function () {
@@ -71,9 +60,7 @@ describe('security (kernel)', function () {
       for (const f of ['neuv_ports', 'neuv_ids', 'neuv_stats', 'neuv_global', 'neuv_config', 'prog_vin', 'prog_vex', 'prog_vbr']) assert.ok(files.includes(f), `${f} pinned`);
       if (features().tcx) assert.ok(files.includes('link_10000000'), 'vbr-neuv tcx link pinned');
 
-      for (let i = 1; i <= 2; i++) {
-        ns.ip('link', 'add', `vin${i}`, 'type', 'veth', 'peer', 'name', `vex${i}`);
-      }
+      for (let i = 1; i <= 2; i++) veth({ ns, name: `vin${i}` }, { ns, name: `vex${i}` }, { up: false });
       const kinds = features().tcx ? ['tcx', 'tc'] : ['tc'];
       kinds.forEach((kind, i) => {
         const a = withUmask(['pair', 'add', '--in', `vin${i + 1}`, '--ex', `vex${i + 1}`, '--mac', MAC], { NEUV_BPF_ATTACH: kind });
@@ -108,7 +95,7 @@ describe('security (kernel)', function () {
       ctr = makeNetns();
       pins = makePinRoot();
       assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
-      ns.ip('link', 'add', 'vin1', 'type', 'veth', 'peer', 'name', 'vex1');
+      veth({ ns, name: 'vin1' }, { ns, name: 'vex1' }, { up: false });
       assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC, '--id', '7']).code, 0);
       state0 = kernelState(ns, pins);
     });

@@ -1,9 +1,13 @@
 /**
- * A reusable interception topology for the kernel suites: the demo's
- * Topology (host netns with a bridge, containers with IPv4 + IPv6, default
- * routes and a static neighbour, an enforcer netns) under test names, with
- * every netns, child process, pin root and capture registered with
- * onCleanup() the moment it exists.
+ * The kernel suites' topologies, all on src/topology.ts's Net (the one
+ * builder of netns, veths, addresses and neighbours), each registered with
+ * onCleanup() before it makes anything:
+ * - makeTopology: the demo's Topology (host netns with a bridge, containers
+ *   with IPv4 + IPv6, default routes and a static neighbour, an enforcer
+ *   netns) under test names, with a pin root;
+ * - addPair / makePairTopology: one port pair as an enforcer sees it
+ *   (host | vex, vin | workload), IPv4 only, static neighbours; the
+ *   migration fixture (nvfixture.ts) builds its node from addPair.
  *
  * Plus what the interception tests look at: a container state snapshot
  * without volatile fields, the stub DP, tcpdump captures, the CLI with the
@@ -11,10 +15,10 @@
  */
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
-import { CliResult, cli, makePinRoot, onCleanup, uniqueName } from './helpers';
-import { ContainerNs, StubDp, Topology, waitFor } from '../src/topology';
+import { CliResult, cli, makeNet, makePinRoot, Netns, onCleanup, uniqueName } from './helpers';
+import { addAddrs, ContainerNs, Net, nsView, staticNeighbours, StubDp, Topology, veth, waitFor } from '../src/topology';
 
-export { ContainerNs, StubDp, Topology, waitFor };
+export { ContainerNs, nsView, StubDp, Topology, waitFor };
 
 export interface TestTopology {
   t: Topology;
@@ -35,6 +39,77 @@ export function makeTopology(o: { containers?: number; load?: boolean } = {}): T
     assert.equal(r.code, 0, r.stderr);
   }
   return { t, pins, c: t.containers, run };
+}
+
+/** A pair's names and addresses (IPv4, a /24 each side). */
+export interface PairNames {
+  vin: string;
+  vex: string;
+  hostIf: string;
+  wlIf: string;
+  hostAddr: string;
+  wlAddr: string;
+}
+
+export interface PairOptions extends PairNames {
+  /** Choose the vex ifindex (e.g. to test id derivation). */
+  vexIndex?: number;
+  mtu?: number;
+}
+
+/** What addPair made, with the MACs and ifindexes it got. */
+export interface PairWiring extends PairNames {
+  hostMac: string;
+  /** The workload MAC M of the pair. */
+  wlMac: string;
+  vinIfindex: number;
+  vexIfindex: number;
+}
+
+/**
+ *   host netns            enforcer netns              workload netns
+ *   hostIf (addr/24) ==veth== vex     vin ==veth== wlIf (addr/24, MAC M)
+ *
+ * Every end up with IPv6 off (no router solicitations or DAD in the
+ * counters), static neighbour entries on both sides (no ARP timing), no
+ * forwarding in the enforcer netns: without a pair nothing gets across.
+ */
+export function addPair(ns: { host: Netns; enforcer: Netns; workload: Netns }, o: PairOptions): PairWiring {
+  const ex = veth({ ns: ns.enforcer, name: o.vex, index: o.vexIndex, mtu: o.mtu }, { ns: ns.host, name: o.hostIf }, { ipv6: false });
+  const vin = veth({ ns: ns.enforcer, name: o.vin, mtu: o.mtu }, { ns: ns.workload, name: o.wlIf }, { ipv6: false });
+  addAddrs(ns.host, o.hostIf, `${o.hostAddr}/24`);
+  addAddrs(ns.workload, o.wlIf, `${o.wlAddr}/24`);
+  staticNeighbours({ ns: ns.host, dev: o.hostIf, addr: o.hostAddr }, { ns: ns.workload, dev: o.wlIf, addr: o.wlAddr });
+  return {
+    vin: o.vin, vex: o.vex, hostIf: o.hostIf, wlIf: o.wlIf, hostAddr: o.hostAddr, wlAddr: o.wlAddr,
+    hostMac: ex.b.address, wlMac: vin.b.address, vinIfindex: vin.a.ifindex, vexIfindex: ex.a.ifindex,
+  };
+}
+
+export interface PairTopology extends PairWiring {
+  /** What made (and at cleanup removes) the three netns. */
+  net: Net;
+  /** Host side: holds hostIf (the peer of vex), address hostAddr. */
+  host: Netns;
+  /** Enforcer netns: holds vin and vex (and vbr-neuv after `load`). */
+  enforcer: Netns;
+  /** Workload: holds wlIf (the peer of vin), address wlAddr. */
+  workload: Netns;
+}
+
+/**
+ * One pair in three fresh netns (addPair): by default vexE/hA, vinE/eth0,
+ * host SUBNET.1, workload SUBNET.2 with subnet "10.77.0".
+ */
+export function makePairTopology(o: Partial<PairOptions> & { subnet?: string } = {}): PairTopology {
+  const subnet = o.subnet ?? '10.77.0';
+  const net = makeNet();
+  const ns = { host: net.ns(uniqueName()), enforcer: net.ns(uniqueName()), workload: net.ns(uniqueName()) };
+  const w = addPair(ns, {
+    vin: o.vin ?? 'vinE', vex: o.vex ?? 'vexE', hostIf: o.hostIf ?? 'hA', wlIf: o.wlIf ?? 'eth0',
+    hostAddr: `${subnet}.1`, wlAddr: `${subnet}.2`, vexIndex: o.vexIndex, mtu: o.mtu,
+  });
+  return { net, ...ns, ...w };
 }
 
 /** A long-running process in a container (its pid names the container, like a workload's). */

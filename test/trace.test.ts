@@ -33,6 +33,7 @@ import { formatMac, ucmac } from '../src/mac';
 import { formatView, monoToWall, parseTraceId, traceState, viewRecord, type TraceView } from '../src/trace';
 import { DpFixture } from './dp-fixture';
 import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
+import { veth } from '../src/topology';
 import { type Netns, CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC
@@ -273,15 +274,8 @@ function topology(): Topo {
   const [e, h, w] = [makeNetns(), makeNetns(), makeNetns()];
   for (const n of [e, h, w]) n.exec('sysctl', ['-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
   const pins = makePinRoot();
-  h.ip('link', 'add', 'hA', 'type', 'veth', 'peer', 'name', 'vex0', 'netns', e.name);
-  w.ip('link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'vin0', 'netns', e.name);
-  h.ip('link', 'set', 'hA', 'up');
-  w.ip('link', 'set', 'eth0', 'up');
-  e.ip('link', 'set', 'vex0', 'up');
-  e.ip('link', 'set', 'vin0', 'up');
-  const mac = (n: Netns, dev: string) => (JSON.parse(n.ip('-j', 'link', 'show', dev)) as Array<{ address: string }>)[0]!.address;
-  const m = mac(w, 'eth0');
-  const hm = mac(h, 'hA');
+  const hm = veth({ ns: h, name: 'hA' }, { ns: e, name: 'vex0' }).a.address;
+  const m = veth({ ns: w, name: 'eth0' }, { ns: e, name: 'vin0' }).a.address;
   let r = cli(['--netns', e.name, '--bpffs', pins, 'load']);
   assert.equal(r.code, 0, r.stderr);
   onCleanup(() => cli(['--netns', e.name, '--bpffs', pins, 'unload']));

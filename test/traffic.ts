@@ -1,108 +1,19 @@
 /**
- * Traffic harness for kernel suites: a three-netns topology shaped like an
- * intercepted container, and a UDP stream with sequence numbers
- * (test/tools/udpseq.ts) whose receiver reports what was lost, duplicated or
- * reordered. Everything takes netns names, addresses, port, count and rate as
+ * Traffic harness for kernel suites (their topologies: topology.ts): a UDP
+ * stream with sequence numbers (test/tools/udpseq.ts) whose receiver reports
+ * what was lost, duplicated or reordered, a TCP transfer with checksums, the
+ * stub DP. Everything takes netns names, addresses, port, count and rate as
  * parameters, so interception and reliability tests can reuse it.
  *
- * Every netns and child process is registered with onCleanup() when created,
+ * Every child process is registered with onCleanup() when created,
  * so runCleanups() removes it even when a test fails half way.
  */
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { makeNetns, Netns, onCleanup, ROOT, TIME_SCALE } from './helpers';
+import { Netns, onCleanup, ROOT, TIME_SCALE } from './helpers';
 
 export const UDPSEQ = path.join(ROOT, 'dist', 'test', 'tools', 'udpseq.js');
-
-// ---------------------------------------------------------------- topology
-
-export interface PairTopology {
-  /** Host side: holds hostIf (the peer of vex), address hostAddr. */
-  host: Netns;
-  /** Enforcer netns: holds vin and vex (and vbr-neuv after `load`). */
-  enforcer: Netns;
-  /** Workload: holds wlIf (the peer of vin), address wlAddr. */
-  workload: Netns;
-  vin: string;
-  vex: string;
-  hostIf: string;
-  wlIf: string;
-  hostAddr: string;
-  wlAddr: string;
-  hostMac: string;
-  /** The workload MAC M of the pair. */
-  wlMac: string;
-  vinIfindex: number;
-  vexIfindex: number;
-}
-
-export interface TopologyOptions {
-  /** First three octets of a /24, e.g. "10.77.0" (host .1, workload .2). */
-  subnet?: string;
-  vin?: string;
-  vex?: string;
-  hostIf?: string;
-  wlIf?: string;
-  /** Choose the vex ifindex (e.g. to test id derivation). */
-  vexIndex?: number;
-  mtu?: number;
-}
-
-function linkOf(ns: Netns, dev: string): { ifindex: number; address: string } {
-  const [l] = JSON.parse(ns.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number; address: string }>;
-  if (!l) throw new Error(`no ${dev} in ${ns.name}`);
-  return l;
-}
-
-/**
- *   host netns            enforcer netns              workload netns
- *   hostIf (.1) ==veth== vex     vin ==veth== wlIf (.2, MAC M)
- *
- * Both ends up, static neighbour entries on both sides (no ARP timing), no
- * forwarding in the enforcer netns: without a pair nothing gets across.
- */
-export function makePairTopology(o: TopologyOptions = {}): PairTopology {
-  const subnet = o.subnet ?? '10.77.0';
-  const vin = o.vin ?? 'vinE';
-  const vex = o.vex ?? 'vexE';
-  const hostIf = o.hostIf ?? 'hA';
-  const wlIf = o.wlIf ?? 'eth0';
-  const host = makeNetns();
-  const enforcer = makeNetns();
-  const workload = makeNetns();
-  const mtu = o.mtu ? ['mtu', String(o.mtu)] : [];
-  enforcer.ip('link', 'add', vex, ...(o.vexIndex ? ['index', String(o.vexIndex)] : []), ...mtu, 'type', 'veth', 'peer', 'name', hostIf, 'netns', host.name);
-  enforcer.ip('link', 'add', vin, ...mtu, 'type', 'veth', 'peer', 'name', wlIf, 'netns', workload.name);
-  const hostAddr = `${subnet}.1`;
-  const wlAddr = `${subnet}.2`;
-  host.ip('addr', 'add', `${hostAddr}/24`, 'dev', hostIf);
-  workload.ip('addr', 'add', `${wlAddr}/24`, 'dev', wlIf);
-  for (const [ns, dev] of [[host, hostIf], [workload, wlIf], [enforcer, vin], [enforcer, vex]] as const) {
-    // No IPv6 chatter (router solicitations, DAD) in the counters.
-    ns.exec('sysctl', ['-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`], { allowFail: true });
-    ns.ip('link', 'set', 'dev', dev, 'up');
-  }
-  const hostMac = linkOf(host, hostIf).address;
-  const wlMac = linkOf(workload, wlIf).address;
-  host.ip('neigh', 'replace', wlAddr, 'lladdr', wlMac, 'dev', hostIf, 'nud', 'permanent');
-  workload.ip('neigh', 'replace', hostAddr, 'lladdr', hostMac, 'dev', wlIf, 'nud', 'permanent');
-  return {
-    host,
-    enforcer,
-    workload,
-    vin,
-    vex,
-    hostIf,
-    wlIf,
-    hostAddr,
-    wlAddr,
-    hostMac,
-    wlMac,
-    vinIfindex: linkOf(enforcer, vin).ifindex,
-    vexIfindex: linkOf(enforcer, vex).ifindex,
-  };
-}
 
 // ---------------------------------------------------------------- child processes
 
@@ -136,6 +47,22 @@ function jsonLines(child: ChildProcess, onLine: (v: Record<string, unknown>) => 
       else reject(new Error(`${child.spawnargs.slice(3).join(' ')} exited ${code ?? sig}: ${err.trim()}`));
     });
   });
+}
+
+/**
+ * Waits until a receiver child prints {"ready":true}; `done` settles when it
+ * exits (rejects unless 0), `report()` is the last other JSON line it printed.
+ */
+async function receiverReady(recv: ChildProcess, what: string): Promise<{ done: Promise<void>; report: () => Record<string, unknown> | undefined }> {
+  let report: Record<string, unknown> | undefined;
+  let ready!: () => void;
+  const isReady = new Promise<void>((r) => (ready = r));
+  const done = jsonLines(recv, (v) => {
+    if (v.ready) ready();
+    else report = v;
+  });
+  await Promise.race([isReady, done.then(() => Promise.reject(new Error(`${what} exited before it was ready`)))]);
+  return { done, report: () => report };
 }
 
 // ---------------------------------------------------------------- UDP stream
@@ -221,14 +148,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
     'recv', '--port', String(o.port), '--run', run, ...(o.untilStopped ? [] : ['--expect', String(o.count)]),
     '--idle-ms', String(o.timeoutMs ?? 120000 * TIME_SCALE), '--timeout-ms', String(o.timeoutMs ?? 120000 * TIME_SCALE),
   ]);
-  let report: Record<string, unknown> | undefined;
-  let ready!: () => void;
-  const isReady = new Promise<void>((r) => (ready = r));
-  const recvDone = jsonLines(recv, (v) => {
-    if (v.ready) ready();
-    else report = v;
-  });
-  await Promise.race([isReady, recvDone.then(() => Promise.reject(new Error('udpseq recv exited before it was ready')))]);
+  const { done: recvDone, report: reportOf } = await receiverReady(recv, 'udpseq recv');
 
   const sendArgs = ['send', '--to', o.to, '--port', String(o.port), '--count', String(count), '--rate', String(o.rate), '--size', String(o.size ?? 64), '--run', run];
   if (o.from) sendArgs.push('--from', o.from);
@@ -248,6 +168,7 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
       });
   }
   const result = Promise.all([sent, recvDone]).then(([s]) => {
+    const report = reportOf();
     if (!report) throw new Error('udpseq recv printed no report');
     const r = report as Record<string, number>;
     return {
@@ -389,14 +310,7 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
   if (dev) o.sender.ip('route', 'replace', `${o.to}/32`, 'dev', dev, 'rto_min', '1000ms');
   const before = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
   const recv = spawnInNetns(o.receiver.name, TCPSUM, ['recv', '--port', String(o.port), '--timeout-ms', String(o.timeoutMs ?? 4 * 3600e3)]);
-  let report: Record<string, unknown> | undefined;
-  let ready!: () => void;
-  const isReady = new Promise<void>((r) => (ready = r));
-  const recvDone = jsonLines(recv, (v) => {
-    if (v.ready) ready();
-    else report = v;
-  });
-  await Promise.race([isReady, recvDone.then(() => Promise.reject(new Error('tcpsum recv exited before it was ready')))]);
+  const { done: recvDone, report: reportOf } = await receiverReady(recv, 'tcpsum recv');
   const args = ['send', '--to', o.to, '--port', String(o.port), '--seed', o.seed ?? String(o.port)];
   if (o.untilStopped) args.push('--until-stopped');
   else args.push('--bytes', String(o.bytes ?? 1 << 20));
@@ -405,6 +319,7 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
   let sent: Record<string, unknown> | undefined;
   const sendDone = jsonLines(snd, (v) => (sent = v));
   const result = Promise.all([sendDone, recvDone]).then(() => {
+    const report = reportOf();
     if (!sent || !report) throw new Error('tcpsum printed no report');
     const after = { snd: tcpCounters(o.sender), rcv: tcpCounters(o.receiver) };
     return {

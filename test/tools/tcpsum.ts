@@ -21,37 +21,7 @@
  */
 import * as crypto from 'node:crypto';
 import * as net from 'node:net';
-
-function args(argv: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
-    const v = argv[i + 1];
-    if (v === undefined || v.startsWith('--')) {
-      out[a.slice(2)] = 'true';
-      continue;
-    }
-    out[a.slice(2)] = v;
-    i++;
-  }
-  return out;
-}
-
-function num(o: Record<string, string>, k: string, dflt?: number): number {
-  const v = o[k];
-  if (v === undefined) {
-    if (dflt === undefined) throw new Error(`--${k} is required`);
-    return dflt;
-  }
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`--${k} ${v} is not a number`);
-  return n;
-}
-
-function print(v: unknown): void {
-  process.stdout.write(JSON.stringify(v) + '\n');
-}
+import { args, num, print } from './args';
 
 function recv(o: Record<string, string>): void {
   const port = num(o, 'port');

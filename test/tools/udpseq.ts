@@ -16,37 +16,10 @@
  * ignored (counted as "foreign").
  */
 import * as dgram from 'node:dgram';
+import { args, num, print } from './args';
 
 const MAGIC = 0x55534551; // "USEQ"
 const HEADER = 12;
-
-function args(argv: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
-    const v = argv[i + 1];
-    if (v === undefined || v.startsWith('--')) throw new Error(`${a} needs a value`);
-    out[a.slice(2)] = v;
-    i++;
-  }
-  return out;
-}
-
-function num(o: Record<string, string>, k: string, dflt?: number): number {
-  const v = o[k];
-  if (v === undefined) {
-    if (dflt === undefined) throw new Error(`--${k} is required`);
-    return dflt;
-  }
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`--${k} ${v} is not a number`);
-  return n;
-}
-
-function print(v: unknown): void {
-  process.stdout.write(JSON.stringify(v) + '\n');
-}
 
 export interface RecvReport {
   received: number;
