@@ -85,8 +85,11 @@ describe('bad input matrix (kernel)', function () {
     const a = cli(['--netns', enf.name, '--bpffs', pins, 'pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC1, '--id', '100', '--mode', 'tap']);
     assert.equal(a.code, 0, a.stderr);
     // A container (not intercepted) whose eth0 is a veth to the host netns.
-    veth({ ns: host, name: 'hc' }, { ns: ctr, name: 'eth0' });
+    // The host end stays down: eth0 without carrier, so no IPv6 link-local address goes
+    // through DAD under the test and the container's snapshot stays what it was.
+    veth({ ns: host, name: 'hc' }, { ns: ctr, name: 'eth0' }, { up: false });
     addAddrs(ctr, 'eth0', '10.55.0.2/24');
+    ctr.ip('link', 'set', 'eth0', 'up');
     state0 = kernelState(enf, pins);
     ctr0 = containerState(ctr);
   });
