@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfObject, CLONE_NEWNET, setns, testRun } from '../src/bpf';
 import { udpFrame } from './progcost';
-import { Netns, installSignalCleanup, onCleanup, pairedRatio, progress, runCleanups, sh, summary, tmpDir } from './util';
+import { Netns, installSignalCleanup, intArg, onCleanup, pairedRatio, progress, runCleanups, sh, summary, tmpDir } from './util';
 
 const SRC = `
 #include <linux/bpf.h>
@@ -89,12 +89,7 @@ export function runDevChain(o: { pairs: number; rounds: number; repeat: number }
 if (require.main === module) {
   installSignalCleanup();
   const argv = process.argv.slice(2);
-  const arg = (name: string, def: number) => {
-    const i = argv.indexOf(name);
-    const v = i >= 0 ? Number(argv[i + 1]) : def;
-    if (!Number.isInteger(v) || v <= 0) throw new Error(`${name} needs a positive integer`);
-    return v;
-  };
+  const arg = (name: string, def: number) => intArg(argv, name, def);
   const r = runDevChain({ pairs: arg('--pairs', 4096), rounds: arg('--rounds', 11), repeat: arg('--repeat', 1_000_000) });
   const f = (s: { median: number; min: number; max: number }) => `${s.median} (${s.min}-${s.max})`;
   process.stdout.write(

@@ -27,7 +27,7 @@ import { features } from '../src/features';
 import { ConfigFlag, FlowVerdict, Mode, PortFlag, Role, emptyStats, encodeConfig, encodeFlow, encodeFlowKey, encodePort, encodeStats, flowKeyOf, u32Key } from '../src/layout';
 import { ucmac } from '../src/mac';
 import { udpFrame } from './progcost';
-import { ROOT, Summary, installSignalCleanup, onCleanup, pairedRatio, pinRoot, progress, sh, summary, tmpDir } from './util';
+import { ROOT, Summary, installSignalCleanup, intArg, onCleanup, pairedRatio, pinRoot, progress, sh, summary, tmpDir } from './util';
 
 const SKB_CTX_SIZE = 192;
 const SKB_CTX_IFINDEX = 40;
@@ -188,12 +188,7 @@ function table(r: FastPathResult): string {
 if (require.main === module) {
   installSignalCleanup();
   const argv = process.argv.slice(2);
-  const arg = (name: string, def: number) => {
-    const i = argv.indexOf(name);
-    const v = i >= 0 ? Number(argv[i + 1]) : def;
-    if (!Number.isInteger(v) || v <= 0) throw new Error(`${name} needs a positive integer`);
-    return v;
-  };
+  const arg = (name: string, def: number) => intArg(argv, name, def);
   const oi = argv.indexOf('--only');
   const only = oi >= 0 ? (argv[oi + 1] ?? '').split(',').filter(Boolean) : undefined;
   const r = runFastPath({ rounds: arg('--rounds', 11), repeat: arg('--repeat', 1_000_000), only });

@@ -138,6 +138,14 @@ export function outputOf(c: ChildProcess): { out: string; err: string } {
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** `--name N` from a standalone bench's argv: a positive integer, or def when absent. */
+export function intArg(argv: string[], name: string, def: number): number {
+  const i = argv.indexOf(name);
+  const v = i >= 0 ? Number(argv[i + 1]) : def;
+  if (!Number.isInteger(v) || v <= 0) throw new Error(`${name} needs a positive integer`);
+  return v;
+}
+
 export function nowMs(): number {
   return Number(process.hrtime.bigint()) / 1e6;
 }
