@@ -369,6 +369,67 @@ int neuv_flow_count(__u32 id, __u32 dir, __u32 drop, __u32 len)
 #define TCP_FIN 0x01
 #define TCP_RST 0x04
 
+/* An IPv4 header the flow lookup takes: version 4, IHL >= 5, not a fragment. */
+static __always_inline int ip4_flow_ok(__u8 vihl, __u16 frag_off)
+{
+	return (vihl >> 4) == 4 && (vihl & 0x0f) >= 5 && !(frag_off & bpf_htons(IP_MF_OFFSET));
+}
+
+/* What the flow key takes from the IPv4 and L4 headers (addresses and ports in network order). */
+struct flow_hdr {
+	__u32 sa, da;
+	__u16 sp, dp;
+	__u8 proto, tcpflags;
+	__u8 pad[2];
+};
+
+/*
+ * neuv_flow_check()'s slow path, for headers not all in the linear data: reads
+ * them with bpf_skb_load_bytes() into the stack (the IPv4 header's 20 bytes,
+ * options skipped by IHL, then the first 14 bytes of TCP or 4 of UDP) and
+ * fills *h. Returns 1, or 0 (no lookup) under the same rules as the direct
+ * reads (EtherType included); a copy past the frame's end fails, as a short
+ * header does there. A global function: verified once, apart from the
+ * caller's paths.
+ */
+__attribute__((noinline))
+int neuv_flow_copy(struct __sk_buff *skb, struct flow_hdr *h)
+{
+	struct iphdr iph;
+	__u8 l4[TCP_FLAGS_OFF + 1];
+	__u16 proto;
+	__u32 ihl;
+	__u8 vihl;
+
+	if (!h)
+		return 0;
+	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0 || proto != bpf_htons(ETH_P_IP))
+		return 0; /* 12: offsetof(struct ethhdr, h_proto) */
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &iph, sizeof(iph)) < 0)
+		return 0;
+	vihl = *(__u8 *)&iph;
+	if (!ip4_flow_ok(vihl, iph.frag_off))
+		return 0;
+	ihl = (__u32)(vihl & 0x0f) * 4;
+	__builtin_memset(h, 0, sizeof(*h));
+	h->proto = iph.protocol;
+	h->sa = iph.saddr;
+	h->da = iph.daddr;
+	if (iph.protocol == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, l4, TCP_FLAGS_OFF + 1) < 0)
+			return 0;
+		h->tcpflags = l4[TCP_FLAGS_OFF];
+	} else if (iph.protocol == IPPROTO_UDP) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, l4, 4) < 0)
+			return 0;
+	} else {
+		return 1;
+	}
+	h->sp = *(__u16 *)l4;
+	h->dp = *(__u16 *)(l4 + 2);
+	return 1;
+}
+
 /*
  * Flow offload: the neuv_flows lookup for a frame FWD would send to the DP
  * (unicast, the workload's MAC where the hook looks; IPv4 by its EtherType,
@@ -379,11 +440,20 @@ int neuv_flow_count(__u32 id, __u32 dir, __u32 drop, __u32 len)
  * peer, verdict FAST), NEUV_FLOW_DENY (drop it, FLOW_DROP) or NEUV_FLOW_NONE
  * (to the DP as without offload). finish() counts FAST and FLOW_DROP.
  *
- * No lookup (NONE, no flag) for: not IPv4 (EtherType, version 4, IHL >= 5)
- * or not in the linear data, any fragment (a non-first one has no ports; the
- * first goes along so the DP can reassemble), a TCP header shorter than its
- * flags byte or a UDP header shorter than its ports. Other protocols have
- * ports 0.
+ * The headers are read in place (direct packet access) when they are all in
+ * the skb's linear data, the usual case. When they are not (a frame from an
+ * AF_PACKET TX ring carries only its Ethernet header linearly, the rest in
+ * page fragments), neuv_flow_copy() copies the same fields out with
+ * bpf_skb_load_bytes(): the same frame decides the same either way. Never
+ * bpf_skb_pull_data(): a global function that changes packet data is
+ * verified differently across kernels, and it would invalidate the
+ * caller's packet pointers.
+ *
+ * No lookup (NONE, no flag) for: not IPv4 (EtherType, version 4, IHL >= 5),
+ * any fragment (a non-first one has no ports; the first goes along so the
+ * DP can reassemble), a frame shorter than its IPv4 header, a TCP header
+ * shorter than its flags byte or a UDP header shorter than its ports. Other
+ * protocols have ports 0.
  *
  * A global function: the verifier checks it once, on its own, instead of on
  * every path of the caller.
@@ -395,6 +465,7 @@ int neuv_flow_check(struct __sk_buff *skb, struct neuv_decision *o)
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
 	struct neuv_flow_key k = {};
+	struct flow_hdr h;
 	struct neuv_flow *f;
 	__u32 ihl, sa, da;
 	__u16 sp = 0, dp = 0;
@@ -404,21 +475,19 @@ int neuv_flow_check(struct __sk_buff *skb, struct neuv_decision *o)
 	if (!o)
 		return NEUV_FLOW_NONE;
 	if ((void *)(ip + 1) > data_end)
-		return NEUV_FLOW_NONE;
+		goto copy;
 	if (((struct ethhdr *)data)->h_proto != bpf_htons(ETH_P_IP))
 		return NEUV_FLOW_NONE;
 	vihl = *(__u8 *)ip;
+	if (!ip4_flow_ok(vihl, ip->frag_off))
+		return NEUV_FLOW_NONE;
 	ihl = (__u32)(vihl & 0x0f) * 4;
-	if ((vihl >> 4) != 4 || ihl < sizeof(*ip))
-		return NEUV_FLOW_NONE;
-	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
-		return NEUV_FLOW_NONE;
 	proto = ip->protocol;
 	if (proto == IPPROTO_TCP) {
 		__u8 *l4 = (__u8 *)ip + ihl;
 
 		if (l4 + TCP_FLAGS_OFF + 1 > (__u8 *)data_end)
-			return NEUV_FLOW_NONE;
+			goto copy;
 		sp = *(__u16 *)l4;
 		dp = *(__u16 *)(l4 + 2);
 		tcpflags = l4[TCP_FLAGS_OFF];
@@ -426,12 +495,24 @@ int neuv_flow_check(struct __sk_buff *skb, struct neuv_decision *o)
 		__u8 *l4 = (__u8 *)ip + ihl;
 
 		if (l4 + 4 > (__u8 *)data_end)
-			return NEUV_FLOW_NONE;
+			goto copy;
 		sp = *(__u16 *)l4;
 		dp = *(__u16 *)(l4 + 2);
 	}
 	sa = ip->saddr;
 	da = ip->daddr;
+	goto key;
+
+copy:
+	if (!neuv_flow_copy(skb, &h))
+		return NEUV_FLOW_NONE;
+	sa = h.sa;
+	da = h.da;
+	sp = h.sp;
+	dp = h.dp;
+	proto = h.proto;
+	tcpflags = h.tcpflags;
+key:
 	k.id = o->id;
 	k.proto = proto;
 	/* Endpoint A: the lower (address, port), both as big-endian numbers. */

@@ -10,14 +10,17 @@
  * - a denied flow is dropped in the kernel after the DP's first decision
  *   (the DP sees no more of it);
  * - a TCP RST retires an allow entry and reaches the DP;
- * - an entry that expires hands its flow back to the DP.
+ * - an entry that expires hands its flow back to the DP;
+ * - frames whose IPv4 and L4 headers are not in the skb's linear data (from
+ *   trafgen's TX ring) take their ALLOW and DENY entries like any other.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { StubDp, waitFor } from '../src/topology';
-import { ucmac, formatMac } from '../src/mac';
+import { ucmac, formatMac, parseMac } from '../src/mac';
 import { cli, makePinRoot, onCleanup, requireKernel, leakChecks } from './helpers';
-import { startTcpTransfer, udpStream } from './traffic';
+import { TCP, TCP_ACK, TCP_FIN, UDP, ip4 } from './frames';
+import { snmpCounter, startTcpTransfer, trafgenRing, udpStream } from './traffic';
 import { PairTopology, makePairTopology } from './topology';
 
 const BLOCKED = 9999;
@@ -76,6 +79,13 @@ function udpFromPort(ns: string, src: string, sport: number, to: string, dport: 
   const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '-e', js], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
 }
+
+/**
+ * IPv4 datagrams that reached a netns's IP layer (Ip InReceives; counted
+ * before the header checksum is checked, and whether or not the frame came
+ * by bpf_redirect_peer, which device counters of older kernels miss).
+ */
+const ipIn = (ns: { name: string }) => snmpCounter(ns.name, 'Ip', 'InReceives');
 
 describe('flow offload end to end: the stub DP offloads, the kernel carries on (kernel)', function () {
   this.timeout(180000);
@@ -181,5 +191,62 @@ describe('flow offload end to end: the stub DP offloads, the kernel carries on (
     s.run(['pair', 'mode', '--id', String(s.id), 'bypass']);
     assert.deepEqual(flows(s), []);
     assert.equal(formatMac(ucmac(s.id)), s.ucmac);
+  });
+
+  it('frames with their headers outside the linear data (AF_PACKET TX ring) take their ALLOW and DENY entries', async function () {
+    const N = 50;
+    const s = await setup('10.79.4', []);
+    const { hostAddr: H, wlAddr: W } = s.t;
+    const wl = parseMac(s.t.wlMac);
+    const host = parseMac(s.t.hostMac);
+    // IPv4 header checksums left 0 (frames.ts): the receiving stack counts and discards them, and
+    // sends nothing back (no ICMP port unreachable, no TCP RST) to disturb the counters or retire an entry.
+    const stubFrames = async (kind: string) => StubDp.frames(await s.stub.counts(), kind, s.ucmac).frames;
+    s.run(['flow', 'allow', '--id', String(s.id), '--proto', 'udp', '--src', `${H}:5400`, '--dst', `${W}:5401`]);
+    s.run(['flow', 'allow', '--id', String(s.id), '--proto', 'tcp', '--src', `${W}:5410`, '--dst', `${H}:5411`]);
+    s.run(['flow', 'deny', '--id', String(s.id), '--proto', 'udp', '--src', `${H}:5420`, '--dst', `${W}:5421`]);
+    const packetsOf = (port: number) => flows(s).find((f) => f.a.port === port || f.b.port === port)?.packets;
+
+    // ALLOW, vex (towards the workload): UDP.
+    let c0 = counters(s);
+    let rx0 = ipIn(s.t.workload);
+    trafgenRing(s.t.host, s.t.hostIf, [ip4(wl, host, { proto: UDP, src: H, dst: W, sport: 5400, dport: 5401 })], N);
+    await waitFor('the frames to reach the workload', () => ipIn(s.t.workload) - rx0 >= N || undefined, 5000).catch(() => undefined);
+    let c1 = counters(s);
+    assert.equal(c1.to_wl.to_dp!.packets - c0.to_wl.to_dp!.packets, 0, 'UDP, vex: none went to the DP');
+    assert.equal(c1.to_wl.fast!.packets - c0.to_wl.fast!.packets, N, 'UDP, vex: every frame took the fast path');
+    assert.equal(ipIn(s.t.workload) - rx0, N, 'UDP, vex: they all reached the workload');
+    assert.equal(packetsOf(5400), N, 'UDP, vex: the entry counted them');
+    assert.equal(await stubFrames('udp/5400'), 0, 'UDP, vex: the DP saw none');
+
+    // ALLOW, vin (from the workload): TCP with IP options (IHL 6), ACKs, then FINs (the first retires the entry).
+    const tcp = (flags: number) => ip4(host, wl, { proto: TCP, src: W, dst: H, sport: 5410, dport: 5411, ihl: 6, tcpFlags: flags });
+    c0 = counters(s);
+    rx0 = ipIn(s.t.host);
+    trafgenRing(s.t.workload, s.t.wlIf, [tcp(TCP_ACK)], N);
+    await waitFor('the frames to reach the host', () => ipIn(s.t.host) - rx0 >= N || undefined, 5000).catch(() => undefined);
+    c1 = counters(s);
+    assert.equal(c1.from_wl.to_dp!.packets - c0.from_wl.to_dp!.packets, 0, 'TCP, vin: none went to the DP');
+    assert.equal(c1.from_wl.fast!.packets - c0.from_wl.fast!.packets, N, 'TCP, vin: every frame took the fast path');
+    assert.equal(ipIn(s.t.host) - rx0, N, 'TCP, vin: they all reached the host');
+    assert.equal(packetsOf(5410), N, 'TCP, vin: the entry counted them');
+    trafgenRing(s.t.workload, s.t.wlIf, [tcp(TCP_FIN | TCP_ACK)], N);
+    await waitFor('the FINs to reach the DP', async () => (await stubFrames('tcp/5410')) >= N || undefined, 5000).catch(() => undefined);
+    const c2 = counters(s);
+    assert.equal(c2.from_wl.fast!.packets - c1.from_wl.fast!.packets, 0, 'TCP FIN, vin: none took the fast path');
+    assert.equal(c2.from_wl.to_dp!.packets - c1.from_wl.to_dp!.packets, N, 'TCP FIN, vin: all went to the DP');
+    assert.equal(packetsOf(5410), undefined, 'the FIN retired the entry');
+
+    // DENY, vex: dropped in the kernel.
+    c0 = counters(s);
+    rx0 = ipIn(s.t.workload);
+    trafgenRing(s.t.host, s.t.hostIf, [ip4(wl, host, { proto: UDP, src: H, dst: W, sport: 5420, dport: 5421 })], N);
+    await waitFor('the entry to count the frames', () => (packetsOf(5420) ?? 0) >= N || undefined, 5000).catch(() => undefined);
+    c1 = counters(s);
+    assert.equal(c1.to_wl.to_dp!.packets - c0.to_wl.to_dp!.packets, 0, 'UDP deny, vex: none went to the DP');
+    assert.equal(c1.to_wl.flow_drop!.packets - c0.to_wl.flow_drop!.packets, N, 'UDP deny, vex: every frame was dropped in the kernel (flow_drop)');
+    assert.equal(packetsOf(5420), N, 'UDP deny, vex: the entry counted them');
+    assert.equal(await stubFrames('udp/5420'), 0, 'UDP deny, vex: the DP saw none');
+    assert.equal(ipIn(s.t.workload) - rx0, 0, 'UDP deny, vex: nothing reached the workload');
   });
 });

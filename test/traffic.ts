@@ -128,15 +128,18 @@ export interface UdpStream {
  * sender in senderNs. Returns at once; await `sent` to know the stream is
  * over on the sending side and `result` for the receiver's verdict.
  */
-/** Udp RcvbufErrors of a netns: datagrams its sockets dropped for a full receive buffer. */
-export function udpRcvbufErrors(ns: string): number {
+/** A counter of a netns's /proc/net/snmp, e.g. ('Udp', 'RcvbufErrors'); 0 if absent. */
+export function snmpCounter(ns: string, group: string, name: string): number {
   const r = spawnSync('ip', ['netns', 'exec', ns, 'cat', '/proc/net/snmp'], { encoding: 'utf8' });
-  const lines = (r.stdout ?? '').split('\n').filter((l) => l.startsWith('Udp:'));
+  const lines = (r.stdout ?? '').split('\n').filter((l) => l.startsWith(`${group}:`));
   if (lines.length < 2) return 0;
   const k = lines[0]!.split(/\s+/);
   const v = lines[1]!.split(/\s+/);
-  return Number(v[k.indexOf('RcvbufErrors')] ?? 0);
+  return Number(v[k.indexOf(name)] ?? 0);
 }
+
+/** Udp RcvbufErrors of a netns: datagrams its sockets dropped for a full receive buffer. */
+export const udpRcvbufErrors = (ns: string): number => snmpCounter(ns, 'Udp', 'RcvbufErrors');
 
 export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
   const run = String((Math.random() * 0xffffffff) >>> 0);
@@ -344,6 +347,25 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
       for (const c of [snd, recv]) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     },
   };
+}
+
+// ---------------------------------------------------------------- frames from an AF_PACKET TX ring
+
+/**
+ * Sends `count` frames out of `dev` in `ns` with trafgen (netsniff-ng), the
+ * given frames in turn, from its TX ring (PACKET_TX_RING: no --gap or --rate,
+ * either of which makes it send with sendto()). The kernel builds such an skb
+ * with the link-layer header alone in its linear data, the rest in page
+ * fragments of the ring: frames whose IP and L4 headers a program cannot
+ * read in place. --no-sock-mem, --notouch-irq: no global socket-memory
+ * sysctl or IRQ affinity touched (long options: this build's getopt string
+ * lacks -A). Throws when trafgen is missing (scripts/deps.sh installs it): a
+ * kernel suite must not pass without it.
+ */
+export function trafgenRing(ns: Netns, dev: string, frames: Uint8Array[], count: number): void {
+  if (spawnSync('trafgen', ['-v']).error) throw new Error('trafgen (netsniff-ng) is needed: make deps');
+  const conf = frames.map((f) => `{ ${Array.from(f, (b) => `0x${b.toString(16).padStart(2, '0')}`).join(', ')} }`).join(' ');
+  ns.exec('trafgen', ['--dev', dev, '--cpus', '1', '--num', String(count), '--no-sock-mem', '--notouch-irq', '-C', conf]);
 }
 
 // ---------------------------------------------------------------- stub DP
