@@ -120,9 +120,10 @@ export interface NvdpResult {
 }
 
 /**
- * trafgen through sendto() (a rate it never reaches), for every variant: frames from its TX ring
- * (the default) carry their headers in page fragments, and the datapath's flow lookup reads only the
- * skb's linear data, so none of them would take an offloaded entry (measured: 0 of them did).
+ * trafgen through sendto() (a rate it never reaches), for every variant. Chosen when frames from its
+ * TX ring (the default), whose headers sit in page fragments, never took an offloaded entry (the flow
+ * lookup read only the skb's linear data; measured: 0 of them did). The lookup now copies such headers
+ * (neuv_flow_copy); kept so the figures stay comparable with the runs before.
  */
 const SENDTO = ['-b', '10000000pps'];
 
@@ -314,7 +315,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
     notes: [
       `The DP runs as \`dp -s 1 -n 1\` (standalone, one data thread) through build/nvdp-run, its ring on ${VTH}; the workload is its endpoint, inline (ctrl_cfg_mac tap:false), no policy (everything allowed).`,
       "This kernel has no act_pedit, so NeuVector's FWD rules cannot rewrite the MAC as its tc driver writes them; nv-fwd replaces each u32 match + pedit of FwdPortPair with a cls_bpf classifier doing the same match and the same 6-byte rewrite, then NeuVector's own `action mirred` (egress mirror, as tc.go writes it). A program does the match at least as fast as u32 + pedit, so this favours NeuVector, if anything.",
-      "64-byte frames: trafgen sending with sendto() (`-b 10000000pps`, a rate it never reaches) in every variant, not from its TX ring: the ring's frames carry their headers in page fragments, and the datapath's flow lookup reads the linear data only, so an offloaded entry never matched them (measured: 0 frames) and they all went to the DP.",
+      "64-byte frames: trafgen sending with sendto() (`-b 10000000pps`, a rate it never reaches) in every variant, not from its TX ring, as in the runs before the flow lookup read headers outside the skb's linear data (the ring's frames carry theirs in page fragments; an offloaded entry then never matched them).",
       'DP CPU is its user+system time over each measurement (iperf3/trafgen start-up included), as a fraction of one core: the whole process (all threads) and its busiest thread.',
       'bpf-offload: the bench polls ctrl_list_session every 20 ms and offloads each host<->workload session of the measured protocol with Flows.offload: for TCP while iperf3 runs (its control and data connections), for the 64-byte flow after 20 of its frames went through the DP, before the flood. Its entries are cleared after each measurement, so every round starts through the DP.',
     ],
