@@ -37,7 +37,7 @@ import {
 } from '../src/layout';
 import type { Hook, ModelState } from './model';
 import { makeNetns, makePinRoot, OBJ, onCleanup, ROOT } from './helpers';
-import { veth as makeVeth } from '../src/topology';
+import { veth as makeVeth } from '../src/net';
 
 export const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
 export const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)

@@ -32,7 +32,7 @@ import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../s
 import { formatMac, ucmac } from '../src/mac';
 import { ROOT, makeNet, Netns, onCleanup, sh, uniqueName } from './helpers';
 import { addPair } from './topology';
-import { veth } from '../src/topology';
+import { veth } from '../src/net';
 
 export interface NvCaps {
   pedit: boolean;

@@ -14,7 +14,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { StubDp, waitFor } from '../src/topology';
+import { waitFor } from '../src/net';
+import { StubDp } from '../src/topology';
 import { ucmac, formatMac } from '../src/mac';
 import { cli, makePinRoot, onCleanup, requireKernel, leakChecks } from './helpers';
 import { startTcpTransfer, udpStream } from './traffic';

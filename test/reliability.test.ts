@@ -38,7 +38,7 @@ import { Datapath } from '../src/pairs';
 import { INTERCEPT_STEPS } from '../src/intercept';
 import { configureLogging } from '../src/log';
 import { PairTopology, makePairTopology } from './topology';
-import { addAddrs, veth } from '../src/topology';
+import { addAddrs, veth } from '../src/net';
 import {
   STUB_DP,
   TcpTransfer,

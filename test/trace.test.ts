@@ -33,7 +33,7 @@ import { formatMac, ucmac } from '../src/mac';
 import { formatView, monoToWall, parseTraceId, traceState, viewRecord, type TraceView } from '../src/trace';
 import { DpFixture } from './dp-fixture';
 import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
-import { veth } from '../src/topology';
+import { veth } from '../src/net';
 import { type Netns, CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC
