@@ -395,9 +395,9 @@ export class StubDp {
   /**
    * Fresh counts of any stub-dp child writing `file` (--out), however it was
    * started; T adds what its options add (the offload policy's "offloaded",
-   * "denied", "offload_errors", tools/stub-dp.c).
+   * "denied", "offload_errors", tools/stub-dp.c); waits up to timeoutMs for the write.
    */
-  static async countsOf<T extends StubCounts = StubCounts>(child: ChildProcess, file: string): Promise<T> {
+  static async countsOf<T extends StubCounts = StubCounts>(child: ChildProcess, file: string, timeoutMs = 3000): Promise<T> {
     const read = (): T | undefined => {
       try {
         return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
@@ -410,7 +410,7 @@ export class StubDp {
     return waitFor('fresh stub-dp counts', () => {
       const c = read();
       return c && c.seq > before ? c : undefined;
-    }, 3000, 5);
+    }, timeoutMs, 5);
   }
 
   /** Frames of a kind ("udp/8080", "icmp", ...) over every pair and direction, or of one UCMAC/direction. */

@@ -18,6 +18,7 @@ import { CliResult, cli, kernelState, makeNetns, makePinRoot, Netns, oneErrorLin
 import { NvFixturePair, NvNode, buildNvNode, filtersOf, nvLeft, startStubDp } from './nvfixture';
 import { UdpStreamResult, startUdpStream } from './traffic';
 import { raceTestRun } from './dp-fixture';
+import { StubDp } from '../src/topology';
 import { MapFd, ProgFd } from '../src/bpf';
 import { PortFlag, decodePort, u32Key } from '../src/layout';
 import { features } from '../src/features';
@@ -610,7 +611,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
         assert.equal(pathLoss(after, () => true), 0, 'datagrams lost by the datapath after adopt');
         t.node.pairs.forEach((p, k) => {
           if (p.mode !== 'fwd') return;
-          const seen = stub.frames(c1, p.ucmac, `udp/${6100 + 2 * k}`) - stub.frames(c0, p.ucmac, `udp/${6100 + 2 * k}`);
+          const seen = StubDp.frames(c1, `udp/${6100 + 2 * k}`, p.ucmac).frames - StubDp.frames(c0, `udp/${6100 + 2 * k}`, p.ucmac).frames;
           // Less what the DP side lost (a stub starved of CPU on a busy machine overflows its socket:
           // those frames were never read, so never counted, and pathLoss excuses them the same way).
           assert.ok(seen + after.dpLost >= count, `${p.vin}: the DP saw the FWD stream (${seen}, the DP side lost ${after.dpLost})`);

@@ -39,15 +39,14 @@ import { INTERCEPT_STEPS } from '../src/intercept';
 import { configureLogging } from '../src/log';
 import { PairTopology, makePairTopology } from './topology';
 import { addAddrs, veth } from '../src/net';
+import { STUB_DP, StubDp } from '../src/topology';
 import {
-  STUB_DP,
   TcpTransfer,
   TcpTransferResult,
   UdpStream,
   UdpStreamResult,
   startStubDp,
   startTcpTransfer,
-  stubDpCounts,
   startUdpStream,
 } from './traffic';
 
@@ -504,7 +503,7 @@ describe('reliability (kernel)', function () {
       const drops = stats.to_wl.drop!.packets + stats.from_wl.drop!.packets;
       let dpLine = '';
       if (stub) {
-        const sc = await stubDpCounts(stub, stubOut);
+        const sc = await StubDp.countsOf(stub, stubOut, 5000);
         const toDp = stats.to_wl.to_dp!.packets + stats.from_wl.to_dp!.packets;
         const fromDp = stats.to_wl.from_dp!.packets + stats.from_wl.from_dp!.packets;
         // More come back than went: vbr-neuv has tx offload off, so a TCP super-frame sent to the DP is segmented on the way.
