@@ -166,6 +166,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const { TC_HANDLE, TC_PRIORITY } = await import('../src/attach');
   const { configureLogging } = await import('../src/log');
   const { leafCommands } = await import('./helpers');
+  const net = await import('../src/net');
 
   const sh = (cmd: string, args: string[]) => {
     const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -178,15 +179,10 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const home = fs.openSync('/proc/thread-self/ns/net', 'r');
   const homeIno = fs.statSync('/proc/thread-self/ns/net').ino;
 
-  // The sandbox network: two veth pairs, a bridge.
+  // The sandbox network: two veth pairs (IPv6 off, up), a bridge. The sandbox's netns has no name: a Netns that runs here.
   sh('ip', ['link', 'set', 'lo', 'up']);
-  for (const i of [1, 2]) {
-    sh('ip', ['link', 'add', `vin${i}`, 'type', 'veth', 'peer', 'name', `vex${i}`]);
-    for (const d of [`vin${i}`, `vex${i}`]) {
-      sh('sysctl', ['-qw', `net.ipv6.conf.${d}.disable_ipv6=1`]);
-      sh('ip', ['link', 'set', d, 'up']);
-    }
-  }
+  const here: import('../src/net').Netns = { name: 'the sandbox', exec: (c, a, o) => net.sh(c, a, o), ip: (...a) => net.sh('ip', a), del: () => undefined };
+  for (const i of [1, 2]) net.veth({ ns: here, name: `vin${i}` }, { ns: here, name: `vex${i}` }, { ipv6: false });
   sh('ip', ['link', 'add', 'br0', 'type', 'bridge']);
 
   // JSON-lines inputs for --file.
