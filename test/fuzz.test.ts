@@ -670,7 +670,7 @@ if (require.main === module) {
     before(async function () {
       const { requireKernel } = await import('./helpers');
       requireKernel(this);
-      if (spawnSync('unshare', ['--version']).status !== 0) throw new Error('unshare (util-linux) is needed for the fuzz sandbox');
+      for (const tool of ['unshare', 'setpriv']) if (spawnSync(tool, ['--version']).status !== 0) throw new Error(`${tool} (util-linux) is needed for the fuzz sandbox`);
     });
 
     it(`${runs} argument vectors in-process through buildProgram() and ${real} real CLI invocations: no crash, one line per error, no change when refused (seed ${seed})`, async function () {
@@ -685,13 +685,25 @@ if (require.main === module) {
       });
       try {
         const cfg: ChildConfig = { pins, pins2, plainDir, seed, runs, real, realParallel: 2 };
-        const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--net', '--', process.execPath, __filename, '--child', JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+        // The child dies with us: setpriv --pdeathsig SIGKILLs unshare when this process goes, and unshare's
+        // --kill-child then SIGKILLs the child (pid 1 of its pid namespace, so all below it). Our own deadline,
+        // 10 s before mocha's, kills it so that a run too long fails here and cleans up rather than outliving the test.
+        const sandbox = ['unshare', '--pid', '--kill-child', '--mount-proc', '--net', '--', process.execPath, __filename, '--child', JSON.stringify(cfg)];
+        const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...sandbox], { stdio: ['ignore', 'pipe', 'pipe'] });
         onCleanup(() => child.kill('SIGKILL'));
+        const limitMs = this.timeout() - 10000;
+        let timedOut = false;
+        const deadline = setTimeout(() => {
+          timedOut = true;
+          child.kill('SIGKILL');
+        }, limitMs);
+        onCleanup(() => clearTimeout(deadline));
         let out = '';
         let err = '';
         child.stdout.on('data', (d: Buffer) => (out += d.toString()));
         child.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-20000)));
         const code = await new Promise<number | null>((r) => child.on('close', r));
+        assert.ok(!timedOut, `fuzz child killed after ${limitMs / 1000} s (the test's time less 10 s): ${err.slice(-3000)}`);
         assert.equal(code, 0, `fuzz child exited ${code}: ${err.slice(-3000)}`);
         const rep = JSON.parse(out.trim().split('\n').pop()!) as ChildReport;
         const reportFile = path.join(os.tmpdir(), `nbt-fuzz-report-${process.pid}.json`);
