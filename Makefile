@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run examples containers test test-unit test-kernel demo bench lint clean vagrant-test docs
+.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run examples containers test test-unit test-kernel demo bench lint clean clean-vagrant vagrant-test docs
 
 V ?= 0
 ifeq ($(V),1)
@@ -153,5 +153,10 @@ vagrant-validate:
 	$(Q)./scripts/vagrant-deps.sh
 	$(Q)./scripts/vagrant-validate.sh
 
+# clean keeps build/vagrant: make vagrant-box's 1.6 GB box and its cached root
+# file system take ~20 minutes to rebuild. clean-vagrant removes them too.
 clean:
-	rm -rf build dist
+	rm -rf dist $(filter-out build/vagrant,$(wildcard build/*))
+
+clean-vagrant: clean
+	rm -rf build

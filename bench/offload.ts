@@ -22,7 +22,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { cli, kernelUnavailable, makePinRoot, onCleanup, runCleanups } from '../test/helpers';
-import { STUB_DP } from '../test/traffic';
+import { STUB_DP } from '../src/topology';
 import { PairTopology, makePairTopology } from '../test/topology';
 
 export interface BenchRow {

@@ -15,15 +15,17 @@
  * so a real installation is never touched.
  *
  * The building blocks (Topology, the echo server and probe client, StubDp)
- * are in src/topology.ts, shared with the kernel suites.
+ * are in src/topology.ts, on the builder in src/net.ts, shared with the
+ * kernel suites.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { sh, waitFor } from './net';
 import {
   BCAST4, CLI, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ProbeResult, STUB_DP, StubCounts, StubDp, Topology,
-  ping, runProbes, sh, startServer, waitFor,
+  ping, runProbes, startServer,
 } from './topology';
 
 // Heavy modules (koffi through pairs/intercept) are loaded only when the demo

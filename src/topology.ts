@@ -1,16 +1,15 @@
 /**
- * The harness the demo and the kernel suites share: the one builder of
- * throwaway networks in private namespaces (Net: netns, veths, addresses,
- * neighbours, processes inside, all undone by destroy()), the topology on it
- * (Topology: a host netns with a bridge, containers with IPv4 + IPv6, an
- * enforcer netns), the echo server and probe client this
- * file runs as a child (`node topology.js serve|probe`), and the stub DP
+ * The harness the demo and the kernel suites share, on the builder in
+ * src/net.ts: the topology (Topology: a Net with a host netns with a bridge,
+ * containers with IPv4 + IPv6, an enforcer netns), the echo server and
+ * probe client this file runs as a child (`node topology.js serve|probe`), and the stub DP
  * (build/stub-dp on vth-neuv). `neuv-bpf demo` (src/demo.ts) is built on it;
  * so are test/topology.ts and the suites that send real traffic.
  */
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
+import { addAddrs, Net, sh, veth, waitFor } from './net';
 import { netnsPath } from './netns';
 import { PACKAGE_ROOT } from './root';
 import * as net from 'node:net';
@@ -21,153 +20,6 @@ export const ROOT = PACKAGE_ROOT;
 export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
 export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
 const SELF = __filename;
-
-// ================================================================ small process helpers
-
-/** Runs a command synchronously (argument array); throws with its stderr unless allowFail. */
-export function sh(cmd: string, args: string[], opts: { allowFail?: boolean; input?: string } = {}): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input });
-  if ((r.status !== 0 || r.error) && !opts.allowFail) {
-    throw new Error(`${cmd} ${args.join(' ')}: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n')[0]}`);
-  }
-  return r.stdout ?? '';
-}
-
-/** Waits for a condition, polling; throws `what` after timeoutMs. */
-export async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 5000, everyMs = 20): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
-// ================================================================ the builder: netns, veths, addresses, neighbours
-
-/** A network namespace: its name and commands run inside it. */
-export interface Netns {
-  name: string;
-  /** Runs a command inside the namespace (argument array, no shell). */
-  exec(cmd: string, args: string[], opts?: { allowFail?: boolean; input?: string }): string;
-  /** `ip -n NAME ...` */
-  ip(...args: string[]): string;
-  /** Deletes it now (a no-op on a view of a netns someone else owns). */
-  del(): void;
-}
-
-/** A Netns handle on a namespace that exists already (del does nothing). */
-export function nsView(name: string): Netns {
-  return {
-    name,
-    exec: (cmd, args, opts) => sh('ip', ['netns', 'exec', name, cmd, ...args], opts),
-    ip: (...args) => sh('ip', ['-n', name, ...args]),
-    del: () => undefined,
-  };
-}
-
-/** A device's ifindex and MAC. */
-export function linkOf(ns: Netns, dev: string): { ifindex: number; address: string } {
-  const [l] = JSON.parse(ns.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number; address: string }>;
-  if (!l) throw new Error(`no ${dev} in ${ns.name}`);
-  return l;
-}
-
-/** One end of a veth pair: its netns, name, and the ifindex and MTU to ask for. */
-export interface VethEnd {
-  ns: Netns;
-  name: string;
-  index?: number;
-  mtu?: number;
-}
-
-/** An address on a device, for staticNeighbours. */
-export interface Host {
-  ns: Netns;
-  dev: string;
-  addr: string;
-}
-
-/**
- * A veth pair: `a` made in its netns, its peer `b` moved to its own; both
- * up unless `up: false`. `ipv6: false` turns IPv6 off on both ends first
- * (no router solicitations or DAD in the counters). Gone with its netns.
- */
-export function veth(a: VethEnd, b: VethEnd, o: { ipv6?: boolean; up?: boolean } = {}): { a: { ifindex: number; address: string }; b: { ifindex: number; address: string } } {
-  const opts = (e: VethEnd) => [...(e.index ? ['index', String(e.index)] : []), ...(e.mtu ? ['mtu', String(e.mtu)] : [])];
-  a.ns.ip('link', 'add', a.name, ...opts(a), 'type', 'veth', 'peer', 'name', b.name, ...opts(b), ...(b.ns.name !== a.ns.name ? ['netns', b.ns.name] : []));
-  for (const e of [a, b]) {
-    if (o.ipv6 === false) e.ns.exec('sysctl', ['-qw', `net.ipv6.conf.${e.name}.disable_ipv6=1`], { allowFail: true });
-    if (o.up !== false) e.ns.ip('link', 'set', 'dev', e.name, 'up');
-  }
-  return { a: linkOf(a.ns, a.name), b: linkOf(b.ns, b.name) };
-}
-
-/** Addresses (CIDR) on a device; IPv6 ones without DAD. */
-export function addAddrs(ns: Netns, dev: string, ...cidrs: string[]): void {
-  for (const c of cidrs) ns.ip('addr', 'add', c, 'dev', dev, ...(c.includes(':') ? ['nodad'] : []));
-}
-
-/** Each side gets a permanent neighbour entry for the other's address and MAC (no ARP timing). */
-export function staticNeighbours(x: Host, y: Host): void {
-  const [mx, my] = [linkOf(x.ns, x.dev).address, linkOf(y.ns, y.dev).address];
-  x.ns.ip('neigh', 'replace', y.addr, 'lladdr', my, 'dev', x.dev, 'nud', 'permanent');
-  y.ns.ip('neigh', 'replace', x.addr, 'lladdr', mx, 'dev', y.dev, 'nud', 'permanent');
-}
-
-/**
- * The one builder of the demo's and the tests' networks: with veth(),
- * addAddrs() and staticNeighbours() above (whatever they make goes with its
- * netns), it creates the namespaces, starts processes inside, and undoes it
- * all with destroy() (the tests register that with onCleanup() when they
- * make a Net: test/helpers.ts makeNet).
- */
-export class Net {
-  private readonly namespaces: string[] = [];
-  private readonly children: ChildProcess[] = [];
-  private destroyed = false;
-
-  /** Creates a netns (lo up); `dad: false` turns IPv6 duplicate address detection off for its devices. */
-  ns(name: string, o: { dad?: boolean } = {}): Netns {
-    sh('ip', ['netns', 'add', name]);
-    this.namespaces.push(name);
-    const ns: Netns = {
-      ...nsView(name),
-      del: () => {
-        sh('ip', ['netns', 'del', name], { allowFail: true });
-        this.namespaces.splice(this.namespaces.indexOf(name), 1);
-      },
-    };
-    ns.ip('link', 'set', 'lo', 'up');
-    if (o.dad === false) for (const k of ['default', 'all']) ns.exec('sysctl', ['-qw', `net.ipv6.conf.${k}.accept_dad=0`]);
-    return ns;
-  }
-
-  /**
-   * Spawns `cmd args` inside a netns; the process is killed by destroy().
-   * `nsenter`: entered with nsenter, not `ip netns exec`, which mounts a
-   * fresh /sys and so hides the bpffs (and its pins) at /sys/fs/bpf.
-   */
-  spawnIn(ns: string, cmd: string, args: string[], o: { nsenter?: boolean } = {}): ChildProcess {
-    // stdin is a pipe from us: children that watch it (the echo server) end when we do.
-    const argv = o.nsenter ? ['nsenter', `--net=${netnsPath(ns)}`, cmd, ...args] : ['ip', 'netns', 'exec', ns, cmd, ...args];
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
-    child.on('error', () => undefined);
-    this.children.push(child);
-    return child;
-  }
-
-  /** Kills what it spawned, deletes every netns it made. Idempotent, synchronous (safe in a signal handler). */
-  destroy(): void {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    for (const c of this.children) {
-      if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    }
-    for (const ns of this.namespaces.reverse()) sh('ip', ['netns', 'del', ns], { allowFail: true });
-  }
-}
 
 // ================================================================ topology
 
@@ -543,9 +395,9 @@ export class StubDp {
   /**
    * Fresh counts of any stub-dp child writing `file` (--out), however it was
    * started; T adds what its options add (the offload policy's "offloaded",
-   * "denied", "offload_errors", tools/stub-dp.c).
+   * "denied", "offload_errors", tools/stub-dp.c); waits up to timeoutMs for the write.
    */
-  static async countsOf<T extends StubCounts = StubCounts>(child: ChildProcess, file: string): Promise<T> {
+  static async countsOf<T extends StubCounts = StubCounts>(child: ChildProcess, file: string, timeoutMs = 3000): Promise<T> {
     const read = (): T | undefined => {
       try {
         return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
@@ -558,7 +410,7 @@ export class StubDp {
     return waitFor('fresh stub-dp counts', () => {
       const c = read();
       return c && c.seq > before ? c : undefined;
-    }, 3000, 5);
+    }, timeoutMs, 5);
   }
 
   /** Frames of a kind ("udp/8080", "icmp", ...) over every pair and direction, or of one UCMAC/direction. */

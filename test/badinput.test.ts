@@ -18,7 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { addAddrs, veth } from '../src/topology';
+import { addAddrs, veth } from '../src/net';
 import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups, uniqueName } from './helpers';
 import { buildProgram } from '../src/cli';
 

@@ -27,7 +27,7 @@ import {
   addGlobal,
   addStats,
   emptyStats,
-  encodeConfig,
+  Config,
   encodeId,
   encodePort,
   encodeStats,
@@ -37,7 +37,8 @@ import {
 } from '../src/layout';
 import type { Hook, ModelState } from './model';
 import { makeNetns, makePinRoot, OBJ, onCleanup, ROOT } from './helpers';
-import { veth as makeVeth } from '../src/topology';
+import { veth as makeVeth } from '../src/net';
+import { updateConfig } from '../src/dp-config';
 
 export const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
 export const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
@@ -71,7 +72,7 @@ export class DpFixture {
   readonly config: MapFd;
   private readonly ctx = new Map<number, Buffer>();
 
-  private constructor(obj: BpfObject, veth: number) {
+  private constructor(obj: BpfObject, veth: number, readonly pinRoot: string) {
     this.obj = obj;
     this.veth = veth;
     this.progs = { vin: obj.progFd('neuv_vin'), vex: obj.progFd('neuv_vex'), vbr: obj.progFd('neuv_vbr') };
@@ -101,13 +102,18 @@ export class DpFixture {
     const obj = BpfObject.open(OBJ, { pinRoot, rodata });
     onCleanup(() => obj.close());
     obj.load();
-    return new DpFixture(obj, veth);
+    return new DpFixture(obj, veth, pinRoot);
   }
 
   /** Empties every map and sets neuv_config.dp_ifindex and flags. */
   clear(dpIfindex = 0, flags = 0): void {
     for (const m of [this.ports, this.ids, this.stats]) for (const k of m.keys()) m.delete(k);
-    this.config.update(u32Key(0), encodeConfig({ dpIfindex, flags, traceUntil: 0n }));
+    this.writeConfig(() => ({ dpIfindex, flags, traceUntil: 0n }));
+  }
+
+  /** neuv_config rewritten by fn, under the config lock as every writer does (src/dp-config.ts updateConfig). */
+  writeConfig(fn: (c: Config) => Config): Config {
+    return updateConfig(this.pinRoot, this.config, fn);
   }
 
   /** Writes a model state into the maps (after clear); stats entries only for statsIds. */

@@ -166,6 +166,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const { TC_HANDLE, TC_PRIORITY } = await import('../src/attach');
   const { configureLogging } = await import('../src/log');
   const { leafCommands } = await import('./helpers');
+  const net = await import('../src/net');
 
   const sh = (cmd: string, args: string[]) => {
     const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -178,15 +179,10 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const home = fs.openSync('/proc/thread-self/ns/net', 'r');
   const homeIno = fs.statSync('/proc/thread-self/ns/net').ino;
 
-  // The sandbox network: two veth pairs, a bridge.
+  // The sandbox network: two veth pairs (IPv6 off, up), a bridge. The sandbox's netns has no name: a Netns that runs here.
   sh('ip', ['link', 'set', 'lo', 'up']);
-  for (const i of [1, 2]) {
-    sh('ip', ['link', 'add', `vin${i}`, 'type', 'veth', 'peer', 'name', `vex${i}`]);
-    for (const d of [`vin${i}`, `vex${i}`]) {
-      sh('sysctl', ['-qw', `net.ipv6.conf.${d}.disable_ipv6=1`]);
-      sh('ip', ['link', 'set', d, 'up']);
-    }
-  }
+  const here: import('../src/net').Netns = { name: 'the sandbox', exec: (c, a, o) => net.sh(c, a, o), ip: (...a) => net.sh('ip', a), del: () => undefined };
+  for (const i of [1, 2]) net.veth({ ns: here, name: `vin${i}` }, { ns: here, name: `vex${i}` }, { ipv6: false });
   sh('ip', ['link', 'add', 'br0', 'type', 'bridge']);
 
   // JSON-lines inputs for --file.
@@ -674,7 +670,7 @@ if (require.main === module) {
     before(async function () {
       const { requireKernel } = await import('./helpers');
       requireKernel(this);
-      if (spawnSync('unshare', ['--version']).status !== 0) throw new Error('unshare (util-linux) is needed for the fuzz sandbox');
+      for (const tool of ['unshare', 'setpriv']) if (spawnSync(tool, ['--version']).status !== 0) throw new Error(`${tool} (util-linux) is needed for the fuzz sandbox`);
     });
 
     it(`${runs} argument vectors in-process through buildProgram() and ${real} real CLI invocations: no crash, one line per error, no change when refused (seed ${seed})`, async function () {
@@ -689,13 +685,25 @@ if (require.main === module) {
       });
       try {
         const cfg: ChildConfig = { pins, pins2, plainDir, seed, runs, real, realParallel: 2 };
-        const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--net', '--', process.execPath, __filename, '--child', JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+        // The child dies with us: setpriv --pdeathsig SIGKILLs unshare when this process goes, and unshare's
+        // --kill-child then SIGKILLs the child (pid 1 of its pid namespace, so all below it). Our own deadline,
+        // 10 s before mocha's, kills it so that a run too long fails here and cleans up rather than outliving the test.
+        const sandbox = ['unshare', '--pid', '--kill-child', '--mount-proc', '--net', '--', process.execPath, __filename, '--child', JSON.stringify(cfg)];
+        const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...sandbox], { stdio: ['ignore', 'pipe', 'pipe'] });
         onCleanup(() => child.kill('SIGKILL'));
+        const limitMs = this.timeout() - 10000;
+        let timedOut = false;
+        const deadline = setTimeout(() => {
+          timedOut = true;
+          child.kill('SIGKILL');
+        }, limitMs);
+        onCleanup(() => clearTimeout(deadline));
         let out = '';
         let err = '';
         child.stdout.on('data', (d: Buffer) => (out += d.toString()));
         child.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-20000)));
         const code = await new Promise<number | null>((r) => child.on('close', r));
+        assert.ok(!timedOut, `fuzz child killed after ${limitMs / 1000} s (the test's time less 10 s): ${err.slice(-3000)}`);
         assert.equal(code, 0, `fuzz child exited ${code}: ${err.slice(-3000)}`);
         const rep = JSON.parse(out.trim().split('\n').pop()!) as ChildReport;
         const reportFile = path.join(os.tmpdir(), `nbt-fuzz-report-${process.pid}.json`);

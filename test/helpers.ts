@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { journalDir } from '../src/journal';
 import { LOCK_DIR } from '../src/lock';
-import { Net, Netns } from '../src/topology';
+import { Net, Netns } from '../src/net';
 
 export type { Netns };
 
@@ -83,7 +83,7 @@ export function sh(cmd: string, args: string[], opts: { allowFail?: boolean; inp
 }
 
 /**
- * A Net (src/topology.ts: the one builder of netns, veths, addresses and
+ * A Net (src/net.ts: the one builder of netns, veths, addresses and
  * neighbours) destroyed by runCleanups(), registered before it makes anything.
  */
 export function makeNet(): Net {

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { cli, requireKernel, leakChecks } from './helpers';
 import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
 import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/topology';
+import { nsView, veth } from '../src/net';
 import {
   INTERCEPT_STEPS, RELEASE_STEPS, InterceptResult, addrArgs, inodeTag, neighArgs, portNames, routeArgs, tempMac,
 } from '../src/intercept';
@@ -212,7 +213,8 @@ describe('intercept / release (kernel)', function () {
     const before = containerState(tt.t, c1);
     const pid = workloadPid(tt.t, c1);
     // A name intercept needs is taken in the enforcer netns.
-    tt.t.ip(tt.t.enforcer, 'link', 'add', `vin${pid.toString(16)}-eth0`, 'type', 'veth', 'peer', 'name', 'nbtpeer');
+    const enf = nsView(tt.t.enforcer);
+    veth({ ns: enf, name: `vin${pid.toString(16)}-eth0` }, { ns: enf, name: 'nbtpeer' }, { up: false });
     const cases: Array<[string[], number, RegExp, NodeJS.ProcessEnv?]> = [
       [['intercept', '--pid', String(pid)], 5, /vin[0-9a-f]+-eth0 already exists/],
       [['intercept', '--pid', '2147483646'], 4, /no process with pid 2147483646/],

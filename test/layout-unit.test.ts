@@ -1,4 +1,4 @@
-/** Unit tests (no kernel): src/layout.ts: the map codecs. */
+/** Unit tests (no kernel): src/layout/: the map codecs. */
 import assert from 'node:assert/strict';
 import { decodePort, encodePort, Role, Mode, parseMode, encodeConfig, decodeConfig, addStats, emptyStats, encodeStats } from '../src/layout';
 

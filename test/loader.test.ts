@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { veth } from '../src/topology';
+import { veth } from '../src/net';
 import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, requireKernel, sh, leakChecks } from './helpers';
 import { BpfObject, MapFd } from '../src/bpf';
 import { features } from '../src/features';
@@ -237,13 +237,13 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
       assert.equal(kernelState(ns, pins), before);
     });
 
-    it('an object whose layouts drifted from src/layout.ts is refused before load', function () {
+    it('an object whose layouts drifted from src/layout/ is refused before load', function () {
       const ns = makeNetns();
       const pins = makePinRoot();
       const before = kernelState(ns, pins);
       const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', DRIFT]);
       assert.equal(r.code, 6, r.stderr);
-      assert.match(oneErrorLine(r), /does not match the loader's map layouts.*struct neuv_port: size 28 in BTF, 24 in layout.ts/);
+      assert.match(oneErrorLine(r), /does not match the loader's map layouts.*struct neuv_port: size 28 in BTF, 24 in src\/layout\/structs\.ts/);
       assert.equal(kernelState(ns, pins), before);
     });
 
@@ -267,7 +267,7 @@ describe('BTF layout check', function () {
   });
   after(() => obj?.close());
 
-  it('layout.ts agrees with the object on every struct and enum', function () {
+  it('src/layout/ agrees with the object on every struct and enum', function () {
     assert.deepEqual(checkAgainstBtf(obj!), []);
   });
 
@@ -275,13 +275,13 @@ describe('BTF layout check', function () {
     const moved = STRUCTS.map((s) =>
       s.name !== PortDecl.name ? s : { ...s, members: s.members.map((m) => (m.name === 'mode' ? { ...m, offset: 10 } : m)) },
     );
-    assert.match(checkAgainstBtf(obj!, moved).join('\n'), /neuv_port.mode: offset 11 in BTF, 10 in layout.ts/);
+    assert.match(checkAgainstBtf(obj!, moved).join('\n'), /neuv_port.mode: offset 11 in BTF, 10 in src\/layout\/structs\.ts/);
     const resized = STRUCTS.map((s) => (s.name !== PortDecl.name ? s : { ...s, size: 28 }));
-    assert.match(checkAgainstBtf(obj!, resized).join('\n'), /neuv_port: size 24 in BTF, 28 in layout.ts/);
+    assert.match(checkAgainstBtf(obj!, resized).join('\n'), /neuv_port: size 24 in BTF, 28 in src\/layout\/structs\.ts/);
     const missing = STRUCTS.map((s) => (s.name !== PortDecl.name ? s : { ...s, members: s.members.filter((m) => m.name !== 'flags') }));
-    assert.match(checkAgainstBtf(obj!, missing).join('\n'), /neuv_port.flags: in BTF, missing from layout.ts/);
+    assert.match(checkAgainstBtf(obj!, missing).join('\n'), /neuv_port.flags: in BTF, missing from src\/layout\/structs\.ts/);
     const enums = ENUMS.map((e) => (e.name !== 'neuv_mode' ? e : { ...e, values: { ...e.values, TAP: 7 } }));
-    assert.match(checkAgainstBtf(obj!, STRUCTS, enums).join('\n'), /NEUV_MODE_TAP is 2 in BTF, 7 in layout.ts/);
+    assert.match(checkAgainstBtf(obj!, STRUCTS, enums).join('\n'), /NEUV_MODE_TAP is 2 in BTF, 7 in src\/layout\/structs\.ts/);
   });
 
   it('the CLI binary is executable', function () {

@@ -18,6 +18,8 @@ import { CliResult, cli, kernelState, makeNetns, makePinRoot, Netns, oneErrorLin
 import { NvFixturePair, NvNode, buildNvNode, filtersOf, nvLeft, startStubDp } from './nvfixture';
 import { UdpStreamResult, startUdpStream } from './traffic';
 import { raceTestRun } from './dp-fixture';
+import { StubDp } from '../src/topology';
+import { linkOf, veth } from '../src/net';
 import { MapFd, ProgFd } from '../src/bpf';
 import { PortFlag, decodePort, u32Key } from '../src/layout';
 import { features } from '../src/features';
@@ -387,7 +389,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
     const ns = makeNetns();
     const pins = makePinRoot();
     // vin/vex-looking veths with a legacy ingress qdisc, and a u32 filter at another pref: still not NeuVector's.
-    ns.ip('link', 'add', 'vinE', 'type', 'veth', 'peer', 'name', 'vexE');
+    veth({ ns, name: 'vinE' }, { ns, name: 'vexE' }, { up: false });
     ns.exec('tc', ['qdisc', 'add', 'dev', 'vinE', 'ingress']);
     ns.exec('tc', ['filter', 'add', 'dev', 'vinE', 'parent', 'ffff:', 'pref', '7', 'protocol', 'all', 'u32', 'match', 'u8', '0', '0', 'action', 'mirred', 'egress', 'mirror', 'dev', 'vexE']);
     const run = (args: string[]) => cli(['--netns', ns.name, '--bpffs', pins, ...args]);
@@ -413,9 +415,8 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
     const ns = makeNetns();
     const pins = makePinRoot();
     ok(cli(['--netns', ns.name, '--bpffs', pins, 'load']));
-    ns.ip('link', 'add', 'vinS', 'type', 'veth', 'peer', 'name', 'vexS');
-    const ifindex = (dev: string) => (JSON.parse(ns.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number }>)[0]!.ifindex;
-    const [vin, vex, vbr] = [ifindex('vinS'), ifindex('vexS'), ifindex('vbr-neuv')];
+    const { a: { ifindex: vin }, b: { ifindex: vex } } = veth({ ns, name: 'vinS' }, { ns, name: 'vexS' }, { up: false });
+    const vbr = linkOf(ns, 'vbr-neuv').ifindex;
     const id = vex & 0xffff;
     const prog = ProgFd.fromPin(path.join(pins, 'prog_vbr'));
     onCleanup(() => prog.close());
@@ -610,7 +611,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
         assert.equal(pathLoss(after, () => true), 0, 'datagrams lost by the datapath after adopt');
         t.node.pairs.forEach((p, k) => {
           if (p.mode !== 'fwd') return;
-          const seen = stub.frames(c1, p.ucmac, `udp/${6100 + 2 * k}`) - stub.frames(c0, p.ucmac, `udp/${6100 + 2 * k}`);
+          const seen = StubDp.frames(c1, `udp/${6100 + 2 * k}`, p.ucmac).frames - StubDp.frames(c0, `udp/${6100 + 2 * k}`, p.ucmac).frames;
           // Less what the DP side lost (a stub starved of CPU on a busy machine overflows its socket:
           // those frames were never read, so never counted, and pathLoss excuses them the same way).
           assert.ok(seen + after.dpLost >= count, `${p.vin}: the DP saw the FWD stream (${seen}, the DP side lost ${after.dpLost})`);

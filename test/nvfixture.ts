@@ -24,15 +24,14 @@
  * neighbour entries, IPv6 off). Every netns and child process is registered
  * with onCleanup().
  */
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../src/nvtc';
 import { formatMac, ucmac } from '../src/mac';
-import { ROOT, makeNet, Netns, onCleanup, sh, uniqueName } from './helpers';
+import { makeNet, Netns, onCleanup, sh, uniqueName } from './helpers';
 import { addPair } from './topology';
-import { veth } from '../src/topology';
+import { Net, veth } from '../src/net';
+import { STUB_DP, StubDp } from '../src/topology';
 
 export interface NvCaps {
   pedit: boolean;
@@ -73,6 +72,8 @@ export interface NvFixturePair {
 }
 
 export interface NvNode {
+  /** What made (and at cleanup removes) the three netns and the stub DP. */
+  net: Net;
   enforcer: Netns;
   host: Netns;
   workload: Netns;
@@ -129,7 +130,7 @@ export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { ca
       hostIf: w.hostIf, wlIf: w.wlIf, hostAddr: w.hostAddr, wlAddr: w.wlAddr, rules,
     });
   });
-  return { enforcer, host, workload, caps: c, pairs, notes };
+  return { net, enforcer, host, workload, caps: c, pairs, notes };
 }
 
 interface FilterRow {
@@ -153,69 +154,12 @@ export function nvLeft(node: NvNode, p: NvFixturePair): string[] {
   return left;
 }
 
-export interface StubDpCounts {
-  seq: number;
-  /** Frames read on vth-neuv (its own excepted), written back, not written (send errors). */
-  rx: number;
-  sent: number;
-  send_errors: number;
-  pairs: Record<string, Record<'to_wl' | 'from_wl', { kinds: Record<string, { frames: number; dropped: number }> }>>;
-}
-
-export interface RunningStub {
-  /** Fresh counts (SIGUSR1, then waits for the write). */
-  counts(): Promise<StubDpCounts>;
-  /** Frames of a kind ("udp/5001") for one UCMAC, both directions. */
-  frames(c: StubDpCounts, ucmac: string, kind: string): number;
-  stop(): void;
-}
-
-/** build/stub-dp on vth-neuv in the enforcer netns (writes every frame of a pair back), or undefined if it is not built. */
-export async function startStubDp(node: NvNode): Promise<RunningStub | undefined> {
-  const bin = path.join(ROOT, 'build', 'stub-dp');
-  if (!fs.existsSync(bin)) return undefined;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-stubdp-'));
-  const file = path.join(dir, 'counts.json');
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', node.enforcer.name, bin, '--ifname', 'vth-neuv', '--out', file, '--interval-ms', '50'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const stop = () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
-  onCleanup(stop);
-  const read = (): StubDpCounts | undefined => {
-    try {
-      return JSON.parse(fs.readFileSync(file, 'utf8')) as StubDpCounts;
-    } catch {
-      return undefined;
-    }
-  };
-  const deadline = Date.now() + 5000;
-  while (!read()) {
-    if (child.exitCode !== null) throw new Error(`stub-dp exited: ${err.trim()}`);
-    if (Date.now() > deadline) throw new Error('stub-dp did not start');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return {
-    counts: async () => {
-      const before = read()?.seq ?? 0;
-      child.kill('SIGUSR1');
-      const end = Date.now() + 3000;
-      for (;;) {
-        const c = read();
-        if (c && c.seq > before) return c;
-        if (Date.now() > end) throw new Error('no fresh stub-dp counts');
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    },
-    frames: (c, uc, kind) => {
-      const p = c.pairs[uc];
-      if (!p) return 0;
-      return (p.to_wl?.kinds[kind]?.frames ?? 0) + (p.from_wl?.kinds[kind]?.frames ?? 0);
-    },
-    stop,
-  };
+/** build/stub-dp on vth-neuv in the enforcer netns (writes every frame of a pair back), stopped at cleanup; undefined if it is not built. */
+export async function startStubDp(node: NvNode): Promise<StubDp | undefined> {
+  if (!fs.existsSync(STUB_DP)) return undefined;
+  const stub = await StubDp.startIn(node.net, node.enforcer.name, []);
+  onCleanup(() => stub.stop());
+  return stub;
 }
 
 /** For the record: the tc commands of a pair as one line each. */

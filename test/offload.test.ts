@@ -16,7 +16,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { StubDp, waitFor } from '../src/topology';
+import { waitFor } from '../src/net';
+import { StubDp } from '../src/topology';
 import { ucmac, formatMac, parseMac } from '../src/mac';
 import { cli, makePinRoot, onCleanup, requireKernel, leakChecks } from './helpers';
 import { TCP, TCP_ACK, TCP_FIN, UDP, ip4 } from './frames';

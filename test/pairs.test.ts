@@ -18,6 +18,7 @@ import { ProgFd, rcuGraceWaits } from '../src/bpf';
 import { raceTestRun } from './dp-fixture';
 import { ping, startUdpStream } from './traffic';
 import { makePairTopology } from './topology';
+import { veth } from '../src/net';
 
 interface PortDump {
   peer_ifindex: number;
@@ -64,6 +65,7 @@ function addNonVeth(ns: Netns, name: string): string {
 }
 
 /** veth pairs vinN<->wlN and vexN<->hN for N in 1..n, all inside ns, all up. */
+// One `ip -batch` (batch below) rather than veth() per pair: one process however many (the 1,000-pair test uses it too).
 function addVeths(ns: Netns, n: number): void {
   const lines: string[] = [];
   for (let i = 1; i <= n; i++) {
@@ -206,8 +208,8 @@ for (const kind of ['tcx', 'tc'] as const) {
       it('REDIRECT_PEER only where the redirect target is a veth whose peer is in another netns (NEUV_BPF_NO_REDIRECT_PEER=1 forces plain redirect)', function () {
         const t = setup(1);
         const w = makeNetns();
-        t.ns.ip('link', 'add', 'vinX', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', w.name);
-        t.ns.ip('link', 'add', 'vexX', 'type', 'veth', 'peer', 'name', 'hX');
+        veth({ ns: t.ns, name: 'vinX' }, { ns: w, name: 'eth0' }, { up: false });
+        veth({ ns: t.ns, name: 'vexX' }, { ns: t.ns, name: 'hX' }, { up: false });
         ok(t.c(['pair', 'add', '--in', 'vinX', '--ex', 'vexX', '--mac', MAC2]));
         ok(t.c(['pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC1]));
         const p = ports(t.pins);
@@ -244,10 +246,10 @@ for (const kind of ['tcx', 'tc'] as const) {
 
       it('id: the exPort ifindex low 16 bits when free; exPorts 65536 apart collide, the second gets the lowest free id with a warning; --id pins it; a taken --id is refused', function () {
         const t = setup(0);
-        t.ns.ip('link', 'add', 'vexA', 'index', '70000', 'type', 'veth', 'peer', 'name', 'hA');
-        t.ns.ip('link', 'add', 'vexB', 'index', '4464', 'type', 'veth', 'peer', 'name', 'hB');
-        for (const n of ['vinA', 'vinB', 'vinC']) t.ns.ip('link', 'add', n, 'type', 'veth', 'peer', 'name', `w${n}`);
-        t.ns.ip('link', 'add', 'vexC', 'type', 'veth', 'peer', 'name', 'hC');
+        veth({ ns: t.ns, name: 'vexA', index: 70000 }, { ns: t.ns, name: 'hA' }, { up: false });
+        veth({ ns: t.ns, name: 'vexB', index: 4464 }, { ns: t.ns, name: 'hB' }, { up: false });
+        for (const n of ['vinA', 'vinB', 'vinC']) veth({ ns: t.ns, name: n }, { ns: t.ns, name: `w${n}` }, { up: false });
+        veth({ ns: t.ns, name: 'vexC' }, { ns: t.ns, name: 'hC' }, { up: false });
         const a = JSON.parse(ok(t.c(['pair', 'add', '--in', 'vinA', '--ex', 'vexA', '--mac', MAC1, '--json'])).stdout) as { id: number; idSource: string; ucmac: string };
         assert.equal(a.id, 70000 & 0xffff);
         assert.equal(a.id, 4464);

@@ -38,16 +38,15 @@ import { Datapath } from '../src/pairs';
 import { INTERCEPT_STEPS } from '../src/intercept';
 import { configureLogging } from '../src/log';
 import { PairTopology, makePairTopology } from './topology';
-import { addAddrs, veth } from '../src/topology';
+import { addAddrs, veth } from '../src/net';
+import { STUB_DP, StubDp } from '../src/topology';
 import {
-  STUB_DP,
   TcpTransfer,
   TcpTransferResult,
   UdpStream,
   UdpStreamResult,
   startStubDp,
   startTcpTransfer,
-  stubDpCounts,
   startUdpStream,
 } from './traffic';
 
@@ -504,7 +503,7 @@ describe('reliability (kernel)', function () {
       const drops = stats.to_wl.drop!.packets + stats.from_wl.drop!.packets;
       let dpLine = '';
       if (stub) {
-        const sc = await stubDpCounts(stub, stubOut);
+        const sc = await StubDp.countsOf(stub, stubOut, 5000);
         const toDp = stats.to_wl.to_dp!.packets + stats.from_wl.to_dp!.packets;
         const fromDp = stats.to_wl.from_dp!.packets + stats.from_wl.from_dp!.packets;
         // More come back than went: vbr-neuv has tx offload off, so a TCP super-frame sent to the DP is segmented on the way.
@@ -698,7 +697,7 @@ describe('reliability (kernel)', function () {
         }, /the vbr-neuv hook is not attached/, /attached the pinned vbr program/],
         ['a pin made world-readable', () => fs.chmodSync(path.join(pins, 'neuv_ports'), 0o644), /pin neuv_ports has mode 644, not 600/, /set pin neuv_ports to mode 600/],
         ['stray counters', () => sh('bpftool', ['map', 'update', 'pinned', path.join(pins, 'neuv_stats'), 'key', ...u32(4242), 'value', ...Array(160).fill('0')]), /neuv_stats has an entry for id 4242, which has no pair/, /removed the counters of id 4242/],
-        ['stray hook (a killed pair add)', () => { ns.ip('link', 'add', 'vinS9', 'type', 'veth', 'peer', 'name', 'vexS9'); const k2 = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vinS9', '--ex', 'vexS9', '--mac', macOf('S', 9)], { env: { NEUV_BPF_CRASH_AT: 'pair-add:after-hooks' } }); assert.equal(k2.code, -1); }, /vinS9 \(ifindex \d+\) runs our neuv_vin program but is in no pair/, /detached neuv_vin from vinS9/],
+        ['stray hook (a killed pair add)', () => { veth({ ns, name: 'vinS9' }, { ns, name: 'vexS9' }, { up: false }); const k2 = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vinS9', '--ex', 'vexS9', '--mac', macOf('S', 9)], { env: { NEUV_BPF_CRASH_AT: 'pair-add:after-hooks' } }); assert.equal(k2.code, -1); }, /vinS9 \(ifindex \d+\) runs our neuv_vin program but is in no pair/, /detached neuv_vin from vinS9/],
       ];
       for (const [what, breakIt, problem, fix] of cases) {
         breakIt();

@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { veth } from '../src/topology';
+import { veth } from '../src/net';
 import { CLI, ROOT, cli, kernelState, leafCommands, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups } from './helpers';
 import { buildProgram, UNPRIVILEGED } from '../src/cli';
 import { features } from '../src/features';

@@ -1,5 +1,5 @@
 /**
- * The kernel suites' topologies, all on src/topology.ts's Net (the one
+ * The kernel suites' topologies, all on src/net.ts's Net (the one
  * builder of netns, veths, addresses and neighbours), each registered with
  * onCleanup() before it makes anything:
  * - makeTopology: the demo's Topology (host netns with a bridge, containers
@@ -16,7 +16,8 @@
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import { CliResult, cli, makeNet, makePinRoot, Netns, onCleanup, uniqueName } from './helpers';
-import { addAddrs, ContainerNs, Net, nsView, staticNeighbours, StubDp, Topology, veth, waitFor } from '../src/topology';
+import { addAddrs, Net, nsView, staticNeighbours, veth, waitFor } from '../src/net';
+import { ContainerNs, StubDp, Topology } from '../src/topology';
 
 export { ContainerNs, nsView, StubDp, Topology, waitFor };
 

@@ -21,10 +21,8 @@ import {
   Verdict,
   VERDICT_COUNT,
   addStats,
-  decodeConfig,
   decodeTrace,
   emptyStats,
-  encodeConfig,
   encodeTrace,
   traceFilterFlags,
   u32Key,
@@ -33,7 +31,7 @@ import { formatMac, ucmac } from '../src/mac';
 import { formatView, monoToWall, parseTraceId, traceState, viewRecord, type TraceView } from '../src/trace';
 import { DpFixture } from './dp-fixture';
 import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
-import { veth } from '../src/topology';
+import { veth } from '../src/net';
 import { type Netns, CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC
@@ -119,8 +117,7 @@ describe('trace records (kernel, BPF_PROG_TEST_RUN)', function () {
   }
   /** Sets trace_until and the filter, keeping dp_ifindex. */
   function traceOn(until = FAR, flags = 0) {
-    const cur = decodeConfig(dp.config.lookup(u32Key(0))!);
-    dp.config.update(u32Key(0), encodeConfig({ dpIfindex: cur.dpIfindex, flags, traceUntil: until }));
+    dp.writeConfig((c) => ({ ...c, flags, traceUntil: until }));
   }
   /** Runs frames, returns what the programs returned and the records written meanwhile. */
   function run(hook: 'vin' | 'vex' | 'vbr', ingress: number, frames: Buffer[]) {
@@ -233,9 +230,9 @@ describe('trace records (kernel, BPF_PROG_TEST_RUN)', function () {
             return `${h} ${r.retval} ${hex(r.dataOut)}`;
           }),
         );
-      dp.config.update(u32Key(0), encodeConfig({ dpIfindex: dp.veth, flags: 0, traceUntil: 0n }));
+      dp.writeConfig(() => ({ dpIfindex: dp.veth, flags: 0, traceUntil: 0n }));
       const off = runAll();
-      dp.config.update(u32Key(0), encodeConfig({ dpIfindex: dp.veth, flags: 0, traceUntil: FAR }));
+      dp.writeConfig(() => ({ dpIfindex: dp.veth, flags: 0, traceUntil: FAR }));
       const on = runAll();
       assert.deepEqual(on, off, `mode ${mode}`);
       assert.equal(ring.consume().length, frames.length * 3, 'one record per frame');

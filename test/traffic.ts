@@ -12,6 +12,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Netns, onCleanup, ROOT, TIME_SCALE } from './helpers';
+import { STUB_DP } from '../src/topology';
 
 export const UDPSEQ = path.join(ROOT, 'dist', 'test', 'tools', 'udpseq.js');
 
@@ -370,8 +371,6 @@ export function trafgenRing(ns: Netns, dev: string, frames: Uint8Array[], count:
 
 // ---------------------------------------------------------------- stub DP
 
-export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
-
 /**
  * Starts the stub enforcer DP (build/stub-dp, tools/stub-dp.c) on vth-neuv in
  * a netns: it writes every frame of a pair back, so FWD forwards through it.
@@ -380,9 +379,10 @@ export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
  * priority (default true): run it at nice -15, as an enforcer's DP would be
  * favoured, so that on a busy machine it is not starved for seconds and its
  * socket buffer does not overflow: the DP is a stand-in here, what is under
- * test is the datapath around it (stubDpCounts() tells the two apart).
+ * test is the datapath around it (its counts, StubDp.countsOf, tell the two apart).
  * (Not SCHED_FIFO: busy with frames, it would starve everything else.)
  */
+// Not StubDp.startIn (src/topology.ts): this one runs at nice -15, writes every 200 ms to the caller's file, and needs only a Netns (no Net).
 export async function startStubDp(ns: Netns, outFile: string, dropPorts: number[] = [], opts: { priority?: boolean } = {}): Promise<ChildProcess> {
   const args = [STUB_DP, '--out', outFile, '--interval-ms', '200', ...dropPorts.flatMap((p) => ['--drop-port', String(p)])];
   const start = async (rt: boolean): Promise<ChildProcess> => {
@@ -406,34 +406,5 @@ export async function startStubDp(ns: Netns, outFile: string, dropPorts: number[
     return await start(true);
   } catch {
     return start(false); // no nice here
-  }
-}
-
-export interface StubDpCounts {
-  seq: number;
-  /** Frames it read on vth-neuv, wrote back, dropped by --drop-port, and failed to write. */
-  rx: number;
-  sent: number;
-  dropped: number;
-  send_errors: number;
-}
-
-/** Fresh counts of a stub DP started by startStubDp (SIGUSR1, then its next write). */
-export async function stubDpCounts(child: ChildProcess, outFile: string): Promise<StubDpCounts> {
-  const read = (): StubDpCounts | undefined => {
-    try {
-      return JSON.parse(fs.readFileSync(outFile, 'utf8')) as StubDpCounts;
-    } catch {
-      return undefined;
-    }
-  };
-  const before = read()?.seq ?? 0;
-  child.kill('SIGUSR1');
-  const t0 = Date.now();
-  for (;;) {
-    const c = read();
-    if (c && c.seq > before) return c;
-    if (Date.now() - t0 > 5000) throw new Error('stub-dp wrote no fresh counts within 5 s');
-    await new Promise((r) => setTimeout(r, 20));
   }
 }

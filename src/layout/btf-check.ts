@@ -2,6 +2,9 @@
 import { StructDecl } from '../fields';
 import { ENUMS, STRUCTS } from './structs';
 
+/** Where STRUCTS and ENUMS are declared, as the messages name it. */
+const DECLARED = 'src/layout/structs.ts';
+
 export interface BtfSource {
   btfStruct(name: string): { size: number; members: Array<{ name: string; offset: number; size: number }> } | undefined;
   btfEnum(name: string): { values: Record<string, number> } | undefined;
@@ -20,7 +23,7 @@ export function checkAgainstBtf(src: BtfSource, structs: StructDecl[] = STRUCTS,
       problems.push(`struct ${decl.name}: not in the object's BTF`);
       continue;
     }
-    if (t.size !== decl.size) problems.push(`struct ${decl.name}: size ${t.size} in BTF, ${decl.size} in layout.ts`);
+    if (t.size !== decl.size) problems.push(`struct ${decl.name}: size ${t.size} in BTF, ${decl.size} in ${DECLARED}`);
     const names = new Set(decl.members.map((m) => m.name));
     for (const m of decl.members) {
       const bm = t.members.find((x) => x.name === m.name);
@@ -28,11 +31,11 @@ export function checkAgainstBtf(src: BtfSource, structs: StructDecl[] = STRUCTS,
         problems.push(`struct ${decl.name}.${m.name}: not in BTF`);
         continue;
       }
-      if (bm.offset !== m.offset) problems.push(`struct ${decl.name}.${m.name}: offset ${bm.offset} in BTF, ${m.offset} in layout.ts`);
-      if (bm.size !== m.size) problems.push(`struct ${decl.name}.${m.name}: size ${bm.size} in BTF, ${m.size} in layout.ts`);
+      if (bm.offset !== m.offset) problems.push(`struct ${decl.name}.${m.name}: offset ${bm.offset} in BTF, ${m.offset} in ${DECLARED}`);
+      if (bm.size !== m.size) problems.push(`struct ${decl.name}.${m.name}: size ${bm.size} in BTF, ${m.size} in ${DECLARED}`);
     }
     for (const bm of t.members) {
-      if (!names.has(bm.name)) problems.push(`struct ${decl.name}.${bm.name}: in BTF, missing from layout.ts`);
+      if (!names.has(bm.name)) problems.push(`struct ${decl.name}.${bm.name}: in BTF, missing from ${DECLARED}`);
     }
   }
   for (const e of enums) {
@@ -44,11 +47,11 @@ export function checkAgainstBtf(src: BtfSource, structs: StructDecl[] = STRUCTS,
     for (const [k, v] of Object.entries(e.values)) {
       const cv = t.values[e.prefix + k];
       if (cv === undefined) problems.push(`enum ${e.name}: ${e.prefix}${k} not in BTF`);
-      else if (cv !== v) problems.push(`enum ${e.name}: ${e.prefix}${k} is ${cv} in BTF, ${v} in layout.ts`);
+      else if (cv !== v) problems.push(`enum ${e.name}: ${e.prefix}${k} is ${cv} in BTF, ${v} in ${DECLARED}`);
     }
     for (const [k, v] of Object.entries(t.values)) {
       const short = k.startsWith(e.prefix) ? k.slice(e.prefix.length) : k;
-      if (!(short in e.values)) problems.push(`enum ${e.name}: ${k} = ${v} in BTF, missing from layout.ts`);
+      if (!(short in e.values)) problems.push(`enum ${e.name}: ${k} = ${v} in BTF, missing from ${DECLARED}`);
     }
   }
   return problems;
