@@ -13,6 +13,7 @@ import { Datapath, PairSpec } from '../src/pairs';
 import { NvPair, nvAttachRules, nvPairRules, nvPref, NV_VBR } from '../src/nvtc';
 import { ucmac, parseMac } from '../src/mac';
 import { Netns, bounded, cli, nowMs, objArgs, outputOf, pinRoot, rt, sh, sleep, spawnGroup, stubDpPath, tmpDir } from './util';
+import { TRAFGEN_QUIET } from '../test/traffic';
 
 export const VBR = 'vbr-neuv';
 export const VTH = 'vth-neuv';
@@ -321,7 +322,7 @@ export async function frameRate(
   const tx = () => sender.devStat(dev, 'tx_packets');
   const tx00 = tx();
   const limit = bounded((o.warmMs + o.windowMs) / 1000 + 15);
-  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, ...limit, ...rt(), 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0', ...(o.trafgen ?? [])]);
+  const gen = spawnGroup('ip', ['netns', 'exec', sender.name, ...limit, ...rt(), 'trafgen', '--dev', dev, '--conf', conf, '--cpus', '1', '-n', '0', ...TRAFGEN_QUIET, ...(o.trafgen ?? [])]);
   try {
     // Started when frames flow, then the warm-up.
     for (let i = 0; i < 400 && tx() === tx00; i++) {

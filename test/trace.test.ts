@@ -32,6 +32,7 @@ import { formatView, monoToWall, parseTraceId, traceState, viewRecord, type Trac
 import { DpFixture } from './dp-fixture';
 import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
 import { veth } from '../src/net';
+import { TRAFGEN_QUIET } from './traffic';
 import { type Netns, CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC
@@ -288,7 +289,7 @@ function topology(): Topo {
 function send(t: Topo, n: number): void {
   const bytes = (mac: string) => mac.split(':').map((o) => `0x${o}`).join(', ');
   const cfg = `{ ${bytes(t.m)}, ${bytes(t.hm)}, 0x08, 0x00, 0x45, 0x00, 0x00, 0x32, 0x00, 0x00, 0x00, 0x00, 0x40, 0x11, 0x00, 0x00, 10, 0, 0, 1, 10, 0, 0, 2, 0x30, 0x39, 0x1f, 0x90, 0x00, 0x1e, 0x00, 0x00, fill(0x61, 22) }`;
-  t.h.exec('trafgen', ['--dev', 'hA', '-P', '1', '-n', String(n), '-C', cfg]);
+  t.h.exec('trafgen', ['--dev', 'hA', '-P', '1', '-n', String(n), ...TRAFGEN_QUIET, '-C', cfg]);
 }
 
 /** Pair packets counted in neuv_stats (all directions and verdicts). */
@@ -458,7 +459,7 @@ describe('neuv-bpf trace (kernel, real traffic)', function () {
     // orphaned by a killed test run ends by itself) while `show` runs.
     const bytes = (mac: string) => mac.split(':').map((o) => `0x${o}`).join(', ');
     const cfg = `{ ${bytes(t.m)}, ${bytes(t.hm)}, 0x08, 0x00, fill(0x45, 46) }`;
-    const gen = spawn('ip', ['netns', 'exec', t.h.name, 'trafgen', '--dev', 'hA', '-P', '1', '-t', '1ms', '-n', '120000', '-C', cfg], { stdio: 'ignore' });
+    const gen = spawn('ip', ['netns', 'exec', t.h.name, 'trafgen', '--dev', 'hA', '-P', '1', '-t', '1ms', '-n', '120000', ...TRAFGEN_QUIET, '-C', cfg], { stdio: 'ignore' });
     onCleanup(() => gen.kill('SIGKILL'));
     // Wait until frames really flow, then run the command; a command is short
     // (milliseconds), so on a loaded machine it may take a few runs to catch frames.
