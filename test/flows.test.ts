@@ -25,12 +25,10 @@ import {
   Verdict,
   VERDICT_COUNT,
   addFlowStats,
-  decodeConfig,
   decodeFlow,
   decodeFlowKey,
   decodeTrace,
   emptyStats,
-  encodeConfig,
   encodeFlow,
   encodeFlowKey,
   flowKeyOf,
@@ -394,8 +392,7 @@ describe('flow offload (BPF_PROG_TEST_RUN)', function () {
     const ring = RingBuffer.open(dp.obj.map('neuv_trace').fd);
     try {
       ring.consume();
-      const cur = decodeConfig(dp.config.lookup(u32Key(0))!);
-      dp.config.update(u32Key(0), encodeConfig({ ...cur, traceUntil: FAR }));
+      dp.writeConfig((c) => ({ ...c, traceUntil: FAR }));
       put(FlowVerdict.ALLOW);
       dp.run('vex', tcpIn(), vex);
       dp.run('vin', tcpOut({ tcpFlags: TCP_RST }), vin);
@@ -403,7 +400,7 @@ describe('flow offload (BPF_PROG_TEST_RUN)', function () {
       put(FlowVerdict.DENY, { deadlineNs: 1n });
       dp.run('vex', tcpIn(), vex);
       dp.run('vex', ip4(M, GW, { proto: TCP, src: PEER, dst: WL, fragField: 0x2000 }), vex);
-      dp.config.update(u32Key(0), encodeConfig({ ...cur, traceUntil: 0n }));
+      dp.writeConfig((c) => ({ ...c, traceUntil: 0n }));
       const recs = ring.consume().map(decodeTrace);
       const flowFlags = (fl: number) => fl & (TraceFlag.FLOW | TraceFlag.FLOW_EXPIRED | TraceFlag.FLOW_END);
       assert.deepEqual(
