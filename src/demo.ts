@@ -33,8 +33,6 @@ import {
 type PairsModule = typeof import('./pairs');
 type InterceptModule = typeof import('./intercept');
 
-export * from './topology';
-
 // ================================================================ the demo
 
 const MODES = ['bypass', 'tap', 'fwd'] as const;
