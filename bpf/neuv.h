@@ -3,7 +3,7 @@
  * neuv.h: every layout that crosses the kernel/user boundary.
  *
  * Shared by the BPF programs (bpf/neuv.bpf.c) and mirrored once in TypeScript
- * (src/layout.ts). The loader checks that mirror against this object's BTF at
+ * (src/layout/: structs.ts, codecs.ts). The loader checks that mirror against this object's BTF at
  * load time, so a change here that is not made there fails loudly instead of
  * corrupting a map. Keep fields naturally aligned and padding explicit.
  */
@@ -14,7 +14,7 @@
 #include <linux/bpf.h> /* struct bpf_spin_lock */
 
 /*
- * Constants shared with src/layout.ts. An enum rather than #defines, so they
+ * Constants shared with src/layout/structs.ts. An enum rather than #defines, so they
  * are in the object's BTF and the loader's layout check covers them.
  */
 enum neuv_const {
@@ -306,7 +306,7 @@ struct neuv_trace {
 /*
  * BTF anchors: enums, and structs used only inside functions, appear in an
  * object's BTF only when some variable has the type, and the loader checks
- * them against src/layout.ts. These read-only globals are never used by the
+ * them against src/layout/structs.ts. These read-only globals are never used by the
  * programs.
  */
 const volatile enum neuv_mode neuv_btf_mode = NEUV_MODE_NONE;
