@@ -691,13 +691,16 @@ if (require.main === module) {
         const sandbox = ['unshare', '--pid', '--kill-child', '--mount-proc', '--net', '--', process.execPath, __filename, '--child', JSON.stringify(cfg)];
         const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...sandbox], { stdio: ['ignore', 'pipe', 'pipe'] });
         onCleanup(() => child.kill('SIGKILL'));
+        // (mocha --timeout 0: no deadline of ours either.)
         const limitMs = this.timeout() - 10000;
         let timedOut = false;
-        const deadline = setTimeout(() => {
-          timedOut = true;
-          child.kill('SIGKILL');
-        }, limitMs);
-        onCleanup(() => clearTimeout(deadline));
+        if (limitMs > 0) {
+          const deadline = setTimeout(() => {
+            timedOut = true;
+            child.kill('SIGKILL');
+          }, limitMs);
+          onCleanup(() => clearTimeout(deadline));
+        }
         let out = '';
         let err = '';
         child.stdout.on('data', (d: Buffer) => (out += d.toString()));
