@@ -19,7 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { addAddrs, veth } from '../src/net';
-import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups, uniqueName } from './helpers';
+import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, removeLockFiles, requireKernel, runCleanups, uniqueName } from './helpers';
 import { buildProgram } from '../src/cli';
 
 interface Case {
@@ -62,6 +62,13 @@ describe('bad input matrix (kernel)', function () {
   let host: Netns;
   let pins: string;
   let plainDir: string;
+  /** Pin roots where nothing is loaded (the commands still take their locks: removed in after()). */
+  const nonePinRoots: string[] = [];
+  const nonePins = (): string => {
+    const p = `/sys/fs/bpf/${uniqueName('nbtnone')}`;
+    nonePinRoots.push(p);
+    return p;
+  };
   let state0: string;
   let ctr0: string;
   const MAC1 = '02:00:00:00:00:01';
@@ -95,6 +102,8 @@ describe('bad input matrix (kernel)', function () {
   });
   after(function () {
     if (plainDir) fs.rmSync(plainDir, { recursive: true, force: true });
+    if (plainDir) removeLockFiles(plainDir, path.join(plainDir, 'pins'));
+    removeLockFiles(...nonePinRoots, newRoot);
     fs.rmSync(newRoot, { recursive: true, force: true });
     runCleanups();
     assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
@@ -137,7 +146,7 @@ describe('bad input matrix (kernel)', function () {
     { what: 'relative pin root', args: ['show'], globals: ['--netns', enf.name, '--bpffs', 'relative/pins'], code: 2, re: /pin root 'relative\/pins' must be an absolute path/ },
     { what: 'load: pin root on a non-bpffs path', args: ['load'], globals: ['--netns', enf.name, '--bpffs', path.join(plainDir, 'pins')], code: 2, re: /is not on a bpffs/ },
     { what: 'unload: pin root on a non-bpffs path', args: ['unload'], globals: ['--netns', enf.name, '--bpffs', plainDir], code: 2, re: /not on a bpffs/ },
-    { what: 'pair add: pin root where nothing is loaded', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vex2', '--mac', MAC2], globals: ['--netns', enf.name, '--bpffs', `/sys/fs/bpf/${uniqueName('nbtnone')}`], code: 4, re: /the datapath is not loaded/ },
+    { what: 'pair add: pin root where nothing is loaded', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vex2', '--mac', MAC2], globals: ['--netns', enf.name, '--bpffs', nonePins()], code: 4, re: /the datapath is not loaded/ },
 
     // ---- load
     { what: 'load: object file missing', args: ['load', '--obj', '/nonexistent/neuv.bpf.o'], code: 4, re: /BPF object \/nonexistent\/neuv.bpf.o not found/ },
@@ -218,7 +227,7 @@ describe('bad input matrix (kernel)', function () {
     { what: 'trace: --count not a number', args: ['trace', '--count', 'many'], code: 2, re: /'many' is not a positive number/ },
     { what: 'trace: unknown port', args: ['trace', '--in', 'nosuch0', '--count', '1'], code: 4, re: /interface nosuch0 not found/ },
     { what: 'repair: unknown option', args: ['repair', '--force'], code: 2, re: /unknown option '--force'/ },
-    { what: 'repair: pin root where nothing is loaded', args: ['repair'], globals: ['--netns', enf.name, '--bpffs', `/sys/fs/bpf/${uniqueName('nbtnone')}`], code: 4, re: /the datapath is not loaded/ },
+    { what: 'repair: pin root where nothing is loaded', args: ['repair'], globals: ['--netns', enf.name, '--bpffs', nonePins()], code: 4, re: /the datapath is not loaded/ },
 
     // ---- intercept / release
     { what: 'intercept: no such process', args: ['intercept', '--pid', '999999999'], code: 4, re: /no process with pid 999999999/ },
@@ -255,7 +264,7 @@ describe('bad input matrix (kernel)', function () {
       re: /unknown option '--no-such-option-xyz'/,
     }));
   it('unload with a pin root where nothing is loaded is a no-op: the datapath of another pin root in that netns stays', function () {
-    const r = cli(['--netns', enf.name, '--bpffs', `/sys/fs/bpf/${uniqueName('nbtnone')}`, 'unload']);
+    const r = cli(['--netns', enf.name, '--bpffs', nonePins(), 'unload']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /nothing was loaded/);
     assert.equal(kernelState(enf, pins), state0);

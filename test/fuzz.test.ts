@@ -675,13 +675,14 @@ if (require.main === module) {
 
     it(`${runs} argument vectors in-process through buildProgram() and ${real} real CLI invocations: no crash, one line per error, no change when refused (seed ${seed})`, async function () {
       this.timeout(SOAK ? 3 * 3600e3 : 300000);
-      const { uniqueName, onCleanup, runCleanups } = await import('./helpers');
+      const { uniqueName, onCleanup, removeLockFiles, runCleanups } = await import('./helpers');
       const pins = `/sys/fs/bpf/${uniqueName('nbtfz')}`;
       const pins2 = `${pins}-2`;
       const plainDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-fuzz-plain-'));
       onCleanup(() => {
         for (const p of [pins, pins2, `${pins}-other`]) fs.rmSync(p, { recursive: true, force: true });
         fs.rmSync(plainDir, { recursive: true, force: true });
+        removeLockFiles(pins, pins2, `${pins}-other`, plainDir, path.join(plainDir, 'pins'));
       });
       try {
         const cfg: ChildConfig = { pins, pins2, plainDir, seed, runs, real, realParallel: 2 };

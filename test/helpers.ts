@@ -103,12 +103,21 @@ export function makePinRoot(): string {
   onCleanup(() => {
     fs.rmSync(p, { recursive: true, force: true });
     fs.rmSync(journalDir(p), { recursive: true, force: true });
-    // Its locks, wait files and watch state under /run/neuv-bpf (a node keeps
-    // them for its one pin root; thousands of test pin roots would pile up).
-    const own = p.replace(/\//g, '_') + '.';
-    if (fs.existsSync(LOCK_DIR)) for (const f of fs.readdirSync(LOCK_DIR)) if (f.startsWith(own)) fs.rmSync(path.join(LOCK_DIR, f), { recursive: true, force: true });
+    removeLockFiles(p);
   });
   return p;
+}
+
+/**
+ * Removes a test pin root's locks, wait files and watch state under
+ * /run/neuv-bpf (a node keeps them for its one pin root; thousands of test pin
+ * roots would pile up). makePinRoot's cleanup does it; a suite that names pin
+ * roots another way (fuzz, bad input) calls it in its own cleanup.
+ */
+export function removeLockFiles(...pinRoots: string[]): void {
+  if (!fs.existsSync(LOCK_DIR)) return;
+  const own = pinRoots.map((p) => p.replace(/\//g, '_') + '.');
+  for (const f of fs.readdirSync(LOCK_DIR)) if (own.some((o) => f.startsWith(o))) fs.rmSync(path.join(LOCK_DIR, f), { recursive: true, force: true });
 }
 
 export interface CliResult {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { veth } from '../src/net';
-import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, requireKernel, sh, leakChecks } from './helpers';
+import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, removeLockFiles, requireKernel, sh, leakChecks } from './helpers';
 import { BpfObject, MapFd } from '../src/bpf';
 import { features } from '../src/features';
 import { checkAgainstBtf, encodeConfig, decodeConfig, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
@@ -220,6 +220,7 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
         assert.doesNotMatch(ns.ip('link', 'show'), /vbr-neuv/);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
+        removeLockFiles(path.join(dir, 'neuv'));
       }
     });
 
