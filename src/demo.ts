@@ -27,6 +27,7 @@ import {
   BCAST4, CLI, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ProbeResult, STUB_DP, StubCounts, StubDp, Topology,
   ping, runProbes, startServer,
 } from './topology';
+import { removeLockFiles } from './lock';
 
 // Heavy modules (koffi through pairs/intercept) are loaded only when the demo
 // runs, not when the CLI merely parses its arguments.
@@ -152,6 +153,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
     stub?.stop();
     topo?.destroy();
     fs.rmSync(pinRoot, { recursive: true, force: true });
+    removeLockFiles(pinRoot);
   };
   const onSignal = (sig: NodeJS.Signals) => {
     process.stderr.write(`\nneuv-bpf demo: ${sig}, cleaning up\n`);

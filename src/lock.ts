@@ -17,6 +17,18 @@ export function lockPath(pinRoot: string): string {
 }
 
 /**
+ * Removes every file a pin root has under LOCK_DIR: its lock and wait files,
+ * the intercept, config and trace locks, the watch state. Only for pin roots
+ * that go away with nobody using them (the demo's, the tests'): a node keeps
+ * its one pin root's files, as a waiter may hold one open.
+ */
+export function removeLockFiles(...pinRoots: string[]): void {
+  if (!fs.existsSync(LOCK_DIR)) return;
+  const own = pinRoots.map((p) => p.replace(/\//g, '_') + '.');
+  for (const f of fs.readdirSync(LOCK_DIR)) if (own.some((o) => f.startsWith(o))) fs.rmSync(path.join(LOCK_DIR, f), { recursive: true, force: true });
+}
+
+/**
  * Whether another caller is waiting for the lock: waiters hold a shared
  * flock on the lock's ".wait" file while they poll, so an exclusive try on it
  * fails exactly while one does.

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { journalDir } from '../src/journal';
-import { LOCK_DIR } from '../src/lock';
+import { removeLockFiles } from '../src/lock';
 import { Net, Netns } from '../src/net';
 
 export type { Netns };
@@ -108,17 +108,8 @@ export function makePinRoot(): string {
   return p;
 }
 
-/**
- * Removes a test pin root's locks, wait files and watch state under
- * /run/neuv-bpf (a node keeps them for its one pin root; thousands of test pin
- * roots would pile up). makePinRoot's cleanup does it; a suite that names pin
- * roots another way (fuzz, bad input) calls it in its own cleanup.
- */
-export function removeLockFiles(...pinRoots: string[]): void {
-  if (!fs.existsSync(LOCK_DIR)) return;
-  const own = pinRoots.map((p) => p.replace(/\//g, '_') + '.');
-  for (const f of fs.readdirSync(LOCK_DIR)) if (own.some((o) => f.startsWith(o))) fs.rmSync(path.join(LOCK_DIR, f), { recursive: true, force: true });
-}
+/** A test pin root's files under /run/neuv-bpf: makePinRoot's cleanup removes them; suites that name pin roots another way call it. */
+export { removeLockFiles };
 
 export interface CliResult {
   code: number;
