@@ -50,6 +50,9 @@ function othersWaiting(wfd: number, wp: string): boolean {
  * element a program may still be reading).
  */
 export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, timeoutMs = 30000): Promise<T> {
+  // Under a directory that does not exist nothing is pinned, and nothing can be (load wants
+  // that directory on a bpffs): no lock to take, so a mistyped --bpffs leaves no lock file.
+  if (!fs.existsSync(path.dirname(pinRoot))) return fn();
   fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
   const p = lockPath(pinRoot);
   const wp = `${p}.wait`;

@@ -21,6 +21,7 @@ import type { Command } from 'commander';
 import { addAddrs, veth } from '../src/net';
 import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, removeLockFiles, requireKernel, runCleanups, uniqueName } from './helpers';
 import { buildProgram } from '../src/cli';
+import { LOCK_DIR } from '../src/lock';
 
 interface Case {
   what: string;
@@ -263,6 +264,25 @@ describe('bad input matrix (kernel)', function () {
       code: 2,
       re: /unknown option '--no-such-option-xyz'/,
     }));
+  it('a pin root under a directory that does not exist: the usual error line, and no lock file left behind', function () {
+    const root = `/${uniqueName('nbt-nosuchdir')}/pins`;
+    const runs: Array<[string[], number, RegExp]> = [
+      [['load'], 2, /is not on a bpffs/],
+      [['show'], 4, /the datapath is not loaded/],
+      [['pair', 'add', '--in', 'vin2', '--ex', 'vex2', '--mac', MAC2], 4, /the datapath is not loaded/],
+      [['intercept', '--container-netns', ctr.name], 4, /the datapath is not loaded/],
+      [['unload'], 0, /^$/],
+    ];
+    for (const [args, code, re] of runs) {
+      const r = cli(['--netns', enf.name, '--bpffs', root, ...args]);
+      assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr.trim(), re, args.join(' '));
+    }
+    const mine = fs.existsSync(LOCK_DIR) ? fs.readdirSync(LOCK_DIR).filter((f) => f.startsWith(root.replace(/\//g, '_') + '.')) : [];
+    assert.deepEqual(mine, [], `files under ${LOCK_DIR}`);
+    assert.equal(kernelState(enf, pins), state0);
+  });
+
   it('unload with a pin root where nothing is loaded is a no-op: the datapath of another pin root in that netns stays', function () {
     const r = cli(['--netns', enf.name, '--bpffs', nonePins(), 'unload']);
     assert.equal(r.code, 0, r.stderr);
