@@ -6,7 +6,7 @@
  * pins of an object that predates the trace ring.
  */
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -32,7 +32,7 @@ import { formatView, monoToWall, parseTraceId, traceState, viewRecord, type Trac
 import { DpFixture } from './dp-fixture';
 import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
 import { veth } from '../src/net';
-import { TRAFGEN_QUIET } from './traffic';
+import { TRAFGEN_QUIET, requireTrafgen } from './traffic';
 import { type Netns, CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC
@@ -340,7 +340,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 describe('neuv-bpf trace (kernel, real traffic)', function () {
   before(function () {
     requireKernel(this);
-    if (spawnSync('trafgen', ['-v']).error) throw new Error('trafgen (netsniff-ng) is needed: make deps');
+    requireTrafgen();
     if (!fs.existsSync(path.join(ROOT, 'build', 'stub-dp'))) throw new Error('build/stub-dp missing: make build');
   });
   leakChecks();

@@ -359,17 +359,21 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
  */
 export const TRAFGEN_QUIET = ['--no-sock-mem', '--notouch-irq'];
 
+/** Throws when trafgen (netsniff-ng) is missing: a kernel suite must not pass without it (scripts/deps.sh installs it). */
+export function requireTrafgen(): void {
+  if (spawnSync('trafgen', ['-v']).error) throw new Error('trafgen (netsniff-ng) is needed: make deps');
+}
+
 /**
  * Sends `count` frames out of `dev` in `ns` with trafgen (netsniff-ng), the
  * given frames in turn, from its TX ring (PACKET_TX_RING: no --gap or --rate,
  * either of which makes it send with sendto()). The kernel builds such an skb
  * with the link-layer header alone in its linear data, the rest in page
  * fragments of the ring: frames whose IP and L4 headers a program cannot
- * read in place. Throws when trafgen is missing (scripts/deps.sh installs it): a
- * kernel suite must not pass without it.
+ * read in place. Throws when trafgen is missing (requireTrafgen).
  */
 export function trafgenRing(ns: Netns, dev: string, frames: Uint8Array[], count: number): void {
-  if (spawnSync('trafgen', ['-v']).error) throw new Error('trafgen (netsniff-ng) is needed: make deps');
+  requireTrafgen();
   const conf = frames.map((f) => `{ ${Array.from(f, (b) => `0x${b.toString(16).padStart(2, '0')}`).join(', ')} }`).join(' ');
   ns.exec('trafgen', ['--dev', dev, '--cpus', '1', '--num', String(count), ...TRAFGEN_QUIET, '-C', conf]);
 }
