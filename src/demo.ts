@@ -27,7 +27,7 @@ import {
   BCAST4, CLI, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ProbeResult, STUB_DP, StubCounts, StubDp, Topology,
   ping, runProbes, startServer,
 } from './topology';
-import { removeLockFiles } from './lock';
+import { LOCK_DIR, removeLockFiles } from './lock';
 
 // Heavy modules (koffi through pairs/intercept) are loaded only when the demo
 // runs, not when the CLI merely parses its arguments.
@@ -91,7 +91,8 @@ export interface DemoResult {
 
 /**
  * Removes what demos killed beyond cleaning up (SIGKILL) left: netns
- * neuvdemo-<pid>-* and pin roots neuv-demo-<pid> of processes that are gone.
+ * neuvdemo-<pid>-*, pin roots neuv-demo-<pid> and their files under
+ * /run/neuv-bpf, of processes that are gone.
  */
 function removeStaleDemos(out: (s: string) => void): void {
   const gone = (pid: string) => !fs.existsSync(`/proc/${pid}`);
@@ -109,6 +110,15 @@ function removeStaleDemos(out: (s: string) => void): void {
       fs.rmSync(path.join(bpffs, f), { recursive: true, force: true });
       out(`removed pin root ${path.join(bpffs, f)}, left by an earlier demo`);
     }
+  }
+  const stalePids = new Set<string>();
+  for (const f of fs.existsSync(LOCK_DIR) ? fs.readdirSync(LOCK_DIR) : []) {
+    const m = /^_sys_fs_bpf_neuv-demo-(\d+)\./.exec(f);
+    if (m && gone(m[1]!)) stalePids.add(m[1]!);
+  }
+  for (const pid of stalePids) {
+    removeLockFiles(path.join(bpffs, `neuv-demo-${pid}`));
+    out(`removed the lock files of pin root ${path.join(bpffs, `neuv-demo-${pid}`)}, left by an earlier demo`);
   }
 }
 
