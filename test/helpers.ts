@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { journalDir } from '../src/journal';
-import { removeLockFiles } from '../src/lock';
+import { LOCK_DIR, removeLockFiles } from '../src/lock';
 import { Net, Netns } from '../src/net';
 
 export type { Netns };
@@ -53,7 +53,22 @@ let seq = 0;
 /** A name unique to this process and call, with a prefix tests own ("nbt"). */
 export function uniqueName(prefix = 'nbt'): string {
   seq++;
-  return `${prefix}${process.pid.toString(36)}${seq.toString(36)}`.slice(0, 15);
+  const n = `${prefix}${process.pid.toString(36)}${seq.toString(36)}`.slice(0, 15);
+  namesMade.push(n);
+  return n;
+}
+const namesMade: string[] = [];
+
+/**
+ * Files under /run/neuv-bpf (locks, journals, watch state) of pin roots named
+ * after a uniqueName() of this process, except those in `before` (a name an
+ * earlier run with the same pid left). test/lockfiles.test.ts checks that a
+ * run leaves none.
+ */
+export function lockFilesOfThisProcess(before: ReadonlySet<string> = new Set()): string[] {
+  if (!fs.existsSync(LOCK_DIR)) return [];
+  const marks = namesMade.map((n) => new RegExp(`_${n}(?:[._-]|$)`));
+  return fs.readdirSync(LOCK_DIR).filter((f) => !before.has(f) && marks.some((m) => m.test(f)));
 }
 
 const cleanups: Array<() => void> = [];
