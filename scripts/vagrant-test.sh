@@ -117,7 +117,8 @@ if [ "$BOX" = local ]; then
   if [ ! -f "$stamp" ] || [ "$LOCAL_BOX_FILE" -nt "$stamp" ] ||
     ! vagrant box list --machine-readable | grep -q ",box-name,$LOCAL_BOX_NAME\$"; then
     say "vagrant box add $LOCAL_BOX_NAME ($LOCAL_BOX_FILE)"
-    vagrant box add --force --name "$LOCAL_BOX_NAME" --provider libvirt "$LOCAL_BOX_FILE" >&2
+    # --no-tty: no progress meter (700 KB of carriage returns in a log otherwise).
+    vagrant box add --no-tty --force --name "$LOCAL_BOX_NAME" --provider libvirt "$LOCAL_BOX_FILE" >&2
     # A stale image volume of an older build of the box must not be reused.
     virsh -c "$URI" vol-delete "${LOCAL_BOX_NAME//\//-VAGRANTSLASH-}_vagrant_box_image_0_box.img" --pool "$POOL" >/dev/null 2>&1 || true
     touch "$stamp"
@@ -127,7 +128,7 @@ fi
 say "vagrant up --provider=$PROVIDER (box ${BOX:-debian/bookworm64})"
 up=1
 t1=$(date +%s)
-vagrant up --provider="$PROVIDER" --provision || die "vagrant up failed after $(( $(date +%s) - t1 ))s"
+vagrant up --no-tty --provider="$PROVIDER" --provision || die "vagrant up failed after $(( $(date +%s) - t1 ))s"
 say "up and provisioned in $(( $(date +%s) - t1 ))s"
 
 t1=$(date +%s)
