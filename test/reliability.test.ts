@@ -149,7 +149,6 @@ function tagBytes(tag: number): string {
   return [...b].map((x) => `0x${x.toString(16).padStart(2, '0')}`).join(',');
 }
 
-/** The build tag baked into a program's .rodata (via bpftool), as the sequence of its bytes is found. */
 /** Runs the functions given to it one at a time, in the order they came. */
 function gate(): <T>(fn: () => Promise<T>) => Promise<T> {
   let tail: Promise<unknown> = Promise.resolve();
@@ -162,6 +161,7 @@ function gate(): <T>(fn: () => Promise<T>) => Promise<T> {
 
 const direct = <T>(fn: () => Promise<T>): Promise<T> => fn();
 
+/** The build tag baked into a program's .rodata (via bpftool), as the sequence of its bytes is found. */
 function progHasTag(progId: number, tag: number): boolean {
   const p = JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'id', String(progId)])) as { map_ids?: number[] };
   for (const m of p.map_ids ?? []) {
