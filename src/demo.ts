@@ -27,7 +27,7 @@ import {
   BCAST4, CLI, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ProbeResult, STUB_DP, StubCounts, StubDp, Topology,
   ping, runProbes, startServer,
 } from './topology';
-import { LOCK_DIR, removeLockFiles } from './lock';
+import { LOCK_DIR, lockDirFile, removeLockFiles } from './lock';
 
 // Heavy modules (koffi through pairs/intercept) are loaded only when the demo
 // runs, not when the CLI merely parses its arguments.
@@ -111,12 +111,12 @@ function removeStaleDemos(out: (s: string) => void): void {
       out(`removed pin root ${path.join(bpffs, f)}, left by an earlier demo`);
     }
   }
-  const stalePids = new Set<string>();
-  for (const f of fs.existsSync(LOCK_DIR) ? fs.readdirSync(LOCK_DIR) : []) {
-    const m = /^_sys_fs_bpf_neuv-demo-(\d+)\./.exec(f);
-    if (m && gone(m[1]!)) stalePids.add(m[1]!);
-  }
+  // Their files under /run/neuv-bpf: <lockDirFile of /sys/fs/bpf/neuv-demo-><pid>.<what>.
+  const stem = path.basename(lockDirFile(path.join(bpffs, 'neuv-demo-'), '')).slice(0, -1);
+  const files = fs.existsSync(LOCK_DIR) ? fs.readdirSync(LOCK_DIR) : [];
+  const stalePids = new Set(files.filter((f) => f.startsWith(stem)).map((f) => /^(\d+)\./.exec(f.slice(stem.length))?.[1]));
   for (const pid of stalePids) {
+    if (!pid || !gone(pid)) continue;
     removeLockFiles(path.join(bpffs, `neuv-demo-${pid}`));
     out(`removed the lock files of pin root ${path.join(bpffs, `neuv-demo-${pid}`)}, left by an earlier demo`);
   }

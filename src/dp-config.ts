@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import { LOCK_EX, LOCK_NB, LOCK_UN, MapFd, flock, sleepSync } from './bpf';
 import { ConflictError } from './errors';
 import { Config, ConfigFlag, decodeConfig, encodeConfig, u32Key } from './layout';
-import { LOCK_DIR, lockPath } from './lock';
+import { LOCK_DIR, lockDirFile } from './lock';
 import { log } from './log';
 
 /** How long a writer waits for another (which holds the lock for one lookup and one update). */
@@ -28,7 +28,7 @@ const WAIT_MS = 5000;
 
 /** The lock of pinRoot's neuv_config: `<LOCK_DIR>/<pin root, / as _>.config.lock`. */
 export function configLockPath(pinRoot: string): string {
-  return lockPath(pinRoot).replace(/\.lock$/, '.config.lock');
+  return lockDirFile(pinRoot, 'config.lock');
 }
 
 /**

@@ -35,7 +35,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NeuvError, ExitCode } from './errors';
-import { LOCK_DIR, withLock } from './lock';
+import { LOCK_DIR, lockDirFile, withLock } from './lock';
 import { log } from './log';
 import { enforcerRunner, NsRunner } from './intercept/runner';
 import { PortSnapshot, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './intercept/snapshot';
@@ -71,7 +71,7 @@ export interface JournalRecord {
 }
 
 export function journalDir(pinRoot: string): string {
-  return path.join(LOCK_DIR, pinRoot.replace(/\//g, '_') + '.journal');
+  return lockDirFile(pinRoot, 'journal');
 }
 
 function recordPath(pinRoot: string, ino: number, port: string): string {

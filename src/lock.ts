@@ -12,8 +12,24 @@ import { log } from './log';
 
 export const LOCK_DIR = process.env.NEUV_BPF_LOCK_DIR ?? '/run/neuv-bpf';
 
+/**
+ * A pin root's file `what` under LOCK_DIR: ('/sys/fs/bpf/neuv', 'lock') is
+ * /run/neuv-bpf/_sys_fs_bpf_neuv.lock. Every file of a pin root there (locks,
+ * journal, watch state) is named this way.
+ */
+export function lockDirFile(pinRoot: string, what: string): string {
+  return path.join(LOCK_DIR, `${pinRoot.replace(/\//g, '_')}.${what}`);
+}
+
 export function lockPath(pinRoot: string): string {
-  return path.join(LOCK_DIR, pinRoot.replace(/\//g, '_') + '.lock');
+  return lockDirFile(pinRoot, 'lock');
+}
+
+/** The names of the files the pin roots have under LOCK_DIR now. */
+export function lockDirFiles(...pinRoots: string[]): string[] {
+  if (!fs.existsSync(LOCK_DIR)) return [];
+  const own = pinRoots.map((p) => path.basename(lockDirFile(p, '')));
+  return fs.readdirSync(LOCK_DIR).filter((f) => own.some((o) => f.startsWith(o)));
 }
 
 /**
@@ -23,9 +39,7 @@ export function lockPath(pinRoot: string): string {
  * its one pin root's files, as a waiter may hold one open.
  */
 export function removeLockFiles(...pinRoots: string[]): void {
-  if (!fs.existsSync(LOCK_DIR)) return;
-  const own = pinRoots.map((p) => p.replace(/\//g, '_') + '.');
-  for (const f of fs.readdirSync(LOCK_DIR)) if (own.some((o) => f.startsWith(o))) fs.rmSync(path.join(LOCK_DIR, f), { recursive: true, force: true });
+  for (const f of lockDirFiles(...pinRoots)) fs.rmSync(path.join(LOCK_DIR, f), { recursive: true, force: true });
 }
 
 /**

@@ -30,7 +30,7 @@ import {
   traceFilterFlags,
   u32Key,
 } from './layout';
-import { LOCK_DIR, lockPath } from './lock';
+import { LOCK_DIR, lockDirFile } from './lock';
 import { updateConfig } from './dp-config';
 import { Pins, isLoaded, mapPinPath, notLoaded } from './pins';
 import { log } from './log';
@@ -219,7 +219,7 @@ export interface TraceOptions {
 }
 
 function traceLockPath(pinRoot: string): string {
-  return lockPath(pinRoot).replace(/\.lock$/, '.trace.lock');
+  return lockDirFile(pinRoot, 'trace.lock');
 }
 
 /** Resolves a filter to a pair id (undefined: everything). */

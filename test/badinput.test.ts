@@ -21,7 +21,7 @@ import type { Command } from 'commander';
 import { addAddrs, veth } from '../src/net';
 import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, removeLockFiles, requireKernel, runCleanups, uniqueName } from './helpers';
 import { buildProgram } from '../src/cli';
-import { LOCK_DIR } from '../src/lock';
+import { LOCK_DIR, lockDirFiles } from '../src/lock';
 
 interface Case {
   what: string;
@@ -278,8 +278,7 @@ describe('bad input matrix (kernel)', function () {
       assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr.trim(), re, args.join(' '));
     }
-    const mine = fs.existsSync(LOCK_DIR) ? fs.readdirSync(LOCK_DIR).filter((f) => f.startsWith(root.replace(/\//g, '_') + '.')) : [];
-    assert.deepEqual(mine, [], `files under ${LOCK_DIR}`);
+    assert.deepEqual(lockDirFiles(root), [], `files under ${LOCK_DIR}`);
     assert.equal(kernelState(enf, pins), state0);
   });
 

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LOCK_DIR } from '../src/lock';
+import { LOCK_DIR, lockDirFiles } from '../src/lock';
 import { ROOT, TIME_SCALE, requireKernel, sh } from './helpers';
 
 interface DemoRun {
@@ -49,8 +49,7 @@ function leftBy(pid: number): string[] {
   }
   const pins = `/sys/fs/bpf/neuv-demo-${pid}`;
   if (fs.existsSync(pins)) out.push(`pin root ${pins}`);
-  const mangled = pins.replace(/\//g, '_') + '.';
-  if (fs.existsSync(LOCK_DIR)) for (const f of fs.readdirSync(LOCK_DIR)) if (f.startsWith(mangled)) out.push(`${LOCK_DIR}/${f}`);
+  for (const f of lockDirFiles(pins)) out.push(`${LOCK_DIR}/${f}`);
   return out;
 }
 

@@ -124,11 +124,6 @@ export interface UdpStream {
   stop(): void;
 }
 
-/**
- * Starts a receiver in receiverNs, waits until it is bound, then starts the
- * sender in senderNs. Returns at once; await `sent` to know the stream is
- * over on the sending side and `result` for the receiver's verdict.
- */
 /** A counter of a netns's /proc/net/snmp, e.g. ('Udp', 'RcvbufErrors'); 0 if absent. */
 export function snmpCounter(ns: string, group: string, name: string): number {
   const r = spawnSync('ip', ['netns', 'exec', ns, 'cat', '/proc/net/snmp'], { encoding: 'utf8' });
@@ -142,6 +137,11 @@ export function snmpCounter(ns: string, group: string, name: string): number {
 /** Udp RcvbufErrors of a netns: datagrams its sockets dropped for a full receive buffer. */
 export const udpRcvbufErrors = (ns: string): number => snmpCounter(ns, 'Udp', 'RcvbufErrors');
 
+/**
+ * Starts a receiver in receiverNs, waits until it is bound, then starts the
+ * sender in senderNs. Returns at once; await `sent` to know the stream is
+ * over on the sending side and `result` for the receiver's verdict.
+ */
 export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
   const run = String((Math.random() * 0xffffffff) >>> 0);
   const rcvbuf0 = udpRcvbufErrors(o.receiverNs);

@@ -30,8 +30,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { LOCK_DIR } from '../lock';
+import { LOCK_DIR, lockDirFile } from '../lock';
 import { log } from '../log';
 import { Datapath } from '../pairs';
 import { VTH_IFINDEX } from '../layout';
@@ -95,7 +94,7 @@ export function ringsOn(ifindex: number, netns?: string): number {
 
 /** Where the pairs a watcher put in BYPASS are kept, per pin root (beside its lock and journal). */
 export function watchStatePath(pinRoot: string): string {
-  return path.join(LOCK_DIR, pinRoot.replace(/\//g, '_') + '.watch.json');
+  return lockDirFile(pinRoot, 'watch.json');
 }
 
 /** A pair a watcher put in BYPASS: its id and its workload MAC. */
