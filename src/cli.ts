@@ -8,7 +8,7 @@ import { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
 import { ExitCode, UsageError, exitCodeOf, oneLine } from './errors';
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
-import { checkPrivileges, pinRootFrom } from './loader';
+import { checkPrivileges, pinRootFrom } from './pins';
 import { register as registerVersion } from './cli/version';
 import { registerLoadCommands } from './cli/load';
 import { registerPairCommands } from './cli/pair';

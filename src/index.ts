@@ -9,7 +9,8 @@
  *   await dp.setMode({ id: p.id }, 'fwd');
  *   dp.close();
  */
-export { load, unload, DEFAULT_PIN_ROOT, checkPrivileges, isLoaded } from './loader';
+export { load, unload } from './loader';
+export { DEFAULT_PIN_ROOT, checkPrivileges, isLoaded } from './pins';
 export type { LoadOptions, LoadResult, UnloadResult } from './loader';
 export {
   Datapath,

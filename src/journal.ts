@@ -40,7 +40,7 @@ import { log } from './log';
 import { enforcerRunner, NsRunner } from './intercept/runner';
 import { PortSnapshot, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './intercept/snapshot';
 import { ifindexIfExists } from './link';
-import { isLoaded } from './loader';
+import { isLoaded } from './pins';
 import { Datapath } from './pairs';
 
 export const JOURNAL_VERSION = 1;

@@ -28,11 +28,9 @@ import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
 import { crashPoint } from './crash';
 import { PACKAGE_ROOT } from './root';
-import { isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, withPinnedMap } from './pins';
+import { checkPrivileges, ensureBpffs, isBpffs, isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, removePinRoot, withPinnedMap } from './pins';
 import { insertPortEntry } from './pairs/entries';
 
-export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/neuv';
-export const BPF_FS_MAGIC = 0xcafe4a11;
 export { TC_HANDLE, TC_PRIORITY };
 
 
@@ -40,71 +38,6 @@ export { TC_HANDLE, TC_PRIORITY };
 export function defaultObjectPath(): string {
   return path.join(PACKAGE_ROOT, 'build', 'neuv.bpf.o');
 }
-
-export function pinRootFrom(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
-  const p = flag ?? env.NEUV_BPF_PIN_ROOT ?? DEFAULT_PIN_ROOT;
-  if (!path.isAbsolute(p)) throw new NeuvError(`pin root '${p}' must be an absolute path`, ExitCode.USAGE);
-  return path.normalize(p).replace(/\/+$/, '');
-}
-
-
-// ---------------------------------------------------------------- privileges
-
-const CAP_NET_ADMIN = 12;
-const CAP_SYS_ADMIN = 21;
-const CAP_BPF = 39;
-
-/** Throws a clear error unless we have CAP_NET_ADMIN and CAP_BPF (or CAP_SYS_ADMIN). */
-export function checkPrivileges(status: string = fs.readFileSync('/proc/self/status', 'utf8')): void {
-  const m = /^CapEff:\s*([0-9a-f]+)/m.exec(status);
-  const eff = m ? BigInt('0x' + m[1]) : 0n;
-  const has = (c: number) => (eff >> BigInt(c)) & 1n;
-  const missing: string[] = [];
-  if (!has(CAP_NET_ADMIN)) missing.push('CAP_NET_ADMIN');
-  if (!has(CAP_BPF) && !has(CAP_SYS_ADMIN)) missing.push('CAP_BPF');
-  if (missing.length) {
-    throw new NeuvError(`needs root (CAP_BPF and CAP_NET_ADMIN): missing ${missing.join(' and ')}`, ExitCode.PERMISSION);
-  }
-}
-
-// ---------------------------------------------------------------- bpffs
-
-export function isBpffs(p: string): boolean {
-  try {
-    return fs.statfsSync(p).type === BPF_FS_MAGIC;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Makes sure the pin root lives on a bpffs. The standard parent /sys/fs/bpf is
- * mounted if it is not bpffs yet; any other non-bpffs location is refused
- * rather than mounting over somebody's directory.
- */
-export async function ensureBpffs(pinRoot: string, create: boolean): Promise<void> {
-  const parent = path.dirname(pinRoot);
-  if (!isBpffs(parent)) {
-    if (parent === '/sys/fs/bpf' && fs.existsSync(parent)) {
-      await run('mount', ['-t', 'bpf', 'bpf', parent]);
-      log('loader').info({ at: parent }, 'mounted bpffs');
-    } else {
-      throw new NeuvError(
-        `pin root ${pinRoot} is not on a bpffs (its parent ${parent} is not bpffs; mount -t bpf bpf ${parent})`,
-        ExitCode.USAGE,
-      );
-    }
-  }
-  if (create && !fs.existsSync(pinRoot)) fs.mkdirSync(pinRoot, { mode: 0o700 });
-  if (create) fs.chmodSync(pinRoot, 0o700);
-}
-
-// ---------------------------------------------------------------- undo stack
-
-
-// ---------------------------------------------------------------- open the pinned state
-
-export { isLoaded };
 
 // ---------------------------------------------------------------- load
 
@@ -320,15 +253,6 @@ export interface UnloadResult {
   detached: number;
   removed: string[];
   wasLoaded: boolean;
-}
-
-/** Removes every pin under pinRoot and the directory (refused unless it is on a bpffs); returns the names removed. */
-export function removePinRoot(pinRoot: string): string[] {
-  if (!isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
-  const removed = fs.readdirSync(pinRoot);
-  for (const f of removed) fs.rmSync(path.join(pinRoot, f), { recursive: true, force: true });
-  fs.rmdirSync(pinRoot);
-  return removed;
 }
 
 /** Detaches every port we attached, removes vbr-neuv/vth-neuv and every pin. Idempotent. */

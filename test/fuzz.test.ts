@@ -43,7 +43,7 @@ import {
 import { validateIfName } from '../src/link';
 import { selectorFrom } from '../src/cli/pair';
 import { targetFrom } from '../src/cli/intercept';
-import { pinRootFrom } from '../src/loader';
+import { pinRootFrom } from '../src/pins';
 import { parseCrashAt } from '../src/crash';
 import { formatMac, isUcmac } from '../src/mac';
 

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { journalDir } from '../src/journal';
 import { LOCK_DIR, removeLockFiles } from '../src/lock';
+import { BPF_FS_MAGIC } from '../src/pins';
 import { Net, Netns } from '../src/net';
 
 export type { Netns };
@@ -16,7 +17,6 @@ export type { Netns };
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
 export const OBJ = path.join(ROOT, 'build', 'neuv.bpf.o');
-const BPF_FS_MAGIC = 0xcafe4a11;
 
 /** Why kernel suites cannot run here, or undefined if they can. */
 export function kernelUnavailable(): string | undefined {

@@ -1,6 +1,6 @@
 /** Unit tests (no kernel): src/loader.ts without the kernel: the privilege check and the pin root. */
 import assert from 'node:assert/strict';
-import { checkPrivileges, pinRootFrom } from '../src/loader';
+import { checkPrivileges, pinRootFrom } from '../src/pins';
 
 describe('privilege check', function () {
   const status = (eff: string) => `Name:\tnode\nCapEff:\t${eff}\n`;

@@ -1,6 +1,6 @@
 /** adopt: every discovered pair taken over without a gap (see index.ts for the steps). */
 import { MapFd, ifIndexToName, ifNameToIndex, testRun } from '../bpf';
-import { Pins } from '../pins';
+import { isLoaded, Pins, withProg } from '../pins';
 import { EntryStep, PairMaps, PairWrite, peerElsewhere, portEntries, removePairEntries, samePort, writePairEntries } from '../pairs/entries';
 import { Undo } from '../undo';
 import { AttachKind, TC_PRIORITY, attachState, detach } from '../attach';
@@ -19,8 +19,7 @@ import {
   u32Key,
 } from '../layout';
 import { LinkJson, VBR, linkShow, run } from '../link';
-import { isLoaded, load } from '../loader';
-import { withProg } from '../pins';
+import { load } from '../loader';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { parseMac } from '../mac';

@@ -4,7 +4,7 @@ import { detach } from '../attach';
 import { ExitCode, NeuvError, NotFoundError } from '../errors';
 import { features } from '../features';
 import { VBR, run } from '../link';
-import { isLoaded, removePinRoot } from '../loader';
+import { isLoaded, removePinRoot } from '../pins';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { formatMac, parseMac, ucmac as ucmacOf } from '../mac';
