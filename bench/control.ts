@@ -30,7 +30,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { PairSpec } from '../src/pairs';
-import { nvAttachRules, nvPairRules, nvResetRules, NvPair } from '../src/nvtc';
+import { nvAttachRules, nvPairRules, nvResetRules, NvPair } from '../src/migrate/nvtc';
 import { VBR, macOf, nvConnect, nvPair } from './net';
 import { Netns, Summary, benchJs, cli, objArgs, pinRoot, progress, sh, summary, tmpDir } from './util';
 

@@ -25,7 +25,7 @@
  */
 import { PairSpec } from '../src/pairs';
 import { formatMac, ucmac } from '../src/mac';
-import { NvPair, nvPairRules } from '../src/nvtc';
+import { NvPair, nvPairRules } from '../src/migrate/nvtc';
 import { BpfSetup, VTH, addPairsIncidents, bpfAddPairs, bpfLoad, frameRate, ipIn, macOf, nvConnect, nvPair, udpFrameConf } from './net';
 import { Netns, Summary, pairedRatio, progress, sh, summary, tmpDir } from './util';
 

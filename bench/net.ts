@@ -1,7 +1,7 @@
 /**
  * Topologies and traffic for the benchmarks: the plain veth pair (the
  * limit), the intercepted pair of docs/datapath.md §1 set up either with
- * NeuVector's tc rules (src/nvtc.ts) or with neuv-bpf, a TCP stream (iperf3)
+ * NeuVector's tc rules (src/migrate/nvtc.ts) or with neuv-bpf, a TCP stream (iperf3)
  * and a 64-byte frame flood (trafgen) counted at the receiver.
  *
  * Every namespace, pin root and child process registers its cleanup when it
@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Datapath, PairSpec } from '../src/pairs';
-import { NvPair, nvAttachRules, nvPairRules, nvPref, NV_VBR } from '../src/nvtc';
+import { NvPair, nvAttachRules, nvPairRules, nvPref, NV_VBR } from '../src/migrate/nvtc';
 import { ucmac, parseMac } from '../src/mac';
 import { Netns, bounded, cli, nowMs, objArgs, outputOf, pinRoot, rt, sh, sleep, spawnGroup, stubDpPath, tmpDir } from './util';
 import { TRAFGEN_QUIET } from '../test/traffic';

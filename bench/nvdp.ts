@@ -4,7 +4,7 @@
  * (trafgen), host -> workload through one intercepted pair, for:
  *
  *   plain        a plain veth pair: the limit
- *   nv-fwd       NeuVector's tc pipe in FWD (its FwdPortPair rules, src/nvtc.ts) with the real DP on vth-neuv.
+ *   nv-fwd       NeuVector's tc pipe in FWD (its FwdPortPair rules, src/migrate/nvtc.ts) with the real DP on vth-neuv.
  *                This kernel has no act_pedit: each u32 match + pedit rewrite is done by a small cls_bpf
  *                classifier instead (the same match, the same 6-byte rewrite), followed by NeuVector's own
  *                `action mirred` (bench/nvpedit.ts)

@@ -1,7 +1,7 @@
 /**
  * NeuVector's FWD rules on a kernel without act_pedit (CONFIG_NET_ACT_PEDIT
  * unset, as here): each `u32 <match> action pedit <rewrite> action mirred`
- * filter of FwdPortPair (src/nvtc.ts) becomes `bpf obj <prog> action mirred`,
+ * filter of FwdPortPair (src/migrate/nvtc.ts) becomes `bpf obj <prog> action mirred`,
  * where the program is a cls_bpf classifier (not direct-action) doing the
  * same match and the same 6-byte MAC rewrite and returning "matched"; the
  * filter's mirred actions are NeuVector's own, unchanged. Prefs, protocols,
@@ -10,7 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { NvPair, nvAttachRules, nvPairRules } from '../src/nvtc';
+import { NvPair, nvAttachRules, nvPairRules } from '../src/migrate/nvtc';
 import { sh } from './util';
 
 /** Match `match` at byte `mo` of the frame (0 DA, 6 SA); then write `set` at `so`. */

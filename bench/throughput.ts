@@ -282,7 +282,7 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
     checks,
     bpfStats,
     notes: [
-      'NeuVector variants are built from src/nvtc.ts without `action pedit` (act_pedit is not in this kernel) and without `action drop` (no act_gact): TAP copies keep DA = M, and the two vbr-neuv filters of TapPortPair are left out.',
+      'NeuVector variants are built from src/migrate/nvtc.ts without `action pedit` (act_pedit is not in this kernel) and without `action drop` (no act_gact): TAP copies keep DA = M, and the two vbr-neuv filters of TapPortPair are left out.',
       "NeuVector's FWD without pedit cannot round-trip through a DP: its frames reach vth-neuv with DA = M instead of the pair's UCMAC, so the DP cannot tell the pair and its vbr-neuv filters (match on the UCMAC) never fire. Only the host -> DP port leg is compared.",
       'mirred "mirror" (what tc.go writes) also lets the original frame go on up the enforcer netns stack, where it is dropped (DA is not a local MAC): part of what NeuVector costs.',
       'All interfaces keep their default offloads (TSO/GRO on the veths) in every variant; vbr-neuv/vth-neuv have rx/tx checksum offload off in both implementations, as NeuVector sets them.',

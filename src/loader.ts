@@ -7,7 +7,7 @@
 import { Undo } from './undo';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BpfObject, ProgFd, pinFd } from './bpf';
+import { BPF_NOEXIST, BpfObject, MapFd, ProgFd, pinFd } from './bpf';
 import { attach, attachState, detach, preferredKind, TC_HANDLE, TC_PRIORITY } from './attach';
 import { features } from './features';
 import { enableFlowLookups, updateConfig } from './dp-config';
@@ -23,13 +23,15 @@ import {
   PortFlag,
   FLOWS_DEFAULT,
   PortDecl,
+  PortEntry,
+  PORT_UPDATE,
+  encodePort,
 } from './layout';
 import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
 import { crashPoint } from './crash';
 import { PACKAGE_ROOT } from './root';
 import { checkPrivileges, ensureBpffs, isBpffs, isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, removePinRoot, withPinnedMap } from './pins';
-import { insertPortEntry } from './pairs/entries';
 
 export { TC_HANDLE, TC_PRIORITY };
 
@@ -245,6 +247,21 @@ function setAsideOldPorts(pinRoot: string, undo: Undo): { entries: Array<[Buffer
   return { entries: withPinnedMap(aside, (old) => old.entries().map(([k, v]) => [Buffer.from(k), decodePort(v)])), aside };
 }
 const LEGACY_PORT_SIZE = 20;
+
+/**
+ * Inserts one port entry as it is (the loader's upgrade copies the entries of
+ * an old neuv_ports into the new one); false when the key is there already.
+ */
+function insertPortEntry(ports: MapFd, key: Buffer, e: PortEntry): boolean {
+  try {
+    ports.update(key, encodePort(e), PORT_UPDATE | BPF_NOEXIST);
+    return true;
+  } catch (err) {
+    if ((err as { errno?: number }).errno !== EEXIST) throw err;
+    return false;
+  }
+}
+const EEXIST = 17;
 
 // ---------------------------------------------------------------- unload
 

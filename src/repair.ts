@@ -36,7 +36,7 @@ import { VBR, VTH, ifindexIfExists, ifname, linkShow } from './link';
 import { PROGS, Pins, ProgRole, isLoaded, notLoaded, pinnedProgId, progPinPath, withProg } from './pins';
 import { withLock } from './lock';
 import { log } from './log';
-import { journalProblems, recoverAll } from './journal';
+import { journalProblems, recoverAll } from './intercept/journal';
 import { formatMac } from './mac';
 import { Datapath, PairView, ShowResult } from './pairs';
 

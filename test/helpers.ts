@@ -7,7 +7,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { journalDir } from '../src/journal';
+import { journalDir } from '../src/intercept/journal';
 import { LOCK_DIR, removeLockFiles } from '../src/lock';
 import { BPF_FS_MAGIC } from '../src/pins';
 import { Net, Netns } from '../src/net';

@@ -1,5 +1,5 @@
 /**
- * Kernel suite: intercept and release are crash-safe (src/journal.ts).
+ * Kernel suite: intercept and release are crash-safe (src/intercept/journal.ts).
  * `intercept` and `release` are SIGKILLed before each of their steps (the
  * crash points, NEUV_BPF_CRASH_AT); then `repair` alone must leave the
  * container exactly as before intercept (its `ip -j` link, address, route and
@@ -15,7 +15,7 @@ import { requireKernel, sh, leakChecks } from './helpers';
 import { containerState, linkNames, makeTopology, TestTopology } from './topology';
 import { HOST_IP4, HOST_IP6, ping } from '../src/topology';
 import { INTERCEPT_STEPS, RELEASE_STEPS } from '../src/intercept';
-import { JournalRecord, findRecord, journalDir, listRecords, recordProblem, removeRecord, writeRecord } from '../src/journal';
+import { JournalRecord, findRecord, journalDir, listRecords, recordProblem, removeRecord, writeRecord } from '../src/intercept/journal';
 import { uniqueName } from './helpers';
 
 const IDLE_ENFORCER = ['lo', 'vbr-neuv', 'vth-neuv'];

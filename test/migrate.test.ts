@@ -36,7 +36,7 @@ import {
   parseJsonValues,
   probeFrame,
 } from '../src/migrate';
-import { NV_VBR, NvMode, NvPair, nvPairRules } from '../src/nvtc';
+import { NV_VBR, NvMode, NvPair, nvPairRules } from '../src/migrate/nvtc';
 
 // ================================================================ iproute2's JSON, emulated
 

@@ -1,6 +1,6 @@
 /**
  * A node as NeuVector's tc pipe leaves it, built with real `tc` commands from
- * src/nvtc.ts, for the migration suites (src/migrate/).
+ * src/migrate/nvtc.ts, for the migration suites (src/migrate/).
  *
  *   host netns                enforcer netns                               workload netns
  *   h<i> (10.88.<i>.1) ==veth== vex<tag>-eth0   vin<tag>-eth0 ==veth== w<i> (10.88.<i>.2, MAC M)
@@ -26,7 +26,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../src/nvtc';
+import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../src/migrate/nvtc';
 import { formatMac, ucmac } from '../src/mac';
 import { makeNet, Netns, onCleanup, sh, uniqueName } from './helpers';
 import { addPair } from './topology';

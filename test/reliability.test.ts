@@ -323,7 +323,7 @@ async function interceptCrash(s: Scenario, point: string): Promise<void> {
   const reach = sh('ip', ['netns', 'exec', host.name, 'ping', '-c', '1', '-W', '1', `${net}.2`], { allowFail: true });
   const well = after === before && /1 received/.test(reach);
   // Killed at its commit point, the intercept had done every step: the rerun's
-  // recovery keeps it (src/journal.ts) and the rerun, asked the same, reports
+  // recovery keeps it (src/intercept/journal.ts) and the rerun, asked the same, reports
   // the container intercepted like a successful intercept (exit 0).
   const completed = point === 'intercept:before-commit' && r.code === 0 && /the killed intercept had completed/.test(r.stdout) && well;
   const outcome = completed
@@ -332,7 +332,7 @@ async function interceptCrash(s: Scenario, point: string): Promise<void> {
       ? `rerun refused: ${r.stderr.trim().split('\n')[0]}`
       : well ? 'converged' : `rerun succeeded but the container lost state (${after})`;
   s.notes.push(`${point}: ${outcome}`);
-  // The rerun rolls the killed intercept back from its journal first (src/journal.ts), then intercepts.
+  // The rerun rolls the killed intercept back from its journal first (src/intercept/journal.ts), then intercepts.
   assert.ok(outcome === 'converged' || completed, `${point}: the rerun after the kill: ${outcome}`);
   // Clean up whatever is left: release if it is intercepted, then drop stray ports and pairs.
   if (r.code === 0) {

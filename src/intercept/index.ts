@@ -12,7 +12,7 @@
  *
  * Every step that changes something registers its undo; a failure runs the
  * undos in reverse, so the container keeps its network exactly as it was.
- * A journal record written before each step (src/journal.ts) lets a killed
+ * A journal record written before each step (src/intercept/journal.ts) lets a killed
  * run be finished or rolled back.
  *
  *   target.ts     which container (pid or netns), the vex/vin names

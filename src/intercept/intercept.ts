@@ -8,7 +8,7 @@ import { validateIfName, VBR } from '../link';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { crashPoint } from '../crash';
-import { JournalRecord, interceptLockKey, removeRecord, writeRecord } from '../journal';
+import { JournalRecord, interceptLockKey, removeRecord, writeRecord } from './journal';
 import { AddModeName, Datapath, DEFAULT_ADD_MODE, PairAdded } from '../pairs';
 import { Undo } from '../undo';
 import { enforcerRunner, NsRunner } from './runner';

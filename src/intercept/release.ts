@@ -9,7 +9,7 @@ import { NotFoundError } from '../errors';
 import { validateIfName } from '../link';
 import { withLock } from '../lock';
 import { log } from '../log';
-import { JournalRecord, findRecord, interceptLockKey, removeRecord, writeRecord } from '../journal';
+import { JournalRecord, findRecord, interceptLockKey, removeRecord, writeRecord } from './journal';
 import { Datapath, PairView } from '../pairs';
 import { Undo } from '../undo';
 import { enforcerRunner, LinkDetail, NsRunner } from './runner';

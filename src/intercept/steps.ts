@@ -1,12 +1,12 @@
 /**
  * What intercept and release share: their step names (failpoints, crash
  * points, journal steps), running one step, the checks before the first,
- * and the glue to the journal (src/journal.ts) and the intercept lock.
+ * and the glue to the journal (src/intercept/journal.ts) and the intercept lock.
  */
 import * as fs from 'node:fs';
 import { ConflictError, ExitCode, NeuvError } from '../errors';
 import { crashPoint } from '../crash';
-import { JournalRecord, findRecord, recoverLocked } from '../journal';
+import { JournalRecord, findRecord, recoverLocked } from './journal';
 import { log } from '../log';
 import { Datapath } from '../pairs';
 import { NsRunner } from './runner';
@@ -75,7 +75,7 @@ export function recordIds(t: ResolvedTarget, enf: NsRunner): Pick<JournalRecord,
 
 /**
  * Recovers what a killed intercept or release of this container port left
- * (src/journal.ts). Returns what was done, or undefined when the port is not
+ * (src/intercept/journal.ts). Returns what was done, or undefined when the port is not
  * in the journal or is intercepted and well: then `intercepted` is the
  * interception's record (a killed intercept's at its commit point included,
  * with what recovery said of it).

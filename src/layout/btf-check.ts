@@ -1,5 +1,5 @@
 /** The declared layouts and enums compared with an object's BTF. */
-import { StructDecl } from '../fields';
+import { StructDecl } from './fields';
 import { ENUMS, STRUCTS } from './structs';
 
 /** Where STRUCTS and ENUMS are declared, as the messages name it. */

@@ -1,5 +1,5 @@
 /** Codecs: every map key and value (and trace record) to and from its bytes, by the declared layouts. */
-import { Fields } from '../fields';
+import { Fields } from './fields';
 import { ConfigFlag, DIR_COUNT, FLOW_VERDICT_COUNT, REASON_COUNT, RoleValue, STATS_VERDICT_COUNT, VERDICT_COUNT, Verdict } from './enums';
 import { ConfigDecl, CtrDecl, DecisionDecl, FlowDecl, FlowKeyDecl, FlowStatsDecl, GlobalDecl, IdDecl, PortDecl, StatsDecl, TraceDecl } from './structs';
 

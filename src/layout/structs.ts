@@ -2,10 +2,10 @@
  * The structs of bpf/neuv.h as declared layouts (StructDecl: size, members'
  * offsets and sizes), the enums the BTF check compares, and the maps.
  */
-import { StructDecl } from '../fields';
+import { StructDecl } from './fields';
 import { ConfigFlag, Const, DIR_COUNT, Dir, FLOW_VERDICT_COUNT, FlowVerdict, Hook, Mode, PortFlag, REASON_COUNT, Reason, Role, STATS_VERDICT_COUNT, TraceFlag, VERDICT_COUNT, Verdict } from './enums';
 
-export type { StructDecl } from '../fields';
+export type { StructDecl } from './fields';
 
 export const PortDecl: StructDecl = {
   name: 'neuv_port',

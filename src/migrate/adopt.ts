@@ -23,7 +23,7 @@ import { load } from '../loader';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { parseMac } from '../mac';
-import { NvMode } from '../nvtc';
+import { NvMode } from './nvtc';
 import { Datapath } from '../pairs';
 
 import { DiscoveredPair, Discovery, MigratedPair, NvFilterRef, Unclassified, batchSafe, discover, readFilters } from './discover';

@@ -5,7 +5,7 @@ import { features } from '../features';
 import { LinkJson, VBR, linkShow, run } from '../link';
 import { log } from '../log';
 import { formatMac, ucmac as ucmacOf } from '../mac';
-import { NvMode } from '../nvtc';
+import { NvMode } from './nvtc';
 
 import { DA, NV_PREF_ALL, NV_PREF_IP, RuleError, TcFilter, VbrRule, bad, classifyAllRule, classifyIpRule, classifyVbrRule, isMirror, isOurFilter, macMatched, matchBytes, parseFilterList } from './rules';
 import { parseJsonValues } from './tcjson';

@@ -8,7 +8,7 @@ import { isLoaded, removePinRoot } from '../pins';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { formatMac, parseMac, ucmac as ucmacOf } from '../mac';
-import { NvMode, NvPair, nvPairRules, nvPref } from '../nvtc';
+import { NvMode, NvPair, nvPairRules, nvPref } from './nvtc';
 import { Datapath, PairView } from '../pairs';
 
 import { DiscoveredPair, MigratedPair, TcActions, classifyNode, qdiscKind, snapshot, tcActions } from './discover';

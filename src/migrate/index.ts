@@ -1,7 +1,7 @@
 /**
  * Migration from NeuVector's tc pipe (GitHub issue 8): `discover`, `adopt`
  * and `handback` (tcjson.ts, rules.ts, discover.ts, adopt.ts, handback.ts), on a node whose enforcer netns runs NeuVector's u32 rules
- * (docs/datapath.md sections 3, 4 and 7; the rules themselves: src/nvtc.ts).
+ * (docs/datapath.md sections 3, 4 and 7; the rules themselves: src/migrate/nvtc.ts).
  *
  * discover reads the enforcer netns (`ip -d -j link show`, `tc -j qdisc
  * show`, `tc -json filter show dev X ingress` for every port with an ingress

@@ -2,7 +2,7 @@
 import { TC_HANDLE, TC_PRIORITY } from '../attach';
 import { NeuvError } from '../errors';
 import { formatMac, isUcmac } from '../mac';
-import { NV_PREF_BASE } from '../nvtc';
+import { NV_PREF_BASE } from './nvtc';
 
 /** NeuVector's prefs on vin/vex ingress: IPv4 unicast to/from the workload, and the catch-all. */
 export const NV_PREF_IP = NV_PREF_BASE + 1;

@@ -169,21 +169,6 @@ export function writePairEntries(m: PairMaps, w: PairWrite, opts: WriteOptions):
   return created;
 }
 
-/**
- * Inserts one port entry as it is (the loader's upgrade copies the entries of
- * an old neuv_ports into the new one); false when the key is there already.
- */
-export function insertPortEntry(ports: MapFd, key: Buffer, e: PortEntry): boolean {
-  try {
-    ports.update(key, encodePort(e), PORT_UPDATE | BPF_NOEXIST);
-    return true;
-  } catch (err) {
-    if ((err as { errno?: number }).errno !== EEXIST) throw err;
-    return false;
-  }
-}
-const EEXIST = 17;
-
 /** What to remove of a pair. */
 export interface PairRemoval {
   id: number;

@@ -34,14 +34,14 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { NeuvError, ExitCode } from './errors';
-import { LOCK_DIR, lockDirFile, withLock } from './lock';
-import { log } from './log';
-import { enforcerRunner, NsRunner } from './intercept/runner';
-import { PortSnapshot, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './intercept/snapshot';
-import { ifindexIfExists } from './link';
-import { isLoaded } from './pins';
-import { Datapath } from './pairs';
+import { NeuvError, ExitCode } from '../errors';
+import { LOCK_DIR, lockDirFile, withLock } from '../lock';
+import { log } from '../log';
+import { enforcerRunner, NsRunner } from './runner';
+import { PortSnapshot, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
+import { ifindexIfExists } from '../link';
+import { isLoaded } from '../pins';
+import { Datapath } from '../pairs';
 
 export const JOURNAL_VERSION = 1;
 
