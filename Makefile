@@ -93,7 +93,8 @@ $(TS_STAMP): $(TS_SRC) $(DEPS_STAMP)
 
 # The whole suite: unit tests everywhere, kernel suites when root (they skip
 # with a reason otherwise; CI fails on any kernel-suite skip, see .ci/run).
-MOCHA := npx --no-install mocha --timeout 120000 --reporter spec
+# The spec reporter, then each suite file's time (test/timing-reporter.ts).
+MOCHA := npx --no-install mocha --timeout 120000 --reporter dist/test/timing-reporter.js
 test: build
 	$(Q)$(MOCHA) 'dist/test/**/*.test.js'
 
@@ -119,8 +120,10 @@ docs: ts
 bench: build
 	$(Q)node dist/bench/run.js $(if $(QUICK),--quick,)
 
+# Types, the BPF C, and imports running downhill (the layers of docs/architecture.md).
 lint: build
 	$(Q)npx --no-install tsc -p tsconfig.json --noEmit
+	$(Q)node tools/check-imports.js
 	$(Q)$(CLANG) $(BPF_CFLAGS) -fsyntax-only $(BPF_SRC)
 
 # The same suites inside a qemu VM booted on a Debian kernel package (default
