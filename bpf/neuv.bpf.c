@@ -170,6 +170,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } neuv_flow_stats SEC(".maps");
 
+/* Where the datapath lives (struct neuv_home): the loader's record, never read here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct neuv_home);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} neuv_home SEC(".maps");
+
 /* Per-frame decision records (struct neuv_trace) while tracing is on. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

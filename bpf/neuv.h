@@ -248,6 +248,21 @@ struct neuv_config {
 	__u64 trace_until; /* tracing on while bpf_ktime_get_ns() < trace_until; 0 = off (a lease the tracer renews) */
 };
 
+/*
+ * Map neuv_home (array, one entry): where this pin root's datapath lives,
+ * written by the loader only, never read by the programs. Every command
+ * checks it before it touches an interface and refuses in any other netns
+ * (src/home.ts, docs/datapath.md). All zeros: nothing recorded yet (a pin
+ * root loaded by a version before this map: the next load records it).
+ */
+struct neuv_home {
+	__u64 netns_cookie; /* SO_NETNS_COOKIE of the enforcer netns, 0 = unknown (kernel < 5.14) */
+	__u64 netns_ino;    /* inode of its nsfs file (/proc/self/ns/net there) */
+	__u64 netns_dev;    /* device of its nsfs file */
+	__u32 vbr_ifindex;  /* vbr-neuv's ifindex there at load */
+	__u32 pad;
+};
+
 /* Which program made a decision (the hook it sits on). VIN/VEX equal enum neuv_role. */
 enum neuv_hook {
 	NEUV_HOOK_VIN = 1, /* vin ingress: frames from the workload */

@@ -9,6 +9,7 @@ import { ExitCode, UsageError, exitCodeOf, oneLine } from './errors';
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
 import { checkPrivileges, pinRootFrom } from './pins';
+import { checkHome } from './home';
 import { register as registerVersion } from './cli/version';
 import { registerLoadCommands } from './cli/load';
 import { registerPairCommands } from './cli/pair';
@@ -45,6 +46,8 @@ export { printJson } from './cli/context';
 
 /** Commands that run without root (everything else needs CAP_BPF + CAP_NET_ADMIN). */
 export const UNPRIVILEGED = new Set<string>(['version']);
+/** Commands that do not act on the pin root's datapath, so run in any netns (every other refuses outside its home). */
+const HOMELESS = new Set<string>(['version', 'demo', 'discover']);
 
 export function buildProgram(out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Command {
   let ctx: Ctx | undefined;
@@ -75,6 +78,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       ctx = { pinRoot: pinRootFrom(g.bpffs), json, out };
       if (!UNPRIVILEGED.has(actionCommand.name())) checkPrivileges();
       if (g.netns) enterNetns(g.netns);
+      if (!HOMELESS.has(actionCommand.name())) checkHome(ctx.pinRoot); // before anything else: src/home.ts
       log('cli').debug({ command: actionCommand.name(), logLevel: level, pinRoot: ctx.pinRoot, netns: g.netns }, 'start');
       // --log-level trace: the datapath trace rides along (records as trace-level log lines).
       if (level === 'trace' && actionCommand.name() !== 'trace' && !UNPRIVILEGED.has(actionCommand.name())) startCommandTrace(ctx.pinRoot);

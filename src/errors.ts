@@ -14,6 +14,7 @@ export const ExitCode = {
   NOT_FOUND: 4, // unknown interface, netns, object file, pair
   CONFLICT: 5, // duplicate pair or id, interface in use
   KERNEL: 6, // the kernel or verifier refused, or a feature is missing
+  WRONG_NETNS: 7, // the pin root's datapath lives in another network namespace (--netns)
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -104,6 +105,14 @@ export class ConflictError extends NeuvError {
   constructor(message: string) {
     super(message, ExitCode.CONFLICT);
     this.name = 'ConflictError';
+  }
+}
+
+/** Run in a network namespace other than the one the pin root's datapath lives in (src/home.ts). */
+export class WrongNetnsError extends NeuvError {
+  constructor(message: string) {
+    super(message, ExitCode.WRONG_NETNS);
+    this.name = 'WrongNetnsError';
   }
 }
 

@@ -11,7 +11,7 @@ import { BPF_NOEXIST, BpfObject, MapFd, ProgFd, pinFd } from './bpf';
 import { attach, attachState, detach, preferredKind, TC_HANDLE, TC_PRIORITY } from './attach';
 import { features } from './features';
 import { enableFlowLookups, updateConfig } from './dp-config';
-import { ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
+import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import {
   MAPS,
   Role,
@@ -32,6 +32,7 @@ import { log } from './log';
 import { crashPoint } from './crash';
 import { PACKAGE_ROOT } from './root';
 import { checkPrivileges, ensureBpffs, isBpffs, isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, removePinRoot, withPinnedMap } from './pins';
+import { checkHome, homeHere, vbrOwner, writeHome } from './home';
 
 export { TC_HANDLE, TC_PRIORITY };
 
@@ -105,8 +106,10 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   checkPrivileges();
   const feats = features();
   const kind = preferredKind(); // before any change: a forced, missing feature fails here
-  const undo = new Undo('loader');
   const pinRoot = opts.pinRoot;
+  checkHome(pinRoot); // a loaded pin root is reloaded only in its own netns
+  refuseSecondDatapath(pinRoot);
+  const undo = new Undo('loader');
   const rootExisted = fs.existsSync(pinRoot);
   await ensureBpffs(pinRoot, true);
   if (!rootExisted) undo.push(`remove ${pinRoot}`, () => fs.rmdirSync(pinRoot));
@@ -146,6 +149,8 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     for (const name of Object.values(MAPS).map((m) => m.name)) {
       if (!hadPins.has(name)) undo.push(`unpin ${name}`, () => fs.rmSync(path.join(pinRoot, name), { force: true }));
     }
+    // Where this datapath lives (src/home.ts): every other command checks it first.
+    writeHome(obj.map(MAPS.home.name), homeHere());
     const config = obj.map(MAPS.config.name);
     // Only dp_ifindex is the loader's: a reused config keeps a running trace's lease and filter.
     updateConfig(pinRoot, config, (c) => (c.dpIfindex === vbrIndex ? undefined : { ...c, dpIfindex: vbrIndex }));
@@ -210,6 +215,16 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     await undo.run();
     throw e;
   }
+}
+
+/** One datapath per enforcer netns: refuses when vbr-neuv here runs another pin root's neuv_vbr. */
+function refuseSecondDatapath(pinRoot: string): void {
+  const other = vbrOwner(pinRoot);
+  if (!other) return;
+  throw new ConflictError(
+    `${VBR} in this netns already runs neuv_vbr (program id ${other.progId}) of pin root ${other.owner}: one datapath per enforcer netns ` +
+      `(use --bpffs ${other.owner.startsWith('/') ? other.owner.split(', ')[0] : '<its pin root>'}, or unload that one first)`,
+  );
 }
 
 /**
@@ -277,6 +292,7 @@ export async function unload(pinRoot: string): Promise<UnloadResult> {
   const lg = log('loader');
   checkPrivileges();
   if (fs.existsSync(pinRoot) && !isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
+  checkHome(pinRoot); // the hooks and vbr-neuv to remove are in the netns it was loaded in
   let detached = 0;
   const wasLoaded = isLoaded(pinRoot);
   if (wasLoaded) {
@@ -295,7 +311,8 @@ export async function unload(pinRoot: string): Promise<UnloadResult> {
       { legacyPorts: true },
     );
   }
-  const vbr = fs.existsSync(pinRoot) ? ifindexIfExists(VBR) : 0; // no pin root: nothing of ours (vbr-neuv may be another pin root's)
+  // No pin root: nothing of ours; vbr-neuv running another pin root's program is that one's.
+  const vbr = fs.existsSync(pinRoot) && !vbrOwner(pinRoot) ? ifindexIfExists(VBR) : 0;
   if (vbr) {
     if (detach(pinRoot, vbr, VBR, false)) detached++;
     await run('ip', ['link', 'del', 'dev', VBR]);

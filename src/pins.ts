@@ -94,7 +94,7 @@ export function removePinRoot(pinRoot: string): string[] {
 
 export type MapName = keyof typeof MAPS;
 /** Maps a datapath loaded by an older version may not have. */
-export const OPTIONAL_MAPS: ReadonlySet<MapName> = new Set<MapName>(['flows', 'flowStats']);
+export const OPTIONAL_MAPS: ReadonlySet<MapName> = new Set<MapName>(['flows', 'flowStats', 'home']);
 
 export interface PinsOptions {
   /** Accept a neuv_ports pinned by an older build (20-byte values, no lock): read-only use. */

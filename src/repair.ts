@@ -35,6 +35,7 @@ import { updateConfig } from './dp-config';
 import { VBR, VTH, ifindexIfExists, ifname, linkShow } from './link';
 import { PROGS, Pins, ProgRole, isLoaded, notLoaded, pinnedProgId, progPinPath, withProg } from './pins';
 import { withLock } from './lock';
+import { checkHome } from './home';
 import { log } from './log';
 import { journalProblems, recoverAll } from './intercept/journal';
 import { formatMac } from './mac';
@@ -231,6 +232,7 @@ function planPair(p: PairView, raw: RawState): PairPlan {
 export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): Promise<RepairResult> {
   const lg = log('repair');
   const dryRun = opts.dryRun === true;
+  checkHome(pinRoot); // pairs name ifindexes: only in the netns the datapath lives in
   // Half-done intercepts and releases first (the journal): they change pairs and ports.
   const journal = await recoverAll({ pinRoot, dryRun });
   for (const a of journal.actions) lg.info({ action: a, dryRun }, dryRun ? 'would repair' : 'repairing');

@@ -48,7 +48,7 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     assert.equal(out.replaced, false);
     assert.equal(out.created, true);
     const files = fs.readdirSync(pins).sort();
-    const expected = ['neuv_config', 'neuv_flow_stats', 'neuv_flows', 'neuv_global', 'neuv_ids', 'neuv_ports', 'neuv_stats', 'neuv_trace', 'prog_vbr', 'prog_vex', 'prog_vin'];
+    const expected = ['neuv_config', 'neuv_flow_stats', 'neuv_flows', 'neuv_global', 'neuv_home', 'neuv_ids', 'neuv_ports', 'neuv_stats', 'neuv_trace', 'prog_vbr', 'prog_vex', 'prog_vin'];
     if (kind === 'tcx') expected.unshift('link_10000000');
     assert.deepEqual(files, expected);
     assert.equal(fs.statSync(pins).mode & 0o777, 0o700);
@@ -69,6 +69,11 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     else assert.ok(fs.existsSync(path.join(pins, 'link_10000000')), 'tcx link pinned');
     const cfg = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_config')]) as Array<{ formatted: { value: { dp_ifindex: number } } }>;
     assert.equal(cfg[0]!.formatted.value.dp_ifindex, 10000000);
+    // Where it lives (src/home.ts): the enforcer netns's nsfs inode and cookie, vbr-neuv's ifindex.
+    const home = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_home')]) as Array<{ formatted: { value: { netns_ino: number; netns_cookie: number; vbr_ifindex: number } } }>;
+    assert.equal(home[0]!.formatted.value.netns_ino, fs.statSync(`/var/run/netns/${ns.name}`).ino);
+    assert.ok(home[0]!.formatted.value.netns_cookie > 0, 'netns cookie recorded');
+    assert.equal(home[0]!.formatted.value.vbr_ifindex, 10000000);
   });
 
   it('bpftool shows named BTF fields of the pinned maps', function () {

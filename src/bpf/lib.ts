@@ -128,6 +128,7 @@ interface Lib {
   bpf_prog_test_run_opts: (fd: number, opts: object) => number;
   bpf_link_create: (progFd: number, target: number, attachType: number, opts: Ptr | null) => number;
   bpf_link_update: (linkFd: number, progFd: number, opts: Ptr | null) => number;
+  bpf_prog_query: (target: number, type: number, flags: number, attachFlags: Buffer, progIds: Buffer, progCnt: Buffer) => number;
   bpf_link_detach: (linkFd: number) => number;
   bpf_prog_load: (type: number, name: string, license: string, insns: Buffer, cnt: number, opts: Ptr | null) => number;
   libbpf_probe_bpf_helper: (progType: number, helper: number, opts: Ptr | null) => number;
@@ -147,6 +148,8 @@ interface Lib {
   if_indextoname: (index: number, buf: Buffer) => Ptr;
   close: (fd: number) => number;
   flock: (fd: number, op: number) => number;
+  socket: (domain: number, type: number, proto: number) => number;
+  getsockopt: (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number;
   bpf_fn_dup: (fd: number) => number;
   syscall: (nr: number, ...typedArgs: unknown[]) => number;
 }
@@ -204,6 +207,7 @@ export function lib(): Lib {
     bpf_prog_test_run_opts: f(b, 'int bpf_prog_test_run_opts(int fd, _Inout_ neuv_bpf_test_run_opts *opts)'),
     bpf_link_create: f(b, 'int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
     bpf_link_update: f(b, 'int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
+    bpf_prog_query: f(b, 'int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ void *attach_flags, _Out_ void *prog_ids, _Inout_ void *prog_cnt)'),
     bpf_link_detach: f(b, 'int bpf_link_detach(int link_fd)'),
     bpf_prog_load: f(b, 'int bpf_prog_load(int type, const char *name, const char *license, const void *insns, size_t cnt, void *opts)'),
     libbpf_probe_bpf_helper: f(b, 'int libbpf_probe_bpf_helper(int prog_type, int helper_id, void *opts)'),
@@ -222,6 +226,8 @@ export function lib(): Lib {
     if_indextoname: f(c, 'void *if_indextoname(unsigned int index, void *buf)'),
     close: f(c, 'int close(int fd)'),
     flock: f(c, 'int flock(int fd, int op)'),
+    socket: f(c, 'int socket(int domain, int type, int protocol)'),
+    getsockopt: f(c, 'int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ void *len)'),
     bpf_fn_dup: f(c, 'int dup(int fd)'),
     syscall: f(c, 'long syscall(long number, ...)'),
   };

@@ -1,4 +1,4 @@
-/** libc: setns, interface names and indexes, flock. */
+/** libc: setns, the netns cookie, interface names and indexes, flock. */
 import { KernelError } from '../errors';
 import { cstr, errno, lib } from './lib';
 
@@ -9,6 +9,31 @@ export const CLONE_NEWNET = 0x40000000;
 /** Moves the calling (main) thread into the network namespace open at fd. */
 export function setns(fd: number, nstype: number, ctx: string): void {
   if (lib().setns(fd, nstype) < 0) throw new KernelError(`enter network namespace ${ctx}`, errno());
+}
+
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SO_NETNS_COOKIE = 71;
+
+/**
+ * The cookie of the calling thread's network namespace (SO_NETNS_COOKIE on a
+ * throwaway socket; Linux >= 5.14): unique for the life of the system, never
+ * reused like an nsfs inode may be. 0n when the kernel has none.
+ */
+export function netnsCookie(): bigint {
+  const l = lib();
+  const fd = l.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new KernelError('socket(AF_UNIX) for the netns cookie', errno());
+  try {
+    const v = Buffer.alloc(8);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(8);
+    return l.getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, v, len) < 0 ? 0n : v.readBigUInt64LE(0);
+  } finally {
+    l.close(fd);
+  }
 }
 
 /** Interface index in the current netns, or 0 if there is no such interface. */

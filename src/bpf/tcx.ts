@@ -11,6 +11,21 @@ export function linkInfo(fd: number): { type: number; id: number; progId: number
   return { type: b.readUInt32LE(0), id: b.readUInt32LE(4), progId: b.readUInt32LE(8), ifindex: b.readUInt32LE(16) };
 }
 
+/**
+ * Ids of the programs on a device's tcx ingress in the current netns
+ * (BPF_PROG_QUERY by ifindex; a link pin does not say which netns its
+ * device is in, this does). [] when nothing is attached or there is no tcx.
+ */
+export function tcxQuery(ifindex: number, max = 64): number[] {
+  const flags = Buffer.alloc(4);
+  const ids = Buffer.alloc(4 * max);
+  const cnt = Buffer.alloc(4);
+  cnt.writeUInt32LE(max);
+  if (lib().bpf_prog_query(ifindex, BPF_TCX_INGRESS, 0, flags, ids, cnt) < 0) return [];
+  const n = Math.min(cnt.readUInt32LE(0), max);
+  return Array.from({ length: n }, (_, i) => ids.readUInt32LE(i * 4));
+}
+
 /** Swaps the program of a link in place (atomic for tcx links). */
 export function linkUpdate(linkFd: number, progFd: number, ctx: string): void {
   check(lib().bpf_link_update(linkFd, progFd, null), `replace program of ${ctx}`);

@@ -1,7 +1,8 @@
 /** load and unload: the datapath as a whole. */
 import type { Command } from 'commander';
 import { UsageError } from '../errors';
-import { load, unload } from '../loader';
+import { load } from '../loader';
+import { teardown } from '../teardown';
 import { withLock } from '../lock';
 import { Ctx, printJson } from './context';
 
@@ -27,12 +28,16 @@ export function registerLoadCommands(program: Command, ctx: () => Ctx): void {
 
   program
     .command('unload')
-    .description('detach from every port, unpin everything, delete vbr-neuv/vth-neuv')
+    .description('detach from every port, unpin everything, delete vbr-neuv/vth-neuv; refused while pairs or intercepted containers exist (listed)')
+    .option('--force', 'first release every intercepted container (its original port back) and delete every pair, then unload')
     .option('--json', 'print the result as JSON')
-    .action(async () => {
+    .action(async (o: { force?: boolean }) => {
       const c = ctx();
-      const r = await withLock(c.pinRoot, () => unload(c.pinRoot));
+      const r = await teardown(c.pinRoot, { force: o.force === true });
       if (c.json) printJson(c, r);
-      else c.out(r.wasLoaded ? `unloaded: ${r.detached} hooks detached, ${r.removed.length} pins removed` : 'nothing was loaded');
+      else {
+        const first = (r.released.length ? `released ${r.released.join(', ')}; ` : '') + (r.pairsDeleted.length ? `deleted pair${r.pairsDeleted.length > 1 ? 's' : ''} id ${r.pairsDeleted.join(', ')}; ` : '');
+        c.out(first + (r.wasLoaded ? `unloaded: ${r.detached} hooks detached, ${r.removed.length} pins removed` : 'nothing was loaded'));
+      }
     });
 }

@@ -14,7 +14,7 @@ import { Undo } from '../undo';
 import { enforcerRunner, NsRunner } from './runner';
 import { addAddresses, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
 import {
-  INTERCEPT_LOCK_WAIT_MS, INTERCEPT_STEPS, failpoint, mustBeAbsent, openDatapath, recordIds, recoverTarget, sameNetns, step,
+  INTERCEPT_LOCK_WAIT_MS, INTERCEPT_STEPS, checkEnforcer, failpoint, mustBeAbsent, openDatapath, recordIds, recoverTarget, sameNetns, step,
 } from './steps';
 import { ResolvedTarget, Target, portNames, resolveTarget, tempMac } from './target';
 
@@ -66,6 +66,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
   const enf = enforcerRunner(opts.enforcer);
 
   // ---- checks: nothing changes until they all pass
+  checkEnforcer(opts.pinRoot, opts.enforcer);
   if (await sameNetns(ctr, enf)) {
     throw new UsageError(`${t.desc} is in the enforcer's own network namespace: nothing to intercept (use --netns for the enforcer)`);
   }

@@ -14,7 +14,7 @@ import { Datapath, PairView } from '../pairs';
 import { Undo } from '../undo';
 import { enforcerRunner, LinkDetail, NsRunner } from './runner';
 import { addAddresses, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
-import { INTERCEPT_LOCK_WAIT_MS, RELEASE_STEPS, mustBeAbsent, openDatapath, recordIds, recoverTarget, step } from './steps';
+import { INTERCEPT_LOCK_WAIT_MS, checkEnforcer, RELEASE_STEPS, mustBeAbsent, openDatapath, recordIds, recoverTarget, step } from './steps';
 import { Target, portNames, resolveTarget, tempMac } from './target';
 
 export interface ReleaseOptions {
@@ -49,6 +49,7 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
   const t = resolveTarget(opts.target);
   const ctr = new NsRunner(t.path, `the container netns (${t.desc})`);
   const enf = enforcerRunner(opts.enforcer);
+  checkEnforcer(opts.pinRoot, opts.enforcer);
 
   // ---- a half-done intercept or release of this port: bringing it to rest is the release
   const recovered = await recoverTarget(opts.pinRoot, t, port, opts.enforcer);

@@ -9,6 +9,8 @@ import { crashPoint } from '../crash';
 import { JournalRecord, findRecord, recoverLocked } from './journal';
 import { log } from '../log';
 import { Datapath } from '../pairs';
+import { checkHome } from '../home';
+import { NetnsScope } from '../netns';
 import { NsRunner } from './runner';
 import { ResolvedTarget } from './target';
 
@@ -50,6 +52,16 @@ export async function sameNetns(a: NsRunner, b: NsRunner): Promise<boolean> {
   const ia = fs.statSync(a.ref());
   const ib = fs.statSync(b.ref());
   return ia.ino === ib.ino && ia.dev === ib.dev;
+}
+
+/** Refuses unless the pin root's datapath lives in the enforcer netns (src/home.ts), before any step. */
+export function checkEnforcer(pinRoot: string, enforcer: string | undefined): void {
+  const ns = new NetnsScope(enforcer);
+  try {
+    ns.run(() => checkHome(pinRoot));
+  } finally {
+    ns.close();
+  }
 }
 
 /** Opens the datapath in the enforcer netns (the pair API runs its kernel calls there). */

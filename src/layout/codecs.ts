@@ -1,7 +1,7 @@
 /** Codecs: every map key and value (and trace record) to and from its bytes, by the declared layouts. */
 import { Fields } from './fields';
 import { ConfigFlag, DIR_COUNT, FLOW_VERDICT_COUNT, REASON_COUNT, RoleValue, STATS_VERDICT_COUNT, VERDICT_COUNT, Verdict } from './enums';
-import { ConfigDecl, CtrDecl, DecisionDecl, FlowDecl, FlowKeyDecl, FlowStatsDecl, GlobalDecl, IdDecl, PortDecl, StatsDecl, TraceDecl } from './structs';
+import { ConfigDecl, CtrDecl, HomeDecl, DecisionDecl, FlowDecl, FlowKeyDecl, FlowStatsDecl, GlobalDecl, IdDecl, PortDecl, StatsDecl, TraceDecl } from './structs';
 
 const PORT = new Fields(PortDecl);
 const ID = new Fields(IdDecl);
@@ -10,6 +10,7 @@ const STATS = new Fields(StatsDecl);
 const FLOW_STATS = new Fields(FlowStatsDecl);
 const GLOBAL = new Fields(GlobalDecl);
 const CONFIG = new Fields(ConfigDecl);
+const HOME = new Fields(HomeDecl);
 const FLOW_KEY = new Fields(FlowKeyDecl);
 const FLOW = new Fields(FlowDecl);
 const DECISION = new Fields(DecisionDecl);
@@ -262,6 +263,28 @@ export function encodeConfig(c: Config): Buffer {
 
 export function decodeConfig(b: Buffer): Config {
   return { dpIfindex: CONFIG.u(b, 'dp_ifindex'), flags: CONFIG.u(b, 'flags'), traceUntil: CONFIG.u64(b, 'trace_until') };
+}
+
+/** struct neuv_home: the enforcer netns a pin root was loaded in. */
+export interface Home {
+  /** SO_NETNS_COOKIE, 0n when the kernel has none (< 5.14). */
+  netnsCookie: bigint;
+  netnsIno: bigint;
+  netnsDev: bigint;
+  vbrIfindex: number;
+}
+
+export function encodeHome(h: Home): Buffer {
+  const b = Buffer.alloc(HomeDecl.size);
+  HOME.setU64(b, 'netns_cookie', h.netnsCookie);
+  HOME.setU64(b, 'netns_ino', h.netnsIno);
+  HOME.setU64(b, 'netns_dev', h.netnsDev);
+  HOME.setU(b, 'vbr_ifindex', h.vbrIfindex);
+  return b;
+}
+
+export function decodeHome(b: Buffer): Home {
+  return { netnsCookie: HOME.u64(b, 'netns_cookie'), netnsIno: HOME.u64(b, 'netns_ino'), netnsDev: HOME.u64(b, 'netns_dev'), vbrIfindex: HOME.u(b, 'vbr_ifindex') };
 }
 
 /** neuv_config.flags for a trace filter: only pair `id`, or everything (undefined). */

@@ -106,6 +106,19 @@ export const ConfigDecl: StructDecl = {
   ],
 };
 
+/** struct neuv_home: where the datapath lives (the loader's record, src/home.ts). */
+export const HomeDecl: StructDecl = {
+  name: 'neuv_home',
+  size: 32,
+  members: [
+    { name: 'netns_cookie', offset: 0, size: 8 },
+    { name: 'netns_ino', offset: 8, size: 8 },
+    { name: 'netns_dev', offset: 16, size: 8 },
+    { name: 'vbr_ifindex', offset: 24, size: 4 },
+    { name: 'pad', offset: 28, size: 4 },
+  ],
+};
+
 export const DecisionDecl: StructDecl = {
   name: 'neuv_decision',
   size: 16,
@@ -142,7 +155,7 @@ export const TraceDecl: StructDecl = {
 };
 
 export const STRUCTS: StructDecl[] = [
-  PortDecl, IdDecl, CtrDecl, StatsDecl, GlobalDecl, ConfigDecl, DecisionDecl, TraceDecl, FlowKeyDecl, FlowDecl, FlowStatsDecl,
+  PortDecl, IdDecl, CtrDecl, StatsDecl, GlobalDecl, ConfigDecl, DecisionDecl, TraceDecl, FlowKeyDecl, FlowDecl, FlowStatsDecl, HomeDecl,
 ];
 
 /** Enums as this file knows them, by their C name; C names are upper-case with a prefix. */
@@ -174,4 +187,5 @@ export const MAPS = {
   trace: { name: 'neuv_trace', value: TraceDecl },
   flows: { name: 'neuv_flows', value: FlowDecl },
   flowStats: { name: 'neuv_flow_stats', value: FlowStatsDecl },
+  home: { name: 'neuv_home', value: HomeDecl },
 } as const;

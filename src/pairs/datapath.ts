@@ -28,6 +28,7 @@ import { ConflictError, NeuvError, NotFoundError, UsageError } from '../errors';
 import { ModeValue, PortEntry, PortFlag, decodeId, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
 import { LinkJson, linkShow } from '../link';
 import { withLock } from '../lock';
+import { checkHome } from '../home';
 import { log } from '../log';
 import { crashPoint } from '../crash';
 import { bcmac, formatMac, ucmac } from '../mac';
@@ -54,7 +55,14 @@ export class Datapath {
 
   static open(pinRoot: string = DEFAULT_PIN_ROOT, opts: DatapathOptions = {}): Datapath {
     if (!isLoaded(pinRoot)) throw notLoaded(pinRoot);
-    return new Datapath(pinRoot, new NetnsScope(opts.netns));
+    const ns = new NetnsScope(opts.netns);
+    try {
+      ns.run(() => checkHome(pinRoot)); // bound to its enforcer netns (src/home.ts)
+    } catch (e) {
+      ns.close();
+      throw e;
+    }
+    return new Datapath(pinRoot, ns);
   }
 
   close(): void {
@@ -69,8 +77,13 @@ export class Datapath {
     if (this.closed) throw new NeuvError('Datapath is closed');
   }
 
-  /** Opens the named pinned maps, runs fn, closes them (the flow offload maps are optional: see Pins). */
+  /**
+   * Opens the named pinned maps, runs fn, closes them (the flow offload maps
+   * are optional: see Pins). Called in our netns: checks again that the
+   * datapath lives there (a reload elsewhere after unload).
+   */
   private withMaps<T>(names: MapName[], fn: (m: Maps) => T): T {
+    checkHome(this.pinRoot);
     return Pins.with(this.pinRoot, names, fn);
   }
 

@@ -1,0 +1,149 @@
+/**
+ * Kernel suite for operator mistakes (issue 24), each done for real through
+ * the CLI on a topology with an intercepted container carrying traffic: a
+ * command in the wrong netns (the host's) or in this one with --netns
+ * forgotten, a second load with another pin root, unload with a container
+ * intercepted. Each is refused with one line and its exit code, and after it
+ * the container still answers and its pair is intact. unload --force
+ * releases the container first: it answers through its original port.
+ */
+import assert from 'node:assert/strict';
+import { ExitCode } from '../src/errors';
+import { Datapath } from '../src/pairs';
+import { HOST_IP4, ping, startServer } from '../src/topology';
+import { InterceptResult } from '../src/intercept';
+import { cli, leakChecks, makePinRoot, oneErrorLine, requireKernel } from './helpers';
+import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
+
+interface Shown {
+  pairs: Array<{ id: number; mode: string; vin: { name: string; ifindex: number } | null; vex: { name: string; ifindex: number } | null; problems: string[] }>;
+}
+
+describe('safe to operate: operator mistakes on a live node (kernel)', function () {
+  this.timeout(180000);
+  let tt: TestTopology;
+  let res: InterceptResult;
+  let stateBefore: Record<string, unknown>;
+  let pairBefore: string;
+
+  const c1 = () => tt.c[0]!;
+  /** The pairs as show has them, without what changes on its own: counters, and program ids (a reload swaps them). */
+  const pairsNow = (s: Shown) => JSON.stringify(s.pairs.map((p) => ({
+    ...p, counters: undefined, vin: p.vin && { ...p.vin, progId: undefined }, vex: p.vex && { ...p.vex, progId: undefined },
+  })));
+  const show = (): Shown => {
+    const r = tt.run(['show', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Shown;
+  };
+  /** The container answers (both ways, through the datapath) and its pair is as it was, hooks and all. */
+  const intact = (what: string) => {
+    assert.equal(ping(tt.t, c1().ns, HOST_IP4, 3), 3, `${what}: the container reaches the host`);
+    assert.equal(ping(tt.t, tt.t.host, c1().ip4, 3), 3, `${what}: the host reaches the container`);
+    const s = show();
+    assert.equal(pairsNow(s), pairBefore, `${what}: the pair is unchanged`);
+    const chk = tt.run(['show', '--check']);
+    assert.equal(chk.code, 0, `${what}: show --check: ${chk.stdout}${chk.stderr}`);
+    assert.deepEqual(containerState(tt.t, c1()), stateBefore, `${what}: the container's port`);
+  };
+  const refused = (r: { code: number; stderr: string; stdout: string }, code: number, re: RegExp, what: string) => {
+    assert.equal(r.code, code, `${what}: exit code (stdout ${r.stdout}, stderr ${r.stderr})`);
+    assert.match(oneErrorLine(r), re, what);
+  };
+
+  /** A fresh topology per test (cleanups run after each): c1 intercepted, its pair in fwd through the stub DP. */
+  async function setup(): Promise<void> {
+    tt = makeTopology({ containers: 2 });
+    await startStub(tt.t);
+    await startServer(tt.t, tt.c[1]!.ns);
+    stateBefore = containerState(tt.t, c1());
+    const pid = workloadPid(tt.t, c1());
+    const r = tt.run(['intercept', '--pid', String(pid), '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    res = JSON.parse(r.stdout) as InterceptResult;
+    // Through the DP (fwd), so a broken hook or pair would cut it off.
+    assert.equal(tt.run(['pair', 'mode', '--in', res.vin, 'fwd']).code, 0);
+    pairBefore = pairsNow(show());
+    intact('after intercept');
+  }
+
+  before(function () {
+    requireKernel(this);
+  });
+  leakChecks();
+
+  const everyCommand = (): string[][] => [
+    ['repair'],
+    ['show'],
+    ['stats'],
+    ['unload'],
+    ['unload', '--force'],
+    ['load'],
+    ['pair', 'add', '--in', res.vin, '--ex', res.vex, '--mac', res.mac],
+    ['pair', 'mode', '--in', res.vin, 'bypass'],
+    ['pair', 'del', '--in', res.vin],
+    ['release', '--container-netns', c1().ns],
+    ['flow', 'list'],
+  ];
+
+  it('every command in another netns (the host netns) is refused: exit 7, one line naming the enforcer netns', async function () {
+    await setup();
+    const enf = tt.t.enforcer;
+    for (const args of everyCommand()) {
+      const r = cli(['--netns', tt.t.host, '--bpffs', tt.pins, ...args]);
+      refused(r, ExitCode.WRONG_NETNS, new RegExp(`belongs to netns ${enf} \\(/var/run/netns/${enf}\\), not to netns ${tt.t.host} .*--netns ${enf}$`), args.join(' '));
+    }
+    intact('after the wrong netns');
+  });
+
+  it('every command with --netns forgotten (in the test runner netns) is refused: exit 7, --netns forgotten?', async function () {
+    await setup();
+    for (const args of everyCommand()) {
+      const r = cli(['--bpffs', tt.pins, ...args]);
+      refused(r, ExitCode.WRONG_NETNS, new RegExp(`belongs to netns ${tt.t.enforcer} .*\\(--netns forgotten\\?\\): run it there: --netns ${tt.t.enforcer}$`), args.join(' '));
+    }
+    intact('after --netns forgotten');
+  });
+
+  it('the Datapath API refuses outside the enforcer netns too (an embedder is protected)', async function () {
+    await setup();
+    assert.throws(() => Datapath.open(tt.pins), (e: Error & { code?: number }) => e.code === ExitCode.WRONG_NETNS && /belongs to netns/.test(e.message));
+    assert.throws(() => Datapath.open(tt.pins, { netns: tt.t.host }), (e: Error & { code?: number }) => e.code === ExitCode.WRONG_NETNS);
+    const dp = Datapath.open(tt.pins, { netns: tt.t.enforcer });
+    dp.close();
+  });
+
+  it('a second load with another pin root in the same netns is refused: exit 5, naming the owner', async function () {
+    await setup();
+    const other = makePinRoot();
+    const r = cli(['--netns', tt.t.enforcer, '--bpffs', other, 'load']);
+    refused(r, ExitCode.CONFLICT, new RegExp(`vbr-neuv in this netns already runs neuv_vbr \\(program id \\d+\\) of pin root ${tt.pins}: one datapath per enforcer netns`), 'second load');
+    // Nothing of it was made; the first one's pairs keep working.
+    assert.equal(cli(['--netns', tt.t.enforcer, '--bpffs', other, 'show']).code, ExitCode.NOT_FOUND);
+    intact('after a second load');
+    // Reloading the right one in its own netns still works (in place).
+    const again = tt.run(['load']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /replaced programs in place/);
+    intact('after a reload');
+  });
+
+  it('unload with an intercepted container is refused: exit 5, listing its pair and container', async function () {
+    await setup();
+    const r = tt.run(['unload']);
+    refused(r, ExitCode.CONFLICT, new RegExp(`refusing to unload ${tt.pins}: 1 pair and 1 intercepted container: id ${res.pair.id} ${res.vex}/${res.vin} \\(eth0 of pid \\d+\\); .*unload --force`), 'unload');
+    intact('after unload');
+  });
+
+  it('unload --force releases the container (its original port back, answering), deletes the pair, unloads', async function () {
+    await setup();
+    const r = tt.run(['unload', '--force']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`^released eth0 of pid \\d+; unloaded: \\d+ hooks detached, \\d+ pins removed`));
+    assert.equal(ping(tt.t, c1().ns, HOST_IP4, 3), 3, 'the container reaches the host');
+    assert.equal(ping(tt.t, tt.t.host, c1().ip4, 3), 3, 'the host reaches the container');
+    assert.deepEqual(containerState(tt.t, c1()), stateBefore, "the container's original port, as before intercept");
+    assert.deepEqual(linkNames(tt.t, tt.t.enforcer), ['lo'], 'nothing left in the enforcer netns');
+    assert.equal(tt.run(['show']).code, ExitCode.NOT_FOUND);
+  });
+});
