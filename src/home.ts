@@ -16,7 +16,8 @@
  * A pin root loaded by a version before neuv_home (no record, or all zeros)
  * is accepted where vbr-neuv runs its pinned vbr program (asked of the
  * kernel for this netns: the tc filter or the tcx attachment), refused
- * elsewhere; the next load there records it.
+ * elsewhere; the next load there records it. One with no vbr program pinned
+ * (maps only: a load cut short) names no netns and is accepted anywhere.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -121,9 +122,10 @@ export function checkHome(pinRoot: string): void {
     if (isHere(h)) return;
     throw wrongNetns(pinRoot, nameNetns(h.netnsIno, h.netnsDev));
   }
-  // No record (an older load): vbr-neuv here must run the pinned vbr program.
+  // No record (an older load): vbr-neuv here must run the pinned vbr program. With no vbr
+  // program pinned (a load cut short, maps only) nothing names a netns: let it be (load records one).
   const want = pinnedProgId(pinRoot, 'vbr');
-  if (want && vbrProgsHere().includes(want)) return;
+  if (!want || vbrProgsHere().includes(want)) return;
   const n = netnsHere();
   const here = nameNetns(n.ino, n.dev, false);
   throw new WrongNetnsError(

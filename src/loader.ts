@@ -107,6 +107,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const feats = features();
   const kind = preferredKind(); // before any change: a forced, missing feature fails here
   const pinRoot = opts.pinRoot;
+  await ensureBpffs(pinRoot, false); // a pin root that cannot be is refused as such first
   checkHome(pinRoot); // a loaded pin root is reloaded only in its own netns
   refuseSecondDatapath(pinRoot);
   const undo = new Undo('loader');
