@@ -43,7 +43,7 @@ async function setup(policy: FailPolicy) {
   const current = () => dps[dps.length - 1]!;
   const w = DpWatch.start({
     pinRoot: tt.pins, netns: tt.t.enforcer, policy,
-    dpRoot: () => (current().alive() ? current().root : undefined),
+    locate: () => (current().alive() ? { pid: current().pid, root: current().root } : undefined),
     onBack: (client) => addEndpoint(client, p1, c1).then(() => true),
   });
   onCleanup(() => void w.stop());

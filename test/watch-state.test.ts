@@ -75,18 +75,20 @@ describe('watch: pairs a killed supervisor left in BYPASS (kernel, NeuVector DP)
     dp.kill();
     await seen(w1, 'down', 1);
     assert.equal(modeOf(tt, p1.pair.id), 'bypass');
-    assert.deepEqual(readWatchState(tt.pins), [{ id: p1.pair.id, mac: p1.mac }], 'the state file names the pair');
+    assert.deepEqual(readWatchState(tt.pins).map((b) => ({ id: b.id, mac: b.mac })), [{ id: p1.pair.id, mac: p1.mac }], 'the state file names the pair');
+    assert.match(readWatchState(tt.pins)[0]!.since ?? '', /^20\d\d-/, 'and since when');
     assert.equal(await w1.kill('SIGKILL'), null, 'killed');
     assert.equal(modeOf(tt, p1.pair.id), 'bypass', 'left in BYPASS by the dead watcher');
 
+    // The DP is gone and this watcher never saw it: it waits (no fail-open, no 'down').
     const w2 = watch(tt, pidfile);
-    await seen(w2, 'down', 1);
-    assert.deepEqual(w2.events[0]!.switched, [], 'nothing in FWD to switch');
+    await seen(w2, 'waiting', 1);
     await startDp();
     await seen(w2, 'up', 1);
     assert.deepEqual(w2.events.find((e) => e.state === 'up')!.switched, [p1.pair.id], 'the pair the first watcher bypassed');
     assert.equal(modeOf(tt, p1.pair.id), 'fwd');
     assert.equal(fs.existsSync(state), false, 'no state file once every pair is back');
+    assert.ok(w2.events.every((e) => e.state !== 'down'), 'never failed open before it saw the DP');
     assert.equal(await w2.kill('SIGTERM'), 0);
   });
 
@@ -104,7 +106,7 @@ describe('watch: pairs a killed supervisor left in BYPASS (kernel, NeuVector DP)
     fs.writeFileSync(pidfile, `${dp.pid}\n`);
     const w = watch(tt, pidfile);
     await seen(w, 'up', 1);
-    assert.deepEqual(w.events[0]!.switched, []);
+    assert.deepEqual(w.events.find((e) => e.state === 'up')!.switched, []);
     assert.equal(modeOf(tt, p1.pair.id), 'bypass');
     assert.deepEqual(readWatchState(tt.pins), [], 'the stale entry is dropped');
     assert.equal(await w.kill('SIGTERM'), 0);

@@ -11,6 +11,7 @@
  *   tcx.ts      tcx links and feature probes
  *   ringbuf.ts  RingBuffer
  *   libc.ts     setns, interface names/indexes, flock
+ *   pidfd.ts    PidFd: a process's exit as an event (pidfd_open + poll on a worker thread)
  *
  * libbpf 1.x convention: functions returning int give a negative errno;
  * functions returning a pointer give NULL and set errno.
@@ -24,3 +25,4 @@ export * from './tc';
 export * from './tcx';
 export * from './ringbuf';
 export * from './libc';
+export * from './pidfd';

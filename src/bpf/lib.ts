@@ -152,7 +152,13 @@ interface Lib {
   getsockopt: (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number;
   bpf_fn_dup: (fd: number) => number;
   syscall: (nr: number, ...typedArgs: unknown[]) => number;
+  poll: KoffiFn<(fds: Buffer, nfds: number, timeoutMs: number) => number>;
+  eventfd: (initval: number, flags: number) => number;
+  write: (fd: number, buf: Buffer, len: number) => number;
 }
+
+/** A koffi function that can also run on a worker thread (fn.async(...args, cb)). */
+type KoffiFn<F extends (...a: never[]) => unknown> = F & { async: (...args: [...Parameters<F>, (err: unknown, res: ReturnType<F>) => void]) => void };
 
 let L: Lib | undefined;
 let printCb: Ptr | undefined;
@@ -230,6 +236,9 @@ export function lib(): Lib {
     getsockopt: f(c, 'int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ void *len)'),
     bpf_fn_dup: f(c, 'int dup(int fd)'),
     syscall: f(c, 'long syscall(long number, ...)'),
+    poll: f(c, 'int poll(_Inout_ void *fds, unsigned long nfds, int timeout)'),
+    eventfd: f(c, 'int eventfd(unsigned int initval, int flags)'),
+    write: f(c, 'long write(int fd, const void *buf, size_t len)'),
   };
   installPrint(L);
   return L;

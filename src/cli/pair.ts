@@ -25,6 +25,7 @@ import {
   parsePortId,
 } from '../pairs';
 import { checkFailure, withDatapathProblems } from '../repair';
+import { heldByWatch } from '../dp/watch-state';
 
 interface SelOpts {
   in?: string;
@@ -64,8 +65,9 @@ function hooks(p: PairView): string {
   return a.length === 2 ? `both ${kinds}` : a.length === 1 ? `${a[0]} only ${kinds}` : 'none';
 }
 
-function flags(p: PairView): string {
+function flags(p: PairView & { heldByWatch?: string }): string {
   const f: string[] = [];
+  if (p.heldByWatch) f.push('watch');
   const rp = [p.vin?.redirectPeer ? 'vin' : '', p.vex?.redirectPeer ? 'vex' : ''].filter(Boolean);
   if (rp.length) f.push(`peer:${rp.join('+')}`);
   if (p.ipv6ToDp) f.push('ipv6');
@@ -77,6 +79,13 @@ function flags(p: PairView): string {
 function portCell(v: PairView['vin']): string {
   if (!v) return '-';
   return `${v.name ?? '?'} (${v.ifindex})`;
+}
+
+/** show's result, each pair a fail-open watcher holds in BYPASS marked with since when (from the watch state file). */
+function markHeld(r: ShowResult, pinRoot: string): ShowResult {
+  const held = heldByWatch(pinRoot, r.pairs);
+  if (!held.size) return r;
+  return { ...r, pairs: r.pairs.map((p) => (held.has(p.id) ? { ...p, heldByWatch: held.get(p.id)! } : p)) };
 }
 
 export function formatShow(r: ShowResult): string[] {
@@ -101,7 +110,9 @@ export function formatShow(r: ShowResult): string[] {
         c ? si(delivered(c.from_wl).packets) : '-',
         c ? si(c.to_wl.drop.packets + c.from_wl.drop.packets) : '-',
       ]);
-      if (p.problems.length) notes.set(i, p.problems);
+      const since = (p as { heldByWatch?: string }).heldByWatch;
+      const held = since ? [`  held in BYPASS by neuv-bpf watch since ${since} (fail-open: the DP is down; FWD again when it is back)`] : [];
+      if (p.problems.length || held.length) notes.set(i, [...held, ...p.problems.map((n) => `  ! ${n}`)]);
     });
     const lines = table(
       ['ID', 'VIN (ifindex)', 'VEX (ifindex)', 'MAC', 'UCMAC', 'BCMAC', 'MODE', 'HOOKS', 'FLAGS', 'TO_WL', 'FROM_WL', 'DROP'],
@@ -111,7 +122,7 @@ export function formatShow(r: ShowResult): string[] {
     out.push(lines[0]!);
     lines.slice(1).forEach((l, i) => {
       out.push(l);
-      for (const n of notes.get(i) ?? []) out.push(`  ! ${n}`);
+      for (const n of notes.get(i) ?? []) out.push(n);
     });
   }
   for (const n of r.problems) out.push(`! ${n}`);
@@ -308,7 +319,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
     .option('--check', 'also check vbr-neuv, program pins and pin modes; exit 1 naming the first problem if anything is inconsistent (neuv-bpf repair fixes what it can)')
     .action(async (o: { check?: boolean }) => {
       const c = ctx();
-      let r = await withDatapath(c, (dp) => dp.show());
+      let r = markHeld(await withDatapath(c, (dp) => dp.show()), c.pinRoot);
       if (o.check) r = await withDatapathProblems(r, c.pinRoot);
       if (c.json) printJson(c, r);
       else c.out(formatShow(r).join('\n'));

@@ -3,11 +3,10 @@
  * DP and apply the node's failure policy until SIGINT/SIGTERM, one line (or
  * JSON line) per change. A thin shell over DpWatch (src/dp/watch.ts).
  */
-import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import type { Ctx } from './context';
 import { UsageError } from '../errors';
-import { DpWatch, FAIL_POLICIES, FailPolicy, WatchEvent } from '../dp/watch';
+import { DpProcess, DpWatch, FAIL_POLICIES, FailPolicy, WatchEvent, dpByControlSocket, dpFromPidFile } from '../dp/watch';
 
 interface WatchCmdOpts {
   dp?: string;
@@ -15,6 +14,7 @@ interface WatchCmdOpts {
   interval: string;
   timeout: string;
   ring: boolean;
+  keepAlive: boolean;
 }
 
 function ms(v: string, what: string, min: number): number {
@@ -24,56 +24,58 @@ function ms(v: string, what: string, min: number): number {
 }
 
 /**
- * Where the DP's /tmp is: 'local' (it shares ours, as NeuVector's agent and
- * DP do), a pid (its /proc/<pid>/root), or a pid file read at every probe (a
- * restarted DP writes its new pid there).
+ * Where the DP is, asked again whenever there is none, so a restarted DP is
+ * followed: 'local' (it shares our /tmp, as NeuVector's agent and DP do: the
+ * process holding /tmp/dp_listen.sock) or a pid file (a restarted DP, or its
+ * supervisor, writes its new pid there). A bare pid is refused: it cannot
+ * follow a restart, and the pairs failed open would stay in BYPASS for good.
  */
-export function dpRootFrom(dp: string): string | (() => string | undefined) {
-  if (dp === 'local') return '';
+export function dpLocator(dp: string): () => DpProcess | undefined {
+  if (dp === 'local') return dpByControlSocket;
   if (/^[0-9]+$/.test(dp)) {
-    const pid = Number(dp);
-    if (!Number.isSafeInteger(pid) || pid < 1) throw new UsageError(`--dp ${dp} is not a process id`);
-    return () => (fs.existsSync(`/proc/${pid}`) ? `/proc/${pid}/root` : undefined);
+    throw new UsageError(`--dp ${dp}: a pid does not follow a restarted DP (the pairs failed open would stay in BYPASS for good); give a pid file the DP's supervisor rewrites, or 'local'`);
   }
-  if (!dp.startsWith('/')) throw new UsageError(`--dp '${dp}' is not 'local', a pid or the absolute path of a pid file`);
-  return () => {
-    let text: string;
-    try {
-      text = fs.readFileSync(dp, 'utf8').trim();
-    } catch {
-      return undefined;
-    }
-    return /^[0-9]+$/.test(text) && fs.existsSync(`/proc/${text}`) ? `/proc/${text}/root` : undefined;
-  };
+  if (!dp.startsWith('/')) throw new UsageError(`--dp '${dp}' is not 'local' or the absolute path of a pid file`);
+  return () => dpFromPidFile(dp);
+}
+
+/** How often the watcher says pairs are still held in BYPASS: a minute; NEUV_BPF_WATCH_HELD_MS for the tests. */
+function heldLogMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = Number(env.NEUV_BPF_WATCH_HELD_MS);
+  return Number.isInteger(v) && v >= 10 ? v : 60000;
 }
 
 function line(e: WatchEvent, policy: FailPolicy): string {
+  const at = new Date(e.time).toISOString();
+  if (e.state === 'held') return `${at} ${e.switched.length} pairs held in bypass (ids ${e.switched.join(',')}) ${e.why}`;
+  if (e.state === 'waiting') return `${at} ${e.why}`;
   const sw = e.switched.length ? `; ${e.switched.length} pairs to ${e.state === 'down' ? 'bypass' : 'fwd'} in ${e.switchMs.toFixed(1)} ms (ids ${e.switched.join(',')})` : '';
-  return `${new Date(e.time).toISOString()} DP ${e.state}: ${e.why}${sw}${e.state === 'down' && policy === 'closed' ? ' (fail-closed: FWD pairs stay black-holed)' : ''}`;
+  return `${at} DP ${e.state}: ${e.why}${sw}${e.state === 'down' && policy === 'closed' ? ' (fail-closed: FWD pairs stay black-holed)' : ''}`;
 }
 
 export function registerWatchCommands(program: Command, ctx: () => Ctx): void {
   program
     .command('watch')
-    .description("supervise the enforcer DP (keep-alives on its control socket, its ring on vth-neuv) and apply the node's failure policy: closed (FWD pairs wait for it) or open (FWD pairs go to BYPASS while it is gone)")
+    .description("supervise the enforcer DP (its exit through a pidfd, keep-alives on its control socket, its ring on vth-neuv) and apply the node's failure policy: closed (FWD pairs wait for it) or open (FWD pairs go to BYPASS while it is gone, back to FWD when it is back); waits for a DP first and follows it across restarts")
     // Checked in the action, not with requiredOption: commander reports a
     // missing required option before an unknown one, and a typo must be named.
-    .option('--dp <which>', "required: 'local' (the DP shares this /tmp), its pid, or a pid file (a DP with a private /tmp)")
+    .option('--dp <which>', "required: 'local' (the DP shares this /tmp: the process holding /tmp/dp_listen.sock) or a pid file, re-read when the DP is gone (a DP with a private /tmp); not a bare pid, which cannot follow a restart")
     .option('--fail <policy>', 'closed or open', 'closed')
     .option('--interval <ms>', 'keep-alive period', '200')
     .option('--timeout <ms>', 'keep-alive reply timeout', '300')
     .option('--no-ring', "do not require the DP's packet socket on vth-neuv")
+    .option('--no-keep-alive', "send no keep-alives (a DP without NeuVector's control socket, such as the stub DP): its exit and its ring tell")
     .option('--json', 'one JSON line per event')
     .action(async (o: WatchCmdOpts) => {
       const c = ctx();
-      if (o.dp === undefined) throw new UsageError("watch needs --dp: 'local', the DP's pid, or a pid file");
+      if (o.dp === undefined) throw new UsageError("watch needs --dp: 'local' or a pid file");
       if (!(FAIL_POLICIES as readonly string[]).includes(o.fail)) throw new UsageError(`--fail '${o.fail}' is not one of ${FAIL_POLICIES.join(', ')}`);
       const policy = o.fail as FailPolicy;
-      const dpRoot = dpRootFrom(o.dp);
+      const locate = dpLocator(o.dp);
       const interval = ms(o.interval, '--interval', 10);
       const timeout = ms(o.timeout, '--timeout', 10);
       const w = DpWatch.start({
-        pinRoot: c.pinRoot, dpRoot, policy, intervalMs: interval, timeoutMs: timeout, checkRing: o.ring,
+        pinRoot: c.pinRoot, locate, policy, intervalMs: interval, timeoutMs: timeout, checkRing: o.ring, keepAlive: o.keepAlive, heldLogMs: heldLogMs(),
         onEvent: (e) => c.out(c.json ? JSON.stringify({ ...e, policy }) : line(e, policy)),
       });
       await new Promise<void>((resolve) => {

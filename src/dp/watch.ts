@@ -10,45 +10,69 @@
  *    switch); when it is back, the pairs this watcher switched go back to
  *    FWD. Pairs someone else changed meanwhile are left alone.
  *
- * How "gone" is told: a ctrl_keep_alive over the control socket every
- * intervalMs (200), failing after timeoutMs (300), plus the DP's packet
- * socket on vth-neuv (its ring, in /proc/net/packet of the enforcer netns).
- * The keep-alive catches a dead or hung control thread, and a SIGKILLed DP
- * at once (its socket file stays behind, but sending to it is refused); the
- * ring catches a DP that answers but reads nothing, and is what tells that
- * a restarted DP is ready for frames again (it opens the ring only when its
- * agent sends ctrl_add_srvc_port). The process id alone says neither, and
- * the socket file outlives a SIGKILL. Worst case from death to BYPASS:
- * intervalMs + timeoutMs + one switch per pair.
+ * Which DP: `locate` says where it is now (its pid and filesystem root),
+ * asked again whenever there is none, so a DP restarted under a new pid is
+ * found again (a pid file re-read; or the process holding its control
+ * socket). Nothing fails open before a DP was seen alive once: until then
+ * the watcher waits ('waiting').
+ *
+ * How "gone" is told: a pidfd of the DP (PidFd, src/bpf/pidfd.ts), whose
+ * exit is an event, not a probe: a SIGKILLed DP is failed open in a few ms.
+ * Besides, a ctrl_keep_alive over the control socket every intervalMs (200),
+ * failing after timeoutMs (300), catches a hung control thread, and the DP's
+ * packet socket on vth-neuv (its ring, in /proc/<pid>/net/packet) a DP that
+ * answers but reads nothing; the ring is also what tells that a restarted DP
+ * is ready for frames again (it opens it only when its agent sends
+ * ctrl_add_srvc_port).
  *
  * The pairs a watcher put in BYPASS outlive it: they are kept in a state file
  * (watchStatePath: /run/neuv-bpf/<pin root>.watch.json, rewritten atomically
- * at every change, removed when empty). A watcher that starts reads it and
- * puts those pairs back in FWD once the DP answers, so a supervisor killed
- * while the DP was down does not leave them in BYPASS for good. A pair is
- * named by id and MAC: an id reused by another container is left alone.
+ * right after each switch, removed when empty), which `show` reads to mark
+ * them. A watcher that starts reads it and puts those pairs back in FWD once
+ * the DP answers, so a supervisor killed while the DP was down does not leave
+ * them in BYPASS for good. A pair is named by id and MAC: an id reused by
+ * another container is left alone. A state file that cannot be written never
+ * holds up a switch: the switch comes first, the error is logged once.
+ * While pairs are held in BYPASS, the watcher says so every heldLogMs (a
+ * minute).
  */
-import { spawnSync } from 'node:child_process';
+import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
-import { LOCK_DIR, lockDirFile } from '../lock';
+import { PidFd } from '../bpf';
 import { log } from '../log';
 import { Datapath } from '../pairs';
 import { VTH_IFINDEX } from '../layout';
-import { DpClient } from './client';
+import { DP_SOCKET, DpClient } from './client';
+import { packetSocketsOn } from './nvdp';
+import { BypassedPair, readWatchState, watchStatePath, writeWatchState } from './watch-state';
+
+export { BypassedPair, heldByWatch, readWatchState, watchStatePath, writeWatchState } from './watch-state';
 
 export type FailPolicy = 'closed' | 'open';
 export const FAIL_POLICIES: readonly FailPolicy[] = ['closed', 'open'];
 
+/** A DP process: its pid and its filesystem root as seen from here ('' when it shares this /tmp). */
+export interface DpProcess {
+  pid: number;
+  root: string;
+}
+
 export interface WatchEvent {
   /** Date.now() when it was seen. */
   time: number;
-  state: 'up' | 'down';
-  /** Why: "keep-alive: ...", "no ring on vth-neuv", "back". */
+  /**
+   * waiting: no DP seen yet (nothing fails open); up: a DP answers; down: the
+   * DP seen before is gone; held: a reminder that pairs are still in BYPASS.
+   */
+  state: 'waiting' | 'up' | 'down' | 'held';
+  /** Why: "exited (pid N)", "keep-alive: ...", "no DP ring on vth-neuv", "back after N ms"... */
   why: string;
-  /** Pair ids this event switched (to bypass on down, to fwd on up; fail-open only). */
+  /** Pair ids this event switched (to bypass on down, to fwd on up; fail-open only); held: the pairs held. */
   switched: number[];
   /** How long the switches took, ms. */
   switchMs: number;
+  /** The DP's pid (up, down). */
+  pid?: number;
 }
 
 export interface WatchOptions {
@@ -56,17 +80,20 @@ export interface WatchOptions {
   /** The enforcer netns (name or path) when this process is not in it. */
   netns?: string;
   /**
-   * The DP's filesystem root as seen from here: '' when it shares this
-   * /tmp (NeuVector's agent and DP do), /proc/<pid>/root for one with a
-   * private /tmp; a function when it changes (a restarted DP has a new pid),
-   * returning undefined when there is no DP process.
+   * Where the DP is now, or undefined when there is none: asked while there
+   * is no live DP (every intervalMs), so a restarted DP is found under its
+   * new pid (dpFromPidFile, dpByControlSocket).
    */
-  dpRoot?: string | (() => string | undefined);
+  locate: () => DpProcess | undefined;
   policy?: FailPolicy;
   intervalMs?: number;
   timeoutMs?: number;
+  /** Keep-alives over the DP's control socket (default true; false for a DP without one, the stub). */
+  keepAlive?: boolean;
   /** Also require the DP's ring on vth-neuv (default true). */
   checkRing?: boolean;
+  /** How often to say that pairs are still held in BYPASS (default a minute). */
+  heldLogMs?: number;
   /**
    * Runs when the DP is back, before the pairs return to FWD: an agent
    * re-sends the DP its configuration here (srvc port, endpoints inline,
@@ -76,214 +103,305 @@ export interface WatchOptions {
   onEvent?: (e: WatchEvent) => void;
 }
 
-/** Packet sockets bound to ifindex in the netns (this one, or `netns` through nsenter). */
-export function ringsOn(ifindex: number, netns?: string): number {
-  let text = '';
-  if (!netns) {
-    try {
-      text = fs.readFileSync('/proc/thread-self/net/packet', 'utf8');
-    } catch {
-      return 0;
-    }
-  } else {
-    const path = netns.includes('/') ? netns : `/run/netns/${netns}`;
-    text = spawnSync('nsenter', [`--net=${path}`, '--', 'cat', '/proc/net/packet'], { encoding: 'utf8' }).stdout ?? '';
-  }
-  return text.split('\n').slice(1).filter((l) => Number(l.trim().split(/\s+/)[4]) === ifindex).length;
-}
-
-/** Where the pairs a watcher put in BYPASS are kept, per pin root (beside its lock and journal). */
-export function watchStatePath(pinRoot: string): string {
-  return lockDirFile(pinRoot, 'watch.json');
-}
-
-/** A pair a watcher put in BYPASS: its id and its workload MAC. */
-export interface BypassedPair {
-  id: number;
-  mac: string;
-}
-
-const STATE_VERSION = 1;
-
-/** The pairs in the state file; none when there is none, or (logged) when it cannot be read. */
-export function readWatchState(pinRoot: string): BypassedPair[] {
-  const p = watchStatePath(pinRoot);
+/** The DP whose pid is in `file` now (a restarted DP, or its supervisor, rewrites it); its root is /proc/<pid>/root. */
+export function dpFromPidFile(file: string): DpProcess | undefined {
   let text: string;
   try {
-    text = fs.readFileSync(p, 'utf8');
+    text = fs.readFileSync(file, 'utf8').trim();
   } catch {
-    return [];
+    return undefined;
   }
+  if (!/^[0-9]{1,9}$/.test(text) || Number(text) < 1 || !fs.existsSync(`/proc/${text}`)) return undefined;
+  return { pid: Number(text), root: `/proc/${text}/root` };
+}
+
+function sameFile(a: string, b: string): boolean {
   try {
-    const j = JSON.parse(text) as { version?: number; bypassed?: unknown };
-    if (j.version !== STATE_VERSION || !Array.isArray(j.bypassed)) throw new Error(`not a version ${STATE_VERSION} state`);
-    return j.bypassed.filter(
-      (b): b is BypassedPair => typeof b === 'object' && b !== null && Number.isInteger((b as BypassedPair).id) && typeof (b as BypassedPair).mac === 'string',
-    );
-  } catch (e) {
-    log('watch').warn({ path: p }, `ignoring the watch state file ${p}: ${(e as Error).message}`);
-    return [];
+    const x = fs.statSync(a);
+    const y = fs.statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
   }
 }
 
-/** Rewrites the state file atomically (a temporary file renamed over it); removes it when no pair is left. */
-export function writeWatchState(pinRoot: string, pairs: BypassedPair[]): void {
-  const p = watchStatePath(pinRoot);
-  if (pairs.length === 0) {
-    fs.rmSync(p, { force: true });
-    return;
+/**
+ * The DP sharing this /tmp (NeuVector's enforcer container): the process
+ * holding the socket bound to /tmp/dp_listen.sock in this netns (from
+ * /proc/net/unix, then the /proc/<pid>/fd of each process), whose own
+ * /tmp/dp_listen.sock is ours. A socket file left by a dead DP is not in
+ * /proc/net/unix, so /proc is scanned only while a DP is listening.
+ */
+export function dpByControlSocket(): DpProcess | undefined {
+  let unix: string;
+  try {
+    unix = fs.readFileSync('/proc/thread-self/net/unix', 'utf8');
+  } catch {
+    return undefined;
   }
-  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
-  const tmp = `${p}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify({ version: STATE_VERSION, bypassed: pairs }) + '\n', { mode: 0o600 });
-  fs.renameSync(tmp, p);
+  const inodes = new Set(
+    unix.split('\n').slice(1).map((l) => l.trim().split(/\s+/)).filter((f) => f[7] === DP_SOCKET).map((f) => `socket:[${f[6]}]`),
+  );
+  if (!inodes.size) return undefined;
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^[0-9]+$/.test(d))) {
+    let fds: string[];
+    try {
+      fds = fs.readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      let target: string;
+      try {
+        target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      if (inodes.has(target) && sameFile(`/proc/${pid}/root${DP_SOCKET}`, DP_SOCKET)) return { pid: Number(pid), root: '' };
+    }
+  }
+  return undefined;
 }
 
-export class DpWatch {
-  state: 'up' | 'down' | 'unknown' = 'unknown';
+/** The DP being watched: its process, its pidfd, and a control client once one was needed. */
+interface LiveDp extends DpProcess {
+  pidfd: PidFd;
+  client?: DpClient;
+}
+
+function closeDp(d: LiveDp): void {
+  d.pidfd.close();
+  d.client?.close();
+  d.client = undefined;
+}
+
+export class DpWatch extends EventEmitter {
+  state: 'waiting' | 'up' | 'down' = 'waiting';
   readonly events: WatchEvent[] = [];
-  /** Pairs this watcher (or one before it, from the state file) put in BYPASS and will put back in FWD: id -> MAC. */
-  readonly bypassed = new Map<number, string>();
-  private client: DpClient | undefined;
-  private clientRoot: string | undefined;
+  /** Pairs this watcher (or one before it, from the state file) put in BYPASS and will put back in FWD. */
+  readonly bypassed = new Map<number, BypassedPair>();
+  private cur: LiveDp | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private heldTimer: NodeJS.Timeout | undefined;
   private running: Promise<void> = Promise.resolve();
+  /** Switches run one at a time (a death seen by the pidfd while a probe switches pairs back waits for it). */
+  private switching: Promise<unknown> = Promise.resolve();
   private stopped = false;
+  private lastProbeError = '';
+  private stateError = '';
   private readonly dp: Datapath;
   private readonly lg = log('watch');
 
   private constructor(private readonly o: WatchOptions) {
+    super();
     this.dp = Datapath.open(o.pinRoot, o.netns ? { netns: o.netns } : {});
-    for (const b of readWatchState(o.pinRoot)) this.bypassed.set(b.id, b.mac);
+    for (const b of readWatchState(o.pinRoot)) this.bypassed.set(b.id, b);
     if (this.bypassed.size) {
       this.lg.info({ ids: [...this.bypassed.keys()] }, `${this.bypassed.size} pairs a previous watcher put in bypass go back to fwd when the DP answers`);
     }
-  }
-
-  private saveState(): void {
-    writeWatchState(this.o.pinRoot, [...this.bypassed].map(([id, mac]) => ({ id, mac })));
   }
 
   get policy(): FailPolicy {
     return this.o.policy ?? 'closed';
   }
 
-  /** Starts probing at once and every intervalMs. */
+  /** Starts watching: waits for a DP (nothing fails open before one was seen), then follows it. */
   static start(o: WatchOptions): DpWatch {
     const w = new DpWatch(o);
+    w.emitEvent('waiting', 'no DP seen yet: waiting for one (nothing fails open before it was seen alive)', [], 0);
     const tick = () => {
       if (w.stopped) return;
-      w.running = w.probeOnce().catch((e: Error) => w.lg.error({ err: e }, `probe failed: ${e.message}`));
+      w.running = w.probe().catch((e: Error) => {
+        // Once per distinct failure: a condition that lasts is not worth a line per probe.
+        if (e.message !== w.lastProbeError) w.lg.error(`probe failed: ${e.message}`);
+        w.lastProbeError = e.message;
+      });
       void w.running.then(() => {
         if (!w.stopped) w.timer = setTimeout(tick, o.intervalMs ?? 200);
       });
     };
     tick();
+    w.heldTimer = setInterval(() => w.remindHeld(), o.heldLogMs ?? 60000);
     return w;
   }
 
-  /** Resolves with the first event of that state (or at once if it is the state now). */
-  async until(state: 'up' | 'down', timeoutMs = 10000): Promise<WatchEvent | undefined> {
+  /** Resolves with the first event of that state from now (or the last one, if it is the state now). */
+  async until(state: 'up' | 'down' | 'held', timeoutMs = 10000): Promise<WatchEvent | undefined> {
     const n = this.events.length;
     const end = Date.now() + timeoutMs;
-    if (this.state === state) return this.events[this.events.length - 1];
+    if (this.state === state) return this.events.filter((e) => e.state === state).pop();
     while (Date.now() < end) {
       const e = this.events.slice(n).find((x) => x.state === state);
       if (e) return e;
-      await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 5));
     }
     throw new Error(`the watcher saw no '${state}' within ${timeoutMs} ms (state ${this.state})`);
   }
 
-  /** Stops probing. Pairs it switched to BYPASS stay there (logged): FWD without a DP would black-hole them. */
+  /** Stops watching. Pairs it switched to BYPASS stay there (logged): FWD without a DP would black-hole them. */
   async stop(): Promise<void> {
+    if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.heldTimer) clearInterval(this.heldTimer);
     await this.running;
-    this.client?.close();
-    this.client = undefined;
+    await this.switching;
+    if (this.cur) closeDp(this.cur);
+    this.cur = undefined;
     if (this.bypassed.size) {
       this.lg.warn({ ids: [...this.bypassed.keys()], state: watchStatePath(this.o.pinRoot) }, `stopping with ${this.bypassed.size} pairs still in bypass (the DP is gone); the next watcher puts them back`);
     }
     this.dp.close();
   }
 
-  private root(): string | undefined {
-    const r = this.o.dpRoot ?? '';
-    return typeof r === 'function' ? r() : r;
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.switching.then(fn, fn);
+    this.switching = p.catch(() => undefined);
+    return p;
   }
 
   /** Why the DP is not usable now, or undefined when it is. */
-  private async check(): Promise<string | undefined> {
-    const root = this.root();
-    if (root === undefined) return 'no DP process';
-    if (root && !fs.existsSync(`${root}/tmp`)) return `no DP at ${root}`;
-    if (!this.client || this.clientRoot !== root) {
-      this.client?.close();
-      this.client = DpClient.open({ root });
-      this.clientRoot = root;
+  private async health(d: LiveDp): Promise<string | undefined> {
+    if (d.root && !fs.existsSync(`${d.root}/tmp`)) return `no DP at ${d.root}`;
+    if (this.o.keepAlive !== false) {
+      d.client ??= DpClient.open({ root: d.root });
+      try {
+        await d.client.keepAlive(this.o.timeoutMs ?? 300);
+      } catch (e) {
+        // A reply socket in a DP's /tmp dies with that DP: bind again next time.
+        d.client.close();
+        d.client = undefined;
+        return `keep-alive: ${(e as Error).message}`;
+      }
     }
-    try {
-      await this.client.keepAlive(this.o.timeoutMs ?? 300);
-    } catch (e) {
-      // A reply socket in a DP's /tmp dies with that DP: bind again next time.
-      this.client.close();
-      this.client = undefined;
-      return `keep-alive: ${(e as Error).message}`;
-    }
-    if (this.o.checkRing !== false && ringsOn(VTH_IFINDEX, this.o.netns) === 0) return 'no DP ring on vth-neuv';
+    if (this.o.checkRing !== false && packetSocketsOn(d.pid, VTH_IFINDEX) === 0) return 'no DP ring on vth-neuv';
     return undefined;
   }
 
-  private emit(state: 'up' | 'down', why: string, switched: number[], switchMs: number): void {
-    const e: WatchEvent = { time: Date.now(), state, why, switched, switchMs };
-    this.state = state;
+  private emitEvent(state: WatchEvent['state'], why: string, switched: number[], switchMs: number, pid?: number): void {
+    const e: WatchEvent = { time: Date.now(), state, why, switched, switchMs, ...(pid !== undefined ? { pid } : {}) };
+    if (state !== 'held') this.state = state;
     this.events.push(e);
-    this.lg.info({ ...e, policy: this.policy }, `DP ${state}: ${why}${switched.length ? `; ${switched.length} pairs to ${state === 'down' ? 'bypass' : 'fwd'} in ${switchMs.toFixed(1)} ms` : ''}`);
+    const what = state === 'held' ? `${switched.length} pairs held in bypass: ${why}` : `DP ${state}: ${why}${switched.length ? `; ${switched.length} pairs to ${state === 'down' ? 'bypass' : 'fwd'} in ${switchMs.toFixed(1)} ms` : ''}`;
+    if (state === 'held') this.lg.warn({ ids: switched }, what);
+    else this.lg.info({ ...e, policy: this.policy }, what);
     this.o.onEvent?.(e);
+    this.emit('event', e);
+    this.emit(state, e);
   }
 
-  /** One probe: reads the DP's state and applies the policy. */
-  async probeOnce(): Promise<void> {
-    const t0 = Date.now();
-    const why = await this.check();
-    if (why) {
-      // Down (also: still down; a pair put in FWD meanwhile is bypassed too).
-      const switched: number[] = [];
-      const s0 = process.hrtime.bigint();
-      if (this.policy === 'open') {
-        for (const p of (await this.dp.show()).pairs) {
-          if (p.mode !== 'fwd') continue;
-          // Recorded before the switch: a watcher killed between the two leaves a
-          // FWD pair in the file, which the next one finds in FWD and leaves alone.
-          this.bypassed.set(p.id, p.mac ?? '');
-          this.saveState();
-          await this.dp.setMode({ id: p.id }, 'bypass');
-          switched.push(p.id);
-        }
+  /** Writes the state file; a failure is logged once (one line) and never stops a switch. */
+  private saveState(): void {
+    try {
+      writeWatchState(this.o.pinRoot, [...this.bypassed.values()]);
+      if (this.stateError) this.lg.warn(`the watch state file ${watchStatePath(this.o.pinRoot)} is written again`);
+      this.stateError = '';
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (!this.stateError) {
+        this.lg.warn({ path: watchStatePath(this.o.pinRoot) }, `cannot write the watch state file (${msg}): the pairs held in bypass are not recorded for a next watcher or show`);
       }
-      const ms = Number(process.hrtime.bigint() - s0) / 1e6;
-      if (this.state !== 'down' || switched.length) this.emit('down', why, switched, ms);
-      return;
+      this.stateError = msg;
     }
-    if (this.state === 'up') return;
-    if (this.o.onBack && (await this.o.onBack(this.client!)) === false) return;
+  }
+
+  private remindHeld(): void {
+    if (this.stopped || this.state === 'up' || !this.bypassed.size) return;
+    const since = [...this.bypassed.values()].map((b) => b.since).filter(Boolean).sort()[0];
+    this.emitEvent('held', `since ${since ?? 'before this watcher'}, until the DP is back (fail-open)`, [...this.bypassed.keys()], 0);
+  }
+
+  /** Fail-open: every FWD pair to BYPASS, recorded after the switch. Returns the ids switched and the time taken. */
+  private async bypassFwd(): Promise<{ switched: number[]; ms: number }> {
     const switched: number[] = [];
     const s0 = process.hrtime.bigint();
-    if (this.bypassed.size) {
-      const now = new Map((await this.dp.show()).pairs.map((p) => [p.id, p]));
-      for (const [id, mac] of [...this.bypassed]) {
-        const p = now.get(id);
-        // Gone, changed by someone else, or the id now another container's: left alone.
-        if (p && p.mode === 'bypass' && p.mac === mac) {
-          await this.dp.setMode({ id }, 'fwd');
-          switched.push(id);
+    let ms = 0;
+    if (this.policy === 'open') {
+      const since = new Date().toISOString();
+      try {
+        for (const p of await this.dp.modes()) {
+          if (p.mode !== 'fwd') continue;
+          await this.dp.setMode({ id: p.id }, 'bypass');
+          this.bypassed.set(p.id, { id: p.id, mac: p.mac, since });
+          switched.push(p.id);
         }
-        this.bypassed.delete(id);
-        this.saveState();
+      } finally {
+        ms = Number(process.hrtime.bigint() - s0) / 1e6;
+        // The switch went first; a watcher killed right here leaves these pairs unrecorded.
+        if (switched.length) this.saveState();
       }
     }
-    const ms = Number(process.hrtime.bigint() - s0) / 1e6;
-    this.emit('up', this.state === 'unknown' ? 'answering' : `back after ${t0 - (this.events[this.events.length - 1]?.time ?? t0)} ms`, switched, ms);
+    return { switched, ms };
+  }
+
+  /** The DP watched is gone: fail open (or only report, fail-closed). */
+  private goDown(d: LiveDp, why: string): Promise<void> {
+    return this.serial(async () => {
+      if (this.cur !== d) return; // already handled (pidfd and probe both saw it)
+      this.cur = undefined;
+      closeDp(d);
+      const { switched, ms } = await this.bypassFwd();
+      this.emitEvent('down', why, switched, ms, d.pid);
+    });
+  }
+
+  /** A DP answers: follow it (its pidfd armed), then put back the pairs held in BYPASS. */
+  private goUp(d: LiveDp, why: string): Promise<void> {
+    return this.serial(async () => {
+      this.cur = d;
+      void d.pidfd.wait().then(
+        (r) => (r === 'exited' && !this.stopped ? this.goDown(d, `exited (pid ${d.pid})`) : undefined),
+        (e: Error) => this.lg.error(`waiting for the DP's exit: ${e.message}`),
+      );
+      const switched: number[] = [];
+      const s0 = process.hrtime.bigint();
+      if (this.bypassed.size) {
+        const now = new Map((await this.dp.modes()).map((p) => [p.id, p]));
+        for (const [id, b] of [...this.bypassed]) {
+          const p = now.get(id);
+          // Gone, changed by someone else, or the id now another container's: left alone.
+          if (p && p.mode === 'bypass' && p.mac === b.mac) {
+            await this.dp.setMode({ id }, 'fwd');
+            switched.push(id);
+          }
+          this.bypassed.delete(id);
+        }
+        this.saveState();
+      }
+      const ms = Number(process.hrtime.bigint() - s0) / 1e6;
+      this.emitEvent('up', why, switched, ms, d.pid);
+    });
+  }
+
+  /** One probe: the DP followed still healthy, or (none followed) one found and taken up. */
+  async probe(): Promise<void> {
+    const d = this.cur;
+    if (d) {
+      const why = await this.health(d);
+      if (why) await this.goDown(d, why);
+      return;
+    }
+    if (this.state === 'down') {
+      // Still down: a pair put in FWD meanwhile is bypassed too.
+      const { switched, ms } = await this.serial(() => this.bypassFwd());
+      if (switched.length) this.emitEvent('down', 'still down', switched, ms);
+    }
+    const loc = this.o.locate();
+    const pidfd = loc && PidFd.open(loc.pid);
+    if (!loc || !pidfd) return;
+    const cand: LiveDp = { ...loc, pidfd };
+    const t0 = Date.now();
+    const why = await this.health(cand);
+    let ok = !why && !this.stopped;
+    if (ok && this.o.onBack) {
+      cand.client ??= DpClient.open({ root: cand.root });
+      ok = (await this.o.onBack(cand.client)) !== false;
+    }
+    if (!ok || pidfd.exited()) {
+      closeDp(cand);
+      return;
+    }
+    const last = this.events.filter((e) => e.state === 'down').pop();
+    await this.goUp(cand, this.state === 'waiting' ? `answering (pid ${loc.pid})` : `back (pid ${loc.pid}) after ${t0 - (last?.time ?? t0)} ms`);
   }
 }

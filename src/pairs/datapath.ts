@@ -25,7 +25,7 @@ import { DEFAULT_PIN_ROOT, isLoaded, MapName, notLoaded, openProg, Pins } from '
 import { keepQdiscFlag, peerElsewhere, portEntries, redirectPeerAllowed, removePairEntries, writePairEntries } from './entries';
 import { attach, attachState, detach, detachPort, linkPinPath } from '../attach';
 import { ConflictError, NeuvError, NotFoundError, UsageError } from '../errors';
-import { ModeValue, PortEntry, PortFlag, decodeId, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
+import { ModeValue, PortEntry, PortFlag, decodeId, decodePort, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
 import { LinkJson, linkShow } from '../link';
 import { withLock } from '../lock';
 import { checkHome } from '../home';
@@ -296,6 +296,32 @@ export class Datapath {
           if (flowsCleared) res.flowsCleared = flowsCleared;
           log('pairs').debug(res, 'mode switched');
           return res;
+        }),
+      ),
+    );
+  }
+
+  /**
+   * Each pair's id, workload MAC and mode (its vin entry's), from neuv_ids
+   * and neuv_ports alone: what a fail-open switch needs, without show's
+   * hook and counter reads. Pairs without both entries are left out.
+   */
+  async modes(): Promise<Array<{ id: number; mac: string; mode: ModeName | 'mixed' }>> {
+    this.check();
+    return withLock(this.pinRoot, () =>
+      this.ns.run(() =>
+        this.withMaps(['ports', 'ids'], (m) => {
+          const out: Array<{ id: number; mac: string; mode: ModeName | 'mixed' }> = [];
+          for (const [k, v] of m.ids.entries()) {
+            const e = decodeId(v);
+            const vin = m.ports.lookup(u32Key(e.vinIfindex));
+            const vex = m.ports.lookup(u32Key(e.vexIfindex));
+            if (!vin || !vex) continue;
+            const a = decodePort(vin);
+            const b = decodePort(vex);
+            out.push({ id: decodeU32Key(k), mac: formatMac(a.mac), mode: a.mode === b.mode ? (modeName(a.mode) as ModeName) : 'mixed' });
+          }
+          return out.sort((x, y) => x.id - y.id);
         }),
       ),
     );
