@@ -238,9 +238,13 @@ describe('watch: the fail-open supervisor with the stub DP (kernel)', function (
       `${r.lost} of ${r.sent} datagrams lost at ${(perMs * 1000).toFixed(0)}/s = a ${gapMs.toFixed(1)} ms gap (longest pause at the receiver ${r.maxGapMs} ms); load average ${load.toFixed(1)}`);
     assert.equal(modeOf(tt, p1.pair.id), 'bypass');
     assert.equal(r.duplicated, 0);
-    // 20 ms on a machine with a CPU to spare; on a loaded one each wake-up (the DP's exit, the
-    // watcher's thread) waits its turn among load/cpus runnable threads per CPU.
+    assert.match(down.why, /^exited \(pid \d+\)$/, 'seen by its pidfd');
+    // 20 ms with a CPU to spare; on a loaded machine each wake-up (the DP's exit, the watcher's
+    // threads, the DP's backlog of frames lost with it) waits its turn among load/cpus runnable
+    // threads per CPU. Past twice the CPUs (beyond what the suites promise to hold at), only the
+    // old bound (1 s) is checked.
     const perCpu = Math.max(1, Math.ceil(load / os.cpus().length));
-    assert.ok(gapMs <= 20 * perCpu * TIME_SCALE, `the gap is at most 20 ms x ${perCpu} (load ${load.toFixed(1)}): ${gapMs.toFixed(1)} ms, ${r.lost} lost at ${(perMs * 1000).toFixed(0)}/s`);
+    const bound = (perCpu > 2 ? 1000 : 20 * perCpu) * TIME_SCALE;
+    assert.ok(gapMs <= bound, `the gap is at most ${bound} ms (load ${load.toFixed(1)}): ${gapMs.toFixed(1)} ms, ${r.lost} lost at ${(perMs * 1000).toFixed(0)}/s`);
   });
 });

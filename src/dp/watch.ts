@@ -260,8 +260,13 @@ export class DpWatch extends EventEmitter {
     return p;
   }
 
-  /** Why the DP is not usable now, or undefined when it is. */
+  /** Why the DP is not usable now, or undefined when it is; its exit named as such whichever check saw it first. */
   private async health(d: LiveDp): Promise<string | undefined> {
+    const why = await this.check(d);
+    return why && d.pidfd.exited() ? `exited (pid ${d.pid})` : why;
+  }
+
+  private async check(d: LiveDp): Promise<string | undefined> {
     if (d.root && !fs.existsSync(`${d.root}/tmp`)) return `no DP at ${d.root}`;
     if (this.o.keepAlive !== false) {
       d.client ??= DpClient.open({ root: d.root });
