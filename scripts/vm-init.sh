@@ -116,6 +116,8 @@ else
   set --
 fi
 [ -n "${NEUV_VM_LOG_LEVEL:-}" ] && export NEUV_BPF_LOG_LEVEL="$NEUV_VM_LOG_LEVEL"
+# VM_ENV's settings (checked by vm-test.sh: NEUV_NAME=value, no spaces).
+for kv in ${NEUV_VM_ENV:-}; do export "$kv"; done
 # Slower than the host (emulation): scale mocha's timeouts, and tell the tests.
 export NEUV_BPF_TEST_TIME_SCALE="${NEUV_VM_TIME_SCALE:-1}"
 if [ "${NEUV_VM_TIME_SCALE:-1}" -gt 1 ]; then
@@ -124,7 +126,7 @@ fi
 # shellcheck disable=SC2086 # NEUV_VM_TESTS is a list of files/globs
 # (node_modules/.bin/mocha is what `npx --no-install mocha` runs, without
 # npm's start-up, which takes seconds under emulation.)
-NEUV_BPF_REQUIRE_KERNEL=1 node_modules/.bin/mocha --timeout "$NEUV_VM_MOCHA_TIMEOUT" --reporter spec \
+NEUV_BPF_REQUIRE_KERNEL=1 node_modules/.bin/mocha --timeout "$NEUV_VM_MOCHA_TIMEOUT" --reporter dist/test/timing-reporter.js \
   "$color" "$@" $NEUV_VM_TESTS </dev/null
 rc=$?
 set +f

@@ -20,6 +20,8 @@
 #   VM_MOCHA_TIMEOUT=ms  per-test mocha timeout before scaling (default 120000, as make test)
 #   VM_TIME_SCALE=N      multiplies every mocha timeout in the guest (default 4 with tcg, 1 with kvm)
 #   VM_GREP=PATTERN      passed to mocha --grep
+#   VM_ENV='NEUV_X=v ...' test settings for the guest's mocha (NEUV_* names only; values
+#                        without spaces or quotes), e.g. VM_ENV=NEUV_DIFF_FRAMES=20000
 #   VM_ACCEL=kvm|tcg     default: kvm when /dev/kvm is usable, else tcg (emulation)
 #   VM_QEMU_CPU=MODEL    qemu -cpu (default: host with kvm, qemu64 with tcg)
 #   VM_MEM=3G VM_CPUS=2  guest size
@@ -36,6 +38,7 @@ KERNEL=${KERNEL:-${1:-6.1}}
 VM_TESTS=${VM_TESTS:-}
 VM_MOCHA_TIMEOUT=${VM_MOCHA_TIMEOUT:-120000}
 VM_GREP=${VM_GREP:-}
+VM_ENV=${VM_ENV:-}
 VM_MEM=${VM_MEM:-3G}
 VM_CPUS=${VM_CPUS:-2}
 VM_TIMEOUT=${VM_TIMEOUT:-1200}
@@ -51,6 +54,9 @@ done
 BUSYBOX=$(command -v busybox)
 if ldd "$BUSYBOX" >/dev/null 2>&1; then die "$BUSYBOX is not static (install busybox-static)"; fi
 [ -f build/neuv.bpf.o ] && [ -d dist/test ] || die "run 'make build' first"
+for kv in $VM_ENV; do
+  [[ $kv =~ ^NEUV_[A-Z0-9_]+=[A-Za-z0-9_.,:/+-]*$ ]] || die "VM_ENV: '$kv' is not NEUV_NAME=value"
+done
 
 # Default: every kernel suite (a compiled suite that calls requireKernel); the
 # unit suites do not depend on the kernel and run on the host. VM_TESTS=all:
@@ -230,13 +236,14 @@ color=0
   echo "NEUV_VM_MOCHA_TIMEOUT=$(q "$VM_MOCHA_TIMEOUT")"
   echo "NEUV_VM_TIME_SCALE=$(q "$VM_TIME_SCALE")"
   echo "NEUV_VM_GREP=$(q "$VM_GREP")"
+  echo "NEUV_VM_ENV=$(q "$VM_ENV")"
   echo "NEUV_VM_COLOR=$color"
   echo "NEUV_VM_LOG_LEVEL=$(q "${NEUV_BPF_LOG_LEVEL:-}")"
 } >"$tmp/initrd/neuv-vm.conf"
 (cd "$tmp/initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$tmp/initrd.img"
 
 # --- 3. boot -------------------------------------------------------------------
-say "booting $kver ($accel, $VM_CPUS vCPUs, $VM_MEM, timeouts x$VM_TIME_SCALE), tests: $VM_TESTS${VM_GREP:+ --grep $VM_GREP}, timeout ${VM_TIMEOUT}s"
+say "booting $kver ($accel, $VM_CPUS vCPUs, $VM_MEM, timeouts x$VM_TIME_SCALE), tests: $VM_TESTS${VM_GREP:+ --grep $VM_GREP}${VM_ENV:+ with $VM_ENV}, timeout ${VM_TIMEOUT}s"
 
 start=$(date +%s)
 # stdin from /dev/null: the console is output only, so Ctrl-C reaches this
