@@ -13,7 +13,7 @@ import { Dir, emptyStats, encodeStats, Mode, PortFlag, Reason, u32Key, Verdict }
 import { ucmac } from '../src/mac';
 import { DpFixture, globalDelta, statsDelta } from './dp-fixture';
 import { arp, BCAST, frame, GW, ID, ID2, ipv4, ipv6, M, M2, MCAST, OTHER, twoPairs, vlan, withMac } from './frames';
-import { requireKernel, runCleanups } from './helpers';
+import { leakChecks, requireKernel } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC: passed on to the next filter, else the stack
 const SHOT = 2;
@@ -52,7 +52,7 @@ describe('datapath (BPF_PROG_TEST_RUN)', function () {
     vin = dp.lo;
     vex = dp.veth;
   });
-  after(() => runCleanups());
+  leakChecks({ perTest: false });
 
   /** Seeds two pairs; pair 1 (vin = lo, vex = veth end) in `mode`, the DP port is lo unless said otherwise. */
   function seed(mode: number, opts: { flags?: number; mode2?: number; dp?: number; stats?: number[] } = {}) {
@@ -329,7 +329,7 @@ describe('datapath with neuv_set_pkt_type = 0 and a build tag', function () {
     requireKernel(this);
     dp = DpFixture.create({ neuv_set_pkt_type: 0, neuv_build_tag: 0xdeadbeef });
   });
-  after(() => runCleanups());
+  leakChecks({ perTest: false });
 
   it('loads and forwards the same frames the same way', () => {
     const st = twoPairs({ vin: dp.lo, vex: dp.veth, vin2: 31, vex2: 32, dp: dp.lo }, Mode.FWD, { flags: PortFlag.REDIRECT_PEER });

@@ -52,7 +52,7 @@ import { formatMac, ucmac } from '../src/mac';
 import { decide, flowKeyOfFrame, flowKeyString, flowsAfter, Hook, ModelFlow, ModelFlowKey, ModelState, PortEntry, retval } from './model';
 import { DpFixture, globalDelta, kernelAccepts, statsDelta } from './dp-fixture';
 import { ip4, ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP } from './frames';
-import { requireKernel, runCleanups } from './helpers';
+import { leakChecks, requireKernel } from './helpers';
 import type { MapFd } from '../src/bpf';
 import type { Stats } from '../src/layout';
 
@@ -131,7 +131,7 @@ describe('differential: kernel vs model', function () {
     requireKernel(this);
     dp = DpFixture.create();
   });
-  after(() => runCleanups());
+  leakChecks({ perTest: false });
 
   it(`agrees on ${TOTAL} generated frames`, () => {
     const ingresses = [dp.lo, dp.veth];

@@ -1,14 +1,14 @@
 /** Feature probes, `version`, and the clear error for a forced missing feature. */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { cli, kernelState, makeNetns, makePinRoot, oneErrorLine, requireKernel, runCleanups } from './helpers';
+import { cli, kernelState, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel } from './helpers';
 import { features, kernelVersion, resetFeatureCache } from '../src/features';
 
 describe('kernel features', function () {
   before(function () {
     requireKernel(this);
   });
-  afterEach(runCleanups);
+  leakChecks();
 
   it('parses kernel versions', function () {
     assert.deepEqual(kernelVersion('6.1.0-47-amd64'), [6, 1]);

@@ -39,7 +39,7 @@ import { decide } from './model';
 import { monoToWall, viewRecord, formatView } from '../src/trace';
 import { DpFixture, globalDelta, statsDelta } from './dp-fixture';
 import { BCAST, GW, ID, ID2, ICMP, M, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, ip4, ipv6, twoPairs, withMac } from './frames';
-import { cli, makePinRoot, requireKernel, ROOT, runCleanups, sh } from './helpers';
+import { cli, leakChecks, makePinRoot, requireKernel, ROOT, sh } from './helpers';
 import { makePairTopology } from './topology';
 
 const SHOT = 2;
@@ -168,7 +168,7 @@ describe('flow offload (BPF_PROG_TEST_RUN)', function () {
     flowStats = dp.obj.map('neuv_flow_stats');
     pinRoot = path.dirname(dp.obj.mapPinPath('neuv_flows')!);
   });
-  after(() => runCleanups());
+  leakChecks({ perTest: false });
 
   function seed(mode: number, opts: { flags?: number } = {}): void {
     dp.seed({ ...twoPairs({ vin, vex, vin2: 31, vex2: 32, dp: dp.lo }, mode, opts), configFlags: ConfigFlag.FLOWS }, [ID, ID2]);
@@ -436,7 +436,7 @@ describe('flow offload: CLI on a loaded datapath (kernel)', function () {
   before(function () {
     requireKernel(this);
   });
-  after(() => runCleanups());
+  leakChecks();
 
   it('flow allow/deny/list/revoke; pair mode and pair del clear the pair\'s flows; load --flows sizes the map once', function () {
     const t = makePairTopology({ subnet: '10.78.0' });

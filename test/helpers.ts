@@ -209,10 +209,12 @@ export const TIME_SCALE = Math.max(1, Math.floor(Number(process.env.NEUV_BPF_TES
  * The leak check every kernel suite ends with, registered inside its
  * `describe`: cleanups after each test, and after the suite no netns or pin
  * of this process is left (cleanups run first, so only a cleanup that was
- * never registered, or that failed, shows up).
+ * never registered, or that failed, shows up). `{ perTest: false }` for a
+ * suite whose fixture lives from its `before` to its end (a DpFixture): the
+ * cleanups run after the suite only.
  */
-export function leakChecks(): void {
-  afterEach(runCleanups);
+export function leakChecks(opts: { perTest?: boolean } = {}): void {
+  if (opts.perTest !== false) afterEach(runCleanups);
   after(function () {
     runCleanups();
     assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');

@@ -12,12 +12,13 @@ import { checkAgainstBtf, ConfigFlag, decodeConfig, Dir, FlowVerdict, Mode, u32K
 import { ucmac } from '../src/mac';
 import { DpFixture } from './dp-fixture';
 import { GW, ID, M, twoPairs } from './frames';
-import { cli, kernelState, makeNetns, makePinRoot, oneErrorLine, requireKernel, ROOT, runCleanups, sh } from './helpers';
+import { cli, kernelState, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel, ROOT, runCleanups, sh } from './helpers';
 
 const DRIFT_FLAG = path.join(ROOT, 'build', 'fixtures', 'drift-flag.bpf.o');
 const REDIRECT = 7;
 
 describe('hot path: layout check of flags (drift fixture)', function () {
+  leakChecks();
   it('a changed flag value is a layout disagreement', function () {
     const obj = BpfObject.open(DRIFT_FLAG);
     try {
@@ -66,7 +67,7 @@ describe('hot path: flow lookups follow NEUV_CFG_FLOWS (BPF_PROG_TEST_RUN)', fun
     dp = DpFixture.create();
     flows = dp.obj.map('neuv_flows');
   });
-  after(() => runCleanups());
+  leakChecks({ perTest: false });
 
   const flow = { id: ID, proto: 6, src: '10.1.0.2', sport: 40000, dst: '10.1.0.9', dport: 80 };
   const putAllow = () => flows.update(encodeFlowKey(flowKeyOf(flow)), encodeFlow({ verdict: FlowVerdict.ALLOW, deadlineNs: 0n, idleNs: 0n, lastNs: 0n, packets: 0n, bytes: 0n }));
@@ -110,6 +111,7 @@ describe('hot path: flow lookups follow NEUV_CFG_FLOWS (BPF_PROG_TEST_RUN)', fun
 });
 
 describe('hot path: the build tag', function () {
+  leakChecks();
   it('stays in the .rodata bound to every program, with no code reading it', function () {
     requireKernel(this);
     const tag = 0x6b5a4c3d;
