@@ -40,7 +40,7 @@ make build
 echo "vagrant-guest-test: make build took $(( $(date +%s) - start ))s"
 
 export NEUV_BPF_REQUIRE_KERNEL=1 NEUV_BPF_TEST_TIME_SCALE=$scale NEUV_VM_TIME_SCALE=$scale
-mocha=(node_modules/.bin/mocha --require scripts/vm-mocha-scale.js --timeout 120000 --reporter spec)
+mocha=(node_modules/.bin/mocha --require scripts/vm-mocha-scale.js --timeout 120000 --reporter dist/test/timing-reporter.js)
 start=$(date +%s)
 set +e
 case $tests in
