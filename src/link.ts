@@ -69,6 +69,8 @@ export interface LinkJson {
   operstate?: string;
   flags?: string[];
   address?: string;
+  /** A veth's peer in this netns, by name (`ip -d -j`); one in another netns is link_index/link_netnsid. */
+  link?: string;
   link_index?: number;
   link_netnsid?: number;
   linkinfo?: { info_kind?: string };

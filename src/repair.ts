@@ -40,6 +40,7 @@ import { log } from './log';
 import { journalProblems, recoverAll } from './intercept/journal';
 import { formatMac } from './mac';
 import { Datapath, PairView, ShowResult } from './pairs';
+import { isLoopProblem } from './pairs/loops';
 
 const progRoles = (): ProgRole[] => Object.keys(PROGS) as ProgRole[];
 
@@ -226,6 +227,23 @@ function planPair(p: PairView, raw: RawState): PairPlan {
 }
 
 /**
+ * Removes the pairs that make a forwarding loop (src/pairs/loops.ts), one at
+ * a time, lowest id first, looking again after each: when two pairs loop
+ * through each other, removing one is enough and the other stays. Returns
+ * the ids removed (with dryRun: every pair with a loop, none removed).
+ */
+async function removeLoopPairs(dp: Datapath, shown: ShowResult, act: (line: string, fn: () => unknown) => unknown): Promise<Set<number>> {
+  const out = new Set<number>();
+  const loopOf = (p: PairView) => p.problems.find(isLoopProblem);
+  for (let pairs = shown.pairs; ; pairs = (await dp.show()).pairs) {
+    const p = pairs.find((x) => !out.has(x.id) && loopOf(x));
+    if (!p) return out;
+    out.add(p.id);
+    await act(`removed pair id ${p.id}${pairName(p)}: ${loopOf(p)}`, () => dp.delPair({ id: p.id }));
+  }
+}
+
+/**
  * Fixes what can be fixed (see the file comment); with dryRun only says
  * what it would do. The caller has entered the right netns (the CLI's --netns).
  */
@@ -290,10 +308,12 @@ export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): 
       }
     });
 
-    // ---- pairs, through the Datapath API (each call takes the lock itself)
+    // ---- pairs, through the Datapath API (each call takes the lock itself): forwarding loops first
+    const looped = await removeLoopPairs(dp, before.show, act);
+    const pairsNow = looped.size && !dryRun ? (await dp.show()).pairs : before.show.pairs;
     const raw = await withLock(pinRoot, () => readRaw(pinRoot));
-    for (const p of before.show.pairs) {
-      if (!p.problems.length) continue;
+    for (const p of pairsNow) {
+      if (!p.problems.length || looped.has(p.id)) continue;
       const plan = planPair(p, raw);
       switch (plan.kind) {
         case 'del':

@@ -37,6 +37,7 @@ import { clearPairFlows } from '../flows';
 import { MODES, ModeName, PairSpec, PairSelector, PairAdded, ModeChange, PairDeleted, ShowResult, PairStats, StatsSnapshot, DatapathOptions, labelled, modeName, parseModeName, validateSpec, checkBatch } from './spec';
 import { Maps, MapState, LinkInfo, Plan, portAttachKind, readState, resolve, lookupForSelector, planPairs } from './state';
 import { readStats, readGlobal, showPairs } from './show';
+import { peerHere } from './loops';
 
 /**
  * The port-pair API. `Datapath.open(pinRoot)` needs a loaded datapath
@@ -91,12 +92,14 @@ export class Datapath {
   private async links(): Promise<Map<string, LinkInfo>> {
     const raw: LinkJson[] = await this.ns.run(() => linkShow());
     const out = new Map<string, LinkInfo>();
+    const byName = new Map(raw.map((l) => [l.ifname, l]));
     for (const l of raw) {
       out.set(l.ifname, {
         ifindex: l.ifindex,
         name: l.ifname,
         kind: l.linkinfo?.info_kind,
         peerElsewhere: peerElsewhere(l),
+        peerIfindex: peerHere(l, byName),
       });
     }
     return out;
@@ -415,7 +418,10 @@ export class Datapath {
    */
   async show(): Promise<ShowResult> {
     this.check();
-    return withLock(this.pinRoot, () => this.ns.run(() => this.withMaps(['ports', 'ids', 'stats', 'global', 'flowStats'], (m) => showPairs(this.pinRoot, m))));
+    return withLock(this.pinRoot, async () => {
+      const links = new Map([...(await this.links()).values()].map((l) => [l.ifindex, l]));
+      return this.ns.run(() => this.withMaps(['ports', 'ids', 'stats', 'global', 'flowStats'], (m) => showPairs(this.pinRoot, m, links)));
+    });
   }
 
   /** Counters per pair and direction (per-CPU values summed) and the global reason counters. */

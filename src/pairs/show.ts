@@ -7,7 +7,8 @@ import { pinnedProgId } from '../pins';
 import { bcmac, formatMac, ucmac } from '../mac';
 
 import { PairCounters, PortView, PairView, ShowResult, modeName, namedCounters, namedGlobal } from './spec';
-import { Maps, readState } from './state';
+import { LinkInfo, Maps, pairPorts, readState } from './state';
+import { loopProblem } from './loops';
 
 /** neuv_stats[id], plus neuv_flow_stats[id] (FAST, FLOW_DROP) when that map is open; null without a neuv_stats entry. */
 export function readStats(m: Pick<Maps, 'stats'> & Partial<Pick<Maps, 'flowStats'>>, id: number): PairCounters | null {
@@ -27,7 +28,8 @@ export function readGlobal(m: Pick<Maps, 'global'>): Record<(typeof REASON_NAMES
   return namedGlobal(g);
 }
 
-export function showPairs(pinRoot: string, m: Maps): ShowResult {
+/** `links`: this netns's links by ifindex (Datapath.show reads them), for the forwarding-loop check. */
+export function showPairs(pinRoot: string, m: Maps, links?: Map<number, LinkInfo>): ShowResult {
   const st = readState(m);
   const progIds = { vin: pinnedProgId(pinRoot, 'vin'), vex: pinnedProgId(pinRoot, 'vex') };
   const problems: string[] = [];
@@ -98,6 +100,8 @@ export function showPairs(pinRoot: string, m: Maps): ShowResult {
       if (ein.mode !== eex.mode) pp.push(`vin and vex entries disagree on the mode (${modeName(ein.mode)} vs ${modeName(eex.mode)})`);
       if ((ein.flags ^ eex.flags) & PortFlag.IPV6_TO_DP) pp.push('vin and vex entries disagree on ipv6ToDp');
     }
+    const loop = links && g.vin !== undefined && g.vex !== undefined ? pairLoop(st, links, g.vin, g.vex) : undefined;
+    if (loop) pp.push(loop);
     const counters = readStats(m, id);
     if (!counters && (ein || eex)) pp.push('no neuv_stats entry: the pair is not counted');
     const mode: PairView['mode'] = !e ? null : ein && eex && ein.mode !== eex.mode ? 'mixed' : modeName(e.mode);
@@ -132,3 +136,14 @@ export function showPairs(pinRoot: string, m: Maps): ShowResult {
   return { pinRoot: pinRoot, pairs, global: readGlobal(m), problems, consistent };
 }
 
+
+/** A pair's forwarding loop (loops.ts), judged against every other port in neuv_ports. */
+function pairLoop(st: ReturnType<typeof readState>, links: Map<number, LinkInfo>, vinIf: number, vexIf: number): string | undefined {
+  const [vin, vex] = [links.get(vinIf), links.get(vexIf)];
+  if (!vin || !vex) return undefined; // a vanished port is its own problem
+  const name = (i: number) => links.get(i)?.name ?? `ifindex ${i}`;
+  const ports = pairPorts(st, name);
+  ports.delete(vinIf);
+  ports.delete(vexIf);
+  return loopProblem(vin, vex, ports, name)?.line;
+}

@@ -6,6 +6,7 @@ import { ConflictError, NotFoundError, UsageError } from '../errors';
 import { Mode, ModeValue, PortEntry, PortFlag, Role, VBR_IFINDEX, VTH_IFINDEX, decodeId, decodePort, decodeU32Key, u32Key } from '../layout';
 import { validateIfName } from '../link';
 import { formatMac } from '../mac';
+import { loopProblem } from './loops';
 
 import { PairSelector, PairAdded, ValidSpec, labelled, modeName, parsePortId, IdRequest, allocateIds } from './spec';
 
@@ -28,6 +29,8 @@ export interface LinkInfo {
   kind: string | undefined;
   /** The veth's peer lives in another netns. */
   peerElsewhere: boolean;
+  /** The veth's peer's ifindex, when it is in this netns (loops.ts). */
+  peerIfindex?: number;
 }
 
 /** A pair of the batch, resolved against the kernel. */
@@ -45,9 +48,16 @@ export interface Plan {
   ipv6ToDp: boolean;
 }
 
-export function describePair(st: MapState, id: number, name: (i: number) => string): string {
+export function describePair(st: Pick<MapState, 'ids'>, id: number, name: (i: number) => string): string {
   const e = st.ids.get(id);
   return e ? `pair ${name(e.vinIfindex)}/${name(e.vexIfindex)} (id ${id})` : `port entries of id ${id}`;
+}
+
+/** Every port neuv_ports names: ifindex -> "the vin of pair a/b (id 7)" (the ports a peer must not be: loops.ts). */
+export function pairPorts(st: Pick<MapState, 'ports' | 'ids'>, name: (i: number) => string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const [ifindex, e] of st.ports) out.set(ifindex, `the ${e.role === Role.VIN ? 'vin' : 'vex'} of ${describePair(st, e.id, name)}`);
+  return out;
 }
 
 /**
@@ -145,6 +155,14 @@ export function planPairs(valid: ValidSpec[], labels: string[], links: Map<strin
   }
   const peerRefs = new Map<number, number>();
   for (const [ifindex, e] of st.ports) peerRefs.set(e.peerIfindex, ifindex);
+  // Every port that runs (or, with this batch, will run) our programs: a peer of a pair's port must be none (loops.ts).
+  const ports = pairPorts(st, name);
+  valid.forEach((s, i) => {
+    for (const [role, n] of [['vin', s.in], ['vex', s.ex]] as const) {
+      const l = links.get(n);
+      if (l && !ports.has(l.ifindex)) ports.set(l.ifindex, `the ${role} of ${labels[i] || `${s.in}/${s.ex}`}`);
+    }
+  });
   const plans: Array<Plan | undefined> = [];
   const newReqs: Array<{ i: number; req: IdRequest }> = [];
 
@@ -160,6 +178,11 @@ export function planPairs(valid: ValidSpec[], labels: string[], links: Map<strin
       };
       const vin = link(s.in, 'vin');
       const vex = link(s.ex, 'vex');
+      const others = new Map(ports);
+      others.delete(vin.ifindex);
+      others.delete(vex.ifindex);
+      const loop = loopProblem(vin, vex, others, name);
+      if (loop) throw new (loop.otherPair ? ConflictError : UsageError)(`${s.in}/${s.ex}: ${loop.line}`);
       const eIn = st.ports.get(vin.ifindex);
       const eEx = st.ports.get(vex.ifindex);
       const macText = formatMac(s.mac);
