@@ -55,8 +55,10 @@ export interface LoopFound {
 
 /**
  * Why vin/vex would forward frames back into our programs, or undefined.
- * `ports` names every other port that runs our programs (other pairs', the
- * batch's): ifindex -> "the vin of pair id 7" and the like.
+ * `ports` names every port that runs our programs (every pair's, the
+ * batch's): ifindex -> "the vin of pair a/b (id 7)" and the like. This
+ * pair's own ports may be among them: a peer is never its own device, and
+ * one that is the other port is caught first.
  */
 export function loopProblem(vin: LoopPort, vex: LoopPort, ports: Map<number, string>, name: (ifindex: number) => string): LoopFound | undefined {
   const bad = (text: string, otherPair = false): LoopFound => ({ line: `${LOOP_PROBLEM}: ${text}`, otherPair });

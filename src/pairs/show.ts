@@ -142,8 +142,5 @@ function pairLoop(st: ReturnType<typeof readState>, links: Map<number, LinkInfo>
   const [vin, vex] = [links.get(vinIf), links.get(vexIf)];
   if (!vin || !vex) return undefined; // a vanished port is its own problem
   const name = (i: number) => links.get(i)?.name ?? `ifindex ${i}`;
-  const ports = pairPorts(st, name);
-  ports.delete(vinIf);
-  ports.delete(vexIf);
-  return loopProblem(vin, vex, ports, name)?.line;
+  return loopProblem(vin, vex, pairPorts(st, name), name)?.line;
 }

@@ -164,6 +164,7 @@ export function planPairs(valid: ValidSpec[], labels: string[], links: Map<strin
     }
   });
   const plans: Array<Plan | undefined> = [];
+  const loopChecks: Array<() => void> = [];
   const newReqs: Array<{ i: number; req: IdRequest }> = [];
 
   valid.forEach((s, i) => {
@@ -178,11 +179,13 @@ export function planPairs(valid: ValidSpec[], labels: string[], links: Map<strin
       };
       const vin = link(s.in, 'vin');
       const vex = link(s.ex, 'vex');
-      const others = new Map(ports);
-      others.delete(vin.ifindex);
-      others.delete(vex.ifindex);
-      const loop = loopProblem(vin, vex, others, name);
-      if (loop) throw new (loop.otherPair ? ConflictError : UsageError)(`${s.in}/${s.ex}: ${loop.line}`);
+      // After every spec's own checks (a port already in a pair is said as such first, whichever line it is on).
+      loopChecks.push(() =>
+        labelled(label, () => {
+          const loop = loopProblem(vin, vex, ports, name);
+          if (loop) throw new (loop.otherPair ? ConflictError : UsageError)(`${s.in}/${s.ex}: ${loop.line}`);
+        }),
+      );
       const eIn = st.ports.get(vin.ifindex);
       const eEx = st.ports.get(vex.ifindex);
       const macText = formatMac(s.mac);
@@ -237,6 +240,7 @@ export function planPairs(valid: ValidSpec[], labels: string[], links: Map<strin
     });
   });
 
+  for (const c of loopChecks) c();
   if (newReqs.length) {
     const used = new Map<number, string>();
     for (const id of st.ids.keys()) used.set(id, describePair(st, id, name));
