@@ -38,6 +38,7 @@ import { withLock } from './lock';
 import { checkHome } from './home';
 import { log } from './log';
 import { journalProblems, recoverAll } from './intercept/journal';
+import { lostProblems, recoverAllLost } from './intercept/salvage';
 import { formatMac } from './mac';
 import { Datapath, PairView, ShowResult } from './pairs';
 import { isLoopProblem } from './pairs/loops';
@@ -53,7 +54,7 @@ function modeOf(p: string): number {
  * string names the problem and, where repair cannot fix it, the command that does.
  */
 export async function datapathProblems(pinRoot: string): Promise<string[]> {
-  const out: string[] = journalProblems(pinRoot);
+  const out: string[] = [...journalProblems(pinRoot), ...(await lostProblems(pinRoot))];
   if (!isLoaded(pinRoot)) return [...out, `the datapath is not loaded (no maps under ${pinRoot}): run neuv-bpf load`];
   const missing = progRoles().filter((r) => !fs.existsSync(progPinPath(pinRoot, r)));
   if (missing.length) out.push(`program pin${missing.length > 1 ? 's' : ''} ${missing.map((r) => `prog_${r}`).join(', ')} missing under ${pinRoot} (a load was killed?): run neuv-bpf load`);
@@ -253,6 +254,9 @@ export async function repair(pinRoot: string, opts: { dryRun?: boolean } = {}): 
   checkHome(pinRoot); // pairs name ifindexes: only in the netns the datapath lives in
   // Half-done intercepts and releases first (the journal): they change pairs and ports.
   const journal = await recoverAll({ pinRoot, dryRun });
+  const lost = await recoverAllLost(pinRoot, dryRun); // records lost or unreadable: from the kernel's markers
+  journal.actions.push(...lost.actions);
+  journal.left.push(...lost.left);
   for (const a of journal.actions) lg.info({ action: a, dryRun }, dryRun ? 'would repair' : 'repairing');
   if (!isLoaded(pinRoot)) throw notLoaded(pinRoot);
   const dp = Datapath.open(pinRoot);

@@ -147,6 +147,7 @@ export function containerState(t: Topology, c: ContainerNs): Record<string, unkn
   const link = {
     ifname: l.ifname, ifindex: l.ifindex, address: l.address, mtu: l.mtu, txqlen: l.txqlen,
     up: (l.flags as string[]).includes('UP'), addrgen: l.inet6_addr_gen_mode, kind: (l.linkinfo as { info_kind?: string })?.info_kind,
+    alias: l.ifalias,
   };
   const [a] = j('addr', 'show', 'dev', 'eth0');
   const addrs = ((a?.addr_info ?? []) as Array<Record<string, unknown>>)

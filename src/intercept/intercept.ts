@@ -17,6 +17,7 @@ import {
   INTERCEPT_LOCK_WAIT_MS, INTERCEPT_STEPS, checkEnforcer, failpoint, mustBeAbsent, openDatapath, recordIds, recoverTarget, sameNetns, step,
 } from './steps';
 import { ResolvedTarget, Target, portNames, resolveTarget, tempMac } from './target';
+import { encodeMarker, markerKey, markerOf } from './marker';
 
 export interface InterceptOptions {
   pinRoot: string;
@@ -95,7 +96,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
     const undo = new Undo('intercept');
     // The journal record, rewritten before each step: a kill anywhere leaves what repair needs.
     const rec: JournalRecord = {
-      version: 1, op: 'intercept', step: 'down', ...recordIds(t, enf), port, vex, vin, snap,
+      version: 1, op: 'intercept', step: 'mark', ...recordIds(t, enf), port, vex, vin, snap,
       pair: { mode: opts.mode, id: opts.id, ipv6ToDp: opts.ipv6ToDp === true }, time: '',
     };
     const J = (s: string) => writeRecord(opts.pinRoot, { ...rec, step: s });
@@ -106,6 +107,11 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
     let ifindexKept = false;
     let pair: PairAdded;
     try {
+      // The kernel's own record of this intercept (marker.ts): what repair needs if the journal record is lost.
+      const mark = encodeMarker(markerOf(markerKey(opts.pinRoot, rec.enforcer.ino), t.ino, t.tags[0]!, snap));
+      await S('mark', `mark ${port} as being intercepted (its alias)`, () => ctr.ip('link', 'set', 'dev', port, 'alias', mark));
+      undo.push(`alias of ${port}`, () => ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias ?? ''));
+
       await S('down', `take ${port} down`, () => ctr.ip('link', 'set', 'dev', port, 'down'));
       undo.push(`addresses, routes and neighbours of ${port}`, () => restorePort(ctr, snap, port));
 

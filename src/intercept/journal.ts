@@ -31,6 +31,8 @@
  *    whose peer is still on the runtime's bridge) are deleted.
  * `repair` recovers every record of its pin root; `intercept` and `release`
  * recover the record of their container first. Both under the intercept lock.
+ * A record that cannot be read, or is gone, is src/intercept/salvage.ts's:
+ * it recovers from the marker intercept's first step leaves in the kernel.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -191,7 +193,7 @@ export interface Recovered {
 }
 
 /** Deletes the pair of vin/vex, if the datapath is loaded and has one. */
-async function delPairOf(r: JournalRecord, o: RecoverOptions): Promise<number | null> {
+export async function delPairOf(r: JournalRecord, o: RecoverOptions): Promise<number | null> {
   if (!isLoaded(o.pinRoot)) return null;
   const dp = Datapath.open(o.pinRoot, o.enforcer ? { netns: o.enforcer } : {});
   try {
@@ -225,7 +227,8 @@ async function configure(ctr: NsRunner, snap: PortSnapshot, port: string): Promi
   if (snap.txqlen && l.txqlen !== snap.txqlen) set.push('txqueuelen', String(snap.txqlen));
   if (set.length) await ctr.ip('link', 'set', 'dev', port, ...set);
   if (snap.addrGenMode && l.inet6_addr_gen_mode !== snap.addrGenMode) await ctr.ip('link', 'set', 'dev', port, 'addrgenmode', snap.addrGenMode);
-  if (snap.alias && l.ifalias !== snap.alias) await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias);
+  // Its own alias (none, usually): that also removes intercept's marker (src/intercept/marker.ts).
+  if ((l.ifalias ?? '') !== (snap.alias ?? '')) await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias ?? '');
   const cur = await snapshotPort(ctr, port);
   const key = (s: PortSnapshot) => s.addrs.map((a) => `${a.local}/${a.prefixlen}`).sort().join(' ');
   if (cur.up === snap.up && key(cur) === key(snap)) {
@@ -247,7 +250,7 @@ async function originalBack(r: JournalRecord, ctr: NsRunner, enf: NsRunner): Pro
 }
 
 /** Whether the container's port is the intercepting veth whose peer is vin in the enforcer netns. */
-async function interceptedNow(r: JournalRecord, ctr: NsRunner | undefined, enf: NsRunner): Promise<boolean> {
+export async function interceptedNow(r: JournalRecord, ctr: NsRunner | undefined, enf: NsRunner): Promise<boolean> {
   if (!ctr) return false;
   const [vin, vex, cp] = [await enf.link(r.vin), await enf.link(r.vex), await ctr.link(r.port)];
   return !!(vin && vex && cp && cp.linkinfo?.info_kind === 'veth' && cp.link_index === vin.ifindex && vin.link_index === cp.ifindex);

@@ -158,7 +158,8 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
 
       await S('addresses', `give ${port} its addresses`, async () => {
         if (snap.addrGenMode) await ctr.ip('link', 'set', 'dev', port, 'addrgenmode', snap.addrGenMode);
-        if (snap.alias) await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias);
+        // Its own alias back (none, usually): that removes intercept's marker (marker.ts).
+        await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias ?? '');
         await addAddresses(ctr, snap, port);
       });
       undo.push(`remove the addresses of ${port}`, async () => {

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import { ConflictError, ExitCode, NeuvError } from '../errors';
 import { crashPoint } from '../crash';
 import { JournalRecord, findRecord, recoverLocked } from './journal';
+import { recoverLostTarget } from './salvage';
 import { log } from '../log';
 import { Datapath } from '../pairs';
 import { checkHome } from '../home';
@@ -16,7 +17,7 @@ import { ResolvedTarget } from './target';
 
 /** The steps of intercept, in order (names for NEUV_BPF_FAIL_AT=intercept:<step>). */
 export const INTERCEPT_STEPS = [
-  'down', 'flush', 'rename', 'tmpmac', 'move-vex', 'create', 'move-vin', 'enforcer-up', 'pair',
+  'mark', 'down', 'flush', 'rename', 'tmpmac', 'move-vex', 'create', 'move-vin', 'enforcer-up', 'pair',
   'offload', 'addresses', 'up', 'routes', 'commit',
 ] as const;
 /** The steps of release, in order (NEUV_BPF_FAIL_AT=release:<step>). */
@@ -95,8 +96,16 @@ export function recordIds(t: ResolvedTarget, enf: NsRunner): Pick<JournalRecord,
 export async function recoverTarget(
   pinRoot: string, t: ResolvedTarget, port: string, enforcer: string | undefined,
 ): Promise<{ line: string; rec: JournalRecord; intercepted?: undefined } | { intercepted: JournalRecord; completed?: string } | undefined> {
-  const rec = findRecord(pinRoot, t.ino, port);
-  if (!rec) return undefined;
+  let rec = findRecord(pinRoot, t.ino, port);
+  if (!rec) {
+    // No readable record: the kernel's marker may say a lost one was half done (salvage.ts).
+    const lost = await recoverLostTarget(pinRoot, t.path, t.ino, port, enforcer);
+    // No marker either (an unreadable record of an intercept killed before it changed anything): removed, go on.
+    if (!lost?.rec) return undefined;
+    if (!lost.kept) return { line: lost.line, rec: lost.rec };
+    rec = findRecord(pinRoot, t.ino, port);
+    if (!rec) return undefined;
+  }
   const r = await recoverLocked(rec, { pinRoot, enforcer });
   if (!r.intercepted) return { line: r.line, rec };
   return { intercepted: { ...rec, step: 'intercepted' }, ...(rec.step === 'commit' ? { completed: r.line } : {}) };
