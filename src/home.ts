@@ -26,7 +26,7 @@ import { TC_HANDLE, TC_PRIORITY } from './attach';
 import { WrongNetnsError } from './errors';
 import { Home, decodeHome, encodeHome, u32Key } from './layout';
 import { VBR, ifindexIfExists } from './link';
-import { NETNS_DIR } from './netns';
+import { NETNS_DIR, isNetnsFile, netnsPathOf } from './netns';
 import { isLoaded, mapPinPath, pinnedProgId, progPinPath, PROGS } from './pins';
 
 /** The calling thread's netns (setns moves threads: /proc/thread-self). */
@@ -75,39 +75,14 @@ interface NetnsName {
   root?: boolean;
 }
 
-function sameFile(p: string, ino: bigint, dev: bigint): boolean {
-  try {
-    const st = fs.statSync(p, { bigint: true });
-    return st.ino === ino && st.dev === dev;
-  } catch {
-    return false;
-  }
-}
-
 /** A name for a netns given by its nsfs inode: an `ip netns` name, the root netns, a process in it, or the inode. */
 export function nameNetns(ino: bigint, dev: bigint, scanProcs = true): NetnsName {
-  let names: string[] = [];
-  try {
-    names = fs.readdirSync(NETNS_DIR).sort();
-  } catch {
-    /* no named netns */
-  }
-  for (const n of names) {
-    const p = path.join(NETNS_DIR, n);
-    if (sameFile(p, ino, dev)) return { desc: `netns ${n} (${p})`, arg: n };
-  }
-  if (sameFile('/proc/1/ns/net', ino, dev)) return { desc: 'the root netns (of pid 1)', root: true };
+  const named = netnsPathOf(ino, dev, false);
+  if (named) return { desc: `netns ${path.basename(named)} (${named})`, arg: path.dirname(named) === NETNS_DIR ? path.basename(named) : named };
+  if (isNetnsFile('/proc/1/ns/net', ino, dev)) return { desc: 'the root netns (of pid 1)', root: true };
   if (!scanProcs) return { desc: `this netns (inode ${ino}, no name under ${NETNS_DIR})` };
-  let pids: string[] = [];
-  try {
-    pids = fs.readdirSync('/proc').filter((p) => /^[0-9]+$/.test(p));
-  } catch {
-    /* no /proc */
-  }
-  for (const pid of pids) {
-    const p = `/proc/${pid}/ns/net`;
-    if (sameFile(p, ino, dev)) return { desc: `the netns of pid ${pid} (${p}, inode ${ino})`, arg: p };
-  }
+  const p = netnsPathOf(ino, dev, true);
+  if (p) return { desc: `the netns of pid ${p.split('/')[2]} (${p}, inode ${ino})`, arg: p };
   return { desc: `netns inode ${ino} (no name or process holds it: gone?)` };
 }
 

@@ -6,6 +6,7 @@
  * `netns` option).
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { CLONE_NEWNET, setns } from './bpf';
 import { NotFoundError, UsageError } from './errors';
 import { log } from './log';
@@ -64,4 +65,39 @@ export class NetnsScope {
     for (const fd of [this.target, this.home]) if (fd >= 0) fs.closeSync(fd);
     this.target = this.home = -1;
   }
+}
+
+/** Whether the file at p is the nsfs file with this inode and device. */
+export function isNetnsFile(p: string, ino: bigint, dev: bigint): boolean {
+  try {
+    const st = fs.statSync(p, { bigint: true });
+    return st.ino === ino && st.dev === dev;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A path naming the network namespace whose nsfs file has this inode and
+ * device, if it still exists: a name under /var/run/netns or /run/netns
+ * (ip netns and podman mount theirs there), else (with `procs`) a process
+ * in it, /proc/PID/ns/net.
+ */
+export function netnsPathOf(ino: number | bigint, dev: number | bigint, procs = true): string | undefined {
+  const i = BigInt(ino);
+  const d = BigInt(dev);
+  for (const dir of [NETNS_DIR, '/run/netns']) {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(dir).sort();
+    } catch {
+      continue;
+    }
+    for (const n of names) if (isNetnsFile(path.join(dir, n), i, d)) return path.join(dir, n);
+  }
+  if (!procs) return undefined;
+  for (const p of fs.readdirSync('/proc')) {
+    if (/^\d+$/.test(p) && isNetnsFile(`/proc/${p}/ns/net`, i, d)) return `/proc/${p}/ns/net`;
+  }
+  return undefined;
 }

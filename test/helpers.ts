@@ -89,6 +89,11 @@ export function runCleanups(): void {
   }
 }
 
+/** bpftool's JSON output (-j) for args. */
+export function bpftoolJson(args: string[]): unknown {
+  return JSON.parse(sh('bpftool', ['-j', ...args]));
+}
+
 export function sh(cmd: string, args: string[], opts: { allowFail?: boolean; input?: string } = {}): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input });
   if (r.status !== 0 && !opts.allowFail) {

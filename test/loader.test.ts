@@ -6,17 +6,13 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { veth } from '../src/net';
-import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, removeLockFiles, requireKernel, sh, leakChecks } from './helpers';
+import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, removeLockFiles, requireKernel, sh, leakChecks, bpftoolJson } from './helpers';
 import { BpfObject, MapFd } from '../src/bpf';
 import { features } from '../src/features';
 import { checkAgainstBtf, encodeConfig, decodeConfig, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
 
 const DRIFT = path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o');
 const REJECT = path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o');
-
-function bpftoolJson(args: string[]): unknown {
-  return JSON.parse(sh('bpftool', ['-j', ...args]));
-}
 
 for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${kind} attach)`, function () {
   const env = { NEUV_BPF_ATTACH: kind };

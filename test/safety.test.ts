@@ -8,11 +8,13 @@
  * releases the container first: it answers through its original port.
  */
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { ExitCode } from '../src/errors';
 import { Datapath } from '../src/pairs';
 import { HOST_IP4, ping, startServer } from '../src/topology';
 import { InterceptResult } from '../src/intercept';
-import { cli, leakChecks, makePinRoot, oneErrorLine, requireKernel } from './helpers';
+import { bpftoolJson, cli, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel } from './helpers';
 import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
 
 interface Shown {
@@ -126,6 +128,24 @@ describe('safe to operate: operator mistakes on a live node (kernel)', function 
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /replaced programs in place/);
     intact('after a reload');
+  });
+
+  it('a pin root of an older version (no neuv_home): accepted only where vbr-neuv runs its program; the next load records it', function () {
+    const a = makeNetns();
+    const b = makeNetns();
+    const pins = makePinRoot();
+    const inA = (args: string[]) => cli(['--netns', a.name, '--bpffs', pins, ...args]);
+    assert.equal(inA(['load']).code, 0);
+    fs.rmSync(path.join(pins, 'neuv_home')); // as a version before it pinned one
+    for (const r of [cli(['--netns', b.name, '--bpffs', pins, 'show']), cli(['--bpffs', pins, 'repair'])]) {
+      refused(r, ExitCode.WRONG_NETNS, /has no record of its netns \(loaded by an older neuv-bpf\) and vbr-neuv here .* does not run its program: run this in the netns it was loaded in \(--netns\); a load there records it$/, 'no record');
+    }
+    assert.equal(inA(['show']).code, 0, 'its own netns');
+    assert.equal(inA(['load']).code, 0, 'reload where it lives');
+    const home = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_home')]) as Array<{ formatted: { value: { netns_ino: number } } }>;
+    assert.equal(home[0]!.formatted.value.netns_ino, fs.statSync(`/var/run/netns/${a.name}`).ino, 'recorded at the reload');
+    refused(cli(['--netns', b.name, '--bpffs', pins, 'show']), ExitCode.WRONG_NETNS, new RegExp(`belongs to netns ${a.name} `), 'recorded');
+    assert.equal(inA(['unload']).code, 0);
   });
 
   it('unload with an intercepted container is refused: exit 5, listing its pair and container', async function () {

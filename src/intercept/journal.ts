@@ -43,6 +43,7 @@ import { enforcerRunner, NsRunner } from './runner';
 import { PortSnapshot, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
 import { ifindexIfExists } from '../link';
 import { isLoaded } from '../pins';
+import { netnsPathOf } from '../netns';
 import { Datapath } from '../pairs';
 
 export const JOURNAL_VERSION = 1;
@@ -161,21 +162,7 @@ const same = (a: NsId | undefined, b: NsId) => a !== undefined && a.ino === b.in
  */
 export function findNetns(id: NsId & { path: string }): string | undefined {
   if (same(statId(id.path), id)) return id.path;
-  for (const dir of ['/var/run/netns', '/run/netns']) {
-    let names: string[] = [];
-    try {
-      names = fs.readdirSync(dir);
-    } catch {
-      continue;
-    }
-    for (const n of names) if (same(statId(path.join(dir, n)), id)) return path.join(dir, n);
-  }
-  for (const p of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    const f = `/proc/${p}/ns/net`;
-    if (same(statId(f), id)) return f;
-  }
-  return undefined;
+  return netnsPathOf(id.ino, id.dev);
 }
 
 // ================================================================ recovery
