@@ -22,7 +22,7 @@ interface Shown {
 }
 
 describe('safe to operate: operator mistakes on a live node (kernel)', function () {
-  this.timeout(180000);
+  this.timeout(300000); // 11 commands twice over, each a CLI run: 2+ minutes at a load average of 20
   let tt: TestTopology;
   let res: InterceptResult;
   let stateBefore: Record<string, unknown>;
