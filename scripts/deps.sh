@@ -24,6 +24,9 @@ check setpriv util-linux
 check gcc gcc
 check ping iputils-ping
 check python3 python3
+# The service's metrics (test/service.test.ts): promtool check metrics, and a
+# real Prometheus scraping it.
+check promtool prometheus
 check sysctl procps
 # The container suite (test/containers.test.ts, docs/containers.md): rootful
 # podman with netavark, runc (crun refuses hybrid cgroup hierarchies), the

@@ -21,6 +21,7 @@ import { registerRepairCommands } from './cli/repair';
 import { registerMigrateCommands } from './cli/migrate';
 import { registerFlowCommands } from './cli/flow';
 import { registerWatchCommands } from './cli/watch';
+import { registerServeCommands } from './cli/serve';
 
 export type { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
 
@@ -40,6 +41,7 @@ const registrars: CommandRegistrar[] = [
   registerMigrateCommands,
   registerFlowCommands,
   registerWatchCommands,
+  registerServeCommands,
 ];
 
 export { printJson } from './cli/context';

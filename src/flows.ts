@@ -240,6 +240,11 @@ export class Flows {
     return this.map.info.maxEntries;
   }
 
+  /** How many entries the map holds now (offloaded flows, expired ones not yet deleted included). */
+  count(): number {
+    return this.map.keys().length;
+  }
+
   /** The mode of pair `id` as its vin entry says, or undefined if there is no such pair. */
   private pairMode(id: number): string | undefined {
     return Pins.with(this.pinRoot, ['ids', 'ports'], ({ ids, ports }) => {

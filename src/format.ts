@@ -1,9 +1,12 @@
 /**
  * Text output for people: aligned tables and compact numbers/rates. Data
- * output (--json) never goes through here.
+ * output (--json) never goes through here, except bigintAsNumber.
  */
 
 export type Align = 'l' | 'r';
+
+/** JSON.stringify replacer for data output (--json, the service's API): counters (bigint) as numbers. */
+export const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
 
 /** Columns separated by two spaces; `align` per column (default left). Trailing spaces trimmed. */
 export function table(header: string[], rows: string[][], align: Align[] = []): string[] {

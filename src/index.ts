@@ -72,3 +72,5 @@ export {
   exitCodeOf,
 } from './errors';
 export type { ExitCodeValue } from './errors';
+export { ServiceClient, ServiceError, defaultSocketPath } from './service/client';
+export type { Json, Health, ServiceTarget, InterceptRequest, ServiceClientOptions } from './service/client';

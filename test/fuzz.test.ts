@@ -202,7 +202,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
     const program = buildProgram((s) => sink.push(s));
     silence(program, sink);
     // Streaming and topology-building commands: parsed for real, their actions stubbed (they would run until interrupted).
-    for (const c of program.commands) if (['demo', 'trace', 'watch'].includes(c.name())) c.action(() => undefined);
+    for (const c of program.commands) if (['demo', 'trace', 'watch', 'serve'].includes(c.name())) c.action(() => undefined);
     try {
       await program.parseAsync(['node', 'neuv-bpf', ...argv]);
       return { code: 0 };
@@ -366,7 +366,8 @@ async function childMain(cfg: ChildConfig): Promise<void> {
         const p = v.includes('/') ? v : `/var/run/netns/${v}`;
         if (fs.existsSync(p) && !['/proc/self/ns/net', '/proc/1/ns/net'].includes(v)) return true;
       }
-      if (argv[i] === 'demo') return true;
+      // demo builds topologies; serve runs until a signal, loads, and creates a socket wherever --socket says.
+      if (argv[i] === 'demo' || argv[i] === 'serve') return true;
     }
     return false;
   };

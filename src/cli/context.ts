@@ -6,6 +6,7 @@
  */
 import type { Command } from 'commander';
 import { Datapath } from '../pairs';
+import { bigintAsNumber } from '../format';
 
 export interface GlobalOpts {
   netns?: string;
@@ -24,8 +25,7 @@ export interface Ctx {
 /** A command module adds its commands to the program; it gets the context lazily. */
 export type CommandRegistrar = (program: Command, ctx: () => Ctx) => void;
 
-/** JSON.stringify replacer: counters (bigint) as numbers. */
-export const bigintAsNumber = (_k: string, x: unknown) => (typeof x === 'bigint' ? Number(x) : x);
+export { bigintAsNumber };
 
 /** One JSON value on one line (--watch --json). */
 export const jsonLine = (v: unknown) => JSON.stringify(v, bigintAsNumber);

@@ -1,9 +1,7 @@
 /** `neuv-bpf version`: what a bug report needs (package, libbpf, kernel, features). */
 import type { Command } from 'commander';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import type { Ctx } from './context';
-import { PACKAGE_ROOT } from '../root';
+import { packageVersion } from '../root';
 import { features, type Features } from '../features';
 
 export interface VersionInfo {
@@ -14,10 +12,7 @@ export interface VersionInfo {
   probeError?: string;
 }
 
-export function packageVersion(): string {
-  const pkg = JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string };
-  return pkg.version;
-}
+export { packageVersion };
 
 export function versionInfo(): VersionInfo {
   const info: VersionInfo = { version: packageVersion(), node: process.version, features: {} };

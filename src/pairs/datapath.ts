@@ -428,7 +428,7 @@ export class Datapath {
   async stats(): Promise<StatsSnapshot> {
     this.check();
     return this.ns.run(() =>
-      this.withMaps(['ids', 'stats', 'global', 'flowStats'], (m) => {
+      this.withMaps(['ids', 'ports', 'stats', 'global', 'flowStats'], (m) => {
         const ids = new Map<number, { vinIfindex: number; vexIfindex: number }>();
         for (const [k, v] of m.ids.entries()) ids.set(decodeU32Key(k), decodeId(v));
         const keys = m.stats.keys().map(decodeU32Key).sort((a, b) => a - b);
@@ -437,12 +437,19 @@ export class Datapath {
           const c = readStats(m, id);
           if (!c) continue;
           const e = ids.get(id);
+          const port = (ifindex: number | undefined) => {
+            const v = ifindex === undefined ? undefined : m.ports.lookup(u32Key(ifindex));
+            return v ? decodePort(v) : undefined;
+          };
+          const [vinE, vexE] = [port(e?.vinIfindex), port(e?.vexIfindex)];
+          const pe = vinE ?? vexE;
           pairs.push({
             id,
             in: e ? (ifIndexToName(e.vinIfindex) ?? null) : null,
             ex: e ? (ifIndexToName(e.vexIfindex) ?? null) : null,
             vinIfindex: e?.vinIfindex ?? null,
             vexIfindex: e?.vexIfindex ?? null,
+            mode: !pe ? null : vinE && vexE && vinE.mode !== vexE.mode ? 'mixed' : modeName(pe.mode),
             counters: c,
           });
         }

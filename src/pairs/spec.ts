@@ -133,6 +133,8 @@ export interface PairStats {
   ex: string | null;
   vinIfindex: number | null;
   vexIfindex: number | null;
+  /** As in show: the mode of its port entries ('mixed' when they disagree; null without any). */
+  mode: ModeName | 'none' | 'mixed' | null;
   counters: PairCounters;
 }
 
@@ -244,6 +246,28 @@ const SPEC_FIELDS = ['in', 'ex', 'mac', 'mode', 'id', 'ipv6ToDp'] as const;
 const REQUIRED_FIELDS = ['in', 'ex', 'mac'] as const;
 
 /**
+ * One pair spec as parsed JSON (a line of `pair add --file`, an element of
+ * the service's POST /v1/pairs): an object with the fields in, ex, mac,
+ * mode?, id?, ipv6ToDp? and no other, each valid (validateSpec). Errors are
+ * UsageErrors prefixed with `label`.
+ */
+export function parsePairObject(v: unknown, label: string): PairSpec {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new UsageError(`${label}: expected a JSON object like {"in":"vin1","ex":"vex1","mac":"02:00:00:00:00:01"}`);
+  }
+  const o = v as Record<string, unknown>;
+  const unknown = Object.keys(o).filter((k) => !(SPEC_FIELDS as readonly string[]).includes(k));
+  if (unknown.length) {
+    throw new UsageError(`${label}: unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `'${k}'`).join(', ')} (expected ${SPEC_FIELDS.join(', ')})`);
+  }
+  const missing = REQUIRED_FIELDS.filter((k) => o[k] === undefined);
+  if (missing.length) throw new UsageError(`${label}: missing field${missing.length > 1 ? 's' : ''} ${missing.map((k) => `'${k}'`).join(', ')}`);
+  const spec = o as unknown as PairSpec;
+  validateSpec(spec, label);
+  return spec;
+}
+
+/**
  * Parses `pair add --file` input: one JSON object per line with the fields
  * in, ex, mac, mode?, id?, ipv6ToDp?. Blank lines are skipped. Any error
  * (bad JSON, unknown or missing field, bad value, an interface or id used
@@ -263,19 +287,7 @@ export function parsePairLines(text: string, source: string): { specs: PairSpec[
     } catch (e) {
       throw new UsageError(`${label}: not valid JSON (${(e as Error).message})`);
     }
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-      throw new UsageError(`${label}: expected a JSON object like {"in":"vin1","ex":"vex1","mac":"02:00:00:00:00:01"}`);
-    }
-    const o = v as Record<string, unknown>;
-    const unknown = Object.keys(o).filter((k) => !(SPEC_FIELDS as readonly string[]).includes(k));
-    if (unknown.length) {
-      throw new UsageError(`${label}: unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `'${k}'`).join(', ')} (expected ${SPEC_FIELDS.join(', ')})`);
-    }
-    const missing = REQUIRED_FIELDS.filter((k) => o[k] === undefined);
-    if (missing.length) throw new UsageError(`${label}: missing field${missing.length > 1 ? 's' : ''} ${missing.map((k) => `'${k}'`).join(', ')}`);
-    const spec = o as unknown as PairSpec;
-    validateSpec(spec, label);
-    specs.push(spec);
+    specs.push(parsePairObject(v, label));
     labels.push(label);
   }
   if (specs.length === 0) throw new UsageError(`${source}: no pairs (expected one JSON object per line)`);

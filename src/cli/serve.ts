@@ -1,0 +1,34 @@
+/**
+ * `neuv-bpf serve`: the API service of src/service/ until SIGTERM/SIGINT.
+ * A thin shell over Service: parsing, one line when it serves, stop on a signal.
+ */
+import type { Command } from 'commander';
+import type { Ctx } from './context';
+import { printJson } from './context';
+import { Service, parseListenAddress } from '../service';
+
+export function registerServeCommands(program: Command, ctx: () => Ctx): void {
+  program
+    .command('serve')
+    .description(
+      'own the datapath of this netns and pin root (load it if needed, else adopt it as it is) and serve the API ' +
+        '(HTTP/1.1 + JSON on a unix socket, docs/api.md) until SIGTERM/SIGINT; the pinned datapath keeps forwarding when it stops or dies',
+    )
+    .option('--socket <path>', "the API's unix socket, created 0600 (default: /run/neuv-bpf/<pin root>.sock)")
+    .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (bound in the netns the service runs in)')
+    .option('--json', 'print the serving line as JSON')
+    .action(async (o: { socket?: string; metrics?: string; json?: boolean }) => {
+      const c = ctx();
+      const metrics = o.metrics === undefined ? undefined : parseListenAddress(o.metrics);
+      const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics });
+      const i = svc.info;
+      if (c.json) printJson(c, i);
+      else {
+        c.out(`serving pin root ${i.pinRoot} (datapath ${i.datapath}) on ${i.socket}` + (i.metrics ? `, metrics on http://${i.metrics.host.includes(':') ? `[${i.metrics.host}]` : i.metrics.host}:${i.metrics.port}/metrics` : ''));
+      }
+      await new Promise<void>((resolve) => {
+        for (const s of ['SIGINT', 'SIGTERM'] as const) process.once(s, () => resolve());
+      });
+      await svc.stop();
+    });
+}

@@ -1,0 +1,264 @@
+/**
+ * The calls of the service's API (docs/api.md), each a thin shell over the
+ * typed API the CLI uses: Datapath (src/pairs/), intercept/release
+ * (src/intercept/), Flows (src/flows.ts). Those take the pin root's locks
+ * exactly as they do for the CLI, so the CLI and the service never race.
+ * Bodies are validated by the same code as the CLI's input (parsePairObject,
+ * parseModeName, parsePortId, flowKeyFromSpec) before anything changes.
+ */
+import { UsageError } from '../errors';
+import { Flows, FlowSpec, OffloadOptions } from '../flows';
+import { Target, intercept, release } from '../intercept';
+import { isLoaded, notLoaded } from '../pins';
+import { MODE_NAMES } from '../layout';
+import { ADD_MODES, AddModeName, Datapath, PairSpec, parseModeName, parsePairObject, parsePortId } from '../pairs';
+import { packageVersion } from '../root';
+import { objectWith } from './http';
+
+/** What a call gets. */
+export interface CallContext {
+  pinRoot: string;
+  /** Path parameters ({id}). */
+  params: Record<string, string>;
+  query: URLSearchParams;
+  /** The parsed JSON body (undefined when empty); read only for calls that take one. */
+  body: unknown;
+  /** When the service started (ms since the epoch). */
+  started: number;
+}
+
+export interface Route {
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  /** "/v1/pairs/{id}/mode": {name} matches one path segment. */
+  path: string;
+  /** The call reads a JSON body. */
+  body?: boolean;
+  /** Changes state: refused while the service stops. */
+  mutating?: boolean;
+  handle(c: CallContext): Promise<unknown>;
+}
+
+async function withDatapath<T>(pinRoot: string, fn: (dp: Datapath) => Promise<T>): Promise<T> {
+  const dp = Datapath.open(pinRoot);
+  try {
+    return await fn(dp);
+  } finally {
+    dp.close();
+  }
+}
+
+function withFlows<T>(pinRoot: string, fn: (f: Flows) => T): T {
+  const f = Flows.open(pinRoot);
+  try {
+    return fn(f);
+  } finally {
+    f.close();
+  }
+}
+
+/** POST /v1/pairs: one spec object, or an array of them (labelled "pair N" in errors). */
+export function pairSpecsOf(body: unknown): { specs: PairSpec[]; labels: string[]; many: boolean } {
+  if (Array.isArray(body)) {
+    if (body.length === 0) throw new UsageError('no pairs (an empty array)');
+    const labels = body.map((_, i) => `pair ${i + 1}`);
+    return { specs: body.map((v, i) => parsePairObject(v, labels[i]!)), labels, many: true };
+  }
+  if (body === undefined) throw new UsageError('POST /v1/pairs needs a body: a pair spec {"in","ex","mac",...} or an array of them');
+  return { specs: [parsePairObject(body, 'pair')], labels: ['pair'], many: false };
+}
+
+const TARGET_FIELDS = ['pid', 'netns', 'port'] as const;
+
+/** The container of an intercept/release body: exactly one of pid and netns. */
+export function targetOf(o: Record<string, unknown>): Target {
+  if ((o.pid === undefined) === (o.netns === undefined)) throw new UsageError('name the container with exactly one of pid and netns');
+  if (o.pid !== undefined) {
+    if (typeof o.pid !== 'number' || !Number.isSafeInteger(o.pid) || o.pid <= 0) throw new UsageError(`pid ${JSON.stringify(o.pid)} is not a process id`);
+    return { pid: o.pid };
+  }
+  if (typeof o.netns !== 'string' || o.netns === '') throw new UsageError(`netns ${JSON.stringify(o.netns)} is not a path or a name under /var/run/netns`);
+  return { netns: o.netns };
+}
+
+function portOf(o: Record<string, unknown>): string | undefined {
+  if (o.port !== undefined && typeof o.port !== 'string') throw new UsageError(`port ${JSON.stringify(o.port)} must be an interface name`);
+  return o.port as string | undefined;
+}
+
+function boolOf(v: unknown, what: string): boolean | undefined {
+  if (v !== undefined && typeof v !== 'boolean') throw new UsageError(`${what} must be true or false, not ${JSON.stringify(v)}`);
+  return v as boolean | undefined;
+}
+
+const FLOW_FIELDS = ['id', 'proto', 'src', 'dst'] as const;
+
+/** A flow named in a body (the fields of `flow allow|deny|revoke`). */
+export function flowSpecOf(o: Record<string, unknown>): FlowSpec {
+  return { id: parsePortId(o.id), proto: o.proto as FlowSpec['proto'], src: o.src as FlowSpec['src'], dst: o.dst as FlowSpec['dst'] };
+}
+
+function offloadOptionsOf(o: Record<string, unknown>): OffloadOptions {
+  const secs = (v: unknown, what: string): number | undefined => {
+    if (v === undefined) return undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new UsageError(`${what} ${JSON.stringify(v)} is not a positive number of seconds`);
+    return v;
+  };
+  if (o.verdict !== undefined && o.verdict !== 'allow' && o.verdict !== 'deny') throw new UsageError(`verdict ${JSON.stringify(o.verdict)} (expected allow or deny)`);
+  return { verdict: o.verdict as OffloadOptions['verdict'], timeoutS: secs(o.timeoutS, 'timeoutS'), idleS: secs(o.idleS, 'idleS') };
+}
+
+export const ROUTES: Route[] = [
+  {
+    method: 'GET',
+    path: '/v1/health',
+    handle: async (c) => {
+      if (!isLoaded(c.pinRoot)) throw notLoaded(c.pinRoot);
+      return { status: 'ok', pinRoot: c.pinRoot, version: packageVersion(), pid: process.pid, uptimeSeconds: Math.round((Date.now() - c.started) / 1000) };
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/pairs',
+    handle: (c) => withDatapath(c.pinRoot, (dp) => dp.show()),
+  },
+  {
+    method: 'POST',
+    path: '/v1/pairs',
+    body: true,
+    mutating: true,
+    handle: async (c) => {
+      const { specs, labels, many } = pairSpecsOf(c.body);
+      const rs = await withDatapath(c.pinRoot, (dp) => dp.addPairs(specs, { labels }));
+      return many ? rs : rs[0];
+    },
+  },
+  {
+    method: 'PUT',
+    path: '/v1/pairs/{id}/mode',
+    body: true,
+    mutating: true,
+    handle: async (c) => {
+      const id = parsePortId(c.params.id);
+      const o = objectWith(c.body, ['mode'], ['mode'], 'mode body');
+      const mode = parseModeName(o.mode);
+      return withDatapath(c.pinRoot, (dp) => dp.setMode({ id }, mode));
+    },
+  },
+  {
+    method: 'DELETE',
+    path: '/v1/pairs/{id}',
+    mutating: true,
+    handle: async (c) => {
+      const id = parsePortId(c.params.id);
+      return withDatapath(c.pinRoot, (dp) => dp.delPair({ id }));
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/stats',
+    handle: (c) => withDatapath(c.pinRoot, (dp) => dp.stats()),
+  },
+  {
+    method: 'POST',
+    path: '/v1/intercept',
+    body: true,
+    mutating: true,
+    handle: async (c) => {
+      const o = objectWith(c.body, [...TARGET_FIELDS, 'mode', 'id', 'ipv6ToDp'], [], 'intercept body');
+      const target = targetOf(o);
+      const mode = o.mode === undefined ? undefined : (MODE_NAMES[parseModeName(o.mode, ADD_MODES)] as AddModeName);
+      return intercept({
+        pinRoot: c.pinRoot,
+        target,
+        port: portOf(o),
+        mode,
+        id: o.id === undefined ? undefined : parsePortId(o.id),
+        ipv6ToDp: boolOf(o.ipv6ToDp, 'ipv6ToDp'),
+      });
+    },
+  },
+  {
+    method: 'POST',
+    path: '/v1/release',
+    body: true,
+    mutating: true,
+    handle: async (c) => {
+      const o = objectWith(c.body, TARGET_FIELDS, [], 'release body');
+      return release({ pinRoot: c.pinRoot, target: targetOf(o), port: portOf(o) });
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/flows',
+    handle: async (c) => {
+      const id = c.query.get('id');
+      return withFlows(c.pinRoot, (f) => f.list({ id: id === null ? undefined : parsePortId(id) }));
+    },
+  },
+  {
+    method: 'POST',
+    path: '/v1/flows',
+    body: true,
+    mutating: true,
+    handle: async (c) => {
+      const o = objectWith(c.body, [...FLOW_FIELDS, 'verdict', 'timeoutS', 'idleS'], FLOW_FIELDS, 'flow body');
+      const spec = flowSpecOf(o);
+      const opts = offloadOptionsOf(o);
+      return withFlows(c.pinRoot, (f) => f.offload(spec, opts));
+    },
+  },
+  {
+    method: 'DELETE',
+    path: '/v1/flows',
+    body: true,
+    mutating: true,
+    handle: async (c) => {
+      const spec = flowSpecOf(objectWith(c.body, FLOW_FIELDS, FLOW_FIELDS, 'flow body'));
+      return { revoked: withFlows(c.pinRoot, (f) => f.revoke(spec)) ? 1 : 0 };
+    },
+  },
+  {
+    method: 'DELETE',
+    path: '/v1/pairs/{id}/flows',
+    mutating: true,
+    handle: async (c) => {
+      const id = parsePortId(c.params.id);
+      return { id, revoked: withFlows(c.pinRoot, (f) => f.clearPair(id)) };
+    },
+  },
+];
+
+/** A route matched against a request's method and path. */
+export type Match = { route: Route; params: Record<string, string> } | { allowed: string[] } | undefined;
+
+const compiled = ROUTES.map((r) => ({
+  route: r,
+  names: [...r.path.matchAll(/\{(\w+)\}/g)].map((m) => m[1]!),
+  re: new RegExp('^' + r.path.replace(/\{\w+\}/g, '([^/]+)') + '$'),
+}));
+
+/**
+ * The route of (method, path); `{ allowed }` when the path exists for other
+ * methods only; undefined when no route has the path.
+ */
+export function matchRoute(method: string, path: string): Match {
+  const allowed: string[] = [];
+  for (const c of compiled) {
+    const m = c.re.exec(path);
+    if (!m) continue;
+    if (c.route.method !== method) {
+      allowed.push(c.route.method);
+      continue;
+    }
+    const params: Record<string, string> = {};
+    c.names.forEach((n, i) => {
+      try {
+        params[n] = decodeURIComponent(m[i + 1]!);
+      } catch {
+        throw new UsageError(`path segment '${m[i + 1]}' is not valid percent-encoding`);
+      }
+    });
+    return { route: c.route, params };
+  }
+  return allowed.length ? { allowed } : undefined;
+}

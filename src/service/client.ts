@@ -1,0 +1,175 @@
+/**
+ * A typed client of `neuv-bpf serve`'s API (docs/api.md) over its unix
+ * socket, for an agent in Node (and the tests). A refused call throws a
+ * ServiceError carrying the API's exit-code class (`code`, as the CLI's
+ * exit codes) and the HTTP status.
+ *
+ *   const s = new ServiceClient({ socket: '/run/neuv-bpf/_sys_fs_bpf_neuv.sock' });
+ *   const p = await s.addPair({ in: 'vin1', ex: 'vex1', mac: '02:42:ac:11:00:02', mode: 'tap' });
+ *   await s.setMode(p.id, 'fwd');
+ */
+import * as http from 'node:http';
+import { ExitCode, ExitCodeValue, NeuvError } from '../errors';
+import type { FlowSpec, FlowView, OffloadOptions, OffloadResult } from '../flows';
+import type { InterceptResult, ReleaseResult } from '../intercept';
+import { lockDirFile } from '../lock';
+import type { AddModeName, ModeChange, ModeName, PairAdded, PairDeleted, PairSpec, ShowResult, StatsSnapshot } from '../pairs';
+
+/** The default socket of the service for a pin root: /run/neuv-bpf/<pin root>.sock. */
+export function defaultSocketPath(pinRoot: string): string {
+  return lockDirFile(pinRoot, 'sock');
+}
+
+/** A value as it comes out of JSON: the counters (bigint in the API) are numbers. */
+export type Json<T> = T extends bigint ? number : T extends Array<infer U> ? Array<Json<U>> : T extends object ? { [K in keyof T]: Json<T[K]> } : T;
+
+export interface Health {
+  status: 'ok';
+  pinRoot: string;
+  version: string;
+  pid: number;
+  uptimeSeconds: number;
+}
+
+/** The container of intercept/release: exactly one of pid and netns. */
+export type ServiceTarget = { pid: number; port?: string } | { netns: string; port?: string };
+
+export interface InterceptRequest {
+  mode?: AddModeName;
+  id?: number;
+  ipv6ToDp?: boolean;
+}
+
+/** A call the service refused: `code` is the exit-code class (ExitCode), `status` the HTTP status. */
+export class ServiceError extends NeuvError {
+  constructor(
+    message: string,
+    code: ExitCodeValue,
+    readonly status: number,
+  ) {
+    super(message, code);
+    this.name = 'ServiceError';
+  }
+}
+
+export interface ServiceClientOptions {
+  socket: string;
+  /** Per call, ms (default 120 s: an intercept can wait for the intercept lock). */
+  timeoutMs?: number;
+}
+
+export class ServiceClient {
+  readonly socket: string;
+  private readonly timeoutMs: number;
+  private readonly agent: http.Agent;
+
+  constructor(opts: ServiceClientOptions) {
+    this.socket = opts.socket;
+    this.timeoutMs = opts.timeoutMs ?? 120000;
+    this.agent = new http.Agent({ keepAlive: true });
+  }
+
+  /** Closes the kept-alive connections. */
+  close(): void {
+    this.agent.destroy();
+  }
+
+  /** One call: method, path, JSON body; the parsed response, or a ServiceError. */
+  request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const text = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise<T>((resolve, reject) => {
+      const req = http.request(
+        {
+          socketPath: this.socket,
+          agent: this.agent,
+          method,
+          path,
+          headers: text === undefined ? {} : { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) },
+          timeout: this.timeoutMs,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', reject);
+          res.on('end', () => {
+            const raw = Buffer.concat(chunks).toString('utf8');
+            let v: unknown;
+            try {
+              v = raw === '' ? undefined : JSON.parse(raw);
+            } catch {
+              return reject(new ServiceError(`${method} ${path}: the service answered ${res.statusCode} with a body that is not JSON`, ExitCode.FAILURE, res.statusCode ?? 0));
+            }
+            const status = res.statusCode ?? 0;
+            if (status >= 200 && status < 300) return resolve(v as T);
+            const e = v as { error?: unknown; code?: unknown } | undefined;
+            const code = typeof e?.code === 'number' ? (e.code as ExitCodeValue) : ExitCode.FAILURE;
+            reject(new ServiceError(typeof e?.error === 'string' ? e.error : `${method} ${path}: HTTP ${status}`, code, status));
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new ServiceError(`${method} ${path}: no answer from ${this.socket} within ${this.timeoutMs} ms`, ExitCode.FAILURE, 0)));
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        if (e instanceof ServiceError) return reject(e);
+        const why = e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'no service listens there (neuv-bpf serve)' : (e.code ?? e.message);
+        reject(new ServiceError(`${method} ${path}: cannot reach ${this.socket}: ${why}`, e.code === 'EACCES' ? ExitCode.PERMISSION : ExitCode.FAILURE, 0));
+      });
+      req.end(text);
+    });
+  }
+
+  health(): Promise<Health> {
+    return this.request('GET', '/v1/health');
+  }
+
+  /** Every pair (show --json). */
+  pairs(): Promise<Json<ShowResult>> {
+    return this.request('GET', '/v1/pairs');
+  }
+
+  addPair(spec: PairSpec): Promise<PairAdded> {
+    return this.request('POST', '/v1/pairs', spec);
+  }
+
+  /** Many pairs in one call: all or nothing. */
+  addPairs(specs: PairSpec[]): Promise<PairAdded[]> {
+    return this.request('POST', '/v1/pairs', specs);
+  }
+
+  setMode(id: number, mode: ModeName): Promise<ModeChange> {
+    return this.request('PUT', `/v1/pairs/${id}/mode`, { mode });
+  }
+
+  delPair(id: number): Promise<PairDeleted> {
+    return this.request('DELETE', `/v1/pairs/${id}`);
+  }
+
+  stats(): Promise<Json<StatsSnapshot>> {
+    return this.request('GET', '/v1/stats');
+  }
+
+  intercept(target: ServiceTarget, opts: InterceptRequest = {}): Promise<InterceptResult> {
+    return this.request('POST', '/v1/intercept', { ...target, ...opts });
+  }
+
+  release(target: ServiceTarget): Promise<ReleaseResult> {
+    return this.request('POST', '/v1/release', target);
+  }
+
+  flows(filter: { id?: number } = {}): Promise<Array<Json<FlowView>>> {
+    return this.request('GET', `/v1/flows${filter.id === undefined ? '' : `?id=${filter.id}`}`);
+  }
+
+  offload(flow: FlowSpec, opts: OffloadOptions = {}): Promise<Json<OffloadResult>> {
+    return this.request('POST', '/v1/flows', { ...flow, ...opts });
+  }
+
+  /** Removes a flow's entry: revoked 1, or 0 when there was none. */
+  revoke(flow: FlowSpec): Promise<{ revoked: number }> {
+    return this.request('DELETE', '/v1/flows', flow);
+  }
+
+  /** Removes every flow entry of pair `id`. */
+  revokeAll(id: number): Promise<{ id: number; revoked: number }> {
+    return this.request('DELETE', `/v1/pairs/${id}/flows`);
+  }
+}

@@ -1,0 +1,16 @@
+/**
+ * `neuv-bpf serve`: the datapath's owner as a long-running process with an
+ * HTTP/1.1 + JSON API on a unix socket (docs/api.md).
+ *
+ *   http.ts     bounded JSON bodies, JSON errors with the CLI's exit-code classes
+ *   api.ts      the calls, thin shells over Datapath, intercept/release, Flows
+ *   metrics.ts  Prometheus metrics (prom-client), read on scrape
+ *   server.ts   Service: load or adopt, one service per pin root, socket, stop
+ *   client.ts   ServiceClient: the typed client
+ */
+export { Service, serviceLockPath, parseListenAddress, STOP_GRACE_MS } from './server';
+export type { ServiceOptions, ServiceInfo, ListenAddress } from './server';
+export { ServiceClient, ServiceError, defaultSocketPath } from './client';
+export type { Json, Health, ServiceTarget, InterceptRequest, ServiceClientOptions } from './client';
+export { ROUTES } from './api';
+export { MAX_BODY_BYTES, HTTP_STATUS } from './http';

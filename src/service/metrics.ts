@@ -1,0 +1,193 @@
+/**
+ * The service's Prometheus metrics (prom-client, names prefixed neuv_),
+ * read from the pinned maps when scraped (collect callbacks), never polled:
+ * per pair the frames and bytes of each direction and action (the counters
+ * `stats` reads, through Datapath.stats), pairs by mode, the global reason
+ * counters, flow map occupancy, and the API's request latency.
+ */
+import * as http from 'node:http';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Flows } from '../flows';
+import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
+import { log } from '../log';
+import { isLoaded } from '../pins';
+import { Datapath, MODES, StatsSnapshot } from '../pairs';
+
+/** What one scrape reads, once for every metric of the scrape. */
+interface Reading {
+  stats?: StatsSnapshot;
+  flows?: { count: number; capacity: number };
+}
+
+export class ServiceMetrics {
+  readonly registry = new Registry();
+  private readonly latency: Histogram<'method' | 'route' | 'status'>;
+  private reading: Promise<Reading> | undefined;
+
+  constructor(readonly pinRoot: string) {
+    // Not prom-client's default metrics: promtool's lint refuses three of its names (gauges ending in _total).
+    const registers = [this.registry];
+    new Counter({
+      name: 'neuv_process_cpu_seconds_total',
+      help: 'CPU time of the service process (user + system)',
+      registers,
+      collect() {
+        const u = process.cpuUsage();
+        this.reset();
+        this.inc((u.user + u.system) / 1e6);
+      },
+    });
+    new Gauge({
+      name: 'neuv_process_resident_memory_bytes',
+      help: 'Resident memory of the service process',
+      registers,
+      collect() {
+        this.set(process.memoryUsage.rss());
+      },
+    });
+    this.latency = new Histogram({
+      name: 'neuv_api_request_duration_seconds',
+      help: 'Latency of the API calls of neuv-bpf serve, by method, route and HTTP status',
+      labelNames: ['method', 'route', 'status'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    const read = () => this.read();
+    const pairLabels = ['id', 'in', 'ex', 'direction', 'action'] as const;
+    for (const [name, field, help] of [
+      ['neuv_pair_frames_total', 'packets', 'Frames of a pair by direction (to_wl, from_wl) and action (the verdicts of neuv_stats and neuv_flow_stats)'],
+      ['neuv_pair_bytes_total', 'bytes', 'Bytes of a pair by direction and action'],
+    ] as const) {
+      new Counter({
+        name,
+        help,
+        labelNames: pairLabels,
+        registers,
+        async collect() {
+          const { stats } = await read();
+          this.reset();
+          for (const p of stats?.pairs ?? []) {
+            for (const d of DIR_NAMES) {
+              for (const v of VERDICT_NAMES) {
+                this.inc({ id: String(p.id), in: p.in ?? '', ex: p.ex ?? '', direction: d, action: v }, Number(p.counters[d][v][field]));
+              }
+            }
+          }
+        },
+      });
+    }
+    new Gauge({
+      name: 'neuv_pairs',
+      help: 'Port pairs by mode (mixed: its two port entries disagree; none: no port entry)',
+      labelNames: ['mode'],
+      registers,
+      async collect() {
+        const { stats } = await read();
+        this.reset();
+        if (!stats) return;
+        const n = new Map<string, number>([...MODES, 'mixed', 'none'].map((m) => [m, 0]));
+        for (const p of stats.pairs) n.set(p.mode ?? 'none', (n.get(p.mode ?? 'none') ?? 0) + 1);
+        for (const [mode, count] of n) this.set({ mode }, count);
+      },
+    });
+    new Counter({
+      name: 'neuv_frames_by_reason_total',
+      help: "Frames the programs passed or dropped outside a pair's verdicts, by reason (neuv_global)",
+      labelNames: ['reason'],
+      registers,
+      async collect() {
+        const { stats } = await read();
+        this.reset();
+        for (const r of REASON_NAMES) if (r !== 'none' && stats) this.inc({ reason: r }, Number(stats.global[r]));
+      },
+    });
+    new Gauge({
+      name: 'neuv_flows',
+      help: 'Entries in the flow offload map neuv_flows',
+      registers,
+      async collect() {
+        const { flows } = await read();
+        this.reset();
+        if (flows) this.set(flows.count);
+      },
+    });
+    new Gauge({
+      name: 'neuv_flows_capacity',
+      help: 'Size (max_entries) of the flow offload map neuv_flows',
+      registers,
+      async collect() {
+        const { flows } = await read();
+        this.reset();
+        if (flows) this.set(flows.capacity);
+      },
+    });
+    new Gauge({
+      name: 'neuv_datapath_loaded',
+      help: '1 when the datapath is loaded at the pin root the service serves',
+      registers,
+      collect() {
+        this.set(isLoaded(pinRoot) ? 1 : 0);
+      },
+    });
+  }
+
+  /** Records one API call. */
+  observe(method: string, route: string, status: number, seconds: number): void {
+    this.latency.observe({ method, route, status: String(status) }, seconds);
+  }
+
+  /** The maps as of this scrape: one read shared by the metrics of one scrape. */
+  private read(): Promise<Reading> {
+    if (!this.reading) {
+      this.reading = this.readNow();
+      void this.reading.finally(() => setImmediate(() => (this.reading = undefined)));
+    }
+    return this.reading;
+  }
+
+  private async readNow(): Promise<Reading> {
+    if (!isLoaded(this.pinRoot)) return {};
+    const out: Reading = {};
+    try {
+      const dp = Datapath.open(this.pinRoot);
+      try {
+        out.stats = await dp.stats();
+      } finally {
+        dp.close();
+      }
+      if (Flows.available(this.pinRoot)) {
+        const f = Flows.open(this.pinRoot);
+        try {
+          out.flows = { count: f.count(), capacity: f.capacity };
+        } finally {
+          f.close();
+        }
+      }
+    } catch (e) {
+      log('service').warn({ err: (e as Error).message }, 'metrics: reading the maps failed');
+    }
+    return out;
+  }
+
+  /** The /metrics endpoint (anything else: 404). */
+  handler(): http.RequestListener {
+    return (req, res) => {
+      const url = (req.url ?? '/').split('?')[0];
+      if (url !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
+        res.writeHead(404, { 'Content-Type': 'text/plain' });
+        res.end('not found: metrics are at GET /metrics\n');
+        return;
+      }
+      this.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { 'Content-Type': this.registry.contentType });
+          res.end(req.method === 'HEAD' ? undefined : text);
+        },
+        (e: Error) => {
+          res.writeHead(500, { 'Content-Type': 'text/plain' });
+          res.end(`metrics failed: ${e.message}\n`);
+        },
+      );
+    };
+  }
+}
