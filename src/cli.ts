@@ -5,7 +5,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
-import { ExitCode, UsageError, exitCodeOf, oneLine } from './errors';
+import { ErrorReport, ExitCode, UsageError, errorReport, formatError } from './errors';
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
 import { checkPrivileges, pinRootFrom } from './pins';
@@ -98,27 +98,42 @@ export async function main(argv: string[] = process.argv): Promise<number> {
     await program.parseAsync(argv);
     return (process.exitCode = ExitCode.OK);
   } catch (e) {
-    if (e instanceof CommanderError) {
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
-        return (process.exitCode = ExitCode.OK);
-      }
-      process.stderr.write(`neuv-bpf: ${e.message.replace(/^error: /, '').replace(/\s*\n+/g, ' ')}\n`); // one line: commander adds "(Did you mean ...?)" on a line of its own
-      return (process.exitCode = ExitCode.USAGE);
+    if (e instanceof CommanderError && (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help')) {
+      return (process.exitCode = ExitCode.OK);
     }
-    const code = exitCodeOf(e);
-    process.stderr.write(`neuv-bpf: ${oneLine(e)}\n`);
-    const verifierLog = (e as { verifierLog?: string }).verifierLog;
-    if (verifierLog) {
-      // After the one error line, at any level: the end of the refused program's verifier log.
-      const tail = verifierTail(verifierLog);
-      if (tail.length) process.stderr.write(tail.join('\n') + '\n');
-      log('cli').debug({ verifierLog }, 'verifier log');
-    }
-    if (!(e instanceof UsageError)) log('cli').debug({ err: e }, 'failure details');
-    return (process.exitCode = code);
+    return (process.exitCode = printError(e, jsonWanted(argv)));
   } finally {
     stopCommandTrace();
   }
+}
+
+/** --json given as a word of its own (before any "--"): errors are JSON then, even one commander found before any option was applied. */
+function jsonWanted(argv: string[]): boolean {
+  const end = argv.indexOf('--');
+  return argv.slice(2, end < 0 ? undefined : end).includes('--json');
+}
+
+/**
+ * The CLI's one error printer: any failure as one line on stderr
+ * ("neuv-bpf: ..." or a JSON object, at most MAX_ERROR_BYTES), its details
+ * (a stack, a raw library message) only in the debug log. Returns the exit code.
+ */
+export function printError(e: unknown, json: boolean): number {
+  const r: ErrorReport =
+    e instanceof CommanderError
+      ? // commander adds "(Did you mean ...?)" on a line of its own: formatError keeps it on the line
+        { error: e.message.replace(/^error: /, ''), code: ExitCode.USAGE }
+      : errorReport(e);
+  process.stderr.write(formatError(r, json) + '\n');
+  const verifierLog = (e as { verifierLog?: string } | undefined)?.verifierLog;
+  if (verifierLog) {
+    // After the one error line, at any level: the end of the refused program's verifier log (not under --json: one object).
+    const tail = verifierTail(verifierLog);
+    if (tail.length && !json) process.stderr.write(tail.join('\n') + '\n');
+    log('cli').debug({ verifierLog }, 'verifier log');
+  }
+  if (!(e instanceof UsageError) && !(e instanceof CommanderError)) log('cli').debug({ err: e }, 'failure details');
+  return r.code;
 }
 
 /** An instruction line of a verifier log: "12: (71) r1 = *(u8 *)(r1 +20)". */

@@ -142,8 +142,93 @@ export function exitCodeOf(err: unknown): number {
   return ExitCode.FAILURE;
 }
 
-/** The one line printed for an error. */
+
+// ---------------------------------------------------------------- the error line
+
+/** Longest error line the CLI prints, in bytes, "neuv-bpf: " included (docs/datapath.md §6). */
+export const MAX_ERROR_BYTES = 1000;
+/** Longest run of characters without a space an error line keeps (a value echoed back). */
+export const MAX_ECHO_CHARS = 100;
+
+/** Cuts s to at most maxBytes bytes of UTF-8 (never inside a character), "..." marking a cut. */
+function cutBytes(s: string, maxBytes: number): string {
+  if (Buffer.byteLength(s) <= maxBytes) return s;
+  const b = Buffer.from(s.slice(0, maxBytes)); // at most 4 bytes per code unit: enough
+  let end = maxBytes - 3;
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--; // back to a character's first byte
+  return b.subarray(0, end).toString() + '...';
+}
+
+/** A value to echo in a message, cut to `max` characters with "..." (never inside a surrogate pair). */
+export function cutValue(s: string, max = MAX_ECHO_CHARS): string {
+  if (s.length <= max) return s;
+  const end = /[\ud800-\udbff]/.test(s[max - 1]!) ? max - 1 : max;
+  return `${s.slice(0, end)}...`;
+}
+
+/**
+ * A message as one bounded line: line breaks become spaces, other control
+ * characters \xNN (an interface name can hold an escape sequence), every
+ * run of more than MAX_ECHO_CHARS characters without a space is cut, and the
+ * whole is at most maxBytes bytes. The one place where error lines are bounded.
+ */
+export function boundedLine(msg: string, maxBytes = MAX_ERROR_BYTES): string {
+  // Linear scans only (a message may echo megabytes of --file input).
+  const flat = msg
+    .replace(/[\r\n\t]+/g, ' ')
+    .replace(/ {2,}/g, ' ')
+    .replace(new RegExp(`[^ ]{${MAX_ECHO_CHARS + 1},}`, 'g'), (w) => cutValue(w))
+    // eslint-disable-next-line no-control-regex
+    .replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return cutBytes(flat.trim(), maxBytes);
+}
+
+/** What the CLI reports for a failure: the line (without "neuv-bpf: "), the exit code, the errno name if the kernel refused. */
+export interface ErrorReport {
+  error: string;
+  code: number;
+  errno?: string;
+}
+
+/**
+ * Any thrown value as an ErrorReport. Our typed errors keep their message;
+ * anything else (a bug: a Node or koffi error that escaped) becomes one
+ * generic line, since its raw message and stack are not for the user (the
+ * caller logs them at debug level).
+ */
+export function errorReport(err: unknown): ErrorReport {
+  if (err instanceof NeuvError) {
+    return { error: err.message, code: err.code, ...(err.errno !== undefined ? { errno: errnoName(err.errno) } : {}) };
+  }
+  const sys = err as Partial<NodeJS.ErrnoException> | undefined;
+  if (sys && typeof sys.code === 'string' && /^E[A-Z0-9]+$/.test(sys.code) && typeof sys.errno === 'number') {
+    const what = typeof sys.syscall === 'string' ? ` in ${sys.syscall}` : '';
+    return {
+      error: `unexpected failure${what}: ${errnoSentence(sys.errno)} (${sys.code}) (--log-level debug logs the details)`,
+      code: ExitCode.FAILURE,
+      errno: sys.code,
+    };
+  }
+  const name = err instanceof Error && /^[A-Za-z]{1,40}$/.test(err.name) ? err.name : 'error';
+  return { error: `internal error (${name}): a bug in neuv-bpf, not a refusal of the input (--log-level debug logs the details)`, code: ExitCode.FAILURE };
+}
+
+/**
+ * The text the CLI writes to stderr for a failure: "neuv-bpf: <line>", or
+ * under --json one JSON object {"error", "code", "errno"?} on one line, both
+ * at most MAX_ERROR_BYTES bytes.
+ */
+export function formatError(r: ErrorReport, json: boolean): string {
+  if (!json) return boundedLine(`neuv-bpf: ${r.error}`);
+  let max = MAX_ERROR_BYTES - 40;
+  for (;;) {
+    const s = JSON.stringify({ error: boundedLine(r.error, max), code: r.code, ...(r.errno ? { errno: r.errno } : {}) });
+    if (Buffer.byteLength(s) <= MAX_ERROR_BYTES) return s;
+    max -= Math.max(10, Buffer.byteLength(s) - MAX_ERROR_BYTES); // JSON escapes made it longer
+  }
+}
+
+/** An error's message as one bounded line (boundedLine); a bug's raw message is not shown: use errorReport for what to print. */
 export function oneLine(err: unknown): string {
-  const msg = err instanceof Error ? err.message : String(err);
-  return msg.split('\n')[0] ?? msg;
+  return boundedLine(errorReport(err).error);
 }

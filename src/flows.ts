@@ -16,7 +16,7 @@
  */
 import * as fs from 'node:fs';
 import { MapFd } from './bpf';
-import { NotFoundError, UsageError } from './errors';
+import { NotFoundError, UsageError, cutValue } from './errors';
 import { enableFlowLookups } from './dp-config';
 import {
   FlowEntry,
@@ -39,6 +39,7 @@ import {
 } from './layout';
 import { log } from './log';
 import { Pins, mapPinPath } from './pins';
+import { FLOW_SECONDS, IP_PROTO, L4_PORT, PORT_ID, parseDecimal, parseInteger } from './numbers';
 
 // ================================================================ types
 
@@ -99,15 +100,12 @@ export interface OffloadResult extends FlowView {
 const PROTO_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp' };
 
 export function parseProto(p: string | number): number {
-  if (typeof p === 'number') {
-    if (!Number.isInteger(p) || p < 0 || p > 255) throw new UsageError(`IP protocol ${p} is out of range (0..255)`);
-    return p;
-  }
+  if (typeof p === 'number') return parseInteger(p, 'IP protocol', IP_PROTO);
   const s = String(p).trim().toLowerCase();
   const named = Object.entries(PROTO_NAMES).find(([, n]) => n === s);
   if (named) return Number(named[0]);
-  if (/^[0-9]+$/.test(s)) return parseProto(Number(s));
-  throw new UsageError(`unknown protocol '${p}' (expected tcp, udp, icmp or a number 0..255)`);
+  if (/^[0-9]+$/.test(s)) return parseInteger(s, 'IP protocol', IP_PROTO);
+  throw new UsageError(`unknown protocol ${JSON.stringify(cutValue(String(p)))} (expected tcp, udp, icmp or a number 0..255)`);
 }
 
 export function protoName(n: number): string {
@@ -120,9 +118,9 @@ export function parseEndpoint(e: Endpoint, what: string): { addr: string; port: 
   let port: number;
   if (typeof e === 'string') {
     const m = /^([0-9.]+)(?::([0-9]+))?$/.exec(e.trim());
-    if (!m) throw new UsageError(`${what} '${e}' is not ADDR or ADDR:PORT (IPv4)`);
+    if (!m) throw new UsageError(`${what} ${JSON.stringify(cutValue(e))} is not ADDR or ADDR:PORT (IPv4)`);
     addr = m[1]!;
-    port = m[2] === undefined ? 0 : Number(m[2]);
+    port = m[2] === undefined ? 0 : parseInteger(m[2], `${what} port`, L4_PORT);
   } else {
     addr = e.addr;
     port = e.port ?? 0;
@@ -130,15 +128,15 @@ export function parseEndpoint(e: Endpoint, what: string): { addr: string; port: 
   try {
     addr = formatIpv4(ipv4Bytes(addr));
   } catch {
-    throw new UsageError(`${what} address '${addr}' is not an IPv4 address`);
+    throw new UsageError(`${what} address ${JSON.stringify(cutValue(String(addr)))} is not an IPv4 address`);
   }
-  if (!Number.isInteger(port) || port < 0 || port > 0xffff) throw new UsageError(`${what} port ${port} is out of range (0..65535)`);
+  port = parseInteger(port, `${what} port`, L4_PORT);
   return { addr, port };
 }
 
 /** Validates a spec and gives its normalised key (the same for both directions). */
 export function flowKeyFromSpec(f: FlowSpec): FlowKey {
-  if (!Number.isInteger(f.id) || f.id < 0 || f.id > 0xffff) throw new UsageError(`pair id ${f.id} is out of range (0..65535)`);
+  parseInteger(f.id, 'pair id', PORT_ID);
   const proto = parseProto(f.proto);
   const s = parseEndpoint(f.src, 'source');
   const d = parseEndpoint(f.dst, 'destination');
@@ -147,10 +145,10 @@ export function flowKeyFromSpec(f: FlowSpec): FlowKey {
   return flowKeyOf({ id: f.id, proto, src: s.addr, sport: s.port, dst: d.addr, dport: d.port });
 }
 
+/** A timeout in nanoseconds; none (0) when not given or 0, else in FLOW_SECONDS. */
 function seconds(v: number | undefined, what: string): bigint {
   if (v === undefined || v === 0) return 0n;
-  if (!Number.isFinite(v) || v < 0) throw new UsageError(`${what} ${v} must be a number of seconds >= 0`);
-  return BigInt(Math.round(v * 1e9));
+  return BigInt(Math.round(parseDecimal(v, what, FLOW_SECONDS) * 1e9));
 }
 
 /** The value to write: deadline from `now`, idle timeout, counters zero, last_ns 0 (the idle clock starts at the first frame). */

@@ -7,8 +7,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLONE_NEWNET, setns } from './bpf';
-import { NotFoundError, UsageError } from './errors';
+import { CLONE_NEWNET, nsType, setns } from './bpf';
+import { NotFoundError, UsageError, cutValue } from './errors';
+import { fileKind, openPath, reopen } from './input';
 import { log } from './log';
 
 export const NETNS_DIR = '/var/run/netns';
@@ -17,18 +18,45 @@ export const NETNS_DIR = '/var/run/netns';
 export function netnsPath(nameOrPath: string): string {
   if (nameOrPath.includes('/')) return nameOrPath;
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(nameOrPath) || nameOrPath === '.' || nameOrPath === '..') {
-    throw new UsageError(`network namespace name '${nameOrPath}' is not valid`);
+    throw new UsageError(`network namespace name '${cutValue(nameOrPath)}' is not valid`);
   }
   return `${NETNS_DIR}/${nameOrPath}`;
 }
 
-/** Opens a netns for setns (the caller closes the fd). */
+/** statfs(2) f_type of nsfs, the file system of /proc/PID/ns/* and their bind mounts. */
+const NSFS_MAGIC = 0x6e736673;
+const NS_TYPES: Record<number, string> = { 0x20000: 'mount', 0x2000000: 'cgroup', 0x4000000: 'UTS', 0x8000000: 'IPC', 0x10000000: 'user', 0x20000000: 'PID', 0x80: 'time' };
+
+/**
+ * Opens a netns for setns (the caller closes the fd). The path must be a
+ * network namespace: a regular file of nsfs (/proc/PID/ns/net, or a bind
+ * mount of one as under /var/run/netns) whose type is CLONE_NEWNET. Anything
+ * else (/etc/passwd, a directory, a FIFO, a mount namespace) is a usage
+ * error before setns, never opened for real (openPath).
+ */
 function openNetns(nameOrPath: string): number {
   const p = netnsPath(nameOrPath);
+  const label = `network namespace ${cutValue(nameOrPath)}`;
+  const expected = 'expected /proc/PID/ns/net, or a name or bind mount under /var/run/netns';
+  let o: { fd: number; st: fs.Stats };
   try {
-    return fs.openSync(p, 'r');
-  } catch {
-    throw new NotFoundError(`network namespace ${nameOrPath} not found (${p})`);
+    o = openPath(p, 'network namespace');
+  } catch (e) {
+    if (e instanceof NotFoundError) throw new NotFoundError(`${label} not found${p === nameOrPath ? "" : ` (${cutValue(p)})`}`);
+    throw e;
+  }
+  try {
+    if (!o.st.isFile()) throw new UsageError(`${label} is ${fileKind(o.st)}, not a network namespace (${expected})`);
+    if (fs.statfsSync(`/proc/self/fd/${o.fd}`).type !== NSFS_MAGIC) throw new UsageError(`${label} is a file, not a network namespace (${expected})`);
+    const fd = reopen(o, 'network namespace', p);
+    const type = nsType(fd);
+    if (type !== undefined && type !== CLONE_NEWNET) {
+      fs.closeSync(fd);
+      throw new UsageError(`${label} is a ${NS_TYPES[type] ?? 'another'} namespace, not a network namespace (${expected})`);
+    }
+    return fd;
+  } finally {
+    fs.closeSync(o.fd);
   }
 }
 

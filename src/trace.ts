@@ -13,7 +13,7 @@
  */
 import * as fs from 'node:fs';
 import { LOCK_EX, LOCK_NB, LOCK_UN, MapFd, RingBuffer, flock, ifIndexToName, ifNameToIndex } from './bpf';
-import { ConflictError, NeuvError, NotFoundError, UsageError } from './errors';
+import { ConflictError, NeuvError, NotFoundError } from './errors';
 import {
   ConfigFlag,
   DIR_NAMES,
@@ -44,14 +44,6 @@ export const RENEW_MS = 1000;
 
 /** Which frames to trace: every frame, or those of one pair. */
 export type TraceFilter = { all: true } | { id: number } | { in: string };
-
-/** Parses a pair id: decimal or 0x-prefixed hex, 0..65535. */
-export function parseTraceId(s: string): number {
-  const t = s.trim();
-  const n = /^0x[0-9a-f]+$/i.test(t) ? parseInt(t.slice(2), 16) : /^[0-9]+$/.test(t) ? Number(t) : NaN;
-  if (!Number.isInteger(n) || n < 0 || n > 0xffff) throw new UsageError(`pair id '${s}' is not an integer in 0..65535 (decimal or 0x hex)`);
-  return n;
-}
 
 // ---------------------------------------------------------------- records as data and text
 

@@ -150,7 +150,7 @@ describe('bad input matrix (kernel)', function () {
     { what: 'pair add: pin root where nothing is loaded', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vex2', '--mac', MAC2], globals: ['--netns', enf.name, '--bpffs', nonePins()], code: 4, re: /the datapath is not loaded/ },
 
     // ---- load
-    { what: 'load: object file missing', args: ['load', '--obj', '/nonexistent/neuv.bpf.o'], code: 4, re: /BPF object \/nonexistent\/neuv.bpf.o not found/ },
+    { what: 'load: object file missing', args: ['load', '--obj', '/nonexistent/neuv.bpf.o'], code: 4, re: /--obj \/nonexistent\/neuv.bpf.o not found/ },
     { what: 'load: object the verifier refuses', args: ['load', '--obj', path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o')], code: 6, re: /neuv_vbr|verifier|Permission denied|Invalid argument/, verifierLog: true },
     { what: 'load: object with drifted layouts', args: ['load', '--obj', path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o')], code: 6, re: /does not match the loader's map layouts/ },
     { what: 'load: not an ELF object', args: ['load', '--obj', '/etc/hostname'], code: 6, re: /hostname/ },
@@ -178,14 +178,14 @@ describe('bad input matrix (kernel)', function () {
     { what: 'the same interface twice', args: ['pair', 'add', '--in', 'vin2', '--ex', 'vin2', '--mac', MAC2], code: 2, re: /in and ex are the same interface/ },
     { what: 'existing pair with another MAC', args: ['pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC2], code: 5, re: /already exists with MAC/ },
     { what: 'duplicate id', args: [...add2, '--mac', MAC2, '--id', '100'], code: 5, re: /port id 100 is already used/ },
-    { what: 'id out of range (65536)', args: [...add2, '--mac', MAC2, '--id', '65536'], code: 2, re: /port id 65536 is out of range/ },
-    { what: 'id out of range (-1)', args: [...add2, '--mac', MAC2, '--id', '-1'], code: 2, re: /port id "-1" is not an integer/ },
-    { what: 'id not a number', args: [...add2, '--mac', MAC2, '--id', '0x10'], code: 2, re: /port id "0x10" is not an integer/ },
+    { what: 'id out of range (65536)', args: [...add2, '--mac', MAC2, '--id', '65536'], code: 2, re: /--id "65536" is out of range \(expected 0\.\.65535\)/ },
+    { what: 'id out of range (-1)', args: [...add2, '--mac', MAC2, '--id', '-1'], code: 2, re: /--id "-1" is out of range/ },
+    { what: 'id not a number', args: [...add2, '--mac', MAC2, '--id', '0x10'], code: 2, re: /--id "0x10" is not an integer/ },
     { what: 'id huge', args: [...add2, '--mac', MAC2, '--id', '99999999999999999999999'], code: 2, re: /out of range/ },
     { what: 'mode not addable', args: [...add2, '--mac', MAC2, '--mode', 'drop'], code: 2, re: /argument 'drop' is invalid/ },
     { what: 'missing --mac', args: add2, code: 2, re: /pair add needs --mac/ },
     { what: '--file with --in', args: ['pair', 'add', '--file', '-', '--in', 'vin2'], code: 2, re: /--file cannot be combined/ },
-    { what: '--file missing', args: ['pair', 'add', '--file', '/nonexistent/pairs.jsonl'], code: 4, re: /cannot read \/nonexistent\/pairs.jsonl: ENOENT/ },
+    { what: '--file missing', args: ['pair', 'add', '--file', '/nonexistent/pairs.jsonl'], code: 4, re: /--file \/nonexistent\/pairs.jsonl not found: No such file or directory \(ENOENT\)/ },
     ...ifnameCases.map(([what, n]): Case => ({ what: `interface name with ${what}`, args: ['pair', 'add', '--in', n, '--ex', 'vex2', '--mac', MAC2], code: 2, re: /in \(vin interface name\) .*(contains|longer than 15 bytes|is not allowed|is empty)/ })),
 
     // ---- pair add --file (JSON lines)
@@ -216,23 +216,23 @@ describe('bad input matrix (kernel)', function () {
     { what: 'pair mode: interface with shell metacharacters', args: ['pair', 'mode', '--in', '$(id)', 'tap'], code: 2, re: /contains characters outside/ },
     { what: 'pair mode: a vex named as vin', args: ['pair', 'mode', '--in', 'vex1', 'tap'], code: 4, re: /vex1 is the vex of pair id 100, not a vin/ },
     { what: 'pair del: port in no pair', args: ['pair', 'del', '--ex', 'vex2'], code: 4, re: /vex2 is not in any pair/ },
-    { what: 'pair del: id not an integer', args: ['pair', 'del', '--id', '1.5'], code: 2, re: /port id "1.5" is not an integer/ },
+    { what: 'pair del: id not an integer', args: ['pair', 'del', '--id', '1.5'], code: 2, re: /--id "1.5" is not an integer/ },
     { what: 'pair del: name too long', args: ['pair', 'del', '--in', 'vin-with-a-long-name'], code: 2, re: /longer than 15 bytes/ },
 
     // ---- show, stats, trace, repair
     { what: 'show: unknown option', args: ['show', '--all'], code: 2, re: /unknown option '--all'/ },
-    { what: 'stats: interval not a number', args: ['stats', '--watch', '--interval', 'soon'], code: 2, re: /--interval "soon" is not a number of seconds/ },
+    { what: 'stats: interval not a number', args: ['stats', '--watch', '--interval', 'soon'], code: 2, re: /--interval "soon" is not a decimal number \(expected 0\.1\.\.3600 seconds\)/ },
     { what: 'stats: interval zero', args: ['stats', '--watch', '--interval', '0'], code: 2, re: /--interval "0"/ },
-    { what: 'trace: pair id out of range', args: ['trace', '--pair', '70000', '--count', '1'], code: 2, re: /pair id '70000' is not an integer in 0..65535/ },
+    { what: 'trace: pair id out of range', args: ['trace', '--pair', '70000', '--count', '1'], code: 2, re: /--pair "70000" is out of range \(expected 0\.\.65535\)/ },
     { what: 'trace: both --pair and --in', args: ['trace', '--pair', '1', '--in', 'vin1', '--count', '1'], code: 2, re: /at most one of --pair ID and --in VIN/ },
-    { what: 'trace: --count not a number', args: ['trace', '--count', 'many'], code: 2, re: /'many' is not a positive number/ },
+    { what: 'trace: --count not a number', args: ['trace', '--count', 'many'], code: 2, re: /--count "many" is not an integer/ },
     { what: 'trace: unknown port', args: ['trace', '--in', 'nosuch0', '--count', '1'], code: 4, re: /interface nosuch0 not found/ },
     { what: 'repair: unknown option', args: ['repair', '--force'], code: 2, re: /unknown option '--force'/ },
     { what: 'repair: pin root where nothing is loaded', args: ['repair'], globals: ['--netns', enf.name, '--bpffs', nonePins()], code: 4, re: /the datapath is not loaded/ },
 
     // ---- intercept / release
     { what: 'intercept: no such process', args: ['intercept', '--pid', '999999999'], code: 4, re: /no process with pid 999999999/ },
-    { what: 'intercept: pid not a number', args: ['intercept', '--pid', '12ab'], code: 2, re: /--pid 12ab is not a process id/ },
+    { what: 'intercept: pid not a number', args: ['intercept', '--pid', '12ab'], code: 2, re: /--pid "12ab" is not an integer \(expected 1\.\.4194304\)/ },
     { what: 'intercept: pid and netns both', args: ['intercept', '--pid', '1', '--container-netns', ctr.name], code: 2, re: /exactly one of --pid PID or --container-netns PATH/ },
     { what: 'intercept: non-existent container netns', args: ['intercept', '--container-netns', 'nbt-no-such-ctr'], code: 4, re: /network namespace of netns \/var\/run\/netns\/nbt-no-such-ctr not found/ },
     { what: 'intercept: netns name with a space', args: ['intercept', '--container-netns', 'a b'], code: 2, re: /network namespace name 'a b' is not valid/ },

@@ -54,7 +54,7 @@ describe('intercept: names and iproute2 arguments (unit)', function () {
     assert.deepEqual(targetFrom({ containerNetns: 'x' }), { netns: 'x' });
     assert.throws(() => targetFrom({}), /exactly one/);
     assert.throws(() => targetFrom({ pid: '1', containerNetns: 'x' }), /exactly one/);
-    assert.throws(() => targetFrom({ pid: '-3' }), /not a process id/);
+    assert.throws(() => targetFrom({ pid: '-3' }), /--pid "-3" is out of range \(expected 1\.\.4194304\)/);
   });
 
   it('addresses: peer, broadcast, label, lifetimes, flags; IPv6 with nodad', function () {

@@ -190,7 +190,7 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
       const before = kernelState(ns, pins);
       const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', '/nonexistent/x.o']);
       assert.equal(r.code, 4);
-      assert.match(oneErrorLine(r), /BPF object \/nonexistent\/x.o not found/);
+      assert.match(oneErrorLine(r), /--obj \/nonexistent\/x.o not found/);
       assert.equal(kernelState(ns, pins), before);
     });
 

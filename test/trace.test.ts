@@ -28,7 +28,8 @@ import {
   u32Key,
 } from '../src/layout';
 import { formatMac, ucmac } from '../src/mac';
-import { formatView, monoToWall, parseTraceId, traceState, viewRecord, type TraceView } from '../src/trace';
+import { formatView, monoToWall, traceState, viewRecord, type TraceView } from '../src/trace';
+import { filterFrom } from '../src/cli/trace';
 import { DpFixture } from './dp-fixture';
 import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
 import { veth } from '../src/net';
@@ -90,9 +91,9 @@ describe('trace records (unit)', function () {
   it('filter flags and pair ids', function () {
     assert.equal(traceFilterFlags(undefined), 0);
     assert.equal(traceFilterFlags(0x1234), 0x11234);
-    assert.equal(parseTraceId('4660'), 4660);
-    assert.equal(parseTraceId('0x1234'), 0x1234);
-    for (const bad of ['-1', '65536', 'x', '1.5', '']) assert.throws(() => parseTraceId(bad), /not an integer in 0..65535/);
+    assert.deepEqual(filterFrom({ pair: '4660' }), { id: 4660 });
+    assert.deepEqual(filterFrom({ pair: '0x1234' }), { id: 0x1234 });
+    for (const bad of ['-1', '65536', 'x', '1.5', '']) assert.throws(() => filterFrom({ pair: bad }), /--pair .* \(expected 0\.\.65535\)/);
   });
 });
 

@@ -64,3 +64,15 @@ export function flock(fd: number, op: number, ctx: string): boolean {
   return true;
 }
 
+
+const SYS_IOCTL: Partial<Record<string, number>> = { x64: 16, arm64: 29 };
+/** ioctl NS_GET_NSTYPE (linux/nsfs.h, Linux 4.11). */
+const NS_GET_NSTYPE = 0xb703;
+
+/** The CLONE_NEW* type of the namespace open at fd, or undefined when the kernel cannot tell (not a namespace, or too old). */
+export function nsType(fd: number): number | undefined {
+  const nr = SYS_IOCTL[process.arch];
+  if (nr === undefined) return undefined;
+  const r = Number(lib().syscall(nr, 'int', fd, 'unsigned long', NS_GET_NSTYPE));
+  return r < 0 ? undefined : r;
+}

@@ -8,15 +8,16 @@ import { CommandRegistrar, Ctx, printJson } from './context';
 import { UsageError } from '../errors';
 import { table, si } from '../format';
 import { FlowSpec, FlowView, Flows, OffloadResult } from '../flows';
-import { parsePortId } from '../pairs';
+import { FLOW_SECONDS, PORT_ID, parsePortId } from '../numbers';
+import { integerOption, secondsOption } from './options';
 
 interface FlowOpts {
-  id?: string;
+  id?: number | string;
   proto?: string;
   src?: string;
   dst?: string;
-  timeout?: string;
-  idle?: string;
+  timeout?: number;
+  idle?: number;
   all?: boolean;
 }
 
@@ -24,15 +25,10 @@ interface FlowOpts {
 export function flowSpecFrom(o: FlowOpts): FlowSpec {
   const missing = (['id', 'proto', 'src', 'dst'] as const).filter((k) => o[k] === undefined);
   if (missing.length) throw new UsageError(`name the flow with --id N --proto P --src ADDR[:PORT] --dst ADDR[:PORT] (missing ${missing.map((k) => `--${k}`).join(', ')})`);
-  return { id: parsePortId(o.id), proto: o.proto!, src: o.src!, dst: o.dst! };
+  return { id: parsePortId(o.id, '--id'), proto: o.proto!, src: o.src!, dst: o.dst! };
 }
 
-function secondsOpt(v: string | undefined, what: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!/^[0-9.]+$/.test(v) || !Number.isFinite(n) || n <= 0) throw new UsageError(`${what} '${v}' is not a positive number of seconds`);
-  return n;
-}
+const idOption = (description: string) => integerOption('--id <n>', description, PORT_ID);
 
 const ep = (e: { addr: string; port: number }, withPort: boolean) => (withPort ? `${e.addr}:${e.port}` : e.addr);
 
@@ -84,17 +80,17 @@ export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: ()
           ? "offload a flow: its frames (both directions) go straight to the pair's other port, without the DP"
           : 'drop a flow in the kernel: its frames (both directions) never reach the DP',
       )
-      .option('--id <n>', 'pair id')
+      .addOption(idOption('pair id'))
       .option('--proto <p>', 'tcp, udp, icmp or an IP protocol number')
       .option('--src <addr[:port]>', 'source IPv4 address (and port for tcp/udp)')
       .option('--dst <addr[:port]>', 'destination IPv4 address (and port for tcp/udp)')
-      .option('--timeout <s>', 'expire this many seconds from now')
-      .option('--idle <s>', 'expire after this many seconds without a frame')
+      .addOption(secondsOption('--timeout <s>', `expire this many seconds from now (${FLOW_SECONDS.min}..${FLOW_SECONDS.max})`, FLOW_SECONDS))
+      .addOption(secondsOption('--idle <s>', `expire after this many seconds without a frame (${FLOW_SECONDS.min}..${FLOW_SECONDS.max})`, FLOW_SECONDS))
       .option('--json', 'print the entry as JSON')
       .action((o: FlowOpts) => {
         const c = ctx();
         const spec = flowSpecFrom(o);
-        const r = withFlows(c, (f) => f.offload(spec, { verdict, timeoutS: secondsOpt(o.timeout, '--timeout'), idleS: secondsOpt(o.idle, '--idle') }));
+        const r = withFlows(c, (f) => f.offload(spec, { verdict, timeoutS: o.timeout, idleS: o.idle }));
         if (c.json) printJson(c, r);
         else c.out(offloadedLine(r));
       });
@@ -103,7 +99,7 @@ export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: ()
   flow
     .command('revoke')
     .description("remove a flow's entry (its frames go to the DP again), or with --all every entry of pair --id")
-    .option('--id <n>', 'pair id')
+    .addOption(idOption('pair id'))
     .option('--proto <p>', 'tcp, udp, icmp or an IP protocol number')
     .option('--src <addr[:port]>', 'source (either direction names the same entry)')
     .option('--dst <addr[:port]>', 'destination')
@@ -115,7 +111,7 @@ export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: ()
         if (o.id === undefined || o.proto !== undefined || o.src !== undefined || o.dst !== undefined) {
           throw new UsageError('--all takes the pair --id only');
         }
-        const id = parsePortId(o.id);
+        const id = parsePortId(o.id, '--id');
         const n = withFlows(c, (f) => f.clearPair(id));
         if (c.json) printJson(c, { id, revoked: n });
         else c.out(`revoked ${n} flow${n === 1 ? '' : 's'} of pair ${id}`);
@@ -130,11 +126,11 @@ export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: ()
   flow
     .command('list')
     .description('every offloaded flow: pair, protocol, endpoints, verdict, expiry, frames and bytes it handled')
-    .option('--id <n>', 'only the flows of this pair')
+    .addOption(idOption('only the flows of this pair'))
     .option('--json', 'print the list as JSON')
     .action((o: FlowOpts) => {
       const c = ctx();
-      const id = o.id === undefined ? undefined : parsePortId(o.id);
+      const id = o.id === undefined ? undefined : parsePortId(o.id, '--id');
       const { list, capacity } = withFlows(c, (f) => ({ list: f.list({ id }), capacity: f.capacity }));
       if (c.json) printJson(c, list);
       else c.out(formatFlows(list, capacity).join('\n'));

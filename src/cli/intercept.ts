@@ -6,10 +6,12 @@ import { Command, Option } from 'commander';
 import { CommandRegistrar, printJson } from './context';
 import { UsageError } from '../errors';
 import { InterceptResult, ReleaseResult, Target, intercept, release } from '../intercept';
-import { ADD_MODES, AddModeName, parsePortId } from '../pairs';
+import { ADD_MODES, AddModeName } from '../pairs';
+import { PID, PORT_ID, parsePid } from '../numbers';
+import { integerOption } from './options';
 
 interface TargetOpts {
-  pid?: string;
+  pid?: number | string;
   containerNetns?: string;
 }
 
@@ -18,10 +20,7 @@ export function targetFrom(o: TargetOpts): Target {
   if ((o.pid === undefined) === (o.containerNetns === undefined)) {
     throw new UsageError('name the container with exactly one of --pid PID or --container-netns PATH');
   }
-  if (o.pid !== undefined) {
-    if (!/^[0-9]+$/.test(o.pid) || Number(o.pid) <= 0) throw new UsageError(`--pid ${o.pid} is not a process id`);
-    return { pid: Number(o.pid) };
-  }
+  if (o.pid !== undefined) return { pid: parsePid(o.pid, '--pid') };
   return { netns: o.containerNetns! };
 }
 
@@ -48,7 +47,7 @@ export function releaseLine(r: ReleaseResult): string {
 
 function targetOptions(cmd: Command): Command {
   return cmd
-    .option('--pid <pid>', "a process in the container (its network namespace is the container's)")
+    .addOption(integerOption('--pid <pid>', "a process in the container (its network namespace is the container's)", PID))
     .option('--container-netns <path>', 'the container network namespace: a path, or a name under /var/run/netns')
     .option('--port <name>', "the container's port", 'eth0')
     .option('--json', 'print the result as JSON');
@@ -65,16 +64,16 @@ export const registerInterceptCommands: CommandRegistrar = (program, ctx) => {
       ),
   )
     .addOption(new Option('--mode <mode>', 'mode of the new pair').choices(ADD_MODES as unknown as string[]).default('bypass'))
-    .option('--id <n>', 'pin the port id (default: the vex ifindex & 0xffff if free)')
+    .addOption(integerOption('--id <n>', 'pin the port id (0..65535; default: the vex ifindex & 0xffff if free)', PORT_ID))
     .option('--ipv6-to-dp', "send the workload's IPv6 unicast through the DP too")
-    .action(async (o: TargetOpts & { port: string; mode: AddModeName; id?: string; ipv6ToDp?: boolean }) => {
+    .action(async (o: TargetOpts & { port: string; mode: AddModeName; id?: number; ipv6ToDp?: boolean }) => {
       const c = ctx();
       const r = await intercept({
         pinRoot: c.pinRoot,
         target: targetFrom(o),
         port: o.port,
         mode: o.mode,
-        id: o.id === undefined ? undefined : parsePortId(o.id),
+        id: o.id,
         ipv6ToDp: o.ipv6ToDp === true,
       });
       if (c.json) printJson(c, r);

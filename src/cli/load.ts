@@ -1,8 +1,10 @@
 /** load and unload: the datapath as a whole. */
+import * as fs from 'node:fs';
 import type { Command } from 'commander';
-import { UsageError } from '../errors';
-import { load } from '../loader';
+import { MAX_FLOWS, load } from '../loader';
 import { teardown } from '../teardown';
+import { integerOption } from './options';
+import { openRegularFile } from '../input';
 import { withLock } from '../lock';
 import { Ctx, printJson } from './context';
 
@@ -12,13 +14,12 @@ export function registerLoadCommands(program: Command, ctx: () => Ctx): void {
     .description('create vbr-neuv/vth-neuv if missing, load and pin the BPF object, attach vbr-neuv (idempotent; a rerun replaces the programs in place and keeps the maps)')
     .option('--jumbo', 'MTU 9000 on vbr-neuv/vth-neuv instead of 2048')
     .option('--obj <file>', 'BPF object to load (default: build/neuv.bpf.o of this package)')
-    .option('--flows <n>', 'size of the flow offload map neuv_flows (default 65536, or the size it is pinned with; changing it needs unload)')
+    .addOption(integerOption('--flows <n>', `size of the flow offload map neuv_flows (1..${MAX_FLOWS}; default 65536, or the size it is pinned with; changing it needs unload)`, { min: 1, max: MAX_FLOWS }))
     .option('--json', 'print the result as JSON')
-    .action(async (o: { jumbo?: boolean; obj?: string; flows?: string }) => {
+    .action(async (o: { jumbo?: boolean; obj?: string; flows?: number }) => {
       const c = ctx();
-      if (o.flows !== undefined && !/^[0-9]+$/.test(o.flows)) throw new UsageError(`--flows '${o.flows}' is not a number of entries`);
-      const flows = o.flows === undefined ? undefined : Number(o.flows);
-      const r = await withLock(c.pinRoot, () => load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo, flows }));
+      if (o.obj !== undefined) fs.closeSync(openRegularFile(o.obj, '--obj').fd); // libbpf would block on a FIFO, read /dev/zero for ever
+      const r = await withLock(c.pinRoot, () => load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo, flows: o.flows }));
       if (c.json) printJson(c, r);
       else {
         c.out(`${r.replaced ? 'replaced programs in place' : 'loaded'}: pin root ${r.pinRoot}, programs vin=${r.progIds.vin} vex=${r.progIds.vex} vbr=${r.progIds.vbr}` +

@@ -3,9 +3,9 @@
  * pipe, a thin shell over src/migrate/. The enforcer netns is the one
  * neuv-bpf runs in (--netns or the current one).
  */
-import * as fs from 'node:fs';
 import { CommandRegistrar, printJson } from './context';
-import { NeuvError, NotFoundError, UsageError } from '../errors';
+import { NeuvError, UsageError, cutValue } from '../errors';
+import { readInputFile } from '../input';
 import { table } from '../format';
 import { AdoptResult, Discovery, HandbackResult, adopt, discover, handback } from '../migrate';
 
@@ -96,16 +96,11 @@ export function handbackLines(r: HandbackResult): string[] {
 }
 
 function readPlan(file: string): Discovery {
-  let text: string;
-  try {
-    text = fs.readFileSync(file === '-' ? 0 : file, 'utf8');
-  } catch (e) {
-    throw new NotFoundError(`cannot read ${file === '-' ? 'stdin' : file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
+  const text = readInputFile(file, '--from');
   try {
     return JSON.parse(text) as Discovery;
-  } catch (e) {
-    throw new UsageError(`${file === '-' ? 'stdin' : file} is not JSON (expected discover --json output): ${(e as Error).message}`);
+  } catch {
+    throw new UsageError(`--from ${file === '-' ? '- (stdin)' : cutValue(file)} is not JSON (expected discover --json output)`);
   }
 }
 

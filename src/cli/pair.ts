@@ -3,10 +3,9 @@
  * Datapath (src/pairs/). Parsing and printing only; every decision lives
  * in the API.
  */
-import * as fs from 'node:fs';
 import { Command, Option } from 'commander';
 import { CommandRegistrar, Ctx, printJson, jsonLine, withDatapath } from './context';
-import { NotFoundError, UsageError } from '../errors';
+import { UsageError } from '../errors';
 import { CLEAR_SCREEN, perSecond, si, table } from '../format';
 import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
 import {
@@ -26,11 +25,14 @@ import {
 } from '../pairs';
 import { checkFailure, withDatapathProblems } from '../repair';
 import { heldByWatch } from '../dp/watch-state';
+import { readInputFile } from '../input';
+import { PORT_ID, WATCH_INTERVAL } from '../numbers';
+import { integerOption, secondsOption } from './options';
 
 interface SelOpts {
   in?: string;
   ex?: string;
-  id?: string;
+  id?: number | string;
 }
 
 /** Exactly one of --in, --ex, --id. */
@@ -39,7 +41,7 @@ export function selectorFrom(o: SelOpts): PairSelector {
   if (given.length !== 1) throw new UsageError('name the pair with exactly one of --in VIN, --ex VEX or --id N');
   if (o.in !== undefined) return { in: o.in };
   if (o.ex !== undefined) return { ex: o.ex };
-  return { id: parsePortId(o.id) };
+  return { id: parsePortId(o.id, '--id') };
 }
 
 function addedLine(r: PairAdded): string {
@@ -48,13 +50,6 @@ function addedLine(r: PairAdded): string {
   return `${head} ${r.in}/${r.ex}: id ${r.id} ucmac ${r.ucmac} bcmac ${r.bcmac} mode ${r.mode}${extra}`;
 }
 
-function readInput(file: string): string {
-  try {
-    return fs.readFileSync(file === '-' ? 0 : file, 'utf8');
-  } catch (e) {
-    throw new NotFoundError(`cannot read ${file === '-' ? 'stdin' : file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-}
 
 
 // ---------------------------------------------------------------- show
@@ -246,18 +241,18 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
     .option('--ex <vex>', "vex: the workload's original port")
     .option('--mac <mac>', 'the workload MAC (unicast)')
     .addOption(new Option('--mode <mode>', 'initial mode (default bypass)').choices([...ADD_MODES]))
-    .option('--id <n>', 'pin the port id (0..65535); default: vex ifindex & 0xffff, or the lowest free id')
+    .addOption(integerOption('--id <n>', 'pin the port id (0..65535); default: vex ifindex & 0xffff, or the lowest free id', PORT_ID))
     .option('--ipv6-to-dp', 'send IPv6 unicast of the workload through the DP too')
     .option('--file <file>', "many pairs: JSON lines {in, ex, mac, mode?, id?, ipv6ToDp?} ('-' for stdin)")
     .option('--json', 'print the result as JSON')
-    .action(async (o: { in?: string; ex?: string; mac?: string; mode?: string; id?: string; ipv6ToDp?: boolean; file?: string }) => {
+    .action(async (o: { in?: string; ex?: string; mac?: string; mode?: string; id?: number; ipv6ToDp?: boolean; file?: string }) => {
       const c = ctx();
       if (o.file !== undefined) {
         if (o.in !== undefined || o.ex !== undefined || o.mac !== undefined || o.mode !== undefined || o.id !== undefined || o.ipv6ToDp) {
           throw new UsageError('--file cannot be combined with --in, --ex, --mac, --mode, --id or --ipv6-to-dp');
         }
         const source = o.file === '-' ? 'stdin' : o.file;
-        const { specs, labels } = parsePairLines(readInput(o.file), source);
+        const { specs, labels } = parsePairLines(readInputFile(o.file, '--file'), source);
         const rs = await withDatapath(c, (dp) => dp.addPairs(specs, { labels }));
         if (c.json) printJson(c, rs);
         else {
@@ -271,7 +266,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
       if (missing.length) throw new UsageError(`pair add needs ${missing.map((k) => `--${k}`).join(', ')} (or --file)`);
       const spec: PairSpec = { in: o.in!, ex: o.ex!, mac: o.mac! };
       if (o.mode !== undefined) spec.mode = o.mode as PairSpec['mode'];
-      if (o.id !== undefined) spec.id = parsePortId(o.id);
+      if (o.id !== undefined) spec.id = o.id;
       if (o.ipv6ToDp) spec.ipv6ToDp = true;
       const r = await withDatapath(c, (dp) => dp.addPair(spec));
       if (c.json) printJson(c, r);
@@ -284,7 +279,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
     .argument('<mode>', MODES.join('|'))
     .option('--in <vin>', 'the pair by its vin')
     .option('--ex <vex>', 'the pair by its vex')
-    .option('--id <n>', 'the pair by its port id')
+    .addOption(integerOption('--id <n>', 'the pair by its port id', PORT_ID))
     .option('--json', 'print the result as JSON')
     .action(async (mode: string, o: SelOpts) => {
       const c = ctx();
@@ -299,7 +294,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
     .description('remove a pair: detach vin/vex (their clsact too if we created it) and delete its map entries; vbr-neuv stays')
     .option('--in <vin>', 'the pair by its vin')
     .option('--ex <vex>', 'the pair by its vex')
-    .option('--id <n>', 'the pair by its port id')
+    .addOption(integerOption('--id <n>', 'the pair by its port id', PORT_ID))
     .option('--json', 'print the result as JSON')
     .action(async (o: SelOpts) => {
       const c = ctx();
@@ -331,13 +326,10 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
     .description('counters per pair and direction (summed over CPUs) and the global reason counters; --watch for rates')
     .option('--json', 'print the result as JSON (one line per interval with --watch)')
     .option('--watch', 'print again every interval with rates, until interrupted')
-    .option('--interval <seconds>', 'watch interval in seconds', '1')
-    .action(async (o: { watch?: boolean; interval: string }) => {
+    .addOption(secondsOption('--interval <seconds>', `watch interval in seconds (${WATCH_INTERVAL.min}..${WATCH_INTERVAL.max})`, WATCH_INTERVAL, 1))
+    .action(async (o: { watch?: boolean; interval: number }) => {
       const c = ctx();
-      const interval = Number(o.interval);
-      if (!Number.isFinite(interval) || interval <= 0 || interval > 3600) {
-        throw new UsageError(`--interval ${JSON.stringify(o.interval)} is not a number of seconds in (0, 3600]`);
-      }
+      const interval = o.interval;
       await withDatapath(c, async (dp) => {
         if (o.watch) return watch(c, dp, interval);
         const s = await dp.stats();

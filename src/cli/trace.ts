@@ -8,24 +8,20 @@ import type { Command } from 'commander';
 import type { Ctx } from './context';
 import { UsageError } from '../errors';
 import { log } from '../log';
-import { IfNames, TraceFilter, TraceSession, formatView, monoToWall, parseTraceId, viewRecord } from '../trace';
+import { IfNames, TraceFilter, TraceSession, formatView, monoToWall, viewRecord } from '../trace';
+import { PORT_ID_HEX, TRACE_COUNT, TRACE_DURATION, parseDecimal, parseInteger } from '../numbers';
+import { integerOption, secondsOption } from './options';
 
 interface TraceCmdOpts {
-  pair?: string;
+  pair?: number | string;
   in?: string;
-  count?: string;
-  duration?: string;
-}
-
-function positive(v: string, what: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`${what} '${v}' is not a positive number`);
-  return n;
+  count?: number | string;
+  duration?: number | string;
 }
 
 export function filterFrom(o: TraceCmdOpts): TraceFilter {
   if (o.pair !== undefined && o.in !== undefined) throw new UsageError('give at most one of --pair ID and --in VIN');
-  if (o.pair !== undefined) return { id: parseTraceId(o.pair) };
+  if (o.pair !== undefined) return { id: parseInteger(o.pair, '--pair', PORT_ID_HEX) };
   if (o.in !== undefined) return { in: o.in };
   return { all: true };
 }
@@ -33,8 +29,8 @@ export function filterFrom(o: TraceCmdOpts): TraceFilter {
 /** Runs a trace until a signal, the count or the duration; resolves with what was seen. */
 export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: number; lost: number }> {
   const filter = filterFrom(o);
-  const count = o.count !== undefined ? positive(o.count, '--count') : Infinity;
-  const duration = o.duration !== undefined ? positive(o.duration, '--duration') : undefined;
+  const count = o.count !== undefined ? parseInteger(o.count, '--count', TRACE_COUNT) : Infinity;
+  const duration = o.duration !== undefined ? parseDecimal(o.duration, '--duration', TRACE_DURATION) : undefined;
   const names = new IfNames();
   const wall = monoToWall();
   const lg = log('trace');
@@ -81,10 +77,10 @@ export function register(program: Command, ctx: () => Ctx): void {
   program
     .command('trace')
     .description('stream per-frame datapath decisions (hook, pair, mode, action, target, MACs before/after) while tracing is on; off again on exit')
-    .option('--pair <id>', 'only frames of this pair id (decimal or 0x hex)')
+    .addOption(integerOption('--pair <id>', 'only frames of this pair id (decimal or 0x hex)', PORT_ID_HEX))
     .option('--in <vin>', 'only frames of the pair that has this port (a vin, or its vex)')
-    .option('--count <n>', 'stop after n records')
-    .option('--duration <seconds>', 'stop after this many seconds')
+    .addOption(integerOption('--count <n>', `stop after n records (1..${TRACE_COUNT.max})`, TRACE_COUNT))
+    .addOption(secondsOption('--duration <seconds>', `stop after this many seconds (${TRACE_DURATION.min}..${TRACE_DURATION.max})`, TRACE_DURATION))
     .option('--json', 'one JSON object per line')
     .action(async (o: TraceCmdOpts) => {
       await runTrace(ctx(), o);

@@ -7,21 +7,20 @@ import type { Command } from 'commander';
 import type { Ctx } from './context';
 import { UsageError } from '../errors';
 import { DpProcess, DpWatch, FAIL_POLICIES, FailPolicy, WatchEvent, dpByControlSocket, dpFromPidFile } from '../dp/watch';
+import { Range } from '../numbers';
+import { integerOption } from './options';
 
 interface WatchCmdOpts {
   dp?: string;
   fail: string;
-  interval: string;
-  timeout: string;
+  interval: number;
+  timeout: number;
   ring: boolean;
   keepAlive: boolean;
 }
 
-function ms(v: string, what: string, min: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > 60000) throw new UsageError(`${what} '${v}' is not a whole number of milliseconds in ${min}..60000`);
-  return n;
-}
+/** Keep-alive period and reply timeout. */
+const KEEPALIVE_MS: Range = { min: 10, max: 60000, unit: 'milliseconds' };
 
 /**
  * Where the DP is, asked again whenever there is none, so a restarted DP is
@@ -61,8 +60,8 @@ export function registerWatchCommands(program: Command, ctx: () => Ctx): void {
     // missing required option before an unknown one, and a typo must be named.
     .option('--dp <which>', "required: 'local' (the DP shares this /tmp: the process holding /tmp/dp_listen.sock) or a pid file, re-read when the DP is gone (a DP with a private /tmp); not a bare pid, which cannot follow a restart")
     .option('--fail <policy>', 'closed or open', 'closed')
-    .option('--interval <ms>', 'keep-alive period', '200')
-    .option('--timeout <ms>', 'keep-alive reply timeout', '300')
+    .addOption(integerOption('--interval <ms>', 'keep-alive period (10..60000)', KEEPALIVE_MS, 200))
+    .addOption(integerOption('--timeout <ms>', 'keep-alive reply timeout (10..60000)', KEEPALIVE_MS, 300))
     .option('--no-ring', "do not require the DP's packet socket on vth-neuv")
     .option('--no-keep-alive', "send no keep-alives (a DP without NeuVector's control socket, such as the stub DP): its exit and its ring tell")
     .option('--json', 'one JSON line per event')
@@ -72,8 +71,8 @@ export function registerWatchCommands(program: Command, ctx: () => Ctx): void {
       if (!(FAIL_POLICIES as readonly string[]).includes(o.fail)) throw new UsageError(`--fail '${o.fail}' is not one of ${FAIL_POLICIES.join(', ')}`);
       const policy = o.fail as FailPolicy;
       const locate = dpLocator(o.dp);
-      const interval = ms(o.interval, '--interval', 10);
-      const timeout = ms(o.timeout, '--timeout', 10);
+      const interval = o.interval;
+      const timeout = o.timeout;
       const w = DpWatch.start({
         pinRoot: c.pinRoot, locate, policy, intervalMs: interval, timeoutMs: timeout, checkRing: o.ring, keepAlive: o.keepAlive, heldLogMs: heldLogMs(),
         onEvent: (e) => c.out(c.json ? JSON.stringify({ ...e, policy }) : line(e, policy)),

@@ -4,6 +4,9 @@ import { ConflictError, UsageError } from '../errors';
 import { DIR_COUNT, DIR_NAMES, MAX_IDS, MODE_NAMES, Mode, ModeValue, REASON_COUNT, REASON_NAMES, Stats, VERDICT_COUNT, VERDICT_NAMES } from '../layout';
 import { VBR, VTH, validateIfName } from '../link';
 import { formatMac, isUcmac, parseMac } from '../mac';
+import { parsePortId } from '../numbers';
+
+export { parsePortId };
 
 // ================================================================ public types
 
@@ -191,17 +194,6 @@ export function parseModeName(s: unknown, allowed: readonly string[] = MODES): M
   return Mode[s.toUpperCase() as keyof typeof Mode];
 }
 
-/** A port id: an integer 0..65535, as a number or a decimal string. */
-export function parsePortId(v: unknown): number {
-  let n: number;
-  if (typeof v === 'number') n = v;
-  else if (typeof v === 'string' && /^[0-9]+$/.test(v.trim())) n = Number(v.trim());
-  else throw new UsageError(`port id ${JSON.stringify(v)} is not an integer (expected 0..65535)`);
-  if (!Number.isInteger(n)) throw new UsageError(`port id ${n} is not an integer (expected 0..65535)`);
-  if (n < 0 || n > 0xffff) throw new UsageError(`port id ${n} is out of range (expected 0..65535)`);
-  return n;
-}
-
 /** A workload MAC: well formed, unicast, not all zeros, not a UCMAC ("NeuV" prefix). */
 export function parseWorkloadMac(s: unknown): Buffer {
   let m: Buffer;
@@ -285,7 +277,9 @@ export function parsePairLines(text: string, source: string): { specs: PairSpec[
     try {
       v = JSON.parse(raw);
     } catch (e) {
-      throw new UsageError(`${label}: not valid JSON (${(e as Error).message})`);
+      // Our words, not the parser's (whose message quotes the input): where it stopped, if it says.
+      const at = /position (\d+)/.exec((e as Error).message);
+      throw new UsageError(`${label}: not valid JSON${at ? ` (at column ${Number(at[1]) + 1})` : ''}`);
     }
     specs.push(parsePairObject(v, label));
     labels.push(label);
