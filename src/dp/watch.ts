@@ -40,6 +40,7 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { PidFd } from '../bpf';
 import { log } from '../log';
+import { readInputFile } from '../input';
 import { Datapath } from '../pairs';
 import { VTH_IFINDEX } from '../layout';
 import { DP_SOCKET, DpClient } from './client';
@@ -107,7 +108,7 @@ export interface WatchOptions {
 export function dpFromPidFile(file: string): DpProcess | undefined {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8').trim();
+    text = readInputFile(file, '--dp', 64).trim(); // a regular file of a few bytes: a FIFO there would block for ever
   } catch {
     return undefined;
   }
