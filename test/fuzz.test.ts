@@ -179,10 +179,15 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const home = fs.openSync('/proc/thread-self/ns/net', 'r');
   const homeIno = fs.statSync('/proc/thread-self/ns/net').ino;
 
-  // The sandbox network: two veth pairs (IPv6 off, up), a bridge. The sandbox's netns has no name: a Netns that runs here.
+  // The sandbox network (IPv6 off, up): vinN with its workload end wlN, vexN with its host end hN (vinN and vexN
+  // are not peers of each other: such a pair loops a frame and is refused, src/pairs/loops.ts), a bridge.
+  // The sandbox's netns has no name: a Netns that runs here.
   sh('ip', ['link', 'set', 'lo', 'up']);
   const here: import('../src/net').Netns = { name: 'the sandbox', exec: (c, a, o) => net.sh(c, a, o), ip: (...a) => net.sh('ip', a), del: () => undefined };
-  for (const i of [1, 2]) net.veth({ ns: here, name: `vin${i}` }, { ns: here, name: `vex${i}` }, { ipv6: false });
+  for (const i of [1, 2]) {
+    net.veth({ ns: here, name: `vin${i}` }, { ns: here, name: `wl${i}` }, { ipv6: false });
+    net.veth({ ns: here, name: `vex${i}` }, { ns: here, name: `h${i}` }, { ipv6: false });
+  }
   sh('ip', ['link', 'add', 'br0', 'type', 'bridge']);
 
   // JSON-lines inputs for --file.
