@@ -8,7 +8,7 @@ import { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
 import { ErrorReport, ExitCode, UsageError, errorReport, formatError } from './errors';
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
-import { checkPrivileges, pinRootFrom } from './pins';
+import { checkPinRoot, checkPrivileges, pinRootFrom } from './pins';
 import { checkHome } from './home';
 import { register as registerVersion } from './cli/version';
 import { registerLoadCommands } from './cli/load';
@@ -78,7 +78,10 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       configureLogging(level);
       const json = Boolean(g.json ?? actionCommand.opts<{ json?: boolean }>().json);
       ctx = { pinRoot: pinRootFrom(g.bpffs), json, out };
-      if (!UNPRIVILEGED.has(actionCommand.name())) checkPrivileges();
+      if (!UNPRIVILEGED.has(actionCommand.name())) {
+        checkPrivileges();
+        checkPinRoot(ctx.pinRoot);
+      }
       if (g.netns) enterNetns(g.netns);
       if (!HOMELESS.has(actionCommand.name())) checkHome(ctx.pinRoot); // before anything else: src/home.ts
       log('cli').debug({ command: actionCommand.name(), logLevel: level, pinRoot: ctx.pinRoot, netns: g.netns }, 'start');

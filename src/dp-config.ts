@@ -20,13 +20,13 @@ import * as fs from 'node:fs';
 import { LOCK_EX, LOCK_NB, LOCK_UN, MapFd, flock, sleepSync } from './bpf';
 import { ConflictError } from './errors';
 import { Config, ConfigFlag, decodeConfig, encodeConfig, u32Key } from './layout';
-import { LOCK_DIR, lockDirFile } from './lock';
+import { lockDirFile, openLockDirFile } from './lock';
 import { log } from './log';
 
 /** How long a writer waits for another (which holds the lock for one lookup and one update). */
 const WAIT_MS = 5000;
 
-/** The lock of pinRoot's neuv_config: `<LOCK_DIR>/<pin root, / as _>.config.lock`. */
+/** The lock of pinRoot's neuv_config: `<LOCK_DIR>/<pinRootStem(pinRoot)>.config.lock`. */
 export function configLockPath(pinRoot: string): string {
   return lockDirFile(pinRoot, 'config.lock');
 }
@@ -37,9 +37,8 @@ export function configLockPath(pinRoot: string): string {
  * the entry as it is after.
  */
 export function updateConfig(pinRoot: string, config: MapFd, fn: (c: Config) => Config | undefined): Config {
-  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
   const p = configLockPath(pinRoot);
-  const fd = fs.openSync(p, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  const fd = openLockDirFile(pinRoot, 'config.lock');
   try {
     const start = Date.now();
     while (!flock(fd, LOCK_EX | LOCK_NB, p)) {

@@ -15,6 +15,7 @@ export const ExitCode = {
   CONFLICT: 5, // duplicate pair or id, interface in use
   KERNEL: 6, // the kernel or verifier refused, or a feature is missing
   WRONG_NETNS: 7, // the pin root's datapath lives in another network namespace (--netns)
+  UNSAFE: 8, // a path we use is not what we made: a symlink, another owner, writable by others (src/safefs.ts)
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 

@@ -74,3 +74,4 @@ export {
 export type { ExitCodeValue } from './errors';
 export { ServiceClient, ServiceError, defaultSocketPath } from './service/client';
 export type { Json, Health, ServiceTarget, InterceptRequest, ServiceClientOptions } from './service/client';
+export { UnsafePathError } from './safefs';

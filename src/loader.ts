@@ -31,7 +31,7 @@ import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
 import { crashPoint } from './crash';
 import { PACKAGE_ROOT } from './root';
-import { checkPrivileges, ensureBpffs, isBpffs, isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, removePinRoot, withPinnedMap } from './pins';
+import { checkPinRoot, checkPrivileges, ensurePinRoot, isBpffs, isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, removePinRoot, withPinnedMap } from './pins';
 import { checkHome, homeHere, vbrOwner, writeHome } from './home';
 
 export { TC_HANDLE, TC_PRIORITY };
@@ -107,13 +107,11 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
   const feats = features();
   const kind = preferredKind(); // before any change: a forced, missing feature fails here
   const pinRoot = opts.pinRoot;
-  await ensureBpffs(pinRoot, false); // a pin root that cannot be is refused as such first
+  await ensurePinRoot(pinRoot, false); // a pin root that cannot be is refused as such first
   checkHome(pinRoot); // a loaded pin root is reloaded only in its own netns
   refuseSecondDatapath(pinRoot);
   const undo = new Undo('loader');
-  const rootExisted = fs.existsSync(pinRoot);
-  await ensureBpffs(pinRoot, true);
-  if (!rootExisted) undo.push(`remove ${pinRoot}`, () => fs.rmdirSync(pinRoot));
+  if (await ensurePinRoot(pinRoot)) undo.push(`remove ${pinRoot}`, () => fs.rmdirSync(pinRoot));
   const hadPins = new Set(fs.readdirSync(pinRoot));
   const replaced = hadPins.has(MAPS.ports.name);
 
@@ -292,7 +290,7 @@ export interface UnloadResult {
 export async function unload(pinRoot: string): Promise<UnloadResult> {
   const lg = log('loader');
   checkPrivileges();
-  if (fs.existsSync(pinRoot) && !isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
+  if (checkPinRoot(pinRoot) && !isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
   checkHome(pinRoot); // the hooks and vbr-neuv to remove are in the netns it was loaded in
   let detached = 0;
   const wasLoaded = isLoaded(pinRoot);

@@ -4,13 +4,34 @@
  * the holder dies (even by SIGKILL), so a stale lock cannot block anyone.
  * (bpffs refuses regular files, so the lock cannot live in the pin root.)
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, flock, rcuGraceAfterDeletes } from './bpf';
 import { ExitCode, NeuvError } from './errors';
 import { log } from './log';
+import { checkOwnDir, ensureOwnDir, openOwnFile, readOwnFile, writeOwnFileAtomic } from './safefs';
 
 export const LOCK_DIR = process.env.NEUV_BPF_LOCK_DIR ?? '/run/neuv-bpf';
+
+/** Longest pin root name kept readable under LOCK_DIR (NAME_MAX is 255, and `what` follows). */
+const MAX_STEM = 200;
+
+/**
+ * A pin root as a file name, one to one: '/' becomes '_', every byte but
+ * [A-Za-z0-9-] is %XX (so '_', '.' and '%' of the pin root itself are
+ * escaped, and the name's first '.' ends it). /sys/fs/bpf/a/b is _sys_fs_bpf_a_b,
+ * /sys/fs/bpf/a_b is _sys_fs_bpf_a%5Fb. One longer than MAX_STEM is '=' and the
+ * SHA-256 of the pin root (no escaped name starts with '=').
+ */
+export function pinRootStem(pinRoot: string): string {
+  let s = '';
+  for (const b of Buffer.from(pinRoot, 'utf8')) {
+    const c = String.fromCharCode(b);
+    s += c === '/' ? '_' : /[A-Za-z0-9-]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return s.length <= MAX_STEM ? s : `=${createHash('sha256').update(pinRoot).digest('hex')}`;
+}
 
 /**
  * A pin root's file `what` under LOCK_DIR: ('/sys/fs/bpf/neuv', 'lock') is
@@ -18,7 +39,47 @@ export const LOCK_DIR = process.env.NEUV_BPF_LOCK_DIR ?? '/run/neuv-bpf';
  * journal, watch state) is named this way.
  */
 export function lockDirFile(pinRoot: string, what: string): string {
-  return path.join(LOCK_DIR, `${pinRoot.replace(/\//g, '_')}.${what}`);
+  return path.join(LOCK_DIR, `${pinRootStem(pinRoot)}.${what}`);
+}
+
+/**
+ * Makes LOCK_DIR (0700) or checks it, every time before a file in it is
+ * used: a real directory owned by root (or us), mode 700, under directories
+ * nobody else can change (src/safefs.ts); anything else is refused.
+ */
+export function ensureLockDir(): void {
+  ensureOwnDir(LOCK_DIR, 'lock directory');
+}
+
+/**
+ * A pin root's directory `what` under LOCK_DIR (the journal): made 0700 when
+ * `create`, else undefined when there is none; refused when it is not ours.
+ */
+export function lockDirDir(pinRoot: string, what: string, create: boolean): string | undefined {
+  ensureLockDir();
+  const d = lockDirFile(pinRoot, what);
+  if (create) ensureOwnDir(d, `${what} directory`);
+  else if (!checkOwnDir(d, `${what} directory`)) return undefined;
+  return d;
+}
+
+/** A pin root's state file `what` under LOCK_DIR (not following a symlink), or undefined when there is none. */
+export function readLockDirFile(pinRoot: string, what: string): string | undefined {
+  ensureLockDir();
+  return readOwnFile(lockDirFile(pinRoot, what), `${what} file`);
+}
+
+/** Replaces a pin root's state file `what` under LOCK_DIR atomically (writeOwnFileAtomic). */
+export function writeLockDirFile(pinRoot: string, what: string, data: string): void {
+  ensureLockDir();
+  const p = lockDirFile(pinRoot, what);
+  writeOwnFileAtomic(p, `${p}.${process.pid}.tmp`, data, `${what} file`);
+}
+
+/** Opens (creating it 0600) a pin root's file `what` under LOCK_DIR for flock, without following a symlink. */
+export function openLockDirFile(pinRoot: string, what: string): number {
+  ensureLockDir();
+  return openOwnFile(lockDirFile(pinRoot, what), fs.constants.O_RDWR | fs.constants.O_CREAT, `${what} file`)!;
 }
 
 export function lockPath(pinRoot: string): string {
@@ -54,7 +115,9 @@ function othersWaiting(wfd: number, wp: string): boolean {
 }
 
 /**
- * Runs fn while holding the pin root's lock; waits up to timeoutMs for it.
+ * Runs fn while holding the pin root's lock `name` (its file under LOCK_DIR:
+ * 'lock' for the pair API's, 'intercept.lock' for intercept's); waits up to
+ * timeoutMs for it.
  * The lock is fair enough that a caller changing state in a loop (an
  * enforcer's API calls, a batch) cannot starve the others: it takes the free
  * lock at once only when nobody is waiting for it; otherwise it queues up
@@ -63,17 +126,16 @@ function othersWaiting(wfd: number, wp: string): boolean {
  * released (rcuGraceAfterDeletes in src/bpf/map.ts: no insert after ours reuses an
  * element a program may still be reading).
  */
-export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, timeoutMs = 30000): Promise<T> {
+export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, timeoutMs = 30000, name = 'lock'): Promise<T> {
   // Under a directory that does not exist nothing is pinned, and nothing can be (load wants
   // that directory on a bpffs): no lock to take, so a mistyped --bpffs leaves no lock file.
   if (!fs.existsSync(path.dirname(pinRoot))) return fn();
-  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
-  const p = lockPath(pinRoot);
+  const p = lockDirFile(pinRoot, name);
   const wp = `${p}.wait`;
-  const fd = fs.openSync(p, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  const fd = openLockDirFile(pinRoot, name);
   let wfd: number | undefined;
   try {
-    wfd = fs.openSync(wp, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    wfd = openLockDirFile(pinRoot, `${name}.wait`);
     if (othersWaiting(wfd, wp) || !flock(fd, LOCK_EX | LOCK_NB, p)) {
       log('lock').info({ lock: p }, 'another neuv-bpf holds the lock (or waits for it); waiting');
       const start = Date.now();

@@ -1,7 +1,8 @@
 /**
  * The pin root and the one way to open a loaded datapath's pins. The pin
  * root: where it is (pinRootFrom, DEFAULT_PIN_ROOT), the privileges and the
- * bpffs it needs (checkPrivileges, ensureBpffs), its removal (removePinRoot).
+ * bpffs it needs (checkPrivileges, checkPinRoot, ensurePinRoot), its removal
+ * (removePinRoot).
  * Its maps: `Pins.open(pinRoot, names)` opens the maps asked for (all or
  * nothing), `close()` closes them.
  * Its programs: openProg / withProg / pinnedProgId (prog_<role>).
@@ -19,6 +20,7 @@ import { ExitCode, NeuvError, NotFoundError } from './errors';
 import { MAPS, PortDecl } from './layout';
 import { run } from './link';
 import { log } from './log';
+import { checkAncestors, checkOwnDir } from './safefs';
 
 // ---------------------------------------------------------------- the pin root
 
@@ -28,7 +30,23 @@ export const BPF_FS_MAGIC = 0xcafe4a11;
 export function pinRootFrom(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   const p = flag ?? env.NEUV_BPF_PIN_ROOT ?? DEFAULT_PIN_ROOT;
   if (!path.isAbsolute(p)) throw new NeuvError(`pin root '${p}' must be an absolute path`, ExitCode.USAGE);
-  return path.normalize(p).replace(/\/+$/, '');
+  const root = path.normalize(p).replace(/\/+$/, '');
+  if (!root) throw new NeuvError(`pin root '${p}' is the root directory: name a directory on a bpffs, such as ${DEFAULT_PIN_ROOT}`, ExitCode.USAGE);
+  return root;
+}
+
+const PIN_ROOT_FIX = 'choose another pin root (--bpffs), or remove it if nothing uses it';
+
+/**
+ * Whether the pin root exists, refusing one that is not what load makes
+ * (UnsafePathError): a symbolic link, not a directory (a pin, say), owned
+ * by another user, with group or other bits, or under a directory another
+ * user can change (src/safefs.ts). Every command but `version` checks it
+ * before touching anything; whether it is on a bpffs is load's and unload's.
+ */
+export function checkPinRoot(pinRoot: string): boolean {
+  checkAncestors(pinRoot, 'pin root');
+  return checkOwnDir(pinRoot, 'pin root', PIN_ROOT_FIX) !== undefined;
 }
 
 // ---------------------------------------------------------------- privileges
@@ -61,11 +79,14 @@ export function isBpffs(p: string): boolean {
 }
 
 /**
- * Makes sure the pin root lives on a bpffs. The standard parent /sys/fs/bpf is
- * mounted if it is not bpffs yet; any other non-bpffs location is refused
- * rather than mounting over somebody's directory.
+ * Makes the pin root (0700) on a bpffs, or checks the one there
+ * (checkPinRoot); returns whether it made it. The standard parent
+ * /sys/fs/bpf is mounted if it is not bpffs yet; any other non-bpffs location
+ * is refused rather than mounting over somebody's directory. Nothing that is
+ * there already is chmodded. create false: the checks only (load runs them
+ * before its own, then makes it).
  */
-export async function ensureBpffs(pinRoot: string, create: boolean): Promise<void> {
+export async function ensurePinRoot(pinRoot: string, create = true): Promise<boolean> {
   const parent = path.dirname(pinRoot);
   if (!isBpffs(parent)) {
     if (parent === '/sys/fs/bpf' && fs.existsSync(parent)) {
@@ -78,11 +99,26 @@ export async function ensureBpffs(pinRoot: string, create: boolean): Promise<voi
       );
     }
   }
-  if (create && !fs.existsSync(pinRoot)) fs.mkdirSync(pinRoot, { mode: 0o700 });
-  if (create) fs.chmodSync(pinRoot, 0o700);
+  if (checkPinRoot(pinRoot)) {
+    if (!isBpffs(pinRoot)) throw new NeuvError(`pin root ${pinRoot} is not on a bpffs (a mount over it?): ${PIN_ROOT_FIX}`, ExitCode.USAGE);
+    return false;
+  }
+  if (!create) return false;
+  try {
+    fs.mkdirSync(pinRoot, { mode: 0o700 });
+  } catch (e) {
+    // Made by someone else since the check: it must pass the check now.
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new NeuvError(`cannot create pin root ${pinRoot}: ${(e as Error).message}`, ExitCode.FAILURE);
+    checkPinRoot(pinRoot);
+    return false;
+  }
+  checkPinRoot(pinRoot);
+  return true;
 }
+
 /** Removes every pin under pinRoot and the directory (refused unless it is on a bpffs); returns the names removed. */
 export function removePinRoot(pinRoot: string): string[] {
+  if (!checkPinRoot(pinRoot)) return [];
   if (!isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
   const removed = fs.readdirSync(pinRoot);
   for (const f of removed) fs.rmSync(path.join(pinRoot, f), { recursive: true, force: true });

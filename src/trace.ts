@@ -30,7 +30,7 @@ import {
   traceFilterFlags,
   u32Key,
 } from './layout';
-import { LOCK_DIR, lockDirFile } from './lock';
+import { lockDirFile, openLockDirFile } from './lock';
 import { updateConfig } from './dp-config';
 import { Pins, isLoaded, mapPinPath, notLoaded } from './pins';
 import { log } from './log';
@@ -264,12 +264,12 @@ export class TraceSession {
     }
     const undo: Array<() => void> = [];
     try {
-      fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
       const lp = traceLockPath(pinRoot);
-      const lockFd = fs.openSync(lp, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+      const lockFd = openLockDirFile(pinRoot, 'trace.lock');
       undo.push(() => fs.closeSync(lockFd));
       if (!flock(lockFd, LOCK_EX | LOCK_NB, lp)) {
-        const holder = fs.readFileSync(lp, 'utf8').trim();
+        const buf = Buffer.alloc(32);
+        const holder = buf.subarray(0, fs.readSync(lockFd, buf, 0, buf.length, 0)).toString().trim();
         throw new ConflictError(
           `another neuv-bpf is tracing ${pinRoot}${holder ? ` (pid ${holder})` : ''}: the trace ring has one reader at a time`,
         );

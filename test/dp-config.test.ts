@@ -71,7 +71,7 @@ describe('neuv_config: one entry, several writers (kernel)', function () {
     assert.deepEqual(decodeConfig(config.lookup(u32Key(0))!), { dpIfindex: 42, flags: ConfigFlag.FLOWS | ConfigFlag.TRACE_ID | 7, traceUntil: 123n });
     writeLease(pinRoot, config, 0n, 0);
     assert.deepEqual(decodeConfig(config.lookup(u32Key(0))!), { dpIfindex: 42, flags: ConfigFlag.FLOWS, traceUntil: 0n });
-    assert.equal(configLockPath(pinRoot), path.join(LOCK_DIR, pinRoot.replace(/\//g, '_') + '.config.lock'));
+    assert.equal(configLockPath(pinRoot), path.join(LOCK_DIR, pinRoot.replace(/\//g, '_') + '.config.lock'), 'a pin root of [A-Za-z0-9/-] keeps its name of before');
   });
 
   it('the tracer and the flow API writing at once lose nothing (two processes, real map)', async function () {

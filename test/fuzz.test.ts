@@ -17,7 +17,10 @@
  * parts run for real: pins, maps, hooks, links. After every refused vector
  * the pins, map entries and hooks must be as they were (and links and qdiscs,
  * checked every 100 vectors); after an accepted one that changed something
- * (a valid `pair del`, `unload`...) the baseline is rebuilt.
+ * (a valid `pair del`, `unload`...) the baseline is rebuilt. Planted paths
+ * (issue 25) are among the pin roots: a symbolic link to the loaded root, a
+ * directory of nobody's, a root whose lock files are symbolic links; what
+ * they point at is part of the state that must not change.
  *
  * Reproduce a run: NEUV_BPF_FUZZ_SEED=<seed printed by the test>.
  */
@@ -28,7 +31,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
 import type { Command } from 'commander';
-import { NeuvError } from '../src/errors';
+import { ExitCode, NeuvError } from '../src/errors';
 import {
   parsePairLines,
   parsePortId,
@@ -48,6 +51,8 @@ import { parseCrashAt } from '../src/crash';
 import { formatMac, isUcmac } from '../src/mac';
 
 const SOAK = process.env.NEUV_BPF_SOAK === '1';
+/** The highest exit code of an error class (src/errors.ts). */
+const MAX_EXIT = Math.max(...Object.values(ExitCode));
 const ROOT = path.resolve(__dirname, '..', '..');
 const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
 
@@ -124,7 +129,7 @@ function typedError(e: unknown, ctx: string): void {
   if (!isTyped(e)) throw new Error(`${ctx}: threw ${(e as Error)?.constructor?.name}: ${(e as Error)?.stack ?? String(e)}`);
   const first = e.message.split('\n')[0]!;
   if (first.trim().length < 5) throw new Error(`${ctx}: empty error message ${JSON.stringify(e.message)}`);
-  if (e.code < 1 || e.code > 6) throw new Error(`${ctx}: exit code ${e.code}`);
+  if (e.code < 1 || e.code > MAX_EXIT) throw new Error(`${ctx}: exit code ${e.code}`);
 }
 
 // ================================================================ the sandbox child
@@ -190,6 +195,28 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   }
   sh('ip', ['link', 'add', 'br0', 'type', 'bridge']);
 
+  // What a local user plants where our paths go (issue 25): a symbolic link as a pin root (to the loaded
+  // one), a directory of nobody's, and symbolic links at the lock, wait and trace lock files of a pin root
+  // of its own; every vector that names them must be refused and leave what they point at as it was.
+  const planted = plantedPaths(cfg);
+  fs.symlinkSync(cfg.pins, planted.link);
+  fs.mkdirSync(planted.nobody, { mode: 0o755 });
+  fs.chownSync(planted.nobody, 65534, 65534);
+  const { lockDirFile } = await import('../src/lock');
+  const targetFile = path.join(cfg.plainDir, 'planted-target');
+  fs.writeFileSync(targetFile, 'precious\n', { mode: 0o644 });
+  for (const what of ['lock', 'lock.wait', 'trace.lock']) {
+    fs.rmSync(lockDirFile(planted.lockLinks, what), { force: true });
+    fs.symlinkSync(targetFile, lockDirFile(planted.lockLinks, what));
+  }
+  const plantedState = (): string =>
+    [planted.link, planted.nobody, targetFile]
+      .map((p) => {
+        const st = fs.lstatSync(p);
+        return `${p} ${st.mode.toString(8)} ${st.uid} ${st.isSymbolicLink() ? fs.readlinkSync(p) : st.isDirectory() ? fs.readdirSync(p).join(',') : fs.readFileSync(p, 'utf8')}`;
+      })
+      .join('\n');
+
   // JSON-lines inputs for --file.
   const jdir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-fuzz-json-'));
   const jfiles = fc.sample(jsonLines, { numRuns: 200, seed: cfg.seed }).map((t, i) => {
@@ -217,7 +244,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
       }
       if (e instanceof NeuvError) {
         const line = e.message.split('\n')[0]!;
-        if (e.code < 1 || e.code > 6 || line.trim().length < 5) return { code: e.code, crash: `bad error: code ${e.code} message ${JSON.stringify(e.message)}` };
+        if (e.code < 1 || e.code > MAX_EXIT || line.trim().length < 5) return { code: e.code, crash: `bad error: code ${e.code} message ${JSON.stringify(e.message)}` };
         return { code: e.code, line };
       }
       return { code: -1, crash: `${(e as Error)?.constructor?.name}: ${(e as Error)?.stack ?? String(e)}` };
@@ -247,7 +274,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const quick = (): string => {
     const parts: string[] = [];
     for (const p of roots) parts.push(`${p}: ${fs.existsSync(p) ? fs.readdirSync(p).sort().join(' ') : '-'}`, mapDump(p));
-    parts.push(`plain: ${fs.readdirSync(cfg.plainDir).join(' ')}`);
+    parts.push(`plain: ${fs.readdirSync(cfg.plainDir).join(' ')}`, plantedState());
     const devs = fs.readFileSync('/proc/net/dev', 'utf8').split('\n').slice(2).map((l) => l.split(':')[0]!.trim()).filter(Boolean).sort();
     for (const d of devs) {
       const idx = bpf.ifNameToIndex(d);
@@ -306,7 +333,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   };
   collect(buildProgram(() => undefined));
   const optNames = [...opts.keys()];
-  const pinValues = [cfg.pins, cfg.pins2, cfg.plainDir, path.join(cfg.plainDir, 'pins'), 'relative/pins', '/nonexistent/pins', '', `${cfg.pins}-other`];
+  const pinValues = [cfg.pins, cfg.pins2, cfg.plainDir, path.join(cfg.plainDir, 'pins'), 'relative/pins', '/nonexistent/pins', '', `${cfg.pins}-other`, ...plantedRoots(cfg)];
   const value = (name: string) => {
     switch (name) {
       case '--bpffs':
@@ -363,7 +390,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
     };
     for (let i = 0; i < argv.length; i++) {
       const b = valueOf(i, '--bpffs');
-      if (b !== undefined && b.startsWith('/') && path.normalize(b).startsWith('/sys/fs/bpf') && ![cfg.pins, cfg.pins2, `${cfg.pins}-other`].includes(path.normalize(b).replace(/\/+$/, ''))) return true;
+      if (b !== undefined && b.startsWith('/') && path.normalize(b).startsWith('/sys/fs/bpf') && ![cfg.pins, cfg.pins2, `${cfg.pins}-other`, ...plantedRoots(cfg)].includes(path.normalize(b).replace(/\/+$/, ''))) return true;
       for (const n of ['--netns', '--container-netns']) {
         const v = valueOf(i, n);
         if (v === undefined || v === '') continue;
@@ -484,7 +511,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
         anyOk = true;
         return;
       }
-      if (r.code === null || r.code < 1 || r.code > 6) {
+      if (r.code === null || r.code < 1 || r.code > MAX_EXIT) {
         report.real.problems.push(`${argv}: exit ${r.code ?? r.signal}: ${r.stderr.slice(0, 500)}`);
         return;
       }
@@ -511,6 +538,21 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   fs.rmSync(jdir, { recursive: true, force: true });
   process.stdout.write(JSON.stringify(report) + '\n');
   process.exit(0);
+}
+
+/** The planted paths of a run (made by the sandbox child, removed by the parent). */
+function plantedPaths(cfg: Pick<ChildConfig, 'pins'>): { link: string; nobody: string; lockLinks: string } {
+  return { link: `${cfg.pins}-link`, nobody: `${cfg.pins}-nobody`, lockLinks: `${cfg.pins}-locklinks` };
+}
+
+/**
+ * The planted paths a vector may name as --bpffs: the link, nobody's directory, the root with planted lock
+ * files. (A pin as --bpffs is test/paths.test.ts's: here the loaded root is unloaded and made again, and a
+ * load naming its neuv_ports in between would make a directory there.)
+ */
+function plantedRoots(cfg: Pick<ChildConfig, 'pins'>): string[] {
+  const p = plantedPaths(cfg);
+  return [p.link, p.nobody, p.lockLinks];
 }
 
 /**
@@ -685,10 +727,11 @@ if (require.main === module) {
       const pins = `/sys/fs/bpf/${uniqueName('nbtfz')}`;
       const pins2 = `${pins}-2`;
       const plainDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-fuzz-plain-'));
+      const planted = plantedPaths({ pins });
       onCleanup(() => {
-        for (const p of [pins, pins2, `${pins}-other`]) fs.rmSync(p, { recursive: true, force: true });
+        for (const p of [pins, pins2, `${pins}-other`, planted.link, planted.nobody]) fs.rmSync(p, { recursive: true, force: true });
         fs.rmSync(plainDir, { recursive: true, force: true });
-        removeLockFiles(pins, pins2, `${pins}-other`, plainDir, path.join(plainDir, 'pins'));
+        removeLockFiles(pins, pins2, `${pins}-other`, plainDir, path.join(plainDir, 'pins'), planted.lockLinks, planted.link, planted.nobody);
       });
       try {
         const cfg: ChildConfig = { pins, pins2, plainDir, seed, runs, real, realParallel: 2 };

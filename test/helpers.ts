@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { journalDir } from '../src/intercept/journal';
-import { LOCK_DIR, removeLockFiles } from '../src/lock';
+import { LOCK_DIR, pinRootStem, removeLockFiles } from '../src/lock';
 import { BPF_FS_MAGIC } from '../src/pins';
 import { Net, Netns } from '../src/net';
 
@@ -67,7 +67,7 @@ const namesMade: string[] = [];
  */
 export function lockFilesOfThisProcess(before: ReadonlySet<string> = new Set()): string[] {
   if (!fs.existsSync(LOCK_DIR)) return [];
-  const marks = namesMade.map((n) => new RegExp(`_${n}(?:[._-]|$)`));
+  const marks = namesMade.map((n) => new RegExp(`_${pinRootStem(n)}(?:[._%-]|$)`));
   return fs.readdirSync(LOCK_DIR).filter((f) => !before.has(f) && marks.some((m) => m.test(f)));
 }
 

@@ -1,7 +1,8 @@
 /**
  * Security (issue 6): the pin directory is 0700 and every pin 0600 (maps,
- * programs, tcx link pins of vbr-neuv and of ports), whatever the umask and
- * however the directory was before; every command refuses cleanly without
+ * programs, tcx link pins of vbr-neuv and of ports), whatever the umask; a
+ * directory there that is not 0700 is refused, not chmodded (issue 25,
+ * test/paths.test.ts); every command refuses cleanly without
  * root, and as root without CAP_BPF or CAP_NET_ADMIN, changing nothing; no
  * external program is ever run through a shell (a lint over src/ and the C
  * tools).
@@ -14,6 +15,7 @@ import type { Command } from 'commander';
 import { veth } from '../src/net';
 import { CLI, ROOT, cli, kernelState, leafCommands, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups } from './helpers';
 import { buildProgram, UNPRIVILEGED } from '../src/cli';
+import { ExitCode } from '../src/errors';
 import { features } from '../src/features';
 import { LOCK_DIR, lockPath } from '../src/lock';
 
@@ -42,7 +44,7 @@ describe('security (kernel)', function () {
 
   describe('modes', function () {
     afterEach(runCleanups);
-    it('pin directory 0700 and pins 0600 (maps, programs, tcx links of vbr-neuv and of ports), with umask 000 and a pre-existing 0755 directory; lock directory 0700, lock files 0600', function () {
+    it('pin directory 0700 and pins 0600 (maps, programs, tcx links of vbr-neuv and of ports), with umask 000; a pre-existing 0755 directory refused, not chmodded; lock directory 0700, lock files 0600', function () {
       const ns = makeNetns();
       const pins = makePinRoot();
       fs.mkdirSync(pins, { mode: 0o755 });
@@ -53,6 +55,11 @@ describe('security (kernel)', function () {
           encoding: 'utf8',
           env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn', ...env },
         });
+      const pre = withUmask(['load']);
+      assert.equal(pre.status, ExitCode.UNSAFE, pre.stderr);
+      assert.match(pre.stderr, /pin root \S+ has mode 755, not 700/);
+      assert.equal(mode(pins), '755', 'not chmodded');
+      fs.rmdirSync(pins);
       const l = withUmask(['load']);
       assert.equal(l.status, 0, l.stderr);
       assert.deepEqual(pinModes(pins), []);

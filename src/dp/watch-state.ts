@@ -5,7 +5,7 @@
  * puts the pairs back in FWD, and `show` marks them as held.
  */
 import * as fs from 'node:fs';
-import { LOCK_DIR, lockDirFile } from '../lock';
+import { lockDirFile, readLockDirFile, writeLockDirFile } from '../lock';
 import { log } from '../log';
 
 /** Where the pairs a watcher put in BYPASS are kept, per pin root (beside its lock and journal). */
@@ -25,12 +25,8 @@ const STATE_VERSION = 1;
 /** The pairs in the state file; none when there is none, or (logged) when it cannot be read. */
 export function readWatchState(pinRoot: string): BypassedPair[] {
   const p = watchStatePath(pinRoot);
-  let text: string;
-  try {
-    text = fs.readFileSync(p, 'utf8');
-  } catch {
-    return [];
-  }
+  const text = readLockDirFile(pinRoot, 'watch.json'); // a symlink there is refused, not followed
+  if (text === undefined) return [];
   try {
     const j = JSON.parse(text) as { version?: number; bypassed?: unknown };
     if (j.version !== STATE_VERSION || !Array.isArray(j.bypassed)) throw new Error(`not a version ${STATE_VERSION} state`);
@@ -43,22 +39,14 @@ export function readWatchState(pinRoot: string): BypassedPair[] {
   }
 }
 
-/** Rewrites the state file atomically (a temporary file renamed over it); removes it when no pair is left. */
+/** Rewrites the state file atomically (writeOwnFileAtomic: a new temporary renamed over it); removes it when no pair is left. */
 export function writeWatchState(pinRoot: string, pairs: BypassedPair[]): void {
   const p = watchStatePath(pinRoot);
   if (pairs.length === 0) {
     fs.rmSync(p, { force: true });
     return;
   }
-  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
-  const tmp = `${p}.${process.pid}.tmp`;
-  try {
-    fs.writeFileSync(tmp, JSON.stringify({ version: STATE_VERSION, bypassed: pairs }) + '\n', { mode: 0o600 });
-    fs.renameSync(tmp, p);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
+  writeLockDirFile(pinRoot, 'watch.json', JSON.stringify({ version: STATE_VERSION, bypassed: pairs }) + '\n');
 }
 
 /** Pairs held in BYPASS by a watcher, as `show` marks them: id -> since (ISO), for pairs still in BYPASS with that MAC. */

@@ -8,7 +8,7 @@ import { validateIfName, VBR } from '../link';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { crashPoint } from '../crash';
-import { JournalRecord, interceptLockKey, removeRecord, writeRecord } from './journal';
+import { JournalRecord, INTERCEPT_LOCK, removeRecord, writeRecord } from './journal';
 import { AddModeName, Datapath, DEFAULT_ADD_MODE, PairAdded } from '../pairs';
 import { Undo } from '../undo';
 import { enforcerRunner, NsRunner } from './runner';
@@ -55,7 +55,7 @@ export interface InterceptResult {
 }
 
 export async function intercept(opts: InterceptOptions): Promise<InterceptResult> {
-  return withLock(interceptLockKey(opts.pinRoot), () => interceptLocked(opts), INTERCEPT_LOCK_WAIT_MS);
+  return withLock(opts.pinRoot, () => interceptLocked(opts), INTERCEPT_LOCK_WAIT_MS, INTERCEPT_LOCK);
 }
 
 async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult> {

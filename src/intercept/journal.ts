@@ -5,7 +5,7 @@
  * small JSON record per container port (atomically: a temporary file renamed
  * over the old one) under
  *
- *   /run/neuv-bpf/<pin root with / as _>.journal/<container netns inode>-<port>.json
+ *   /run/neuv-bpf/<pinRootStem>.journal/<container netns inode>-<port>.json
  *
  * (bpffs refuses regular files, so like the lock it lives under /run, which
  * is tmpfs: it goes with a reboot, as do the namespaces it names). A record
@@ -37,7 +37,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NeuvError, ExitCode } from '../errors';
-import { LOCK_DIR, lockDirFile, withLock } from '../lock';
+import { lockDirDir, lockDirFile, withLock } from '../lock';
+import { readOwnFile, writeOwnFileAtomic } from '../safefs';
 import { log } from '../log';
 import { enforcerRunner, NsRunner } from './runner';
 import { PortSnapshot, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
@@ -83,13 +84,9 @@ function recordPath(pinRoot: string, ino: number, port: string): string {
 
 /** Writes (replaces) a record atomically: a kill leaves the old one or the new one. */
 export function writeRecord(pinRoot: string, r: JournalRecord): void {
-  const dir = journalDir(pinRoot);
-  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  lockDirDir(pinRoot, 'journal', true);
   const p = recordPath(pinRoot, r.target.ino, r.port);
-  const tmp = `${p}.tmp${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify({ ...r, time: new Date().toISOString() }) + '\n', { mode: 0o600 });
-  fs.renameSync(tmp, p);
+  writeOwnFileAtomic(p, `${p}.tmp${process.pid}`, JSON.stringify({ ...r, time: new Date().toISOString() }) + '\n', 'journal record');
 }
 
 export function removeRecord(pinRoot: string, r: Pick<JournalRecord, 'target' | 'port'>): void {
@@ -102,8 +99,10 @@ export function removeRecord(pinRoot: string, r: Pick<JournalRecord, 'target' | 
 }
 
 function parseRecord(file: string): JournalRecord | undefined {
+  const text = readOwnFile(file, 'journal record'); // a symlink there is refused, not followed
+  if (text === undefined) return undefined;
   try {
-    const r = JSON.parse(fs.readFileSync(file, 'utf8')) as JournalRecord;
+    const r = JSON.parse(text) as JournalRecord;
     if (r.version !== JOURNAL_VERSION || (r.op !== 'intercept' && r.op !== 'release') || !r.snap || !r.target || !r.enforcer) return undefined;
     return r;
   } catch {
@@ -113,14 +112,14 @@ function parseRecord(file: string): JournalRecord | undefined {
 
 /** The record of one container port, if any. */
 export function findRecord(pinRoot: string, ino: number, port: string): JournalRecord | undefined {
-  const p = recordPath(pinRoot, ino, port);
-  return fs.existsSync(p) ? parseRecord(p) : undefined;
+  if (!lockDirDir(pinRoot, 'journal', false)) return undefined;
+  return parseRecord(recordPath(pinRoot, ino, port));
 }
 
 /** Every record of a pin root (unreadable ones, and temporaries of a killed write, are skipped). */
 export function listRecords(pinRoot: string): JournalRecord[] {
-  const dir = journalDir(pinRoot);
-  if (!fs.existsSync(dir)) return [];
+  const dir = lockDirDir(pinRoot, 'journal', false);
+  if (!dir) return [];
   const out: JournalRecord[] = [];
   for (const f of fs.readdirSync(dir).sort()) {
     const p = path.join(dir, f);
@@ -315,10 +314,8 @@ export async function recoverLocked(r: JournalRecord, o: RecoverOptions): Promis
   return { line, intercepted };
 }
 
-/** The lock intercept, release and recovery hold: per pin root, separate from the pair API's. */
-export function interceptLockKey(pinRoot: string): string {
-  return `${pinRoot}.intercept`;
-}
+/** The lock intercept, release and recovery hold (withLock's name): per pin root, separate from the pair API's. */
+export const INTERCEPT_LOCK = 'intercept.lock';
 
 export interface JournalRepair {
   actions: string[];
@@ -332,12 +329,13 @@ export interface JournalRepair {
  */
 export async function recoverAll(o: RecoverOptions & { dryRun?: boolean }): Promise<JournalRepair> {
   const out: JournalRepair = { actions: [], left: [] };
-  if (!fs.existsSync(journalDir(o.pinRoot))) return out;
-  await withLock(interceptLockKey(o.pinRoot), async () => {
+  const dir = lockDirDir(o.pinRoot, 'journal', false); // refused when not ours (a symlink, say)
+  if (!dir) return out;
+  await withLock(o.pinRoot, async () => {
     // Temporaries of a write that was killed (no writer runs: we hold the lock).
     if (!o.dryRun) {
-      for (const f of fs.readdirSync(journalDir(o.pinRoot))) {
-        if (/\.json\.tmp\d+$/.test(f)) fs.rmSync(path.join(journalDir(o.pinRoot), f), { force: true });
+      for (const f of fs.readdirSync(dir)) {
+        if (/\.json\.tmp\d+$/.test(f)) fs.rmSync(path.join(dir, f), { force: true });
       }
     }
     for (const r of listRecords(o.pinRoot)) {
@@ -353,7 +351,7 @@ export async function recoverAll(o: RecoverOptions & { dryRun?: boolean }): Prom
         out.left.push(`${problem}: ${(e as Error).message}`);
       }
     }
-  });
+  }, undefined, INTERCEPT_LOCK);
   return out;
 }
 

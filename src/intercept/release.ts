@@ -9,7 +9,7 @@ import { NotFoundError } from '../errors';
 import { validateIfName } from '../link';
 import { withLock } from '../lock';
 import { log } from '../log';
-import { JournalRecord, findRecord, interceptLockKey, removeRecord, writeRecord } from './journal';
+import { JournalRecord, findRecord, INTERCEPT_LOCK, removeRecord, writeRecord } from './journal';
 import { Datapath, PairView } from '../pairs';
 import { Undo } from '../undo';
 import { enforcerRunner, LinkDetail, NsRunner } from './runner';
@@ -40,7 +40,7 @@ export interface ReleaseResult {
 }
 
 export async function release(opts: ReleaseOptions): Promise<ReleaseResult> {
-  return withLock(interceptLockKey(opts.pinRoot), () => releaseLocked(opts), INTERCEPT_LOCK_WAIT_MS);
+  return withLock(opts.pinRoot, () => releaseLocked(opts), INTERCEPT_LOCK_WAIT_MS, INTERCEPT_LOCK);
 }
 
 async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {

@@ -29,8 +29,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NeuvError } from '../errors';
-import { findNetns, findRecord, interceptedNow, interceptLockKey, journalDir, JournalRecord, recoverLocked, writeRecord } from './journal';
-import { withLock } from '../lock';
+import { findNetns, findRecord, interceptedNow, INTERCEPT_LOCK, JournalRecord, recoverLocked, writeRecord } from './journal';
+import { lockDirDir, withLock } from '../lock';
 import { log } from '../log';
 import { isLoaded } from '../pins';
 import { Datapath } from '../pairs';
@@ -60,7 +60,8 @@ function nsfsId(p: string): { ino: number; dev: number } | undefined {
 
 /** Record files that exist but cannot be read (a temporary of a killed write is not one). */
 function unreadable(pinRoot: string): Array<{ file: string; ino: number; port: string }> {
-  const dir = journalDir(pinRoot);
+  const dir = lockDirDir(pinRoot, 'journal', false); // refused when not ours (a symlink, say)
+  if (!dir) return [];
   let names: string[];
   try {
     names = fs.readdirSync(dir);
@@ -227,7 +228,7 @@ export async function recoverLost(pinRoot: string, l: Lost, enforcer: string | u
 /** repair: every lost intercept, looking into every netns. */
 export async function recoverAllLost(pinRoot: string, dryRun: boolean): Promise<{ actions: string[]; left: string[] }> {
   const out = { actions: [] as string[], left: [] as string[] };
-  await withLock(interceptLockKey(pinRoot), async () => {
+  await withLock(pinRoot, async () => {
     for (const l of await findLost(pinRoot, undefined, 'all')) {
       if (dryRun) {
         out.actions.push(lostProblem(l));
@@ -239,7 +240,7 @@ export async function recoverAllLost(pinRoot: string, dryRun: boolean): Promise<
         out.left.push(`${lostProblem(l)}: ${(e as Error).message}`);
       }
     }
-  });
+  }, undefined, INTERCEPT_LOCK);
   if (out.actions.length) log('journal').info({ actions: out.actions, dryRun }, 'lost intercepts');
   return out;
 }

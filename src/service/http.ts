@@ -22,6 +22,7 @@ export const HTTP_STATUS: Record<ExitCodeValue, number> = {
   [ExitCode.CONFLICT]: 409,
   [ExitCode.KERNEL]: 500,
   [ExitCode.WRONG_NETNS]: 409,
+  [ExitCode.UNSAFE]: 500, // a planted path on the node: the operator's to fix, not the client's
 };
 
 /** A refusal with its own HTTP status (413, 405, 503), still in an exit-code class. */
