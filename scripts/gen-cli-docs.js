@@ -28,7 +28,8 @@ const PARALLEL = 4;
 /** `bin/neuv-bpf ...args --help`: its stdout, or an error naming the command. */
 function help(args) {
   return new Promise((resolve, reject) => {
-    const env = { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' };
+    // NEUV_BPF_HELP_FOR_DOCS: no machine-dependent lines (demo --help says which DP runs here).
+    const env = { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0', NEUV_BPF_HELP_FOR_DOCS: '1' };
     delete env.COLUMNS;
     execFile(process.execPath, [BIN, ...args, '--help'], { cwd: ROOT, env, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
       if (err) reject(new Error(`neuv-bpf ${[...args, '--help'].join(' ')}: ${(stderr || err.message).trim()}`));

@@ -3,9 +3,9 @@
  * options are applied once (log level, netns, pin root) before any command
  * runs; every failure is one line on stderr and a distinct exit code.
  */
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, HelpContext } from 'commander';
 import { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
-import { ErrorReport, ExitCode, UsageError, errorReport, formatError } from './errors';
+import { ErrorReport, ExitCode, UsageError, errorReport, formatError, oneLine } from './errors';
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
 import { checkPinRoot, checkPrivileges, pinRootFrom } from './pins';
@@ -15,6 +15,7 @@ import { registerLoadCommands } from './cli/load';
 import { registerPairCommands } from './cli/pair';
 import { register as registerTrace } from './cli/trace';
 import { startCommandTrace, stopCommandTrace } from './trace';
+import { InterruptedError, caughtSignal, holdSignals, releaseSignals, rollbackFailureCount, safePoint, signalExitCode } from './signals';
 import { registerInterceptCommands } from './cli/intercept';
 import { registerDemoCommands } from './cli/demo';
 import { registerRepairCommands } from './cli/repair';
@@ -51,6 +52,43 @@ export const UNPRIVILEGED = new Set<string>(['version']);
 /** Commands that do not act on the pin root's datapath, so run in any netns (every other refuses outside its home). */
 const HOMELESS = new Set<string>(['version', 'demo', 'discover']);
 
+type Opts = Record<string, string | boolean | undefined>;
+const targetOf = (o: Opts) => `${o.port ?? 'eth0'} of ${o.pid !== undefined ? `pid ${o.pid}` : `netns ${o.containerNetns}`}`;
+
+/**
+ * The commands that change the kernel in steps hold SIGINT, SIGTERM and
+ * SIGHUP (src/signals.ts): one arriving lets the command roll back at its
+ * next safe point or finish, then the CLI says which in one line, naming
+ * the command as given here, and exits 128 + the signal's number.
+ */
+export const HOLDS_SIGNALS: Record<string, (o: Opts) => string> = {
+  load: () => 'load',
+  unload: () => 'unload',
+  intercept: (o) => `intercept of ${targetOf(o)}`,
+  release: (o) => `release of ${targetOf(o)}`,
+  adopt: () => 'adopt',
+  handback: () => 'handback',
+  repair: () => 'repair',
+  'pair add': (o) => (o.file !== undefined ? `pair add --file ${o.file}` : `pair add ${o.in}/${o.ex}`),
+  'pair del': () => 'pair del',
+  'pair mode': () => 'pair mode',
+};
+
+/** A command's name with its parents' ("pair add"). */
+function commandPath(c: Command): string {
+  const names: string[] = [];
+  for (let x: Command | null = c; x?.parent; x = x.parent) names.unshift(x.name());
+  return names.join(' ');
+}
+
+/**
+ * What the running command holds signals for ("intercept of eth0 of pid 12"),
+ * set once its options are parsed; undefined for a command that does not.
+ */
+let holding: string | undefined;
+/** Set by main(): a program built for a test process (buildProgram) leaves its signals alone. */
+let isMain = false;
+
 export function buildProgram(out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Command {
   let ctx: Ctx | undefined;
   const getCtx = (): Ctx => {
@@ -61,7 +99,7 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .description('eBPF dataplane for container traffic interception (replaces the NeuVector tc pipe)')
     .option('--netns <name|path>', 'enter this network namespace first (like ip -n)')
     .option('--bpffs <dir>', 'pin root (env NEUV_BPF_PIN_ROOT)', undefined)
-    .addOption(new Option('--log-level <level>', 'log level (env NEUV_BPF_LOG_LEVEL)').choices(LOG_LEVELS))
+    .option('--log-level <level>', `log level: ${LOG_LEVELS.join(', ')}, in any case (env NEUV_BPF_LOG_LEVEL, the same spellings)`)
     .option('--json', 'machine-readable output where the output is data')
     .showHelpAfterError(false)
     .exitOverride()
@@ -73,6 +111,14 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       },
     })
     .hook('preAction', (thisCommand, actionCommand) => {
+      const describe = HOLDS_SIGNALS[commandPath(actionCommand)];
+      if (!isMain) {
+        /* not the CLI process */
+      } else if (describe) {
+        holdSignals();
+        holding = describe(actionCommand.opts<Opts>());
+        safePoint(); // a signal during start-up: stop before anything changed
+      } else releaseSignals(true); // the default action (trace, watch, demo install their own)
       const g = thisCommand.opts<GlobalOpts>();
       const level = resolveLevel(g.logLevel);
       configureLogging(level);
@@ -91,22 +137,50 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
     .hook('postAction', () => stopCommandTrace());
 
   for (const r of registrars) r(program, getCtx);
+  requireSubcommands(program);
   return program;
+}
+
+/**
+ * A command that only groups others (pair, flow, and the program itself)
+ * run without one: one usage line, exit 2, instead of commander's help on
+ * stderr and exit 0.
+ */
+function requireSubcommands(c: Command): void {
+  if (c.commands.length === 0) return;
+  const help = c.help.bind(c);
+  c.help = ((context?: HelpContext) => {
+    if (!context?.error) return help(context);
+    const path = commandPath(c);
+    const names = c.commands.map((s) => s.name()).filter((n) => n !== 'help');
+    throw new UsageError(path
+      ? `${path} needs a subcommand: ${names.join(', ')} (neuv-bpf ${path} --help)`
+      : `no command given (neuv-bpf --help lists them)`);
+  }) as Command['help'];
+  for (const s of c.commands) requireSubcommands(s);
 }
 
 /** Runs the CLI; returns the exit code (also set on process.exitCode). */
 export async function main(argv: string[] = process.argv): Promise<number> {
   const program = buildProgram();
+  holding = undefined;
+  isMain = true;
   try {
     await program.parseAsync(argv);
+    const sig = holding ? caughtSignal() : undefined;
+    if (sig) return (process.exitCode = interruptedLine(sig, 'finished', undefined));
     return (process.exitCode = ExitCode.OK);
   } catch (e) {
+    const sig = holding ? caughtSignal() : undefined;
+    if (sig) return (process.exitCode = interruptedLine(sig, 'rolled back', e));
     if (e instanceof CommanderError && (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help')) {
       return (process.exitCode = ExitCode.OK);
     }
     return (process.exitCode = printError(e, jsonWanted(argv)));
   } finally {
     stopCommandTrace();
+    // A command that held signals keeps them held until the process exits: one coming now is too late to change its outcome.
+    if (!holding) releaseSignals(true);
   }
 }
 
@@ -137,6 +211,24 @@ export function printError(e: unknown, json: boolean): number {
   }
   if (!(e instanceof UsageError) && !(e instanceof CommanderError)) log('cli').debug({ err: e }, 'failure details');
   return r.code;
+}
+
+/**
+ * The one line of a command interrupted while it held signals: finished, or
+ * rolled back (with the failure that made it roll back, when that was not
+ * the signal itself: a step's child process killed by it). Returns the exit code.
+ */
+function interruptedLine(sig: NodeJS.Signals, outcome: 'finished' | 'rolled back', err: unknown): number {
+  const what = holding!;
+  const why = err === undefined || err instanceof InterruptedError ? '' : ` (after: ${oneLine(err)})`;
+  const line = outcome === 'finished'
+    ? `finished ${what}`
+    : rollbackFailureCount()
+      ? `rolled back ${what} only in part${why}: neuv-bpf repair finishes it from the journal`
+      : `rolled back ${what}${why}`;
+  process.stderr.write(`neuv-bpf: interrupted by ${sig}: ${line}\n`);
+  if (err !== undefined) log('cli').debug({ err }, 'interrupted');
+  return signalExitCode(sig);
 }
 
 /** An instruction line of a verifier log: "12: (71) r1 = *(u8 *)(r1 +20)". */

@@ -20,7 +20,6 @@
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { sh, waitFor } from './net';
 import {
@@ -28,6 +27,7 @@ import {
   ping, runProbes, startServer,
 } from './topology';
 import { LOCK_DIR, lockDirFile, removeLockFiles } from './lock';
+import { onStopSignal, signalExitCode } from './signals';
 
 // Heavy modules (koffi through pairs/intercept) are loaded only when the demo
 // runs, not when the CLI merely parses its arguments.
@@ -168,14 +168,12 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
   const onSignal = (sig: NodeJS.Signals) => {
     process.stderr.write(`\nneuv-bpf demo: ${sig}, cleaning up\n`);
     cleanup();
-    process.exit(128 + (os.constants.signals[sig] ?? 15));
+    process.exit(signalExitCode(sig));
   };
   // A closed stdout (demo | head) must not kill the demo before it cleans up.
   const onStdoutError = () => undefined;
   process.stdout.on('error', onStdoutError);
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  process.once('SIGHUP', onSignal);
+  const offSignals = onStopSignal(onSignal);
 
   try {
     removeStaleDemos(out);
@@ -336,9 +334,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
       : `all as expected (${((Date.now() - started) / 1000).toFixed(1)} s)`;
     return { ok: mismatches.length === 0, table: lines, mismatches };
   } finally {
-    process.removeListener('SIGINT', onSignal);
-    process.removeListener('SIGTERM', onSignal);
-    process.removeListener('SIGHUP', onSignal);
+    offSignals();
     cleanup();
     out('removed every namespace, interface and pin of the demo');
     if (verdict) out(verdict);

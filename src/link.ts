@@ -3,7 +3,8 @@
  * array (never a shell string), plus name validation and cheap ifindex
  * lookups through libc in the current (possibly entered) netns.
  */
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import { ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import { ifIndexToName, ifNameToIndex } from './bpf';
 import { log } from './log';
@@ -13,25 +14,39 @@ export interface RunResult {
   stderr: string;
 }
 
-/** Runs a program with an argument array; throws a NeuvError with its first stderr line. */
+/**
+ * Runs a program with an argument array; throws a NeuvError with its first
+ * stderr line. The child gets its own process group: a Ctrl-C at the
+ * terminal reaches neuv-bpf, which holds it until a safe point
+ * (src/signals.ts), but not the ip or tc in the middle of a step.
+ */
 export function run(cmd: string, args: string[], opts: { input?: string; allowFail?: boolean } = {}): Promise<RunResult & { code: number }> {
   const lg = log('exec');
   lg.debug({ cmd, args }, 'exec');
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { maxBuffer: 64 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as NodeJS.ErrnoException).code === 'number' ? Number((err as { code: number }).code) : 1) : 0;
-      if (err && (err as NodeJS.ErrnoException).code === 'ENOENT') {
-        reject(new NeuvError(`${cmd} not found: install it (make deps)`, ExitCode.NOT_FOUND));
-        return;
-      }
-      if (err && !opts.allowFail) {
-        const line = (stderr || err.message).trim().split('\n')[0];
+    const child = spawn(cmd, args, { detached: true, stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout!.on('data', (b: Buffer) => out.push(b));
+    child.stderr!.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      reject(e.code === 'ENOENT' ? new NeuvError(`${cmd} not found: install it (make deps)`, ExitCode.NOT_FOUND) : new NeuvError(`${cmd}: ${e.message}`, ExitCode.FAILURE));
+    });
+    child.on('close', (status, signal) => {
+      const stdout = Buffer.concat(out).toString('utf8');
+      const stderr = Buffer.concat(err).toString('utf8');
+      const code = status ?? 1;
+      if (code !== 0 && !opts.allowFail) {
+        const line = (stderr.trim() || `Command failed: ${cmd} ${args.join(' ')}${signal ? ` (${signal})` : ''}`).split('\n')[0];
         reject(new NeuvError(`${cmd} ${args.join(' ')}: ${line}`, ExitCode.FAILURE));
         return;
       }
       resolve({ stdout, stderr, code });
     });
-    if (opts.input !== undefined) child.stdin?.end(opts.input);
+    if (opts.input !== undefined) {
+      child.stdin!.on('error', () => undefined); // a child that exits without reading: its status says what happened
+      child.stdin!.end(opts.input);
+    }
   });
 }
 
@@ -96,6 +111,22 @@ export async function qdiscs(name: string): Promise<Array<{ kind: string; handle
 
 export const VBR = 'vbr-neuv';
 export const VTH = 'vth-neuv';
+
+/**
+ * Whether a packet socket (AF_PACKET: how a DP reads and writes frames) is
+ * bound to this ifindex in the current netns: the Iface column of
+ * /proc/thread-self/net/packet, the kernel's list. A socket bound to every
+ * interface (0: tcpdump -i any) is no DP.
+ */
+export function packetSocketOn(ifindex: number): boolean {
+  let text: string;
+  try {
+    text = fs.readFileSync('/proc/thread-self/net/packet', 'utf8');
+  } catch {
+    return true; // cannot tell: say nothing
+  }
+  return text.split('\n').slice(1).some((l) => Number(l.trim().split(/\s+/)[4]) === ifindex);
+}
 
 /**
  * Creates vbr-neuv/vth-neuv (ifindex 10000000/10000001), MTU 2048 or 9000,

@@ -11,6 +11,7 @@ import { LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN, flock, rcuGraceAfterDeletes } from 
 import { ExitCode, NeuvError } from './errors';
 import { log } from './log';
 import { checkOwnDir, ensureOwnDir, openOwnFile, readOwnFile, writeOwnFileAtomic } from './safefs';
+import { safePoint } from './signals';
 
 export const LOCK_DIR = process.env.NEUV_BPF_LOCK_DIR ?? '/run/neuv-bpf';
 
@@ -145,6 +146,7 @@ export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, tim
       let queued = false;
       for (;;) {
         await new Promise((r) => setTimeout(r, queued ? 5 + Math.random() * 10 : 1));
+        safePoint(); // interrupted while waiting: nothing was done yet
         if (!queued) queued = flock(wfd, LOCK_SH | LOCK_NB, wp);
         if (queued && flock(fd, LOCK_EX | LOCK_NB, p)) break;
         if (Date.now() - start > timeoutMs) {

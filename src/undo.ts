@@ -4,6 +4,7 @@
  * still run, so a failed command leaves the kernel as it found it.
  */
 import { log } from './log';
+import { noteRollbackFailure } from './signals';
 
 export class Undo {
   private steps: Array<{ what: string; fn: () => unknown }> = [];
@@ -53,6 +54,7 @@ export class Undo {
   }
 
   private failed(what: string, e: unknown): void {
+    noteRollbackFailure();
     log(this.scope).warn({ undo: what, err: (e as Error).message }, 'rollback step failed');
   }
 }

@@ -10,7 +10,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LOCK_DIR, lockDirFiles } from '../src/lock';
-import { ROOT, TIME_SCALE, requireKernel, sh } from './helpers';
+import { ROOT, TIME_SCALE, cli, requireKernel, sh } from './helpers';
+import { findTarball, nvdpUnavailable } from '../src/dp/nvdp';
 
 interface DemoRun {
   pid: number;
@@ -69,6 +70,20 @@ function processesOf(pid: number): string[] {
   }
   return out;
 }
+
+describe('neuv-bpf demo --help (unit)', function () {
+  it("says which DP the demo runs here: NeuVector's when its tarball is found, else the stub, and why", function () {
+    const last = (env: NodeJS.ProcessEnv) => {
+      const r = cli(['demo', '--help'], { env });
+      assert.equal(r.code, 0, r.stderr);
+      return r.stdout.trim().split('\n').pop();
+    };
+    const why = nvdpUnavailable();
+    assert.equal(last({}), why ? `Here the demo runs the stub DP: ${why}.` : `Here the demo runs NeuVector's DP, built from ${findTarball()}.`);
+    assert.equal(last({ NEUV_BPF_DEMO_STUB: '1' }), 'Here the demo runs the stub DP (NEUV_BPF_DEMO_STUB=1).');
+    assert.match(last({ NEUV_BPF_NVDP_TARBALL: '/nonexistent/neuvector-dp-0.tar.gz' }) ?? '', /^Here the demo runs the stub DP: NeuVector DP tarball not found \(looked at \/nonexistent\/neuvector-dp-0\.tar\.gz;/);
+  });
+});
 
 describe('neuv-bpf demo (kernel, the README command)', function () {
   this.timeout(180000 * TIME_SCALE);

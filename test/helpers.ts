@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { journalDir } from '../src/intercept/journal';
@@ -137,9 +138,41 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the real CLI synchronously. */
+/** Whether every directory above `file` lets others through and others may read it. */
+function othersCanRead(file: string): boolean {
+  if ((fs.statSync(file).mode & 0o004) === 0) return false;
+  for (let d = path.dirname(file); ; d = path.dirname(d)) {
+    if ((fs.statSync(d).mode & 0o001) === 0) return false;
+    if (d === path.dirname(d)) return true;
+  }
+}
+
+let cliCopy: string | undefined;
+/**
+ * The CLI as another user (the unprivileged checks run it as nobody) can
+ * run it: this clone's, or where this clone sits in a directory others
+ * cannot enter (under /root, mode 0700), a copy of what it needs (bin,
+ * dist, node_modules, package.json, the BPF object) in a 0755 directory
+ * under the system's temporary directory, made once and removed at exit.
+ */
+export function cliAsOther(): string {
+  if (othersCanRead(CLI)) return CLI;
+  if (cliCopy) return cliCopy;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'neuv-bpf-cli-'));
+  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.chmodSync(dir, 0o755);
+  fs.mkdirSync(path.join(dir, 'build'), { mode: 0o755 });
+  for (const f of ['bin', 'dist', 'node_modules', 'package.json']) execFileSync('cp', ['-a', path.join(ROOT, f), dir]);
+  if (fs.existsSync(OBJ)) execFileSync('cp', ['-a', OBJ, path.join(dir, 'build')]);
+  execFileSync('chmod', ['-R', 'go+rX', dir]);
+  return (cliCopy = path.join(dir, 'bin', 'neuv-bpf'));
+}
+
+/** Runs the real CLI synchronously (as `uid` from a copy it can read, where needed: cliAsOther). */
 export function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; uid?: number } = {}): CliResult {
-  const r = spawnSync(process.execPath, [CLI, ...args], {
+  const bin = opts.uid === undefined || opts.uid === process.getuid?.() ? CLI : cliAsOther();
+  const r = spawnSync(process.execPath, [bin, ...args], {
+    cwd: bin === CLI ? undefined : path.dirname(path.dirname(bin)),
     encoding: 'utf8',
     env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn', ...opts.env },
     input: opts.input,

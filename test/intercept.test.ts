@@ -144,6 +144,27 @@ describe('intercept / release (kernel)', function () {
     connectivity(tt, 'after');
   });
 
+  it('fwd with nothing reading vth-neuv (no DP) warns on stderr and goes on (exit 0); with a DP bound to it, no warning', async function () {
+    const tt = makeTopology();
+    const c1 = tt.c[0]!;
+    const warning = /^neuv-bpf: warning: nothing reads vth-neuv \(no packet socket bound to it: no DP runs\); a pair in fwd gets none of its workload's IPv4 unicast through until one does$/;
+    const r = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'fwd', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr.trim(), warning);
+    const vin = (JSON.parse(r.stdout) as InterceptResult).vin;
+    const mode = (m: string) => tt.run(['pair', 'mode', '--in', vin, m]);
+    const b = mode('bypass');
+    assert.deepEqual([b.code, b.stderr], [0, ''], 'bypass: no warning');
+    const f = mode('fwd');
+    assert.equal(f.code, 0, f.stderr);
+    assert.match(f.stderr.trim(), warning);
+    assert.match(f.stdout, /bypass -> fwd/);
+    await startStub(tt.t);
+    const g = mode('fwd');
+    assert.deepEqual([g.code, g.stderr], [0, ''], 'a DP on vth-neuv: no warning');
+    assert.equal(tt.run(['release', '--container-netns', c1.path]).code, 0);
+  });
+
   it('by --container-netns (tag from the netns inode); release finds it by --pid through the veth peer', async function () {
     const tt = makeTopology();
     const c1 = tt.c[0]!;

@@ -97,7 +97,15 @@ describe('log level (CLI)', function () {
     assert.match(r.stderr.trim(), /^neuv-bpf: unknown log level 'loud' \(expected one of trace, debug, info, warn, error\)$/);
     const f = cli(['--log-level', 'loud', 'version']);
     assert.equal(f.code, 2);
-    assert.match(f.stderr.trim(), /^neuv-bpf: option '--log-level <level>' argument 'loud' is invalid/);
+    assert.equal(f.stderr.trim(), r.stderr.trim(), 'the same line for the flag');
+  });
+
+  it('the flag takes the spellings the variable takes (any case)', function () {
+    for (const level of ['DEBUG', 'Debug', 'debug']) {
+      assert.ok(debugLines({ NEUV_BPF_LOG_LEVEL: level }).length > 0, `NEUV_BPF_LOG_LEVEL=${level}`);
+      assert.ok(debugLines({ NEUV_BPF_LOG_LEVEL: undefined }, ['--log-level', level]).length > 0, `--log-level ${level}`);
+    }
+    assert.deepEqual(debugLines({ NEUV_BPF_LOG_LEVEL: 'debug' }, ['--log-level', 'WARN']), []);
   });
 });
 

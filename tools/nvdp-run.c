@@ -14,12 +14,15 @@
  *
  *   nvdp-run --netns /run/netns/NAME -- /path/to/dp -s 1 -n 1
  *
- * Steps, then execv() (the pid stays the same, so the caller kills the DP by
- * the pid it spawned): PR_SET_PDEATHSIG SIGKILL (the DP dies with whoever
- * started it, also on SIGKILL of a test runner), unshare(CLONE_NEWNS), "/"
- * made private recursively (nothing mounted here leaks out), tmpfs on /tmp
- * and /var/log (mode 1777 / 0755, /var/log/agent created), setns() into the
- * network namespace. Any failure: one line on stderr, exit 1 (2: usage).
+ * Steps, then fexecve() (the pid stays the same, so the caller kills the DP
+ * by the pid it spawned): PR_SET_PDEATHSIG SIGKILL (the DP dies with whoever
+ * started it, also on SIGKILL of a test runner), the program opened (O_PATH),
+ * unshare(CLONE_NEWNS), "/" made private recursively (nothing mounted here
+ * leaks out), tmpfs on /tmp and /var/log (mode 1777 / 0755, /var/log/agent
+ * created), setns() into the network namespace, then the program executed
+ * from the fd opened before the mounts: a program under /tmp or /var/log (a
+ * clone of the repository in /tmp) is hidden by the tmpfs by then. Any
+ * failure: one line on stderr, exit 1 (2: usage).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,6 +36,8 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+extern char **environ;
 
 static void die(const char *what)
 {
@@ -49,7 +54,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
 	const char *netns = NULL;
-	int i, fd;
+	int i, fd, prog;
 
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--netns") && i + 1 < argc) {
@@ -71,6 +76,10 @@ int main(int argc, char **argv)
 	fd = open(netns, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		die(netns);
+	/* Before the tmpfs mounts, which may hide it. An ELF binary: with O_CLOEXEC a script could not run. */
+	prog = open(argv[i], O_PATH | O_CLOEXEC);
+	if (prog < 0)
+		die(argv[i]);
 	if (unshare(CLONE_NEWNS))
 		die("unshare(CLONE_NEWNS)");
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
@@ -84,7 +93,7 @@ int main(int argc, char **argv)
 	if (setns(fd, CLONE_NEWNET))
 		die("setns into the network namespace");
 	close(fd);
-	execv(argv[i], &argv[i]);
+	fexecve(prog, &argv[i], environ);
 	die(argv[i]);
 	return 1;
 }

@@ -7,6 +7,7 @@
 import type { Command } from 'commander';
 import { Datapath } from '../pairs';
 import { bigintAsNumber } from '../format';
+import { VTH, ifindexIfExists, packetSocketOn } from '../link';
 
 export interface GlobalOpts {
   netns?: string;
@@ -33,6 +34,18 @@ export const jsonLine = (v: unknown) => JSON.stringify(v, bigintAsNumber);
 /** A command's result as indented JSON (--json). */
 export function printJson(ctx: Ctx, v: unknown): void {
   ctx.out(JSON.stringify(v, bigintAsNumber, 2));
+}
+
+/**
+ * A pair put in fwd with nothing reading vth-neuv (no DP: no packet socket
+ * bound to it) gets its workload's traffic dropped until a DP runs: one
+ * warning line on stderr, the command goes on (exit 0).
+ */
+export function warnIfNoDp(modes: Array<string | undefined>): void {
+  if (!modes.includes('fwd')) return;
+  const vth = ifindexIfExists(VTH);
+  if (!vth || packetSocketOn(vth)) return;
+  process.stderr.write(`neuv-bpf: warning: nothing reads ${VTH} (no packet socket bound to it: no DP runs); a pair in fwd gets none of its workload's IPv4 unicast through until one does\n`);
 }
 
 /** Opens the datapath at the context's pin root for fn, closing it afterwards. */

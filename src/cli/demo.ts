@@ -6,14 +6,26 @@
 import type { CommandRegistrar } from './context';
 import { NeuvError } from '../errors';
 import { configureLogging, resolveLevel } from '../log';
+import { findTarball, nvdpUnavailable } from '../dp/nvdp';
+
+/** Which DP the demo runs here, and why (the same choice as src/demo.ts makes). */
+export function demoDpHere(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.NEUV_BPF_DEMO_STUB === '1') return 'the stub DP (NEUV_BPF_DEMO_STUB=1)';
+  const why = nvdpUnavailable(env);
+  return why ? `the stub DP: ${why}` : `NeuVector's DP, built from ${findTarball(env)}`;
+}
 
 export const registerDemoCommands: CommandRegistrar = (program, ctx) => {
   program
     .command('demo')
     .description(
       'build a throwaway topology (host bridge, two containers, enforcer netns) with its own pin root, intercept both containers, ' +
-        'run ping/TCP/UDP/ARP/broadcast/multicast/IPv6 in BYPASS, TAP and FWD (a stub DP blocking port 9999), print what got through, remove everything',
+        'run ping/TCP/UDP/ARP/broadcast/multicast/IPv6 in BYPASS, TAP and FWD, print what got through, remove everything. ' +
+        "The DP: NeuVector's own, built from its source tarball when one is found (NEUV_BPF_NVDP_TARBALL, <repo>/../shared/neuvector-dp/, " +
+        '/work/shared/neuvector-dp/; docs/neuvector-dp.md), denying port 9999; else the stub DP, blocking the same port (NEUV_BPF_DEMO_STUB=1 forces it)',
     )
+    // The machine's answer; not in docs/cli.md, which scripts/gen-cli-docs.js writes the same everywhere.
+    .addHelpText('after', () => (process.env.NEUV_BPF_HELP_FOR_DOCS === '1' ? '' : `\nHere the demo runs ${demoDpHere()}.\n`))
     .action(async () => {
       const c = ctx();
       // The demo's own output is the point: library logs only from warn up, unless asked for.

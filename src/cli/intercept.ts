@@ -3,7 +3,7 @@
  * The enforcer netns is the one neuv-bpf runs in (--netns or the current one).
  */
 import { Command, Option } from 'commander';
-import { CommandRegistrar, printJson } from './context';
+import { CommandRegistrar, printJson, warnIfNoDp } from './context';
 import { UsageError } from '../errors';
 import { InterceptResult, ReleaseResult, Target, intercept, release } from '../intercept';
 import { ADD_MODES, AddModeName } from '../pairs';
@@ -76,6 +76,7 @@ export const registerInterceptCommands: CommandRegistrar = (program, ctx) => {
         id: o.id,
         ipv6ToDp: o.ipv6ToDp === true,
       });
+      warnIfNoDp([r.pair.mode]);
       if (c.json) printJson(c, r);
       else c.out(interceptLine(r));
     });

@@ -4,7 +4,7 @@
  * in the API.
  */
 import { Command, Option } from 'commander';
-import { CommandRegistrar, Ctx, printJson, jsonLine, withDatapath } from './context';
+import { CommandRegistrar, Ctx, printJson, jsonLine, warnIfNoDp, withDatapath } from './context';
 import { UsageError } from '../errors';
 import { CLEAR_SCREEN, perSecond, si, table } from '../format';
 import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
@@ -28,6 +28,7 @@ import { heldByWatch } from '../dp/watch-state';
 import { readInputFile } from '../input';
 import { PORT_ID, WATCH_INTERVAL } from '../numbers';
 import { integerOption, secondsOption } from './options';
+import { onStopSignal } from '../signals';
 
 interface SelOpts {
   in?: string;
@@ -204,8 +205,7 @@ async function watch(c: Ctx, dp: Datapath, intervalS: number): Promise<void> {
     stop = true;
     wake?.();
   };
-  process.once('SIGINT', onSig);
-  process.once('SIGTERM', onSig);
+  const offSignals = onStopSignal(onSig);
   try {
     let prev = await dp.stats();
     while (!stop) {
@@ -224,8 +224,7 @@ async function watch(c: Ctx, dp: Datapath, intervalS: number): Promise<void> {
       prev = now;
     }
   } finally {
-    process.removeListener('SIGINT', onSig);
-    process.removeListener('SIGTERM', onSig);
+    offSignals();
   }
 }
 
@@ -254,6 +253,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
         const source = o.file === '-' ? 'stdin' : o.file;
         const { specs, labels } = parsePairLines(readInputFile(o.file, '--file'), source);
         const rs = await withDatapath(c, (dp) => dp.addPairs(specs, { labels }));
+        warnIfNoDp(rs.map((r) => r.mode));
         if (c.json) printJson(c, rs);
         else {
           for (const r of rs) c.out(addedLine(r));
@@ -269,6 +269,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
       if (o.id !== undefined) spec.id = o.id;
       if (o.ipv6ToDp) spec.ipv6ToDp = true;
       const r = await withDatapath(c, (dp) => dp.addPair(spec));
+      warnIfNoDp([r.mode]);
       if (c.json) printJson(c, r);
       else c.out(addedLine(r));
     });
@@ -285,6 +286,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
       const c = ctx();
       const sel = selectorFrom(o);
       const r = await withDatapath(c, (dp) => dp.setMode(sel, mode as (typeof MODES)[number]));
+      warnIfNoDp([r.to]);
       if (c.json) printJson(c, r);
       else c.out(`pair id ${r.id} (${r.in ?? '?'}/${r.ex ?? '?'}): ${r.from} -> ${r.to}`);
     });

@@ -11,6 +11,7 @@ import { log } from '../log';
 import { IfNames, TraceFilter, TraceSession, formatView, monoToWall, viewRecord } from '../trace';
 import { PORT_ID_HEX, TRACE_COUNT, TRACE_DURATION, parseDecimal, parseInteger } from '../numbers';
 import { integerOption, secondsOption } from './options';
+import { onStopSignal } from '../signals';
 
 interface TraceCmdOpts {
   pair?: number | string;
@@ -50,9 +51,7 @@ export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: numb
     },
     onLost: (n) => lg.warn({ lost: n }, `${n} trace records lost: the reader fell behind (filter with --pair or --in)`),
   });
-  const onSignal = (sig: NodeJS.Signals) => finish(sig);
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-  for (const s of signals) process.on(s, onSignal);
+  const offSignals = onStopSignal((sig) => finish(sig));
   // `trace | head`: the reader went away. Stays installed: writes already queued fail later.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE') throw e;
@@ -66,7 +65,7 @@ export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: numb
     why = await done;
   } finally {
     if (timer) clearTimeout(timer);
-    for (const s of signals) process.removeListener(s, onSignal);
+    offSignals();
     session.stop();
   }
   lg.info({ records: seen, lost: session.lost, why }, `trace off: ${seen} records${session.lost ? `, ${session.lost} lost` : ''}`);

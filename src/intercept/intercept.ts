@@ -11,6 +11,7 @@ import { crashPoint } from '../crash';
 import { JournalRecord, INTERCEPT_LOCK, removeRecord, writeRecord } from './journal';
 import { AddModeName, Datapath, DEFAULT_ADD_MODE, PairAdded } from '../pairs';
 import { Undo } from '../undo';
+import { caughtSignal } from '../signals';
 import { enforcerRunner, NsRunner } from './runner';
 import { addAddresses, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
 import {
@@ -183,7 +184,8 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
       failpoint('intercept', 'commit');
       J('intercepted');
     } catch (e) {
-      lg.warn({ target: t.desc, port, err: (e as Error).message }, 'intercept failed; rolling back');
+      // Interrupted (src/signals.ts; or a step's child killed by the same Ctrl-C): the CLI's one line says so.
+      lg[caughtSignal() ? 'info' : 'warn']({ target: t.desc, port, err: (e as Error).message }, 'intercept failed; rolling back');
       if ((await undo.run()) === 0) removeRecord(opts.pinRoot, rec);
       else lg.warn({ target: t.desc, port }, 'the rollback was incomplete: neuv-bpf repair finishes it from the journal');
       throw e;

@@ -12,6 +12,7 @@ import { log } from '../log';
 import { JournalRecord, findRecord, INTERCEPT_LOCK, removeRecord, writeRecord } from './journal';
 import { Datapath, PairView } from '../pairs';
 import { Undo } from '../undo';
+import { caughtSignal } from '../signals';
 import { enforcerRunner, LinkDetail, NsRunner } from './runner';
 import { addAddresses, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
 import { INTERCEPT_LOCK_WAIT_MS, checkEnforcer, RELEASE_STEPS, mustBeAbsent, openDatapath, recordIds, recoverTarget, step } from './steps';
@@ -174,7 +175,8 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
       await S('delete', `delete ${tmpName} (and its peer ${vin})`, () => enf.ip('link', 'del', 'dev', tmpName));
       removeRecord(opts.pinRoot, rec);
     } catch (e) {
-      lg.warn({ target: t.desc, port, err: (e as Error).message }, 'release failed; rolling back');
+      // Interrupted (src/signals.ts; or a step's child killed by the same Ctrl-C): the CLI's one line says so.
+      lg[caughtSignal() ? 'info' : 'warn']({ target: t.desc, port, err: (e as Error).message }, 'release failed; rolling back');
       if ((await undo.run()) === 0) {
         // Intercepted as before: the interception's own record again (if it had one).
         if (before) writeRecord(opts.pinRoot, before);

@@ -12,6 +12,7 @@ import { log } from '../log';
 import { Datapath } from '../pairs';
 import { checkHome } from '../home';
 import { NetnsScope } from '../netns';
+import { safePoint } from '../signals';
 import { NsRunner } from './runner';
 import { ResolvedTarget } from './target';
 
@@ -32,6 +33,7 @@ export function failpoint(op: 'intercept' | 'release', step: string): void {
 
 /** Runs one step with a failpoint before it and the step's name in any error. */
 export async function step<T>(op: 'intercept' | 'release', name: string, what: string, fn: () => Promise<T>): Promise<T> {
+  safePoint(); // a SIGINT/SIGTERM/SIGHUP held since the last step: roll back from here (src/signals.ts)
   crashPoint(`${op}:before-${name}`);
   failpoint(op, name);
   log(op).debug({ step: name }, what);
