@@ -60,6 +60,11 @@ function openNetns(nameOrPath: string): number {
   }
 }
 
+/** Throws unless nameOrPath is a network namespace (a usage error for a file that is not one, see openNetns). */
+export function checkNetns(nameOrPath: string): void {
+  fs.closeSync(openNetns(nameOrPath));
+}
+
 /** Enters a network namespace by name or path, for this thread. */
 export function enterNetns(nameOrPath: string): void {
   const fd = openNetns(nameOrPath);

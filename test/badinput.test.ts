@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
+import { spawnSync } from 'node:child_process';
 import { addAddrs, veth } from '../src/net';
 import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, removeLockFiles, requireKernel, runCleanups, uniqueName } from './helpers';
 import { buildProgram } from '../src/cli';
@@ -33,6 +34,8 @@ interface Case {
   globals?: string[];
   /** A verifier refusal prints the end of the verifier log after its one error line, by design. */
   verifierLog?: boolean;
+  /** --json: the line is a JSON object {error, code, errno?} (errno: the kernel refused). */
+  json?: { errno: boolean };
   /**
    * A known finding (reported to the owner of the code): the refusal does
    * change the kernel, in this way. The case checks it still does (so a fix
@@ -63,6 +66,8 @@ describe('bad input matrix (kernel)', function () {
   let host: Netns;
   let pins: string;
   let plainDir: string;
+  /** Special files for --file, --obj, --netns (issue 25): a FIFO without a writer, a directory, a regular file. */
+  let special: { dir: string; fifo: string; sub: string; file: string; big: string; state: () => string };
   /** Pin roots where nothing is loaded (the commands still take their locks: removed in after()). */
   const nonePinRoots: string[] = [];
   const nonePins = (): string => {
@@ -83,6 +88,17 @@ describe('bad input matrix (kernel)', function () {
     host = makeNetns();
     pins = makePinRoot();
     plainDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-notbpffs-'));
+    {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-special-'));
+      const s = { dir, fifo: path.join(dir, 'fifo'), sub: path.join(dir, 'sub'), file: path.join(dir, 'file'), big: path.join(dir, 'big') };
+      assert.equal(spawnSync('mkfifo', [s.fifo]).status, 0);
+      fs.mkdirSync(s.sub);
+      fs.writeFileSync(s.file, 'not a namespace\n');
+      fs.writeFileSync(s.big, '');
+      fs.truncateSync(s.big, (64 << 20) + 1); // sparse: 64 MiB and a byte, on no disk
+      const state = () => [dir, s.fifo, s.sub, s.file, s.big].map((p) => { const st = fs.lstatSync(p); return `${p} ${st.ino} ${st.mode} ${st.size} ${st.mtimeMs} ${st.ctimeMs}`; }).join('\n') + fs.readdirSync(dir).sort().join(' ');
+      special = { ...s, state };
+    }
     const l = cli(['--netns', enf.name, '--bpffs', pins, 'load']);
     assert.equal(l.code, 0, l.stderr);
     for (const i of [1, 2]) {
@@ -103,6 +119,7 @@ describe('bad input matrix (kernel)', function () {
   });
   after(function () {
     if (plainDir) fs.rmSync(plainDir, { recursive: true, force: true });
+    if (special) fs.rmSync(special.dir, { recursive: true, force: true });
     if (plainDir) removeLockFiles(plainDir, path.join(plainDir, 'pins'));
     removeLockFiles(...nonePinRoots, newRoot);
     fs.rmSync(newRoot, { recursive: true, force: true });
@@ -161,7 +178,7 @@ describe('bad input matrix (kernel)', function () {
     // vbr-neuv/vth-neuv keep their MTU (2048 here): the --jumbo change is undone with the failed load.
     { what: 'load --jumbo: object the verifier refuses', args: ['load', '--jumbo', '--obj', path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o')], code: 6, re: /verifier refused/, verifierLog: true },
     // The pin root this run created is removed again (the kernel-state check sees any leftover pin or directory).
-    { what: 'load: not an object file, on a new pin root', args: ['load', '--obj', '/etc/hostname'], globals: ['--netns', enf.name, '--bpffs', newRoot], code: 6, re: /open BPF object \/etc\/hostname/ },
+    { what: 'load: not an object file, on a new pin root', args: ['load', '--obj', '/etc/hostname'], globals: ['--netns', host.name, '--bpffs', newRoot], code: 6, re: /open BPF object \/etc\/hostname/ },
 
     // ---- pair add
     { what: 'malformed MAC (5 bytes)', args: [...add2, '--mac', '02:00:00:00:00'], code: 2, re: /malformed MAC "02:00:00:00:00"/ },
@@ -234,7 +251,7 @@ describe('bad input matrix (kernel)', function () {
     { what: 'repair: pin root where nothing is loaded', args: ['repair'], globals: ['--netns', enf.name, '--bpffs', nonePins()], code: 4, re: /the datapath is not loaded/ },
 
     // ---- intercept / release
-    { what: 'intercept: no such process', args: ['intercept', '--pid', '999999999'], code: 4, re: /no process with pid 999999999/ },
+    { what: 'intercept: no such process', args: ['intercept', '--pid', '4194303'], code: 4, re: /no process with pid 4194303/ },
     { what: 'intercept: pid not a number', args: ['intercept', '--pid', '12ab'], code: 2, re: /--pid "12ab" is not an integer \(expected 1\.\.4194304\)/ },
     { what: 'intercept: pid and netns both', args: ['intercept', '--pid', '1', '--container-netns', ctr.name], code: 2, re: /exactly one of --pid PID or --container-netns PATH/ },
     { what: 'intercept: non-existent container netns', args: ['intercept', '--container-netns', 'nbt-no-such-ctr'], code: 4, re: /network namespace of netns \/var\/run\/netns\/nbt-no-such-ctr not found/ },
@@ -248,8 +265,47 @@ describe('bad input matrix (kernel)', function () {
     { what: 'release: no target', args: ['release'], code: 2, re: /exactly one of --pid PID or --container-netns PATH/ },
   ];
 
+  // Bounded input (issue 25): special files, numbers past every range, huge names, bad --netns paths, --json errors.
+  const flowArgs = (verdict: string, ...more: string[]) => ['flow', verdict, '--id', '100', '--proto', 'udp', '--src', '10.0.0.1:1', '--dst', '10.0.0.2:2', ...more];
+  const digits = '1'.repeat(100000);
+  const boundedCases = (): Case[] => [
+    { what: 'pair add --file /dev/zero (a character device: was read for ever)', args: ['pair', 'add', '--file', '/dev/zero'], code: 2, re: /--file \/dev\/zero is a character device, not a regular file$/ },
+    { what: 'pair add --file a FIFO without a writer (blocked for ever)', args: ['pair', 'add', '--file', special.fifo], code: 2, re: /--file \S+\/fifo is a FIFO, not a regular file$/ },
+    { what: 'pair add --file a directory', args: ['pair', 'add', '--file', special.sub], code: 2, re: /is a directory, not a regular file$/ },
+    { what: 'pair add --file past 64 MiB', args: ['pair', 'add', '--file', special.big], code: 2, re: /--file \S+\/big is larger than 64 MiB/ },
+    { what: 'pair add --file - (stdin) past 64 MiB', args: ['pair', 'add', '--file', '-'], input: '\n'.repeat((64 << 20) + 1), code: 2, re: /--file - \(stdin\) is larger than 64 MiB/ },
+    { what: 'adopt --from /dev/zero', args: ['adopt', '--from', '/dev/zero'], code: 2, re: /--from \/dev\/zero is a character device/ },
+    { what: 'load --obj a FIFO', args: ['load', '--obj', special.fifo], code: 2, re: /--obj \S+ is a FIFO/ },
+    { what: 'flow allow --timeout 99999999999 (was a raw BigInt RangeError)', args: flowArgs('allow', '--timeout', '99999999999'), code: 2, re: /--timeout "99999999999" is out of range \(expected 0\.001\.\.31536000 seconds\)$/ },
+    { what: 'flow deny --idle 99999999999', args: flowArgs('deny', '--idle', '99999999999'), code: 2, re: /--idle "99999999999" is out of range/ },
+    { what: 'flow allow --timeout past 2^64', args: flowArgs('allow', '--timeout', '18446744073709551617'), code: 2, re: /--timeout "18446744073709551617" is out of range/ },
+    { what: 'flow allow --idle with an exponent', args: flowArgs('allow', '--idle', '1e400'), code: 2, re: /--idle "1e400" is not a decimal number/ },
+    { what: 'flow allow --timeout -0', args: flowArgs('allow', '--timeout', '-0'), code: 2, re: /--timeout "-0" is out of range/ },
+    { what: 'flow allow --src port past 65535', args: ['flow', 'allow', '--id', '100', '--proto', 'udp', '--src', `10.0.0.1:${digits.slice(0, 30)}`, '--dst', '10.0.0.2:2'], code: 2, re: /source port "1{30}" is out of range \(expected 0\.\.65535\)$/ },
+    { what: 'trace --duration 3000000 (overflowed Node\'s timer: stopped after 1 ms)', args: ['trace', '--duration', '3000000'], code: 2, re: /--duration "3000000" is out of range \(expected 0\.1\.\.604800 seconds\)$/ },
+    { what: 'trace --count with an exponent', args: ['trace', '--count', '1e3'], code: 2, re: /--count "1e3" is not an integer/ },
+    { what: 'stats --watch --interval 1e-9 (redrew 2,400 times a second)', args: ['stats', '--watch', '--interval', '1e-9'], code: 2, re: /--interval "1e-9" is not a decimal number \(expected 0\.1\.\.3600 seconds\)$/ },
+    { what: 'stats --watch --interval below 0.1 s', args: ['stats', '--watch', '--interval', '0.01'], code: 2, re: /--interval "0\.01" is out of range/ },
+    { what: 'pair del --id of 100,000 digits (was "port id Infinity")', args: ['pair', 'del', '--id', digits], code: 2, re: /--id "1{64}\.\.\." is out of range \(expected 0\.\.65535\)$/ },
+    { what: 'pair mode --id past 2^53', args: ['pair', 'mode', '--id', '9007199254740993', 'tap'], code: 2, re: /--id "9007199254740993" is out of range/ },
+    { what: 'intercept --pid past 2^64', args: ['intercept', '--pid', '18446744073709551617'], code: 2, re: /--pid "18446744073709551617" is out of range \(expected 1\.\.4194304\)$/ },
+    { what: 'load --flows 0', args: ['load', '--flows', '0'], code: 2, re: /--flows "0" is out of range \(expected 1\.\.67108864\)$/ },
+    { what: 'watch --interval 5 ms', args: ['watch', '--dp', 'local', '--interval', '5'], code: 2, re: /--interval "5" is out of range \(expected 10\.\.60000 milliseconds\)$/ },
+    { what: 'pair add --in of 10,000 characters: the echo is cut', args: ['pair', 'add', '--in', 'v'.repeat(10000), '--ex', 'vex2', '--mac', MAC2], code: 2, re: /in \(vin interface name\) .*v{20}\.\.\./ },
+    { what: 'pair add --file with a 1 MB interface name: the echo is cut', args: ['pair', 'add', '--file', '-'], input: `${line({ in: 'x'.repeat(1 << 20), ex: 'vex2', mac: MAC2 })}\n`, code: 2, re: /stdin line 1: in \(vin interface name\) .*x{20}\.\.\./ },
+    { what: '--netns /etc/passwd (was exit 6, "kernel refused")', args: ['show'], globals: ['--netns', '/etc/passwd', '--bpffs', pins], code: 2, re: /network namespace \/etc\/passwd is a file, not a network namespace/ },
+    { what: '--netns a directory', args: ['show'], globals: ['--netns', special.sub, '--bpffs', pins], code: 2, re: /network namespace \S+ is a directory, not a network namespace/ },
+    { what: '--netns a FIFO (opened for real, it blocked)', args: ['show'], globals: ['--netns', special.fifo, '--bpffs', pins], code: 2, re: /network namespace \S+ is a FIFO, not a network namespace/ },
+    { what: '--netns a mount namespace', args: ['show'], globals: ['--netns', '/proc/self/ns/mnt', '--bpffs', pins], code: 2, re: /network namespace \/proc\/self\/ns\/mnt is a mount namespace, not a network namespace/ },
+    { what: 'intercept --container-netns a regular file', args: ['intercept', '--container-netns', special.file], code: 2, re: /is a file, not a network namespace/ },
+    { what: '--json: a usage error is a JSON object', args: ['--json', ...add2, '--mac', MAC2, '--id', '65536'], code: 2, re: /^\{"error":"--id \\"65536\\" is out of range \(expected 0\.\.65535\)","code":2\}$/, json: { errno: false } },
+    { what: '--json: a refusal by commander too', args: ['pair', 'add', '--json', '--macc', MAC2], code: 2, re: /"error":"unknown option '--macc' \(Did you mean --mac\?\)"/, json: { errno: false } },
+    { what: '--json: not found', args: ['show', '--json'], globals: ['--netns', 'nbt-no-such-ns', '--bpffs', pins], code: 4, re: /"error":"network namespace nbt-no-such-ns not found[ "]/, json: { errno: false } },
+    { what: '--json: the kernel refused (errno named, no verifier log after it)', args: ['load', '--json', '--obj', path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o')], code: 6, re: /"errno":"E[A-Z]+"/, json: { errno: true } },
+  ];
+
   it('at least 30 cases, over every command of the CLI', function () {
-    const cs = cases();
+    const cs = [...cases(), ...boundedCases()];
     assert.ok(cs.length >= 30, `${cs.length} cases`);
     const covered = new Set(cs.map((c) => c.args.filter((a) => /^[a-z]+$/.test(a)).slice(0, 2).join(' ')));
     const missing = leafCommands(buildProgram(() => undefined)).map((p) => p.join(' ')).filter((p) => ![...covered].some((c) => c === p || c.startsWith(p + ' ') || c === p.split(' ')[0]));
@@ -259,7 +315,7 @@ describe('bad input matrix (kernel)', function () {
   });
 
   // One mocha test per case, all against the same netns, pin root and container.
-  const specific = (): Case[] => cases();
+  const specific = (): Case[] => [...cases(), ...boundedCases()];
   const generic = (): Case[] =>
     leafCommands(buildProgram(() => undefined)).map((p) => ({
       what: `${p.join(' ')}: unknown option (generic case of every command)`,
@@ -293,8 +349,10 @@ describe('bad input matrix (kernel)', function () {
   });
 
   it('every case: non-zero exit, one clear line, nothing on stdout, the kernel as it was', function () {
-    this.timeout(300000);
+    // 162 cases, each a CLI run and a read of the kernel state (~2 s each on a quiet 2-core machine).
+    this.timeout(900000);
     const all = [...specific(), ...generic()];
+    const special0 = special.state();
     const failures: string[] = [];
     const notes: string[] = [];
     for (const c of all) {
@@ -302,12 +360,24 @@ describe('bad input matrix (kernel)', function () {
       const lines = r.stderr.trim().split('\n').filter((l) => l.length > 0);
       const problems: string[] = [];
       if (r.code !== c.code) problems.push(`exit ${r.code}, expected ${c.code}`);
-      if (c.verifierLog) {
+      if (c.json) {
+        let o: { error?: unknown; code?: unknown; errno?: unknown } = {};
+        try {
+          o = JSON.parse(lines[0] ?? '') as typeof o;
+        } catch {
+          problems.push('the line is not JSON');
+        }
+        if (typeof o.error !== 'string' || o.code !== r.code) problems.push(`not {"error": "...", "code": ${r.code}}`);
+        if ((typeof o.errno === 'string') !== c.json.errno) problems.push(c.json.errno ? 'no errno' : `an errno (${String(o.errno)})`);
+        if (lines.length !== 1) problems.push(`${lines.length} stderr lines`);
+      } else if (c.verifierLog) {
         if (!lines[0] || !/^neuv-bpf: /.test(lines[0])) problems.push('first line is not the error');
         if (lines.length > 1 && !/^verifier log of /.test(lines[1]!)) problems.push(`after the error line comes something else than the verifier log: ${lines[1]}`);
       } else if (lines.length !== 1) problems.push(`${lines.length} stderr lines`);
       if (lines[0] && !c.re.test(lines[0])) problems.push(`the line does not match ${c.re}`);
-      if (lines[0] && !/^neuv-bpf: \S/.test(lines[0])) problems.push('the line does not start with "neuv-bpf: "');
+      if (lines[0] && !c.json && !/^neuv-bpf: \S/.test(lines[0])) problems.push('the line does not start with "neuv-bpf: "');
+      if (lines[0] && Buffer.byteLength(lines[0]) > 1000) problems.push(`a line of ${Buffer.byteLength(lines[0])} bytes (at most 1,000)`);
+      if (special.state() !== special0) problems.push('a special file changed');
       if (r.stdout !== '') problems.push(`stdout not empty: ${JSON.stringify(r.stdout.slice(0, 200))}`);
       if (c.known) {
         if (!c.known.changed()) problems.push(`known finding no longer happens (fixed? then drop "known" from this case): ${c.known.why}`);

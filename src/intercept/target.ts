@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import { NotFoundError, UsageError } from '../errors';
 import { validateIfName } from '../link';
 import { formatMac } from '../mac';
-import { netnsPath } from '../netns';
+import { checkNetns, netnsPath } from '../netns';
 
 /** Which container: by a process in it, or by its netns (a path, or a name under /var/run/netns). */
 export type Target = { pid: number } | { netns: string };
@@ -51,6 +51,7 @@ export function resolveTarget(t: Target): ResolvedTarget {
   } catch {
     throw new NotFoundError(`network namespace of ${desc} not found (${path})`);
   }
+  checkNetns(path); // a FIFO, /etc/passwd, a mount namespace: refused here, never opened
   const tags = pid !== undefined ? [pid.toString(16), inodeTag(st.ino)] : [inodeTag(st.ino)];
   return { desc, pid, path, ino: st.ino, tags };
 }
