@@ -126,7 +126,7 @@ describe('flow offload: keys, expiry, parsing (pure)', function () {
     assert.throws(() => parseEndpoint('[::1]:80', 'source'), /not ADDR or ADDR:PORT/);
     assert.throws(() => flowKeyFromSpec({ id: 1, proto: 'icmp', src: '10.0.0.1:5', dst: '10.0.0.2' }), /ports only exist for tcp and udp/);
     assert.throws(() => flowKeyFromSpec({ id: 70000, proto: 'tcp', src: '10.0.0.1:5', dst: '10.0.0.2:6' }), /out of range/);
-    assert.throws(() => flowValue({ timeoutS: -1 }, 0n), /seconds >= 0/);
+    assert.throws(() => flowValue({ timeoutS: -1 }, 0n), /timeout -1 is out of range \(expected 0\.001\.\.31536000 seconds\)/);
   });
 
   it('trace lines name the flow decision', function () {

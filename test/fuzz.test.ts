@@ -291,7 +291,8 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const baseline = async (): Promise<void> => {
     for (const p of roots) {
       if (fs.existsSync(p)) {
-        const r = await run(['--bpffs', p, 'unload']);
+        // --force: the baseline's pair 100 (and any pair a vector added) would make a plain unload refuse.
+        const r = await run(['--bpffs', p, 'unload', '--force']);
         if (r.code !== 0) throw new Error(`reset: unload ${p}: ${r.line ?? r.crash}`);
       }
     }
@@ -308,7 +309,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
     for (const p of roots.slice(1)) {
       if (!fs.existsSync(p)) continue;
       if (fs.readdirSync(p).length === 0) fs.rmdirSync(p); // an empty leftover: unload would take vbr-neuv for its own
-      else await run(['--bpffs', p, 'unload']);
+      else await run(['--bpffs', p, 'unload', '--force']);
     }
     if (fs.existsSync(path.join(cfg.pins, 'neuv_ports'))) {
       const sink: string[] = [];
@@ -518,7 +519,19 @@ async function childMain(cfg: ChildConfig): Promise<void> {
       // Log lines (JSON, when a vector asked for --log-level info or lower) are not the error line.
       const lines = r.stderr.trim().split('\n').filter((l) => l && !l.startsWith('{"level":'));
       const verifier = lines.length > 1 && /^verifier log of /.test(lines[1]!);
-      if ((lines.length !== 1 && !verifier) || !/^neuv-bpf: \S/.test(lines[0] ?? '')) report.real.problems.push(`${argv}: exit ${r.code} with stderr ${JSON.stringify(r.stderr.slice(0, 500))}`);
+      // The error line: "neuv-bpf: ..." or, under --json, {"error": ..., "code": <the exit code>}; at most 1,000 bytes.
+      const jsonError = (l: string): boolean => {
+        try {
+          const o = JSON.parse(l) as { error?: unknown; code?: unknown };
+          return typeof o.error === 'string' && o.code === r.code;
+        } catch {
+          return false;
+        }
+      };
+      const first = lines[0] ?? '';
+      const errorLine = /^neuv-bpf: \S/.test(first) || (batch[k]!.includes('--json') && jsonError(first));
+      if (Buffer.byteLength(first) > 1000) report.real.problems.push(`${argv}: exit ${r.code} with an error line of ${Buffer.byteLength(first)} bytes`);
+      if ((lines.length !== 1 && !verifier) || !errorLine) report.real.problems.push(`${argv}: exit ${r.code} with stderr ${JSON.stringify(r.stderr.slice(0, 500))}`);
       if (r.stdout !== '' && !/--help|-h\b/.test(argv)) report.real.problems.push(`${argv}: exit ${r.code} but printed ${JSON.stringify(r.stdout.slice(0, 200))}`);
     });
     const q = quick();
@@ -534,7 +547,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   if (f !== f0 && quick() === q0) report.real.problems.push(`the real invocations changed links or qdiscs:\n${diff(f0, f)}`);
   report.ms.real = Date.now() - t1;
 
-  for (const p of roots) if (fs.existsSync(p)) await run(['--bpffs', p, 'unload']);
+  for (const p of roots) if (fs.existsSync(p)) await run(['--bpffs', p, 'unload', '--force']);
   fs.rmSync(jdir, { recursive: true, force: true });
   process.stdout.write(JSON.stringify(report) + '\n');
   process.exit(0);
@@ -713,8 +726,9 @@ if (require.main === module) {
   });
 
   describe('fuzz: the CLI (kernel, sandboxed)', function () {
-    const runs = SOAK ? 50000 : 10000;
-    const real = SOAK ? 1000 : 200;
+    // NEUV_BPF_FUZZ_RUNS / NEUV_BPF_FUZZ_REAL override the counts (a quick look, a long hunt).
+    const runs = Number(process.env.NEUV_BPF_FUZZ_RUNS ?? (SOAK ? 50000 : 4000));
+    const real = Number(process.env.NEUV_BPF_FUZZ_REAL ?? (SOAK ? 1000 : 80));
     before(async function () {
       const { requireKernel } = await import('./helpers');
       requireKernel(this);
@@ -774,7 +788,7 @@ if (require.main === module) {
         assert.deepEqual(rep.changed.slice(0, 5), [], `a refused vector changed nothing (all in ${reportFile})`);
         assert.deepEqual(rep.real.problems.slice(0, 5), [], `real invocations (all in ${reportFile})`);
         fs.rmSync(reportFile, { force: true });
-        assert.ok(rep.cases + rep.skipped === runs && rep.cases >= runs * 0.9, `${rep.cases} vectors ran`);
+        assert.ok(rep.cases + rep.skipped === runs && rep.cases >= runs * 0.85, `${rep.cases} vectors ran`);
         assert.ok(rep.real.runs >= real * 0.9, `${rep.real.runs} real runs`);
         assert.ok(Object.keys(rep.codes).length >= 4, 'the vectors reach several outcomes');
       } finally {

@@ -238,7 +238,8 @@ describe('intercept / release (kernel)', function () {
     veth({ ns: enf, name: `vin${pid.toString(16)}-eth0` }, { ns: enf, name: 'nbtpeer' }, { up: false });
     const cases: Array<[string[], number, RegExp, NodeJS.ProcessEnv?]> = [
       [['intercept', '--pid', String(pid)], 5, /vin[0-9a-f]+-eth0 already exists/],
-      [['intercept', '--pid', '2147483646'], 4, /no process with pid 2147483646/],
+      [['intercept', '--pid', '4194303'], 4, /no process with pid 4194303/],
+      [['intercept', '--pid', '2147483646'], 2, /--pid "2147483646" is out of range \(expected 1\.\.4194304\)/],
       [['intercept', '--container-netns', 'nbt-no-such-ns'], 4, /network namespace of .* not found/],
       [['intercept', '--container-netns', c1.path, '--port', 'eth9'], 4, /interface eth9 not found/],
       [['intercept', '--container-netns', c1.path, '--port', 'averylongname'], 2, /too long/],
