@@ -312,7 +312,8 @@ export class Flows {
   }
 }
 
-function withFlows<T>(pinRoot: string, fn: (f: Flows) => T): T {
+/** Runs fn on the pin root's flow map, closed afterwards. */
+export function withFlows<T>(pinRoot: string, fn: (f: Flows) => T): T {
   const f = Flows.open(pinRoot);
   try {
     return fn(f);

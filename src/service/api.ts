@@ -7,7 +7,7 @@
  * parseModeName, parsePortId, flowKeyFromSpec) before anything changes.
  */
 import { UsageError } from '../errors';
-import { Flows, FlowSpec, OffloadOptions } from '../flows';
+import { FlowSpec, OffloadOptions, withFlows } from '../flows';
 import { Target, intercept, release } from '../intercept';
 import { isLoaded, notLoaded } from '../pins';
 import { MODE_NAMES } from '../layout';
@@ -44,15 +44,6 @@ async function withDatapath<T>(pinRoot: string, fn: (dp: Datapath) => Promise<T>
     return await fn(dp);
   } finally {
     dp.close();
-  }
-}
-
-function withFlows<T>(pinRoot: string, fn: (f: Flows) => T): T {
-  const f = Flows.open(pinRoot);
-  try {
-    return fn(f);
-  } finally {
-    f.close();
   }
 }
 
