@@ -750,7 +750,8 @@ describe('pairs at scale (kernel)', function () {
     const c = (args: string[], opts: { input?: string } = {}) => runCli(['--netns', ns.name, '--bpffs', pins, ...args], opts);
     assert.equal(c(['load']).code, 0);
     const lines: string[] = [];
-    for (let i = 0; i < N; i++) lines.push(`link add vin${i} type veth peer name vex${i}`);
+    // vinN and vexN each with a peer of its own: vinN-vexN peers would loop a frame and are refused (src/pairs/loops.ts).
+    for (let i = 0; i < N; i++) lines.push(`link add vin${i} type veth peer name wl${i}`, `link add vex${i} type veth peer name h${i}`);
     const tl = Date.now();
     batch(ns, lines);
     const linkMs = Date.now() - tl;
@@ -814,7 +815,7 @@ describe('pairs at scale (kernel)', function () {
     const env = { NEUV_BPF_ATTACH: 'tcx' };
     const c = (args: string[], opts: { input?: string } = {}) => runCli(['--netns', ns.name, '--bpffs', pins, ...args], { ...opts, env });
     assert.equal(c(['load']).code, 0);
-    batch(ns, Array.from({ length: N }, (_, i) => `link add vin${i} type veth peer name vex${i}`));
+    batch(ns, Array.from({ length: N }, (_, i) => [`link add vin${i} type veth peer name wl${i}`, `link add vex${i} type veth peer name h${i}`]).flat());
     const input = Array.from({ length: N }, (_, i) => JSON.stringify({ in: `vin${i}`, ex: `vex${i}`, mac: `02:00:00:00:00:${(i + 1).toString(16).padStart(2, '0')}` })).join('\n');
     const t0 = Date.now();
     const r = c(['pair', 'add', '--file', '-'], { input });
