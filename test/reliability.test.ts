@@ -718,7 +718,7 @@ describe('reliability (kernel)', function () {
         }, /the vbr-neuv hook is not attached/, /attached the pinned vbr program/],
         ['a pin made world-readable', () => fs.chmodSync(path.join(pins, 'neuv_ports'), 0o644), /pin neuv_ports has mode 644, not 600/, /set pin neuv_ports to mode 600/],
         ['stray counters', () => sh('bpftool', ['map', 'update', 'pinned', path.join(pins, 'neuv_stats'), 'key', ...u32(4242), 'value', ...Array(160).fill('0')]), /neuv_stats has an entry for id 4242, which has no pair/, /removed the counters of id 4242/],
-        ['stray hook (a killed pair add)', () => { veth({ ns, name: 'vinS9' }, { ns, name: 'vexS9' }, { up: false }); const k2 = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vinS9', '--ex', 'vexS9', '--mac', macOf('S', 9)], { env: { NEUV_BPF_CRASH_AT: 'pair-add:after-hooks' } }); assert.equal(k2.code, -1); }, /vinS9 \(ifindex \d+\) runs our neuv_vin program but is in no pair/, /detached neuv_vin from vinS9/],
+        ['stray hook (a killed pair add)', () => { veth({ ns, name: 'vinS9' }, { ns, name: 'wlS9' }, { up: false }); veth({ ns, name: 'vexS9' }, { ns, name: 'hS9' }, { up: false }); const k2 = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vinS9', '--ex', 'vexS9', '--mac', macOf('S', 9)], { env: { NEUV_BPF_CRASH_AT: 'pair-add:after-hooks' } }); assert.equal(k2.code, -1); }, /vinS9 \(ifindex \d+\) runs our neuv_vin program but is in no pair/, /detached neuv_vin from vinS9/],
       ];
       for (const [what, breakIt, problem, fix] of cases) {
         breakIt();
