@@ -67,7 +67,11 @@ describe('security (kernel)', function () {
       for (const f of ['neuv_ports', 'neuv_ids', 'neuv_stats', 'neuv_global', 'neuv_config', 'prog_vin', 'prog_vex', 'prog_vbr']) assert.ok(files.includes(f), `${f} pinned`);
       if (features().tcx) assert.ok(files.includes('link_10000000'), 'vbr-neuv tcx link pinned');
 
-      for (let i = 1; i <= 2; i++) veth({ ns, name: `vin${i}` }, { ns, name: `vex${i}` }, { up: false });
+      // vinN and vexN each with a peer of its own (as peers of each other they are a refused loop).
+      for (let i = 1; i <= 2; i++) {
+        veth({ ns, name: `vin${i}` }, { ns, name: `wl${i}` }, { up: false });
+        veth({ ns, name: `vex${i}` }, { ns, name: `h${i}` }, { up: false });
+      }
       const kinds = features().tcx ? ['tcx', 'tc'] : ['tc'];
       kinds.forEach((kind, i) => {
         const a = withUmask(['pair', 'add', '--in', `vin${i + 1}`, '--ex', `vex${i + 1}`, '--mac', MAC], { NEUV_BPF_ATTACH: kind });
@@ -102,7 +106,8 @@ describe('security (kernel)', function () {
       ctr = makeNetns();
       pins = makePinRoot();
       assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
-      veth({ ns, name: 'vin1' }, { ns, name: 'vex1' }, { up: false });
+      veth({ ns, name: 'vin1' }, { ns, name: 'wl1' }, { up: false });
+      veth({ ns, name: 'vex1' }, { ns, name: 'h1' }, { up: false });
       assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC, '--id', '7']).code, 0);
       state0 = kernelState(ns, pins);
     });
