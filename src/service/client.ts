@@ -66,7 +66,9 @@ export class ServiceClient {
   constructor(opts: ServiceClientOptions) {
     this.socket = opts.socket;
     this.timeoutMs = opts.timeoutMs ?? 120000;
-    this.agent = new http.Agent({ keepAlive: true });
+    // One connection per call: a unix socket costs microseconds to connect, and a kept-alive one can be
+    // closed by the server (its idle timeout, a 413) just as the next call is written on it (EPIPE).
+    this.agent = new http.Agent({ keepAlive: false });
   }
 
   /** Closes the kept-alive connections. */
