@@ -25,7 +25,16 @@ const STATE_VERSION = 1;
 /** The pairs in the state file; none when there is none, or (logged) when it cannot be read. */
 export function readWatchState(pinRoot: string): BypassedPair[] {
   const p = watchStatePath(pinRoot);
-  const text = readLockDirFile(pinRoot, 'watch.json'); // a symlink there is refused, not followed
+  let text: string | undefined;
+  try {
+    text = readLockDirFile(pinRoot, 'watch.json'); // a symlink there is refused, not followed
+  } catch (e) {
+    // A directory in its place holds no state and must not stop the watcher from failing open (it logs once
+    // when it cannot write it); anything else refused (a symlink, a lock directory not ours) stays refused.
+    if (!fs.lstatSync(p, { throwIfNoEntry: false })?.isDirectory()) throw e;
+    log('watch').warn({ path: p }, `ignoring the watch state file ${p}: it is a directory`);
+    return [];
+  }
   if (text === undefined) return [];
   try {
     const j = JSON.parse(text) as { version?: number; bypassed?: unknown };
