@@ -6,7 +6,7 @@
  * identical; every step that fails is rolled back.
  */
 import assert from 'node:assert/strict';
-import { cli, requireKernel, leakChecks } from './helpers';
+import { cli, requireKernel, leakChecks, TIME_SCALE } from './helpers';
 import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
 import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/topology';
 import { nsView, veth } from '../src/net';
@@ -269,6 +269,8 @@ describe('intercept / release (kernel)', function () {
   });
 
   it('rolls back every step of intercept (NEUV_BPF_FAIL_AT=intercept:<step>)', function () {
+    // 16 failed intercepts, each checked: ~50 s on a quiet host, past the default 120 s x 4 under the VM's emulation.
+    this.timeout(300000 * TIME_SCALE);
     const tt = makeTopology();
     const c1 = tt.c[0]!;
     const before = containerState(tt.t, c1);
