@@ -93,13 +93,17 @@ $(TS_STAMP): $(TS_SRC) $(DEPS_STAMP)
 
 # The whole suite: unit tests everywhere, kernel suites when root (they skip
 # with a reason otherwise; CI fails on any kernel-suite skip, see .ci/run).
-# The spec reporter, then each suite file's time (test/timing-reporter.ts).
-MOCHA := npx --no-install mocha --timeout 120000 --reporter dist/test/timing-reporter.js
+# Each file in a mocha process of its own, NEUV_BPF_TEST_JOBS (default 2) side
+# by side, longest first; each file's output whole, then the run's summary and
+# each file's time (scripts/test-run.js, test/timing-reporter.ts).
+MOCHA_ARGS ?= --timeout 120000 --reporter dist/test/timing-reporter.js
+MOCHA := npx --no-install mocha $(MOCHA_ARGS)
+TEST_RUN := MOCHA_ARGS='$(MOCHA_ARGS)' node scripts/test-run.js
 test: build
-	$(Q)$(MOCHA) 'dist/test/**/*.test.js'
+	$(Q)$(TEST_RUN) $$(find dist/test -name '*.test.js' | sort)
 
 test-unit: build
-	$(Q)NEUV_BPF_UNIT_ONLY=1 $(MOCHA) 'dist/test/**/*.test.js'
+	$(Q)NEUV_BPF_UNIT_ONLY=1 $(TEST_RUN) $$(find dist/test -name '*.test.js' | sort)
 
 # Reliability with full counts (docs/reliability.md): 100 reloads, 100 churned
 # pairs and 1,000 mode switches per mode with traffic, every crash point in

@@ -46,7 +46,7 @@ set +e
 case $tests in
   all)
     echo "vagrant-guest-test: make test"
-    make test MOCHA="${mocha[*]}"
+    make test MOCHA_ARGS="${mocha[*]:1}"
     ;;
   kernel)
     files=$(grep -l -w requireKernel dist/test/*.test.js | tr '\n' ' ')
