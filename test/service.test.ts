@@ -8,54 +8,18 @@
  * pin root; metrics checked by promtool and scraped by a real Prometheus.
  */
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { cli, cliSpawn, kernelState, leakChecks, makePinRoot, onCleanup, requireKernel, TIME_SCALE } from './helpers';
+import { cli, kernelState, leakChecks, makePinRoot, onCleanup, requireKernel, TIME_SCALE } from './helpers';
 import { addPair, containerState, makePairTopology, makeTopology, PairTopology, waitFor } from './topology';
 import { ping, startUdpStream } from './traffic';
 import { ServiceClient, ServiceError, defaultSocketPath } from '../src/service/client';
+import { sample, scrape, serve, tool } from './service-fixture';
 import { MAX_BODY_BYTES } from '../src/service/http';
 import { withLock } from '../src/lock';
-
-interface Served {
-  child: ChildProcess;
-  socket: string;
-  client: ServiceClient;
-  info: { pinRoot: string; socket: string; datapath: 'loaded' | 'adopted'; metrics?: { host: string; port: number } };
-  stderr: () => string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-/** Starts `serve --json` in the enforcer netns; resolves once it printed where it serves. */
-async function serve(netns: string, pins: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<Served> {
-  const child = cliSpawn(['--netns', netns, '--bpffs', pins, 'serve', '--json', ...args], env);
-  onCleanup(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
-  let info: Served['info'] | undefined;
-  let gone = false;
-  void exited.then(() => (gone = true));
-  await waitFor('serve to print where it serves', () => {
-    if (gone) throw new Error(`serve exited before serving: ${err}`);
-    try {
-      info = JSON.parse(out) as Served['info'];
-      return true;
-    } catch {
-      return false;
-    }
-  }, 60000 * TIME_SCALE);
-  const client = new ServiceClient({ socket: info!.socket });
-  onCleanup(() => client.close());
-  return { child, socket: info!.socket, client, info: info!, stderr: () => err, exited };
-}
 
 /** One raw request on a unix socket: status and parsed body. */
 function raw(socket: string, method: string, p: string, body?: string | Buffer, headers: http.OutgoingHttpHeaders = {}): Promise<{ status: number; body: unknown; text: string }> {
@@ -86,29 +50,6 @@ function showJson(netns: string, pins: string): unknown {
   delete v.global;
   for (const p of v.pairs) delete p.counters;
   return v;
-}
-
-/** GET /metrics from inside the netns the service runs in. */
-function scrape(netns: string, port: number): string {
-  const r = spawnSync('ip', ['netns', 'exec', netns, 'curl', '-sf', `http://127.0.0.1:${port}/metrics`], { encoding: 'utf8' });
-  assert.equal(r.status, 0, `curl /metrics: ${r.stderr}`);
-  return r.stdout;
-}
-
-/** A sample's value from a text exposition: name{labels} value. */
-function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
-  for (const l of text.split('\n')) {
-    if (!l.startsWith(name + '{') && !l.startsWith(name + ' ')) continue;
-    const m = /^([^{ ]+)(?:\{(.*)\})? (\S+)$/.exec(l);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}
-
-function tool(cmd: string): void {
-  if (spawnSync(cmd, ['--version']).error) throw new Error(`${cmd} is needed (Debian's prometheus package): make deps`);
 }
 
 describe('neuv-bpf serve: the API service (kernel)', function () {

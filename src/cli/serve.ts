@@ -6,9 +6,10 @@ import type { Command } from 'commander';
 import type { Ctx } from './context';
 import { printJson } from './context';
 import { Service, parseListenAddress } from '../service';
+import { DpWatchCmdOpts, addDpWatchOptions, dpWatchOptions } from './watch';
 
 export function registerServeCommands(program: Command, ctx: () => Ctx): void {
-  program
+  const cmd = program
     .command('serve')
     .description(
       'own the datapath of this netns and pin root (load it if needed, else adopt it as it is) and serve the API ' +
@@ -16,19 +17,25 @@ export function registerServeCommands(program: Command, ctx: () => Ctx): void {
     )
     .option('--socket <path>', "the API's unix socket, created 0600 (default: /run/neuv-bpf/<pin root>.sock)")
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (bound in the netns the service runs in)')
-    .option('--json', 'print the serving line as JSON')
-    .action(async (o: { socket?: string; metrics?: string; json?: boolean }) => {
-      const c = ctx();
-      const metrics = o.metrics === undefined ? undefined : parseListenAddress(o.metrics);
-      const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics });
-      const i = svc.info;
-      if (c.json) printJson(c, i);
-      else {
-        c.out(`serving pin root ${i.pinRoot} (datapath ${i.datapath}) on ${i.socket}` + (i.metrics ? `, metrics on http://${i.metrics.host.includes(':') ? `[${i.metrics.host}]` : i.metrics.host}:${i.metrics.port}/metrics` : ''));
-      }
-      await new Promise<void>((resolve) => {
-        for (const s of ['SIGINT', 'SIGTERM'] as const) process.once(s, () => resolve());
-      });
-      await svc.stop();
+    .option('--json', 'print the serving line as JSON');
+  // DP supervision: the options of `neuv-bpf watch` (its keep-alive and ring ones prefixed dp-).
+  addDpWatchOptions(cmd, 'dp-', false).action(async (o: { socket?: string; metrics?: string; json?: boolean } & DpWatchCmdOpts) => {
+    const c = ctx();
+    const metrics = o.metrics === undefined ? undefined : parseListenAddress(o.metrics);
+    const dp = dpWatchOptions(o, 'dp-');
+    const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics, dp });
+    const i = svc.info;
+    if (c.json) printJson(c, i);
+    else {
+      c.out(
+        `serving pin root ${i.pinRoot} (datapath ${i.datapath}) on ${i.socket}` +
+          (i.metrics ? `, metrics on http://${i.metrics.host.includes(':') ? `[${i.metrics.host}]` : i.metrics.host}:${i.metrics.port}/metrics` : '') +
+          (i.dp ? `, supervising the DP (fail-${i.dp.policy})` : ''),
+      );
+    }
+    await new Promise<void>((resolve) => {
+      for (const s of ['SIGINT', 'SIGTERM'] as const) process.once(s, () => resolve());
     });
+    await svc.stop();
+  });
 }

@@ -39,6 +39,7 @@
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { PidFd } from '../bpf';
+import { UsageError } from '../errors';
 import { log } from '../log';
 import { readInputFile } from '../input';
 import { Datapath } from '../pairs';
@@ -164,6 +165,23 @@ export function dpByControlSocket(): DpProcess | undefined {
   return undefined;
 }
 
+/**
+ * Where the DP is, asked again whenever there is none, so a restarted DP is
+ * followed: 'local' (it shares our /tmp, as NeuVector's agent and DP do: the
+ * process holding /tmp/dp_listen.sock) or a pid file (a restarted DP, or its
+ * supervisor, writes its new pid there). A bare pid is refused: it cannot
+ * follow a restart, and the pairs failed open would stay in BYPASS for good.
+ * `what` names the option in errors.
+ */
+export function dpLocator(dp: string, what = '--dp'): () => DpProcess | undefined {
+  if (dp === 'local') return dpByControlSocket;
+  if (/^[0-9]+$/.test(dp)) {
+    throw new UsageError(`${what} ${dp}: a pid does not follow a restarted DP (the pairs failed open would stay in BYPASS for good); give a pid file the DP's supervisor rewrites, or 'local'`);
+  }
+  if (!dp.startsWith('/')) throw new UsageError(`${what} '${dp}' is not 'local' or the absolute path of a pid file`);
+  return () => dpFromPidFile(dp);
+}
+
 /** The DP being watched: its process, its pidfd, and a control client once one was needed. */
 interface LiveDp extends DpProcess {
   pidfd: PidFd;
@@ -204,6 +222,11 @@ export class DpWatch extends EventEmitter {
 
   get policy(): FailPolicy {
     return this.o.policy ?? 'closed';
+  }
+
+  /** The DP followed now (its pid and root), or undefined while there is none. */
+  get current(): DpProcess | undefined {
+    return this.cur && { pid: this.cur.pid, root: this.cur.root };
   }
 
   /** Starts watching: waits for a DP (nothing fails open before one was seen), then follows it. */

@@ -6,13 +6,15 @@
  * Bodies are validated by the same code as the CLI's input (parsePairObject,
  * parseModeName, parsePortId, flowKeyFromSpec) before anything changes.
  */
-import { UsageError } from '../errors';
+import type { DpWatch } from '../dp/watch';
+import { NotFoundError, UsageError } from '../errors';
 import { FlowSpec, OffloadOptions, withFlows } from '../flows';
 import { Target, intercept, release } from '../intercept';
 import { isLoaded, notLoaded } from '../pins';
 import { MODE_NAMES } from '../layout';
 import { ADD_MODES, AddModeName, Datapath, PairSpec, parseModeName, parsePairObject, parsePortId } from '../pairs';
 import { packageVersion } from '../root';
+import type { DpStatus } from './client';
 import { objectWith } from './http';
 
 /** What a call gets. */
@@ -25,6 +27,19 @@ export interface CallContext {
   body: unknown;
   /** When the service started (ms since the epoch). */
   started: number;
+  /** The DP supervisor, when the service supervises one (--dp). */
+  watch?: DpWatch;
+}
+
+/** GET /v1/dp: the supervisor's state, the pairs it holds in BYPASS, its last events. */
+export function dpView(w: DpWatch): DpStatus {
+  return {
+    policy: w.policy,
+    state: w.state,
+    pid: w.current?.pid ?? null,
+    held: [...w.bypassed.values()],
+    events: w.events.slice(-20),
+  };
 }
 
 export interface Route {
@@ -104,7 +119,18 @@ export const ROUTES: Route[] = [
     path: '/v1/health',
     handle: async (c) => {
       if (!isLoaded(c.pinRoot)) throw notLoaded(c.pinRoot);
-      return { status: 'ok', pinRoot: c.pinRoot, version: packageVersion(), pid: process.pid, uptimeSeconds: Math.round((Date.now() - c.started) / 1000) };
+      return {
+        status: 'ok', pinRoot: c.pinRoot, version: packageVersion(), pid: process.pid, uptimeSeconds: Math.round((Date.now() - c.started) / 1000),
+        ...(c.watch ? { dp: { policy: c.watch.policy, state: c.watch.state } } : {}),
+      };
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/dp',
+    handle: async (c) => {
+      if (!c.watch) throw new NotFoundError('this service supervises no DP (serve --dp local|PIDFILE)');
+      return dpView(c.watch);
     },
   },
   {

@@ -10,6 +10,7 @@
  */
 import * as http from 'node:http';
 import { ExitCode, ExitCodeValue, NeuvError } from '../errors';
+import type { BypassedPair, DpWatch, FailPolicy, WatchEvent } from '../dp/watch';
 import type { FlowSpec, FlowView, OffloadOptions, OffloadResult } from '../flows';
 import type { InterceptResult, ReleaseResult } from '../intercept';
 import { lockDirFile } from '../lock';
@@ -29,6 +30,20 @@ export interface Health {
   version: string;
   pid: number;
   uptimeSeconds: number;
+  /** The supervised DP (serve --dp). */
+  dp?: { policy: FailPolicy; state: DpWatch['state'] };
+}
+
+/** GET /v1/dp: the DP supervisor (serve --dp). */
+export interface DpStatus {
+  policy: FailPolicy;
+  state: DpWatch['state'];
+  /** The DP followed now, null while there is none. */
+  pid: number | null;
+  /** The pairs held in BYPASS while the DP is gone (fail-open), recorded in the watch state file. */
+  held: BypassedPair[];
+  /** The last 20 events. */
+  events: WatchEvent[];
 }
 
 /** The container of intercept/release: exactly one of pid and netns. */
@@ -121,6 +136,11 @@ export class ServiceClient {
 
   health(): Promise<Health> {
     return this.request('GET', '/v1/health');
+  }
+
+  /** The DP supervisor's state (serve --dp; 404 without). */
+  dp(): Promise<DpStatus> {
+    return this.request('GET', '/v1/dp');
   }
 
   /** Every pair (show --json). */

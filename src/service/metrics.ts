@@ -7,6 +7,7 @@
  */
 import * as http from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { DpWatch, WatchEvent } from '../dp/watch';
 import { Flows } from '../flows';
 import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
 import { log } from '../log';
@@ -128,6 +129,64 @@ export class ServiceMetrics {
       collect() {
         this.set(isLoaded(pinRoot) ? 1 : 0);
       },
+    });
+  }
+
+  /**
+   * The DP supervisor's metrics (serve --dp): up/down, pairs held in BYPASS,
+   * and counters of the DP losses it failed open or closed and of its
+   * returns. Counted from its events as they happen, so none is missed
+   * between two scrapes.
+   */
+  superviseDp(w: DpWatch): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'neuv_dp_up',
+      help: '1 while the supervised DP answers; 0 while it is down or not seen yet',
+      registers,
+      collect() {
+        this.set(w.state === 'up' ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'neuv_dp_pairs_held',
+      help: 'Pairs the supervisor holds in BYPASS while the DP is gone (fail-open)',
+      registers,
+      collect() {
+        this.set(w.bypassed.size);
+      },
+    });
+    const lost = new Counter({
+      name: 'neuv_dp_fail_open_total',
+      help: 'DP losses failed open: its FWD pairs switched to BYPASS',
+      registers,
+    });
+    const lostClosed = new Counter({
+      name: 'neuv_dp_fail_closed_total',
+      help: 'DP losses failed closed: its FWD pairs left black-holed until it is back',
+      registers,
+    });
+    const back = new Counter({
+      name: 'neuv_dp_returns_total',
+      help: 'A DP answering again after a loss (a restart followed)',
+      registers,
+    });
+    const switched = new Counter({
+      name: 'neuv_dp_pair_switches_total',
+      help: 'Pair mode switches by the supervisor, by target mode (bypass: failed open; fwd: back)',
+      labelNames: ['to'],
+      registers,
+    });
+    for (const to of ['bypass', 'fwd']) switched.inc({ to }, 0);
+    w.on('event', (e: WatchEvent) => {
+      if (e.state === 'down') {
+        // A loss has the pid of the DP lost; a 'still down' event only bypasses a pair put in FWD meanwhile.
+        if (e.pid !== undefined) (w.policy === 'open' ? lost : lostClosed).inc();
+        switched.inc({ to: 'bypass' }, e.switched.length);
+      } else if (e.state === 'up') {
+        if (w.events.some((x) => x.state === 'down')) back.inc();
+        switched.inc({ to: 'fwd' }, e.switched.length);
+      }
     });
   }
 

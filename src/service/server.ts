@@ -21,6 +21,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { LOCK_EX, LOCK_NB, flock } from '../bpf';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '../errors';
+import { DpWatch, FailPolicy, WatchOptions } from '../dp/watch';
 import { checkHome } from '../home';
 import { load } from '../loader';
 import { LOCK_DIR, lockDirFile, withLock } from '../lock';
@@ -63,6 +64,8 @@ export interface ServiceOptions {
   socket?: string;
   /** Serve GET /metrics here. */
   metrics?: ListenAddress;
+  /** Supervise the DP (the options of `neuv-bpf watch`): fail-open or fail-closed, followed across restarts. */
+  dp?: Omit<WatchOptions, 'pinRoot'>;
 }
 
 export interface ServiceInfo {
@@ -72,6 +75,8 @@ export interface ServiceInfo {
   metrics?: ListenAddress;
   /** 'loaded': this service loaded the datapath; 'adopted': it was loaded already. */
   datapath: 'loaded' | 'adopted';
+  /** The DP supervised (--dp) and its failure policy. */
+  dp?: { policy: FailPolicy };
 }
 
 /** Opens (creating it 0600, never through a symlink) and flocks the pin root's service lock; a ConflictError if another service holds it. */
@@ -155,6 +160,8 @@ export class Service {
   private inflight = 0;
   private socketIno = 0;
   private metricsServer: http.Server | undefined;
+  /** The DP supervisor (--dp), started once the datapath is there. */
+  private watch: DpWatch | undefined;
 
   private constructor(
     info: ServiceInfo,
@@ -213,6 +220,11 @@ export class Service {
         await load({ pinRoot });
         return 'loaded' as const;
       });
+      if (opts.dp) {
+        const w = (svc.watch = DpWatch.start({ ...opts.dp, pinRoot }));
+        metrics.superviseDp(w);
+        svc.info.dp = { policy: w.policy };
+      }
       ready(true);
     } catch (e) {
       ready(false);
@@ -253,7 +265,7 @@ export class Service {
       let body: unknown;
       if (m.route.body) body = await readJson(req);
       else req.resume();
-      const result = await m.route.handle({ pinRoot: this.info.pinRoot, params: m.params, query: url.searchParams, body, started: this.started });
+      const result = await m.route.handle({ pinRoot: this.info.pinRoot, params: m.params, query: url.searchParams, body, started: this.started, watch: this.watch });
       sendJson(res, status, result);
     } catch (e) {
       const r = errorResponse(e);
@@ -291,6 +303,7 @@ export class Service {
       await closed;
       await closedMetrics;
       clearTimeout(timer);
+      await this.watch?.stop(); // pairs it holds in BYPASS stay there, recorded for the next supervisor
       this.removeSocket();
       if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
       lg.info('stopped');
