@@ -83,8 +83,22 @@ $(CTR_ROOTFS): build/containers/echo-server scripts/container-rootfs.sh
 	@[ "$(V)" = 1 ] || echo "  TAR    $@"
 	$(Q)./scripts/container-rootfs.sh $@ build/containers/echo-server
 
+# src/layout/generated.ts: every struct and enum of bpf/neuv.h, from the object's BTF
+# (scripts/gen-layout.ts, compiled alone: it needs only src/bpf/btf.ts). Committed, so a
+# fresh clone type-checks without clang; rewritten only when its text changes.
+LAYOUT_TS := src/layout/generated.ts
+GEN_LAYOUT := build/gen/scripts/gen-layout.js
+$(GEN_LAYOUT): scripts/gen-layout.ts scripts/tsconfig.gen-layout.json src/bpf/btf.ts src/bpf/lib.ts src/errors.ts src/log.ts tsconfig.json | $(DEPS_STAMP)
+	@[ "$(V)" = 1 ] || echo "  TSC    $@"
+	$(Q)rm -rf build/gen
+	$(Q)npx --no-install tsc -p scripts/tsconfig.gen-layout.json
+$(LAYOUT_TS): $(BPF_OBJ) $(GEN_LAYOUT)
+	@[ "$(V)" = 1 ] || echo "  GEN    $@"
+	$(Q)node $(GEN_LAYOUT) $(BPF_OBJ) $@
+	$(Q)touch $@
+
 ts: $(TS_STAMP)
-$(TS_STAMP): $(TS_SRC) $(DEPS_STAMP)
+$(TS_STAMP): $(TS_SRC) $(LAYOUT_TS) $(DEPS_STAMP)
 	@[ "$(V)" = 1 ] || echo "  TSC    dist/"
 	@# From scratch: a moved or deleted .ts must not leave a stale .js behind (dist/src/bpf.js would shadow dist/src/bpf/index.js).
 	$(Q)rm -rf dist/src dist/test dist/bench

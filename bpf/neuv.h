@@ -2,10 +2,13 @@
 /*
  * neuv.h: every layout that crosses the kernel/user boundary.
  *
- * Shared by the BPF programs (bpf/neuv.bpf.c) and mirrored once in TypeScript
- * (src/layout/: structs.ts, codecs.ts). The loader checks that mirror against this object's BTF at
- * load time, so a change here that is not made there fails loudly instead of
- * corrupting a map. Keep fields naturally aligned and padding explicit.
+ * Shared by the BPF programs (bpf/neuv.bpf.c) and by the loader: make build
+ * generates src/layout/generated.ts (every struct and enum named neuv_*: sizes,
+ * offsets, values) from this object's BTF, and src/layout/codecs.ts reads and
+ * writes the members by name. The loader checks the generated layouts against
+ * the BTF of the object it loads, so an object built from another version of
+ * this header fails loudly instead of corrupting a map. Keep fields naturally
+ * aligned and padding explicit; types private to the BPF side are not named neuv_*.
  */
 #ifndef NEUV_H
 #define NEUV_H
@@ -14,8 +17,8 @@
 #include <linux/bpf.h> /* struct bpf_spin_lock */
 
 /*
- * Constants shared with src/layout/structs.ts. An enum rather than #defines, so they
- * are in the object's BTF and the loader's layout check covers them.
+ * Constants shared with the loader (src/layout/generated.ts). An enum rather than
+ * #defines, so they are in the object's BTF: generated from it and checked at load.
  */
 enum neuv_const {
 	/* "NeuV": the first four bytes of every pair's unicast MAC (UCMAC). */
@@ -222,7 +225,7 @@ struct neuv_global {
  * neuv_config.flags. The low 16 bits are an argument of the flag that uses
  * them (only NEUV_CFG_TRACE_ID today).
  */
-enum neuv_cfg_flag {
+enum neuv_config_flag {
 	NEUV_CFG_TRACE_ID_MASK = 0xffffU,   /* the pair id NEUV_CFG_TRACE_ID filters on */
 	NEUV_CFG_TRACE_ID      = 1U << 16, /* trace only frames of the pair whose id is flags & 0xffff */
 	/*
@@ -320,9 +323,9 @@ struct neuv_trace {
 #ifdef __BPF__
 /*
  * BTF anchors: enums, and structs used only inside functions, appear in an
- * object's BTF only when some variable has the type, and the loader checks
- * them against src/layout/structs.ts. These read-only globals are never used by the
- * programs.
+ * object's BTF only when some variable has the type (src/layout/generated.ts is
+ * generated from the BTF, and the loader checks it). These read-only globals are
+ * never used by the programs.
  */
 const volatile enum neuv_mode neuv_btf_mode = NEUV_MODE_NONE;
 const volatile enum neuv_role neuv_btf_role = NEUV_ROLE_VIN;
@@ -333,7 +336,7 @@ const volatile enum neuv_hook neuv_btf_hook = NEUV_HOOK_VIN;
 const volatile struct neuv_trace neuv_btf_trace; /* and struct neuv_decision inside it */
 const volatile enum neuv_flow_verdict neuv_btf_flow_verdict = NEUV_FLOW_NONE;
 const volatile enum neuv_port_flag neuv_btf_port_flag = NEUV_F_IPV6_TO_DP;
-const volatile enum neuv_cfg_flag neuv_btf_cfg_flag = NEUV_CFG_TRACE_ID;
+const volatile enum neuv_config_flag neuv_btf_config_flag = NEUV_CFG_TRACE_ID;
 const volatile enum neuv_trace_flag neuv_btf_trace_flag = NEUV_TF_PEER;
 const volatile enum neuv_const neuv_btf_const = NEUV_STATS_VERDICTS;
 #endif /* __BPF__ */

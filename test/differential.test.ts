@@ -42,10 +42,12 @@ import {
   VERDICT_NAMES,
   addFlowStats,
   decodeFlow,
+  decodeFlowKey,
   emptyStats,
   encodeFlow,
   encodeFlowKey,
   formatIpv4,
+  ipv4Bytes,
   u32Key,
 } from '../src/layout';
 import { formatMac, ucmac } from '../src/mac';
@@ -493,14 +495,8 @@ function readFlowStatsOf(m: MapFd, id: number): Stats {
 function readFlows(m: MapFd, known: Map<string, ModelFlow>): Map<string, ModelFlow> {
   const out = new Map<string, ModelFlow>();
   for (const [kb, vb] of m.entries()) {
-    const key: ModelFlowKey = {
-      id: kb.readUInt16LE(0),
-      proto: kb.readUInt8(2),
-      addrA: kb.readUInt32BE(4),
-      addrB: kb.readUInt32BE(8),
-      portA: kb.readUInt16BE(12),
-      portB: kb.readUInt16BE(14),
-    };
+    const k = decodeFlowKey(kb);
+    const key: ModelFlowKey = { ...k, addrA: ipv4Bytes(k.addrA).readUInt32BE(0), addrB: ipv4Bytes(k.addrB).readUInt32BE(0) };
     const ks = flowKeyString(key);
     out.set(ks, { key: known.get(ks)?.key ?? key, ...decodeFlow(vb) });
   }

@@ -22,7 +22,7 @@ describe('hot path: layout check of flags (drift fixture)', function () {
   it('a changed flag value is a layout disagreement', function () {
     const obj = BpfObject.open(DRIFT_FLAG);
     try {
-      assert.deepEqual(checkAgainstBtf(obj), ['enum neuv_port_flag: NEUV_F_SELF_PEER is 16 in BTF, 8 in src/layout/structs.ts']);
+      assert.deepEqual(checkAgainstBtf(obj), ['enum neuv_port_flag: NEUV_F_SELF_PEER is 16 in BTF, 8 in src/layout/generated.ts']);
     } finally {
       obj.close();
     }
@@ -35,7 +35,7 @@ describe('hot path: layout check of flags (drift fixture)', function () {
     const before = kernelState(ns, pins);
     const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', DRIFT_FLAG]);
     assert.equal(r.code, 6, r.stderr);
-    assert.match(oneErrorLine(r), /does not match the loader's map layouts.*enum neuv_port_flag: NEUV_F_SELF_PEER is 16 in BTF, 8 in src\/layout\/structs\.ts/);
+    assert.match(oneErrorLine(r), /does not match the loader's map layouts.*enum neuv_port_flag: NEUV_F_SELF_PEER is 16 in BTF, 8 in src\/layout\/generated\.ts/);
     assert.equal(kernelState(ns, pins), before);
   });
 });

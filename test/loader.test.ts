@@ -245,7 +245,7 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
       const before = kernelState(ns, pins);
       const r = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--obj', DRIFT]);
       assert.equal(r.code, 6, r.stderr);
-      assert.match(oneErrorLine(r), /does not match the loader's map layouts.*struct neuv_port: size 28 in BTF, 24 in src\/layout\/structs\.ts/);
+      assert.match(oneErrorLine(r), /does not match the loader's map layouts.*struct neuv_port: size 28 in BTF, 24 in src\/layout\/generated\.ts/);
       assert.equal(kernelState(ns, pins), before);
     });
 
@@ -277,13 +277,13 @@ describe('BTF layout check', function () {
     const moved = STRUCTS.map((s) =>
       s.name !== PortDecl.name ? s : { ...s, members: s.members.map((m) => (m.name === 'mode' ? { ...m, offset: 10 } : m)) },
     );
-    assert.match(checkAgainstBtf(obj!, moved).join('\n'), /neuv_port.mode: offset 11 in BTF, 10 in src\/layout\/structs\.ts/);
+    assert.match(checkAgainstBtf(obj!, moved).join('\n'), /neuv_port.mode: offset 11 in BTF, 10 in src\/layout\/generated\.ts/);
     const resized = STRUCTS.map((s) => (s.name !== PortDecl.name ? s : { ...s, size: 28 }));
-    assert.match(checkAgainstBtf(obj!, resized).join('\n'), /neuv_port: size 24 in BTF, 28 in src\/layout\/structs\.ts/);
+    assert.match(checkAgainstBtf(obj!, resized).join('\n'), /neuv_port: size 24 in BTF, 28 in src\/layout\/generated\.ts/);
     const missing = STRUCTS.map((s) => (s.name !== PortDecl.name ? s : { ...s, members: s.members.filter((m) => m.name !== 'flags') }));
-    assert.match(checkAgainstBtf(obj!, missing).join('\n'), /neuv_port.flags: in BTF, missing from src\/layout\/structs\.ts/);
+    assert.match(checkAgainstBtf(obj!, missing).join('\n'), /neuv_port.flags: in BTF, missing from src\/layout\/generated\.ts/);
     const enums = ENUMS.map((e) => (e.name !== 'neuv_mode' ? e : { ...e, values: { ...e.values, TAP: 7 } }));
-    assert.match(checkAgainstBtf(obj!, STRUCTS, enums).join('\n'), /NEUV_MODE_TAP is 2 in BTF, 7 in src\/layout\/structs\.ts/);
+    assert.match(checkAgainstBtf(obj!, STRUCTS, enums).join('\n'), /NEUV_MODE_TAP is 2 in BTF, 7 in src\/layout\/generated\.ts/);
   });
 
   it('the CLI binary is executable', function () {

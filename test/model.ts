@@ -7,16 +7,13 @@
  *
  * Pure: no kernel, no I/O, inputs never mutated.
  */
-import { ConfigFlag, Dir, FlowVerdict, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from '../src/layout';
+import { ConfigFlag, Dir, FlowVerdict, IPPROTO_TCP, IPPROTO_UDP, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from '../src/layout';
+import type { PortEntry as PortValue } from '../src/layout';
 import { isUcmac, ucmac } from '../src/mac';
 
-export interface PortEntry {
+/** A neuv_ports entry (struct neuv_port, as src/layout/ decodes it) with its key. */
+export interface PortEntry extends Omit<PortValue, 'mac'> {
   ifindex: number;
-  peerIfindex: number;
-  flags: number;
-  id: number;
-  role: 1 | 2;
-  mode: number;
   mac: Uint8Array /* 6 */;
 }
 
@@ -110,8 +107,6 @@ export function flowsAfter(state: ModelState, o: Outcome, frameLength: number): 
   return flows;
 }
 
-const IPPROTO_TCP = 6;
-const IPPROTO_UDP = 17;
 
 /**
  * The flow key of an IPv4 frame, or undefined when the datapath builds none

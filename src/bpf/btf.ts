@@ -3,7 +3,8 @@
  * object's BTF (the loader checks src/layout/ against them).
  */
 import koffi from 'koffi';
-import { Ptr, lib } from './lib';
+import { KernelError } from '../errors';
+import { Ptr, errno, lib } from './lib';
 
 // ---------------------------------------------------------------- BTF
 
@@ -24,6 +25,11 @@ export interface BtfEnum {
 
 const BTF_KIND_ENUM = 6;
 const BTF_KIND_STRUCT = 4;
+
+/** A BTF type's kind (struct btf_type.info bits 24-28). */
+function kindOf(t: Ptr): number {
+  return ((koffi.decode(t, 4, 'uint32_t') as number) >>> 24) & 0x1f;
+}
 
 /** Variables of a DATASEC (e.g. .rodata) of a BTF: name -> offset/size. */
 export function btfDatasecVars(btf: Ptr, sec: string): Map<string, { offset: number; size: number }> {
@@ -91,3 +97,32 @@ export function btfEnum(btf: Ptr, name: string): BtfEnum | undefined {
   return { name, values };
 }
 
+
+/**
+ * Every named struct and enum of an object file's BTF whose name starts with
+ * `prefix`, by name (scripts/gen-layout.ts writes src/layout/generated.ts
+ * from those of build/neuv.bpf.o).
+ */
+export function btfTypesOfFile(path: string, prefix: string): { structs: BtfStruct[]; enums: BtfEnum[] } {
+  const l = lib();
+  const btf = l.btf__parse(path, null);
+  if (!btf) throw new KernelError(`read the BTF of ${path}`, errno());
+  try {
+    const names: Record<number, Set<string>> = { [BTF_KIND_STRUCT]: new Set(), [BTF_KIND_ENUM]: new Set() };
+    const n = l.btf__type_cnt(btf);
+    for (let id = 1; id < n; id++) {
+      const t = l.btf__type_by_id(btf, id);
+      const kind = kindOf(t);
+      if (kind !== BTF_KIND_STRUCT && kind !== BTF_KIND_ENUM) continue;
+      const name = l.btf__name_by_offset(btf, koffi.decode(t, 0, 'uint32_t') as number) ?? '';
+      if (name.startsWith(prefix)) names[kind].add(name);
+    }
+    const sorted = (k: number) => [...names[k]!].sort();
+    return {
+      structs: sorted(BTF_KIND_STRUCT).map((s) => btfStruct(btf, s)!),
+      enums: sorted(BTF_KIND_ENUM).map((e) => btfEnum(btf, e)!),
+    };
+  } finally {
+    l.btf__free(btf);
+  }
+}

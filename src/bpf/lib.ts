@@ -137,6 +137,9 @@ interface Lib {
   btf__name_by_offset: (btf: Ptr, off: number) => string | null;
   btf__resolve_size: (btf: Ptr, id: number) => bigint | number;
   btf__resolve_type: (btf: Ptr, id: number) => number;
+  btf__parse: (path: string, ext: Ptr | null) => Ptr;
+  btf__free: (btf: Ptr) => void;
+  btf__type_cnt: (btf: Ptr) => number;
   ring_buffer__new: (mapFd: number, cb: Ptr, ctx: Ptr | null, opts: Ptr | null) => Ptr;
   ring_buffer__free: (rb: Ptr) => void;
   ring_buffer__consume: (rb: Ptr) => number;
@@ -222,6 +225,9 @@ export function lib(): Lib {
     btf__name_by_offset: f(b, 'const char *btf__name_by_offset(void *btf, uint32_t off)'),
     btf__resolve_size: f(b, 'int64_t btf__resolve_size(void *btf, uint32_t id)'),
     btf__resolve_type: f(b, 'int btf__resolve_type(void *btf, uint32_t id)'),
+    btf__parse: f(b, 'void *btf__parse(const char *path, void *btf_ext)'),
+    btf__free: f(b, 'void btf__free(void *btf)'),
+    btf__type_cnt: f(b, 'uint32_t btf__type_cnt(void *btf)'),
     ring_buffer__new: f(b, 'void *ring_buffer__new(int map_fd, void *sample_cb, void *ctx, void *opts)'),
     ring_buffer__free: f(b, 'void ring_buffer__free(void *rb)'),
     ring_buffer__consume: f(b, 'int ring_buffer__consume(void *rb)'),

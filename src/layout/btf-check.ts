@@ -1,9 +1,9 @@
 /** The declared layouts and enums compared with an object's BTF. */
 import { StructDecl } from './fields';
-import { ENUMS, STRUCTS } from './structs';
+import { ENUMS, STRUCTS } from './generated';
 
-/** Where STRUCTS and ENUMS are declared, as the messages name it. */
-const DECLARED = 'src/layout/structs.ts';
+/** Where STRUCTS and ENUMS are declared (from bpf/neuv.h at build), as the messages name it. */
+const DECLARED = 'src/layout/generated.ts';
 
 export interface BtfSource {
   btfStruct(name: string): { size: number; members: Array<{ name: string; offset: number; size: number }> } | undefined;

@@ -1,11 +1,13 @@
 /**
  * TypeScript mirror of bpf/neuv.h: enums, flags and codecs for every map key
- * and value. `checkAgainstBtf` compares these declarations with the loaded
- * object's BTF (sizes, member offsets and sizes, enum values) so C/TS drift is
- * an error at load, never a corrupted map.
+ * and value. The layouts and enums are generated from build/neuv.bpf.o's BTF
+ * at make build; `checkAgainstBtf` compares them with the object actually
+ * loaded (sizes, member offsets and sizes, enum values), so an object built
+ * from another bpf/neuv.h is an error at load, never a corrupted map.
  *
- *   enums.ts      enums, flags, constants and their names
- *   structs.ts    the structs as declared layouts, ENUMS, MAPS
+ *   generated.ts  every struct and enum of bpf/neuv.h (scripts/gen-layout.ts: do not edit)
+ *   enums.ts      what derives from the enums: value types, names, constants
+ *   structs.ts    MAPS: which map holds which struct
  *   codecs.ts     keys, values and trace records to and from bytes
  *   btf-check.ts  checkAgainstBtf
  */
