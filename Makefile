@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run examples containers test test-unit test-kernel test-full demo bench lint clean clean-vagrant vagrant-test docs
+.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run examples containers test test-unit test-kernel test-full demo bench lint clean clean-vagrant vagrant-test docs install-hook
 
 V ?= 0
 ifeq ($(V),1)
@@ -143,6 +143,12 @@ demo: build
 # docs/cli.md from every command's --help (test/docs.test.ts fails when it is stale).
 docs: ts
 	$(Q)node scripts/gen-cli-docs.js
+
+# The OCI hook for podman and CRI-O (docs/deploy.md): deploy/neuv-bpf-hook.json with this checkout's CLI.
+# HOOK_ARGS: --netns NAME, --bpffs DIR, --default-mode MODE, --on-failure closed|open, --socket PATH.
+HOOKS_DIR ?= /etc/containers/oci/hooks.d
+install-hook: build
+	$(Q)node scripts/install-hook.js --hooks-dir $(HOOKS_DIR) $(HOOK_ARGS)
 
 bench: build
 	$(Q)node dist/bench/run.js $(if $(QUICK),--quick,)

@@ -23,6 +23,7 @@ import { registerMigrateCommands } from './cli/migrate';
 import { registerFlowCommands } from './cli/flow';
 import { registerWatchCommands } from './cli/watch';
 import { registerServeCommands } from './cli/serve';
+import { registerOciHookCommands } from './cli/oci-hook';
 
 export type { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
 
@@ -43,6 +44,7 @@ const registrars: CommandRegistrar[] = [
   registerFlowCommands,
   registerWatchCommands,
   registerServeCommands,
+  registerOciHookCommands,
 ];
 
 export { printJson } from './cli/context';
@@ -72,6 +74,7 @@ export const HOLDS_SIGNALS: Record<string, (o: Opts) => string> = {
   'pair add': (o) => (o.file !== undefined ? `pair add --file ${o.file}` : `pair add ${o.in}/${o.ex}`),
   'pair del': () => 'pair del',
   'pair mode': () => 'pair mode',
+  'oci-hook': () => 'oci-hook',
 };
 
 /** A command's name with its parents' ("pair add"). */
@@ -124,12 +127,23 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
       configureLogging(level);
       const json = Boolean(g.json ?? actionCommand.opts<{ json?: boolean }>().json);
       ctx = { pinRoot: pinRootFrom(g.bpffs), json, out };
-      if (!UNPRIVILEGED.has(actionCommand.name())) {
-        checkPrivileges();
-        checkPinRoot(ctx.pinRoot);
-      }
-      if (g.netns) enterNetns(g.netns);
-      if (!HOMELESS.has(actionCommand.name())) checkHome(ctx.pinRoot); // before anything else: src/home.ts
+      const c = ctx;
+      const setUp = () => {
+        if (!UNPRIVILEGED.has(actionCommand.name())) {
+          checkPrivileges();
+          checkPinRoot(c.pinRoot);
+        }
+        if (g.netns) enterNetns(g.netns);
+        if (!HOMELESS.has(actionCommand.name())) checkHome(c.pinRoot); // before anything else: src/home.ts
+      };
+      if (actionCommand.name() === 'oci-hook' && actionCommand.opts<Opts>().onFailure === 'open') {
+        // Fail-open covers the set-up too (no enforcer netns, no datapath): the hook counts it and lets the container start.
+        try {
+          setUp();
+        } catch (e) {
+          c.setupError = e;
+        }
+      } else setUp();
       log('cli').debug({ command: actionCommand.name(), logLevel: level, pinRoot: ctx.pinRoot, netns: g.netns }, 'start');
       // --log-level trace: the datapath trace rides along (records as trace-level log lines).
       if (level === 'trace' && actionCommand.name() !== 'trace' && !UNPRIVILEGED.has(actionCommand.name())) startCommandTrace(ctx.pinRoot);

@@ -21,6 +21,8 @@ export interface Ctx {
   pinRoot: string;
   json: boolean;
   out: (s: string) => void;
+  /** A failure of the set-up the global options ask for, left to a command that handles it itself (oci-hook --on-failure open). */
+  setupError?: unknown;
 }
 
 /** A command module adds its commands to the program; it gets the context lazily. */

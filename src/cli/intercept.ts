@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import { CommandRegistrar, printJson, warnIfNoDp } from './context';
 import { UsageError } from '../errors';
 import { InterceptResult, ReleaseResult, Target, intercept, release } from '../intercept';
-import { ADD_MODES, AddModeName } from '../pairs';
+import { MODES, ModeName } from '../pairs';
 import { PID, PORT_ID, parsePid } from '../numbers';
 import { integerOption } from './options';
 
@@ -63,10 +63,10 @@ export const registerInterceptCommands: CommandRegistrar = (program, ctx) => {
           'then pair add; any failure rolls every step back',
       ),
   )
-    .addOption(new Option('--mode <mode>', 'mode of the new pair').choices(ADD_MODES as unknown as string[]).default('bypass'))
+    .addOption(new Option('--mode <mode>', 'mode of the new pair (drop: added in bypass and switched before the new port is up)').choices(MODES as unknown as string[]).default('bypass'))
     .addOption(integerOption('--id <n>', 'pin the port id (0..65535; default: the vex ifindex & 0xffff if free)', PORT_ID))
     .option('--ipv6-to-dp', "send the workload's IPv6 unicast through the DP too")
-    .action(async (o: TargetOpts & { port: string; mode: AddModeName; id?: number; ipv6ToDp?: boolean }) => {
+    .action(async (o: TargetOpts & { port: string; mode: ModeName; id?: number; ipv6ToDp?: boolean }) => {
       const c = ctx();
       const r = await intercept({
         pinRoot: c.pinRoot,

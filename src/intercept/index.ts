@@ -33,5 +33,5 @@ export { snapshotPort, addrArgs, routeArgs, neighArgs, addAddresses, restoreRout
 export { INTERCEPT_STEPS, RELEASE_STEPS } from './steps';
 export type { InterceptOptions, InterceptResult } from './intercept';
 export { intercept } from './intercept';
-export type { ReleaseOptions, ReleaseResult } from './release';
-export { release } from './release';
+export type { ReleaseOptions, ReleaseRecordedOptions, ReleaseResult } from './release';
+export { release, releaseRecorded } from './release';

@@ -9,7 +9,7 @@ import { withLock } from '../lock';
 import { log } from '../log';
 import { crashPoint } from '../crash';
 import { JournalRecord, INTERCEPT_LOCK, removeRecord, writeRecord } from './journal';
-import { AddModeName, Datapath, DEFAULT_ADD_MODE, PairAdded } from '../pairs';
+import { AddModeName, Datapath, DEFAULT_ADD_MODE, ModeName, PairAdded } from '../pairs';
 import { Undo } from '../undo';
 import { caughtSignal } from '../signals';
 import { enforcerRunner, NsRunner } from './runner';
@@ -25,8 +25,12 @@ export interface InterceptOptions {
   target: Target;
   /** The container's port, default eth0. */
   port?: string;
-  /** Default: the pair API's default (bypass). */
-  mode?: AddModeName;
+  /**
+   * Default: the pair API's default (bypass). drop: the pair is added in
+   * bypass and switched to drop in the same step, before the new port is up
+   * (no frame passes in between).
+   */
+  mode?: ModeName;
   id?: number;
   ipv6ToDp?: boolean;
   /**
@@ -163,9 +167,12 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
         for (const d of [vex, vin]) await enf.ip('link', 'set', 'dev', d, 'up');
       });
 
-      pair = await S('pair', `pair add ${vin}/${vex}`, () =>
-        dp.addPair({ in: vin, ex: vex, mac: M, mode: opts.mode ?? DEFAULT_ADD_MODE, id: opts.id, ipv6ToDp: opts.ipv6ToDp === true }),
-      ) as PairAdded;
+      pair = await S('pair', `pair add ${vin}/${vex}`, async () => {
+        const added = await dp.addPair({ in: vin, ex: vex, mac: M, mode: addModeOf(opts.mode), id: opts.id, ipv6ToDp: opts.ipv6ToDp === true });
+        if (opts.mode !== 'drop') return added;
+        await dp.setMode({ id: added.id }, 'drop');
+        return { ...added, mode: 'drop' };
+      }) as PairAdded;
       undo.push(`pair del ${vin}/${vex}`, () => dp.delPair({ in: vin }));
 
       // The new port, configured like the original (its delete undoes all of this).
@@ -195,6 +202,11 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
   } finally {
     dp.close();
   }
+}
+
+/** The mode a pair is added in: drop is reached from bypass (pair add takes fwd, tap, bypass). */
+function addModeOf(mode: ModeName | undefined): AddModeName {
+  return mode === undefined || mode === 'drop' ? DEFAULT_ADD_MODE : mode;
 }
 
 /** What intercept reports: the port as its record names it, the pair, what recovery did first. */
@@ -238,7 +250,7 @@ async function interceptedAlready(
   if (differ.length) {
     throw new ConflictError(`${rec.port} of ${t.desc} is already intercepted (${rec.vex} is in ${enf.desc}) with ${differ.join(', ')}: neuv-bpf pair mode, or release first`);
   }
-  const pair = await dp.addPair({ in: rec.vin, ex: rec.vex, mac: rec.snap.mac, ...want });
+  const pair = await dp.addPair({ in: rec.vin, ex: rec.vex, mac: rec.snap.mac, ...want, mode: want.mode === 'drop' ? undefined : want.mode });
   const ifindexKept = (await ctr.link(rec.port))?.ifindex === rec.snap.ifindex;
   log('intercept').info({ target: t.desc, port: rec.port, vex: rec.vex, id: pair.id, mode: pair.mode, created: pair.created }, 'intercepted already, as asked');
   return resultOf(t, rec, pair, ifindexKept, completed);

@@ -9,7 +9,7 @@ import { NotFoundError } from '../errors';
 import { validateIfName } from '../link';
 import { withLock } from '../lock';
 import { log } from '../log';
-import { JournalRecord, findRecord, INTERCEPT_LOCK, removeRecord, writeRecord } from './journal';
+import { JournalRecord, findNetns, findRecord, INTERCEPT_LOCK, interceptedNow, recoverLocked, removeRecord, writeRecord } from './journal';
 import { Datapath, PairView } from '../pairs';
 import { Undo } from '../undo';
 import { caughtSignal } from '../signals';
@@ -42,6 +42,41 @@ export interface ReleaseResult {
 
 export async function release(opts: ReleaseOptions): Promise<ReleaseResult> {
   return withLock(opts.pinRoot, () => releaseLocked(opts), INTERCEPT_LOCK_WAIT_MS, INTERCEPT_LOCK);
+}
+
+export interface ReleaseRecordedOptions {
+  pinRoot: string;
+  /** The inode of the container's network namespace when it was intercepted (its journal record's). */
+  netnsInode: number;
+  port?: string;
+  enforcer?: string;
+}
+
+/**
+ * release of a container named by the inode its network namespace had when
+ * it was intercepted (the key of its journal record), whatever became of it
+ * since: while that netns is there and intercepted, a release as above; once
+ * it is gone (podman tears a container's netns down before its poststop
+ * hooks run), what is left of the interception (pair, vin, vex, record) is
+ * removed, as repair would, and `recovered` says so.
+ */
+export async function releaseRecorded(o: ReleaseRecordedOptions): Promise<ReleaseResult> {
+  return withLock(o.pinRoot, async () => {
+    const port = validateIfName(o.port ?? 'eth0', 'port name');
+    checkEnforcer(o.pinRoot, o.enforcer);
+    const rec = findRecord(o.pinRoot, o.netnsInode, port);
+    if (!rec) throw new NotFoundError(`${port} of the netns with inode ${o.netnsInode} is not intercepted (no journal record of it)`);
+    const live = findNetns(rec.target);
+    if (live && (await interceptedNow(rec, new NsRunner(live, `the container netns (${rec.target.desc})`), enforcerRunner(o.enforcer)))) {
+      return releaseLocked({ pinRoot: o.pinRoot, target: { netns: live }, port, enforcer: o.enforcer });
+    }
+    const r = await recoverLocked(rec, { pinRoot: o.pinRoot, enforcer: o.enforcer });
+    return {
+      target: rec.target.desc, port, vex: rec.vex, vin: rec.vin, mac: rec.snap.mac, pairId: null,
+      addresses: rec.snap.addrs.map((x) => `${x.local}/${x.prefixlen}`), routes: rec.snap.routes.length, neighbours: rec.snap.neighbours.length,
+      recovered: r.line,
+    };
+  }, INTERCEPT_LOCK_WAIT_MS, INTERCEPT_LOCK);
 }
 
 async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {

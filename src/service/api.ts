@@ -9,10 +9,10 @@
 import type { DpWatch } from '../dp/watch';
 import { NotFoundError, UsageError } from '../errors';
 import { FlowSpec, OffloadOptions, withFlows } from '../flows';
-import { Target, intercept, release } from '../intercept';
+import { Target, intercept, release, releaseRecorded } from '../intercept';
 import { isLoaded, notLoaded } from '../pins';
 import { MODE_NAMES } from '../layout';
-import { ADD_MODES, AddModeName, Datapath, PairSpec, parseModeName, parsePairObject, parsePortId } from '../pairs';
+import { Datapath, ModeName, PairSpec, parseModeName, parsePairObject, parsePortId } from '../pairs';
 import { packageVersion } from '../root';
 import type { DpStatus } from './client';
 import { objectWith } from './http';
@@ -183,7 +183,7 @@ export const ROUTES: Route[] = [
     handle: async (c) => {
       const o = objectWith(c.body, [...TARGET_FIELDS, 'mode', 'id', 'ipv6ToDp'], [], 'intercept body');
       const target = targetOf(o);
-      const mode = o.mode === undefined ? undefined : (MODE_NAMES[parseModeName(o.mode, ADD_MODES)] as AddModeName);
+      const mode = o.mode === undefined ? undefined : (MODE_NAMES[parseModeName(o.mode)] as ModeName);
       return intercept({
         pinRoot: c.pinRoot,
         target,
@@ -200,8 +200,13 @@ export const ROUTES: Route[] = [
     body: true,
     mutating: true,
     handle: async (c) => {
-      const o = objectWith(c.body, TARGET_FIELDS, [], 'release body');
-      return release({ pinRoot: c.pinRoot, target: targetOf(o), port: portOf(o) });
+      const o = objectWith(c.body, [...TARGET_FIELDS, 'netnsInode'], [], 'release body');
+      if (o.netnsInode === undefined) return release({ pinRoot: c.pinRoot, target: targetOf(o), port: portOf(o) });
+      // A container named by its journal record (its netns may be gone): the OCI hook's poststop.
+      if (o.pid !== undefined || o.netns !== undefined) throw new UsageError('name the container with exactly one of pid, netns and netnsInode');
+      const ino = o.netnsInode;
+      if (typeof ino !== 'number' || !Number.isSafeInteger(ino) || ino <= 0) throw new UsageError(`netnsInode ${JSON.stringify(ino)} is not an inode number`);
+      return releaseRecorded({ pinRoot: c.pinRoot, netnsInode: ino, port: portOf(o) });
     },
   },
   {

@@ -14,7 +14,7 @@ import type { BypassedPair, DpWatch, FailPolicy, WatchEvent } from '../dp/watch'
 import type { FlowSpec, FlowView, OffloadOptions, OffloadResult } from '../flows';
 import type { InterceptResult, ReleaseResult } from '../intercept';
 import { lockDirFile } from '../lock';
-import type { AddModeName, ModeChange, ModeName, PairAdded, PairDeleted, PairSpec, ShowResult, StatsSnapshot } from '../pairs';
+import type { ModeChange, ModeName, PairAdded, PairDeleted, PairSpec, ShowResult, StatsSnapshot } from '../pairs';
 
 /** The default socket of the service for a pin root: /run/neuv-bpf/<pin root>.sock. */
 export function defaultSocketPath(pinRoot: string): string {
@@ -50,7 +50,7 @@ export interface DpStatus {
 export type ServiceTarget = { pid: number; port?: string } | { netns: string; port?: string };
 
 export interface InterceptRequest {
-  mode?: AddModeName;
+  mode?: ModeName;
   id?: number;
   ipv6ToDp?: boolean;
 }
@@ -61,6 +61,8 @@ export class ServiceError extends NeuvError {
     message: string,
     code: ExitCodeValue,
     readonly status: number,
+    /** Nobody listens on the socket (no such file, or connection refused): the call reached no service, so changed nothing. */
+    readonly unreachable = false,
   ) {
     super(message, code);
     this.name = 'ServiceError';
@@ -127,8 +129,9 @@ export class ServiceClient {
       req.on('timeout', () => req.destroy(new ServiceError(`${method} ${path}: no answer from ${this.socket} within ${this.timeoutMs} ms`, ExitCode.FAILURE, 0)));
       req.on('error', (e: NodeJS.ErrnoException) => {
         if (e instanceof ServiceError) return reject(e);
-        const why = e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'no service listens there (neuv-bpf serve)' : (e.code ?? e.message);
-        reject(new ServiceError(`${method} ${path}: cannot reach ${this.socket}: ${why}`, e.code === 'EACCES' ? ExitCode.PERMISSION : ExitCode.FAILURE, 0));
+        const unreachable = e.code === 'ENOENT' || e.code === 'ECONNREFUSED';
+        const why = unreachable ? 'no service listens there (neuv-bpf serve)' : (e.code ?? e.message);
+        reject(new ServiceError(`${method} ${path}: cannot reach ${this.socket}: ${why}`, e.code === 'EACCES' ? ExitCode.PERMISSION : ExitCode.FAILURE, 0, unreachable));
       });
       req.end(text);
     });
@@ -173,7 +176,8 @@ export class ServiceClient {
     return this.request('POST', '/v1/intercept', { ...target, ...opts });
   }
 
-  release(target: ServiceTarget): Promise<ReleaseResult> {
+  /** { netnsInode }: a container by its journal record, released, or cleaned up when its netns is gone (releaseRecorded). */
+  release(target: ServiceTarget | { netnsInode: number; port?: string }): Promise<ReleaseResult> {
     return this.request('POST', '/v1/release', target);
   }
 
