@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLONE_NEWNET, nsType, setns } from './bpf';
+import { CLONE_NEWNET, nsType, nsidOf, setns } from './bpf';
 import { NotFoundError, UsageError, cutValue } from './errors';
 import { fileKind, openPath, reopen } from './input';
 import { log } from './log';
@@ -131,6 +131,89 @@ export function netnsPathOf(ino: number | bigint, dev: number | bigint, procs = 
   if (!procs) return undefined;
   for (const p of fs.readdirSync('/proc')) {
     if (/^\d+$/.test(p) && isNetnsFile(`/proc/${p}/ns/net`, i, d)) return `/proc/${p}/ns/net`;
+  }
+  return undefined;
+}
+
+/**
+ * Every network namespace of this host once (by nsfs device and inode), as a
+ * path: those named under /var/run/netns and /run/netns first, then those of
+ * processes (/proc/PID/ns/net).
+ */
+export function allNetnsPaths(): string[] {
+  const seen = new Set<string>();
+  const out: string[] = [];
+  const add = (p: string) => {
+    try {
+      const st = fs.statSync(p);
+      const k = `${st.dev}:${st.ino}`;
+      if (seen.has(k)) return;
+      seen.add(k);
+      out.push(p);
+    } catch {
+      /* gone meanwhile */
+    }
+  };
+  for (const dir of [NETNS_DIR, '/run/netns']) {
+    try {
+      for (const n of fs.readdirSync(dir).sort()) add(path.join(dir, n));
+    } catch {
+      /* no such directory */
+    }
+  }
+  for (const p of fs.readdirSync('/proc')) if (/^\d+$/.test(p)) add(`/proc/${p}/ns/net`);
+  return out;
+}
+
+/**
+ * Runs synchronous code inside the network namespace at path p (this thread
+ * enters it and comes back to the one it was in); undefined when p cannot be
+ * entered (gone meanwhile, not a netns).
+ */
+export function inNetnsAt<T>(p: string, fn: () => T): { value: T } | undefined {
+  let fd: number;
+  try {
+    fd = fs.openSync(p, 'r');
+  } catch {
+    return undefined;
+  }
+  const home = fs.openSync('/proc/thread-self/ns/net', 'r');
+  try {
+    try {
+      setns(fd, CLONE_NEWNET, p);
+    } catch {
+      return undefined;
+    }
+    try {
+      return { value: fn() };
+    } finally {
+      setns(home, CLONE_NEWNET, 'the original network namespace');
+    }
+  } finally {
+    fs.closeSync(fd);
+    fs.closeSync(home);
+  }
+}
+
+/**
+ * The path of the network namespace that this thread's netns calls `nsid`
+ * (a veth peer's link_netnsid in `ip link`), if it is one of allNetnsPaths().
+ */
+export function netnsPathOfNsid(nsid: number): string | undefined {
+  for (const p of allNetnsPaths()) {
+    let fd: number;
+    try {
+      fd = fs.openSync(p, 'r');
+    } catch {
+      continue;
+    }
+    try {
+      if (nsidOf(fd) === nsid) return p;
+    } catch {
+      /* not a netns id of ours */
+    } finally {
+      fs.closeSync(fd);
+    }
   }
   return undefined;
 }

@@ -12,6 +12,7 @@
  *   ringbuf.ts  RingBuffer
  *   libc.ts     setns, interface names/indexes, flock
  *   pidfd.ts    PidFd: a process's exit as an event (pidfd_open + poll on a worker thread)
+ *   rtnl.ts     every link's name and alias in the current netns (one RTM_GETLINK dump)
  *
  * libbpf 1.x convention: functions returning int give a negative errno;
  * functions returning a pointer give NULL and set errno.
@@ -26,3 +27,4 @@ export * from './tcx';
 export * from './ringbuf';
 export * from './libc';
 export * from './pidfd';
+export * from './rtnl';

@@ -153,6 +153,8 @@ interface Lib {
   flock: (fd: number, op: number) => number;
   socket: (domain: number, type: number, proto: number) => number;
   getsockopt: (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number;
+  send: (fd: number, buf: Buffer, len: number, flags: number) => number;
+  recv: (fd: number, buf: Buffer, len: number, flags: number) => number;
   bpf_fn_dup: (fd: number) => number;
   syscall: (nr: number, ...typedArgs: unknown[]) => number;
   poll: KoffiFn<(fds: Buffer, nfds: number, timeoutMs: number) => number>;
@@ -240,6 +242,8 @@ export function lib(): Lib {
     flock: f(c, 'int flock(int fd, int op)'),
     socket: f(c, 'int socket(int domain, int type, int protocol)'),
     getsockopt: f(c, 'int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ void *len)'),
+    send: f(c, 'long send(int fd, const void *buf, size_t len, int flags)'),
+    recv: f(c, 'long recv(int fd, _Out_ void *buf, size_t len, int flags)'),
     bpf_fn_dup: f(c, 'int dup(int fd)'),
     syscall: f(c, 'long syscall(long number, ...)'),
     poll: f(c, 'int poll(_Inout_ void *fds, unsigned long nfds, int timeout)'),

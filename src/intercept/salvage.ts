@@ -19,15 +19,18 @@
  *    the marker was written: nothing changed) is removed.
  *
  * Where the marker is looked for: the enforcer netns (the original port is
- * there from intercept's step move-vex on) and the netns of every unreadable
- * record (its file name holds the netns inode and the port): cheap, so
- * `show --check` does it. A record deleted while the original port is still
- * in the container (killed before move-vex) is only found by looking into
- * every netns: `repair` does that (one `ip link` per netns), as do
- * `intercept` and `release`, in the one netns they are given.
+ * there from intercept's step move-vex on), then every other netns of the
+ * host (named ones and those of processes) through one in-process link dump
+ * each (src/bpf/rtnl.ts: a few system calls, no process), and with `ip` only
+ * in those where a marker of ours is: cheap, so `show --check` does it too,
+ * and finds a record deleted while the original port is still in the
+ * container (killed before move-vex). `intercept` and `release` look in the
+ * one netns they are given.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { linkAliases } from '../bpf';
+import { allNetnsPaths, inNetnsAt } from '../netns';
 import { NeuvError } from '../errors';
 import { findNetns, findRecord, interceptedNow, INTERCEPT_LOCK, JournalRecord, recoverLocked, writeRecord } from './journal';
 import { lockDirDir, withLock } from '../lock';
@@ -90,47 +93,26 @@ async function markersIn(ns: NsRunner, key: string): Promise<Array<{ m: Marker; 
   });
 }
 
-/** Every netns of this host but the enforcer's: named ones and those of processes (repair's full look). */
-function allNetns(except: { ino: number }): string[] {
-  const seen = new Set<number>([except.ino]);
-  const out: string[] = [];
-  const add = (p: string) => {
-    const id = nsfsId(p);
-    if (id && !seen.has(id.ino)) {
-      seen.add(id.ino);
-      out.push(p);
-    }
-  };
-  for (const dir of ['/var/run/netns', '/run/netns']) {
-    try {
-      for (const n of fs.readdirSync(dir)) add(path.join(dir, n));
-    } catch {
-      /* no such directory */
-    }
-  }
-  for (const p of fs.readdirSync('/proc')) if (/^\d+$/.test(p)) add(`/proc/${p}/ns/net`);
-  return out;
+/**
+ * The netns of this host, the enforcer's aside, where a link's alias is a
+ * marker with this key: one in-process RTM_GETLINK dump each.
+ */
+function netnsWithMarkers(except: { ino: number }, key: string): string[] {
+  return allNetnsPaths().filter((p) => nsfsId(p)?.ino !== except.ino && inNetnsAt(p, () => linkAliases().some((l) => decodeMarker(l.alias, key)))?.value);
 }
 
 /**
  * The lost intercepts of a pin root, seen from the enforcer netns. `scan`:
- * which other netns to look into ('records': those of unreadable records;
- * 'all': every one; or the paths given).
+ * which other netns to look into ('all': every one that holds a marker of
+ * ours; or the paths given).
  */
-export async function findLost(pinRoot: string, enforcer: string | undefined, scan: 'records' | 'all' | string[]): Promise<Lost[]> {
+export async function findLost(pinRoot: string, enforcer: string | undefined, scan: 'all' | string[]): Promise<Lost[]> {
   const enf = enforcerRunner(enforcer);
   const enfId = nsfsId(enf.ref());
   if (!enfId) return [];
   const key = markerKey(pinRoot, enfId.ino);
   const bad = unreadable(pinRoot);
-  const others = scan === 'all' ? allNetns(enfId) : scan === 'records' ? [] : scan;
-  const paths = new Set(others);
-  if (scan === 'records') {
-    for (const b of bad) {
-      const p = findNetns({ ino: b.ino, dev: enfId.dev, path: '' });
-      if (p) paths.add(p);
-    }
-  }
+  const paths = new Set(scan === 'all' ? netnsWithMarkers(enfId, key) : scan);
   const marks = [...(await markersIn(enf, key))];
   for (const p of paths) marks.push(...(await markersIn(new NsRunner(p, `netns ${p}`), key)));
   const out: Lost[] = [];
@@ -161,9 +143,9 @@ export function lostProblem(l: Lost): string {
   return `an intercept of ${l.what}: ${why(l)}; the kernel's marker on ${l.marker.dev.ifname} (${l.marker.ns.desc}) is enough: neuv-bpf repair recovers it`;
 }
 
-/** show --check: lost intercepts seen from the enforcer netns and the netns of unreadable records. */
+/** show --check: lost intercepts, wherever their marker is. */
 export async function lostProblems(pinRoot: string): Promise<string[]> {
-  return (await findLost(pinRoot, undefined, 'records')).map(lostProblem);
+  return (await findLost(pinRoot, undefined, 'all')).map(lostProblem);
 }
 
 /** Whether the interception of rec is whole: the pair exists, the port is up as it was with the marker's addresses. */
