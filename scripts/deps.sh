@@ -27,6 +27,9 @@ check python3 python3
 # The service's metrics (test/service.test.ts): promtool check metrics, and a
 # real Prometheus scraping it.
 check promtool prometheus
+# The Go client of the service (examples/go/neuvbpf), built and run against a
+# live service by test/service-clients.test.ts: Debian's Go, no module download.
+check go golang-go
 check sysctl procps
 # The container suite (test/containers.test.ts, docs/containers.md): rootful
 # podman with netavark, runc (crun refuses hybrid cgroup hierarchies), the

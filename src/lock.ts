@@ -83,6 +83,12 @@ export function openLockDirFile(pinRoot: string, what: string): number {
   return openOwnFile(lockDirFile(pinRoot, what), fs.constants.O_RDWR | fs.constants.O_CREAT, `${what} file`)!;
 }
 
+/** Opens a pin root's existing file `what` under LOCK_DIR read-only (to flock it shared), without following a symlink; undefined when there is none. */
+export function readableLockDirFile(pinRoot: string, what: string): number | undefined {
+  ensureLockDir();
+  return openOwnFile(lockDirFile(pinRoot, what), fs.constants.O_RDONLY, `${what} file`);
+}
+
 export function lockPath(pinRoot: string): string {
   return lockDirFile(pinRoot, 'lock');
 }

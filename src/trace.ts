@@ -13,7 +13,7 @@
  */
 import * as fs from 'node:fs';
 import { LOCK_EX, LOCK_NB, LOCK_UN, MapFd, RingBuffer, flock, ifIndexToName, ifNameToIndex } from './bpf';
-import { ConflictError, NeuvError, NotFoundError } from './errors';
+import { ConflictError, NeuvError, NotFoundError, UsageError } from './errors';
 import {
   ConfigFlag,
   DIR_NAMES,
@@ -35,6 +35,7 @@ import { updateConfig } from './dp-config';
 import { Pins, isLoaded, mapPinPath, notLoaded } from './pins';
 import { log } from './log';
 import { formatMac } from './mac';
+import { PORT_ID_HEX, TRACE_COUNT, TRACE_DURATION, parseDecimal, parseInteger } from './numbers';
 
 /** How long a lease lasts, and how often it is renewed. */
 export const LEASE_MS = 3000;
@@ -44,6 +45,30 @@ export const RENEW_MS = 1000;
 
 /** Which frames to trace: every frame, or those of one pair. */
 export type TraceFilter = { all: true } | { id: number } | { in: string };
+
+/**
+ * The filter and bounds of a trace as given (the CLI's --pair/--in/--count/
+ * --duration, the API's ?pair=&in=&count=&duration=), checked: at most one of
+ * pair (decimal or 0x hex) and in; count and duration in their ranges.
+ * `names` are the words errors use for them.
+ */
+export function traceRequest(
+  o: { pair?: unknown; in?: unknown; count?: unknown; duration?: unknown },
+  names: { pair: string; in: string; count: string; duration: string },
+): { filter: TraceFilter; count?: number; durationS?: number } {
+  if (o.pair !== undefined && o.in !== undefined) throw new UsageError(`give at most one of ${names.pair} ID and ${names.in} VIN`);
+  let filter: TraceFilter = { all: true };
+  if (o.pair !== undefined) filter = { id: parseInteger(o.pair, names.pair, PORT_ID_HEX) };
+  else if (o.in !== undefined) {
+    if (typeof o.in !== 'string') throw new UsageError(`${names.in} must be an interface name`);
+    filter = { in: o.in };
+  }
+  return {
+    filter,
+    count: o.count === undefined ? undefined : parseInteger(o.count, names.count, TRACE_COUNT),
+    durationS: o.duration === undefined ? undefined : parseDecimal(o.duration, names.duration, TRACE_DURATION),
+  };
+}
 
 // ---------------------------------------------------------------- records as data and text
 
@@ -377,6 +402,71 @@ export class TraceSession {
     }
     log('trace').debug({ records: this.records, lost: this.lost }, 'datapath trace off');
   }
+}
+
+// ---------------------------------------------------------------- a bounded trace of views
+
+/** How a bounded trace ended: 'count', 'duration', or the reason given to stop(). */
+export interface TraceEnd {
+  records: number;
+  lost: number;
+  why: string;
+}
+
+export interface BoundedTrace {
+  /** The pair id traced, or undefined for every frame. */
+  readonly id: number | undefined;
+  /** Resolves when the trace is off: a bound reached or stop() called. */
+  readonly done: Promise<TraceEnd>;
+  /** Ends the trace; with discard, the records still in the ring are not delivered (the reader is gone). */
+  stop(why: string, discard?: boolean): void;
+}
+
+/**
+ * A trace session whose records reach onView as TraceViews (names of this
+ * netns, wall-clock times), until `count` records, `durationS` seconds or
+ * stop(): the CLI's `trace` and the API's GET /v1/trace.
+ */
+export function boundedTrace(o: {
+  pinRoot: string;
+  filter: TraceFilter;
+  count?: number;
+  durationS?: number;
+  onView: (v: TraceView) => void;
+  onLost?: (n: number) => void;
+}): BoundedTrace {
+  const count = o.count ?? Infinity;
+  const names = new IfNames();
+  const wall = monoToWall();
+  let seen = 0;
+  let discarding = false;
+  let finish!: (why: string) => void;
+  const ended = new Promise<string>((resolve) => (finish = resolve));
+  const session = TraceSession.start({
+    pinRoot: o.pinRoot,
+    filter: o.filter,
+    onRecord: (r) => {
+      if (seen >= count || discarding) return;
+      seen++;
+      o.onView(viewRecord(r, names, wall));
+      if (seen >= count) finish('count');
+    },
+    onLost: o.onLost,
+  });
+  const timer = o.durationS !== undefined ? setTimeout(() => finish('duration'), o.durationS * 1000) : undefined;
+  const done = ended.then((why) => {
+    if (timer) clearTimeout(timer);
+    session.stop();
+    return { records: seen, lost: session.lost, why };
+  });
+  return {
+    id: session.id,
+    done,
+    stop: (why, discard = false) => {
+      if (discard) discarding = true;
+      finish(why);
+    },
+  };
 }
 
 /**

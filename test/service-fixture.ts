@@ -1,11 +1,13 @@
 /**
  * What the suites driving `neuv-bpf serve` share: the service as a child
- * process (the real CLI), its typed client, and its metrics read from
- * inside the netns it runs in.
+ * process (the real CLI), its typed client, raw HTTP on its socket, `show
+ * --json` without counters, and its metrics read from inside the netns it
+ * runs in.
  */
 import assert from 'node:assert/strict';
 import { ChildProcess, spawnSync } from 'node:child_process';
-import { cliSpawn, onCleanup, TIME_SCALE } from './helpers';
+import * as http from 'node:http';
+import { cli, cliSpawn, onCleanup, TIME_SCALE } from './helpers';
 import { waitFor } from './topology';
 import { ServiceClient } from '../src/service/client';
 
@@ -44,6 +46,37 @@ export async function serve(netns: string, pins: string, args: string[] = [], en
   const client = new ServiceClient({ socket: info!.socket });
   onCleanup(() => client.close());
   return { child, socket: info!.socket, client, info: info!, stderr: () => err, exited };
+}
+
+/** One raw request on a unix socket: status and parsed body. */
+export function raw(socket: string, method: string, p: string, body?: string | Buffer, headers: http.OutgoingHttpHeaders = {}): Promise<{ status: number; body: unknown; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: socket, method, path: p, headers: body === undefined ? headers : { 'Content-Length': Buffer.byteLength(body), ...headers }, agent: false }, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => (text += d.toString()));
+      res.on('end', () => {
+        let v: unknown;
+        try {
+          v = JSON.parse(text);
+        } catch {
+          v = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, body: v, text });
+      });
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** The CLI's `show --json` of a pin root, without the live counters. */
+export function showJson(netns: string, pins: string): unknown {
+  const r = cli(['--netns', netns, '--bpffs', pins, 'show', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const v = JSON.parse(r.stdout) as { pairs: Array<Record<string, unknown>>; global?: unknown };
+  delete v.global;
+  for (const p of v.pairs) delete p.counters;
+  return v;
 }
 
 /** GET /metrics from inside the netns the service runs in. */

@@ -1,7 +1,9 @@
 /** Unit tests of the service's pure parts: routing, body parsing, the error mapping, --metrics. */
 import assert from 'node:assert/strict';
 import { ConflictError, ExitCode, KernelError, NotFoundError, UsageError, WrongNetnsError } from '../src/errors';
-import { matchRoute, pairSpecsOf, targetOf } from '../src/service/api';
+import { matchRoute, pairSelectorOf, pairSpecsOf, targetOf } from '../src/service/api';
+import { pairSegment } from '../src/service/client';
+import { traceRequest } from '../src/trace';
 import { HttpError, errorResponse, objectWith } from '../src/service/http';
 import { parseListenAddress } from '../src/service/server';
 
@@ -9,8 +11,10 @@ describe('service (unit)', function () {
   it('routes by method and path; a known path with another method lists the allowed ones', function () {
     const m = matchRoute('PUT', '/v1/pairs/4660/mode');
     assert.ok(m && 'route' in m);
-    assert.equal(m.route.path, '/v1/pairs/{id}/mode');
-    assert.deepEqual(m.params, { id: '4660' });
+    assert.equal(m.route.path, '/v1/pairs/{pair}/mode');
+    assert.deepEqual(m.params, { pair: '4660' });
+    const t = matchRoute('GET', '/v1/trace');
+    assert.ok(t && 'route' in t && t.route.streams);
     assert.deepEqual(matchRoute('GET', '/v1/pairs/1'), { allowed: ['DELETE'] });
     assert.equal(matchRoute('GET', '/v1/pairs/1/mode/x'), undefined);
     assert.equal(matchRoute('GET', '/v2/health'), undefined);
@@ -25,6 +29,28 @@ describe('service (unit)', function () {
     assert.throws(() => pairSpecsOf(undefined), /needs a body/);
     assert.throws(() => pairSpecsOf([spec, { ...spec, x: 1 }]), /^UsageError: pair 2: unknown field 'x'/);
     assert.throws(() => pairSpecsOf({ ...spec, mac: 'ff:ff:ff:ff:ff:ff' }), /^UsageError: pair: MAC .* broadcast/);
+  });
+
+  it('a pair in a path: its id, or in:VIN / ex:VEX', function () {
+    assert.deepEqual(pairSelectorOf('4660'), { id: 4660 });
+    assert.deepEqual(pairSelectorOf('in:vin1a2b-eth0'), { in: 'vin1a2b-eth0' });
+    assert.deepEqual(pairSelectorOf('ex:vex1'), { ex: 'vex1' });
+    for (const bad of ['abc', '70000', '-1', 'vin:x', '']) assert.throws(() => pairSelectorOf(bad), UsageError, bad);
+    assert.equal(pairSegment(7), '7');
+    assert.equal(pairSegment({ id: 7 }), '7');
+    assert.equal(pairSegment({ in: 'vin1' }), 'in%3Avin1');
+    const m = matchRoute('DELETE', `/v1/pairs/${pairSegment({ ex: 'vex1' })}`);
+    assert.ok(m && 'route' in m);
+    assert.deepEqual(pairSelectorOf(m.params.pair!), { ex: 'vex1' });
+  });
+
+  it('trace filters and bounds: the CLI\'s and the API\'s, one parser', function () {
+    const names = { pair: 'pair', in: 'in', count: 'count', duration: 'duration' };
+    assert.deepEqual(traceRequest({}, names), { filter: { all: true }, count: undefined, durationS: undefined });
+    assert.deepEqual(traceRequest({ pair: '0x1234', count: '5', duration: '1.5' }, names), { filter: { id: 0x1234 }, count: 5, durationS: 1.5 });
+    assert.deepEqual(traceRequest({ in: 'vin1' }, names).filter, { in: 'vin1' });
+    assert.throws(() => traceRequest({ pair: '1', in: 'x' }, names), /^UsageError: give at most one of pair ID and in VIN/);
+    for (const bad of [{ pair: '70000' }, { count: '0' }, { duration: '-1' }, { duration: 'x' }, { in: 3 }]) assert.throws(() => traceRequest(bad, names), UsageError, JSON.stringify(bad));
   });
 
   it('bodies: only the known fields, the required ones present', function () {

@@ -10,47 +10,15 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { cli, kernelState, leakChecks, makePinRoot, onCleanup, requireKernel, TIME_SCALE } from './helpers';
 import { addPair, containerState, makePairTopology, makeTopology, PairTopology, waitFor } from './topology';
 import { ping, startUdpStream } from './traffic';
+import { raw, sample, scrape, serve, showJson, tool } from './service-fixture';
 import { ServiceClient, ServiceError, defaultSocketPath } from '../src/service/client';
-import { sample, scrape, serve, tool } from './service-fixture';
 import { MAX_BODY_BYTES } from '../src/service/http';
 import { withLock } from '../src/lock';
-
-/** One raw request on a unix socket: status and parsed body. */
-function raw(socket: string, method: string, p: string, body?: string | Buffer, headers: http.OutgoingHttpHeaders = {}): Promise<{ status: number; body: unknown; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: socket, method, path: p, headers: body === undefined ? headers : { 'Content-Length': Buffer.byteLength(body), ...headers }, agent: false }, (res) => {
-      let text = '';
-      res.on('data', (d: Buffer) => (text += d.toString()));
-      res.on('end', () => {
-        let v: unknown;
-        try {
-          v = JSON.parse(text);
-        } catch {
-          v = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, body: v, text });
-      });
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
-/** The CLI's `show --json` of a pin root, without the live counters. */
-function showJson(netns: string, pins: string): unknown {
-  const r = cli(['--netns', netns, '--bpffs', pins, 'show', '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  const v = JSON.parse(r.stdout) as { pairs: Array<Record<string, unknown>>; global?: unknown };
-  delete v.global;
-  for (const p of v.pairs) delete p.counters;
-  return v;
-}
 
 describe('neuv-bpf serve: the API service (kernel)', function () {
   this.timeout(180000 * TIME_SCALE);

@@ -8,6 +8,8 @@ import type { Command } from 'commander';
 import { Datapath } from '../pairs';
 import { bigintAsNumber } from '../format';
 import { VTH, ifindexIfExists, packetSocketOn } from '../link';
+import { log } from '../log';
+import { ServiceClient, runningService } from '../service';
 
 export interface GlobalOpts {
   netns?: string;
@@ -57,5 +59,23 @@ export async function withDatapath<T>(c: Ctx, fn: (dp: Datapath) => Promise<T>):
     return await fn(dp);
   } finally {
     dp.close();
+  }
+}
+
+/**
+ * Runs a command that changes the datapath through the service that owns
+ * the pin root (`neuv-bpf serve`, when one answers on its socket: one owner
+ * of the datapath, docs/api.md), else standalone. Both ways validate,
+ * lock and refuse alike; `viaService` gets the typed client.
+ */
+export async function throughService<T>(c: Ctx, viaService: (s: ServiceClient) => Promise<T>, standalone: () => Promise<T>): Promise<T> {
+  const socket = await runningService(c.pinRoot);
+  if (!socket) return standalone();
+  log('cli').debug({ socket }, 'through the service that owns the pin root');
+  const s = new ServiceClient({ socket });
+  try {
+    return await viaService(s);
+  } finally {
+    s.close();
   }
 }

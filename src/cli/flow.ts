@@ -4,10 +4,11 @@
  * over Flows; parsing and printing only.
  */
 import type { Command } from 'commander';
-import { CommandRegistrar, Ctx, printJson } from './context';
+import { CommandRegistrar, Ctx, printJson, throughService } from './context';
 import { UsageError } from '../errors';
 import { table, si } from '../format';
-import { FlowSpec, FlowView, Flows, OffloadResult } from '../flows';
+import { FlowSpec, FlowView, OffloadResult, withFlows } from '../flows';
+import type { Json } from '../service';
 import { FLOW_SECONDS, PORT_ID, parsePortId } from '../numbers';
 import { integerOption, secondsOption } from './options';
 
@@ -58,13 +59,10 @@ function offloadedLine(r: OffloadResult): string {
   return `${r.replaced ? 'replaced' : 'offloaded'} ${r.verdict} pair ${r.id} ${r.protoName} ${ep(r.a, ports)} <-> ${ep(r.b, ports)}${t.length ? ', ' + t.join(', ') : ''}${note}`;
 }
 
-function withFlows<T>(c: Ctx, fn: (f: Flows) => T): T {
-  const f = Flows.open(c.pinRoot);
-  try {
-    return fn(f);
-  } finally {
-    f.close();
-  }
+/** An entry as the service returns it (JSON numbers) with its counters and times as bigints again. */
+function fromJson(r: Json<OffloadResult>): OffloadResult {
+  const big = (n: number) => BigInt(Math.round(n));
+  return { ...r, deadlineNs: big(r.deadlineNs), idleNs: big(r.idleNs), lastNs: big(r.lastNs), packets: big(r.packets), bytes: big(r.bytes) };
 }
 
 export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: () => Ctx) => {
@@ -87,10 +85,15 @@ export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: ()
       .addOption(secondsOption('--timeout <s>', `expire this many seconds from now (${FLOW_SECONDS.min}..${FLOW_SECONDS.max})`, FLOW_SECONDS))
       .addOption(secondsOption('--idle <s>', `expire after this many seconds without a frame (${FLOW_SECONDS.min}..${FLOW_SECONDS.max})`, FLOW_SECONDS))
       .option('--json', 'print the entry as JSON')
-      .action((o: FlowOpts) => {
+      .action(async (o: FlowOpts) => {
         const c = ctx();
         const spec = flowSpecFrom(o);
-        const r = withFlows(c, (f) => f.offload(spec, { verdict, timeoutS: o.timeout, idleS: o.idle }));
+        const opts = { verdict, timeoutS: o.timeout, idleS: o.idle };
+        const r = await throughService(
+          c,
+          async (s) => fromJson(await s.offload(spec, opts)),
+          async () => withFlows(c.pinRoot, (f) => f.offload(spec, opts)),
+        );
         if (c.json) printJson(c, r);
         else c.out(offloadedLine(r));
       });
@@ -105,20 +108,20 @@ export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: ()
     .option('--dst <addr[:port]>', 'destination')
     .option('--all', 'every entry of the pair --id')
     .option('--json', 'print the result as JSON')
-    .action((o: FlowOpts) => {
+    .action(async (o: FlowOpts) => {
       const c = ctx();
       if (o.all) {
         if (o.id === undefined || o.proto !== undefined || o.src !== undefined || o.dst !== undefined) {
           throw new UsageError('--all takes the pair --id only');
         }
         const id = parsePortId(o.id, '--id');
-        const n = withFlows(c, (f) => f.clearPair(id));
+        const n = await throughService(c, async (s) => (await s.revokeAll(id)).revoked, async () => withFlows(c.pinRoot, (f) => f.clearPair(id)));
         if (c.json) printJson(c, { id, revoked: n });
         else c.out(`revoked ${n} flow${n === 1 ? '' : 's'} of pair ${id}`);
         return;
       }
       const spec = flowSpecFrom(o);
-      const found = withFlows(c, (f) => f.revoke(spec));
+      const found = await throughService(c, async (s) => (await s.revoke(spec)).revoked === 1, async () => withFlows(c.pinRoot, (f) => f.revoke(spec)));
       if (c.json) printJson(c, { revoked: found ? 1 : 0 });
       else c.out(found ? 'revoked' : 'no such flow entry (already gone: expired, ended by FIN/RST, evicted or revoked)');
     });
@@ -131,7 +134,7 @@ export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: ()
     .action((o: FlowOpts) => {
       const c = ctx();
       const id = o.id === undefined ? undefined : parsePortId(o.id, '--id');
-      const { list, capacity } = withFlows(c, (f) => ({ list: f.list({ id }), capacity: f.capacity }));
+      const { list, capacity } = withFlows(c.pinRoot, (f) => ({ list: f.list({ id }), capacity: f.capacity }));
       if (c.json) printJson(c, list);
       else c.out(formatFlows(list, capacity).join('\n'));
     });

@@ -3,7 +3,8 @@
  * The enforcer netns is the one neuv-bpf runs in (--netns or the current one).
  */
 import { Command, Option } from 'commander';
-import { CommandRegistrar, printJson, warnIfNoDp } from './context';
+import * as path from 'node:path';
+import { CommandRegistrar, printJson, throughService, warnIfNoDp } from './context';
 import { UsageError } from '../errors';
 import { InterceptResult, ReleaseResult, Target, intercept, release } from '../intercept';
 import { MODES, ModeName } from '../pairs';
@@ -22,6 +23,12 @@ export function targetFrom(o: TargetOpts): Target {
   }
   if (o.pid !== undefined) return { pid: parsePid(o.pid, '--pid') };
   return { netns: o.containerNetns! };
+}
+
+/** The target as the service takes it: a netns path made absolute (the service has its own working directory). */
+function serviceTarget(t: Target): { pid: number } | { netns: string } {
+  if ('pid' in t) return { pid: t.pid };
+  return { netns: t.netns.includes('/') ? path.resolve(t.netns) : t.netns };
 }
 
 export function interceptLine(r: InterceptResult): string {
@@ -68,14 +75,12 @@ export const registerInterceptCommands: CommandRegistrar = (program, ctx) => {
     .option('--ipv6-to-dp', "send the workload's IPv6 unicast through the DP too")
     .action(async (o: TargetOpts & { port: string; mode: ModeName; id?: number; ipv6ToDp?: boolean }) => {
       const c = ctx();
-      const r = await intercept({
-        pinRoot: c.pinRoot,
-        target: targetFrom(o),
-        port: o.port,
-        mode: o.mode,
-        id: o.id,
-        ipv6ToDp: o.ipv6ToDp === true,
-      });
+      const target = targetFrom(o);
+      const r = await throughService(
+        c,
+        (s) => s.intercept({ ...serviceTarget(target), port: o.port }, { mode: o.mode, id: o.id, ipv6ToDp: o.ipv6ToDp === true }),
+        () => intercept({ pinRoot: c.pinRoot, target, port: o.port, mode: o.mode, id: o.id, ipv6ToDp: o.ipv6ToDp === true }),
+      );
       warnIfNoDp([r.pair.mode]);
       if (c.json) printJson(c, r);
       else c.out(interceptLine(r));
@@ -90,7 +95,12 @@ export const registerInterceptCommands: CommandRegistrar = (program, ctx) => {
       ),
   ).action(async (o: TargetOpts & { port: string }) => {
     const c = ctx();
-    const r = await release({ pinRoot: c.pinRoot, target: targetFrom(o), port: o.port });
+    const target = targetFrom(o);
+    const r = await throughService(
+      c,
+      (s) => s.release({ ...serviceTarget(target), port: o.port }),
+      () => release({ pinRoot: c.pinRoot, target, port: o.port }),
+    );
     if (c.json) printJson(c, r);
     else c.out(releaseLine(r));
   });

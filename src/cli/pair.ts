@@ -4,7 +4,7 @@
  * in the API.
  */
 import { Command, Option } from 'commander';
-import { CommandRegistrar, Ctx, printJson, jsonLine, warnIfNoDp, withDatapath } from './context';
+import { CommandRegistrar, Ctx, printJson, jsonLine, throughService, warnIfNoDp, withDatapath } from './context';
 import { UsageError } from '../errors';
 import { CLEAR_SCREEN, perSecond, si, table } from '../format';
 import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
@@ -252,7 +252,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
         }
         const source = o.file === '-' ? 'stdin' : o.file;
         const { specs, labels } = parsePairLines(readInputFile(o.file, '--file'), source);
-        const rs = await withDatapath(c, (dp) => dp.addPairs(specs, { labels }));
+        const rs = await throughService(c, (s) => s.addPairs(specs), () => withDatapath(c, (dp) => dp.addPairs(specs, { labels })));
         warnIfNoDp(rs.map((r) => r.mode));
         if (c.json) printJson(c, rs);
         else {
@@ -268,7 +268,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
       if (o.mode !== undefined) spec.mode = o.mode as PairSpec['mode'];
       if (o.id !== undefined) spec.id = o.id;
       if (o.ipv6ToDp) spec.ipv6ToDp = true;
-      const r = await withDatapath(c, (dp) => dp.addPair(spec));
+      const r = await throughService(c, (s) => s.addPair(spec), () => withDatapath(c, (dp) => dp.addPair(spec)));
       warnIfNoDp([r.mode]);
       if (c.json) printJson(c, r);
       else c.out(addedLine(r));
@@ -285,7 +285,8 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
     .action(async (mode: string, o: SelOpts) => {
       const c = ctx();
       const sel = selectorFrom(o);
-      const r = await withDatapath(c, (dp) => dp.setMode(sel, mode as (typeof MODES)[number]));
+      const m = mode as (typeof MODES)[number];
+      const r = await throughService(c, (s) => s.setMode(sel, m), () => withDatapath(c, (dp) => dp.setMode(sel, m)));
       warnIfNoDp([r.to]);
       if (c.json) printJson(c, r);
       else c.out(`pair id ${r.id} (${r.in ?? '?'}/${r.ex ?? '?'}): ${r.from} -> ${r.to}`);
@@ -301,7 +302,7 @@ export const registerPairCommands: CommandRegistrar = (program: Command, ctx: ()
     .action(async (o: SelOpts) => {
       const c = ctx();
       const sel = selectorFrom(o);
-      const r = await withDatapath(c, (dp) => dp.delPair(sel));
+      const r = await throughService(c, (s) => s.delPair(sel), () => withDatapath(c, (dp) => dp.delPair(sel)));
       if (c.json) printJson(c, r);
       else {
         const port = (n: string | null, i: number | null) => n ?? (i !== null ? `ifindex ${i}` : '?');

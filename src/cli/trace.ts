@@ -6,10 +6,9 @@
  */
 import type { Command } from 'commander';
 import type { Ctx } from './context';
-import { UsageError } from '../errors';
 import { log } from '../log';
-import { IfNames, TraceFilter, TraceSession, formatView, monoToWall, viewRecord } from '../trace';
-import { PORT_ID_HEX, TRACE_COUNT, TRACE_DURATION, parseDecimal, parseInteger } from '../numbers';
+import { TraceEnd, TraceFilter, boundedTrace, formatView, traceRequest } from '../trace';
+import { PORT_ID_HEX, TRACE_COUNT, TRACE_DURATION } from '../numbers';
 import { integerOption, secondsOption } from './options';
 import { onStopSignal } from '../signals';
 
@@ -20,56 +19,37 @@ interface TraceCmdOpts {
   duration?: number | string;
 }
 
+const OPTION_NAMES = { pair: '--pair', in: '--in', count: '--count', duration: '--duration' };
+
 export function filterFrom(o: TraceCmdOpts): TraceFilter {
-  if (o.pair !== undefined && o.in !== undefined) throw new UsageError('give at most one of --pair ID and --in VIN');
-  if (o.pair !== undefined) return { id: parseInteger(o.pair, '--pair', PORT_ID_HEX) };
-  if (o.in !== undefined) return { in: o.in };
-  return { all: true };
+  return traceRequest({ pair: o.pair, in: o.in }, OPTION_NAMES).filter;
 }
 
 /** Runs a trace until a signal, the count or the duration; resolves with what was seen. */
 export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: number; lost: number }> {
-  const filter = filterFrom(o);
-  const count = o.count !== undefined ? parseInteger(o.count, '--count', TRACE_COUNT) : Infinity;
-  const duration = o.duration !== undefined ? parseDecimal(o.duration, '--duration', TRACE_DURATION) : undefined;
-  const names = new IfNames();
-  const wall = monoToWall();
+  const req = traceRequest(o, OPTION_NAMES);
   const lg = log('trace');
-  let finish!: (why: string) => void;
-  const done = new Promise<string>((resolve) => (finish = resolve));
-  let seen = 0;
-  let stdoutGone = false;
-  const session = TraceSession.start({
+  const t = boundedTrace({
     pinRoot: c.pinRoot,
-    filter,
-    onRecord: (r) => {
-      if (seen >= count || stdoutGone) return;
-      seen++;
-      const v = viewRecord(r, names, wall);
-      c.out(c.json ? JSON.stringify(v) : formatView(v));
-      if (seen >= count) finish('count');
-    },
+    ...req,
+    onView: (v) => c.out(c.json ? JSON.stringify(v) : formatView(v)),
     onLost: (n) => lg.warn({ lost: n }, `${n} trace records lost: the reader fell behind (filter with --pair or --in)`),
   });
-  const offSignals = onStopSignal((sig) => finish(sig));
+  const offSignals = onStopSignal((sig) => t.stop(sig));
   // `trace | head`: the reader went away. Stays installed: writes already queued fail later.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code !== 'EPIPE') throw e;
-    stdoutGone = true;
-    finish('stdout closed');
+    t.stop('stdout closed', true);
   });
-  const timer = duration !== undefined ? setTimeout(() => finish('duration'), duration * 1000) : undefined;
-  lg.info({ pinRoot: c.pinRoot, pair: session.id }, `tracing ${session.id === undefined ? 'every frame' : `pair ${session.id}`}; Ctrl-C stops`);
-  let why: string;
+  lg.info({ pinRoot: c.pinRoot, pair: t.id }, `tracing ${t.id === undefined ? 'every frame' : `pair ${t.id}`}; Ctrl-C stops`);
+  let end: TraceEnd;
   try {
-    why = await done;
+    end = await t.done;
   } finally {
-    if (timer) clearTimeout(timer);
     offSignals();
-    session.stop();
   }
-  lg.info({ records: seen, lost: session.lost, why }, `trace off: ${seen} records${session.lost ? `, ${session.lost} lost` : ''}`);
-  return { records: seen, lost: session.lost };
+  lg.info({ records: end.records, lost: end.lost, why: end.why }, `trace off: ${end.records} records${end.lost ? `, ${end.lost} lost` : ''}`);
+  return { records: end.records, lost: end.lost };
 }
 
 export function register(program: Command, ctx: () => Ctx): void {

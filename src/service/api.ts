@@ -6,14 +6,16 @@
  * Bodies are validated by the same code as the CLI's input (parsePairObject,
  * parseModeName, parsePortId, flowKeyFromSpec) before anything changes.
  */
+import type { ServerResponse } from 'node:http';
 import type { DpWatch } from '../dp/watch';
-import { NotFoundError, UsageError } from '../errors';
+import { ExitCode, NotFoundError, UsageError, oneLine } from '../errors';
 import { FlowSpec, OffloadOptions, withFlows } from '../flows';
 import { Target, intercept, release, releaseRecorded } from '../intercept';
 import { isLoaded, notLoaded } from '../pins';
 import { MODE_NAMES } from '../layout';
-import { Datapath, ModeName, PairSpec, parseModeName, parsePairObject, parsePortId } from '../pairs';
+import { Datapath, ModeName, PairSelector, PairSpec, parseModeName, parsePairObject, parsePortId } from '../pairs';
 import { packageVersion } from '../root';
+import { boundedTrace, traceRequest } from '../trace';
 import type { DpStatus } from './client';
 import { objectWith } from './http';
 
@@ -29,6 +31,10 @@ export interface CallContext {
   started: number;
   /** The DP supervisor, when the service supervises one (--dp). */
   watch?: DpWatch;
+  /** The response, for a call that streams (Route.streams). */
+  res?: ServerResponse;
+  /** Aborted when the service stops: a stream ends then. */
+  stopping?: AbortSignal;
 }
 
 /** GET /v1/dp: the supervisor's state, the pairs it holds in BYPASS, its last events. */
@@ -48,8 +54,10 @@ export interface Route {
   path: string;
   /** The call reads a JSON body. */
   body?: boolean;
-  /** Changes state: refused while the service stops. */
+  /** Changes state (or starts a stream): refused while the service stops. */
   mutating?: boolean;
+  /** Writes its response itself (c.res), streamed; handle resolves when it has ended. */
+  streams?: boolean;
   handle(c: CallContext): Promise<unknown>;
 }
 
@@ -71,6 +79,17 @@ export function pairSpecsOf(body: unknown): { specs: PairSpec[]; labels: string[
   }
   if (body === undefined) throw new UsageError('POST /v1/pairs needs a body: a pair spec {"in","ex","mac",...} or an array of them');
   return { specs: [parsePairObject(body, 'pair')], labels: ['pair'], many: false };
+}
+
+/**
+ * The {pair} of /v1/pairs/{pair}/mode and DELETE /v1/pairs/{pair}: a port id,
+ * or in:VIN / ex:VEX (the pair by its vin or vex; an interface name never
+ * holds ':', so neither is ever an id).
+ */
+export function pairSelectorOf(s: string): PairSelector {
+  if (s.startsWith('in:')) return { in: s.slice(3) };
+  if (s.startsWith('ex:')) return { ex: s.slice(3) };
+  return { id: parsePortId(s) };
 }
 
 const TARGET_FIELDS = ['pid', 'netns', 'port'] as const;
@@ -113,6 +132,54 @@ function offloadOptionsOf(o: Record<string, unknown>): OffloadOptions {
   return { verdict: o.verdict as OffloadOptions['verdict'], timeoutS: secs(o.timeoutS, 'timeoutS'), idleS: secs(o.idleS, 'idleS') };
 }
 
+/** GET /v1/trace: how long a stream lasts when the call gives no duration. */
+export const TRACE_DEFAULT_S = 60;
+/** Past this many bytes not yet taken by the client, events are dropped (counted in the end line) rather than buffered. */
+export const TRACE_BUFFER_BYTES = 4 << 20;
+const TRACE_QUERY = ['pair', 'in', 'count', 'duration'] as const;
+
+/**
+ * GET /v1/trace: the datapath trace as NDJSON (one TraceView per line, as
+ * `trace --json`), then one end line {end, records, lost, dropped}: until
+ * count events, duration seconds (default TRACE_DEFAULT_S), the client
+ * closing the connection, or the service stopping.
+ */
+async function streamTrace(c: CallContext): Promise<void> {
+  const unknown = [...c.query.keys()].filter((k) => !(TRACE_QUERY as readonly string[]).includes(k));
+  if (unknown.length) throw new UsageError(`unknown query parameter '${unknown[0]}' (expected ${TRACE_QUERY.join(', ')})`);
+  const q = (k: (typeof TRACE_QUERY)[number]) => c.query.get(k) ?? undefined;
+  const req = traceRequest(
+    { pair: q('pair'), in: q('in'), count: q('count'), duration: q('duration') ?? TRACE_DEFAULT_S },
+    { pair: 'pair', in: 'in', count: 'count', duration: 'duration' },
+  );
+  const res = c.res!;
+  let dropped = 0;
+  // Starts the session first: a refusal (another tracer, no datapath, no such pair) is still a JSON error.
+  const t = boundedTrace({
+    pinRoot: c.pinRoot,
+    ...req,
+    onView: (v) => {
+      if (res.writableLength > TRACE_BUFFER_BYTES) dropped++;
+      else res.write(JSON.stringify(v) + '\n');
+    },
+  });
+  res.writeHead(200, { 'Content-Type': 'application/x-ndjson', 'Cache-Control': 'no-store' });
+  const onClose = () => t.stop('client closed', true);
+  res.once('close', onClose);
+  const onStop = () => t.stop('service stopping');
+  c.stopping?.addEventListener('abort', onStop, { once: true });
+  if (c.stopping?.aborted) onStop();
+  try {
+    const end = await t.done;
+    res.removeListener('close', onClose);
+    if (!res.destroyed) res.end(JSON.stringify({ end: end.why, records: end.records, lost: end.lost, dropped }) + '\n');
+  } catch (e) {
+    if (!res.destroyed) res.end(JSON.stringify({ error: oneLine(e), code: ExitCode.FAILURE }) + '\n');
+  } finally {
+    c.stopping?.removeEventListener('abort', onStop);
+  }
+}
+
 export const ROUTES: Route[] = [
   {
     method: 'GET',
@@ -151,29 +218,36 @@ export const ROUTES: Route[] = [
   },
   {
     method: 'PUT',
-    path: '/v1/pairs/{id}/mode',
+    path: '/v1/pairs/{pair}/mode',
     body: true,
     mutating: true,
     handle: async (c) => {
-      const id = parsePortId(c.params.id);
+      const sel = pairSelectorOf(c.params.pair!);
       const o = objectWith(c.body, ['mode'], ['mode'], 'mode body');
       const mode = parseModeName(o.mode);
-      return withDatapath(c.pinRoot, (dp) => dp.setMode({ id }, mode));
+      return withDatapath(c.pinRoot, (dp) => dp.setMode(sel, mode));
     },
   },
   {
     method: 'DELETE',
-    path: '/v1/pairs/{id}',
+    path: '/v1/pairs/{pair}',
     mutating: true,
     handle: async (c) => {
-      const id = parsePortId(c.params.id);
-      return withDatapath(c.pinRoot, (dp) => dp.delPair({ id }));
+      const sel = pairSelectorOf(c.params.pair!);
+      return withDatapath(c.pinRoot, (dp) => dp.delPair(sel));
     },
   },
   {
     method: 'GET',
     path: '/v1/stats',
     handle: (c) => withDatapath(c.pinRoot, (dp) => dp.stats()),
+  },
+  {
+    method: 'GET',
+    path: '/v1/trace',
+    mutating: true,
+    streams: true,
+    handle: streamTrace,
   },
   {
     method: 'POST',

@@ -13,8 +13,9 @@ import { ExitCode, ExitCodeValue, NeuvError } from '../errors';
 import type { BypassedPair, DpWatch, FailPolicy, WatchEvent } from '../dp/watch';
 import type { FlowSpec, FlowView, OffloadOptions, OffloadResult } from '../flows';
 import type { InterceptResult, ReleaseResult } from '../intercept';
+import type { TraceView } from '../trace';
 import { lockDirFile } from '../lock';
-import type { ModeChange, ModeName, PairAdded, PairDeleted, PairSpec, ShowResult, StatsSnapshot } from '../pairs';
+import type { ModeChange, ModeName, PairAdded, PairDeleted, PairSelector, PairSpec, ShowResult, StatsSnapshot } from '../pairs';
 
 /** The default socket of the service for a pin root: /run/neuv-bpf/<pin root>.sock. */
 export function defaultSocketPath(pinRoot: string): string {
@@ -67,6 +68,31 @@ export class ServiceError extends NeuvError {
     super(message, code);
     this.name = 'ServiceError';
   }
+}
+
+/** The {pair} segment of /v1/pairs/{pair}: a port id, or in:VIN / ex:VEX. */
+export function pairSegment(sel: number | PairSelector): string {
+  if (typeof sel === 'number') return String(sel);
+  if ('id' in sel) return String(sel.id);
+  return encodeURIComponent('in' in sel ? `in:${sel.in}` : `ex:${sel.ex}`);
+}
+
+/** The filters and bounds of GET /v1/trace (docs/api.md). */
+export interface TraceQuery {
+  pair?: number;
+  in?: string;
+  count?: number;
+  duration?: number;
+}
+
+/** The last line of a trace stream: why it ended and what it carried (or an error after it started). */
+export interface TraceEndLine {
+  end?: string;
+  records?: number;
+  lost?: number;
+  dropped?: number;
+  error?: string;
+  code?: number;
 }
 
 export interface ServiceClientOptions {
@@ -160,12 +186,14 @@ export class ServiceClient {
     return this.request('POST', '/v1/pairs', specs);
   }
 
-  setMode(id: number, mode: ModeName): Promise<ModeChange> {
-    return this.request('PUT', `/v1/pairs/${id}/mode`, { mode });
+  /** Switches the pair (its id, or { in }, { ex }, { id }) to mode. */
+  setMode(pair: number | PairSelector, mode: ModeName): Promise<ModeChange> {
+    return this.request('PUT', `/v1/pairs/${pairSegment(pair)}/mode`, { mode });
   }
 
-  delPair(id: number): Promise<PairDeleted> {
-    return this.request('DELETE', `/v1/pairs/${id}`);
+  /** Removes the pair (its id, or { in }, { ex }, { id }). */
+  delPair(pair: number | PairSelector): Promise<PairDeleted> {
+    return this.request('DELETE', `/v1/pairs/${pairSegment(pair)}`);
   }
 
   stats(): Promise<Json<StatsSnapshot>> {
@@ -192,6 +220,52 @@ export class ServiceClient {
   /** Removes a flow's entry: revoked 1, or 0 when there was none. */
   revoke(flow: FlowSpec): Promise<{ revoked: number }> {
     return this.request('DELETE', '/v1/flows', flow);
+  }
+
+  /**
+   * GET /v1/trace: each event (a `trace --json` object) to onEvent as it
+   * comes; resolves with the stream's end line ({end, records, lost,
+   * dropped}). A refusal before the stream starts throws a ServiceError.
+   */
+  trace(q: TraceQuery, onEvent: (e: Json<TraceView>) => void): Promise<TraceEndLine> {
+    const qs = new URLSearchParams(Object.entries(q).filter(([, v]) => v !== undefined).map(([k, v]): [string, string] => [k, String(v)])).toString();
+    const p = `/v1/trace${qs ? `?${qs}` : ''}`;
+    return new Promise((resolve, reject) => {
+      const req = http.request({ socketPath: this.socket, agent: this.agent, method: 'GET', path: p }, (res) => {
+        if (res.statusCode !== 200) {
+          let raw = '';
+          res.on('data', (c: Buffer) => (raw += c.toString()));
+          res.on('end', () => {
+            let e: { error?: unknown; code?: unknown } | undefined;
+            try {
+              e = JSON.parse(raw) as typeof e;
+            } catch {
+              e = undefined;
+            }
+            const code = typeof e?.code === 'number' ? (e.code as ExitCodeValue) : ExitCode.FAILURE;
+            reject(new ServiceError(typeof e?.error === 'string' ? e.error : `GET ${p}: HTTP ${res.statusCode}`, code, res.statusCode ?? 0));
+          });
+          return;
+        }
+        let buf = '';
+        let end: TraceEndLine | undefined;
+        res.on('data', (c: Buffer) => {
+          buf += c.toString('utf8');
+          let i: number;
+          while ((i = buf.indexOf('\n')) >= 0) {
+            const line = buf.slice(0, i);
+            buf = buf.slice(i + 1);
+            const v = JSON.parse(line) as Record<string, unknown>;
+            if ('end' in v || 'error' in v) end = v as unknown as TraceEndLine;
+            else onEvent(v as unknown as Json<TraceView>);
+          }
+        });
+        res.on('end', () => (end ? resolve(end) : reject(new ServiceError(`GET ${p}: the stream ended without its end line`, ExitCode.FAILURE, 200))));
+        res.on('error', reject);
+      });
+      req.on('error', (e) => reject(new ServiceError(`GET ${p}: cannot reach ${this.socket}: ${(e as NodeJS.ErrnoException).code ?? e.message}`, ExitCode.FAILURE, 0)));
+      req.end();
+    });
   }
 
   /** Removes every flow entry of pair `id`. */

@@ -19,12 +19,12 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { LOCK_EX, LOCK_NB, flock } from '../bpf';
+import { LOCK_EX, LOCK_NB, LOCK_SH, flock } from '../bpf';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '../errors';
 import { DpWatch, FailPolicy, WatchOptions } from '../dp/watch';
 import { checkHome } from '../home';
 import { load } from '../loader';
-import { LOCK_DIR, lockDirFile, withLock } from '../lock';
+import { LOCK_DIR, ensureLockDir, lockDirFile, openLockDirFile, readableLockDirFile, withLock } from '../lock';
 import { log } from '../log';
 import { isLoaded } from '../pins';
 import { matchRoute } from './api';
@@ -35,12 +35,15 @@ import { ServiceMetrics } from './metrics';
 /** The longest path a unix socket can have (sun_path, with its NUL). */
 const SUN_PATH_MAX = 107;
 
+/** The service's lock under LOCK_DIR (lockDirFile). */
+const SERVICE_LOCK = 'service.lock';
+
 /** How long stop() lets calls in flight finish before closing their connections. */
 export const STOP_GRACE_MS = 30000;
 
 /** The flock a service holds on its pin root while it runs. */
 export function serviceLockPath(pinRoot: string): string {
-  return lockDirFile(pinRoot, 'service.lock');
+  return lockDirFile(pinRoot, SERVICE_LOCK);
 }
 
 export interface ListenAddress {
@@ -79,16 +82,48 @@ export interface ServiceInfo {
   dp?: { policy: FailPolicy };
 }
 
-/** Opens (creating it 0600, never through a symlink) and flocks the pin root's service lock; a ConflictError if another service holds it. */
-function takeOwnership(pinRoot: string): number {
-  fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+/**
+ * Opens (creating it 0600, never through a symlink: openLockDirFile) and
+ * flocks the pin root's service lock; a ConflictError if another service
+ * holds it. It then holds the service's socket path, for the CLI
+ * (runningService).
+ */
+function takeOwnership(pinRoot: string, socket: string): number {
   const p = serviceLockPath(pinRoot);
-  const fd = fs.openSync(p, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+  const fd = openLockDirFile(pinRoot, SERVICE_LOCK);
   if (!flock(fd, LOCK_EX | LOCK_NB, p)) {
     fs.closeSync(fd);
     throw new ConflictError(`another neuv-bpf serve owns pin root ${pinRoot} (it holds ${p})`);
   }
+  fs.ftruncateSync(fd, 0);
+  fs.writeSync(fd, JSON.stringify({ pid: process.pid, socket }) + '\n', 0);
   return fd;
+}
+
+/**
+ * The socket of the service that owns pinRoot now (it holds the service
+ * lock and answers on its socket), or undefined when none does: no lock
+ * file, nobody holding it (a service that died), or a socket that does not
+ * answer (one still starting). The CLI goes through it then (src/cli/context.ts).
+ */
+export async function runningService(pinRoot: string): Promise<string | undefined> {
+  if (!fs.existsSync(LOCK_DIR)) return undefined;
+  const fd = readableLockDirFile(pinRoot, SERVICE_LOCK);
+  if (fd === undefined) return undefined;
+  let socket: unknown;
+  try {
+    if (flock(fd, LOCK_SH | LOCK_NB, serviceLockPath(pinRoot))) return undefined; // nobody holds it
+    const buf = Buffer.alloc(4096);
+    const text = buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString('utf8');
+    try {
+      socket = (JSON.parse(text) as { socket?: unknown }).socket;
+    } catch {
+      return undefined; // being written
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return typeof socket === 'string' && (await listening(socket)) ? socket : undefined;
 }
 
 /** Whether something accepts connections on the unix socket at p. */
@@ -162,6 +197,8 @@ export class Service {
   private metricsServer: http.Server | undefined;
   /** The DP supervisor (--dp), started once the datapath is there. */
   private watch: DpWatch | undefined;
+  /** Aborted by stop(): streams (GET /v1/trace) end. */
+  private readonly stopSignal = new AbortController();
 
   private constructor(
     info: ServiceInfo,
@@ -185,14 +222,14 @@ export class Service {
     const { pinRoot } = opts;
     const socket = opts.socket ?? defaultSocketPath(pinRoot);
     // Under a directory that does not exist nothing can be pinned: load says why, and no file is left.
-    const lockFd = fs.existsSync(path.dirname(pinRoot)) ? takeOwnership(pinRoot) : undefined;
+    const lockFd = fs.existsSync(path.dirname(pinRoot)) ? takeOwnership(pinRoot, socket) : undefined;
     const metrics = new ServiceMetrics(pinRoot);
     const api = http.createServer();
     let ready!: (v: boolean) => void;
     const svc = new Service({ pinRoot, socket, datapath: 'adopted' }, lockFd, api, metrics, new Promise<boolean>((r) => (ready = r)));
     api.on('request', (req, res) => void svc.handle(req, res));
     try {
-      if (!opts.socket) fs.mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+      if (!opts.socket) ensureLockDir();
       await clearSocketPath(socket);
       // The socket is created 0600 (umask during bind: nobody else can connect in between), then checked.
       const umask = process.umask(0o177);
@@ -265,11 +302,27 @@ export class Service {
       let body: unknown;
       if (m.route.body) body = await readJson(req);
       else req.resume();
-      const result = await m.route.handle({ pinRoot: this.info.pinRoot, params: m.params, query: url.searchParams, body, started: this.started, watch: this.watch });
-      sendJson(res, status, result);
+      const result = await m.route.handle({
+        pinRoot: this.info.pinRoot,
+        params: m.params,
+        query: url.searchParams,
+        body,
+        started: this.started,
+        watch: this.watch,
+        res,
+        stopping: this.stopSignal.signal,
+      });
+      if (m.route.streams) status = res.statusCode;
+      else sendJson(res, status, result);
     } catch (e) {
       const r = errorResponse(e);
       status = r.status;
+      if (res.headersSent) {
+        // A stream that failed midway: nothing but closing it is left to say.
+        log('service').warn({ method, url: req.url, error: r.body.error }, 'stream failed');
+        res.destroy();
+        return;
+      }
       // A body not read to its end cannot be followed by another request on this connection.
       if (!req.complete) res.setHeader('Connection', 'close');
       log('service').info({ method, url: req.url, status, error: r.body.error }, 'call refused');
@@ -289,6 +342,7 @@ export class Service {
   stop(graceMs = STOP_GRACE_MS): Promise<void> {
     if (this.stopped) return this.stopped;
     this.stopping = true;
+    this.stopSignal.abort();
     const lg = log('service');
     lg.info({ inflight: this.inflight }, 'stopping');
     this.stopped = (async () => {

@@ -1,0 +1,3 @@
+module neuv-bpf/examples/go/neuvbpf
+
+go 1.19
