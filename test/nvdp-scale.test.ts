@@ -13,6 +13,7 @@ import { requireNvdp, startNvdp } from './nvdp-fixture';
 import { HOST_IP4, startServer } from '../src/topology';
 import { intercept, InterceptResult } from '../src/intercept';
 import { Datapath } from '../src/pairs';
+import type { DpSession } from '../src/dp/client';
 
 interface Stats {
   pairs: Array<{ id: number; counters: Record<'to_wl' | 'from_wl', Record<string, { packets: number }>> }>;
@@ -136,15 +137,27 @@ describe('NeuVector DP: mode switches under a stream, 100 containers (kernel)', 
     await dp.client.sync(5000);
     const d0 = await dp.client.counterDevice();
     const s0 = JSON.parse(tt.run(['stats', '--json']).stdout) as Stats;
+    // NeuVector's DP forgets an ICMP session 5 s after its last packet (SESS_TIMEOUT_ICMP): its sessions
+    // are read every second while the pings run, and once right after, before anything slow.
+    const sess: DpSession[] = [];
+    let pinging = true;
+    const reader = (async () => {
+      while (pinging) {
+        sess.push(...(await dp.client.listSessions()));
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    })();
     const out = await pool(tt.c, 10, (c) => ping1(c.ns, HOST_IP4));
     const back = await pool(tt.c, 10, (c) => ping1(tt.t.host, c.ip4));
+    pinging = false;
+    await reader;
+    sess.push(...(await dp.client.listSessions()));
     const pinged = Date.now();
     const d1 = await dp.client.counterDevice();
     const s1 = JSON.parse(tt.run(['stats', '--json']).stdout) as Stats;
-    const sess = await dp.client.listSessions();
     // eslint-disable-next-line no-console
     console.log(`      ${N} containers: topology ${((built - t0) / 1000).toFixed(1)} s, intercepted in ${((intercepted - built) / 1000).toFixed(1)} s, ` +
-      `${2 * N} pings in ${((pinged - intercepted) / 1000).toFixed(1)} s; the DP: ${d1.icmpPackets - d0.icmpPackets} ICMP packets, ${sess.length} sessions, RSS ${dp.usage().rssKiB} KiB`);
+      `${2 * N} pings in ${((pinged - intercepted) / 1000).toFixed(1)} s; the DP: ${d1.icmpPackets - d0.icmpPackets} ICMP packets, ${new Set(sess.map((x) => `${x.ipProto} ${x.clientIp} ${x.serverIp} ${x.clientPort} ${x.serverPort}`)).size} sessions, RSS ${dp.usage().rssKiB} KiB`);
     assert.deepEqual(tt.c.filter((_c, i) => !out[i]).map((c) => c.ns), [], 'every container reached the host');
     assert.deepEqual(tt.c.filter((_c, i) => !back[i]).map((c) => c.ns), [], 'the host reached every container');
     const ids = new Set(pairs.map((p) => p.pair.id));
