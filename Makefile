@@ -16,7 +16,7 @@ BPF_OBJ := build/neuv.bpf.o
 BPF_SRC := bpf/neuv.bpf.c
 BPF_HDR := $(wildcard bpf/*.h)
 DEPS_STAMP := node_modules/.neuv-deps-stamp
-TS_SRC := $(shell find src test bench -name '*.ts' 2>/dev/null) tsconfig.json
+TS_SRC := $(shell find src harness test bench -name '*.ts' 2>/dev/null) tsconfig.json
 TS_STAMP := dist/.stamp
 
 all: build
@@ -101,7 +101,7 @@ ts: $(TS_STAMP)
 $(TS_STAMP): $(TS_SRC) $(LAYOUT_TS) $(DEPS_STAMP)
 	@[ "$(V)" = 1 ] || echo "  TSC    dist/"
 	@# From scratch: a moved or deleted .ts must not leave a stale .js behind (dist/src/bpf.js would shadow dist/src/bpf/index.js).
-	$(Q)rm -rf dist/src dist/test dist/bench
+	$(Q)rm -rf dist/src dist/harness dist/test dist/bench
 	$(Q)npx --no-install tsc -p tsconfig.json
 	$(Q)touch $@
 

@@ -32,7 +32,7 @@ import { spawnSync } from 'node:child_process';
 import { PairSpec } from '../src/pairs';
 import { nvAttachRules, nvPairRules, nvResetRules, NvPair } from '../src/migrate/nvtc';
 import { VBR, macOf, nvConnect, nvPair } from './net';
-import { Netns, Summary, benchJs, cli, objArgs, pinRoot, progress, sh, summary, tmpDir } from './util';
+import { BenchNetns, netns, Summary, benchJs, cli, objArgs, pinRoot, progress, sh, summary, tmpDir, shResult } from './util';
 
 const GROUP = '78';
 const vinName = (k: number) => `ci${k}`;
@@ -84,8 +84,8 @@ export interface ControlResult {
   notes: string[];
 }
 
-function pool(label: string, n: number): Netns {
-  const ns = new Netns(`cp-${label}`);
+function pool(label: string, n: number): BenchNetns {
+  const ns = netns(`cp-${label}`);
   const lines: string[] = [];
   for (let k = 0; k < n; k++) {
     lines.push(`link add ${vinName(k)} index ${vinIndex(k)} group ${GROUP} type veth peer name ${vexName(k)} index ${vexIndex(k)} group ${GROUP}`);
@@ -115,7 +115,7 @@ interface TcRun {
  * (cutime + cstime). With a budget, the script stops after the first pair
  * boundary (checked every 10 pairs) past it.
  */
-function runTcSequential(ns: Netns, groups: string[][][], dir: string, budgetMs?: number): TcRun {
+function runTcSequential(ns: BenchNetns, groups: string[][][], dir: string, budgetMs?: number): TcRun {
   const q = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
   const file = path.join(dir, 'nv.sh');
   const report = (pairs: string) => `echo "$((t - t0)) ${pairs} $(cut -d' ' -f16,17 /proc/$$/stat)"`;
@@ -134,7 +134,7 @@ function runTcSequential(ns: Netns, groups: string[][][], dir: string, budgetMs?
   return { ms: ns_! / 1e6, cpuMs: ((ut! + st!) * 1000) / CLK_TCK, pairs: pairs! };
 }
 
-const CLK_TCK = Number(sh('getconf', ['CLK_TCK'], { allowFail: true }).stdout.trim()) || 100;
+const CLK_TCK = Number(sh('getconf', ['CLK_TCK'], { allowFail: true }).trim()) || 100;
 
 /** Runs the CLI with the exit-stats preload: wall ms, CPU ms (itself and its children), peak RSS KiB. */
 function timedCli(args: string[], dir: string): { ms: number; cpuMs: number; maxRssKiB: number } {
@@ -174,8 +174,8 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
   const dir = tmpDir();
   // One enforcer netns per side and size, holding exactly the pairs to onboard (each tc process dumps every link of its netns).
   progress(`control plane: creating ${sizes.join(' + ')} pairs for each side`);
-  const nvNs = new Map<number, Netns>();
-  const bNs = new Map<number, Netns>();
+  const nvNs = new Map<number, BenchNetns>();
+  const bNs = new Map<number, BenchNetns>();
   const pins = new Map<number, string>();
   for (const n of sizes) {
     const a = pool(`nv${n}`, n);
@@ -253,7 +253,7 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
           load(n);
           const sw1 = n === switchAt && r === 0;
           const args = [benchJs('api-child.js'), pins.get(n)!, bNs.get(n)!.name, jsonl.get(n)!, ...(sw1 ? [String(vexIndex(n - 1) & 0xffff), String(params.switches * 10)] : [])];
-          const out = JSON.parse(sh(process.execPath, args, { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } }).stdout) as { addMs: number; addCpuMs: number; setModeMs: number[] };
+          const out = JSON.parse(sh(process.execPath, args, { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } })) as { addMs: number; addCpuMs: number; setModeMs: number[] };
           api.get(n)!.ms.push(out.addMs);
           api.get(n)!.cpu.push(out.addCpuMs);
           sw.api.push(...out.setModeMs);
@@ -280,7 +280,7 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
     const floor = readRss(out);
     memory = { loadMaxRssKiB: loadKiB, addPairs1000MaxRssKiB: addKiB, nodeFloorKiB: floor, how: 'process.resourceUsage().maxRSS at exit (node -r dist/bench/rss-preload.js bin/neuv-bpf ...)' };
     // One tc process of NeuVector's, through python's getrusage when it is there.
-    const py = sh('python3', ['-c', 'import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)',
+    const py = shResult('python3', ['-c', 'import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)',
       'tc', '-n', nvNs.get(1)!.name, 'qdisc', 'add', 'dev', vinName(0), 'ingress'], { allowFail: true });
     if (py.code === 0) memory.tcMaxRssKiB = Number(py.stdout.trim());
   }

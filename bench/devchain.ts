@@ -20,7 +20,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfObject, CLONE_NEWNET, setns, testRun } from '../src/bpf';
 import { udpFrame } from './progcost';
-import { Netns, installSignalCleanup, intArg, onCleanup, pairedRatio, progress, runCleanups, sh, summary, tmpDir } from './util';
+import { netns, installSignalCleanup, intArg, onCleanup, pairedRatio, progress, runCleanups, sh, summary, tmpDir } from './util';
+import { linkOf } from '../harness/net';
 
 const SRC = `
 #include <linux/bpf.h>
@@ -33,16 +34,16 @@ function program(target: number, dir: string): BpfObject {
   const src = path.join(dir, 'cr.bpf.c');
   const obj = path.join(dir, `cr-${target}.bpf.o`);
   fs.writeFileSync(src, SRC);
-  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).stdout.trim() || 'x86_64-linux-gnu';
+  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).trim() || 'x86_64-linux-gnu';
   sh(process.env.CLANG ?? 'clang', ['-O2', '-g', '-target', 'bpf', `-DTARGET=${target}`, `-I/usr/include/${arch}`, '-c', src, '-o', obj]);
   const o = BpfObject.open(obj);
-  onCleanup(`program ${target}`, () => o.close());
+  onCleanup(() => o.close(), `program ${target}`);
   o.load();
   return o;
 }
 
 export function runDevChain(o: { pairs: number; rounds: number; repeat: number }) {
-  const ns = new Netns('devchain');
+  const ns = netns('devchain');
   ns.ip('link', 'add', 'first', 'type', 'veth', 'peer', 'name', 'firstp');
   ns.ip('link', 'set', 'first', 'up');
   progress(`devchain: adding ${o.pairs} veth pairs (${2 * o.pairs} devices)`);
@@ -51,8 +52,8 @@ export function runDevChain(o: { pairs: number; rounds: number; repeat: number }
   ns.ipBatch(lines);
   ns.ip('link', 'add', 'last', 'type', 'veth', 'peer', 'name', 'lastp');
   ns.ip('link', 'set', 'last', 'up');
-  const first = ns.ifindex('first');
-  const last = ns.ifindex('last');
+  const first = linkOf(ns, 'first').ifindex;
+  const last = linkOf(ns, 'last').ifindex;
   const dir = tmpDir();
   const progs = { first: program(first, dir).progFd('cr'), last: program(last, dir).progFd('cr') };
   const frame = udpFrame(Buffer.from('020000000002', 'hex'), Buffer.from('020000000001', 'hex'));

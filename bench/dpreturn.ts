@@ -27,7 +27,7 @@ import { PairSpec } from '../src/pairs';
 import { formatMac, ucmac } from '../src/mac';
 import { NvPair, nvPairRules } from '../src/migrate/nvtc';
 import { BpfSetup, VTH, addPairsIncidents, bpfAddPairs, bpfLoad, frameRate, ipIn, macOf, nvConnect, nvPair, udpFrameConf } from './net';
-import { Netns, Summary, pairedRatio, progress, sh, summary, tmpDir } from './util';
+import { BenchNetns, netns, Summary, pairedRatio, progress, sh, summary, tmpDir, shResult } from './util';
 
 const GROUP = '77';
 const VIN_M = 'vinM';
@@ -78,15 +78,15 @@ export interface DpReturnResult {
 }
 
 interface Side {
-  enf: Netns;
-  wl: Netns;
+  enf: BenchNetns;
+  wl: BenchNetns;
   pairs: number;
   conf: string;
 }
 
 async function side(label: string, wlMac: string, dir: string): Promise<Side> {
-  const enf = new Netns(`ret-${label}-e`);
-  const wl = new Netns(`ret-${label}-w`);
+  const enf = netns(`ret-${label}-e`);
+  const wl = netns(`ret-${label}-w`);
   enf.ip('link', 'add', VIN_M, 'index', String(VIN_M_INDEX), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', wl.name);
   enf.ip('link', 'add', VEX_M, 'index', String(VEX_M_INDEX), 'type', 'veth', 'peer', 'name', 'hM');
   for (const d of [VIN_M, VEX_M, 'hM']) enf.ip('link', 'set', 'dev', d, 'up');
@@ -99,7 +99,7 @@ async function side(label: string, wlMac: string, dir: string): Promise<Side> {
 }
 
 /** Creates cheap pairs [from, to) in the enforcer netns. */
-function createCheap(enf: Netns, from: number, to: number): void {
+function createCheap(enf: BenchNetns, from: number, to: number): void {
   const lines: string[] = [];
   for (let k = from; k < to; k++) {
     lines.push(`link add ${cheapVin(k)} index ${cheapVinIndex(k)} group ${GROUP} type veth peer name ${cheapVex(k)} index ${cheapVexIndex(k)} group ${GROUP}`);
@@ -157,7 +157,7 @@ export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
   const measure = (s: Side) => frameRate(s.enf, s === floor ? VIN_M : VTH, s.conf, ipIn(s.wl), { warmMs: params.warmMs, windowMs: params.windowMs });
   // u32 lists a hash-table entry ("fh 800:") and the filter itself ("fh 800::800") per pref: count the filters.
   const nvFilterCount = () =>
-    (JSON.parse(sh('tc', ['-n', nv.enf.name, '-j', 'filter', 'show', 'dev', 'vbr-neuv', 'ingress']).stdout || '[]') as Array<{ options?: { fh?: string } }>).filter((f) => f.options?.fh?.includes('::')).length;
+    (JSON.parse(sh('tc', ['-n', nv.enf.name, '-j', 'filter', 'show', 'dev', 'vbr-neuv', 'ingress']) || '[]') as Array<{ options?: { fh?: string } }>).filter((f) => f.options?.fh?.includes('::')).length;
 
   const points: SizePoint[] = [];
   const round = async (n: number, withNv: boolean) => {
@@ -207,7 +207,7 @@ export async function runDpReturn(o: DpReturnOptions): Promise<DpReturnResult> {
     const p = nvPair(cheapVin(k), cheapVex(k), cheapVinIndex(k), cheapVexIndex(k), cheapMac(k), prefs);
     let err: string | undefined;
     for (const rule of vbrRules(p)) {
-      const r = sh('tc', ['-n', nv.enf.name, ...rule], { allowFail: true });
+      const r = shResult('tc', ['-n', nv.enf.name, ...rule], { allowFail: true });
       if (r.code !== 0) {
         err = `tc ${rule.join(' ')}: ${r.stderr.trim().split('\n').join(' ')} (exit ${r.code})`;
         break;

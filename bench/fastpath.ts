@@ -106,7 +106,7 @@ function compile(v: Variant, dir: string): string {
   const src = path.join(dir, `${v.id}.bpf.c`);
   const obj = path.join(dir, `${v.id}.bpf.o`);
   fs.writeFileSync(src, variantSource(v));
-  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).stdout.trim() || 'x86_64-linux-gnu';
+  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).trim() || 'x86_64-linux-gnu';
   sh(process.env.CLANG ?? 'clang', ['-O2', '-g', '-target', 'bpf', '-Wall', '-I', path.join(ROOT, 'bpf'), `-I/usr/include/${arch}`, '-c', src, '-o', obj]);
   return obj;
 }
@@ -128,11 +128,11 @@ export function runFastPath(o: { rounds: number; repeat: number; only?: string[]
   const runs: Run[] = [];
   const empty = loadTrivialTcProg();
   if (empty < 0) throw new Error(`cannot load the empty program: errno ${-empty}`);
-  onCleanup('empty program', () => closeFd(empty));
+  onCleanup(() => closeFd(empty), 'empty program');
   runs.push({ id: 'empty', label: 'empty TC program (r0 = 0; exit)', fd: empty, frame: fastFrame });
   for (const v of VARIANTS.filter((x) => !o.only || o.only.includes(x.id) || (x.id === 'fast' && o.only.some((i) => BASE_PATHS.some((b) => b.id === i))))) {
     const obj = BpfObject.open(compile(v, dir), { pinRoot: pinRoot(`fp-${v.id}`), rodata: { neuv_set_pkt_type: pktType } });
-    onCleanup(`object ${v.id}`, () => obj.close());
+    onCleanup(() => obj.close(), `object ${v.id}`);
     fs.mkdirSync(path.dirname(obj.mapPinPath('neuv_ports')!), { recursive: true });
     obj.load();
     const ports = obj.map('neuv_ports');

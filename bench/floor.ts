@@ -13,10 +13,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Netns, onCleanup, sh, tmpDir } from './util';
+import { BenchNetns, onCleanup, sh, tmpDir } from './util';
 
 /** Compiles and attaches the bare redirect_peer program on `dev` (ingress) of `ns`; returns its program id. */
-export function refPeerProgram(ns: Netns, dev: string, targetIfindex: number): number {
+export function refPeerProgram(ns: BenchNetns, dev: string, targetIfindex: number): number {
   const dir = tmpDir();
   const src = path.join(dir, 'ref-peer.bpf.c');
   const obj = path.join(dir, 'ref-peer.bpf.o');
@@ -30,11 +30,11 @@ export function refPeerProgram(ns: Netns, dev: string, targetIfindex: number): n
       '',
     ].join('\n'),
   );
-  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).stdout.trim() || 'x86_64-linux-gnu';
+  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).trim() || 'x86_64-linux-gnu';
   sh(process.env.CLANG ?? 'clang', ['-O2', '-g', '-target', 'bpf', '-Wall', `-DTARGET=${targetIfindex >>> 0}`, `-I/usr/include/${arch}`, '-c', src, '-o', obj]);
   ns.exec('tc', ['qdisc', 'add', 'dev', dev, 'clsact']);
   ns.exec('tc', ['filter', 'add', 'dev', dev, 'ingress', 'prio', '1', 'handle', '1', 'bpf', 'direct-action', 'obj', obj, 'sec', 'tc']);
-  const j = JSON.parse(ns.exec('tc', ['-j', 'filter', 'show', 'dev', dev, 'ingress']).stdout || '[]') as Array<{ options?: { prog?: { id?: number } } }>;
+  const j = JSON.parse(ns.exec('tc', ['-j', 'filter', 'show', 'dev', dev, 'ingress']) || '[]') as Array<{ options?: { prog?: { id?: number } } }>;
   const id = j.find((f) => f.options?.prog?.id)?.options?.prog?.id;
   if (!id) throw new Error(`ref-peer: no program attached on ${dev}`);
   return id;
@@ -48,7 +48,7 @@ export interface ProgRunStats {
 }
 
 function progStats(id: number): { runTimeNs: number; runCnt: number } {
-  const j = JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'id', String(id)]).stdout) as { run_time_ns?: number; run_cnt?: number };
+  const j = JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'id', String(id)])) as { run_time_ns?: number; run_cnt?: number };
   return { runTimeNs: j.run_time_ns ?? 0, runCnt: j.run_cnt ?? 0 };
 }
 
@@ -62,7 +62,7 @@ const STATS_SYSCTL = '/proc/sys/kernel/bpf_stats_enabled';
 export async function withBpfStats<T>(progIds: Record<string, number>, fn: () => Promise<T>): Promise<{ result: T; stats: Record<string, ProgRunStats> }> {
   const old = fs.readFileSync(STATS_SYSCTL, 'utf8').trim();
   const restore = () => fs.writeFileSync(STATS_SYSCTL, old);
-  const drop = onCleanup('kernel.bpf_stats_enabled', restore);
+  const drop = onCleanup(restore, 'kernel.bpf_stats_enabled');
   try {
     fs.writeFileSync(STATS_SYSCTL, '1');
     const before = Object.fromEntries(Object.entries(progIds).map(([k, id]) => [k, progStats(id)]));

@@ -12,8 +12,9 @@ import * as path from 'node:path';
 import { Datapath, PairSpec } from '../src/pairs';
 import { NvPair, nvAttachRules, nvPairRules, nvPref, NV_VBR } from '../src/migrate/nvtc';
 import { ucmac, parseMac } from '../src/mac';
-import { Netns, bounded, cli, nowMs, objArgs, outputOf, pinRoot, rt, sh, sleep, spawnGroup, stubDpPath, tmpDir } from './util';
-import { TRAFGEN_QUIET } from '../test/traffic';
+import { addAddrs, staticNeighbours, TRAFGEN_QUIET, veth } from '../harness/net';
+import { addPair } from '../harness/pair';
+import { BenchNetns, bounded, cli, netns, nowMs, objArgs, outputOf, pinRoot, rt, shResult, sleep, spawnGroup } from './util';
 
 export const VBR = 'vbr-neuv';
 export const VTH = 'vth-neuv';
@@ -32,10 +33,10 @@ export function macOf(n: number): string {
 
 export interface Topo {
   label: string;
-  host: Netns;
-  wl: Netns;
+  host: BenchNetns;
+  wl: BenchNetns;
   /** The enforcer netns (absent for the plain pair). */
-  enf?: Netns;
+  enf?: BenchNetns;
   hostIf: string;
   wlIf: string;
   hostAddr: string;
@@ -51,50 +52,38 @@ export interface Topo {
 
 const SUBNET = '10.201.0';
 
-function addressing(t: Omit<Topo, 'hostMac' | 'wlMac'>): Topo {
-  t.host.ip('addr', 'add', `${t.hostAddr}/24`, 'dev', t.hostIf);
-  t.wl.ip('addr', 'add', `${t.wlAddr}/24`, 'dev', t.wlIf);
-  t.host.ip('link', 'set', 'dev', t.hostIf, 'up');
-  t.wl.ip('link', 'set', 'dev', t.wlIf, 'up');
-  const hostMac = t.host.mac(t.hostIf);
-  const wlMac = t.wl.mac(t.wlIf);
-  // Static neighbours: no ARP in the way (and none needed through the DP).
-  t.host.ip('neigh', 'replace', t.wlAddr, 'lladdr', wlMac, 'dev', t.hostIf, 'nud', 'permanent');
-  t.wl.ip('neigh', 'replace', t.hostAddr, 'lladdr', hostMac, 'dev', t.wlIf, 'nud', 'permanent');
-  return { ...t, hostMac, wlMac };
-}
-
-/** (a) host netns <-> workload netns over one veth pair: no interception. */
+/** (a) host netns <-> workload netns over one veth pair: no interception. Static neighbours: no ARP in the way. */
 export async function plainTopo(label: string): Promise<Topo> {
-  const host = new Netns(`${label}-h`);
-  const wl = new Netns(`${label}-w`);
-  host.ip('link', 'add', 'hA', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', wl.name);
+  const host = netns(`${label}-h`);
+  const wl = netns(`${label}-w`);
+  const hostAddr = `${SUBNET}.1`;
+  const wlAddr = `${SUBNET}.2`;
+  const { a, b } = veth({ ns: host, name: 'hA' }, { ns: wl, name: 'eth0' });
   await Promise.all([host.ready(), wl.ready()]);
-  return addressing({ label, host, wl, hostIf: 'hA', wlIf: 'eth0', hostAddr: `${SUBNET}.1`, wlAddr: `${SUBNET}.2` });
+  addAddrs(host, 'hA', `${hostAddr}/24`);
+  addAddrs(wl, 'eth0', `${wlAddr}/24`);
+  staticNeighbours({ ns: host, dev: 'hA', addr: hostAddr }, { ns: wl, dev: 'eth0', addr: wlAddr });
+  return { label, host, wl, hostIf: 'hA', wlIf: 'eth0', hostAddr, wlAddr, hostMac: a.address, wlMac: b.address };
 }
 
 /**
- * host (hA) ==veth== vex [enforcer] vin ==veth== eth0 (workload). Nothing
- * forwards between vex and vin until rules or programs are installed.
+ * host (hA) ==veth== vex [enforcer] vin ==veth== eth0 (workload): the
+ * harness's addPair (harness/pair.ts). Nothing forwards between vex and vin
+ * until rules or programs are installed.
  */
 export async function pairTopo(label: string): Promise<Topo> {
-  const host = new Netns(`${label}-h`);
-  const enf = new Netns(`${label}-e`);
-  const wl = new Netns(`${label}-w`);
-  enf.ip('link', 'add', 'vex0', 'type', 'veth', 'peer', 'name', 'hA', 'netns', host.name);
-  enf.ip('link', 'add', 'vin0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', wl.name);
-  for (const d of ['vex0', 'vin0']) enf.ip('link', 'set', 'dev', d, 'up');
+  const host = netns(`${label}-h`);
+  const enf = netns(`${label}-e`);
+  const wl = netns(`${label}-w`);
   await Promise.all([host.ready(), enf.ready(), wl.ready()]);
-  const t = addressing({ label, host, enf, wl, hostIf: 'hA', wlIf: 'eth0', hostAddr: `${SUBNET}.1`, wlAddr: `${SUBNET}.2`, vin: 'vin0', vex: 'vex0' });
-  t.vinIfindex = enf.ifindex('vin0');
-  t.vexIfindex = enf.ifindex('vex0');
-  return t;
+  const w = addPair({ host, enforcer: enf, workload: wl }, { vin: 'vin0', vex: 'vex0', hostIf: 'hA', wlIf: 'eth0', hostAddr: `${SUBNET}.1`, wlAddr: `${SUBNET}.2` });
+  return { label, host, enf, wl, ...w };
 }
 
 // ---------------------------------------------------------------- NeuVector's tc pipe
 
 /** NeuVector's Connect: vbr-neuv/vth-neuv (10000000/10000001, MTU 2048, up, checksum offload off) and a legacy ingress qdisc on vbr-neuv. */
-export function nvConnect(enf: Netns): void {
+export function nvConnect(enf: BenchNetns): void {
   enf.ip('link', 'add', VBR, 'index', String(VBR_INDEX), 'mtu', '2048', 'type', 'veth', 'peer', 'name', VTH, 'index', String(VTH_INDEX), 'mtu', '2048');
   for (const d of [VBR, VTH]) {
     enf.exec('ethtool', ['-K', d, 'rx', 'off', 'tx', 'off']);
@@ -146,7 +135,7 @@ export interface BpfSetup {
 }
 
 /** `neuv-bpf load` in the enforcer netns with a pin root of this run. */
-export function bpfLoad(enf: Netns): BpfSetup {
+export function bpfLoad(enf: BenchNetns): BpfSetup {
   const pins = pinRoot('pins');
   cli(['--netns', enf.name, '--bpffs', pins, 'load', ...objArgs()]);
   const dp = Datapath.open(pins, { netns: enf.name });
@@ -184,34 +173,6 @@ export async function bpfAddPairs(dp: Datapath, specs: PairSpec[], noPeer = fals
   }
 }
 
-/** The stub DP on vth-neuv of a netns; resolves once its socket is bound. */
-export async function startStubDp(enf: Netns): Promise<{ stop: () => Promise<Record<string, unknown> | undefined> }> {
-  const stub = stubDpPath();
-  if (!fs.existsSync(stub)) throw new Error(`${stub} missing (make build)`);
-  const dir = tmpDir();
-  const out = path.join(dir, 'counts.json');
-  // As the traffic around it: SCHED_FIFO unless NEUV_BENCH_RT=0 (it blocks in poll() when idle).
-  const child = spawnGroup('ip', ['netns', 'exec', enf.name, ...rt(), stub, '--ifname', VTH, '--out', out, '--interval-ms', '1000']);
-  for (let i = 0; i < 400 && !fs.existsSync(out); i++) {
-    if (child.exitCode !== null) break;
-    await sleep(5);
-  }
-  if (!fs.existsSync(out)) {
-    await child.stop();
-    throw new Error(`stub DP did not start: ${outputOf(child).err.trim()}`);
-  }
-  return {
-    stop: async () => {
-      await child.stop();
-      try {
-        return JSON.parse(outputOf(child).out.trim().split('\n').pop() || 'null') as Record<string, unknown>;
-      } catch {
-        return undefined;
-      }
-    },
-  };
-}
-
 // ---------------------------------------------------------------- traffic
 
 let portSeq = 5201;
@@ -220,7 +181,7 @@ let portSeq = 5201;
  * TCP goodput from client to server (iperf3, one stream), Gbit/s as received.
  * `during`, if given, runs while the client does (the client is then not waited for synchronously).
  */
-export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds: number, omit: number, during?: () => Promise<void>): Promise<number> {
+export async function tcpGbps(client: BenchNetns, server: BenchNetns, dst: string, seconds: number, omit: number, during?: () => Promise<void>): Promise<number> {
   const port = portSeq++;
   if (portSeq > 5900) portSeq = 5201;
   const limit = bounded(seconds + omit + 20);
@@ -243,7 +204,7 @@ export async function tcpGbps(client: Netns, server: Netns, dst: string, seconds
       await exited;
       await c.stop();
       r = { stdout: outputOf(c).out, stderr: outputOf(c).err };
-    } else r = sh('ip', args, { allowFail: true });
+    } else r = shResult('ip', args, { allowFail: true });
     let j: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
     try {
       j = JSON.parse(r.stdout) as typeof j;
@@ -313,7 +274,7 @@ export function percentile(xs: number[], p: number): number {
  * frames in the skb's linear data, instead of its TX ring's page fragments).
  */
 export async function frameRate(
-  sender: Netns,
+  sender: BenchNetns,
   dev: string,
   conf: string,
   count: () => number,
@@ -371,14 +332,14 @@ export async function frameRate(
 }
 
 /** IPv4 datagrams that reached the IP layer of a netns (Ip InReceives), independent of device counters. */
-export const ipIn = (ns: Netns) => () => ns.snmp()['IpInReceives'] ?? 0;
+export const ipIn = (ns: BenchNetns) => () => ns.snmp()['IpInReceives'] ?? 0;
 /** rx packets of a device, from /proc/<anchor>/net/dev. */
-export const devRx = (ns: Netns, dev: string) => () => ns.devStat(dev, 'rx_packets');
+export const devRx = (ns: BenchNetns, dev: string) => () => ns.devStat(dev, 'rx_packets');
 
 /** One ICMP echo: true if answered (a smoke test before measuring). */
-export function pingOk(from: Netns, to: string): boolean {
+export function pingOk(from: BenchNetns, to: string): boolean {
   const r = from.exec('ping', ['-c', '1', '-W', '1', '-q', to], { allowFail: true });
-  return / 1 received/.test(r.stdout);
+  return / 1 received/.test(r);
 }
 
 export { macText as formatMacText, NV_VBR };

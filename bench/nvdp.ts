@@ -1,6 +1,6 @@
 /**
  * Scenario `nvdp`: FWD through NeuVector's real enforcer DP (built from its
- * source tarball, src/dp/nvdp.ts), TCP (iperf3) and 64-byte frames
+ * source tarball, harness/nvdp.ts), TCP (iperf3) and 64-byte frames
  * (trafgen), host -> workload through one intercepted pair, for:
  *
  *   plain        a plain veth pair: the limit
@@ -21,7 +21,7 @@
  */
 import * as fs from 'node:fs';
 import type { DpSession } from '../src/dp/client';
-import { NvDp, buildNvdp, nvdpUnavailable } from '../src/dp/nvdp';
+import { NvDp, buildNvdp, nvdpUnavailable } from '../harness/nvdp';
 import { Flows } from '../src/flows';
 import { bcmac, formatMac, ucmac } from '../src/mac';
 import { Topo, VTH, bpfAddPairs, bpfLoad, frameRate, ipIn, nvConnect, nvPair, pairTopo, pingOk, plainTopo, tcpGbps, udpFrameConf } from './net';
@@ -87,7 +87,7 @@ export function rssKiB(pid: number): number {
 /** A DP in a bench netns, killed at cleanup. */
 export async function benchDp(ns: string, o: { noPort?: boolean } = {}): Promise<NvDp> {
   const dp = await NvDp.start({ netns: ns, noPort: o.noPort });
-  onCleanup(`NeuVector DP ${dp.pid}`, () => dp.kill());
+  onCleanup(() => dp.kill(), `NeuVector DP ${dp.pid}`);
   // As the stub DP and the traffic around it: every thread SCHED_FIFO unless NEUV_BENCH_RT=0 (it sleeps in epoll when idle).
   if (rtEnabled()) sh('chrt', ['-f', '-a', '-p', String(RT_PRIORITY), String(dp.pid)]);
   return dp;
@@ -212,7 +212,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
   for (const v of variants) {
     if (v.id !== 'bpf-offload') continue;
     const f = Flows.open(v.pins!);
-    onCleanup('flows', () => f.close());
+    onCleanup(() => f.close(), 'flows');
     flowsOf.set(v.id, f);
   }
 

@@ -45,7 +45,7 @@ function compile(dir: string, name: string, r: Rewrite): string {
       '',
     ].join('\n'),
   );
-  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).stdout.trim() || 'x86_64-linux-gnu';
+  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).trim() || 'x86_64-linux-gnu';
   sh(process.env.CLANG ?? 'clang', ['-O2', '-g', '-target', 'bpf', '-Wall', `-I/usr/include/${arch}`, '-c', src, '-o', obj]);
   return obj;
 }

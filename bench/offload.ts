@@ -17,13 +17,11 @@
  * Needs root and iperf3. `run()` is what bench/run.ts calls.
  */
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { cli, kernelUnavailable, makePinRoot, onCleanup, runCleanups } from '../test/helpers';
-import { STUB_DP } from '../src/topology';
-import { PairTopology, makePairTopology } from '../test/topology';
+import { spawn, spawnSync } from 'node:child_process';
+import { kernelUnavailable, makePinRoot } from '../harness/kernel';
+import { PairTopology, makePairTopology } from '../harness/pair';
+import { StubDp } from '../harness/stub-dp';
+import { cli, median, onCleanup, runCleanups, sleep, stubDpPath } from './util';
 
 export interface BenchRow {
   name: string;
@@ -40,51 +38,6 @@ const LABELS: Record<Variant, string> = {
   bypass: 'TCP, BYPASS (no DP)',
   'fwd-dp': 'TCP, FWD through the stub DP (no offload)',
 };
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** The stub DP in the enforcer netns (nsenter: `ip netns exec` would hide /sys/fs/bpf). */
-async function startStub(t: PairTopology, pins: string, offload: boolean): Promise<{ stop: () => Promise<Record<string, number>> }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'neuv-bench-offload-'));
-  const out = path.join(dir, 'counts.json');
-  const args = ['--out', out, '--interval-ms', '1000', ...(offload ? ['--offload-after', '20', '--pin-root', pins] : [])];
-  const child: ChildProcess = spawn('nsenter', [`--net=/run/netns/${t.enforcer.name}`, STUB_DP, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<void>((r) => child.on('close', () => r()));
-  const kill = () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
-  onCleanup(kill);
-  for (let i = 0; i < 400 && !fs.existsSync(out); i++) {
-    if (child.exitCode !== null) break;
-    await sleep(5);
-  }
-  if (!fs.existsSync(out)) {
-    kill();
-    throw new Error(`stub DP did not start: ${stderr.trim()}`);
-  }
-  return {
-    stop: async () => {
-      child.kill('SIGTERM');
-      await exited;
-      kill();
-      try {
-        return JSON.parse(stdout.trim().split('\n').pop() || '{}') as Record<string, number>;
-      } catch {
-        return {};
-      }
-    },
-  };
-}
 
 let port = 5301;
 
@@ -123,12 +76,12 @@ export async function run(opts: { quick: boolean; rounds?: number }): Promise<Be
     const t = makePairTopology({ subnet: '10.203.0' });
     const pins = makePinRoot();
     const c = (args: string[]) => {
-      const r = cli(['--netns', t.enforcer.name, '--bpffs', pins, ...args]);
+      const r = cli(['--netns', t.enforcer.name, '--bpffs', pins, ...args], { allowFail: true });
       assert.equal(r.code, 0, `neuv-bpf ${args.join(' ')}: ${r.stderr}`);
       return r.stdout;
     };
     c(['load']);
-    onCleanup(() => cli(['--netns', t.enforcer.name, '--bpffs', pins, 'unload']));
+    onCleanup(() => cli(['--netns', t.enforcer.name, '--bpffs', pins, 'unload'], { allowFail: true }));
     const pair = JSON.parse(c(['pair', 'add', '--in', t.vin, '--ex', t.vex, '--mac', t.wlMac, '--mode', 'bypass', '--json'])) as { id: number; redirectPeer: { vin: boolean; vex: boolean } };
     const id = String(pair.id);
     const gbps: Record<Variant, number[]> = { offloaded: [], bypass: [], 'fwd-dp': [] };
@@ -142,11 +95,14 @@ export async function run(opts: { quick: boolean; rounds?: number }): Promise<Be
           continue;
         }
         c(['pair', 'mode', '--id', id, 'fwd']);
-        const stub = await startStub(t, pins, v === 'offloaded');
+        // nsenter: `ip netns exec` would hide /sys/fs/bpf, where --pin-root is.
+        const offload = v === 'offloaded' ? ['--offload-after', '20', '--pin-root', pins] : [];
+        const stub = await StubDp.start(t.enforcer.name, { bin: stubDpPath(), nsenter: true, intervalMs: 1000, args: offload });
         try {
           gbps[v].push(await tcpGbps(t, seconds, omit));
         } finally {
-          const counts = await stub.stop();
+          const counts = await stub.counts();
+          stub.stop();
           if (v === 'offloaded' && round === 0) notes.push(`stub DP offloaded ${counts.offloaded ?? 0} flows, read ${counts.rx ?? 0} frames`);
           c(['flow', 'revoke', '--id', id, '--all']);
           c(['pair', 'mode', '--id', id, 'bypass']);

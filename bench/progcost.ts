@@ -41,9 +41,10 @@ import {
   u32Key,
 } from '../src/layout';
 import { ucmac } from '../src/mac';
-import { DpFixture } from '../test/dp-fixture';
-import { kernelUnavailable, runCleanups as runTestCleanups } from '../test/helpers';
-import { Summary, onCleanup, pairedRatio, progress, sh, summary, tmpDir } from './util';
+import { ProgFixture } from '../harness/prog-fixture';
+import { kernelUnavailable } from '../harness/kernel';
+import { cleanupDepth, runCleanupsTo } from '../harness/proc';
+import { Summary, onCleanup, pairedRatio, progress, sh, summary, tmpDir, shResult } from './util';
 
 const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff)
 const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
@@ -122,8 +123,8 @@ function compileRef(): string | undefined {
   const src = path.join(dir, 'ref.bpf.c');
   const obj = path.join(dir, 'ref.bpf.o');
   fs.writeFileSync(src, REF_SRC);
-  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).stdout.trim() || 'x86_64-linux-gnu';
-  const r = sh(process.env.CLANG ?? 'clang', ['-O2', '-g', '-target', 'bpf', '-Wall', `-I/usr/include/${arch}`, '-c', src, '-o', obj], { allowFail: true });
+  const arch = sh('gcc', ['-print-multiarch'], { allowFail: true }).trim() || 'x86_64-linux-gnu';
+  const r = shResult(process.env.CLANG ?? 'clang', ['-O2', '-g', '-target', 'bpf', '-Wall', `-I/usr/include/${arch}`, '-c', src, '-o', obj], { allowFail: true });
   if (r.code !== 0) {
     progress(`per-frame cost: reference programs not built (${r.stderr.trim().split('\n')[0]})`);
     return undefined;
@@ -165,10 +166,10 @@ export function runProgCost(o: { quick: boolean }): ProgCostResult {
   const why = kernelUnavailable();
   if (why) throw new Error(`per-frame cost needs the kernel: ${why}`);
   const params = { rounds: o.quick ? 3 : 11, repeat: 1_000_000 };
-  const dropTest = onCleanup('test fixture', () => runTestCleanups());
+  const depth = cleanupDepth(); // the fixture's netns and pin root are undone at the end
   try {
     // The loader's setting for this kernel: pkt_type is set before redirect_peer only where needed (< 6.15).
-    const dp = DpFixture.create({ neuv_set_pkt_type: features().pktTypeFix ? 1 : 0 });
+    const dp = ProgFixture.create({ neuv_set_pkt_type: features().pktTypeFix ? 1 : 0 });
     const vex = dp.lo; // ingress ifindex of the vex hook
     const vin = dp.veth; // ... of the vin hook
     const selfPeer = (PortFlag as Record<string, number>)['SELF_PEER'] ?? 0;
@@ -222,13 +223,13 @@ export function runProgCost(o: { quick: boolean }): ProgCostResult {
     const ctxs = { lo: ctx('lo'), veth: ctx('veth') };
     const empty = loadTrivialTcProg();
     if (empty < 0) throw new Error(`cannot load the empty program: errno ${-empty}`);
-    onCleanup('empty program', () => closeFd(empty));
+    onCleanup(() => closeFd(empty), 'empty program');
     const refObj = compileRef();
     let ref: BpfObject | undefined;
     if (refObj) {
       ref = BpfObject.open(refObj);
       const r = ref;
-      onCleanup('reference object', () => r.close());
+      onCleanup(() => r.close(), 'reference object');
       ref.load();
       const m = ref.map('ref_ports');
       const v = Buffer.alloc(4);
@@ -316,6 +317,6 @@ export function runProgCost(o: { quick: boolean }): ProgCostResult {
       ],
     };
   } finally {
-    dropTest();
+    runCleanupsTo(depth);
   }
 }

@@ -35,7 +35,7 @@ import { runProgCost } from './progcost';
 import { runTapTap } from './taptap';
 import { BenchResults, KernelProbe, markdown, summaryLine, targets } from './report';
 import { runThroughput } from './throughput';
-import { Netns, RT_PRIORITY, ROOT, cpuBusy, installSignalCleanup, machineInfo, progress, rtEnabled, runCleanups, sh, snapshotRuntime } from './util';
+import { netns, RT_PRIORITY, ROOT, cpuBusy, installSignalCleanup, machineInfo, progress, rtEnabled, runCleanups, snapshotRuntime, shResult } from './util';
 
 const ALL = ['progcost', 'trace', 'throughput', 'dpreturn', 'control', 'offload', 'nvdp', 'taptap'] as const;
 type Name = (typeof ALL)[number];
@@ -79,12 +79,12 @@ function parseArgs(argv: string[]): Args {
 /** Which tc actions this kernel has, by trying each on a throwaway veth. */
 function probeKernel(): KernelProbe {
   const f = features();
-  const ns = new Netns('probe');
+  const ns = netns('probe');
   try {
     ns.ip('link', 'add', 'p0', 'type', 'veth', 'peer', 'name', 'p1');
     ns.tcBatch([['qdisc', 'add', 'dev', 'p0', 'ingress']]);
     const tryAction = (pref: number, action: string[]) => {
-      const r = sh('tc', ['-n', ns.name, 'filter', 'add', 'dev', 'p0', 'parent', 'ffff:', 'pref', String(pref), 'protocol', 'all', 'u32', 'match', 'u8', '0', '0', ...action], { allowFail: true });
+      const r = shResult('tc', ['-n', ns.name, 'filter', 'add', 'dev', 'p0', 'parent', 'ffff:', 'pref', String(pref), 'protocol', 'all', 'u32', 'match', 'u8', '0', '0', ...action], { allowFail: true });
       return r.code === 0 ? { ok: true } : { ok: false, error: r.stderr.trim().split('\n').filter(Boolean).join(' ') };
     };
     return {

@@ -21,11 +21,13 @@
  * alternate over the rounds. The packet-ring sizes come from the DP's source
  * (dp/ring.c, dp/pkt.c), printed with the measured figures.
  */
-import { NvDp, buildNvdp, ifindexIn, nvdpUnavailable, packetSocketsOn } from '../src/dp/nvdp';
+import { NvDp, buildNvdp, ifindexIn, nvdpUnavailable } from '../harness/nvdp';
+import { packetSocketsOn } from '../src/dp/client';
 import type { Datapath, PairAdded } from '../src/pairs';
 import { VTH, bpfAddPairs, bpfLoad, macOf } from './net';
 import { benchDp, cpuSample, cpuUse } from './nvdp';
-import { Netns, bounded, outputOf, progress, rt, rtEnabled, sh, sleep, spawnGroup, summary, tmpDir } from './util';
+import { BenchNetns, netns, bounded, outputOf, progress, rt, rtEnabled, sh, sleep, spawnGroup, summary, tmpDir } from './util';
+import { linkOf } from '../harness/net';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -40,7 +42,7 @@ export const DP_RINGS = {
 type Side = 'ours' | 'nv';
 
 interface Container {
-  ns: Netns;
+  ns: BenchNetns;
   mac: string;
   addr: string;
   vin: string;
@@ -85,9 +87,9 @@ function statusKiB(pid: number, field: string): number {
   return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
 }
 
-async function build(n: number): Promise<{ host: Netns; enf: Netns; cs: Container[]; dp: Datapath; pairs: PairAdded[] }> {
-  const host = new Netns('tap-h');
-  const enf = new Netns('tap-e');
+async function build(n: number): Promise<{ host: BenchNetns; enf: BenchNetns; cs: Container[]; dp: Datapath; pairs: PairAdded[] }> {
+  const host = netns('tap-h');
+  const enf = netns('tap-e');
   await Promise.all([host.ready(), enf.ready()]);
   // A MAC of its own: a bridge without one takes its lowest port's, changing as ports join, and the
   // containers' replies (their ICMP port unreachables) to a stale one are flooded into every container.
@@ -95,7 +97,7 @@ async function build(n: number): Promise<{ host: Netns; enf: Netns; cs: Containe
   host.ipBatch([`link add br0 address ${brMac} type bridge`, 'link set br0 up', `addr add ${SUBNET}.0.1/16 dev br0`]);
   const cs: Container[] = [];
   for (let i = 0; i < n; i++) {
-    const ns = new Netns(`tap-c${i}`);
+    const ns = netns(`tap-c${i}`);
     cs.push({ ns, mac: macOf(0x2100 + i), addr: addrOf(i), vin: `vin${i}`, vex: `vex${i}` });
   }
   await Promise.all(cs.map((c) => c.ns.ready()));
@@ -123,8 +125,8 @@ async function build(n: number): Promise<{ host: Netns; enf: Netns; cs: Containe
 }
 
 /** trafgen: 64-byte UDP frames, one per container in turn, at `pps` in total. */
-function trafgenConf(dir: string, host: Netns, cs: Container[]): string {
-  const hostMac = host.mac('br0');
+function trafgenConf(dir: string, host: BenchNetns, cs: Container[]): string {
+  const hostMac = linkOf(host, 'br0').address;
   const f = path.join(dir, `taptap-${cs.length}.cfg`);
   fs.writeFileSync(
     f,

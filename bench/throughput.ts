@@ -41,12 +41,12 @@ import {
   pairTopo,
   pingOk,
   plainTopo,
-  startStubDp,
   tcpGbps,
   udpFrameConf,
   VTH,
 } from './net';
-import { Summary, pairedRatio, progress, sh, summary, tmpDir } from './util';
+import { StubDp } from '../harness/stub-dp';
+import { Summary, pairedRatio, progress, rt, sh, stubDpPath, summary, tmpDir } from './util';
 import { ProgRunStats, refPeerProgram, withBpfStats } from './floor';
 
 export type VariantId = 'plain' | 'nv-pass' | 'nv-tap' | 'nv-fwd-leg' | 'bpf-redirect' | 'bpf-peer' | 'bpf-peer-tcx' | 'bpf-tap' | 'bpf-fwd-leg' | 'bpf-fwd-dp' | 'ref-peer';
@@ -162,12 +162,14 @@ export async function runThroughput(o: ThroughputOptions): Promise<ThroughputRes
       alt: id === 'bpf-peer' ? devRx(t.wl, 'eth0') : undefined,
       notes: [],
       dp,
-      vexProgId: id === 'bpf-peer' ? (JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', `${pinRoot}/prog_vex`]).stdout) as { id: number }).id : undefined,
+      vexProgId: id === 'bpf-peer' ? (JSON.parse(sh('bpftool', ['-j', 'prog', 'show', 'pinned', `${pinRoot}/prog_vex`])) as { id: number }).id : undefined,
     };
     if (id === 'bpf-fwd-dp') {
-      const stub = await startStubDp(t.enf!);
+      // As the traffic around it: SCHED_FIFO unless NEUV_BENCH_RT=0 (it blocks in poll() when idle).
+      const stub = await StubDp.start(t.enf!.name, { bin: stubDpPath(), under: rt(), intervalMs: 1000 });
       v.stop = async () => {
-        checks['bpf-fwd-dp.stubDp'] = await stub.stop();
+        checks['bpf-fwd-dp.stubDp'] = await stub.counts();
+        stub.stop();
       };
     }
     variants.push(v);

@@ -18,9 +18,10 @@
  */
 import { BpfObject, RingBuffer, closeFd, loadTrivialTcProg, testRun } from '../src/bpf';
 import { Mode, encodeConfig, encodeId, encodePort, encodeStats, emptyStats, traceFilterFlags, u32Key, Role } from '../src/layout';
-import { DpFixture } from '../test/dp-fixture';
-import { GW, ID, M, ipv4 } from '../test/frames';
-import { kernelUnavailable, makePinRoot, onCleanup, runCleanups } from '../test/helpers';
+import { ProgFixture } from '../harness/prog-fixture';
+import { GW, ID, M, ipv4 } from '../harness/frames';
+import { kernelUnavailable, makePinRoot } from '../harness/kernel';
+import { median, onCleanup, runCleanups } from './util';
 
 const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff)
 const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
@@ -38,12 +39,6 @@ export interface TraceBenchResult {
   repeat: number;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 /** Writes one FWD pair (vex = ingress, vin = lo) into a loaded object's maps. */
 function seedPair(obj: BpfObject, vex: number, vin: number, dpIfindex: number): void {
   obj.map('neuv_ports').update(u32Key(vex), encodePort({ peerIfindex: vin, flags: 0, id: ID, role: Role.VEX, mode: Mode.FWD, mac: M }));
@@ -59,7 +54,7 @@ export function runTraceBench(opts: { quick?: boolean; baseline?: string } = {})
   const runs = opts.quick ? 5 : 15;
   const repeat = opts.quick ? 20_000 : 200_000;
   try {
-    const dp = DpFixture.create();
+    const dp = ProgFixture.create();
     const vex = dp.veth;
     const vin = dp.lo;
     seedPair(dp.obj, vex, vin, vin);

@@ -1,19 +1,24 @@
 /**
- * Shared plumbing of the benchmarks: names unique to this run, a cleanup
- * stack that also runs on Ctrl-C / SIGTERM, network namespaces with an
- * anchor process (so their counters are read from /proc/<pid>/net/* without
- * spawning anything), child processes that are always reaped, statistics.
+ * Shared plumbing of the benchmarks, on the harness (harness/: sh, the
+ * cleanup stack, the netns builder, the stub DP, shared with the tests and
+ * the demo): names unique to this run, the cleanup stack run on Ctrl-C /
+ * SIGTERM too, network namespaces with an anchor process (so their counters
+ * are read from /proc/<pid>/net/* without spawning anything), child
+ * processes that are always reaped, statistics.
  *
  * Every name this run creates starts with `nbench-<pid>-`: netns, pin roots,
  * temporary files. Nothing here is part of `make test`.
  */
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { makeNet, Netns } from '../harness/net';
+import { onCleanup, ROOT, runCleanups, shResult, ShResult } from '../harness/proc';
 
-export const ROOT = path.resolve(__dirname, '..', '..');
+export { onCleanup, ROOT, runCleanups };
+export { sh, shResult } from '../harness/proc';
 /** Where the CLI, the stub DP and the bench helpers run from: the tree, or the run's snapshot (snapshotRuntime). */
 let RUNTIME = ROOT;
 export const cliPath = () => path.join(RUNTIME, 'bin', 'neuv-bpf');
@@ -29,35 +34,6 @@ export function uniq(what: string): string {
 }
 
 // ---------------------------------------------------------------- cleanup
-
-const cleanups: Array<{ what: string; fn: () => void }> = [];
-
-/** Registers an undo; they run last-in first-out at the end, on failure and on Ctrl-C. */
-export function onCleanup(what: string, fn: () => void): () => void {
-  const entry = { what, fn };
-  cleanups.push(entry);
-  // Returns a function that runs this one now (and forgets it).
-  return () => {
-    const i = cleanups.indexOf(entry);
-    if (i >= 0) cleanups.splice(i, 1);
-    try {
-      fn();
-    } catch {
-      /* best effort */
-    }
-  };
-}
-
-export function runCleanups(): void {
-  while (cleanups.length) {
-    const c = cleanups.pop()!;
-    try {
-      c.fn();
-    } catch (e) {
-      process.stderr.write(`bench: cleanup '${c.what}' failed: ${(e as Error).message}\n`);
-    }
-  }
-}
 
 let signalsInstalled = false;
 /** Ctrl-C / SIGTERM: undo everything, then exit 130/143. */
@@ -75,29 +51,6 @@ export function installSignalCleanup(): void {
 }
 
 // ---------------------------------------------------------------- processes
-
-export interface ShOptions {
-  allowFail?: boolean;
-  input?: string;
-  env?: NodeJS.ProcessEnv;
-}
-
-export interface ShResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a program synchronously with an argument array (never a shell). */
-export function sh(cmd: string, args: string[], opts: ShOptions = {}): ShResult {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: opts.env ?? process.env, maxBuffer: 256 << 20 });
-  const res = { code: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
-  if (res.code !== 0 && !opts.allowFail) {
-    const err = (res.stderr || r.error?.message || '').trim().split('\n').slice(0, 3).join(' | ');
-    throw new Error(`${cmd} ${args.join(' ').slice(0, 300)} failed (${res.code}): ${err}`);
-  }
-  return res;
-}
 
 /**
  * Spawns a long-running child in its own process group; cleanup kills the
@@ -117,7 +70,7 @@ export function spawnGroup(cmd: string, args: string[], env?: NodeJS.ProcessEnv)
       /* gone */
     }
   };
-  const drop = onCleanup(`kill ${cmd} ${child.pid}`, () => kill('SIGKILL'));
+  const drop = onCleanup(() => kill('SIGKILL'), `kill ${cmd} ${child.pid}`);
   const c = child as ChildProcess & { stop: () => Promise<void>; output: () => { out: string; err: string } };
   c.stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
@@ -159,95 +112,50 @@ export interface ProcNet {
   snmp(): Record<string, number>;
 }
 
-export class Netns implements ProcNet {
-  readonly name: string;
-  private anchor: ChildProcess;
+/** A netns of the harness (harness/net.ts) with an anchor process inside: its counters without spawning anything. */
+export interface BenchNetns extends Netns, ProcNet {
   readonly anchorPid: number;
-  private deleted = false;
-  private dropCleanup: () => void;
-
-  constructor(what: string) {
-    this.name = uniq(what);
-    sh('ip', ['netns', 'add', this.name]);
-    // Register deletion before anything else can fail.
-    this.dropCleanup = onCleanup(`netns ${this.name}`, () => this.delNow());
-    this.ip('link', 'set', 'lo', 'up');
-    // No IPv6 chatter (DAD, router solicitations) in counters and no link-local on new links.
-    this.exec('sysctl', ['-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1'], { allowFail: true });
-    this.anchor = spawn('ip', ['netns', 'exec', this.name, 'sleep', 'infinity'], { stdio: 'ignore' });
-    this.anchorPid = this.anchor.pid!;
-  }
-
-  exec(cmd: string, args: string[], opts: ShOptions = {}): ShResult {
-    return sh('ip', ['netns', 'exec', this.name, cmd, ...args], opts);
-  }
-
-  ip(...args: string[]): string {
-    return sh('ip', ['-n', this.name, ...args]).stdout;
-  }
-
-  /** `ip -n NS -b -`: many commands in one process; throws on the first error. */
-  ipBatch(lines: string[]): void {
-    if (lines.length) sh('ip', ['-n', this.name, '-b', '-'], { input: lines.join('\n') + '\n' });
-  }
-
-  /** `tc -n NS -b -`: many commands in one process; throws on the first error. */
-  tcBatch(lines: string[][]): void {
-    if (lines.length) sh('tc', ['-n', this.name, '-b', '-'], { input: lines.map((l) => l.join(' ')).join('\n') + '\n' });
-  }
-
-  mac(dev: string): string {
-    const [l] = JSON.parse(this.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ address: string }>;
-    return l!.address;
-  }
-
-  ifindex(dev: string): number {
-    const [l] = JSON.parse(this.ip('-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number }>;
-    return l!.ifindex;
-  }
-
   /** Waits until the anchor process has entered the netns (its /proc net view differs from ours). */
-  async ready(): Promise<void> {
-    const mine = fs.readlinkSync('/proc/self/ns/net');
-    for (let i = 0; i < 200; i++) {
-      try {
-        if (fs.readlinkSync(`/proc/${this.anchorPid}/ns/net`) !== mine && fs.readlinkSync(`/proc/${this.anchorPid}/exe`).endsWith('sleep')) return;
-      } catch {
-        /* not yet */
-      }
-      await sleep(5);
-    }
-    throw new Error(`anchor process of ${this.name} did not start`);
-  }
-
+  ready(): Promise<void>;
   /**
    * One counter of one device, from the netns's own sysfs as the anchor
    * sees it (`ip netns exec` mounted it): cheap even with thousands of
    * devices, where /proc/net/dev lists them all.
    */
-  devStat(dev: string, name: 'rx_packets' | 'tx_packets' | 'rx_dropped' | 'tx_dropped'): number {
-    return Number(fs.readFileSync(`/proc/${this.anchorPid}/root/sys/class/net/${dev}/statistics/${name}`, 'utf8'));
-  }
+  devStat(dev: string, name: 'rx_packets' | 'tx_packets' | 'rx_dropped' | 'tx_dropped'): number;
+}
 
-  dev(): ReturnType<ProcNet['dev']> {
-    return parseNetDev(fs.readFileSync(`/proc/${this.anchorPid}/net/dev`, 'utf8'));
-  }
-
-  snmp(): Record<string, number> {
-    return parseSnmp(fs.readFileSync(`/proc/${this.anchorPid}/net/snmp`, 'utf8'));
-  }
-
-  /** Deletes the namespace now (its devices go with it). */
-  del(): void {
-    this.dropCleanup();
-  }
-
-  private delNow(): void {
-    if (this.deleted) return;
-    this.deleted = true;
-    this.anchor.kill('SIGKILL');
-    sh('ip', ['netns', 'del', this.name], { allowFail: true });
-  }
+/**
+ * A netns `nbench-<pid>-<what>-<n>` (lo up, IPv6 off: no DAD, router
+ * solicitations or link-local addresses in the counters) with its anchor,
+ * both gone at cleanup or at del().
+ */
+export function netns(what: string): BenchNetns {
+  const net = makeNet();
+  const ns = net.ns(uniq(what), { ipv6: false });
+  const anchor = net.spawnIn(ns.name, 'sleep', ['infinity']);
+  const anchorPid = anchor.pid!;
+  const proc = (f: string) => fs.readFileSync(`/proc/${anchorPid}/${f}`, 'utf8');
+  return {
+    ...ns,
+    del: () => net.destroy(),
+    anchorPid,
+    ready: async () => {
+      const mine = fs.readlinkSync('/proc/self/ns/net');
+      for (let i = 0; i < 200; i++) {
+        try {
+          if (fs.readlinkSync(`/proc/${anchorPid}/ns/net`) !== mine && fs.readlinkSync(`/proc/${anchorPid}/exe`).endsWith('sleep')) return;
+        } catch {
+          /* not yet */
+        }
+        await sleep(5);
+      }
+      throw new Error(`anchor process of ${ns.name} did not start`);
+    },
+    devStat: (dev, name) => Number(proc(`root/sys/class/net/${dev}/statistics/${name}`)),
+    dev: () => parseNetDev(proc('net/dev')),
+    snmp: () => parseSnmp(proc('net/snmp')),
+  };
 }
 
 export function parseNetDev(text: string): ReturnType<ProcNet['dev']> {
@@ -276,14 +184,14 @@ export function parseSnmp(text: string): Record<string, number> {
 /** A pin root under /sys/fs/bpf, removed at cleanup. */
 export function pinRoot(what: string): string {
   const p = `/sys/fs/bpf/${uniq(what)}`;
-  onCleanup(`pin root ${p}`, () => fs.rmSync(p, { recursive: true, force: true }));
+  onCleanup(() => fs.rmSync(p, { recursive: true, force: true }), `pin root ${p}`);
   return p;
 }
 
 /** A temporary directory removed at cleanup. */
 export function tmpDir(): string {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), `${RUN_TAG}-`));
-  onCleanup(`tmp ${d}`, () => fs.rmSync(d, { recursive: true, force: true }));
+  onCleanup(() => fs.rmSync(d, { recursive: true, force: true }), `tmp ${d}`);
   return d;
 }
 
@@ -343,7 +251,7 @@ export function objArgs(): string[] {
 export function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; allowFail?: boolean; nodeArgs?: string[]; rt?: boolean } = {}): ShResult & { ms: number } {
   const pre = opts.rt ? rt() : [];
   const t0 = nowMs();
-  const r = sh(pre.length ? pre[0]! : process.execPath, [...pre.slice(1), ...(pre.length ? [process.execPath] : []), ...(opts.nodeArgs ?? []), cliPath(), ...args], {
+  const r = shResult(pre.length ? pre[0]! : process.execPath, [...pre.slice(1), ...(pre.length ? [process.execPath] : []), ...(opts.nodeArgs ?? []), cliPath(), ...args], {
     env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn', ...opts.env },
     input: opts.input,
     allowFail: opts.allowFail,
@@ -409,14 +317,14 @@ export interface MachineInfo {
 }
 
 export function machineInfo(): MachineInfo {
-  const git = (args: string[]) => sh('git', ['-C', ROOT, ...args], { allowFail: true }).stdout.trim();
+  const git = (args: string[]) => shResult('git', ['-C', ROOT, ...args], { allowFail: true }).stdout.trim();
   return {
     kernel: os.release(),
     cores: os.cpus().length,
     cpuModel: os.cpus()[0]?.model ?? 'unknown',
     memGiB: Math.round(os.totalmem() / 2 ** 30),
     node: process.version,
-    iproute2: sh('ip', ['-V'], { allowFail: true }).stdout.trim(),
+    iproute2: shResult('ip', ['-V'], { allowFail: true }).stdout.trim(),
     commit: git(['rev-parse', '--short', 'HEAD']) || 'unknown',
     dirty: git(['status', '--porcelain', '--untracked-files=no']).length > 0,
     date: new Date().toISOString(),

@@ -243,7 +243,7 @@ enum neuv_config_flag {
  * (dp_ifindex) and by `neuv-bpf trace` (flags, trace_until). Its size must not
  * change: a newer object reuses the pinned map of an older load. Userspace
  * writes it whole, so every writer holds the config lock from its read to its
- * write (src/dp-config.ts, docs/flow-offload.md).
+ * write (src/config.ts, docs/flow-offload.md).
  */
 struct neuv_config {
 	__u32 dp_ifindex;  /* vbr-neuv ifindex, the DP's port */

@@ -40,7 +40,7 @@ check runc runc
 check /usr/sbin/iptables iptables
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 # NeuVector's enforcer DP, built from its source tarball by the suites that
-# run it (src/dp/nvdp.ts): its build packages (the -dev packages pull in the
+# run it (harness/nvdp.ts): its build packages (the -dev packages pull in the
 # libraries it links).
 check make make
 check /usr/include/pcap/pcap.h libpcap-dev

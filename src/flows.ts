@@ -17,7 +17,7 @@
 import * as fs from 'node:fs';
 import { MapFd } from './bpf';
 import { NotFoundError, UsageError, cutValue } from './errors';
-import { enableFlowLookups } from './dp-config';
+import { enableFlowLookups } from './config';
 import {
   FlowEntry,
   FlowKey,

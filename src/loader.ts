@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { BPF_NOEXIST, BpfObject, MapFd, ProgFd, pinFd } from './bpf';
 import { attach, attachState, detach, preferredKind, TC_HANDLE, TC_PRIORITY } from './attach';
 import { features } from './features';
-import { enableFlowLookups, updateConfig } from './dp-config';
+import { enableFlowLookups, updateConfig } from './config';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
 import {
   MAPS,

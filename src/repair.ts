@@ -31,7 +31,7 @@ import { ProgFd, tcQuery } from './bpf';
 import { TC_HANDLE, TC_PRIORITY, attach, attachState, detach, preferredKind } from './attach';
 import { NeuvError, ExitCode } from './errors';
 import { Role, VBR_IFINDEX, decodeConfig, decodeId, decodePort, decodeU32Key, u32Key } from './layout';
-import { updateConfig } from './dp-config';
+import { updateConfig } from './config';
 import { VBR, VTH, ifindexIfExists, ifname, linkShow } from './link';
 import { PROGS, Pins, ProgRole, isLoaded, notLoaded, pinnedProgId, progPinPath, withProg } from './pins';
 import { withLock } from './lock';

@@ -31,7 +31,7 @@ import {
   u32Key,
 } from './layout';
 import { lockDirFile, openLockDirFile } from './lock';
-import { updateConfig } from './dp-config';
+import { updateConfig } from './config';
 import { Pins, isLoaded, mapPinPath, notLoaded } from './pins';
 import { log } from './log';
 import { formatMac } from './mac';
@@ -472,7 +472,7 @@ export function boundedTrace(o: {
 /**
  * The tracer's part of neuv_config: trace_until and the filter bits of flags
  * (filterFlags: traceFilterFlags()), the rest kept, under the config lock
- * (src/dp-config.ts). until 0 and filter 0 switch tracing off.
+ * (src/config.ts). until 0 and filter 0 switch tracing off.
  */
 export function writeLease(pinRoot: string, config: MapFd, until: bigint, filterFlags: number): void {
   updateConfig(pinRoot, config, (c) => ({ ...c, flags: (c.flags & ~(ConfigFlag.TRACE_ID | ConfigFlag.TRACE_ID_MASK)) | filterFlags, traceUntil: until }));

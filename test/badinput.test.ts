@@ -19,7 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { spawnSync } from 'node:child_process';
-import { addAddrs, veth } from '../src/net';
+import { addAddrs, veth } from '../harness/net';
 import { CliResult, ROOT, cli, kernelState, leftovers, makeNetns, makePinRoot, Netns, removeLockFiles, requireKernel, runCleanups, uniqueName } from './helpers';
 import { buildProgram } from '../src/cli';
 import { LOCK_DIR, lockDirFiles } from '../src/lock';

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { BPF_TCX_INGRESS, CLONE_NEWNET, ProgFd, closeFd, linkCreate, linkInfo, objGet, pinFd, setns } from '../src/bpf';
 import { features } from '../src/features';
 import { progPinPath } from '../src/pins';
-import { veth } from '../src/net';
+import { veth } from '../harness/net';
 import { cli, makeNetns, makePinRoot, requireKernel, leakChecks } from './helpers';
 
 /** Runs fn with this thread in the named netns (then back). */

@@ -12,8 +12,8 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { CliResult, cli, cliSpawn, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, uniqueName } from './helpers';
-import { ContainerNs, StubDp, Topology, containerState, linkNames, startStub } from './topology';
-import { runProbes } from '../src/topology';
+import { ContainerNs, StubDp, Topology, containerState, linkNames } from './topology';
+import { runProbes } from '../harness/topology';
 import { InterceptResult } from '../src/intercept';
 import { Podman, iptArgs, podmanUnavailable } from './podman';
 
@@ -145,7 +145,7 @@ describe('real containers: podman (kernel)', function () {
     assert.equal(res.routes, 2, 'the IPv4 and IPv6 default routes podman set (proto static)');
     assert.deepEqual(state(t, a), before, 'the container while intercepted');
 
-    const stub: StubDp = await startStub(t);
+    const stub: StubDp = await StubDp.start(t.enforcer, { dropPorts: [9999] });
     for (const mode of ['bypass', 'tap', 'fwd', 'bypass']) {
       const m = c(['pair', 'mode', '--in', res.vin, mode]);
       assert.equal(m.code, 0, m.stderr);
@@ -223,7 +223,7 @@ describe('real containers: podman (kernel)', function () {
     const ctrs = Array.from({ length: 10 }, () => run(uniqueName('nbpc')));
     const probe = run(uniqueName('nbpc'));
     const befores = ctrs.map((x) => state(t, x));
-    await startStub(t);
+    await StubDp.start(t.enforcer, { dropPorts: [9999] });
     const modes = ['bypass', 'tap', 'fwd'];
     const rs = await Promise.all(ctrs.map((x, i) => cliAsync([...enfArgs, 'intercept', '--pid', String(x.pid), '--mode', modes[i % 3]!])));
     rs.forEach((r, i) => assert.equal(r.code, 0, `intercept of ${ctrs[i]!.name}: ${r.stderr}`));

@@ -11,8 +11,8 @@ import * as os from 'node:os';
 import { progInfo } from '../src/bpf';
 import { Dir, emptyStats, encodeStats, Mode, PortFlag, Reason, u32Key, Verdict } from '../src/layout';
 import { ucmac } from '../src/mac';
-import { DpFixture, globalDelta, statsDelta } from './dp-fixture';
-import { arp, BCAST, frame, GW, ID, ID2, ipv4, ipv6, M, M2, MCAST, OTHER, twoPairs, vlan, withMac } from './frames';
+import { ProgFixture, globalDelta, statsDelta } from '../harness/prog-fixture';
+import { arp, BCAST, frame, GW, ID, ID2, ipv4, ipv6, M, M2, MCAST, OTHER, twoPairs, vlan, withMac } from '../harness/frames';
 import { leakChecks, requireKernel } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC: passed on to the next filter, else the stack
@@ -40,7 +40,7 @@ function verifiedInsnsBudget(release = os.release()): number {
 }
 
 describe('datapath (BPF_PROG_TEST_RUN)', function () {
-  let dp: DpFixture;
+  let dp: ProgFixture;
   let vin: number;
   let vex: number;
   const vin2 = 31;
@@ -48,7 +48,7 @@ describe('datapath (BPF_PROG_TEST_RUN)', function () {
 
   before(function () {
     requireKernel(this);
-    dp = DpFixture.create();
+    dp = ProgFixture.create();
     vin = dp.lo;
     vex = dp.veth;
   });
@@ -324,10 +324,10 @@ describe('datapath (BPF_PROG_TEST_RUN)', function () {
 });
 
 describe('datapath with neuv_set_pkt_type = 0 and a build tag', function () {
-  let dp: DpFixture;
+  let dp: ProgFixture;
   before(function () {
     requireKernel(this);
-    dp = DpFixture.create({ neuv_set_pkt_type: 0, neuv_build_tag: 0xdeadbeef });
+    dp = ProgFixture.create({ neuv_set_pkt_type: 0, neuv_build_tag: 0xdeadbeef });
   });
   leakChecks({ perTest: false });
 

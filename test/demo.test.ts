@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LOCK_DIR, lockDirFiles } from '../src/lock';
 import { ROOT, TIME_SCALE, cli, requireKernel, sh } from './helpers';
-import { findTarball, nvdpUnavailable } from '../src/dp/nvdp';
+import { findTarball, nvdpUnavailable } from '../harness/nvdp';
 
 interface DemoRun {
   pid: number;

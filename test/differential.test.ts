@@ -52,8 +52,8 @@ import {
 } from '../src/layout';
 import { formatMac, ucmac } from '../src/mac';
 import { decide, flowKeyOfFrame, flowKeyString, flowsAfter, Hook, ModelFlow, ModelFlowKey, ModelState, PortEntry, retval } from './model';
-import { DpFixture, globalDelta, kernelAccepts, statsDelta } from './dp-fixture';
-import { ip4, ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP } from './frames';
+import { ProgFixture, globalDelta, kernelAccepts, statsDelta } from '../harness/prog-fixture';
+import { ip4, ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP } from '../harness/frames';
 import { leakChecks, requireKernel } from './helpers';
 import type { MapFd } from '../src/bpf';
 import type { Stats } from '../src/layout';
@@ -126,12 +126,12 @@ function describeState(s: Scenario): string {
 }
 
 describe('differential: kernel vs model', function () {
-  let dp: DpFixture;
+  let dp: ProgFixture;
   this.timeout(300_000);
 
   before(function () {
     requireKernel(this);
-    dp = DpFixture.create();
+    dp = ProgFixture.create();
   });
   leakChecks({ perTest: false });
 

@@ -7,11 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { requireKernel, leakChecks } from './helpers';
-import { capture, makeTopology, startStub, StubDp, TestTopology, waitFor } from './topology';
+import { capture, makeTopology, StubDp, TestTopology, waitFor } from './topology';
 import { udpStream } from './traffic';
 import {
   BCAST4, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ping, runProbes, startServer,
-} from '../src/topology';
+} from '../harness/topology';
 import type { InterceptResult } from '../src/intercept';
 
 const UC = /^4e:65:75:56:/;
@@ -42,7 +42,7 @@ describe('end to end through the stub DP (kernel)', function () {
   it('FWD: allowed flows pass both ways through the DP with the real MACs on the wire; the blocked port gets nothing', async function () {
     const tt = makeTopology();
     const [c1, c2] = tt.c as [ContainerNs, ContainerNs];
-    const stub = await startStub(tt.t, [PORTS.blocked]);
+    const stub = await StubDp.start(tt.t.enforcer, { dropPorts: [PORTS.blocked] });
     await startServer(tt.t, c1.ns);
     await startServer(tt.t, c2.ns);
     const p1 = intercept(tt, c1, 'fwd');
@@ -85,7 +85,7 @@ describe('end to end through the stub DP (kernel)', function () {
   it('FWD: multicast, broadcast, ARP and (by default) IPv6 bypass the DP and still work', async function () {
     const tt = makeTopology();
     const [c1, c2] = tt.c as [ContainerNs, ContainerNs];
-    const stub = await startStub(tt.t, [PORTS.blocked]);
+    const stub = await StubDp.start(tt.t.enforcer, { dropPorts: [PORTS.blocked] });
     await startServer(tt.t, c2.ns);
     const p1 = intercept(tt, c1, 'fwd');
     const p2 = intercept(tt, c2, 'fwd');
@@ -125,7 +125,7 @@ describe('end to end through the stub DP (kernel)', function () {
   it('FWD with --ipv6-to-dp: IPv6 unicast goes through the DP (and its port rule applies)', async function () {
     const tt = makeTopology();
     const [c1, c2] = tt.c as [ContainerNs, ContainerNs];
-    const stub = await startStub(tt.t, [PORTS.blocked]);
+    const stub = await StubDp.start(tt.t.enforcer, { dropPorts: [PORTS.blocked] });
     await startServer(tt.t, c2.ns);
     const p1 = intercept(tt, c1, 'fwd', ['--ipv6-to-dp']);
     intercept(tt, c2, 'fwd', ['--ipv6-to-dp']);
@@ -146,7 +146,7 @@ describe('end to end through the stub DP (kernel)', function () {
   it("TAP: one copy per IPv4 unicast frame, with the UCMAC in the workload MAC's place; injected frames dropped; the flow untouched", async function () {
     const tt = makeTopology();
     const c1 = tt.c[0]!;
-    const stub = await startStub(tt.t, []);
+    const stub = await StubDp.start(tt.t.enforcer);
     const p1 = intercept(tt, c1, 'tap');
     const gw = hostMac(tt);
     const g0 = global(tt);
@@ -179,7 +179,7 @@ describe('end to end through the stub DP (kernel)', function () {
   it("two intercepted containers never see each other's frames through the DP", async function () {
     const tt = makeTopology();
     const [c1, c2] = tt.c as [ContainerNs, ContainerNs];
-    const stub = await startStub(tt.t, []);
+    const stub = await StubDp.start(tt.t.enforcer);
     const p1 = intercept(tt, c1, 'fwd');
     const p2 = intercept(tt, c2, 'fwd');
     const cap1 = await capture(tt.t, c1.ns, 'eth0', ['udp', 'port', '5003']);

@@ -37,8 +37,8 @@ import {
 import { ucmac } from '../src/mac';
 import { decide } from './model';
 import { monoToWall, viewRecord, formatView } from '../src/trace';
-import { DpFixture, globalDelta, statsDelta } from './dp-fixture';
-import { BCAST, GW, ID, ID2, ICMP, M, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, ip4, ipv6, twoPairs, withMac } from './frames';
+import { ProgFixture, globalDelta, statsDelta } from '../harness/prog-fixture';
+import { BCAST, GW, ID, ID2, ICMP, M, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, ip4, ipv6, twoPairs, withMac } from '../harness/frames';
 import { cli, leakChecks, makePinRoot, requireKernel, ROOT, sh } from './helpers';
 import { makePairTopology } from './topology';
 
@@ -152,7 +152,7 @@ describe('flow offload: keys, expiry, parsing (pure)', function () {
 });
 
 describe('flow offload (BPF_PROG_TEST_RUN)', function () {
-  let dp: DpFixture;
+  let dp: ProgFixture;
   let vin: number;
   let vex: number;
   let flows: MapFd;
@@ -161,7 +161,7 @@ describe('flow offload (BPF_PROG_TEST_RUN)', function () {
 
   before(function () {
     requireKernel(this);
-    dp = DpFixture.create();
+    dp = ProgFixture.create();
     vin = dp.lo;
     vex = dp.veth;
     flows = dp.obj.map('neuv_flows');

@@ -171,13 +171,8 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const { TC_HANDLE, TC_PRIORITY } = await import('../src/attach');
   const { configureLogging } = await import('../src/log');
   const { leafCommands } = await import('./helpers');
-  const net = await import('../src/net');
-
-  const sh = (cmd: string, args: string[]) => {
-    const r = spawnSync(cmd, args, { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
-    return r.stdout;
-  };
+  const net = await import('../harness/net');
+  const { sh } = await import('../harness/proc');
   process.env.NEUV_BPF_PIN_ROOT = cfg.pins; // never the real default pin root
   process.env.NEUV_BPF_LOG_LEVEL = 'error';
   configureLogging('error', false);
@@ -188,7 +183,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   // are not peers of each other: such a pair loops a frame and is refused, src/pairs/loops.ts), a bridge.
   // The sandbox's netns has no name: a Netns that runs here.
   sh('ip', ['link', 'set', 'lo', 'up']);
-  const here: import('../src/net').Netns = { name: 'the sandbox', exec: (c, a, o) => net.sh(c, a, o), ip: (...a) => net.sh('ip', a), del: () => undefined };
+  const here = net.nsHere();
   for (const i of [1, 2]) {
     net.veth({ ns: here, name: `vin${i}` }, { ns: here, name: `wl${i}` }, { ipv6: false });
     net.veth({ ns: here, name: `vex${i}` }, { ns: here, name: `h${i}` }, { ipv6: false });

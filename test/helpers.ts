@@ -1,6 +1,8 @@
 /**
- * Shared test helpers: kernel-suite gating, private network namespaces and pin
- * roots with cleanup registered at creation, and a runner for the real CLI.
+ * The tests' helpers: kernel-suite gating (requireKernel), the leak check
+ * every kernel suite ends with, runners for the real CLI, kernel-state
+ * snapshots. What the benchmarks and the demo share with them (names,
+ * cleanups, sh, netns and pin roots) is the harness's, re-exported here.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
@@ -8,32 +10,17 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { journalDir } from '../src/intercept/journal';
 import { LOCK_DIR, pinRootStem, removeLockFiles } from '../src/lock';
 import { MapFd } from '../src/bpf';
-import { BPF_FS_MAGIC } from '../src/pins';
-import { Net, Netns } from '../src/net';
+import { kernelUnavailable } from '../harness/kernel';
+import { CLI, OBJ, ROOT, runCleanups, sh, uniqueNames } from '../harness/proc';
+
+import type { Netns } from '../harness/net';
 
 export type { Netns };
-
-export const ROOT = path.resolve(__dirname, '..', '..');
-export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
-export const OBJ = path.join(ROOT, 'build', 'neuv.bpf.o');
-
-/** Why kernel suites cannot run here, or undefined if they can. */
-export function kernelUnavailable(): string | undefined {
-  if (process.env.NEUV_BPF_UNIT_ONLY === '1') return 'NEUV_BPF_UNIT_ONLY=1';
-  if (process.getuid?.() !== 0) return 'needs root (CAP_BPF, CAP_NET_ADMIN, netns)';
-  try {
-    if (fs.statfsSync('/sys/fs/bpf').type !== BPF_FS_MAGIC) {
-      execFileSync('mount', ['-t', 'bpf', 'bpf', '/sys/fs/bpf']);
-    }
-  } catch {
-    return 'no bpffs at /sys/fs/bpf and it cannot be mounted';
-  }
-  if (!fs.existsSync(OBJ)) return `BPF object ${OBJ} missing (make build)`;
-  return undefined;
-}
+export { makeNet, makeNetns } from '../harness/net';
+export { kernelUnavailable, makePinRoot } from '../harness/kernel';
+export { CLI, OBJ, onCleanup, ROOT, runCleanups, sh, uniqueName } from '../harness/proc';
 
 /**
  * Call in a suite's `before` hook: skips the suite with a clear reason when the
@@ -51,16 +38,6 @@ export function requireKernel(ctx: Mocha.Context): void {
   ctx.skip();
 }
 
-let seq = 0;
-/** A name unique to this process and call, with a prefix tests own ("nbt"). */
-export function uniqueName(prefix = 'nbt'): string {
-  seq++;
-  const n = `${prefix}${process.pid.toString(36)}${seq.toString(36)}`.slice(0, 15);
-  namesMade.push(n);
-  return n;
-}
-const namesMade: string[] = [];
-
 /**
  * Files under /run/neuv-bpf (locks, journals, watch state) of pin roots named
  * after a uniqueName() of this process, except those in `before` (a name an
@@ -69,65 +46,13 @@ const namesMade: string[] = [];
  */
 export function lockFilesOfThisProcess(before: ReadonlySet<string> = new Set()): string[] {
   if (!fs.existsSync(LOCK_DIR)) return [];
-  const marks = namesMade.map((n) => new RegExp(`_${pinRootStem(n)}(?:[._%-]|$)`));
+  const marks = uniqueNames().map((n) => new RegExp(`_${pinRootStem(n)}(?:[._%-]|$)`));
   return fs.readdirSync(LOCK_DIR).filter((f) => !before.has(f) && marks.some((m) => m.test(f)));
-}
-
-const cleanups: Array<() => void> = [];
-
-/** Registers a cleanup that runs at the end of the current suite even on failure. */
-export function onCleanup(fn: () => void): void {
-  cleanups.push(fn);
-}
-
-export function runCleanups(): void {
-  while (cleanups.length) {
-    const fn = cleanups.pop()!;
-    try {
-      fn();
-    } catch {
-      /* best effort */
-    }
-  }
 }
 
 /** bpftool's JSON output (-j) for args. */
 export function bpftoolJson(args: string[]): unknown {
   return JSON.parse(sh('bpftool', ['-j', ...args]));
-}
-
-export function sh(cmd: string, args: string[], opts: { allowFail?: boolean; input?: string } = {}): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input });
-  if (r.status !== 0 && !opts.allowFail) {
-    throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr || r.error?.message}`);
-  }
-  return r.stdout ?? '';
-}
-
-/**
- * A Net (src/net.ts: the one builder of netns, veths, addresses and
- * neighbours) destroyed by runCleanups(), registered before it makes anything.
- */
-export function makeNet(): Net {
-  const net = new Net();
-  onCleanup(() => net.destroy());
-  return net;
-}
-
-/** Creates a private network namespace (lo up) removed by runCleanups()/del(). */
-export function makeNetns(prefix = 'nbt'): Netns {
-  return makeNet().ns(uniqueName(prefix));
-}
-
-/** A fresh pin root under /sys/fs/bpf, removed (recursively) at cleanup. */
-export function makePinRoot(): string {
-  const p = `/sys/fs/bpf/${uniqueName('nbt')}`;
-  onCleanup(() => {
-    fs.rmSync(p, { recursive: true, force: true });
-    fs.rmSync(journalDir(p), { recursive: true, force: true });
-    removeLockFiles(p);
-  });
-  return p;
 }
 
 /** A test pin root's files under /run/neuv-bpf: makePinRoot's cleanup removes them; suites that name pin roots another way call it. */
@@ -253,7 +178,7 @@ export const TIME_SCALE = Math.max(1, Math.floor(Number(process.env.NEUV_BPF_TES
  * `describe`: cleanups after each test, and after the suite no netns or pin
  * of this process is left (cleanups run first, so only a cleanup that was
  * never registered, or that failed, shows up). `{ perTest: false }` for a
- * suite whose fixture lives from its `before` to its end (a DpFixture): the
+ * suite whose fixture lives from its `before` to its end (a ProgFixture): the
  * cleanups run after the suite only.
  */
 export function leakChecks(opts: { perTest?: boolean } = {}): void {

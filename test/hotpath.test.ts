@@ -10,8 +10,8 @@ import { BpfObject, MapFd, progInfo } from '../src/bpf';
 import { Flows } from '../src/flows';
 import { checkAgainstBtf, ConfigFlag, decodeConfig, Dir, FlowVerdict, Mode, u32Key, Verdict, encodeFlow, encodeFlowKey, flowKeyOf } from '../src/layout';
 import { ucmac } from '../src/mac';
-import { DpFixture } from './dp-fixture';
-import { GW, ID, M, twoPairs } from './frames';
+import { ProgFixture } from '../harness/prog-fixture';
+import { GW, ID, M, twoPairs } from '../harness/frames';
 import { cli, kernelState, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel, ROOT, runCleanups, sh } from './helpers';
 
 const DRIFT_FLAG = path.join(ROOT, 'build', 'fixtures', 'drift-flag.bpf.o');
@@ -60,11 +60,11 @@ function tcpOut(): Buffer {
 }
 
 describe('hot path: flow lookups follow NEUV_CFG_FLOWS (BPF_PROG_TEST_RUN)', function () {
-  let dp: DpFixture;
+  let dp: ProgFixture;
   let flows: MapFd;
   before(function () {
     requireKernel(this);
-    dp = DpFixture.create();
+    dp = ProgFixture.create();
     flows = dp.obj.map('neuv_flows');
   });
   leakChecks({ perTest: false });
@@ -115,7 +115,7 @@ describe('hot path: the build tag', function () {
   it('stays in the .rodata bound to every program, with no code reading it', function () {
     requireKernel(this);
     const tag = 0x6b5a4c3d;
-    const dp = DpFixture.create({ neuv_build_tag: tag });
+    const dp = ProgFixture.create({ neuv_build_tag: tag });
     try {
       const want = Buffer.alloc(4);
       want.writeUInt32LE(tag);

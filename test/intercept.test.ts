@@ -7,9 +7,9 @@
  */
 import assert from 'node:assert/strict';
 import { cli, requireKernel, leakChecks, TIME_SCALE } from './helpers';
-import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
-import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../src/topology';
-import { nsView, veth } from '../src/net';
+import { containerState, linkNames, makeTopology, StubDp, workloadPid, TestTopology } from './topology';
+import { HOST_IP4, HOST_IP6, ping, runProbes, startServer } from '../harness/topology';
+import { nsView, veth } from '../harness/net';
 import {
   INTERCEPT_STEPS, RELEASE_STEPS, InterceptResult, addrArgs, inodeTag, neighArgs, portNames, routeArgs, tempMac,
 } from '../src/intercept';
@@ -100,7 +100,7 @@ describe('intercept / release (kernel)', function () {
   it('by --pid: connectivity before, during every mode and after; the container comes back identical', async function () {
     const tt = makeTopology();
     const [c1, c2] = tt.c as [NonNullable<(typeof tt.c)[0]>, NonNullable<(typeof tt.c)[0]>];
-    await startStub(tt.t);
+    await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
     await startServer(tt.t, c2.ns);
     const before = containerState(tt.t, c1);
     connectivity(tt, 'before');
@@ -159,7 +159,7 @@ describe('intercept / release (kernel)', function () {
     assert.equal(f.code, 0, f.stderr);
     assert.match(f.stderr.trim(), warning);
     assert.match(f.stdout, /bypass -> fwd/);
-    await startStub(tt.t);
+    await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
     const g = mode('fwd');
     assert.deepEqual([g.code, g.stderr], [0, ''], 'a DP on vth-neuv: no warning');
     assert.equal(tt.run(['release', '--container-netns', c1.path]).code, 0);
@@ -288,7 +288,7 @@ describe('intercept / release (kernel)', function () {
   it('rolls back every step of release (NEUV_BPF_FAIL_AT=release:<step>)', async function () {
     const tt = makeTopology();
     const [c1, c2] = tt.c as [NonNullable<(typeof tt.c)[0]>, NonNullable<(typeof tt.c)[0]>];
-    await startStub(tt.t);
+    await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
     await startServer(tt.t, c2.ns);
     const before = containerState(tt.t, c1);
     const r = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'fwd', '--json']);

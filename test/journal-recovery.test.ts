@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { leakChecks, requireKernel } from './helpers';
 import { containerState, linkNames, makeTopology, TestTopology } from './topology';
-import { HOST_IP4, HOST_IP6, ping } from '../src/topology';
+import { HOST_IP4, HOST_IP6, ping } from '../harness/topology';
 import { INTERCEPT_STEPS } from '../src/intercept';
 import { journalDir } from '../src/intercept/journal';
 import { decodeMarker, encodeMarker, Marker, markerKey } from '../src/intercept/marker';

@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { requireKernel, sh, leakChecks } from './helpers';
 import { containerState, linkNames, makeTopology, TestTopology } from './topology';
-import { HOST_IP4, HOST_IP6, ping } from '../src/topology';
+import { HOST_IP4, HOST_IP6, ping } from '../harness/topology';
 import { INTERCEPT_STEPS, RELEASE_STEPS } from '../src/intercept';
 import { JournalRecord, findRecord, journalDir, listRecords, recordProblem, removeRecord, writeRecord } from '../src/intercept/journal';
 import { uniqueName } from './helpers';

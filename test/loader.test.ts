@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { veth } from '../src/net';
+import { veth } from '../harness/net';
 import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, removeLockFiles, requireKernel, sh, leakChecks, bpftoolJson } from './helpers';
 import { BpfObject, MapFd } from '../src/bpf';
 import { features } from '../src/features';

@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { cli as runCli, CliResult, kernelState, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel } from './helpers';
 import { ExitCode } from '../src/errors';
-import { Netns, linkOf, veth } from '../src/net';
+import { Netns, linkOf, veth } from '../harness/net';
 import { NetnsScope } from '../src/netns';
 import { Pins, withProg } from '../src/pins';
 import { attach } from '../src/attach';

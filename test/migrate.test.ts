@@ -15,11 +15,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CliResult, cli, kernelState, makeNetns, makePinRoot, Netns, oneErrorLine, onCleanup, requireKernel, sh, TIME_SCALE, leakChecks } from './helpers';
-import { NvFixturePair, NvNode, buildNvNode, filtersOf, nvLeft, startStubDp } from './nvfixture';
+import { NvFixturePair, NvNode, buildNvNode, filtersOf, nvLeft } from './nvfixture';
 import { UdpStreamResult, startUdpStream } from './traffic';
-import { raceTestRun } from './dp-fixture';
-import { StubDp } from '../src/topology';
-import { linkOf, veth } from '../src/net';
+import { raceTestRun } from './race';
+import { STUB_DP } from '../harness/proc';
+import { StubDp } from '../harness/stub-dp';
+import { linkOf, veth } from '../harness/net';
 import { MapFd, ProgFd } from '../src/bpf';
 import { PortFlag, decodePort, u32Key } from '../src/layout';
 import { features } from '../src/features';
@@ -466,7 +467,8 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
       const startMs = nodeStartMs();
       const slow = startMs > 400 || TIME_SCALE > 1;
       const t = setup(attach === 'default' && !slow ? SPECS : SPECS.slice(0, 2));
-      const stub = await startStubDp(t.node);
+      // The stub DP where it is built (writes every frame of a pair back).
+      const stub = fs.existsSync(STUB_DP) ? await StubDp.start(t.node.enforcer.name) : undefined;
       if (!stub) {
         // eslint-disable-next-line no-console
         console.log('      (build/stub-dp not built: FWD pairs checked without a DP)');

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { Dir, Mode, PortFlag, Reason, VBR_IFINDEX, Verdict } from '../src/layout';
 import { ucmac } from '../src/mac';
 import { decide, ModelState, Outcome, retval } from './model';
-import { arp, BCAST, frame, GW, ID, ID2, ipv4, ipv6, M, M2, MCAST, norm, OTHER, twoPairs, vlan, withMac } from './frames';
+import { arp, BCAST, frame, GW, ID, ID2, ipv4, ipv6, M, M2, MCAST, norm, OTHER, twoPairs, vlan, withMac } from '../harness/frames';
 
 const VIN = 21;
 const VEX = 22;

@@ -8,22 +8,13 @@
  * Pure: no kernel, no I/O, inputs never mutated.
  */
 import { ConfigFlag, Dir, FlowVerdict, IPPROTO_TCP, IPPROTO_UDP, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from '../src/layout';
-import type { PortEntry as PortValue } from '../src/layout';
 import { isUcmac, ucmac } from '../src/mac';
+import type { Hook, MapState, PortEntry } from '../harness/prog-fixture';
 
-/** A neuv_ports entry (struct neuv_port, as src/layout/ decodes it) with its key. */
-export interface PortEntry extends Omit<PortValue, 'mac'> {
-  ifindex: number;
-  mac: Uint8Array /* 6 */;
-}
+export type { Hook, PortEntry };
 
-export interface ModelState {
-  /** neuv_ports, by ingress ifindex. */
-  ports: Map<number, PortEntry>;
-  /** neuv_ids, by port id. */
-  ids: Map<number, { vinIfindex: number; vexIfindex: number }>;
-  /** neuv_config.dp_ifindex; 0 means NEUV_VBR_IFINDEX. */
-  dpIfindex: number;
+/** The maps' state (harness/prog-fixture.ts writes it into the real maps) and what else a decision depends on. */
+export interface ModelState extends MapState {
   /**
    * Whether bpf_clone_redirect to the DP succeeds (the DP port exists and is
    * up). Not a map: a fact of the environment. Default true.
@@ -31,11 +22,6 @@ export interface ModelState {
   cloneOk?: boolean;
   /** neuv_flows (flow offload), by flowKeyString(). Absent: empty. */
   flows?: Map<string, ModelFlow>;
-  /**
-   * neuv_config.flags (NEUV_CFG_*; default 0). Only FLOWS matters here:
-   * without it neuv_flows is not looked at (nothing wrote it yet).
-   */
-  configFlags?: number;
   /** bpf_ktime_get_ns() when the frame is seen, for flow expiry (default 0). */
   now?: bigint;
 }
@@ -71,7 +57,6 @@ export function flowKeyString(k: ModelFlowKey): string {
   return `${k.id}/${k.proto}/${k.addrA}:${k.portA}/${k.addrB}:${k.portB}`;
 }
 
-export type Hook = 'vin' | 'vex' | 'vbr';
 
 export interface Emit {
   ifindex: number;

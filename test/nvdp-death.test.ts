@@ -13,9 +13,9 @@ import { cliSpawn, onCleanup, TIME_SCALE, leakChecks } from './helpers';
 import { makeTopology, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
 import { addEndpoint, interceptC, requireNvdp, startNvdp } from './nvdp-fixture';
-import type { NvDp } from '../src/dp/nvdp';
+import type { NvDp } from '../harness/nvdp';
 import { DpWatch, FailPolicy } from '../src/dp/watch';
-import { HOST_IP4 } from '../src/topology';
+import { HOST_IP4 } from '../harness/topology';
 
 const RATE = 1000; // datagrams per second: a gap of N ms loses about N datagrams
 

@@ -5,9 +5,9 @@
  * CLI's `intercept` and registered with the DP as its endpoints.
  */
 import assert from 'node:assert/strict';
-import { buildNvdp, NvDp, nvdpUnavailable } from '../src/dp/nvdp';
+import { buildNvdp, NvDp, nvdpUnavailable } from '../harness/nvdp';
 import type { DpApp, DpClient, DpSession } from '../src/dp/client';
-import { PORTS } from '../src/topology';
+import { PORTS } from '../harness/topology';
 import type { InterceptResult } from '../src/intercept';
 import { kernelUnavailable, onCleanup, requireKernel } from './helpers';
 import type { ContainerNs, TestTopology } from './topology';
@@ -54,7 +54,7 @@ export async function addEndpoint(client: DpClient, p: InterceptResult, c: Conta
   await client.sync();
 }
 
-/** The echo server's ports (src/topology.ts startServer), as the agent reports listening ports. */
+/** The echo server's ports (harness/topology.ts startServer), as the agent reports listening ports. */
 export const ECHO_APPS: DpApp[] = [
   ...[PORTS.tcp, PORTS.tcpHost, PORTS.blocked].map((port) => ({ port, ipProto: 6 })),
   ...[PORTS.udp, PORTS.udpArp, PORTS.blocked].map((port) => ({ port, ipProto: 17 })),

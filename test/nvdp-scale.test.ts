@@ -10,7 +10,7 @@ import { TIME_SCALE, leakChecks } from './helpers';
 import { makeTopology, nsView } from './topology';
 import { startTcpTransfer, startUdpStream } from './traffic';
 import { requireNvdp, startNvdp } from './nvdp-fixture';
-import { HOST_IP4, startServer } from '../src/topology';
+import { HOST_IP4, startServer } from '../harness/topology';
 import { intercept, InterceptResult } from '../src/intercept';
 import { Datapath } from '../src/pairs';
 import type { DpSession } from '../src/dp/client';

@@ -17,7 +17,7 @@ import { startTcpTransfer } from './traffic';
 import { addEndpoint, denyPort, interceptC, requireNvdp, sessionsBetween, startNvdp } from './nvdp-fixture';
 import { decodeSession, DpClient } from '../src/dp/client';
 import { UnixDgram } from '../src/bpf/unixgram';
-import { BCAST4, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ping, runProbes, startServer } from '../src/topology';
+import { BCAST4, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ping, runProbes, startServer } from '../harness/topology';
 
 const UC = /^4e:65:75:56:/;
 const TCP = 6;

@@ -25,13 +25,11 @@
  * with onCleanup().
  */
 import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../src/migrate/nvtc';
 import { formatMac, ucmac } from '../src/mac';
-import { makeNet, Netns, onCleanup, sh, uniqueName } from './helpers';
+import { makeNet, Netns, sh, uniqueName } from './helpers';
 import { addPair } from './topology';
-import { Net, veth } from '../src/net';
-import { STUB_DP, StubDp } from '../src/topology';
+import { Net, veth } from '../harness/net';
 
 export interface NvCaps {
   pedit: boolean;
@@ -152,14 +150,6 @@ export function nvLeft(node: NvNode, p: NvFixturePair): string[] {
   for (const dev of [p.vin, p.vex]) for (const f of filtersOf(node.enforcer, dev)) if (f.kind === 'u32') left.push(`${dev} pref ${f.pref}`);
   for (const f of filtersOf(node.enforcer, NV_VBR)) if (f.kind === 'u32' && (f.pref === p.inPref || f.pref === p.exPref)) left.push(`${NV_VBR} pref ${f.pref}`);
   return left;
-}
-
-/** build/stub-dp on vth-neuv in the enforcer netns (writes every frame of a pair back), stopped at cleanup; undefined if it is not built. */
-export async function startStubDp(node: NvNode): Promise<StubDp | undefined> {
-  if (!fs.existsSync(STUB_DP)) return undefined;
-  const stub = await StubDp.startIn(node.net, node.enforcer.name, []);
-  onCleanup(() => stub.stop());
-  return stub;
 }
 
 /** For the record: the tc commands of a pair as one line each. */

@@ -16,11 +16,11 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { waitFor } from '../src/net';
-import { StubDp } from '../src/topology';
+import { waitFor } from '../harness/proc';
+import { StubDp } from '../harness/stub-dp';
 import { ucmac, formatMac, parseMac } from '../src/mac';
 import { cli, makePinRoot, onCleanup, requireKernel, leakChecks } from './helpers';
-import { TCP, TCP_ACK, TCP_FIN, UDP, ip4 } from './frames';
+import { TCP, TCP_ACK, TCP_FIN, UDP, ip4 } from '../harness/frames';
 import { snmpCounter, startTcpTransfer, trafgenRing, udpStream } from './traffic';
 import { PairTopology, makePairTopology } from './topology';
 
@@ -58,8 +58,7 @@ async function setup(subnet: string, stubArgs: string[]): Promise<Setup> {
   onCleanup(() => cli(['--netns', t.enforcer.name, '--bpffs', pins, 'unload']));
   const p = JSON.parse(run(['pair', 'add', '--in', t.vin, '--ex', t.vex, '--mac', t.wlMac, '--mode', 'fwd', '--json'])) as { id: number; ucmac: string };
   // The stub DP with the offload policy; nsenter, as it reads the pins.
-  const stub = await StubDp.startIn(t.net, t.enforcer.name, ['--pin-root', pins, '--drop-port', String(BLOCKED), ...stubArgs], { nsenter: true });
-  onCleanup(() => stub.stop());
+  const stub = await StubDp.start(t.enforcer.name, { dropPorts: [BLOCKED], args: ['--pin-root', pins, ...stubArgs], nsenter: true });
   return { t, pins, id: p.id, ucmac: p.ucmac, run, stub };
 }
 

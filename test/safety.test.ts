@@ -12,10 +12,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ExitCode } from '../src/errors';
 import { Datapath } from '../src/pairs';
-import { HOST_IP4, ping, startServer } from '../src/topology';
+import { HOST_IP4, ping, startServer } from '../harness/topology';
 import { InterceptResult } from '../src/intercept';
 import { bpftoolJson, cli, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel } from './helpers';
-import { containerState, linkNames, makeTopology, startStub, workloadPid, TestTopology } from './topology';
+import { containerState, linkNames, makeTopology, StubDp, workloadPid, TestTopology } from './topology';
 
 interface Shown {
   pairs: Array<{ id: number; mode: string; vin: { name: string; ifindex: number } | null; vex: { name: string; ifindex: number } | null; problems: string[] }>;
@@ -56,7 +56,7 @@ describe('safe to operate: operator mistakes on a live node (kernel)', function 
   /** A fresh topology per test (cleanups run after each): c1 intercepted, its pair in fwd through the stub DP. */
   async function setup(): Promise<void> {
     tt = makeTopology({ containers: 2 });
-    await startStub(tt.t);
+    await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
     await startServer(tt.t, tt.c[1]!.ns);
     stateBefore = containerState(tt.t, c1());
     const pid = workloadPid(tt.t, c1());

@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { veth } from '../src/net';
+import { veth } from '../harness/net';
 import { CLI, ROOT, cli, kernelState, leafCommands, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups } from './helpers';
 import { buildProgram, UNPRIVILEGED } from '../src/cli';
 import { ExitCode } from '../src/errors';

@@ -20,8 +20,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CLI, leakChecks, onCleanup, requireKernel, TIME_SCALE, uniqueName } from './helpers';
 import { containerState, linkNames, makeTopology, TestTopology } from './topology';
-import { HOST_IP4, ping } from '../src/topology';
-import { nsView, veth } from '../src/net';
+import { HOST_IP4, ping } from '../harness/topology';
+import { nsView, veth } from '../harness/net';
 import { Datapath } from '../src/pairs';
 
 /** Tries per command: delays 0, D/(N-1), ..., D. */

@@ -52,7 +52,7 @@ describe('tools/check-imports.js', function () {
     'cli.ts': "import { P } from './pairs';\nimport * as fs from 'node:fs';\nimport { Command } from 'commander';\n",
   };
 
-  it("passes on this repository's src/", function () {
+  it("passes on this repository's src/ and harness/", function () {
     const r = checkImports();
     assert.equal(r.status, 0, r.err);
     assert.match(r.out, /every import downhill, no cycle/);
@@ -102,6 +102,30 @@ describe('tools/check-imports.js', function () {
     const out = checkImports(d);
     assert.equal(out.status, 1);
     assert.match(out.err, /src\/cli\.ts:1: imports test\/helpers\.ts, outside src\//);
+  });
+
+  it('checks a folder beside src/ named in the layers (../harness/) as one unit, and bench/ importing test/', function () {
+    const layers = [...LAYERS.slice(0, 3), '../harness/      beside src/', 'cli.ts'];
+    const d = tree(layers, { ...CLEAN, 'cli.ts': "import { H } from '../harness/demo';\n" });
+    made.push(d);
+    const put = (f: string, text: string) => {
+      fs.mkdirSync(path.dirname(path.join(d, f)), { recursive: true });
+      fs.writeFileSync(path.join(d, f), text);
+    };
+    put('harness/demo.ts', "import { P } from '../src/pairs';\nexport const H = P;\n");
+    put('test/helpers.ts', 'export const x = 1;\n');
+    put('bench/run.ts', "import { H } from '../harness/demo';\n");
+    const ok = checkImports(d);
+    assert.equal(ok.status, 0, ok.err);
+    assert.match(ok.out, /8 modules of src\/ and the folders beside it/);
+    put('harness/demo.ts', "import { P } from '../src/cli';\nimport { x } from '../test/helpers';\nexport const H = P;\n");
+    put('bench/run.ts', "import { H } from '../harness/demo';\nimport { x } from '../test/helpers';\n");
+    const r = checkImports(d);
+    assert.equal(r.status, 1);
+    assert.match(r.err, /harness\/demo\.ts:1: imports src\/cli\.ts: back-edge, layer "\.\.\/harness\/" imports "cli\.ts" above it/);
+    assert.match(r.err, /harness\/demo\.ts:2: imports test\/helpers\.ts, outside src\/ and harness\//);
+    assert.match(r.err, /bench\/run\.ts:2: imports test\/helpers\.ts: bench\/ imports no file of test\//);
+    assert.match(r.err, /import cycle: harness\/demo\.ts -> src\/cli\.ts -> harness\/demo\.ts/);
   });
 
   it('exits 2 without a layers block', function () {

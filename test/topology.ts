@@ -1,24 +1,27 @@
 /**
- * The kernel suites' topologies, all on src/net.ts's Net (the one
+ * The kernel suites' topologies, all on harness/net.ts's Net (the one
  * builder of netns, veths, addresses and neighbours), each registered with
  * onCleanup() before it makes anything:
  * - makeTopology: the demo's Topology (host netns with a bridge, containers
  *   with IPv4 + IPv6, default routes and a static neighbour, an enforcer
- *   netns) under test names, with a pin root;
- * - addPair / makePairTopology: one port pair as an enforcer sees it
- *   (host | vex, vin | workload), IPv4 only, static neighbours; the
- *   migration fixture (nvfixture.ts) builds its node from addPair.
+ *   netns) under test names, with a pin root, and the CLI bound to them;
+ * - addPair / makePairTopology (harness/pair.ts): one port pair as an
+ *   enforcer sees it (host | vex, vin | workload), IPv4 only, static
+ *   neighbours.
  *
  * Plus what the interception tests look at: a container state snapshot
- * without volatile fields, the stub DP, tcpdump captures, the CLI with the
- * topology's netns and pin root.
+ * without volatile fields, tcpdump captures.
  */
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
-import { CliResult, cli, makeNet, makePinRoot, Netns, onCleanup, uniqueName } from './helpers';
-import { addAddrs, Net, nsView, staticNeighbours, veth, waitFor } from '../src/net';
-import { ContainerNs, StubDp, Topology } from '../src/topology';
+import { CliResult, cli, makePinRoot, onCleanup, uniqueName } from './helpers';
+import { nsView } from '../harness/net';
+import { waitFor } from '../harness/proc';
+import { ContainerNs, Topology } from '../harness/topology';
+import { StubDp } from '../harness/stub-dp';
 
+export { addPair, makePairTopology } from '../harness/pair';
+export type { PairTopology } from '../harness/pair';
 export { ContainerNs, nsView, StubDp, Topology, waitFor };
 
 export interface TestTopology {
@@ -42,88 +45,11 @@ export function makeTopology(o: { containers?: number; load?: boolean } = {}): T
   return { t, pins, c: t.containers, run };
 }
 
-/** A pair's names and addresses (IPv4, a /24 each side). */
-export interface PairNames {
-  vin: string;
-  vex: string;
-  hostIf: string;
-  wlIf: string;
-  hostAddr: string;
-  wlAddr: string;
-}
-
-export interface PairOptions extends PairNames {
-  /** Choose the vex ifindex (e.g. to test id derivation). */
-  vexIndex?: number;
-  mtu?: number;
-}
-
-/** What addPair made, with the MACs and ifindexes it got. */
-export interface PairWiring extends PairNames {
-  hostMac: string;
-  /** The workload MAC M of the pair. */
-  wlMac: string;
-  vinIfindex: number;
-  vexIfindex: number;
-}
-
-/**
- *   host netns            enforcer netns              workload netns
- *   hostIf (addr/24) ==veth== vex     vin ==veth== wlIf (addr/24, MAC M)
- *
- * Every end up with IPv6 off (no router solicitations or DAD in the
- * counters), static neighbour entries on both sides (no ARP timing), no
- * forwarding in the enforcer netns: without a pair nothing gets across.
- */
-export function addPair(ns: { host: Netns; enforcer: Netns; workload: Netns }, o: PairOptions): PairWiring {
-  const ex = veth({ ns: ns.enforcer, name: o.vex, index: o.vexIndex, mtu: o.mtu }, { ns: ns.host, name: o.hostIf }, { ipv6: false });
-  const vin = veth({ ns: ns.enforcer, name: o.vin, mtu: o.mtu }, { ns: ns.workload, name: o.wlIf }, { ipv6: false });
-  addAddrs(ns.host, o.hostIf, `${o.hostAddr}/24`);
-  addAddrs(ns.workload, o.wlIf, `${o.wlAddr}/24`);
-  staticNeighbours({ ns: ns.host, dev: o.hostIf, addr: o.hostAddr }, { ns: ns.workload, dev: o.wlIf, addr: o.wlAddr });
-  return {
-    vin: o.vin, vex: o.vex, hostIf: o.hostIf, wlIf: o.wlIf, hostAddr: o.hostAddr, wlAddr: o.wlAddr,
-    hostMac: ex.b.address, wlMac: vin.b.address, vinIfindex: vin.a.ifindex, vexIfindex: ex.a.ifindex,
-  };
-}
-
-export interface PairTopology extends PairWiring {
-  /** What made (and at cleanup removes) the three netns. */
-  net: Net;
-  /** Host side: holds hostIf (the peer of vex), address hostAddr. */
-  host: Netns;
-  /** Enforcer netns: holds vin and vex (and vbr-neuv after `load`). */
-  enforcer: Netns;
-  /** Workload: holds wlIf (the peer of vin), address wlAddr. */
-  workload: Netns;
-}
-
-/**
- * One pair in three fresh netns (addPair): by default vexE/hA, vinE/eth0,
- * host SUBNET.1, workload SUBNET.2 with subnet "10.77.0".
- */
-export function makePairTopology(o: Partial<PairOptions> & { subnet?: string } = {}): PairTopology {
-  const subnet = o.subnet ?? '10.77.0';
-  const net = makeNet();
-  const ns = { host: net.ns(uniqueName()), enforcer: net.ns(uniqueName()), workload: net.ns(uniqueName()) };
-  const w = addPair(ns, {
-    vin: o.vin ?? 'vinE', vex: o.vex ?? 'vexE', hostIf: o.hostIf ?? 'hA', wlIf: o.wlIf ?? 'eth0',
-    hostAddr: `${subnet}.1`, wlAddr: `${subnet}.2`, vexIndex: o.vexIndex, mtu: o.mtu,
-  });
-  return { net, ...ns, ...w };
-}
-
 /** A long-running process in a container (its pid names the container, like a workload's). */
 export function workloadPid(t: Topology, c: ContainerNs): number {
   const child = t.spawnIn(c.ns, 'sleep', ['600']);
   onCleanup(() => child.kill('SIGKILL'));
   return child.pid!;
-}
-
-export async function startStub(t: Topology, dropPorts: number[] = [9999]): Promise<StubDp> {
-  const s = await StubDp.start(t, dropPorts);
-  onCleanup(() => s.stop());
-  return s;
 }
 
 function strip<T extends Record<string, unknown>>(o: T, keys: string[]): Record<string, unknown> {

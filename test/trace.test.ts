@@ -30,10 +30,11 @@ import {
 import { formatMac, ucmac } from '../src/mac';
 import { formatView, monoToWall, traceState, viewRecord, type TraceView } from '../src/trace';
 import { filterFrom } from '../src/cli/trace';
-import { DpFixture } from './dp-fixture';
-import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from './frames';
-import { veth } from '../src/net';
-import { TRAFGEN_QUIET, requireTrafgen } from './traffic';
+import { ProgFixture } from '../harness/prog-fixture';
+import { arp, frame, GW, ID, ID2, ipv4, ipv6, M, M2, OTHER, twoPairs } from '../harness/frames';
+import { veth } from '../harness/net';
+import { requireTrafgen } from './traffic';
+import { TRAFGEN_QUIET } from '../harness/net';
 import { type Netns, CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
 
 const PASS = -1; // TC_ACT_UNSPEC
@@ -98,14 +99,14 @@ describe('trace records (unit)', function () {
 });
 
 describe('trace records (kernel, BPF_PROG_TEST_RUN)', function () {
-  let dp: DpFixture;
+  let dp: ProgFixture;
   let ring: RingBuffer;
   let vin: number;
   let vex: number;
 
   before(function () {
     requireKernel(this);
-    dp = DpFixture.create();
+    dp = ProgFixture.create();
     vin = dp.lo;
     vex = dp.veth;
     ring = RingBuffer.open(dp.obj.map('neuv_trace').fd);

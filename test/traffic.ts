@@ -1,18 +1,18 @@
 /**
  * Traffic harness for kernel suites (their topologies: topology.ts): a UDP
  * stream with sequence numbers (test/tools/udpseq.ts) whose receiver reports
- * what was lost, duplicated or reordered, a TCP transfer with checksums, the
- * stub DP. Everything takes netns names, addresses, port, count and rate as
- * parameters, so interception and reliability tests can reuse it.
+ * what was lost, duplicated or reordered, a TCP transfer with checksums,
+ * frames from trafgen's TX ring (the stub DP: harness/stub-dp.ts). Everything
+ * takes netns names, addresses, port, count and rate as parameters, so
+ * interception and reliability tests can reuse it.
  *
  * Every child process is registered with onCleanup() when created,
  * so runCleanups() removes it even when a test fails half way.
  */
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Netns, onCleanup, ROOT, TIME_SCALE } from './helpers';
-import { STUB_DP } from '../src/topology';
+import { TRAFGEN_QUIET } from '../harness/net';
 
 export const UDPSEQ = path.join(ROOT, 'dist', 'test', 'tools', 'udpseq.js');
 
@@ -352,13 +352,6 @@ export async function startTcpTransfer(o: TcpTransferOptions): Promise<TcpTransf
 
 // ---------------------------------------------------------------- frames from an AF_PACKET TX ring
 
-/**
- * trafgen options that leave the machine alone: no global socket-memory sysctl
- * raised (trafgen puts it back only on a normal exit, not after SIGKILL) and
- * no IRQ affinity touched. Long options: this build's getopt string lacks -A.
- */
-export const TRAFGEN_QUIET = ['--no-sock-mem', '--notouch-irq'];
-
 /** Throws when trafgen (netsniff-ng) is missing: a kernel suite must not pass without it (scripts/deps.sh installs it). */
 export function requireTrafgen(): void {
   if (spawnSync('trafgen', ['-v']).error) throw new Error('trafgen (netsniff-ng) is needed: make deps');
@@ -376,44 +369,4 @@ export function trafgenRing(ns: Netns, dev: string, frames: Uint8Array[], count:
   requireTrafgen();
   const conf = frames.map((f) => `{ ${Array.from(f, (b) => `0x${b.toString(16).padStart(2, '0')}`).join(', ')} }`).join(' ');
   ns.exec('trafgen', ['--dev', dev, '--cpus', '1', '--num', String(count), ...TRAFGEN_QUIET, '-C', conf]);
-}
-
-// ---------------------------------------------------------------- stub DP
-
-/**
- * Starts the stub enforcer DP (build/stub-dp, tools/stub-dp.c) on vth-neuv in
- * a netns: it writes every frame of a pair back, so FWD forwards through it.
- * Resolves once it is reading (its --out file exists); killed at cleanup.
- *
- * priority (default true): run it at nice -15, as an enforcer's DP would be
- * favoured, so that on a busy machine it is not starved for seconds and its
- * socket buffer does not overflow: the DP is a stand-in here, what is under
- * test is the datapath around it (its counts, StubDp.countsOf, tell the two apart).
- * (Not SCHED_FIFO: busy with frames, it would starve everything else.)
- */
-// Not StubDp.startIn (src/topology.ts): this one runs at nice -15, writes every 200 ms to the caller's file, and needs only a Netns (no Net).
-export async function startStubDp(ns: Netns, outFile: string, dropPorts: number[] = [], opts: { priority?: boolean } = {}): Promise<ChildProcess> {
-  const args = [STUB_DP, '--out', outFile, '--interval-ms', '200', ...dropPorts.flatMap((p) => ['--drop-port', String(p)])];
-  const start = async (rt: boolean): Promise<ChildProcess> => {
-    const child = spawn('ip', ['netns', 'exec', ns.name, ...(rt ? ['nice', '-n', '-15'] : []), ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-    onCleanup(() => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      fs.rmSync(outFile, { force: true });
-    });
-    let err = '';
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    const t0 = Date.now();
-    while (!fs.existsSync(outFile)) {
-      if (child.exitCode !== null) throw new Error(`stub-dp exited ${child.exitCode}: ${err.trim()}`);
-      if (Date.now() - t0 > 10000) throw new Error('stub-dp did not start within 10 s');
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return child;
-  };
-  if (opts.priority === false) return start(false);
-  try {
-    return await start(true);
-  } catch {
-    return start(false); // no nice here
-  }
 }

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { cliSpawn, onCleanup, leakChecks, TIME_SCALE } from './helpers';
 import { makeTopology, TestTopology, waitFor } from './topology';
 import { ECHO_APPS, interceptC, requireNvdp } from './nvdp-fixture';
-import { NvDp } from '../src/dp/nvdp';
+import { NvDp } from '../harness/nvdp';
 import { readWatchState, watchStatePath, writeWatchState } from '../src/dp/watch';
 
 function modeOf(tt: TestTopology, id: number): string | undefined {

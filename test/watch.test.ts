@@ -14,10 +14,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { cliSpawn, leakChecks, onCleanup, oneErrorLine, requireKernel, TIME_SCALE } from './helpers';
-import { makeTopology, startStub, StubDp, TestTopology, waitFor } from './topology';
+import { makeTopology, StubDp, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
 import { watchStatePath } from '../src/dp/watch';
-import { ContainerNs, HOST_IP4 } from '../src/topology';
+import { ContainerNs, HOST_IP4 } from '../harness/topology';
 import type { InterceptResult } from '../src/intercept';
 
 function intercept(tt: TestTopology, c: ContainerNs, mode: string): InterceptResult {
@@ -77,7 +77,7 @@ function tmpDir(): string {
 
 /** A stub DP whose pid is written to `pidfile`. */
 async function stubInto(tt: TestTopology, pidfile: string): Promise<StubDp> {
-  const s = await startStub(tt.t);
+  const s = await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
   fs.writeFileSync(pidfile, `${s.child.pid}\n`);
   return s;
 }

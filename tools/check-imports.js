@@ -1,15 +1,20 @@
 #!/usr/bin/env node
 /**
- * Imports run downhill: builds the import graph of src/ (every import,
- * export ... from, import type, import() and require() of a relative path,
- * read with TypeScript's own parser) and fails on
+ * Imports run downhill: builds the import graph of src/ and of the folders
+ * beside it that the layers name (every import, export ... from, import
+ * type, import() and require() of a relative path, read with TypeScript's
+ * own parser) and fails on
  *  - a back-edge: a module importing a module of a higher layer, or of
  *    another unit of its own layer (units of one layer are independent);
  *  - an import cycle, inside a unit too;
  *  - a module of no layer (a new file or folder: give it one), an import
- *    out of src/, an import that resolves to no file.
+ *    out of src/ and the layered folders beside it, an import that resolves
+ *    to no file;
+ *  - a file of bench/ importing one of test/ (the harness both share is
+ *    ../harness/).
  * The layers are the "Layers" block of docs/architecture.md, lowest first: one
- * line per layer, its units (a file `x.ts` or a folder `x/`, relative to src/),
+ * line per layer, its units (a file `x.ts` or a folder `x/`, relative to src/,
+ * or `../x/`: a folder beside src/, checked as one unit, such as ../harness/),
  * then words that are not units (what the layer is). A folder's modules may
  * import each other (cycles excepted); outside its unit a module imports
  * lower layers only.
@@ -39,7 +44,7 @@ function readLayers() {
   for (const line of block[1].split('\n')) {
     const units = [];
     for (const w of line.trim().split(/\s+/)) {
-      if (!/^[\w.-]+(\/|\.ts)$/.test(w)) break;
+      if (!/^([\w.-]+(\/|\.ts)|\.\.\/[\w.-]+\/)$/.test(w)) break;
       units.push(w);
     }
     if (units.length) layers.push({ line: line.trim(), units });
@@ -90,18 +95,25 @@ function check(root = ROOT) {
   const layers = readLayers();
   const unitOf = new Map(); // unit -> layer index
   for (const [i, l] of layers.entries()) for (const u of l.units) unitOf.set(u, i);
-  /** The unit of a module: its top folder under src/, or the file. */
+  // The folders beside src/ that are units of their own (../harness/), walked with it.
+  const beside = [...unitOf.keys()].filter((u) => u.startsWith('../')).map((u) => path.resolve(SRC, u));
+  const inside = (dir, file) => !path.relative(dir, file).startsWith('..');
+  /** The unit of a module: its top folder under src/, or the file; a folder beside src/ whole. */
   const unit = (file) => {
+    const b = beside.find((d) => inside(d, file));
+    if (b) return `${path.relative(SRC, b)}/`;
     const r = path.relative(SRC, file).split(path.sep);
     return r.length > 1 ? `${r[0]}/` : r[0];
   };
+  /** A unit as a path from the repository's root (src/pairs/, harness/). */
+  const shown = (u) => path.relative(ROOT, path.join(SRC, u)) + (u.endsWith('/') ? '/' : '');
   const problems = [];
-  const files = walk(SRC);
+  const files = [SRC, ...beside.filter((d) => fs.existsSync(d))].flatMap(walk);
   const graph = new Map();
   for (const f of files) {
     const deps = [];
     const fu = unit(f);
-    if (!unitOf.has(fu)) problems.push(`${rel(f)}: src/${fu} is in no layer of ${rel(DOC)} (add it where its imports put it)`);
+    if (!unitOf.has(fu)) problems.push(`${rel(f)}: ${shown(fu)} is in no layer of ${rel(DOC)} (add it where its imports put it)`);
     for (const { spec, line } of specifiers(f)) {
       if (!spec.startsWith('.')) continue; // a package or node: builtin
       const to = resolve(f, spec);
@@ -110,8 +122,8 @@ function check(root = ROOT) {
         problems.push(`${where}: '${spec}' resolves to no .ts file`);
         continue;
       }
-      if (path.relative(SRC, to).startsWith('..')) {
-        problems.push(`${where}: imports ${rel(to)}, outside src/`);
+      if (!inside(SRC, to) && !beside.some((d) => inside(d, to))) {
+        problems.push(`${where}: imports ${rel(to)}, outside src/${beside.map((d) => ` and ${rel(d)}/`).join('')}`);
         continue;
       }
       deps.push(to);
@@ -120,11 +132,20 @@ function check(root = ROOT) {
       const lf = unitOf.get(fu);
       const lt = unitOf.get(tu);
       if (lt > lf) problems.push(`${where}: imports ${rel(to)}: back-edge, layer "${layers[lf].units.join(' ')}" imports "${layers[lt].units.join(' ')}" above it`);
-      else if (lt === lf) problems.push(`${where}: imports ${rel(to)}: src/${fu} and src/${tu} share a layer and are independent`);
+      else if (lt === lf) problems.push(`${where}: imports ${rel(to)}: ${shown(fu)} and ${shown(tu)} share a layer and are independent`);
     }
     graph.set(f, [...new Set(deps)]);
   }
   for (const cycle of cycles(graph)) problems.push(`import cycle: ${[...cycle, cycle[0]].map(rel).join(' -> ')}`);
+  // The benchmarks share the harness with the tests, never a test file.
+  const bench = path.join(ROOT, 'bench');
+  const test = path.join(ROOT, 'test');
+  for (const f of fs.existsSync(bench) ? walk(bench) : []) {
+    for (const { spec, line } of specifiers(f)) {
+      const to = spec.startsWith('.') ? resolve(f, spec) ?? path.resolve(path.dirname(f), spec) : undefined;
+      if (to && inside(test, to)) problems.push(`${rel(f)}:${line}: imports ${rel(to)}: bench/ imports no file of test/ (what both need is in the harness)`);
+    }
+  }
   return { problems, graph };
 }
 
@@ -197,7 +218,7 @@ if (require.main === module) {
   }
   for (const p of result.problems) console.error(`check-imports: ${p}`);
   if (result.problems.length) process.exit(1);
-  console.log(`check-imports: ${result.graph.size} modules of src/, every import downhill, no cycle`);
+  console.log(`check-imports: ${result.graph.size} modules of src/ and the folders beside it, every import downhill, no cycle; bench/ imports no test/`);
 }
 
 module.exports = { check, readLayers, cycles };

@@ -259,7 +259,7 @@ static uint64_t mono_ns(void)
 }
 
 /*
- * Opens neuv_config's lock file (src/dp-config.ts, docs/flow-offload.md):
+ * Opens neuv_config's lock file (src/config.ts, docs/flow-offload.md):
  * <NEUV_BPF_LOCK_DIR or /run/neuv-bpf>/<pin root with / as _>.config.lock.
  */
 static int open_config_lock(const char *pin_root)

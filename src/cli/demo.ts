@@ -1,14 +1,14 @@
 /**
  * Command `demo`: a throwaway topology in private netns, real traffic through
- * each mode, a table of what got through (src/demo.ts). Exit code 1 when
+ * each mode, a table of what got through (harness/demo.ts). Exit code 1 when
  * something did not behave as the datapath's rules say it must.
  */
 import type { CommandRegistrar } from './context';
 import { NeuvError } from '../errors';
 import { configureLogging, resolveLevel } from '../log';
-import { findTarball, nvdpUnavailable } from '../dp/nvdp';
+import { findTarball, nvdpUnavailable } from '../../harness/nvdp';
 
-/** Which DP the demo runs here, and why (the same choice as src/demo.ts makes). */
+/** Which DP the demo runs here, and why (the same choice as harness/demo.ts makes). */
 export function demoDpHere(env: NodeJS.ProcessEnv = process.env): string {
   if (env.NEUV_BPF_DEMO_STUB === '1') return 'the stub DP (NEUV_BPF_DEMO_STUB=1)';
   const why = nvdpUnavailable(env);
@@ -32,7 +32,7 @@ export const registerDemoCommands: CommandRegistrar = (program, ctx) => {
       const g = program.opts<{ logLevel?: string }>();
       if (!g.logLevel && !process.env.NEUV_BPF_LOG_LEVEL) configureLogging(resolveLevel('warn'));
       if (program.opts<{ netns?: string }>().netns) throw new NeuvError('demo makes its own namespaces: drop --netns');
-      const { runDemo } = await import('../demo');
+      const { runDemo } = await import('../../harness/demo');
       const r = await runDemo({ out: c.out });
       if (!r.ok) throw new NeuvError(`demo: ${r.mismatches.length} result(s) not as expected`);
     });

@@ -18,6 +18,7 @@
  * (tools/nvdp-run.c). Both sockets then live in the DP's /tmp, and the
  * reply path, which the DP resolves itself, means the same socket there.
  */
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { UsageError } from '../errors';
 import { validateIfName } from '../link';
@@ -46,6 +47,21 @@ const MSG_END = 2;
 const CFG_ADD = 1;
 /** ctrl_cfg_policy "dir": apply to egress and/or ingress (defs.h DP_POLICY_APPLY_*). */
 export const POLICY_APPLY = { egress: 1, ingress: 2, both: 3 } as const;
+
+/**
+ * The packet sockets of the netns a process is in, bound to ifindex (from
+ * /proc/<pid>/net/packet): a DP's ring on vth-neuv is one (the watcher's check).
+ */
+export function packetSocketsOn(pid: number, ifindex: number): number {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/net/packet`, 'utf8');
+  } catch {
+    return 0;
+  }
+  // sk RefCnt Type Proto Iface R Rmem User Inode
+  return text.split('\n').slice(1).filter((l) => Number(l.trim().split(/\s+/)[4]) === ifindex).length;
+}
 
 export class DpTimeoutError extends Error {}
 

@@ -44,8 +44,7 @@ import { log } from '../log';
 import { readInputFile } from '../input';
 import { Datapath } from '../pairs';
 import { VTH_IFINDEX } from '../layout';
-import { DP_SOCKET, DpClient } from './client';
-import { packetSocketsOn } from './nvdp';
+import { DP_SOCKET, DpClient, packetSocketsOn } from './client';
 import { BypassedPair, readWatchState, watchStatePath, writeWatchState } from './watch-state';
 
 export { BypassedPair, heldByWatch, readWatchState, watchStatePath, writeWatchState } from './watch-state';

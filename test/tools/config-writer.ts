@@ -1,5 +1,5 @@
 /**
- * One of two writers of neuv_config at once (test/dp-config.test.ts), each
+ * One of two writers of neuv_config at once (test/config.test.ts), each
  * in a process of its own so that they really overlap. dp_ifindex is the
  * test's signal: each prints "ready", waits until it reads 1 (the test's
  * go), and both stop when it reads 2 (written by the flows writer when it is
@@ -13,13 +13,13 @@
  *   config-writer flows PIN_ROOT MS TRIALS
  *     TRIALS times: clears NEUV_CFG_FLOWS (a raw write under the config
  *     lock), sets it again the way every writer of neuv_flows does
- *     (enableFlowLookups, src/dp-config.ts), waits until the tracer has
+ *     (enableFlowLookups, src/config.ts), waits until the tracer has
  *     written twice more, and checks that the bit survived:
  *     {"trials":N,"lost":N}
  */
 import * as path from 'node:path';
 import { MapFd, sleepSync } from '../../src/bpf';
-import { enableFlowLookups, updateConfig } from '../../src/dp-config';
+import { enableFlowLookups, updateConfig } from '../../src/config';
 import { ConfigFlag, MAPS, decodeConfig, u32Key } from '../../src/layout';
 import { writeLease } from '../../src/trace';
 

@@ -1,7 +1,8 @@
 /**
- * The real datapath object under BPF_PROG_TEST_RUN, for the kernel suites.
+ * The real datapath object under BPF_PROG_TEST_RUN, for the kernel suites
+ * and the benchmarks (bench/progcost.ts, bench/trace.ts).
  *
- * DpFixture.create() (call in a `before` hook after requireKernel) moves this
+ * ProgFixture.create() (in a `before` hook, after requireKernel) moves this
  * process's main thread into a private network namespace with a veth pair
  * interface, so the two ingress ifindexes the tests use (lo and the veth)
  * exist, TAP clones sent to the DP port stay in that namespace, and an ifindex
@@ -18,10 +19,7 @@
  * - The kernel refuses (EINVAL) an IPv4 frame with fewer than 20 bytes after
  *   the Ethernet header and an IPv6 one with fewer than 40.
  */
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { constants as osConstants } from 'node:os';
-import * as path from 'node:path';
 import { BpfObject, MapFd, ifNameToIndex, setns, CLONE_NEWNET, testRun } from '../src/bpf';
 import {
   addGlobal,
@@ -35,10 +33,32 @@ import {
   Stats,
   u32Key,
 } from '../src/layout';
-import type { Hook, ModelState } from './model';
-import { makeNetns, makePinRoot, OBJ, onCleanup, ROOT } from './helpers';
-import { veth as makeVeth } from '../src/net';
-import { updateConfig } from '../src/dp-config';
+import type { PortEntry as PortValue } from '../src/layout';
+import { updateConfig } from '../src/config';
+import { makePinRoot } from './kernel';
+import { makeNetns, veth as makeVeth } from './net';
+import { OBJ, onCleanup } from './proc';
+
+/** The programs, by the port they run on. */
+export type Hook = 'vin' | 'vex' | 'vbr';
+
+/** A neuv_ports entry (struct neuv_port, as src/layout/ decodes it) with its key. */
+export interface PortEntry extends Omit<PortValue, 'mac'> {
+  ifindex: number;
+  mac: Uint8Array /* 6 */;
+}
+
+/** What seed() writes: neuv_ports, neuv_ids, neuv_config (the reference model's state is one). */
+export interface MapState {
+  /** neuv_ports, by ingress ifindex. */
+  ports: Map<number, PortEntry>;
+  /** neuv_ids, by port id. */
+  ids: Map<number, { vinIfindex: number; vexIfindex: number }>;
+  /** neuv_config.dp_ifindex; 0 means NEUV_VBR_IFINDEX. */
+  dpIfindex: number;
+  /** neuv_config.flags (NEUV_CFG_*; default 0). */
+  configFlags?: number;
+}
 
 export const SKB_CTX_SIZE = 192; // sizeof(struct __sk_buff) on 6.x; the tail must be zero
 export const SKB_CTX_IFINDEX = 40; // offsetof(struct __sk_buff, ifindex)
@@ -57,7 +77,7 @@ export interface RunResult {
   dataOut: Buffer;
 }
 
-export class DpFixture {
+export class ProgFixture {
   /** Ingress ifindexes that exist in the namespace: lo and one end of a veth pair that is up. */
   readonly lo = 1;
   readonly veth: number;
@@ -84,7 +104,7 @@ export class DpFixture {
   }
 
   /** Private netns + loaded object; cleanup registered with the helpers. */
-  static create(rodata?: Record<string, number>): DpFixture {
+  static create(rodata?: Record<string, number>): ProgFixture {
     const ns = makeNetns();
     makeVeth({ ns, name: 'nbtv0' }, { ns, name: 'nbtv1' });
     const home = fs.openSync('/proc/self/ns/net', 'r');
@@ -102,7 +122,7 @@ export class DpFixture {
     const obj = BpfObject.open(OBJ, { pinRoot, rodata });
     onCleanup(() => obj.close());
     obj.load();
-    return new DpFixture(obj, veth, pinRoot);
+    return new ProgFixture(obj, veth, pinRoot);
   }
 
   /** Empties every map and sets neuv_config.dp_ifindex and flags. */
@@ -111,13 +131,13 @@ export class DpFixture {
     this.writeConfig(() => ({ dpIfindex, flags, traceUntil: 0n }));
   }
 
-  /** neuv_config rewritten by fn, under the config lock as every writer does (src/dp-config.ts updateConfig). */
+  /** neuv_config rewritten by fn, under the config lock as every writer does (src/config.ts updateConfig). */
   writeConfig(fn: (c: Config) => Config): Config {
     return updateConfig(this.pinRoot, this.config, fn);
   }
 
   /** Writes a model state into the maps (after clear); stats entries only for statsIds. */
-  seed(state: ModelState, statsIds: Iterable<number>): void {
+  seed(state: MapState, statsIds: Iterable<number>): void {
     this.clear(state.dpIfindex, state.configFlags ?? 0);
     for (const [ifindex, p] of state.ports) {
       this.ports.update(
@@ -176,71 +196,4 @@ export function globalDelta(before: bigint[], after: bigint[]): string[] {
   const out: string[] = [];
   for (let r = 0; r < after.length; r++) if (after[r] !== before[r]) out.push(`${r}:${after[r]! - before[r]!}`);
   return out;
-}
-
-const EINTR = osConstants.errno.EINTR;
-
-export interface RaceResult {
-  /** Program runs done while the writer ran. */
-  runs: number;
-  /** What the writer reported (its loop count). */
-  switches: number;
-  /** How many batches ended with each return value (the last run of a batch). */
-  retvals: Map<number, number>;
-}
-
-/**
- * Runs the program `prog` on `frame` (ctx ifindex `ifindex`, looked up in
- * netns `ns`) in batches of `repeat` BPF_PROG_TEST_RUN runs on this CPU for
- * as long as test/tools/flipper.js `writerArgs` `ms` rewrites map entries
- * from another process (`ms` or more: until the writer exits, so a writer
- * slow to start, as in an emulated VM, still overlaps the whole run): the
- * reader side of the map race tests. The runs of a batch share one skb: a program that rewrites the
- * frame sees its own rewrite from the second run on (use repeat 1 there).
- */
-export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: number, frame: Buffer, writerArgs: string[], ms: number, repeat = 100000): Promise<RaceResult> {
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'test', 'tools', 'flipper.js'), ...writerArgs, String(ms)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  onCleanup(() => child.kill('SIGKILL'));
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((r) => child.on('close', r));
-  let writing = true;
-  child.on('exit', () => (writing = false));
-  const ctx = Buffer.alloc(SKB_CTX_SIZE); // test_run leaves ingress_ifindex 0: the program finds the port by ifindex
-  ctx.writeUInt32LE(ifindex, SKB_CTX_IFINDEX);
-  // The ifindex in ctx is looked up in the netns of the calling thread: enter it for each batch.
-  const target = fs.openSync(`/var/run/netns/${ns}`, 'r');
-  const home = fs.openSync('/proc/thread-self/ns/net', 'r');
-  const retvals = new Map<number, number>();
-  let runs = 0;
-  try {
-    await new Promise((r) => setTimeout(r, 200));
-    let turned = Date.now();
-    while (writing) {
-      setns(target, CLONE_NEWNET, ns);
-      try {
-        const v = testRun(prog.fd, frame, { ctxIn: ctx, repeat }).retval;
-        retvals.set(v, (retvals.get(v) ?? 0) + 1);
-        runs += repeat;
-      } catch (e) {
-        // A signal (the writer's SIGCHLD) stops a repeat loop part way: that batch is not counted.
-        if ((e as { errno?: number }).errno !== EINTR) throw e;
-      } finally {
-        setns(home, CLONE_NEWNET, 'the original network namespace');
-      }
-      // Now and then let the event loop read the writer's pipes and see it exit.
-      if (Date.now() - turned >= 20) {
-        await new Promise((r) => setImmediate(r));
-        turned = Date.now();
-      }
-    }
-  } finally {
-    fs.closeSync(target);
-    fs.closeSync(home);
-  }
-  const code = await exited;
-  if (code !== 0) throw new Error(`flipper ${writerArgs[0]} exited ${code}: ${err}`);
-  return { runs, switches: (JSON.parse(out) as { switches: number }).switches, retvals };
 }

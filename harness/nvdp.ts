@@ -13,9 +13,9 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DpClient } from './client';
+import { DpClient, packetSocketsOn } from '../src/dp/client';
+import { PACKAGE_ROOT as ROOT } from '../src/root';
 
-export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const NVDP_DIR = path.join(ROOT, 'build', 'nvdp');
 export const NVDP_BIN = path.join(NVDP_DIR, 'dp');
 export const NVDP_RUN = path.join(ROOT, 'build', 'nvdp-run');
@@ -116,18 +116,6 @@ export interface NvDpOptions {
 
 function nsPath(ns: string): string {
   return ns.includes('/') ? ns : `/run/netns/${ns}`;
-}
-
-/** The packet sockets of the netns a process is in, bound to ifindex (from /proc/<pid>/net/packet). */
-export function packetSocketsOn(pid: number, ifindex: number): number {
-  let text: string;
-  try {
-    text = fs.readFileSync(`/proc/${pid}/net/packet`, 'utf8');
-  } catch {
-    return 0;
-  }
-  // sk RefCnt Type Proto Iface R Rmem User Inode
-  return text.split('\n').slice(1).filter((l) => Number(l.trim().split(/\s+/)[4]) === ifindex).length;
 }
 
 /** The ifindex of iface in a netns (sysfs would show the netns of its mount, not this one). */

@@ -1,10 +1,11 @@
 /**
  * Frame builders and a reference two-pair topology shared by the model test
- * and the kernel datapath test, so both check the same frames.
+ * and the kernel datapath test, so both check the same frames (and by the
+ * benchmarks that run the programs on them).
  */
 import { Mode, Role } from '../src/layout';
 import { parseMac } from '../src/mac';
-import type { ModelState, PortEntry } from './model';
+import type { MapState, PortEntry } from './prog-fixture';
 
 export const M = parseMac('02:42:ac:11:00:02'); // the workload of pair 1
 export const GW = parseMac('02:42:ac:11:00:01'); // its gateway / a peer on the network
@@ -58,7 +59,7 @@ export function twoPairs(
   t: Topology,
   mode: number,
   opts: { flags?: number; cloneOk?: boolean; mode2?: number; dp?: number } = {},
-): ModelState {
+): MapState & { cloneOk?: boolean } {
   const flags = opts.flags ?? 0;
   const port = (ifindex: number, peer: number, role: 1 | 2, id: number, mac: Uint8Array, m: number): PortEntry => ({
     ifindex,

@@ -1,5 +1,5 @@
 /**
- * neuv_config's writers (src/dp-config.ts): the loader, the tracer and
+ * neuv_config's writers (src/config.ts): the loader, the tracer and
  * whoever offloads flows each own a field of the one entry, but write it
  * whole; under the config lock no read-modify-write puts back a field another
  * writer changed in between. Real maps, two writer processes at once
@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfObject, LOCK_EX, LOCK_UN, MapFd, flock } from '../src/bpf';
-import { configLockPath, enableFlowLookups, updateConfig } from '../src/dp-config';
+import { configLockPath, enableFlowLookups, updateConfig } from '../src/config';
 import { ConfigFlag, MAPS, decodeConfig, u32Key } from '../src/layout';
 import { LOCK_DIR } from '../src/lock';
 import { writeLease } from '../src/trace';

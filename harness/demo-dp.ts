@@ -1,5 +1,5 @@
 /**
- * NeuVector's real DP in `neuv-bpf demo` (src/demo.ts), where its tarball is
+ * NeuVector's real DP in `neuv-bpf demo` (harness/demo.ts), where its tarball is
  * at hand: started on vth-neuv of the demo's enforcer netns, both containers
  * as its endpoints (with the echo server's ports), a deny rule for TCP and
  * UDP to port `blocked` of the second one. It answers the demo's questions in
@@ -7,8 +7,9 @@
  * from the sessions it lists; counts() clears its session table after each
  * reading, so the readings add up even when the DP forgets a closed session.
  */
-import type { StubCounts, Topology, ContainerNs } from '../topology';
-import type { DpApp, DpSession } from './client';
+import type { StubCounts } from './stub-dp';
+import type { ContainerNs, Topology } from './topology';
+import type { DpApp, DpSession } from '../src/dp/client';
 import { NvDp } from './nvdp';
 
 export interface DemoEndpoint {

@@ -1,24 +1,18 @@
 /**
- * The harness the demo and the kernel suites share, on the builder in
- * src/net.ts: the topology (Topology: a Net with a host netns with a bridge,
- * containers with IPv4 + IPv6, an enforcer netns), the echo server and
- * probe client this file runs as a child (`node topology.js serve|probe`), and the stub DP
- * (build/stub-dp on vth-neuv). `neuv-bpf demo` (src/demo.ts) is built on it;
- * so are test/topology.ts and the suites that send real traffic.
+ * The demo's topology, shared with the kernel suites, on the builder in
+ * harness/net.ts: Topology (a Net with a host netns with a bridge,
+ * containers with IPv4 + IPv6, an enforcer netns), and the echo server and
+ * probe client this file runs as a child (`node topology.js serve|probe`).
+ * `neuv-bpf demo` (harness/demo.ts) is built on it; so are test/topology.ts
+ * and the suites that send real traffic.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import * as dgram from 'node:dgram';
-import * as fs from 'node:fs';
-import { addAddrs, Net, sh, veth, waitFor } from './net';
-import { netnsPath } from './netns';
-import { PACKAGE_ROOT } from './root';
 import * as net from 'node:net';
-import * as os from 'node:os';
-import * as path from 'node:path';
+import { netnsPath } from '../src/netns';
+import { addAddrs, Net, veth } from './net';
+import { sh, waitFor } from './proc';
 
-export const ROOT = PACKAGE_ROOT;
-export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
-export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
 const SELF = __filename;
 
 // ================================================================ topology
@@ -329,112 +323,6 @@ export function ping(t: Topology, ns: string, to: string, count = 3): number {
   const out = t.exec(ns, 'ping', ['-c', String(count), '-i', '0.05', '-W', '1', '-q', to], { allowFail: true });
   return Number(/(\d+) received/.exec(out)?.[1] ?? 0);
 }
-
-// ================================================================ the stub DP
-
-export interface StubKind {
-  frames: number;
-  dropped: number;
-}
-export interface StubDir {
-  frames: number;
-  bytes: number;
-  sent: number;
-  dropped: number;
-  kinds: Record<string, StubKind>;
-}
-export interface StubCounts {
-  seq: number;
-  rx: number;
-  sent: number;
-  dropped: number;
-  ignored: number;
-  truncated: number;
-  send_errors: number;
-  /** Flow offload (--pin-root): flows offloaded, DENY entries written, failed writes, flows tracked. */
-  offloaded?: number;
-  denied?: number;
-  offload_errors?: number;
-  flows?: number;
-  pairs: Record<string, { id: number; to_wl: StubDir; from_wl: StubDir }>;
-}
-
-/** build/stub-dp running on vth-neuv in the enforcer netns. */
-export class StubDp {
-  private constructor(
-    readonly child: ChildProcess,
-    readonly file: string,
-    private readonly dir: string,
-  ) {}
-
-  static async start(t: Topology, dropPorts: number[]): Promise<StubDp> {
-    return StubDp.startIn(t, t.enforcer, dropPorts.flatMap((p) => ['--drop-port', String(p)]));
-  }
-
-  /** build/stub-dp with more `args` (--drop-port, --pin-root, --offload-after ...) in a netns of `net`. */
-  static async startIn(net: Net, ns: string, args: string[], o: { nsenter?: boolean } = {}): Promise<StubDp> {
-    if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} not found (make build)`);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'neuv-stubdp-'));
-    const file = path.join(dir, 'counts.json');
-    const child = net.spawnIn(ns, STUB_DP, ['--out', file, '--interval-ms', '50', ...args], o);
-    let err = '';
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    const s = new StubDp(child, file, dir);
-    await waitFor('the stub DP to bind', () => {
-      if (child.exitCode !== null) throw new Error(`stub-dp exited: ${err.trim()}`);
-      return fs.existsSync(file);
-    });
-    return s;
-  }
-
-  /** Fresh counts: asks the stub to write them now (SIGUSR1) and waits for that write. */
-  async counts(): Promise<StubCounts> {
-    return StubDp.countsOf(this.child, this.file);
-  }
-
-  /**
-   * Fresh counts of any stub-dp child writing `file` (--out), however it was
-   * started; T adds what its options add (the offload policy's "offloaded",
-   * "denied", "offload_errors", tools/stub-dp.c); waits up to timeoutMs for the write.
-   */
-  static async countsOf<T extends StubCounts = StubCounts>(child: ChildProcess, file: string, timeoutMs = 3000): Promise<T> {
-    const read = (): T | undefined => {
-      try {
-        return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
-      } catch {
-        return undefined;
-      }
-    };
-    const before = read()?.seq ?? 0;
-    child.kill('SIGUSR1');
-    return waitFor('fresh stub-dp counts', () => {
-      const c = read();
-      return c && c.seq > before ? c : undefined;
-    }, timeoutMs, 5);
-  }
-
-  /** Frames of a kind ("udp/8080", "icmp", ...) over every pair and direction, or of one UCMAC/direction. */
-  static frames(c: StubCounts, kind: string, ucmac?: string, dir?: 'to_wl' | 'from_wl'): { frames: number; dropped: number } {
-    let frames = 0;
-    let dropped = 0;
-    for (const [mac, p] of Object.entries(c.pairs)) {
-      if (ucmac && mac !== ucmac) continue;
-      for (const d of ['to_wl', 'from_wl'] as const) {
-        if (dir && d !== dir) continue;
-        const k = p[d].kinds[kind];
-        frames += k?.frames ?? 0;
-        dropped += k?.dropped ?? 0;
-      }
-    }
-    return { frames, dropped };
-  }
-
-  stop(): void {
-    if (this.child.exitCode === null) this.child.kill('SIGKILL');
-    fs.rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
 
 // ================================================================ child entry points
 

@@ -1,34 +1,15 @@
 /**
- * The one builder of throwaway networks in private namespaces, for the demo
- * and the kernel suites: Net (netns, processes inside, all undone by
- * destroy()), veth(), addAddrs() and staticNeighbours() (whatever they make
- * goes with its netns), and the two process helpers they and the harness on
- * them use (sh, waitFor). src/topology.ts builds the demo's Topology on it.
+ * The one builder of throwaway networks in private namespaces, for the demo,
+ * the kernel suites and the benchmarks: Net (netns, processes inside, all
+ * undone by destroy()), veth(), addAddrs() and staticNeighbours() (whatever
+ * they make goes with its netns), Netns (commands inside one, ip and tc
+ * batches). makeNet()/makeNetns() register a Net's destroy() with the
+ * cleanup stack before it makes anything. harness/topology.ts builds the
+ * demo's Topology on it, harness/pair.ts a port pair.
  */
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { netnsPath } from './netns';
-
-// ================================================================ small process helpers
-
-/** Runs a command synchronously (argument array); throws with its stderr unless allowFail. */
-export function sh(cmd: string, args: string[], opts: { allowFail?: boolean; input?: string } = {}): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input });
-  if ((r.status !== 0 || r.error) && !opts.allowFail) {
-    throw new Error(`${cmd} ${args.join(' ')}: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n')[0]}`);
-  }
-  return r.stdout ?? '';
-}
-
-/** Waits for a condition, polling; throws `what` after timeoutMs. */
-export async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 5000, everyMs = 20): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+import { ChildProcess, spawn } from 'node:child_process';
+import { netnsPath } from '../src/netns';
+import { onCleanup, sh, ShOptions, uniqueName } from './proc';
 
 // ================================================================ the builder: netns, veths, addresses, neighbours
 
@@ -36,19 +17,35 @@ export async function waitFor<T>(what: string, fn: () => T | undefined | false |
 export interface Netns {
   name: string;
   /** Runs a command inside the namespace (argument array, no shell). */
-  exec(cmd: string, args: string[], opts?: { allowFail?: boolean; input?: string }): string;
+  exec(cmd: string, args: string[], opts?: ShOptions): string;
   /** `ip -n NAME ...` */
   ip(...args: string[]): string;
+  /** `ip -n NAME -b -`: many commands in one process; throws on the first that fails. */
+  ipBatch(lines: string[]): void;
+  /** `tc -n NAME -b -`: the same for tc (each command an argument array). */
+  tcBatch(lines: string[][]): void;
   /** Deletes it now (a no-op on a view of a netns someone else owns). */
   del(): void;
 }
 
 /** A Netns handle on a namespace that exists already (del does nothing). */
 export function nsView(name: string): Netns {
+  return handle(name, ['-n', name], (cmd, args) => ['ip', ['netns', 'exec', name, cmd, ...args]]);
+}
+
+/** A Netns handle on the namespace this process is in (an unshared sandbox has no name; del does nothing). */
+export function nsHere(): Netns {
+  return handle('this netns', [], (cmd, args) => [cmd, args]);
+}
+
+function handle(name: string, n: string[], inside: (cmd: string, args: string[]) => [string, string[]]): Netns {
+  const batch = (tool: string, lines: string[]) => void (lines.length && sh(tool, [...n, '-b', '-'], { input: lines.join('\n') + '\n' }));
   return {
     name,
-    exec: (cmd, args, opts) => sh('ip', ['netns', 'exec', name, cmd, ...args], opts),
-    ip: (...args) => sh('ip', ['-n', name, ...args]),
+    exec: (cmd, args, opts) => sh(...inside(cmd, args), opts),
+    ip: (...args) => sh('ip', [...n, ...args]),
+    ipBatch: (lines) => batch('ip', lines),
+    tcBatch: (lines) => batch('tc', lines.map((l) => l.join(' '))),
     del: () => undefined,
   };
 }
@@ -103,19 +100,23 @@ export function staticNeighbours(x: Host, y: Host): void {
 }
 
 /**
- * The one builder of the demo's and the tests' networks: with veth(),
- * addAddrs() and staticNeighbours() above (whatever they make goes with its
- * netns), it creates the namespaces, starts processes inside, and undoes it
- * all with destroy() (the tests register that with onCleanup() when they
- * make a Net: test/helpers.ts makeNet).
+ * The one builder of the demo's, the tests' and the benchmarks' networks:
+ * with veth(), addAddrs() and staticNeighbours() above (whatever they make
+ * goes with its netns), it creates the namespaces, starts processes inside,
+ * and undoes it all with destroy() (makeNet() registers that with the
+ * cleanup stack).
  */
 export class Net {
   private readonly namespaces: string[] = [];
   private readonly children: ChildProcess[] = [];
   private destroyed = false;
 
-  /** Creates a netns (lo up); `dad: false` turns IPv6 duplicate address detection off for its devices. */
-  ns(name: string, o: { dad?: boolean } = {}): Netns {
+  /**
+   * Creates a netns (lo up); `dad: false` turns IPv6 duplicate address
+   * detection off for its devices, `ipv6: false` IPv6 itself (no DAD, router
+   * solicitations or link-local addresses in any counter).
+   */
+  ns(name: string, o: { dad?: boolean; ipv6?: boolean } = {}): Netns {
     sh('ip', ['netns', 'add', name]);
     this.namespaces.push(name);
     const ns: Netns = {
@@ -126,7 +127,8 @@ export class Net {
       },
     };
     ns.ip('link', 'set', 'lo', 'up');
-    if (o.dad === false) for (const k of ['default', 'all']) ns.exec('sysctl', ['-qw', `net.ipv6.conf.${k}.accept_dad=0`]);
+    const v6 = o.ipv6 === false ? 'disable_ipv6=1' : o.dad === false ? 'accept_dad=0' : undefined;
+    if (v6) ns.exec('sysctl', ['-qw', ...['default', 'all'].map((k) => `net.ipv6.conf.${k}.${v6}`)]);
     return ns;
   }
 
@@ -154,3 +156,22 @@ export class Net {
     for (const ns of this.namespaces.reverse()) sh('ip', ['netns', 'del', ns], { allowFail: true });
   }
 }
+
+/** A Net destroyed by runCleanups(), registered before it makes anything. */
+export function makeNet(): Net {
+  const net = new Net();
+  onCleanup(() => net.destroy(), 'a Net');
+  return net;
+}
+
+/** A private network namespace (lo up, uniqueName()), removed by runCleanups() or its del(). */
+export function makeNetns(prefix = 'nbt', o: { dad?: boolean; ipv6?: boolean } = {}): Netns {
+  return makeNet().ns(uniqueName(prefix), o);
+}
+
+/**
+ * trafgen options that leave the machine alone: no global socket-memory sysctl
+ * raised (trafgen puts it back only on a normal exit, not after SIGKILL) and
+ * no IRQ affinity touched. Long options: this build's getopt string lacks -A.
+ */
+export const TRAFGEN_QUIET = ['--no-sock-mem', '--notouch-irq'];

@@ -14,25 +14,26 @@
  * BYPASS, TAP and FWD. The pin root is private (/sys/fs/bpf/neuv-demo-<pid>),
  * so a real installation is never touched.
  *
- * The building blocks (Topology, the echo server and probe client, StubDp)
- * are in src/topology.ts, on the builder in src/net.ts, shared with the
- * kernel suites.
+ * The building blocks (Topology, the echo server and probe client in
+ * harness/topology.ts, StubDp in harness/stub-dp.ts, on the builder in
+ * harness/net.ts) are shared with the kernel suites.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { sh, waitFor } from './net';
+import { CLI, onCleanup, runCleanups, sh, STUB_DP, waitFor } from './proc';
+import { StubCounts, StubDp } from './stub-dp';
 import {
-  BCAST4, CLI, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ProbeResult, STUB_DP, StubCounts, StubDp, Topology,
+  BCAST4, ContainerNs, HOST_IP4, HOST_IP6, MCAST_GROUP, PORTS, ProbeResult, Topology,
   ping, runProbes, startServer,
 } from './topology';
-import { LOCK_DIR, lockDirFile, removeLockFiles } from './lock';
-import { onStopSignal, signalExitCode } from './signals';
+import { LOCK_DIR, lockDirFile, removeLockFiles } from '../src/lock';
+import { onStopSignal, signalExitCode } from '../src/signals';
 
 // Heavy modules (koffi through pairs/intercept) are loaded only when the demo
 // runs, not when the CLI merely parses its arguments.
-type PairsModule = typeof import('./pairs');
-type InterceptModule = typeof import('./intercept');
+type PairsModule = typeof import('../src/pairs');
+type InterceptModule = typeof import('../src/intercept');
 
 // ================================================================ the demo
 
@@ -146,28 +147,23 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
   const started = Date.now();
   const prefix = o.prefix ?? `neuvdemo-${process.pid}`;
   const pinRoot = o.pinRoot ?? `/sys/fs/bpf/neuv-demo-${process.pid}`;
-  const { Datapath } = (await import('./pairs')) as PairsModule;
-  const { intercept, release } = (await import('./intercept')) as InterceptModule;
-  const { table } = await import('./format');
+  const { Datapath } = (await import('../src/pairs')) as PairsModule;
+  const { intercept, release } = (await import('../src/intercept')) as InterceptModule;
+  const { table } = await import('../src/format');
 
-  let topo: Topology | undefined;
-  // The stub DP, or NeuVector's real one (src/dp/demo-dp.ts) where its tarball is at hand.
-  let stub: Pick<StubDp, 'counts' | 'stop'> | undefined;
-  let real: import('./dp/demo-dp').RealDemoDp | undefined;
+  // The stub DP, or NeuVector's real one (harness/demo-dp.ts) where its tarball is at hand.
+  let stub: { counts(): Promise<StubCounts>; stop(): void } | undefined;
+  let real: import('./demo-dp').RealDemoDp | undefined;
   let dpName = 'stub DP';
-  let cleaned = false;
   let verdict = '';
-  const cleanup = () => {
-    if (cleaned) return;
-    cleaned = true;
-    stub?.stop();
-    topo?.destroy();
+  // What the demo makes is undone by the harness's cleanup stack (runCleanups), last made first, on a signal too.
+  onCleanup(() => {
     fs.rmSync(pinRoot, { recursive: true, force: true });
     removeLockFiles(pinRoot);
-  };
+  }, `pin root ${pinRoot}`);
   const onSignal = (sig: NodeJS.Signals) => {
     process.stderr.write(`\nneuv-bpf demo: ${sig}, cleaning up\n`);
-    cleanup();
+    runCleanups();
     process.exit(signalExitCode(sig));
   };
   // A closed stdout (demo | head) must not kill the demo before it cleans up.
@@ -179,8 +175,8 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
     removeStaleDemos(out);
     if (fs.existsSync(pinRoot)) throw new Error(`${pinRoot} exists already (another demo with this pid?)`);
     if (!fs.existsSync(STUB_DP)) throw new Error(`${STUB_DP} not found (make build)`);
-    topo = Topology.create({ prefix, containers: 2 });
-    const t = topo;
+    const t = Topology.create({ prefix, containers: 2 });
+    onCleanup(() => t.destroy(), 'the topology');
     const [c1, c2] = t.containers as [ContainerNs, ContainerNs];
     out(`topology: netns ${t.host} (bridge br0 ${HOST_IP4} ${HOST_IP6}), ${c1.ns} (${c1.ip4} ${c1.ip6}), ${c2.ns} (${c2.ip4} ${c2.ip6}), enforcer ${t.enforcer}`);
 
@@ -188,10 +184,10 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
     const s2 = await startServer(t, c2.ns);
     cli(['--netns', t.enforcer, '--bpffs', pinRoot, 'load']);
     out(`loaded the datapath in ${t.enforcer} (pin root ${pinRoot})`);
-    const { nvdpUnavailable } = await import('./dp/nvdp');
+    const { nvdpUnavailable } = await import('./nvdp');
     const noReal = process.env.NEUV_BPF_DEMO_STUB === '1' ? 'NEUV_BPF_DEMO_STUB=1' : nvdpUnavailable();
     if (noReal) {
-      stub = await StubDp.start(t, [PORTS.blocked]);
+      stub = await StubDp.start(t.enforcer, { dropPorts: [PORTS.blocked] });
       out(`stub DP on vth-neuv: forwards everything, drops TCP/UDP to port ${PORTS.blocked} (NeuVector's DP not used: ${noReal})`);
     }
 
@@ -203,9 +199,11 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
       out(`intercepted ${c.ns} eth0 (pid ${pid}): ${r.vex} / ${r.vin}, id ${r.pair.id}, ucmac ${r.pair.ucmac}`);
     }
     if (!noReal) {
-      const { RealDemoDp } = await import('./dp/demo-dp');
+      const { RealDemoDp } = await import('./demo-dp');
       const apps = [...[PORTS.tcp, PORTS.tcpHost, PORTS.blocked].map((port) => ({ port, ipProto: 6 })), ...[PORTS.udp, PORTS.udpArp, PORTS.blocked].map((port) => ({ port, ipProto: 17 }))];
-      real = await RealDemoDp.start(t, pairs, PORTS.blocked, apps);
+      const dp = await RealDemoDp.start(t, pairs, PORTS.blocked, apps);
+      onCleanup(() => dp.stop(), "NeuVector's DP");
+      real = dp;
       stub = real;
       dpName = "NeuVector's DP";
       out(`NeuVector's DP (pid ${real.dp.pid}, built from its tarball) on vth-neuv: both containers its endpoints, a deny rule for TCP/UDP to ${c2.ip4}:${PORTS.blocked}`);
@@ -335,7 +333,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
     return { ok: mismatches.length === 0, table: lines, mismatches };
   } finally {
     offSignals();
-    cleanup();
+    runCleanups();
     out('removed every namespace, interface and pin of the demo');
     if (verdict) out(verdict);
   }

@@ -1,0 +1,118 @@
+/**
+ * What every part of the harness stands on: the repository (ROOT and the
+ * paths of what `make build` makes), running a program (sh: an argument
+ * array, never a shell), waiting for a condition (waitFor), names unique to
+ * this process (uniqueName), and the one cleanup stack (onCleanup,
+ * runCleanups) with which the kernel suites, the benchmarks and the demo
+ * undo what they make, last made first undone, even on failure.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { PACKAGE_ROOT as ROOT } from '../src/root';
+
+/** The repository (this file runs as dist/harness/proc.js): bin/, build/, dist/. */
+export { ROOT };
+export const CLI = path.join(ROOT, 'bin', 'neuv-bpf');
+export const OBJ = path.join(ROOT, 'build', 'neuv.bpf.o');
+/** The stub enforcer DP (tools/stub-dp.c). */
+export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
+
+// ================================================================ programs
+
+export interface ShOptions {
+  /** Return what it printed whatever its exit code (default: throw unless 0). */
+  allowFail?: boolean;
+  input?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface ShResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program synchronously (argument array); throws with the first lines of its stderr unless allowFail. */
+export function shResult(cmd: string, args: string[], opts: ShOptions = {}): ShResult {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input: opts.input, env: opts.env ?? process.env, maxBuffer: 256 << 20 });
+  const res = { code: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+  if ((res.code !== 0 || r.error) && !opts.allowFail) {
+    const why = (res.stderr || r.error?.message || '').trim().split('\n').slice(0, 3).join(' | ');
+    throw new Error(`${cmd} ${args.join(' ').slice(0, 300)} failed (${r.status ?? r.signal ?? 'not run'}): ${why}`);
+  }
+  return res;
+}
+
+/** shResult's stdout. */
+export function sh(cmd: string, args: string[], opts: ShOptions = {}): string {
+  return shResult(cmd, args, opts).stdout;
+}
+
+/** Waits for a condition, polling; throws `what` after timeoutMs. */
+export async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 5000, everyMs = 20): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v as T;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+// ================================================================ names and cleanups
+
+const namesMade: string[] = [];
+let seq = 0;
+
+/** A name unique to this process and call, with a prefix tests own ("nbt"): a netns, a pin root. */
+export function uniqueName(prefix = 'nbt'): string {
+  seq++;
+  const n = `${prefix}${process.pid.toString(36)}${seq.toString(36)}`.slice(0, 15);
+  namesMade.push(n);
+  return n;
+}
+
+/** Every name uniqueName() has given out in this process. */
+export function uniqueNames(): readonly string[] {
+  return namesMade;
+}
+
+const cleanups: Array<{ fn: () => void; what?: string }> = [];
+
+/**
+ * Registers an undo, run by runCleanups() (last registered, first run).
+ * Returns a function that runs this one now and forgets it.
+ */
+export function onCleanup(fn: () => void, what?: string): () => void {
+  const entry = { fn, what };
+  cleanups.push(entry);
+  return () => {
+    const i = cleanups.indexOf(entry);
+    if (i < 0) return;
+    cleanups.splice(i, 1);
+    runOne(entry);
+  };
+}
+
+function runOne(c: { fn: () => void; what?: string }): void {
+  try {
+    c.fn();
+  } catch (e) {
+    process.stderr.write(`harness: cleanup${c.what ? ` '${c.what}'` : ''} failed: ${(e as Error).message}\n`);
+  }
+}
+
+/** Runs every registered cleanup, last registered first; one that fails is reported on stderr and the rest still run. */
+export function runCleanups(): void {
+  runCleanupsTo(0);
+}
+
+/** How many cleanups are registered now: runCleanupsTo(depth) later undoes only what came after. */
+export function cleanupDepth(): number {
+  return cleanups.length;
+}
+
+/** runCleanups() for those registered since cleanupDepth() said `depth`. */
+export function runCleanupsTo(depth: number): void {
+  while (cleanups.length > depth) runOne(cleanups.pop()!);
+}
