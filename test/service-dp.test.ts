@@ -13,11 +13,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { leakChecks, onCleanup, oneErrorLine, requireKernel, TIME_SCALE } from './helpers';
-import { makeTopology, startStub, StubDp, TestTopology, waitFor } from './topology';
+import { makeTopology, StubDp, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
 import { sample, scrape, serve, Served } from './service-fixture';
 import { watchStatePath } from '../src/dp/watch';
-import { HOST_IP4 } from '../src/topology';
+import { HOST_IP4 } from '../harness/topology';
 import type { InterceptResult } from '../src/intercept';
 import type { DpStatus } from '../src/service/client';
 
@@ -40,7 +40,7 @@ function modeOf(tt: TestTopology, id: number): string | undefined {
 
 /** A stub DP whose pid is written to `pidfile`. */
 async function stubInto(tt: TestTopology, pidfile: string): Promise<StubDp> {
-  const s = await startStub(tt.t);
+  const s = await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
   fs.writeFileSync(pidfile, `${s.child.pid}\n`);
   return s;
 }
