@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import { CliResult, cli, leakChecks, makeNet, oneErrorLine, requireKernel, uniqueName } from './helpers';
 import { containerState, makeTopology, nsView, TestTopology, waitFor, workloadPid } from './topology';
 import { serve } from './service-fixture';
-import { veth } from '../src/net';
+import { veth } from '../harness/net';
 import { lockDirFile } from '../src/lock';
 import { readFailOpenCount } from '../src/hook';
 

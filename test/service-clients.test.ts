@@ -12,7 +12,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ROOT, cli, leakChecks, makePinRoot, onCleanup, requireKernel, TIME_SCALE } from './helpers';
 import { addPair, makePairTopology, PairTopology } from './topology';
-import { ping, startStubDp } from './traffic';
+import { ping } from './traffic';
+import { StubDp } from '../harness/stub-dp';
 import { raw, sample, scrape, serve } from './service-fixture';
 import { MapFd } from '../src/bpf';
 import { MODE_NAMES, decodePort, u32Key } from '../src/layout';
@@ -86,7 +87,7 @@ describe('the service\'s clients: Go, the CLI, the trace stream (kernel)', funct
 
     ok('fwd', t.vin, t.vex);
     assert.deepEqual(modes(), ['fwd', 'fwd']);
-    await startStubDp(t.enforcer, path.join(dir, 'stub.json'));
+    await StubDp.start(t.enforcer.name, { under: ['nice', '-n', '-15'] });
     assert.equal(ping(t.host, t.wlAddr, 3), 3, 'fwd: through the (stub) DP');
     const c2 = await counters();
     assert.ok(c2.to_wl.to_dp.packets >= 3 && c2.to_wl.from_dp.packets >= 3, `fwd: to and from the DP: ${JSON.stringify(c2.to_wl)}`);
