@@ -49,6 +49,7 @@ import { targetFrom } from '../src/cli/intercept';
 import { pinRootFrom } from '../src/pins';
 import { parseCrashAt } from '../src/crash';
 import { formatMac, isUcmac } from '../src/mac';
+import { FLOW_SECONDS, PORT_ID, PORT_ID_HEX, Range, WATCH_INTERVAL, parseDecimal, parseInteger } from '../src/numbers';
 
 const SOAK = process.env.NEUV_BPF_SOAK === '1';
 /** The highest exit code of an error class (src/errors.ts). */
@@ -65,8 +66,16 @@ const MACS = [
 const NAMES = [
   'vin1', 'vex1', 'vin2', 'vex2', 'br0', 'lo', 'vbr-neuv', 'vth-neuv', 'nosuch0', '', ' ', 'a b', 'a/b', 'a:b', '.', '..', '$(reboot)', '`id`', ';ls', 'x|sh',
   'x&&y', '>out', "'", '"', '\\', '\n', '\t', 'abcdefghijklmnop', 'ééééééééé', 'eth0', '-', '--', '-1', '--in',
+  // The sandbox's other veth ends (wlN, hN) and lp1/lp2, veth peers of each other; names of 10,000 characters (issue 25).
+  'wl1', 'wl2', 'h1', 'h2', 'lp1', 'lp2', 'n'.repeat(10000), 'é'.repeat(10000), '\x1b[2J'.repeat(2000),
 ];
-const NUMS = ['0', '1', '7', '100', '65535', '65536', '-1', '1e3', '0x10', '1.5', 'NaN', 'Infinity', '99999999999999999999', ' 5', '', '0.1', '3600', '3601'];
+const NUMS = [
+  '0', '1', '7', '100', '65535', '65536', '-1', '1e3', '0x10', '1.5', 'NaN', 'Infinity', '99999999999999999999', ' 5', '', '0.1', '3600', '3601',
+  // Past 2^53 and 2^64, exponents, negative zero, too small and too large for a timer, 10,000 digits (issue 25).
+  '9007199254740993', '18446744073709551615', '18446744073709551617', '1e400', '1e-9', '2E1', '-0', '-0.0', '0.0', '0.05', '99999999999', '3000000', '1'.repeat(10000), '0.' + '0'.repeat(9999) + '1',
+];
+/** vin/vex that are veth peers of each other in the sandbox (a pair of them forwards a frame back into itself). */
+const LOOPS: Array<[string, string]> = [['lp1', 'lp2'], ['lp2', 'lp1'], ['vin2', 'wl2'], ['wl2', 'vin2'], ['vex2', 'h2']];
 const MODES_ANY = ['fwd', 'tap', 'bypass', 'drop', 'none', 'FWD', 'Tap', 'reset', '', 'fwd;tap'];
 
 const macArb = fc.oneof(
@@ -92,6 +101,7 @@ const fieldValue = fc.oneof(
   { weight: 1, arbitrary: fc.boolean() },
   { weight: 1, arbitrary: fc.constant(null) },
   { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 2 }) },
+  { weight: 1, arbitrary: fc.constantFrom(2 ** 53 + 2, 2 ** 64, -0, 1e308, -1e-300, 65535.5) },
 );
 const FIELDS = ['in', 'ex', 'mac', 'mode', 'id', 'ipv6ToDp'];
 const specObj = fc
@@ -117,6 +127,8 @@ const jsonLine = fc.oneof(
   { weight: 1, arbitrary: fc.json({ maxDepth: 2 }) },
   { weight: 1, arbitrary: fc.string({ maxLength: 30 }) },
   { weight: 1, arbitrary: fc.constantFrom('', '   ', '{', '{"in":', '[]', 'null', '{}', '{"in":"vin2","ex":"vex2","mac":"02:00:00:00:00:09"}') },
+  // Ports that would loop a frame: veth peers of each other, a vin with its own workload end (issue 25).
+  { weight: 1, arbitrary: fc.constantFrom(...LOOPS.map(([a, b]) => JSON.stringify({ in: a, ex: b, mac: '02:00:00:00:00:09' }))) },
 );
 const jsonLines = fc.tuple(fc.array(jsonLine, { minLength: 0, maxLength: 6 }), fc.constantFrom('\n', '\r\n', '\n\n')).map(([ls, sep]) => ls.join(sep));
 
@@ -138,6 +150,8 @@ interface ChildConfig {
   pins: string;
   pins2: string;
   plainDir: string;
+  /** An empty directory for the sentinel files (made by the parent, which removes it). */
+  sentinel: string;
   seed: number;
   runs: number;
   real: number;
@@ -179,8 +193,8 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const home = fs.openSync('/proc/thread-self/ns/net', 'r');
   const homeIno = fs.statSync('/proc/thread-self/ns/net').ino;
 
-  // The sandbox network (IPv6 off, up): vinN with its workload end wlN, vexN with its host end hN (vinN and vexN
-  // are not peers of each other: such a pair loops a frame and is refused, src/pairs/loops.ts), a bridge.
+  // The sandbox network (IPv6 off, up): vinN with its workload end wlN, vexN with its host end hN, a bridge,
+  // and lp1/lp2, veth peers of each other (LOOPS: as a pair they loop a frame and are refused, src/pairs/loops.ts).
   // The sandbox's netns has no name: a Netns that runs here.
   sh('ip', ['link', 'set', 'lo', 'up']);
   const here = net.nsHere();
@@ -188,7 +202,24 @@ async function childMain(cfg: ChildConfig): Promise<void> {
     net.veth({ ns: here, name: `vin${i}` }, { ns: here, name: `wl${i}` }, { ipv6: false });
     net.veth({ ns: here, name: `vex${i}` }, { ns: here, name: `h${i}` }, { ipv6: false });
   }
+  net.veth({ ns: here, name: 'lp1' }, { ns: here, name: 'lp2' }, { ipv6: false });
   sh('ip', ['link', 'add', 'br0', 'type', 'bridge']);
+
+  // Sentinels (issue 25): files and directories of every kind that the generator names as --file, --obj,
+  // --bpffs, --netns...; no vector may change any of them (nor anything outside the pin roots and /run/neuv-bpf).
+  const S = cfg.sentinel;
+  fs.writeFileSync(path.join(S, 'file'), '{"in":"vin2","ex":"vex2","mac":"02:00:00:00:00:09"}\n');
+  fs.mkdirSync(path.join(S, 'dir'), { mode: 0o755 });
+  sh('mkfifo', [path.join(S, 'fifo')]);
+  fs.symlinkSync(path.join(S, 'file'), path.join(S, 'link'));
+  fs.symlinkSync(path.join(S, 'dir'), path.join(S, 'dirlink'));
+  const sentinels = ['file', 'dir', 'fifo', 'link', 'dirlink'].map((n) => path.join(S, n));
+  const specials = [...sentinels, '/dev/zero', '/dev/null', '/etc/passwd'];
+  const sentinelState = (): string =>
+    [S, ...specials, cfg.plainDir, '/etc/hostname'].map((p) => {
+      const st = fs.lstatSync(p);
+      return `${p} ${st.ino} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.size} ${st.mtimeMs} ${st.ctimeMs}${st.isDirectory() ? ` [${fs.readdirSync(p).sort().join(' ')}]` : ''}`;
+    }).join('\n');
 
   // What a local user plants where our paths go (issue 25): a symbolic link as a pin root (to the loaded
   // one), a directory of nobody's, and symbolic links at the lock, wait and trace lock files of a pin root
@@ -269,7 +300,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const quick = (): string => {
     const parts: string[] = [];
     for (const p of roots) parts.push(`${p}: ${fs.existsSync(p) ? fs.readdirSync(p).sort().join(' ') : '-'}`, mapDump(p));
-    parts.push(`plain: ${fs.readdirSync(cfg.plainDir).join(' ')}`, plantedState());
+    parts.push(`plain: ${fs.readdirSync(cfg.plainDir).join(' ')}`, plantedState(), sentinelState());
     const devs = fs.readFileSync('/proc/net/dev', 'utf8').split('\n').slice(2).map((l) => l.split(':')[0]!.trim()).filter(Boolean).sort();
     for (const d of devs) {
       const idx = bpf.ifNameToIndex(d);
@@ -333,15 +364,15 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const value = (name: string) => {
     switch (name) {
       case '--bpffs':
-        return fc.constantFrom(...pinValues);
+        return fc.constantFrom(...pinValues, ...sentinels);
       case '--file':
       case '--from':
-        return fc.oneof(fc.constantFrom(...jfiles), fc.constantFrom('-', '/nonexistent/x.jsonl', cfg.plainDir, '/proc/self/status'));
+        return fc.oneof(fc.constantFrom(...jfiles), fc.constantFrom('-', '/nonexistent/x.jsonl', cfg.plainDir, '/proc/self/status', ...specials));
       case '--obj':
-        return fc.constantFrom(path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o'), path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o'), '/nonexistent.o', '/etc/hostname', cfg.plainDir);
+        return fc.constantFrom(path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o'), path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o'), '/nonexistent.o', '/etc/hostname', cfg.plainDir, ...specials);
       case '--netns':
       case '--container-netns':
-        return fc.constantFrom('/proc/self/ns/net', '/proc/1/ns/net', 'nbt-fuzz-nosuch', '/nonexistent/ns', 'a b', '', '.', '..', 'x;y', '/proc/self/ns/mnt');
+        return fc.constantFrom('/proc/self/ns/net', '/proc/1/ns/net', 'nbt-fuzz-nosuch', '/nonexistent/ns', 'a b', '', '.', '..', 'x;y', '/proc/self/ns/mnt', ...specials);
       case '--pid':
         return fc.oneof(fc.constantFrom('1', '0', '-1', '999999999', 'abc', '1.5', '', '4194305'), fc.integer({ min: 2, max: 5000000 }).map(String));
       case '--mac':
@@ -374,7 +405,20 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const tokens: fc.Arbitrary<string[]> = fc
     .array(fc.oneof({ weight: 3, arbitrary: optArb }, { weight: 3, arbitrary: anyValue.map((v): string[] => [v]) }, { weight: 1, arbitrary: fc.constantFrom(...cmds.map((c) => c.path)) }), { maxLength: 10 })
     .map((t) => t.flat());
-  const argvArb: fc.Arbitrary<string[]> = fc.oneof({ weight: 3, arbitrary: structured }, { weight: 2, arbitrary: tokens });
+  // Shapes of issue 25 that random options rarely meet: a pair of ports that loop a frame, a special file as input,
+  // a hostile number on each numeric option of a command that takes it.
+  const numericOpts = [
+    ['flow', 'allow', '--id', '100', '--proto', 'udp', '--src', '10.0.0.1:1', '--dst', '10.0.0.2:2', '--timeout'],
+    ['flow', 'deny', '--id', '100', '--proto', 'udp', '--src', '10.0.0.1:1', '--dst', '10.0.0.2:2', '--idle'],
+    ['trace', '--count', '1', '--duration'], ['trace', '--pair'], ['trace', '--count'], ['stats', '--interval'], ['pair', 'del', '--id'], ['flow', 'list', '--id'],
+    ['intercept', '--pid'], ['load', '--flows'], ['watch', '--dp', 'local', '--interval'],
+  ];
+  const shapes: fc.Arbitrary<string[]> = fc.oneof(
+    fc.tuple(fc.constantFrom(...LOOPS), macArb, fc.constantFrom<string[]>([], ['--mode', 'fwd'], ['--id', '7'])).map(([[a, b], m, extra]) => ['pair', 'add', '--in', a, '--ex', b, '--mac', m, ...extra]),
+    fc.tuple(fc.constantFrom(['pair', 'add', '--file'], ['adopt', '--from'], ['load', '--obj']), fc.constantFrom(...specials)).map(([c, f]) => [...c, f]),
+    fc.tuple(fc.constantFrom(...numericOpts), fc.constantFrom(...NUMS)).map(([c, n]) => [...c, n]),
+  );
+  const argvArb: fc.Arbitrary<string[]> = fc.oneof({ weight: 3, arbitrary: structured }, { weight: 2, arbitrary: tokens }, { weight: 1, arbitrary: shapes });
 
   /** Vectors that could reach outside the sandbox are skipped (never run). */
   const unsafe = (argv: string[]): boolean => {
@@ -392,7 +436,8 @@ async function childMain(cfg: ChildConfig): Promise<void> {
         if (v === undefined || v === '') continue;
         if (!v.includes('/') && (!/^[A-Za-z0-9_.-]{1,64}$/.test(v) || v === '.' || v === '..')) continue; // refused by name, never opened
         const p = v.includes('/') ? v : `/var/run/netns/${v}`;
-        if (fs.existsSync(p) && !['/proc/self/ns/net', '/proc/1/ns/net'].includes(v)) return true;
+        // Not a network namespace (refused before setns), or the sandbox's own: safe.
+        if (fs.existsSync(p) && !['/proc/self/ns/net', '/proc/1/ns/net', '/proc/self/ns/mnt', ...specials].includes(v)) return true;
       }
       // demo builds topologies; serve runs until a signal, loads, and creates a socket wherever --socket says.
       if (argv[i] === 'demo' || argv[i] === 'serve') return true;
@@ -514,19 +559,23 @@ async function childMain(cfg: ChildConfig): Promise<void> {
       // Log lines (JSON, when a vector asked for --log-level info or lower) are not the error line.
       const lines = r.stderr.trim().split('\n').filter((l) => l && !l.startsWith('{"level":'));
       const verifier = lines.length > 1 && /^verifier log of /.test(lines[1]!);
-      // The error line: "neuv-bpf: ..." or, under --json, {"error": ..., "code": <the exit code>}; at most 1,000 bytes.
+      // The error line: "neuv-bpf: ..." or, with --json as a word before any "--", {"error", "code"} with the exit
+      // code; at most 1,000 bytes; never a stack trace.
+      const args = batch[k]!;
+      const json = args.slice(0, args.includes('--') ? args.indexOf('--') : undefined).includes('--json');
+      const first = lines[0] ?? '';
       const jsonError = (l: string): boolean => {
         try {
           const o = JSON.parse(l) as { error?: unknown; code?: unknown };
-          return typeof o.error === 'string' && o.code === r.code;
+          return typeof o.error === 'string' && o.error.length > 0 && o.code === r.code;
         } catch {
           return false;
         }
       };
-      const first = lines[0] ?? '';
-      const errorLine = /^neuv-bpf: \S/.test(first) || (batch[k]!.includes('--json') && jsonError(first));
-      if (Buffer.byteLength(first) > 1000) report.real.problems.push(`${argv}: exit ${r.code} with an error line of ${Buffer.byteLength(first)} bytes`);
-      if ((lines.length !== 1 && !verifier) || !errorLine) report.real.problems.push(`${argv}: exit ${r.code} with stderr ${JSON.stringify(r.stderr.slice(0, 500))}`);
+      const form = json ? jsonError(first) : /^neuv-bpf: \S/.test(first);
+      if ((lines.length !== 1 && !(verifier && !json)) || !form) report.real.problems.push(`${argv}: exit ${r.code} with stderr ${JSON.stringify(r.stderr.slice(0, 500))}`);
+      if (Buffer.byteLength(first) > 1000) report.real.problems.push(`${argv}: an error line of ${Buffer.byteLength(first)} bytes (at most 1,000)`);
+      if (/\n\s+at .*:\d+:\d+\)?$/m.test(r.stderr)) report.real.problems.push(`${argv}: a stack trace on stderr`);
       if (r.stdout !== '' && !/--help|-h\b/.test(argv)) report.real.problems.push(`${argv}: exit ${r.code} but printed ${JSON.stringify(r.stdout.slice(0, 200))}`);
     });
     const q = quick();
@@ -697,6 +746,39 @@ if (require.main === module) {
       );
     });
 
+    it('numbers (issue 25): in range, or a usage error of one short line naming the option (3,000)', function () {
+      const kinds: Array<[string, (v: unknown) => number, Range]> = [
+        ['--id', (v) => parseInteger(v, '--id', PORT_ID), PORT_ID],
+        ['--pair', (v) => parseInteger(v, '--pair', PORT_ID_HEX), PORT_ID_HEX],
+        ['--timeout', (v) => parseDecimal(v, '--timeout', FLOW_SECONDS), FLOW_SECONDS],
+        ['--interval', (v) => parseDecimal(v, '--interval', WATCH_INTERVAL), WATCH_INTERVAL],
+      ];
+      const num = fc.oneof(
+        fc.constantFrom(...NUMS),
+        fc.bigInt().map(String),
+        fc.double().map(String),
+        fc.double(),
+        fc.integer().map((n) => `0x${n.toString(16)}`),
+        fc.stringMatching(/^[-+0-9.eExX ]{0,30}$/),
+        fc.string({ maxLength: 12 }),
+      );
+      fc.assert(
+        fc.property(num, (v) => {
+          for (const [what, parse, r] of kinds) {
+            try {
+              const n = parse(v);
+              assert.ok(Number.isFinite(n) && n >= r.min && n <= r.max && !Object.is(n, -0), `${what} ${String(v)} -> ${n}`);
+            } catch (e) {
+              typedError(e, `${what} ${JSON.stringify(v)}`);
+              assert.equal((e as NeuvError).code, 2);
+              assert.ok((e as Error).message.startsWith(`${what} `) && (e as Error).message.length < 200 && !(e as Error).message.includes('\n'), (e as Error).message);
+            }
+          }
+        }),
+        params(3000),
+      );
+    });
+
     it('intercept targets, pin roots, crash points: parsed or a usage error (1,500)', function () {
       fc.assert(
         fc.property(fc.option(anyValue, { nil: undefined }), fc.option(anyValue, { nil: undefined }), fc.oneof(anyValue, fc.constantFrom('/sys/fs/bpf/x', '/sys/fs/bpf/x/', '//a//b/')), junk, (pid, ns, pin, crash) => {
@@ -737,13 +819,16 @@ if (require.main === module) {
       const pins2 = `${pins}-2`;
       const plainDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-fuzz-plain-'));
       const planted = plantedPaths({ pins });
+      const sentinel = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-fuzz-sentinel-'));
+      const sentinelRoots = ['file', 'dir', 'fifo', 'link', 'dirlink'].map((n) => path.join(sentinel, n));
       onCleanup(() => {
         for (const p of [pins, pins2, `${pins}-other`, planted.link, planted.nobody]) fs.rmSync(p, { recursive: true, force: true });
         fs.rmSync(plainDir, { recursive: true, force: true });
-        removeLockFiles(pins, pins2, `${pins}-other`, plainDir, path.join(plainDir, 'pins'), planted.lockLinks, planted.link, planted.nobody);
+        fs.rmSync(sentinel, { recursive: true, force: true });
+        removeLockFiles(pins, pins2, `${pins}-other`, plainDir, path.join(plainDir, 'pins'), planted.lockLinks, planted.link, planted.nobody, ...sentinelRoots);
       });
       try {
-        const cfg: ChildConfig = { pins, pins2, plainDir, seed, runs, real, realParallel: 2 };
+        const cfg: ChildConfig = { pins, pins2, plainDir, sentinel, seed, runs, real, realParallel: 2 };
         // The child dies with us: setpriv --pdeathsig SIGKILLs unshare when this process goes, and unshare's
         // --kill-child then SIGKILLs the child (pid 1 of its pid namespace, so all below it). Our own deadline,
         // 10 s before mocha's, kills it so that a run too long fails here and cleans up rather than outliving the test.

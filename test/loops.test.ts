@@ -17,6 +17,9 @@ import { Pins, withProg } from '../src/pins';
 import { attach } from '../src/attach';
 import { Mode } from '../src/layout';
 import { keepQdiscFlag, portEntries, writePairEntries } from '../src/pairs/entries';
+import { NV_VBR, nvAttachRules, nvPairRules, nvPref } from '../src/migrate/nvtc';
+import { ucmac } from '../src/mac';
+import { nvCaps } from './nvfixture';
 
 const MAC = '02:00:00:00:00:01';
 
@@ -145,5 +148,48 @@ describe('forwarding loops (kernel)', function () {
     assert.equal(left.pairs.length, 1);
     assert.equal(left.consistent, true);
     assert.equal(t.c(['show', '--check']).code, 0);
+  });
+
+  it('pair add refuses ports whose peers are ports of one bridge in another netns, and takes them once they are not', function () {
+    const t = setup();
+    const x = makeNetns();
+    veth({ ns: t.ns, name: 'la' }, { ns: x, name: 'pa' }, { ipv6: false });
+    veth({ ns: t.ns, name: 'lb' }, { ns: x, name: 'pb' }, { ipv6: false });
+    x.ip('link', 'add', 'br0', 'type', 'bridge');
+    for (const p of ['pa', 'pb']) x.ip('link', 'set', p, 'master', 'br0');
+    refused(t, ['pair', 'add', '--in', 'la', '--ex', 'lb', '--mac', MAC], ExitCode.USAGE,
+      new RegExp(`^neuv-bpf: la/lb: forwarding loop: the veth peers of vin la and vex lb \\(pa and pb, in netns /var/run/netns/${x.name}\\) are ports of one bridge there, br0`));
+    x.ip('link', 'set', 'pb', 'nomaster');
+    const ok = t.c(['pair', 'add', '--in', 'la', '--ex', 'lb', '--mac', MAC]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(t.c(['show', '--check']).code, 0);
+  });
+
+  it("adopt refuses a NeuVector pair whose ports are veth peers of each other before it loads or writes anything", function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    const c = (args: string[]) => runCli(['--netns', ns.name, '--bpffs', pins, ...args], { env: { NEUV_BPF_ATTACH: 'tc' } });
+    // NeuVector's Connect, AttachPortPair and FwdPortPair (nvtc.ts) on la/lb, veth peers of each other.
+    veth({ ns, name: NV_VBR, index: 10000000, mtu: 2048 }, { ns, name: 'vth-neuv', index: 10000001, mtu: 2048 }, { ipv6: false });
+    ns.exec('tc', ['qdisc', 'add', 'dev', NV_VBR, 'ingress']);
+    veth({ ns, name: 'la' }, { ns, name: 'lb' }, { ipv6: false });
+    const [i, x] = [linkOf(ns, 'la').ifindex, linkOf(ns, 'lb').ifindex];
+    for (const a of nvAttachRules({ inPort: 'la', exPort: 'lb' })) ns.exec('tc', a);
+    const inPref = nvPref(i, new Set());
+    const exPref = nvPref(x, new Set([inPref]));
+    const pair = { inPort: 'la', exPort: 'lb', mac: Buffer.from([2, 0, 0, 0, 0, 1]), ucmac: ucmac(x & 0xffff), inPref, exPref };
+    for (const a of nvPairRules(pair, 'fwd', { pedit: nvCaps().pedit })) ns.exec('tc', a);
+    const loop = /^neuv-bpf: la\/lb: forwarding loop: la and lb are veth peers of each other/;
+    // Not loaded: refused before adopt loads the datapath. Loaded: before it writes the pair's entries.
+    for (const step of ['not loaded', 'loaded'] as const) {
+      if (step === 'loaded') assert.equal(c(['load']).code, 0);
+      const before = kernelState(ns, pins);
+      for (const args of [['adopt', '--dry-run'], ['adopt']]) {
+        const r = c(args);
+        assert.equal(r.code, ExitCode.USAGE, `${step}: ${args.join(' ')}: exit ${r.code}: ${r.stderr}${r.stdout}`);
+        assert.match(oneErrorLine(r), loop);
+        assert.equal(kernelState(ns, pins), before, `${step}: ${args.join(' ')}: the kernel changed`);
+      }
+    }
   });
 });

@@ -25,6 +25,7 @@ import { log } from '../log';
 import { parseMac } from '../mac';
 import { NvMode } from './nvtc';
 import { Datapath } from '../pairs';
+import { MapState, checkLoops, linkInfos, readState } from '../pairs/state';
 
 import { DiscoveredPair, Discovery, MigratedPair, NvFilterRef, Unclassified, batchSafe, discover, readFilters } from './discover';
 import { TcFilter, isOurFilter } from './rules';
@@ -348,12 +349,18 @@ export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
     if (p.qdisc.vin === 'clsact' || p.qdisc.vex === 'clsact') warnings.push(`${p.in}/${p.ex}: a clsact qdisc where NeuVector has a legacy ingress one`);
   }
   if (pairs.length === 0) return res;
-  const links = new Map((await linkShow()).map((l) => [l.ifname, l]));
+  const raw = await linkShow();
+  const links = new Map(raw.map((l) => [l.ifname, l]));
+  // Ports that would loop a frame (veth peers of each other, of another pair's port, of vbr-neuv/vth-neuv) are
+  // refused before anything is written or loaded, as pair add refuses them (its check would come after the seed).
+  const loopCheck = (st: Pick<MapState, 'ports' | 'ids'>) => checkLoops(pairs.map((p) => ({ in: p.in, ex: p.ex })), linkInfos(raw), st);
 
-  if (loaded) {
+  if (!loaded) loopCheck({ ports: new Map(), ids: new Map() });
+  else {
     const m = openMaps(pinRoot);
     try {
       checkMaps(m, pairs, links);
+      loopCheck(readState(m));
     } finally {
       m.close();
     }
@@ -374,6 +381,7 @@ export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
     const m = openMaps(pinRoot);
     try {
       checkMaps(m, pairs, links);
+      loopCheck(readState(m));
       for (const p of pairs) {
         try {
           failpoint('seed', p.in);

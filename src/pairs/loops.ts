@@ -14,13 +14,21 @@
  *   - vin and vex are the same device;
  *   - vin and vex are veth peers of each other;
  *   - the peer of vin or vex is a port of another pair (existing, or of the
- *     same batch), or vbr-neuv/vth-neuv.
- * A peer in another network namespace is fine: that is the normal case (the
- * container's eth0, the host's bridge port). The peer is `ip -d -j link`'s
- * peer named by `link` when link_netnsid is absent (peerHere).
+ *     same batch), or vbr-neuv/vth-neuv;
+ *   - the peers of vin and vex are both in one other netns, ports of one
+ *     bridge there (sharedBridge).
+ * A peer in another network namespace is otherwise fine: that is the normal
+ * case (the container's eth0, the host's bridge port). The peer is `ip -d -j
+ * link`'s peer named by `link` when link_netnsid is absent (peerHere), else
+ * link_index in the netns link_netnsid names (peerThere). What is not
+ * checked (docs/datapath.md, "Forwarding loops"): both peers in one netns
+ * that routes between them (the TTL ends such a loop), and rings through
+ * another enforcer netns's datapath or a chain of netns.
  */
+import { linkAliases } from '../bpf';
 import { VBR_IFINDEX, VTH_IFINDEX } from '../layout';
 import { LinkJson, VBR, VTH } from '../link';
+import { inNetnsAt, netnsPathOfNsid } from '../netns';
 
 /**
  * The ifindex of a veth's peer when that peer is in this netns, from
@@ -38,6 +46,34 @@ export interface LoopPort {
   name: string;
   /** Its veth peer's ifindex, when the peer is in this netns. */
   peerIfindex?: number;
+  /** Its veth peer in another netns: the id this netns gives that one (link_netnsid), and the peer's ifindex there. */
+  peerNetnsid?: number;
+  peerIndex?: number;
+}
+
+/** peerNetnsid and peerIndex of a veth whose peer is in another netns, from `ip -d -j link show`. */
+export function peerThere(l: Pick<LinkJson, 'link_index' | 'link_netnsid' | 'linkinfo'>): Pick<LoopPort, 'peerNetnsid' | 'peerIndex'> {
+  if (l.linkinfo?.info_kind !== 'veth' || l.link_netnsid === undefined || !l.link_index) return {};
+  return { peerNetnsid: l.link_netnsid, peerIndex: l.link_index };
+}
+
+/**
+ * Both veth peers in one other netns, ports of one bridge there: the bridge
+ * floods a frame out of vex (a broadcast, an unknown unicast) to vin's peer,
+ * so it comes back into the pair, for ever. That netns is found by its id
+ * (netnsPathOfNsid) and its links read in-process (src/bpf/rtnl.ts), only
+ * when both peers share it (never the case for a container's port: one peer
+ * is in the container, the other on the host).
+ */
+function sharedBridge(vin: LoopPort, vex: LoopPort): string | undefined {
+  if (vin.peerNetnsid === undefined || vin.peerNetnsid !== vex.peerNetnsid || !vin.peerIndex || !vex.peerIndex) return undefined;
+  const where = netnsPathOfNsid(vin.peerNetnsid);
+  const links = where ? inNetnsAt(where, () => linkAliases())?.value : undefined;
+  const a = links?.find((l) => l.ifindex === vin.peerIndex);
+  const b = links?.find((l) => l.ifindex === vex.peerIndex);
+  const br = a?.master ? links!.find((l) => l.ifindex === a.master) : undefined;
+  if (!a || !b || !br || a.master !== b.master || br.kind !== 'bridge') return undefined;
+  return `the veth peers of vin ${vin.name} and vex ${vex.name} (${a.name} and ${b.name}, in netns ${where}) are ports of one bridge there, ${br.name} (a frame would go round for ever)`;
 }
 
 /** Every problem line of this module starts with it (repair removes such a pair). */
@@ -74,5 +110,6 @@ export function loopProblem(vin: LoopPort, vex: LoopPort, ports: Map<number, str
     const other = ports.get(p.peerIfindex);
     if (other !== undefined) return bad(`the veth peer of ${role} ${p.name} is ${pn}, ${other} (frames would be forwarded back into the datapath)`, true);
   }
-  return undefined;
+  const shared = sharedBridge(vin, vex);
+  return shared ? bad(shared) : undefined;
 }

@@ -4,9 +4,10 @@ import { Pins } from '../pins';
 import { AttachKind, preferredKind } from '../attach';
 import { ConflictError, NotFoundError, UsageError } from '../errors';
 import { Mode, ModeValue, PortEntry, PortFlag, Role, VBR_IFINDEX, VTH_IFINDEX, decodeId, decodePort, decodeU32Key, u32Key } from '../layout';
-import { validateIfName } from '../link';
+import { LinkJson, validateIfName } from '../link';
 import { formatMac } from '../mac';
-import { loopProblem } from './loops';
+import { peerElsewhere } from './entries';
+import { loopProblem, peerHere, peerThere } from './loops';
 
 import { PairSelector, PairAdded, ValidSpec, labelled, modeName, parsePortId, IdRequest, allocateIds } from './spec';
 
@@ -31,6 +32,9 @@ export interface LinkInfo {
   peerElsewhere: boolean;
   /** The veth's peer's ifindex, when it is in this netns (loops.ts). */
   peerIfindex?: number;
+  /** Its peer in another netns: that netns's id here and the peer's ifindex there (loops.ts). */
+  peerNetnsid?: number;
+  peerIndex?: number;
 }
 
 /** A pair of the batch, resolved against the kernel. */
@@ -142,6 +146,43 @@ export function lookupForSelector(m: Pick<Maps, 'ports' | 'ids'>, sel: PairSelec
   return { ports, ids: new Map() };
 }
 
+/** This netns's links by name, from `ip -d -j link show`, as planPairs and checkLoops need them. */
+export function linkInfos(raw: LinkJson[]): Map<string, LinkInfo> {
+  const byName = new Map(raw.map((l) => [l.ifname, l]));
+  return new Map(
+    raw.map((l) => [l.ifname, { ifindex: l.ifindex, name: l.ifname, kind: l.linkinfo?.info_kind, peerElsewhere: peerElsewhere(l), peerIfindex: peerHere(l, byName), ...peerThere(l) }]),
+  );
+}
+
+/**
+ * Refuses (before any change) a batch of pairs whose ports would forward a
+ * frame back into our programs (loops.ts), judged against every port in the
+ * maps and of the batch: pair add, intercept and adopt. A port not found is
+ * left to the caller's own checks.
+ */
+export function checkLoops(batch: Array<{ in: string; ex: string; label?: string }>, links: Map<string, LinkInfo>, st: Pick<MapState, 'ports' | 'ids'>): void {
+  const byIndex = new Map<number, LinkInfo>();
+  for (const l of links.values()) byIndex.set(l.ifindex, l);
+  const name = (i: number) => byIndex.get(i)?.name ?? `ifindex ${i}`;
+  // Every port that runs (or, with this batch, will run) our programs: a peer of a pair's port must be none.
+  const ports = pairPorts(st, name);
+  for (const b of batch) {
+    for (const [role, n] of [['vin', b.in], ['vex', b.ex]] as const) {
+      const l = links.get(n);
+      if (l && !ports.has(l.ifindex)) ports.set(l.ifindex, `the ${role} of ${b.label || `${b.in}/${b.ex}`}`);
+    }
+  }
+  for (const b of batch) {
+    const vin = links.get(b.in);
+    const vex = links.get(b.ex);
+    if (!vin || !vex) continue;
+    labelled(b.label, () => {
+      const loop = loopProblem(vin, vex, ports, name);
+      if (loop) throw new (loop.otherPair ? ConflictError : UsageError)(`${b.in}/${b.ex}: ${loop.line}`);
+    });
+  }
+}
+
 /** Resolves every spec against the links and maps; throws before any change. */
 export function planPairs(valid: ValidSpec[], labels: string[], links: Map<string, LinkInfo>, st: MapState): Plan[] {
   const byIndex = new Map<number, LinkInfo>();
@@ -155,16 +196,7 @@ export function planPairs(valid: ValidSpec[], labels: string[], links: Map<strin
   }
   const peerRefs = new Map<number, number>();
   for (const [ifindex, e] of st.ports) peerRefs.set(e.peerIfindex, ifindex);
-  // Every port that runs (or, with this batch, will run) our programs: a peer of a pair's port must be none (loops.ts).
-  const ports = pairPorts(st, name);
-  valid.forEach((s, i) => {
-    for (const [role, n] of [['vin', s.in], ['vex', s.ex]] as const) {
-      const l = links.get(n);
-      if (l && !ports.has(l.ifindex)) ports.set(l.ifindex, `the ${role} of ${labels[i] || `${s.in}/${s.ex}`}`);
-    }
-  });
   const plans: Array<Plan | undefined> = [];
-  const loopChecks: Array<() => void> = [];
   const newReqs: Array<{ i: number; req: IdRequest }> = [];
 
   valid.forEach((s, i) => {
@@ -179,13 +211,6 @@ export function planPairs(valid: ValidSpec[], labels: string[], links: Map<strin
       };
       const vin = link(s.in, 'vin');
       const vex = link(s.ex, 'vex');
-      // After every spec's own checks (a port already in a pair is said as such first, whichever line it is on).
-      loopChecks.push(() =>
-        labelled(label, () => {
-          const loop = loopProblem(vin, vex, ports, name);
-          if (loop) throw new (loop.otherPair ? ConflictError : UsageError)(`${s.in}/${s.ex}: ${loop.line}`);
-        }),
-      );
       const eIn = st.ports.get(vin.ifindex);
       const eEx = st.ports.get(vex.ifindex);
       const macText = formatMac(s.mac);
@@ -240,7 +265,8 @@ export function planPairs(valid: ValidSpec[], labels: string[], links: Map<strin
     });
   });
 
-  for (const c of loopChecks) c();
+  // After every spec's own checks (a port already in a pair is said as such first, whichever line it is on).
+  checkLoops(valid.map((s, i) => ({ in: s.in, ex: s.ex, label: labels[i] || undefined })), links, st);
   if (newReqs.length) {
     const used = new Map<number, string>();
     for (const id of st.ids.keys()) used.set(id, describePair(st, id, name));
