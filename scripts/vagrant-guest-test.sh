@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEFAULT_EMULATED='dist/test/features.test.js dist/test/loader.test.js dist/test/datapath.test.js dist/test/pairs.test.js dist/test/e2e.test.js dist/test/intercept.test.js'
+DEFAULT_EMULATED='dist/test/features.test.js dist/test/loader.test.js dist/test/datapath.test.js dist/test/pairs.test.js dist/test/pairs-api.test.js dist/test/pairs-traffic.test.js dist/test/pairs-scale.test.js dist/test/e2e.test.js dist/test/intercept.test.js'
 
 [ "$(id -u)" -eq 0 ] || { echo "vagrant-guest-test: run as root (sudo)" >&2; exit 1; }
 virt=$(systemd-detect-virt 2>/dev/null || true)
