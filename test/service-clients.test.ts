@@ -148,6 +148,15 @@ describe('the service\'s clients: Go, the CLI, the trace stream (kernel)', funct
     const dup = c('pair', 'add', '--in', w2.vin, '--ex', w2.vex, '--mac', '02:00:00:00:00:09');
     assert.equal(dup.code, 5, dup.stderr);
 
+    // Drops by reason: a pair in drop mode, through the CLI and the service, counts its frames per pair and by reason.
+    const reason = (text: string) => sample(text, 'neuv_frames_by_reason_total', { reason: 'drop_mode' }) ?? 0;
+    const before = reason(scrape(t.enforcer.name, port));
+    assert.equal(c('pair', 'mode', 'drop', '--id', String(id)).code, 0);
+    assert.equal(ping(t.host, t.wlAddr, 2, 0.2), 0, 'drop mode drops');
+    const text = scrape(t.enforcer.name, port);
+    assert.ok(reason(text) >= before + 2, `neuv_frames_by_reason_total{reason="drop_mode"}: ${before} -> ${reason(text)}`);
+    assert.ok((sample(text, 'neuv_pair_frames_total', { id: String(id), direction: 'to_wl', action: 'drop' }) ?? 0) >= 2);
+
     assert.equal(c('pair', 'del', '--ex', w2.vex).code, 0);
     assert.equal(calls('DELETE', '/v1/pairs/{pair}'), 1);
 
