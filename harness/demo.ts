@@ -226,6 +226,9 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
 
         const n = ping(t, c1.ns, c2.ip4, 3);
         res.set('ping c1->c2', { ok: n === 3, detail: `${n}/3` });
+        // Read now: NeuVector's DP forgets an ICMP session 5 s after its last packet (SESS_TIMEOUT_ICMP), and
+        // FWD's blocked probes below wait out their timeouts (a reading adds up, see harness/demo-dp.ts).
+        await dpx.counts();
         const probes = await runProbes(c1.ns, [
           { t: 'tcp', host: c2.ip4, port: PORTS.tcp },
           { t: 'udp', host: c2.ip4, port: PORTS.udp, count: 5 },
