@@ -11,7 +11,7 @@ export type NvdpOutcome = NvdpResult | { skipped: string };
 const rr = (s: Summary | undefined) => (s ? `${fmtRatio(s.median)} (${fmt(s.min)}-${fmt(s.max)})` : 'n/a');
 const pct = (s: Summary | undefined) => (s ? `${Math.round(s.median * 100)}%` : '-');
 
-function table(head: string[], rows: string[][]): string {
+export function table(head: string[], rows: string[][]): string {
   return [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
 }
 

@@ -6,6 +6,7 @@ import type { ControlResult } from './control';
 import type { DpReturnResult } from './dpreturn';
 import { NvdpOutcome, TapTapOutcome, nvdpMarkdown, nvdpSummary, taptapMarkdown, taptapSummary } from './nvdp-report';
 import type { BenchRow as OffloadRow } from './offload';
+import { BATCH_TARGET_MS, OnboardResult, onboardMarkdown, onboardSummary } from './onboard';
 import type { ProgCostResult } from './progcost';
 import type { ThroughputResult, VariantId } from './throughput';
 import { MachineInfo, Summary, fmt, fmtRatio } from './util';
@@ -52,6 +53,8 @@ export interface BenchResults {
   nvdp?: NvdpOutcome;
   /** TAP with the real DP, one ring vs a ring per container (bench/taptap.ts), or why it was skipped. */
   taptap?: TapTapOutcome;
+  /** Onboarding through the service: 1,000 pairs in one call, intercept latency (bench/onboard.ts). */
+  onboard?: OnboardResult;
 }
 
 export interface Target {
@@ -108,6 +111,10 @@ export function targets(r: BenchResults): Target[] {
     t.push({ what: `Onboard 1,000 pairs: NeuVector's tc processes / neuv-bpf pair add --file, wall time${scaled}`, value: x, shown: fmtRatio(x), target: '>= 20x', met: x === undefined ? undefined : x >= 20, section: '3' });
     const xc = med(p?.nvOverCliCpu);
     t.push({ what: 'Onboard 1,000 pairs: the same, CPU time', value: xc, shown: fmtRatio(xc), target: '(context)', met: undefined, section: '3' });
+  }
+  if (r.onboard) {
+    const b = r.onboard.batchMs.median;
+    t.push({ what: `Onboard ${r.onboard.params.pairs} pairs in one POST /v1/pairs (the service)`, value: b, shown: `${fmt(b)} ms`, target: `< ${BATCH_TARGET_MS} ms`, met: b < BATCH_TARGET_MS, section: '9' });
   }
   const off = offloadRows(r);
   if (off) {
@@ -189,6 +196,8 @@ export function summaryLine(name: string, r: BenchResults): string {
       return nvdpSummary(r.nvdp);
     case 'taptap':
       return taptapSummary(r.taptap);
+    case 'onboard':
+      return r.onboard ? onboardSummary(r.onboard) : 'onboard: not run';
     default:
       return `${name}: done`;
   }
@@ -643,6 +652,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
 
   if (r.nvdp) L.push(...nvdpMarkdown(r.nvdp, reproduce));
   if (r.taptap) L.push(...taptapMarkdown(r.taptap, reproduce));
+  if (r.onboard) L.push(...onboardMarkdown(r.onboard, reproduce));
 
   L.push('## Raw data');
   L.push('');

@@ -2,7 +2,7 @@
  * `make bench`: neuv-bpf against NeuVector's tc rules and against a plain
  * veth pair, side by side, on this machine, in one run.
  *
- *   node dist/bench/run.js [--quick] [--only progcost,trace,throughput,dpreturn,control,offload,nvdp,taptap]
+ *   node dist/bench/run.js [--quick] [--only progcost,trace,throughput,dpreturn,control,offload,nvdp,taptap,onboard]
  *                          [--json FILE] [--md FILE]
  *   node dist/bench/run.js --from RESULTS.json [--md FILE] [--note TEXT --json FILE]   (render the Markdown again;
  *                                                           --note adds a remark on the run, --json saves it with it)
@@ -17,6 +17,7 @@
  *   offload     TCP of a flow the DP offloaded vs BYPASS vs FWD through the stub DP (bench/offload.ts)
  *   nvdp        FWD through NeuVector's real DP: neuv-bpf vs its tc pipe vs plain, and offloaded (bench/nvdp.ts)
  *   taptap      TAP with the real DP for N containers: one ring (ours) vs a ring per container (bench/taptap.ts)
+ *   onboard     through the service: 1,000 pairs in one POST /v1/pairs, intercept p50/p99 vs the CLI (bench/onboard.ts)
  *
  * A full run writes BENCHMARKS.json and BENCHMARKS.md; --quick (and --only)
  * write build/bench-quick.json (build/bench-<names>.json) and a Markdown file
@@ -31,13 +32,14 @@ import { runControl } from './control';
 import { runDpReturn } from './dpreturn';
 import { run as runOffload } from './offload';
 import { runNvdp } from './nvdp';
+import { runOnboard } from './onboard';
 import { runProgCost } from './progcost';
 import { runTapTap } from './taptap';
 import { BenchResults, KernelProbe, markdown, summaryLine, targets } from './report';
 import { runThroughput } from './throughput';
 import { netns, RT_PRIORITY, ROOT, cpuBusy, installSignalCleanup, machineInfo, progress, rtEnabled, runCleanups, snapshotRuntime, shResult } from './util';
 
-const ALL = ['progcost', 'trace', 'throughput', 'dpreturn', 'control', 'offload', 'nvdp', 'taptap'] as const;
+const ALL = ['progcost', 'trace', 'throughput', 'dpreturn', 'control', 'offload', 'nvdp', 'taptap', 'onboard'] as const;
 type Name = (typeof ALL)[number];
 
 interface Args {
@@ -179,6 +181,7 @@ async function main(): Promise<number> {
     offload: async () => (r.offload = await runOffload({ quick: args.quick })),
     nvdp: async () => (r.nvdp = await runNvdp({ quick: args.quick })),
     taptap: async () => (r.taptap = await runTapTap({ quick: args.quick })),
+    onboard: async () => (r.onboard = await runOnboard({ quick: args.quick })),
   };
 
   for (const n of names) {
