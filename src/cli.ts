@@ -10,10 +10,10 @@ import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
 import { checkPinRoot, checkPrivileges, pinRootFrom } from './pins';
 import { checkHome } from './home';
-import { register as registerVersion } from './cli/version';
+import { registerVersionCommands } from './cli/version';
 import { registerLoadCommands } from './cli/load';
 import { registerPairCommands } from './cli/pair';
-import { register as registerTrace } from './cli/trace';
+import { registerTraceCommands } from './cli/trace';
 import { startCommandTrace, stopCommandTrace } from './trace';
 import { InterruptedError, caughtSignal, holdSignals, releaseSignals, rollbackFailureCount, safePoint, signalExitCode } from './signals';
 import { registerInterceptCommands } from './cli/intercept';
@@ -34,9 +34,9 @@ export type { Ctx, CommandRegistrar, GlobalOpts } from './cli/context';
 const registrars: CommandRegistrar[] = [
   // COMMAND MODULES
   registerLoadCommands,
-  registerVersion,
+  registerVersionCommands,
   registerPairCommands,
-  registerTrace,
+  registerTraceCommands,
   registerInterceptCommands,
   registerDemoCommands,
   registerRepairCommands,

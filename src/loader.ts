@@ -29,7 +29,7 @@ import {
 } from './layout';
 import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
-import { crashPoint } from './crash';
+import { faultPoint } from './faults';
 import { PACKAGE_ROOT } from './root';
 import { checkPinRoot, checkPrivileges, ensurePinRoot, isBpffs, isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, removePinRoot, withPinnedMap } from './pins';
 import { checkHome, homeHere, vbrOwner, writeHome } from './home';
@@ -126,7 +126,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     obj.setMaxEntries(MAPS.flows.name, flowsSize(pinRoot, hadPins.has(MAPS.flows.name), opts.flows));
     const mtu = opts.jumbo ? 9000 : 2048;
     const { created, mtuWas } = await ensureDpPair(mtu, VBR_IFINDEX, VTH_IFINDEX);
-    crashPoint('load:after-dp-pair');
+    faultPoint('load:after-dp-pair');
     if (created) undo.push(`delete ${VBR}`, () => run('ip', ['link', 'del', 'dev', VBR], { allowFail: true }));
     if (mtuWas !== undefined) {
       undo.push(`restore the MTU ${mtuWas} of ${VBR}/vth-neuv`, async () => {
@@ -136,7 +136,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     const vbrIndex = ifindexIfExists(VBR);
 
     obj.load();
-    crashPoint('load:after-obj-load');
+    faultPoint('load:after-obj-load');
     if (portsBefore) {
       // The new neuv_ports gets the old entries before any hook runs its program.
       const pm = obj.map(MAPS.ports.name);
@@ -155,12 +155,12 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
     updateConfig(pinRoot, config, (c) => (c.dpIfindex === vbrIndex ? undefined : { ...c, dpIfindex: vbrIndex }));
     // Flow entries in a reused neuv_flows (written before NEUV_CFG_FLOWS existed): make the programs look.
     if (obj.map(MAPS.flows.name).keys().length && enableFlowLookups(pinRoot, config)) lg.info('neuv_flows holds entries: flow lookups enabled');
-    crashPoint('load:after-config');
+    faultPoint('load:after-config');
 
     // Attach (or swap in place) vbr-neuv, then every vin/vex already in the map.
     const progFds = { vin: obj.progFd(PROGS.vin), vex: obj.progFd(PROGS.vex), vbr: obj.progFd(PROGS.vbr) };
     const vbrAtt = attach(pinRoot, vbrIndex, VBR, progFds.vbr, kind);
-    crashPoint('load:after-vbr-attach');
+    faultPoint('load:after-vbr-attach');
     if (!vbrAtt.replaced && !created) {
       undo.push('detach vbr-neuv', () => detach(pinRoot, vbrIndex, VBR, vbrAtt.qdiscCreated));
     }
@@ -180,7 +180,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       }
       attach(pinRoot, ifindex, name, entry.role === Role.VIN ? progFds.vin : progFds.vex, kind);
       reattached++;
-      crashPoint('load:after-reattach');
+      faultPoint('load:after-reattach');
     }
 
     // Pin the programs: pin beside, then rename over the old pin (atomic on bpffs).
@@ -190,9 +190,9 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       const tmp = `${final}_new`; // bpffs refuses names with a '.'
       fs.rmSync(tmp, { force: true });
       pinFd(progFds[role], tmp);
-      crashPoint('load:after-prog-pin-tmp');
+      faultPoint('load:after-prog-pin-tmp');
       fs.renameSync(tmp, final);
-      crashPoint('load:after-prog-pin');
+      faultPoint('load:after-prog-pin');
       fs.chmodSync(final, 0o600);
       const p = new ProgFd(progFds[role], false);
       progIds[role] = p.info().id;
@@ -203,7 +203,7 @@ export async function load(opts: LoadOptions): Promise<LoadResult> {
       mapIds[m.name] = fd.info.id;
       fs.chmodSync(path.join(pinRoot, m.name), 0o600);
     }
-    crashPoint('load:before-commit');
+    faultPoint('load:before-commit');
     undo.clear();
     obj.close();
     // Every hook runs the new programs now, which use the new map: the old one can go.

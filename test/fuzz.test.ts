@@ -5,7 +5,7 @@
  *
  * Three layers:
  *  1. the pure parsers (JSON lines, specs, MACs, ids, interface names, modes,
- *     selectors, targets, pin roots, crash points), 10,000+ cases in-process;
+ *     selectors, targets, pin roots, fault points), 10,000+ cases in-process;
  *  2. buildProgram() from src/cli.ts in-process, 10,000 argument vectors
  *     (NEUV_BPF_SOAK=1: 50,000), output stubbed, against a real datapath;
  *  3. a few hundred real CLI invocations (soak: 1,000) against the same.
@@ -47,7 +47,7 @@ import { validateIfName } from '../src/link';
 import { selectorFrom } from '../src/cli/pair';
 import { targetFrom } from '../src/cli/intercept';
 import { pinRootFrom } from '../src/pins';
-import { parseCrashAt } from '../src/crash';
+import { FAULT_ACTIONS, parseFaults } from '../src/faults';
 import { formatMac, isUcmac } from '../src/mac';
 import { FLOW_SECONDS, PORT_ID, PORT_ID_HEX, Range, WATCH_INTERVAL, parseDecimal, parseInteger } from '../src/numbers';
 
@@ -779,7 +779,7 @@ if (require.main === module) {
       );
     });
 
-    it('intercept targets, pin roots, crash points: parsed or a usage error (1,500)', function () {
+    it('intercept targets, pin roots, fault points: parsed or a usage error (1,500)', function () {
       fc.assert(
         fc.property(fc.option(anyValue, { nil: undefined }), fc.option(anyValue, { nil: undefined }), fc.oneof(anyValue, fc.constantFrom('/sys/fs/bpf/x', '/sys/fs/bpf/x/', '//a//b/')), junk, (pid, ns, pin, crash) => {
           try {
@@ -794,8 +794,7 @@ if (require.main === module) {
           } catch (e) {
             typedError(e, `pinRootFrom(${JSON.stringify(pin)})`);
           }
-          const m = parseCrashAt(crash);
-          for (const [k, n] of m) assert.ok(k.length > 0 && Number.isInteger(n) && n >= 1);
+          for (const f of parseFaults(crash)) assert.ok(FAULT_ACTIONS.includes(f.action) && f.point.length > 0 && Number.isInteger(f.hit) && f.hit >= 1);
         }),
         params(1500),
       );

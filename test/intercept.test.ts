@@ -196,7 +196,7 @@ describe('intercept / release (kernel)', function () {
     const c1 = tt.c[0]!;
     const before = containerState(tt.t, c1);
     const args = ['intercept', '--container-netns', c1.path, '--mode', 'tap'];
-    const k = tt.run(args, { NEUV_BPF_CRASH_AT: 'intercept:before-commit' });
+    const k = tt.run(args, { NEUV_BPF_FAULT: 'crash@intercept:before-commit' });
     assert.equal(k.code, -1, `not killed: ${k.stderr}`);
     assert.match(k.stderr, /crash point intercept:before-commit reached/);
     // The journal completes it; the rerun reports it intercepted, as a successful intercept does.
@@ -268,16 +268,16 @@ describe('intercept / release (kernel)', function () {
     assert.deepEqual(pairsShown(tt), []);
   });
 
-  it('rolls back every step of intercept (NEUV_BPF_FAIL_AT=intercept:<step>)', function () {
+  it('rolls back every step of intercept (NEUV_BPF_FAULT=fail@intercept:before-<step>)', function () {
     // 16 failed intercepts, each checked: ~50 s on a quiet host, past the default 120 s x 4 under the VM's emulation.
     this.timeout(300000 * TIME_SCALE);
     const tt = makeTopology();
     const c1 = tt.c[0]!;
     const before = containerState(tt.t, c1);
     for (const step of INTERCEPT_STEPS) {
-      const r = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'fwd'], { NEUV_BPF_FAIL_AT: `intercept:${step}` });
+      const r = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'fwd'], { NEUV_BPF_FAULT: `fail@intercept:before-${step}` });
       assert.equal(r.code, 1, `${step}: ${r.stderr}`);
-      assert.match(r.stderr, new RegExp(`injected failure at intercept step '${step}'`));
+      assert.match(r.stderr, new RegExp(`injected failure at intercept:before-${step} `));
       assert.deepEqual(containerState(tt.t, c1), before, `container after a failure at ${step}`);
       assert.deepEqual(linkNames(tt.t, tt.t.enforcer), IDLE_ENFORCER, `enforcer after a failure at ${step}`);
       assert.deepEqual(pairsShown(tt), [], `pairs after a failure at ${step}`);
@@ -285,7 +285,7 @@ describe('intercept / release (kernel)', function () {
     connectivity(tt, 'after every rollback');
   });
 
-  it('rolls back every step of release (NEUV_BPF_FAIL_AT=release:<step>)', async function () {
+  it('rolls back every step of release (NEUV_BPF_FAULT=fail@release:before-<step>)', async function () {
     const tt = makeTopology();
     const [c1, c2] = tt.c as [NonNullable<(typeof tt.c)[0]>, NonNullable<(typeof tt.c)[0]>];
     await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
@@ -296,9 +296,9 @@ describe('intercept / release (kernel)', function () {
     const res = JSON.parse(r.stdout) as InterceptResult;
     const during = containerState(tt.t, c1);
     for (const step of RELEASE_STEPS) {
-      const f = tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_FAIL_AT: `release:${step}` });
+      const f = tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_FAULT: `fail@release:before-${step}` });
       assert.equal(f.code, 1, `${step}: ${f.stderr}`);
-      assert.match(f.stderr, new RegExp(`injected failure at release step '${step}'`));
+      assert.match(f.stderr, new RegExp(`injected failure at release:before-${step} `));
       assert.deepEqual(containerState(tt.t, c1), during, `container after a failed release at ${step}`);
       assert.deepEqual(linkNames(tt.t, tt.t.enforcer), [...IDLE_ENFORCER, res.vex, res.vin].sort(), `enforcer after ${step}`);
       const ps = pairsShown(tt);

@@ -97,7 +97,7 @@ describe('intercept killed at every step, its journal record then lost (kernel)'
       const args = ['intercept', '--container-netns', c1.path, '--mode', 'tap'];
       for (const s of stepsFor(how)) {
         const point = `intercept:before-${s}`;
-        const k = tt.run(args, { NEUV_BPF_CRASH_AT: point });
+        const k = tt.run(args, { NEUV_BPF_FAULT: `crash@${point}` });
         assert.equal(k.code, -1, `${point}: not killed: ${k.stderr}`);
         damage(tt, how);
         // Before 'mark' nothing changed: a deleted record leaves nothing to see. From 'mark' on the marker is
@@ -138,7 +138,7 @@ describe('intercept killed at every step, its journal record then lost (kernel)'
     const before = network(tt, c1);
     const args = ['intercept', '--container-netns', c1.path, '--mode', 'tap'];
     // The original port still in the container, the record deleted: only the marker says what happened.
-    assert.equal(tt.run(args, { NEUV_BPF_CRASH_AT: 'intercept:before-tmpmac' }).code, -1);
+    assert.equal(tt.run(args, { NEUV_BPF_FAULT: 'crash@intercept:before-tmpmac' }).code, -1);
     damage(tt, 'deleted');
     const again = tt.run(args);
     assert.equal(again.code, 0, again.stderr);
@@ -147,7 +147,7 @@ describe('intercept killed at every step, its journal record then lost (kernel)'
     const rel = tt.run(['release', '--container-netns', c1.path]);
     assert.equal(rel.code, 0, rel.stderr);
     // Killed with the original port in the enforcer netns and the record garbage: release finishes it.
-    assert.equal(tt.run(args, { NEUV_BPF_CRASH_AT: 'intercept:before-addresses' }).code, -1);
+    assert.equal(tt.run(args, { NEUV_BPF_FAULT: 'crash@intercept:before-addresses' }).code, -1);
     damage(tt, 'garbage');
     const rel2 = tt.run(['release', '--container-netns', c1.path]);
     assert.equal(rel2.code, 0, rel2.stderr);

@@ -1,7 +1,7 @@
 /**
  * Kernel suite: intercept and release are crash-safe (src/intercept/journal.ts).
  * `intercept` and `release` are SIGKILLed before each of their steps (the
- * crash points, NEUV_BPF_CRASH_AT); then `repair` alone must leave the
+ * crash points, NEUV_BPF_FAULT=crash@<point>); then `repair` alone must leave the
  * container exactly as before intercept (its `ip -j` link, address, route and
  * neighbour snapshot), or, killed at the commit point, intercepted and well;
  * no pair, port or journal record left over, `show --check` clean. The next
@@ -99,7 +99,7 @@ describe('intercept / release survive SIGKILL at every step (kernel)', function 
     const args = ['intercept', '--container-netns', c1.path, '--mode', 'tap'];
     for (const s of INTERCEPT_STEPS) {
       const point = `intercept:before-${s}`;
-      const k = tt.run(args, { NEUV_BPF_CRASH_AT: point });
+      const k = tt.run(args, { NEUV_BPF_FAULT: `crash@${point}` });
       assert.equal(k.code, -1, `${point}: not killed: ${k.stderr}`);
       assert.match(k.stderr, new RegExp(`crash point ${point} reached`));
       assert.equal(records(tt).length, 1, `${point}: one journal record`);
@@ -136,7 +136,7 @@ describe('intercept / release survive SIGKILL at every step (kernel)', function 
       const point = `release:before-${s}`;
       const i = tt.run(['intercept', '--container-netns', c1.path, '--mode', 'tap']);
       assert.equal(i.code, 0, i.stderr);
-      const k = tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_CRASH_AT: point });
+      const k = tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_FAULT: `crash@${point}` });
       assert.equal(k.code, -1, `${point}: not killed: ${k.stderr}`);
       assert.match(k.stderr, new RegExp(`crash point ${point} reached`));
       const chk = tt.run(['show', '--check']);
@@ -160,7 +160,7 @@ describe('intercept / release survive SIGKILL at every step (kernel)', function 
     const args = ['intercept', '--container-netns', c1.path, '--mode', 'tap'];
 
     // Killed mid-intercept, then intercept again: rolled back, then intercepted.
-    assert.equal(tt.run(args, { NEUV_BPF_CRASH_AT: 'intercept:before-move-vin' }).code, -1);
+    assert.equal(tt.run(args, { NEUV_BPF_FAULT: 'crash@intercept:before-move-vin' }).code, -1);
     const again = tt.run(args);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /^first: rolled back the intercept of eth0 .* killed before its step 'move-vin'/);
@@ -170,14 +170,14 @@ describe('intercept / release survive SIGKILL at every step (kernel)', function 
     reachable(tt, c1.ns, 'intercepted after a rolled-back intercept');
 
     // Killed mid-release, then release again: finished.
-    assert.equal(tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_CRASH_AT: 'release:before-move-vex' }).code, -1);
+    assert.equal(tt.run(['release', '--container-netns', c1.path], { NEUV_BPF_FAULT: 'crash@release:before-move-vex' }).code, -1);
     const rel = tt.run(['release', '--container-netns', c1.path]);
     assert.equal(rel.code, 0, rel.stderr);
     assert.match(rel.stdout, /released eth0 of .*: finished the release of eth0 .* killed before its step 'move-vex'/);
     assert.deepEqual(containerState(tt.t, c1), before);
 
     // Killed mid-intercept, then release: the rollback is the release.
-    assert.equal(tt.run(args, { NEUV_BPF_CRASH_AT: 'intercept:before-addresses' }).code, -1);
+    assert.equal(tt.run(args, { NEUV_BPF_FAULT: 'crash@intercept:before-addresses' }).code, -1);
     const rel2 = tt.run(['release', '--container-netns', c1.path]);
     assert.equal(rel2.code, 0, rel2.stderr);
     assert.match(rel2.stdout, /rolled back the intercept of eth0 .* killed before its step 'addresses'/);

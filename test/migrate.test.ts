@@ -667,7 +667,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
     const rules = (p: NvFixturePair) => nvLeft(t.node, p).sort();
     const before = { p2: rules(p2), p3: rules(p3) };
     for (const step of ['attach', 'verify', 'remove'] as const) {
-      const r = t.run(['adopt'], { NEUV_BPF_FAIL_AT: `adopt:${step}:${p2.vin}` });
+      const r = t.run(['adopt'], { NEUV_BPF_FAULT: `fail@adopt:${step}:${p2.vin}` });
       assert.equal(r.code, 1, r.stderr);
       const line = oneErrorLine(r);
       assert.match(line, new RegExp(`adopt stopped at ${p2.vin}/${p2.vex} \\(step ${step}\\): injected failure`));

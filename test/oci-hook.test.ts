@@ -124,10 +124,10 @@ describe('oci-hook without a runtime (kernel)', function () {
     const c = T.c[0]!;
     const pid = workloadPid(T.t, c);
     const before = containerState(T.t, c);
-    const fail = { NEUV_BPF_FAIL_AT: 'intercept:pair' };
+    const fail = { NEUV_BPF_FAULT: 'fail@intercept:before-pair' };
     const closed = hookRun(creating(pid, 'fwd'), [], fail);
     assert.equal(closed.code, 1, closed.stderr);
-    assert.match(closed.stderr, /^neuv-bpf: injected failure at intercept step 'pair' \(NEUV_BPF_FAIL_AT\)\n$/m);
+    assert.match(closed.stderr, /^neuv-bpf: injected failure at intercept:before-pair \(NEUV_BPF_FAULT\)\n$/m);
     assert.deepEqual(containerState(T.t, c), before);
     assert.deepEqual(pairs(), []);
     assert.deepEqual(records(), []);
@@ -135,7 +135,7 @@ describe('oci-hook without a runtime (kernel)', function () {
 
     const open = hookRun(creating(pid, 'fwd'), ['--on-failure', 'open'], fail);
     assert.equal(open.code, 0, open.stderr);
-    assert.match(open.stderr, new RegExp(`^neuv-bpf: oci-hook: container ${ID}: NOT intercepted \\(fail-open, 1 so far\\): injected failure at intercept step 'pair'`, 'm'));
+    assert.match(open.stderr, new RegExp(`^neuv-bpf: oci-hook: container ${ID}: NOT intercepted \\(fail-open, 1 so far\\): injected failure at intercept:before-pair `, 'm'));
     assert.deepEqual(containerState(T.t, c), before);
     assert.deepEqual(pairs(), []);
     // The set-up failing (no such enforcer netns) and an unreadable state are the same to fail-open.

@@ -2,7 +2,7 @@
  * Reliability (issue 6): zero frames lost or duplicated on a pair carrying
  * traffic, in BYPASS, TAP and FWD (through the stub DP), while neuv-bpf is
  * SIGKILLed in the middle of `pair add`, `pair mode`, `pair del`, `load` and
- * `intercept` (at named crash points, NEUV_BPF_CRASH_AT, and at random
+ * `intercept` (at named crash points, NEUV_BPF_FAULT=crash@<point>, and at random
  * times), while the programs are replaced 100 times, 100 other pairs come and
  * go and the pair under test switches mode 1,000 times; every killed command
  * converges when rerun. Plus: two processes are serialised by the lock, a
@@ -233,7 +233,7 @@ function expectNoPair(vin: string): (j: ShowJson) => string | undefined {
 
 /** Kills `args` at `point`, checks it died there, reruns until converged. */
 async function crashAt(s: Scenario, point: string, args: string[], accept: (r: Run) => boolean, verify: (j: ShowJson) => string | undefined, env: NodeJS.ProcessEnv = {}): Promise<void> {
-  const k = await s.c(args, { ...env, NEUV_BPF_CRASH_AT: point });
+  const k = await s.c(args, { ...env, NEUV_BPF_FAULT: `crash@${point}` });
   assert.equal(k.signal, 'SIGKILL', `${point}: ${args.join(' ')} was not killed (${fmt(k)})`);
   assert.match(k.stderr, new RegExp(`crash point ${point.replace(/[#]/g, '\\$&')} reached`), `${point} was not reached`);
   const how = await converge(s, point, args, accept, verify, env);
@@ -306,7 +306,7 @@ async function interceptCrash(s: Scenario, point: string): Promise<void> {
   };
   const before = state();
   const args = ['intercept', '--container-netns', ctr.name, '--mode', 'tap'];
-  const k = await s.c(args, { NEUV_BPF_CRASH_AT: point });
+  const k = await s.c(args, { NEUV_BPF_FAULT: `crash@${point}` });
   assert.equal(k.signal, 'SIGKILL', `${point}: intercept was not killed (${fmt(k)})`);
   const r = await s.c(args);
   const after = state();
@@ -627,7 +627,7 @@ describe('reliability (kernel)', function () {
       assert.ok(killedAt - t0 >= 2000);
 
       // A neuv-bpf killed while holding the lock (in the middle of a pair add): the next one goes straight on.
-      const k = await c(['pair', 'add', '--in', 'vinK1', '--ex', 'vexK1', '--mac', macOf('K', 1)], { NEUV_BPF_CRASH_AT: 'pair-add:after-hooks' });
+      const k = await c(['pair', 'add', '--in', 'vinK1', '--ex', 'vexK1', '--mac', macOf('K', 1)], { NEUV_BPF_FAULT: 'crash@pair-add:after-hooks' });
       assert.equal(k.signal, 'SIGKILL');
       const t1 = Date.now();
       const again = await c(['pair', 'add', '--in', 'vinK1', '--ex', 'vexK1', '--mac', macOf('K', 1)]);
@@ -702,14 +702,14 @@ describe('reliability (kernel)', function () {
         ['hook removed with tc qdisc del', () => ns.exec('tc', ['qdisc', 'del', 'dev', 'vexS1', 'clsact']), /the vex hook is not attached \(vexS1 ingress\)/, /re-added pair id \d+ \(vinS1\/vexS1, MAC .*\(repaired: vex hook/],
         ['ids entry deleted with bpftool', () => sh('bpftool', ['map', 'delete', 'pinned', path.join(pins, 'neuv_ids'), 'key', ...u32(idOf('vinS2'))]), /no neuv_ids entry/, /repaired: ids entry/],
         ['vex entry deleted with bpftool', () => sh('bpftool', ['map', 'delete', 'pinned', path.join(pins, 'neuv_ports'), 'key', ...u32(pairByVin(j0, 'vinS3')!.vex!.ifindex)]), /no vex port entry|no neuv_ports entry for the vex/, /repaired: vex entry/],
-        ['a mode switch cut short', () => { const k = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'mode', '--in', 'vinS4', 'fwd'], { env: { NEUV_BPF_CRASH_AT: 'pair-mode:after-vex' } }); assert.equal(k.code, -1); }, /disagree on the mode \(bypass vs fwd\)/, /set pair id \d+ \(vinS4\/vexS4\) to fwd/],
+        ['a mode switch cut short', () => { const k = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'mode', '--in', 'vinS4', 'fwd'], { env: { NEUV_BPF_FAULT: 'crash@pair-mode:after-vex' } }); assert.equal(k.code, -1); }, /disagree on the mode \(bypass vs fwd\)/, /set pair id \d+ \(vinS4\/vexS4\) to fwd/],
         ['vbr-neuv hook gone', () => {
           if (fs.existsSync(path.join(pins, 'link_10000000'))) fs.rmSync(path.join(pins, 'link_10000000'));
           else ns.exec('tc', ['filter', 'del', 'dev', 'vbr-neuv', 'ingress', 'pref', '1', 'handle', '0x4e56', 'bpf']);
         }, /the vbr-neuv hook is not attached/, /attached the pinned vbr program/],
         ['a pin made world-readable', () => fs.chmodSync(path.join(pins, 'neuv_ports'), 0o644), /pin neuv_ports has mode 644, not 600/, /set pin neuv_ports to mode 600/],
         ['stray counters', () => sh('bpftool', ['map', 'update', 'pinned', path.join(pins, 'neuv_stats'), 'key', ...u32(4242), 'value', ...Array(160).fill('0')]), /neuv_stats has an entry for id 4242, which has no pair/, /removed the counters of id 4242/],
-        ['stray hook (a killed pair add)', () => { veth({ ns, name: 'vinS9' }, { ns, name: 'wlS9' }, { up: false }); veth({ ns, name: 'vexS9' }, { ns, name: 'hS9' }, { up: false }); const k2 = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vinS9', '--ex', 'vexS9', '--mac', macOf('S', 9)], { env: { NEUV_BPF_CRASH_AT: 'pair-add:after-hooks' } }); assert.equal(k2.code, -1); }, /vinS9 \(ifindex \d+\) runs our neuv_vin program but is in no pair/, /detached neuv_vin from vinS9/],
+        ['stray hook (a killed pair add)', () => { veth({ ns, name: 'vinS9' }, { ns, name: 'wlS9' }, { up: false }); veth({ ns, name: 'vexS9' }, { ns, name: 'hS9' }, { up: false }); const k2 = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vinS9', '--ex', 'vexS9', '--mac', macOf('S', 9)], { env: { NEUV_BPF_FAULT: 'crash@pair-add:after-hooks' } }); assert.equal(k2.code, -1); }, /vinS9 \(ifindex \d+\) runs our neuv_vin program but is in no pair/, /detached neuv_vin from vinS9/],
       ];
       for (const [what, breakIt, problem, fix] of cases) {
         breakIt();

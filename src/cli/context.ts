@@ -32,12 +32,13 @@ export type CommandRegistrar = (program: Command, ctx: () => Ctx) => void;
 
 export { bigintAsNumber };
 
-/** One JSON value on one line (--watch --json). */
-export const jsonLine = (v: unknown) => JSON.stringify(v, bigintAsNumber);
-
-/** A command's result as indented JSON (--json). */
-export function printJson(ctx: Ctx, v: unknown): void {
-  ctx.out(JSON.stringify(v, bigintAsNumber, 2));
+/**
+ * The one way a command prints data under --json: its result as indented
+ * JSON, or with `line` one value per line (the streams of stats --watch,
+ * trace and watch); counters (bigint) as numbers.
+ */
+export function printJson(ctx: Ctx, v: unknown, opts: { line?: boolean } = {}): void {
+  ctx.out(opts.line ? JSON.stringify(v, bigintAsNumber) : JSON.stringify(v, bigintAsNumber, 2));
 }
 
 /**

@@ -3,8 +3,7 @@
  * a DP does through src/flows.ts or with plain bpf syscalls). A thin shell
  * over Flows; parsing and printing only.
  */
-import type { Command } from 'commander';
-import { CommandRegistrar, Ctx, printJson, throughService } from './context';
+import { CommandRegistrar, printJson, throughService } from './context';
 import { UsageError } from '../errors';
 import { table, si } from '../format';
 import { FlowSpec, FlowView, OffloadResult, withFlows } from '../flows';
@@ -65,7 +64,7 @@ function fromJson(r: Json<OffloadResult>): OffloadResult {
   return { ...r, deadlineNs: big(r.deadlineNs), idleNs: big(r.idleNs), lastNs: big(r.lastNs), packets: big(r.packets), bytes: big(r.bytes) };
 }
 
-export const registerFlowCommands: CommandRegistrar = (program: Command, ctx: () => Ctx) => {
+export const registerFlowCommands: CommandRegistrar = (program, ctx) => {
   const flow = program
     .command('flow')
     .description('flow offload: decisions of the DP applied in the kernel to a pair in fwd (allow: straight to the peer; deny: dropped)');

@@ -1,14 +1,13 @@
 /** load and unload: the datapath as a whole. */
 import * as fs from 'node:fs';
-import type { Command } from 'commander';
 import { MAX_FLOWS, load } from '../loader';
 import { teardown } from '../teardown';
 import { integerOption } from './options';
 import { openRegularFile } from '../input';
 import { withLock } from '../lock';
-import { Ctx, printJson } from './context';
+import { CommandRegistrar, printJson } from './context';
 
-export function registerLoadCommands(program: Command, ctx: () => Ctx): void {
+export const registerLoadCommands: CommandRegistrar = (program, ctx) => {
   program
     .command('load')
     .description('create vbr-neuv/vth-neuv if missing, load and pin the BPF object, attach vbr-neuv (idempotent; a rerun replaces the programs in place and keeps the maps)')
@@ -41,4 +40,4 @@ export function registerLoadCommands(program: Command, ctx: () => Ctx): void {
         c.out(first + (r.wasLoaded ? `unloaded: ${r.detached} hooks detached, ${r.removed.length} pins removed` : 'nothing was loaded'));
       }
     });
-}
+};

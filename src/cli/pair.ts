@@ -3,8 +3,8 @@
  * Datapath (src/pairs/). Parsing and printing only; every decision lives
  * in the API.
  */
-import { Command, Option } from 'commander';
-import { CommandRegistrar, Ctx, printJson, jsonLine, throughService, warnIfNoDp, withDatapath } from './context';
+import { Option } from 'commander';
+import { CommandRegistrar, Ctx, printJson, throughService, warnIfNoDp, withDatapath } from './context';
 import { UsageError } from '../errors';
 import { CLEAR_SCREEN, perSecond, si, table } from '../format';
 import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
@@ -215,7 +215,7 @@ async function watch(c: Ctx, dp: Datapath, intervalS: number): Promise<void> {
       });
       if (stop) break;
       const now = await dp.stats();
-      if (c.json) c.out(jsonLine(statsJson(now, prev)));
+      if (c.json) printJson(c, statsJson(now, prev), { line: true });
       else {
         const lines = formatStats(now, prev);
         if (tty) process.stdout.write(CLEAR_SCREEN + lines.join('\n') + '\n');
@@ -230,7 +230,7 @@ async function watch(c: Ctx, dp: Datapath, intervalS: number): Promise<void> {
 
 // ---------------------------------------------------------------- registrar
 
-export const registerPairCommands: CommandRegistrar = (program: Command, ctx: () => Ctx) => {
+export const registerPairCommands: CommandRegistrar = (program, ctx) => {
   const pair = program.command('pair').description('port pairs: add, switch mode, delete (NeuVector AttachPortPair / FwdPortPair / TapPortPair / DetachPortPair)');
 
   pair

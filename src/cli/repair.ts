@@ -3,12 +3,11 @@
  * action; exits 0 when the state is consistent afterwards, else 1 with one
  * error line naming the first problem left (each printed above it).
  */
-import { Command } from 'commander';
-import type { CommandRegistrar, Ctx } from './context';
+import { CommandRegistrar, Ctx, printJson } from './context';
 import { ExitCode, NeuvError } from '../errors';
 import { repair } from '../repair';
 
-export const registerRepairCommands: CommandRegistrar = (program: Command, ctx: () => Ctx) => {
+export const registerRepairCommands: CommandRegistrar = (program, ctx) => {
   program
     .command('repair')
     .description('fix what show --check reports where it can: re-attach lost hooks, rewrite lost entries, finish cut-short mode switches, remove pairs whose ports vanished and stray leftovers')
@@ -17,7 +16,7 @@ export const registerRepairCommands: CommandRegistrar = (program: Command, ctx: 
     .action(async (o: { dryRun?: boolean }) => {
       const c: Ctx = ctx();
       const r = await repair(c.pinRoot, { dryRun: o.dryRun });
-      if (c.json) c.out(JSON.stringify(r, null, 2));
+      if (c.json) printJson(c, r);
       else {
         for (const a of r.actions) c.out(`${r.dryRun ? 'would fix' : 'fixed'}: ${a}`);
         for (const l of r.left) c.out(`${r.dryRun ? 'problem' : 'left'}: ${l}`);

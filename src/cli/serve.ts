@@ -2,13 +2,11 @@
  * `neuv-bpf serve`: the API service of src/service/ until SIGTERM/SIGINT.
  * A thin shell over Service: parsing, one line when it serves, stop on a signal.
  */
-import type { Command } from 'commander';
-import type { Ctx } from './context';
-import { printJson } from './context';
+import { CommandRegistrar, printJson } from './context';
 import { Service, parseListenAddress } from '../service';
 import { DpWatchCmdOpts, addDpWatchOptions, dpWatchOptions } from './watch';
 
-export function registerServeCommands(program: Command, ctx: () => Ctx): void {
+export const registerServeCommands: CommandRegistrar = (program, ctx) => {
   const cmd = program
     .command('serve')
     .description(
@@ -38,4 +36,4 @@ export function registerServeCommands(program: Command, ctx: () => Ctx): void {
     });
     await svc.stop();
   });
-}
+};

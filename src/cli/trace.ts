@@ -4,8 +4,7 @@
  * SIGHUP, a closed stdout, --count/--duration reached). A thin shell over
  * TraceSession (src/trace.ts).
  */
-import type { Command } from 'commander';
-import type { Ctx } from './context';
+import { CommandRegistrar, Ctx, printJson } from './context';
 import { log } from '../log';
 import { TraceEnd, TraceFilter, boundedTrace, formatView, traceRequest } from '../trace';
 import { PORT_ID_HEX, TRACE_COUNT, TRACE_DURATION } from '../numbers';
@@ -32,7 +31,7 @@ export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: numb
   const t = boundedTrace({
     pinRoot: c.pinRoot,
     ...req,
-    onView: (v) => c.out(c.json ? JSON.stringify(v) : formatView(v)),
+    onView: (v) => (c.json ? printJson(c, v, { line: true }) : c.out(formatView(v))),
     onLost: (n) => lg.warn({ lost: n }, `${n} trace records lost: the reader fell behind (filter with --pair or --in)`),
   });
   const offSignals = onStopSignal((sig) => t.stop(sig));
@@ -52,7 +51,7 @@ export async function runTrace(c: Ctx, o: TraceCmdOpts): Promise<{ records: numb
   return { records: end.records, lost: end.lost };
 }
 
-export function register(program: Command, ctx: () => Ctx): void {
+export const registerTraceCommands: CommandRegistrar = (program, ctx) => {
   program
     .command('trace')
     .description('stream per-frame datapath decisions (hook, pair, mode, action, target, MACs before/after) while tracing is on; off again on exit')
@@ -64,4 +63,4 @@ export function register(program: Command, ctx: () => Ctx): void {
     .action(async (o: TraceCmdOpts) => {
       await runTrace(ctx(), o);
     });
-}
+};

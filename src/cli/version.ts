@@ -1,6 +1,5 @@
 /** `neuv-bpf version`: what a bug report needs (package, libbpf, kernel, features). */
-import type { Command } from 'commander';
-import type { Ctx } from './context';
+import { CommandRegistrar, printJson } from './context';
 import { packageVersion } from '../root';
 import { features, type Features } from '../features';
 
@@ -26,7 +25,7 @@ export function versionInfo(): VersionInfo {
 
 const yn = (b: boolean | undefined) => (b === undefined ? 'unknown' : b ? 'yes' : 'no');
 
-export function register(program: Command, ctx: () => Ctx): void {
+export const registerVersionCommands: CommandRegistrar = (program, ctx) => {
   program
     .command('version')
     .description('package, libbpf and kernel versions, and the kernel features the datapath uses (for bug reports)')
@@ -35,7 +34,7 @@ export function register(program: Command, ctx: () => Ctx): void {
       const c = ctx();
       const v = versionInfo();
       if (c.json) {
-        c.out(JSON.stringify(v, null, 2));
+        printJson(c, v);
         return;
       }
       const f = v.features;
@@ -53,4 +52,4 @@ export function register(program: Command, ctx: () => Ctx): void {
         ].join('\n'),
       );
     });
-}
+};

@@ -5,7 +5,7 @@
  * options are also `serve`'s (addDpWatchOptions): one supervisor, two hosts.
  */
 import type { Command } from 'commander';
-import type { Ctx } from './context';
+import { CommandRegistrar, printJson } from './context';
 import { UsageError } from '../errors';
 import { DpWatch, FAIL_POLICIES, FailPolicy, WatchEvent, WatchOptions, dpLocator } from '../dp/watch';
 import { Range } from '../numbers';
@@ -73,7 +73,7 @@ export function watchEventLine(e: WatchEvent, policy: FailPolicy): string {
   return `${at} DP ${e.state}: ${e.why}${sw}${e.state === 'down' && policy === 'closed' ? ' (fail-closed: FWD pairs stay black-holed)' : ''}`;
 }
 
-export function registerWatchCommands(program: Command, ctx: () => Ctx): void {
+export const registerWatchCommands: CommandRegistrar = (program, ctx) => {
   const cmd = program
     .command('watch')
     .description("supervise the enforcer DP (its exit through a pidfd, keep-alives on its control socket, its ring on vth-neuv) and apply the node's failure policy: closed (FWD pairs wait for it) or open (FWD pairs go to BYPASS while it is gone, back to FWD when it is back); waits for a DP first and follows it across restarts");
@@ -84,10 +84,10 @@ export function registerWatchCommands(program: Command, ctx: () => Ctx): void {
       if (o.dp === undefined) throw new UsageError("watch needs --dp: 'local' or a pid file");
       const wo = dpWatchOptions(o, '')!;
       const policy = wo.policy!;
-      const w = DpWatch.start({ ...wo, pinRoot: c.pinRoot, onEvent: (e) => c.out(c.json ? JSON.stringify({ ...e, policy }) : watchEventLine(e, policy)) });
+      const w = DpWatch.start({ ...wo, pinRoot: c.pinRoot, onEvent: (e) => (c.json ? printJson(c, { ...e, policy }, { line: true }) : c.out(watchEventLine(e, policy))) });
       await new Promise<void>((resolve) => {
         for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(s, () => resolve());
       });
       await w.stop();
     });
-}
+};

@@ -21,8 +21,8 @@
  *   steps.ts      step names, one step, checks, the journal and lock glue
  *   intercept.ts  intercept;  release.ts  release
  *
- * NEUV_BPF_FAIL_AT=intercept:<step> or release:<step> makes that step fail,
- * for the rollback tests.
+ * Each step is a fault point (intercept:before-<step>, release:before-<step>;
+ * src/faults.ts) for the rollback and crash tests.
  */
 export type { Target, ResolvedTarget } from './target';
 export { inodeTag, resolveTarget, portNames, tempMac } from './target';

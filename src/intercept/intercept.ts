@@ -7,7 +7,7 @@ import { ConflictError, NotFoundError, UsageError } from '../errors';
 import { validateIfName, VBR } from '../link';
 import { withLock } from '../lock';
 import { log } from '../log';
-import { crashPoint } from '../crash';
+import { faultPoint } from '../faults';
 import { JournalRecord, INTERCEPT_LOCK, removeRecord, writeRecord } from './journal';
 import { AddModeName, Datapath, DEFAULT_ADD_MODE, ModeName, PairAdded } from '../pairs';
 import { Undo } from '../undo';
@@ -15,7 +15,7 @@ import { caughtSignal } from '../signals';
 import { enforcerRunner, NsRunner } from './runner';
 import { addAddresses, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
 import {
-  INTERCEPT_LOCK_WAIT_MS, INTERCEPT_STEPS, checkEnforcer, failpoint, mustBeAbsent, openDatapath, recordIds, recoverTarget, sameNetns, step,
+  INTERCEPT_LOCK_WAIT_MS, INTERCEPT_STEPS, checkEnforcer, mustBeAbsent, openDatapath, recordIds, recoverTarget, sameNetns, step,
 } from './steps';
 import { ResolvedTarget, Target, portNames, resolveTarget, tempMac } from './target';
 import { encodeMarker, markerKey, markerOf } from './marker';
@@ -187,8 +187,7 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
       });
       await S('routes', `restore the routes and neighbours of ${port}`, () => restoreRoutesAndNeighbours(ctr, snap, port));
       J('commit');
-      crashPoint('intercept:before-commit');
-      failpoint('intercept', 'commit');
+      faultPoint('intercept:before-commit');
       J('intercepted');
     } catch (e) {
       // Interrupted (src/signals.ts; or a step's child killed by the same Ctrl-C): the CLI's one line says so.

@@ -1,11 +1,11 @@
 /**
- * What intercept and release share: their step names (failpoints, crash
- * points, journal steps), running one step, the checks before the first,
+ * What intercept and release share: their step names (fault points,
+ * journal steps), running one step, the checks before the first,
  * and the glue to the journal (src/intercept/journal.ts) and the intercept lock.
  */
 import * as fs from 'node:fs';
 import { ConflictError, ExitCode, NeuvError } from '../errors';
-import { crashPoint } from '../crash';
+import { InjectedFailure, faultPoint } from '../faults';
 import { JournalRecord, findRecord, recoverLocked } from './journal';
 import { recoverLostTarget } from './salvage';
 import { log } from '../log';
@@ -16,31 +16,25 @@ import { safePoint } from '../signals';
 import { NsRunner } from './runner';
 import { ResolvedTarget } from './target';
 
-/** The steps of intercept, in order (names for NEUV_BPF_FAIL_AT=intercept:<step>). */
+/** The steps of intercept, in order (fault points intercept:before-<step>, src/faults.ts). */
 export const INTERCEPT_STEPS = [
   'mark', 'down', 'flush', 'rename', 'tmpmac', 'move-vex', 'create', 'move-vin', 'enforcer-up', 'pair',
   'offload', 'addresses', 'up', 'routes', 'commit',
 ] as const;
-/** The steps of release, in order (NEUV_BPF_FAIL_AT=release:<step>). */
+/** The steps of release, in order (fault points release:before-<step>). */
 export const RELEASE_STEPS = [
   'unpair', 'down', 'flush', 'rename', 'park', 'move-vex', 'rename-vex', 'mac', 'addresses', 'up', 'routes', 'delete',
 ] as const;
 
-export function failpoint(op: 'intercept' | 'release', step: string): void {
-  const want = process.env.NEUV_BPF_FAIL_AT;
-  if (want && want === `${op}:${step}`) throw new NeuvError(`injected failure at ${op} step '${step}' (NEUV_BPF_FAIL_AT)`);
-}
-
-/** Runs one step with a failpoint before it and the step's name in any error. */
+/** Runs one step with a fault point before it and the step's name in any error. */
 export async function step<T>(op: 'intercept' | 'release', name: string, what: string, fn: () => Promise<T>): Promise<T> {
   safePoint(); // a SIGINT/SIGTERM/SIGHUP held since the last step: roll back from here (src/signals.ts)
-  crashPoint(`${op}:before-${name}`);
-  failpoint(op, name);
+  faultPoint(`${op}:before-${name}`);
   log(op).debug({ step: name }, what);
   try {
     return await fn();
   } catch (e) {
-    if (e instanceof NeuvError && /injected failure/.test(e.message)) throw e;
+    if (e instanceof InjectedFailure) throw e;
     const msg = (e as Error).message;
     const code = /File exists|already exists/.test(msg) ? ExitCode.CONFLICT : e instanceof NeuvError ? e.code : ExitCode.FAILURE;
     throw new NeuvError(`${what}: ${msg}`, code, { cause: e });

@@ -20,6 +20,7 @@ import {
 } from '../layout';
 import { LinkJson, VBR, linkShow, run } from '../link';
 import { load } from '../loader';
+import { faultPoint } from '../faults';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { parseMac } from '../mac';
@@ -35,13 +36,6 @@ import { TcFilter, isOurFilter } from './rules';
 export const ADOPT_STEPS = ['seed', 'attach', 'verify', 'remove'] as const;
 export type AdoptStep = (typeof ADOPT_STEPS)[number];
 
-function failpoint(step: AdoptStep, vin: string): void {
-  const want = process.env.NEUV_BPF_FAIL_AT;
-  if (!want) return;
-  if (want === `adopt:${step}` || want === `adopt:${step}:${vin}`) {
-    throw new NeuvError(`injected failure at adopt step '${step}' of ${vin} (NEUV_BPF_FAIL_AT)`);
-  }
-}
 
 export interface AdoptOptions {
   pinRoot: string;
@@ -384,7 +378,7 @@ export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
       loopCheck(readState(m));
       for (const p of pairs) {
         try {
-          failpoint('seed', p.in);
+          faultPoint('adopt:seed', p.in);
           seeded.push(seed(m, p, links));
         } catch (e) {
           res.failed = { in: p.in, ex: p.ex, step: 'seed', error: (e as Error).message, state: "on NeuVector's rules (nothing changed for it)" };
@@ -422,13 +416,13 @@ export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
       let step: AdoptStep = 'attach';
       const attachedNow: Array<{ ifindex: number; name: string }> = [];
       try {
-        failpoint('attach', p.in);
+        faultPoint('adopt:attach', p.in);
         const r = await dp.addPair({ in: p.in, ex: p.ex, mac: p.mac, mode: p.mode, id: p.id });
         if (r.id !== p.id) throw new NeuvError(`pair add gave id ${r.id}, not ${p.id}`);
         if (r.repaired.includes('vin hook')) attachedNow.push({ ifindex: p.vinIfindex, name: p.in });
         if (r.repaired.includes('vex hook')) attachedNow.push({ ifindex: p.vexIfindex, name: p.ex });
         step = 'verify';
-        failpoint('verify', p.in);
+        faultPoint('adopt:verify', p.in);
         const m = openMaps(pinRoot);
         let v: Awaited<ReturnType<typeof verifyPair>>;
         try {
@@ -439,7 +433,7 @@ export async function adopt(opts: AdoptOptions): Promise<AdoptResult> {
         step = 'remove';
         let removed: string[] = [];
         try {
-          failpoint('remove', p.in);
+          faultPoint('adopt:remove', p.in);
           removed = (await deleteFilters(p.filters)).map((f) => `${f.dev} pref ${f.pref}`);
         } catch (e) {
           const now = await readFilters([...new Set(p.filters.map((f) => f.dev))]).catch(() => ({}) as Record<string, TcFilter[]>);

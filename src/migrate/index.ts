@@ -52,8 +52,8 @@
  * without act_gact (no vbr-neuv drop rules: the DP's frames for the pair then
  * die in the enforcer netns stack instead) is handed back with a warning.
  *
- * NEUV_BPF_FAIL_AT=adopt:<step>[:<vin>] (steps: ADOPT_STEPS) makes a step of
- * adopt fail on purpose (for one pair only when <vin> is given), for the tests.
+ * Each step of ADOPT_STEPS is a fault point adopt:<step> (fail@adopt:<step>:<vin>
+ * for one pair only; src/faults.ts), for the tests.
  */
 export { parseJsonValues } from './tcjson';
 export { NV_PREF_IP, NV_PREF_ALL, parseFilterList, isOurFilter, RuleError, matchBytes, macMatched, peditWrites, classifyIpRule, classifyAllRule, classifyVbrRule } from './rules';

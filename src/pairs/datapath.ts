@@ -30,7 +30,7 @@ import { LinkJson, linkShow } from '../link';
 import { withLock } from '../lock';
 import { checkHome } from '../home';
 import { log } from '../log';
-import { crashPoint } from '../crash';
+import { faultPoint } from '../faults';
 import { bcmac, formatMac, ucmac } from '../mac';
 import { clearPairFlows } from '../flows';
 
@@ -131,7 +131,7 @@ export class Datapath {
         this.withMaps(['ports', 'ids', 'stats'], (m) => {
           const st = readState(m);
           const plans = planPairs(valid, labels, links, st);
-          crashPoint('pair-add:planned');
+          faultPoint('pair-add:planned');
           return this.apply(plans, st, m);
         }),
       );
@@ -179,9 +179,9 @@ export class Datapath {
             return { qdiscOurs: r.qdiscCreated, attached: true };
           };
           const hin = hook(p.vin, 'vin');
-          crashPoint('pair-add:after-vin-hook');
+          faultPoint('pair-add:after-vin-hook');
           const hex = hook(p.vex, 'vex');
-          crashPoint('pair-add:after-hooks');
+          faultPoint('pair-add:after-hooks');
           if (p.existing) {
             if (hin.attached) repaired.push('vin hook');
             if (hex.attached) repaired.push('vex hook');
@@ -203,12 +203,12 @@ export class Datapath {
             onStep: (step, wrote) => {
               if (step === 'stats') {
                 if (wrote && p.existing) repaired.push('stats entry');
-                crashPoint('pair-add:after-stats');
+                faultPoint('pair-add:after-stats');
               } else if (step === 'ids') {
                 if (wrote && p.existing) repaired.push('ids entry');
-                crashPoint('pair-add:after-ids');
+                faultPoint('pair-add:after-ids');
               } else if (wrote) {
-                crashPoint(`pair-add:after-${step}-entry`);
+                faultPoint(`pair-add:after-${step}-entry`);
                 if (p.existing) repaired.push(wrote === 'replaced' ? `${step} entry flags` : `${step} entry`);
               }
             },
@@ -287,7 +287,7 @@ export class Datapath {
               const key = u32Key(ifindex);
               m.ports.update(key, encodePort({ ...e, mode: to }), PORT_UPDATE | BPF_EXIST);
               undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), PORT_UPDATE | BPF_EXIST));
-              crashPoint(ifindex === r.vex ? 'pair-mode:after-vex' : 'pair-mode:after-vin');
+              faultPoint(ifindex === r.vex ? 'pair-mode:after-vex' : 'pair-mode:after-vin');
             }
           } catch (e) {
             undo.runSync();
@@ -365,7 +365,7 @@ export class Datapath {
               if (d.detached) detached.push(nm);
               if (d.qdiscRemoved) qdiscsRemoved.push(nm);
               if (old && was !== 'none') undo.push(`reattach ${nm}`, () => attach(this.pinRoot, ifindex, nm, old.fd, was));
-              crashPoint('pair-del:after-detach');
+              faultPoint('pair-del:after-detach');
             }
             // Only the ids entry of this very pair (by id always; by name only if it points here).
             const idOld = m.ids.lookup(u32Key(r.id));
@@ -378,7 +378,7 @@ export class Datapath {
             removePairEntries(
               m,
               { id: r.id, ids: cur !== undefined && ('id' in sel || cur.vinIfindex === r.vin || cur.vexIfindex === r.vex), ports, stats: 'unless-id' },
-              { undo, onStep: (step) => (step === 'ids' ? crashPoint('pair-del:after-ids') : step === 'port' ? crashPoint('pair-del:after-port') : undefined) },
+              { undo, onStep: (step) => (step === 'ids' ? faultPoint('pair-del:after-ids') : step === 'port' ? faultPoint('pair-del:after-port') : undefined) },
             );
           } catch (e) {
             undo.runSync();
