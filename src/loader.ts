@@ -29,6 +29,7 @@ import {
 } from './layout';
 import { VBR, VTH, ensureDpPair, ifindexIfExists, ifname, run } from './link';
 import { log } from './log';
+import { withLock } from './lock';
 import { faultPoint } from './faults';
 import { PACKAGE_ROOT } from './root';
 import { checkPinRoot, checkPrivileges, ensurePinRoot, isBpffs, isLoaded, mapPinPath, Pins, PROGS, ProgRole, progPinPath, removePinRoot, withPinnedMap } from './pins';
@@ -97,13 +98,22 @@ export function checkLayout(obj: BpfObject): void {
   }
 }
 
+/**
+ * Loads the datapath under opts.pinRoot (idempotent: a rerun replaces the
+ * programs in place and keeps the maps), holding the pin root's lock (a
+ * caller already holding it, as the CLI's adopt does, goes on under it).
+ */
 export async function load(opts: LoadOptions): Promise<LoadResult> {
-  const lg = log('loader');
   const objPath = opts.objPath ?? defaultObjectPath();
   if (!fs.existsSync(objPath)) {
     throw new NotFoundError(`BPF object ${objPath} not found${opts.objPath ? '' : ' (run make build)'}`);
   }
   checkPrivileges();
+  return withLock(opts.pinRoot, () => loadLocked(opts, objPath));
+}
+
+async function loadLocked(opts: LoadOptions, objPath: string): Promise<LoadResult> {
+  const lg = log('loader');
   const feats = features();
   const kind = preferredKind(); // before any change: a forced, missing feature fails here
   const pinRoot = opts.pinRoot;
@@ -286,10 +296,18 @@ export interface UnloadResult {
   wasLoaded: boolean;
 }
 
-/** Detaches every port we attached, removes vbr-neuv/vth-neuv and every pin. Idempotent. */
+/**
+ * Detaches every port we attached, removes vbr-neuv/vth-neuv and every pin,
+ * holding the pin root's lock (as load). Idempotent. Pairs left in the maps
+ * lose their hooks: `unload` and teardown() refuse while any exists.
+ */
 export async function unload(pinRoot: string): Promise<UnloadResult> {
-  const lg = log('loader');
   checkPrivileges();
+  return withLock(pinRoot, () => unloadLocked(pinRoot));
+}
+
+async function unloadLocked(pinRoot: string): Promise<UnloadResult> {
+  const lg = log('loader');
   if (checkPinRoot(pinRoot) && !isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
   checkHome(pinRoot); // the hooks and vbr-neuv to remove are in the netns it was loaded in
   let detached = 0;

@@ -4,6 +4,7 @@
  * the holder dies (even by SIGKILL), so a stale lock cannot block anyone.
  * (bpffs refuses regular files, so the lock cannot live in the pin root.)
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -121,10 +122,24 @@ function othersWaiting(wfd: number, wp: string): boolean {
   return false;
 }
 
+/** A lock this process holds: its file, and whether it still does. */
+interface Held {
+  file: string;
+  active: boolean;
+}
+/**
+ * The locks the current call chain holds (AsyncLocalStorage follows fn's
+ * awaits and callbacks, never another caller's): withLock inside withLock of
+ * the same lock runs at once (load() called by adopt under the pin root's
+ * lock, unload() by teardown), where a second flock would wait for itself. A
+ * task fn started and left running finds its lock inactive once fn returns.
+ */
+const heldHere = new AsyncLocalStorage<Held[]>();
+
 /**
  * Runs fn while holding the pin root's lock `name` (its file under LOCK_DIR:
  * 'lock' for the pair API's, 'intercept.lock' for intercept's); waits up to
- * timeoutMs for it.
+ * timeoutMs for it. Re-entrant within one call chain (heldHere).
  * The lock is fair enough that a caller changing state in a loop (an
  * enforcer's API calls, a batch) cannot starve the others: it takes the free
  * lock at once only when nobody is waiting for it; otherwise it queues up
@@ -138,6 +153,8 @@ export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, tim
   // that directory on a bpffs): no lock to take, so a mistyped --bpffs leaves no lock file.
   if (!fs.existsSync(path.dirname(pinRoot))) return fn();
   const p = lockDirFile(pinRoot, name);
+  const outer = heldHere.getStore() ?? [];
+  if (outer.some((h) => h.file === p && h.active)) return fn();
   const wp = `${p}.wait`;
   const fd = openLockDirFile(pinRoot, name);
   let wfd: number | undefined;
@@ -161,9 +178,11 @@ export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, tim
       }
       flock(wfd, LOCK_UN, wp);
     }
+    const mine: Held = { file: p, active: true };
     try {
-      return await fn();
+      return await heldHere.run([...outer, mine], fn);
     } finally {
+      mine.active = false;
       rcuGraceAfterDeletes(); // still holding the lock
     }
   } finally {

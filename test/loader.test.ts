@@ -3,11 +3,13 @@
  * pins, real tc hooks, each test in its own netns and pin root.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { veth } from '../harness/net';
 import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, removeLockFiles, requireKernel, sh, leakChecks, bpftoolJson } from './helpers';
-import { BpfObject, MapFd } from '../src/bpf';
+import { BpfObject, LOCK_EX, LOCK_NB, LOCK_UN, MapFd, flock } from '../src/bpf';
+import { openLockDirFile, withLock } from '../src/lock';
 import { features } from '../src/features';
 import { checkAgainstBtf, encodeConfig, decodeConfig, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
 
@@ -258,6 +260,84 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
       assert.equal(r.code, 6);
       assert.equal(kernelState(ns, pins), before);
     });
+  });
+});
+
+/**
+ * A program embedding the library (not the CLI): enters the netns, calls
+ * load() or unload() of dist/src/index.js, prints the result.
+ */
+const EMBEDDER = `
+const [index, netns, op, pinRoot] = process.argv.slice(1);
+require(require('node:path').join(index, '..', 'netns.js')).enterNetns(netns);
+const api = require(index);
+(op === 'load' ? api.load({ pinRoot }) : api.unload(pinRoot)).then(
+  (r) => process.stdout.write(JSON.stringify(r)),
+  (e) => { process.stderr.write(String(e && e.message)); process.exitCode = 1; },
+);`;
+
+describe('the API takes the pin root lock itself (kernel)', function () {
+  before(function () {
+    requireKernel(this);
+  });
+  leakChecks();
+
+  /** Whether someone queued for the pin root's lock (a waiter holds its .wait file shared: src/lock.ts). */
+  function queued(pins: string): boolean {
+    const fd = openLockDirFile(pins, 'lock.wait');
+    try {
+      if (!flock(fd, LOCK_EX | LOCK_NB, 'lock.wait')) return true;
+      flock(fd, LOCK_UN, 'lock.wait');
+      return false;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /** Runs the embedder while this process holds the lock: it must queue and change nothing until released. */
+  async function whileLocked(ns: string, pins: string, op: 'load' | 'unload', untouched: () => string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const isLocked = new Promise<void>((r) => (locked = r));
+    const holder = withLock(pins, async () => {
+      locked();
+      await gate;
+    });
+    await isLocked;
+    const before = untouched();
+    const child = spawn(process.execPath, ['-e', EMBEDDER, path.join(ROOT, 'dist', 'src', 'index.js'), ns, op, pins], { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    let done = false;
+    void exited.then(() => (done = true));
+    try {
+      while (!queued(pins)) {
+        assert.ok(!done, `${op}() ended without waiting for the lock: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(untouched(), before, `${op}() changed the pin root while another held its lock`);
+    } finally {
+      release();
+      await holder;
+    }
+    return { code: await exited, stdout, stderr };
+  }
+
+  it('load() and unload() called by an embedder wait for a holder of the lock, then run (no CLI around them)', async function () {
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    const listing = () => (fs.existsSync(pins) ? fs.readdirSync(pins).sort().join(' ') : 'no pin root');
+    const l = await whileLocked(ns.name, pins, 'load', listing);
+    assert.equal(l.code, 0, l.stderr);
+    assert.ok(fs.existsSync(path.join(pins, 'neuv_ports')), 'loaded once the lock was free');
+    const u = await whileLocked(ns.name, pins, 'unload', listing);
+    assert.equal(u.code, 0, u.stderr);
+    assert.equal((JSON.parse(u.stdout) as { wasLoaded: boolean }).wasLoaded, true);
+    assert.ok(!fs.existsSync(path.join(pins, 'neuv_ports')), 'unloaded once the lock was free');
   });
 });
 

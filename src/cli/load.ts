@@ -4,7 +4,6 @@ import { MAX_FLOWS, load } from '../loader';
 import { teardown } from '../teardown';
 import { integerOption } from './options';
 import { openRegularFile } from '../input';
-import { withLock } from '../lock';
 import { CommandRegistrar, printJson } from './context';
 
 export const registerLoadCommands: CommandRegistrar = (program, ctx) => {
@@ -18,7 +17,7 @@ export const registerLoadCommands: CommandRegistrar = (program, ctx) => {
     .action(async (o: { jumbo?: boolean; obj?: string; flows?: number }) => {
       const c = ctx();
       if (o.obj !== undefined) fs.closeSync(openRegularFile(o.obj, '--obj').fd); // libbpf would block on a FIFO, read /dev/zero for ever
-      const r = await withLock(c.pinRoot, () => load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo, flows: o.flows }));
+      const r = await load({ pinRoot: c.pinRoot, objPath: o.obj, jumbo: o.jumbo, flows: o.flows }); // under the pin root's lock
       if (c.json) printJson(c, r);
       else {
         c.out(`${r.replaced ? 'replaced programs in place' : 'loaded'}: pin root ${r.pinRoot}, programs vin=${r.progIds.vin} vex=${r.progIds.vex} vbr=${r.progIds.vbr}` +
