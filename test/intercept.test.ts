@@ -286,6 +286,8 @@ describe('intercept / release (kernel)', function () {
   });
 
   it('rolls back every step of release (NEUV_BPF_FAULT=fail@release:before-<step>)', async function () {
+    // 12 failed releases, each checked with traffic: past the default 120 s at a load of 19 (as intercept's above).
+    this.timeout(300000 * TIME_SCALE);
     const tt = makeTopology();
     const [c1, c2] = tt.c as [NonNullable<(typeof tt.c)[0]>, NonNullable<(typeof tt.c)[0]>];
     await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
