@@ -71,17 +71,19 @@ build/flow-offload: examples/flow-offload.c $(BPF_HDR) | $(DEPS_STAMP)
 	@[ "$(V)" = 1 ] || echo "  CC     $@"
 	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -I bpf -o $@ $< -lbpf
 
-# The container test image's root filesystem (busybox-static and a static echo
-# server), imported with podman by test/containers.test.ts; see docs/containers.md.
+# The container test image's root filesystem (busybox-static, a static echo server and
+# the first-packet sender), imported with podman by test/containers.test.ts and
+# test/oci-hook.test.ts; see docs/containers.md.
 CTR_ROOTFS := build/containers/rootfs.tar
+CTR_TOOLS := build/containers/echo-server build/containers/udp-burst
 containers: $(CTR_ROOTFS)
-build/containers/echo-server: tools/echo-server.c | $(DEPS_STAMP)
+build/containers/%: tools/%.c | $(DEPS_STAMP)
 	@mkdir -p build/containers
 	@[ "$(V)" = 1 ] || echo "  CC     $@"
 	$(Q)$(HOSTCC) -static -O2 -Wall -Wextra -Werror -o $@ $<
-$(CTR_ROOTFS): build/containers/echo-server scripts/container-rootfs.sh
+$(CTR_ROOTFS): $(CTR_TOOLS) scripts/container-rootfs.sh
 	@[ "$(V)" = 1 ] || echo "  TAR    $@"
-	$(Q)./scripts/container-rootfs.sh $@ build/containers/echo-server
+	$(Q)./scripts/container-rootfs.sh $@ $(CTR_TOOLS)
 
 # src/layout/generated.ts: every struct and enum of bpf/neuv.h, from the object's BTF
 # (scripts/gen-layout.ts, compiled alone: it needs only src/bpf/btf.ts). Committed, so a

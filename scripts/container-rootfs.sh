@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the root filesystem tarball of the container test image
 # (test/containers.test.ts imports it with `podman import`): busybox from
-# Debian's busybox-static and the static echo server (tools/echo-server.c),
-# nothing from the internet. Usage: container-rootfs.sh OUT.tar ECHO_SERVER
+# Debian's busybox-static and our static tools (tools/echo-server.c,
+# tools/udp-burst.c), each as /bin/<its name>, nothing from the internet.
+# Usage: container-rootfs.sh OUT.tar TOOL...
 set -euo pipefail
 out=$1
-echo_server=$2
+shift
 busybox=/bin/busybox
 if [ ! -x "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
   echo "container-rootfs: $busybox is missing or not static: install busybox-static (make deps)" >&2
@@ -17,7 +18,7 @@ trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir/bin" "$dir/etc" "$dir/tmp" "$dir/proc" "$dir/sys" "$dir/dev"
 cp "$busybox" "$dir/bin/busybox"
 for a in sh sleep cat ip ping nc ls; do ln -s busybox "$dir/bin/$a"; done
-cp "$echo_server" "$dir/bin/echo-server"
+for t in "$@"; do cp "$t" "$dir/bin/$(basename "$t")"; done
 echo 'root:x:0:0:root:/:/bin/sh' > "$dir/etc/passwd"
 echo 'root:x:0:' > "$dir/etc/group"
 chmod 1777 "$dir/tmp"

@@ -8,13 +8,20 @@
  * refused with one line; the failure policy (fail-closed, fail-open counted).
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
-import { CliResult, cli, leakChecks, makeNet, oneErrorLine, requireKernel, uniqueName } from './helpers';
-import { containerState, makeTopology, nsView, TestTopology, waitFor, workloadPid } from './topology';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { CliResult, ROOT, cli, leakChecks, leftovers, makeNet, makePinRoot, oneErrorLine, onCleanup, requireKernel, runCleanups, uniqueName } from './helpers';
+import { containerState, makeTopology, nsView, StubDp, TestTopology, waitFor, workloadPid } from './topology';
 import { serve } from './service-fixture';
-import { veth } from '../harness/net';
+import { Podman, podmanUnavailable } from './podman';
+import { Net, veth } from '../harness/net';
 import { lockDirFile } from '../src/lock';
+import { journalDir } from '../src/intercept/journal';
 import { readFailOpenCount } from '../src/hook';
+import { ServiceError } from '../src/service/client';
 
 const ID = 'c0ffee'.padEnd(64, '0');
 const state = (o: Record<string, unknown>) => JSON.stringify({ ociVersion: '1.0.2-dev', id: ID, bundle: '/var/lib/x/userdata', annotations: {}, ...o });
@@ -149,5 +156,231 @@ describe('oci-hook without a runtime (kernel)', function () {
     assert.equal(count.count, 3);
     assert.equal(count.last?.id, '(unreadable state)');
     assert.deepEqual(containerState(T.t, c), before);
+  });
+});
+
+// ================================================================ with podman
+
+/** A datagram of udp-burst (tools/udp-burst.c) as the peer got it. */
+interface Got {
+  src: string;
+  seq: number;
+  /** When the sender started and sent this one (CLOCK_REALTIME, ns). */
+  t0: bigint;
+  t: bigint;
+}
+
+/** The peer: a UDP socket on the podman network's gateway (this netns), recording every udp-burst datagram. */
+async function peer(addr: string, port: number): Promise<{ got: Got[]; from: (ip: string) => Got[] }> {
+  const s = dgram.createSocket('udp4');
+  const got: Got[] = [];
+  s.on('message', (m, r) => {
+    if (m.length === 24 && m.readUInt32BE(0) === 0x4e425542) got.push({ src: r.address, seq: m.readUInt32BE(4), t0: m.readBigUInt64BE(8), t: m.readBigUInt64BE(16) });
+  });
+  await new Promise<void>((resolve, reject) => {
+    s.once('error', reject);
+    s.bind(port, addr, () => resolve());
+  });
+  onCleanup(() => s.close());
+  return { got, from: (ip) => got.filter((g) => g.src === ip) };
+}
+
+const PEER_PORT = 9999; // the stub DP denies it; below any ephemeral port, so its kind is udp/9999
+
+describe('oci-hook with podman: intercepted before the first packet (kernel)', function () {
+  this.timeout(1800000);
+  let pm: Podman | undefined;
+  let gw = '';
+
+  before(function () {
+    requireKernel(this);
+    const why = podmanUnavailable();
+    if (why) {
+      if (process.env.NEUV_BPF_REQUIRE_KERNEL === '1') throw new Error(`oci-hook podman suite cannot run but NEUV_BPF_REQUIRE_KERNEL=1: ${why}`);
+      // eslint-disable-next-line no-console
+      console.log(`      (skipped: ${why})`);
+      this.skip();
+    }
+    pm = new Podman();
+    pm.setUp();
+    // A first container brings the network's bridge up with the gateway address the peer binds.
+    pm.start(uniqueName('nbpc'));
+    gw = `${pm.subnet4}.1`;
+  });
+  afterEach(runCleanups);
+  after(function () {
+    runCleanups();
+    pm?.tearDown();
+    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+  });
+
+  interface Node {
+    net: Net;
+    enf: string;
+    pins: string;
+    c: (args: string[]) => CliResult;
+  }
+
+  /** An enforcer netns with the datapath loaded, and the stub DP denying PEER_PORT. */
+  async function node(): Promise<Node & { stub: StubDp }> {
+    const net = makeNet();
+    const enf = net.ns(uniqueName('nbt')).name;
+    const pins = makePinRoot();
+    const c = (args: string[]) => cli(['--netns', enf, '--bpffs', pins, ...args]);
+    const l = c(['load']);
+    assert.equal(l.code, 0, l.stderr);
+    const stub = await StubDp.start(enf, { dropPorts: [PEER_PORT] });
+    return { net, enf, pins, c, stub };
+  }
+
+  /** A hooks.d directory with the hook as make install-hook writes it, for this node; `env` added to the hook's. */
+  function hooksDir(n: Node, args: string[], env: string[] = []): string {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-hooks-'));
+    onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'install-hook.js'), '--hooks-dir', dir, '--netns', n.enf, '--bpffs', n.pins, ...args], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const f = r.stdout.trim();
+    const h = JSON.parse(fs.readFileSync(f, 'utf8')) as { hook: { env: string[] }; stages: string[] };
+    assert.deepEqual(h.stages, ['createRuntime', 'poststop']);
+    h.hook.env.push(...env);
+    fs.writeFileSync(f, JSON.stringify(h));
+    return dir;
+  }
+
+  /** podman run --rm of udp-burst: COUNT datagrams to the peer, one every INTERVAL_US, from its first instruction. */
+  function job(name: string, o: { hooks: string; mode?: string; count: number; intervalUs: number }) {
+    onCleanup(() => pm!.run(['rm', '-f', '-t', '0', name], { allowFail: true }));
+    return pm!.runAsync([
+      '--hooks-dir', o.hooks, 'run', '--rm', '--name', name, '--network', pm!.network, '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096',
+      ...(o.mode ? ['--annotation', `io.neuv-bpf.mode=${o.mode}`] : []), pm!.image, '/bin/udp-burst', gw, String(PEER_PORT), String(o.count), String(o.intervalUs),
+    ]);
+  }
+
+  /** Nothing of the containers is left on the node: no pair, port, hook or journal record; show --check clean. */
+  function nothingLeft(n: Node): void {
+    assert.deepEqual((JSON.parse(n.c(['show', '--json']).stdout) as { pairs: unknown[] }).pairs, [], 'no pair');
+    assert.deepEqual(nsView(n.enf).ip('-br', 'link', 'show').split('\n').filter(Boolean).map((l) => l.split(/[ @]/)[0]).sort(), ['lo', 'vbr-neuv', 'vth-neuv']);
+    for (const d of [lockDirFile(n.pins, 'hooks'), journalDir(n.pins)]) assert.deepEqual(fs.existsSync(d) ? fs.readdirSync(d) : [], [], d);
+    const chk = n.c(['show', '--check']);
+    assert.equal(chk.code, 0, chk.stdout + chk.stderr);
+  }
+
+  it('a container sending UDP from its first instruction to a port the DP denies: with the hook none reaches the peer, the DP saw every one from packet 1 (fwd); in drop none leaves; released, nothing left', async function () {
+    const n = await node();
+    const p = await peer(gw, PEER_PORT);
+    const hooks = hooksDir(n, ['--default-mode', 'bypass']);
+    const drops0 = (JSON.parse(n.c(['stats', '--json']).stdout) as { global: Record<string, number> }).global.drop_mode ?? 0;
+    for (const mode of ['fwd', 'drop']) {
+      const r = await job(uniqueName('nbpc'), { hooks, mode, count: 50, intervalUs: 1000 });
+      assert.equal(r.code, 0, `podman run (${mode}): ${r.stderr}`);
+      assert.deepEqual(p.got, [], `${mode}: no datagram reached the peer`);
+      nothingLeft(n);
+    }
+    const udp = StubDp.frames(await n.stub.counts(), `udp/${PEER_PORT}`);
+    assert.deepEqual(udp, { frames: 50, dropped: 50 }, 'fwd: the DP saw the 50 datagrams, the first included, and denied them');
+    const drops = (JSON.parse(n.c(['stats', '--json']).stdout) as { global: Record<string, number> }).global.drop_mode ?? 0;
+    // In drop even the ARP request for the gateway is dropped: the datagrams never leave the container's stack.
+    assert.ok(drops - drops0 >= 1, `drop: the datapath dropped its first frames, the ARP requests (drop_mode +${drops - drops0})`);
+  });
+
+  it('event-driven interception for comparison (podman events, then intercept through the service, NeuVector\'s way): the first packets get through', async function () {
+    const n = await node();
+    const p = await peer(gw, PEER_PORT);
+    const s = await serve(n.enf, n.pins);
+    const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-hooks-'));
+    onCleanup(() => fs.rmSync(empty, { recursive: true, force: true }));
+    // The watcher: every start event, then the pid (podman inspect), then POST /v1/intercept.
+    const ev = pm!.spawn(['events', '--filter', 'event=start', '--format', '{{.Name}}']);
+    onCleanup(() => ev.kill('SIGKILL'));
+    const seen = new Map<string, number>();
+    const done = new Map<string, Promise<{ at: number; ino?: number; error?: string }>>();
+    let buf = '';
+    ev.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+        const name = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        seen.set(name, Date.now());
+        done.set(name, (async () => {
+          const r = await pm!.runAsync(['inspect', '--format', '{{.State.Pid}}', name]);
+          const pid = Number(r.stdout.trim());
+          let ino: number | undefined;
+          try {
+            ino = fs.statSync(`/proc/${pid}/ns/net`).ino;
+            await s.client.intercept({ pid }, { mode: 'fwd' });
+            return { at: Date.now(), ino };
+          } catch (e) {
+            // Too late (the job is gone): its netns may have vanished mid-intercept; the release below cleans up.
+            return { at: Date.now(), ino, error: (e as Error).message };
+          }
+        })());
+      }
+    });
+    // The watcher is ready once it sees a container start.
+    const probe = uniqueName('nbpc');
+    const pr = await job(probe, { hooks: empty, count: 1, intervalUs: 0 });
+    assert.equal(pr.code, 0, pr.stderr);
+    await waitFor('podman events to report a start', () => seen.has(probe) && done.has(probe), 60000);
+    const release = async (ino: number | undefined) => {
+      if (ino) await s.client.release({ netnsInode: ino }).catch((e: ServiceError) => assert.equal(e.status, 404, e.message));
+    };
+    await release((await done.get(probe)!).ino);
+    p.got.length = 0;
+
+    const figures: string[] = [];
+    for (const [count, what] of [[50, 'a 50 ms job'], [2000, 'a 2 s job']] as const) {
+      const name = uniqueName('nbpc');
+      const r = await job(name, { hooks: empty, count, intervalUs: 1000 });
+      assert.equal(r.code, 0, r.stderr);
+      await waitFor('the watcher to have acted', () => done.has(name), 60000);
+      const d = await done.get(name)!;
+      const got = p.got.splice(0);
+      assert.ok(got.length >= 1, `${what}: the first datagrams reach the peer before the interception`);
+      const t0 = Number(got[0]!.t0) / 1e6;
+      const last = Number(got.reduce((m, g) => (g.t > m ? g.t : m), 0n)) / 1e6;
+      figures.push(`${what}: ${got.length} of ${count} reached the peer, for ${(last - t0).toFixed(0)} ms (first ${got[0]!.seq}); start event +${(seen.get(name)! - t0).toFixed(0)} ms, ` +
+        (d.error ? `intercept failed (${d.error.slice(0, 60)})` : `intercepted +${(d.at - t0).toFixed(0)} ms`));
+      await release(d.ino);
+    }
+    // eslint-disable-next-line no-console
+    console.log(figures.map((f) => `      events: ${f}`).join('\n'));
+    nothingLeft(n);
+  });
+
+  const JOBS = process.env.NEUV_BPF_SOAK === '1' ? 100 : 10;
+  it(`${JOBS} short-lived jobs started side by side with the hook (through the service): each intercepted before its first packet, released, nothing left`, async function () {
+    const n = await node();
+    const p = await peer(gw, PEER_PORT);
+    await serve(n.enf, n.pins);
+    const hooks = hooksDir(n, ['--default-mode', 'fwd']);
+    const t0 = Date.now();
+    const rs = await Promise.all(Array.from({ length: JOBS }, () => job(uniqueName('nbpc'), { hooks, count: 20, intervalUs: 1000 })));
+    const wall = Date.now() - t0;
+    rs.forEach((r, i) => assert.equal(r.code, 0, `job ${i}: ${r.stderr}`));
+    assert.deepEqual(p.got, [], 'no datagram of any job reached the peer');
+    assert.deepEqual(StubDp.frames(await n.stub.counts(), `udp/${PEER_PORT}`), { frames: JOBS * 20, dropped: JOBS * 20 }, 'the DP saw every datagram of every job');
+    nothingLeft(n);
+    // eslint-disable-next-line no-console
+    console.log(`      ${JOBS} jobs with the hook: ${(wall / 1000).toFixed(1)} s wall`);
+  });
+
+  it('a failing hook: fail-closed, the container does not start; fail-open, it starts unintercepted and is counted', async function () {
+    const n = await node();
+    const p = await peer(gw, PEER_PORT);
+    const fail = ['NEUV_BPF_FAIL_AT=intercept:pair'];
+    const closed = await job(uniqueName('nbpc'), { hooks: hooksDir(n, ['--on-failure', 'closed'], fail), mode: 'fwd', count: 20, intervalUs: 1000 });
+    assert.notEqual(closed.code, 0, 'podman run fails');
+    assert.match(closed.stderr, /hook/i, closed.stderr);
+    assert.deepEqual(p.got, [], 'the container never ran');
+    nothingLeft(n);
+    assert.equal(readFailOpenCount(n.pins).count, 0);
+
+    const open = await job(uniqueName('nbpc'), { hooks: hooksDir(n, ['--on-failure', 'open'], fail), mode: 'fwd', count: 20, intervalUs: 1000 });
+    assert.equal(open.code, 0, open.stderr);
+    assert.equal(p.got.length, 20, 'it ran, unintercepted: every datagram reached the peer');
+    const count = readFailOpenCount(n.pins);
+    assert.equal(count.count, 1);
+    assert.match(count.last!.error, /injected failure at intercept step 'pair'/);
+    nothingLeft(n);
   });
 });

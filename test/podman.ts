@@ -16,7 +16,7 @@
  * network setup; restoreHost() puts the forwarding sysctls back and removes
  * the chains when they were not there before.
  */
-import { spawnSync } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ROOT, sh, uniqueName } from './helpers';
@@ -94,6 +94,24 @@ export class Podman {
     const res = { code: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
     if (res.code !== 0 && !opts.allowFail) throw new Error(`podman ${args.join(' ')} failed (${res.code}): ${res.stderr.trim()}`);
     return res;
+  }
+
+  /** run() without waiting: for containers started side by side. */
+  runAsync(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    const c = spawn('podman', [...this.base, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    return new Promise((resolve) => {
+      c.on('error', (e) => resolve({ code: -1, stdout, stderr: stderr + e.message }));
+      c.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    });
+  }
+
+  /** podman with our private dirs and these arguments, as a child process (podman events). */
+  spawn(args: string[]): ChildProcess {
+    return spawn('podman', [...this.base, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   }
 
   /** Imports the image and makes the network (bridge renamed to ours in its config). */

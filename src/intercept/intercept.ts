@@ -8,7 +8,7 @@ import { validateIfName, VBR } from '../link';
 import { withLock } from '../lock';
 import { log } from '../log';
 import { faultPoint } from '../faults';
-import { JournalRecord, INTERCEPT_LOCK, removeRecord, writeRecord } from './journal';
+import { JournalRecord, INTERCEPT_LOCK, recoverDead, removeRecord, writeRecord } from './journal';
 import { AddModeName, Datapath, DEFAULT_ADD_MODE, ModeName, PairAdded } from '../pairs';
 import { Undo } from '../undo';
 import { caughtSignal } from '../signals';
@@ -77,6 +77,8 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
     throw new UsageError(`${t.desc} is in the enforcer's own network namespace: nothing to intercept (use --netns for the enforcer)`);
   }
   const recovered = await recoverTarget(opts.pinRoot, t, port, opts.enforcer);
+  // Dead interceptions first: their pairs hold ifindexes the kernel gives the ports this one moves in.
+  for (const line of await recoverDead({ pinRoot: opts.pinRoot, enforcer: opts.enforcer })) lg.info({ target: t.desc }, `first: ${line}`);
   const dp = openDatapath(opts.pinRoot, opts.enforcer);
   try {
     if (!(await enf.link(VBR))) {
@@ -168,7 +170,19 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
       });
 
       pair = await S('pair', `pair add ${vin}/${vex}`, async () => {
-        const added = await dp.addPair({ in: vin, ex: vex, mac: M, mode: addModeOf(opts.mode), id: opts.id, ipv6ToDp: opts.ipv6ToDp === true });
+        const add = () => dp.addPair({ in: vin, ex: vex, mac: M, mode: addModeOf(opts.mode), id: opts.id, ipv6ToDp: opts.ipv6ToDp === true });
+        let added: PairAdded;
+        try {
+          added = await add();
+        } catch (e) {
+          // A container that died since the check above freed its vin's ifindex, and vin or vex just got it:
+          // its dead pair holds it. Removed, the pair add goes through.
+          if (!(e instanceof ConflictError)) throw e;
+          const fixed = await recoverDead({ pinRoot: opts.pinRoot, enforcer: opts.enforcer });
+          if (!fixed.length) throw e;
+          for (const line of fixed) lg.info({ target: t.desc }, `first: ${line}`);
+          added = await add();
+        }
         if (opts.mode !== 'drop') return added;
         await dp.setMode({ id: added.id }, 'drop');
         return { ...added, mode: 'drop' };

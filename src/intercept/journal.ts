@@ -371,6 +371,30 @@ export function recordProblem(r: JournalRecord): string | undefined {
   return undefined;
 }
 
+/**
+ * Removes what is left of every interception whose container is gone (its
+ * record's vin is gone from this netns: the container's netns went, and the
+ * intercepting veth with it), as repair would. intercept runs it, under the
+ * intercept lock, before it moves anything into the enforcer netns: the
+ * kernel reuses a vanished vin's ifindex for the next device moved in, which
+ * the dead pair still holds, so that intercept's pair add would be refused
+ * (a container stopped while intercepted whose release has not run yet:
+ * podman deletes the netns before the OCI hook's poststop). Returns what it
+ * did, one line each; a record it cannot recover is left (logged).
+ */
+export async function recoverDead(o: RecoverOptions): Promise<string[]> {
+  const out: string[] = [];
+  for (const r of listRecords(o.pinRoot)) {
+    if (halfDone(r) || recordProblem(r) === undefined) continue;
+    try {
+      out.push((await recoverLocked(r, o)).line);
+    } catch (e) {
+      log('journal').warn({ target: r.target.desc, port: r.port, err: (e as Error).message }, 'could not remove a dead interception');
+    }
+  }
+  return out;
+}
+
 /** Problems of every record of a pin root (show --check). */
 export function journalProblems(pinRoot: string): string[] {
   return listRecords(pinRoot).map(recordProblem).filter((x): x is string => x !== undefined);
