@@ -131,7 +131,7 @@ describe('watch: the fail-open supervisor with the stub DP (kernel)', function (
     const down1 = w.events.filter((e) => e.state === 'down')[0]!;
     assert.deepEqual(down1.switched, [p1.pair.id]);
     // Its pidfd, or a probe that ran between the dying DP closing its ring and its exit.
-    assert.match(down1.why, new RegExp(`^(exited \\(pid ${s1.child.pid}\\)|no DP ring on vth-neuv)$`), 'seen dying');
+    assert.match(down1.why, new RegExp(`^(exited \\(pid ${s1.child.pid}\\)|no DP ring on vth-neuv)$`), `seen dying: ${down1.why}`);
     assert.equal(modeOf(tt, p1.pair.id), 'bypass');
 
     // Restarted under a new pid (the pid file rewritten): followed, the pair back in FWD.

@@ -181,6 +181,19 @@ export function dpLocator(dp: string, what = '--dp'): () => DpProcess | undefine
   return () => dpFromPidFile(dp);
 }
 
+/**
+ * Whether a process is dying or dead: gone from /proc, or a zombie (Z, X). A SIGKILLed DP's leader is a
+ * zombie, its root gone, before its pidfd says so (that waits for every thread of it to exit).
+ */
+function exiting(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return /^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  } catch {
+    return true;
+  }
+}
+
 /** The DP being watched: its process, its pidfd, and a control client once one was needed. */
 interface LiveDp extends DpProcess {
   pidfd: PidFd;
@@ -286,7 +299,7 @@ export class DpWatch extends EventEmitter {
   /** Why the DP is not usable now, or undefined when it is; its exit named as such whichever check saw it first. */
   private async health(d: LiveDp): Promise<string | undefined> {
     const why = await this.check(d);
-    return why && d.pidfd.exited() ? `exited (pid ${d.pid})` : why;
+    return why && (d.pidfd.exited() || exiting(d.pid)) ? `exited (pid ${d.pid})` : why;
   }
 
   private async check(d: LiveDp): Promise<string | undefined> {
