@@ -2,6 +2,7 @@
  * The summary lines and BENCHMARKS.md sections of the scenarios with
  * NeuVector's real DP (bench/nvdp.ts, bench/taptap.ts).
  */
+import { OFFLOAD_AFTER } from './nvdp';
 import type { NvdpResult, NvdpVariant } from './nvdp';
 import type { TapTapResult } from './taptap';
 import { Summary, fmt, fmtRatio, summary } from './util';
@@ -76,6 +77,14 @@ export function nvdpMarkdown(o: NvdpOutcome, reproduce: (only: string) => string
     `The DP's busiest thread (${names || 'n/a'}) near 100% of a core while the kernel paths carry more is what says the DP is the ceiling of FWD. ` +
       `Sessions offloaded per measurement: ${o.offloaded.join(', ') || 'none'}; frames the 64-byte flow's entry carried (a TCP entry ends with the stream's FIN, its counters with it): ${o.fastFrames.pps.map((x) => x.toLocaleString('en')).join(', ')}.`,
   );
+  const first = o.checks['bpf-offload.newSessions'] as { tcpSessions: number; offloaded: number; decidedByDpFirst: number } | undefined;
+  if (first) {
+    L.push('');
+    L.push(
+      `New sessions reach the DP first: over the TCP measurements with offload on, ${first.tcpSessions} new TCP sessions were sessions in the DP; the service offloaded ${first.offloaded} of them, ` +
+        `${first.decidedByDpFirst} of ${first.offloaded} after the DP had seen at least ${OFFLOAD_AFTER} of their packets each way (none decided without it${first.decidedByDpFirst === first.offloaded ? '' : ': NOT MET'}).`,
+    );
+  }
   L.push('');
   for (const n of o.notes) L.push(`- ${n}`);
   L.push('');

@@ -9,8 +9,9 @@
  *                classifier instead (the same match, the same 6-byte rewrite), followed by NeuVector's own
  *                `action mirred` (bench/nvpedit.ts)
  *   bpf-fwd      neuv-bpf FWD with the same real DP
- *   bpf-offload  neuv-bpf FWD with the same real DP, each session offloaded through the flow API
- *                (src/flows.ts) as soon as the DP lists it, as an agent would: the DP sees the first frames only
+ *   bpf-offload  neuv-bpf FWD with the same real DP and `neuv-bpf serve --dp PIDFILE --offload RULE`
+ *                (src/offload/): the service offloads each session the DP has decided, after OFFLOAD_AFTER
+ *                packets each way (one-way for the 64-byte flow); the DP sees the first frames only
  *
  * Each variant has its own namespaces and its own DP (`dp -s 1 -n 1`, one
  * data thread); each round measures all of them, the order rotating; ratios
@@ -20,13 +21,14 @@
  * Skipped, with the paths looked at, when the DP's tarball is absent.
  */
 import * as fs from 'node:fs';
-import type { DpSession } from '../src/dp/client';
 import { NvDp, buildNvdp, nvdpUnavailable } from '../harness/nvdp';
 import { Flows } from '../src/flows';
+import { ServiceClient } from '../src/service/client';
+import type { OffloadStatus } from '../src/service/client';
 import { bcmac, formatMac, ucmac } from '../src/mac';
 import { Topo, VTH, bpfAddPairs, bpfLoad, frameRate, ipIn, nvConnect, nvPair, pairTopo, pingOk, plainTopo, tcpGbps, udpFrameConf } from './net';
 import { nvPeditRules } from './nvpedit';
-import { RT_PRIORITY, Summary, onCleanup, pairedRatio, progress, rtEnabled, sh, sleep, summary, tmpDir } from './util';
+import { RT_PRIORITY, Summary, cliPath, onCleanup, pairedRatio, progress, rtEnabled, sh, sleep, spawnGroup, summary, tmpDir } from './util';
 
 export type NvdpVariant = 'plain' | 'nv-fwd' | 'bpf-fwd' | 'bpf-offload';
 export const NVDP_VARIANTS: NvdpVariant[] = ['plain', 'nv-fwd', 'bpf-fwd', 'bpf-offload'];
@@ -34,7 +36,7 @@ export const NVDP_LABELS: Record<NvdpVariant, string> = {
   plain: 'plain veth pair, no interception (the limit)',
   'nv-fwd': "NeuVector's tc pipe, FWD (u32 match + pedit as a cls_bpf classifier, mirred), real DP",
   'bpf-fwd': 'neuv-bpf FWD, real DP',
-  'bpf-offload': 'neuv-bpf FWD, real DP, sessions offloaded through the flow API once the DP lists them',
+  'bpf-offload': 'neuv-bpf FWD, real DP, sessions the DP decided offloaded by `neuv-bpf serve --offload`',
 };
 
 /** CPU time of a process, all threads and per thread (clock ticks). */
@@ -101,6 +103,8 @@ interface Variant {
   /** neuv-bpf pin root and pair id (flow offload). */
   pins?: string;
   pairId?: number;
+  /** The service offloading what the DP decided (bpf-offload). */
+  service?: ServiceClient;
 }
 
 export interface NvdpResult {
@@ -127,31 +131,33 @@ export interface NvdpResult {
  */
 const SENDTO = ['-b', '10000000pps'];
 
-const sessionKey = (s: DpSession) => `${s.ipProto}/${s.clientIp}:${s.clientPort}-${s.serverIp}:${s.serverPort}`;
+/** The service's rule: a session offloaded once the DP has seen OFFLOAD_AFTER packets of it each way (one way: the 64-byte flow). */
+export const OFFLOAD_AFTER = 20;
+const OFFLOAD_RULE = `after=${OFFLOAD_AFTER},oneway,every=20,recheck=60`;
 
-/** The agent's part (sessions listed in `old` excepted): offload every host<->workload session of `proto` the DP lists, until `done()` or `max` are offloaded. */
-async function offloadSessions(dp: NvDp, flows: Flows, id: number, t: Topo, proto: 6 | 17, max: number, done: () => boolean, old: Set<string>): Promise<number> {
-  const seen = new Set<string>();
-  const end = Date.now() + 5000;
-  while (!done() && seen.size < max && Date.now() < end) {
-    let list: DpSession[] = [];
+/**
+ * `neuv-bpf serve` in a variant's enforcer netns, supervising its DP (a pid
+ * file) and offloading what it decided; resolves with its client once it
+ * serves and sees the DP up.
+ */
+async function benchService(t: Topo, pins: string, dp: NvDp, dir: string): Promise<ServiceClient> {
+  const pidfile = `${dir}/dp-${dp.pid}.pid`;
+  const socket = `${dir}/svc-${dp.pid}.sock`;
+  fs.writeFileSync(pidfile, `${dp.pid}\n`);
+  const child = spawnGroup(process.execPath, [cliPath(), '--netns', t.enf!.name, '--bpffs', pins, 'serve', '--socket', socket, '--dp', pidfile, '--offload', OFFLOAD_RULE], { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' });
+  onCleanup(() => void child.stop(), 'service');
+  const client = new ServiceClient({ socket, timeoutMs: 10000 });
+  onCleanup(() => client.close(), 'service client');
+  const end = Date.now() + 60000;
+  for (;;) {
     try {
-      list = await dp.client.listSessions();
+      if ((await client.dp()).state === 'up') return client;
     } catch {
-      /* its control thread is busy under the load: ask again */
+      /* not serving yet */
     }
-    for (const s of list) {
-      if (s.ipProto !== proto) continue;
-      const ends = [s.clientIp, s.serverIp].sort().join(',');
-      if (ends !== [t.hostAddr, t.wlAddr].sort().join(',')) continue;
-      const k = sessionKey(s);
-      if (seen.has(k) || old.has(k)) continue;
-      seen.add(k);
-      flows.offload({ id, proto: proto === 6 ? 'tcp' : 'udp', src: `${s.clientIp}:${s.clientPort}`, dst: `${s.serverIp}:${s.serverPort}` }, { idleS: 60 });
-    }
-    await sleep(20);
+    if (child.exitCode !== null || Date.now() > end) throw new Error(`nvdp: neuv-bpf serve did not come up with the DP: ${(child as unknown as { output: () => { err: string } }).output().err.trim()}`);
+    await sleep(50);
   }
-  return seen.size;
 }
 
 export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { skipped: string }> {
@@ -193,7 +199,8 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
     dp.client.cfgMac([t.wlMac], { tap: false });
     await dp.client.sync();
     checks[`${id}.redirectPeer`] = added!.redirectPeer;
-    variants.push({ id, topo: t, conf: frameTo(t), dp, pins: pinRoot, pairId: added!.id });
+    const service = id === 'bpf-offload' ? await benchService(t, pinRoot, dp, dir) : undefined;
+    variants.push({ id, topo: t, conf: frameTo(t), dp, pins: pinRoot, pairId: added!.id, service });
   }
   for (const v of variants) {
     const ok = pingOk(v.topo.host, v.topo.wlAddr);
@@ -216,36 +223,42 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
     flowsOf.set(v.id, f);
   }
 
-  /** One measurement with the DP's CPU read around it; offloads concurrently for bpf-offload. */
-  const measure = async <T>(v: Variant, metric: 'tcp' | 'pps', fn: (during?: () => Promise<void>) => Promise<T>): Promise<T> => {
+  /** New sessions: how many reached the DP (its session counter), how many the service offloaded, and whether each offloaded one had OFFLOAD_AFTER packets through the DP first. */
+  const firstToDp = { tcpSessions: 0, offloaded: 0, decidedByDpFirst: 0 };
+
+  /** One measurement with the DP's CPU read around it; for bpf-offload, the service offloads meanwhile. */
+  const measure = async <T>(v: Variant, metric: 'tcp' | 'pps', fn: () => Promise<T>): Promise<T> => {
     const flows = flowsOf.get(v.id);
-    let finished = false;
-    // TCP: iperf3's connections of this measurement (the DP still lists those of the last one), offloaded
-    // while the stream runs. UDP: trafgen's one flow, the same every round: 20 frames of it through the DP
-    // first, offloaded once the DP lists it, then the flood (a flooded DP answers its control socket late).
-    const old = flows && metric === 'tcp' ? new Set((await v.dp!.client.listSessions()).map(sessionKey)) : new Set<string>();
-    let during: (() => Promise<void>) | undefined;
-    if (flows && metric === 'tcp') {
-      during = async () => {
-        offloaded.push(await offloadSessions(v.dp!, flows, v.pairId!, v.topo, 6, 2, () => finished, old));
-      };
-    } else if (flows) {
-      v.topo.host.exec('trafgen', ['--dev', v.topo.hostIf, '--conf', v.conf, '--cpus', '1', '-n', '20', '-q', ...SENDTO]);
-      offloaded.push(await offloadSessions(v.dp!, flows, v.pairId!, v.topo, 17, 1, () => false, old));
-      if (!checks['bpf-offload.udpEntry']) checks['bpf-offload.udpEntry'] = JSON.parse(JSON.stringify(flows.list({ id: v.pairId! }), (_k, x) => (typeof x === 'bigint' ? Number(x) : x)));
+    const svc = v.service;
+    if (svc && metric === 'pps') {
+      // trafgen's one flow, the same every round: 2x OFFLOAD_AFTER of its frames through the DP first, offloaded by
+      // the service once the DP lists it, then the flood (a flooded DP answers its control socket late).
+      const before = (await svc.offloadStatus()).stats.allow;
+      v.topo.host.exec('trafgen', ['--dev', v.topo.hostIf, '--conf', v.conf, '--cpus', '1', '-n', String(2 * OFFLOAD_AFTER), '-q', ...SENDTO]);
+      const end = Date.now() + 5000;
+      while ((await svc.offloadStatus()).stats.allow === before && Date.now() < end) await sleep(20);
+      if (!checks['bpf-offload.udpEntry']) checks['bpf-offload.udpEntry'] = JSON.parse(JSON.stringify(flows!.list({ id: v.pairId! }), (_k, x) => (typeof x === 'bigint' ? Number(x) : x)));
     }
+    const s0: OffloadStatus | undefined = svc && (await svc.offloadStatus());
+    const dev0 = svc && metric === 'tcp' ? await v.dp!.client.counterDevice() : undefined;
     const a = v.dp ? cpuSample(v.dp.pid) : undefined;
-    let r: T;
-    try {
-      r = await fn(during);
-    } finally {
-      finished = true;
-    }
+    const r = await fn();
     if (v.dp && a) {
       const u = cpuUse(a, cpuSample(v.dp.pid));
       push(cpu, `${v.id}.${metric}`, u.total);
       push(cpu, `${v.id}.${metric}.busiest`, u.busiest);
       busiestName.set(v.id, u.busiestName);
+    }
+    if (svc && s0) {
+      const s1 = await svc.offloadStatus();
+      const n = s1.stats.allow - s0.stats.allow;
+      offloaded.push(metric === 'pps' ? n + 1 : n); // pps: its flow was offloaded just before
+      if (dev0) {
+        const fresh = s1.recent.filter((o) => o.time > (s0.recent.at(-1)?.time ?? 0) && o.proto === 'tcp');
+        firstToDp.tcpSessions += Number((await v.dp!.client.counterDevice()).tcpSessions - dev0.tcpSessions);
+        firstToDp.offloaded += fresh.length;
+        firstToDp.decidedByDpFirst += fresh.filter((o) => o.dpClientPkts >= OFFLOAD_AFTER && o.dpServerPkts >= OFFLOAD_AFTER).length;
+      }
     }
     if (flows) {
       push(fastFrames, metric, flows.list({ id: v.pairId! }).reduce((n, f) => n + Number(f.packets), 0));
@@ -258,7 +271,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
   for (let r = 0; r < params.rounds; r++) {
     progress(`nvdp: TCP round ${r + 1}/${params.rounds}`);
     for (const v of rotate(r)) {
-      push(tcp, v.id, await measure(v, 'tcp', (during) => tcpGbps(v.topo.host, v.topo.wl, v.topo.wlAddr, params.tcpSeconds, params.tcpOmit, during)));
+      push(tcp, v.id, await measure(v, 'tcp', () => tcpGbps(v.topo.host, v.topo.wl, v.topo.wlAddr, params.tcpSeconds, params.tcpOmit)));
     }
   }
   for (let r = 0; r < params.ppsRounds; r++) {
@@ -276,6 +289,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
     await v.dp.stop();
   }
   for (const f of flowsOf.values()) f.close();
+  checks['bpf-offload.newSessions'] = firstToDp;
 
   const by = <T>(f: (id: NvdpVariant) => T) => Object.fromEntries(NVDP_VARIANTS.map((id) => [id, f(id)])) as Record<NvdpVariant, T>;
   const ratio = (metric: 'tcp' | 'pps', a: NvdpVariant, b: NvdpVariant) => {
@@ -317,7 +331,8 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
       "This kernel has no act_pedit, so NeuVector's FWD rules cannot rewrite the MAC as its tc driver writes them; nv-fwd replaces each u32 match + pedit of FwdPortPair with a cls_bpf classifier doing the same match and the same 6-byte rewrite, then NeuVector's own `action mirred` (egress mirror, as tc.go writes it). A program does the match at least as fast as u32 + pedit, so this favours NeuVector, if anything.",
       "64-byte frames: trafgen sending with sendto() (`-b 10000000pps`, a rate it never reaches) in every variant, not from its TX ring, as in the runs before the flow lookup read headers outside the skb's linear data (the ring's frames carry theirs in page fragments; an offloaded entry then never matched them).",
       'DP CPU is its user+system time over each measurement (iperf3/trafgen start-up included), as a fraction of one core: the whole process (all threads) and its busiest thread.',
-      'bpf-offload: the bench polls ctrl_list_session every 20 ms and offloads each host<->workload session of the measured protocol with Flows.offload: for TCP while iperf3 runs (its control and data connections), for the 64-byte flow after 20 of its frames went through the DP, before the flood. Its entries are cleared after each measurement, so every round starts through the DP.',
+      `bpf-offload: \`neuv-bpf serve --dp PIDFILE --offload ${OFFLOAD_RULE}\` (src/offload/) reads the DP's sessions (ctrl_list_session) every 20 ms and offloads each one the DP decided once it has seen ${OFFLOAD_AFTER} of its packets each way (TCP established), one way for the 64-byte flow (${2 * OFFLOAD_AFTER} of its frames through the DP before the flood). The flow entries are cleared after each measurement, so every round starts through the DP.`,
+      'New sessions reach the DP first: over the TCP measurements of bpf-offload, checks["bpf-offload.newSessions"] counts the new TCP sessions in the DP (its device counter), the sessions the service offloaded, and those of them the DP had seen at least OFFLOAD_AFTER packets of each way (all of them, or the service decided something the DP had not).',
     ],
   };
 }

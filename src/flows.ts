@@ -35,9 +35,11 @@ import {
   formatIpv4,
   ipv4Bytes,
   u32Key,
+  decodeU32Key,
   MODE_NAMES,
 } from './layout';
 import { log } from './log';
+import { formatMac } from './mac';
 import { Pins, mapPinPath } from './pins';
 import { FLOW_SECONDS, IP_PROTO, L4_PORT, PORT_ID, parseDecimal, parseInteger } from './numbers';
 
@@ -250,6 +252,24 @@ export class Flows {
       if (!v) return undefined;
       const p = ports.lookup(u32Key(decodeId(v).vinIfindex));
       return p ? (MODE_NAMES[decodePort(p).mode] ?? 'none') : 'none';
+    }, { legacyPorts: true });
+  }
+
+  /**
+   * Every pair by its workload MAC: id and mode (its vin entry's), read from
+   * the pinned maps without the pin root's lock (reads only; a pair changing
+   * meanwhile is seen before or after). For a DP's sessions, named by MAC.
+   */
+  pairsByMac(): Map<string, { id: number; mode: string }> {
+    return Pins.with(this.pinRoot, ['ids', 'ports'], ({ ids, ports }) => {
+      const out = new Map<string, { id: number; mode: string }>();
+      for (const [k, v] of ids.entries()) {
+        const p = ports.lookup(u32Key(decodeId(v).vinIfindex));
+        if (!p) continue;
+        const port = decodePort(p);
+        out.set(formatMac(port.mac), { id: decodeU32Key(k), mode: MODE_NAMES[port.mode] ?? 'none' });
+      }
+      return out;
     }, { legacyPorts: true });
   }
 

@@ -133,12 +133,14 @@ describe('NeuVector DP client (unit)', function () {
     b[62] = 6;
     b.writeUInt32BE(5, 64);
     b.writeUInt32BE(4, 68);
+    b.writeUInt16BE(1003, 106);
     b.writeUInt32BE(1001, 112);
     b[116] = 7;
+    b.writeUInt16BE(0x0101, 118);
     const s = decodeSession(b);
     assert.deepEqual(
-      [s.id, s.epMac, s.clientIp, s.serverIp, s.clientPort, s.serverPort, s.ipProto, s.clientPkts, s.serverPkts, s.policyId, s.policyAction],
-      [77, '02:00:00:00:00:01', '10.77.0.11', '10.77.0.12', 40000, 8080, 6, 5, 4, 1001, 7],
+      [s.id, s.epMac, s.clientIp, s.serverIp, s.clientPort, s.serverPort, s.ipProto, s.clientPkts, s.serverPkts, s.application, s.policyId, s.policyAction, s.flags],
+      [77, '02:00:00:00:00:01', '10.77.0.11', '10.77.0.12', 40000, 8080, 6, 5, 4, 1003, 1001, 7, 0x0101],
     );
   });
 

@@ -4,6 +4,7 @@
  */
 import { CommandRegistrar, printJson } from './context';
 import { Service, parseListenAddress } from '../service';
+import { parseOffloadRule } from '../offload';
 import { DpWatchCmdOpts, addDpWatchOptions, dpWatchOptions } from './watch';
 
 export const registerServeCommands: CommandRegistrar = (program, ctx) => {
@@ -15,20 +16,27 @@ export const registerServeCommands: CommandRegistrar = (program, ctx) => {
     )
     .option('--socket <path>', "the API's unix socket, created 0600 (default: /run/neuv-bpf/<pin root>.sock)")
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (bound in the netns the service runs in)')
+    .option(
+      '--offload <rule>',
+      "with --dp: write the DP's decisions into the flow map, so the kernel carries (or drops) the rest of a session: " +
+        "after=N (packets the DP saw each way first, default 1), oneway, ports=P[-Q][:...], apps=ID[:...], proto=tcp|udp, deny=yes|no, " +
+        "idle=S (30), recheck=S (10: back to the DP for its policy of now), every=MS (100); 'off'. Kept for the next service (default: the rule kept)",
+    )
     .option('--json', 'print the serving line as JSON');
   // DP supervision: the options of `neuv-bpf watch` (its keep-alive and ring ones prefixed dp-).
-  addDpWatchOptions(cmd, 'dp-', false).action(async (o: { socket?: string; metrics?: string; json?: boolean } & DpWatchCmdOpts) => {
+  addDpWatchOptions(cmd, 'dp-', false).action(async (o: { socket?: string; metrics?: string; offload?: string; json?: boolean } & DpWatchCmdOpts) => {
     const c = ctx();
     const metrics = o.metrics === undefined ? undefined : parseListenAddress(o.metrics);
     const dp = dpWatchOptions(o, 'dp-');
-    const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics, dp });
+    const offload = o.offload === undefined ? undefined : (parseOffloadRule(o.offload) ?? 'off');
+    const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics, dp, offload });
     const i = svc.info;
     if (c.json) printJson(c, i);
     else {
       c.out(
         `serving pin root ${i.pinRoot} (datapath ${i.datapath}) on ${i.socket}` +
           (i.metrics ? `, metrics on http://${i.metrics.host.includes(':') ? `[${i.metrics.host}]` : i.metrics.host}:${i.metrics.port}/metrics` : '') +
-          (i.dp ? `, supervising the DP (fail-${i.dp.policy})` : ''),
+          (i.dp ? `, supervising the DP (fail-${i.dp.policy}), offload ${i.offload}` : ''),
       );
     }
     await new Promise<void>((resolve) => {

@@ -37,6 +37,11 @@ export const DP_KIND = {
   keepAlive: 10,
 } as const;
 
+/** DPMsgSession.Flags (defs.h DPSESS_FLAG_*) the offloader reads. */
+export const SESSION_FLAG = { ingress: 0x1, tap: 0x2, mid: 0x4, xff: 0x10, tmpOpen: 0x100 } as const;
+/** DPMsgSession.ClientState/ServerState of a TCP session: Linux's TCP_ESTABLISHED (the DP's wing states). */
+export const TCP_STATE_ESTABLISHED = 1;
+
 /** Policy actions (defs.h DP_POLICY_ACTION_*). */
 export const POLICY_ACTION = { open: 0, learn: 1, allow: 2, checkVh: 3, checkNbe: 4, checkApp: 5, violate: 6, deny: 7 } as const;
 export type PolicyActionName = keyof typeof POLICY_ACTION;
@@ -145,6 +150,8 @@ export interface DpSession {
   serverState: number;
   idle: number;
   age: number;
+  /** NeuVector's application id (DPI_APP_*; 0 while unknown). */
+  application: number;
   policyId: number;
   policyAction: number;
   flags: number;
@@ -236,6 +243,7 @@ export function decodeSession(b: Buffer): DpSession {
     serverState: b[97]!,
     idle: r16(98),
     age: r32(100),
+    application: r16(106),
     policyId: r32(112),
     policyAction: b[116]!,
     flags: r16(118),

@@ -9,6 +9,7 @@
 import type { ServerResponse } from 'node:http';
 import type { DpWatch } from '../dp/watch';
 import { ExitCode, NotFoundError, UsageError, oneLine } from '../errors';
+import { Offloader, parseOffloadRule, ruleText } from '../offload';
 import { FlowSpec, OffloadOptions, withFlows } from '../flows';
 import { Target, intercept, release, releaseRecorded } from '../intercept';
 import { isLoaded, notLoaded } from '../pins';
@@ -16,7 +17,7 @@ import { MODE_NAMES } from '../layout';
 import { Datapath, ModeName, PairSelector, PairSpec, parseModeName, parsePairObject, parsePortId } from '../pairs';
 import { packageVersion } from '../root';
 import { boundedTrace, traceRequest } from '../trace';
-import type { DpStatus } from './client';
+import type { DpStatus, OffloadStatus } from './client';
 import { objectWith } from './http';
 
 /** What a call gets. */
@@ -35,6 +36,17 @@ export interface CallContext {
   res?: ServerResponse;
   /** Aborted when the service stops: a stream ends then. */
   stopping?: AbortSignal;
+  /** The offloader of the DP's decisions (with --dp). */
+  offloader?: Offloader;
+}
+
+function offloadView(f: Offloader): OffloadStatus {
+  return { rule: f.rule ? ruleText(f.rule) : 'off', ...(f.rule ? { parsed: f.rule } : {}), stats: { ...f.stats }, recent: f.recent.slice(-20) };
+}
+
+function offloaderOf(c: CallContext): Offloader {
+  if (!c.offloader) throw new NotFoundError('automatic offload needs a supervised DP: serve --dp local|PIDFILE [--offload RULE]');
+  return c.offloader;
 }
 
 /** GET /v1/dp: the supervisor's state, the pairs it holds in BYPASS, its last events. */
@@ -198,6 +210,34 @@ export const ROUTES: Route[] = [
     handle: async (c) => {
       if (!c.watch) throw new NotFoundError('this service supervises no DP (serve --dp local|PIDFILE)');
       return dpView(c.watch);
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/offload',
+    handle: async (c) => offloadView(offloaderOf(c)),
+  },
+  {
+    method: 'PUT',
+    path: '/v1/offload',
+    body: true,
+    mutating: true,
+    handle: async (c) => {
+      const f = offloaderOf(c);
+      const o = objectWith(c.body, ['rule'], ['rule'], 'offload body');
+      if (typeof o.rule !== 'string') throw new UsageError(`rule ${JSON.stringify(o.rule)} must be a string such as "after=20,ports=80:443" or "off"`);
+      f.setRule(parseOffloadRule(o.rule, 'rule'));
+      return offloadView(f);
+    },
+  },
+  {
+    method: 'DELETE',
+    path: '/v1/offload',
+    mutating: true,
+    handle: async (c) => {
+      const f = offloaderOf(c);
+      f.setRule(undefined);
+      return offloadView(f);
     },
   },
   {

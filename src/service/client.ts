@@ -11,6 +11,7 @@
 import * as http from 'node:http';
 import { ExitCode, ExitCodeValue, NeuvError } from '../errors';
 import type { BypassedPair, DpWatch, FailPolicy, WatchEvent } from '../dp/watch';
+import type { OffloadRule, OffloadStats, Offloaded } from '../offload';
 import type { FlowSpec, FlowView, OffloadOptions, OffloadResult } from '../flows';
 import type { InterceptResult, ReleaseResult } from '../intercept';
 import type { TraceView } from '../trace';
@@ -45,6 +46,14 @@ export interface DpStatus {
   held: BypassedPair[];
   /** The last 20 events. */
   events: WatchEvent[];
+}
+
+/** GET /v1/offload: the rule (its text, 'off'), what the offloader did, the last sessions it offloaded. */
+export interface OffloadStatus {
+  rule: string;
+  parsed?: OffloadRule;
+  stats: OffloadStats;
+  recent: Offloaded[];
 }
 
 /** The container of intercept/release: exactly one of pid and netns. */
@@ -165,6 +174,16 @@ export class ServiceClient {
 
   health(): Promise<Health> {
     return this.request('GET', '/v1/health');
+  }
+
+  /** The offload rule and what it did (serve --dp; 404 without). */
+  offloadStatus(): Promise<OffloadStatus> {
+    return this.request('GET', '/v1/offload');
+  }
+
+  /** Sets the offload rule ("after=20,ports=80:443", or "off"); kept for the next service. */
+  setOffloadRule(rule: string): Promise<OffloadStatus> {
+    return this.request('PUT', '/v1/offload', { rule });
   }
 
   /** The DP supervisor's state (serve --dp; 404 without). */

@@ -9,6 +9,7 @@ import * as http from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { DpWatch, WatchEvent } from '../dp/watch';
 import { Flows } from '../flows';
+import type { Offloader } from '../offload';
 import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
 import { log } from '../log';
 import { isLoaded } from '../pins';
@@ -187,6 +188,39 @@ export class ServiceMetrics {
         if (w.events.some((x) => x.state === 'down')) back.inc();
         switched.inc({ to: 'fwd' }, e.switched.length);
       }
+    });
+  }
+
+  /** The offloader's metrics (serve --dp, --offload): entries written by verdict, failed polls, its rule on or off. */
+  offload(f: Offloader): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'neuv_offload_enabled',
+      help: '1 while an offload rule is set (serve --offload, PUT /v1/offload)',
+      registers,
+      collect() {
+        this.set(f.rule ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'neuv_offload_flows_total',
+      help: "Flow entries written for sessions the DP decided, by verdict (allow: carried by the kernel; deny: dropped in it)",
+      labelNames: ['verdict'],
+      registers,
+      collect() {
+        this.reset();
+        this.inc({ verdict: 'allow' }, f.stats.allow);
+        this.inc({ verdict: 'deny' }, f.stats.deny);
+      },
+    });
+    new Counter({
+      name: 'neuv_offload_poll_errors_total',
+      help: "Reads of the DP's sessions that failed (its control socket unanswered, a map unreadable)",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(f.stats.errors);
+      },
     });
   }
 

@@ -23,6 +23,7 @@ import { LOCK_EX, LOCK_NB, LOCK_SH, flock } from '../bpf';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '../errors';
 import { DpWatch, FailPolicy, WatchOptions } from '../dp/watch';
 import { checkHome } from '../home';
+import { OffloadRule, Offloader, readOffloadRule, ruleText, writeOffloadRule } from '../offload';
 import { load } from '../loader';
 import { LOCK_DIR, ensureLockDir, lockDirFile, openLockDirFile, readableLockDirFile, withLock } from '../lock';
 import { log } from '../log';
@@ -69,6 +70,11 @@ export interface ServiceOptions {
   metrics?: ListenAddress;
   /** Supervise the DP (the options of `neuv-bpf watch`): fail-open or fail-closed, followed across restarts. */
   dp?: Omit<WatchOptions, 'pinRoot'>;
+  /**
+   * Offload what the supervised DP decided (needs dp): a rule, 'off', or
+   * undefined for the rule kept by the service before (offload.json).
+   */
+  offload?: OffloadRule | 'off';
 }
 
 export interface ServiceInfo {
@@ -80,6 +86,8 @@ export interface ServiceInfo {
   datapath: 'loaded' | 'adopted';
   /** The DP supervised (--dp) and its failure policy. */
   dp?: { policy: FailPolicy };
+  /** The offload rule (with --dp): its text, or 'off'. */
+  offload?: string;
 }
 
 /**
@@ -199,6 +207,8 @@ export class Service {
   private watch: DpWatch | undefined;
   /** Aborted by stop(): streams (GET /v1/trace) end. */
   private readonly stopSignal = new AbortController();
+  /** The offloader of the supervised DP's decisions (with --dp; its rule may be off). */
+  private offloader: Offloader | undefined;
 
   private constructor(
     info: ServiceInfo,
@@ -221,6 +231,7 @@ export class Service {
     const lg = log('service');
     const { pinRoot } = opts;
     const socket = opts.socket ?? defaultSocketPath(pinRoot);
+    if (!opts.dp && opts.offload !== undefined && opts.offload !== 'off') throw new UsageError('--offload needs --dp: the DP whose decisions are offloaded');
     // Under a directory that does not exist nothing can be pinned: load says why, and no file is left.
     const lockFd = fs.existsSync(path.dirname(pinRoot)) ? takeOwnership(pinRoot, socket) : undefined;
     const metrics = new ServiceMetrics(pinRoot);
@@ -257,10 +268,18 @@ export class Service {
         await load({ pinRoot });
         return 'loaded' as const;
       });
+      // The offload rule given, else the one the service before kept (read before anything starts).
+      const rule = opts.offload === undefined ? readOffloadRule(pinRoot) : opts.offload === 'off' ? undefined : opts.offload;
       if (opts.dp) {
+        if (opts.offload !== undefined) writeOffloadRule(pinRoot, rule);
         const w = (svc.watch = DpWatch.start({ ...opts.dp, pinRoot }));
         metrics.superviseDp(w);
         svc.info.dp = { policy: w.policy };
+        const f = (svc.offloader = Offloader.start({ pinRoot, rule, locate: () => (w.state === 'up' ? w.current : undefined) }));
+        metrics.offload(f);
+        svc.info.offload = rule ? ruleText(rule) : 'off';
+      } else if (rule) {
+        lg.warn('an offload rule is kept for this pin root, but this service supervises no DP (--dp): nothing is offloaded');
       }
       ready(true);
     } catch (e) {
@@ -309,6 +328,7 @@ export class Service {
         body,
         started: this.started,
         watch: this.watch,
+        offloader: this.offloader,
         res,
         stopping: this.stopSignal.signal,
       });
@@ -357,6 +377,7 @@ export class Service {
       await closed;
       await closedMetrics;
       clearTimeout(timer);
+      await this.offloader?.stop(); // its entries stay until they end
       await this.watch?.stop(); // pairs it holds in BYPASS stay there, recorded for the next supervisor
       this.removeSocket();
       if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
