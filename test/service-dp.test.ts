@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { leakChecks, onCleanup, oneErrorLine, requireKernel, TIME_SCALE } from './helpers';
-import { makeTopology, StubDp, TestTopology, waitFor } from './topology';
+import { killStub, makeTopology, modeOf, StubDp, stubInto, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
 import { sample, scrape, serve, Served } from './service-fixture';
 import { watchStatePath } from '../src/dp/watch';
@@ -30,25 +30,6 @@ async function untilState(s: Served, state: string, n = 1): Promise<DpStatus> {
     return v.state === state && v.events.filter((e) => e.state === state).length >= n;
   }, 10000 * TIME_SCALE, 20);
   return v!;
-}
-
-function modeOf(tt: TestTopology, id: number): string | undefined {
-  const r = tt.run(['show', '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  return (JSON.parse(r.stdout) as { pairs: Array<{ id: number; mode: string }> }).pairs.find((p) => p.id === id)?.mode;
-}
-
-/** A stub DP whose pid is written to `pidfile`. */
-async function stubInto(tt: TestTopology, pidfile: string): Promise<StubDp> {
-  const s = await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
-  fs.writeFileSync(pidfile, `${s.child.pid}\n`);
-  return s;
-}
-
-async function killStub(s: StubDp): Promise<void> {
-  const gone = new Promise((r) => (s.child.exitCode !== null || s.child.signalCode !== null ? r(null) : s.child.once('exit', r)));
-  s.child.kill('SIGKILL');
-  await gone;
 }
 
 function setup(): { tt: TestTopology; p1: InterceptResult; pidfile: string } {

@@ -14,6 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import { CliResult, cli, makePinRoot, onCleanup, uniqueName } from './helpers';
 import { nsView } from '../harness/net';
 import { waitFor } from '../harness/proc';
@@ -43,6 +44,27 @@ export function makeTopology(o: { containers?: number; load?: boolean } = {}): T
     assert.equal(r.code, 0, r.stderr);
   }
   return { t, pins, c: t.containers, run };
+}
+
+/** A pair's mode as `show --json` says it. */
+export function modeOf(tt: TestTopology, id: number): string | undefined {
+  const r = tt.run(['show', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  return (JSON.parse(r.stdout) as { pairs: Array<{ id: number; mode: string }> }).pairs.find((p) => p.id === id)?.mode;
+}
+
+/** A stub DP in the enforcer netns whose pid is written to `pidfile` (a supervisor's --dp PIDFILE). */
+export async function stubInto(tt: TestTopology, pidfile: string): Promise<StubDp> {
+  const s = await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
+  fs.writeFileSync(pidfile, `${s.child.pid}\n`);
+  return s;
+}
+
+/** SIGKILLs a stub and waits until it is gone. */
+export async function killStub(s: StubDp): Promise<void> {
+  const gone = new Promise((r) => (s.child.exitCode !== null || s.child.signalCode !== null ? r(null) : s.child.once('exit', r)));
+  s.child.kill('SIGKILL');
+  await gone;
 }
 
 /** A long-running process in a container (its pid names the container, like a workload's). */

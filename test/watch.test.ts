@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { cliSpawn, leakChecks, onCleanup, oneErrorLine, requireKernel, TIME_SCALE } from './helpers';
-import { makeTopology, StubDp, TestTopology, waitFor } from './topology';
+import { killStub, makeTopology, modeOf, StubDp, stubInto, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
 import { watchStatePath } from '../src/dp/watch';
 import { ContainerNs, HOST_IP4 } from '../harness/topology';
@@ -24,12 +24,6 @@ function intercept(tt: TestTopology, c: ContainerNs, mode: string): InterceptRes
   const r = tt.run(['intercept', '--container-netns', c.path, '--mode', mode, '--json']);
   assert.equal(r.code, 0, r.stderr);
   return JSON.parse(r.stdout) as InterceptResult;
-}
-
-function modeOf(tt: TestTopology, id: number): string | undefined {
-  const r = tt.run(['show', '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  return (JSON.parse(r.stdout) as { pairs: Array<{ id: number; mode: string }> }).pairs.find((p) => p.id === id)?.mode;
 }
 
 interface WatchEventLine {
@@ -73,20 +67,6 @@ function tmpDir(): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-watch-'));
   onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
   return dir;
-}
-
-/** A stub DP whose pid is written to `pidfile`. */
-async function stubInto(tt: TestTopology, pidfile: string): Promise<StubDp> {
-  const s = await StubDp.start(tt.t.enforcer, { dropPorts: [9999] });
-  fs.writeFileSync(pidfile, `${s.child.pid}\n`);
-  return s;
-}
-
-/** SIGKILLs a stub and waits until it is gone. */
-async function killStub(s: StubDp): Promise<void> {
-  const gone = new Promise((r) => (s.child.exitCode !== null || s.child.signalCode !== null ? r(null) : s.child.once('exit', r)));
-  s.child.kill('SIGKILL');
-  await gone;
 }
 
 describe('watch: the fail-open supervisor with the stub DP (kernel)', function () {
