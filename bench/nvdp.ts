@@ -252,7 +252,7 @@ export async function runNvdp(o: { quick: boolean }): Promise<NvdpResult | { ski
     if (svc && s0) {
       const s1 = await svc.offloadStatus();
       const n = s1.stats.allow - s0.stats.allow;
-      offloaded.push(metric === 'pps' ? n + 1 : n); // pps: its flow was offloaded just before
+      offloaded.push(n + (metric === 'pps' && flows!.list({ id: v.pairId! }).length > 0 ? 1 : 0)); // pps: its flow offloaded just before, if it was
       if (dev0) {
         const fresh = s1.recent.filter((o) => o.time > (s0.recent.at(-1)?.time ?? 0) && o.proto === 'tcp');
         firstToDp.tcpSessions += Number((await v.dp!.client.counterDevice()).tcpSessions - dev0.tcpSessions);
