@@ -168,8 +168,10 @@ enum neuv_flow_verdict {
 
 /*
  * Value of neuv_flows. Times are CLOCK_MONOTONIC nanoseconds
- * (bpf_ktime_get_ns(), clock_gettime(CLOCK_MONOTONIC) in userspace).
- * With now = bpf_ktime_get_ns() when a frame finds the entry, it is expired if
+ * (clock_gettime(CLOCK_MONOTONIC) in userspace). The datapath reads the
+ * coarse clock, bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC at the last tick,
+ * up to 1/HZ behind, 4 ms at HZ=250): an entry expires up to a tick late.
+ * With now = bpf_ktime_get_coarse_ns() when a frame finds the entry, it is expired if
  *   (deadline_ns != 0 && now >= deadline_ns) ||
  *   (idle_ns != 0 && last_ns != 0 && now > last_ns && now - last_ns >= idle_ns).
  * An expired entry is deleted by the datapath and the frame goes to the DP.

@@ -11,8 +11,8 @@
  * pinned map: no lock, so a DP can offload at its own pace; the map's
  * updates are atomic per entry.
  *
- * Times are CLOCK_MONOTONIC nanoseconds, the clock of bpf_ktime_get_ns() and
- * of process.hrtime.bigint().
+ * Times are CLOCK_MONOTONIC nanoseconds, the clock of process.hrtime.bigint();
+ * the datapath reads it coarse (bpf_ktime_get_coarse_ns(): up to a tick behind).
  */
 import * as fs from 'node:fs';
 import { MapFd } from './bpf';
@@ -202,7 +202,7 @@ export function viewFlow(k: FlowKey, e: FlowEntry, now: bigint): FlowView {
 // ================================================================ the map
 
 export function monotonicNs(): bigint {
-  return process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+  return process.hrtime.bigint(); // CLOCK_MONOTONIC (the datapath's coarse reading is up to a tick behind)
 }
 
 /**

@@ -22,9 +22,15 @@ export interface ModelState extends MapState {
   cloneOk?: boolean;
   /** neuv_flows (flow offload), by flowKeyString(). Absent: empty. */
   flows?: Map<string, ModelFlow>;
-  /** bpf_ktime_get_ns() when the frame is seen, for flow expiry (default 0). */
+  /** The datapath's clock when the frame is seen (bpf_ktime_get_coarse_ns()), for flow expiry (default 0). */
   now?: bigint;
 }
+
+/**
+ * How far the datapath's coarse clock (bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC at the last tick) may be
+ * behind CLOCK_MONOTONIC: 1/HZ, 4 ms at HZ=250; 10 ms covers HZ=100.
+ */
+export const TICK_NS = 10_000_000n;
 
 /**
  * A key of neuv_flows: pair id, IP protocol, and the two endpoints ordered
