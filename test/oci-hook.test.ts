@@ -367,7 +367,7 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
   it('a failing hook: fail-closed, the container does not start; fail-open, it starts unintercepted and is counted', async function () {
     const n = await node();
     const p = await peer(gw, PEER_PORT);
-    const fail = ['NEUV_BPF_FAIL_AT=intercept:pair'];
+    const fail = ['NEUV_BPF_FAULT=fail@intercept:before-pair'];
     const closed = await job(uniqueName('nbpc'), { hooks: hooksDir(n, ['--on-failure', 'closed'], fail), mode: 'fwd', count: 20, intervalUs: 1000 });
     assert.notEqual(closed.code, 0, 'podman run fails');
     assert.match(closed.stderr, /hook/i, closed.stderr);
@@ -380,7 +380,7 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
     assert.equal(p.got.length, 20, 'it ran, unintercepted: every datagram reached the peer');
     const count = readFailOpenCount(n.pins);
     assert.equal(count.count, 1);
-    assert.match(count.last!.error, /injected failure at intercept step 'pair'/);
+    assert.match(count.last!.error, /injected failure at intercept:before-pair/);
     nothingLeft(n);
   });
 });
