@@ -246,7 +246,7 @@ describe('intercept / release (kernel)', function () {
       [['intercept', '--container-netns', `/var/run/netns/${tt.t.enforcer}`], 2, /enforcer's own network namespace/],
       [['intercept'], 2, /exactly one of --pid PID or --container-netns/],
       [['intercept', '--pid', String(pid), '--container-netns', c1.path], 2, /exactly one of/],
-      [['intercept', '--container-netns', c1.path, '--mode', 'drop'], 2, /mode/],
+      [['intercept', '--container-netns', c1.path, '--mode', 'sideways'], 2, /mode/],
       [['release', '--container-netns', c1.path], 4, /is not intercepted/],
     ];
     for (const [args, code, re] of cases) {
