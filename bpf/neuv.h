@@ -69,6 +69,8 @@ enum neuv_port_flag {
 	NEUV_F_QDISC_OURS    = 1U << 2, /* loader only: it created this port's clsact, so it removes it */
 	NEUV_F_SELF_PEER     = 1U << 3, /* this port's own veth peer is in another netns: frames the
 	                                 * DP returns for it (vbr-neuv) go with bpf_redirect_peer */
+	NEUV_F_WATCH_BYPASS  = 1U << 4, /* userspace only: a fail-open watcher put this port in BYPASS
+	                                 * (written with the mode, so the switch is its own record) */
 };
 
 /*

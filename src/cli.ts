@@ -9,7 +9,7 @@ import { ErrorReport, ExitCode, UsageError, errorReport, formatError, oneLine } 
 import { configureLogging, log, resolveLevel, LOG_LEVELS } from './log';
 import { enterNetns } from './link';
 import { checkPinRoot, checkPrivileges, pinRootFrom } from './pins';
-import { checkHome } from './home';
+import { checkHome, homeGone } from './home';
 import { registerVersionCommands } from './cli/version';
 import { registerLoadCommands } from './cli/load';
 import { registerPairCommands } from './cli/pair';
@@ -134,7 +134,9 @@ export function buildProgram(out: (s: string) => void = (s) => process.stdout.wr
           checkPinRoot(c.pinRoot);
         }
         if (g.netns) enterNetns(g.netns);
-        if (!HOMELESS.has(actionCommand.name())) checkHome(c.pinRoot); // before anything else: src/home.ts
+        // Before anything else (src/home.ts); `unload --force` of a pin root whose netns is gone is the way out.
+        const orphan = actionCommand.name() === 'unload' && actionCommand.opts<{ force?: boolean }>().force === true && homeGone(c.pinRoot);
+        if (!HOMELESS.has(actionCommand.name()) && !orphan) checkHome(c.pinRoot);
       };
       if (actionCommand.name() === 'oci-hook' && actionCommand.opts<Opts>().onFailure === 'open') {
         // Fail-open covers the set-up too (no enforcer netns, no datapath): the hook counts it and lets the container start.

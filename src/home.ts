@@ -73,6 +73,8 @@ interface NetnsName {
   /** What --netns takes to get there, when something names it. */
   arg?: string;
   root?: boolean;
+  /** Nothing holds it: no name, not pid 1's, no process in it. */
+  gone?: boolean;
 }
 
 /** A name for a netns given by its nsfs inode: an `ip netns` name, the root netns, a process in it, or the inode. */
@@ -83,7 +85,23 @@ export function nameNetns(ino: bigint, dev: bigint, scanProcs = true): NetnsName
   if (!scanProcs) return { desc: `this netns (inode ${ino}, no name under ${NETNS_DIR})` };
   const p = netnsPathOf(ino, dev, true);
   if (p) return { desc: `the netns of pid ${p.split('/')[2]} (${p}, inode ${ino})`, arg: p };
-  return { desc: `netns inode ${ino} (no name or process holds it: gone?)` };
+  return { desc: `netns inode ${ino} (no name or process holds it: gone?)`, gone: true };
+}
+
+/**
+ * Whether the netns a loaded pin root was loaded in is gone: it is recorded,
+ * it is not this one, and no name, pid 1 or process holds it (nameNetns).
+ * Its hooks, ports and vbr-neuv went with it; only the pins are left, and
+ * every command refuses them (checkHome) but `unload --force`, which removes
+ * them (unloadOrphan in loader.ts). A netns kept only by an open fd or a bind
+ * mount elsewhere than under /var/run/netns or /run/netns looks gone too:
+ * its hooks then run on without pins until it goes. An nsfs inode reused by
+ * a new netns makes it look alive: refused, the safe way.
+ */
+export function homeGone(pinRoot: string): boolean {
+  if (!isLoaded(pinRoot)) return false;
+  const h = readHome(pinRoot);
+  return h !== undefined && !isHere(h) && nameNetns(h.netnsIno, h.netnsDev).gone === true;
 }
 
 /**
@@ -112,7 +130,11 @@ export function checkHome(pinRoot: string): void {
 function wrongNetns(pinRoot: string, home: NetnsName): WrongNetnsError {
   const n = netnsHere();
   const here = nameNetns(n.ino, n.dev, false);
-  const how = home.root ? 'run it there (without --netns)' : home.arg ? `run it there: --netns ${home.arg}` : 'its netns has no name or process to enter it by';
+  const how = home.root
+    ? 'run it there (without --netns)'
+    : home.arg
+      ? `run it there: --netns ${home.arg}`
+      : 'if that netns is gone for good (its ports with it), neuv-bpf unload --force removes the pins';
   return new WrongNetnsError(
     `pin root ${pinRoot} belongs to ${home.desc}, not to ${here.desc}${here.arg ? '' : ' (--netns forgotten?)'}: ${how}`,
   );

@@ -301,6 +301,20 @@ export interface UnloadResult {
  * holding the pin root's lock (as load). Idempotent. Pairs left in the maps
  * lose their hooks: `unload` and teardown() refuse while any exists.
  */
+/**
+ * `unload --force` of a pin root whose netns is gone (homeGone in home.ts):
+ * its hooks, ports and vbr-neuv went with that netns, so nothing is detached
+ * or deleted (here the pairs' ifindexes name other interfaces); the pins are
+ * removed. The caller holds the pin root's lock.
+ */
+export function unloadOrphan(pinRoot: string): UnloadResult {
+  checkPrivileges();
+  if (checkPinRoot(pinRoot) && !isBpffs(pinRoot)) throw new NeuvError(`${pinRoot} is not on a bpffs: refusing to remove it`, ExitCode.USAGE);
+  const removed = removePinRoot(pinRoot);
+  log('loader').warn({ pinRoot, removed: removed.length }, 'the netns this datapath was loaded in is gone: its pins removed, nothing detached');
+  return { pinRoot, detached: 0, removed, wasLoaded: true };
+}
+
 export async function unload(pinRoot: string): Promise<UnloadResult> {
   checkPrivileges();
   return withLock(pinRoot, () => unloadLocked(pinRoot));

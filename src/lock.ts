@@ -137,6 +137,32 @@ interface Held {
 const heldHere = new AsyncLocalStorage<Held[]>();
 
 /**
+ * The pin root's lock if it is free now, without waiting or queueing (a
+ * fail-open switch, src/dp/watch.ts: a few map updates that must not wait
+ * their turn behind a queue): the function that releases it, or undefined
+ * when someone holds it (the caller then waits with withLock).
+ */
+export function tryLockSync(pinRoot: string, name = 'lock'): (() => void) | undefined {
+  const p = lockDirFile(pinRoot, name);
+  const fd = openLockDirFile(pinRoot, name);
+  let held = false;
+  try {
+    held = flock(fd, LOCK_EX | LOCK_NB, p);
+  } finally {
+    if (!held) fs.closeSync(fd);
+  }
+  if (!held) return undefined;
+  return () => {
+    try {
+      rcuGraceAfterDeletes();
+      flock(fd, LOCK_UN, p);
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+}
+
+/**
  * Runs fn while holding the pin root's lock `name` (its file under LOCK_DIR:
  * 'lock' for the pair API's, 'intercept.lock' for intercept's); waits up to
  * timeoutMs for it. Re-entrant within one call chain (heldHere).

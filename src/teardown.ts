@@ -10,10 +10,10 @@
  * pair API, the journal and intercept, which it uses.
  */
 import { ConflictError } from './errors';
-import { checkHome } from './home';
+import { checkHome, homeGone } from './home';
 import { JournalRecord, findNetns, listRecords, recoverAll } from './intercept/journal';
 import { release } from './intercept';
-import { UnloadResult, unload } from './loader';
+import { UnloadResult, unload, unloadOrphan } from './loader';
 import { Pins, checkPrivileges, isLoaded } from './pins';
 import { withLock } from './lock';
 import { log } from './log';
@@ -85,6 +85,8 @@ export function describeInUse(u: InUse, max = 5): string {
 export async function teardown(pinRoot: string, opts: TeardownOptions = {}): Promise<TeardownResult> {
   const lg = log('loader');
   checkPrivileges();
+  // Its netns gone (and its ports with it): nothing to release or detach, only the pins to remove.
+  if (opts.force && homeGone(pinRoot)) return withLock(pinRoot, () => ({ ...unloadOrphan(pinRoot), released: [], pairsDeleted: [] }));
   checkHome(pinRoot);
   const released: string[] = [];
   const pairsDeleted: number[] = [];

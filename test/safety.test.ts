@@ -14,8 +14,9 @@ import { ExitCode } from '../src/errors';
 import { Datapath } from '../src/pairs';
 import { HOST_IP4, ping, startServer } from '../harness/topology';
 import { InterceptResult } from '../src/intercept';
-import { bpftoolJson, cli, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel } from './helpers';
+import { bpftoolJson, cli, kernelState, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel } from './helpers';
 import { containerState, linkNames, makeTopology, StubDp, workloadPid, TestTopology } from './topology';
+import { veth } from '../harness/net';
 
 interface Shown {
   pairs: Array<{ id: number; mode: string; vin: { name: string; ifindex: number } | null; vex: { name: string; ifindex: number } | null; problems: string[] }>;
@@ -146,6 +147,29 @@ describe('safe to operate: operator mistakes on a live node (kernel)', function 
     assert.equal(home[0]!.formatted.value.netns_ino, fs.statSync(`/var/run/netns/${a.name}`).ino, 'recorded at the reload');
     refused(cli(['--netns', b.name, '--bpffs', pins, 'show']), ExitCode.WRONG_NETNS, new RegExp(`belongs to netns ${a.name} `), 'recorded');
     assert.equal(inA(['unload']).code, 0);
+  });
+
+  it('a pin root whose netns is gone: refused (exit 7) with the way out, unload --force removes its pins and nothing else', function () {
+    const a = makeNetns();
+    const b = makeNetns();
+    const pins = makePinRoot();
+    const inB = (args: string[]) => cli(['--netns', b.name, '--bpffs', pins, ...args]);
+    assert.equal(cli(['--netns', a.name, '--bpffs', pins, 'load']).code, 0);
+    veth({ ns: a, name: 'vinG' }, { ns: a, name: 'wlG' }, { ipv6: false });
+    veth({ ns: a, name: 'vexG' }, { ns: a, name: 'hG' }, { ipv6: false });
+    assert.equal(cli(['--netns', a.name, '--bpffs', pins, 'pair', 'add', '--in', 'vinG', '--ex', 'vexG', '--mac', '02:00:00:00:00:01']).code, 0);
+    // b has interfaces of its own, which the gone netns's ifindexes may name here.
+    for (let i = 0; i < 6; i++) veth({ ns: b, name: `bx${i}` }, { ns: b, name: `by${i}` }, { ipv6: false });
+    a.del();
+    const bBefore = kernelState(b, '/nonexistent');
+    for (const args of [['show'], ['repair'], ['unload']]) {
+      refused(inB(args), ExitCode.WRONG_NETNS, /belongs to netns inode \d+ \(no name or process holds it: gone\?\), not to .*: if that netns is gone for good \(its ports with it\), neuv-bpf unload --force removes the pins$/, args.join(' '));
+    }
+    const r = inB(['unload', '--force']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^unloaded: 0 hooks detached, \d+ pins removed$/m);
+    assert.equal(fs.existsSync(pins), false, 'the pin root removed');
+    assert.equal(kernelState(b, '/nonexistent'), bBefore, 'nothing changed where it ran');
   });
 
   it('unload with an intercepted container is refused: exit 5, listing its pair and container', async function () {

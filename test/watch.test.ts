@@ -195,6 +195,29 @@ describe('watch: the fail-open supervisor with the stub DP (kernel)', function (
     assert.doesNotMatch(w.stderr(), /\n\s+at |"stack"/, 'no stack trace');
   });
 
+  it('a watcher killed between its switch and its state file: `show` still marks the pair, the next watcher puts it back in FWD', async function () {
+    const tt = makeTopology({ containers: 1 });
+    const p1 = intercept(tt, tt.c[0]!, 'fwd');
+    onCleanup(() => fs.rmSync(watchStatePath(tt.pins), { force: true }));
+    const pidfile = path.join(tmpDir(), 'dp.pid');
+    const s1 = await stubInto(tt, pidfile);
+    const w = watchCli(tt, pidfile, { NEUV_BPF_FAULT: 'crash@watch:after-switch' });
+    await w.seen('up', 1);
+    await killStub(s1);
+    await waitFor('the watcher killed at its crash point', () => w.child.signalCode === 'SIGKILL', 10000 * TIME_SCALE);
+    assert.equal(modeOf(tt, p1.pair.id), 'bypass');
+    assert.equal(fs.existsSync(watchStatePath(tt.pins)), false, 'no state file written');
+    const js = JSON.parse(tt.run(['show', '--json']).stdout) as { pairs: Array<{ id: number; heldByWatch?: string }> };
+    assert.equal(js.pairs.find((p) => p.id === p1.pair.id)?.heldByWatch, 'unknown (not recorded)');
+    await stubInto(tt, pidfile);
+    const w2 = watchCli(tt, pidfile);
+    await w2.seen('up', 1);
+    assert.deepEqual(w2.events.find((e) => e.state === 'up')!.switched, [p1.pair.id]);
+    assert.equal(modeOf(tt, p1.pair.id), 'fwd');
+    assert.doesNotMatch(tt.run(['show']).stdout, /held in BYPASS/);
+    assert.equal(await w2.stop(), 0);
+  });
+
   it('fail-open within 20 ms of a SIGKILL of the DP: the gap measured with a UDP stream at 2,000/s', async function () {
     const tt = makeTopology({ containers: 1 });
     const c1 = tt.c[0]!;

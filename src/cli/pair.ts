@@ -77,9 +77,16 @@ function portCell(v: PairView['vin']): string {
   return `${v.name ?? '?'} (${v.ifindex})`;
 }
 
-/** show's result, each pair a fail-open watcher holds in BYPASS marked with since when (from the watch state file). */
+/**
+ * show's result, each pair a fail-open watcher holds in BYPASS marked with since when: from the watch state
+ * file, or, for a pair whose entries carry the watcher's mark but that the file lacks (a watcher killed
+ * between its switch and its write), 'unknown (not recorded)'.
+ */
 function markHeld(r: ShowResult, pinRoot: string): ShowResult {
   const held = heldByWatch(pinRoot, r.pairs);
+  for (const p of r.pairs) {
+    if (!held.has(p.id) && p.mode === 'bypass' && p.vin?.watchBypass && p.vex?.watchBypass) held.set(p.id, 'unknown (not recorded)');
+  }
   if (!held.size) return r;
   return { ...r, pairs: r.pairs.map((p) => (held.has(p.id) ? { ...p, heldByWatch: held.get(p.id)! } : p)) };
 }

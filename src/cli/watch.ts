@@ -4,15 +4,26 @@
  * JSON line) per change. A thin shell over DpWatch (src/dp/watch.ts). Its
  * options are also `serve`'s (addDpWatchOptions): one supervisor, two hosts.
  */
+import * as os from 'node:os';
 import type { Command } from 'commander';
 import { CommandRegistrar, printJson } from './context';
 import { UsageError } from '../errors';
 import { DpWatch, FAIL_POLICIES, FailPolicy, WatchEvent, WatchOptions, dpLocator } from '../dp/watch';
+import { log } from '../log';
 import { Range } from '../numbers';
 import { integerOption } from './options';
 
 /** Keep-alive period and reply timeout. */
 const KEEPALIVE_MS: Range = { min: 10, max: 60000, unit: 'milliseconds' };
+
+/**
+ * The watcher's nice value: -10, so that on a loaded node the DP's death wakes
+ * it (and the koffi worker thread polling the DP's pidfd, created after this
+ * and inheriting it) ahead of ordinary work: about 10 times the CPU share of
+ * a nice-0 thread. Its own CPU is a few ms per event. Not for the library's
+ * DpWatch: an agent embedding it decides its own priority.
+ */
+const WATCH_NICE = -10;
 
 /** How often the watcher says pairs are still held in BYPASS: a minute; NEUV_BPF_WATCH_HELD_MS for the tests. */
 function heldLogMs(env: NodeJS.ProcessEnv = process.env): number {
@@ -84,6 +95,11 @@ export const registerWatchCommands: CommandRegistrar = (program, ctx) => {
       if (o.dp === undefined) throw new UsageError("watch needs --dp: 'local' or a pid file");
       const wo = dpWatchOptions(o, '')!;
       const policy = wo.policy!;
+      try {
+        os.setPriority(WATCH_NICE);
+      } catch (e) {
+        log('watch').warn(`could not raise the watcher's priority (nice ${WATCH_NICE}): ${(e as Error).message}`);
+      }
       const w = DpWatch.start({ ...wo, pinRoot: c.pinRoot, onEvent: (e) => (c.json ? printJson(c, { ...e, policy }, { line: true }) : c.out(watchEventLine(e, policy))) });
       await new Promise<void>((resolve) => {
         for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(s, () => resolve());

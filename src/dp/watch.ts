@@ -25,25 +25,38 @@
  * is ready for frames again (it opens it only when its agent sends
  * ctrl_add_srvc_port).
  *
- * The pairs a watcher put in BYPASS outlive it: they are kept in a state file
- * (watchStatePath: /run/neuv-bpf/<pin root>.watch.json, rewritten atomically
- * right after each switch, removed when empty), which `show` reads to mark
- * them. A watcher that starts reads it and puts those pairs back in FWD once
- * the DP answers, so a supervisor killed while the DP was down does not leave
- * them in BYPASS for good. A pair is named by id and MAC: an id reused by
- * another container is left alone. A state file that cannot be written never
- * holds up a switch: the switch comes first, the error is logged once.
+ * The switch (Datapath.switchWatched) is a few map updates done at once in
+ * the pidfd's callback: on maps held open since start, under the pin root's
+ * lock taken without waiting (tryLockSync; withLock only when someone holds
+ * it), with no netns switch, pin lookup or process. The CLI also raises its
+ * priority (src/cli/watch.ts), so that on a loaded machine its wake-ups do
+ * not queue behind every other runnable thread.
+ *
+ * The pairs a watcher put in BYPASS outlive it. The switch marks their port
+ * entries (WATCH_BYPASS, in the same write as the mode), so the maps
+ * themselves say which pairs a watcher holds: `show` marks them and a
+ * watcher that starts puts them back in FWD once the DP answers, even when
+ * the one before was killed between its switch and anything else. A pair
+ * switched by someone else meanwhile (`pair mode`) loses the mark and is
+ * left alone; a pair deleted and added again has no mark. Since when is kept
+ * in a state file (watchStatePath: /run/neuv-bpf/<pin root>.watch.json,
+ * rewritten atomically right after each switch, removed when empty); one that
+ * cannot be written never holds up a switch: the error is logged once.
  * While pairs are held in BYPASS, the watcher says so every heldLogMs (a
  * minute).
  */
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
-import { PidFd } from '../bpf';
+import { MapFd, PidFd } from '../bpf';
 import { UsageError } from '../errors';
+import { faultPoint } from '../faults';
+import { clearPairFlows } from '../flows';
+import { Mode, VTH_IFINDEX } from '../layout';
+import { tryLockSync, withLock } from '../lock';
 import { log } from '../log';
+import { mapPinPath, Pins } from '../pins';
 import { readInputFile } from '../input';
 import { Datapath } from '../pairs';
-import { VTH_IFINDEX } from '../layout';
 import { DP_SOCKET, DpClient, packetSocketsOn } from './client';
 import { BypassedPair, readWatchState, watchStatePath, writeWatchState } from './watch-state';
 
@@ -221,12 +234,17 @@ export class DpWatch extends EventEmitter {
   private lastProbeError = '';
   private stateError = '';
   private readonly dp: Datapath;
+  /** neuv_ports and neuv_ids, open from start to stop (the switch needs no pin lookup); reopened after a reload. */
+  private maps: Pins;
   private readonly lg = log('watch');
 
   private constructor(private readonly o: WatchOptions) {
     super();
     this.dp = Datapath.open(o.pinRoot, o.netns ? { netns: o.netns } : {});
+    this.maps = Pins.open(o.pinRoot, ['ports', 'ids']);
     for (const b of readWatchState(o.pinRoot)) this.bypassed.set(b.id, b);
+    // Pairs marked in the maps but not in the state file: a watcher killed between its switch and the file.
+    for (const p of this.marked()) if (!this.bypassed.has(p.id)) this.bypassed.set(p.id, { id: p.id, mac: p.mac });
     if (this.bypassed.size) {
       this.lg.info({ ids: [...this.bypassed.keys()] }, `${this.bypassed.size} pairs a previous watcher put in bypass go back to fwd when the DP answers`);
     }
@@ -288,6 +306,48 @@ export class DpWatch extends EventEmitter {
       this.lg.warn({ ids: [...this.bypassed.keys()], state: watchStatePath(this.o.pinRoot) }, `stopping with ${this.bypassed.size} pairs still in bypass (the DP is gone); the next watcher puts them back`);
     }
     this.dp.close();
+    this.maps.close();
+  }
+
+  /** Pairs whose port entries carry the watcher's mark (WATCH_BYPASS) and are in BYPASS. */
+  private marked(): Array<{ id: number; mac: string }> {
+    return Datapath.heldInMaps(this.heldMaps());
+  }
+
+  /** Datapath.switchWatched under the pin root's lock: taken at once when free, else waited for. */
+  private async switchWatched(to: typeof Mode.BYPASS | typeof Mode.FWD): Promise<Array<{ id: number; mac: string }>> {
+    const run = () => Datapath.switchWatched(this.heldMaps(), to);
+    const release = tryLockSync(this.o.pinRoot);
+    if (!release) return withLock(this.o.pinRoot, run);
+    try {
+      return run();
+    } finally {
+      release();
+    }
+  }
+
+  /** The maps held, reopened when the pinned neuv_ports is another map (the datapath reloaded since): one map id read. */
+  private heldMaps(): Pins {
+    const pinned = MapFd.fromPin(mapPinPath(this.o.pinRoot, 'ports'));
+    try {
+      if (pinned.info.id === this.maps.ports.info.id) return this.maps;
+    } finally {
+      pinned.close();
+    }
+    this.maps.close();
+    this.maps = Pins.open(this.o.pinRoot, ['ports', 'ids']);
+    return this.maps;
+  }
+
+  /** The DP's flow decisions of switched pairs belong to the old mode (as setMode clears them). */
+  private clearFlows(ids: number[]): void {
+    for (const id of ids) {
+      try {
+        clearPairFlows(this.o.pinRoot, id);
+      } catch (e) {
+        this.lg.warn({ id, err: (e as Error).message }, 'could not clear the flows of a switched pair');
+      }
+    }
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -359,17 +419,15 @@ export class DpWatch extends EventEmitter {
     let ms = 0;
     if (this.policy === 'open') {
       const since = new Date().toISOString();
-      try {
-        for (const p of await this.dp.modes()) {
-          if (p.mode !== 'fwd') continue;
-          await this.dp.setMode({ id: p.id }, 'bypass');
-          this.bypassed.set(p.id, { id: p.id, mac: p.mac, since });
-          switched.push(p.id);
-        }
-      } finally {
-        ms = Number(process.hrtime.bigint() - s0) / 1e6;
-        // The switch went first; a watcher killed right here leaves these pairs unrecorded.
-        if (switched.length) this.saveState();
+      for (const p of await this.switchWatched(Mode.BYPASS)) {
+        this.bypassed.set(p.id, { id: p.id, mac: p.mac, since });
+        switched.push(p.id);
+      }
+      ms = Number(process.hrtime.bigint() - s0) / 1e6;
+      if (switched.length) {
+        faultPoint('watch:after-switch'); // killed here, the marks in the maps still say which pairs are held
+        this.saveState();
+        this.clearFlows(switched);
       }
     }
     return { switched, ms };
@@ -396,18 +454,12 @@ export class DpWatch extends EventEmitter {
       );
       const switched: number[] = [];
       const s0 = process.hrtime.bigint();
-      if (this.bypassed.size) {
-        const now = new Map((await this.dp.modes()).map((p) => [p.id, p]));
-        for (const [id, b] of [...this.bypassed]) {
-          const p = now.get(id);
-          // Gone, changed by someone else, or the id now another container's: left alone.
-          if (p && p.mode === 'bypass' && p.mac === b.mac) {
-            await this.dp.setMode({ id }, 'fwd');
-            switched.push(id);
-          }
-          this.bypassed.delete(id);
-        }
+      if (this.bypassed.size || this.marked().length) {
+        // The marked pairs: gone, changed by someone else, or the id now another container's are not.
+        for (const p of await this.switchWatched(Mode.FWD)) switched.push(p.id);
+        this.bypassed.clear();
         this.saveState();
+        this.clearFlows(switched);
       }
       const ms = Number(process.hrtime.bigint() - s0) / 1e6;
       this.emitEvent('up', why, switched, ms, d.pid);

@@ -64,6 +64,7 @@ export const PortFlag = {
   REDIRECT_PEER: 0x2,
   QDISC_OURS: 0x4,
   SELF_PEER: 0x8,
+  WATCH_BYPASS: 0x10,
 } as const;
 
 /** enum neuv_reason (NEUV_R_*) */

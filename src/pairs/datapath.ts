@@ -22,11 +22,11 @@ import * as fs from 'node:fs';
 import { BPF_EXIST, ProgFd, ifIndexToName } from '../bpf';
 import { NetnsScope } from '../netns';
 import { DEFAULT_PIN_ROOT, isLoaded, MapName, notLoaded, openProg, Pins } from '../pins';
-import { keepQdiscFlag, peerElsewhere, portEntries, redirectPeerAllowed, removePairEntries, writePairEntries } from './entries';
+import { keepQdiscFlag, portEntries, redirectPeerAllowed, removePairEntries, writePairEntries } from './entries';
 import { attach, attachState, detach, detachPort, linkPinPath } from '../attach';
 import { ConflictError, NeuvError, NotFoundError, UsageError } from '../errors';
-import { ModeValue, PortEntry, PortFlag, decodeId, decodePort, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
-import { LinkJson, linkShow } from '../link';
+import { Mode, ModeValue, PortEntry, PortFlag, decodeId, decodePort, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
+import { linkShow } from '../link';
 import { withLock } from '../lock';
 import { checkHome } from '../home';
 import { log } from '../log';
@@ -35,9 +35,8 @@ import { bcmac, formatMac, ucmac } from '../mac';
 import { clearPairFlows } from '../flows';
 
 import { MODES, ModeName, PairSpec, PairSelector, PairAdded, ModeChange, PairDeleted, ShowResult, PairStats, StatsSnapshot, DatapathOptions, labelled, modeName, parseModeName, validateSpec, checkBatch } from './spec';
-import { Maps, MapState, LinkInfo, Plan, portAttachKind, readState, resolve, lookupForSelector, planPairs } from './state';
+import { Maps, MapState, LinkInfo, Plan, linkInfos, portAttachKind, readState, resolve, lookupForSelector, planPairs } from './state';
 import { readStats, readGlobal, showPairs } from './show';
-import { peerHere } from './loops';
 
 /**
  * The port-pair API. `Datapath.open(pinRoot)` needs a loaded datapath
@@ -90,19 +89,7 @@ export class Datapath {
 
   /** `ip -d -j link show` once (in our netns): name -> link. */
   private async links(): Promise<Map<string, LinkInfo>> {
-    const raw: LinkJson[] = await this.ns.run(() => linkShow());
-    const out = new Map<string, LinkInfo>();
-    const byName = new Map(raw.map((l) => [l.ifname, l]));
-    for (const l of raw) {
-      out.set(l.ifname, {
-        ifindex: l.ifindex,
-        name: l.ifname,
-        kind: l.linkinfo?.info_kind,
-        peerElsewhere: peerElsewhere(l),
-        peerIfindex: peerHere(l, byName),
-      });
-    }
-    return out;
+    return linkInfos(await this.ns.run(() => linkShow()));
   }
 
   // ---------------------------------------------------------------- add
@@ -282,10 +269,11 @@ export class Datapath {
           let switched = false;
           try {
             for (const [ifindex, e] of [[r.vex!, vexE], [r.vin!, vinE]] as const) {
-              if (e.mode === to) continue;
-              switched = true;
+              // A pair a fail-open watcher holds is the operator's from now on: the watcher's mark goes.
+              if (e.mode === to && !(e.flags & PortFlag.WATCH_BYPASS)) continue;
+              switched ||= e.mode !== to;
               const key = u32Key(ifindex);
-              m.ports.update(key, encodePort({ ...e, mode: to }), PORT_UPDATE | BPF_EXIST);
+              m.ports.update(key, encodePort({ ...e, mode: to, flags: e.flags & ~PortFlag.WATCH_BYPASS }), PORT_UPDATE | BPF_EXIST);
               undo.push(`mode of ifindex ${ifindex}`, () => m.ports.update(key, encodePort(e), PORT_UPDATE | BPF_EXIST));
               faultPoint(ifindex === r.vex ? 'pair-mode:after-vex' : 'pair-mode:after-vin');
             }
@@ -309,6 +297,52 @@ export class Datapath {
    * and neuv_ports alone: what a fail-open switch needs, without show's
    * hook and counter reads. Pairs without both entries are left out.
    */
+  /**
+   * Fail-open's switch (src/dp/watch.ts), synchronous, on the ports and ids
+   * maps the caller holds open and under the pin root's lock it holds: every
+   * pair in FWD to BYPASS, its port entries marked WATCH_BYPASS in the same
+   * write (the switch is its own record: a watcher killed before it writes
+   * its state file leaves pairs that `show` and the next watcher still know);
+   * back (`to` FWD): every pair in BYPASS with that mark, the mark cleared.
+   * No netns switch, lock wait or pin lookup: a few map calls a pair. vex
+   * first, then vin, as setMode. The DP's flow decisions of the switched
+   * pairs are the caller's to clear (clearPairFlows), after.
+   */
+  static switchWatched(m: Pick<Maps, 'ports' | 'ids'>, to: typeof Mode.BYPASS | typeof Mode.FWD): Array<{ id: number; mac: string }> {
+    const from = to === Mode.BYPASS ? Mode.FWD : Mode.BYPASS;
+    const out: Array<{ id: number; mac: string }> = [];
+    for (const [k, v] of m.ids.entries()) {
+      const ids = decodeId(v);
+      const ports = ([ids.vexIfindex, ids.vinIfindex] as const).map((i) => {
+        const e = m.ports.lookup(u32Key(i));
+        return e ? ([i, decodePort(e)] as const) : undefined;
+      });
+      if (!ports.every((p) => p && p[1].mode === from && (to === Mode.BYPASS || p[1].flags & PortFlag.WATCH_BYPASS))) continue;
+      try {
+        for (const [i, e] of ports as Array<readonly [number, PortEntry]>) {
+          const flags = to === Mode.BYPASS ? e.flags | PortFlag.WATCH_BYPASS : e.flags & ~PortFlag.WATCH_BYPASS;
+          m.ports.update(u32Key(i), encodePort({ ...e, mode: to, flags }), PORT_UPDATE | BPF_EXIST);
+        }
+      } catch (e) {
+        log('pairs').warn({ id: decodeU32Key(k), err: (e as Error).message }, 'a pair changed under the watcher\'s switch (left as it is)');
+        continue;
+      }
+      out.push({ id: decodeU32Key(k), mac: formatMac(ports[1]![1].mac) });
+    }
+    return out;
+  }
+
+  /** The pairs in BYPASS whose port entries carry a watcher's mark (WATCH_BYPASS): id and workload MAC. */
+  static heldInMaps(m: Pick<Maps, 'ports' | 'ids'>): Array<{ id: number; mac: string }> {
+    const out: Array<{ id: number; mac: string }> = [];
+    for (const [k, v] of m.ids.entries()) {
+      const ids = decodeId(v);
+      const es = [ids.vinIfindex, ids.vexIfindex].map((i) => m.ports.lookup(u32Key(i))).map((e) => (e ? decodePort(e) : undefined));
+      if (es.every((e) => e && e.mode === Mode.BYPASS && e.flags & PortFlag.WATCH_BYPASS)) out.push({ id: decodeU32Key(k), mac: formatMac(es[0]!.mac) });
+    }
+    return out;
+  }
+
   async modes(): Promise<Array<{ id: number; mac: string; mode: ModeName | 'mixed' }>> {
     this.check();
     return withLock(this.pinRoot, () =>

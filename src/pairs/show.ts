@@ -85,6 +85,7 @@ export function showPairs(pinRoot: string, m: Maps, links?: Map<number, LinkInfo
         mode: e ? modeName(e.mode) : null,
         redirectPeer: e ? (e.flags & PortFlag.REDIRECT_PEER) !== 0 : false,
         qdiscOurs: e ? (e.flags & PortFlag.QDISC_OURS) !== 0 : false,
+        watchBypass: e ? (e.flags & PortFlag.WATCH_BYPASS) !== 0 : false,
         attached: progId !== 0,
         attach: progId ? (att.kind as AttachKind) : 'none',
         progId: progId || null,

@@ -96,6 +96,8 @@ export interface PortView {
   mode: ModeName | 'none' | null;
   redirectPeer: boolean;
   qdiscOurs: boolean;
+  /** A fail-open watcher put this port in BYPASS (the WATCH_BYPASS mark of its entry; src/dp/watch.ts). */
+  watchBypass: boolean;
   /** Our program is attached to the ingress hook (a tcx link pinned by us, or our tc filter). */
   attached: boolean;
   /** How: tcx link, tc filter (handle 0x4e56 pref 1), or none. */
