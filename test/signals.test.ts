@@ -18,7 +18,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CLI, leakChecks, onCleanup, requireKernel, TIME_SCALE, uniqueName } from './helpers';
+import { CLI, cli, leakChecks, makePinRoot, onCleanup, requireKernel, TIME_SCALE, uniqueName } from './helpers';
+import { buildNvNode, nvLeft } from './nvfixture';
 import { containerState, linkNames, makeTopology, TestTopology } from './topology';
 import { HOST_IP4, ping } from '../harness/topology';
 import { nsView, veth } from '../harness/net';
@@ -54,7 +55,7 @@ function catches(pid: number, sig: NodeJS.Signals): boolean {
  * The CLI (its own process group) with --netns/--bpffs of tt; `sig` goes
  * `delayMs` after it catches signals, to it or (group) to its process group.
  */
-function runCli(tt: TestTopology, args: string[], o: { sig?: NodeJS.Signals; delayMs?: number; group?: boolean } = {}): Promise<Run> {
+function runCli(tt: { t: { enforcer: string }; pins: string }, args: string[], o: { sig?: NodeJS.Signals; delayMs?: number; group?: boolean } = {}): Promise<Run> {
   const child = spawn(process.execPath, [CLI, '--netns', tt.t.enforcer, '--bpffs', tt.pins, ...args], {
     env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' },
     detached: true,
@@ -116,12 +117,12 @@ const delays = (ms: number) => Array.from({ length: TRIES }, (_, k) => Math.roun
 /** Alternately SIGINT and SIGTERM, to the process or its group. */
 const how = (k: number) => ({ sig: (k % 2 ? 'SIGTERM' : 'SIGINT') as NodeJS.Signals, group: k % 4 >= 2 });
 
-function checkClean(tt: TestTopology, what: string): void {
+function checkClean(tt: Pick<TestTopology, 'run'>, what: string): void {
   const chk = tt.run(['show', '--check']);
   assert.equal(chk.code, 0, `${what}: show --check: ${chk.stdout}${chk.stderr}`);
 }
 
-function pairCount(tt: TestTopology): number {
+function pairCount(tt: Pick<TestTopology, 'run'>): number {
   const r = tt.run(['show', '--json']);
   assert.equal(r.code, 0, r.stderr);
   return (JSON.parse(r.stdout) as { pairs: unknown[] }).pairs.length;
@@ -247,5 +248,39 @@ describe('signals: SIGINT/SIGTERM during a command finish or roll it back (kerne
     }
     // eslint-disable-next-line no-console
     console.log(`      pair add --file (${n} pairs) ${m.ms} ms; ${JSON.stringify(seen)}`);
+  });
+
+  it("adopt and handback: NeuVector's rules or ours, whole, at 4 delays each", async function () {
+    const node = buildNvNode([{ tag: 'sg1', mode: 'tap' }]); // TAP: a FWD pair cannot be handed back without act_pedit
+    const p = node.pairs[0]!;
+    const pins = makePinRoot();
+    const tt = { t: { enforcer: node.enforcer.name }, pins, run: (args: string[]) => cli(['--netns', node.enforcer.name, '--bpffs', pins, ...args]) };
+    const loaded = () => fs.existsSync(path.join(tt.pins, 'neuv_ports'));
+    /** On NeuVector's rules (nothing of ours: handback unloads) or on ours (its filters gone, our pair, show --check clean). */
+    const expectOn = (ours: boolean, why: string) => {
+      assert.equal(nvLeft(node, p).length === 0, ours, `${why}: NeuVector's filters ${ours ? 'gone' : 'there'}: ${nvLeft(node, p).join(', ')}`);
+      assert.equal(loaded() ? pairCount(tt) : 0, ours ? 1 : 0, `${why}: our pairs`);
+      if (loaded()) checkClean(tt, why);
+    };
+    const ma = await runCli(tt, ['adopt']);
+    assert.equal(ma.code, 0, ma.stderr);
+    const mh = await runCli(tt, ['handback']);
+    assert.equal(mh.code, 0, mh.stderr);
+    expectOn(false, 'after the measured runs');
+    const seen: Record<string, number> = {};
+    for (const [op, ms, done] of [['adopt', ma.ms, /^adopted 1 of 1 pair/m], ['handback', mh.ms, /^handed back 1 pair/]] as const) {
+      for (const [k, delayMs] of Array.from({ length: 4 }, (_, k) => Math.round((k * ms) / 3)).entries()) {
+        if (op === 'handback') assert.equal(tt.run(['adopt']).code, 0, 'adopt before the handback');
+        const { sig, group } = how(k);
+        const why = `${op}, ${sig} to the ${group ? 'group' : 'process'} after ${delayMs} of ${ms} ms`;
+        const o = outcome(await runCli(tt, [op], { sig, delayMs, group }), sig, new RegExp(op), done, why);
+        seen[`${op} ${o}`] = (seen[`${op} ${o}`] ?? 0) + 1;
+        // Finished: adopt leaves the pair on ours, handback on NeuVector's; rolled back (before it began): the opposite.
+        expectOn((op === 'adopt') === (o === 'finished'), why);
+        if (op === 'adopt' && o === 'finished') assert.equal(tt.run(['handback']).code, 0, `${why}: handback afterwards`);
+      }
+    }
+    // eslint-disable-next-line no-console
+    console.log(`      adopt ${ma.ms} ms, handback ${mh.ms} ms; ${JSON.stringify(seen)}`);
   });
 });
