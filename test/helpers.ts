@@ -189,6 +189,31 @@ export function leakChecks(opts: { perTest?: boolean } = {}): void {
   });
 }
 
+/** poll(2)'s syscall number, as /proc/<pid>/task/<tid>/syscall shows it (arm64 has only ppoll). */
+const POLL_NR: Partial<Record<string, number>> = { x64: 7, arm64: 73 };
+
+/**
+ * The nice value of each thread of `pid` blocked in poll(2): the koffi worker
+ * thread waiting on a pidfd (src/bpf/pidfd.ts); node's own threads wait in
+ * epoll or on futexes.
+ */
+export function pollingThreadsNice(pid: number): number[] {
+  const nr = POLL_NR[process.arch];
+  if (nr === undefined) throw new Error(`no poll syscall number for ${process.arch}`);
+  const out: number[] = [];
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      if (Number(fs.readFileSync(`/proc/${pid}/task/${tid}/syscall`, 'utf8').split(' ')[0]) !== nr) continue;
+      // stat: "pid (comm) state ..." with nice the 19th field; comm may hold spaces, so split after its ')'.
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      out.push(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
+    } catch {
+      /* the thread ended meanwhile */
+    }
+  }
+  return out;
+}
+
 /** Every leaf command of a commander program (help excepted), with its path of names. */
 export function leafCommands(c: Command, prefix: string[] = []): Array<{ path: string[]; cmd: Command }> {
   const out: Array<{ path: string[]; cmd: Command }> = [];

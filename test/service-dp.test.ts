@@ -12,11 +12,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { leakChecks, onCleanup, oneErrorLine, requireKernel, TIME_SCALE } from './helpers';
+import { leakChecks, onCleanup, oneErrorLine, pollingThreadsNice, requireKernel, TIME_SCALE } from './helpers';
 import { killStub, makeTopology, modeOf, StubDp, stubInto, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
 import { sample, scrape, serve, Served } from './service-fixture';
 import { watchStatePath } from '../src/dp/watch';
+import { WATCH_NICE } from '../src/cli/watch';
 import { HOST_IP4 } from '../harness/topology';
 import type { InterceptResult } from '../src/intercept';
 import type { DpStatus } from '../src/service/client';
@@ -75,6 +76,9 @@ describe('serve --dp: DP supervision inside the service, with the stub DP (kerne
     const up1 = await untilState(s, 'up');
     assert.equal(up1.pid, s1.child.pid);
     assert.equal((await s.client.health()).dp?.state, 'up');
+    // The thread polling the DP's pidfd runs at the watcher's priority, as under `neuv-bpf watch`.
+    const nice = await waitFor("the service's thread polling the DP's pidfd", () => pollingThreadsNice(s.child.pid!).length > 0 && pollingThreadsNice(s.child.pid!), 5000 * TIME_SCALE);
+    assert.deepEqual(nice, [WATCH_NICE], 'the pidfd poll at nice -10');
     const port = s.info.metrics!.port;
     let m = scrape(tt.t.enforcer, port);
     assert.equal(sample(m, 'neuv_dp_up', {}), 1);

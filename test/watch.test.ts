@@ -13,10 +13,11 @@ import { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { cliSpawn, leakChecks, onCleanup, oneErrorLine, requireKernel, TIME_SCALE } from './helpers';
+import { cliSpawn, leakChecks, onCleanup, oneErrorLine, pollingThreadsNice, requireKernel, TIME_SCALE } from './helpers';
 import { killStub, makeTopology, modeOf, StubDp, stubInto, TestTopology, waitFor } from './topology';
 import { startUdpStream } from './traffic';
 import { watchStatePath } from '../src/dp/watch';
+import { WATCH_NICE } from '../src/cli/watch';
 import { ContainerNs, HOST_IP4 } from '../harness/topology';
 import type { InterceptResult } from '../src/intercept';
 
@@ -106,6 +107,8 @@ describe('watch: the fail-open supervisor with the stub DP (kernel)', function (
 
     const s1 = await stubInto(tt, pidfile);
     await w.seen('up', 1);
+    const nice = await waitFor("the watcher's thread polling the DP's pidfd", () => pollingThreadsNice(w.child.pid!).length > 0 && pollingThreadsNice(w.child.pid!), 5000 * TIME_SCALE);
+    assert.deepEqual(nice, [WATCH_NICE], 'the pidfd poll at nice -10');
     await killStub(s1);
     await w.seen('down', 1);
     const down1 = w.events.filter((e) => e.state === 'down')[0]!;

@@ -5,7 +5,7 @@
 import { CommandRegistrar, printJson } from './context';
 import { Service, parseListenAddress } from '../service';
 import { parseOffloadRule } from '../offload';
-import { DpWatchCmdOpts, addDpWatchOptions, dpWatchOptions } from './watch';
+import { DpWatchCmdOpts, addDpWatchOptions, dpWatchOptions, raiseWatcherPriority } from './watch';
 
 export const registerServeCommands: CommandRegistrar = (program, ctx) => {
   const cmd = program
@@ -29,6 +29,8 @@ export const registerServeCommands: CommandRegistrar = (program, ctx) => {
     const metrics = o.metrics === undefined ? undefined : parseListenAddress(o.metrics);
     const dp = dpWatchOptions(o, 'dp-');
     const offload = o.offload === undefined ? undefined : (parseOffloadRule(o.offload) ?? 'off');
+    // The DP supervisor at `watch`'s priority: raised before the service starts any worker thread.
+    if (dp) raiseWatcherPriority('serve');
     const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics, dp, offload });
     const i = svc.info;
     if (c.json) printJson(c, i);

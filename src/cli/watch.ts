@@ -23,7 +23,21 @@ const KEEPALIVE_MS: Range = { min: 10, max: 60000, unit: 'milliseconds' };
  * a nice-0 thread. Its own CPU is a few ms per event. Not for the library's
  * DpWatch: an agent embedding it decides its own priority.
  */
-const WATCH_NICE = -10;
+export const WATCH_NICE = -10;
+
+/**
+ * Raises this process to WATCH_NICE, for the two hosts of DpWatch (`watch`,
+ * and `serve --dp`): called before anything starts a worker thread (Linux's
+ * nice is per thread; threads created after inherit it), so the pidfd's poll
+ * runs at it. A refusal (no CAP_SYS_NICE) is logged, not fatal.
+ */
+export function raiseWatcherPriority(who: string): void {
+  try {
+    os.setPriority(WATCH_NICE);
+  } catch (e) {
+    log(who).warn(`could not raise the DP watcher's priority (nice ${WATCH_NICE}): ${(e as Error).message}`);
+  }
+}
 
 /** How often the watcher says pairs are still held in BYPASS: a minute; NEUV_BPF_WATCH_HELD_MS for the tests. */
 function heldLogMs(env: NodeJS.ProcessEnv = process.env): number {
@@ -95,11 +109,7 @@ export const registerWatchCommands: CommandRegistrar = (program, ctx) => {
       if (o.dp === undefined) throw new UsageError("watch needs --dp: 'local' or a pid file");
       const wo = dpWatchOptions(o, '')!;
       const policy = wo.policy!;
-      try {
-        os.setPriority(WATCH_NICE);
-      } catch (e) {
-        log('watch').warn(`could not raise the watcher's priority (nice ${WATCH_NICE}): ${(e as Error).message}`);
-      }
+      raiseWatcherPriority('watch');
       const w = DpWatch.start({ ...wo, pinRoot: c.pinRoot, onEvent: (e) => (c.json ? printJson(c, { ...e, policy }, { line: true }) : c.out(watchEventLine(e, policy))) });
       await new Promise<void>((resolve) => {
         for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(s, () => resolve());
