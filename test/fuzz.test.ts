@@ -46,7 +46,10 @@ import {
 import { validateIfName } from '../src/link';
 import { selectorFrom } from '../src/cli/pair';
 import { targetFrom } from '../src/cli/intercept';
-import { pinRootFrom } from '../src/pins';
+import { isLoaded, pinRootFrom, Pins } from '../src/pins';
+import { lockDirFiles } from '../src/lock';
+import { leakChecks, removeLockFiles, requireKernel, TIME_SCALE } from './helpers';
+import { cleanupDepth, onCleanup, runCleanups, runCleanupsTo, uniqueName, waitFor } from '../harness/proc';
 import { FAULT_ACTIONS, parseFaults } from '../src/faults';
 import { formatMac, isUcmac } from '../src/mac';
 import { FLOW_SECONDS, PORT_ID, PORT_ID_HEX, Range, WATCH_INTERVAL, parseDecimal, parseInteger } from '../src/numbers';
@@ -152,6 +155,8 @@ interface ChildConfig {
   plainDir: string;
   /** An empty directory for the sentinel files (made by the parent, which removes it). */
   sentinel: string;
+  /** An empty directory for the JSON-lines inputs (the same). */
+  jsonDir: string;
   seed: number;
   runs: number;
   real: number;
@@ -181,7 +186,6 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const { CommanderError } = await import('commander');
   const { stopCommandTrace } = await import('../src/trace');
   const bpf = await import('../src/bpf');
-  const { MapFd } = bpf;
   const { TC_HANDLE, TC_PRIORITY } = await import('../src/attach');
   const { configureLogging } = await import('../src/log');
   const { leafCommands } = await import('./helpers');
@@ -244,7 +248,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
       .join('\n');
 
   // JSON-lines inputs for --file.
-  const jdir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-fuzz-json-'));
+  const jdir = cfg.jsonDir;
   const jfiles = fc.sample(jsonLines, { numRuns: 200, seed: cfg.seed }).map((t, i) => {
     const f = path.join(jdir, `p${i}.jsonl`);
     fs.writeFileSync(f, t);
@@ -284,18 +288,16 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   // ---- state
   const roots = [cfg.pins, cfg.pins2, `${cfg.pins}-other`];
   const mapDump = (pins: string): string => {
-    if (!fs.existsSync(path.join(pins, 'neuv_ports'))) return 'not loaded';
-    const parts: string[] = [];
-    for (const [name, keysOnly] of [['neuv_ports', false], ['neuv_ids', false], ['neuv_stats', true], ['neuv_config', false]] as const) {
-      const m = MapFd.fromPin(path.join(pins, name));
-      try {
-        const rows = m.entries().map(([k, v]) => (keysOnly ? k.toString('hex') : `${k.toString('hex')}=${v.toString('hex')}`)).sort();
-        parts.push(`${name}: ${rows.join(' ')}`);
-      } finally {
-        m.close();
-      }
-    }
-    return parts.join('\n');
+    if (!isLoaded(pins)) return 'not loaded';
+    const names = ['ports', 'ids', 'stats', 'config'] as const;
+    return Pins.with(pins, names, (p) =>
+      names
+        .map((name) => {
+          const rows = p.map(name).entries().map(([k, v]) => (name === 'stats' ? k.toString('hex') : `${k.toString('hex')}=${v.toString('hex')}`)).sort();
+          return `${name}: ${rows.join(' ')}`;
+        })
+        .join('\n'),
+    );
   };
   const quick = (): string => {
     const parts: string[] = [];
@@ -337,7 +339,7 @@ async function childMain(cfg: ChildConfig): Promise<void> {
       if (fs.readdirSync(p).length === 0) fs.rmdirSync(p); // an empty leftover: unload would take vbr-neuv for its own
       else await run(['--bpffs', p, 'unload', '--force']);
     }
-    if (fs.existsSync(path.join(cfg.pins, 'neuv_ports'))) {
+    if (isLoaded(cfg.pins)) {
       const sink: string[] = [];
       if ((await run(['--bpffs', cfg.pins, 'show', '--json'], sink)).code === 0) {
         const shown = JSON.parse(sink.join('')) as { pairs: Array<{ id: number }> };
@@ -592,7 +594,6 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   report.ms.real = Date.now() - t1;
 
   for (const p of roots) if (fs.existsSync(p)) await run(['--bpffs', p, 'unload', '--force']);
-  fs.rmSync(jdir, { recursive: true, force: true });
   process.stdout.write(JSON.stringify(report) + '\n');
   process.exit(0);
 }
@@ -610,6 +611,99 @@ function plantedPaths(cfg: Pick<ChildConfig, 'pins'>): { link: string; nobody: s
 function plantedRoots(cfg: Pick<ChildConfig, 'pins'>): string[] {
   const p = plantedPaths(cfg);
   return [p.link, p.nobody, p.lockLinks];
+}
+
+type SandboxConfig = Omit<ChildConfig, 'seed' | 'runs' | 'real' | 'realParallel'>;
+
+/**
+ * A sandbox's paths, all named by the parent before the child starts: the
+ * pin roots under /sys/fs/bpf (with a prefix of this process's uniqueName),
+ * the directories of plain paths, sentinels and JSON inputs. The child
+ * fills them; only the parent removes them (removeSandbox).
+ */
+function makeSandbox(uniqueName: (prefix: string) => string): SandboxConfig {
+  const pins = `/sys/fs/bpf/${uniqueName('nbtfz')}`;
+  const dir = (what: string) => fs.mkdtempSync(path.join(os.tmpdir(), `nbt-fuzz-${what}-`));
+  return { pins, pins2: `${pins}-2`, plainDir: dir('plain'), sentinel: dir('sentinel'), jsonDir: dir('json') };
+}
+
+/** What a sandbox can leave outside its namespaces: its paths (planted ones too) and the pin roots whose files under /run/neuv-bpf it may have made. */
+function sandboxLeftovers(cfg: SandboxConfig): { paths: string[]; lockRoots: string[] } {
+  const planted = plantedPaths(cfg);
+  const sentinelRoots = ['file', 'dir', 'fifo', 'link', 'dirlink'].map((n) => path.join(cfg.sentinel, n));
+  const roots = [cfg.pins, cfg.pins2, `${cfg.pins}-other`];
+  return {
+    paths: [...roots, planted.link, planted.nobody, planted.lockLinks, cfg.plainDir, cfg.sentinel, cfg.jsonDir],
+    lockRoots: [...roots, cfg.plainDir, path.join(cfg.plainDir, 'pins'), planted.lockLinks, planted.link, planted.nobody, ...sentinelRoots],
+  };
+}
+
+/** Pids of the direct children of pid (read before it is killed: they are reparented after). */
+function childrenOf(pid: number): number[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Whether a process is gone (or a zombie: it holds nothing more). */
+function gone(pid: number): boolean {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return st.slice(st.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+interface SandboxRun {
+  /** Kills the child now and waits (synchronously, up to 10 s) until its pid namespace is empty. */
+  kill(): void;
+  done: Promise<{ code: number | null; out: string; err: string; timedOut: boolean }>;
+}
+
+/**
+ * Starts the sandbox child on cfg, killed at limitMs if it has not ended
+ * (0: no deadline). Registers with the cleanup stack, so runCleanups() (the
+ * test's finally, the suite's leakChecks after mocha's own timeout) undoes it
+ * in this order: the child killed and waited for, then every path of the
+ * sandbox and its files under /run/neuv-bpf removed. Waiting first matters: a
+ * child dying part way (a load, a pair add) could otherwise make a pin or a
+ * lock file after its directory was removed.
+ */
+function runSandbox(cfg: ChildConfig, limitMs: number, h: { onCleanup: (fn: () => void, what?: string) => void; removeLockFiles: (...roots: string[]) => void }): SandboxRun {
+  const left = sandboxLeftovers(cfg);
+  h.onCleanup(() => {
+    for (const p of left.paths) fs.rmSync(p, { recursive: true, force: true });
+    h.removeLockFiles(...left.lockRoots);
+  }, 'the fuzz sandbox');
+  // The child dies with us: setpriv --pdeathsig SIGKILLs unshare when this process goes, and unshare's
+  // --kill-child then SIGKILLs the child (pid 1 of its pid namespace, so all below it).
+  const sandbox = ['unshare', '--pid', '--kill-child', '--mount-proc', '--net', '--', process.execPath, __filename, '--child', JSON.stringify(cfg)];
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...sandbox], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const kill = (): void => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const inner = childrenOf(child.pid!); // pid 1 of the sandbox: gone only once every process in it is
+    child.kill('SIGKILL');
+    for (const p of inner) process.kill(p, 'SIGKILL');
+    const end = Date.now() + 10000;
+    while (!inner.every(gone) && Date.now() < end) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+  };
+  h.onCleanup(kill, 'the fuzz child');
+  let timedOut = false;
+  if (limitMs > 0) {
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, limitMs);
+    h.onCleanup(() => clearTimeout(deadline));
+  }
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-20000)));
+  return { kill, done: new Promise((resolve) => child.on('close', (code) => resolve({ code, out, err, timedOut }))) };
 }
 
 /**
@@ -805,50 +899,50 @@ if (require.main === module) {
     // NEUV_BPF_FUZZ_RUNS / NEUV_BPF_FUZZ_REAL override the counts (a quick look, a long hunt).
     const runs = Number(process.env.NEUV_BPF_FUZZ_RUNS ?? (SOAK ? 50000 : 4000));
     const real = Number(process.env.NEUV_BPF_FUZZ_REAL ?? (SOAK ? 1000 : 80));
-    before(async function () {
-      const { requireKernel } = await import('./helpers');
+    before(function () {
       requireKernel(this);
       for (const tool of ['unshare', 'setpriv']) if (spawnSync(tool, ['--version']).status !== 0) throw new Error(`${tool} (util-linux) is needed for the fuzz sandbox`);
+    });
+    // After mocha's own timeout too: the sandbox's child killed, its paths removed (runSandbox's cleanups).
+    leakChecks();
+
+    it('a child killed part way (as by the deadline) leaves nothing of its sandbox behind: pin roots, planted links, directories, lock files', async function () {
+      this.timeout(120000 * TIME_SCALE);
+      const depth = cleanupDepth();
+      const cfg: ChildConfig = { ...makeSandbox(uniqueName), seed, runs: 1e6, real: 0, realParallel: 1 };
+      const left = sandboxLeftovers(cfg);
+      const sb = runSandbox(cfg, 0, { onCleanup, removeLockFiles });
+      let ended = false;
+      void sb.done.then(() => (ended = true));
+      // At work: the baseline loaded, the planted paths and their lock-file links made, vectors running.
+      await waitFor('the sandbox child at work', () => {
+        if (ended) throw new Error('the fuzz child ended before it was at work');
+        return isLoaded(cfg.pins) && lockDirFiles(plantedPaths(cfg).lockLinks).length > 0;
+      }, 60000 * TIME_SCALE);
+      await new Promise((r) => setTimeout(r, 300));
+      sb.kill();
+      assert.equal((await sb.done).code, null, 'killed, not ended');
+      runCleanupsTo(depth);
+      const exists = (p: string) => {
+        try {
+          fs.lstatSync(p);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      assert.deepEqual(left.paths.filter(exists), [], 'paths of the sandbox left');
+      assert.deepEqual(lockDirFiles(...left.lockRoots), [], 'files under /run/neuv-bpf left');
     });
 
     it(`${runs} argument vectors in-process through buildProgram() and ${real} real CLI invocations: no crash, one line per error, no change when refused (seed ${seed})`, async function () {
       this.timeout(SOAK ? 3 * 3600e3 : 300000);
-      const { uniqueName, onCleanup, removeLockFiles, runCleanups } = await import('./helpers');
-      const pins = `/sys/fs/bpf/${uniqueName('nbtfz')}`;
-      const pins2 = `${pins}-2`;
-      const plainDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-fuzz-plain-'));
-      const planted = plantedPaths({ pins });
-      const sentinel = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-fuzz-sentinel-'));
-      const sentinelRoots = ['file', 'dir', 'fifo', 'link', 'dirlink'].map((n) => path.join(sentinel, n));
-      onCleanup(() => {
-        for (const p of [pins, pins2, `${pins}-other`, planted.link, planted.nobody]) fs.rmSync(p, { recursive: true, force: true });
-        fs.rmSync(plainDir, { recursive: true, force: true });
-        fs.rmSync(sentinel, { recursive: true, force: true });
-        removeLockFiles(pins, pins2, `${pins}-other`, plainDir, path.join(plainDir, 'pins'), planted.lockLinks, planted.link, planted.nobody, ...sentinelRoots);
-      });
       try {
-        const cfg: ChildConfig = { pins, pins2, plainDir, sentinel, seed, runs, real, realParallel: 2 };
-        // The child dies with us: setpriv --pdeathsig SIGKILLs unshare when this process goes, and unshare's
-        // --kill-child then SIGKILLs the child (pid 1 of its pid namespace, so all below it). Our own deadline,
-        // 10 s before mocha's, kills it so that a run too long fails here and cleans up rather than outliving the test.
-        const sandbox = ['unshare', '--pid', '--kill-child', '--mount-proc', '--net', '--', process.execPath, __filename, '--child', JSON.stringify(cfg)];
-        const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...sandbox], { stdio: ['ignore', 'pipe', 'pipe'] });
-        onCleanup(() => child.kill('SIGKILL'));
-        // (mocha --timeout 0: no deadline of ours either.)
+        const cfg: ChildConfig = { ...makeSandbox(uniqueName), seed, runs, real, realParallel: 2 };
+        // Our own deadline, 10 s before mocha's, kills the child so that a run too long fails here and
+        // cleans up rather than outliving the test (mocha --timeout 0: no deadline of ours either).
         const limitMs = this.timeout() - 10000;
-        let timedOut = false;
-        if (limitMs > 0) {
-          const deadline = setTimeout(() => {
-            timedOut = true;
-            child.kill('SIGKILL');
-          }, limitMs);
-          onCleanup(() => clearTimeout(deadline));
-        }
-        let out = '';
-        let err = '';
-        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-        child.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-20000)));
-        const code = await new Promise<number | null>((r) => child.on('close', r));
+        const { code, out, err, timedOut } = await runSandbox(cfg, Math.max(0, limitMs), { onCleanup, removeLockFiles }).done;
         assert.ok(!timedOut, `fuzz child killed after ${limitMs / 1000} s (the test's time less 10 s): ${err.slice(-3000)}`);
         assert.equal(code, 0, `fuzz child exited ${code}: ${err.slice(-3000)}`);
         const rep = JSON.parse(out.trim().split('\n').pop()!) as ChildReport;
