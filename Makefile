@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run examples containers test test-unit test-kernel test-full demo bench lint clean clean-vagrant vagrant-test docs install-hook
+.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run examples containers image test test-unit test-kernel test-full demo bench lint clean clean-vagrant vagrant-test docs install-hook
 
 V ?= 0
 ifeq ($(V),1)
@@ -83,7 +83,43 @@ build/containers/%: tools/%.c | $(DEPS_STAMP)
 	$(Q)$(HOSTCC) -static -O2 -Wall -Wextra -Werror -o $@ $<
 $(CTR_ROOTFS): $(CTR_TOOLS) scripts/container-rootfs.sh
 	@[ "$(V)" = 1 ] || echo "  TAR    $@"
-	$(Q)./scripts/container-rootfs.sh $@ $(CTR_TOOLS)
+	$(Q)./scripts/container-rootfs.sh $@ --deb busybox-static $(foreach a,sh sleep cat ip ping nc ls,--link /bin/$(a)=busybox) $(CTR_TOOLS)
+
+# The service's OCI image (docs/deploy.md): the same rootfs builder with Debian's
+# libbpf1, iproute2, ethtool, nsenter (util-linux), bpftool and busybox (a shell and
+# env), Node from the npm registry (scripts/vagrant-node.sh), the package's production
+# node_modules (npm ci --omit=dev, koffi's binary included), dist/src, the BPF
+# object and deploy/ (the DaemonSet's init container installs CRI-O's hook from
+# it); imported with podman (no base image) and saved as an OCI archive. Each
+# piece is rebuilt only when its inputs change.
+IMAGE_DIR := build/image
+IMAGE_TAG ?= localhost/neuv-bpf:$(shell node -p 'require("./package.json").version')
+IMAGE := $(IMAGE_DIR)/neuv-bpf.oci.tar
+IMAGE_ROOTFS := $(IMAGE_DIR)/rootfs.tar
+IMAGE_NODE := $(IMAGE_DIR)/node/bin/node
+IMAGE_MODULES := $(IMAGE_DIR)/modules/.stamp
+IMAGE_DEBS := libbpf1 iproute2 ethtool util-linux bpftool libstdc++6 busybox-static
+image: $(IMAGE)
+$(IMAGE_NODE): scripts/vagrant-node.sh
+	$(Q)PREFIX=$(CURDIR)/$(IMAGE_DIR)/node NEUV_BPF_NODE_SOURCE=npm ./scripts/vagrant-node.sh
+	$(Q)strip $@ # its debug information: 99 MB -> 86 MB
+	$(Q)touch $@
+$(IMAGE_MODULES): package.json package-lock.json | $(DEPS_STAMP)
+	@[ "$(V)" = 1 ] || echo "  NPM    $(IMAGE_DIR)/modules (production dependencies)"
+	$(Q)rm -rf $(IMAGE_DIR)/modules && mkdir -p $(IMAGE_DIR)/modules
+	$(Q)cp package.json package-lock.json $(IMAGE_DIR)/modules/
+	$(Q)cd $(IMAGE_DIR)/modules && npm ci --omit=dev --include=optional --ignore-scripts --prefer-offline --no-audit --no-fund --loglevel=error
+	$(Q)touch $@
+$(IMAGE_ROOTFS): $(TS_STAMP) $(BPF_OBJ) $(IMAGE_NODE) $(IMAGE_MODULES) bin/neuv-bpf package.json $(wildcard deploy/*) scripts/container-rootfs.sh Makefile
+	@[ "$(V)" = 1 ] || echo "  TAR    $@"
+	$(Q)./scripts/container-rootfs.sh $@ $(addprefix --deb ,$(IMAGE_DEBS)) --skip debconf \
+	  --copy $(IMAGE_NODE)=/usr/bin/node --copy $(IMAGE_DIR)/modules/node_modules=/opt/neuv-bpf/node_modules \
+	  --copy package.json=/opt/neuv-bpf/package.json --copy bin=/opt/neuv-bpf/bin --copy dist/src=/opt/neuv-bpf/dist/src --copy dist/harness=/opt/neuv-bpf/dist/harness \
+	  --copy $(BPF_OBJ)=/opt/neuv-bpf/$(BPF_OBJ) --copy deploy=/opt/neuv-bpf/deploy --link /usr/bin/neuv-bpf=/opt/neuv-bpf/bin/neuv-bpf \
+	  --link /bin/sh=busybox --link /usr/bin/env=busybox
+$(IMAGE): $(IMAGE_ROOTFS) scripts/image.sh
+	@[ "$(V)" = 1 ] || echo "  IMAGE  $@ ($(IMAGE_TAG))"
+	$(Q)./scripts/image.sh $(IMAGE_ROOTFS) $@ $(IMAGE_TAG)
 
 # src/layout/generated.ts: every struct and enum of bpf/neuv.h, from the object's BTF
 # (scripts/gen-layout.ts, compiled alone: it needs only src/bpf/btf.ts). Committed, so a
@@ -111,11 +147,13 @@ $(TS_STAMP): $(TS_SRC) $(LAYOUT_TS) $(DEPS_STAMP)
 # with a reason otherwise; CI fails on any kernel-suite skip, see .ci/run).
 # Each file in a mocha process of its own, NEUV_BPF_TEST_JOBS (default 2) side
 # by side, longest first; each file's output whole, then the run's summary and
-# each file's time (scripts/test-run.js, test/timing-reporter.ts).
+# each file's time (scripts/test-run.js, test/timing-reporter.ts). The
+# service's image too (test/image.test.ts runs it under podman): about 20 s of
+# CPU from a clean clone (Node from the npm registry), then only what changed.
 MOCHA_ARGS ?= --timeout 120000 --reporter dist/test/timing-reporter.js
 MOCHA := npx --no-install mocha $(MOCHA_ARGS)
 TEST_RUN := MOCHA_ARGS='$(MOCHA_ARGS)' node scripts/test-run.js
-test: build
+test: build image
 	$(Q)$(TEST_RUN) $$(find dist/test -name '*.test.js' | sort)
 
 test-unit: build

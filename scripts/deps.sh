@@ -31,6 +31,8 @@ check promtool prometheus
 # live service by test/service-clients.test.ts: Debian's Go, no module download.
 check go golang-go
 check sysctl procps
+# deploy/neuv-bpf-daemonset.yaml read by the tests (test/manifests.ts).
+check /usr/lib/python3/dist-packages/yaml/__init__.py python3-yaml
 # The container suite (test/containers.test.ts, docs/containers.md): rootful
 # podman with netavark, runc (crun refuses hybrid cgroup hierarchies), the
 # iptables netavark drives, and a static busybox for the offline test image.

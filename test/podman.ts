@@ -126,6 +126,15 @@ export class Podman {
     fs.writeFileSync(f, JSON.stringify(cfg, null, 2));
   }
 
+  /** Loads an image archive (podman load, e.g. make image's OCI archive) into our storage; returns its name. */
+  load(archive: string): string {
+    const out = this.run(['load', '-q', '-i', archive]).stdout;
+    this.imageMade = true;
+    const name = /Loaded image(?:\(s\))?: *(\S+)/.exec(out)?.[1];
+    if (!name) throw new Error(`podman load ${archive}: no image name in ${JSON.stringify(out)}`);
+    return name;
+  }
+
   /** Starts a container running the echo server (TCP and UDP 8080). */
   start(name: string): void {
     this.run([
