@@ -9,7 +9,9 @@ import type { BenchRow as OffloadRow } from './offload';
 import { BATCH_TARGET_MS, OnboardResult, onboardMarkdown, onboardSummary } from './onboard';
 import type { ProgCostResult } from './progcost';
 import type { ThroughputResult, VariantId } from './throughput';
-import { MachineInfo, Summary, fmt, fmtRatio } from './util';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MachineInfo, ROOT, Summary, fmt, fmtRatio } from './util';
 
 export interface KernelProbe {
   tcx: boolean;
@@ -338,6 +340,56 @@ function shortfalls(r: BenchResults): string[] {
 
 // ---------------------------------------------------------------- BENCHMARKS.md
 
+const FIRST_PACKET_HEADING = "### First packet: the hook against the runtime's start event";
+
+/**
+ * Section 10, not a scenario of this run: the first-packet figures of the OCI
+ * hook against event-driven interception, measured by test/oci-hook.test.ts
+ * with real podman containers. Its table is docs/containers.md's, taken as it
+ * is when the report is written (the method and the figures live there only).
+ */
+export function firstPacketMarkdown(doc = path.join(ROOT, 'docs', 'containers.md')): string[] {
+  const lines = fs.readFileSync(doc, 'utf8').split('\n');
+  const at = lines.indexOf(FIRST_PACKET_HEADING);
+  const start = lines.findIndex((l, i) => i > at && l.startsWith('|'));
+  if (at < 0 || start < 0) throw new Error(`${doc}: no table under '${FIRST_PACKET_HEADING}'`);
+  let end = start;
+  while (lines[end]?.startsWith('|')) end++;
+  const anchor = FIRST_PACKET_HEADING.replace(/^#+ /, '').toLowerCase().replace(/[^a-z0-9 -]/g, '').replace(/ /g, '-');
+  return [
+    "## 10. First packet: the OCI hook against the runtime's start event",
+    '',
+    'Not a scenario of `make bench`: measured by test/oci-hook.test.ts with real podman containers (`make test`). ' +
+      `The table is [docs/containers.md](docs/containers.md#${anchor})'s as it was when this file was written; the workload, the method, the machine's load and a second run are there.`,
+    '',
+    ...lines.slice(start, end),
+    '',
+  ];
+}
+
+/** A BENCHMARKS.md with section 10 as firstPacketMarkdown() writes it now (replaced, or put before Raw data). */
+export function spliceFirstPacket(md: string, doc?: string): string {
+  const section = firstPacketMarkdown(doc).join('\n') + '\n';
+  const at = md.indexOf('\n## 10. ');
+  if (at >= 0) {
+    const next = md.indexOf('\n## ', at + 1);
+    return md.slice(0, at + 1) + section + (next >= 0 ? md.slice(next + 1) : '');
+  }
+  const raw = md.indexOf('\n## Raw data');
+  if (raw < 0) throw new Error("no '## Raw data' section to put section 10 before");
+  return md.slice(0, raw + 1) + section + md.slice(raw + 1);
+}
+
+// `node dist/bench/report.js --first-packet`: BENCHMARKS.md's section 10 from docs/containers.md, without a bench run.
+if (require.main === module) {
+  if (process.argv[2] !== '--first-packet' || process.argv.length > 3) {
+    process.stderr.write('usage: node dist/bench/report.js --first-packet\n');
+    process.exit(2);
+  }
+  const file = path.join(ROOT, 'BENCHMARKS.md');
+  fs.writeFileSync(file, spliceFirstPacket(fs.readFileSync(file, 'utf8')));
+}
+
 function table(head: string[], rows: string[][]): string {
   const out = [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
   for (const r of rows) out.push(`| ${r.join(' | ')} |`);
@@ -653,6 +705,7 @@ export function markdown(r: BenchResults, reproduce: (only: string) => string): 
   if (r.nvdp) L.push(...nvdpMarkdown(r.nvdp, reproduce));
   if (r.taptap) L.push(...taptapMarkdown(r.taptap, reproduce));
   if (r.onboard) L.push(...onboardMarkdown(r.onboard, reproduce));
+  L.push(...firstPacketMarkdown());
 
   L.push('## Raw data');
   L.push('');
