@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { UsageError } from '../src/errors';
 import { MODE_ANNOTATION, PORT_ANNOTATION, modeOf, parseOciState, portOf, stageOf } from '../src/hook';
+import { parseEvent, parseInspect } from '../src/runtime';
 
 const ID = 'f05d9389890dda8eed456e60b37a9e2efe7aa620803655e7ab2b7ca088624f90';
 /** What podman 4.3 (runc 1.1.5) writes at createRuntime (test/oci-hook.test.ts sees the same). */
@@ -79,5 +80,28 @@ describe('oci-hook: the OCI state (unit)', function () {
     assert.throws(() => portOf(st({ annotations: { [PORT_ANNOTATION]: 'averylonginterfacename' } })), /longer than 15 bytes/);
     assert.throws(() => stageOf(st({ status: 'running' })), /status running: oci-hook runs at createRuntime or prestart \(status creating\) and poststop/);
     assert.throws(() => stageOf(st({ pid: undefined })), /no pid at status creating/);
+  });
+});
+
+describe('runtime watcher: what podman prints (unit)', function () {
+  const ID = 'f62e48c68ea3dc6f289560a17634e22cbd5b7b7d0935d85341e31ae0afae5645';
+  it('reads the container events of podman events --format json, and nothing else', function () {
+    // As podman 4.3 prints them (test/runtime.test.ts follows the same).
+    const line = `{"ID":"${ID}","Image":"localhost/x:test","Name":"web","Status":"start","Time":"2026-12-07T20:51:24.761878946Z","Type":"container","Attributes":{}}`;
+    assert.deepEqual(parseEvent(line), { id: ID, name: 'web', status: 'start', time: Date.parse('2026-12-07T20:51:24.761Z') });
+    assert.equal(parseEvent('{"Name":"localhost/x:test","Status":"pull","Time":"2026-12-07T20:51:13.8Z","Type":"image","Attributes":null}'), undefined);
+    for (const bad of ['', 'garbage', '[]', 'null', `{"ID":"../../etc","Status":"start","Type":"container"}`, `{"ID":"${ID}","Status":7,"Type":"container"}`]) {
+      assert.equal(parseEvent(bad), undefined, bad);
+    }
+  });
+
+  it('reads inspect: pid, running, string annotations; a container it cannot read is left out', function () {
+    const c = { Id: ID, Name: 'web', State: { Running: true, Pid: 22257 }, Config: { Annotations: { [MODE_ANNOTATION]: 'fwd', n: 7 } } };
+    assert.deepEqual(parseInspect(JSON.stringify([c])), [{ id: ID, name: 'web', pid: 22257, running: true, annotations: { [MODE_ANNOTATION]: 'fwd' } }]);
+    assert.deepEqual(parseInspect(JSON.stringify([{ ...c, State: { Running: false, Pid: 0 } }]))[0]!.running, false);
+    for (const bad of [{ ...c, Id: 'a/b' }, { ...c, State: { Running: true, Pid: -4 } }, { ...c, State: { Running: true, Pid: '1' } }, { ...c, State: null }]) {
+      assert.deepEqual(parseInspect(JSON.stringify([bad])), [], JSON.stringify(bad));
+    }
+    assert.deepEqual(parseInspect('Error: no such container'), []);
   });
 });

@@ -8,15 +8,11 @@
  * refused with one line; the failure policy (fail-closed, fail-open counted).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { CliResult, ROOT, cli, leakChecks, leftovers, makeNet, makePinRoot, oneErrorLine, onCleanup, requireKernel, runCleanups, uniqueName } from './helpers';
+import { CliResult, cli, leakChecks, makeNet, makePinRoot, oneErrorLine, onCleanup, requireKernel, runCleanups, uniqueName } from './helpers';
 import { containerState, makeTopology, nsView, StubDp, TestTopology, waitFor, workloadPid } from './topology';
 import { serve } from './service-fixture';
-import { Podman, podmanUnavailable } from './podman';
+import { Podman, burstPeer, hooksDir, noHooks, podmanForSuite, podmanSuiteEnd } from './podman';
 import { Net, veth } from '../harness/net';
 import { lockDirFile } from '../src/lock';
 import { journalDir } from '../src/intercept/journal';
@@ -62,7 +58,7 @@ describe('oci-hook without a runtime (kernel)', function () {
     // A second poststop, or one of a container the hook never intercepted: nothing to do.
     const again = hookRun(stopped(), [], {});
     assert.equal(again.code, 0, again.stderr);
-    assert.match(again.stdout, /not intercepted by the hook, nothing to release/);
+    assert.match(again.stdout, /not intercepted by the hook or the watcher, nothing to release/);
   });
 
   it('through the service; a mode of none and the default mode; poststop after the netns is gone removes what is left', async function () {
@@ -161,30 +157,6 @@ describe('oci-hook without a runtime (kernel)', function () {
 
 // ================================================================ with podman
 
-/** A datagram of udp-burst (tools/udp-burst.c) as the peer got it. */
-interface Got {
-  src: string;
-  seq: number;
-  /** When the sender started and sent this one (CLOCK_REALTIME, ns). */
-  t0: bigint;
-  t: bigint;
-}
-
-/** The peer: a UDP socket on the podman network's gateway (this netns), recording every udp-burst datagram. */
-async function peer(addr: string, port: number): Promise<{ got: Got[]; from: (ip: string) => Got[] }> {
-  const s = dgram.createSocket('udp4');
-  const got: Got[] = [];
-  s.on('message', (m, r) => {
-    if (m.length === 24 && m.readUInt32BE(0) === 0x4e425542) got.push({ src: r.address, seq: m.readUInt32BE(4), t0: m.readBigUInt64BE(8), t: m.readBigUInt64BE(16) });
-  });
-  await new Promise<void>((resolve, reject) => {
-    s.once('error', reject);
-    s.bind(port, addr, () => resolve());
-  });
-  onCleanup(() => s.close());
-  return { got, from: (ip) => got.filter((g) => g.src === ip) };
-}
-
 const PEER_PORT = 9999; // the stub DP denies it; below any ephemeral port, so its kind is udp/9999
 
 describe('oci-hook with podman: intercepted before the first packet (kernel)', function () {
@@ -194,25 +166,13 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
 
   before(function () {
     requireKernel(this);
-    const why = podmanUnavailable();
-    if (why) {
-      if (process.env.NEUV_BPF_REQUIRE_KERNEL === '1') throw new Error(`oci-hook podman suite cannot run but NEUV_BPF_REQUIRE_KERNEL=1: ${why}`);
-      // eslint-disable-next-line no-console
-      console.log(`      (skipped: ${why})`);
-      this.skip();
-    }
-    pm = new Podman();
-    pm.setUp();
+    pm = podmanForSuite(this, 'oci-hook podman suite');
     // A first container brings the network's bridge up with the gateway address the peer binds.
     pm.start(uniqueName('nbpc'));
     gw = `${pm.subnet4}.1`;
   });
   afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    pm?.tearDown();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  after(() => podmanSuiteEnd(pm));
 
   interface Node {
     net: Net;
@@ -233,27 +193,9 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
     return { net, enf, pins, c, stub };
   }
 
-  /** A hooks.d directory with the hook as make install-hook writes it, for this node; `env` added to the hook's. */
-  function hooksDir(n: Node, args: string[], env: string[] = []): string {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-hooks-'));
-    onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'install-hook.js'), '--hooks-dir', dir, '--netns', n.enf, '--bpffs', n.pins, ...args], { encoding: 'utf8' });
-    assert.equal(r.status, 0, r.stderr);
-    const f = r.stdout.trim();
-    const h = JSON.parse(fs.readFileSync(f, 'utf8')) as { hook: { env: string[] }; stages: string[] };
-    assert.deepEqual(h.stages, ['createRuntime', 'poststop']);
-    h.hook.env.push(...env);
-    fs.writeFileSync(f, JSON.stringify(h));
-    return dir;
-  }
-
-  /** podman run --rm of udp-burst: COUNT datagrams to the peer, one every INTERVAL_US, from its first instruction. */
+  /** podman run --rm of udp-burst to the peer. */
   function job(name: string, o: { hooks: string; mode?: string; count: number; intervalUs: number }) {
-    onCleanup(() => pm!.run(['rm', '-f', '-t', '0', name], { allowFail: true }));
-    return pm!.runAsync([
-      '--hooks-dir', o.hooks, 'run', '--rm', '--name', name, '--network', pm!.network, '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096',
-      ...(o.mode ? ['--annotation', `io.neuv-bpf.mode=${o.mode}`] : []), pm!.image, '/bin/udp-burst', gw, String(PEER_PORT), String(o.count), String(o.intervalUs),
-    ]);
+    return pm!.burst(name, { ...o, dst: gw, port: PEER_PORT });
   }
 
   /** Nothing of the containers is left on the node: no pair, port, hook or journal record; show --check clean. */
@@ -267,7 +209,7 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
 
   it('a container sending UDP from its first instruction to a port the DP denies: with the hook none reaches the peer, the DP saw every one from packet 1 (fwd); in drop none leaves; released, nothing left', async function () {
     const n = await node();
-    const p = await peer(gw, PEER_PORT);
+    const p = await burstPeer(gw, PEER_PORT);
     const hooks = hooksDir(n, ['--default-mode', 'bypass']);
     const drops0 = (JSON.parse(n.c(['stats', '--json']).stdout) as { global: Record<string, number> }).global.drop_mode ?? 0;
     for (const mode of ['fwd', 'drop']) {
@@ -285,10 +227,9 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
 
   it('event-driven interception for comparison (podman events, then intercept through the service, NeuVector\'s way): the first packets get through', async function () {
     const n = await node();
-    const p = await peer(gw, PEER_PORT);
+    const p = await burstPeer(gw, PEER_PORT);
     const s = await serve(n.enf, n.pins);
-    const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-hooks-'));
-    onCleanup(() => fs.rmSync(empty, { recursive: true, force: true }));
+    const empty = noHooks();
     // The watcher: every start event, then the pid (podman inspect), then POST /v1/intercept.
     const ev = pm!.spawn(['events', '--filter', 'event=start', '--format', '{{.Name}}']);
     onCleanup(() => ev.kill('SIGKILL'));
@@ -350,7 +291,7 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
   const JOBS = process.env.NEUV_BPF_SOAK === '1' ? 100 : 10;
   it(`${JOBS} short-lived jobs started side by side with the hook (through the service): each intercepted before its first packet, released, nothing left`, async function () {
     const n = await node();
-    const p = await peer(gw, PEER_PORT);
+    const p = await burstPeer(gw, PEER_PORT);
     await serve(n.enf, n.pins);
     const hooks = hooksDir(n, ['--default-mode', 'fwd']);
     const t0 = Date.now();
@@ -366,7 +307,7 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
 
   it('a failing hook: fail-closed, the container does not start; fail-open, it starts unintercepted and is counted', async function () {
     const n = await node();
-    const p = await peer(gw, PEER_PORT);
+    const p = await burstPeer(gw, PEER_PORT);
     const fail = ['NEUV_BPF_FAULT=fail@intercept:before-pair'];
     const closed = await job(uniqueName('nbpc'), { hooks: hooksDir(n, ['--on-failure', 'closed'], fail), mode: 'fwd', count: 20, intervalUs: 1000 });
     assert.notEqual(closed.code, 0, 'podman run fails');

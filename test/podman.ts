@@ -16,10 +16,13 @@
  * network setup; restoreHost() puts the forwarding sysctls back and removes
  * the chains when they were not there before.
  */
+import assert from 'node:assert/strict';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
-import { ROOT, sh, uniqueName } from './helpers';
+import { ROOT, leftovers, onCleanup, runCleanups, sh, uniqueName } from './helpers';
 
 export const ROOTFS = path.join(ROOT, 'build', 'containers', 'rootfs.tar');
 const IPT = ['/usr/sbin/iptables', '/usr/sbin/ip6tables'];
@@ -33,6 +36,31 @@ export function podmanUnavailable(): string | undefined {
   }
   if (!fs.existsSync(ROOTFS)) return `${ROOTFS} missing (make build)`;
   return undefined;
+}
+
+/**
+ * A podman suite's before(): its Podman set up, or the suite skipped with
+ * the reason when podman cannot run here (a failure under
+ * NEUV_BPF_REQUIRE_KERNEL=1).
+ */
+export function podmanForSuite(ctx: Mocha.Context, suite: string): Podman {
+  const why = podmanUnavailable();
+  if (why) {
+    if (process.env.NEUV_BPF_REQUIRE_KERNEL === '1') throw new Error(`${suite} cannot run but NEUV_BPF_REQUIRE_KERNEL=1: ${why}`);
+    // eslint-disable-next-line no-console
+    console.log(`      (skipped: ${why})`);
+    ctx.skip();
+  }
+  const pm = new Podman();
+  pm.setUp();
+  return pm;
+}
+
+/** A podman suite's after(): cleanups, podman's things removed, nothing of the suite left. */
+export function podmanSuiteEnd(pm: Podman | undefined): void {
+  runCleanups();
+  pm?.tearDown();
+  assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
 }
 
 interface HostState {
@@ -61,7 +89,8 @@ export class Podman {
   readonly subnet4: string;
   readonly subnet6: string;
   private readonly host: HostState;
-  private readonly base: string[];
+  /** The global options of every call (private storage, network config, events; the runtime): what `serve --runtime-arg` gets too. */
+  readonly base: string[];
   private networkMade = false;
   private imageMade = false;
 
@@ -143,6 +172,19 @@ export class Podman {
     ]);
   }
 
+  /**
+   * podman run --rm of udp-burst (tools/udp-burst.c): COUNT datagrams to
+   * DST:PORT, one every INTERVAL_US, from its first instruction; `hooks`:
+   * its --hooks-dir (an empty one: no hook), `mode`: its io.neuv-bpf.mode.
+   */
+  burst(name: string, o: { hooks: string; mode?: string; dst: string; port: number; count: number; intervalUs: number }): Promise<{ code: number; stdout: string; stderr: string }> {
+    onCleanup(() => this.run(['rm', '-f', '-t', '0', name], { allowFail: true }));
+    return this.runAsync([
+      '--hooks-dir', o.hooks, 'run', '--rm', '--name', name, '--network', this.network, '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096',
+      ...(o.mode ? ['--annotation', `io.neuv-bpf.mode=${o.mode}`] : []), this.image, '/bin/udp-burst', o.dst, String(o.port), String(o.count), String(o.intervalUs),
+    ]);
+  }
+
   inspect(name: string): { pid: number; sandbox: string; ip4: string; ip6: string } {
     const [c] = JSON.parse(this.run(['inspect', name]).stdout) as Array<{
       State: { Pid: number };
@@ -188,4 +230,49 @@ export class Podman {
       }
     }
   }
+}
+
+/** A datagram of udp-burst (tools/udp-burst.c) as the peer got it. */
+export interface Got {
+  src: string;
+  seq: number;
+  /** When the sender started and sent this one (CLOCK_REALTIME, ns). */
+  t0: bigint;
+  t: bigint;
+}
+
+/** The peer: a UDP socket on the podman network's gateway (this netns), recording every udp-burst datagram. */
+export async function burstPeer(addr: string, port: number): Promise<{ got: Got[]; from: (ip: string) => Got[] }> {
+  const s = dgram.createSocket('udp4');
+  const got: Got[] = [];
+  s.on('message', (m, r) => {
+    if (m.length === 24 && m.readUInt32BE(0) === 0x4e425542) got.push({ src: r.address, seq: m.readUInt32BE(4), t0: m.readBigUInt64BE(8), t: m.readBigUInt64BE(16) });
+  });
+  await new Promise<void>((resolve, reject) => {
+    s.once('error', reject);
+    s.bind(port, addr, () => resolve());
+  });
+  onCleanup(() => s.close());
+  return { got, from: (ip) => got.filter((g) => g.src === ip) };
+}
+
+/** A hooks.d directory with the hook as make install-hook writes it, for this node; `env` added to the hook's. */
+export function hooksDir(n: { enf: string; pins: string }, args: string[], env: string[] = []): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-hooks-'));
+  onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'install-hook.js'), '--hooks-dir', dir, '--netns', n.enf, '--bpffs', n.pins, ...args], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const f = r.stdout.trim();
+  const h = JSON.parse(fs.readFileSync(f, 'utf8')) as { hook: { env: string[] }; stages: string[] };
+  assert.deepEqual(h.stages, ['createRuntime', 'poststop']);
+  h.hook.env.push(...env);
+  fs.writeFileSync(f, JSON.stringify(h));
+  return dir;
+}
+
+/** An empty hooks.d directory: containers started without the hook. */
+export function noHooks(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-hooks-'));
+  onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }

@@ -2,7 +2,10 @@
  * `neuv-bpf serve`: the API service of src/service/ until SIGTERM/SIGINT.
  * A thin shell over Service: parsing, one line when it serves, stop on a signal.
  */
+import { Option } from 'commander';
 import { CommandRegistrar, printJson } from './context';
+import { CONTAINER_MODES, ContainerMode, RUNTIMES, RuntimeName } from '../runtime';
+import { UsageError } from '../errors';
 import { Service, parseListenAddress } from '../service';
 import { parseOffloadRule } from '../offload';
 import { DpWatchCmdOpts, addDpWatchOptions, dpWatchOptions, raiseWatcherPriority } from './watch';
@@ -22,23 +25,40 @@ export const registerServeCommands: CommandRegistrar = (program, ctx) => {
         "after=N (packets the DP saw each way first, default 1), oneway, ports=P[-Q][:...], apps=ID[:...], proto=tcp|udp, deny=yes|no, " +
         "idle=S (30), recheck=S (10: back to the DP for its policy of now), every=MS (100); 'off'. Kept for the next service (default: the rule kept)",
     )
+    .addOption(
+      new Option(
+        '--runtime <name>',
+        "follow the container runtime's events: intercept a container when it starts (in the mode of its annotation io.neuv-bpf.mode, " +
+          'as the OCI hook does; intercepted already, by the hook say: left as it is), release it once it died; at start, running ' +
+          'containers not intercepted are intercepted and records of containers gone released',
+      ).choices(RUNTIMES as unknown as string[]),
+    )
+    .option('--runtime-arg <arg>', "with --runtime: a global option for every call of the runtime's CLI, repeated for each word (--runtime-arg=--root --runtime-arg=/var/lib/x)", (v: string, prev: string[] = []) => [...prev, v])
+    .addOption(new Option('--default-mode <mode>', 'with --runtime: the mode of a container without the annotation (none: not intercepted); give the hook the same').choices(CONTAINER_MODES as unknown as string[]).default('bypass'))
     .option('--json', 'print the serving line as JSON');
   // DP supervision: the options of `neuv-bpf watch` (its keep-alive and ring ones prefixed dp-).
-  addDpWatchOptions(cmd, 'dp-', false).action(async (o: { socket?: string; metrics?: string; offload?: string; json?: boolean } & DpWatchCmdOpts) => {
+  type ServeOpts = { socket?: string; metrics?: string; offload?: string; runtime?: RuntimeName; runtimeArg?: string[]; defaultMode: ContainerMode; json?: boolean };
+  addDpWatchOptions(cmd, 'dp-', false).action(async (o: ServeOpts & DpWatchCmdOpts) => {
     const c = ctx();
     const metrics = o.metrics === undefined ? undefined : parseListenAddress(o.metrics);
     const dp = dpWatchOptions(o, 'dp-');
     const offload = o.offload === undefined ? undefined : (parseOffloadRule(o.offload) ?? 'off');
+    if (o.runtimeArg && !o.runtime) throw new UsageError('--runtime-arg needs --runtime');
+    for (const a of o.runtimeArg ?? []) {
+      if (a === '' || a.length > 4096 || a.includes('\0')) throw new UsageError(`--runtime-arg ${JSON.stringify(a.slice(0, 60))}: not an argument (1 to 4096 characters, no NUL)`);
+    }
+    const runtime = o.runtime ? { name: o.runtime, args: o.runtimeArg ?? [], defaultMode: o.defaultMode } : undefined;
     // The DP supervisor at `watch`'s priority: raised before the service starts any worker thread.
     if (dp) raiseWatcherPriority('serve');
-    const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics, dp, offload });
+    const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics, dp, offload, runtime });
     const i = svc.info;
     if (c.json) printJson(c, i);
     else {
       c.out(
         `serving pin root ${i.pinRoot} (datapath ${i.datapath}) on ${i.socket}` +
           (i.metrics ? `, metrics on http://${i.metrics.host.includes(':') ? `[${i.metrics.host}]` : i.metrics.host}:${i.metrics.port}/metrics` : '') +
-          (i.dp ? `, supervising the DP (fail-${i.dp.policy}), offload ${i.offload}` : ''),
+          (i.dp ? `, supervising the DP (fail-${i.dp.policy}), offload ${i.offload}` : '') +
+          (i.runtime ? `, following ${i.runtime.name} (default mode ${i.runtime.defaultMode})` : ''),
       );
     }
     await new Promise<void>((resolve) => {

@@ -6,5 +6,7 @@
  */
 export { HOOK_MODES, MAX_STATE_BYTES, MODE_ANNOTATION, PORT_ANNOTATION, modeOf, parseOciState, portOf, stageOf } from './state';
 export type { HookMode, OciState } from './state';
-export { failedOpen, readFailOpenCount, readHookRecord, runHook } from './hook';
-export type { FailOpenCount, HookOptions, HookRecord, HookResult } from './hook';
+export { failedOpen, runHook } from './hook';
+export type { HookOptions, HookResult } from './hook';
+export { readFailOpenCount } from '../runtime';
+export type { FailOpenCount } from '../runtime';

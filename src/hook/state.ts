@@ -5,21 +5,17 @@
  * range, the rest ignored. Pure: no kernel, no files.
  */
 import { UsageError, cutValue } from '../errors';
-import { validateIfName } from '../link';
-import { MODES } from '../pairs';
 import { PID, parseInteger } from '../numbers';
+import { CONTAINER_ID_RE, CONTAINER_MODES, ContainerMode, modeOfAnnotations, portOfAnnotations } from '../runtime';
+
+export { MODE_ANNOTATION, PORT_ANNOTATION } from '../runtime';
 
 /** The most the state may hold: annotations are free-form (Kubernetes bounds a pod's to 256 KiB). */
 export const MAX_STATE_BYTES = 1 << 20;
 
-/** The annotation naming a container's mode. */
-export const MODE_ANNOTATION = 'io.neuv-bpf.mode';
-/** The annotation naming the container's port to intercept (default eth0). */
-export const PORT_ANNOTATION = 'io.neuv-bpf.port';
-
 /** What a container can ask for: a datapath mode, or none (not intercepted). */
-export const HOOK_MODES = [...MODES, 'none'] as const;
-export type HookMode = (typeof HOOK_MODES)[number];
+export const HOOK_MODES = CONTAINER_MODES;
+export type HookMode = ContainerMode;
 
 /** runtime-spec's container statuses. */
 export const STATUSES = ['creating', 'created', 'running', 'stopped', 'paused'] as const;
@@ -35,8 +31,6 @@ export interface OciState {
   annotations: Record<string, string>;
 }
 
-/** A container id: it names a file of ours, so letters, digits, '_', '.', '-' only (podman's and CRI-O's are 64 hex digits). */
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 const VERSION_RE = /^[0-9A-Za-z.+-]{1,64}$/;
 const MAX_PATH = 4096;
 
@@ -56,7 +50,7 @@ export function parseOciState(text: string): OciState {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new UsageError(`${what} is not a JSON object`);
   const o = v as Record<string, unknown>;
   if (typeof o.ociVersion !== 'string' || !VERSION_RE.test(o.ociVersion)) throw new UsageError(`${what}: ociVersion ${show(o.ociVersion)} is not a version`);
-  if (typeof o.id !== 'string' || !ID_RE.test(o.id)) {
+  if (typeof o.id !== 'string' || !CONTAINER_ID_RE.test(o.id)) {
     throw new UsageError(`${what}: id ${show(o.id)} is not a container id (1 to 128 letters, digits, '_', '.', '-')`);
   }
   if (typeof o.status !== 'string' || !(STATUSES as readonly string[]).includes(o.status)) {
@@ -85,18 +79,12 @@ export function parseOciState(text: string): OciState {
 
 /** The mode a container asks for (its annotation), else the default; a UsageError for an unknown one. */
 export function modeOf(s: OciState, dflt: HookMode): HookMode {
-  const a = s.annotations[MODE_ANNOTATION];
-  if (a === undefined) return dflt;
-  if (!(HOOK_MODES as readonly string[]).includes(a)) {
-    throw new UsageError(`annotation ${MODE_ANNOTATION}=${show(a)} of container ${s.id}: expected ${HOOK_MODES.join(', ')}`);
-  }
-  return a as HookMode;
+  return modeOfAnnotations(s.annotations, s.id, dflt);
 }
 
 /** The port to intercept: the annotation's, else eth0. */
 export function portOf(s: OciState): string {
-  const a = s.annotations[PORT_ANNOTATION];
-  return a === undefined ? 'eth0' : validateIfName(a, `annotation ${PORT_ANNOTATION}`);
+  return portOfAnnotations(s.annotations);
 }
 
 /**

@@ -8,6 +8,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import type { DpWatch } from '../dp/watch';
+import type { RuntimeWatcher } from '../runtime';
 import { ExitCode, NotFoundError, UsageError, oneLine } from '../errors';
 import { Offloader, parseOffloadRule, ruleText } from '../offload';
 import { FlowSpec, OffloadOptions, withFlows } from '../flows';
@@ -38,6 +39,8 @@ export interface CallContext {
   stopping?: AbortSignal;
   /** The offloader of the DP's decisions (with --dp). */
   offloader?: Offloader;
+  /** The runtime watcher (--runtime). */
+  runtime?: RuntimeWatcher;
 }
 
 function offloadView(f: Offloader): OffloadStatus {
@@ -201,7 +204,17 @@ export const ROUTES: Route[] = [
       return {
         status: 'ok', pinRoot: c.pinRoot, version: packageVersion(), pid: process.pid, uptimeSeconds: Math.round((Date.now() - c.started) / 1000),
         ...(c.watch ? { dp: { policy: c.watch.policy, state: c.watch.state } } : {}),
+        ...(c.runtime ? { runtime: { name: c.runtime.name, state: c.runtime.state } } : {}),
       };
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/runtime',
+    handle: async (c) => {
+      if (!c.runtime) throw new NotFoundError('this service follows no container runtime (serve --runtime podman)');
+      const w = c.runtime;
+      return { name: w.name, state: w.state, defaultMode: w.defaultMode, stats: { ...w.stats }, recent: w.recent.slice(-20) };
     },
   },
   {

@@ -12,6 +12,7 @@ import * as http from 'node:http';
 import { ExitCode, ExitCodeValue, NeuvError } from '../errors';
 import type { BypassedPair, DpWatch, FailPolicy, WatchEvent } from '../dp/watch';
 import type { OffloadRule, OffloadStats, Offloaded } from '../offload';
+import type { ContainerMode, RuntimeAction, RuntimeActionName, RuntimeName, RuntimeWatcher } from '../runtime';
 import type { FlowSpec, FlowView, OffloadOptions, OffloadResult } from '../flows';
 import type { InterceptResult, ReleaseResult } from '../intercept';
 import type { TraceView } from '../trace';
@@ -34,6 +35,17 @@ export interface Health {
   uptimeSeconds: number;
   /** The supervised DP (serve --dp). */
   dp?: { policy: FailPolicy; state: DpWatch['state'] };
+  /** The runtime watcher (serve --runtime). */
+  runtime?: { name: RuntimeName; state: RuntimeWatcher['state'] };
+}
+
+/** GET /v1/runtime: the runtime watcher (serve --runtime), what it did, its last 20 actions. */
+export interface RuntimeStatus {
+  name: RuntimeName;
+  state: RuntimeWatcher['state'];
+  defaultMode: ContainerMode;
+  stats: Record<RuntimeActionName | 'events', number>;
+  recent: RuntimeAction[];
 }
 
 /** GET /v1/dp: the DP supervisor (serve --dp). */
@@ -189,6 +201,11 @@ export class ServiceClient {
   /** The DP supervisor's state (serve --dp; 404 without). */
   dp(): Promise<DpStatus> {
     return this.request('GET', '/v1/dp');
+  }
+
+  /** The runtime watcher (serve --runtime); 404 without one. */
+  runtime(): Promise<RuntimeStatus> {
+    return this.request('GET', '/v1/runtime');
   }
 
   /** Every pair (show --json). */

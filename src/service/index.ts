@@ -11,6 +11,6 @@
 export { Service, serviceLockPath, parseListenAddress, runningService, STOP_GRACE_MS } from './server';
 export type { ServiceOptions, ServiceInfo, ListenAddress } from './server';
 export { ServiceClient, ServiceError, defaultSocketPath, pairSegment } from './client';
-export type { Json, Health, DpStatus, OffloadStatus, ServiceTarget, InterceptRequest, ServiceClientOptions, TraceQuery, TraceEndLine } from './client';
+export type { Json, Health, DpStatus, RuntimeStatus, OffloadStatus, ServiceTarget, InterceptRequest, ServiceClientOptions, TraceQuery, TraceEndLine } from './client';
 export { ROUTES } from './api';
 export { MAX_BODY_BYTES, HTTP_STATUS } from './http';

@@ -10,6 +10,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { DpWatch, WatchEvent } from '../dp/watch';
 import { Flows } from '../flows';
 import type { Offloader } from '../offload';
+import { RuntimeAction, RuntimeWatcher, readFailOpenCount } from '../runtime';
 import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
 import { log } from '../log';
 import { isLoaded } from '../pins';
@@ -25,6 +26,7 @@ export class ServiceMetrics {
   readonly registry = new Registry();
   private readonly latency: Histogram<'method' | 'route' | 'status'>;
   private reading: Promise<Reading> | undefined;
+  private interceptDelay: Histogram | undefined;
 
   constructor(readonly pinRoot: string) {
     // Not prom-client's default metrics: promtool's lint refuses three of its names (gauges ending in _total).
@@ -220,6 +222,71 @@ export class ServiceMetrics {
       collect() {
         this.reset();
         this.inc(f.stats.errors);
+      },
+    });
+  }
+
+  /**
+   * The runtime watcher's metrics (serve --runtime): containers by what was
+   * done, events read, whether it follows the runtime's events, and how long
+   * after a container's start event its intercept landed.
+   */
+  runtime(w: RuntimeWatcher): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'neuv_runtime_following',
+      help: "1 while the runtime watcher follows the runtime's events (0: starting, restarting its event stream)",
+      registers,
+      collect() {
+        this.set(w.state === 'following' ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'neuv_runtime_containers_total',
+      help: 'Containers the runtime watcher handled, by action (intercepted, released, done: intercepted already, skipped, failed)',
+      labelNames: ['action'],
+      registers,
+      collect() {
+        this.reset();
+        for (const a of ['intercepted', 'released', 'done', 'skipped', 'failed'] as const) this.inc({ action: a }, w.stats[a]);
+      },
+    });
+    new Counter({
+      name: 'neuv_runtime_events_total',
+      help: "Container events read from the runtime's event stream",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(w.stats.events);
+      },
+    });
+    this.interceptDelay = new Histogram({
+      name: 'neuv_runtime_intercept_delay_seconds',
+      help: "From a container's start event to the watcher's intercept done: the window event-driven interception leaves open",
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+      registers,
+    });
+  }
+
+  /** One action of the runtime watcher (its delay, for an intercept of a start event). */
+  runtimeAction(a: RuntimeAction): void {
+    if (a.delayMs !== undefined) this.interceptDelay?.observe(a.delayMs / 1000);
+  }
+
+  /**
+   * Containers the OCI hook let start unintercepted (fail-open), read at
+   * scrape from the count the hook keeps for this pin root: it counts
+   * whether or not the service was reachable then.
+   */
+  hookFailOpen(): void {
+    const pinRoot = this.pinRoot;
+    new Counter({
+      name: 'neuv_hook_fail_open_total',
+      help: 'Containers the OCI hook let start unintercepted because it failed (--on-failure open)',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(readFailOpenCount(pinRoot).count);
       },
     });
   }

@@ -24,6 +24,8 @@ import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '.
 import { DpWatch, FailPolicy, WatchOptions } from '../dp/watch';
 import { checkHome } from '../home';
 import { OffloadRule, Offloader, readOffloadRule, ruleText, writeOffloadRule } from '../offload';
+import { intercept, releaseRecorded } from '../intercept';
+import { ContainerMode, RuntimeName, RuntimeWatcher } from '../runtime';
 import { load } from '../loader';
 import { LOCK_DIR, ensureLockDir, lockDirFile, openLockDirFile, readableLockDirFile, withLock } from '../lock';
 import { log } from '../log';
@@ -75,6 +77,8 @@ export interface ServiceOptions {
    * undefined for the rule kept by the service before (offload.json).
    */
   offload?: OffloadRule | 'off';
+  /** Follow a container runtime's events (serve --runtime): intercept on start, release after died, resync at start. */
+  runtime?: { name: RuntimeName; args?: string[]; defaultMode: ContainerMode };
 }
 
 export interface ServiceInfo {
@@ -88,6 +92,8 @@ export interface ServiceInfo {
   dp?: { policy: FailPolicy };
   /** The offload rule (with --dp): its text, or 'off'. */
   offload?: string;
+  /** The runtime followed (--runtime) and the mode of containers without the annotation. */
+  runtime?: { name: RuntimeName; defaultMode: ContainerMode };
 }
 
 /**
@@ -209,6 +215,8 @@ export class Service {
   private readonly stopSignal = new AbortController();
   /** The offloader of the supervised DP's decisions (with --dp; its rule may be off). */
   private offloader: Offloader | undefined;
+  /** The runtime watcher (--runtime). */
+  private runtime: RuntimeWatcher | undefined;
 
   private constructor(
     info: ServiceInfo,
@@ -281,6 +289,18 @@ export class Service {
       } else if (rule) {
         lg.warn('an offload rule is kept for this pin root, but this service supervises no DP (--dp): nothing is offloaded');
       }
+      if (opts.runtime) {
+        const rt = opts.runtime;
+        svc.runtime = RuntimeWatcher.start({
+          pinRoot, runtime: rt.name, args: rt.args, defaultMode: rt.defaultMode,
+          intercept: ({ pid, port, mode }) => intercept({ pinRoot, target: { pid }, port, mode }),
+          release: (rec) => releaseRecorded({ pinRoot, netnsInode: rec.netnsInode, port: rec.port }),
+          onAction: (a) => metrics.runtimeAction(a),
+        });
+        metrics.runtime(svc.runtime);
+        svc.info.runtime = { name: rt.name, defaultMode: rt.defaultMode };
+      }
+      metrics.hookFailOpen();
       ready(true);
     } catch (e) {
       ready(false);
@@ -329,6 +349,7 @@ export class Service {
         started: this.started,
         watch: this.watch,
         offloader: this.offloader,
+        runtime: this.runtime,
         res,
         stopping: this.stopSignal.signal,
       });
@@ -377,6 +398,7 @@ export class Service {
       await closed;
       await closedMetrics;
       clearTimeout(timer);
+      await this.runtime?.stop(); // interceptions stay: released by the hook's poststop or the next watcher
       await this.offloader?.stop(); // its entries stay until they end
       await this.watch?.stop(); // pairs it holds in BYPASS stay there, recorded for the next supervisor
       this.removeSocket();

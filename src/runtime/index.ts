@@ -1,0 +1,17 @@
+/**
+ * Containers and their runtimes (docs/containers.md): what the OCI hook
+ * (src/hook/) and the service's runtime watcher share, and the watcher.
+ *
+ *   container.ts  the annotations (mode, port), the per-container record, intercept and release of a container
+ *   podman.ts     podman's CLI: events followed, ps, inspect (argument arrays, output checked)
+ *   watcher.ts    RuntimeWatcher: intercept on start, release after died, resync at start-up
+ */
+export {
+  CONTAINER_ID_RE, CONTAINER_MODES, countFailOpen, readFailOpenCount, MODE_ANNOTATION, PORT_ANNOTATION, containerRecordIds, interceptContainer, modeOfAnnotations,
+  portOfAnnotations, readContainerRecord, releaseContainer, removeContainerRecord, writeContainerRecord,
+} from './container';
+export type { FailOpenCount, ContainerMode, ContainerOutcome, ContainerRecord, ContainerStart } from './container';
+export { PodmanCli, parseEvent, parseInspect } from './podman';
+export type { RuntimeContainer, RuntimeEvent } from './podman';
+export { RUNTIMES, RuntimeWatcher } from './watcher';
+export type { RuntimeAction, RuntimeActionName, RuntimeName, RuntimeWatchOptions } from './watcher';
