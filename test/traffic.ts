@@ -111,16 +111,20 @@ export interface UdpStreamResult {
   socketDrops: number;
   /** The longest pause between two datagrams at the receiver, ms. */
   maxGapMs: number;
+  /** The sequence number of the first datagram that arrived (null: none did). */
+  first: number | null;
 }
 
 export interface UdpStream {
+  /** Resolves when the sender is sending (a node process takes seconds to start on a loaded machine). */
+  started: Promise<void>;
   /** Resolves when the sender has handed every datagram to the kernel. */
   sent: Promise<{ sent: number; seconds: number }>;
   /** Resolves with the receiver's report (after its idle timeout). */
   result: Promise<UdpStreamResult>;
   /** Kills both processes. */
   kill(): void;
-  /** Ends the stream at once (SIGTERM to the sender); `sent` then says how many went out. */
+  /** Ends the stream (SIGTERM to the sender, once it has started: before, SIGTERM would kill it unreported); `sent` then says how many went out. */
   stop(): void;
 }
 
@@ -158,7 +162,12 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
   if (o.from) sendArgs.push('--from', o.from);
   const snd = spawnInNetns(o.senderNs, UDPSEQ, sendArgs);
   let sentReport: { sent: number; seconds: number } | undefined;
-  const sendDone = jsonLines(snd, (v) => (sentReport = v as unknown as { sent: number; seconds: number }));
+  let isStarted!: () => void;
+  const started = new Promise<void>((r) => (isStarted = r));
+  const sendDone = jsonLines(snd, (v) => {
+    if (v.started) isStarted();
+    else sentReport = v as unknown as { sent: number; seconds: number };
+  });
   const sent = sendDone.then(() => {
     if (!sentReport) throw new Error('udpseq send printed no report');
     return sentReport;
@@ -187,20 +196,25 @@ export async function startUdpStream(o: UdpStreamOptions): Promise<UdpStream> {
       bytes: r.bytes!,
       receiverSeconds: r.seconds!,
       maxGapMs: r.maxGapMs ?? 0,
+      first: (report.first as number | null | undefined) ?? null,
       socketDrops: udpRcvbufErrors(o.receiverNs) - rcvbuf0,
     };
   });
   // Avoid unhandled rejections when a caller only awaits one of them.
   sent.catch(() => undefined);
   result.catch(() => undefined);
+  const startedOrDone = Promise.race([started, sendDone.catch(() => undefined)]);
   return {
+    started: startedOrDone,
     sent,
     result,
     kill: () => {
       for (const c of [snd, recv]) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     },
     stop: () => {
-      if (snd.exitCode === null && snd.signalCode === null) snd.kill('SIGTERM');
+      void startedOrDone.then(() => {
+        if (snd.exitCode === null && snd.signalCode === null) snd.kill('SIGTERM');
+      });
     },
   };
 }

@@ -8,8 +8,10 @@
  *        --idle-ms passed, or --timeout-ms, or SIGTERM/SIGINT), one JSON line:
  *        {received, unique, lost, duplicated, reordered, first, last, bytes, seconds, maxGapMs}
  *   send --to ADDR --port P --count N --rate PPS [--size BYTES] [--from ADDR] [--run R]
- *        sends N datagrams at PPS (paced every millisecond), then prints
- *        {"sent":N,"seconds":S}; SIGTERM stops it early (N = what was sent)
+ *        prints {"started":true} once it can be stopped (its SIGTERM handler
+ *        is in place), sends N datagrams at PPS (paced every millisecond),
+ *        then prints {"sent":N,"seconds":S}; SIGTERM stops it early (N = what
+ *        was sent)
  *
  * Payload: u32 magic "USEQ", u32 run id, u32 sequence (big endian), zero
  * padding to --size. Datagrams of another run or without the magic are
@@ -182,6 +184,7 @@ function send(o: Record<string, string>): void {
   });
   const start = () => {
     t0 = Date.now();
+    print({ started: true });
     tick();
   };
   if (o.from) sock.bind({ address: o.from, port: 0 }, start);
