@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { ExitCode, NeuvError, NotFoundError, UsageError } from './errors';
-import { ifIndexToName, ifNameToIndex } from './bpf';
+import { ifIndexToName, ifNameToIndex, linkAliases } from './bpf';
 import { log } from './log';
 
 export interface RunResult {
@@ -97,6 +97,28 @@ export async function linkShow(name?: string): Promise<LinkJson[]> {
   if (name) args.push('dev', validateIfName(name));
   const r = await run('ip', args);
   return JSON.parse(r.stdout || '[]') as LinkJson[];
+}
+
+/**
+ * Every link of this netns with the fields of `ip -d -j link show` that
+ * pairs read (index, name, MTU, kind, a veth's peer), from one in-process
+ * RTM_GETLINK dump (src/bpf/rtnl.ts): no process, and the counters left
+ * out. A peer in this netns is named by `link`, one elsewhere by
+ * link_index and link_netnsid, as ip names them.
+ */
+export function linkDump(): LinkJson[] {
+  const raw = linkAliases();
+  const byIndex = new Map(raw.map((l) => [l.ifindex, l.name]));
+  return raw.map((l) => {
+    const j: LinkJson = { ifindex: l.ifindex, ifname: l.name, mtu: l.mtu };
+    if (l.kind) j.linkinfo = { info_kind: l.kind };
+    if (l.link) {
+      j.link_index = l.link;
+      if (l.linkNetnsid !== undefined) j.link_netnsid = l.linkNetnsid;
+      else if (byIndex.has(l.link)) j.link = byIndex.get(l.link);
+    }
+    return j;
+  });
 }
 
 export async function linkDelete(name: string): Promise<void> {

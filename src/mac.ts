@@ -28,10 +28,13 @@ export function isUcmac(m: Uint8Array): boolean {
   return m.length >= 4 && UCMAC_PREFIX.every((b, i) => m[i] === b);
 }
 
+const HEX_OCTETS = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, '0'));
+
 /** "aa:bb:cc:dd:ee:ff", lower case. */
 export function formatMac(m: Uint8Array): string {
   if (m.length !== 6) throw new RangeError(`a MAC is 6 bytes, got ${m.length}`);
-  return Array.from(m, (b) => b.toString(16).padStart(2, '0')).join(':');
+  const h = HEX_OCTETS;
+  return `${h[m[0]!]}:${h[m[1]!]}:${h[m[2]!]}:${h[m[3]!]}:${h[m[4]!]}:${h[m[5]!]}`;
 }
 
 const MAC_RE = /^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$/;

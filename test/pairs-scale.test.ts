@@ -4,7 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import { cli as runCli, CLI, makeNetns, makePinRoot, onCleanup, requireKernel, leakChecks } from './helpers';
+import { raw, serve } from './service-fixture';
 import { features } from '../src/features';
 import { configureLogging } from '../src/log';
 import { Datapath } from '../src/pairs';
@@ -79,6 +81,61 @@ describe('pairs at scale (kernel)', function () {
     );
     // No timing assertion: speed is measured by `make bench` (bench/control.ts), not by tests.
     assert.equal(dump(pins, 'neuv_ids').length, N - 1);
+  });
+
+  it('POST /v1/pairs with 1,000 pairs is all or nothing: a bad spec at 700, a kernel change failing at the 700th pair, then all added', async function () {
+    this.timeout(180000);
+    const N = 1000;
+    const ns = makeNetns();
+    const pins = makePinRoot();
+    assert.equal(runCli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
+    // Up, as a container's ports are (a new clsact on an up device costs the kernel more).
+    const lines: string[] = [];
+    for (let i = 0; i < N; i++) {
+      lines.push(`link add vin${i} type veth peer name wl${i}`, `link add vex${i} type veth peer name h${i}`);
+      for (const d of [`vin${i}`, `wl${i}`, `vex${i}`, `h${i}`]) lines.push(`link set dev ${d} up`);
+    }
+    ns.ipBatch(lines);
+    const hex = (i: number) => [(i >> 8) & 0xff, i & 0xff].map((b) => b.toString(16).padStart(2, '0')).join(':');
+    const specs = Array.from({ length: N }, (_, i) => ({ in: `vin${i}`, ex: `vex${i}`, mac: `02:00:00:01:${hex(i)}`, mode: 'fwd' as const }));
+    // The 700th pair's vin entry fails once: every hook, qdisc and entry of the 699 before it (and of the 700th) goes.
+    const s = await serve(ns.name, pins, [], { NEUV_BPF_FAULT: 'fail@pair-add:after-vin-entry#700' });
+    // What a batch leaves: clsact qdiscs in the netns (one `tc qdisc show` for all; our filters hang off them), pins, map entries.
+    const residue = () => {
+      const qdiscs = (JSON.parse(ns.exec('tc', ['-j', 'qdisc', 'show']) || '[]') as Array<{ kind: string; dev: string }>).filter((q) => q.kind === 'clsact').map((q) => q.dev);
+      const entries = ['neuv_ports', 'neuv_ids', 'neuv_stats'].map((m) => `${m}: ${dump(pins, m).length}`);
+      return { qdiscs, pins: fs.readdirSync(pins).sort(), entries };
+    };
+    const before = residue();
+    assert.deepEqual(before.entries, ['neuv_ports: 0', 'neuv_ids: 0', 'neuv_stats: 0']);
+
+    const bad = specs.map((x, i) => (i === 699 ? { ...x, mac: '02:00:00:01:zz:00' } : x));
+    const r1 = await raw(s.socket, 'POST', '/v1/pairs', JSON.stringify(bad));
+    assert.equal(r1.status, 400, r1.text);
+    assert.match((r1.body as { error: string }).error, /^pair 700: .*malformed MAC/);
+    assert.deepEqual(residue(), before, 'a bad spec changes nothing');
+
+    const r2 = await raw(s.socket, 'POST', '/v1/pairs', JSON.stringify(specs));
+    assert.equal(r2.status, 500, r2.text);
+    assert.match((r2.body as { error: string }).error, /injected failure at pair-add:after-vin-entry/);
+    assert.deepEqual(residue(), before, 'a failure at the 700th pair leaves no hook, qdisc or entry behind');
+
+    const r3 = await raw(s.socket, 'POST', '/v1/pairs', JSON.stringify(specs));
+    assert.equal(r3.status, 200, r3.text);
+    const added = r3.body as Array<{ in: string; created: boolean; mode: string }>;
+    assert.equal(added.length, N);
+    assert.ok(added.every((p, i) => p.created && p.in === `vin${i}` && p.mode === 'fwd'));
+    assert.equal(dump(pins, 'neuv_ids').length, N);
+    assert.equal(ports(pins).size, 2 * N);
+    assert.equal(dump(pins, 'neuv_stats').length, N);
+    // Every port hooked with its role's program (the tc filters of one batch).
+    assert.equal(residue().qdiscs.length, 2 * N);
+    const filters = ns.exec('tc', ['-force', '-batch', '-'], { input: Array.from({ length: N }, (_, i) => `filter show dev vin${i} ingress\nfilter show dev vex${i} ingress\n`).join('') });
+    assert.equal(filters.match(/handle 0x4e56 neuv_vin:\[\d+\] direct-action/g)?.length, N);
+    assert.equal(filters.match(/handle 0x4e56 neuv_vex:\[\d+\] direct-action/g)?.length, N);
+    // The same batch again: nothing to do, nothing repaired.
+    const again = await s.client.addPairs(specs);
+    assert.ok(again.every((p) => !p.created && p.repaired.length === 0));
   });
 
   it('for reference: the same with tcx hooks (NEUV_BPF_ATTACH=tcx), 100 pairs', function () {

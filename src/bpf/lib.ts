@@ -65,6 +65,12 @@ export const TcOpts = koffi.struct('neuv_bpf_tc_opts', {
   priority: 'uint32_t',
 });
 
+export const MapBatchOpts = koffi.struct('neuv_bpf_map_batch_opts', {
+  sz: 'size_t',
+  elem_flags: 'uint64_t',
+  flags: 'uint64_t',
+});
+
 export const TestRunOpts = koffi.struct('neuv_bpf_test_run_opts', {
   sz: 'size_t',
   data_in: 'void *',
@@ -113,6 +119,8 @@ interface Lib {
   bpf_map__set_max_entries: (m: Ptr, n: number) => number;
   bpf_map_update_elem: (fd: number, key: Buffer, value: Buffer, flags: bigint) => number;
   bpf_map_lookup_elem: (fd: number, key: Buffer, value: Buffer) => number;
+  bpf_map_update_batch: (fd: number, keys: Buffer, values: Buffer, count: number[], opts: object) => number;
+  bpf_map_delete_batch: (fd: number, keys: Buffer, count: number[], opts: object) => number;
   bpf_map_delete_elem: (fd: number, key: Buffer) => number;
   bpf_map_get_next_key: (fd: number, key: Buffer | null, next: Buffer) => number;
   bpf_obj_get: (path: string) => number;
@@ -202,6 +210,8 @@ export function lib(): Lib {
     bpf_map__set_initial_value: f(b, 'int bpf_map__set_initial_value(void *m, const void *data, size_t size)'),
     bpf_map__set_max_entries: f(b, 'int bpf_map__set_max_entries(void *m, uint32_t max_entries)'),
     bpf_map_update_elem: f(b, 'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
+    bpf_map_update_batch: f(b, 'int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const neuv_bpf_map_batch_opts *opts)'),
+    bpf_map_delete_batch: f(b, 'int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, const neuv_bpf_map_batch_opts *opts)'),
     bpf_map_lookup_elem: f(b, 'int bpf_map_lookup_elem(int fd, const void *key, void *value)'),
     bpf_map_delete_elem: f(b, 'int bpf_map_delete_elem(int fd, const void *key)'),
     bpf_map_get_next_key: f(b, 'int bpf_map_get_next_key(int fd, const void *key, void *next)'),

@@ -4,7 +4,8 @@
  */
 import { KernelError, NeuvError } from '../errors';
 import { log } from '../log';
-import { check, closeFd, cstr, errno, lib, objInfo, sleepSync, possibleCpus } from './lib';
+import koffi from 'koffi';
+import { check, closeFd, cstr, errno, lib, MapBatchOpts, objInfo, sleepSync, possibleCpus } from './lib';
 
 export interface MapInfo {
   type: number;
@@ -100,8 +101,8 @@ export class MapFd {
     return out;
   }
 
-  /** flags: BPF_ANY, BPF_NOEXIST or BPF_EXIST (| BPF_F_LOCK). Per-CPU maps take one value replicated to all CPUs. */
-  update(k: Buffer, v: Buffer, flags = BPF_ANY): void {
+  /** A value as the kernel takes it: per-CPU maps take one value replicated to all CPUs. */
+  private valueBuf(v: Buffer): Buffer {
     let val = v;
     if (this.perCpu && v.length === this.info.valueSize) {
       const stride = Math.ceil(this.info.valueSize / 8) * 8;
@@ -111,21 +112,62 @@ export class MapFd {
     if (val.length !== this.valueBufSize) {
       throw new NeuvError(`map ${this.name}: value is ${v.length} bytes, expected ${this.info.valueSize}`);
     }
-    const key = this.key(k);
-    let r = lib().bpf_map_update_elem(this.fd, key, val, BigInt(flags));
-    // A map without preallocation (BPF_F_NO_PREALLOC: neuv_stats, neuv_flow_stats) takes its
-    // elements from the kernel's BPF memory allocator, whose per-CPU caches are refilled
-    // asynchronously (irq_work): on a busy CPU an update can find the cache empty and get
-    // ENOMEM although memory is there. Retried a few times over ~250 ms before it is an error.
+    return val;
+  }
+
+  /**
+   * Runs a map write, retrying a transient ENOMEM. A map without
+   * preallocation (BPF_F_NO_PREALLOC: neuv_stats, neuv_flow_stats) takes its
+   * elements from the kernel's BPF memory allocator, whose per-CPU caches are
+   * refilled asynchronously (irq_work): on a busy CPU an update can find the
+   * cache empty and get ENOMEM although memory is there. Retried a few times
+   * over ~250 ms before it is an error.
+   */
+  private retryEnomem(write: () => number): number {
+    let r = write();
     if (r === -12 && this.info.flags & BPF_F_NO_PREALLOC) {
       for (const ms of ENOMEM_RETRY_MS) {
         log('bpf').debug({ map: this.name, waitMs: ms }, 'map update: ENOMEM from a map without preallocation, retrying');
         sleepSync(ms);
-        r = lib().bpf_map_update_elem(this.fd, key, val, BigInt(flags));
+        r = write();
         if (r !== -12) break;
       }
     }
-    check(r, `update map ${this.name}`);
+    return r;
+  }
+
+  /** flags: BPF_ANY, BPF_NOEXIST or BPF_EXIST (| BPF_F_LOCK). Per-CPU maps take one value replicated to all CPUs. */
+  update(k: Buffer, v: Buffer, flags = BPF_ANY): void {
+    const key = this.key(k);
+    const val = this.valueBuf(v);
+    check(this.retryEnomem(() => lib().bpf_map_update_elem(this.fd, key, val, BigInt(flags))), `update map ${this.name}`);
+  }
+
+  /**
+   * Many updates in one system call (BPF_MAP_UPDATE_BATCH), in order; the
+   * kernel stops at the first refusal. It takes no BPF_NOEXIST/BPF_EXIST
+   * (EINVAL): each element is written as BPF_ANY, so `flags` is 0 or
+   * BPF_F_LOCK, and the caller knows which keys are there (read under the
+   * pin root's lock). Returns how many were written, and the refusal if there
+   * was one (the caller undoes the first `done`).
+   */
+  updateBatch(keys: Buffer[], values: Buffer[], flags = BPF_ANY): { done: number; error?: KernelError } {
+    if (keys.length !== values.length) throw new NeuvError(`map ${this.name}: ${keys.length} keys for ${values.length} values`);
+    if (keys.length === 0) return { done: 0 };
+    if (flags & ~BPF_F_LOCK) throw new NeuvError(`map ${this.name}: a batch update takes BPF_F_LOCK only, not flags ${flags}`);
+    const ks = Buffer.concat(keys.map((k) => this.key(k)));
+    const vs = Buffer.concat(values.map((v) => this.valueBuf(v)));
+    const opts = { sz: koffi.sizeof(MapBatchOpts), elem_flags: BigInt(flags), flags: 0n };
+    let done = 0;
+    const r = this.retryEnomem(() => {
+      if (done === keys.length) return 0;
+      const n = [keys.length - done];
+      const ret = lib().bpf_map_update_batch(this.fd, ks.subarray(done * this.info.keySize), vs.subarray(done * this.valueBufSize), n, opts);
+      done += n[0] ?? 0;
+      return ret;
+    });
+    if (r < 0) return { done, error: new KernelError(`update map ${this.name} (${keys.length} entries at once, ${done} written)`, -r) };
+    return { done };
   }
 
   /** Returns false if the key was absent. Before anything inserts again, see rcuGraceAfterDeletes(). */
@@ -198,6 +240,16 @@ const GRACE_FALLBACK_MS = 50;
  */
 export function rcuGraceAfterDeletes(): void {
   if (!deletedSinceGrace) return;
+  rcuGrace();
+  graceWaits++;
+}
+
+/**
+ * Waits for an RCU grace period now (membarrier, as rcuGraceAfterDeletes),
+ * whatever was deleted: also what a batch of new clsact qdiscs needs before
+ * its filters are attached (attach.ts, attachMany).
+ */
+export function rcuGrace(): void {
   const nr = SYS_MEMBARRIER[process.arch];
   const r = nr === undefined ? -1 : lib().syscall(nr, 'int', MEMBARRIER_CMD_GLOBAL, 'unsigned int', 0, 'int', 0);
   if (Number(r) !== 0) {
@@ -205,10 +257,9 @@ export function rcuGraceAfterDeletes(): void {
     sleepSync(GRACE_FALLBACK_MS);
   }
   deletedSinceGrace = false;
-  graceWaits++;
 }
 
-/** How many times rcuGraceAfterDeletes() waited (for the tests). */
+/** How many times rcuGraceAfterDeletes() waited (for the tests; rcuGrace() called on its own is not counted). */
 export function rcuGraceWaits(): number {
   return graceWaits;
 }

@@ -22,11 +22,11 @@ import * as fs from 'node:fs';
 import { BPF_EXIST, ProgFd, ifIndexToName } from '../bpf';
 import { NetnsScope } from '../netns';
 import { DEFAULT_PIN_ROOT, isLoaded, MapName, notLoaded, openProg, Pins } from '../pins';
-import { keepQdiscFlag, portEntries, redirectPeerAllowed, removePairEntries, writePairEntries } from './entries';
-import { attach, attachState, detach, detachPort, linkPinPath } from '../attach';
+import { keepQdiscFlag, portEntries, redirectPeerAllowed, removePairEntries, writePairsEntries } from './entries';
+import { attach, attachMany, attachState, detach, detachMany, detachPort, linkPinPath } from '../attach';
 import { ConflictError, NeuvError, NotFoundError, UsageError } from '../errors';
 import { Mode, ModeValue, PortEntry, PortFlag, decodeId, decodePort, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
-import { linkShow } from '../link';
+import { linkDump } from '../link';
 import { withLock } from '../lock';
 import { checkHome } from '../home';
 import { log } from '../log';
@@ -87,9 +87,9 @@ export class Datapath {
     return Pins.with(this.pinRoot, names, fn);
   }
 
-  /** `ip -d -j link show` once (in our netns): name -> link. */
+  /** Every link of our netns, one in-process dump (linkDump): name -> link. */
   private async links(): Promise<Map<string, LinkInfo>> {
-    return linkInfos(await this.ns.run(() => linkShow()));
+    return linkInfos(this.ns.run(() => linkDump()));
   }
 
   // ---------------------------------------------------------------- add
@@ -113,122 +113,97 @@ export class Datapath {
     checkBatch(valid, labels.map((l, i) => l || `pair ${i + 1}`));
     if (valid.length === 0) return [];
     return withLock(this.pinRoot, async () => {
+      const t0 = performance.now();
       const links = await this.links();
       return this.ns.run(() =>
         this.withMaps(['ports', 'ids', 'stats'], (m) => {
+          const ms: Record<string, number> = { links: performance.now() - t0 };
           const st = readState(m);
           const plans = planPairs(valid, labels, links, st);
+          ms.plan = performance.now() - t0 - ms.links!;
           faultPoint('pair-add:planned');
-          return this.apply(plans, st, m);
+          return this.apply(plans, st, m, ms);
         }),
       );
     });
   }
 
-  /** Makes the changes of a plan; all or nothing. */
-  private apply(plans: Plan[], st: MapState, m: Maps): PairAdded[] {
+  /**
+   * Makes the changes of a plan; all or nothing. The hooks of every pair
+   * first (hookAll: a batch has its tc filters attached together), then
+   * the entries of every pair (writePairsEntries: a map update batch per
+   * step), then the answers. A failure undoes it all.
+   */
+  private apply(plans: Plan[], st: MapState, m: Maps, ms: Record<string, number> = {}): PairAdded[] {
     const lg = log('pairs');
     const undo = new Undo('pairs');
-    const progs: Partial<Record<'vin' | 'vex', { fd: ProgFd; id: number }>> = {};
     const held: ProgFd[] = [];
-    const prog = (role: 'vin' | 'vex'): { fd: ProgFd; id: number } => {
-      const have = progs[role];
-      if (have) return have;
-      const fd = openProg(this.pinRoot, role);
-      held.push(fd);
-      return (progs[role] = { fd, id: fd.info().id });
-    };
     const rp = redirectPeerAllowed();
-    const kind = portAttachKind();
     const out: PairAdded[] = [];
+    let t = performance.now();
+    const lap = (what: string) => {
+      const now = performance.now();
+      ms[what] = now - t;
+      t = now;
+    };
     try {
-      for (const p of plans) {
-        labelled(p.label || undefined, () => {
-          const repaired: string[] = [];
-          // Hooks: qdisc (remember if we created it), then our filter where missing.
-          const hook = (l: LinkInfo, role: 'vin' | 'vex'): { qdiscOurs: boolean; attached: boolean } => {
-            const pg = prog(role);
-            const cur = attachState(this.pinRoot, l.ifindex);
-            const live = cur.kind !== 'none' && !cur.defunct;
-            if (live && cur.progId === pg.id) return { qdiscOurs: false, attached: false };
-            // Attached, but another program (a stale or wrong-role one): swapped in place below.
-            const old = live ? ProgFd.fromId(cur.progId) : undefined;
-            if (old) held.push(old);
-            let r: ReturnType<typeof attach>;
-            try {
-              r = attach(this.pinRoot, l.ifindex, l.name, pg.fd.fd, kind);
-            } catch (e) {
-              if (e instanceof Error && !e.message.includes(l.name)) e.message = `attach ${l.name} (${role}): ${e.message}`;
-              throw e;
-            }
-            if (r.replaced && old) undo.push(`restore ${l.name}`, () => attach(this.pinRoot, l.ifindex, l.name, old.fd, r.kind));
-            else undo.push(`detach ${l.name}`, () => detach(this.pinRoot, l.ifindex, l.name, r.qdiscCreated));
-            return { qdiscOurs: r.qdiscCreated, attached: true };
-          };
-          const hin = hook(p.vin, 'vin');
-          faultPoint('pair-add:after-vin-hook');
-          const hex = hook(p.vex, 'vex');
-          faultPoint('pair-add:after-hooks');
-          if (p.existing) {
-            if (hin.attached) repaired.push('vin hook');
-            if (hex.attached) repaired.push('vex hook');
+      const hooks = this.hookAll(plans, undo, held);
+      lap('hooks');
+      const repaired: string[][] = plans.map((p, i) => (p.existing ? [...(hooks[i]!.vin.attached ? ['vin hook'] : []), ...(hooks[i]!.vex.attached ? ['vex hook'] : [])] : []));
+      // The entries (src/pairs/entries.ts): an existing entry is rewritten where it differs from what
+      // this topology asks (a repair), keeping the QDISC_OURS it recorded.
+      const items = plans.map((p, i) => {
+        const fresh = portEntries({ id: p.id, vin: p.vin, vex: p.vex, mode: p.mode, mac: p.spec.mac, ipv6ToDp: p.ipv6ToDp }, rp);
+        const oldIn = st.ports.get(p.vin.ifindex);
+        const oldEx = st.ports.get(p.vex.ifindex);
+        return {
+          w: { id: p.id, vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex, vin: keepQdiscFlag(fresh.vin, oldIn, hooks[i]!.vin.qdiscOurs), vex: keepQdiscFlag(fresh.vex, oldEx, hooks[i]!.vex.qdiscOurs) },
+          present: { stats: st.statsKeys.has(p.id), ids: st.ids.has(p.id), vin: oldIn, vex: oldEx },
+          resetStats: !p.existing,
+        };
+      });
+      writePairsEntries(m, items, {
+        replacePorts: true,
+        undo,
+        onStep: (i, step, wrote) => {
+          const existing = plans[i]!.existing;
+          if (step === 'stats') {
+            if (wrote && existing) repaired[i]!.push('stats entry');
+            faultPoint('pair-add:after-stats');
+          } else if (step === 'ids') {
+            if (wrote && existing) repaired[i]!.push('ids entry');
+            faultPoint('pair-add:after-ids');
+          } else if (wrote) {
+            faultPoint(`pair-add:after-${step}-entry`);
+            if (existing) repaired[i]!.push(wrote === 'replaced' ? `${step} entry flags` : `${step} entry`);
           }
-          // The entries (src/pairs/entries.ts): an existing entry is rewritten where it differs from what
-          // this topology asks (a repair), keeping the QDISC_OURS it recorded.
-          const fresh = portEntries({ id: p.id, vin: p.vin, vex: p.vex, mode: p.mode, mac: p.spec.mac, ipv6ToDp: p.ipv6ToDp }, rp);
-          const oldIn = st.ports.get(p.vin.ifindex);
-          const oldEx = st.ports.get(p.vex.ifindex);
-          const w = {
-            id: p.id, vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex,
-            vin: keepQdiscFlag(fresh.vin, oldIn, hin.qdiscOurs), vex: keepQdiscFlag(fresh.vex, oldEx, hex.qdiscOurs),
-          };
-          writePairEntries(m, w, {
-            present: { stats: st.statsKeys.has(p.id), ids: st.ids.has(p.id), vin: oldIn, vex: oldEx },
-            resetStats: !p.existing,
-            replacePorts: true,
-            undo,
-            onStep: (step, wrote) => {
-              if (step === 'stats') {
-                if (wrote && p.existing) repaired.push('stats entry');
-                faultPoint('pair-add:after-stats');
-              } else if (step === 'ids') {
-                if (wrote && p.existing) repaired.push('ids entry');
-                faultPoint('pair-add:after-ids');
-              } else if (wrote) {
-                faultPoint(`pair-add:after-${step}-entry`);
-                if (p.existing) repaired.push(wrote === 'replaced' ? `${step} entry flags` : `${step} entry`);
-              }
-            },
-          });
-          st.statsKeys.add(p.id);
-          st.ports.set(p.vin.ifindex, w.vin);
-          st.ports.set(p.vex.ifindex, w.vex);
-          st.ids.set(p.id, { vinIfindex: p.vin.ifindex, vexIfindex: p.vex.ifindex });
-          const vinE = st.ports.get(p.vin.ifindex)!;
-          const vexE = st.ports.get(p.vex.ifindex)!;
-          const r: PairAdded = {
-            id: p.id,
-            ucmac: formatMac(ucmac(p.id)),
-            bcmac: formatMac(bcmac(p.id)),
-            in: p.vin.name,
-            ex: p.vex.name,
-            vinIfindex: p.vin.ifindex,
-            vexIfindex: p.vex.ifindex,
-            mac: formatMac(p.spec.mac),
-            mode: modeName(p.mode) as ModeName,
-            ipv6ToDp: p.ipv6ToDp,
-            redirectPeer: { vin: (vinE.flags & PortFlag.REDIRECT_PEER) !== 0, vex: (vexE.flags & PortFlag.REDIRECT_PEER) !== 0 },
-            created: !p.existing,
-            idSource: p.idSource,
-            repaired,
-          };
-          if (p.warning) {
-            r.warning = p.warning;
-            lg.warn({ in: r.in, ex: r.ex, id: r.id }, p.warning);
-          }
-          out.push(r);
-        });
-      }
+        },
+      });
+      lap('entries');
+      plans.forEach((p, i) => {
+        const { w } = items[i]!;
+        const r: PairAdded = {
+          id: p.id,
+          ucmac: formatMac(ucmac(p.id)),
+          bcmac: formatMac(bcmac(p.id)),
+          in: p.vin.name,
+          ex: p.vex.name,
+          vinIfindex: p.vin.ifindex,
+          vexIfindex: p.vex.ifindex,
+          mac: formatMac(p.spec.mac),
+          mode: modeName(p.mode) as ModeName,
+          ipv6ToDp: p.ipv6ToDp,
+          redirectPeer: { vin: (w.vin.flags & PortFlag.REDIRECT_PEER) !== 0, vex: (w.vex.flags & PortFlag.REDIRECT_PEER) !== 0 },
+          created: !p.existing,
+          idSource: p.idSource,
+          repaired: repaired[i]!,
+        };
+        if (p.warning) {
+          r.warning = p.warning;
+          lg.warn({ in: r.in, ex: r.ex, id: r.id }, p.warning);
+        }
+        out.push(r);
+      });
     } catch (e) {
       undo.runSync();
       throw e;
@@ -236,8 +211,74 @@ export class Datapath {
       for (const fd of held) fd.close();
     }
     const created = out.filter((r) => r.created).length;
-    lg.info({ pairs: out.length, created, existing: out.length - created }, out.length === 1 ? (created ? 'pair added' : 'pair exists') : 'pairs added');
+    const phasesMs = Object.fromEntries(Object.entries(ms).map(([k, v]) => [k, Math.round(v * 10) / 10]));
+    lg.info({ pairs: out.length, created, existing: out.length - created, phasesMs }, out.length === 1 ? (created ? 'pair added' : 'pair exists') : 'pairs added');
     return out;
+  }
+
+  /**
+   * Our program on the ingress of every port of the plans, where it is not
+   * yet. With tc (the default for pairs) the ports without a pinned tcx link
+   * go together (attachMany: their qdiscs, one grace period, their filters,
+   * a few system calls in all); a port whose place is taken (a stale filter
+   * of ours, another program), or a tcx port, goes one by one through
+   * attach(), which swaps in place. Per plan: whether each hook was attached
+   * now and whether we created its qdisc. Undos registered on `undo`.
+   */
+  private hookAll(plans: Plan[], undo: Undo, held: ProgFd[]): Array<Record<'vin' | 'vex', { qdiscOurs: boolean; attached: boolean }>> {
+    const progs: Partial<Record<'vin' | 'vex', { fd: ProgFd; id: number; name: string }>> = {};
+    const prog = (role: 'vin' | 'vex'): { fd: ProgFd; id: number; name: string } => {
+      const have = progs[role];
+      if (have) return have;
+      const fd = openProg(this.pinRoot, role);
+      held.push(fd);
+      const info = fd.info();
+      return (progs[role] = { fd, id: info.id, name: `${info.name}:[${info.id}]` });
+    };
+    const kind = portAttachKind();
+    const res = plans.map(() => ({ vin: { qdiscOurs: false, attached: false }, vex: { qdiscOurs: false, attached: false } }));
+    const ports = plans.flatMap((p, i) => (['vin', 'vex'] as const).map((role) => ({ i, role, l: role === 'vin' ? p.vin : p.vex })));
+    // Together: tc, no tcx link pinned for the port (one look at the pin root for all).
+    const tcxPinned = new Set(fs.readdirSync(this.pinRoot).filter((f) => f.startsWith('link_')).map((f) => Number(f.slice(5))));
+    const together = kind === 'tc' ? ports.filter((x) => !tcxPinned.has(x.l.ifindex)) : [];
+    const many = attachMany(together.map((x) => ({ ifindex: x.l.ifindex, name: x.l.name, progFd: prog(x.role).fd.fd, progName: prog(x.role).name })));
+    const undone = together.map((x, k) => ({ ifindex: x.l.ifindex, name: x.l.name, qdiscOurs: many.qdiscCreated[k]!, attached: many.attached[k]! })).filter((d) => d.attached || d.qdiscOurs);
+    if (undone.length) undo.push(`detach ${undone.length} hooks`, () => void detachMany(undone));
+    const oneByOne = new Set(ports);
+    together.forEach((x, k) => {
+      res[x.i]![x.role] = { qdiscOurs: many.qdiscCreated[k]!, attached: many.attached[k]! };
+      if (many.attached[k]) oneByOne.delete(x);
+    });
+    // One by one: qdisc (remember if we created it), then our filter where missing, swapped in place where another is.
+    for (const x of oneByOne) {
+      labelled(plans[x.i]!.label || undefined, () => {
+        const { l, role } = x;
+        const pg = prog(role);
+        const cur = attachState(this.pinRoot, l.ifindex);
+        const live = cur.kind !== 'none' && !cur.defunct;
+        if (live && cur.progId === pg.id) return;
+        // Attached, but another program (a stale or wrong-role one): swapped in place below.
+        const old = live ? ProgFd.fromId(cur.progId) : undefined;
+        if (old) held.push(old);
+        let r: ReturnType<typeof attach>;
+        try {
+          r = attach(this.pinRoot, l.ifindex, l.name, pg.fd.fd, kind);
+        } catch (e) {
+          if (e instanceof Error && !e.message.includes(l.name)) e.message = `attach ${l.name} (${role}): ${e.message}`;
+          throw e;
+        }
+        if (r.replaced && old) undo.push(`restore ${l.name}`, () => attach(this.pinRoot, l.ifindex, l.name, old.fd, r.kind));
+        else undo.push(`detach ${l.name}`, () => detach(this.pinRoot, l.ifindex, l.name, r.qdiscCreated));
+        res[x.i]![role] = { qdiscOurs: r.qdiscCreated || res[x.i]![role].qdiscOurs, attached: true };
+      });
+    }
+    for (const p of plans) {
+      labelled(p.label || undefined, () => {
+        faultPoint('pair-add:after-vin-hook');
+        faultPoint('pair-add:after-hooks');
+      });
+    }
+    return res;
   }
 
   // ---------------------------------------------------------------- mode

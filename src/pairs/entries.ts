@@ -20,7 +20,7 @@
  * over: rcuGraceAfterDeletes in src/bpf/map.ts), then the ports (vex, vin), then the
  * counters. Port entries are always written with BPF_F_LOCK (PORT_UPDATE).
  */
-import { BPF_ANY, BPF_EXIST, BPF_NOEXIST, MapFd, rcuGraceAfterDeletes } from '../bpf';
+import { BPF_ANY, BPF_NOEXIST, MapFd, rcuGraceAfterDeletes } from '../bpf';
 import { features } from '../features';
 import { ModeValue, PORT_UPDATE, PortEntry, PortFlag, Role, emptyStats, encodeId, encodePort, encodeStats, u32Key } from '../layout';
 import { LinkJson } from '../link';
@@ -127,45 +127,97 @@ export interface WriteOptions {
 
 /** Writes a pair's entries in WRITE_ORDER; returns the steps that created an entry. */
 export function writePairEntries(m: PairMaps, w: PairWrite, opts: WriteOptions): EntryStep[] {
-  const created: EntryStep[] = [];
+  const { present, onStep, ...rest } = opts;
+  return writePairsEntries(m, [{ w, present }], { ...rest, onStep: onStep && ((_, step, wrote) => onStep(step, wrote)) })[0]!;
+}
+
+export interface WriteManyOptions extends Omit<WriteOptions, 'present' | 'onStep'> {
+  /** resetStats is also per pair (the item's wins). Called for each pair (its index) after each step: */
+  onStep?: (i: number, step: EntryStep, wrote: 'created' | 'replaced' | undefined) => void;
+}
+
+/**
+ * Writes the entries of many pairs, step by step in WRITE_ORDER (every
+ * pair's counters, then every vex entry, every vin entry, every id), each
+ * step one BPF_MAP_UPDATE_BATCH per map and kind of write (create or
+ * replace), so a pair's id is still written after its ports. A batch
+ * update writes each element as BPF_ANY (the kernel takes no BPF_NOEXIST
+ * there): which keys exist is what `present` says, read by the caller under
+ * the pin root's lock, which every writer of these maps takes (the programs
+ * only update counters in place). The undo of a step takes back all of it. Returns, per pair, the steps that created an
+ * entry. writePairEntries is this for one pair.
+ */
+export function writePairsEntries(m: PairMaps, items: Array<{ w: PairWrite; present: PairPresent; resetStats?: boolean }>, opts: WriteManyOptions): EntryStep[][] {
+  const created: EntryStep[][] = items.map(() => []);
   const undo = opts.undo;
-  const idKey = u32Key(w.id);
-  // stats
-  let did: 'created' | 'replaced' | undefined;
-  if (!opts.present.stats || opts.resetStats) {
-    const old = m.stats.lookup(idKey);
-    m.stats.update(idKey, encodeStats(emptyStats()), old ? BPF_ANY : BPF_NOEXIST);
-    undo?.push(`stats ${w.id}`, () => (old ? m.stats.update(idKey, old) : m.stats.delete(idKey)));
-    did = old ? 'replaced' : 'created';
-    if (!old) created.push('stats');
+  const wrote: Array<'created' | 'replaced' | undefined> = items.map(() => undefined);
+  const step = (name: EntryStep) => {
+    items.forEach((_, i) => opts.onStep?.(i, name, wrote[i]));
+    wrote.fill(undefined);
+  };
+  /** Writes `keys`/`vals` in one batch; registers the undo of what was written (before a refusal throws). */
+  const batch = (map: MapFd, what: string, idx: number[], keys: Buffer[], vals: Buffer[], flags: number, takeBack: (k: number) => void, kind: 'created' | 'replaced') => {
+    if (!idx.length) return;
+    const r = map.updateBatch(keys, vals, flags);
+    if (r.done) {
+      const n = r.done;
+      undo?.push(`${what} (${n})`, () => {
+        for (let k = 0; k < n; k++) takeBack(k);
+      });
+    }
+    for (let k = 0; k < r.done; k++) wrote[idx[k]!] = kind;
+    if (r.error) throw r.error;
+  };
+  // stats: zeros, created where there is none (the caller read that under the lock), reset where asked
+  {
+    const fresh: number[] = [];
+    for (const [i, { present, resetStats }] of items.entries()) {
+      if (present.stats && !(resetStats ?? opts.resetStats)) continue;
+      if (!present.stats) {
+        fresh.push(i);
+        continue;
+      }
+      const key = u32Key(items[i]!.w.id);
+      const old = m.stats.lookup(key);
+      m.stats.update(key, encodeStats(emptyStats()), old ? BPF_ANY : BPF_NOEXIST);
+      undo?.push(`stats ${items[i]!.w.id}`, () => (old ? m.stats.update(key, old) : m.stats.delete(key)));
+      wrote[i] = old ? 'replaced' : 'created';
+      if (!old) created[i]!.push('stats');
+    }
+    const keys = fresh.map((i) => u32Key(items[i]!.w.id));
+    const zero = encodeStats(emptyStats());
+    batch(m.stats, 'stats', fresh, keys, keys.map(() => zero), BPF_ANY, (k) => m.stats.delete(keys[k]!), 'created');
+    for (const i of fresh) created[i]!.push('stats');
+    step('stats');
   }
-  opts.onStep?.('stats', did);
   // ports, vex then vin
   for (const role of ['vex', 'vin'] as const) {
-    const ifindex = role === 'vin' ? w.vinIfindex : w.vexIfindex;
-    const e = w[role];
-    const old = opts.present[role];
-    did = undefined;
-    if (!old || (opts.replacePorts && !encodePort(old).equals(encodePort(e)))) {
-      const key = u32Key(ifindex);
-      m.ports.update(key, encodePort(e), PORT_UPDATE | (old ? BPF_EXIST : BPF_NOEXIST));
-      undo?.push(`port ${ifindex}`, () => (old ? m.ports.update(key, encodePort(old), PORT_UPDATE) : m.ports.delete(key)));
-      did = old ? 'replaced' : 'created';
-      if (!old) created.push(role);
+    const make: number[] = [];
+    const replace: number[] = [];
+    for (const [i, { w, present }] of items.entries()) {
+      const old = present[role];
+      if (!old) make.push(i);
+      else if (opts.replacePorts && !encodePort(old).equals(encodePort(w[role]))) replace.push(i);
     }
-    opts.onStep?.(role, did);
+    const key = (i: number) => u32Key(role === 'vin' ? items[i]!.w.vinIfindex : items[i]!.w.vexIfindex);
+    const mk = make.map(key);
+    batch(m.ports, `${role} entries`, make, mk, make.map((i) => encodePort(items[i]!.w[role])), PORT_UPDATE, (k) => m.ports.delete(mk[k]!), 'created');
+    for (const i of make) created[i]!.push(role);
+    const rk = replace.map(key);
+    batch(m.ports, `${role} entries`, replace, rk, replace.map((i) => encodePort(items[i]!.w[role])), PORT_UPDATE, (k) => m.ports.update(rk[k]!, encodePort(items[replace[k]!]!.present[role]!), PORT_UPDATE), 'replaced');
+    step(role);
   }
   // ids, last
-  did = undefined;
-  if (!opts.present.ids) {
+  {
+    const fresh = [...items.keys()].filter((i) => !items[i]!.present.ids);
     // Taken back before the ports, with a grace period between (the undos run in reverse).
-    undo?.push('RCU grace period', () => rcuGraceAfterDeletes());
-    m.ids.update(idKey, encodeId({ vinIfindex: w.vinIfindex, vexIfindex: w.vexIfindex }), BPF_NOEXIST);
-    undo?.push(`ids ${w.id}`, () => m.ids.delete(idKey));
-    did = 'created';
-    created.push('ids');
+    if (fresh.length) undo?.push('RCU grace period', () => rcuGraceAfterDeletes());
+    const keys = fresh.map((i) => u32Key(items[i]!.w.id));
+    const vals = fresh.map((i) => encodeId({ vinIfindex: items[i]!.w.vinIfindex, vexIfindex: items[i]!.w.vexIfindex }));
+    batch(m.ids, 'ids', fresh, keys, vals, BPF_ANY, (k) => m.ids.delete(keys[k]!), 'created');
+    for (const i of fresh) created[i]!.push('ids');
+    step('ids');
   }
-  opts.onStep?.('ids', did);
   return created;
 }
 
