@@ -9,7 +9,7 @@ import { Datapath } from '../pairs';
 import { bigintAsNumber } from '../format';
 import { VTH, ifindexIfExists, packetSocketOn } from '../link';
 import { log } from '../log';
-import { ServiceClient, runningService } from '../service';
+import { ServiceClient, runningService } from '../service/client';
 
 export interface GlobalOpts {
   netns?: string;

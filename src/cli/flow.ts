@@ -7,7 +7,7 @@ import { CommandRegistrar, printJson, throughService } from './context';
 import { UsageError } from '../errors';
 import { table, si } from '../format';
 import { FlowSpec, FlowView, OffloadResult, withFlows } from '../flows';
-import type { Json } from '../service';
+import type { Json } from '../service/client';
 import { FLOW_SECONDS, PORT_ID, parsePortId } from '../numbers';
 import { integerOption, secondsOption } from './options';
 

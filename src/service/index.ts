@@ -8,9 +8,9 @@
  *   server.ts   Service: load or adopt, one service per pin root, socket, stop
  *   client.ts   ServiceClient: the typed client
  */
-export { Service, serviceLockPath, parseListenAddress, runningService, STOP_GRACE_MS } from './server';
+export { Service, parseListenAddress, STOP_GRACE_MS } from './server';
 export type { ServiceOptions, ServiceInfo, ListenAddress } from './server';
-export { ServiceClient, ServiceError, defaultSocketPath, pairSegment } from './client';
+export { ServiceClient, ServiceError, defaultSocketPath, pairSegment, runningService, serviceLockPath } from './client';
 export type { Json, Health, DpStatus, RuntimeStatus, OffloadStatus, ServiceTarget, InterceptRequest, ServiceClientOptions, TraceQuery, TraceEndLine } from './client';
 export { ROUTES } from './api';
 export { MAX_BODY_BYTES, HTTP_STATUS } from './http';

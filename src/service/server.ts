@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { LOCK_EX, LOCK_NB, LOCK_SH, flock } from '../bpf';
+import { LOCK_EX, LOCK_NB, flock } from '../bpf';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '../errors';
 import { DpWatch, FailPolicy, WatchOptions } from '../dp/watch';
 import { checkHome } from '../home';
@@ -27,27 +27,19 @@ import { OffloadRule, Offloader, readOffloadRule, ruleText, writeOffloadRule } f
 import { intercept, releaseRecorded } from '../intercept';
 import { ContainerMode, RuntimeName, RuntimeWatcher } from '../runtime';
 import { load } from '../loader';
-import { LOCK_DIR, ensureLockDir, lockDirFile, openLockDirFile, readableLockDirFile, withLock } from '../lock';
+import { ensureLockDir, openLockDirFile, withLock } from '../lock';
 import { log } from '../log';
 import { isLoaded } from '../pins';
 import { matchRoute } from './api';
-import { defaultSocketPath } from './client';
+import { SERVICE_LOCK, defaultSocketPath, listening, serviceLockPath } from './client';
 import { HttpError, errorResponse, readJson, sendJson } from './http';
 import { ServiceMetrics } from './metrics';
 
 /** The longest path a unix socket can have (sun_path, with its NUL). */
 const SUN_PATH_MAX = 107;
 
-/** The service's lock under LOCK_DIR (lockDirFile). */
-const SERVICE_LOCK = 'service.lock';
-
 /** How long stop() lets calls in flight finish before closing their connections. */
 export const STOP_GRACE_MS = 30000;
-
-/** The flock a service holds on its pin root while it runs. */
-export function serviceLockPath(pinRoot: string): string {
-  return lockDirFile(pinRoot, SERVICE_LOCK);
-}
 
 export interface ListenAddress {
   host: string;
@@ -112,44 +104,6 @@ function takeOwnership(pinRoot: string, socket: string): number {
   fs.ftruncateSync(fd, 0);
   fs.writeSync(fd, JSON.stringify({ pid: process.pid, socket }) + '\n', 0);
   return fd;
-}
-
-/**
- * The socket of the service that owns pinRoot now (it holds the service
- * lock and answers on its socket), or undefined when none does: no lock
- * file, nobody holding it (a service that died), or a socket that does not
- * answer (one still starting). The CLI goes through it then (src/cli/context.ts).
- */
-export async function runningService(pinRoot: string): Promise<string | undefined> {
-  if (!fs.existsSync(LOCK_DIR)) return undefined;
-  const fd = readableLockDirFile(pinRoot, SERVICE_LOCK);
-  if (fd === undefined) return undefined;
-  let socket: unknown;
-  try {
-    if (flock(fd, LOCK_SH | LOCK_NB, serviceLockPath(pinRoot))) return undefined; // nobody holds it
-    const buf = Buffer.alloc(4096);
-    const text = buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString('utf8');
-    try {
-      socket = (JSON.parse(text) as { socket?: unknown }).socket;
-    } catch {
-      return undefined; // being written
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return typeof socket === 'string' && (await listening(socket)) ? socket : undefined;
-}
-
-/** Whether something accepts connections on the unix socket at p. */
-function listening(p: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(p);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
 
 /**
