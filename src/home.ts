@@ -78,12 +78,12 @@ interface NetnsName {
 }
 
 /** A name for a netns given by its nsfs inode: an `ip netns` name, the root netns, a process in it, or the inode. */
-export function nameNetns(ino: bigint, dev: bigint, scanProcs = true): NetnsName {
-  const named = netnsPathOf(ino, dev, false);
+export function nameNetns(ino: bigint, dev: bigint, scanProcs = true, cookie = 0n): NetnsName {
+  const named = netnsPathOf(ino, dev, false, cookie);
   if (named) return { desc: `netns ${path.basename(named)} (${named})`, arg: path.dirname(named) === NETNS_DIR ? path.basename(named) : named };
-  if (isNetnsFile('/proc/1/ns/net', ino, dev)) return { desc: 'the root netns (of pid 1)', root: true };
+  if (isNetnsFile('/proc/1/ns/net', ino, dev, cookie)) return { desc: 'the root netns (of pid 1)', root: true };
   if (!scanProcs) return { desc: `this netns (inode ${ino}, no name under ${NETNS_DIR})` };
-  const p = netnsPathOf(ino, dev, true);
+  const p = netnsPathOf(ino, dev, true, cookie);
   if (p) return { desc: `the netns of pid ${p.split('/')[2]} (${p}, inode ${ino})`, arg: p };
   return { desc: `netns inode ${ino} (no name or process holds it: gone?)`, gone: true };
 }
@@ -96,12 +96,13 @@ export function nameNetns(ino: bigint, dev: bigint, scanProcs = true): NetnsName
  * them (unloadOrphan in loader.ts). A netns kept only by an open fd or a bind
  * mount elsewhere than under /var/run/netns or /run/netns looks gone too:
  * its hooks then run on without pins until it goes. An nsfs inode reused by
- * a new netns makes it look alive: refused, the safe way.
+ * a new netns (the kernel reuses them at once) is told apart by the netns
+ * cookie load recorded, which is never reused.
  */
 export function homeGone(pinRoot: string): boolean {
   if (!isLoaded(pinRoot)) return false;
   const h = readHome(pinRoot);
-  return h !== undefined && !isHere(h) && nameNetns(h.netnsIno, h.netnsDev).gone === true;
+  return h !== undefined && !isHere(h) && nameNetns(h.netnsIno, h.netnsDev, true, h.netnsCookie).gone === true;
 }
 
 /**
@@ -113,7 +114,7 @@ export function checkHome(pinRoot: string): void {
   const h = readHome(pinRoot);
   if (h) {
     if (isHere(h)) return;
-    throw wrongNetns(pinRoot, nameNetns(h.netnsIno, h.netnsDev));
+    throw wrongNetns(pinRoot, nameNetns(h.netnsIno, h.netnsDev, true, h.netnsCookie));
   }
   // No record (an older load): vbr-neuv here must run the pinned vbr program. With no vbr
   // program pinned (a load cut short, maps only) nothing names a netns: let it be (load records one).

@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLONE_NEWNET, nsType, nsidOf, setns } from './bpf';
+import { CLONE_NEWNET, netnsCookie, nsType, nsidOf, setns } from './bpf';
 import { NotFoundError, UsageError, cutValue } from './errors';
 import { fileKind, openPath, reopen } from './input';
 import { log } from './log';
@@ -100,14 +100,19 @@ export class NetnsScope {
   }
 }
 
-/** Whether the file at p is the nsfs file with this inode and device. */
-export function isNetnsFile(p: string, ino: bigint, dev: bigint): boolean {
+/**
+ * Whether the file at p is the nsfs file with this inode and device (and,
+ * given a cookie other than 0, the netns with that cookie: nsfs inodes are
+ * reused as soon as a netns is freed, cookies never are).
+ */
+export function isNetnsFile(p: string, ino: bigint, dev: bigint, cookie = 0n): boolean {
   try {
     const st = fs.statSync(p, { bigint: true });
-    return st.ino === ino && st.dev === dev;
+    if (st.ino !== ino || st.dev !== dev) return false;
   } catch {
     return false;
   }
+  return cookie === 0n || inNetnsAt(p, netnsCookie)?.value === cookie;
 }
 
 /**
@@ -116,9 +121,10 @@ export function isNetnsFile(p: string, ino: bigint, dev: bigint): boolean {
  * (ip netns and podman mount theirs there), else (with `procs`) a process
  * in it, /proc/PID/ns/net.
  */
-export function netnsPathOf(ino: number | bigint, dev: number | bigint, procs = true): string | undefined {
+export function netnsPathOf(ino: number | bigint, dev: number | bigint, procs = true, cookie = 0n): string | undefined {
   const i = BigInt(ino);
   const d = BigInt(dev);
+  const isIt = (p: string) => isNetnsFile(p, i, d, cookie);
   for (const dir of [NETNS_DIR, '/run/netns']) {
     let names: string[] = [];
     try {
@@ -126,11 +132,11 @@ export function netnsPathOf(ino: number | bigint, dev: number | bigint, procs = 
     } catch {
       continue;
     }
-    for (const n of names) if (isNetnsFile(path.join(dir, n), i, d)) return path.join(dir, n);
+    for (const n of names) if (isIt(path.join(dir, n))) return path.join(dir, n);
   }
   if (!procs) return undefined;
   for (const p of fs.readdirSync('/proc')) {
-    if (/^\d+$/.test(p) && isNetnsFile(`/proc/${p}/ns/net`, i, d)) return `/proc/${p}/ns/net`;
+    if (/^\d+$/.test(p) && isIt(`/proc/${p}/ns/net`)) return `/proc/${p}/ns/net`;
   }
   return undefined;
 }

@@ -1,8 +1,8 @@
 /**
  * Kernel suite with NeuVector's real DP: mode switches FWD <-> TAP <->
  * BYPASS under a stream lose nothing (the pair mode API and the DP's
- * ctrl_cfg_mac in the order an agent must use), and 100 containers at once
- * in FWD through the one DP.
+ * ctrl_cfg_mac in the order an agent must use), and 40 containers at once
+ * (NEUV_BPF_SOAK=1: 100) in FWD through the one DP.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -20,8 +20,12 @@ interface Stats {
   global: Record<string, number>;
 }
 
-/** How many containers the scale test intercepts (NEUV_BPF_NVDP_CONTAINERS, default 100). */
-const N = Math.max(2, Math.min(150, Number(process.env.NEUV_BPF_NVDP_CONTAINERS ?? '100') || 100));
+/**
+ * How many containers the scale test intercepts (NEUV_BPF_NVDP_CONTAINERS; default 40 in make
+ * test, where 100 cost over two minutes of CI's CPU; 100 with NEUV_BPF_SOAK=1, make test-full).
+ */
+const DEFAULT_N = process.env.NEUV_BPF_SOAK === '1' ? 100 : 40;
+const N = Math.max(2, Math.min(150, Number(process.env.NEUV_BPF_NVDP_CONTAINERS ?? DEFAULT_N) || DEFAULT_N));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -47,7 +51,7 @@ async function pool<T, R>(items: T[], n: number, fn: (x: T) => Promise<R>): Prom
   return out;
 }
 
-describe('NeuVector DP: mode switches under a stream, 100 containers (kernel)', function () {
+describe('NeuVector DP: mode switches under a stream, many containers (kernel)', function () {
   this.timeout(300000);
   before(function () {
     this.timeout(300000);

@@ -11,6 +11,9 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ExitCode } from '../src/errors';
+import { netnsCookie } from '../src/bpf';
+import { nameNetns } from '../src/home';
+import { inNetnsAt, netnsPath } from '../src/netns';
 import { Datapath } from '../src/pairs';
 import { HOST_IP4, ping, startServer } from '../harness/topology';
 import { InterceptResult } from '../src/intercept';
@@ -51,7 +54,8 @@ describe('safe to operate: operator mistakes on a live node (kernel)', function 
   };
   const refused = (r: { code: number; stderr: string; stdout: string }, code: number, re: RegExp, what: string) => {
     assert.equal(r.code, code, `${what}: exit code (stdout ${r.stdout}, stderr ${r.stderr})`);
-    assert.match(oneErrorLine(r), re, what);
+    const line = oneErrorLine(r);
+    assert.match(line, re, `${what}: ${line}`);
   };
 
   /** A fresh topology per test (cleanups run after each): c1 intercepted, its pair in fwd through the stub DP. */
@@ -168,6 +172,12 @@ describe('safe to operate: operator mistakes on a live node (kernel)', function 
     const r = inB(['unload', '--force']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^unloaded: 0 hooks detached, \d+ pins removed$/m);
+    // The kernel reuses a freed netns's nsfs inode at once (here, under two suites at a time, it named
+    // another test's netns: "the netns of pid N"); the cookie recorded at load tells them apart.
+    const st = fs.statSync(netnsPath(b.name), { bigint: true });
+    const cookieB = inNetnsAt(netnsPath(b.name), netnsCookie)!.value;
+    assert.equal(nameNetns(st.ino, st.dev, true, cookieB).arg, b.name, 'the inode and cookie of b name b');
+    assert.equal(nameNetns(st.ino, st.dev, true, cookieB + 1n).gone, true, "b's inode with another cookie: gone");
     assert.equal(fs.existsSync(pins), false, 'the pin root removed');
     assert.equal(kernelState(b, '/nonexistent'), bBefore, 'nothing changed where it ran');
   });
