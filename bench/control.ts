@@ -17,7 +17,7 @@
  *   has the Datapath open: bench/api-child.ts), mode fwd; `neuv-bpf pair
  *   mode` and Datapath.setMode for a switch.
  *
- * Pairs are cheap veth pairs (vin and vex each other's peer) in one enforcer
+ * Pairs are cheap veth pairs (vin and vex each with a peer of its own, down) in one enforcer
  * netns per side and size, holding exactly the pairs to onboard; between
  * repetitions NeuVector's qdiscs are deleted and neuv-bpf is unloaded and
  * loaded again (neither timed).
@@ -37,8 +37,11 @@ import { BenchNetns, netns, Summary, benchJs, cli, objArgs, pinRoot, progress, s
 const GROUP = '78';
 const vinName = (k: number) => `ci${k}`;
 const vexName = (k: number) => `ce${k}`;
-const vinIndex = (k: number) => 100 + 2 * k;
-const vexIndex = (k: number) => 101 + 2 * k;
+const vinIndex = (k: number) => 100 + 4 * k;
+const vexIndex = (k: number) => 101 + 4 * k;
+/** The peers of vin and vex (vin and vex as each other's peer would be a loop: pair add refuses it, src/pairs/loops.ts). */
+const peerName = (k: number, of: 'vin' | 'vex') => `${of === 'vin' ? 'cw' : 'ch'}${k}`;
+const peerIndex = (k: number, of: 'vin' | 'vex') => (of === 'vin' ? 102 : 103) + 4 * k;
 const mac = (k: number) => macOf(0x20000 + k);
 
 export interface ControlOptions {
@@ -88,7 +91,10 @@ function pool(label: string, n: number): BenchNetns {
   const ns = netns(`cp-${label}`);
   const lines: string[] = [];
   for (let k = 0; k < n; k++) {
-    lines.push(`link add ${vinName(k)} index ${vinIndex(k)} group ${GROUP} type veth peer name ${vexName(k)} index ${vexIndex(k)} group ${GROUP}`);
+    lines.push(
+      `link add ${vinName(k)} index ${vinIndex(k)} group ${GROUP} type veth peer name ${peerName(k, 'vin')} index ${peerIndex(k, 'vin')} group ${GROUP}`,
+      `link add ${vexName(k)} index ${vexIndex(k)} group ${GROUP} type veth peer name ${peerName(k, 'vex')} index ${peerIndex(k, 'vex')} group ${GROUP}`,
+    );
   }
   for (let i = 0; i < lines.length; i += 500) ns.ipBatch(lines.slice(i, i + 500));
   return ns;

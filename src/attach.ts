@@ -211,7 +211,8 @@ export interface ManyAttached {
  * port measured) unless one has passed already; one wait covers them all.
  * Ports whose tcx link is pinned are for attach(), not here. On a refusal
  * other than an occupied place, everything done here is undone and the
- * refusal thrown, naming the port.
+ * refusal thrown, naming the port (its index in `reqs` is the error's
+ * `request`).
  */
 export function attachMany(reqs: AttachRequest[]): ManyAttached {
   if (!reqs.length) return { attached: [], qdiscCreated: [] };
@@ -221,7 +222,7 @@ export function attachMany(reqs: AttachRequest[]): ManyAttached {
   const qdiscCreated = q.map((x) => x === true);
   const fail = (i: number, errno: number, what: string, attached: boolean[]): never => {
     detachMany(reqs.map((r, k) => ({ ifindex: r.ifindex, name: r.name, qdiscOurs: qdiscCreated[k]!, attached: attached[k]! })).filter((d) => d.attached || d.qdiscOurs));
-    throw new KernelError(`${what} ${reqs[i]!.name} ingress`, errno);
+    throw Object.assign(new KernelError(`${what} ${reqs[i]!.name} ingress`, errno), { request: i });
   };
   const qBad = q.findIndex((x) => typeof x === 'number');
   if (qBad >= 0) fail(qBad, -(q[qBad] as number), 'create clsact qdisc on', reqs.map(() => false));

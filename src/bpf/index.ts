@@ -12,7 +12,7 @@
  *   ringbuf.ts  RingBuffer
  *   libc.ts     setns, interface names/indexes, flock
  *   pidfd.ts    PidFd: a process's exit as an event (pidfd_open + poll on a worker thread)
- *   rtnl.ts     every link's name and alias in the current netns (one RTM_GETLINK dump)
+ *   rtnl.ts     Rtnl (a NETLINK_ROUTE socket: a request, a dump, a batch); every link of the current netns (one RTM_GETLINK dump)
  *
  * libbpf 1.x convention: functions returning int give a negative errno;
  * functions returning a pointer give NULL and set errno.

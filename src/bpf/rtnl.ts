@@ -1,7 +1,9 @@
 /**
- * Two rtnetlink requests in the calling thread's network namespace,
- * in-process: RTM_GETLINK (a dump: every link's index, name, alias, master
- * and kind) and RTM_GETNSID (the id this netns gives another one, open at an
+ * rtnetlink in the calling thread's network namespace, in-process: Rtnl (a
+ * socket for one request, a dump, or a batch of messages sent together:
+ * tc.ts's clsact qdiscs and filters of many ports), RTM_GETLINK (a dump:
+ * every link's index, name, alias, master, kind, MTU and veth peer; pair
+ * add's view of the enforcer netns, src/link.ts's linkDump) and RTM_GETNSID (the id this netns gives another one, open at an
  * fd). They let a caller look at the links of many namespaces (setns, dump,
  * setns back) for the cost of a few system calls each, where `nsenter ... ip
  * link show` costs two processes per namespace: intercept's salvage looks

@@ -241,7 +241,18 @@ export class Datapath {
     // Together: tc, no tcx link pinned for the port (one look at the pin root for all).
     const tcxPinned = new Set(fs.readdirSync(this.pinRoot).filter((f) => f.startsWith('link_')).map((f) => Number(f.slice(5))));
     const together = kind === 'tc' ? ports.filter((x) => !tcxPinned.has(x.l.ifindex)) : [];
-    const many = attachMany(together.map((x) => ({ ifindex: x.l.ifindex, name: x.l.name, progFd: prog(x.role).fd.fd, progName: prog(x.role).name })));
+    const reqs = together.map((x) => ({ ifindex: x.l.ifindex, name: x.l.name, progFd: prog(x.role).fd.fd, progName: prog(x.role).name }));
+    let many: ReturnType<typeof attachMany>;
+    try {
+      many = attachMany(reqs);
+    } catch (e) {
+      // Named by its pair's label ("stdin line 3: attach vex3 ingress: ..."), as one by one.
+      const at = (e as { request?: number }).request;
+      labelled(at === undefined ? undefined : plans[together[at]!.i]!.label || undefined, () => {
+        throw e;
+      });
+      throw e;
+    }
     const undone = together.map((x, k) => ({ ifindex: x.l.ifindex, name: x.l.name, qdiscOurs: many.qdiscCreated[k]!, attached: many.attached[k]! })).filter((d) => d.attached || d.qdiscOurs);
     if (undone.length) undo.push(`detach ${undone.length} hooks`, () => void detachMany(undone));
     const oneByOne = new Set(ports);
