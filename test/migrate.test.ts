@@ -459,7 +459,11 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
     assert.equal(kernelState(t.node.enforcer, t.pins), before);
   });
 
-  for (const attach of ['default', 'tc', 'tcx'] as const) {
+  // 'tc' (everything on the legacy ingress qdiscs) is what 'default' is without tcx: CI's 6.1 VM runs it
+  // there, with NeuVector's pedit rules really forwarding; on the host make test leaves it out (about
+  // 100 s), make test-full (NEUV_BPF_SOAK=1) runs it on every kernel.
+  const attaches = process.env.NEUV_BPF_SOAK === '1' ? (['default', 'tc', 'tcx'] as const) : (['default', 'tcx'] as const);
+  for (const attach of attaches) {
     const label = attach === 'default' ? 'ports tc pref 1 on the legacy ingress qdisc, vbr-neuv as load chooses' : attach === 'tc' ? 'everything tc pref 1 on the legacy ingress qdiscs' : 'everything tcx';
     it(`adopt under UDP streams loses and duplicates nothing, leaves no u32 filter of the pairs; handback restores NeuVector's rules without loss (${label})`, async function () {
       this.timeout(1800000);
