@@ -602,6 +602,13 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
 
       /** What there is to look at when a check of the streams fails: printed with the numbers. */
       const diagnose = () => {
+        try {
+          diagnostics();
+        } catch (e) {
+          lines.push(`diagnostics failed: ${(e as Error).message.split('\n')[0]}`);
+        }
+      };
+      const diagnostics = () => {
         const x = (f: () => string) => {
           try {
             return f().trim().split('\n').map((l) => l.trim()).join(' | ');
@@ -609,7 +616,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
             return `(${(e as Error).message.split('\n')[0]})`;
           }
         };
-        const st = fs.existsSync(t.pins) ? (JSON.parse(ok(t.run(['stats', '--json'])).stdout) as { global: Record<string, number>; pairs: Array<{ id: number; mode: string; counters: Record<string, Record<string, { packets: number }>> }> }) : undefined;
+        const st = fs.existsSync(t.pins) ? (JSON.parse(t.run(['stats', '--json']).stdout) as { global: Record<string, number>; pairs: Array<{ id: number; mode: string; counters: Record<string, Record<string, { packets: number }>> }> }) : undefined;
         lines.push('diagnostics:');
         for (const p of st?.pairs ?? []) {
           const c = Object.entries(p.counters).map(([dir, v]) => `${dir} ${Object.entries(v).filter(([, n]) => n.packets).map(([k, n]) => `${k} ${n.packets}`).join(', ')}`);
