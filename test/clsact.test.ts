@@ -9,9 +9,9 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BPF_TCX_INGRESS, CLONE_NEWNET, ProgFd, closeFd, linkCreate, linkInfo, objGet, pinFd, setns } from '../src/bpf';
+import { BPF_TCX_INGRESS, CLONE_NEWNET, closeFd, linkCreate, linkInfo, objGet, pinFd, setns } from '../src/bpf';
 import { features } from '../src/features';
-import { progPinPath } from '../src/pins';
+import { openProg } from '../src/pins';
 import { veth } from '../harness/net';
 import { cli, makeNetns, makePinRoot, requireKernel, leakChecks } from './helpers';
 
@@ -99,7 +99,7 @@ describe('pair del and a clsact shared since (kernel, tc attach)', function () {
     const pin = path.join(theirs, 'link_vin1');
     const ifindex = inNetns(ns.name, () => {
       const idx = (JSON.parse(ns.ip('-j', 'link', 'show', 'dev', 'vin1')) as Array<{ ifindex: number }>)[0]!.ifindex;
-      const p = ProgFd.fromPin(progPinPath(pins, 'vin'));
+      const p = openProg(pins, 'vin');
       try {
         const l = linkCreate(p.fd, idx, BPF_TCX_INGRESS, 'vin1 (theirs)');
         try {

@@ -12,10 +12,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BpfObject, LOCK_EX, LOCK_UN, MapFd, flock } from '../src/bpf';
 import { configLockPath, enableFlowLookups, updateConfig } from '../src/config';
-import { ConfigFlag, MAPS, decodeConfig, u32Key } from '../src/layout';
+import { ConfigFlag, decodeConfig, u32Key } from '../src/layout';
 import { LOCK_DIR } from '../src/lock';
 import { writeLease } from '../src/trace';
 import { OBJ, ROOT, leakChecks, makePinRoot, onCleanup, requireKernel } from './helpers';
+import { Pins } from '../src/pins';
 
 const WRITER = path.join(ROOT, 'dist', 'test', 'tools', 'config-writer.js');
 
@@ -58,8 +59,9 @@ describe('neuv_config: one entry, several writers (kernel)', function () {
     const obj = BpfObject.open(OBJ, { pinRoot });
     onCleanup(() => obj.close());
     obj.load();
-    config = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
-    onCleanup(() => config.close());
+    const pins = Pins.open(pinRoot, ['config']);
+    onCleanup(() => pins.close());
+    config = pins.config;
   });
   leakChecks();
 

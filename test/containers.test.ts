@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { CliResult, cli, cliSpawn, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, uniqueName } from './helpers';
+import { CliResult, cli, cliSpawn, makeNetns, makePinRoot, onCleanup, requireKernel, sh, uniqueName, leakChecks } from './helpers';
 import { ContainerNs, StubDp, Topology, containerState, linkNames } from './topology';
 import { runProbes } from '../harness/topology';
 import { InterceptResult } from '../src/intercept';
@@ -82,12 +82,9 @@ describe('real containers: podman (kernel)', function () {
     pm = new Podman();
     pm.setUp();
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    pm?.tearDown();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  // Each test's cleanups run after it (leakChecks); the image and network once all ran.
+  after(() => pm?.tearDown());
+  leakChecks();
 
   function setup(): { enf: string; t: Topology; c: (args: string[]) => CliResult; pins: string } {
     const enf = makeNetns().name;

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LOCK_DIR, lockDirFiles } from '../src/lock';
-import { ROOT, TIME_SCALE, cli, requireKernel, sh } from './helpers';
+import { ROOT, TIME_SCALE, cli, requireKernel, sh, leakChecks } from './helpers';
 import { findTarball, nvdpUnavailable } from '../harness/nvdp';
 
 interface DemoRun {
@@ -90,6 +90,7 @@ describe('neuv-bpf demo (kernel, the README command)', function () {
   before(function () {
     requireKernel(this);
   });
+  leakChecks();
 
   it('says "all as expected", exits 0 and leaves no netns, pin or file under /run/neuv-bpf', async function () {
     const r = await demo();

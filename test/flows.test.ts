@@ -41,6 +41,7 @@ import { ProgFixture, globalDelta, statsDelta } from '../harness/prog-fixture';
 import { BCAST, GW, ID, ID2, ICMP, M, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, ip4, ipv6, twoPairs, withMac } from '../harness/frames';
 import { cli, leakChecks, makePinRoot, requireKernel, ROOT, sh } from './helpers';
 import { makePairTopology } from './topology';
+import { Pins } from '../src/pins';
 
 const SHOT = 2;
 const REDIRECT = 7;
@@ -445,9 +446,7 @@ describe('flow offload: CLI on a loaded datapath (kernel)', function () {
     const { c, ok } = cliIn(t.enforcer.name, pins);
     try {
       ok(['load', '--flows', '1024']);
-      const m = MapFd.fromPin(path.join(pins, 'neuv_flows'));
-      assert.equal(m.info.maxEntries, 1024);
-      m.close();
+      assert.equal(Pins.with(pins, ['flows'], (p) => p.flows!.info.maxEntries), 1024);
       ok(['load']); // a reload keeps the pinned size
       const again = c(['load', '--flows', '2048']);
       assert.equal(again.code, 2);

@@ -179,13 +179,15 @@ export const TIME_SCALE = Math.max(1, Math.floor(Number(process.env.NEUV_BPF_TES
  * of this process is left (cleanups run first, so only a cleanup that was
  * never registered, or that failed, shows up). `{ perTest: false }` for a
  * suite whose fixture lives from its `before` to its end (a ProgFixture): the
- * cleanups run after the suite only.
+ * cleanups run after the suite only. `prefixes`: the name prefixes checked
+ * (uniqueName's; default 'nbt'), for a suite that names things with others.
+ * An `after` hook declared before it runs before its check.
  */
-export function leakChecks(opts: { perTest?: boolean } = {}): void {
+export function leakChecks(opts: { perTest?: boolean; prefixes?: string[] } = {}): void {
   if (opts.perTest !== false) afterEach(runCleanups);
   after(function () {
     runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
+    assert.deepEqual((opts.prefixes ?? ['nbt']).flatMap((p) => leftovers(p)), [], 'tests left namespaces or pins behind');
   });
 }
 

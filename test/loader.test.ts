@@ -8,10 +8,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { veth } from '../harness/net';
 import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, removeLockFiles, requireKernel, sh, leakChecks, bpftoolJson } from './helpers';
-import { BpfObject, LOCK_EX, LOCK_NB, LOCK_UN, MapFd, flock } from '../src/bpf';
+import { BpfObject, LOCK_EX, LOCK_NB, LOCK_UN, flock } from '../src/bpf';
 import { openLockDirFile, withLock } from '../src/lock';
 import { features } from '../src/features';
 import { checkAgainstBtf, encodeConfig, decodeConfig, encodePort, PortDecl, Role, Mode, u32Key, decodePort, STRUCTS, ENUMS } from '../src/layout';
+import { isLoaded, mapPinPath, Pins } from '../src/pins';
 
 const DRIFT = path.join(ROOT, 'build', 'fixtures', 'drift.bpf.o');
 const REJECT = path.join(ROOT, 'build', 'fixtures', 'reject.bpf.o');
@@ -65,10 +66,10 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     assert.ok(vbrProg(ns, pins) > 0, 'neuv_vbr attached to vbr-neuv ingress');
     if (kind === 'tc') assert.match(ns.exec('tc', ['filter', 'show', 'dev', 'vbr-neuv', 'ingress']), /neuv_vbr.*direct-action/);
     else assert.ok(fs.existsSync(path.join(pins, 'link_10000000')), 'tcx link pinned');
-    const cfg = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_config')]) as Array<{ formatted: { value: { dp_ifindex: number } } }>;
+    const cfg = bpftoolJson(['map', 'dump', 'pinned', mapPinPath(pins, 'config')]) as Array<{ formatted: { value: { dp_ifindex: number } } }>;
     assert.equal(cfg[0]!.formatted.value.dp_ifindex, 10000000);
     // Where it lives (src/home.ts): the enforcer netns's nsfs inode and cookie, vbr-neuv's ifindex.
-    const home = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_home')]) as Array<{ formatted: { value: { netns_ino: number; netns_cookie: number; vbr_ifindex: number } } }>;
+    const home = bpftoolJson(['map', 'dump', 'pinned', mapPinPath(pins, 'home')]) as Array<{ formatted: { value: { netns_ino: number; netns_cookie: number; vbr_ifindex: number } } }>;
     assert.equal(home[0]!.formatted.value.netns_ino, fs.statSync(`/var/run/netns/${ns.name}`).ino);
     assert.ok(home[0]!.formatted.value.netns_cookie > 0, 'netns cookie recorded');
     assert.equal(home[0]!.formatted.value.vbr_ifindex, 10000000);
@@ -78,13 +79,8 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     const ns = makeNetns();
     const pins = makePinRoot();
     assert.equal(cli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
-    const ports = MapFd.fromPin(path.join(pins, 'neuv_ports'));
-    try {
-      ports.update(u32Key(4242), encodePort({ peerIfindex: 4243, flags: 0, id: 0x1092, role: Role.VEX, mode: Mode.TAP, mac: Buffer.from([2, 0, 0, 0, 0, 1]) }));
-    } finally {
-      ports.close();
-    }
-    const dump = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_ports')]) as Array<{ formatted: { key: number; value: Record<string, unknown> } }>;
+    Pins.with(pins, ['ports'], (p) => p.ports.update(u32Key(4242), encodePort({ peerIfindex: 4243, flags: 0, id: 0x1092, role: Role.VEX, mode: Mode.TAP, mac: Buffer.from([2, 0, 0, 0, 0, 1]) })));
+    const dump = bpftoolJson(['map', 'dump', 'pinned', mapPinPath(pins, 'ports')]) as Array<{ formatted: { key: number; value: Record<string, unknown> } }>;
     assert.equal(dump.length, 1);
     assert.equal(dump[0]!.formatted.key, 4242);
     const v = dump[0]!.formatted.value;
@@ -102,14 +98,12 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
       progIds: Record<string, number>;
       mapIds: Record<string, number>;
     };
-    const ports = MapFd.fromPin(path.join(pins, 'neuv_ports'));
     const entry = { peerIfindex: 7, flags: 0, id: 9, role: Role.VIN, mode: Mode.FWD, mac: Buffer.from([2, 1, 2, 3, 4, 5]) };
-    ports.update(u32Key(99), encodePort(entry));
-    ports.close();
-    // A running trace's lease lives in neuv_config: a reload must not cut it.
-    const cfg = MapFd.fromPin(path.join(pins, 'neuv_config'));
-    cfg.update(u32Key(0), encodeConfig({ dpIfindex: 10000000, flags: 7, traceUntil: 123456789n }));
-    cfg.close();
+    Pins.with(pins, ['ports', 'config'], (p) => {
+      p.ports.update(u32Key(99), encodePort(entry));
+      // A running trace's lease lives in neuv_config: a reload must not cut it.
+      p.config.update(u32Key(0), encodeConfig({ dpIfindex: 10000000, flags: 7, traceUntil: 123456789n }));
+    });
 
     const r2 = cli(['--netns', ns.name, '--bpffs', pins, 'load', '--json']);
     assert.equal(r2.code, 0, r2.stderr);
@@ -120,20 +114,12 @@ for (const kind of ['tcx', 'tc'] as const) describe(`load / unload (kernel, ${ki
     for (const role of ['vin', 'vex', 'vbr']) assert.notEqual(second.progIds[role], first.progIds[role], role);
     assert.equal(vbrProg(ns, pins), second.progIds.vbr, 'the new program is the one attached');
     if (kind === 'tcx') assert.doesNotMatch(ns.exec('tc', ['filter', 'show', 'dev', 'vbr-neuv', 'ingress']), /neuv/, 'no tc filter besides the tcx link');
-    const again = MapFd.fromPin(path.join(pins, 'neuv_ports'));
-    try {
-      const v = again.lookup(u32Key(99));
+    Pins.with(pins, ['ports', 'config'], (p) => {
+      const v = p.ports.lookup(u32Key(99));
       assert.ok(v, 'entry survived the reload');
       assert.deepEqual(decodePort(v), entry);
-    } finally {
-      again.close();
-    }
-    const cfg2 = MapFd.fromPin(path.join(pins, 'neuv_config'));
-    try {
-      assert.deepEqual(decodeConfig(cfg2.lookup(u32Key(0))!), { dpIfindex: 10000000, flags: 7, traceUntil: 123456789n });
-    } finally {
-      cfg2.close();
-    }
+      assert.deepEqual(decodeConfig(p.config.lookup(u32Key(0))!), { dpIfindex: 10000000, flags: 7, traceUntil: 123456789n });
+    });
   });
 
   it('unload leaves no pin, no vbr-neuv, no clsact; a second unload is a no-op', function () {
@@ -333,11 +319,11 @@ describe('the API takes the pin root lock itself (kernel)', function () {
     const listing = () => (fs.existsSync(pins) ? fs.readdirSync(pins).sort().join(' ') : 'no pin root');
     const l = await whileLocked(ns.name, pins, 'load', listing);
     assert.equal(l.code, 0, l.stderr);
-    assert.ok(fs.existsSync(path.join(pins, 'neuv_ports')), 'loaded once the lock was free');
+    assert.ok(isLoaded(pins), 'loaded once the lock was free');
     const u = await whileLocked(ns.name, pins, 'unload', listing);
     assert.equal(u.code, 0, u.stderr);
     assert.equal((JSON.parse(u.stdout) as { wasLoaded: boolean }).wasLoaded, true);
-    assert.ok(!fs.existsSync(path.join(pins, 'neuv_ports')), 'unloaded once the lock was free');
+    assert.ok(!isLoaded(pins), 'unloaded once the lock was free');
   });
 });
 

@@ -27,7 +27,6 @@ import { raceTestRun } from './race';
 import { STUB_DP } from '../harness/proc';
 import { StubDp } from '../harness/stub-dp';
 import { linkOf, veth } from '../harness/net';
-import { MapFd, ProgFd } from '../src/bpf';
 import { PortFlag, decodePort, u32Key } from '../src/layout';
 import { features } from '../src/features';
 import { configureLogging } from '../src/log';
@@ -44,6 +43,7 @@ import {
   probeFrame,
 } from '../src/migrate';
 import { NV_VBR, NvMode, NvPair, nvPairRules } from '../src/migrate/nvtc';
+import { isLoaded, mapPinPath, openProg, Pins } from '../src/pins';
 
 // ================================================================ iproute2's JSON, emulated
 
@@ -326,8 +326,8 @@ const SPECS: Array<{ tag: string; mode: NvMode }> = [
 
 /** Port entries in the pinned neuv_ports, by ifindex. */
 function portKeys(pins: string): number[] {
-  if (!fs.existsSync(path.join(pins, 'neuv_ports'))) return [];
-  const rows = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', path.join(pins, 'neuv_ports')]) || '[]') as Array<{ formatted: { key: number } }>;
+  if (!isLoaded(pins)) return [];
+  const rows = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', mapPinPath(pins, 'ports')]) || '[]') as Array<{ formatted: { key: number } }>;
   return rows.map((r) => r.formatted.key).sort((a, b) => a - b);
 }
 
@@ -425,7 +425,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
     const { a: { ifindex: vin }, b: { ifindex: vex } } = veth({ ns, name: 'vinS' }, { ns, name: 'vexS' }, { up: false });
     const vbr = linkOf(ns, 'vbr-neuv').ifindex;
     const id = vex & 0xffff;
-    const prog = ProgFd.fromPin(path.join(pins, 'prog_vbr'));
+    const prog = openProg(pins, 'vbr');
     onCleanup(() => prog.close());
     // What the DP sends back for a frame from the workload: SA = the pair's UCMAC.
     const frame = Buffer.alloc(64);
@@ -774,12 +774,7 @@ describe('migrate: discover / adopt / handback (kernel)', function () {
     const t = setup(SPECS.slice(0, 2));
     ok(t.run(['adopt']));
     const entries = (p: NvFixturePair) => {
-      const m = MapFd.fromPin(path.join(t.pins, 'neuv_ports'));
-      try {
-        return [p.vinIfindex, p.vexIfindex].map((i) => decodePort(m.lookup(u32Key(i))!));
-      } finally {
-        m.close();
-      }
+      return Pins.with(t.pins, ['ports'], (m) => [p.vinIfindex, p.vexIfindex].map((i) => decodePort(m.ports.lookup(u32Key(i))!)));
     };
     for (const p of t.node.pairs) {
       const adopted = entries(p);

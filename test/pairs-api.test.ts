@@ -5,14 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { cli as runCli, makeNetns, makePinRoot, onCleanup, requireKernel, sh, TIME_SCALE, leakChecks } from './helpers';
 import { ConflictError, NotFoundError, UsageError } from '../src/errors';
 import { configureLogging } from '../src/log';
 import { Datapath } from '../src/pairs';
-import { ProgFd, rcuGraceWaits } from '../src/bpf';
+import { rcuGraceWaits } from '../src/bpf';
 import { raceTestRun } from './race';
 import { addVeths, ifindexOf, MAC1, MAC2, u32Bytes } from './pairs-fixture';
+import { mapPinPath, openProg } from '../src/pins';
 
 // ---------------------------------------------------------------- the API
 
@@ -44,8 +44,8 @@ describe('Datapath API (kernel)', function () {
     assert.equal(fs.readlinkSync('/proc/thread-self/ns/net'), home);
 
     // A crash half way through an add: the vex entry and the ids entry are gone.
-    sh('bpftool', ['map', 'delete', 'pinned', path.join(pins, 'neuv_ports'), 'key', ...u32Bytes(p.vexIfindex)]);
-    sh('bpftool', ['map', 'delete', 'pinned', path.join(pins, 'neuv_ids'), 'key', ...u32Bytes(p.id)]);
+    sh('bpftool', ['map', 'delete', 'pinned', mapPinPath(pins, 'ports'), 'key', ...u32Bytes(p.vexIfindex)]);
+    sh('bpftool', ['map', 'delete', 'pinned', mapPinPath(pins, 'ids'), 'key', ...u32Bytes(p.id)]);
     assert.equal((await dp.show()).consistent, false);
     const again = await dp.addPair({ in: 'vin1', ex: 'vex1', mac: MAC1 });
     assert.equal(again.created, false);
@@ -99,7 +99,7 @@ describe('Datapath API (kernel)', function () {
     assert.equal(runCli(['--netns', ns.name, '--bpffs', pins, 'load']).code, 0);
     addVeths(ns, 1);
     assert.equal(runCli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vin1', '--ex', 'vex1', '--mac', MAC1, '--mode', 'bypass']).code, 0);
-    const prog = ProgFd.fromPin(path.join(pins, 'prog_vex'));
+    const prog = openProg(pins, 'vex');
     onCleanup(() => prog.close());
     const frame = Buffer.alloc(64);
     Buffer.from([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0, 0x45]).copy(frame); // IPv4 to the workload MAC

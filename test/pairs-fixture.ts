@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Netns, sh } from './helpers';
+import { MapName, mapPinPath } from '../src/pins';
 
 export interface PortDump {
   peer_ifindex: number;
@@ -15,15 +16,15 @@ export interface PortDump {
   mac: number[];
 }
 
-export function dump<T>(pins: string, map: string): Array<{ key: number; value: T }> {
-  const rows = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', path.join(pins, map)]) || '[]') as Array<{
+export function dump<T>(pins: string, map: MapName): Array<{ key: number; value: T }> {
+  const rows = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', mapPinPath(pins, map)]) || '[]') as Array<{
     formatted: { key: number; value?: T; values?: Array<{ cpu: number; value: T }> };
   }>;
   return rows.map((r) => ({ key: r.formatted.key, value: (r.formatted.value ?? r.formatted.values) as T }));
 }
 
 export function ports(pins: string): Map<number, PortDump> {
-  return new Map(dump<PortDump>(pins, 'neuv_ports').map((r) => [r.key, r.value]));
+  return new Map(dump<PortDump>(pins, 'ports').map((r) => [r.key, r.value]));
 }
 
 export function ifindexOf(ns: Netns, dev: string): number {

@@ -42,7 +42,7 @@ describe('pairs at scale (kernel)', function () {
     const tv = Date.now();
     c(['--help']); // node + commander start-up alone, for reference
     const startMs = Date.now() - tv;
-    assert.equal(dump(pins, 'neuv_ids').length, N);
+    assert.equal(dump(pins, 'ids').length, N);
     assert.equal(ports(pins).size, 2 * N);
 
     const ts = Date.now();
@@ -80,7 +80,7 @@ describe('pairs at scale (kernel)', function () {
         `CLI median ${cliLat[2]} ms; pair del: ${delMs} ms`,
     );
     // No timing assertion: speed is measured by `make bench` (bench/control.ts), not by tests.
-    assert.equal(dump(pins, 'neuv_ids').length, N - 1);
+    assert.equal(dump(pins, 'ids').length, N - 1);
   });
 
   it('POST /v1/pairs with 1,000 pairs is all or nothing: a bad spec at 700, a kernel change failing at the 700th pair, then all added', async function () {

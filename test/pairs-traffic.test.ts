@@ -4,7 +4,7 @@
  * stream that loses and duplicates nothing while the pair flips modes.
  */
 import assert from 'node:assert/strict';
-import { cli as runCli, cliSpawn, leftovers, makePinRoot, onCleanup, requireKernel, runCleanups, TIME_SCALE } from './helpers';
+import { cli as runCli, cliSpawn, makePinRoot, onCleanup, requireKernel, TIME_SCALE, leakChecks } from './helpers';
 import { configureLogging } from '../src/log';
 import { Datapath } from '../src/pairs';
 import { ping, startUdpStream } from './traffic';
@@ -17,11 +17,7 @@ describe('pairs with traffic (kernel)', function () {
     requireKernel(this);
     configureLogging('warn', false); // the in-process API waits for the CLI's lock: not news
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces, pins or processes behind');
-  });
+  leakChecks();
 
   function topo(subnet: string) {
     const t = makePairTopology({ subnet });

@@ -10,10 +10,11 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { cli as runCli, CliResult, kernelState, leftovers, makeNetns, makePinRoot, Netns, oneErrorLine, onCleanup, requireKernel, runCleanups, sh } from './helpers';
+import { cli as runCli, CliResult, kernelState, makeNetns, makePinRoot, Netns, oneErrorLine, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
 import { features } from '../src/features';
 import { veth } from '../harness/net';
 import { addNonVeth, addVeths, dump, hookProg, ifindexOf, MAC1, MAC2, ports, u32Bytes } from './pairs-fixture';
+import { mapPinPath } from '../src/pins';
 
 for (const kind of ['tcx', 'tc'] as const) {
   describe(`pairs (kernel, ${kind} attach)`, function () {
@@ -44,10 +45,8 @@ for (const kind of ['tcx', 'tc'] as const) {
       requireKernel(this);
       if (kind === 'tcx' && !features().tcx) this.skip();
     });
-    after(function () {
-      runCleanups();
-      assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-    });
+    // Each block below runs its own cleanups (after each test, or after its shared fixture).
+    leakChecks({ perTest: false });
 
     describe('operations', function () {
       afterEach(runCleanups);
@@ -68,8 +67,8 @@ for (const kind of ['tcx', 'tc'] as const) {
         const qd = kind === 'tc' ? 4 : 0;
         assert.deepEqual(p.get(vin), { peer_ifindex: vex, flags: qd, id, role: 1, mode: 2, mac: [2, 0, 0, 0, 0, 1], pad: [0, 0], lock: { val: 0 } });
         assert.deepEqual(p.get(vex), { peer_ifindex: vin, flags: qd, id, role: 2, mode: 2, mac: [2, 0, 0, 0, 0, 1], pad: [0, 0], lock: { val: 0 } });
-        assert.deepEqual(dump(t.pins, 'neuv_ids'), [{ key: id, value: { vin_ifindex: vin, vex_ifindex: vex } }]);
-        const stats = dump<Array<{ value: { c: Array<Array<{ packets: number; bytes: number }>> } }>>(t.pins, 'neuv_stats');
+        assert.deepEqual(dump(t.pins, 'ids'), [{ key: id, value: { vin_ifindex: vin, vex_ifindex: vex } }]);
+        const stats = dump<Array<{ value: { c: Array<Array<{ packets: number; bytes: number }>> } }>>(t.pins, 'stats');
         assert.equal(stats.length, 1);
         assert.equal(stats[0]!.key, id);
         assert.equal(hookProg(t.ns, t.pins, 'vin1'), 'neuv_vin');
@@ -196,7 +195,7 @@ for (const kind of ['tcx', 'tc'] as const) {
         assert.equal(c.id, 65535);
         assert.equal(c.idSource, 'pinned');
         assert.equal(c.ucmac, '4e:65:75:56:ff:ff');
-        assert.deepEqual(dump(t.pins, 'neuv_ids').map((r) => r.key).sort((x, y) => x - y), [0, 4464, 65535]);
+        assert.deepEqual(dump(t.pins, 'ids').map((r) => r.key).sort((x, y) => x - y), [0, 4464, 65535]);
       });
 
       it('idempotent: the same spec again succeeds and re-attaches a missing hook; a conflicting spec is refused', function () {
@@ -276,9 +275,9 @@ for (const kind of ['tcx', 'tc'] as const) {
         ok(t.c(['pair', 'add', '--in', 'vin2', '--ex', 'vex2', '--mac', MAC2, '--id', '12']));
         ok(t.c(['pair', 'add', '--in', 'vin3', '--ex', 'vex3', '--mac', '02:00:00:00:00:03', '--id', '13']));
         t.ns.ip('link', 'del', 'h1'); // takes vex1 with it
-        sh('bpftool', ['map', 'delete', 'pinned', path.join(t.pins, 'neuv_ports'), 'key', ...u32Bytes(ifindexOf(t.ns, 'vin2'))]);
-        sh('bpftool', ['map', 'delete', 'pinned', path.join(t.pins, 'neuv_ports'), 'key', ...u32Bytes(ifindexOf(t.ns, 'vex2'))]);
-        sh('bpftool', ['map', 'delete', 'pinned', path.join(t.pins, 'neuv_ids'), 'key', ...u32Bytes(13)]);
+        sh('bpftool', ['map', 'delete', 'pinned', mapPinPath(t.pins, 'ports'), 'key', ...u32Bytes(ifindexOf(t.ns, 'vin2'))]);
+        sh('bpftool', ['map', 'delete', 'pinned', mapPinPath(t.pins, 'ports'), 'key', ...u32Bytes(ifindexOf(t.ns, 'vex2'))]);
+        sh('bpftool', ['map', 'delete', 'pinned', mapPinPath(t.pins, 'ids'), 'key', ...u32Bytes(13)]);
         const s = JSON.parse(ok(t.c(['show', '--json'])).stdout) as { consistent: boolean; pairs: Array<{ id: number; problems: string[] }>; problems: string[] };
         assert.equal(s.consistent, false);
         const probs = (id: number) => s.pairs.find((p) => p.id === id)!.problems.join('\n');
@@ -297,8 +296,8 @@ for (const kind of ['tcx', 'tc'] as const) {
         const after = JSON.parse(ok(t.c(['show', '--json'])).stdout) as { consistent: boolean; pairs: unknown[] };
         assert.deepEqual(after, { ...after, consistent: true, pairs: [] });
         assert.deepEqual(ports(t.pins).size, 0);
-        assert.deepEqual(dump(t.pins, 'neuv_ids'), []);
-        assert.deepEqual(dump(t.pins, 'neuv_stats'), []);
+        assert.deepEqual(dump(t.pins, 'ids'), []);
+        assert.deepEqual(dump(t.pins, 'stats'), []);
         assert.deepEqual(fs.readdirSync(t.pins).filter((f) => f.startsWith('link_') && f !== 'link_10000000'), []);
       });
 

@@ -20,17 +20,16 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  CliResult,
-  ROOT,
   cli,
+  CliResult,
   cliSpawn,
-  leftovers,
+  leakChecks,
   makeNetns,
   makePinRoot,
   Netns,
   onCleanup,
   requireKernel,
-  runCleanups,
+  ROOT,
   sh,
   TIME_SCALE,
 } from './helpers';
@@ -49,6 +48,7 @@ import {
   startTcpTransfer,
   startUdpStream,
 } from './traffic';
+import { mapPinPath, progPinPath } from '../src/pins';
 
 const SOAK = process.env.NEUV_BPF_SOAK === '1';
 const COUNTS = SOAK
@@ -356,12 +356,7 @@ describe('reliability (kernel)', function () {
     requireKernel(this);
     configureLogging('warn', false); // the API waits for the CLI's lock: not news
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces, pins or processes behind');
-    assert.deepEqual(leftovers('nbtc'), [], 'tests left container namespaces behind');
-  });
+  leakChecks({ prefixes: ['nbt', 'nbtc'] });
 
   const modes: Mode[] = ['bypass', 'tap', 'fwd'];
   const allPoints = [...ADD_POINTS, ...MODE_POINTS, ...DEL_POINTS, ...LOAD_POINTS];
@@ -705,15 +700,15 @@ describe('reliability (kernel)', function () {
       const cases: Array<[string, () => void, RegExp, RegExp]> = [
         ['vin deleted behind our back', () => ns.ip('link', 'del', 'vinS0'), /the vin \(ifindex \d+\) has no interface in this network namespace \(port vanished\)/, /removed pair id \d+ \(\?\/vexS0\): its vin \(ifindex \d+\) vanished/],
         ['hook removed with tc qdisc del', () => ns.exec('tc', ['qdisc', 'del', 'dev', 'vexS1', 'clsact']), /the vex hook is not attached \(vexS1 ingress\)/, /re-added pair id \d+ \(vinS1\/vexS1, MAC .*\(repaired: vex hook/],
-        ['ids entry deleted with bpftool', () => sh('bpftool', ['map', 'delete', 'pinned', path.join(pins, 'neuv_ids'), 'key', ...u32(idOf('vinS2'))]), /no neuv_ids entry/, /repaired: ids entry/],
-        ['vex entry deleted with bpftool', () => sh('bpftool', ['map', 'delete', 'pinned', path.join(pins, 'neuv_ports'), 'key', ...u32(pairByVin(j0, 'vinS3')!.vex!.ifindex)]), /no vex port entry|no neuv_ports entry for the vex/, /repaired: vex entry/],
+        ['ids entry deleted with bpftool', () => sh('bpftool', ['map', 'delete', 'pinned', mapPinPath(pins, 'ids'), 'key', ...u32(idOf('vinS2'))]), /no neuv_ids entry/, /repaired: ids entry/],
+        ['vex entry deleted with bpftool', () => sh('bpftool', ['map', 'delete', 'pinned', mapPinPath(pins, 'ports'), 'key', ...u32(pairByVin(j0, 'vinS3')!.vex!.ifindex)]), /no vex port entry|no neuv_ports entry for the vex/, /repaired: vex entry/],
         ['a mode switch cut short', () => { const k = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'mode', '--in', 'vinS4', 'fwd'], { env: { NEUV_BPF_FAULT: 'crash@pair-mode:after-vex' } }); assert.equal(k.code, -1); }, /disagree on the mode \(bypass vs fwd\)/, /set pair id \d+ \(vinS4\/vexS4\) to fwd/],
         ['vbr-neuv hook gone', () => {
           if (fs.existsSync(path.join(pins, 'link_10000000'))) fs.rmSync(path.join(pins, 'link_10000000'));
           else ns.exec('tc', ['filter', 'del', 'dev', 'vbr-neuv', 'ingress', 'pref', '1', 'handle', '0x4e56', 'bpf']);
         }, /the vbr-neuv hook is not attached/, /attached the pinned vbr program/],
-        ['a pin made world-readable', () => fs.chmodSync(path.join(pins, 'neuv_ports'), 0o644), /pin neuv_ports has mode 644, not 600/, /set pin neuv_ports to mode 600/],
-        ['stray counters', () => sh('bpftool', ['map', 'update', 'pinned', path.join(pins, 'neuv_stats'), 'key', ...u32(4242), 'value', ...Array(160).fill('0')]), /neuv_stats has an entry for id 4242, which has no pair/, /removed the counters of id 4242/],
+        ['a pin made world-readable', () => fs.chmodSync(mapPinPath(pins, 'ports'), 0o644), /pin neuv_ports has mode 644, not 600/, /set pin neuv_ports to mode 600/],
+        ['stray counters', () => sh('bpftool', ['map', 'update', 'pinned', mapPinPath(pins, 'stats'), 'key', ...u32(4242), 'value', ...Array(160).fill('0')]), /neuv_stats has an entry for id 4242, which has no pair/, /removed the counters of id 4242/],
         ['stray hook (a killed pair add)', () => { veth({ ns, name: 'vinS9' }, { ns, name: 'wlS9' }, { up: false }); veth({ ns, name: 'vexS9' }, { ns, name: 'hS9' }, { up: false }); const k2 = cli(['--netns', ns.name, '--bpffs', pins, 'pair', 'add', '--in', 'vinS9', '--ex', 'vexS9', '--mac', macOf('S', 9)], { env: { NEUV_BPF_FAULT: 'crash@pair-add:after-hooks' } }); assert.equal(k2.code, -1); }, /vinS9 \(ifindex \d+\) runs our neuv_vin program but is in no pair/, /detached neuv_vin from vinS9/],
       ];
       for (const [what, breakIt, problem, fix] of cases) {
@@ -742,7 +737,7 @@ describe('reliability (kernel)', function () {
       assert.match(nothing.stdout, /nothing to repair: consistent/);
 
       // What needs the object file is left, naming the command that fixes it.
-      fs.rmSync(path.join(pins, 'prog_vin'));
+      fs.rmSync(progPinPath(pins, 'vin'));
       const left = await c(['repair']);
       assert.equal(left.code, 1);
       assert.match(left.stderr, /program pin prog_vin missing .*run neuv-bpf load/);

@@ -9,7 +9,6 @@
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ExitCode } from '../src/errors';
 import { netnsCookie } from '../src/bpf';
 import { nameNetns } from '../src/home';
@@ -20,6 +19,7 @@ import { InterceptResult } from '../src/intercept';
 import { bpftoolJson, cli, kernelState, leakChecks, makeNetns, makePinRoot, oneErrorLine, requireKernel } from './helpers';
 import { containerState, linkNames, makeTopology, StubDp, workloadPid, TestTopology } from './topology';
 import { veth } from '../harness/net';
+import { mapPinPath } from '../src/pins';
 
 interface Shown {
   pairs: Array<{ id: number; mode: string; vin: { name: string; ifindex: number } | null; vex: { name: string; ifindex: number } | null; problems: string[] }>;
@@ -141,13 +141,13 @@ describe('safe to operate: operator mistakes on a live node (kernel)', function 
     const pins = makePinRoot();
     const inA = (args: string[]) => cli(['--netns', a.name, '--bpffs', pins, ...args]);
     assert.equal(inA(['load']).code, 0);
-    fs.rmSync(path.join(pins, 'neuv_home')); // as a version before it pinned one
+    fs.rmSync(mapPinPath(pins, 'home')); // as a version before it pinned one
     for (const r of [cli(['--netns', b.name, '--bpffs', pins, 'show']), cli(['--bpffs', pins, 'repair'])]) {
       refused(r, ExitCode.WRONG_NETNS, /has no record of its netns \(loaded by an older neuv-bpf\) and vbr-neuv here .* does not run its program: run this in the netns it was loaded in \(--netns\); a load there records it$/, 'no record');
     }
     assert.equal(inA(['show']).code, 0, 'its own netns');
     assert.equal(inA(['load']).code, 0, 'reload where it lives');
-    const home = bpftoolJson(['map', 'dump', 'pinned', path.join(pins, 'neuv_home')]) as Array<{ formatted: { value: { netns_ino: number } } }>;
+    const home = bpftoolJson(['map', 'dump', 'pinned', mapPinPath(pins, 'home')]) as Array<{ formatted: { value: { netns_ino: number } } }>;
     assert.equal(home[0]!.formatted.value.netns_ino, fs.statSync(`/var/run/netns/${a.name}`).ino, 'recorded at the reload');
     refused(cli(['--netns', b.name, '--bpffs', pins, 'show']), ExitCode.WRONG_NETNS, new RegExp(`belongs to netns ${a.name} `), 'recorded');
     assert.equal(inA(['unload']).code, 0);

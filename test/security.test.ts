@@ -13,11 +13,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { veth } from '../harness/net';
-import { CLI, ROOT, cli, kernelState, leafCommands, leftovers, makeNetns, makePinRoot, Netns, requireKernel, runCleanups } from './helpers';
+import { CLI, ROOT, cli, kernelState, leafCommands, makeNetns, makePinRoot, Netns, requireKernel, runCleanups, leakChecks } from './helpers';
 import { buildProgram, UNPRIVILEGED } from '../src/cli';
 import { ExitCode } from '../src/errors';
 import { features } from '../src/features';
 import { LOCK_DIR, lockPath } from '../src/lock';
+import { mapPinPath } from '../src/pins';
 
 const MAC = '02:00:00:00:00:01';
 
@@ -37,10 +38,8 @@ describe('security (kernel)', function () {
   before(function () {
     requireKernel(this);
   });
-  after(function () {
-    runCleanups();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  // Each block below runs its own cleanups.
+  leakChecks({ perTest: false });
 
   describe('modes', function () {
     afterEach(runCleanups);
@@ -84,11 +83,11 @@ describe('security (kernel)', function () {
       assert.equal(withUmask(['load']).status, 0, 'a reload keeps the modes');
       assert.deepEqual(pinModes(pins), []);
       // show --check says so too (it checks the modes).
-      fs.chmodSync(path.join(pins, 'neuv_ids'), 0o644);
+      fs.chmodSync(mapPinPath(pins, 'ids'), 0o644);
       const chk = cli(['--netns', ns.name, '--bpffs', pins, 'show', '--check']);
       assert.equal(chk.code, 1);
       assert.match(chk.stderr, /pin neuv_ids has mode 644, not 600/);
-      fs.chmodSync(path.join(pins, 'neuv_ids'), 0o600);
+      fs.chmodSync(mapPinPath(pins, 'ids'), 0o600);
 
       assert.equal(mode(LOCK_DIR), '700', `${LOCK_DIR}`);
       assert.equal(mode(lockPath(pins)), '600', lockPath(pins));

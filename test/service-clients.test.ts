@@ -15,21 +15,16 @@ import { addPair, makePairTopology, PairTopology } from './topology';
 import { ping } from './traffic';
 import { StubDp } from '../harness/stub-dp';
 import { raw, sample, scrape, serve } from './service-fixture';
-import { MapFd } from '../src/bpf';
 import { MODE_NAMES, decodePort, u32Key } from '../src/layout';
+import { Pins } from '../src/pins';
 
 const GO_PKG = path.join(ROOT, 'examples', 'go', 'neuvbpf');
 
 /** The mode of an interface's entry in the pin root's neuv_ports, or 'none' without one. */
 function mapMode(t: PairTopology, pins: string, ifname: string): string {
   const ifindex = (JSON.parse(t.enforcer.exec('ip', ['-j', 'link', 'show', 'dev', ifname])) as Array<{ ifindex: number }>)[0]!.ifindex;
-  const m = MapFd.fromPin(path.join(pins, 'neuv_ports'));
-  try {
-    const v = m.lookup(u32Key(ifindex));
-    return v ? MODE_NAMES[decodePort(v).mode]! : 'none';
-  } finally {
-    m.close();
-  }
+  const v = Pins.with(pins, ['ports'], (p) => p.ports.lookup(u32Key(ifindex)));
+  return v ? MODE_NAMES[decodePort(v).mode]! : 'none';
 }
 
 describe('the service\'s clients: Go, the CLI, the trace stream (kernel)', function () {

@@ -19,6 +19,7 @@ import { raw, sample, scrape, serve, showJson, tool } from './service-fixture';
 import { ServiceClient, ServiceError, defaultSocketPath } from '../src/service/client';
 import { MAX_BODY_BYTES } from '../src/service/http';
 import { withLock } from '../src/lock';
+import { isLoaded } from '../src/pins';
 
 describe('neuv-bpf serve: the API service (kernel)', function () {
   this.timeout(180000 * TIME_SCALE);
@@ -97,7 +98,7 @@ describe('neuv-bpf serve: the API service (kernel)', function () {
     s.child.kill('SIGTERM');
     assert.deepEqual(await s.exited, { code: 0, signal: null });
     assert.ok(!fs.existsSync(s.socket), 'socket removed on exit');
-    assert.ok(fs.existsSync(path.join(pins, 'neuv_ports')), 'the datapath stays loaded');
+    assert.ok(isLoaded(pins), 'the datapath stays loaded');
   });
 
   it('intercept and release a container through the API', async function () {
@@ -259,7 +260,7 @@ describe('neuv-bpf serve: the API service (kernel)', function () {
       assert.match(r.stderr.trim(), /exists and is not a socket/);
     }
     assert.equal(fs.readFileSync(target, 'utf8'), 'keep');
-    assert.ok(!fs.existsSync(path.join(other, 'neuv_ports')), 'a refused serve loads nothing');
+    assert.ok(!isLoaded(other), 'a refused serve loads nothing');
     const elsewhere = cli(['--netns', t.host.name, '--bpffs', pins, 'serve', '--socket', path.join(dir, 'elsewhere.sock')]);
     assert.equal(elsewhere.code, 7, `the pin root is bound to the enforcer netns: ${elsewhere.stderr}`);
     assert.ok(!fs.existsSync(path.join(dir, 'elsewhere.sock')));

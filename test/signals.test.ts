@@ -24,6 +24,7 @@ import { containerState, linkNames, makeTopology, TestTopology } from './topolog
 import { HOST_IP4, ping } from '../harness/topology';
 import { nsView, veth } from '../harness/net';
 import { Datapath } from '../src/pairs';
+import { isLoaded } from '../src/pins';
 
 /** Tries per command: delays 0, D/(N-1), ..., D. */
 const TRIES = 8;
@@ -255,7 +256,7 @@ describe('signals: SIGINT/SIGTERM during a command finish or roll it back (kerne
     const p = node.pairs[0]!;
     const pins = makePinRoot();
     const tt = { t: { enforcer: node.enforcer.name }, pins, run: (args: string[]) => cli(['--netns', node.enforcer.name, '--bpffs', pins, ...args]) };
-    const loaded = () => fs.existsSync(path.join(tt.pins, 'neuv_ports'));
+    const loaded = () => isLoaded(tt.pins);
     /** On NeuVector's rules (nothing of ours: handback unloads) or on ours (its filters gone, our pair, show --check clean). */
     const expectOn = (ours: boolean, why: string) => {
       assert.equal(nvLeft(node, p).length === 0, ours, `${why}: NeuVector's filters ${ours ? 'gone' : 'there'}: ${nvLeft(node, p).join(', ')}`);

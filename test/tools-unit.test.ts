@@ -2,7 +2,9 @@
  * The build's own checks: tools/check-imports.js (imports run downhill, no
  * cycle, every module in a layer of docs/architecture.md) on this tree and on
  * small trees made to break it, and the timing reporter's table
- * (test/timing-reporter.ts) after a real mocha run.
+ * (test/timing-reporter.ts) after a real mocha run, and the suites' own
+ * conventions (leakChecks in every kernel suite, pins opened through
+ * src/pins.ts).
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -158,5 +160,24 @@ describe('test/timing-reporter.ts', function () {
     assert.match(rows[1], /^\s+[\d.]+ s +[\d.]+ s {2}(mac|model)\.test\.js {2}\(\d+ passed\)$/);
     assert.match(rows[2], /^\s+[\d.]+ s +[\d.]+ s {2}total, 2 files$/);
     assert.ok(secs[0] >= secs[1], 'longest first');
+  });
+});
+
+describe("the suites' conventions (lint)", function () {
+  const TEST = path.join(ROOT, 'test');
+  const files = (dir: string): string[] =>
+    fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+  const sources = files(TEST).map((f) => ({ f: path.relative(ROOT, f), text: fs.readFileSync(f, 'utf8') }));
+
+  it('every kernel suite (requireKernel) ends with leakChecks', function () {
+    const missing = sources.filter((s) => s.f.endsWith('.test.ts') && /\brequireKernel\(/.test(s.text) && !/\bleakChecks\(/.test(s.text)).map((s) => s.f);
+    assert.deepEqual(missing, []);
+  });
+
+  it("tests open a datapath's pins through src/pins.ts (Pins, mapPinPath, isLoaded, openProg), not by a path of their own", function () {
+    // helpers.ts's kernelState reads every pin of a root, whatever its name.
+    const byPath = /\b(?:MapFd|ProgFd)\.fromPin\(|path\.join\([^)]*'(?:neuv_(?:ports|ids|stats|global|config|trace|flows|flow_stats|home)|prog_(?:vin|vex|vbr))'\)/;
+    const found = sources.filter((s) => s.f !== path.join('test', 'helpers.ts')).flatMap((s) => s.text.split('\n').map((l, i) => ({ l, at: `${s.f}:${i + 1}` })).filter((x) => byPath.test(x.l)).map((x) => `${x.at}: ${x.l.trim()}`));
+    assert.deepEqual(found, []);
   });
 });

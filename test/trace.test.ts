@@ -10,7 +10,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { BpfObject, MapFd, RingBuffer } from '../src/bpf';
+import { BpfObject, RingBuffer } from '../src/bpf';
 import {
   Hook,
   Mode,
@@ -36,6 +36,7 @@ import { veth } from '../harness/net';
 import { requireTrafgen } from './traffic';
 import { TRAFGEN_QUIET } from '../harness/net';
 import { type Netns, CLI, ROOT, cli, leftovers, makeNetns, makePinRoot, onCleanup, requireKernel, runCleanups, sh, leakChecks } from './helpers';
+import { mapPinPath, Pins } from '../src/pins';
 
 const PASS = -1; // TC_ACT_UNSPEC
 const SHOT = 2;
@@ -296,16 +297,13 @@ function send(t: Topo, n: number): void {
 
 /** Pair packets counted in neuv_stats (all directions and verdicts). */
 function pairPackets(t: Topo): bigint {
-  const m = MapFd.fromPin(path.join(t.pins, 'neuv_stats'));
-  try {
-    const v = m.lookup(u32Key(t.id));
+  return Pins.with(t.pins, ['stats'], ({ stats }) => {
+    const v = stats.lookup(u32Key(t.id));
     if (!v) return 0n;
     const s = emptyStats();
-    for (const c of m.perCpuValues(v)) addStats(s, c);
+    for (const c of stats.perCpuValues(v)) addStats(s, c);
     return s.flat().reduce((a, c) => a + c.packets, 0n);
-  } finally {
-    m.close();
-  }
+  });
 }
 
 /** A running `neuv-bpf trace`, its output collected. */
@@ -427,8 +425,8 @@ describe('neuv-bpf trace (kernel, real traffic)', function () {
       return s.traceUntil < s.now;
     }, 4000, () => 'the lease did not lapse within 4 s');
     // Read the ring ourselves: drain it, send traffic, nothing new arrives.
-    const ringMap = MapFd.fromPin(path.join(t.pins, 'neuv_trace'));
-    const ring = RingBuffer.open(ringMap.fd);
+    const ringMap = Pins.open(t.pins, ['trace']);
+    const ring = RingBuffer.open(ringMap.map('trace').fd);
     try {
       ring.consume();
       const before = pairPackets(t);
@@ -562,23 +560,15 @@ describe('load over the pins of a pre-trace datapath (kernel)', function () {
       if (n === 'neuv_ports') assert.notEqual(res.mapIds[n], id, 'neuv_ports replaced (20-byte values then, 24 now)');
       else assert.equal(res.mapIds[n], id, `${n} reused`);
     }
-    const ports = MapFd.fromPin(path.join(pins, 'neuv_ports'));
-    try {
+    Pins.with(pins, ['ports'], ({ ports }) => {
       assert.equal(ports.info.valueSize, 24);
       assert.deepEqual(ports.lookup(u32Key(1)), Buffer.concat([oldPort, Buffer.alloc(4)]), 'the port entry copied over');
-    } finally {
-      ports.close();
-    }
+    });
     assert.equal(fs.existsSync(path.join(pins, 'neuv_ports_old')), false, 'the old map unpinned');
     assert.ok(res.mapIds.neuv_trace! > 0);
-    assert.ok(fs.existsSync(path.join(pins, 'neuv_trace')));
-    assert.equal(fs.statSync(path.join(pins, 'neuv_trace')).mode & 0o777, 0o600);
-    const ids = MapFd.fromPin(path.join(pins, 'neuv_ids'));
-    try {
-      assert.deepEqual(ids.lookup(u32Key(7)), Buffer.from([1, 0, 0, 0, 2, 0, 0, 0]), 'entry kept');
-    } finally {
-      ids.close();
-    }
+    assert.ok(fs.existsSync(mapPinPath(pins, 'trace')));
+    assert.equal(fs.statSync(mapPinPath(pins, 'trace')).mode & 0o777, 0o600);
+    Pins.with(pins, ['ids'], ({ ids }) => assert.deepEqual(ids.lookup(u32Key(7)), Buffer.from([1, 0, 0, 0, 2, 0, 0, 0]), 'entry kept'));
     const t = cli(['--netns', ns.name, '--bpffs', pins, 'trace', '--duration', '0.3']);
     assert.equal(t.code, 0, t.stderr);
   });

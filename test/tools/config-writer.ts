@@ -17,16 +17,16 @@
  *     written twice more, and checks that the bit survived:
  *     {"trials":N,"lost":N}
  */
-import * as path from 'node:path';
-import { MapFd, sleepSync } from '../../src/bpf';
+import { sleepSync } from '../../src/bpf';
 import { enableFlowLookups, updateConfig } from '../../src/config';
-import { ConfigFlag, MAPS, decodeConfig, u32Key } from '../../src/layout';
+import { ConfigFlag, decodeConfig, u32Key } from '../../src/layout';
+import { Pins } from '../../src/pins';
 import { writeLease } from '../../src/trace';
 
 const [role, pinRoot, msArg, trialsArg] = process.argv.slice(2);
 const ms = Number(msArg);
 if (!pinRoot || !Number.isFinite(ms)) throw new Error('usage: config-writer trace|flows PIN_ROOT MS [TRIALS]');
-const config = MapFd.fromPin(path.join(pinRoot, MAPS.config.name));
+const config = Pins.open(pinRoot, ['config']).config;
 const read = () => decodeConfig(config.lookup(u32Key(0))!);
 process.stdout.write('ready\n');
 const ready = Date.now();
