@@ -13,13 +13,14 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { leftovers, onCleanup, requireKernel, ROOT, runCleanups, TIME_SCALE, uniqueName } from './helpers';
+import { leakChecks, onCleanup, requireKernel, ROOT, TIME_SCALE, uniqueName } from './helpers';
 import { containerState, makeTopology, waitFor, workloadPid } from './topology';
 import { ping } from '../harness/topology';
 import { Podman, podmanUnavailable } from './podman';
 import { sample, scrape } from './service-fixture';
 import { daemonSet, hookFile } from './manifests';
 import { ServiceClient, defaultSocketPath } from '../src/service/client';
+import { isLoaded } from '../src/pins';
 
 const ARCHIVE = path.join(ROOT, 'build', 'image', 'neuv-bpf.oci.tar');
 const METRICS_PORT = 9469;
@@ -44,12 +45,9 @@ describe('the service image under podman, as an enforcer runs it (kernel)', func
     pm = new Podman();
     image = pm.load(ARCHIVE);
   });
-  afterEach(runCleanups);
-  after(function () {
-    runCleanups();
-    pm?.tearDown();
-    assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
-  });
+  // Each test's cleanups run after it (leakChecks); podman's things once all ran.
+  after(() => pm?.tearDown());
+  leakChecks();
 
   it('serves its socket: health, a container intercepted, modes with traffic, metrics; podman stop exits 0 and the datapath stays', async function () {
     const p = pm!;
@@ -79,7 +77,7 @@ describe('the service image under podman, as an enforcer runs it (kernel)', func
     assert.equal(health.pid, state().Pid, 'its pid is the host pid namespace one (--pid host)');
     const st = fs.lstatSync(socket);
     assert.ok(st.isSocket() && (st.mode & 0o777) === 0o600 && st.uid === 0, 'a 0600 root socket on the host');
-    assert.ok(fs.existsSync(path.join(tt.pins, 'neuv_ports')), 'the datapath pinned on the host bpffs');
+    assert.ok(isLoaded(tt.pins), 'the datapath pinned on the host bpffs');
     // The DaemonSet's liveness probe as the kubelet runs it, on this pin root's socket.
     const probe = serveSpec().livenessProbe!.exec.command.map((a) => a.replace(defaultSocketPath('/sys/fs/bpf/neuv'), socket));
     assert.equal(p.run(['exec', name, ...probe], { allowFail: true }).code, 0, 'the liveness probe passes');
@@ -119,7 +117,7 @@ describe('the service image under podman, as an enforcer runs it (kernel)', func
     p.run(['stop', '-t', '40', name]);
     assert.equal(state().ExitCode, 0, logs());
     assert.ok(!fs.existsSync(socket), 'socket removed on exit');
-    assert.ok(fs.existsSync(path.join(tt.pins, 'neuv_ports')), 'the datapath stays loaded');
+    assert.ok(isLoaded(tt.pins), 'the datapath stays loaded');
     const u = tt.run(['unload']);
     assert.equal(u.code, 0, u.stderr);
     assert.equal(p.run(['exec', name, ...probe], { allowFail: true }).code === 0, false, 'the probe fails once it is gone');

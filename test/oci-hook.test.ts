@@ -9,10 +9,10 @@
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { CliResult, cli, leakChecks, makeNet, makePinRoot, oneErrorLine, onCleanup, requireKernel, runCleanups, uniqueName } from './helpers';
+import { CliResult, cli, leakChecks, makeNet, makePinRoot, oneErrorLine, onCleanup, requireKernel, uniqueName } from './helpers';
 import { containerState, makeTopology, nsView, StubDp, TestTopology, waitFor, workloadPid } from './topology';
 import { serve } from './service-fixture';
-import { Podman, burstPeer, hooksDir, noHooks, podmanForSuite, podmanSuiteEnd } from './podman';
+import { Podman, burstPeer, hooksDir, noHooks, podmanForSuite } from './podman';
 import { Net, veth } from '../harness/net';
 import { lockDirFile } from '../src/lock';
 import { journalDir } from '../src/intercept/journal';
@@ -171,8 +171,9 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
     pm.start(uniqueName('nbpc'));
     gw = `${pm.subnet4}.1`;
   });
-  afterEach(runCleanups);
-  after(() => podmanSuiteEnd(pm));
+  // Each test's cleanups run after it (leakChecks); podman's things once all ran.
+  after(() => pm?.tearDown());
+  leakChecks();
 
   interface Node {
     net: Net;

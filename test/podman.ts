@@ -22,7 +22,7 @@ import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ROOT, leftovers, onCleanup, runCleanups, sh, uniqueName } from './helpers';
+import { ROOT, onCleanup, sh, uniqueName } from './helpers';
 
 export const ROOTFS = path.join(ROOT, 'build', 'containers', 'rootfs.tar');
 const IPT = ['/usr/sbin/iptables', '/usr/sbin/ip6tables'];
@@ -54,13 +54,6 @@ export function podmanForSuite(ctx: Mocha.Context, suite: string): Podman {
   const pm = new Podman();
   pm.setUp();
   return pm;
-}
-
-/** A podman suite's after(): cleanups, podman's things removed, nothing of the suite left. */
-export function podmanSuiteEnd(pm: Podman | undefined): void {
-  runCleanups();
-  pm?.tearDown();
-  assert.deepEqual(leftovers(), [], 'tests left namespaces or pins behind');
 }
 
 interface HostState {

@@ -11,10 +11,10 @@
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { cli, makeNet, makePinRoot, onCleanup, requireKernel, runCleanups, uniqueName } from './helpers';
+import { cli, leakChecks, makeNet, makePinRoot, onCleanup, requireKernel, uniqueName } from './helpers';
 import { nsView, waitFor } from './topology';
 import { serve } from './service-fixture';
-import { Podman, burstPeer, hooksDir, noHooks, podmanForSuite, podmanSuiteEnd } from './podman';
+import { Podman, burstPeer, hooksDir, noHooks, podmanForSuite } from './podman';
 import { lockDirFile } from '../src/lock';
 import { journalDir } from '../src/intercept/journal';
 import type { RuntimeStatus } from '../src/service';
@@ -35,8 +35,9 @@ describe('serve --runtime podman: the runtime watcher (kernel)', function () {
     pm.start(early);
     gw = `${pm.subnet4}.1`;
   });
-  afterEach(runCleanups);
-  after(() => podmanSuiteEnd(pm));
+  // Each test's cleanups run after it (leakChecks); podman's things once all ran.
+  after(() => pm?.tearDown());
+  leakChecks();
 
   it('resync intercepts a container running before serve; a container started without the hook is intercepted after its start event and released once it died; the hook\'s is done; a record of a container gone meanwhile is released by the next resync', async function () {
     const net = makeNet();
