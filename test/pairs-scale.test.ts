@@ -103,11 +103,11 @@ describe('pairs at scale (kernel)', function () {
     // What a batch leaves: clsact qdiscs in the netns (one `tc qdisc show` for all; our filters hang off them), pins, map entries.
     const residue = () => {
       const qdiscs = (JSON.parse(ns.exec('tc', ['-j', 'qdisc', 'show']) || '[]') as Array<{ kind: string; dev: string }>).filter((q) => q.kind === 'clsact').map((q) => q.dev);
-      const entries = ['neuv_ports', 'neuv_ids', 'neuv_stats'].map((m) => `${m}: ${dump(pins, m).length}`);
+      const entries = (['ports', 'ids', 'stats'] as const).map((m) => `${m}: ${dump(pins, m).length}`);
       return { qdiscs, pins: fs.readdirSync(pins).sort(), entries };
     };
     const before = residue();
-    assert.deepEqual(before.entries, ['neuv_ports: 0', 'neuv_ids: 0', 'neuv_stats: 0']);
+    assert.deepEqual(before.entries, ['ports: 0', 'ids: 0', 'stats: 0']);
 
     const bad = specs.map((x, i) => (i === 699 ? { ...x, mac: '02:00:00:01:zz:00' } : x));
     const r1 = await raw(s.socket, 'POST', '/v1/pairs', JSON.stringify(bad));
@@ -125,9 +125,9 @@ describe('pairs at scale (kernel)', function () {
     const added = r3.body as Array<{ in: string; created: boolean; mode: string }>;
     assert.equal(added.length, N);
     assert.ok(added.every((p, i) => p.created && p.in === `vin${i}` && p.mode === 'fwd'));
-    assert.equal(dump(pins, 'neuv_ids').length, N);
+    assert.equal(dump(pins, 'ids').length, N);
     assert.equal(ports(pins).size, 2 * N);
-    assert.equal(dump(pins, 'neuv_stats').length, N);
+    assert.equal(dump(pins, 'stats').length, N);
     // Every port hooked with its role's program (the tc filters of one batch).
     assert.equal(residue().qdiscs.length, 2 * N);
     const filters = ns.exec('tc', ['-force', '-batch', '-'], { input: Array.from({ length: N }, (_, i) => `filter show dev vin${i} ingress\nfilter show dev vex${i} ingress\n`).join('') });
