@@ -199,7 +199,8 @@ export async function runControl(o: ControlOptions): Promise<ControlResult> {
   }
   const at = (n: number) => ['--netns', bNs.get(n)!.name, '--bpffs', pins.get(n)!];
   const load = (n: number) => cli([...at(n), 'load', ...objArgs()]);
-  const unload = (n: number) => cli([...at(n), 'unload']);
+  // --force: the pairs of the repetition are there (unload alone refuses while pairs are); not timed.
+  const unload = (n: number) => cli([...at(n), 'unload', '--force']);
 
   const nvTeardown = (n: number) => {
     const lines: string[][] = [];

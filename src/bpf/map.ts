@@ -159,13 +159,21 @@ export class MapFd {
     const vs = Buffer.concat(values.map((v) => this.valueBuf(v)));
     const opts = { sz: koffi.sizeof(MapBatchOpts), elem_flags: BigInt(flags), flags: 0n };
     let done = 0;
-    const r = this.retryEnomem(() => {
-      if (done === keys.length) return 0;
+    let r: number;
+    // A transient ENOMEM (see retryEnomem) retried from where the batch stopped, the pauses starting over whenever it got further.
+    for (let tries = 0; ; ) {
       const n = [keys.length - done];
-      const ret = lib().bpf_map_update_batch(this.fd, ks.subarray(done * this.info.keySize), vs.subarray(done * this.valueBufSize), n, opts);
-      done += n[0] ?? 0;
-      return ret;
-    });
+      r = lib().bpf_map_update_batch(this.fd, ks.subarray(done * this.info.keySize), vs.subarray(done * this.valueBufSize), n, opts);
+      const got = n[0] ?? 0;
+      done += got;
+      if (r !== -12 || !(this.info.flags & BPF_F_NO_PREALLOC) || done >= keys.length) break;
+      if (got > 0) tries = 0;
+      if (tries >= ENOMEM_RETRY_MS.length) break;
+      const ms = ENOMEM_RETRY_MS[tries++]!;
+      log('bpf').debug({ map: this.name, waitMs: ms, done }, 'map batch update: ENOMEM from a map without preallocation, retrying');
+      sleepSync(ms);
+    }
+    if (done >= keys.length) return { done };
     if (r < 0) return { done, error: new KernelError(`update map ${this.name} (${keys.length} entries at once, ${done} written)`, -r) };
     return { done };
   }
