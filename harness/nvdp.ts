@@ -52,7 +52,8 @@ export function findTarball(env: NodeJS.ProcessEnv = process.env, looked: string
 export function nvdpUnavailable(env: NodeJS.ProcessEnv = process.env): string | undefined {
   const looked: string[] = [];
   if (!findTarball(env, looked)) return `NeuVector DP tarball not found (looked at ${looked.join(', ')}; set NEUV_BPF_NVDP_TARBALL)`;
-  if (!fs.existsSync(NVDP_RUN)) return `${NVDP_RUN} missing (make build)`;
+  // Named from the repository: the reason lands in reports (BENCHMARKS.md), where this machine's paths do not belong.
+  if (!fs.existsSync(NVDP_RUN)) return `${path.relative(ROOT, NVDP_RUN)} missing (make build)`;
   return undefined;
 }
 

@@ -158,6 +158,11 @@ describe('docs', function () {
     assert.deepEqual([...new Set(problems)], []);
   });
 
+  it("BENCHMARKS.md names no path of the machine it was measured on (/work/..., /root/...)", function () {
+    const lines = fs.readFileSync(path.join(ROOT, 'BENCHMARKS.md'), 'utf8').split('\n').map((l, i) => `${i + 1}: ${l}`);
+    assert.deepEqual(lines.filter((l) => /(^|[\s(`'"])\/(work|root)\//.test(l)), []);
+  });
+
   it('files linked ahead of their branch (PENDING) are still missing', function () {
     for (const rel of PENDING) {
       assert.ok(!fs.existsSync(path.join(ROOT, rel)), `${rel} exists now: remove it from PENDING in test/docs.test.ts`);
