@@ -72,6 +72,8 @@ export {
   exitCodeOf,
 } from './errors';
 export type { ExitCodeValue } from './errors';
+export { DpClient, DpTimeoutError } from './dp/client';
+export type { DpEndpoint, DpApp, DpSession, PolicyRule, PolicyConfig, SessionCount, DeviceCounter } from './dp/client';
 export { ServiceClient, ServiceError, defaultSocketPath } from './service/client';
 export type { Json, Health, ServiceTarget, InterceptRequest, ServiceClientOptions } from './service/client';
 export { UnsafePathError } from './safefs';

@@ -1,6 +1,8 @@
 /** Unit tests (no kernel): src/loader.ts without the kernel: the privilege check and the pin root. */
 import assert from 'node:assert/strict';
 import { checkPrivileges, pinRootFrom } from '../src/pins';
+import * as pkg from '../src/index';
+import { DpClient } from '../src/dp/client';
 
 describe('privilege check', function () {
   const status = (eff: string) => `Name:\tnode\nCapEff:\t${eff}\n`;
@@ -21,5 +23,12 @@ describe('pin root', function () {
     assert.equal(pinRootFrom(undefined, { NEUV_BPF_PIN_ROOT: '/sys/fs/bpf/x/' }), '/sys/fs/bpf/x');
     assert.equal(pinRootFrom('/sys/fs/bpf/y', { NEUV_BPF_PIN_ROOT: '/sys/fs/bpf/x' }), '/sys/fs/bpf/y');
     assert.throws(() => pinRootFrom('relative/dir', {}), /must be an absolute path/);
+  });
+});
+
+describe("the package's index (unit)", function () {
+  it("exports NeuVector's DP client (DpClient, docs/neuvector-dp.md), as it exports the service's", function () {
+    assert.equal(pkg.DpClient, DpClient);
+    assert.equal(typeof pkg.ServiceClient, 'function');
   });
 });
