@@ -13,7 +13,8 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { cli, leakChecks, makeNet, makePinRoot, onCleanup, requireKernel, uniqueName } from './helpers';
 import { nsView, waitFor } from './topology';
-import { serve } from './service-fixture';
+import { sample, scrape, serve } from './service-fixture';
+import { countFailOpen } from '../src/runtime';
 import { Podman, burstPeer, hooksDir, noHooks, podmanForSuite } from './podman';
 import { lockDirFile } from '../src/lock';
 import { journalDir } from '../src/intercept/journal';
@@ -48,7 +49,7 @@ describe('serve --runtime podman: the runtime watcher (kernel)', function () {
     const pairs = () => (JSON.parse(c(['show', '--json']).stdout) as { pairs: Array<{ id: number; mode: string; vex: { name: string } }> }).pairs;
     const records = () => (fs.existsSync(lockDirFile(pins, 'hooks')) ? fs.readdirSync(lockDirFile(pins, 'hooks')) : []);
     const earlyId = pm!.run(['inspect', '--format', '{{.Id}}', early]).stdout.trim();
-    const args = ['--runtime', 'podman', ...pm!.base.map((a) => `--runtime-arg=${a}`), '--default-mode', 'tap'];
+    const args = ['--runtime', 'podman', ...pm!.base.map((a) => `--runtime-arg=${a}`), '--default-mode', 'tap', '--metrics', '127.0.0.1:0'];
     let s = await serve(enf, pins, args);
     const status = () => s.client.runtime() as Promise<RuntimeStatus>;
     const acted = (id: string, action: string, cause?: string) => async () =>
@@ -59,6 +60,13 @@ describe('serve --runtime podman: the runtime watcher (kernel)', function () {
     assert.deepEqual(pairs().map((p) => p.mode), ['tap']);
     assert.deepEqual(records(), [`${earlyId}.json`]);
     assert.equal((await s.client.health()).runtime?.state, 'following');
+    // The hook's fail-open count (as a hook failing open writes it, with or without a service) is a metric of the service.
+    await countFailOpen(pins, 'a'.repeat(64), 'injected');
+    await countFailOpen(pins, 'b'.repeat(64), 'injected');
+    const m = scrape(enf, s.info.metrics!.port);
+    assert.equal(sample(m, 'neuv_hook_fail_open_total', {}), 2);
+    assert.equal(sample(m, 'neuv_runtime_containers_total', { action: 'intercepted' }), 1);
+    assert.equal(sample(m, 'neuv_runtime_following', {}), 1);
 
     // 2. A 10 s job without the hook, in drop (its annotation): the watcher intercepts it after its start event.
     const p = await burstPeer(gw, PEER_PORT);
@@ -103,6 +111,7 @@ describe('serve --runtime podman: the runtime watcher (kernel)', function () {
     await waitFor('the resync to release the record of the container gone', acted(earlyId, 'released', 'resync'), 60000);
     assert.deepEqual(records(), []);
     assert.deepEqual(pairs(), []);
+    fs.rmSync(lockDirFile(pins, 'hook-fail-open'), { force: true });
     assert.deepEqual(nsView(enf).ip('-br', 'link', 'show').split('\n').filter(Boolean).map((l) => l.split(/[ @]/)[0]).sort(), ['lo', 'vbr-neuv', 'vth-neuv']);
     assert.deepEqual(fs.existsSync(journalDir(pins)) ? fs.readdirSync(journalDir(pins)) : [], []);
     const chk = c(['show', '--check']);

@@ -27,6 +27,12 @@ export const registerServeCommands: CommandRegistrar = (program, ctx) => {
         "after=N (packets the DP saw each way first, default 1), oneway, ports=P[-Q][:...], apps=ID[:...], proto=tcp|udp, deny=yes|no, " +
         "idle=S (30), recheck=S (10: back to the DP for its policy of now), every=MS (100); 'off'. Kept for the next service (default: the rule kept)",
     )
+    .option(
+      '--dp-register <policy>',
+      'with --dp, on a node without NeuVector\'s agent: register every container the service intercepts (the OCI hook\'s, the runtime watcher\'s, the API\'s) ' +
+        "with the DP before the call returns, so before the container runs: its endpoint (inline in fwd), and this policy: a JSON file " +
+        '{"defaultAction": "allow"|"deny", "rules": [{"id", "dip", "port", "proto", "action", "ingress"}, ...]}, or none',
+    )
     .addOption(
       new Option(
         '--runtime <name>',
@@ -39,10 +45,10 @@ export const registerServeCommands: CommandRegistrar = (program, ctx) => {
     .addOption(new Option('--default-mode <mode>', 'with --runtime: the mode of a container without the annotation (none: not intercepted); give the hook the same').choices(CONTAINER_MODES as unknown as string[]).default('bypass'))
     .option('--json', 'print the serving line as JSON');
   // DP supervision: the options of `neuv-bpf watch` (its keep-alive and ring ones prefixed dp-).
-  type ServeOpts = { socket?: string; metrics?: string; offload?: string; runtime?: RuntimeName; runtimeArg?: string[]; defaultMode: ContainerMode; json?: boolean };
+  type ServeOpts = { socket?: string; metrics?: string; offload?: string; dpRegister?: string; runtime?: RuntimeName; runtimeArg?: string[]; defaultMode: ContainerMode; json?: boolean };
   addDpWatchOptions(cmd, 'dp-', false).action(async (o: ServeOpts & DpWatchCmdOpts) => {
     const c = ctx();
-    const { Service, parseListenAddress }: typeof ServiceModule = await import('../service');
+    const { Service, parseListenAddress, readEndpointPolicy }: typeof ServiceModule = await import('../service');
     const metrics = o.metrics === undefined ? undefined : parseListenAddress(o.metrics);
     const dp = dpWatchOptions(o, 'dp-');
     const offload = o.offload === undefined ? undefined : (parseOffloadRule(o.offload) ?? 'off');
@@ -53,14 +59,15 @@ export const registerServeCommands: CommandRegistrar = (program, ctx) => {
     const runtime = o.runtime ? { name: o.runtime, args: o.runtimeArg ?? [], defaultMode: o.defaultMode } : undefined;
     // The DP supervisor at `watch`'s priority: raised before the service starts any worker thread.
     if (dp) raiseWatcherPriority('serve');
-    const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics, dp, offload, runtime });
+    const dpRegister = o.dpRegister === undefined ? undefined : (readEndpointPolicy(o.dpRegister) ?? null);
+    const svc = await Service.start({ pinRoot: c.pinRoot, socket: o.socket, metrics, dp, offload, runtime, dpRegister });
     const i = svc.info;
     if (c.json) printJson(c, i);
     else {
       c.out(
         `serving pin root ${i.pinRoot} (datapath ${i.datapath}) on ${i.socket}` +
           (i.metrics ? `, metrics on http://${i.metrics.host.includes(':') ? `[${i.metrics.host}]` : i.metrics.host}:${i.metrics.port}/metrics` : '') +
-          (i.dp ? `, supervising the DP (fail-${i.dp.policy}), offload ${i.offload}` : '') +
+          (i.dp ? `, supervising the DP (fail-${i.dp.policy}${i.dp.register ? ', registering containers' : ''}), offload ${i.offload}` : '') +
           (i.runtime ? `, following ${i.runtime.name} (default mode ${i.runtime.defaultMode})` : ''),
       );
     }

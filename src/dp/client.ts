@@ -250,6 +250,44 @@ export function decodeSession(b: Buffer): DpSession {
   };
 }
 
+/** The ctrl_cfg_policy request of a policy, validated (a UsageError naming the field): nothing is sent. */
+export function policyMessage(p: PolicyConfig): Record<string, unknown> {
+  if (p.macs.length === 0) throw new UsageError('ctrl_cfg_policy needs at least one MAC');
+  if (p.defaultAction !== undefined && !(p.defaultAction in POLICY_ACTION)) {
+    throw new UsageError(`policy defaultAction '${p.defaultAction}' is not one of ${Object.keys(POLICY_ACTION).join(', ')}`);
+  }
+  const rules = p.rules.map((r) => {
+    if (typeof r !== 'object' || r === null) throw new UsageError('a policy rule is not an object');
+    if (!Number.isSafeInteger(r.id) || r.id < 0 || r.id > 0xffffffff) throw new UsageError(`policy rule id ${JSON.stringify(r.id)} is not an integer in 0..4294967295`);
+    if (typeof r.ingress !== 'boolean') throw new UsageError(`policy rule ${r.id}: ingress must be true or false`);
+    const port = r.port === undefined ? 0 : u16(r.port, 'port');
+    const portr = r.portr === undefined ? (r.port === undefined ? 0xffff : port) : u16(r.portr, 'portr');
+    if (!(r.action in POLICY_ACTION)) throw new UsageError(`policy action '${r.action}' is not one of ${Object.keys(POLICY_ACTION).join(', ')}`);
+    return {
+      id: r.id,
+      sip: ip4(r.sip ?? '0.0.0.0', 'sip'),
+      sipr: ip4(r.sipr ?? (r.sip === undefined ? '255.255.255.255' : r.sip), 'sipr'),
+      dip: ip4(r.dip, 'dip'),
+      dipr: ip4(r.dipr ?? r.dip, 'dipr'),
+      port,
+      portr,
+      proto: u16(r.proto, 'proto'),
+      action: POLICY_ACTION[r.action],
+      ingress: r.ingress,
+    };
+  });
+  return {
+    ctrl_cfg_policy: {
+      cmd: CFG_ADD,
+      flag: MSG_START | MSG_END,
+      defact: POLICY_ACTION[p.defaultAction ?? 'allow'],
+      dir: POLICY_APPLY[p.apply ?? 'both'],
+      mac: p.macs.map((m) => mac(m, 'mac')),
+      rules,
+    },
+  };
+}
+
 let clients = 0;
 
 export class DpClient {
@@ -375,34 +413,7 @@ export class DpClient {
 
   /** ctrl_cfg_policy: one policy (MSG_START|MSG_END) replacing the endpoints' previous one. */
   cfgPolicy(p: PolicyConfig): void {
-    if (p.macs.length === 0) throw new UsageError('ctrl_cfg_policy needs at least one MAC');
-    const rules = p.rules.map((r) => {
-      const port = r.port === undefined ? 0 : u16(r.port, 'port');
-      const portr = r.portr === undefined ? (r.port === undefined ? 0xffff : port) : u16(r.portr, 'portr');
-      if (!(r.action in POLICY_ACTION)) throw new UsageError(`policy action '${r.action}' is not one of ${Object.keys(POLICY_ACTION).join(', ')}`);
-      return {
-        id: r.id,
-        sip: ip4(r.sip ?? '0.0.0.0', 'sip'),
-        sipr: ip4(r.sipr ?? (r.sip === undefined ? '255.255.255.255' : r.sip), 'sipr'),
-        dip: ip4(r.dip, 'dip'),
-        dipr: ip4(r.dipr ?? r.dip, 'dipr'),
-        port,
-        portr,
-        proto: u16(r.proto, 'proto'),
-        action: POLICY_ACTION[r.action],
-        ingress: r.ingress,
-      };
-    });
-    this.send({
-      ctrl_cfg_policy: {
-        cmd: CFG_ADD,
-        flag: MSG_START | MSG_END,
-        defact: POLICY_ACTION[p.defaultAction ?? 'allow'],
-        dir: POLICY_APPLY[p.apply ?? 'both'],
-        mac: p.macs.map((m) => mac(m, 'mac')),
-        rules,
-      },
-    });
+    this.send(policyMessage(p));
   }
 
   /** ctrl_count_session: current sessions by protocol. */

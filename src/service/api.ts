@@ -12,7 +12,7 @@ import type { RuntimeWatcher } from '../runtime';
 import { ExitCode, NotFoundError, UsageError, oneLine } from '../errors';
 import { Offloader, parseOffloadRule, ruleText } from '../offload';
 import { FlowSpec, OffloadOptions, withFlows } from '../flows';
-import { Target, intercept, release, releaseRecorded } from '../intercept';
+import { Target, release, releaseRecorded } from '../intercept';
 import { isLoaded, notLoaded } from '../pins';
 import { MODE_NAMES } from '../layout';
 import { Datapath, ModeName, PairSelector, PairSpec, parseModeName, parsePairObject, parsePortId } from '../pairs';
@@ -20,6 +20,7 @@ import { packageVersion } from '../root';
 import { boundedTrace, traceRequest } from '../trace';
 import type { DpStatus, OffloadStatus } from './client';
 import { objectWith } from './http';
+import { DpRegistrar, interceptRegistered, released } from './endpoints';
 
 /** What a call gets. */
 export interface CallContext {
@@ -41,6 +42,8 @@ export interface CallContext {
   offloader?: Offloader;
   /** The runtime watcher (--runtime). */
   runtime?: RuntimeWatcher;
+  /** The DP registration of intercepted containers (--dp-register). */
+  registrar?: DpRegistrar;
 }
 
 function offloadView(f: Offloader): OffloadStatus {
@@ -311,7 +314,7 @@ export const ROUTES: Route[] = [
       const o = objectWith(c.body, [...TARGET_FIELDS, 'mode', 'id', 'ipv6ToDp'], [], 'intercept body');
       const target = targetOf(o);
       const mode = o.mode === undefined ? undefined : (MODE_NAMES[parseModeName(o.mode)] as ModeName);
-      return intercept({
+      return interceptRegistered(c.registrar, {
         pinRoot: c.pinRoot,
         target,
         port: portOf(o),
@@ -328,12 +331,12 @@ export const ROUTES: Route[] = [
     mutating: true,
     handle: async (c) => {
       const o = objectWith(c.body, [...TARGET_FIELDS, 'netnsInode'], [], 'release body');
-      if (o.netnsInode === undefined) return release({ pinRoot: c.pinRoot, target: targetOf(o), port: portOf(o) });
+      if (o.netnsInode === undefined) return released(c.registrar, await release({ pinRoot: c.pinRoot, target: targetOf(o), port: portOf(o) }));
       // A container named by its journal record (its netns may be gone): the OCI hook's poststop.
       if (o.pid !== undefined || o.netns !== undefined) throw new UsageError('name the container with exactly one of pid, netns and netnsInode');
       const ino = o.netnsInode;
       if (typeof ino !== 'number' || !Number.isSafeInteger(ino) || ino <= 0) throw new UsageError(`netnsInode ${JSON.stringify(ino)} is not an inode number`);
-      return releaseRecorded({ pinRoot: c.pinRoot, netnsInode: ino, port: portOf(o) });
+      return released(c.registrar, await releaseRecorded({ pinRoot: c.pinRoot, netnsInode: ino, port: portOf(o) }));
     },
   },
   {

@@ -24,13 +24,14 @@ import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '.
 import { DpWatch, FailPolicy, WatchOptions } from '../dp/watch';
 import { checkHome } from '../home';
 import { OffloadRule, Offloader, readOffloadRule, ruleText, writeOffloadRule } from '../offload';
-import { intercept, releaseRecorded } from '../intercept';
+import { releaseRecorded } from '../intercept';
 import { ContainerMode, RuntimeName, RuntimeWatcher } from '../runtime';
 import { load } from '../loader';
 import { ensureLockDir, openLockDirFile, withLock } from '../lock';
 import { log } from '../log';
 import { isLoaded } from '../pins';
 import { matchRoute } from './api';
+import { DpRegistrar, EndpointPolicy, interceptRegistered, released } from './endpoints';
 import { SERVICE_LOCK, defaultSocketPath, listening, serviceLockPath } from './client';
 import { HttpError, errorResponse, readJson, sendJson } from './http';
 import { ServiceMetrics } from './metrics';
@@ -69,6 +70,11 @@ export interface ServiceOptions {
    * undefined for the rule kept by the service before (offload.json).
    */
   offload?: OffloadRule | 'off';
+  /**
+   * With dp: register every container the service intercepts with the DP
+   * before the call returns, with this policy (null: none sent).
+   */
+  dpRegister?: EndpointPolicy | null;
   /** Follow a container runtime's events (serve --runtime): intercept on start, release after died, resync at start. */
   runtime?: { name: RuntimeName; args?: string[]; defaultMode: ContainerMode };
 }
@@ -80,8 +86,8 @@ export interface ServiceInfo {
   metrics?: ListenAddress;
   /** 'loaded': this service loaded the datapath; 'adopted': it was loaded already. */
   datapath: 'loaded' | 'adopted';
-  /** The DP supervised (--dp) and its failure policy. */
-  dp?: { policy: FailPolicy };
+  /** The DP supervised (--dp), its failure policy, whether containers are registered with it (--dp-register). */
+  dp?: { policy: FailPolicy; register?: boolean };
   /** The offload rule (with --dp): its text, or 'off'. */
   offload?: string;
   /** The runtime followed (--runtime) and the mode of containers without the annotation. */
@@ -171,6 +177,8 @@ export class Service {
   private offloader: Offloader | undefined;
   /** The runtime watcher (--runtime). */
   private runtime: RuntimeWatcher | undefined;
+  /** The DP registration of intercepted containers (--dp-register). */
+  private registrar: DpRegistrar | undefined;
 
   private constructor(
     info: ServiceInfo,
@@ -194,6 +202,7 @@ export class Service {
     const { pinRoot } = opts;
     const socket = opts.socket ?? defaultSocketPath(pinRoot);
     if (!opts.dp && opts.offload !== undefined && opts.offload !== 'off') throw new UsageError('--offload needs --dp: the DP whose decisions are offloaded');
+    if (!opts.dp && opts.dpRegister !== undefined) throw new UsageError('--dp-register needs --dp: the DP containers are registered with');
     // Under a directory that does not exist nothing can be pinned: load says why, and no file is left.
     const lockFd = fs.existsSync(path.dirname(pinRoot)) ? takeOwnership(pinRoot, socket) : undefined;
     const metrics = new ServiceMetrics(pinRoot);
@@ -236,7 +245,8 @@ export class Service {
         if (opts.offload !== undefined) writeOffloadRule(pinRoot, rule);
         const w = (svc.watch = DpWatch.start({ ...opts.dp, pinRoot }));
         metrics.superviseDp(w);
-        svc.info.dp = { policy: w.policy };
+        svc.info.dp = { policy: w.policy, ...(opts.dpRegister !== undefined ? { register: true } : {}) };
+        if (opts.dpRegister !== undefined) svc.registrar = new DpRegistrar(w, opts.dpRegister ?? undefined);
         const f = (svc.offloader = Offloader.start({ pinRoot, rule, locate: () => (w.state === 'up' ? w.current : undefined) }));
         metrics.offload(f);
         svc.info.offload = rule ? ruleText(rule) : 'off';
@@ -247,8 +257,8 @@ export class Service {
         const rt = opts.runtime;
         svc.runtime = RuntimeWatcher.start({
           pinRoot, runtime: rt.name, args: rt.args, defaultMode: rt.defaultMode,
-          intercept: ({ pid, port, mode }) => intercept({ pinRoot, target: { pid }, port, mode }),
-          release: (rec) => releaseRecorded({ pinRoot, netnsInode: rec.netnsInode, port: rec.port }),
+          intercept: ({ pid, port, mode }) => interceptRegistered(svc.registrar, { pinRoot, target: { pid }, port, mode }),
+          release: async (rec) => released(svc.registrar, await releaseRecorded({ pinRoot, netnsInode: rec.netnsInode, port: rec.port })),
           onAction: (a) => metrics.runtimeAction(a),
         });
         metrics.runtime(svc.runtime);
@@ -304,6 +314,7 @@ export class Service {
         watch: this.watch,
         offloader: this.offloader,
         runtime: this.runtime,
+        registrar: this.registrar,
         res,
         stopping: this.stopSignal.signal,
       });
@@ -354,6 +365,7 @@ export class Service {
       clearTimeout(timer);
       await this.runtime?.stop(); // interceptions stay: released by the hook's poststop or the next watcher
       await this.offloader?.stop(); // its entries stay until they end
+      this.registrar?.close();
       await this.watch?.stop(); // pairs it holds in BYPASS stay there, recorded for the next supervisor
       this.removeSocket();
       if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
