@@ -181,6 +181,12 @@ export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, tim
   const p = lockDirFile(pinRoot, name);
   const outer = heldHere.getStore() ?? [];
   if (outer.some((h) => h.file === p && h.active)) return fn();
+  // One turn of the event loop before taking it: a change made without waiting for anything
+  // (in-process netlink and bpf calls, a lock nobody else holds) resolves at once, so a caller
+  // changing state back to back would otherwise run on microtasks alone, and no timer (another
+  // caller's poll of the lock below, a deadline) or I/O (a child's exit) of this process would
+  // ever run again. Seen in reliability's "tight loop" case once pair add/del went in-process.
+  await new Promise((r) => setImmediate(r));
   const wp = `${p}.wait`;
   const fd = openLockDirFile(pinRoot, name);
   let wfd: number | undefined;
