@@ -155,8 +155,8 @@ describe('end to end through the stub DP (kernel)', function () {
     const atHost = await capture(tt.t, tt.t.host, c1.hostPort, ['-Q', 'in', 'udp', 'port', '5001']);
     const N = 200;
     const res = await udpStream({ senderNs: c1.ns, receiverNs: tt.t.host, to: HOST_IP4, port: 5001, count: N, rate: 500, idleMs: 500 });
-    const dpFrames = await atDp.stop();
-    const hostFrames = await atHost.stop();
+    const dpFrames = await atDp.stop(N);
+    const hostFrames = await atHost.stop(N);
     assert.equal(res.unique, N, 'every datagram arrived');
     assert.equal(res.duplicated, 0, 'no duplicates: the DP could not inject');
     assert.equal(res.lost, 0);

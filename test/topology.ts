@@ -15,7 +15,7 @@
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { CliResult, cli, makePinRoot, onCleanup, uniqueName } from './helpers';
+import { CliResult, TIME_SCALE, cli, makePinRoot, onCleanup, uniqueName } from './helpers';
 import { nsView } from '../harness/net';
 import { waitFor } from '../harness/proc';
 import { ContainerNs, Topology } from '../harness/topology';
@@ -121,8 +121,8 @@ export interface Frame {
 }
 
 export interface Capture {
-  /** Stops tcpdump (if still running) and returns the frames it printed. */
-  stop(): Promise<Frame[]>;
+  /** Stops tcpdump (if still running; once it printed `expect` frames, given) and returns the frames it printed. */
+  stop(expect?: number): Promise<Frame[]>;
 }
 
 /**
@@ -141,18 +141,24 @@ export async function capture(t: Topology, ns: string, dev: string, filter: stri
     if (child.exitCode !== null) throw new Error(`tcpdump exited: ${err}`);
     return /listening on/.test(err);
   }, 5000);
+  const parse = (): Frame[] => {
+    const frames: Frame[] = [];
+    for (const line of out.split('\n')) {
+      const m = /^\S+ ([0-9a-f:]{17}) > ([0-9a-f:]{17}), ethertype (\S+)/.exec(line);
+      if (m) frames.push({ sa: m[1]!, da: m[2]!, ethertype: m[3]!, line });
+    }
+    return frames;
+  };
   return {
-    stop: async () => {
-      // Let frames in flight reach the capture before stopping it.
-      await new Promise((r) => setTimeout(r, 100));
+    stop: async (expect?: number) => {
+      // Frames in flight reach the capture and tcpdump prints them before it is stopped: with `expect`,
+      // until it printed that many (tcpdump under emulation lags by seconds: CI's 6.1 VM saw 152 of
+      // 200 after a fixed 100 ms), else for 100 ms.
+      if (expect === undefined) await new Promise((r) => setTimeout(r, 100));
+      else await waitFor(`tcpdump on ${dev} to print ${expect} frames`, () => parse().length >= expect || child.exitCode !== null, 10000 * TIME_SCALE).catch(() => undefined);
       if (child.exitCode === null) child.kill('SIGINT');
       await exited;
-      const frames: Frame[] = [];
-      for (const line of out.split('\n')) {
-        const m = /^\S+ ([0-9a-f:]{17}) > ([0-9a-f:]{17}), ethertype (\S+)/.exec(line);
-        if (m) frames.push({ sa: m[1]!, da: m[2]!, ethertype: m[3]!, line });
-      }
-      return frames;
+      return parse();
     },
   };
 }

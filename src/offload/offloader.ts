@@ -27,6 +27,9 @@ export interface OffloaderOptions {
   rule?: OffloadRule;
 }
 
+/** How long a session offloaded once must be missing from the DP's list before it counts as ended. */
+const FORGET_MS = 5000;
+
 /** One session offloaded: its pair, endpoints, verdict, and what the DP had seen of it then. */
 export interface Offloaded {
   time: number;
@@ -60,6 +63,8 @@ export class Offloader {
   readonly recent: Offloaded[] = [];
   /** Sessions offloaded: key -> the DP's packet count then (no rewrite until it grows). */
   private readonly done = new Map<string, number>();
+  /** Since when (ms) each key of `done` has been missing from the DP's list. */
+  private readonly missing = new Map<string, number>();
   private client: DpClient | undefined;
   private clientOf = '';
   private flows: Flows | undefined;
@@ -131,6 +136,7 @@ export class Offloader {
       this.client = DpClient.open({ root: d.root });
       this.clientOf = of;
       this.done.clear(); // another DP: its sessions are new
+      this.missing.clear();
     }
     let sessions: DpSession[];
     try {
@@ -166,7 +172,18 @@ export class Offloader {
       if (this.recent.length > RECENT) this.recent.shift();
       for (const fn of this.listeners) fn(o);
     }
-    for (const k of this.done.keys()) if (!seen.has(k)) this.done.delete(k); // sessions the DP ended
+    // Sessions the DP ended, once it has not listed them for FORGET_MS: a session missing from one list
+    // (the offload-nvdp suite saw a TCP session whose FIN had retired its entry written again, with 0
+    // packets, seconds after it ended) is not taken for a new one.
+    const now = Date.now();
+    for (const k of this.done.keys()) {
+      if (seen.has(k)) this.missing.delete(k);
+      else if (!this.missing.has(k)) this.missing.set(k, now);
+      else if (now - this.missing.get(k)! >= FORGET_MS) {
+        this.done.delete(k);
+        this.missing.delete(k);
+      }
+    }
   }
 
   async stop(): Promise<void> {
