@@ -1,5 +1,7 @@
 /** Unit tests of the service's pure parts: routing, body parsing, the error mapping, --metrics. */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { ConflictError, ExitCode, KernelError, NotFoundError, UsageError, WrongNetnsError } from '../src/errors';
 import { matchRoute, pairSelectorOf, pairSpecsOf, targetOf } from '../src/service/api';
 import { pairSegment } from '../src/service/client';
@@ -87,5 +89,15 @@ describe('service (unit)', function () {
     assert.deepEqual(parseListenAddress('[::1]:0'), { host: '::1', port: 0 });
     assert.deepEqual(parseListenAddress('localhost:80'), { host: 'localhost', port: 80 });
     for (const bad of ['9469', '127.0.0.1', ':9469', '1.2.3.4:70000', '[zz]:1', 'a b:1', '::1:80']) assert.throws(() => parseListenAddress(bad), UsageError, bad);
+  });
+
+  it("the CLI loads the service's server side only when serve runs (every command paid for it at start-up before)", function () {
+    const cli = path.join(__dirname, '..', 'src', 'cli.js');
+    const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(cli)}); console.log(JSON.stringify(Object.keys(require.cache)))`], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const loaded = JSON.parse(r.stdout) as string[];
+    assert.ok(loaded.some((f) => f.endsWith(path.join('service', 'client.js'))), 'the client (to find a running service) is loaded');
+    for (const f of ['server.js', 'api.js', 'metrics.js']) assert.ok(!loaded.some((l) => l.endsWith(path.join('service', f))), `service/${f} is not loaded`);
+    assert.ok(!loaded.some((l) => l.includes(`${path.sep}prom-client${path.sep}`)), 'prom-client is not loaded');
   });
 });

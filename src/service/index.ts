@@ -7,7 +7,8 @@
  *   metrics.ts  Prometheus metrics (prom-client), read on scrape
  *   server.ts   Service: load or adopt, one service per pin root, socket, stop
  *   endpoints.ts  the DP told of each intercepted container before it runs (--dp-register)
- *   client.ts   ServiceClient: the typed client
+ *   client.ts   ServiceClient: the typed client; runningService: the service of a pin
+ *               root, if one runs (the CLI and the hook load only this file)
  */
 export { Service, parseListenAddress, STOP_GRACE_MS } from './server';
 export type { ServiceOptions, ServiceInfo, ListenAddress } from './server';
