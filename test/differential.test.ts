@@ -51,7 +51,8 @@ import {
   u32Key,
 } from '../src/layout';
 import { formatMac, ucmac } from '../src/mac';
-import { TICK_NS, decide, flowKeyOfFrame, flowKeyString, flowsAfter, Hook, ModelFlow, ModelFlowKey, ModelState, PortEntry, retval } from './model';
+import { decide, flowKeyOfFrame, flowKeyString, flowsAfter, Hook, ModelFlow, ModelFlowKey, ModelState, PortEntry, retval } from './model';
+import { coarseNs } from '../harness/clock';
 import { ProgFixture, globalDelta, kernelAccepts, statsDelta } from '../harness/prog-fixture';
 import { ip4, ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP } from '../harness/frames';
 import { leakChecks, requireKernel } from './helpers';
@@ -379,10 +380,11 @@ describe('differential: kernel vs model', function () {
         for (const { hook, ingress, frame } of sc.frames) {
           assert.ok(kernelAccepts(frame));
           if (++n % RESEED === 0) flows = reseed();
-          // The program reads the coarse clock (CLOCK_MONOTONIC at the last tick): somewhere between a tick
-          // before the run and its end. Expiry only grows with the clock, so the model at the two ends covers
-          // every reading: the kernel must agree with one of them (both the same but near a deadline).
-          const nowLo = process.hrtime.bigint() - TICK_NS;
+          // The program reads the coarse clock (CLOCK_MONOTONIC at the last tick): somewhere between the
+          // coarse clock read before the run (it never goes back) and CLOCK_MONOTONIC at its end. Expiry only
+          // grows with the clock, so the model at the two ends covers every reading: the kernel must agree
+          // with one of them (both the same but near a deadline).
+          const nowLo = coarseNs();
           const where = (now: bigint) =>
             `${hook} on ifindex ${ingress} at ${now} ns, frame ${hex(frame)}\nstate:\n${describeState({ ...sc, state: { ...sc.state, flows, now } })}`;
           let got;
@@ -449,7 +451,7 @@ describe('differential: kernel vs model', function () {
             const c = `flow ${want.flow.op}${want.flow.op === 'delete' ? (flowExpiredNow(flows, want.flow.key, now) ? ' expired' : ' fin/rst') : ''}`;
             coverage.set(c, (coverage.get(c) ?? 0) + 1);
           }
-          if (problems.length) throw new Error(`kernel and model disagree (model at the run's end; also at a tick before its start):\n - ${problems.join('\n - ')}\n${where(nowHi)}`);
+          if (problems.length) throw new Error(`kernel and model disagree (model at the run's end; also at the coarse clock before its start):\n - ${problems.join('\n - ')}\n${where(nowHi)}`);
           flows = gotFlows; // checked equal; carries the kernel's last_ns forward
           sBefore = sAfter;
           fsBefore = fsAfter;

@@ -9,7 +9,6 @@
  */
 import { ConfigFlag, Dir, FlowVerdict, IPPROTO_TCP, IPPROTO_UDP, Mode, PortFlag, Reason, Role, VBR_IFINDEX, Verdict } from '../src/layout';
 import { isUcmac, ucmac } from '../src/mac';
-import { TIME_SCALE } from './helpers';
 import type { Hook, MapState, PortEntry } from '../harness/prog-fixture';
 
 export type { Hook, PortEntry };
@@ -26,13 +25,6 @@ export interface ModelState extends MapState {
   /** The datapath's clock when the frame is seen (bpf_ktime_get_coarse_ns()), for flow expiry (default 0). */
   now?: bigint;
 }
-
-/**
- * How far the datapath's coarse clock (bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC at the last tick) may be
- * behind CLOCK_MONOTONIC: 1/HZ, 4 ms at HZ=250; 10 ms covers HZ=100, times NEUV_BPF_TEST_TIME_SCALE in an
- * emulated VM (whose ticks can come late).
- */
-export const TICK_NS = 10_000_000n * BigInt(TIME_SCALE);
 
 /**
  * A key of neuv_flows: pair id, IP protocol, and the two endpoints ordered
