@@ -1,6 +1,6 @@
 # neuv-bpf: `make test` and `make demo` work as the first command on a fresh machine.
 .DELETE_ON_ERROR:
-.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run examples containers image test test-unit test-kernel test-full demo bench lint clean clean-vagrant vagrant-test docs install-hook
+.PHONY: all deps build bpf ts fixtures stub-dp nvdp-run nvdp examples containers image test test-unit test-kernel test-full demo bench lint clean clean-vagrant vagrant-test docs install-hook
 
 V ?= 0
 ifeq ($(V),1)
@@ -62,6 +62,12 @@ $(NVDP_RUN): tools/nvdp-run.c | $(DEPS_STAMP)
 	@mkdir -p build
 	@[ "$(V)" = 1 ] || echo "  CC     $@"
 	$(Q)$(HOSTCC) -O2 -Wall -Wextra -Werror -o $@ $<
+
+# NeuVector's DP itself (docs/neuvector-dp.md): built from the tarball in third_party/neuvector-dp/
+# (or $$NEUV_BPF_NVDP_TARBALL) into build/nvdp/dp, again only when the tarball changes; prints how
+# to start it. Not part of build: the suites, the demo and the benchmarks build it on first use.
+nvdp: ts nvdp-run
+	$(Q)node scripts/nvdp.js
 
 # A DP written in C offloading a flow with plain libbpf calls (docs/flow-offload.md).
 EXAMPLES := build/flow-offload

@@ -5,9 +5,9 @@
  * in a network namespace with a private /tmp (tools/nvdp-run.c) and driven
  * through its control socket (./client.ts). docs/neuvector-dp.md.
  *
- * The tarball: $NEUV_BPF_NVDP_TARBALL, else <repo>/../shared/neuvector-dp/
- * neuvector-dp-*.tar.gz, else /work/shared/neuvector-dp/neuvector-dp-*.tar.gz.
- * It is never part of the repository; neither is the binary.
+ * The tarball: $NEUV_BPF_NVDP_TARBALL, else the one vendored in
+ * third_party/neuvector-dp/ (its README: where it comes from, its licenses).
+ * The binary is never part of the repository. `make nvdp` builds it.
  */
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -19,6 +19,8 @@ import { PACKAGE_ROOT as ROOT } from '../src/root';
 export const NVDP_DIR = path.join(ROOT, 'build', 'nvdp');
 export const NVDP_BIN = path.join(NVDP_DIR, 'dp');
 export const NVDP_RUN = path.join(ROOT, 'build', 'nvdp-run');
+/** Where the repository keeps the DP's source tarball. */
+export const NVDP_VENDOR_DIR = path.join(ROOT, 'third_party', 'neuvector-dp');
 const STAMP = path.join(NVDP_DIR, 'tarball.sha256');
 
 /** The DP's Debian build packages (scripts/deps.sh installs them). */
@@ -40,12 +42,8 @@ export function findTarball(env: NodeJS.ProcessEnv = process.env, looked: string
     looked.push(e);
     return fs.existsSync(e) ? e : undefined;
   }
-  for (const dir of [path.join(ROOT, '..', 'shared', 'neuvector-dp'), '/work/shared/neuvector-dp']) {
-    looked.push(path.join(dir, 'neuvector-dp-*.tar.gz'));
-    const t = newestMatch(dir);
-    if (t) return t;
-  }
-  return undefined;
+  looked.push(path.relative(ROOT, path.join(NVDP_VENDOR_DIR, 'neuvector-dp-*.tar.gz')));
+  return newestMatch(NVDP_VENDOR_DIR);
 }
 
 /** Why the real DP cannot be used here, or undefined. Does not build. */

@@ -163,6 +163,23 @@ describe('docs', function () {
     assert.deepEqual(lines.filter((l) => /(^|[\s(`'"])\/(work|root)\//.test(l)), []);
   });
 
+  it("no file of the repository reaches outside it for what it needs (/work/..., ../shared/: a clone has neither)", function () {
+    const self = path.join('test', 'docs.test.ts'); // its own patterns
+    const walk = (rel: string): string[] => {
+      const abs = path.join(ROOT, rel);
+      if (!fs.existsSync(abs)) return [];
+      if (!fs.statSync(abs).isDirectory()) return [rel];
+      return fs.readdirSync(abs).sort().flatMap((f) => walk(path.join(rel, f)));
+    };
+    const roots = ['README.md', 'BENCHMARKS.md', 'BENCHMARKS.json', 'Makefile', '.ci', 'bench', 'bin', 'bpf', 'deploy', 'docs', 'examples', 'harness', 'scripts', 'src', 'test', 'third_party', 'tools', 'vagrant'];
+    const files = roots.flatMap(walk).filter((f) => f !== self && !/\.(gz|o)$/.test(f) && !f.includes('.vagrant'));
+    assert.ok(files.includes(path.join('harness', 'nvdp.ts')), 'the walk reads the harness');
+    const hits = files.flatMap((f) =>
+      fs.readFileSync(path.join(ROOT, f), 'utf8').split('\n').flatMap((l, i) => (/(^|[\s(`'"=<])\/work\/|\.\.\/shared\//.test(l) ? [`${f}:${i + 1}: ${l.trim()}`] : [])),
+    );
+    assert.deepEqual(hits, []);
+  });
+
   it('files linked ahead of their branch (PENDING) are still missing', function () {
     for (const rel of PENDING) {
       assert.ok(!fs.existsSync(path.join(ROOT, rel)), `${rel} exists now: remove it from PENDING in test/docs.test.ts`);

@@ -21,8 +21,8 @@ export const registerDemoCommands: CommandRegistrar = (program, ctx) => {
     .description(
       'build a throwaway topology (host bridge, two containers, enforcer netns) with its own pin root, intercept both containers, ' +
         'run ping/TCP/UDP/ARP/broadcast/multicast/IPv6 in BYPASS, TAP and FWD, print what got through, remove everything. ' +
-        "The DP: NeuVector's own, built from its source tarball when one is found (NEUV_BPF_NVDP_TARBALL, <repo>/../shared/neuvector-dp/, " +
-        '/work/shared/neuvector-dp/; docs/neuvector-dp.md), denying port 9999; else the stub DP, blocking the same port (NEUV_BPF_DEMO_STUB=1 forces it)',
+        "The DP: NeuVector's own, built from its source tarball (third_party/neuvector-dp/, or NEUV_BPF_NVDP_TARBALL; docs/neuvector-dp.md), " +
+        'denying port 9999; where it cannot run, the stub DP, blocking the same port (NEUV_BPF_DEMO_STUB=1 forces it)',
     )
     // The machine's answer; not in docs/cli.md, which scripts/gen-cli-docs.js writes the same everywhere.
     .addHelpText('after', () => (process.env.NEUV_BPF_HELP_FOR_DOCS === '1' ? '' : `\nHere the demo runs ${demoDpHere()}.\n`))
