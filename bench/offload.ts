@@ -21,7 +21,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { kernelUnavailable, makePinRoot } from '../harness/kernel';
 import { PairTopology, makePairTopology } from '../harness/pair';
 import { StubDp } from '../harness/stub-dp';
-import { cli, median, onCleanup, runCleanups, sleep, stubDpPath } from './util';
+import { cli, installSignalCleanup, median, onCleanup, runCleanups, sleep, stubDpPath } from './util';
 
 export interface BenchRow {
   name: string;
@@ -142,12 +142,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 if (require.main === module) {
-  for (const s of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(s, () => {
-      runCleanups();
-      process.exit(130);
-    });
-  }
+  installSignalCleanup('bench/offload');
   main(process.argv.slice(2)).catch((e) => {
     process.stderr.write(`bench/offload: ${(e as Error).message}\n`);
     runCleanups();

@@ -19,7 +19,7 @@ import { ChildProcess } from 'node:child_process';
 import { ServiceClient } from '../src/service/client';
 import { macOf, percentile } from './net';
 import { table } from './nvdp-report';
-import { BenchNetns, Summary, cli, cliPath, fmt, fmtRatio, objArgs, pinRoot, progress, runCleanups, spawnGroup, summary, netns, nowMs, sleep } from './util';
+import { BenchNetns, Summary, cli, cliPath, fmt, installSignalCleanup, fmtRatio, objArgs, pinRoot, progress, runCleanups, spawnGroup, summary, netns, nowMs, sleep } from './util';
 
 export interface Percentiles {
   p50: number;
@@ -200,12 +200,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 if (require.main === module) {
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      runCleanups();
-      process.exit(130);
-    });
-  }
+  installSignalCleanup('bench/onboard');
   main(process.argv.slice(2)).then(
     () => runCleanups(),
     (e) => {

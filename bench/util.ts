@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeNet, Netns } from '../harness/net';
-import { onCleanup, ROOT, runCleanups, shResult, ShResult } from '../harness/proc';
+import { cleanupOnSignals, onCleanup, ROOT, runCleanups, shResult, ShResult } from '../harness/proc';
 
 export { onCleanup, ROOT, runCleanups };
 export { sh, shResult } from '../harness/proc';
@@ -35,18 +35,12 @@ export function uniq(what: string): string {
 
 // ---------------------------------------------------------------- cleanup
 
-let signalsInstalled = false;
-/** Ctrl-C / SIGTERM: undo everything, then exit 130/143. */
-export function installSignalCleanup(): void {
-  if (signalsInstalled) return;
-  signalsInstalled = true;
-  const handler = (sig: NodeJS.Signals) => {
-    process.stderr.write(`\nbench: ${sig}, cleaning up...\n`);
-    runCleanups();
-    process.exit(sig === 'SIGINT' ? 130 : 143);
-  };
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
+let exitInstalled = false;
+/** Ctrl-C / SIGTERM / SIGHUP: undo everything, then exit 128 + the signal (harness/proc.ts); at exit too. */
+export function installSignalCleanup(who = 'bench'): void {
+  cleanupOnSignals(who);
+  if (exitInstalled) return;
+  exitInstalled = true;
   process.on('exit', () => runCleanups());
 }
 

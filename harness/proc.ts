@@ -116,3 +116,26 @@ export function cleanupDepth(): number {
 export function runCleanupsTo(depth: number): void {
   while (cleanups.length > depth) runOne(cleanups.pop()!);
 }
+
+/** The signals that stop a run, and the exit status after each (128 + its number). */
+const STOP_SIGNALS: Array<[NodeJS.Signals, number]> = [['SIGHUP', 129], ['SIGINT', 130], ['SIGTERM', 143]];
+let stopHandled = false;
+
+/**
+ * SIGHUP, SIGINT or SIGTERM: one line on stderr naming `who`, the cleanup
+ * stack run, then exit with 128 + the signal's number. Without a handler
+ * such a signal ends node at once (mocha installs none), leaving the run's
+ * netns, pins and lock files behind. Once per process; the first caller's
+ * `who` names it.
+ */
+export function cleanupOnSignals(who: string): void {
+  if (stopHandled) return;
+  stopHandled = true;
+  for (const [sig, status] of STOP_SIGNALS) {
+    process.on(sig, () => {
+      process.stderr.write(`\n${who}: ${sig}, running ${cleanups.length} cleanup(s) before exiting\n`);
+      runCleanups();
+      process.exit(status);
+    });
+  }
+}

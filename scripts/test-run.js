@@ -10,8 +10,10 @@
  * Each file's output is printed whole when it ends (never interleaved), after a line when it starts.
  * Then mocha's summary for the whole run ("N passing", "N failing", "N pending": what .ci/run reads),
  * the failed files, and one table of every file's time (test/timing-reporter.ts's, merged).
- * Exit status: 0 when every file passed, else 1. SIGINT/SIGTERM stop every file and print what each
- * had written so far.
+ * Exit status: 0 when every file passed, else 1. SIGINT/SIGTERM/SIGHUP stop the run: the signal goes to
+ * every running file's process group (test/helpers.ts then runs the suite's cleanups: its netns, pins,
+ * lock files), the runner waits for them up to NEUV_BPF_TEST_STOP_SECONDS (default 30), SIGKILLs what is
+ * left, prints what each wrote, and exits 128 + the signal's number. A second signal stops waiting.
  *
  *   node scripts/test-run.js [--jobs N] FILE...     (mocha's options: MOCHA_ARGS, as make passes them)
  */
@@ -92,6 +94,7 @@ function startNext() {
   child.stderr.on('data', (d) => out.push(d.toString()));
   child.on('close', (code, signal) => {
     running.delete(child);
+    if (stopping) return; // stop() prints what it wrote
     const text = out.join('');
     const r = { file, code: code ?? (signal ? 128 : 1), out: text, ms: Date.now() - started, ...parse(text) };
     results.push(r);
@@ -127,22 +130,43 @@ function finish() {
   process.exitCode = bad.length ? 1 : 0;
 }
 
-function stop(sig) {
-  if (stopping) return;
-  stopping = true;
-  process.stdout.write(`\ntest-run: ${sig}: stopping ${running.size} running file(s); their output so far:\n`);
-  for (const [child, { file, out }] of running) {
-    process.stdout.write(`\n==== ${path.basename(file)} (stopped) ====\n${out.join('').trimEnd()}\n`);
-    try {
-      process.kill(-child.pid, 'SIGTERM');
-    } catch {
-      /* already gone */
-    }
+const STOP_STATUS = { SIGHUP: 129, SIGINT: 130, SIGTERM: 143 };
+const stopSeconds = Number(process.env.NEUV_BPF_TEST_STOP_SECONDS || 30);
+if (!(stopSeconds > 0)) usage(`NEUV_BPF_TEST_STOP_SECONDS must be a positive number of seconds, not ${process.env.NEUV_BPF_TEST_STOP_SECONDS}`);
+
+function signalGroup(child, sig) {
+  try {
+    process.kill(-child.pid, sig);
+  } catch {
+    /* already gone */
   }
-  process.exit(sig === 'SIGINT' ? 130 : 143);
 }
-process.on('SIGINT', () => stop('SIGINT'));
-process.on('SIGTERM', () => stop('SIGTERM'));
-process.on('SIGHUP', () => stop('SIGHUP'));
+
+/** Each file still running gets `sig` (its cleanups run), then SIGKILL past the bound; then the run ends. */
+function stop(sig) {
+  if (stopping) {
+    process.stdout.write(`\ntest-run: ${sig} again: killing ${running.size} file(s) without waiting\n`);
+    for (const child of running.keys()) signalGroup(child, 'SIGKILL');
+    process.exit(STOP_STATUS[sig]);
+  }
+  stopping = true;
+  const stopped = [...running];
+  process.stdout.write(`\ntest-run: ${sig}: stopping ${stopped.length} running file(s), waiting up to ${stopSeconds} s for their cleanups\n`);
+  const ended = stopped.map(([child]) => new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve()))));
+  for (const [child] of stopped) signalGroup(child, sig);
+  const killer = setTimeout(() => {
+    for (const child of running.keys()) {
+      process.stdout.write(`test-run: ${path.basename(running.get(child).file)} still running after ${stopSeconds} s: SIGKILL\n`);
+      signalGroup(child, 'SIGKILL');
+    }
+  }, stopSeconds * 1000);
+  // 'exit', not 'close': a grandchild of its own still holding the pipes must not keep the run waiting.
+  Promise.all(ended).then(() => {
+    clearTimeout(killer);
+    for (const [, { file, out }] of stopped) process.stdout.write(`\n==== ${path.basename(file)} (stopped) ====\n${out.join('').trimEnd()}\n`);
+    process.exit(STOP_STATUS[sig]);
+  });
+}
+for (const sig of Object.keys(STOP_STATUS)) process.on(sig, () => stop(sig));
 
 for (let i = 0; i < Math.min(jobs, queue.length); i++) startNext();

@@ -13,7 +13,7 @@ import type { Command } from 'commander';
 import { LOCK_DIR, pinRootStem, removeLockFiles } from '../src/lock';
 import { MapFd } from '../src/bpf';
 import { kernelUnavailable } from '../harness/kernel';
-import { CLI, OBJ, ROOT, runCleanups, sh, uniqueNames } from '../harness/proc';
+import { CLI, cleanupOnSignals, OBJ, ROOT, runCleanups, sh, uniqueNames } from '../harness/proc';
 
 import type { Netns } from '../harness/net';
 
@@ -21,6 +21,9 @@ export type { Netns };
 export { makeNet, makeNetns } from '../harness/net';
 export { kernelUnavailable, makePinRoot } from '../harness/kernel';
 export { CLI, OBJ, onCleanup, ROOT, runCleanups, sh, uniqueName } from '../harness/proc';
+
+// A suite stopped by a signal (make test's runner passes its own on) undoes what it made first.
+cleanupOnSignals('test');
 
 /**
  * Call in a suite's `before` hook: skips the suite with a clear reason when the
