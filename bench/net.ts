@@ -10,16 +10,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Datapath, PairSpec } from '../src/pairs';
-import { NvPair, nvAttachRules, nvPairRules, nvPref, NV_VBR } from '../src/migrate/nvtc';
-import { ucmac, parseMac } from '../src/mac';
+import { NvPair, nvAttachRules, nvPairRules, NV_VBR } from '../src/migrate/nvtc';
+import { nvConnect, nvPair } from '../harness/nvpipe';
 import { addAddrs, staticNeighbours, TRAFGEN_QUIET, veth } from '../harness/net';
 import { addPair } from '../harness/pair';
 import { BenchNetns, bounded, cli, netns, nowMs, objArgs, outputOf, pinRoot, rt, shResult, sleep, spawnGroup } from './util';
 
-export const VBR = 'vbr-neuv';
-export const VTH = 'vth-neuv';
-export const VBR_INDEX = 10000000;
-export const VTH_INDEX = 10000001;
+export { VBR, VTH } from '../src/link';
 
 const hx = (n: number) => n.toString(16).padStart(2, '0');
 export const macText = (m: Uint8Array) => Array.from(m, hx).join(':');
@@ -82,24 +79,7 @@ export async function pairTopo(label: string): Promise<Topo> {
 
 // ---------------------------------------------------------------- NeuVector's tc pipe
 
-/** NeuVector's Connect: vbr-neuv/vth-neuv (10000000/10000001, MTU 2048, up, checksum offload off) and a legacy ingress qdisc on vbr-neuv. */
-export function nvConnect(enf: BenchNetns): void {
-  enf.ip('link', 'add', VBR, 'index', String(VBR_INDEX), 'mtu', '2048', 'type', 'veth', 'peer', 'name', VTH, 'index', String(VTH_INDEX), 'mtu', '2048');
-  for (const d of [VBR, VTH]) {
-    enf.exec('ethtool', ['-K', d, 'rx', 'off', 'tx', 'off']);
-    enf.ip('link', 'set', 'dev', d, 'up');
-  }
-  enf.tcBatch([['qdisc', 'add', 'dev', VBR, 'ingress']]);
-}
-
-/** The NvPair of a pair, with NeuVector's id (exPort ifindex) and prefs (ifindex % 65536). */
-export function nvPair(vin: string, vex: string, vinIfindex: number, vexIfindex: number, mac: string, taken: Set<number>): NvPair {
-  const inPref = nvPref(vinIfindex, taken);
-  taken.add(inPref);
-  const exPref = nvPref(vexIfindex, taken);
-  taken.add(exPref);
-  return { inPort: vin, exPort: vex, mac: parseMac(mac), ucmac: ucmac(vexIfindex & 0xffff), inPref, exPref };
-}
+export { nvConnect, nvPair };
 
 export type NvVariant = 'pass' | 'tap' | 'fwd';
 
@@ -177,34 +157,38 @@ export async function bpfAddPairs(dp: Datapath, specs: PairSpec[], noPeer = fals
 
 let portSeq = 5201;
 
+/** Whether a process in `pid`'s netns, not this one, listens on TCP `port` there (/proc/<pid>/net/tcp{,6}). */
+function listensIn(pid: number, port: number): boolean {
+  try {
+    if (fs.readlinkSync(`/proc/${pid}/ns/net`) === fs.readlinkSync('/proc/self/ns/net')) return false; // not entered yet
+    const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+    const tcp = fs.readFileSync(`/proc/${pid}/net/tcp`, 'utf8') + fs.readFileSync(`/proc/${pid}/net/tcp6`, 'utf8');
+    return tcp.split('\n').some((l) => l.includes(`:${hexPort} `) && / 0A /.test(l));
+  } catch {
+    return false; // gone
+  }
+}
+
 /**
  * TCP goodput from client to server (iperf3, one stream), Gbit/s as received.
- * `during`, if given, runs while the client does (the client is then not waited for synchronously).
+ * Both under SCHED_FIFO unless `realtime: false` (or NEUV_BENCH_RT=0).
  */
-export async function tcpGbps(client: BenchNetns, server: BenchNetns, dst: string, seconds: number, omit: number, during?: () => Promise<void>): Promise<number> {
+export async function tcpGbps(client: { name: string }, server: { name: string }, dst: string, seconds: number, omit: number, o: { realtime?: boolean } = {}): Promise<number> {
   const port = portSeq++;
   if (portSeq > 5900) portSeq = 5201;
   const limit = bounded(seconds + omit + 20);
-  const srv = spawnGroup('ip', ['netns', 'exec', server.name, ...limit, ...rt(), 'iperf3', '-s', '-1', '-p', String(port)]);
+  const prio = o.realtime === false ? [] : rt();
+  const srv = spawnGroup('ip', ['netns', 'exec', server.name, ...limit, ...prio, 'iperf3', '-s', '-1', '-p', String(port)]);
   try {
-    const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+    // The server's own pid: `ip netns exec` enters the netns, then execs what runs there.
     let listening = false;
     for (let i = 0; i < 400 && !listening; i++) {
-      const tcp = fs.readFileSync(`/proc/${server.anchorPid}/net/tcp`, 'utf8') + fs.readFileSync(`/proc/${server.anchorPid}/net/tcp6`, 'utf8');
-      listening = tcp.split('\n').some((l) => l.includes(`:${hexPort} `) && / 0A /.test(l));
+      listening = listensIn(srv.pid!, port);
       if (!listening) await sleep(5);
     }
     if (!listening) throw new Error(`iperf3 server did not listen: ${outputOf(srv).err.trim()}`);
-    const args = ['netns', 'exec', client.name, ...limit, ...rt(), 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'];
-    let r: { stdout: string; stderr: string };
-    if (during) {
-      const c = spawnGroup('ip', args);
-      const exited = new Promise<void>((resolve) => c.on('close', () => resolve()));
-      await during();
-      await exited;
-      await c.stop();
-      r = { stdout: outputOf(c).out, stderr: outputOf(c).err };
-    } else r = shResult('ip', args, { allowFail: true });
+    const args = ['netns', 'exec', client.name, ...limit, ...prio, 'iperf3', '-c', dst, '-p', String(port), '-t', String(seconds), '-O', String(omit), '-J'];
+    const r = shResult('ip', args, { allowFail: true });
     let j: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
     try {
       j = JSON.parse(r.stdout) as typeof j;

@@ -17,11 +17,12 @@
  * Needs root and iperf3. `run()` is what bench/run.ts calls.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { kernelUnavailable, makePinRoot } from '../harness/kernel';
 import { PairTopology, makePairTopology } from '../harness/pair';
 import { StubDp } from '../harness/stub-dp';
-import { cli, installSignalCleanup, median, onCleanup, runCleanups, sleep, stubDpPath } from './util';
+import { tcpGbps as tcpGbpsIn } from './net';
+import { cli, installSignalCleanup, median, onCleanup, runCleanups, stubDpPath } from './util';
 
 export interface BenchRow {
   name: string;
@@ -39,31 +40,8 @@ const LABELS: Record<Variant, string> = {
   'fwd-dp': 'TCP, FWD through the stub DP (no offload)',
 };
 
-let port = 5301;
-
-/** iperf3 from the host netns to the workload; Gbit/s as received. */
-async function tcpGbps(t: PairTopology, seconds: number, omit: number): Promise<number> {
-  const p = port++;
-  const srv = spawn('ip', ['netns', 'exec', t.workload.name, 'iperf3', '-s', '-1', '-p', String(p)], { stdio: 'ignore' });
-  onCleanup(() => {
-    if (srv.exitCode === null && srv.signalCode === null) srv.kill('SIGKILL');
-  });
-  try {
-    let r = spawnSync('true', { encoding: 'utf8' });
-    for (let i = 0; i < 50; i++) {
-      await sleep(50);
-      r = spawnSync('ip', ['netns', 'exec', t.host.name, 'iperf3', '-c', t.wlAddr, '-p', String(p), '-t', String(seconds), '-O', String(omit), '-J'], { encoding: 'utf8' });
-      if (!/unable to connect|Connection refused/i.test(r.stdout + r.stderr)) break;
-    }
-    const j = JSON.parse(r.stdout) as { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
-    if (j.error) throw new Error(`iperf3: ${j.error}`);
-    const bps = j.end?.sum_received?.bits_per_second;
-    if (!bps) throw new Error('iperf3 reported no received bits');
-    return bps / 1e9;
-  } finally {
-    if (srv.exitCode === null && srv.signalCode === null) srv.kill('SIGKILL');
-  }
-}
+/** iperf3 from the host netns to the workload; Gbit/s as received. Not real-time: the stub DP is not. */
+const tcpGbps = (t: PairTopology, seconds: number, omit: number) => tcpGbpsIn(t.host, t.workload, t.wlAddr, seconds, omit, { realtime: false });
 
 export async function run(opts: { quick: boolean; rounds?: number }): Promise<BenchRow[]> {
   const why = kernelUnavailable();

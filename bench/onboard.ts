@@ -19,7 +19,7 @@ import { ChildProcess } from 'node:child_process';
 import { ServiceClient } from '../src/service/client';
 import { macOf, percentile } from './net';
 import { table } from './nvdp-report';
-import { BenchNetns, Summary, cli, cliPath, fmt, installSignalCleanup, fmtRatio, objArgs, pinRoot, progress, runCleanups, spawnGroup, summary, netns, nowMs, sleep } from './util';
+import { BenchNetns, Summary, cli, cliPath, fmt, installSignalCleanup, fmtRatio, objArgs, pinRoot, progress, runCleanups, spawnGroup, summary, netns, nowMs, outputOf, sleep } from './util';
 
 export interface Percentiles {
   p50: number;
@@ -64,12 +64,10 @@ interface Served {
 /** `neuv-bpf serve --json` in the enforcer netns (adopting the datapath loaded there); resolves once it serves. */
 async function serve(enf: BenchNetns, pins: string): Promise<Served> {
   const child = spawnGroup(process.execPath, [cliPath(), '--netns', enf.name, '--bpffs', pins, 'serve', '--json'], { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   const t0 = nowMs();
   for (;;) {
     try {
-      const info = JSON.parse(out) as { socket: string };
+      const info = JSON.parse(outputOf(child).out) as { socket: string };
       return { child, client: new ServiceClient({ socket: info.socket }) };
     } catch {
       /* not yet */

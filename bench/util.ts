@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeNet, Netns } from '../harness/net';
-import { cleanupOnSignals, onCleanup, ROOT, runCleanups, shResult, ShResult } from '../harness/proc';
+import { cleanupOnSignals, collectOutput, onCleanup, ROOT, runCleanups, shResult, ShResult } from '../harness/proc';
 
 export { onCleanup, ROOT, runCleanups };
 export { sh, shResult } from '../harness/proc';
@@ -52,11 +52,7 @@ export function installSignalCleanup(who = 'bench'): void {
  */
 export function spawnGroup(cmd: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess & { stop: () => Promise<void> } {
   const child = spawn(cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  const output = collectOutput(child);
   const kill = (sig: NodeJS.Signals) => {
     try {
       if (child.pid) process.kill(-child.pid, sig);
@@ -70,12 +66,12 @@ export function spawnGroup(cmd: string, args: string[], env?: NodeJS.ProcessEnv)
     if (child.exitCode === null && child.signalCode === null) {
       kill('SIGTERM');
       const t = setTimeout(() => kill('SIGKILL'), 3000);
-      await exited;
+      await output.done;
       clearTimeout(t);
     }
     drop();
   };
-  c.output = () => ({ out, err });
+  c.output = () => ({ out: output.stdout, err: output.stderr });
   return c;
 }
 

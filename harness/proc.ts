@@ -6,7 +6,7 @@
  * runCleanups) with which the kernel suites, the benchmarks and the demo
  * undo what they make, last made first undone, even on failure.
  */
-import { spawnSync } from 'node:child_process';
+import { ChildProcess, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { PACKAGE_ROOT as ROOT } from '../src/root';
 
@@ -57,6 +57,54 @@ export async function waitFor<T>(what: string, fn: () => T | undefined | false |
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/** How a child ended, and everything it printed. */
+export interface ChildResult {
+  /** Its exit code; null when a signal ended it or it could not be started. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** A running child's output so far, and its end. */
+export interface ChildOutput {
+  readonly stdout: string;
+  readonly stderr: string;
+  /** Whether it has exited (its output may still be arriving until `done`). */
+  readonly exited: boolean;
+  /** Resolves once it exited and its output is closed (never rejects: a child that could not start ends with code null, the error in stderr). */
+  readonly done: Promise<ChildResult>;
+}
+
+/** Collects what a child spawned with piped stdout and stderr prints, as text. */
+export function collectOutput(child: ChildProcess): ChildOutput {
+  let stdout = '';
+  let stderr = '';
+  let exited = false;
+  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.once('exit', () => (exited = true));
+  const done = new Promise<ChildResult>((resolve) => {
+    child.once('error', (e) => {
+      exited = true;
+      resolve({ code: null, signal: null, stdout, stderr: stderr + e.message });
+    });
+    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal, stdout, stderr }));
+  });
+  return {
+    get stdout() {
+      return stdout;
+    },
+    get stderr() {
+      return stderr;
+    },
+    get exited() {
+      return exited;
+    },
+    done,
+  };
 }
 
 // ================================================================ names and cleanups

@@ -49,7 +49,7 @@ import { targetFrom } from '../src/cli/intercept';
 import { isLoaded, pinRootFrom, Pins } from '../src/pins';
 import { lockDirFiles } from '../src/lock';
 import { leakChecks, removeLockFiles, requireKernel, TIME_SCALE } from './helpers';
-import { cleanupDepth, onCleanup, runCleanups, runCleanupsTo, uniqueName, waitFor } from '../harness/proc';
+import { cleanupDepth, collectOutput, onCleanup, runCleanups, runCleanupsTo, uniqueName, waitFor } from '../harness/proc';
 import { FAULT_ACTIONS, parseFaults } from '../src/faults';
 import { formatMac, isUcmac } from '../src/mac';
 import { FLOW_SECONDS, PORT_ID, PORT_ID_HEX, Range, WATCH_INTERVAL, parseDecimal, parseInteger } from '../src/numbers';
@@ -519,19 +519,15 @@ async function childMain(cfg: ChildConfig): Promise<void> {
   const spawnCli = (argv: string[]) =>
     new Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string; timedOut: boolean }>((resolve) => {
       const c = spawn(process.execPath, [CLI, ...argv], { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
       let timedOut = false;
-      c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       // trace streams until interrupted: a vector may ask for that.
       const timer = setTimeout(() => {
         timedOut = true;
         c.kill('SIGKILL');
       }, 15000);
-      c.on('close', (code, signal) => {
+      void collectOutput(c).done.then((r) => {
         clearTimeout(timer);
-        resolve({ code, signal, stdout, stderr, timedOut });
+        resolve({ ...r, timedOut });
       });
     });
   for (let i = 0; i < realVectors.length; i += cfg.realParallel) {

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { veth } from '../harness/net';
 import { cli as runCli, CLI, ROOT, kernelState, makeNetns, makePinRoot, oneErrorLine, removeLockFiles, requireKernel, sh, leakChecks, bpftoolJson } from './helpers';
+import { collectOutput } from '../harness/proc';
 import { BpfObject, LOCK_EX, LOCK_NB, LOCK_UN, flock } from '../src/bpf';
 import { openLockDirFile, withLock } from '../src/lock';
 import { features } from '../src/features';
@@ -293,16 +294,10 @@ describe('the API takes the pin root lock itself (kernel)', function () {
     await isLocked;
     const before = untouched();
     const child = spawn(process.execPath, ['-e', EMBEDDER, path.join(ROOT, 'dist', 'src', 'index.js'), ns, op, pins], { env: { ...process.env, NEUV_BPF_LOG_LEVEL: 'warn' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
-    let done = false;
-    void exited.then(() => (done = true));
+    const out = collectOutput(child);
     try {
       while (!queued(pins)) {
-        assert.ok(!done, `${op}() ended without waiting for the lock: ${stderr}`);
+        assert.ok(!out.exited, `${op}() ended without waiting for the lock: ${out.stderr}`);
         await new Promise((r) => setTimeout(r, 20));
       }
       assert.equal(untouched(), before, `${op}() changed the pin root while another held its lock`);
@@ -310,7 +305,8 @@ describe('the API takes the pin root lock itself (kernel)', function () {
       release();
       await holder;
     }
-    return { code: await exited, stdout, stderr };
+    const { code, stdout, stderr } = await out.done;
+    return { code, stdout, stderr };
   }
 
   it('load() and unload() called by an embedder wait for a holder of the lock, then run (no CLI around them)', async function () {

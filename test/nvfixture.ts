@@ -7,7 +7,7 @@
  *                              vbr-neuv ==veth== vth-neuv (ifindex 10000000/10000001, MTU 2048,
  *                                                          legacy ingress qdisc on vbr-neuv)
  *
- * As NeuVector does it: Connect (vbr-neuv/vth-neuv, offload off, `tc qdisc
+ * As NeuVector does it (harness/nvpipe.ts): Connect (vbr-neuv/vth-neuv, offload off, `tc qdisc
  * add dev vbr-neuv ingress`), then per pair AttachPortPair (a legacy ingress
  * qdisc on vin, then vex; vbr-neuv prefs = ifindex % 65536, the smallest free
  * one if taken; UCMAC from the vex ifindex) and FwdPortPair / TapPortPair
@@ -25,11 +25,12 @@
  * with onCleanup().
  */
 import { spawnSync } from 'node:child_process';
-import { NV_VBR, NvMode, NvPair, nvAttachRules, nvPairRules, nvPref } from '../src/migrate/nvtc';
-import { formatMac, ucmac } from '../src/mac';
+import { NV_VBR, NvMode, nvAttachRules, nvPairRules } from '../src/migrate/nvtc';
+import { formatMac } from '../src/mac';
 import { makeNet, Netns, sh, uniqueName } from './helpers';
 import { addPair } from './topology';
-import { Net, veth } from '../harness/net';
+import { Net } from '../harness/net';
+import { nvConnect, nvPair } from '../harness/nvpipe';
 
 export interface NvCaps {
   pedit: boolean;
@@ -95,13 +96,7 @@ export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { ca
   if (!c.pedit) notes.push('no act_pedit: FWD and TAP rules built without their pedit (match and mirred only)');
   if (!c.gact && specs.some((s) => s.mode === 'tap')) notes.push('no act_gact: TAP pairs without their vbr-neuv drop rules');
 
-  // Connect
-  veth({ ns: enforcer, name: NV_VBR, index: 10000000, mtu: 2048 }, { ns: enforcer, name: 'vth-neuv', index: 10000001, mtu: 2048 }, { ipv6: false, up: false });
-  for (const dev of [NV_VBR, 'vth-neuv']) {
-    enforcer.exec('ethtool', ['-K', dev, 'rx', 'off', 'tx', 'off'], { allowFail: true });
-    enforcer.ip('link', 'set', 'dev', dev, 'up');
-  }
-  tc(enforcer, ['qdisc', 'add', 'dev', NV_VBR, 'ingress']);
+  nvConnect(enforcer);
 
   const taken = new Set<number>();
   const pairs: NvFixturePair[] = [];
@@ -113,18 +108,15 @@ export function buildNvNode(specs: Array<{ tag: string; mode: NvMode }>, o: { ca
     const { vin, vex, vinIfindex, vexIfindex, wlMac: mac } = w;
 
     // AttachPortPair: inPort, then exPort.
-    const inPref = nvPref(vinIfindex, taken);
-    taken.add(inPref);
-    const exPref = nvPref(vexIfindex, taken);
-    taken.add(exPref);
+    const p = nvPair(vin, vex, vinIfindex, vexIfindex, mac, taken);
+    const { inPref, exPref } = p;
     for (const args of nvAttachRules({ inPort: vin, exPort: vex })) tc(enforcer, args);
     const id = vexIfindex & 0xffff;
-    const p: NvPair = { inPort: vin, exPort: vex, mac: Buffer.from(mac.split(':').map((x) => parseInt(x, 16))), ucmac: ucmac(id), inPref, exPref };
     let rules = nvPairRules(p, s.mode, { pedit: c.pedit });
     if (s.mode === 'tap' && !c.gact) rules = rules.filter((r) => r[3] !== NV_VBR);
     for (const args of rules) tc(enforcer, args);
     pairs.push({
-      tag: s.tag, mode: s.mode, vin, vex, vinIfindex, vexIfindex, mac, ucmac: formatMac(ucmac(id)), id, inPref, exPref,
+      tag: s.tag, mode: s.mode, vin, vex, vinIfindex, vexIfindex, mac, ucmac: formatMac(p.ucmac), id, inPref, exPref,
       hostIf: w.hostIf, wlIf: w.wlIf, hostAddr: w.hostAddr, wlAddr: w.wlAddr, rules,
     });
   });

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { CLONE_NEWNET, setns, testRun } from '../src/bpf';
 import { SKB_CTX_IFINDEX, SKB_CTX_SIZE } from '../harness/prog-fixture';
 import { onCleanup, ROOT } from './helpers';
+import { collectOutput } from '../harness/proc';
 
 const EINTR = osConstants.errno.EINTR;
 
@@ -34,13 +35,7 @@ export interface RaceResult {
 export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: number, frame: Buffer, writerArgs: string[], ms: number, repeat = 100000): Promise<RaceResult> {
   const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'test', 'tools', 'flipper.js'), ...writerArgs, String(ms)], { stdio: ['ignore', 'pipe', 'pipe'] });
   onCleanup(() => child.kill('SIGKILL'));
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((r) => child.on('close', r));
-  let writing = true;
-  child.on('exit', () => (writing = false));
+  const flipper = collectOutput(child);
   const ctx = Buffer.alloc(SKB_CTX_SIZE); // test_run leaves ingress_ifindex 0: the program finds the port by ifindex
   ctx.writeUInt32LE(ifindex, SKB_CTX_IFINDEX);
   // The ifindex in ctx is looked up in the netns of the calling thread: enter it for each batch.
@@ -51,7 +46,7 @@ export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: num
   try {
     await new Promise((r) => setTimeout(r, 200));
     let turned = Date.now();
-    while (writing) {
+    while (!flipper.exited) {
       setns(target, CLONE_NEWNET, ns);
       try {
         const v = testRun(prog.fd, frame, { ctxIn: ctx, repeat }).retval;
@@ -73,7 +68,7 @@ export async function raceTestRun(prog: { fd: number }, ns: string, ifindex: num
     fs.closeSync(target);
     fs.closeSync(home);
   }
-  const code = await exited;
-  if (code !== 0) throw new Error(`flipper ${writerArgs[0]} exited ${code}: ${err}`);
-  return { runs, switches: (JSON.parse(out) as { switches: number }).switches, retvals };
+  const r = await flipper.done;
+  if (r.code !== 0) throw new Error(`flipper ${writerArgs[0]} exited ${r.code ?? r.signal}: ${r.stderr}`);
+  return { runs, switches: (JSON.parse(r.stdout) as { switches: number }).switches, retvals };
 }

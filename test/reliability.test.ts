@@ -38,7 +38,7 @@ import { INTERCEPT_STEPS } from '../src/intercept';
 import { configureLogging } from '../src/log';
 import { PairTopology, makePairTopology } from './topology';
 import { addAddrs, veth } from '../harness/net';
-import { STUB_DP } from '../harness/proc';
+import { collectOutput, STUB_DP } from '../harness/proc';
 import { StubDp } from '../harness/stub-dp';
 import {
   TcpTransfer,
@@ -113,18 +113,10 @@ function runAsync(args: string[], env: NodeJS.ProcessEnv = {}, killAfterMs?: num
   onCleanup(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  let timer: NodeJS.Timeout | undefined;
-  if (killAfterMs !== undefined) timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-  return new Promise((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      if (timer) clearTimeout(timer);
-      resolve({ code: code ?? -1, signal, stdout, stderr });
-    });
+  const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+  return collectOutput(child).done.then((r) => {
+    clearTimeout(timer);
+    return { ...r, code: r.code ?? -1 };
   });
 }
 

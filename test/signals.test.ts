@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CLI, cli, leakChecks, makePinRoot, onCleanup, requireKernel, TIME_SCALE, uniqueName } from './helpers';
+import { collectOutput } from '../harness/proc';
 import { buildNvNode, nvLeft } from './nvfixture';
 import { containerState, linkNames, makeTopology, TestTopology } from './topology';
 import { HOST_IP4, ping } from '../harness/topology';
@@ -62,25 +63,16 @@ function runCli(tt: { t: { enforcer: string }; pins: string }, args: string[], o
     detached: true,
   });
   const pid = child.pid!;
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  let exited = false;
+  const out = collectOutput(child);
   let armed = 0;
   let sent = false;
-  const done = new Promise<Run>((resolve) => {
-    child.on('close', (code, signal) => {
-      exited = true;
-      resolve({ code, signal, stdout, stderr, ms: armed ? Date.now() - armed : 0, sent });
-    });
-  });
+  const done = out.done.then((r): Run => ({ ...r, ms: armed ? Date.now() - armed : 0, sent }));
   const watchStart = async () => {
-    while (!exited && !catches(pid, 'SIGHUP')) await new Promise((r) => setTimeout(r, 1));
+    while (!out.exited && !catches(pid, 'SIGHUP')) await new Promise((r) => setTimeout(r, 1));
     armed = Date.now();
-    if (!o.sig || exited) return;
+    if (!o.sig || out.exited) return;
     await new Promise((r) => setTimeout(r, o.delayMs ?? 0));
-    if (exited) return;
+    if (out.exited) return;
     try {
       process.kill(o.group ? -pid : pid, o.sig);
       sent = true;

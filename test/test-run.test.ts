@@ -7,11 +7,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { waitFor } from '../harness/proc';
+import { collectOutput, waitFor } from '../harness/proc';
 import { leakChecks, onCleanup, requireKernel, ROOT, sh, TIME_SCALE } from './helpers';
 
 const RUNNER = path.join(ROOT, 'scripts', 'test-run.js');
@@ -24,17 +23,14 @@ async function runStopped(env: NodeJS.ProcessEnv = {}): Promise<{ status: number
   const ready = path.join(dir, 'ready');
   const child = spawn(process.execPath, [RUNNER, SUITE], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, NEUV_TEST_SIGNAL_READY: ready } });
   onCleanup(() => void (child.exitCode === null && child.signalCode === null && child.kill('SIGKILL')), 'the runner');
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = once(child, 'exit');
+  const run = collectOutput(child);
   const ns = await waitFor('the suite to hold its netns', () => fs.existsSync(ready) && fs.readFileSync(ready, 'utf8'), 60000 * TIME_SCALE, 50);
   // Whatever the runner does, the netns goes (a leftover fails leakChecks below only for our own names).
   onCleanup(() => fs.existsSync(`/run/netns/${ns}`) && void sh('ip', ['netns', 'del', ns]), `netns ${ns}`);
   const t0 = Date.now();
   child.kill('SIGTERM');
-  const [status] = (await exited) as [number | null];
-  return { status, out, ns, stopMs: Date.now() - t0 };
+  const r = await run.done;
+  return { status: r.code, out: r.stdout + r.stderr, ns, stopMs: Date.now() - t0 };
 }
 
 describe("make test's runner stopped by a signal (scripts/test-run.js)", function () {

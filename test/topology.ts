@@ -17,7 +17,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { CliResult, TIME_SCALE, cli, makePinRoot, onCleanup, uniqueName } from './helpers';
 import { nsView } from '../harness/net';
-import { waitFor } from '../harness/proc';
+import { collectOutput, waitFor } from '../harness/proc';
 import { ContainerNs, Topology } from '../harness/topology';
 import { StubDp } from '../harness/stub-dp';
 
@@ -132,18 +132,14 @@ export interface Capture {
 export async function capture(t: Topology, ns: string, dev: string, filter: string[]): Promise<Capture> {
   const child: ChildProcess = spawn('ip', ['netns', 'exec', ns, 'tcpdump', '-e', '-nn', '-l', '-i', dev, ...filter], { stdio: ['ignore', 'pipe', 'pipe'] });
   onCleanup(() => child.kill('SIGKILL'));
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<void>((r) => child.on('close', () => r()));
+  const dump = collectOutput(child);
   await waitFor(`tcpdump on ${dev} in ${ns}`, () => {
-    if (child.exitCode !== null) throw new Error(`tcpdump exited: ${err}`);
-    return /listening on/.test(err);
+    if (child.exitCode !== null) throw new Error(`tcpdump exited: ${dump.stderr}`);
+    return /listening on/.test(dump.stderr);
   }, 5000);
   const parse = (): Frame[] => {
     const frames: Frame[] = [];
-    for (const line of out.split('\n')) {
+    for (const line of dump.stdout.split('\n')) {
       const m = /^\S+ ([0-9a-f:]{17}) > ([0-9a-f:]{17}), ethertype (\S+)/.exec(line);
       if (m) frames.push({ sa: m[1]!, da: m[2]!, ethertype: m[3]!, line });
     }
@@ -157,7 +153,7 @@ export async function capture(t: Topology, ns: string, dev: string, filter: stri
       if (expect === undefined) await new Promise((r) => setTimeout(r, 100));
       else await waitFor(`tcpdump on ${dev} to print ${expect} frames`, () => parse().length >= expect || child.exitCode !== null, 10000 * TIME_SCALE).catch(() => undefined);
       if (child.exitCode === null) child.kill('SIGINT');
-      await exited;
+      await dump.done;
       return parse();
     },
   };
