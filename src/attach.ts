@@ -25,6 +25,7 @@ import {
   objGet,
   pinFd,
   rcuGrace,
+  Rtnl,
   tcAttach,
   tcAttachMany,
   tcDetachMany,
@@ -35,6 +36,7 @@ import {
   tcHookCreate,
   tcHookDestroy,
   tcQuery,
+  tcQueryMany,
 } from './bpf';
 import { KernelError } from './errors';
 import { features, requireFeature } from './features';
@@ -86,6 +88,24 @@ export function attachState(pinRoot: string, ifindex: number): AttachState {
   }
   const id = tcQuery(ifindex, TC_HANDLE, TC_PRIORITY);
   return id ? { kind: 'tc', progId: id } : { kind: 'none', progId: 0 };
+}
+
+/**
+ * attachState for many ports (show): one look at the pin root for the
+ * pinned tcx links, then every other port's tc filter queried over one
+ * netlink socket (tcQueryMany).
+ */
+export function attachStates(pinRoot: string, ifindexes: number[]): Map<number, AttachState> {
+  const pinned = new Set(fs.readdirSync(pinRoot).filter((f) => /^link_\d+$/.test(f)).map((f) => Number(f.slice(5))));
+  const out = new Map<number, AttachState>();
+  const tc = [...new Set(ifindexes)].filter((i) => {
+    if (!pinned.has(i)) return true;
+    const st = attachState(pinRoot, i);
+    out.set(i, st);
+    return false;
+  });
+  tcQueryMany(tc, TC_HANDLE, TC_PRIORITY).forEach((id, k) => out.set(tc[k]!, id ? { kind: 'tc', progId: id } : { kind: 'none', progId: 0 }));
+  return out;
 }
 
 export interface AttachResult {
@@ -142,6 +162,8 @@ export interface DetachResult {
   qdiscRemoved: boolean;
   /** Filters of others that kept a clsact of ours in place. */
   qdiscKeptFor: string[];
+  /** detachMany: the kernel refused to remove our filter (errno; not for a filter, qdisc or device already gone). */
+  errno?: number;
 }
 
 /**
@@ -198,6 +220,8 @@ export interface ManyAttached {
   attached: boolean[];
   /** Per request: we created its clsact qdisc (tc only). */
   qdiscCreated: boolean[];
+  /** Where the time went, ms: the qdiscs, the grace period, the filters. */
+  ms?: { qdiscs: number; grace: number; filters: number };
 }
 
 /**
@@ -229,12 +253,11 @@ export function attachMany(reqs: AttachRequest[]): ManyAttached {
   if (qdiscCreated.some(Boolean)) rcuGrace();
   const t2 = performance.now();
   const r = tcAttachMany(reqs, TC_HANDLE, TC_PRIORITY);
-  const ms = (x: number) => Math.round(x * 10) / 10;
-  log('attach').debug({ ports: reqs.length, qdiscsMs: ms(t1 - t0), graceMs: ms(t2 - t1), filtersMs: ms(performance.now() - t2) }, 'ports attached together');
+  const ms = { qdiscs: t1 - t0, grace: t2 - t1, filters: performance.now() - t2 };
   const attached = r.map((e) => e === 0);
   const bad = r.findIndex((e) => e !== 0 && e !== -EEXIST);
   if (bad >= 0) fail(bad, -r[bad]!, 'attach', attached);
-  return { attached, qdiscCreated };
+  return { attached, qdiscCreated, ms };
 }
 
 /** A port of detachMany: our tc filter on it (attached), and the clsact qdisc if we created it (qdiscOurs). */
@@ -258,22 +281,27 @@ export function detachMany(reqs: DetachRequest[]): DetachResult[] {
   const lg = log('attach');
   const withFilter = reqs.filter((d) => d.attached !== false);
   const r = tcDetachMany(withFilter.map((d) => d.ifindex), TC_HANDLE, TC_PRIORITY);
-  const detached = new Map<number, boolean>();
+  const detached = new Map<number, number>();
   withFilter.forEach((d, k) => {
     const e = r[k]!;
-    detached.set(d.ifindex, e === 0);
+    detached.set(d.ifindex, e);
     if (e !== 0 && e !== -ENOENT && e !== -ENODEV && e !== -EINVAL) lg.warn({ name: d.name, errno: -e }, 'could not detach our tc filter');
   });
-  const out = reqs.map((d): DetachResult => ({ detached: detached.get(d.ifindex) ?? false, qdiscRemoved: false, qdiscKeptFor: [] }));
-  const drop: number[] = [];
-  reqs.forEach((d, k) => {
-    if (!d.qdiscOurs) return;
-    const others = tcFilterList(d.ifindex);
-    if (others.length) {
-      lg.info({ name: d.name, filters: others }, 'clsact created by us carries filters of others: left in place');
-      out[k]!.qdiscKeptFor = others;
-    } else drop.push(k);
+  const out = reqs.map((d): DetachResult => {
+    const e = detached.get(d.ifindex);
+    return { detached: e === 0, qdiscRemoved: false, qdiscKeptFor: [], ...(e && e !== -ENOENT && e !== -ENODEV && e !== -EINVAL ? { errno: -e } : {}) };
   });
+  const drop: number[] = [];
+  Rtnl.with('tc filters', (s) =>
+    reqs.forEach((d, k) => {
+      if (!d.qdiscOurs) return;
+      const others = tcFilterList(d.ifindex, s);
+      if (others.length) {
+        lg.info({ name: d.name, filters: others }, 'clsact created by us carries filters of others: left in place');
+        out[k]!.qdiscKeptFor = others;
+      } else drop.push(k);
+    }),
+  );
   const rq = tcHookDestroyMany(drop.map((k) => reqs[k]!.ifindex));
   drop.forEach((k, j) => {
     const e = rq[j]!;

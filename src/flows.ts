@@ -319,10 +319,17 @@ export class Flows {
 
   /** Deletes every entry of pair `id`; returns how many. */
   clearPair(id: number): number {
-    let n = 0;
+    return this.clearPairs(new Set([id])).get(id) ?? 0;
+  }
+
+  /** Deletes every flow entry of these pairs (one walk over the map): how many each, for the pairs that had any. */
+  clearPairs(ids: Set<number>): Map<number, number> {
+    const n = new Map<number, number>();
+    if (!ids.size) return n;
     for (const kb of this.map.keys()) {
-      if (decodeFlowKey(kb).id !== id) continue;
-      if (this.map.delete(kb)) n++;
+      const id = decodeFlowKey(kb).id;
+      if (!ids.has(id)) continue;
+      if (this.map.delete(kb)) n.set(id, (n.get(id) ?? 0) + 1);
     }
     return n;
   }
@@ -362,6 +369,11 @@ export function listFlows(pinRoot: string, filter: { id?: number } = {}): FlowVi
  * datapath has no flow map (loaded by a version without flow offload).
  */
 export function clearPairFlows(pinRoot: string, id: number): number {
-  if (!Flows.available(pinRoot)) return 0;
-  return withFlows(pinRoot, (f) => f.clearPair(id));
+  return clearPairsFlows(pinRoot, new Set([id])).get(id) ?? 0;
+}
+
+/** clearPairFlows for many pairs, one walk over the flow map: how many entries each (pairs without any left out). */
+export function clearPairsFlows(pinRoot: string, ids: Set<number>): Map<number, number> {
+  if (!ids.size || !Flows.available(pinRoot)) return new Map();
+  return withFlows(pinRoot, (f) => f.clearPairs(ids));
 }

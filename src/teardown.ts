@@ -106,10 +106,8 @@ export async function teardown(pinRoot: string, opts: TeardownOptions = {}): Pro
     if (u.pairs.length) {
       const dp = Datapath.open(pinRoot);
       try {
-        for (const p of u.pairs) {
-          await dp.delPair({ id: p.id });
-          pairsDeleted.push(p.id);
-        }
+        // One batch (Datapath.delPairs): the hooks over one netlink socket, one RCU grace period for all.
+        for (const r of await dp.delPairs(u.pairs.map((p) => ({ id: p.id })))) pairsDeleted.push(r.id);
       } finally {
         dp.close();
       }

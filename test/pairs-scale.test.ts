@@ -73,14 +73,23 @@ describe('pairs at scale (kernel)', function () {
     const td = Date.now();
     assert.equal(c(['pair', 'del', '--in', 'vin999']).code, 0);
     const delMs = Date.now() - td;
+    // The other 999 in one go (Datapath.delPairs): no entry, filter or qdisc left.
+    const ta = Date.now();
+    const all = c(['pair', 'del', '--all', '--json']);
+    const delAllMs = Date.now() - ta;
+    assert.equal(all.code, 0, all.stderr);
+    const gone = JSON.parse(all.stdout) as Array<{ id: number; detached: string[]; qdiscsRemoved: string[] }>;
+    assert.equal(gone.length, N - 1);
+    assert.ok(gone.every((g) => g.detached.length === 2 && g.qdiscsRemoved.length === 2));
+    assert.deepEqual((['ports', 'ids', 'stats'] as const).map((m) => dump(pins, m).length), [0, 0, 0]);
+    assert.deepEqual((JSON.parse(ns.exec('tc', ['-j', 'qdisc', 'show']) || '[]') as Array<{ kind: string }>).filter((q) => q.kind === 'clsact'), []);
     // eslint-disable-next-line no-console
     console.log(
       `      ${N} veth pairs created in ${linkMs} ms; pair add --file of ${N} pairs: ${addMs} ms wall (CLI start-up alone ~${startMs} ms); ` +
         `show --json: ${showMs} ms; mode switch: API median ${(lat[500]! * 1000).toFixed(0)} µs (p99 ${(lat[990]! * 1000).toFixed(0)} µs), ` +
-        `CLI median ${cliLat[2]} ms; pair del: ${delMs} ms`,
+        `CLI median ${cliLat[2]} ms; pair del: ${delMs} ms; pair del --all (${N - 1}): ${delAllMs} ms`,
     );
     // No timing assertion: speed is measured by `make bench` (bench/control.ts), not by tests.
-    assert.equal(dump(pins, 'ids').length, N - 1);
   });
 
   it('POST /v1/pairs with 1,000 pairs is all or nothing: a bad spec at 700, a kernel change failing at the 700th pair, then all added', async function () {
@@ -99,7 +108,8 @@ describe('pairs at scale (kernel)', function () {
     const hex = (i: number) => [(i >> 8) & 0xff, i & 0xff].map((b) => b.toString(16).padStart(2, '0')).join(':');
     const specs = Array.from({ length: N }, (_, i) => ({ in: `vin${i}`, ex: `vex${i}`, mac: `02:00:00:01:${hex(i)}`, mode: 'fwd' as const }));
     // The 700th pair's vin entry fails once: every hook, qdisc and entry of the 699 before it (and of the 700th) goes.
-    const s = await serve(ns.name, pins, [], { NEUV_BPF_FAULT: 'fail@pair-add:after-vin-entry#700' });
+    // Then the batch delete fails once, after its 1,500th port entry: all of it is put back.
+    const s = await serve(ns.name, pins, [], { NEUV_BPF_FAULT: 'fail@pair-add:after-vin-entry#700,fail@pair-del:after-port#1500' });
     // What a batch leaves: clsact qdiscs in the netns (one `tc qdisc show` for all; our filters hang off them), pins, map entries.
     const residue = () => {
       const qdiscs = (JSON.parse(ns.exec('tc', ['-j', 'qdisc', 'show']) || '[]') as Array<{ kind: string; dev: string }>).filter((q) => q.kind === 'clsact').map((q) => q.dev);
@@ -130,12 +140,32 @@ describe('pairs at scale (kernel)', function () {
     assert.equal(dump(pins, 'stats').length, N);
     // Every port hooked with its role's program (the tc filters of one batch).
     assert.equal(residue().qdiscs.length, 2 * N);
-    const filters = ns.exec('tc', ['-force', '-batch', '-'], { input: Array.from({ length: N }, (_, i) => `filter show dev vin${i} ingress\nfilter show dev vex${i} ingress\n`).join('') });
-    assert.equal(filters.match(/handle 0x4e56 neuv_vin:\[\d+\] direct-action/g)?.length, N);
-    assert.equal(filters.match(/handle 0x4e56 neuv_vex:\[\d+\] direct-action/g)?.length, N);
+    const hooked = () => {
+      const filters = ns.exec('tc', ['-force', '-batch', '-'], { input: Array.from({ length: N }, (_, i) => `filter show dev vin${i} ingress\nfilter show dev vex${i} ingress\n`).join('') });
+      return [filters.match(/handle 0x4e56 neuv_vin:\[\d+\] direct-action/g)?.length, filters.match(/handle 0x4e56 neuv_vex:\[\d+\] direct-action/g)?.length];
+    };
+    assert.deepEqual(hooked(), [N, N]);
     // The same batch again: nothing to do, nothing repaired.
     const again = await s.client.addPairs(specs);
     assert.ok(again.every((p) => !p.created && p.repaired.length === 0));
+
+    // Deleting them all in one call (POST /v1/pairs/delete) is all or nothing too.
+    const full = residue();
+    const d1 = await raw(s.socket, 'POST', '/v1/pairs/delete', JSON.stringify({ pairs: [1, 2, 'in:vin2', 5000] }));
+    assert.equal(d1.status, 404, d1.text);
+    assert.deepEqual(residue(), full, 'a pair not found changes nothing');
+    const d2 = await raw(s.socket, 'POST', '/v1/pairs/delete', JSON.stringify({ all: true }));
+    assert.equal(d2.status, 500, d2.text);
+    assert.match((d2.body as { error: string }).error, /injected failure at pair-del:after-port/);
+    assert.deepEqual(residue(), full, 'a failure at the 1,500th port entry puts every hook, qdisc and entry back');
+    assert.deepEqual(hooked(), [N, N]);
+    const td = Date.now();
+    const d3 = await s.client.delPairs('all');
+    const delMs = Date.now() - td;
+    assert.equal(d3.length, N);
+    assert.deepEqual(residue(), before, 'all deleted: no hook, qdisc or entry left');
+    // eslint-disable-next-line no-console
+    console.log(`      POST /v1/pairs/delete of ${N} pairs: ${delMs} ms`);
   });
 
   it('for reference: the same with tcx hooks (NEUV_BPF_ATTACH=tcx), 100 pairs', function () {

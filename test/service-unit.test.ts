@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { ConflictError, ExitCode, KernelError, NotFoundError, UsageError, WrongNetnsError } from '../src/errors';
-import { matchRoute, pairSelectorOf, pairSpecsOf, targetOf } from '../src/service/api';
+import { matchRoute, pairSelectorOf, pairSpecsOf, pairsToDelete, targetOf } from '../src/service/api';
 import { pairSegment } from '../src/service/client';
 import { traceRequest } from '../src/trace';
 import { HttpError, errorResponse, objectWith } from '../src/service/http';
@@ -44,6 +44,16 @@ describe('service (unit)', function () {
     const m = matchRoute('DELETE', `/v1/pairs/${pairSegment({ ex: 'vex1' })}`);
     assert.ok(m && 'route' in m);
     assert.deepEqual(pairSelectorOf(m.params.pair!), { ex: 'vex1' });
+  });
+
+  it('POST /v1/pairs/delete: ids and in:/ex: strings, or all; anything else refused before a change', function () {
+    assert.deepEqual(pairsToDelete({ pairs: [4660, '7', 'in:vin1', 'ex:vex1'] }), [{ id: 4660 }, { id: 7 }, { in: 'vin1' }, { ex: 'vex1' }]);
+    assert.equal(pairsToDelete({ all: true }), 'all');
+    for (const bad of [undefined, [], {}, { pairs: [] }, { pairs: [1], all: true }, { all: false }, { pairs: [70000] }, { pairs: [{ id: 1 }] }, { pairs: ['vin:x'] }, { pairs: [1], x: 1 }]) {
+      assert.throws(() => pairsToDelete(bad), UsageError, JSON.stringify(bad));
+    }
+    const m = matchRoute('POST', '/v1/pairs/delete');
+    assert.ok(m && 'route' in m && m.route.path === '/v1/pairs/delete');
   });
 
   it('trace filters and bounds: the CLI\'s and the API\'s, one parser', function () {

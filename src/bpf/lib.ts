@@ -121,6 +121,7 @@ interface Lib {
   bpf_map_lookup_elem: (fd: number, key: Buffer, value: Buffer) => number;
   bpf_map_update_batch: (fd: number, keys: Buffer, values: Buffer, count: number[], opts: object) => number;
   bpf_map_delete_batch: (fd: number, keys: Buffer, count: number[], opts: object) => number;
+  bpf_map_lookup_batch: (fd: number, inBatch: Buffer | null, outBatch: Buffer, keys: Buffer, values: Buffer, count: number[], opts: object) => number;
   bpf_map_delete_elem: (fd: number, key: Buffer) => number;
   bpf_map_get_next_key: (fd: number, key: Buffer | null, next: Buffer) => number;
   bpf_obj_get: (path: string) => number;
@@ -212,6 +213,7 @@ export function lib(): Lib {
     bpf_map_update_elem: f(b, 'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
     bpf_map_update_batch: f(b, 'int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const neuv_bpf_map_batch_opts *opts)'),
     bpf_map_delete_batch: f(b, 'int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, const neuv_bpf_map_batch_opts *opts)'),
+    bpf_map_lookup_batch: f(b, 'int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, const neuv_bpf_map_batch_opts *opts)'),
     bpf_map_lookup_elem: f(b, 'int bpf_map_lookup_elem(int fd, const void *key, void *value)'),
     bpf_map_delete_elem: f(b, 'int bpf_map_delete_elem(int fd, const void *key)'),
     bpf_map_get_next_key: f(b, 'int bpf_map_get_next_key(int fd, const void *key, void *next)'),

@@ -186,8 +186,10 @@ export class Rtnl {
    * other and answers only the failures, plus the acknowledgement asked of
    * each send's last message, which says every message before it is done.
    * A failure does not stop the others: the caller undoes what it must.
+   * `each` gets every answer that is not an acknowledgement (a GET's reply),
+   * with the index of the message it answers.
    */
-  batch(msgs: RtnlMessage[], what: string): number[] {
+  batch(msgs: RtnlMessage[], what: string, each?: (i: number, buf: Buffer, type: number, off: number, end: number) => void): number[] {
     const res = new Array<number>(msgs.length).fill(0);
     for (let i = 0; i < msgs.length; i += BATCH_MESSAGES) {
       const chunk = msgs.slice(i, i + BATCH_MESSAGES);
@@ -199,7 +201,11 @@ export class Rtnl {
       const last = this.seq;
       for (let done = false; !done; ) {
         for (const m of this.receive(what)) {
-          if (m.type !== NLMSG_ERROR || m.seq < first || m.seq > last) continue;
+          if (m.seq < first || m.seq > last) continue;
+          if (m.type !== NLMSG_ERROR) {
+            each?.(i + m.seq - first, this.buf, m.type, m.off, m.end);
+            continue;
+          }
           const err = -this.buf.readInt32LE(m.off);
           if (err !== 0) res[i + m.seq - first] = err;
           if (m.seq === last) done = true;

@@ -134,6 +134,28 @@ export function tcAttachMany(items: TcAttachItem[], handle: number, priority: nu
   return Rtnl.with('tc filters', (s) => s.batch(msgs, 'attach tc filters')).map((e) => -e);
 }
 
+const TCA_BPF_ID = 11;
+
+/**
+ * The program id at handle/priority on each device's ingress, 0 where there
+ * is none (as tcQuery, one RTM_GETTFILTER each), every request over one
+ * netlink socket: show's view of 2,000 ports in a few system calls.
+ */
+export function tcQueryMany(ifindexes: number[], handle: number, priority: number): number[] {
+  const ids = ifindexes.map(() => 0);
+  const msgs = ifindexes.map((i) => ({ type: RTM_GETTFILTER, flags: 0, body: Buffer.concat([tcmsg(i, handle, TC_PARENT.ingress, filterInfo(priority)), nlString(TCA_KIND, 'bpf')]) }));
+  Rtnl.with('tc filters', (s) =>
+    s.batch(msgs, 'query tc filters', (k, buf, type, off, end) => {
+      if (type !== RTM_NEWTFILTER || end - off < 20) return;
+      for (const [t, v] of nlAttrs(buf, off + 20, end)) {
+        if (t !== TCA_OPTIONS) continue;
+        for (const [o, ov] of nlAttrs(v, 0, v.length)) if (o === TCA_BPF_ID && ov.length >= 4) ids[k] = ov.readUInt32LE(0);
+      }
+    }),
+  );
+  return ids;
+}
+
 /** Detaches our filter (handle/priority) from each device's ingress: 0 or a negative errno each (-ENOENT: none there). */
 export function tcDetachMany(ifindexes: number[], handle: number, priority: number): number[] {
   const msgs = ifindexes.map((i) => ({ type: RTM_DELTFILTER, flags: 0, body: Buffer.concat([tcmsg(i, handle, TC_PARENT.ingress, filterInfo(priority)), nlString(TCA_KIND, 'bpf')]) }));

@@ -14,6 +14,7 @@ import {
   MODES,
   PairAdded,
   PairCounters,
+  PairDeleted,
   PairSelector,
   PairSpec,
   PairView,
@@ -301,20 +302,30 @@ export const registerPairCommands: CommandRegistrar = (program, ctx) => {
 
   pair
     .command('del')
-    .description('remove a pair: detach vin/vex (their clsact too if we created it) and delete its map entries; vbr-neuv stays')
+    .description('remove a pair (or several, or all, in one go: all or nothing): detach vin/vex (their clsact too if we created it) and delete its map entries; vbr-neuv stays')
     .option('--in <vin>', 'the pair by its vin')
     .option('--ex <vex>', 'the pair by its vex')
     .addOption(integerOption('--id <n>', 'the pair by its port id', PORT_ID))
+    .option('--ids <n,n,...>', 'several pairs by port id, comma-separated (JSON: an array of results)')
+    .option('--all', 'every pair (JSON: an array of results)')
     .option('--json', 'print the result as JSON')
-    .action(async (o: SelOpts) => {
+    .action(async (o: SelOpts & { ids?: string; all?: boolean }) => {
       const c = ctx();
+      const port = (n: string | null, i: number | null) => n ?? (i !== null ? `ifindex ${i}` : '?');
+      const line = (r: PairDeleted) => `deleted pair id ${r.id} (${port(r.in, r.vinIfindex)}/${port(r.ex, r.vexIfindex)})`;
+      if (o.ids !== undefined || o.all) {
+        if (o.ids !== undefined && o.all) throw new UsageError('give --ids or --all, not both');
+        if (o.in !== undefined || o.ex !== undefined || o.id !== undefined) throw new UsageError(`--${o.all ? 'all' : 'ids'} takes no --in, --ex or --id`);
+        const sels: PairSelector[] | 'all' = o.all ? 'all' : o.ids!.split(',').map((v) => ({ id: parsePortId(v.trim(), '--ids') }));
+        const rs = await throughService(c, (s) => s.delPairs(sels), () => withDatapath(c, (dp) => dp.delPairs(sels)));
+        if (c.json) printJson(c, rs);
+        else c.out(rs.length ? rs.map(line).join('\n') : 'no pairs');
+        return;
+      }
       const sel = selectorFrom(o);
       const r = await throughService(c, (s) => s.delPair(sel), () => withDatapath(c, (dp) => dp.delPair(sel)));
       if (c.json) printJson(c, r);
-      else {
-        const port = (n: string | null, i: number | null) => n ?? (i !== null ? `ifindex ${i}` : '?');
-        c.out(`deleted pair id ${r.id} (${port(r.in, r.vinIfindex)}/${port(r.ex, r.vexIfindex)})`);
-      }
+      else c.out(line(r));
     });
 
   program

@@ -22,9 +22,9 @@ import * as fs from 'node:fs';
 import { BPF_EXIST, ProgFd, ifIndexToName } from '../bpf';
 import { NetnsScope } from '../netns';
 import { DEFAULT_PIN_ROOT, isLoaded, MapName, notLoaded, openProg, Pins } from '../pins';
-import { keepQdiscFlag, portEntries, redirectPeerAllowed, removePairEntries, writePairsEntries } from './entries';
-import { attach, attachMany, attachState, detach, detachMany, detachPort, linkPinPath } from '../attach';
-import { ConflictError, NeuvError, NotFoundError, UsageError } from '../errors';
+import { keepQdiscFlag, portEntries, redirectPeerAllowed, removePairsEntries, writePairsEntries } from './entries';
+import { DetachResult, attach, attachMany, attachState, attachStates, detach, detachMany, detachPort, linkPinPath } from '../attach';
+import { ConflictError, KernelError, NeuvError, NotFoundError, UsageError } from '../errors';
 import { Mode, ModeValue, PortEntry, PortFlag, decodeId, decodePort, decodeU32Key, encodePort, PORT_UPDATE, u32Key } from '../layout';
 import { linkDump } from '../link';
 import { withLock } from '../lock';
@@ -32,11 +32,11 @@ import { checkHome } from '../home';
 import { log } from '../log';
 import { faultPoint } from '../faults';
 import { bcmac, formatMac, ucmac } from '../mac';
-import { clearPairFlows } from '../flows';
+import { clearPairFlows, clearPairsFlows } from '../flows';
 
 import { MODES, ModeName, PairSpec, PairSelector, PairAdded, ModeChange, PairDeleted, ShowResult, PairStats, StatsSnapshot, DatapathOptions, labelled, modeName, parseModeName, validateSpec, checkBatch } from './spec';
 import { Maps, MapState, LinkInfo, Plan, linkInfos, portAttachKind, readState, resolve, lookupForSelector, planPairs } from './state';
-import { readStats, readGlobal, showPairs } from './show';
+import { readAllStats, readGlobal, showPairs } from './show';
 
 /**
  * The port-pair API. `Datapath.open(pinRoot)` needs a loaded datapath
@@ -147,7 +147,7 @@ export class Datapath {
       t = now;
     };
     try {
-      const hooks = this.hookAll(plans, undo, held);
+      const hooks = this.hookAll(plans, undo, held, ms);
       lap('hooks');
       const repaired: string[][] = plans.map((p, i) => (p.existing ? [...(hooks[i]!.vin.attached ? ['vin hook'] : []), ...(hooks[i]!.vex.attached ? ['vex hook'] : [])] : []));
       // The entries (src/pairs/entries.ts): an existing entry is rewritten where it differs from what
@@ -166,6 +166,7 @@ export class Datapath {
         replacePorts: true,
         undo,
         onStep: (i, step, wrote) => {
+          if (i === 0) ms[`entries.${step}`] = -t + (t = performance.now()); // each step's batch, for the log
           const existing = plans[i]!.existing;
           if (step === 'stats') {
             if (wrote && existing) repaired[i]!.push('stats entry');
@@ -179,7 +180,8 @@ export class Datapath {
           }
         },
       });
-      lap('entries');
+      ms.entries = Object.entries(ms).filter(([k]) => k.startsWith('entries.')).reduce((a, [, v]) => a + v, 0) + (performance.now() - t);
+      t = performance.now();
       plans.forEach((p, i) => {
         const { w } = items[i]!;
         const r: PairAdded = {
@@ -225,7 +227,7 @@ export class Datapath {
    * attach(), which swaps in place. Per plan: whether each hook was attached
    * now and whether we created its qdisc. Undos registered on `undo`.
    */
-  private hookAll(plans: Plan[], undo: Undo, held: ProgFd[]): Array<Record<'vin' | 'vex', { qdiscOurs: boolean; attached: boolean }>> {
+  private hookAll(plans: Plan[], undo: Undo, held: ProgFd[], ms: Record<string, number> = {}): Array<Record<'vin' | 'vex', { qdiscOurs: boolean; attached: boolean }>> {
     const progs: Partial<Record<'vin' | 'vex', { fd: ProgFd; id: number; name: string }>> = {};
     const prog = (role: 'vin' | 'vex'): { fd: ProgFd; id: number; name: string } => {
       const have = progs[role];
@@ -253,6 +255,7 @@ export class Datapath {
       });
       throw e;
     }
+    for (const [k, v] of Object.entries(many.ms ?? {})) ms[`hooks.${k}`] = v;
     const undone = together.map((x, k) => ({ ifindex: x.l.ifindex, name: x.l.name, qdiscOurs: many.qdiscCreated[k]!, attached: many.attached[k]! })).filter((d) => d.attached || d.qdiscOurs);
     if (undone.length) undo.push(`detach ${undone.length} hooks`, () => void detachMany(undone));
     const oneByOne = new Set(ports);
@@ -420,76 +423,147 @@ export class Datapath {
 
   /** Removes a pair: detaches vin/vex (and their clsact if we created it), deletes its entries. */
   async delPair(sel: PairSelector): Promise<PairDeleted> {
+    const [r] = await this.delPairs([sel]);
+    return r!;
+  }
+
+  /**
+   * Removes many pairs in one go ('all': every pair neuv_ids names), all or
+   * nothing: every selector is resolved before the first change (one not
+   * found: nothing changes, NotFoundError), then the hooks of every pair
+   * (the tc filters and the clsacts we created over one netlink socket:
+   * detachMany; a tcx port by itself), then the entries a step at a time
+   * (every id, one RCU grace period, every port, every counter: a batch
+   * each, removePairsEntries). A failure undoes it all. Last, the flow
+   * entries of the pairs gone. One result per pair (a pair named twice is
+   * removed once), in the order named.
+   */
+  async delPairs(sels: PairSelector[] | 'all'): Promise<PairDeleted[]> {
     this.check();
     return withLock(this.pinRoot, () =>
       this.ns.run(() =>
         this.withMaps(['ports', 'ids', 'stats', 'flowStats'], (m) => {
-          const st = lookupForSelector(m, sel);
-          const r = resolve(sel, st);
+          // A few by name or id: looked up; many, or all: the maps read whole (one batch each).
+          let st: Pick<MapState, 'ports' | 'ids'>;
+          if (sels === 'all' || sels.length > 8) st = readState(m);
+          else {
+            st = { ports: new Map(), ids: new Map() };
+            for (const s of sels) {
+              const one = lookupForSelector(m, s);
+              for (const [k, v] of one.ports) st.ports.set(k, v);
+              for (const [k, v] of one.ids) st.ids.set(k, v);
+            }
+          }
+          const named: PairSelector[] = sels === 'all' ? [...st.ids.keys()].sort((a, b) => a - b).map((id) => ({ id })) : sels;
+          const byId = new Map<number, { sel: PairSelector; r: ReturnType<typeof resolve> }>();
+          for (const sel of named) {
+            const r = resolve(sel, st);
+            if (!byId.has(r.id)) byId.set(r.id, { sel, r });
+          }
+          const targets = [...byId.values()];
+          if (!targets.length) return [];
           const undo = new Undo('pairs');
-          const detached: string[] = [];
-          const qdiscsRemoved: string[] = [];
-          const progs: ProgFd[] = [];
+          const progs = new Map<number, ProgFd>();
+          const detached = targets.map((): string[] => []);
+          const qdiscsRemoved = targets.map((): string[] => []);
           try {
-            // Hooks first: from then on frames of the pair take the normal path.
-            for (const ifindex of [r.vin, r.vex]) {
-              if (ifindex === undefined) continue;
-              const nm = ifIndexToName(ifindex);
-              const e = st.ports.get(ifindex);
-              if (e && e.id !== r.id) continue; // the port belongs to another pair now: not ours to detach
-              const cur = attachState(this.pinRoot, ifindex);
-              if (!nm) {
-                // The port is gone: only its entries and maybe a defunct tcx link pin are left.
-                if (cur.kind === 'tcx') fs.rmSync(linkPinPath(this.pinRoot, ifindex), { force: true });
-                continue;
+            // Hooks first: from then on frames of the pairs take the normal path.
+            const hooked: Array<{ t: number; ifindex: number; name: string; ours: boolean }> = [];
+            const gone: number[] = [];
+            targets.forEach(({ r }, t) => {
+              for (const ifindex of [r.vin, r.vex]) {
+                if (ifindex === undefined) continue;
+                const e = st.ports.get(ifindex);
+                if (e && e.id !== r.id) continue; // the port belongs to another pair now: not ours to detach
+                const name = ifIndexToName(ifindex);
+                if (!name) gone.push(ifindex);
+                else hooked.push({ t, ifindex, name, ours: e !== undefined && (e.flags & PortFlag.QDISC_OURS) !== 0 });
               }
-              const ours = e !== undefined && (e.flags & PortFlag.QDISC_OURS) !== 0 && e.id === r.id;
-              const old = cur.kind !== 'none' && !cur.defunct ? ProgFd.fromId(cur.progId) : undefined;
-              if (old) progs.push(old);
-              const was = cur.kind;
-              const d = detachPort(this.pinRoot, ifindex, nm, ours);
-              if (d.detached) detached.push(nm);
-              if (d.qdiscRemoved) qdiscsRemoved.push(nm);
-              if (old && was !== 'none') undo.push(`reattach ${nm}`, () => attach(this.pinRoot, ifindex, nm, old.fd, was));
-              faultPoint('pair-del:after-detach');
+            });
+            const cur = attachStates(this.pinRoot, [...gone, ...hooked.map((h) => h.ifindex)]);
+            // A port gone: only its entries and maybe a defunct tcx link pin are left.
+            for (const i of gone) if (cur.get(i)!.kind === 'tcx') fs.rmSync(linkPinPath(this.pinRoot, i), { force: true });
+            const progOf = (id: number) => {
+              let p = progs.get(id);
+              if (!p) progs.set(id, (p = ProgFd.fromId(id)));
+              return p;
+            };
+            const done = (h: (typeof hooked)[number], d: DetachResult) => {
+              if (d.detached) detached[h.t]!.push(h.name);
+              if (d.qdiscRemoved) qdiscsRemoved[h.t]!.push(h.name);
+            };
+            // The programs attached now, held for an undo before their hooks go.
+            for (const h of hooked) {
+              const c = cur.get(h.ifindex)!;
+              if (c.kind !== 'none' && !c.defunct) progOf(c.progId);
             }
+            // A tcx port by itself (its link pinned), the tc ports together.
+            const tc = hooked.filter((h) => cur.get(h.ifindex)!.kind !== 'tcx');
+            for (const h of hooked) {
+              const c = cur.get(h.ifindex)!;
+              if (c.kind !== 'tcx') continue;
+              done(h, detachPort(this.pinRoot, h.ifindex, h.name, h.ours));
+              if (!c.defunct) undo.push(`reattach ${h.name}`, () => attach(this.pinRoot, h.ifindex, h.name, progOf(c.progId).fd, 'tcx'));
+            }
+            // Undone together as they were attached (attachMany: their qdiscs, one grace period, their filters).
+            const live = tc.filter((h) => cur.get(h.ifindex)!.kind === 'tc');
+            if (live.length) {
+              undo.push(`reattach ${live.length} hooks`, () =>
+                attachMany(
+                  live.map((h) => {
+                    const p = progOf(cur.get(h.ifindex)!.progId);
+                    const i = p.info();
+                    return { ifindex: h.ifindex, name: h.name, progFd: p.fd, progName: `${i.name}:[${i.id}]` };
+                  }),
+                ),
+              );
+            }
+            const ds = detachMany(tc.map((h) => ({ ifindex: h.ifindex, name: h.name, qdiscOurs: h.ours })));
+            tc.forEach((h, k) => done(h, ds[k]!));
+            const bad = ds.findIndex((d) => d.errno !== undefined);
+            if (bad >= 0) throw new KernelError(`detach ${tc[bad]!.name} ingress`, ds[bad]!.errno!);
+            for (let k = 0; k < hooked.length; k++) faultPoint('pair-del:after-detach');
             // Only the ids entry of this very pair (by id always; by name only if it points here).
-            const idOld = m.ids.lookup(u32Key(r.id));
-            const cur = idOld ? decodeId(idOld) : undefined;
-            const ports: Array<{ ifindex: number; old: PortEntry }> = [];
-            for (const ifindex of [r.vex, r.vin]) {
-              const e = ifindex === undefined ? undefined : st.ports.get(ifindex);
-              if (e && e.id === r.id) ports.push({ ifindex: ifindex!, old: e });
-            }
-            removePairEntries(
+            removePairsEntries(
               m,
-              { id: r.id, ids: cur !== undefined && ('id' in sel || cur.vinIfindex === r.vin || cur.vexIfindex === r.vex), ports, stats: 'unless-id' },
-              { undo, onStep: (step) => (step === 'ids' ? faultPoint('pair-del:after-ids') : step === 'port' ? faultPoint('pair-del:after-port') : undefined) },
+              targets.map(({ sel, r }) => {
+                const idv = st.ids.has(r.id) ? undefined : m.ids.lookup(u32Key(r.id)); // a selector by name looks up no ids entry
+                const idNow = st.ids.get(r.id) ?? (idv ? decodeId(idv) : undefined);
+                const ports: Array<{ ifindex: number; old: PortEntry }> = [];
+                for (const ifindex of [r.vex, r.vin]) {
+                  const e = ifindex === undefined ? undefined : st.ports.get(ifindex);
+                  if (e && e.id === r.id) ports.push({ ifindex: ifindex!, old: e });
+                }
+                return { id: r.id, ids: idNow !== undefined && ('id' in sel || idNow.vinIfindex === r.vin || idNow.vexIfindex === r.vex), ports, stats: 'unless-id' as const };
+              }),
+              { undo, onStep: (_, step) => (step === 'ids' ? faultPoint('pair-del:after-ids') : step === 'port' ? faultPoint('pair-del:after-port') : undefined) },
             );
           } catch (e) {
             undo.runSync();
             throw e;
           } finally {
-            for (const p of progs) p.close();
+            for (const p of progs.values()) p.close();
           }
-          // Last (nothing to undo after it): the pair's flow entries and flow counters.
-          let flowsCleared = 0;
-          if (m.ids.lookup(u32Key(r.id)) === undefined) {
-            flowsCleared = clearPairFlows(this.pinRoot, r.id);
-            m.flowStats?.delete(u32Key(r.id));
-          }
-          const res: PairDeleted = {
-            id: r.id,
-            in: r.vin !== undefined ? (ifIndexToName(r.vin) ?? null) : null,
-            ex: r.vex !== undefined ? (ifIndexToName(r.vex) ?? null) : null,
-            vinIfindex: r.vin ?? null,
-            vexIfindex: r.vex ?? null,
-            detached,
-            qdiscsRemoved,
-          };
-          if (flowsCleared) res.flowsCleared = flowsCleared;
-          log('pairs').info(res, 'pair deleted');
-          return res;
+          // Last (nothing to undo after it): the flow entries and flow counters of the pairs whose id is gone.
+          const idless = new Set(targets.filter(({ r }) => m.ids.lookup(u32Key(r.id)) === undefined).map(({ r }) => r.id));
+          const flows = clearPairsFlows(this.pinRoot, idless);
+          for (const id of idless) m.flowStats?.delete(u32Key(id));
+          const out = targets.map(({ r }, t): PairDeleted => {
+            const res: PairDeleted = {
+              id: r.id,
+              in: r.vin !== undefined ? (ifIndexToName(r.vin) ?? null) : null,
+              ex: r.vex !== undefined ? (ifIndexToName(r.vex) ?? null) : null,
+              vinIfindex: r.vin ?? null,
+              vexIfindex: r.vex ?? null,
+              detached: detached[t]!,
+              qdiscsRemoved: qdiscsRemoved[t]!,
+            };
+            if (flows.get(r.id)) res.flowsCleared = flows.get(r.id);
+            return res;
+          });
+          if (out.length === 1) log('pairs').info(out[0], 'pair deleted');
+          else log('pairs').info({ pairs: out.length, flowsCleared: [...flows.values()].reduce((a, b) => a + b, 0) }, 'pairs deleted');
+          return out;
         }),
       ),
     );
@@ -515,18 +589,13 @@ export class Datapath {
     this.check();
     return this.ns.run(() =>
       this.withMaps(['ids', 'ports', 'stats', 'global', 'flowStats'], (m) => {
-        const ids = new Map<number, { vinIfindex: number; vexIfindex: number }>();
-        for (const [k, v] of m.ids.entries()) ids.set(decodeU32Key(k), decodeId(v));
-        const keys = m.stats.keys().map(decodeU32Key).sort((a, b) => a - b);
+        const { ports, ids } = readState(m);
+        const all = readAllStats(m);
         const pairs: PairStats[] = [];
-        for (const id of keys) {
-          const c = readStats(m, id);
-          if (!c) continue;
+        for (const id of [...all.keys()].sort((a, b) => a - b)) {
+          const c = all.get(id)!;
           const e = ids.get(id);
-          const port = (ifindex: number | undefined) => {
-            const v = ifindex === undefined ? undefined : m.ports.lookup(u32Key(ifindex));
-            return v ? decodePort(v) : undefined;
-          };
+          const port = (ifindex: number | undefined) => (ifindex === undefined ? undefined : ports.get(ifindex));
           const [vinE, vexE] = [port(e?.vinIfindex), port(e?.vexIfindex)];
           const pe = vinE ?? vexE;
           pairs.push({

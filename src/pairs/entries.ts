@@ -239,44 +239,71 @@ export interface RemoveOptions {
   onStep?: (step: 'ids' | 'port' | 'stats') => void;
 }
 
-/** Removes a pair's entries: the id, an RCU grace period, the ports, the counters. */
+/** Removes a pair's entries: the id, an RCU grace period, the ports, the counters (removePairsEntries for one). */
 export function removePairEntries(m: PairMaps, r: PairRemoval, opts: RemoveOptions = {}): void {
-  const idKey = u32Key(r.id);
-  const step = (what: string, fn: () => void) => {
-    try {
-      fn();
-    } catch (e) {
-      if (!opts.bestEffort) throw e;
-      log('entries').warn({ entry: what, err: (e as Error).message }, 'could not remove an entry');
+  const { onStep, ...rest } = opts;
+  removePairsEntries(m, [r], { ...rest, onStep: onStep && ((_, step) => onStep(step)) });
+}
+
+export interface RemoveManyOptions extends Omit<RemoveOptions, 'onStep'> {
+  /** Called for each pair (its index) after each entry of it removed: */
+  onStep?: (i: number, step: 'ids' | 'port' | 'stats') => void;
+}
+
+/**
+ * Removes the entries of many pairs, a step at a time: every id, one RCU
+ * grace period, every port (vex, vin), every counter entry; each step one
+ * BPF_MAP_DELETE_BATCH per map (a key found absent is skipped). The undo of
+ * each removal is registered on opts.undo (the old values, read first).
+ */
+export function removePairsEntries(m: PairMaps, rs: PairRemoval[], opts: RemoveManyOptions = {}): void {
+  const lg = log('entries');
+  /**
+   * Deletes `keys` (batches, skipping absent keys), calling `took` for each
+   * deleted (its undo) before anything can throw; returns the indexes
+   * deleted. A refusal throws (logged and skipped when bestEffort).
+   */
+  const del = (map: MapFd, what: string, keys: Buffer[], took: (k: number) => void): number[] => {
+    const gone: number[] = [];
+    for (let at = 0; at < keys.length; ) {
+      const r = map.deleteBatch(keys.slice(at));
+      for (let k = 0; k < r.done; k++) {
+        gone.push(at + k);
+        took(at + k);
+      }
+      at += r.done;
+      if (!r.error) break;
+      if (r.error.errno !== 2 /* ENOENT: absent */) {
+        if (!opts.bestEffort) throw r.error;
+        lg.warn({ entry: `${what} ${keys[at]!.readUInt32LE(0)}`, err: r.error.message }, 'could not remove an entry');
+      }
+      at++;
     }
+    return gone;
   };
-  if (r.ids) {
-    step(`ids ${r.id}`, () => {
-      const old = m.ids.lookup(idKey);
-      if (!old) return;
-      m.ids.delete(idKey);
-      opts.undo?.push(`ids ${r.id}`, () => m.ids.update(idKey, old, BPF_NOEXIST));
-      opts.onStep?.('ids');
-    });
-    // A neuv_vbr run that found the id just before is over before the ports go (no drop_no_peer).
-    rcuGraceAfterDeletes();
+  // ids (the old value kept for an undo)
+  const idRs = rs.map((r, i) => ({ r, i, old: r.ids ? m.ids.lookup(u32Key(r.id)) : undefined })).filter((x) => x.old);
+  const idKeys = idRs.map((x) => u32Key(x.r.id));
+  for (const k of del(m.ids, 'ids', idKeys, (k) => opts.undo?.push(`ids ${idRs[k]!.r.id}`, () => m.ids.update(idKeys[k]!, idRs[k]!.old!, BPF_NOEXIST)))) {
+    opts.onStep?.(idRs[k]!.i, 'ids');
   }
-  for (const p of r.ports) {
-    step(`port ${p.ifindex}`, () => {
-      const key = u32Key(p.ifindex);
-      m.ports.delete(key);
-      const old = p.old;
-      if (old) opts.undo?.push(`port ${p.ifindex}`, () => m.ports.update(key, encodePort(old), PORT_UPDATE | BPF_NOEXIST));
-      opts.onStep?.('port');
-    });
-  }
-  if (r.stats === true || (r.stats === 'unless-id' && m.ids.lookup(idKey) === undefined)) {
-    step(`stats ${r.id}`, () => {
-      const old = m.stats.lookup(idKey);
-      if (!old) return;
-      m.stats.delete(idKey);
-      opts.undo?.push(`stats ${r.id}`, () => m.stats.update(idKey, old, BPF_NOEXIST));
-      opts.onStep?.('stats');
-    });
+  // A neuv_vbr run that found an id just before is over before the ports go (no drop_no_peer).
+  if (rs.some((r) => r.ids)) rcuGraceAfterDeletes();
+  const portRs = rs.flatMap((r, i) => r.ports.map((p) => ({ i, p })));
+  const portKeys = portRs.map((x) => u32Key(x.p.ifindex));
+  const portBack = (k: number) => {
+    const { p } = portRs[k]!;
+    const old = p.old;
+    if (old) opts.undo?.push(`port ${p.ifindex}`, () => m.ports.update(portKeys[k]!, encodePort(old), PORT_UPDATE | BPF_NOEXIST));
+  };
+  for (const k of del(m.ports, 'port', portKeys, portBack)) opts.onStep?.(portRs[k]!.i, 'port');
+  const statRs = rs
+    .map((r, i) => ({ r, i }))
+    .filter(({ r }) => r.stats === true || (r.stats === 'unless-id' && m.ids.lookup(u32Key(r.id)) === undefined))
+    .map((x) => ({ ...x, old: m.stats.lookup(u32Key(x.r.id)) }))
+    .filter((x) => x.old);
+  const statKeys = statRs.map((x) => u32Key(x.r.id));
+  for (const k of del(m.stats, 'stats', statKeys, (k) => opts.undo?.push(`stats ${statRs[k]!.r.id}`, () => m.stats.update(statKeys[k]!, statRs[k]!.old!, BPF_NOEXIST)))) {
+    opts.onStep?.(statRs[k]!.i, 'stats');
   }
 }

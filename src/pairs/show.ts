@@ -1,8 +1,8 @@
 /** show: every pair with its entries, hooks and counters, flagging every inconsistency; the counters as named sets. */
 import * as fs from 'node:fs';
-import { ifIndexToName } from '../bpf';
-import { AttachKind, attachState } from '../attach';
-import { PortFlag, REASON_NAMES, Role, VBR_IFINDEX, addFlowStats, addGlobal, addStats, emptyStats, u32Key } from '../layout';
+import { ifIndexToName as ifIndexToNameNow } from '../bpf';
+import { AttachKind, attachStates } from '../attach';
+import { PortFlag, REASON_NAMES, Role, VBR_IFINDEX, addFlowStats, addGlobal, addStats, decodeU32Key, emptyStats, u32Key } from '../layout';
 import { pinnedProgId } from '../pins';
 import { bcmac, formatMac, ucmac } from '../mac';
 
@@ -12,13 +12,27 @@ import { loopProblem } from './loops';
 
 /** neuv_stats[id], plus neuv_flow_stats[id] (FAST, FLOW_DROP) when that map is open; null without a neuv_stats entry. */
 export function readStats(m: Pick<Maps, 'stats'> & Partial<Pick<Maps, 'flowStats'>>, id: number): PairCounters | null {
-  const v = m.stats.lookup(u32Key(id));
+  return countersOf(m, m.stats.lookup(u32Key(id)), m.flowStats?.lookup(u32Key(id)));
+}
+
+/** A pair's counters from its neuv_stats and neuv_flow_stats values (per-CPU, summed); null without the first. */
+function countersOf(m: Pick<Maps, 'stats'> & Partial<Pick<Maps, 'flowStats'>>, v: Buffer | undefined, f: Buffer | undefined): PairCounters | null {
   if (!v) return null;
   const s = emptyStats();
   for (const cpu of m.stats.perCpuValues(v)) addStats(s, cpu);
-  const f = m.flowStats?.lookup(u32Key(id));
   if (f) for (const cpu of m.flowStats!.perCpuValues(f)) addFlowStats(s, cpu);
   return namedCounters(s);
+}
+
+/** Every counter of neuv_stats and neuv_flow_stats, id -> counters, each map read in one batch (MapFd.entries). */
+export function readAllStats(m: Pick<Maps, 'stats'> & Partial<Pick<Maps, 'flowStats'>>): Map<number, PairCounters> {
+  const flows = new Map((m.flowStats?.entries() ?? []).map(([k, v]) => [decodeU32Key(k), v]));
+  const out = new Map<number, PairCounters>();
+  for (const [k, v] of m.stats.entries()) {
+    const id = decodeU32Key(k);
+    out.set(id, countersOf(m, v, flows.get(id))!);
+  }
+  return out;
 }
 
 export function readGlobal(m: Pick<Maps, 'global'>): Record<(typeof REASON_NAMES)[number], bigint> {
@@ -32,6 +46,11 @@ export function readGlobal(m: Pick<Maps, 'global'>): Record<(typeof REASON_NAMES
 export function showPairs(pinRoot: string, m: Maps, links?: Map<number, LinkInfo>): ShowResult {
   const st = readState(m);
   const progIds = { vin: pinnedProgId(pinRoot, 'vin'), vex: pinnedProgId(pinRoot, 'vex') };
+  // Read once for every pair: names (from the caller's link dump when there is one), hooks, counters, the ports of all pairs.
+  const ifIndexToName = links ? (i: number) => links.get(i)?.name : ifIndexToNameNow;
+  const stats = readAllStats(m);
+  const hooks = attachStates(pinRoot, [...new Set([...st.ports.keys(), ...[...st.ids.values()].flatMap((e) => [e.vinIfindex, e.vexIfindex])])]);
+  const allPorts = links ? pairPorts(st, (i) => links.get(i)?.name ?? `ifindex ${i}`) : undefined;
   const problems: string[] = [];
   // Group by id: the ids entry names the ports; port entries carry the id.
   const groups = new Map<number, { vin?: number; vex?: number; fromIds: boolean }>();
@@ -65,7 +84,7 @@ export function showPairs(pinRoot: string, m: Maps, links?: Map<number, LinkInfo
       const e = st.ports.get(ifindex);
       const name = ifIndexToName(ifindex) ?? null;
       if (name) present++;
-      const att = attachState(pinRoot, ifindex);
+      const att = hooks.get(ifindex)!;
       const progId = name && !att.defunct ? att.progId : 0;
       if (!e) pp.push(`no neuv_ports entry for the ${role} (ifindex ${ifindex}${name ? `, ${name}` : ''})`);
       else {
@@ -101,9 +120,9 @@ export function showPairs(pinRoot: string, m: Maps, links?: Map<number, LinkInfo
       if (ein.mode !== eex.mode) pp.push(`vin and vex entries disagree on the mode (${modeName(ein.mode)} vs ${modeName(eex.mode)})`);
       if ((ein.flags ^ eex.flags) & PortFlag.IPV6_TO_DP) pp.push('vin and vex entries disagree on ipv6ToDp');
     }
-    const loop = links && g.vin !== undefined && g.vex !== undefined ? pairLoop(st, links, g.vin, g.vex) : undefined;
+    const loop = links && allPorts && g.vin !== undefined && g.vex !== undefined ? pairLoop(allPorts, links, g.vin, g.vex) : undefined;
     if (loop) pp.push(loop);
-    const counters = readStats(m, id);
+    const counters = stats.get(id) ?? null;
     if (!counters && (ein || eex)) pp.push('no neuv_stats entry: the pair is not counted');
     const mode: PairView['mode'] = !e ? null : ein && eex && ein.mode !== eex.mode ? 'mixed' : modeName(e.mode);
     pairs.push({
@@ -138,10 +157,10 @@ export function showPairs(pinRoot: string, m: Maps, links?: Map<number, LinkInfo
 }
 
 
-/** A pair's forwarding loop (loops.ts), judged against every other port in neuv_ports. */
-function pairLoop(st: ReturnType<typeof readState>, links: Map<number, LinkInfo>, vinIf: number, vexIf: number): string | undefined {
+/** A pair's forwarding loop (loops.ts), judged against every port in neuv_ports (`ports`: pairPorts). */
+function pairLoop(ports: Map<number, string>, links: Map<number, LinkInfo>, vinIf: number, vexIf: number): string | undefined {
   const [vin, vex] = [links.get(vinIf), links.get(vexIf)];
   if (!vin || !vex) return undefined; // a vanished port is its own problem
   const name = (i: number) => links.get(i)?.name ?? `ifindex ${i}`;
-  return loopProblem(vin, vex, pairPorts(st, name), name)?.line;
+  return loopProblem(vin, vex, ports, name)?.line;
 }

@@ -110,6 +110,25 @@ export function pairSelectorOf(s: string): PairSelector {
   return { id: parsePortId(s) };
 }
 
+/**
+ * The body of POST /v1/pairs/delete: {"pairs": [...]}, each a port id or a
+ * {pair} string as in the path ("7", "in:VIN", "ex:VEX"), or {"all": true}.
+ */
+export function pairsToDelete(body: unknown): PairSelector[] | 'all' {
+  const o = objectWith(body, ['pairs', 'all'], [], 'delete body');
+  if ((o.pairs === undefined) === (o.all === undefined)) throw new UsageError('delete body: give exactly one of "pairs" (an array of ids or "in:VIN"/"ex:VEX") and "all": true');
+  if (o.all !== undefined) {
+    if (o.all !== true) throw new UsageError(`delete body: all must be true, not ${JSON.stringify(o.all)}`);
+    return 'all';
+  }
+  if (!Array.isArray(o.pairs) || o.pairs.length === 0) throw new UsageError('delete body: pairs must be a non-empty array of ids or "in:VIN"/"ex:VEX"');
+  return o.pairs.map((v, i) => {
+    if (typeof v === 'number') return { id: parsePortId(v, `pairs[${i}]`) };
+    if (typeof v === 'string') return pairSelectorOf(v);
+    throw new UsageError(`delete body: pairs[${i}] ${JSON.stringify(v)} is neither a port id nor "in:VIN"/"ex:VEX"`);
+  });
+}
+
 const TARGET_FIELDS = ['pid', 'netns', 'port'] as const;
 
 /** The container of an intercept/release body: exactly one of pid and netns. */
@@ -282,6 +301,16 @@ export const ROUTES: Route[] = [
       const o = objectWith(c.body, ['mode'], ['mode'], 'mode body');
       const mode = parseModeName(o.mode);
       return withDatapath(c.pinRoot, (dp) => dp.setMode(sel, mode));
+    },
+  },
+  {
+    method: 'POST',
+    path: '/v1/pairs/delete',
+    body: true,
+    mutating: true,
+    handle: async (c) => {
+      const sels = pairsToDelete(c.body);
+      return withDatapath(c.pinRoot, (dp) => dp.delPairs(sels));
     },
   },
   {

@@ -282,6 +282,12 @@ export class ServiceClient {
     return this.request('DELETE', `/v1/pairs/${pairSegment(pair)}`);
   }
 
+  /** Removes many pairs in one call (ids, { in }, { ex }, { id }), or 'all': all or nothing. */
+  delPairs(pairs: Array<number | PairSelector> | 'all'): Promise<PairDeleted[]> {
+    const one = (p: number | PairSelector) => (typeof p === 'number' ? p : 'id' in p ? p.id : 'in' in p ? `in:${p.in}` : `ex:${p.ex}`);
+    return this.request('POST', '/v1/pairs/delete', pairs === 'all' ? { all: true } : { pairs: pairs.map(one) });
+  }
+
   stats(): Promise<Json<StatsSnapshot>> {
     return this.request('GET', '/v1/stats');
   }
