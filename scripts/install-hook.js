@@ -7,6 +7,7 @@
  *
  *   node scripts/install-hook.js [--hooks-dir DIR] [--netns NAME|PATH] [--bpffs DIR]
  *        [--default-mode fwd|tap|bypass|drop|none] [--on-failure closed|open] [--socket PATH]
+ *        [--dp local|PIDFILE --dp-register POLICY|none]
  *
  * --hooks-dir defaults to /etc/containers/oci/hooks.d (podman's and CRI-O's);
  * the file is written 0644 under a temporary name, then renamed. Prints its path.
@@ -19,7 +20,7 @@ const ROOT = path.resolve(__dirname, '..');
 const FILE = 'neuv-bpf-hook.json';
 const args = process.argv.slice(2);
 const opts = { 'hooks-dir': '/etc/containers/oci/hooks.d' };
-const known = ['hooks-dir', 'netns', 'bpffs', 'default-mode', 'on-failure', 'socket'];
+const known = ['hooks-dir', 'netns', 'bpffs', 'default-mode', 'on-failure', 'socket', 'dp', 'dp-register'];
 for (let i = 0; i < args.length; i += 2) {
   const k = /^--(.+)$/.exec(args[i] ?? '')?.[1];
   if (!k || !known.includes(k) || args[i + 1] === undefined) {
@@ -46,6 +47,8 @@ const set = (name, v) => {
 set('--default-mode', opts['default-mode']);
 set('--on-failure', opts['on-failure']);
 set('--socket', opts.socket);
+set('--dp', opts.dp);
+set('--dp-register', opts['dp-register']);
 hook.hook.path = process.execPath;
 hook.hook.args = ['node', path.join(ROOT, 'bin', 'neuv-bpf'), ...globals, 'oci-hook', ...own];
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { UsageError } from '../src/errors';
 import { MODE_ANNOTATION, PORT_ANNOTATION, modeOf, parseOciState, portOf, stageOf } from '../src/hook';
-import { parseEvent, parseInspect } from '../src/runtime';
+import { parseApiEvent, parseEvent, parseInspect } from '../src/runtime';
 
 const ID = 'f05d9389890dda8eed456e60b37a9e2efe7aa620803655e7ab2b7ca088624f90';
 /** What podman 4.3 (runc 1.1.5) writes at createRuntime (test/oci-hook.test.ts sees the same). */
@@ -83,7 +83,7 @@ describe('oci-hook: the OCI state (unit)', function () {
   });
 });
 
-describe('runtime watcher: what podman prints (unit)', function () {
+describe('runtime watcher: what podman and the Docker Engine API print (unit)', function () {
   const ID = 'f62e48c68ea3dc6f289560a17634e22cbd5b7b7d0935d85341e31ae0afae5645';
   it('reads the container events of podman events --format json, and nothing else', function () {
     // As podman 4.3 prints them (test/runtime.test.ts follows the same).
@@ -103,5 +103,17 @@ describe('runtime watcher: what podman prints (unit)', function () {
       assert.deepEqual(parseInspect(JSON.stringify([bad])), [], JSON.stringify(bad));
     }
     assert.deepEqual(parseInspect('Error: no such container'), []);
+  });
+
+  it('the Docker Engine API: its events (docker\'s die and destroy as died and remove), its inspect (a name with a /, HostConfig.Annotations)', function () {
+    // As podman 4.3's Docker-compatible API streams them (test/runtime.test.ts follows the same); dockerd's carry the same fields.
+    const ev = (action: string) => `{"status":"${action}","id":"${ID}","from":"localhost/x:test","Type":"container","Action":"${action}",` +
+      `"Actor":{"ID":"${ID}","Attributes":{"image":"localhost/x:test","name":"web"}},"scope":"local","time":1796687211,"timeNano":1796687211162451031}`;
+    assert.deepEqual(parseApiEvent(ev('start')), { id: ID, name: 'web', status: 'start', time: 1796687211162.451 });
+    assert.deepEqual(['die', 'cleanup', 'destroy', 'remove', 'exec_start: sh'].map((a) => parseApiEvent(ev(a))?.status), ['died', 'cleanup', 'remove', 'remove', 'exec_start']);
+    assert.equal(parseApiEvent(`{"Type":"image","Action":"pull","Actor":{"ID":"x"}}`), undefined);
+    for (const bad of ['', 'garbage', '[]', `{"Type":"container","Action":"start","id":"../../etc"}`, `{"Type":"container","id":"${ID}"}`]) assert.equal(parseApiEvent(bad), undefined, bad);
+    const c = { Id: ID, Name: '/web', State: { Running: true, Pid: 22257 }, Config: { Labels: { [MODE_ANNOTATION]: 'none' } }, HostConfig: { Annotations: { [MODE_ANNOTATION]: 'tap' } } };
+    assert.deepEqual(parseInspect(JSON.stringify([c])), [{ id: ID, name: 'web', pid: 22257, running: true, annotations: { [MODE_ANNOTATION]: 'tap' } }], 'labels are not read');
   });
 });

@@ -20,6 +20,7 @@ import assert from 'node:assert/strict';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ROOT, onCleanup, sh, uniqueName } from './helpers';
@@ -157,12 +158,41 @@ export class Podman {
     return name;
   }
 
-  /** Starts a container running the echo server (TCP and UDP 8080). */
-  start(name: string): void {
+  /** Starts a container running the echo server (TCP and UDP 8080); `opts`: more options of podman run (--annotation ...). */
+  start(name: string, opts: string[] = []): void {
     this.run([
       'run', '-d', '--name', name, '--network', this.network, '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096',
-      this.image, '/bin/echo-server', '8080',
+      ...opts, this.image, '/bin/echo-server', '8080',
     ]);
+  }
+
+  /**
+   * podman's API service on a socket of ours (`podman system service`, its
+   * Docker-compatible API and libpod's), with our private dirs; stopped at
+   * cleanup. Resolves with the socket once it answers GET /_ping.
+   */
+  async apiService(): Promise<string> {
+    const socket = path.join(this.dir, 'api.sock');
+    const c = this.spawn(['system', 'service', '--time=0', `unix://${socket}`]);
+    let err = '';
+    c.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
+    c.stdout!.resume();
+    onCleanup(() => {
+      if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    });
+    const ping = () => new Promise<boolean>((resolve) => {
+      const req = http.get({ socketPath: socket, path: '/_ping', agent: false }, (res) => {
+        res.resume();
+        resolve(res.statusCode === 200);
+      });
+      req.on('error', () => resolve(false));
+    });
+    const end = Date.now() + 30000;
+    while (!(await ping())) {
+      if (c.exitCode !== null || Date.now() > end) throw new Error(`podman system service did not answer on ${socket}: ${err.trim()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return socket;
   }
 
   /**

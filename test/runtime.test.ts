@@ -7,7 +7,8 @@
  * datagrams got out first, printed: the event-driven figure) and released
  * once it died; one the hook intercepted is seen as done; the record of a
  * container that went while no service ran is released by the next one's
- * resync.
+ * resync. `--runtime docker` follows podman's Docker-compatible API
+ * (podman system service) the same way.
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -22,7 +23,7 @@ import type { RuntimeStatus } from '../src/service';
 
 const PEER_PORT = 9998;
 
-describe('serve --runtime podman: the runtime watcher (kernel)', function () {
+describe('serve --runtime podman|docker: the runtime watcher (kernel)', function () {
   this.timeout(600000);
   let pm: Podman | undefined;
   let gw = '';
@@ -115,6 +116,55 @@ describe('serve --runtime podman: the runtime watcher (kernel)', function () {
     fs.rmSync(lockDirFile(pins, 'hook-fail-open'), { force: true });
     assert.deepEqual(nsView(enf).ip('-br', 'link', 'show').split('\n').filter(Boolean).map((l) => l.split(/[ @]/)[0]).sort(), ['lo', 'vbr-neuv', 'vth-neuv']);
     assert.deepEqual(fs.existsSync(journalDir(pins)) ? fs.readdirSync(journalDir(pins)) : [], []);
+    const chk = c(['show', '--check']);
+    assert.equal(chk.code, 0, chk.stdout + chk.stderr);
+  });
+
+  it('--runtime docker on podman\'s Docker-compatible API (podman system service): a container running before serve is intercepted in its annotation\'s mode, one started after is intercepted on its start event, both released once removed', async function () {
+    const net = makeNet();
+    const enf = net.ns(uniqueName('nbt')).name;
+    const pins = makePinRoot();
+    const c = (args: string[]) => cli(['--netns', enf, '--bpffs', pins, ...args]);
+    assert.equal(c(['load']).code, 0);
+    const modes = () => (JSON.parse(c(['show', '--json']).stdout) as { pairs: Array<{ mode: string }> }).pairs.map((p) => p.mode).sort();
+    const records = () => (fs.existsSync(lockDirFile(pins, 'hooks')) ? fs.readdirSync(lockDirFile(pins, 'hooks')) : []);
+    const api = await pm!.apiService();
+    pm!.run(['rm', '-f', '-t', '0', early], { allowFail: true }); // the suite's first container, when that test did not run
+    const first = uniqueName('nbpc');
+    onCleanup(() => pm!.run(['rm', '-f', '-t', '0', first], { allowFail: true }));
+    pm!.start(first, ['--annotation', 'io.neuv-bpf.mode=fwd']);
+    const firstId = pm!.run(['inspect', '--format', '{{.Id}}', first]).stdout.trim();
+    const s = await serve(enf, pins, ['--runtime', 'docker', '--runtime-socket', api, '--default-mode', 'tap']);
+    const status = () => s.client.runtime() as Promise<RuntimeStatus>;
+    const acted = (id: string, action: string, cause?: string) => async () =>
+      (await status()).recent.find((a) => a.id === id && a.action === action && (cause === undefined || a.cause === cause));
+
+    // By the resync; or by its start event, when that came within the seconds the event stream is read back from.
+    await waitFor('the resync to intercept the running container', acted(firstId, 'intercepted'), 60000);
+    assert.deepEqual(modes(), ['fwd'], 'its annotation read from the API (libpod\'s inspect: the compatible one has none)');
+    const st = await status();
+    assert.equal(st.name, 'docker');
+    assert.equal(st.socket, api);
+    assert.equal(st.state, 'following');
+
+    const second = uniqueName('nbpc');
+    onCleanup(() => pm!.run(['rm', '-f', '-t', '0', second], { allowFail: true }));
+    pm!.start(second);
+    const secondId = pm!.run(['inspect', '--format', '{{.Id}}', second]).stdout.trim();
+    const got = await waitFor('the watcher to intercept the container on its start event', acted(secondId, 'intercepted', 'start'), 30000);
+    assert.ok(got.delayMs !== undefined && got.delayMs >= 0, JSON.stringify(got));
+    // eslint-disable-next-line no-console
+    console.log(`      events (the Docker API of podman's service): intercepted ${Math.round(got.delayMs!)} ms after its start event`);
+    assert.deepEqual(modes(), ['fwd', 'tap']);
+    assert.equal(records().length, 2);
+
+    pm!.run(['rm', '-f', '-t', '0', first, second]);
+    await waitFor('both released once removed', async () => (await acted(firstId, 'released')()) && (await acted(secondId, 'released')()), 60000);
+    assert.deepEqual(modes(), []);
+    assert.deepEqual(records(), []);
+    assert.equal((await status()).stats.failed, 0);
+    s.child.kill('SIGTERM');
+    await s.exited;
     const chk = c(['show', '--check']);
     assert.equal(chk.code, 0, chk.stdout + chk.stderr);
   });

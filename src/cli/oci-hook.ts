@@ -9,7 +9,9 @@ import { Option } from 'commander';
 import { CommandRegistrar, printJson } from './context';
 import { UsageError } from '../errors';
 import { readBounded } from '../input';
-import { HOOK_MODES, HookMode, HookResult, MAX_STATE_BYTES, OciState, failedOpen, parseOciState, runHook } from '../hook';
+import { HOOK_MODES, HookMode, HookOptions, HookResult, MAX_STATE_BYTES, OciState, failedOpen, parseOciState, runHook } from '../hook';
+import { dpLocator } from '../dp/watch';
+import { readEndpointPolicy } from '../service/endpoints';
 
 /** The state on stdin: a pipe or a file of at most MAX_STATE_BYTES, never a terminal or a directory. */
 function readState(): string {
@@ -34,13 +36,21 @@ export const registerOciHookCommands: CommandRegistrar = (program, ctx) => {
     )
     .option('--socket <path>', "the service's socket (default: /run/neuv-bpf/<pin root>.sock)")
     .option('--standalone', 'never through the service')
+    .option('--dp <where>', "with --dp-register: the DP ('local', or a pid file its supervisor rewrites) to register containers with when the hook runs standalone")
+    .option(
+      '--dp-register <policy>',
+      "with --dp, standalone (no service listening; the service registers with its own --dp-register): register the container with the DP " +
+        "before it runs, as serve --dp-register does (its endpoint, inline in fwd, and this policy file, or none), and remove it at poststop",
+    )
     .option('--json', 'print the result as JSON')
-    .action(async (o: { defaultMode: HookMode; onFailure: 'closed' | 'open'; socket?: string; standalone?: boolean }) => {
+    .action(async (o: { defaultMode: HookMode; onFailure: 'closed' | 'open'; socket?: string; standalone?: boolean; dp?: string; dpRegister?: string }) => {
       const c = ctx();
-      const opts = { pinRoot: c.pinRoot, defaultMode: o.defaultMode, failOpen: o.onFailure === 'open', socket: o.socket, standalone: o.standalone === true };
+      const opts: HookOptions = { pinRoot: c.pinRoot, defaultMode: o.defaultMode, failOpen: o.onFailure === 'open', socket: o.socket, standalone: o.standalone === true };
       let r: HookResult;
       let state: OciState | undefined;
       try {
+        if ((o.dp === undefined) !== (o.dpRegister === undefined)) throw new UsageError('--dp and --dp-register go together: the DP to register containers with, and their policy');
+        if (o.dp !== undefined) opts.dp = { locate: dpLocator(o.dp), where: o.dp, policy: readEndpointPolicy(o.dpRegister!) };
         state = parseOciState(readState());
         if (c.setupError !== undefined) throw c.setupError;
         r = await runHook(state, opts);

@@ -8,7 +8,10 @@
  * has torn the netns down (podman does, before poststop).
  *
  * Through the service (`neuv-bpf serve`) when one listens on the pin root's
- * socket, in this process otherwise; the same locks either way.
+ * socket, in this process otherwise; the same locks either way. In this
+ * process with a DP given (--dp, --dp-register), the container is
+ * registered with it before it runs, as the service registers it (one
+ * DpRegistrar, src/service/endpoints.ts), and removed from it at poststop.
  *
  * Per container a record under /run/neuv-bpf/<pin root>.hooks/<id>.json,
  * written before the intercept: poststop gets no pid and no netns, only the
@@ -21,11 +24,13 @@
  */
 import * as fs from 'node:fs';
 import { errorReport } from '../errors';
-import { InterceptResult, ReleaseResult, intercept, releaseRecorded } from '../intercept';
+import type { DpProcess } from '../dp/watch';
+import { InterceptResult, ReleaseResult, releaseRecorded } from '../intercept';
 import { log } from '../log';
 import { ModeName } from '../pairs';
 import { countFailOpen, interceptContainer, releaseContainer } from '../runtime';
 import { ServiceClient, ServiceError, defaultSocketPath } from '../service/client';
+import { DpRegistrar, EndpointPolicy, interceptRegistered, released } from '../service/endpoints';
 import { HookMode, OciState, stageOf } from './state';
 
 export interface HookOptions {
@@ -38,6 +43,12 @@ export interface HookOptions {
   socket?: string;
   /** Never through the service. */
   standalone?: boolean;
+  /**
+   * Standalone, register the container with this DP as the service does
+   * (serve --dp-register): `locate` says where it is now, `where` names it
+   * in errors, `policy` is the node's policy (undefined: none sent).
+   */
+  dp?: { locate: () => DpProcess | undefined; where: string; policy: EndpointPolicy | undefined };
 }
 
 export interface HookResult {
@@ -76,6 +87,17 @@ async function viaService<T>(
   return { r: await local(), via: 'standalone' };
 }
 
+/** Runs fn with the registrar of the DP the hook was given (--dp), if any; closed after. */
+async function withRegistrar<T>(o: HookOptions, fn: (reg: DpRegistrar | undefined) => Promise<T>): Promise<T> {
+  const dp = o.dp;
+  const reg = dp && new DpRegistrar(() => dp.locate() ?? `no DP at ${dp.where}`, dp.policy);
+  try {
+    return await fn(reg);
+  } finally {
+    reg?.close();
+  }
+}
+
 async function create(s: OciState, o: HookOptions): Promise<HookResult> {
   const out = await interceptContainer(
     { id: s.id, pid: s.pid!, annotations: s.annotations },
@@ -83,7 +105,8 @@ async function create(s: OciState, o: HookOptions): Promise<HookResult> {
     ({ pid, port, mode }) => viaService(
       o,
       (c) => c.intercept({ pid, port }, { mode }),
-      () => intercept({ pinRoot: o.pinRoot, target: { pid }, port, mode }),
+      // Standalone: registered with the DP before the container runs, as the service does.
+      () => withRegistrar(o, (reg) => interceptRegistered(reg, { pinRoot: o.pinRoot, target: { pid }, port, mode })),
     ),
   );
   if (out.intercept) log('hook').info({ id: s.id, pid: s.pid, mode: out.mode, via: out.via, vex: out.intercept.vex, pairId: out.intercept.pair.id }, 'intercepted before the container runs');
@@ -94,7 +117,7 @@ async function poststop(s: OciState, o: HookOptions): Promise<HookResult> {
   const out = await releaseContainer(o.pinRoot, s.id, (rec) => viaService(
     o,
     (c) => c.release({ netnsInode: rec.netnsInode, port: rec.port }),
-    () => releaseRecorded({ pinRoot: o.pinRoot, netnsInode: rec.netnsInode, port: rec.port }),
+    () => withRegistrar(o, async (reg) => released(reg, await releaseRecorded({ pinRoot: o.pinRoot, netnsInode: rec.netnsInode, port: rec.port }))),
   ));
   if (out.release) log('hook').info({ id: s.id, via: out.via, vex: out.release.vex }, 'released');
   return { stage: 'poststop', id: s.id, ...out, action: out.action === 'done' ? 'skipped' : out.action };

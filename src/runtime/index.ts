@@ -3,7 +3,8 @@
  * (src/hook/) and the service's runtime watcher share, and the watcher.
  *
  *   container.ts  the annotations (mode, port), the per-container record, intercept and release of a container
- *   podman.ts     podman's CLI: events followed, ps, inspect (argument arrays, output checked)
+ *   podman.ts     what the watcher asks of a runtime; podman's CLI: events followed, ps, inspect (argument arrays, output checked)
+ *   docker.ts     the Docker Engine API on a unix socket (dockerd's, podman's service): events, containers, inspect
  *   watcher.ts    RuntimeWatcher: intercept on start, release after died, resync at start-up
  */
 export {
@@ -12,6 +13,7 @@ export {
 } from './container';
 export type { FailOpenCount, ContainerMode, ContainerOutcome, ContainerRecord, ContainerStart } from './container';
 export { PodmanCli, parseEvent, parseInspect } from './podman';
-export type { RuntimeContainer, RuntimeEvent } from './podman';
+export type { RuntimeClient, RuntimeContainer, RuntimeEvent } from './podman';
+export { DOCKER_SOCKET, DockerApi, parseApiEvent } from './docker';
 export { RUNTIMES, RuntimeWatcher } from './watcher';
 export type { RuntimeAction, RuntimeActionName, RuntimeName, RuntimeWatchOptions } from './watcher';

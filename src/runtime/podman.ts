@@ -1,12 +1,13 @@
 /**
- * podman as the runtime watcher reads it: `podman events --format json`
+ * What the runtime watcher asks of a runtime (RuntimeClient), and podman's
+ * CLI as one: `podman events --format json`
  * followed as a child process, `podman ps -a` and `podman container
  * inspect`, every call an argument array (the global options the service
  * was given first: --root, --runroot, ... for a podman with private
  * storage). What podman prints is read as untrusted: bounded lines, ids,
  * pids and annotations checked, anything else skipped (logged).
  */
-import { ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { cutValue } from '../errors';
 import { run } from '../link';
 import { log } from '../log';
@@ -31,10 +32,20 @@ export interface RuntimeContainer {
   annotations: Record<string, string>;
 }
 
-/** The longest event line read (podman's are a few hundred bytes); longer ones are skipped. */
-const MAX_LINE = 64 << 10;
+/** What the watcher asks of a runtime: podman's CLI (PodmanCli), the Docker Engine API (DockerApi, ./docker.ts). */
+export interface RuntimeClient {
+  /** Every container the runtime knows, id -> state (created, running, exited, ...). */
+  states(): Promise<Map<string, string>>;
+  /** The containers with these ids the runtime knows (those it does not know are left out). */
+  inspect(ids: string[]): Promise<RuntimeContainer[]>;
+  /** Follows the container events from `since` (ms since the epoch), then as they come; onEnd: the stream ended or could not start. */
+  follow(since: number, onEvent: (e: RuntimeEvent) => void, onEnd: (why: string) => void): { stop(): void };
+}
 
-const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** The longest event line read (podman's and docker's are a few hundred bytes); longer ones are skipped. */
+export const MAX_LINE = 64 << 10;
+
+export const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** One line of `podman events --format json`, or undefined when it is not a container event we can use. */
 export function parseEvent(line: string): RuntimeEvent | undefined {
@@ -57,20 +68,30 @@ export function parseInspect(text: string): RuntimeContainer[] {
   } catch {
     return [];
   }
+  return parseInspected(v);
+}
+
+/**
+ * The containers of an inspect's array that parse (podman's, and the
+ * Docker API's: a name with a leading '/', annotations under HostConfig).
+ */
+export function parseInspected(v: unknown): RuntimeContainer[] {
   const out: RuntimeContainer[] = [];
   for (const c of Array.isArray(v) ? v : []) {
     if (!isObj(c) || typeof c.Id !== 'string' || !CONTAINER_ID_RE.test(c.Id) || !isObj(c.State)) continue;
     const pid = c.State.Pid;
     if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid < 0 || pid > 4194304) continue;
     const annotations: Record<string, string> = {};
-    const a = isObj(c.Config) && isObj(c.Config.Annotations) ? c.Config.Annotations : {};
-    for (const [k, val] of Object.entries(a)) if (typeof val === 'string') annotations[k] = val;
-    out.push({ id: c.Id, name: typeof c.Name === 'string' ? cutValue(c.Name, 128) : '', pid, running: c.State.Running === true && pid > 0, annotations });
+    for (const a of [isObj(c.Config) && c.Config.Annotations, isObj(c.HostConfig) && c.HostConfig.Annotations]) {
+      if (isObj(a)) for (const [k, val] of Object.entries(a)) if (typeof val === 'string') annotations[k] = val;
+    }
+    const name = typeof c.Name === 'string' ? cutValue(c.Name.replace(/^\//, ''), 128) : '';
+    out.push({ id: c.Id, name, pid, running: c.State.Running === true && pid > 0, annotations });
   }
   return out;
 }
 
-export class PodmanCli {
+export class PodmanCli implements RuntimeClient {
   constructor(
     /** Global options before every command (--root DIR, --runroot DIR, ...). */
     readonly args: readonly string[] = [],
@@ -105,7 +126,7 @@ export class PodmanCli {
    * Follows `podman events` (container events from `since`, ms since the
    * epoch, then as they come). onEnd: the child exited (or could not start).
    */
-  follow(since: number, onEvent: (e: RuntimeEvent) => void, onEnd: (why: string) => void): ChildProcess {
+  follow(since: number, onEvent: (e: RuntimeEvent) => void, onEnd: (why: string) => void): { stop(): void } {
     const child = spawn(
       this.bin,
       [...this.args, 'events', '--format', 'json', '--filter', 'type=container', '--since', new Date(since).toISOString()],
@@ -134,6 +155,6 @@ export class PodmanCli {
     };
     child.on('error', (e: NodeJS.ErrnoException) => end(e.code === 'ENOENT' ? `${this.bin} not found` : e.message));
     child.on('close', (code, signal) => end(`podman events exited (${signal ?? `code ${code}`})${err.trim() ? `: ${err.trim().split('\n').pop()}` : ''}`));
-    return child;
+    return { stop: () => child.kill('SIGTERM') };
   }
 }

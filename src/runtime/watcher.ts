@@ -1,5 +1,5 @@
 /**
- * The runtime watcher of `neuv-bpf serve --runtime podman`
+ * The runtime watcher of `neuv-bpf serve --runtime podman|docker`
  * (docs/containers.md): for containers already running when the service
  * starts, or started without the OCI hook. It follows the runtime's events
  * and
@@ -23,7 +23,6 @@
  * intercept and release are done is the service's (it registers the
  * container with the DP too).
  */
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { oneLine } from '../errors';
 import { InterceptResult, ReleaseResult } from '../intercept';
@@ -35,17 +34,20 @@ import { ModeName } from '../pairs';
 import {
   ContainerMode, ContainerOutcome, ContainerRecord, containerRecordIds, interceptContainer, readContainerRecord, releaseContainer,
 } from './container';
-import { PodmanCli, RuntimeContainer, RuntimeEvent } from './podman';
+import { DOCKER_SOCKET, DockerApi } from './docker';
+import { PodmanCli, RuntimeClient, RuntimeContainer, RuntimeEvent } from './podman';
 
-/** The runtimes the watcher follows. */
-export const RUNTIMES = ['podman'] as const;
+/** The runtimes the watcher follows: podman's CLI; the Docker Engine API on a socket (dockerd's, or podman's service). */
+export const RUNTIMES = ['podman', 'docker'] as const;
 export type RuntimeName = (typeof RUNTIMES)[number];
 
 export interface RuntimeWatchOptions {
   pinRoot: string;
   runtime: RuntimeName;
-  /** Global options given to every call of the runtime's CLI. */
+  /** podman: global options given to every call of its CLI. */
   args?: string[];
+  /** docker: the API's unix socket (default /var/run/docker.sock). */
+  socket?: string;
   /** The mode of a container without the annotation (none: not intercepted). */
   defaultMode: ContainerMode;
   /** Intercepts a container's port (the service's intercept: in this process, DP registration included). */
@@ -74,14 +76,14 @@ export interface RuntimeAction {
 }
 
 /** Container states in which a container is still alive (its record stays). */
-const ALIVE = new Set(['created', 'configured', 'initialized', 'running', 'paused', 'stopping']);
+const ALIVE = new Set(['created', 'configured', 'initialized', 'running', 'paused', 'stopping', 'restarting']);
 
 export class RuntimeWatcher {
   state: 'starting' | 'following' | 'restarting' | 'stopped' = 'starting';
   readonly stats: Record<RuntimeActionName, number> & { events: number } = { events: 0, intercepted: 0, released: 0, done: 0, skipped: 0, failed: 0 };
   readonly recent: RuntimeAction[] = [];
-  private readonly cli: PodmanCli;
-  private child: ChildProcess | undefined;
+  private readonly cli: RuntimeClient;
+  private child: { stop(): void } | undefined;
   private readonly chains = new Map<string, Promise<void>>();
   private readonly graceTimers = new Map<string, NodeJS.Timeout>();
   private restartTimer: NodeJS.Timeout | undefined;
@@ -94,12 +96,17 @@ export class RuntimeWatcher {
     return this.o.runtime;
   }
 
+  /** docker: the API's socket. */
+  get socket(): string | undefined {
+    return this.o.runtime === 'docker' ? (this.o.socket ?? DOCKER_SOCKET) : undefined;
+  }
+
   get defaultMode(): ContainerMode {
     return this.o.defaultMode;
   }
 
   private constructor(private readonly o: RuntimeWatchOptions) {
-    this.cli = new PodmanCli(o.args ?? []);
+    this.cli = o.runtime === 'docker' ? new DockerApi(o.socket ?? DOCKER_SOCKET) : new PodmanCli(o.args ?? []);
     this.ready = new Promise((r) => (this.resolveReady = r));
   }
 
@@ -112,7 +119,7 @@ export class RuntimeWatcher {
 
   private follow(): void {
     const lg = log('runtime');
-    // From a second ago: podman's file backend starts reading where the file ends when it opens it.
+    // From a second ago: podman's file backend starts reading where the file ends when it opens it (docker's since is in seconds).
     this.child = this.cli.follow(Date.now() - 1000, (e) => this.onEvent(e), (why) => {
       this.child = undefined;
       if (this.stopping) return;
@@ -266,7 +273,7 @@ export class RuntimeWatcher {
     clearTimeout(this.restartTimer);
     for (const t of this.graceTimers.values()) clearTimeout(t);
     this.graceTimers.clear();
-    this.child?.kill('SIGTERM');
+    this.child?.stop();
     await Promise.all([...this.chains.values()]);
     this.resolveReady();
   }

@@ -234,9 +234,9 @@ export const ROUTES: Route[] = [
     method: 'GET',
     path: '/v1/runtime',
     handle: async (c) => {
-      if (!c.runtime) throw new NotFoundError('this service follows no container runtime (serve --runtime podman)');
+      if (!c.runtime) throw new NotFoundError('this service follows no container runtime (serve --runtime podman|docker)');
       const w = c.runtime;
-      return { name: w.name, state: w.state, defaultMode: w.defaultMode, stats: { ...w.stats }, recent: w.recent.slice(-20) };
+      return { name: w.name, ...(w.socket ? { socket: w.socket } : {}), state: w.state, defaultMode: w.defaultMode, stats: { ...w.stats }, recent: w.recent.slice(-20) };
     },
   },
   {

@@ -92,6 +92,8 @@ export interface Health {
 /** GET /v1/runtime: the runtime watcher (serve --runtime), what it did, its last 20 actions. */
 export interface RuntimeStatus {
   name: RuntimeName;
+  /** docker: the API's socket. */
+  socket?: string;
   state: RuntimeWatcher['state'];
   defaultMode: ContainerMode;
   stats: Record<RuntimeActionName | 'events', number>;

@@ -15,7 +15,7 @@
  * give both the DP's configuration).
  */
 import { ExitCode, NeuvError, UsageError } from '../errors';
-import type { DpWatch } from '../dp/watch';
+import type { DpProcess, DpWatch } from '../dp/watch';
 import { DpClient, PolicyActionName, PolicyRule, policyMessage } from '../dp/client';
 import { InterceptOptions, InterceptResult, ReleaseResult, intercept, release } from '../intercept';
 import { readInputFile } from '../input';
@@ -65,17 +65,43 @@ export function readEndpointPolicy(file: string): EndpointPolicy | undefined {
   return p;
 }
 
+/** What is sent the DP for one endpoint, kept to send it again to a DP that restarted. */
+interface Registered {
+  target: string;
+  ucmac: string;
+  bcmac: string;
+  ips: string[];
+  mode: ModeName;
+}
+
+/**
+ * Registers endpoints with the DP `dp` says is there now (its process, or
+ * why there is none): the service's supervised DP (DpWatch), or the DP the
+ * standalone OCI hook was given (its --dp). It keeps what it registered, so
+ * that a DP that restarted, which has forgotten every endpoint, gets them
+ * again (reregister, from the service's DpWatch onBack).
+ */
 export class DpRegistrar {
   private client: { pid: number; c: DpClient } | undefined;
+  /** Endpoints registered and not removed since: MAC -> what was sent. */
+  private readonly registered = new Map<string, Registered>();
+  /** Endpoints sent again to a DP that came back (every time, counted). */
+  reregistered = 0;
 
   constructor(
-    private readonly watch: DpWatch,
+    /** The DP now, or why there is none ("the DP is down"). */
+    private readonly dp: () => DpProcess | string,
     readonly policy: EndpointPolicy | undefined,
   ) {}
 
+  /** Endpoints registered now. */
+  get size(): number {
+    return this.registered.size;
+  }
+
   private clientNow(what: string): DpClient {
-    const d = this.watch.state === 'up' ? this.watch.current : undefined;
-    if (!d) throw new NeuvError(`the DP is ${this.watch.state === 'up' ? 'gone' : this.watch.state}: ${what} cannot be registered with it before it runs`, ExitCode.CONFLICT);
+    const d = this.dp();
+    if (typeof d === 'string') throw new NeuvError(`${d}: ${what} cannot be registered with it before it runs`, ExitCode.CONFLICT);
     if (this.client?.pid !== d.pid) {
       this.client?.c.close();
       this.client = { pid: d.pid, c: DpClient.open({ root: d.root }) };
@@ -83,19 +109,41 @@ export class DpRegistrar {
     return this.client.c;
   }
 
+  /** The messages of one endpoint: ctrl_add_mac, ctrl_cfg_mac, its policy (no wait). */
+  private send(c: DpClient, mac: string, e: Registered): void {
+    c.addMac({ mac, ucmac: e.ucmac, bcmac: e.bcmac, ips: e.ips });
+    c.cfgMac([mac], { tap: e.mode !== 'fwd' });
+    if (this.policy) c.cfgPolicy({ macs: [mac], defaultAction: this.policy.defaultAction, rules: rulesFor(this.policy, e.ips) });
+  }
+
   /** Registers an intercepted container (see the file comment); resolves once the DP has handled it. */
   async register(r: InterceptResult, mode: ModeName): Promise<void> {
     const c = this.clientNow(`${r.port} of ${r.target}`);
     const ips = r.addresses.map((a) => a.split('/')[0]!).filter((a) => /^\d+\.\d+\.\d+\.\d+$/.test(a));
-    c.addMac({ mac: r.mac, ucmac: r.pair.ucmac, bcmac: r.pair.bcmac, ips });
-    c.cfgMac([r.mac], { tap: mode !== 'fwd' });
-    if (this.policy) c.cfgPolicy({ macs: [r.mac], defaultAction: this.policy.defaultAction, rules: rulesFor(this.policy, ips) });
+    const e = { target: r.target, ucmac: r.pair.ucmac, bcmac: r.pair.bcmac, ips, mode };
+    this.send(c, r.mac, e);
     await c.sync();
+    this.registered.set(r.mac, e);
     log('service').info({ target: r.target, mac: r.mac, mode, ips }, 'registered with the DP');
+  }
+
+  /**
+   * Sends every endpoint registered to a DP that is back (restarted: it
+   * knows none of them; or answering again: the same messages change
+   * nothing), over its client; resolves once it handled them all.
+   */
+  async reregister(c: DpClient): Promise<number> {
+    if (this.registered.size === 0) return 0;
+    for (const [mac, e] of this.registered) this.send(c, mac, e);
+    await c.sync();
+    this.reregistered += this.registered.size;
+    log('service').info({ endpoints: this.registered.size }, 'endpoints registered again with the DP that is back');
+    return this.registered.size;
   }
 
   /** Removes a released container's endpoint (best effort: a DP gone has forgotten it anyway). */
   unregister(mac: string): void {
+    this.registered.delete(mac);
     try {
       this.clientNow(mac).delMac(mac);
     } catch (e) {
@@ -107,6 +155,11 @@ export class DpRegistrar {
     this.client?.c.close();
     this.client = undefined;
   }
+}
+
+/** The registrar of a supervised DP: registers while it is up. */
+export function watchRegistrar(w: DpWatch, policy: EndpointPolicy | undefined): DpRegistrar {
+  return new DpRegistrar(() => (w.state === 'up' && w.current) || `the DP is ${w.state === 'up' ? 'gone' : w.state}`, policy);
 }
 
 /** intercept, then (with a registrar) the DP's registration; a registration that fails releases it again. */

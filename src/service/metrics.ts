@@ -13,6 +13,7 @@ import type { Offloader } from '../offload';
 import { RuntimeAction, RuntimeWatcher, readFailOpenCount } from '../runtime';
 import { DIR_NAMES, REASON_NAMES, VERDICT_NAMES } from '../layout';
 import { log } from '../log';
+import type { DpRegistrar } from './endpoints';
 import { isLoaded } from '../pins';
 import { Datapath, MODES, StatsSnapshot } from '../pairs';
 
@@ -278,6 +279,28 @@ export class ServiceMetrics {
    * scrape from the count the hook keeps for this pin root: it counts
    * whether or not the service was reachable then.
    */
+  /** The DP registration of intercepted containers (serve --dp-register). */
+  registrar(r: DpRegistrar): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'neuv_dp_endpoints_registered',
+      help: 'Container endpoints registered with the DP by the service (--dp-register) and not removed since',
+      registers,
+      collect() {
+        this.set(r.size);
+      },
+    });
+    new Counter({
+      name: 'neuv_dp_endpoints_reregistered_total',
+      help: 'Endpoints registered again with a DP that came back (restarted under a new pid, or answering again)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(r.reregistered);
+      },
+    });
+  }
+
   hookFailOpen(): void {
     const pinRoot = this.pinRoot;
     new Counter({

@@ -21,6 +21,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { LOCK_EX, LOCK_NB, flock } from '../bpf';
 import { ConflictError, ExitCode, NeuvError, NotFoundError, UsageError } from '../errors';
+import type { DpClient } from '../dp/client';
 import { DpWatch, FailPolicy, WatchOptions } from '../dp/watch';
 import { checkHome } from '../home';
 import { OffloadRule, Offloader, readOffloadRule, ruleText, writeOffloadRule } from '../offload';
@@ -31,7 +32,7 @@ import { ensureLockDir, openLockDirFile, withLock } from '../lock';
 import { log } from '../log';
 import { isLoaded } from '../pins';
 import { matchRoute } from './api';
-import { DpRegistrar, EndpointPolicy, interceptRegistered, released } from './endpoints';
+import { DpRegistrar, EndpointPolicy, interceptRegistered, released, watchRegistrar } from './endpoints';
 import { SERVICE_LOCK, defaultSocketPath, listening, serviceLockPath } from './client';
 import { HttpError, errorResponse, readJson, sendJson } from './http';
 import { ServiceMetrics } from './metrics';
@@ -76,7 +77,7 @@ export interface ServiceOptions {
    */
   dpRegister?: EndpointPolicy | null;
   /** Follow a container runtime's events (serve --runtime): intercept on start, release after died, resync at start. */
-  runtime?: { name: RuntimeName; args?: string[]; defaultMode: ContainerMode };
+  runtime?: { name: RuntimeName; args?: string[]; socket?: string; defaultMode: ContainerMode };
 }
 
 export interface ServiceInfo {
@@ -90,8 +91,8 @@ export interface ServiceInfo {
   dp?: { policy: FailPolicy; register?: boolean };
   /** The offload rule (with --dp): its text, or 'off'. */
   offload?: string;
-  /** The runtime followed (--runtime) and the mode of containers without the annotation. */
-  runtime?: { name: RuntimeName; defaultMode: ContainerMode };
+  /** The runtime followed (--runtime; docker: its API's socket) and the mode of containers without the annotation. */
+  runtime?: { name: RuntimeName; socket?: string; defaultMode: ContainerMode };
 }
 
 /**
@@ -243,10 +244,22 @@ export class Service {
       const rule = opts.offload === undefined ? readOffloadRule(pinRoot) : opts.offload === 'off' ? undefined : opts.offload;
       if (opts.dp) {
         if (opts.offload !== undefined) writeOffloadRule(pinRoot, rule);
-        const w = (svc.watch = DpWatch.start({ ...opts.dp, pinRoot }));
+        const dp = opts.dp;
+        // A DP that is back (restarted: it knows no endpoint) gets every endpoint registered before again, before pairs return to FWD.
+        const onBack = async (c: DpClient): Promise<boolean> => {
+          if ((await dp.onBack?.(c)) === false) return false;
+          try {
+            await svc.registrar?.reregister(c);
+            return true;
+          } catch (e) {
+            lg.warn({ err: (e as Error).message }, 'could not register the endpoints again with the DP that is back: trying again');
+            return false;
+          }
+        };
+        const w = (svc.watch = DpWatch.start({ ...dp, pinRoot, onBack }));
         metrics.superviseDp(w);
         svc.info.dp = { policy: w.policy, ...(opts.dpRegister !== undefined ? { register: true } : {}) };
-        if (opts.dpRegister !== undefined) svc.registrar = new DpRegistrar(w, opts.dpRegister ?? undefined);
+        if (opts.dpRegister !== undefined) metrics.registrar((svc.registrar = watchRegistrar(w, opts.dpRegister ?? undefined)));
         const f = (svc.offloader = Offloader.start({ pinRoot, rule, locate: () => (w.state === 'up' ? w.current : undefined) }));
         metrics.offload(f);
         svc.info.offload = rule ? ruleText(rule) : 'off';
@@ -256,13 +269,13 @@ export class Service {
       if (opts.runtime) {
         const rt = opts.runtime;
         svc.runtime = RuntimeWatcher.start({
-          pinRoot, runtime: rt.name, args: rt.args, defaultMode: rt.defaultMode,
+          pinRoot, runtime: rt.name, args: rt.args, socket: rt.socket, defaultMode: rt.defaultMode,
           intercept: ({ pid, port, mode }) => interceptRegistered(svc.registrar, { pinRoot, target: { pid }, port, mode }),
           release: async (rec) => released(svc.registrar, await releaseRecorded({ pinRoot, netnsInode: rec.netnsInode, port: rec.port })),
           onAction: (a) => metrics.runtimeAction(a),
         });
         metrics.runtime(svc.runtime);
-        svc.info.runtime = { name: rt.name, defaultMode: rt.defaultMode };
+        svc.info.runtime = { name: rt.name, ...(svc.runtime.socket ? { socket: svc.runtime.socket } : {}), defaultMode: rt.defaultMode };
       }
       metrics.hookFailOpen();
       ready(true);
