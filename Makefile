@@ -178,7 +178,7 @@ soak: build
 # every suite with the soak counts above, then every kernel suite in the 6.1 VM
 # with the differential suite's 100,000 frames (CI's VM runs a subset, 20,000).
 .PHONY: test-full
-test-full: build
+test-full: build nvdp
 	$(Q)NEUV_BPF_SOAK=1 $(MOCHA) --timeout 14400000 'dist/test/**/*.test.js'
 	$(Q)./scripts/vm-deps.sh
 	$(Q)KERNEL=6.1 VM_TIMEOUT=$${VM_TIMEOUT:-14400} ./scripts/vm-test.sh
@@ -206,11 +206,12 @@ lint: build
 	$(Q)$(CLANG) $(BPF_CFLAGS) -fsyntax-only $(BPF_SRC)
 
 # The same suites inside a qemu VM booted on a Debian kernel package (default
-# 6.1, bookworm's), see docs/kernels.md. VM_TESTS='glob ...' for a
-# subset; KVM when usable, else emulation.
+# 6.1, bookworm's), see docs/kernels.md. VM_TESTS='glob ...' for a subset;
+# KVM when usable, else emulation. NeuVector's DP is built here first: the
+# guest's writes go to a tmpfs, so it would build it again on each run, emulated.
 KERNEL ?= 6.1
 .PHONY: vm-test
-vm-test: build
+vm-test: build nvdp
 	$(Q)./scripts/vm-deps.sh
 	$(Q)KERNEL='$(KERNEL)' ./scripts/vm-test.sh
 

@@ -15,7 +15,7 @@ import { CliResult, cli, cliSpawn, makeNetns, makePinRoot, onCleanup, requireKer
 import { ContainerNs, StubDp, Topology, containerState, linkNames } from './topology';
 import { runProbes } from '../harness/topology';
 import { InterceptResult } from '../src/intercept';
-import { Podman, iptArgs, podmanUnavailable } from './podman';
+import { Podman, iptArgs, podmanForSuite } from './podman';
 
 const IDLE_ENFORCER = ['lo', 'vbr-neuv', 'vth-neuv'];
 
@@ -72,15 +72,7 @@ describe('real containers: podman (kernel)', function () {
 
   before(function () {
     requireKernel(this);
-    const why = podmanUnavailable();
-    if (why) {
-      if (process.env.NEUV_BPF_REQUIRE_KERNEL === '1') throw new Error(`container suite cannot run but NEUV_BPF_REQUIRE_KERNEL=1: ${why}`);
-      // eslint-disable-next-line no-console
-      console.log(`      (skipped: ${why})`);
-      this.skip();
-    }
-    pm = new Podman();
-    pm.setUp();
+    pm = podmanForSuite(this, 'container suite');
   });
   // Each test's cleanups run after it (leakChecks); the image and network once all ran.
   after(() => pm?.tearDown());

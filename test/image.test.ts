@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import { leakChecks, onCleanup, requireKernel, ROOT, TIME_SCALE, uniqueName } from './helpers';
 import { containerState, makeTopology, waitFor, workloadPid } from './topology';
 import { ping } from '../harness/topology';
-import { Podman, podmanUnavailable } from './podman';
+import { Podman, podmanForSuite } from './podman';
 import { sample, scrape } from './service-fixture';
 import { daemonSet, hookFile } from './manifests';
 import { ServiceClient, defaultSocketPath } from '../src/service/client';
@@ -34,17 +34,10 @@ describe('the service image under podman, as an enforcer runs it (kernel)', func
 
   before(function () {
     requireKernel(this);
-    const why = podmanUnavailable();
-    if (why) {
-      if (process.env.NEUV_BPF_REQUIRE_KERNEL === '1') throw new Error(`image suite cannot run but NEUV_BPF_REQUIRE_KERNEL=1: ${why}`);
-      // eslint-disable-next-line no-console
-      console.log(`      (skipped: ${why})`);
-      this.skip();
-    }
+    const p = (pm = podmanForSuite(this, 'image suite', { setUp: false }));
     // Not a skip: make test builds the image (make image); without it this suite fails.
     if (!fs.existsSync(ARCHIVE)) throw new Error(`${ARCHIVE} missing: make image`);
-    pm = new Podman();
-    image = pm.load(ARCHIVE);
+    image = p.load(ARCHIVE);
   });
   // Each test's cleanups run after it (leakChecks); podman's things once all ran.
   after(() => pm?.tearDown());

@@ -40,11 +40,12 @@ export function podmanUnavailable(): string | undefined {
 }
 
 /**
- * A podman suite's before(): its Podman set up, or the suite skipped with
- * the reason when podman cannot run here (a failure under
- * NEUV_BPF_REQUIRE_KERNEL=1).
+ * A podman suite's before(): its Podman set up (the test image imported and
+ * the network made; `setUp: false` for a suite that loads its own image), or
+ * the suite skipped with the reason when podman cannot run here (a failure
+ * under NEUV_BPF_REQUIRE_KERNEL=1).
  */
-export function podmanForSuite(ctx: Mocha.Context, suite: string): Podman {
+export function podmanForSuite(ctx: Mocha.Context, suite: string, o: { setUp?: boolean } = {}): Podman {
   const why = podmanUnavailable();
   if (why) {
     if (process.env.NEUV_BPF_REQUIRE_KERNEL === '1') throw new Error(`${suite} cannot run but NEUV_BPF_REQUIRE_KERNEL=1: ${why}`);
@@ -53,7 +54,7 @@ export function podmanForSuite(ctx: Mocha.Context, suite: string): Podman {
     ctx.skip();
   }
   const pm = new Podman();
-  pm.setUp();
+  if (o.setUp !== false) pm.setUp();
   return pm;
 }
 
