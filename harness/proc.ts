@@ -17,6 +17,14 @@ export const OBJ = path.join(ROOT, 'build', 'neuv.bpf.o');
 /** The stub enforcer DP (tools/stub-dp.c). */
 export const STUB_DP = path.join(ROOT, 'build', 'stub-dp');
 
+/**
+ * How many times slower than the host this machine runs the tests (1 on the
+ * host; set by scripts/vm-init.sh and scripts/vagrant-guest-test.sh in an
+ * emulated VM, where mocha's timeouts are scaled the same way): for deadlines
+ * and durations a test or the harness computes itself.
+ */
+export const TIME_SCALE = Math.max(1, Math.floor(Number(process.env.NEUV_BPF_TEST_TIME_SCALE ?? '1')) || 1);
+
 // ================================================================ programs
 
 export interface ShOptions {

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { netnsPath } from '../src/netns';
-import { onCleanup, STUB_DP, waitFor } from './proc';
+import { onCleanup, STUB_DP, TIME_SCALE, waitFor } from './proc';
 
 export interface StubKind {
   frames: number;
@@ -86,7 +86,7 @@ export class StubDp {
     await waitFor(`the stub DP in ${ns} to bind`, () => {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`stub-dp in ${ns} exited: ${err.trim()}`);
       return fs.existsSync(file);
-    }, 10000);
+    }, 10000 * TIME_SCALE);
     return s;
   }
 

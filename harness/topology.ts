@@ -11,7 +11,7 @@ import * as dgram from 'node:dgram';
 import * as net from 'node:net';
 import { netnsPath } from '../src/netns';
 import { addAddrs, Net, veth } from './net';
-import { sh, waitFor } from './proc';
+import { sh, TIME_SCALE, waitFor } from './proc';
 
 const SELF = __filename;
 
@@ -200,7 +200,7 @@ export async function startServer(t: Topology, ns: string, what: 'echo' | 'mcast
   await waitFor(`the echo server in ${ns}`, () => {
     if (child.exitCode !== null) throw new Error(`echo server in ${ns} exited: ${err.trim()}`);
     return ready;
-  }, 10000);
+  }, 10000 * TIME_SCALE);
   return { child, counts };
 }
 

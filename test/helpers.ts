@@ -20,7 +20,7 @@ import type { Netns } from '../harness/net';
 export type { Netns };
 export { makeNet, makeNetns } from '../harness/net';
 export { kernelUnavailable, makePinRoot } from '../harness/kernel';
-export { CLI, OBJ, onCleanup, ROOT, runCleanups, sh, uniqueName } from '../harness/proc';
+export { CLI, OBJ, onCleanup, ROOT, runCleanups, sh, TIME_SCALE, uniqueName } from '../harness/proc';
 
 // A suite stopped by a signal (make test's runner passes its own on) undoes what it made first.
 cleanupOnSignals('test');
@@ -168,13 +168,6 @@ export function leftovers(prefix = 'nbt'): string[] {
   }
   return out;
 }
-
-/**
- * How many times slower than the host this machine runs the tests (1 on the
- * host; set by scripts/vm-init.sh in an emulated VM, where mocha's timeouts
- * are scaled the same way): for deadlines and durations a test computes itself.
- */
-export const TIME_SCALE = Math.max(1, Math.floor(Number(process.env.NEUV_BPF_TEST_TIME_SCALE ?? '1')) || 1);
 
 /**
  * The leak check every kernel suite ends with, registered inside its

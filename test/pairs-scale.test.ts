@@ -139,7 +139,7 @@ describe('pairs at scale (kernel)', function () {
     assert.equal(ports(pins).size, 2 * N);
     assert.equal(dump(pins, 'stats').length, N);
     // Every port hooked with its role's program (the tc filters of one batch).
-    assert.equal(residue().qdiscs.length, 2 * N);
+    assert.equal(residue().qdiscs.length - before.qdiscs.length, 2 * N, 'a clsact on each new port (vbr-neuv has its own where tcx is missing)');
     const hooked = () => {
       const filters = ns.exec('tc', ['-force', '-batch', '-'], { input: Array.from({ length: N }, (_, i) => `filter show dev vin${i} ingress\nfilter show dev vex${i} ingress\n`).join('') });
       return [filters.match(/handle 0x4e56 neuv_vin:\[\d+\] direct-action/g)?.length, filters.match(/handle 0x4e56 neuv_vex:\[\d+\] direct-action/g)?.length];
