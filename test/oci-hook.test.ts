@@ -9,10 +9,12 @@
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { CliResult, cli, leakChecks, makeNet, makePinRoot, oneErrorLine, onCleanup, requireKernel, uniqueName } from './helpers';
 import { containerState, makeTopology, nsView, StubDp, TestTopology, waitFor, workloadPid } from './topology';
 import { serve } from './service-fixture';
-import { Podman, burstPeer, hooksDir, noHooks, podmanForSuite } from './podman';
+import { Podman, burstPeer, hookTimes, hooksDir, noHooks, podmanForSuite } from './podman';
 import { Net, veth } from '../harness/net';
 import { lockDirFile } from '../src/lock';
 import { journalDir } from '../src/intercept/journal';
@@ -289,21 +291,35 @@ describe('oci-hook with podman: intercepted before the first packet (kernel)', f
     nothingLeft(n);
   });
 
-  const JOBS = process.env.NEUV_BPF_SOAK === '1' ? 100 : 10;
+  const JOBS = process.env.NEUV_BPF_SOAK === '1' ? 100 : 20;
   it(`${JOBS} short-lived jobs started side by side with the hook (through the service): each intercepted before its first packet, released, nothing left`, async function () {
     const n = await node();
     const p = await burstPeer(gw, PEER_PORT);
     await serve(n.enf, n.pins);
-    const hooks = hooksDir(n, ['--default-mode', 'fwd']);
+    const times = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-times-')), 'hooks.jsonl');
+    onCleanup(() => fs.rmSync(path.dirname(times), { recursive: true, force: true }));
+    const hooks = hooksDir(n, ['--default-mode', 'fwd'], [], { times });
+    const load = os.loadavg()[0]!;
     const t0 = Date.now();
     const rs = await Promise.all(Array.from({ length: JOBS }, () => job(uniqueName('nbpc'), { hooks, count: 20, intervalUs: 1000 })));
     const wall = Date.now() - t0;
-    rs.forEach((r, i) => assert.equal(r.code, 0, `job ${i}: ${r.stderr}`));
+    const ht = hookTimes(times);
+    const fmt = (stage: string) => {
+      const h = ht[stage];
+      return h ? `p50 ${(h.p50 / 1000).toFixed(1)} s, p99 ${(h.p99 / 1000).toFixed(1)} s, max ${(h.max / 1000).toFixed(1)} s (${h.n} hooks, ${h.failed} failed)` : 'none ran';
+    };
+    const failed = rs.flatMap((r, i) => (r.code === 0 ? [] : [`job ${i}: ${r.stderr.trim().split('\n').at(-1)}`]));
+    // eslint-disable-next-line no-console
+    console.log(`      ${JOBS} jobs with the hook: ${(wall / 1000).toFixed(1)} s wall, load average ${load.toFixed(1)} to ${os.loadavg()[0]!.toFixed(1)}, ${failed.length} failed; ` +
+      `each hook (Node.js start-up included): createRuntime ${fmt('createRuntime')}; poststop ${fmt('poststop')}`);
+    assert.deepEqual(failed, [], 'every job exits 0');
     assert.deepEqual(p.got, [], 'no datagram of any job reached the peer');
     assert.deepEqual(StubDp.frames(await n.stub.counts(), `udp/${PEER_PORT}`), { frames: JOBS * 20, dropped: JOBS * 20 }, 'the DP saw every datagram of every job');
     nothingLeft(n);
-    // eslint-disable-next-line no-console
-    console.log(`      ${JOBS} jobs with the hook: ${(wall / 1000).toFixed(1)} s wall`);
+    for (const stage of ['createRuntime', 'poststop']) {
+      assert.equal(ht[stage]?.n, JOBS, `${stage}: one hook per job`);
+      assert.equal(ht[stage]?.failed, 0, `${stage}: every hook exited 0`);
+    }
   });
 
   it('a failing hook: fail-closed, the container does not start; fail-open, it starts unintercepted and is counted', async function () {

@@ -281,17 +281,44 @@ export async function burstPeer(addr: string, port: number): Promise<{ got: Got[
 }
 
 /** A hooks.d directory with the hook as make install-hook writes it, for this node; `env` added to the hook's. */
-export function hooksDir(n: { enf: string; pins: string }, args: string[], env: string[] = []): string {
+export function hooksDir(n: { enf: string; pins: string }, args: string[], env: string[] = [], o: { times?: string } = {}): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbt-hooks-'));
   onCleanup(() => fs.rmSync(dir, { recursive: true, force: true }));
   const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'install-hook.js'), '--hooks-dir', dir, '--netns', n.enf, '--bpffs', n.pins, ...args], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   const f = r.stdout.trim();
-  const h = JSON.parse(fs.readFileSync(f, 'utf8')) as { hook: { env: string[] }; stages: string[] };
+  const h = JSON.parse(fs.readFileSync(f, 'utf8')) as { hook: { args: string[]; env: string[] }; stages: string[] };
   assert.deepEqual(h.stages, ['createRuntime', 'poststop']);
   h.hook.env.push(...env);
-  fs.writeFileSync(f, JSON.stringify(h));
+  if (!o.times) {
+    fs.writeFileSync(f, JSON.stringify(h));
+    return dir;
+  }
+  // Each hook timed (test/tools/hook-timer.ts): one file per stage, so each line says which.
+  fs.rmSync(f);
+  for (const stage of h.stages) {
+    const args = [h.hook.args[0]!, '-r', path.join(ROOT, 'dist', 'test', 'tools', 'hook-timer.js'), ...h.hook.args.slice(1)];
+    const env = [...h.hook.env, `NEUV_BPF_TEST_HOOK_TIMES=${o.times}`, `NEUV_BPF_TEST_HOOK_STAGE=${stage}`];
+    fs.writeFileSync(path.join(dir, `${stage}-${path.basename(f)}`), JSON.stringify({ ...h, hook: { ...h.hook, args, env }, stages: [stage] }));
+  }
   return dir;
+}
+
+/** The hook times hooksDir's `times` file holds: per stage, max and p99 in ms, and how many. */
+export function hookTimes(file: string): Record<string, { n: number; max: number; p99: number; p50: number; failed: number }> {
+  const lines = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim().split('\n').filter(Boolean) : [];
+  const by = new Map<string, Array<{ ms: number; code: number }>>();
+  for (const l of lines) {
+    const x = JSON.parse(l) as { stage: string; ms: number; code: number };
+    by.set(x.stage, [...(by.get(x.stage) ?? []), x]);
+  }
+  const out: ReturnType<typeof hookTimes> = {};
+  for (const [stage, xs] of by) {
+    const ms = xs.map((x) => x.ms).sort((a, b) => a - b);
+    const at = (q: number) => ms[Math.min(ms.length - 1, Math.ceil(q * ms.length) - 1)]!;
+    out[stage] = { n: ms.length, max: ms.at(-1)!, p99: at(0.99), p50: at(0.5), failed: xs.filter((x) => x.code !== 0).length };
+  }
+  return out;
 }
 
 /** An empty hooks.d directory: containers started without the hook. */

@@ -10,7 +10,7 @@
  *   tc.ts       clsact qdisc and cls_bpf filters
  *   tcx.ts      tcx links and feature probes
  *   ringbuf.ts  RingBuffer
- *   libc.ts     setns, interface names/indexes, flock
+ *   libc.ts     setns, interface names/indexes, flock, ethtool's ioctl
  *   pidfd.ts    PidFd: a process's exit as an event (pidfd_open + poll on a worker thread)
  *   rtnl.ts     Rtnl (a NETLINK_ROUTE socket: a request, a dump, a batch); every link of the current netns (one RTM_GETLINK dump)
  *

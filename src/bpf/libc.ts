@@ -1,5 +1,6 @@
 /** libc: setns, the netns cookie, interface names and indexes, flock. */
 import { KernelError } from '../errors';
+import koffi from 'koffi';
 import { cstr, errno, lib } from './lib';
 
 // ---------------------------------------------------------------- libc
@@ -75,4 +76,36 @@ export function nsType(fd: number): number | undefined {
   if (nr === undefined) return undefined;
   const r = Number(lib().syscall(nr, 'int', fd, 'unsigned long', NS_GET_NSTYPE));
   return r < 0 ? undefined : r;
+}
+
+/** SIOCETHTOOL (linux/sockios.h): ethtool's ioctl on an AF_INET socket. */
+const SIOCETHTOOL = 0x8946;
+/** ETHTOOL_SRXCSUM and ETHTOOL_STXCSUM (linux/ethtool.h): the features `ethtool -K DEV rx|tx on|off` sets. */
+export const ETHTOOL_SRXCSUM = 0x15;
+export const ETHTOOL_STXCSUM = 0x17;
+
+/**
+ * One ethtool set command taking a struct ethtool_value (cmd, data) on dev,
+ * through the socket fd (an AF_INET socket: its netns is the one dev is in).
+ * ETHTOOL_STXCSUM 0 clears every TX checksum feature, as `ethtool -K dev tx
+ * off` does; the kernel turns off what depends on them (TSO...).
+ */
+export function ethtoolSetValue(fd: number, dev: string, cmd: number, value: number, ctx: string): void {
+  const nr = SYS_IOCTL[process.arch];
+  if (nr === undefined) throw new KernelError(`${ctx}: no ioctl number for ${process.arch}`, 38 /* ENOSYS */);
+  const ev = Buffer.alloc(8);
+  ev.writeUInt32LE(cmd, 0);
+  ev.writeUInt32LE(value >>> 0, 4);
+  const ifr = Buffer.alloc(40); // struct ifreq: ifr_name[16], then ifr_data
+  ifr.write(dev, 0, 15, 'utf8');
+  ifr.writeBigUInt64LE(BigInt(koffi.address(ev)), 16);
+  const r = Number(lib().syscall(nr, 'int', fd, 'unsigned long', SIOCETHTOOL, 'void *', ifr));
+  if (r < 0) throw new KernelError(ctx, errno());
+}
+
+/** An AF_INET datagram socket in the calling thread's netns, for ioctls on its devices (ethtoolSetValue). */
+export function inetSocket(ctx: string): number {
+  const fd = lib().socket(2 /* AF_INET */, 2 /* SOCK_DGRAM */ | 0o2000000 /* SOCK_CLOEXEC */, 0);
+  if (fd < 0) throw new KernelError(`socket(AF_INET) for ${ctx}`, errno());
+  return fd;
 }

@@ -167,16 +167,18 @@ export class Rtnl {
    */
   request(type: number, flags: number, body: Buffer, what: string, each: (buf: Buffer, type: number, off: number, end: number) => void): void {
     this.send(this.message({ type, flags, body }, 0), what);
+    // Both bits: NLM_F_EXCL (a create's) is NLM_F_MATCH's value, half of NLM_F_DUMP.
+    const dump = (flags & NLM_F_DUMP) === NLM_F_DUMP;
     for (;;) {
       for (const m of this.receive(what)) {
         if (m.type === NLMSG_DONE) return;
         if (m.type === NLMSG_ERROR) {
           const err = -this.buf.readInt32LE(m.off);
           if (err !== 0) throw new KernelError(what, err);
-          if (!(flags & NLM_F_DUMP)) return;
+          if (!dump) return;
         } else each(this.buf, m.type, m.off, m.end);
       }
-      if (!(flags & NLM_F_DUMP)) return;
+      if (!dump) return;
     }
   }
 

@@ -16,7 +16,8 @@
  * run be finished or rolled back.
  *
  *   target.ts     which container (pid or netns), the vex/vin names
- *   runner.ts     NsRunner: iproute2/ethtool in one netns (argument arrays)
+ *   runner.ts     NsRunner: one netns's links and addresses in-process, iproute2/ethtool for the rest
+ *   netlink.ts    rtnetlink for a link and its addresses (RTM_GETLINK/NEWLINK/DELLINK, RTM_*ADDR)
  *   snapshot.ts   PortSnapshot: a port's link, addresses, routes, neighbours; recreating them
  *   steps.ts      step names, one step, checks, the journal and lock glue
  *   intercept.ts  intercept;  release.ts  release
@@ -29,7 +30,7 @@ export { inodeTag, resolveTarget, portNames, tempMac } from './target';
 export { NsRunner, enforcerRunner } from './runner';
 export type { LinkDetail } from './runner';
 export type { AddrJson, RouteJson, NeighJson, PortSnapshot } from './snapshot';
-export { snapshotPort, addrArgs, routeArgs, neighArgs, addAddresses, restoreRoutesAndNeighbours, restorePort } from './snapshot';
+export { snapshotPort, routeArgs, neighArgs, addAddresses, restoreRoutesAndNeighbours, restorePort } from './snapshot';
 export { INTERCEPT_STEPS, RELEASE_STEPS } from './steps';
 export type { InterceptOptions, InterceptResult } from './intercept';
 export { intercept } from './intercept';

@@ -97,7 +97,6 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
     await mustBeAbsent(ctr, vex);
     await mustBeAbsent(ctr, vin);
     const M = snap.mac;
-    const mtu = String(snap.mtu);
 
     // ---- the sequence
     const undo = new Undo('intercept');
@@ -116,32 +115,31 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
     try {
       // The kernel's own record of this intercept (marker.ts): what repair needs if the journal record is lost.
       const mark = encodeMarker(markerOf(markerKey(opts.pinRoot, rec.enforcer.ino), t.ino, t.tags[0]!, snap));
-      await S('mark', `mark ${port} as being intercepted (its alias)`, () => ctr.ip('link', 'set', 'dev', port, 'alias', mark));
-      undo.push(`alias of ${port}`, () => ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias ?? ''));
+      await S('mark', `mark ${port} as being intercepted (its alias)`, () => ctr.set(port, { alias: mark }));
+      undo.push(`alias of ${port}`, () => ctr.set(port, { alias: snap.alias ?? '' }));
 
-      await S('down', `take ${port} down`, () => ctr.ip('link', 'set', 'dev', port, 'down'));
+      await S('down', `take ${port} down`, () => ctr.set(port, { up: false }));
       undo.push(`addresses, routes and neighbours of ${port}`, () => restorePort(ctr, snap, port));
 
-      await S('flush', `remove the addresses of ${port}`, () => ctr.ip('addr', 'flush', 'dev', port));
+      await S('flush', `remove the addresses of ${port}`, () => ctr.flush(port));
 
-      await S('rename', `rename ${port} to ${vex}`, () => ctr.ip('link', 'set', 'dev', port, 'name', vex));
-      undo.push(`rename ${vex} back to ${port}`, () => ctr.ip('link', 'set', 'dev', vex, 'name', port));
+      await S('rename', `rename ${port} to ${vex}`, () => ctr.set(port, { name: vex }));
+      undo.push(`rename ${vex} back to ${port}`, () => ctr.set(vex, { name: port }));
 
       const tmp = tempMac();
-      await S('tmpmac', `give ${vex} a temporary MAC`, () => ctr.ip('link', 'set', 'dev', vex, 'address', tmp));
-      undo.push(`MAC of ${vex} back to ${M}`, () => ctr.ip('link', 'set', 'dev', vex, 'address', M));
+      await S('tmpmac', `give ${vex} a temporary MAC`, () => ctr.set(vex, { mac: tmp }));
+      undo.push(`MAC of ${vex} back to ${M}`, () => ctr.set(vex, { mac: M }));
 
       await S('move-vex', `move ${vex} to ${enf.desc}`, () => ctr.moveTo(vex, enf));
       // Back under its own ifindex (free again once the new port is deleted).
       undo.push(`move ${vex} back to the container`, () => enf.moveTo(vex, ctr, snap.ifindex));
 
       // The new port: the original's name, MAC, MTU, queues and (now free) ifindex; its peer is vin.
-      const q = (n: number | undefined, k: string) => (n ? [k, String(n)] : []);
-      const common = [...q(snap.numTxQueues, 'numtxqueues'), ...q(snap.numRxQueues, 'numrxqueues')];
+      const queues = { numTxQueues: snap.numTxQueues, numRxQueues: snap.numRxQueues };
       const create = (withIndex: boolean) =>
-        ctr.ip(
-          'link', 'add', port, ...(withIndex ? ['index', String(snap.ifindex)] : []), 'address', M, 'mtu', mtu,
-          ...q(snap.txqlen, 'txqueuelen'), ...common, 'type', 'veth', 'peer', 'name', vin, 'mtu', mtu, ...common,
+        ctr.addVeth(
+          { name: port, index: withIndex ? snap.ifindex : undefined, mac: M, mtu: snap.mtu, txqlen: snap.txqlen, ...queues },
+          { name: vin, mtu: snap.mtu, ...queues },
         );
       await S('create', `create ${port} (veth, peer ${vin}) in the container`, async () => {
         try {
@@ -155,18 +153,18 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
       const created = (await ctr.link(port))!.ifindex;
       undo.push(`delete the new ${port}`, async () => {
         const l = await ctr.link(port);
-        if (l && l.ifindex === created) await ctr.ip('link', 'del', 'dev', port);
+        if (l && l.ifindex === created) await ctr.del(port);
       });
 
       await S('move-vin', `move ${vin} to ${enf.desc}`, () => ctr.moveTo(vin, enf));
       undo.push(`delete ${vin}`, async () => {
-        if (await enf.link(vin)) await enf.ip('link', 'del', 'dev', vin);
+        if (await enf.link(vin)) await enf.del(vin);
       });
 
       await S('enforcer-up', `bring ${vex} and ${vin} up in ${enf.desc}`, async () => {
         // No IPv6 link-local address on either: they are plumbing, not hosts.
-        for (const d of [vex, vin]) await enf.ip('link', 'set', 'dev', d, 'addrgenmode', 'none');
-        for (const d of [vex, vin]) await enf.ip('link', 'set', 'dev', d, 'up');
+        for (const d of [vex, vin]) await enf.set(d, { addrGenMode: 'none' });
+        for (const d of [vex, vin]) await enf.set(d, { up: true });
       });
 
       pair = await S('pair', `pair add ${vin}/${vex}`, async () => {
@@ -190,14 +188,14 @@ async function interceptLocked(opts: InterceptOptions): Promise<InterceptResult>
       undo.push(`pair del ${vin}/${vex}`, () => dp.delPair({ in: vin }));
 
       // The new port, configured like the original (its delete undoes all of this).
-      await S('offload', `turn checksum offload off on the new ${port}`, () => ctr.cmd('ethtool', ['-K', port, 'rx', 'off', 'tx', 'off']));
+      await S('offload', `turn checksum offload off on the new ${port}`, () => ctr.checksumOffloadOff(port));
       await S('addresses', `give the new ${port} its addresses`, async () => {
-        if (snap.addrGenMode) await ctr.ip('link', 'set', 'dev', port, 'addrgenmode', snap.addrGenMode);
-        if (snap.alias) await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias);
+        if (snap.addrGenMode) await ctr.set(port, { addrGenMode: snap.addrGenMode });
+        if (snap.alias) await ctr.set(port, { alias: snap.alias });
         await addAddresses(ctr, snap, port);
       });
       await S('up', `bring the new ${port} up`, async () => {
-        if (snap.up) await ctr.ip('link', 'set', 'dev', port, 'up');
+        if (snap.up) await ctr.set(port, { up: true });
       });
       await S('routes', `restore the routes and neighbours of ${port}`, () => restoreRoutesAndNeighbours(ctr, snap, port));
       J('commit');

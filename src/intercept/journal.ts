@@ -195,7 +195,7 @@ export async function delPairOf(r: JournalRecord, o: RecoverOptions): Promise<nu
 
 async function delLink(ns: NsRunner | undefined, name: string): Promise<boolean> {
   if (!ns || !(await ns.link(name))) return false;
-  await ns.ip('link', 'del', 'dev', name);
+  await ns.del(name);
   return true;
 }
 
@@ -207,20 +207,20 @@ async function delLink(ns: NsRunner | undefined, name: string): Promise<boolean>
 async function configure(ctr: NsRunner, snap: PortSnapshot, port: string): Promise<void> {
   const l = await ctr.link(port);
   if (!l) throw new NeuvError(`${port} not found in ${ctr.desc} after moving the original port back`);
-  const set: string[] = [];
-  if ((l.address ?? '').toLowerCase() !== snap.mac) set.push('address', snap.mac);
-  if (l.mtu !== snap.mtu) set.push('mtu', String(snap.mtu));
-  if (snap.txqlen && l.txqlen !== snap.txqlen) set.push('txqueuelen', String(snap.txqlen));
-  if (set.length) await ctr.ip('link', 'set', 'dev', port, ...set);
-  if (snap.addrGenMode && l.inet6_addr_gen_mode !== snap.addrGenMode) await ctr.ip('link', 'set', 'dev', port, 'addrgenmode', snap.addrGenMode);
+  const set: { mac?: string; mtu?: number; txqlen?: number } = {};
+  if ((l.address ?? '').toLowerCase() !== snap.mac) set.mac = snap.mac;
+  if (l.mtu !== snap.mtu) set.mtu = snap.mtu;
+  if (snap.txqlen && l.txqlen !== snap.txqlen) set.txqlen = snap.txqlen;
+  if (Object.keys(set).length) await ctr.set(port, set);
+  if (snap.addrGenMode && l.inet6_addr_gen_mode !== snap.addrGenMode) await ctr.set(port, { addrGenMode: snap.addrGenMode });
   // Its own alias (none, usually): that also removes intercept's marker (src/intercept/marker.ts).
-  if ((l.ifalias ?? '') !== (snap.alias ?? '')) await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias ?? '');
+  if ((l.ifalias ?? '') !== (snap.alias ?? '')) await ctr.set(port, { alias: snap.alias ?? '' });
   const cur = await snapshotPort(ctr, port);
   const key = (s: PortSnapshot) => s.addrs.map((a) => `${a.local}/${a.prefixlen}`).sort().join(' ');
   if (cur.up === snap.up && key(cur) === key(snap)) {
     await restoreRoutesAndNeighbours(ctr, snap, port);
   } else {
-    if (!snap.up && cur.up) await ctr.ip('link', 'set', 'dev', port, 'down');
+    if (!snap.up && cur.up) await ctr.set(port, { up: false });
     await restorePort(ctr, snap, port);
   }
 }
@@ -231,7 +231,7 @@ async function configure(ctr: NsRunner, snap: PortSnapshot, port: string): Promi
  */
 async function originalBack(r: JournalRecord, ctr: NsRunner, enf: NsRunner): Promise<void> {
   if (await enf.link(r.vex)) await enf.moveTo(r.vex, ctr, r.snap.ifindex);
-  if (await ctr.link(r.vex)) await ctr.ip('link', 'set', 'dev', r.vex, 'name', r.port);
+  if (await ctr.link(r.vex)) await ctr.set(r.vex, { name: r.port });
   await configure(ctr, r.snap, r.port);
 }
 

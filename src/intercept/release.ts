@@ -13,7 +13,7 @@ import { JournalRecord, findNetns, findRecord, INTERCEPT_LOCK, interceptedNow, r
 import { Datapath, PairView } from '../pairs';
 import { Undo } from '../undo';
 import { caughtSignal } from '../signals';
-import { enforcerRunner, LinkDetail, NsRunner } from './runner';
+import { enforcerRunner, NsRunner } from './runner';
 import { addAddresses, restorePort, restoreRoutesAndNeighbours, snapshotPort } from './snapshot';
 import { INTERCEPT_LOCK_WAIT_MS, checkEnforcer, RELEASE_STEPS, mustBeAbsent, openDatapath, recordIds, recoverTarget, step } from './steps';
 import { Target, portNames, resolveTarget, tempMac } from './target';
@@ -101,7 +101,7 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
   // ---- find what intercept left: the container's port is a veth whose peer
   // is vin<tag>-<port> in the enforcer netns (whatever the target was named by then)
   const snap = await snapshotPort(ctr, port);
-  const enfLinks = await enf.ipJson<LinkDetail[]>('-d', 'link', 'show');
+  const enfLinks = await enf.links();
   const vinRe = new RegExp(`^vin(.+)-${port.replace(/[.+]/g, '\\$&')}$`);
   const vinLink = snap.kind === 'veth'
     ? enfLinks.find((l) => l.ifindex === snap.peerIfindex && l.link_index === snap.ifindex && vinRe.test(l.ifname))
@@ -122,7 +122,7 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
   await mustBeAbsent(ctr, tmpName);
   await mustBeAbsent(enf, tmpName);
   await mustBeAbsent(ctr, vex);
-  const vexMac = enfLinks.find((l) => l.ifname === vex)!.address ?? tempMac();
+  const vexMac = (await enf.link(vex))?.address ?? tempMac();
   const M = snap.mac;
 
   // The pair (the datapath may be unloaded already: then there is nothing to delete).
@@ -165,13 +165,13 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
         );
       }
 
-      await S('down', `take the intercepting ${port} down`, () => ctr.ip('link', 'set', 'dev', port, 'down'));
+      await S('down', `take the intercepting ${port} down`, () => ctr.set(port, { up: false }));
       undo.push(`addresses, routes and neighbours of ${port}`, () => restorePort(ctr, snap, port));
 
-      await S('flush', `remove the addresses of the intercepting ${port}`, () => ctr.ip('addr', 'flush', 'dev', port));
+      await S('flush', `remove the addresses of the intercepting ${port}`, () => ctr.flush(port));
 
-      await S('rename', `rename the intercepting ${port} to ${tmpName}`, () => ctr.ip('link', 'set', 'dev', port, 'name', tmpName));
-      undo.push(`rename ${tmpName} back to ${port}`, () => ctr.ip('link', 'set', 'dev', tmpName, 'name', port));
+      await S('rename', `rename the intercepting ${port} to ${tmpName}`, () => ctr.set(port, { name: tmpName }));
+      undo.push(`rename ${tmpName} back to ${port}`, () => ctr.set(tmpName, { name: port }));
 
       // Park it beside its peer in the enforcer netns: its ifindex is free for the original port.
       await S('park', `move ${tmpName} to ${enf.desc}`, () => ctr.moveTo(tmpName, enf));
@@ -180,34 +180,34 @@ async function releaseLocked(opts: ReleaseOptions): Promise<ReleaseResult> {
       await S('move-vex', `move ${vex} back to the container`, () => enf.moveTo(vex, ctr, snap.ifindex));
       undo.push(`move ${vex} back to ${enf.desc}`, async () => {
         await ctr.moveTo(vex, enf);
-        await enf.ip('link', 'set', 'dev', vex, 'addrgenmode', 'none');
-        await enf.ip('link', 'set', 'dev', vex, 'up');
+        await enf.set(vex, { addrGenMode: 'none' });
+        await enf.set(vex, { up: true });
       });
 
-      await S('rename-vex', `rename ${vex} to ${port}`, () => ctr.ip('link', 'set', 'dev', vex, 'name', port));
-      undo.push(`rename ${port} back to ${vex}`, () => ctr.ip('link', 'set', 'dev', port, 'name', vex));
+      await S('rename-vex', `rename ${vex} to ${port}`, () => ctr.set(vex, { name: port }));
+      undo.push(`rename ${port} back to ${vex}`, () => ctr.set(port, { name: vex }));
 
       await S('mac', `give ${port} its MAC ${M} and MTU ${snap.mtu}`, async () => {
-        await ctr.ip('link', 'set', 'dev', port, 'address', M, 'mtu', String(snap.mtu), ...(snap.txqlen ? ['txqueuelen', String(snap.txqlen)] : []));
+        await ctr.set(port, { mac: M, mtu: snap.mtu, ...(snap.txqlen ? { txqlen: snap.txqlen } : {}) });
       });
-      undo.push(`MAC of ${port} back to ${vexMac}`, () => ctr.ip('link', 'set', 'dev', port, 'address', vexMac));
+      undo.push(`MAC of ${port} back to ${vexMac}`, () => ctr.set(port, { mac: vexMac }));
 
       await S('addresses', `give ${port} its addresses`, async () => {
-        if (snap.addrGenMode) await ctr.ip('link', 'set', 'dev', port, 'addrgenmode', snap.addrGenMode);
+        if (snap.addrGenMode) await ctr.set(port, { addrGenMode: snap.addrGenMode });
         // Its own alias back (none, usually): that removes intercept's marker (marker.ts).
-        await ctr.ip('link', 'set', 'dev', port, 'alias', snap.alias ?? '');
+        await ctr.set(port, { alias: snap.alias ?? '' });
         await addAddresses(ctr, snap, port);
       });
       undo.push(`remove the addresses of ${port}`, async () => {
-        await ctr.ip('link', 'set', 'dev', port, 'down');
-        await ctr.ip('addr', 'flush', 'dev', port);
+        await ctr.set(port, { up: false });
+        await ctr.flush(port);
       });
       await S('up', `bring ${port} up`, async () => {
-        if (snap.up) await ctr.ip('link', 'set', 'dev', port, 'up');
+        if (snap.up) await ctr.set(port, { up: true });
       });
       await S('routes', `restore the routes and neighbours of ${port}`, () => restoreRoutesAndNeighbours(ctr, snap, port));
       // Last, and the only step without an undo: the intercepting veth goes, and vin with it.
-      await S('delete', `delete ${tmpName} (and its peer ${vin})`, () => enf.ip('link', 'del', 'dev', tmpName));
+      await S('delete', `delete ${tmpName} (and its peer ${vin})`, () => enf.del(tmpName));
       removeRecord(opts.pinRoot, rec);
     } catch (e) {
       // Interrupted (src/signals.ts; or a step's child killed by the same Ctrl-C): the CLI's one line says so.

@@ -83,7 +83,7 @@ function unreadable(pinRoot: string): Array<{ file: string; ino: number; port: s
 async function markersIn(ns: NsRunner, key: string): Promise<Array<{ m: Marker; ns: NsRunner; dev: LinkDetail }>> {
   let links: LinkDetail[];
   try {
-    links = await ns.ipJson<LinkDetail[]>('-d', 'link', 'show');
+    links = await ns.links();
   } catch {
     return []; // the netns went away meanwhile
   }
@@ -158,8 +158,7 @@ async function complete(pinRoot: string, rec: JournalRecord, ctr: NsRunner, enfo
     dp.close();
   }
   const l = await ctr.link(rec.port);
-  const [a] = await ctr.ipJson<Array<{ addr_info?: Array<{ local: string; prefixlen: number }> }>>('addr', 'show', 'dev', rec.port);
-  const have = new Set((a?.addr_info ?? []).map((x) => `${x.local}/${x.prefixlen}`));
+  const have = new Set((l ? await ctr.addrs(rec.port) : []).map((x) => `${x.local}/${x.prefixlen}`));
   if (!l || (l.flags ?? []).includes('UP') !== rec.snap.up || !rec.snap.addrs.every((x) => have.has(`${x.local}/${x.prefixlen}`))) return false;
   // The routes are intercept's last step.
   for (const r of rec.snap.routes) {
