@@ -181,6 +181,52 @@ export async function withLock<T>(pinRoot: string, fn: () => Promise<T> | T, tim
   const p = lockDirFile(pinRoot, name);
   const outer = heldHere.getStore() ?? [];
   if (outer.some((h) => h.file === p && h.active)) return fn();
+  // This process's callers first queue up among themselves (first come, first served), so only
+  // one of them at a time polls the flock below: the service with a hundred OCI hooks' intercepts
+  // waiting polled it ten thousand times a second, on the CPU its intercepts needed.
+  const start = Date.now();
+  const prev = localQueues.get(p) ?? Promise.resolve();
+  let done!: () => void;
+  const mine = new Promise<void>((r) => (done = r));
+  const tail = prev.then(() => mine);
+  localQueues.set(p, tail);
+  try {
+    await waitLocal(prev, p, start, timeoutMs);
+  } catch (e) {
+    void prev.then(done); // the callers behind still wait for the one before
+    if (localQueues.get(p) === tail) localQueues.delete(p);
+    throw e;
+  }
+  try {
+    return await flockAndRun(pinRoot, p, name, outer, fn, timeoutMs - (Date.now() - start));
+  } finally {
+    done();
+    if (localQueues.get(p) === tail) localQueues.delete(p);
+  }
+}
+
+/** Per lock file, the end of this process's queue for it: each caller waits for the one before. */
+const localQueues = new Map<string, Promise<void>>();
+
+/** Waits for prev (the caller before this one in the process's queue), up to the caller's deadline; a signal ends the wait (safePoint). */
+async function waitLocal(prev: Promise<void>, p: string, start: number, timeoutMs: number): Promise<void> {
+  let settled = false;
+  void prev.then(() => (settled = true));
+  await Promise.resolve();
+  if (settled) return;
+  log('lock').info({ lock: p }, 'another caller in this process holds the lock (or waits for it); waiting');
+  while (!settled) {
+    await Promise.race([prev, new Promise((r) => setTimeout(r, 100))]);
+    if (settled) return;
+    safePoint(); // interrupted while waiting: nothing was done yet
+    if (Date.now() - start > timeoutMs) {
+      throw new NeuvError(`another neuv-bpf process holds ${p} for more than ${timeoutMs / 1000} s`, ExitCode.CONFLICT);
+    }
+  }
+}
+
+/** withLock's flock part: the lock file, the .wait queue of other processes, fn, the grace period. */
+async function flockAndRun<T>(pinRoot: string, p: string, name: string, outer: Held[], fn: () => Promise<T> | T, timeoutMs: number): Promise<T> {
   // One turn of the event loop before taking it: a change made without waiting for anything
   // (in-process netlink and bpf calls, a lock nobody else holds) resolves at once, so a caller
   // changing state back to back would otherwise run on microtasks alone, and no timer (another
