@@ -162,6 +162,7 @@ interface Lib {
   flock: (fd: number, op: number) => number;
   socket: (domain: number, type: number, proto: number) => number;
   getsockopt: (fd: number, level: number, name: number, val: Buffer, len: Buffer) => number;
+  setsockopt: (fd: number, level: number, name: number, val: Buffer, len: number) => number;
   send: (fd: number, buf: Buffer, len: number, flags: number) => number;
   recv: (fd: number, buf: Buffer, len: number, flags: number) => number;
   bpf_fn_dup: (fd: number) => number;
@@ -254,6 +255,7 @@ export function lib(): Lib {
     flock: f(c, 'int flock(int fd, int op)'),
     socket: f(c, 'int socket(int domain, int type, int protocol)'),
     getsockopt: f(c, 'int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ void *len)'),
+    setsockopt: f(c, 'int setsockopt(int fd, int level, int name, const void *val, uint32_t len)'),
     send: f(c, 'long send(int fd, const void *buf, size_t len, int flags)'),
     recv: f(c, 'long recv(int fd, _Out_ void *buf, size_t len, int flags)'),
     bpf_fn_dup: f(c, 'int dup(int fd)'),

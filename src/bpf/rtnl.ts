@@ -27,6 +27,18 @@ const NLA_F_NESTED = 0x8000;
 const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;
 const NLMSG_HDRLEN = 16;
+const SOL_SOCKET = 1;
+const SO_RCVTIMEO = 20;
+const EAGAIN = 11;
+const ETIMEDOUT = 110;
+/**
+ * How long one receive waits for the kernel's answer. The kernel answers
+ * every request we send (each asks for an acknowledgement or is a GET), so
+ * this only bounds a bug of ours (a request that gets no answer, as a
+ * create's NLM_F_EXCL once taken for a dump did): an error then, not a
+ * process, or the service, blocked for ever.
+ */
+export const RECV_TIMEOUT_MS = 60_000;
 const IFINFOMSG_LEN = 16;
 const IFLA_IFNAME = 3;
 const IFLA_IFALIAS = 20;
@@ -93,15 +105,27 @@ export class Rtnl {
   private fd: number;
   private seq = 0;
   private readonly buf = Buffer.alloc(1 << 16);
+  private recvTimeoutMs = RECV_TIMEOUT_MS;
 
   private constructor(fd: number) {
     this.fd = fd;
   }
 
-  static open(what: string): Rtnl {
-    const fd = lib().socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  static open(what: string, recvTimeoutMs = RECV_TIMEOUT_MS): Rtnl {
+    const l = lib();
+    const fd = l.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
     if (fd < 0) throw new KernelError(`socket(AF_NETLINK) for ${what}`, errno());
-    return new Rtnl(fd);
+    const tv = Buffer.alloc(16); // struct timeval
+    tv.writeBigInt64LE(BigInt(Math.floor(recvTimeoutMs / 1000)), 0);
+    tv.writeBigInt64LE(BigInt((recvTimeoutMs % 1000) * 1000), 8);
+    if (l.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, tv, tv.length) < 0) {
+      const e = errno();
+      l.close(fd);
+      throw new KernelError(`set a receive timeout on the netlink socket for ${what}`, e);
+    }
+    const r = new Rtnl(fd);
+    r.recvTimeoutMs = recvTimeoutMs;
+    return r;
   }
 
   /** Opens a socket, runs fn with it, closes it. */
@@ -146,8 +170,10 @@ export class Rtnl {
     for (;;) {
       const n = l.recv(this.fd, this.buf, this.buf.length, 0);
       if (n < 0) {
-        if (errno() === EINTR) continue;
-        throw new KernelError(`receive ${what}`, errno());
+        const e = errno();
+        if (e === EINTR) continue;
+        if (e === EAGAIN) throw new KernelError(`receive ${what}: no answer from the kernel in ${this.recvTimeoutMs} ms`, ETIMEDOUT);
+        throw new KernelError(`receive ${what}`, e);
       }
       const out: Array<{ type: number; seq: number; off: number; end: number }> = [];
       for (let off = 0; off + NLMSG_HDRLEN <= n; ) {
