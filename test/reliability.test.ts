@@ -77,11 +77,11 @@ const INTERCEPT_CI = ['intercept:before-down', 'intercept:before-rename', 'inter
 /**
  * Points where rerunning the killed command alone does not converge and
  * `neuv-bpf repair` is needed first (a finding, reported; see docs/reliability.md,
- * Known gaps):
- *  - pair-del:after-port#2: both port entries are gone, the counters entry is
- *    left, and no pair del selector reaches it any more.
+ * Known gaps). None now: pair del removes the counters before the port
+ * entries, so the ports left after a kill still name the pair (until
+ * session 11, pair-del:after-port#2 left a counters entry no selector reached).
  */
-const NEEDS_REPAIR = new Set(['pair-del:after-port#2']);
+const NEEDS_REPAIR = new Set<string>();
 
 // ---------------------------------------------------------------- helpers
 

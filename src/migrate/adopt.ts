@@ -166,7 +166,7 @@ export function seed(m: PairMaps, p: DiscoveredPair, links: Map<string, LinkJson
   }
 }
 
-/** Removes what seed() created (removePairEntries: the id, an RCU grace period, the ports, the counters). */
+/** Removes what seed() created (removePairEntries: the id, an RCU grace period, the counters, the ports). */
 export function unseed(m: PairMaps, s: Seeded): void {
   const p = s.pair;
   const ports = (['vex', 'vin'] as const).filter((r) => s.created.includes(r)).map((r) => ({ ifindex: r === 'vin' ? p.vinIfindex : p.vexIfindex }));

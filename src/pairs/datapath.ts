@@ -433,7 +433,7 @@ export class Datapath {
    * found: nothing changes, NotFoundError), then the hooks of every pair
    * (the tc filters and the clsacts we created over one netlink socket:
    * detachMany; a tcx port by itself), then the entries a step at a time
-   * (every id, one RCU grace period, every port, every counter: a batch
+   * (every id, one RCU grace period, every counter, every port: a batch
    * each, removePairsEntries). A failure undoes it all. Last, the flow
    * entries of the pairs gone. One result per pair (a pair named twice is
    * removed once), in the order named.

@@ -239,7 +239,7 @@ export interface RemoveOptions {
   onStep?: (step: 'ids' | 'port' | 'stats') => void;
 }
 
-/** Removes a pair's entries: the id, an RCU grace period, the ports, the counters (removePairsEntries for one). */
+/** Removes a pair's entries: the id, an RCU grace period, the counters, the ports (removePairsEntries for one). */
 export function removePairEntries(m: PairMaps, r: PairRemoval, opts: RemoveOptions = {}): void {
   const { onStep, ...rest } = opts;
   removePairsEntries(m, [r], { ...rest, onStep: onStep && ((_, step) => onStep(step)) });
@@ -252,7 +252,7 @@ export interface RemoveManyOptions extends Omit<RemoveOptions, 'onStep'> {
 
 /**
  * Removes the entries of many pairs, a step at a time: every id, one RCU
- * grace period, every port (vex, vin), every counter entry; each step one
+ * grace period, every counter entry, every port (vex, vin); each step one
  * BPF_MAP_DELETE_BATCH per map (a key found absent is skipped). The undo of
  * each removal is registered on opts.undo (the old values, read first).
  */
@@ -289,14 +289,8 @@ export function removePairsEntries(m: PairMaps, rs: PairRemoval[], opts: RemoveM
   }
   // A neuv_vbr run that found an id just before is over before the ports go (no drop_no_peer).
   if (rs.some((r) => r.ids)) rcuGraceAfterDeletes();
-  const portRs = rs.flatMap((r, i) => r.ports.map((p) => ({ i, p })));
-  const portKeys = portRs.map((x) => u32Key(x.p.ifindex));
-  const portBack = (k: number) => {
-    const { p } = portRs[k]!;
-    const old = p.old;
-    if (old) opts.undo?.push(`port ${p.ifindex}`, () => m.ports.update(portKeys[k]!, encodePort(old), PORT_UPDATE | BPF_NOEXIST));
-  };
-  for (const k of del(m.ports, 'port', portKeys, portBack)) opts.onStep?.(portRs[k]!.i, 'port');
+  // The counters before the ports: killed between the two, the ports left still name the pair, so
+  // rerunning pair del finishes it (the other way round, a counters entry no selector reaches was left).
   const statRs = rs
     .map((r, i) => ({ r, i }))
     .filter(({ r }) => r.stats === true || (r.stats === 'unless-id' && m.ids.lookup(u32Key(r.id)) === undefined))
@@ -306,4 +300,12 @@ export function removePairsEntries(m: PairMaps, rs: PairRemoval[], opts: RemoveM
   for (const k of del(m.stats, 'stats', statKeys, (k) => opts.undo?.push(`stats ${statRs[k]!.r.id}`, () => m.stats.update(statKeys[k]!, statRs[k]!.old!, BPF_NOEXIST)))) {
     opts.onStep?.(statRs[k]!.i, 'stats');
   }
+  const portRs = rs.flatMap((r, i) => r.ports.map((p) => ({ i, p })));
+  const portKeys = portRs.map((x) => u32Key(x.p.ifindex));
+  const portBack = (k: number) => {
+    const { p } = portRs[k]!;
+    const old = p.old;
+    if (old) opts.undo?.push(`port ${p.ifindex}`, () => m.ports.update(portKeys[k]!, encodePort(old), PORT_UPDATE | BPF_NOEXIST));
+  };
+  for (const k of del(m.ports, 'port', portKeys, portBack)) opts.onStep?.(portRs[k]!.i, 'port');
 }
