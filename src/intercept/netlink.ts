@@ -11,44 +11,33 @@
  */
 import { KernelError } from '../errors';
 import { formatMac, parseMac } from '../mac';
-import { Rtnl, nlAttr, nlAttrs, nlCString, nlNested, nlString, nlU32 } from '../bpf';
+import {
+  IFINFOMSG_LEN, IFLA_EXT_MASK, IFLA_IFALIAS, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO, IFLA_LINK_NETNSID, IFLA_MTU,
+  NLM_F_ACK, NLM_F_DUMP, RTEXT_FILTER_SKIP_STATS, RTM_GETLINK, RTM_NEWLINK, Rtnl, nlAttr, nlAttrs, nlCString, nlNested, nlString, nlU32,
+} from '../bpf';
 
-const RTM_NEWLINK = 16;
 const RTM_DELLINK = 17;
-const RTM_GETLINK = 18;
 const RTM_NEWADDR = 20;
 const RTM_DELADDR = 21;
 const RTM_GETADDR = 22;
-const NLM_F_ACK = 4;
 const NLM_F_EXCL = 0x200;
 const NLM_F_CREATE = 0x400;
-const NLM_F_DUMP = 0x300;
-const IFINFOMSG_LEN = 16;
 const IFADDRMSG_LEN = 8;
 
 const IFLA_ADDRESS = 1;
-const IFLA_IFNAME = 3;
-const IFLA_MTU = 4;
-const IFLA_LINK = 5;
 const IFLA_TXQLEN = 13;
 const IFLA_OPERSTATE = 16;
-const IFLA_LINKINFO = 18;
-const IFLA_IFALIAS = 20;
 const IFLA_AF_SPEC = 26;
 const IFLA_NET_NS_FD = 28;
-const IFLA_EXT_MASK = 29;
 const IFLA_NUM_TX_QUEUES = 31;
 const IFLA_NUM_RX_QUEUES = 32;
-const IFLA_LINK_NETNSID = 37;
 const IFLA_NEW_IFINDEX = 49;
-const IFLA_INFO_KIND = 1;
 const IFLA_INFO_DATA = 2;
 const VETH_INFO_PEER = 1;
 const IFLA_INET6_ADDR_GEN_MODE = 8;
 const AF_INET = 2;
 const AF_INET6 = 10;
 const IFF_UP = 1;
-const RTEXT_FILTER_SKIP_STATS = 1 << 3;
 
 const IFA_ADDRESS = 1;
 const IFA_LOCAL = 2;
