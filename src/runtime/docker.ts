@@ -24,9 +24,8 @@
  */
 import * as http from 'node:http';
 import { cutValue } from '../errors';
-import { log } from '../log';
 import { CONTAINER_ID_RE } from './container';
-import { MAX_LINE, RuntimeClient, RuntimeContainer, RuntimeEvent, isObj, parseInspected } from './podman';
+import { RuntimeClient, RuntimeContainer, RuntimeEvent, eventLines, isObj, parseInspected } from './podman';
 
 /** dockerd's socket (podman's: /run/podman/podman.sock). */
 export const DOCKER_SOCKET = '/var/run/docker.sock';
@@ -159,20 +158,7 @@ export class DockerApi implements RuntimeClient {
         res.resume();
         return end(`GET /events: HTTP ${res.statusCode}`);
       }
-      let buf = '';
-      res.on('data', (d: Buffer) => {
-        buf += d.toString('utf8');
-        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-          const line = buf.slice(0, i);
-          buf = buf.slice(i + 1);
-          const e = line.trim() ? parseApiEvent(line) : undefined;
-          if (e) onEvent(e);
-        }
-        if (buf.length > MAX_LINE) {
-          log('runtime').warn({ bytes: buf.length }, 'GET /events: a line too long, skipped');
-          buf = '';
-        }
-      });
+      res.on('data', eventLines('GET /events', parseApiEvent, onEvent));
       res.on('error', (e) => end(`GET /events: ${e.message}`));
       res.on('close', () => end(`the event stream of ${this.socket} ended`));
     }, (e) => end(e.message));

@@ -45,6 +45,28 @@ export interface RuntimeClient {
 /** The longest event line read (podman's and docker's are a few hundred bytes); longer ones are skipped. */
 export const MAX_LINE = 64 << 10;
 
+/**
+ * A stream's data handler that cuts it into lines and hands each event parsed
+ * from a non-empty line to onEvent; an unfinished line past MAX_LINE is
+ * skipped (logged with `what`).
+ */
+export function eventLines(what: string, parse: (line: string) => RuntimeEvent | undefined, onEvent: (e: RuntimeEvent) => void): (d: Buffer) => void {
+  let buf = '';
+  return (d) => {
+    buf += d.toString('utf8');
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      const e = line.trim() ? parse(line) : undefined;
+      if (e) onEvent(e);
+    }
+    if (buf.length > MAX_LINE) {
+      log('runtime').warn({ bytes: buf.length }, `${what}: a line too long, skipped`);
+      buf = '';
+    }
+  };
+}
+
 export const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** One line of `podman events --format json`, or undefined when it is not a container event we can use. */
@@ -132,21 +154,8 @@ export class PodmanCli implements RuntimeClient {
       [...this.args, 'events', '--format', 'json', '--filter', 'type=container', '--since', new Date(since).toISOString()],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
-    let buf = '';
     let err = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString('utf8');
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        const e = line.trim() ? parseEvent(line) : undefined;
-        if (e) onEvent(e);
-      }
-      if (buf.length > MAX_LINE) {
-        log('runtime').warn({ bytes: buf.length }, 'podman events: a line too long, skipped');
-        buf = '';
-      }
-    });
+    child.stdout!.on('data', eventLines('podman events', parseEvent, onEvent));
     child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString('utf8')).slice(-2000)));
     let ended = false;
     const end = (why: string) => {
